@@ -1,0 +1,271 @@
+//! The Loops client: one `GET /v1/loops/checkpoints` per poll, behind one global token
+//! bucket, with a request timeout and a cap on the body size. Errors say whether waiting
+//! helps ([`Error::is_transient`]) and carry the server's `Retry-After`.
+
+pub mod wire;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use url::Url;
+
+use crate::config::{ApiConfig, AuthScheme, Filter};
+use crate::model::Checkpoint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("request timed out")]
+    Timeout,
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("transport error: {0}")]
+    Transport(String),
+    #[error("HTTP {code}: {message}")]
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    #[error("response is not a valid listing: {0}")]
+    Decode(String),
+    #[error("response is larger than api.max_response_bytes ({0} bytes)")]
+    TooLarge(u64),
+}
+
+impl Error {
+    /// Worth trying again soon: the fault is likely on the way or upstream.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Timeout | Error::Connect(_) | Error::Transport(_) => true,
+            Error::Status { code, .. } => *code == 429 || *code >= 500,
+            Error::Decode(_) | Error::TooLarge(_) => false,
+        }
+    }
+
+    /// Something only the operator can fix (a bad key, a wrong filter).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            Error::Status {
+                code: 401 | 403 | 404,
+                ..
+            }
+        )
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, Error::Status { code: 429, .. })
+    }
+
+    /// The `code` label of `loopwatch_api_requests_total`.
+    pub fn code_label(&self) -> String {
+        match self {
+            Error::Timeout => "timeout".into(),
+            Error::Connect(_) | Error::Transport(_) => "connect".into(),
+            Error::Status { code, .. } => code.to_string(),
+            Error::Decode(_) | Error::TooLarge(_) => "decode".into(),
+        }
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: Url,
+    auth: HeaderValue,
+    limiter: DefaultDirectRateLimiter,
+    max_bytes: u64,
+}
+
+impl Client {
+    pub fn new(cfg: &ApiConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("loopwatch/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let endpoint = cfg.base_url.join("v1/loops/checkpoints")?;
+        let scheme = match cfg.auth_scheme {
+            AuthScheme::Bearer => "Bearer",
+            AuthScheme::ApiKey => "Api-Key",
+        };
+        let mut auth = HeaderValue::from_str(&format!("{scheme} {}", cfg.api_key.expose()))
+            .map_err(|_| {
+                anyhow::anyhow!("the API key contains characters not allowed in a header")
+            })?;
+        auth.set_sensitive(true);
+        Ok(Client {
+            http,
+            endpoint,
+            auth,
+            limiter: RateLimiter::direct(quota(cfg.max_requests_per_second)),
+            max_bytes: cfg.max_response_bytes,
+        })
+    }
+
+    /// The whole listing for one filter; the request waits for a token first.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<Checkpoint>, Error> {
+        self.limiter.until_ready().await;
+        let mut url = self.endpoint.clone();
+        url.query_pairs_mut()
+            .append_pair(filter.query_key(), filter.value());
+        let resp = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+            let body = self.read_body(resp).await.unwrap_or_default();
+            return Err(Error::Status {
+                code: status.as_u16(),
+                retry_after,
+                message: error_message(&body),
+            });
+        }
+        let body = self.read_body(resp).await?;
+        wire::decode_listing(&body).map_err(Error::Decode)
+    }
+
+    /// Read at most `max_bytes`, chunk by chunk: an endless body costs a bounded buffer.
+    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, Error> {
+        if resp.content_length().is_some_and(|n| n > self.max_bytes) {
+            return Err(Error::TooLarge(self.max_bytes));
+        }
+        let mut buf =
+            Vec::with_capacity(resp.content_length().unwrap_or(8192).min(1 << 20) as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if (buf.len() + chunk.len()) as u64 > self.max_bytes {
+                return Err(Error::TooLarge(self.max_bytes));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    }
+}
+
+fn quota(rps: f64) -> Quota {
+    let per = Duration::from_secs_f64(1.0 / rps.max(1e-6));
+    let burst = NonZeroU32::new(rps.ceil().clamp(1.0, 1000.0) as u32).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(per)
+        .expect("period > 0")
+        .allow_burst(burst)
+}
+
+fn transport(e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout
+    } else if e.is_connect() {
+        Error::Connect(root_cause(&e))
+    } else {
+        Error::Transport(root_cause(&e))
+    }
+}
+
+/// The innermost cause, which names the actual failure (refused, reset, TLS).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// A short, single-line description of an error body: the JSON `message` when there is
+/// one, otherwise the first 200 characters of text.
+fn error_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(m) = v.get("message").and_then(|m| m.as_str())
+    {
+        return m.chars().take(200).collect();
+    }
+    let text = String::from_utf8_lossy(body);
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.is_empty() {
+        "(empty body)".into()
+    } else {
+        flat.chars().take(200).collect()
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date.
+pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(24 * 3600)));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - now;
+    Some(
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(24 * 3600)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn error_bodies_become_one_line() {
+        assert_eq!(
+            error_message(br#"{"code":"UNAUTHORIZED","message":"bad key","details":null}"#),
+            "bad key"
+        );
+        assert_eq!(
+            error_message(b"<html>\n<body>502 Bad Gateway</body>\n</html>"),
+            "<html> <body>502 Bad Gateway</body> </html>"
+        );
+        assert_eq!(error_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn classification() {
+        let s = |code| Error::Status {
+            code,
+            retry_after: None,
+            message: String::new(),
+        };
+        assert!(s(503).is_transient() && s(429).is_transient() && Error::Timeout.is_transient());
+        assert!(!s(401).is_transient() && s(401).needs_operator() && s(403).needs_operator());
+        assert!(!Error::Decode(String::new()).is_transient());
+        assert_eq!(Error::Timeout.code_label(), "timeout");
+        assert_eq!(s(502).code_label(), "502");
+        assert_eq!(Error::TooLarge(1).code_label(), "decode");
+    }
+}

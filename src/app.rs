@@ -1,0 +1,181 @@
+//! Wiring: builds every part from a validated config, owns the one cancellation token and
+//! task tracker, and is the only place that spawns tasks. Lifecycle: open the store and
+//! bind the server ([`App::build`], so callers learn the bound address), then run the
+//! pollers and sink workers until `shutdown` resolves, then drain within the grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api;
+use crate::config::Config;
+use crate::delivery::Outbox;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::poller::Poller;
+use crate::server::{self, ServerState};
+use crate::store::{self, Store};
+
+/// Everything one daemon needs, built and bound but not yet running.
+pub struct App {
+    cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub outbox: Arc<Outbox>,
+    pub poller: Arc<Poller>,
+    listener: Option<TcpListener>,
+    addr: Option<SocketAddr>,
+}
+
+impl App {
+    /// Open the store, build the client and sinks. With `serve`, bind the HTTP listener.
+    pub async fn build(cfg: Config, serve: bool) -> anyhow::Result<App> {
+        let metrics = Arc::new(Metrics::new());
+        metrics.init_series(&cfg);
+        let store = store::open(&cfg.store.url).await?;
+        // One SQLite file has one daemon: claims left by a crash are ours to release.
+        let released = store.release_claims().await?;
+        if released > 0 {
+            info!(
+                released,
+                "released delivery claims left by the previous run"
+            );
+        }
+        let client = Arc::new(api::Client::new(&cfg.api)?);
+        let outbox = Arc::new(Outbox::new(store.clone(), metrics.clone(), &cfg.sinks)?);
+        let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
+        let poller = Arc::new(Poller::new(
+            client,
+            store.clone(),
+            metrics.clone(),
+            Some(outbox.clone()),
+            health.clone(),
+            cfg.poll.clone(),
+            cfg.sinks.clone(),
+        ));
+        let (listener, addr) = if serve {
+            let l = TcpListener::bind(cfg.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on server.listen {}", cfg.server.listen))?;
+            let a = l.local_addr()?;
+            (Some(l), Some(a))
+        } else {
+            (None, None)
+        };
+        Ok(App {
+            cfg,
+            store,
+            metrics,
+            health,
+            outbox,
+            poller,
+            listener,
+            addr,
+        })
+    }
+
+    /// The bound address of `/metrics` `/healthz` `/readyz`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Run until `shutdown` resolves, then stop polling, give in-flight deliveries the
+    /// grace period, and return.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        if let (Some(listener), Some(addr)) = (self.listener.take(), self.addr) {
+            let router = server::router(ServerState {
+                metrics: self.metrics.clone(),
+                health: self.health.clone(),
+                outbox: self.outbox.clone(),
+            });
+            let stop = token.clone();
+            tracker.spawn(async move {
+                let serve =
+                    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(e) = serve.await {
+                    warn!(error = %e, "HTTP server stopped");
+                }
+            });
+            info!(%addr, "serving /metrics /healthz /readyz");
+        }
+
+        let longest = self
+            .cfg
+            .targets
+            .iter()
+            .map(|t| t.interval)
+            .max()
+            .unwrap_or_default();
+        let poll_beat = self.health.heartbeat(
+            "poller",
+            longest.mul_f64(2.0) + self.cfg.api.timeout * 2 + Duration::from_secs(60),
+        );
+        for t in &self.cfg.targets {
+            let poller = self.poller.clone();
+            let (t, tok, beat) = (t.clone(), token.clone(), poll_beat.clone());
+            tracker.spawn(async move { poller.run_target(t, tok, beat).await });
+        }
+        let grace = self.cfg.delivery.shutdown_grace;
+        for sink in self.outbox.sinks() {
+            let beat = self.health.heartbeat(
+                &format!("sink {}", sink.name()),
+                sink.cfg.timeout + Duration::from_secs(60),
+            );
+            let (outbox, sink, tok) = (self.outbox.clone(), sink.clone(), token.clone());
+            tracker.spawn(async move { outbox.run_sink(sink, tok, grace, beat).await });
+        }
+        tracker.close();
+        info!(
+            targets = self.cfg.targets.len(),
+            sinks = self.cfg.sinks.len(),
+            store = %crate::config::redact_url(&self.cfg.store.url),
+            "loopwatch running"
+        );
+
+        shutdown.await;
+        info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: polling stopped, draining deliveries"
+        );
+        token.cancel();
+        if tokio::time::timeout(grace + Duration::from_secs(2), tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some tasks did not stop within the grace period");
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,409 @@
+//! The commands of interface.md §2, as library functions returning an exit code. The
+//! binary parses arguments and calls these; tests may call them too.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use serde_json::json;
+
+use crate::api;
+use crate::app::App;
+use crate::config::{Config, Filter};
+use crate::diff::TargetState;
+use crate::model::{Tracked, rfc3339};
+use crate::store::{self, DeliveryStatus, Redeliver, StoredEvent};
+
+/// Output format of the listing commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Exit codes of interface.md §2.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const CONFIG: u8 = 78;
+}
+
+pub fn check_config(cfg: &Config) -> u8 {
+    println!("# effective config of {} (secrets redacted)", cfg.source);
+    print!("{}", cfg.to_redacted_toml());
+    exit::OK
+}
+
+/// `checkpoints`: list live from the API.
+pub async fn checkpoints(cfg: &Config, filter: Filter, output: Output) -> anyhow::Result<u8> {
+    let client = api::Client::new(&cfg.api)?;
+    let mut list = client
+        .list(&filter)
+        .await
+        .with_context(|| format!("listing checkpoints ({filter})"))?;
+    // Newest first, like the Baseten CLI.
+    list.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
+    match output {
+        Output::Json => {
+            let raw: Vec<serde_json::Value> = list
+                .iter()
+                .map(|c| serde_json::from_str(&c.raw).unwrap_or_default())
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&raw)?);
+        }
+        Output::Table => {
+            let rows = list
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.id.clone(),
+                        c.name.clone(),
+                        c.run_id.clone(),
+                        c.target.to_string(),
+                        c.checkpoint_type.clone(),
+                        human_size(c.size_bytes),
+                        c.sync_status.clone().unwrap_or_else(|| "-".into()),
+                        c.created_at.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID", "NAME", "RUN", "TARGET", "TYPE", "SIZE", "SYNC", "CREATED",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `once`: poll every target once, deliver what is due, exit. With `dry_run`, print each
+/// event's standard body as one JSON line and write nothing.
+pub async fn once(cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
+    let app = App::build(cfg, false).await?;
+    let targets = app.config().targets.clone();
+    let polls = targets.iter().map(|t| {
+        let (store, poller) = (app.store.clone(), app.poller.clone());
+        async move {
+            let mut state: TargetState = store.load_target(&t.name).await?;
+            let report = poller.poll_target(t, &mut state, dry_run).await;
+            anyhow::Ok((t.name.clone(), report))
+        }
+    });
+    let mut failed = 0;
+    let mut stdout = std::io::stdout().lock();
+    for r in futures_util::future::join_all(polls).await {
+        match r {
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e:#}");
+            }
+            Ok((name, Err(e))) => {
+                failed += 1;
+                eprintln!("error: target {name}: {e}");
+            }
+            Ok((_, Ok(report))) => {
+                if dry_run {
+                    for e in &report.events {
+                        writeln!(stdout, "{}", e.standard_body())?;
+                    }
+                }
+            }
+        }
+    }
+    drop(stdout);
+    if !dry_run {
+        let s = app.outbox.deliver_due().await;
+        if s.delivered + s.failed > 0 {
+            eprintln!(
+                "deliveries: {} delivered, {} failed (will retry per retry_schedule)",
+                s.delivered, s.failed
+            );
+        }
+    }
+    Ok(if failed > 0 { exit::FAILURE } else { exit::OK })
+}
+
+/// `state`: what the daemon has persisted.
+pub async fn state(cfg: &Config, target: Option<&str>, output: Output) -> anyhow::Result<u8> {
+    let store = store::open(&cfg.store.url).await?;
+    let dump = store.dump(target).await?;
+    if let Some(t) = target
+        && dump.is_empty()
+    {
+        anyhow::bail!(
+            "no state for target {t:?}: it has not been polled yet (or the name is wrong)"
+        );
+    }
+    match output {
+        Output::Json => {
+            let v: Vec<_> = dump
+                .iter()
+                .map(|d| {
+                    json!({
+                        "target": d.name,
+                        "filter": d.filter,
+                        "baselined_at": rfc3339(d.baselined_at),
+                        "checkpoints": d.checkpoints.iter().map(tracked_json).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Table => {
+            let mut rows = Vec::new();
+            for d in &dump {
+                for c in &d.checkpoints {
+                    let mut flags = Vec::new();
+                    if c.stalled {
+                        flags.push("stalled");
+                    }
+                    if c.deleted {
+                        flags.push("deleted");
+                    }
+                    rows.push(vec![
+                        d.name.clone(),
+                        c.id.clone(),
+                        c.name.clone(),
+                        c.run_id.clone(),
+                        c.target.to_string(),
+                        c.sync_status.clone().unwrap_or_else(|| "-".into()),
+                        rfc3339(c.first_seen_at),
+                        flags.join(","),
+                    ]);
+                }
+                if d.checkpoints.is_empty() {
+                    rows.push(vec![
+                        d.name.clone(),
+                        "-".into(),
+                        "(no checkpoints)".into(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                    ]);
+                }
+            }
+            print_table(
+                &[
+                    "TARGET",
+                    "ID",
+                    "NAME",
+                    "RUN",
+                    "CKPT TARGET",
+                    "SYNC",
+                    "FIRST SEEN",
+                    "FLAGS",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn tracked_json(c: &Tracked) -> serde_json::Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "run_id": c.run_id,
+        "checkpoint_target": c.target,
+        "uri": c.uri(),
+        "sync_status": c.sync_status,
+        "created_at": c.created_at,
+        "first_seen_at": rfc3339(c.first_seen_at),
+        "completed": c.completed,
+        "stalled": c.stalled,
+        "deleted": c.deleted,
+    })
+}
+
+pub async fn deliveries_list(
+    cfg: &Config,
+    status: Option<DeliveryStatus>,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let store = store::open(&cfg.store.url).await?;
+    let rows = store.list_deliveries(status, 10_000).await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            let rows = rows
+                .into_iter()
+                .map(|d| {
+                    vec![
+                        d.id.to_string(),
+                        d.event_id,
+                        d.kind,
+                        d.sink,
+                        d.status.as_str().into(),
+                        d.attempts.to_string(),
+                        d.next_attempt_at.map(rfc3339).unwrap_or_else(|| "-".into()),
+                        d.uri,
+                        d.last_error.unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID",
+                    "EVENT",
+                    "TYPE",
+                    "SINK",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "NEXT ATTEMPT",
+                    "URI",
+                    "LAST ERROR",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub async fn deliveries_redeliver(cfg: &Config, which: Redeliver) -> anyhow::Result<u8> {
+    if let Redeliver::Dead { sink: Some(s) } = &which
+        && cfg.sink(s).is_none()
+    {
+        anyhow::bail!("--sink {s:?} is not a configured sink");
+    }
+    let store = store::open(&cfg.store.url).await?;
+    let n = store.redeliver(&which, Utc::now()).await?;
+    println!(
+        "re-queued {n} deliveries; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
+    );
+    if n == 0 && matches!(which, Redeliver::Ids(_)) {
+        anyhow::bail!("no delivery matched the given ids (see `loopwatch deliveries list`)");
+    }
+    Ok(exit::OK)
+}
+
+/// `test-sink NAME`: one sample signed event, and the response.
+pub async fn test_sink(cfg: &Config, name: &str) -> anyhow::Result<u8> {
+    let sink_cfg = cfg.sink(name).with_context(|| {
+        format!(
+            "no sink named {name:?}; configured: {}",
+            cfg.sinks
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let sink = crate::delivery::Sink::new(sink_cfg.clone(), crate::delivery::webhook::client())?;
+    let event = sample_event();
+    println!(
+        "sending a sample {} ({}) to sink {name}",
+        event.kind, event.id
+    );
+    let start = std::time::Instant::now();
+    let r = sink.send(&event).await;
+    let ms = start.elapsed().as_millis();
+    match r {
+        Ok(0) => println!("ok: the command exited 0 in {ms} ms"),
+        Ok(code) => println!("ok: HTTP {code} in {ms} ms"),
+        Err(e) => {
+            println!("failed after {ms} ms: {e}");
+            return Ok(exit::FAILURE);
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn sample_event() -> StoredEvent {
+    let now = Utc::now();
+    let id = format!("evt_test_{:x}", now.timestamp_millis());
+    let checkpoint = json!({
+        "id": "ckpt_test", "checkpoint_id": "step-0", "run_id": "loopwatch-test", "target": "sampler",
+        "checkpoint_type": "lora", "base_model": null, "lora_adapter_config": null, "size_bytes": 0,
+        "created_at": rfc3339(now), "sync_status": "COMPLETE"
+    });
+    let e = crate::model::Event {
+        id,
+        kind: crate::model::EventType::Completed,
+        target: "loopwatch-test".into(),
+        checkpoint_id: "ckpt_test".into(),
+        checkpoint_name: "step-0".into(),
+        run_id: "loopwatch-test".into(),
+        checkpoint_target: crate::model::CheckpointTarget::Sampler,
+        detected_at: now,
+        previous_sync_status: Some("SYNCING".into()),
+        sync_status: Some("COMPLETE".into()),
+        first_seen_at: now,
+        sync_seconds: Some(0.0),
+        checkpoint: checkpoint.to_string(),
+    };
+    StoredEvent::from_event(0, &e)
+}
+
+fn human_size(bytes: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    print!("{}", format_table(headers, &rows));
+}
+
+pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Shared by commands that only need the store.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
+    Ok(store::open(&cfg.store.url).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(128 << 20), "128.0 MiB");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = format_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+}

@@ -1,0 +1,514 @@
+//! The outbox worker: claim due deliveries of one sink -> build and sign -> send ->
+//! record the outcome. One worker per sink, each with its own `concurrency`, so a slow or
+//! dead sink never delays polling or another sink.
+//!
+//! Retry policy (interface.md §5): 2xx delivered; 410 dead at once; anything else waits
+//! `retry_schedule[n]` +-20% (at least `Retry-After` when given) and is dead after
+//! 1 + len(retry_schedule) attempts.
+
+pub mod exec;
+pub mod payload;
+pub mod sign;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use rand::RngExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{SinkConfig, SinkKind};
+use crate::health::Heartbeat;
+use crate::metrics::Metrics;
+use crate::store::{AttemptOutcome, Claimed, Store, StoredEvent};
+
+/// Why an attempt failed.
+#[derive(Clone, Debug)]
+pub enum Failure {
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    Timeout,
+    Connect(String),
+    Exec(String),
+    /// The payload could not be built (a template error): retrying will not help soon,
+    /// but the operator may fix the config, so it follows the schedule.
+    Payload(String),
+}
+
+impl Failure {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Failure::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status { code, body, .. } if body.is_empty() => write!(f, "HTTP {code}"),
+            Failure::Status { code, body, .. } => write!(f, "HTTP {code}: {body}"),
+            Failure::Timeout => f.write_str("timed out"),
+            Failure::Connect(e) => write!(f, "connection failed: {e}"),
+            Failure::Exec(e) => f.write_str(e),
+            Failure::Payload(e) => write!(f, "cannot build the payload: {e}"),
+        }
+    }
+}
+
+/// Decide what happens after attempt number `attempts_before + 1`. `jitter` is in
+/// [-1, 1] and scales the +-20% spread.
+pub fn decide(
+    result: &Result<u16, Failure>,
+    attempts_before: u32,
+    schedule: &[Duration],
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> AttemptOutcome {
+    let failure = match result {
+        Ok(_) => return AttemptOutcome::Delivered,
+        Err(f) => f,
+    };
+    let status = failure.status();
+    let error = failure.to_string();
+    if status == Some(410) {
+        return AttemptOutcome::Dead { status, error };
+    }
+    let Some(base) = schedule.get(attempts_before as usize) else {
+        return AttemptOutcome::Dead { status, error };
+    };
+    let mut wait = base.mul_f64(1.0 + 0.2 * jitter.clamp(-1.0, 1.0));
+    if let Failure::Status {
+        code: 429 | 503,
+        retry_after: Some(ra),
+        ..
+    } = failure
+    {
+        wait = wait.max(*ra);
+    }
+    let next = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+    AttemptOutcome::Retry {
+        next,
+        status,
+        error,
+    }
+}
+
+/// A configured sink, ready to send.
+pub struct Sink {
+    pub cfg: SinkConfig,
+    template: Option<payload::Template>,
+    http: reqwest::Client,
+    notify: Notify,
+}
+
+impl Sink {
+    pub fn new(cfg: SinkConfig, http: reqwest::Client) -> anyhow::Result<Self> {
+        let template = match &cfg.kind {
+            SinkKind::Webhook {
+                template: Some(t), ..
+            } => Some(
+                payload::compile_template(t)
+                    .map_err(|e| anyhow::anyhow!("sink {}: template: {e}", cfg.name))?,
+            ),
+            _ => None,
+        };
+        Ok(Sink {
+            cfg,
+            template,
+            http,
+            notify: Notify::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn payload(&self, event: &StoredEvent) -> Result<payload::Payload, String> {
+        match &self.cfg.kind {
+            SinkKind::Webhook {
+                format,
+                content_type,
+                ..
+            } => payload::build(event, *format, self.template.as_ref(), content_type),
+            SinkKind::Exec { .. } => Ok(payload::Payload {
+                content_type: "application/json".into(),
+                headers: Vec::new(),
+                body: event.body.clone().into_bytes(),
+            }),
+        }
+    }
+
+    /// One attempt: Ok(status) on success (0 for exec).
+    pub async fn send(&self, event: &StoredEvent) -> Result<u16, Failure> {
+        match &self.cfg.kind {
+            SinkKind::Webhook {
+                url,
+                secret,
+                previous_secret,
+                headers,
+                ..
+            } => {
+                let keys: Vec<_> = secret.iter().chain(previous_secret.iter()).collect();
+                webhook::send(
+                    &self.http,
+                    self,
+                    url,
+                    &keys,
+                    headers,
+                    event,
+                    self.cfg.timeout,
+                )
+                .await
+            }
+            SinkKind::Exec { command } => exec::run(command, event, self.cfg.timeout).await,
+        }
+    }
+}
+
+/// The sinks and what they share.
+pub struct Outbox {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    sinks: Vec<Arc<Sink>>,
+}
+
+impl Outbox {
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        sinks: &[SinkConfig],
+    ) -> anyhow::Result<Self> {
+        let http = webhook::client();
+        let sinks = sinks
+            .iter()
+            .map(|s| Sink::new(s.clone(), http.clone()).map(Arc::new))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Outbox {
+            store,
+            metrics,
+            sinks,
+        })
+    }
+
+    pub fn sinks(&self) -> &[Arc<Sink>] {
+        &self.sinks
+    }
+
+    /// New deliveries were committed: wake every worker.
+    pub fn notify(&self) {
+        for s in &self.sinks {
+            s.notify.notify_one();
+        }
+    }
+
+    /// How long a claim lasts: a worker that dies mid-attempt frees it after this.
+    fn lease(sink: &Sink) -> Duration {
+        sink.cfg.timeout + Duration::from_secs(30)
+    }
+
+    async fn attempt(&self, sink: &Sink, c: Claimed) -> (Claimed, Result<u16, Failure>, Duration) {
+        let start = Instant::now();
+        let r = sink.send(&c.event).await;
+        (c, r, start.elapsed())
+    }
+
+    async fn record(&self, sink: &Sink, c: &Claimed, result: Result<u16, Failure>, took: Duration) {
+        let name = sink.name();
+        let now = Utc::now();
+        let jitter = rand::rng().random_range(-1.0..=1.0);
+        let outcome = decide(&result, c.attempts, &sink.cfg.retry_schedule, now, jitter);
+        let attempt = c.attempts + 1;
+        let ev = &c.event;
+        self.metrics
+            .delivery_duration
+            .with_label_values(&[name])
+            .observe(took.as_secs_f64());
+        let label = match &outcome {
+            AttemptOutcome::Delivered => {
+                debug!(sink = name, event_id = %ev.id, attempt, "delivered");
+                "success"
+            }
+            AttemptOutcome::Retry { next, error, .. } => {
+                let in_secs = (*next - now).num_milliseconds() as f64 / 1000.0;
+                warn!(sink = name, event_id = %ev.id, attempt, %error, retry_in_s = in_secs, "delivery failed, will retry");
+                "retry"
+            }
+            AttemptOutcome::Dead { error, .. } => {
+                error!(sink = name, event_id = %ev.id, attempt, %error,
+                    "delivery failed for good; kept as dead, replay with `loopwatch deliveries redeliver`");
+                "dead"
+            }
+        };
+        self.metrics
+            .deliveries
+            .with_label_values(&[name, label])
+            .inc();
+        if let Err(e) = self
+            .store
+            .record_attempt(c.delivery_id, &outcome, now)
+            .await
+        {
+            // The claim expires and the delivery is retried: at-least-once holds.
+            error!(sink = name, event_id = %ev.id, error = %e, "cannot record a delivery outcome");
+        }
+    }
+
+    /// The worker of one sink, until `token` is cancelled; then in-flight attempts get
+    /// `grace` to finish and the rest stay pending.
+    pub async fn run_sink(
+        &self,
+        sink: Arc<Sink>,
+        token: CancellationToken,
+        grace: Duration,
+        beat: Heartbeat,
+    ) {
+        let limit = sink.cfg.concurrency.get();
+        let mut inflight = FuturesUnordered::new();
+        loop {
+            beat.beat();
+            let free = limit - inflight.len();
+            let mut wait = Duration::from_secs(1);
+            if free > 0 {
+                let now = Utc::now();
+                match self
+                    .store
+                    .claim_due(sink.name(), now, free, sink.cfg.ordered, Self::lease(&sink))
+                    .await
+                {
+                    Ok(batch) => {
+                        let more = batch.len() == free;
+                        for c in batch {
+                            inflight.push(self.attempt(&sink, c));
+                        }
+                        if more {
+                            wait = Duration::ZERO;
+                        } else if let Ok(Some(due)) = self.store.next_due(sink.name()).await
+                            && due > now
+                        {
+                            wait = (due - now).to_std().unwrap_or(wait).min(wait);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry")
+                    }
+                }
+            }
+            tokio::select! {
+                Some((c, r, took)) = inflight.next() => self.record(&sink, &c, r, took).await,
+                _ = sink.notify.notified() => {}
+                _ = tokio::time::sleep(wait), if free > 0 => {}
+                _ = token.cancelled() => break,
+            }
+        }
+        if inflight.is_empty() {
+            return;
+        }
+        info!(
+            sink = sink.name(),
+            in_flight = inflight.len(),
+            grace_s = grace.as_secs_f64(),
+            "waiting for in-flight deliveries"
+        );
+        let drain = async {
+            while let Some((c, r, took)) = inflight.next().await {
+                self.record(&sink, &c, r, took).await;
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            warn!(
+                sink = sink.name(),
+                "grace period over; unfinished deliveries stay pending"
+            );
+        }
+    }
+
+    /// Send everything due now, once (for `loopwatch once`). Failures are rescheduled.
+    pub async fn deliver_due(&self) -> DeliverySummary {
+        let mut summary = DeliverySummary::default();
+        let per_sink = self.sinks.iter().map(|sink| async move {
+            let mut s = DeliverySummary::default();
+            loop {
+                let now = Utc::now();
+                let batch = match self
+                    .store
+                    .claim_due(
+                        sink.name(),
+                        now,
+                        sink.cfg.concurrency.get(),
+                        sink.cfg.ordered,
+                        Self::lease(sink),
+                    )
+                    .await
+                {
+                    Ok(b) if !b.is_empty() => b,
+                    Ok(_) => break,
+                    Err(e) => {
+                        warn!(sink = sink.name(), error = %e, "cannot claim deliveries");
+                        s.failed += 1;
+                        break;
+                    }
+                };
+                let results = futures_util::future::join_all(
+                    batch.into_iter().map(|c| self.attempt(sink, c)),
+                )
+                .await;
+                for (c, r, took) in results {
+                    if r.is_ok() {
+                        s.delivered += 1;
+                    } else {
+                        s.failed += 1;
+                    }
+                    self.record(sink, &c, r, took).await;
+                }
+            }
+            s
+        });
+        for s in futures_util::future::join_all(per_sink).await {
+            summary.delivered += s.delivered;
+            summary.failed += s.failed;
+        }
+        summary
+    }
+
+    /// Refresh the backlog gauges from the store (at scrape time).
+    pub async fn refresh_backlog(&self) {
+        let Ok(rows) = self.store.backlog().await else {
+            return;
+        };
+        let by_sink: HashMap<&str, _> = rows.iter().map(|b| (b.sink.as_str(), b)).collect();
+        let now = Utc::now();
+        for s in &self.sinks {
+            let n = s.name();
+            let b = by_sink.get(n);
+            self.metrics
+                .pending
+                .with_label_values(&[n])
+                .set(b.map_or(0, |b| b.pending));
+            self.metrics
+                .dead
+                .with_label_values(&[n])
+                .set(b.map_or(0, |b| b.dead));
+            let age = b.and_then(|b| b.oldest_pending).map_or(0.0, |t| {
+                ((now - t).num_milliseconds() as f64 / 1000.0).max(0.0)
+            });
+            self.metrics.oldest_pending.with_label_values(&[n]).set(age);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeliverySummary {
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> Vec<Duration> {
+        vec![Duration::from_secs(5), Duration::from_secs(300)]
+    }
+
+    fn status(code: u16, retry_after: Option<u64>) -> Result<u16, Failure> {
+        Err(Failure::Status {
+            code,
+            retry_after: retry_after.map(Duration::from_secs),
+            body: String::new(),
+        })
+    }
+
+    fn wait_of(o: &AttemptOutcome, now: DateTime<Utc>) -> f64 {
+        match o {
+            AttemptOutcome::Retry { next, .. } => (*next - now).num_milliseconds() as f64 / 1000.0,
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn success_is_delivered() {
+        assert!(matches!(
+            decide(&Ok(204), 0, &schedule(), Utc::now(), 0.0),
+            AttemptOutcome::Delivered
+        ));
+    }
+
+    #[test]
+    fn gone_is_dead_at_once() {
+        assert!(matches!(
+            decide(&status(410, None), 0, &schedule(), Utc::now(), 0.0),
+            AttemptOutcome::Dead { .. }
+        ));
+    }
+
+    #[test]
+    fn schedule_with_jitter_then_dead() {
+        let now = Utc::now();
+        assert_eq!(
+            wait_of(&decide(&status(500, None), 0, &schedule(), now, 0.0), now),
+            5.0
+        );
+        assert_eq!(
+            wait_of(&decide(&status(500, None), 0, &schedule(), now, 1.0), now),
+            6.0
+        );
+        assert_eq!(
+            wait_of(&decide(&status(500, None), 0, &schedule(), now, -1.0), now),
+            4.0
+        );
+        assert_eq!(
+            wait_of(
+                &decide(&Err(Failure::Timeout), 1, &schedule(), now, 0.0),
+                now
+            ),
+            300.0
+        );
+        // 1 + len(schedule) attempts in all: the third failure is final
+        assert!(matches!(
+            decide(&status(302, None), 2, &schedule(), now, 0.0),
+            AttemptOutcome::Dead { .. }
+        ));
+        assert!(matches!(
+            decide(&status(500, None), 0, &[], now, 0.0),
+            AttemptOutcome::Dead { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_for_429_and_503() {
+        let now = Utc::now();
+        assert_eq!(
+            wait_of(
+                &decide(&status(429, Some(60)), 0, &schedule(), now, 0.0),
+                now
+            ),
+            60.0
+        );
+        assert_eq!(
+            wait_of(
+                &decide(&status(503, Some(2)), 0, &schedule(), now, 0.0),
+                now
+            ),
+            5.0
+        );
+        assert_eq!(
+            wait_of(
+                &decide(&status(500, Some(60)), 0, &schedule(), now, 0.0),
+                now
+            ),
+            5.0
+        );
+    }
+}

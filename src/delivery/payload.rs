@@ -1,0 +1,165 @@
+//! Request bodies in each `format`: the stored `standard` body as is, CloudEvents
+//! (structured or binary mode), or a MiniJinja template rendered from the same fields.
+//! Templates see only the event, never a secret.
+
+use minijinja::Environment;
+use serde_json::Value;
+
+use crate::config::PayloadFormat;
+use crate::store::StoredEvent;
+
+/// What goes on the wire for one attempt (before signing).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Payload {
+    pub content_type: String,
+    /// Extra headers (`ce-*` in binary mode).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A template compiled once at config validation and again at sink construction.
+pub struct Template {
+    env: Environment<'static>,
+}
+
+/// Compile a body template; the error is MiniJinja's, with line information.
+pub fn compile_template(source: &str) -> Result<Template, String> {
+    let mut env = Environment::new();
+    env.add_template_owned("body", source.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(Template { env })
+}
+
+impl Template {
+    pub fn render(&self, context: &Value) -> Result<String, String> {
+        self.env
+            .get_template("body")
+            .and_then(|t| t.render(minijinja::value::Serde(context)))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Build the payload of `event` in `format`.
+pub fn build(
+    event: &StoredEvent,
+    format: PayloadFormat,
+    template: Option<&Template>,
+    content_type: &str,
+) -> Result<Payload, String> {
+    let standard = || -> Result<Value, String> {
+        serde_json::from_str(&event.body).map_err(|e| format!("stored event body is not JSON: {e}"))
+    };
+    match format {
+        PayloadFormat::Standard => Ok(Payload {
+            content_type: content_type.to_string(),
+            headers: Vec::new(),
+            body: event.body.clone().into_bytes(),
+        }),
+        PayloadFormat::CloudEvents => {
+            let s = standard()?;
+            let ce = serde_json::json!({
+                "specversion": "1.0",
+                "id": event.id,
+                "type": format!("loopwatch.{}", event.kind),
+                "source": format!("bt://loops:{}", event.run_id),
+                "subject": event.uri(),
+                "time": s["timestamp"],
+                "datacontenttype": "application/json",
+                "data": s["data"],
+            });
+            Ok(Payload {
+                content_type: content_type.to_string(),
+                headers: Vec::new(),
+                body: ce.to_string().into_bytes(),
+            })
+        }
+        PayloadFormat::CloudEventsBinary => {
+            let s = standard()?;
+            let time = s["timestamp"].as_str().unwrap_or_default().to_string();
+            Ok(Payload {
+                content_type: "application/json".into(),
+                headers: vec![
+                    ("ce-specversion".into(), "1.0".into()),
+                    ("ce-id".into(), event.id.clone()),
+                    ("ce-type".into(), format!("loopwatch.{}", event.kind)),
+                    ("ce-source".into(), format!("bt://loops:{}", event.run_id)),
+                    ("ce-subject".into(), event.uri()),
+                    ("ce-time".into(), time),
+                ],
+                body: s["data"].to_string().into_bytes(),
+            })
+        }
+        PayloadFormat::Template => {
+            let t = template.ok_or("format = \"template\" without a template")?;
+            let body = t.render(&standard()?)?;
+            Ok(Payload {
+                content_type: content_type.to_string(),
+                headers: Vec::new(),
+                body: body.into_bytes(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn event() -> StoredEvent {
+        StoredEvent {
+            seq: 1,
+            id: "evt_1".into(),
+            kind: "checkpoint.completed".into(),
+            target: "qwen".into(),
+            checkpoint_id: "ck1".into(),
+            checkpoint_name: "step-100".into(),
+            run_id: "k4".into(),
+            checkpoint_target: "sampler".into(),
+            detected_at: Utc::now(),
+            body: r#"{"type":"checkpoint.completed","timestamp":"2026-11-26T23:01:02.345Z","data":{"event_id":"evt_1","uri":"bt://loops:k4/sampler_weights/step-100"}}"#.into(),
+        }
+    }
+
+    #[test]
+    fn standard_is_the_stored_body() {
+        let p = build(&event(), PayloadFormat::Standard, None, "application/json").unwrap();
+        assert_eq!(p.body, event().body.into_bytes());
+    }
+
+    #[test]
+    fn cloudevents_structured_and_binary() {
+        let p = build(
+            &event(),
+            PayloadFormat::CloudEvents,
+            None,
+            "application/cloudevents+json",
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "loopwatch.checkpoint.completed");
+        assert_eq!(v["source"], "bt://loops:k4");
+        assert_eq!(v["subject"], "bt://loops:k4/sampler_weights/step-100");
+        assert_eq!(v["data"]["event_id"], "evt_1");
+        let p = build(&event(), PayloadFormat::CloudEventsBinary, None, "").unwrap();
+        assert!(p.headers.contains(&("ce-id".into(), "evt_1".into())));
+        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["event_id"], "evt_1");
+    }
+
+    #[test]
+    fn templates_render_and_escape_with_tojson() {
+        let t = compile_template(r#"{"text": {{ ("done: " ~ data.uri) | tojson }}}"#).unwrap();
+        let p = build(
+            &event(),
+            PayloadFormat::Template,
+            Some(&t),
+            "application/json",
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["text"], "done: bt://loops:k4/sampler_weights/step-100");
+        assert!(compile_template("{{ broken").is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! `loopwatch demo`: the whole product in one process with no account and no network.
+//! A simulated Loops API runs a training run that saves a sampler and a trainer
+//! checkpoint every few seconds; an embedded receiver verifies each webhook's signature
+//! and prints one line per event; the daemon runs on a throw-away SQLite file.
+//!
+//! The demo is its own wiring (like `app.rs`, it spawns): the simulator and the receiver
+//! are test fixtures, not parts of the daemon.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64::Engine;
+use rand::RngExt;
+
+use crate::app::App;
+use crate::config::{self, Environment, SigningKey};
+use crate::delivery::sign;
+use crate::sim::SimApi;
+use crate::store::DeliveryStatus;
+
+pub struct DemoOptions {
+    /// Stop after this long; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+    /// Address of `/metrics` `/healthz` `/readyz`.
+    pub listen: SocketAddr,
+    /// How often the simulated run saves checkpoints, and how long each syncs.
+    pub every: Duration,
+    pub sync_for: Duration,
+}
+
+/// What the embedded receiver saw.
+#[derive(Default)]
+pub struct Receiver {
+    key: Option<SigningKey>,
+    pub received: AtomicU64,
+    pub bad_signatures: AtomicU64,
+    pub duplicates: AtomicU64,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl Receiver {
+    fn new(key: SigningKey) -> Self {
+        Receiver {
+            key: Some(key),
+            ..Receiver::default()
+        }
+    }
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (id, ts, sig) = (
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+    );
+    let ts: i64 = ts.parse().unwrap_or_default();
+    let valid = r
+        .key
+        .as_ref()
+        .is_some_and(|k| sign::verify(k, &id, ts, &body, &sig));
+    let fresh = (chrono::Utc::now().timestamp() - ts).abs() <= 300;
+    if !valid || !fresh {
+        r.bad_signatures.fetch_add(1, Ordering::Relaxed);
+        println!(
+            "  receiver: REJECTED {id}: signature {}",
+            if valid { "too old" } else { "invalid" }
+        );
+        return StatusCode::UNAUTHORIZED;
+    }
+    r.received.fetch_add(1, Ordering::Relaxed);
+    if !r.seen.lock().expect("not poisoned").insert(id.clone()) {
+        r.duplicates.fetch_add(1, Ordering::Relaxed);
+        println!("  receiver: duplicate {id} acknowledged again (at-least-once)");
+        return StatusCode::NO_CONTENT;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let d = &v["data"];
+    let sync = match d["sync_seconds"].as_f64() {
+        Some(s) => format!("  synced in {s:.1}s"),
+        None => String::new(),
+    };
+    println!(
+        "  receiver: {:<26} {:<48} signature ok  {id}{sync}",
+        v["type"].as_str().unwrap_or("?"),
+        d["uri"].as_str().unwrap_or("?"),
+    );
+    StatusCode::NO_CONTENT
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+const CONFIG: &str = r#"
+[api]
+base_url = "{api}"
+api_key_env = "LOOPWATCH_DEMO_API_KEY"
+max_requests_per_second = 20
+[poll]
+interval = "2s"
+syncing_interval = "500ms"
+jitter = 0.0
+stalled_after = "10m"
+[store]
+url = "sqlite://{db}"
+[server]
+listen = "{listen}"
+[delivery]
+shutdown_grace = "2s"
+[[targets]]
+name = "demo-run"
+run_id = "demo-run"
+[[sinks]]
+name = "demo-receiver"
+url = "{receiver}/hooks/loops"
+secret_env = "LOOPWATCH_DEMO_SECRET"
+retry_schedule = ["1s", "2s", "5s"]
+"#;
+
+pub async fn run(
+    opts: DemoOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<u8> {
+    let api_key = format!("demo-{:x}", rand::rng().random::<u64>());
+    let secret = random_secret();
+    let sim = SimApi::start(Some(api_key.clone())).await?;
+    sim.handle()
+        .start_training_run("demo-run", "Qwen/Qwen3-8B", opts.every, opts.sync_for, None);
+
+    let receiver = Arc::new(Receiver::new(
+        SigningKey::parse(&secret).map_err(anyhow::Error::msg)?,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver_url = format!("http://{}", listener.local_addr()?);
+    let router = Router::new()
+        .route("/hooks/loops", post(receive))
+        .with_state(receiver.clone());
+    let stop_receiver = tokio_util::sync::CancellationToken::new();
+    let receiver_task = tokio::spawn({
+        let stop = stop_receiver.clone();
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    });
+
+    let dir = tempfile::Builder::new()
+        .prefix("loopwatch-demo-")
+        .tempdir()?;
+    let db = dir.path().join("loopwatch.db");
+    let text = CONFIG
+        .replace("{api}", &sim.base_url())
+        .replace("{db}", &db.display().to_string())
+        .replace("{listen}", &opts.listen.to_string())
+        .replace("{receiver}", &receiver_url);
+    let env = Environment::from_pairs([
+        ("LOOPWATCH_DEMO_API_KEY", api_key),
+        ("LOOPWATCH_DEMO_SECRET", secret),
+    ]);
+    let cfg = config::load_str(&text, config::FileFormat::Toml, "demo.toml", &env)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let app = App::build(cfg, true).await?;
+    let store = app.store.clone();
+    let addr = app.local_addr().expect("bound");
+    println!(
+        "loopwatch demo: a simulated training run saves a sampler and a trainer checkpoint every {:?};",
+        opts.every
+    );
+    println!(
+        "each syncs for {:?}, then completes. Events arrive below as signed webhooks.",
+        opts.sync_for
+    );
+    println!("  simulated Loops API  {}", sim.base_url());
+    println!("  webhook receiver     {receiver_url}/hooks/loops");
+    println!("  metrics              http://{addr}/metrics   (also /healthz, /readyz)");
+    match opts.duration {
+        Some(d) => println!("  stopping after {d:?}; Ctrl-C stops earlier\n"),
+        None => println!("  Ctrl-C to stop\n"),
+    }
+    let stop = async {
+        match opts.duration {
+            Some(d) => tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown => {} },
+            None => shutdown.await,
+        }
+    };
+    app.run(stop).await?;
+
+    let events = store.events(None).await?;
+    let deliveries = store.list_deliveries(None, i64::MAX).await?;
+    let count = |s| deliveries.iter().filter(|d| d.status == s).count();
+    let mut by_type = std::collections::BTreeMap::<&str, usize>::new();
+    for e in &events {
+        *by_type.entry(e.kind.as_str()).or_default() += 1;
+    }
+    let types: Vec<String> = by_type.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!();
+    println!("summary:");
+    println!("  checkpoints seen     {}", sim.handle().checkpoint_count());
+    println!(
+        "  events               {} ({})",
+        events.len(),
+        if types.is_empty() {
+            "none".into()
+        } else {
+            types.join(", ")
+        }
+    );
+    println!(
+        "  deliveries           {} delivered, {} pending, {} dead",
+        count(DeliveryStatus::Delivered),
+        count(DeliveryStatus::Pending),
+        count(DeliveryStatus::Dead)
+    );
+    println!(
+        "  receiver             {} verified, {} rejected signatures, {} duplicates",
+        receiver.received.load(Ordering::Relaxed),
+        receiver.bad_signatures.load(Ordering::Relaxed),
+        receiver.duplicates.load(Ordering::Relaxed)
+    );
+    stop_receiver.cancel();
+    let _ = receiver_task.await;
+    sim.shutdown().await;
+    drop(store);
+    dir.close()?;
+    let failures =
+        receiver.bad_signatures.load(Ordering::Relaxed) + count(DeliveryStatus::Dead) as u64;
+    Ok(if failures == 0 { 0 } else { 1 })
+}

@@ -1,0 +1,666 @@
+//! The pure core: (previous state, listing, now) -> (state updates, events).
+//!
+//! No I/O, no clock, no async. Every row of interface.md §4 is decided here, and the
+//! first sight of a target is the same function run on an empty state.
+//!
+//! Rules beyond the table, chosen so that a flaky upstream never causes a false event:
+//! - `COMPLETE` is terminal: once complete, a listing showing the checkpoint pending
+//!   again is taken for a stale read and ignored (no event, state kept).
+//! - The count of consecutive listings without a checkpoint lives in memory only
+//!   (`persist = false`): a missing checkpoint writes nothing until it is declared deleted,
+//!   and a restart simply starts counting again.
+//! - A deleted checkpoint stays as a tombstone, so its reappearance is not `discovered`
+//!   twice and it can never complete twice.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{Checkpoint, Event, EventType, SyncClass, Tracked, event_id};
+
+/// The knobs of §3 `[poll]` that change what is emitted.
+#[derive(Clone, Debug)]
+pub struct DiffOptions {
+    pub emit_existing: bool,
+    pub delete_after_missing: u32,
+    /// `None` disables `stalled`.
+    pub stalled_after: Option<chrono::Duration>,
+}
+
+/// Everything known about one target between polls.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TargetState {
+    /// The first successful listing has been recorded.
+    pub baselined: bool,
+    pub checkpoints: HashMap<String, Tracked>,
+}
+
+impl TargetState {
+    /// True while any live checkpoint is still syncing (or of unknown status).
+    pub fn has_pending(&self) -> bool {
+        self.checkpoints
+            .values()
+            .any(|t| !t.deleted && !t.completed && t.class().is_pending())
+    }
+
+    pub fn apply(&mut self, diff: &Diff) {
+        if diff.baseline {
+            self.baselined = true;
+        }
+        for u in &diff.updates {
+            self.checkpoints.insert(u.row.id.clone(), u.row.clone());
+        }
+    }
+}
+
+/// A new version of one tracked row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    pub row: Tracked,
+    /// False when only in-memory fields (`missing`) changed: nothing to write.
+    pub persist: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Diff {
+    /// This listing is the target's first: mark it baselined.
+    pub baseline: bool,
+    pub updates: Vec<Update>,
+    pub events: Vec<Event>,
+}
+
+impl Diff {
+    /// Whether the store has anything to write for this poll.
+    pub fn writes(&self) -> bool {
+        self.baseline || !self.events.is_empty() || self.updates.iter().any(|u| u.persist)
+    }
+}
+
+/// Compare a successful listing with the previous state of `target`.
+pub fn diff(
+    target: &str,
+    prev: &TargetState,
+    listing: &[Checkpoint],
+    now: DateTime<Utc>,
+    opts: &DiffOptions,
+) -> Diff {
+    let baseline = !prev.baselined;
+    let silent = baseline && !opts.emit_existing;
+    let mut out = Diff {
+        baseline,
+        ..Diff::default()
+    };
+
+    // Detection order: oldest first, so `ordered` sinks see a run's history in order.
+    let mut sorted: Vec<&Checkpoint> = listing.iter().collect();
+    sorted.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+
+    for c in sorted {
+        let class = SyncClass::of(c.sync_status.as_deref());
+        let Some(p) = prev.checkpoints.get(&c.id) else {
+            let mut row = Tracked {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                run_id: c.run_id.clone(),
+                target: c.target,
+                sync_status: c.sync_status.clone(),
+                created_at: c.created_at.clone(),
+                first_seen_at: now,
+                completed: class == SyncClass::Complete,
+                stalled: false,
+                missing: 0,
+                deleted: false,
+                seq: 0,
+                raw: c.raw.clone(),
+            };
+            if !silent {
+                push(
+                    &mut out,
+                    target,
+                    &mut row,
+                    EventType::Discovered,
+                    None,
+                    None,
+                    now,
+                );
+                if class == SyncClass::Complete {
+                    // First seen already complete: no measured sync time.
+                    push(
+                        &mut out,
+                        target,
+                        &mut row,
+                        EventType::Completed,
+                        None,
+                        None,
+                        now,
+                    );
+                }
+            }
+            out.updates.push(Update { row, persist: true });
+            continue;
+        };
+
+        let mut row = p.clone();
+        row.missing = 0;
+        row.deleted = false;
+        let stale = p.completed && class != SyncClass::Complete;
+        if !stale {
+            row.name = c.name.clone();
+            row.created_at = c.created_at.clone();
+            row.raw = c.raw.clone();
+            row.sync_status = c.sync_status.clone();
+            if p.sync_status != c.sync_status {
+                let before = p.sync_status.clone();
+                if class == SyncClass::Complete {
+                    if !p.completed {
+                        row.completed = true;
+                        let took = seconds_since(row.first_seen_at, now);
+                        push(
+                            &mut out,
+                            target,
+                            &mut row,
+                            EventType::Completed,
+                            before,
+                            took,
+                            now,
+                        );
+                    }
+                    // COMPLETE <-> COMPLETED is a spelling change, not news.
+                } else {
+                    push(
+                        &mut out,
+                        target,
+                        &mut row,
+                        EventType::StatusChanged,
+                        before,
+                        None,
+                        now,
+                    );
+                }
+            }
+        }
+        if let Some(after) = opts.stalled_after
+            && !row.completed
+            && !row.stalled
+            && now - row.first_seen_at >= after
+        {
+            row.stalled = true;
+            let before = row.sync_status.clone();
+            let took = seconds_since(row.first_seen_at, now);
+            push(
+                &mut out,
+                target,
+                &mut row,
+                EventType::Stalled,
+                before,
+                took,
+                now,
+            );
+        }
+        if row != *p {
+            let persist = !same_persisted(&row, p);
+            out.updates.push(Update { row, persist });
+        }
+    }
+
+    let present: std::collections::HashSet<&str> = listing.iter().map(|c| c.id.as_str()).collect();
+    let mut gone: Vec<&Tracked> = prev
+        .checkpoints
+        .values()
+        .filter(|t| !t.deleted && !present.contains(t.id.as_str()))
+        .collect();
+    gone.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    for p in gone {
+        let mut row = p.clone();
+        row.missing += 1;
+        let persist = row.missing >= opts.delete_after_missing.max(1);
+        if persist {
+            row.deleted = true;
+            let before = row.sync_status.clone();
+            push(
+                &mut out,
+                target,
+                &mut row,
+                EventType::Deleted,
+                before,
+                None,
+                now,
+            );
+        }
+        out.updates.push(Update { row, persist });
+    }
+    out
+}
+
+fn same_persisted(a: &Tracked, b: &Tracked) -> bool {
+    Tracked {
+        missing: 0,
+        ..a.clone()
+    } == Tracked {
+        missing: 0,
+        ..b.clone()
+    }
+}
+
+fn seconds_since(then: DateTime<Utc>, now: DateTime<Utc>) -> Option<f64> {
+    Some((now - then).num_milliseconds() as f64 / 1000.0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push(
+    out: &mut Diff,
+    target: &str,
+    row: &mut Tracked,
+    kind: EventType,
+    previous: Option<String>,
+    sync_seconds: Option<f64>,
+    now: DateTime<Utc>,
+) {
+    out.events.push(Event {
+        id: event_id(target, &row.id, row.first_seen_at, row.seq),
+        kind,
+        target: target.to_string(),
+        checkpoint_id: row.id.clone(),
+        checkpoint_name: row.name.clone(),
+        run_id: row.run_id.clone(),
+        checkpoint_target: row.target,
+        detected_at: now,
+        previous_sync_status: previous,
+        sync_status: row.sync_status.clone(),
+        first_seen_at: row.first_seen_at,
+        sync_seconds,
+        checkpoint: row.raw.clone(),
+    });
+    row.seq += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CheckpointTarget;
+    use chrono::TimeDelta;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000).unwrap()
+    }
+
+    fn opts() -> DiffOptions {
+        DiffOptions {
+            emit_existing: false,
+            delete_after_missing: 2,
+            stalled_after: Some(TimeDelta::minutes(30)),
+        }
+    }
+
+    fn ck(id: &str, status: Option<&str>) -> Checkpoint {
+        Checkpoint {
+            id: id.into(),
+            name: format!("step-{id}"),
+            run_id: "run1".into(),
+            target: CheckpointTarget::Sampler,
+            checkpoint_type: "lora".into(),
+            size_bytes: 10,
+            created_at: format!("2026-11-26T00:00:00.{id:0>3}Z"),
+            base_model: None,
+            sync_status: status.map(str::to_string),
+            raw: format!(r#"{{"id":"{id}","sync_status":{status:?}}}"#),
+        }
+    }
+
+    /// Apply `listings` in turn, `minutes_between` apart; return the event types of the last.
+    fn run(
+        opts: &DiffOptions,
+        listings: &[Vec<Checkpoint>],
+        minutes_between: i64,
+    ) -> (TargetState, Vec<Vec<(EventType, String)>>) {
+        let mut state = TargetState::default();
+        let mut all = Vec::new();
+        for (i, l) in listings.iter().enumerate() {
+            let now = t0() + TimeDelta::minutes(minutes_between * i as i64);
+            let d = diff("t", &state, l, now, opts);
+            state.apply(&d);
+            all.push(
+                d.events
+                    .iter()
+                    .map(|e| (e.kind, e.checkpoint_id.clone()))
+                    .collect(),
+            );
+        }
+        (state, all)
+    }
+
+    fn check(listings: &[Vec<Checkpoint>], expect_last: &[(EventType, &str)]) {
+        check_with(&opts(), listings, 1, expect_last)
+    }
+
+    fn check_with(
+        opts: &DiffOptions,
+        listings: &[Vec<Checkpoint>],
+        minutes_between: i64,
+        expect_last: &[(EventType, &str)],
+    ) {
+        let (_, all) = run(opts, listings, minutes_between);
+        let last = all.last().unwrap();
+        let expect: Vec<(EventType, String)> = expect_last
+            .iter()
+            .map(|(k, id)| (*k, id.to_string()))
+            .collect();
+        assert_eq!(last, &expect, "listings: {listings:?}");
+    }
+
+    use EventType::*;
+
+    #[test]
+    fn baseline_is_silent_by_default() {
+        check(
+            &[vec![ck("1", Some("COMPLETE")), ck("2", Some("SYNCING"))]],
+            &[],
+        );
+    }
+
+    #[test]
+    fn baseline_with_emit_existing_emits_like_an_empty_state() {
+        let o = DiffOptions {
+            emit_existing: true,
+            ..opts()
+        };
+        check_with(
+            &o,
+            &[vec![ck("1", Some("COMPLETE")), ck("2", Some("SYNCING"))]],
+            1,
+            &[(Discovered, "1"), (Completed, "1"), (Discovered, "2")],
+        );
+    }
+
+    #[test]
+    fn baseline_of_an_empty_listing_still_counts() {
+        check(
+            &[vec![], vec![ck("1", Some("SYNCING"))]],
+            &[(Discovered, "1")],
+        );
+    }
+
+    #[test]
+    fn new_id_after_baseline_is_discovered() {
+        check(
+            &[
+                vec![ck("1", Some("COMPLETE"))],
+                vec![ck("1", Some("COMPLETE")), ck("2", Some("SYNCING"))],
+            ],
+            &[(Discovered, "2")],
+        );
+    }
+
+    #[test]
+    fn syncing_to_complete_is_completed() {
+        check(
+            &[
+                vec![ck("1", Some("SYNCING"))],
+                vec![ck("1", Some("COMPLETE"))],
+            ],
+            &[(Completed, "1")],
+        );
+    }
+
+    #[test]
+    fn null_to_completed_spelling_is_completed() {
+        check(
+            &[vec![ck("1", None)], vec![ck("1", Some("COMPLETED"))]],
+            &[(Completed, "1")],
+        );
+    }
+
+    #[test]
+    fn appearing_and_completing_between_two_polls_is_discovered_and_completed() {
+        check(
+            &[vec![], vec![ck("1", Some("COMPLETE"))]],
+            &[(Discovered, "1"), (Completed, "1")],
+        );
+    }
+
+    #[test]
+    fn unknown_status_is_status_changed_never_completed() {
+        check(
+            &[
+                vec![ck("1", Some("SYNCING"))],
+                vec![ck("1", Some("FAILED"))],
+            ],
+            &[(StatusChanged, "1")],
+        );
+        check(
+            &[vec![ck("1", None)], vec![ck("1", Some("SYNCING"))]],
+            &[(StatusChanged, "1")],
+        );
+        check(
+            &[vec![], vec![ck("1", Some("WEIRD"))]],
+            &[(Discovered, "1")],
+        );
+    }
+
+    #[test]
+    fn complete_spelling_change_is_not_news() {
+        check(
+            &[
+                vec![ck("1", Some("SYNCING"))],
+                vec![ck("1", Some("COMPLETE"))],
+                vec![ck("1", Some("COMPLETED"))],
+            ],
+            &[],
+        );
+    }
+
+    #[test]
+    fn complete_going_back_to_syncing_is_a_stale_read() {
+        let listings = [
+            vec![ck("1", Some("SYNCING"))],
+            vec![ck("1", Some("COMPLETE"))],
+            vec![ck("1", Some("SYNCING"))],
+            vec![ck("1", Some("COMPLETE"))],
+        ];
+        let (state, all) = run(&opts(), &listings, 1);
+        assert_eq!(all[1], vec![(Completed, "1".to_string())]);
+        assert!(all[2].is_empty() && all[3].is_empty());
+        assert_eq!(
+            state.checkpoints["1"].sync_status.as_deref(),
+            Some("COMPLETE")
+        );
+    }
+
+    #[test]
+    fn stalled_fires_once_after_the_threshold() {
+        let o = opts();
+        let l = vec![ck("1", Some("SYNCING"))];
+        // polls 20 minutes apart: t=0 baseline, t=20 nothing, t=40 stalled, t=60 nothing
+        let (_, all) = run(&o, &[l.clone(), l.clone(), l.clone(), l.clone()], 20);
+        assert!(all[0].is_empty() && all[1].is_empty());
+        assert_eq!(all[2], vec![(Stalled, "1".to_string())]);
+        assert!(all[3].is_empty());
+    }
+
+    #[test]
+    fn stalled_off_when_unset_and_never_for_complete() {
+        let o = DiffOptions {
+            stalled_after: None,
+            ..opts()
+        };
+        let l = vec![ck("1", Some("SYNCING"))];
+        check_with(&o, &[l.clone(), l.clone(), l], 60, &[]);
+        let l = vec![ck("1", Some("COMPLETE"))];
+        check_with(&opts(), &[l.clone(), l.clone(), l], 60, &[]);
+    }
+
+    #[test]
+    fn deleted_after_n_consecutive_missing_listings() {
+        let both = vec![ck("1", Some("COMPLETE")), ck("2", Some("COMPLETE"))];
+        let one = vec![ck("2", Some("COMPLETE"))];
+        let (state, all) = run(
+            &opts(),
+            &[both.clone(), one.clone(), one.clone(), one.clone()],
+            1,
+        );
+        assert!(all[1].is_empty());
+        assert_eq!(all[2], vec![(Deleted, "1".to_string())]);
+        assert!(all[3].is_empty(), "deleted fires once");
+        assert!(state.checkpoints["1"].deleted);
+        // a gap shorter than N resets the count
+        let (_, all) = run(
+            &opts(),
+            &[both.clone(), one.clone(), both.clone(), one.clone()],
+            1,
+        );
+        assert!(all.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_missing_checkpoint_writes_nothing_until_deleted() {
+        let both = vec![ck("1", Some("COMPLETE")), ck("2", Some("COMPLETE"))];
+        let mut state = TargetState::default();
+        state.apply(&diff("t", &state, &both, t0(), &opts()));
+        let d = diff("t", &state, &both[1..], t0(), &opts());
+        assert!(!d.writes());
+        state.apply(&d);
+        let d = diff("t", &state, &both, t0(), &opts());
+        assert!(!d.writes(), "reappearing within N resets memory only");
+    }
+
+    #[test]
+    fn reappearing_tombstone_is_not_discovered_again() {
+        let l = vec![ck("1", Some("COMPLETE"))];
+        check(&[l.clone(), vec![], vec![], l.clone()], &[]);
+        check(
+            &[
+                vec![ck("1", Some("SYNCING"))],
+                vec![],
+                vec![],
+                vec![ck("1", Some("COMPLETE"))],
+            ],
+            &[(Completed, "1")],
+        );
+    }
+
+    #[test]
+    fn unchanged_listing_is_no_diff() {
+        let l = vec![ck("1", Some("SYNCING")), ck("2", Some("COMPLETE"))];
+        let mut state = TargetState::default();
+        state.apply(&diff("t", &state, &l, t0(), &opts()));
+        let d = diff("t", &state, &l, t0() + TimeDelta::seconds(5), &opts());
+        assert_eq!(d, Diff::default());
+    }
+
+    #[test]
+    fn other_field_changes_are_stored_silently() {
+        let mut a = ck("1", Some("SYNCING"));
+        let mut state = TargetState::default();
+        state.apply(&diff("t", &state, std::slice::from_ref(&a), t0(), &opts()));
+        a.raw = r#"{"id":"1","size_bytes":99}"#.into();
+        let d = diff("t", &state, &[a], t0(), &opts());
+        assert!(d.events.is_empty());
+        assert!(d.writes());
+    }
+
+    #[test]
+    fn completed_carries_previous_status_and_sync_seconds() {
+        let mut state = TargetState::default();
+        state.apply(&diff(
+            "t",
+            &state,
+            &[ck("1", Some("SYNCING"))],
+            t0(),
+            &opts(),
+        ));
+        let d = diff(
+            "t",
+            &state,
+            &[ck("1", Some("COMPLETE"))],
+            t0() + TimeDelta::milliseconds(82_300),
+            &opts(),
+        );
+        let e = &d.events[0];
+        assert_eq!(e.previous_sync_status.as_deref(), Some("SYNCING"));
+        assert_eq!(e.sync_status.as_deref(), Some("COMPLETE"));
+        assert_eq!(e.sync_seconds, Some(82.3));
+        assert_eq!(e.first_seen_at, t0());
+        // the same detection on the same state yields the same id (crash before commit)
+        let again = diff(
+            "t",
+            &state,
+            &[ck("1", Some("COMPLETE"))],
+            t0() + TimeDelta::seconds(90),
+            &opts(),
+        );
+        assert_eq!(again.events[0].id, e.id);
+    }
+
+    #[test]
+    fn events_come_in_creation_order() {
+        let l = vec![ck("3", None), ck("1", None), ck("2", None)];
+        check(
+            &[vec![], l],
+            &[(Discovered, "1"), (Discovered, "2"), (Discovered, "3")],
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashSet;
+
+        fn status() -> impl Strategy<Value = Option<&'static str>> {
+            prop_oneof![
+                Just(None),
+                Just(Some("SYNCING")),
+                Just(Some("COMPLETE")),
+                Just(Some("COMPLETED")),
+                Just(Some("FAILED")),
+            ]
+        }
+
+        fn listing() -> impl Strategy<Value = Vec<Checkpoint>> {
+            proptest::collection::btree_map(0u8..6, status(), 0..6).prop_map(|m| {
+                m.into_iter()
+                    .map(|(id, s)| ck(&id.to_string(), s))
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn completed_at_most_once_and_unchanged_is_silent(
+                listings in proptest::collection::vec(listing(), 1..12),
+                emit_existing: bool,
+                delete_after in 1u32..4,
+                gaps in proptest::collection::vec(0i64..40, 12),
+            ) {
+                let o = DiffOptions { emit_existing, delete_after_missing: delete_after, stalled_after: Some(TimeDelta::minutes(30)) };
+                let mut state = TargetState::default();
+                let mut completed = HashSet::new();
+                let mut ids = HashSet::new();
+                let mut now = t0();
+                for (i, l) in listings.iter().enumerate() {
+                    now += TimeDelta::minutes(gaps[i]);
+                    let d = diff("t", &state, l, now, &o);
+                    for e in &d.events {
+                        prop_assert!(ids.insert(e.id.clone()), "event id reused: {:?}", e);
+                        if e.kind == EventType::Completed {
+                            prop_assert!(completed.insert(e.checkpoint_id.clone()), "completed twice: {}", e.checkpoint_id);
+                        }
+                    }
+                    state.apply(&d);
+                    // Repeating a listing settles within N polls (the deletion count),
+                    // after which it emits and writes nothing.
+                    for _ in 0..delete_after {
+                        let d = diff("t", &state, l, now, &o);
+                        for e in &d.events {
+                            prop_assert!(e.kind == EventType::Deleted, "repeated listing emitted {:?}", e);
+                            prop_assert!(ids.insert(e.id.clone()));
+                        }
+                        state.apply(&d);
+                    }
+                    let again = diff("t", &state, l, now, &o);
+                    prop_assert!(again.events.is_empty(), "unchanged listing emitted {:?}", again.events);
+                    prop_assert!(!again.writes(), "unchanged listing writes {:?}", again.updates);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Liveness and readiness, shared by the loops that report and the server that answers.
+//!
+//! Liveness: every long-running loop owns a [`Heartbeat`] with the longest silence that is
+//! still healthy; `/healthz` fails when any loop has been silent longer (a wedged poll or
+//! delivery loop). Readiness: the store is open and every target has been polled once.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Clone)]
+pub struct Heartbeat {
+    name: Arc<str>,
+    last: Arc<AtomicI64>,
+    max_silence: Duration,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        Duration::from_millis((now_ms() - self.last.load(Ordering::Relaxed)).max(0) as u64)
+    }
+}
+
+#[derive(Default)]
+pub struct Health {
+    beats: Mutex<Vec<Heartbeat>>,
+    pending_targets: Mutex<BTreeSet<String>>,
+    role: Mutex<String>,
+}
+
+impl Health {
+    pub fn new(targets: impl IntoIterator<Item = String>) -> Self {
+        Health {
+            beats: Mutex::default(),
+            pending_targets: Mutex::new(targets.into_iter().collect()),
+            role: Mutex::new("single".into()),
+        }
+    }
+
+    /// Register a loop that must beat at least every `max_silence`.
+    pub fn heartbeat(&self, name: &str, max_silence: Duration) -> Heartbeat {
+        let hb = Heartbeat {
+            name: name.into(),
+            last: Arc::new(AtomicI64::new(now_ms())),
+            max_silence,
+        };
+        self.beats.lock().expect("not poisoned").push(hb.clone());
+        hb
+    }
+
+    pub fn target_polled(&self, target: &str) {
+        self.pending_targets
+            .lock()
+            .expect("not poisoned")
+            .remove(target);
+    }
+
+    /// `Err(reason)` when a loop is wedged.
+    pub fn live(&self) -> Result<(), String> {
+        let stale: Vec<String> = self
+            .beats
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|b| b.silent_for() > b.max_silence)
+            .map(|b| format!("{} silent for {:.0}s", b.name, b.silent_for().as_secs_f64()))
+            .collect();
+        if stale.is_empty() {
+            Ok(())
+        } else {
+            Err(stale.join("; "))
+        }
+    }
+
+    /// `Err(reason)` until every target has been polled successfully once.
+    pub fn ready(&self) -> Result<String, String> {
+        let pending = self.pending_targets.lock().expect("not poisoned");
+        let role = self.role.lock().expect("not poisoned").clone();
+        if pending.is_empty() {
+            Ok(format!("ready ({role})"))
+        } else {
+            let names: Vec<&str> = pending.iter().take(10).map(String::as_str).collect();
+            Err(format!(
+                "{} target(s) not polled successfully yet: {}",
+                pending.len(),
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_after_every_target_polled() {
+        let h = Health::new(["a".to_string(), "b".to_string()]);
+        assert!(h.ready().unwrap_err().contains("a, b"));
+        h.target_polled("a");
+        h.target_polled("b");
+        assert!(h.ready().is_ok());
+    }
+
+    #[test]
+    fn a_silent_loop_is_not_live() {
+        let h = Health::new([]);
+        let hb = h.heartbeat("poller", Duration::from_millis(0));
+        hb.last.store(now_ms() - 5_000, Ordering::Relaxed);
+        assert!(h.live().unwrap_err().contains("poller"));
+        let ok = Health::new([]);
+        ok.heartbeat("sink", Duration::from_secs(60)).beat();
+        assert!(ok.live().is_ok());
+    }
+}

@@ -1,0 +1,29 @@
+//! loopwatch: watches Baseten Loops checkpoints and tells the world when one is ready.
+//!
+//! Modules in reading order, following one checkpoint through the daemon:
+//! - [`config`]: raw config -> validated [`config::Config`]; every problem at once.
+//! - [`model`]: domain types (checkpoint, tracked state, event).
+//! - [`api`]: the Loops client; the only module that knows the upstream JSON.
+//! - [`diff`]: the pure core, (state, listing, now) -> (updates, events).
+//! - [`store`]: state + events + outbox, committed in one transaction per poll.
+//! - [`poller`]: per-target schedule: fetch -> diff -> commit.
+//! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
+//! - [`metrics`], [`health`], [`server`]: what operators see.
+//! - [`app`]: wiring; the only place that spawns tasks.
+//! - [`cli`]: the commands of interface.md §2.
+//! - [`sim`], [`demo`]: the simulated Loops API and the one-command demo.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod demo;
+pub mod diff;
+pub mod health;
+pub mod metrics;
+pub mod model;
+pub mod poller;
+pub mod server;
+pub mod sim;
+pub mod store;

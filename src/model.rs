@@ -1,0 +1,307 @@
+//! Domain types shared by every layer: what a checkpoint is once decoded, what the
+//! daemon remembers about it, and the events it emits. No I/O and no wire formats here;
+//! `api/` converts upstream JSON into these types.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// Whether a checkpoint is servable weights (`sampler`) or full training state (`trainer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointTarget {
+    Sampler,
+    Trainer,
+}
+
+impl CheckpointTarget {
+    pub const ALL: [CheckpointTarget; 2] = [CheckpointTarget::Sampler, CheckpointTarget::Trainer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointTarget::Sampler => "sampler",
+            CheckpointTarget::Trainer => "trainer",
+        }
+    }
+
+    /// The path segment of the checkpoint's `bt://` URI.
+    pub fn uri_segment(self) -> &'static str {
+        match self {
+            CheckpointTarget::Sampler => "sampler_weights",
+            CheckpointTarget::Trainer => "weights",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sampler" => Some(CheckpointTarget::Sampler),
+            "trainer" => Some(CheckpointTarget::Trainer),
+            _ => None,
+        }
+    }
+
+    pub fn from_uri_segment(s: &str) -> Option<Self> {
+        match s {
+            "sampler_weights" => Some(CheckpointTarget::Sampler),
+            "weights" => Some(CheckpointTarget::Trainer),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CheckpointTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How loopwatch reads the free-form upstream `sync_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncClass {
+    /// `COMPLETE` or `COMPLETED`.
+    Complete,
+    /// `SYNCING`.
+    Syncing,
+    /// `null`: not yet known, treated as pending.
+    Unknown,
+    /// Any other string: passed through, never fires `completed`.
+    Other,
+}
+
+impl SyncClass {
+    pub fn of(status: Option<&str>) -> SyncClass {
+        match status {
+            None => SyncClass::Unknown,
+            Some("COMPLETE" | "COMPLETED") => SyncClass::Complete,
+            Some("SYNCING") => SyncClass::Syncing,
+            Some(_) => SyncClass::Other,
+        }
+    }
+
+    /// Pending checkpoints are polled at `syncing_interval` and can stall.
+    pub fn is_pending(self) -> bool {
+        matches!(self, SyncClass::Syncing | SyncClass::Unknown)
+    }
+
+    /// The `sync_status` label value of `loopwatch_checkpoints`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SyncClass::Complete => "COMPLETE",
+            SyncClass::Syncing => "SYNCING",
+            SyncClass::Unknown => "unknown",
+            SyncClass::Other => "other",
+        }
+    }
+}
+
+/// One checkpoint as decoded from a listing. `raw` is the upstream object re-encoded
+/// canonically (keys sorted), unknown fields included, so payloads carry it through.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub id: String,
+    pub name: String,
+    pub run_id: String,
+    pub target: CheckpointTarget,
+    pub checkpoint_type: String,
+    pub size_bytes: i64,
+    pub created_at: String,
+    pub base_model: Option<String>,
+    pub sync_status: Option<String>,
+    pub raw: String,
+}
+
+impl Checkpoint {
+    pub fn uri(&self) -> String {
+        checkpoint_uri(&self.run_id, self.target, &self.name)
+    }
+}
+
+pub fn checkpoint_uri(run_id: &str, target: CheckpointTarget, name: &str) -> String {
+    format!("bt://loops:{run_id}/{}/{name}", target.uri_segment())
+}
+
+/// What the daemon remembers about one checkpoint of one target between polls.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tracked {
+    pub id: String,
+    pub name: String,
+    pub run_id: String,
+    pub target: CheckpointTarget,
+    pub sync_status: Option<String>,
+    pub created_at: String,
+    pub first_seen_at: DateTime<Utc>,
+    /// Set once `completed` was emitted or the checkpoint was recorded complete; never cleared.
+    pub completed: bool,
+    pub stalled: bool,
+    /// Consecutive successful listings without this checkpoint.
+    pub missing: u32,
+    /// `deleted` was emitted; the row stays as a tombstone so a reappearance is not news.
+    pub deleted: bool,
+    /// Events emitted for this checkpoint so far; part of every event id.
+    pub seq: u32,
+    pub raw: String,
+}
+
+impl Tracked {
+    pub fn class(&self) -> SyncClass {
+        SyncClass::of(self.sync_status.as_deref())
+    }
+
+    pub fn uri(&self) -> String {
+        checkpoint_uri(&self.run_id, self.target, &self.name)
+    }
+}
+
+/// The five event types of interface.md §4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    Discovered,
+    Completed,
+    StatusChanged,
+    Stalled,
+    Deleted,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::Discovered,
+        EventType::Completed,
+        EventType::StatusChanged,
+        EventType::Stalled,
+        EventType::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Discovered => "checkpoint.discovered",
+            EventType::Completed => "checkpoint.completed",
+            EventType::StatusChanged => "checkpoint.status_changed",
+            EventType::Stalled => "checkpoint.stalled",
+            EventType::Deleted => "checkpoint.deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One detected change, ready to be stored and delivered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// `evt_...`, derived from (target, checkpoint, first sight, per-checkpoint sequence):
+    /// re-detecting the same change after a crash yields the same id.
+    pub id: String,
+    pub kind: EventType,
+    pub target: String,
+    pub checkpoint_id: String,
+    pub checkpoint_name: String,
+    pub run_id: String,
+    pub checkpoint_target: CheckpointTarget,
+    pub detected_at: DateTime<Utc>,
+    pub previous_sync_status: Option<String>,
+    pub sync_status: Option<String>,
+    pub first_seen_at: DateTime<Utc>,
+    pub sync_seconds: Option<f64>,
+    /// The checkpoint's raw upstream object (canonical JSON text).
+    pub checkpoint: String,
+}
+
+impl Event {
+    pub fn uri(&self) -> String {
+        checkpoint_uri(&self.run_id, self.checkpoint_target, &self.checkpoint_name)
+    }
+
+    /// The `format = "standard"` body of interface.md §5. Stored once at detection, so
+    /// every attempt sends the same bytes.
+    pub fn standard_body(&self) -> String {
+        let checkpoint: serde_json::Value =
+            serde_json::from_str(&self.checkpoint).unwrap_or(serde_json::Value::Null);
+        serde_json::json!({
+            "type": self.kind.as_str(),
+            "timestamp": rfc3339(self.detected_at),
+            "data": {
+                "event_id": self.id,
+                "target": self.target,
+                "uri": self.uri(),
+                "previous_sync_status": self.previous_sync_status,
+                "sync_status": self.sync_status,
+                "first_seen_at": rfc3339(self.first_seen_at),
+                "sync_seconds": self.sync_seconds,
+                "checkpoint": checkpoint,
+            }
+        })
+        .to_string()
+    }
+}
+
+/// RFC 3339 with milliseconds and `Z`, the one timestamp format loopwatch writes.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Stable event id: `evt_` + 26 hex digits of SHA-256 over the identifying fields.
+pub fn event_id(target: &str, checkpoint_id: &str, first_seen: DateTime<Utc>, seq: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(target.as_bytes());
+    h.update([0]);
+    h.update(checkpoint_id.as_bytes());
+    h.update([0]);
+    h.update(first_seen.timestamp_millis().to_be_bytes());
+    h.update(seq.to_be_bytes());
+    let digest = h.finalize();
+    let mut id = String::with_capacity(30);
+    id.push_str("evt_");
+    for b in &digest[..13] {
+        use std::fmt::Write;
+        let _ = write!(id, "{b:02x}");
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_spellings_of_complete_are_complete() {
+        assert_eq!(SyncClass::of(Some("COMPLETE")), SyncClass::Complete);
+        assert_eq!(SyncClass::of(Some("COMPLETED")), SyncClass::Complete);
+        assert_eq!(SyncClass::of(Some("complete")), SyncClass::Other);
+        assert_eq!(SyncClass::of(None), SyncClass::Unknown);
+        assert!(SyncClass::of(None).is_pending());
+        assert!(!SyncClass::of(Some("FAILED")).is_pending());
+    }
+
+    #[test]
+    fn event_ids_are_stable_and_distinct() {
+        let t = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        let a = event_id("qwen", "ck1", t, 0);
+        assert_eq!(a, event_id("qwen", "ck1", t, 0));
+        assert_eq!(a.len(), 30);
+        assert!(a.starts_with("evt_"));
+        assert_ne!(a, event_id("qwen", "ck1", t, 1));
+        assert_ne!(a, event_id("qwen2", "ck1", t, 0));
+        assert_ne!(event_id("a", "bc", t, 0), event_id("ab", "c", t, 0));
+    }
+
+    #[test]
+    fn uri_uses_the_target_segment() {
+        assert_eq!(
+            checkpoint_uri("k4q95w5", CheckpointTarget::Sampler, "step-100"),
+            "bt://loops:k4q95w5/sampler_weights/step-100"
+        );
+        assert_eq!(
+            checkpoint_uri("k4q95w5", CheckpointTarget::Trainer, "step-100"),
+            "bt://loops:k4q95w5/weights/step-100"
+        );
+    }
+}

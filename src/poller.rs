@@ -1,0 +1,278 @@
+//! The per-target schedule: wait -> fetch -> diff -> commit (state + events + deliveries
+//! in one transaction) -> wake the outbox. One loop per target, so polls of one target
+//! never overlap; a semaphore bounds the polls in flight across targets.
+//!
+//! Waits: `syncing_interval` while the target has a pending checkpoint, `interval`
+//! otherwise, +-`jitter`; after a transient failure, `syncing_interval` doubling up to
+//! `interval`; never sooner than a `Retry-After`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::RngExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::api;
+use crate::config::{PollConfig, SinkConfig, TargetConfig};
+use crate::delivery::Outbox;
+use crate::diff::{self, DiffOptions, TargetState};
+use crate::health::{Health, Heartbeat};
+use crate::metrics::Metrics;
+use crate::model::{Event, EventType};
+use crate::store::{PollCommit, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Api(#[from] api::Error),
+    #[error("cannot store the poll: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What one successful poll found.
+#[derive(Debug, Default)]
+pub struct PollReport {
+    pub checkpoints: usize,
+    pub events: Vec<Event>,
+    pub wrote: bool,
+}
+
+pub struct Poller {
+    client: Arc<api::Client>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    outbox: Option<Arc<Outbox>>,
+    health: Arc<Health>,
+    cfg: PollConfig,
+    sinks: Vec<SinkConfig>,
+    permits: Semaphore,
+}
+
+impl Poller {
+    pub fn new(
+        client: Arc<api::Client>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        outbox: Option<Arc<Outbox>>,
+        health: Arc<Health>,
+        cfg: PollConfig,
+        sinks: Vec<SinkConfig>,
+    ) -> Self {
+        let permits = Semaphore::new(cfg.concurrency.get());
+        Poller {
+            client,
+            store,
+            metrics,
+            outbox,
+            health,
+            cfg,
+            sinks,
+            permits,
+        }
+    }
+
+    fn diff_options(&self) -> DiffOptions {
+        DiffOptions {
+            emit_existing: self.cfg.emit_existing,
+            delete_after_missing: self.cfg.delete_after_missing_polls,
+            stalled_after: self
+                .cfg
+                .stalled_after
+                .and_then(|d| chrono::Duration::from_std(d).ok()),
+        }
+    }
+
+    /// Poll one target once. On success `state` is advanced; on any failure it is untouched
+    /// and nothing was written. `dry_run` diffs without writing.
+    pub async fn poll_target(
+        &self,
+        t: &TargetConfig,
+        state: &mut TargetState,
+        dry_run: bool,
+    ) -> Result<PollReport, PollError> {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        let name = t.name.as_str();
+        let start = Instant::now();
+        let result = self.client.list(&t.filter).await;
+        let listing = match result {
+            Ok(l) => {
+                self.metrics.api_requests.with_label_values(&["200"]).inc();
+                l
+            }
+            Err(e) => {
+                self.metrics
+                    .api_requests
+                    .with_label_values(&[&e.code_label()])
+                    .inc();
+                let outcome = if e.is_rate_limited() {
+                    "rate_limited"
+                } else {
+                    "error"
+                };
+                self.metrics.polls.with_label_values(&[name, outcome]).inc();
+                return Err(e.into());
+            }
+        };
+        let listing: Vec<_> = listing
+            .into_iter()
+            .filter(|c| t.checkpoint_targets.contains(&c.target))
+            .collect();
+        let now = Utc::now();
+        let d = diff::diff(name, state, &listing, now, &self.diff_options());
+        let wrote = d.writes() && !dry_run;
+        if wrote {
+            let sinks = d
+                .events
+                .iter()
+                .map(|e| {
+                    self.sinks
+                        .iter()
+                        .filter(|s| s.wants(e.kind, name, e.checkpoint_target))
+                        .map(|s| s.name.as_str())
+                        .collect()
+                })
+                .collect();
+            let filter = t.filter.to_string();
+            let commit = PollCommit {
+                target: name,
+                filter: &filter,
+                diff: &d,
+                sinks,
+                now,
+            };
+            if let Err(e) = self.store.commit_poll(commit).await {
+                self.metrics.polls.with_label_values(&[name, "error"]).inc();
+                return Err(e.into());
+            }
+        }
+        if d.baseline && !dry_run {
+            info!(
+                target = name,
+                checkpoints = listing.len(),
+                emitted = d.events.len(),
+                "baseline recorded"
+            );
+        }
+        if !dry_run {
+            state.apply(&d);
+            self.observe(t, state, &d.events, start);
+            if !d.events.is_empty()
+                && let Some(o) = &self.outbox
+            {
+                o.notify();
+            }
+        }
+        Ok(PollReport {
+            checkpoints: listing.len(),
+            events: d.events,
+            wrote,
+        })
+    }
+
+    fn observe(&self, t: &TargetConfig, state: &TargetState, events: &[Event], start: Instant) {
+        let name = t.name.as_str();
+        let m = &self.metrics;
+        m.polls.with_label_values(&[name, "success"]).inc();
+        m.poll_duration
+            .with_label_values(&[name])
+            .observe(start.elapsed().as_secs_f64());
+        m.last_success
+            .with_label_values(&[name])
+            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        for e in events {
+            m.events.with_label_values(&[name, e.kind.as_str()]).inc();
+            if e.kind == EventType::Completed
+                && let Some(s) = e.sync_seconds
+            {
+                m.sync_duration.with_label_values(&[name]).observe(s);
+            }
+            info!(target = name, event = %e.kind, checkpoint = %e.uri(), event_id = %e.id, "event");
+        }
+        m.set_checkpoints(
+            name,
+            state
+                .checkpoints
+                .values()
+                .filter(|c| !c.deleted)
+                .map(|c| (c.target, c.class(), c.created_at.as_str())),
+        );
+        self.health.target_polled(name);
+    }
+
+    fn jittered(&self, d: Duration) -> Duration {
+        if self.cfg.jitter <= 0.0 {
+            return d;
+        }
+        let f = rand::rng().random_range(-self.cfg.jitter..=self.cfg.jitter);
+        d.mul_f64(1.0 + f)
+    }
+
+    /// The loop of one target until `token` is cancelled. Cancellation is observed only
+    /// between polls, never in the middle of a commit.
+    pub async fn run_target(&self, t: TargetConfig, token: CancellationToken, beat: Heartbeat) {
+        let name = t.name.clone();
+        let mut state: Option<TargetState> = None;
+        let mut failures: u32 = 0;
+        loop {
+            beat.beat();
+            let wait = match &mut state {
+                None => match self.store.load_target(&name).await {
+                    Ok(s) => {
+                        debug!(target = %name, tracked = s.checkpoints.len(), baselined = s.baselined, "state loaded");
+                        state = Some(s);
+                        continue;
+                    }
+                    Err(e) => {
+                        error!(target = %name, error = %e, "cannot load target state; will retry");
+                        t.syncing_interval
+                    }
+                },
+                Some(s) => match self.poll_target(&t, s, false).await {
+                    Ok(_) => {
+                        failures = 0;
+                        self.jittered(if s.has_pending() {
+                            t.syncing_interval
+                        } else {
+                            t.interval
+                        })
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        self.failure_wait(&t, &e, failures)
+                    }
+                },
+            };
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn failure_wait(&self, t: &TargetConfig, e: &PollError, failures: u32) -> Duration {
+        let name = t.name.as_str();
+        match e {
+            PollError::Api(api) if api.needs_operator() => {
+                error!(target = name, error = %api, filter = %t.filter,
+                    "the Loops API refused this poll; check api.api_key and the target's filter");
+                self.jittered(t.interval)
+            }
+            PollError::Api(api) => {
+                let backoff = t
+                    .syncing_interval
+                    .saturating_mul(1 << failures.saturating_sub(1).min(16));
+                let wait = self.jittered(backoff.min(t.interval));
+                let wait = wait.max(api.retry_after().unwrap_or_default());
+                warn!(target = name, error = %api, failures, retry_in_s = wait.as_secs_f64(), "poll failed; state unchanged");
+                wait
+            }
+            PollError::Store(s) => {
+                error!(target = name, error = %s, "cannot commit a poll; nothing was emitted, will retry");
+                self.jittered(t.syncing_interval)
+            }
+        }
+    }
+}

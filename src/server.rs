@@ -1,0 +1,64 @@
+//! `/metrics`, `/healthz` and `/readyz` over axum.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::delivery::Outbox;
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct ServerState {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub outbox: Arc<Outbox>,
+}
+
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<ServerState>) -> Response {
+    // The backlog gauges are read from the store at scrape time, so they are never stale.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        s.outbox.refresh_backlog(),
+    )
+    .await;
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<ServerState>) -> Response {
+    match s.health.live() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz(State(s): State<ServerState>) -> Response {
+    match s.health.ready() {
+        Ok(msg) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}

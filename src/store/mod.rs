@@ -1,0 +1,251 @@
+//! Persistence behind one trait: target state, events and the delivery outbox.
+//!
+//! The one rule every backend keeps: a poll's state changes, its events and their
+//! deliveries commit in one transaction ([`Store::commit_poll`]), so a crash at any
+//! instant neither loses an event nor records one twice.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::diff::{Diff, TargetState};
+use crate::model::{CheckpointTarget, Event, EventType, Tracked};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Open(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The lifecycle of one (event, sink) delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// An event as stored, enough to build any payload format.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub target: String,
+    pub checkpoint_id: String,
+    pub checkpoint_name: String,
+    pub run_id: String,
+    pub checkpoint_target: String,
+    pub detected_at: DateTime<Utc>,
+    /// The `format = "standard"` body, fixed at detection.
+    pub body: String,
+}
+
+impl StoredEvent {
+    pub fn from_event(seq: i64, e: &Event) -> Self {
+        StoredEvent {
+            seq,
+            id: e.id.clone(),
+            kind: e.kind.as_str().into(),
+            target: e.target.clone(),
+            checkpoint_id: e.checkpoint_id.clone(),
+            checkpoint_name: e.checkpoint_name.clone(),
+            run_id: e.run_id.clone(),
+            checkpoint_target: e.checkpoint_target.as_str().into(),
+            detected_at: e.detected_at,
+            body: e.standard_body(),
+        }
+    }
+
+    pub fn event_type(&self) -> Option<EventType> {
+        EventType::parse(&self.kind)
+    }
+
+    pub fn uri(&self) -> String {
+        let t =
+            CheckpointTarget::parse(&self.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
+        crate::model::checkpoint_uri(&self.run_id, t, &self.checkpoint_name)
+    }
+}
+
+/// A delivery handed to a sink worker.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub event: StoredEvent,
+}
+
+/// One row of `deliveries list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub target: String,
+    pub uri: String,
+    pub sink: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Per-sink backlog figures for the delivery gauges.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SinkBacklog {
+    pub sink: String,
+    pub pending: i64,
+    pub dead: i64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+/// One target's persisted state, for `state`.
+#[derive(Clone, Debug)]
+pub struct TargetDump {
+    pub name: String,
+    pub filter: String,
+    pub baselined_at: DateTime<Utc>,
+    pub checkpoints: Vec<Tracked>,
+}
+
+/// What one successful poll commits.
+pub struct PollCommit<'a> {
+    pub target: &'a str,
+    /// The target's filter, recorded with its baseline.
+    pub filter: &'a str,
+    pub diff: &'a Diff,
+    /// For each event of `diff.events` (same order), the sinks it goes to.
+    pub sinks: Vec<Vec<&'a str>>,
+    pub now: DateTime<Utc>,
+}
+
+/// What a sink worker records after an attempt.
+#[derive(Clone, Debug)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Try again at `next`.
+    Retry {
+        next: DateTime<Utc>,
+        status: Option<u16>,
+        error: String,
+    },
+    Dead {
+        status: Option<u16>,
+        error: String,
+    },
+}
+
+/// Which deliveries `deliveries redeliver` re-queues.
+#[derive(Clone, Debug)]
+pub enum Redeliver {
+    /// Delivery ids, or event ids (`evt_...`: all of that event's deliveries).
+    Ids(Vec<String>),
+    Dead {
+        sink: Option<String>,
+    },
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The persisted state of a target (empty and not baselined if never seen).
+    async fn load_target(&self, name: &str) -> Result<TargetState>;
+
+    /// Commit a poll's state changes, events and deliveries in one transaction. Returns
+    /// the stored events (with their sequence numbers).
+    async fn commit_poll(&self, commit: PollCommit<'_>) -> Result<Vec<StoredEvent>>;
+
+    /// Claim up to `limit` due deliveries of `sink` for `lease`. With `ordered`, only the
+    /// oldest pending delivery of each run is eligible.
+    async fn claim_due(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        ordered: bool,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>>;
+
+    /// The earliest `next_attempt_at` of a pending delivery of `sink`.
+    async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>>;
+
+    async fn record_attempt(
+        &self,
+        delivery_id: i64,
+        outcome: &AttemptOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Release every claim (a single-instance store does this at start: nobody else holds them).
+    async fn release_claims(&self) -> Result<u64>;
+
+    async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>>;
+
+    /// Re-queue deliveries to be sent now; returns how many.
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64>;
+
+    async fn backlog(&self) -> Result<Vec<SinkBacklog>>;
+
+    async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>>;
+
+    /// Events in detection order, for tests and `state`.
+    async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>>;
+}
+
+/// Open the store named by `store.url`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Open(format!(
+            "store.url {}: only sqlite:// is supported by this build",
+            crate::config::redact_url(url)
+        )))
+    }
+}
+
+pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

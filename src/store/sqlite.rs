@@ -1,0 +1,464 @@
+//! The default store: one SQLite file in WAL mode, migrations embedded in the binary.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{
+    AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, ms_to_time,
+};
+use crate::diff::TargetState;
+use crate::model::{CheckpointTarget, Tracked};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) and migrate. Fails loudly on a file that is not a
+    /// loopwatch database, is locked, or cannot be written: never a silent fresh start.
+    pub async fn open(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Open(format!("store.url {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Open(format!("cannot open {url}: {e}")))?;
+        MIGRATOR.run(&pool).await?;
+        // A write probe: a read-only directory or file fails here, at start, not mid-poll.
+        sqlx::query("CREATE TABLE IF NOT EXISTS write_probe (x INTEGER); DROP TABLE write_probe;")
+            .execute(&pool)
+            .await
+            .map_err(|e| StoreError::Open(format!("cannot write to {url}: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn tracked_from_row(r: &SqliteRow) -> Result<Tracked> {
+    let target: String = r.try_get("checkpoint_target")?;
+    Ok(Tracked {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        run_id: r.try_get("run_id")?,
+        target: CheckpointTarget::parse(&target)
+            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
+        sync_status: r.try_get("sync_status")?,
+        created_at: r.try_get("created_at")?,
+        first_seen_at: ms_to_time(r.try_get("first_seen_at")?),
+        completed: r.try_get("completed")?,
+        stalled: r.try_get("stalled")?,
+        missing: 0,
+        deleted: r.try_get("deleted")?,
+        seq: r.try_get::<i64, _>("seq")? as u32,
+        raw: r.try_get("raw")?,
+    })
+}
+
+fn event_from_row(r: &SqliteRow) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        kind: r.try_get("type")?,
+        target: r.try_get("target")?,
+        checkpoint_id: r.try_get("checkpoint_id")?,
+        checkpoint_name: r.try_get("checkpoint_name")?,
+        run_id: r.try_get("run_id")?,
+        checkpoint_target: r.try_get("checkpoint_target")?,
+        detected_at: ms_to_time(r.try_get("detected_at")?),
+        body: r.try_get("body")?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.checkpoint_name, e.run_id, e.checkpoint_target, e.detected_at, e.body";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load_target(&self, name: &str) -> Result<TargetState> {
+        let baselined = sqlx::query("SELECT 1 FROM targets WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        let rows = sqlx::query("SELECT * FROM checkpoints WHERE target = ?")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut state = TargetState {
+            baselined,
+            ..TargetState::default()
+        };
+        for r in &rows {
+            let t = tracked_from_row(r)?;
+            state.checkpoints.insert(t.id.clone(), t);
+        }
+        Ok(state)
+    }
+
+    async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
+        let now = c.now.timestamp_millis();
+        let mut tx = self.pool.begin().await?;
+        if c.diff.baseline {
+            sqlx::query("INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+                .bind(c.target)
+                .bind(c.filter)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for u in c.diff.updates.iter().filter(|u| u.persist) {
+            let t = &u.row;
+            sqlx::query(
+                "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
+                    first_seen_at, completed, stalled, deleted, seq, raw)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
+                    checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
+                    created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
+                    completed = excluded.completed, stalled = excluded.stalled, deleted = excluded.deleted,
+                    seq = excluded.seq, raw = excluded.raw",
+            )
+            .bind(c.target)
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(&t.run_id)
+            .bind(t.target.as_str())
+            .bind(&t.sync_status)
+            .bind(&t.created_at)
+            .bind(t.first_seen_at.timestamp_millis())
+            .bind(t.completed)
+            .bind(t.stalled)
+            .bind(t.deleted)
+            .bind(i64::from(t.seq))
+            .bind(&t.raw)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut stored = Vec::with_capacity(c.diff.events.len());
+        for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
+            let body = e.standard_body();
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            )
+            .bind(&e.id)
+            .bind(e.kind.as_str())
+            .bind(&e.target)
+            .bind(&e.checkpoint_id)
+            .bind(&e.checkpoint_name)
+            .bind(&e.run_id)
+            .bind(e.checkpoint_target.as_str())
+            .bind(e.detected_at.timestamp_millis())
+            .bind(&body)
+            .fetch_one(&mut *tx)
+            .await?;
+            for sink in sinks {
+                sqlx::query(
+                    "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
+                     VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                )
+                .bind(seq)
+                .bind(*sink)
+                .bind(&e.run_id)
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut s = StoredEvent::from_event(seq, e);
+            s.body = body;
+            stored.push(s);
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn claim_due(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        ordered: bool,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        let now_ms = now.timestamp_millis();
+        let until = now_ms + lease.as_millis() as i64;
+        let ids: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "UPDATE deliveries SET claimed_until = ?1
+             WHERE id IN (
+                SELECT d.id FROM deliveries d
+                WHERE d.sink = ?2 AND d.status = 'pending' AND d.next_attempt_at <= ?3
+                  AND (d.claimed_until IS NULL OR d.claimed_until <= ?3)
+                  AND (?5 = 0 OR NOT EXISTS (
+                      SELECT 1 FROM deliveries h
+                      WHERE h.sink = d.sink AND h.run_id = d.run_id AND h.status = 'pending'
+                        AND h.event_seq < d.event_seq))
+                ORDER BY d.event_seq
+                LIMIT ?4)
+             RETURNING id, attempts, created_at",
+        )
+        .bind(until)
+        .bind(sink)
+        .bind(now_ms)
+        .bind(limit as i64)
+        .bind(ordered)
+        .fetch_all(&self.pool)
+        .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = ids
+            .iter()
+            .map(|(id, _, _)| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT d.id AS delivery_id, {EVENT_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.id IN ({list}) ORDER BY e.seq"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let delivery_id: i64 = r.try_get("delivery_id")?;
+            let (_, attempts, created) = ids
+                .iter()
+                .find(|(id, _, _)| *id == delivery_id)
+                .copied()
+                .unwrap_or_default();
+            out.push(Claimed {
+                delivery_id,
+                attempts: attempts as u32,
+                created_at: ms_to_time(created),
+                event: event_from_row(r)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM deliveries WHERE sink = ? AND status = 'pending'",
+        )
+        .bind(sink)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(ms_to_time))
+    }
+
+    async fn record_attempt(
+        &self,
+        id: i64,
+        outcome: &AttemptOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = now.timestamp_millis();
+        let q = match outcome {
+            AttemptOutcome::Delivered => sqlx::query(
+                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
+                    last_status = NULL, last_error = NULL, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id),
+            AttemptOutcome::Retry { next, status, error } => sqlx::query(
+                "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = ?3,
+                    last_status = ?4, last_error = ?5, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(next.timestamp_millis())
+            .bind(status.map(i64::from))
+            .bind(error.clone()),
+            AttemptOutcome::Dead { status, error } => sqlx::query(
+                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
+                    last_status = ?3, last_error = ?4, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(status.map(i64::from))
+            .bind(error.clone()),
+        };
+        q.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn release_claims(&self) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE deliveries SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.sink, d.status, d.attempts, d.next_attempt_at, d.last_status, d.last_error,
+                    d.created_at, d.updated_at, e.id AS event_id, e.type, e.target, e.run_id,
+                    e.checkpoint_target, e.checkpoint_name
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE (?1 IS NULL OR d.status = ?1)
+             ORDER BY d.id DESC LIMIT ?2",
+        )
+        .bind(status.map(DeliveryStatus::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows.iter().rev() {
+            let status: String = r.try_get("status")?;
+            let status = DeliveryStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?;
+            let ct: String = r.try_get("checkpoint_target")?;
+            let run_id: String = r.try_get("run_id")?;
+            let name: String = r.try_get("checkpoint_name")?;
+            out.push(DeliveryRow {
+                id: r.try_get("id")?,
+                event_id: r.try_get("event_id")?,
+                kind: r.try_get("type")?,
+                target: r.try_get("target")?,
+                uri: crate::model::checkpoint_uri(
+                    &run_id,
+                    CheckpointTarget::parse(&ct).unwrap_or(CheckpointTarget::Sampler),
+                    &name,
+                ),
+                sink: r.try_get("sink")?,
+                status,
+                attempts: r.try_get::<i64, _>("attempts")? as u32,
+                next_attempt_at: (status == DeliveryStatus::Pending)
+                    .then(|| r.try_get::<i64, _>("next_attempt_at").map(ms_to_time))
+                    .transpose()?,
+                last_status: r
+                    .try_get::<Option<i64>, _>("last_status")?
+                    .map(|s| s as u16),
+                last_error: r.try_get("last_error")?,
+                created_at: ms_to_time(r.try_get("created_at")?),
+                updated_at: ms_to_time(r.try_get("updated_at")?),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
+        let now = now.timestamp_millis();
+        const SET: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, claimed_until = NULL, updated_at = ?1";
+        let mut n = 0;
+        match which {
+            Redeliver::Dead { sink } => {
+                n += sqlx::query(AssertSqlSafe(format!(
+                    "{SET} WHERE status = 'dead' AND (?2 IS NULL OR sink = ?2)"
+                )))
+                .bind(now)
+                .bind(sink.as_deref())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            }
+            Redeliver::Ids(ids) => {
+                let mut tx = self.pool.begin().await?;
+                for id in ids {
+                    let q = if let Ok(num) = id.parse::<i64>() {
+                        sqlx::query(AssertSqlSafe(format!("{SET} WHERE id = ?2")))
+                            .bind(now)
+                            .bind(num)
+                    } else {
+                        sqlx::query(AssertSqlSafe(format!(
+                            "{SET} WHERE event_seq = (SELECT seq FROM events WHERE id = ?2)"
+                        )))
+                        .bind(now)
+                        .bind(id.clone())
+                    };
+                    n += q.execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
+             WHERE status IN ('pending', 'dead') GROUP BY sink, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<SinkBacklog> = Vec::new();
+        for (sink, status, count, oldest) in rows {
+            let i = match out.iter().position(|b| b.sink == sink) {
+                Some(i) => i,
+                None => {
+                    out.push(SinkBacklog {
+                        sink,
+                        ..SinkBacklog::default()
+                    });
+                    out.len() - 1
+                }
+            };
+            if status == "pending" {
+                out[i].pending = count;
+                out[i].oldest_pending = Some(ms_to_time(oldest));
+            } else {
+                out[i].dead = count;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
+        let targets: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT name, filter, baselined_at FROM targets WHERE (?1 IS NULL OR name = ?1) ORDER BY name")
+                .bind(target)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::new();
+        for (name, filter, at) in targets {
+            let rows =
+                sqlx::query("SELECT * FROM checkpoints WHERE target = ? ORDER BY created_at, id")
+                    .bind(&name)
+                    .fetch_all(&self.pool)
+                    .await?;
+            let checkpoints = rows
+                .iter()
+                .map(tracked_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            out.push(TargetDump {
+                name,
+                filter,
+                baselined_at: ms_to_time(at),
+                checkpoints,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE (?1 IS NULL OR e.target = ?1) ORDER BY e.seq"
+        )))
+        .bind(target)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
