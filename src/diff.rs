@@ -6,9 +6,8 @@
 //! Rules beyond the table, chosen so that a flaky upstream never causes a false event:
 //! - `COMPLETE` is terminal: once complete, a listing showing the checkpoint pending
 //!   again is taken for a stale read and ignored (no event, state kept).
-//! - The count of consecutive listings without a checkpoint lives in memory only
-//!   (`persist = false`): a missing checkpoint writes nothing until it is declared deleted,
-//!   and a restart simply starts counting again.
+//! - The count of consecutive listings without a checkpoint is persisted, so `once`
+//!   run from cron counts across runs just as the daemon does.
 //! - A deleted checkpoint stays as a tombstone, so its reappearance is not `discovered`
 //!   twice and it can never complete twice.
 
@@ -47,32 +46,25 @@ impl TargetState {
         if diff.baseline {
             self.baselined = true;
         }
-        for u in &diff.updates {
-            self.checkpoints.insert(u.row.id.clone(), u.row.clone());
+        for row in &diff.updates {
+            self.checkpoints.insert(row.id.clone(), row.clone());
         }
     }
-}
-
-/// A new version of one tracked row.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Update {
-    pub row: Tracked,
-    /// False when only in-memory fields (`missing`) changed: nothing to write.
-    pub persist: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Diff {
     /// This listing is the target's first: mark it baselined.
     pub baseline: bool,
-    pub updates: Vec<Update>,
+    /// New versions of the rows that changed.
+    pub updates: Vec<Tracked>,
     pub events: Vec<Event>,
 }
 
 impl Diff {
     /// Whether the store has anything to write for this poll.
     pub fn writes(&self) -> bool {
-        self.baseline || !self.events.is_empty() || self.updates.iter().any(|u| u.persist)
+        self.baseline || !self.events.is_empty() || !self.updates.is_empty()
     }
 }
 
@@ -136,7 +128,7 @@ pub fn diff(
                     );
                 }
             }
-            out.updates.push(Update { row, persist: true });
+            out.updates.push(row);
             continue;
         };
 
@@ -198,8 +190,7 @@ pub fn diff(
             );
         }
         if row != *p {
-            let persist = !same_persisted(&row, p);
-            out.updates.push(Update { row, persist });
+            out.updates.push(row);
         }
     }
 
@@ -213,8 +204,7 @@ pub fn diff(
     for p in gone {
         let mut row = p.clone();
         row.missing += 1;
-        let persist = row.missing >= opts.delete_after_missing.max(1);
-        if persist {
+        if row.missing >= opts.delete_after_missing.max(1) {
             row.deleted = true;
             let before = row.sync_status.clone();
             push(
@@ -227,19 +217,9 @@ pub fn diff(
                 now,
             );
         }
-        out.updates.push(Update { row, persist });
+        out.updates.push(row);
     }
     out
-}
-
-fn same_persisted(a: &Tracked, b: &Tracked) -> bool {
-    Tracked {
-        missing: 0,
-        ..a.clone()
-    } == Tracked {
-        missing: 0,
-        ..b.clone()
-    }
 }
 
 fn seconds_since(then: DateTime<Utc>, now: DateTime<Utc>) -> Option<f64> {
@@ -512,15 +492,18 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_checkpoint_writes_nothing_until_deleted() {
+    fn the_missing_count_is_state_and_resets_on_reappearance() {
         let both = vec![ck("1", Some("COMPLETE")), ck("2", Some("COMPLETE"))];
         let mut state = TargetState::default();
         state.apply(&diff("t", &state, &both, t0(), &opts()));
         let d = diff("t", &state, &both[1..], t0(), &opts());
-        assert!(!d.writes());
+        assert!(d.events.is_empty() && d.writes());
         state.apply(&d);
+        assert_eq!(state.checkpoints["1"].missing, 1);
         let d = diff("t", &state, &both, t0(), &opts());
-        assert!(!d.writes(), "reappearing within N resets memory only");
+        assert!(d.events.is_empty());
+        state.apply(&d);
+        assert_eq!(state.checkpoints["1"].missing, 0);
     }
 
     #[test]

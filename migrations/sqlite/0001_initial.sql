@@ -19,6 +19,7 @@ CREATE TABLE checkpoints (
     first_seen_at     INTEGER NOT NULL,
     completed         INTEGER NOT NULL,
     stalled           INTEGER NOT NULL,
+    missing           INTEGER NOT NULL,
     deleted           INTEGER NOT NULL,
     seq               INTEGER NOT NULL,
     raw               TEXT NOT NULL,

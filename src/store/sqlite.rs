@@ -63,7 +63,7 @@ fn tracked_from_row(r: &SqliteRow) -> Result<Tracked> {
         first_seen_at: ms_to_time(r.try_get("first_seen_at")?),
         completed: r.try_get("completed")?,
         stalled: r.try_get("stalled")?,
-        missing: 0,
+        missing: r.try_get::<i64, _>("missing")? as u32,
         deleted: r.try_get("deleted")?,
         seq: r.try_get::<i64, _>("seq")? as u32,
         raw: r.try_get("raw")?,
@@ -121,16 +121,16 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for u in c.diff.updates.iter().filter(|u| u.persist) {
-            let t = &u.row;
+        for t in &c.diff.updates {
             sqlx::query(
                 "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
-                    first_seen_at, completed, stalled, deleted, seq, raw)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    first_seen_at, completed, stalled, missing, deleted, seq, raw)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
                     checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
                     created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                    completed = excluded.completed, stalled = excluded.stalled, deleted = excluded.deleted,
+                    completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
+                    deleted = excluded.deleted,
                     seq = excluded.seq, raw = excluded.raw",
             )
             .bind(c.target)
@@ -143,6 +143,7 @@ impl Store for SqliteStore {
             .bind(t.first_seen_at.timestamp_millis())
             .bind(t.completed)
             .bind(t.stalled)
+            .bind(i64::from(t.missing))
             .bind(t.deleted)
             .bind(i64::from(t.seq))
             .bind(&t.raw)

@@ -1,0 +1,309 @@
+//! The foundation, end to end: the real binary against the simulated Loops API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{API_KEY, Env, SECRET, bin};
+use loopwatch::sim::Fault;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const TARGET: &str = "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n";
+
+#[tokio::test]
+async fn example_configs_pass_check_config_and_redact_secrets() {
+    for file in [
+        "config/loopwatch.example.toml",
+        "config/loopwatch.example.yaml",
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(["check-config", "-c", file])
+            .env("BASETEN_API_KEY", "sk-live-abcdef")
+            .env("DEPLOYER_WEBHOOK_SECRET", SECRET)
+            .env("DEPLOY_TOKEN", "deploy-token-123")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("[redacted]"), "{text}");
+        for secret in [
+            "sk-live-abcdef",
+            "deploy-token-123",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ] {
+            assert!(!text.contains(secret), "{file} leaks {secret}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_config_exits_78_listing_every_problem() {
+    let env = Env::new().await;
+    let cfg = env.write_config(
+        "[poll.x]\n[[targets]]\nname = \"a\"\nrun_id = \"r\"\nbase_model = \"m\"\ninterval = \"ten seconds\"\n[[targets]]\nname = \"a\"\nrun_id = \"r2\"\n",
+    );
+    let out = env.run(&cfg, &["check-config"]).await;
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("targets[0]") && l.contains("2 filters")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("targets[1].name") && l.contains("duplicate")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("targets[0].interval") && l.contains("ten seconds")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("error: ") && l.contains("loopwatch.toml")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    // Nothing was touched: no state file.
+    assert!(!env.db().exists());
+    // The daemon refuses the same config the same way, before opening the store.
+    let out = env.run(&cfg, &["run"]).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(!env.db().exists());
+}
+
+#[tokio::test]
+async fn missing_config_and_usage_errors_have_their_exit_codes() {
+    let out = std::process::Command::new(bin())
+        .args(["check-config", "-c", "/nonexistent/loopwatch.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr(&out).contains("/nonexistent/loopwatch.toml"));
+    let out = std::process::Command::new(bin())
+        .args(["frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn once_baselines_silently_then_reports_one_completion_once() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let done = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    let syncing = h.add_checkpoint("run-1", "sampler", "step-200", Some("SYNCING"));
+    h.add_checkpoint("other-run", "sampler", "step-1", Some("SYNCING"));
+    let cfg = env.write_config(TARGET);
+
+    // First sight: silent baseline, even in dry-run; dry-run writes nothing.
+    let out = env.run(&cfg, &["once", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(env.events().await.is_empty());
+
+    // SYNCING -> COMPLETE: dry-run shows it and stores nothing.
+    h.set_status(&syncing, Some("COMPLETE"));
+    let out = env.run(&cfg, &["once", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "checkpoint.completed");
+    assert_eq!(
+        lines[0]["data"]["uri"],
+        "bt://loops:run-1/sampler_weights/step-200"
+    );
+    assert_eq!(lines[0]["data"]["previous_sync_status"], "SYNCING");
+    assert_eq!(lines[0]["data"]["checkpoint"]["id"], syncing.as_str());
+    assert!(env.events().await.is_empty(), "dry-run wrote");
+
+    // For real: one completed event, and a restart finds nothing new.
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let events = env.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "checkpoint.completed");
+    assert_eq!(events[0].checkpoint_id, syncing);
+    assert_eq!(
+        events[0].id,
+        lines[0]["data"]["event_id"].as_str().unwrap(),
+        "dry-run and real run agree on the id"
+    );
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(env.events().await.len(), 1);
+    let _ = done;
+
+    // `state` shows what is persisted.
+    let out = env.run(&cfg, &["state", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["target"], "qwen");
+    assert_eq!(v[0]["checkpoints"].as_array().unwrap().len(), 2);
+    let out = env.run(&cfg, &["state"]).await;
+    assert!(stdout(&out).contains("step-200"));
+}
+
+#[tokio::test]
+async fn injected_faults_change_no_state_and_emit_nothing() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    h.add_checkpoint("run-1", "trainer", "step-100", Some("COMPLETE"));
+    let cfg = env.write_config(TARGET);
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let before = stdout(&env.run(&cfg, &["state", "-o", "json"]).await);
+
+    // The change that a broken response must not reveal nor hide.
+    h.set_status(&a, Some("COMPLETE"));
+    let faults = [
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+            body: None,
+        },
+        Fault::Status {
+            code: 503,
+            retry_after: Some("1".into()),
+            body: None,
+        },
+        Fault::Status {
+            code: 429,
+            retry_after: None,
+            body: None,
+        },
+        Fault::Status {
+            code: 401,
+            retry_after: None,
+            body: Some(r#"{"code":"UNAUTHORIZED","message":"bad key","details":null}"#.into()),
+        },
+        Fault::Status {
+            code: 404,
+            retry_after: None,
+            body: None,
+        },
+        Fault::Html,
+        Fault::HtmlOk,
+        Fault::Truncated,
+        Fault::MissingField("id".into()),
+        Fault::MissingField("target".into()),
+        Fault::WrongType("size_bytes".into()),
+        Fault::NotJsonObject,
+        Fault::Huge(200 << 20),
+        Fault::CloseConnection,
+        Fault::Delay(Duration::from_secs(4)),
+    ];
+    for f in faults {
+        h.set_fault(Some(f.clone()));
+        let out = env.run(&cfg, &["once"]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{f:?} should fail the poll: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("target qwen"),
+            "{f:?}: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains(API_KEY));
+        let after = stdout(&env.run(&cfg, &["state", "-o", "json"]).await);
+        assert_eq!(before, after, "{f:?} changed state");
+        assert!(env.events().await.is_empty(), "{f:?} emitted");
+    }
+    // An empty listing is a valid response; once is not enough to call anything deleted.
+    h.set_fault(Some(Fault::Empty));
+    assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
+    assert!(env.events().await.is_empty());
+    h.set_fault(None);
+
+    // Healed: the completion is reported exactly once.
+    h.set_fault(Some(Fault::UnknownFields));
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    h.set_fault(None);
+    let events = env.events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, "checkpoint.completed");
+}
+
+#[tokio::test]
+async fn checkpoints_lists_live_in_table_and_json() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(TARGET);
+    let out = env.run(&cfg, &["checkpoints", "--run-id", "run-1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let header = text.lines().next().unwrap();
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        [
+            "ID", "NAME", "RUN", "TARGET", "TYPE", "SIZE", "SYNC", "CREATED"
+        ]
+    );
+    assert!(
+        text.contains(&id) && text.contains("SYNCING") && text.contains("128.0 MiB"),
+        "{text}"
+    );
+    let out = env
+        .run(
+            &cfg,
+            &[
+                "checkpoints",
+                "--checkpoint-path",
+                "bt://loops:run-1/sampler_weights/step-100",
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["id"], id.as_str());
+    assert!(h.last_authorization().unwrap().starts_with("Bearer "));
+    // Two filters is a usage error.
+    let out = env
+        .run(&cfg, &["checkpoints", "--run-id", "a", "--base-model", "b"])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn api_key_scheme_is_configurable() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.add_checkpoint("run-1", "sampler", "step-100", None);
+    let cfg = env.write_config(TARGET);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[api]\n", "[api]\nauth_scheme = \"api-key\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        h.last_authorization().unwrap(),
+        format!("Api-Key {API_KEY}")
+    );
+    assert!(h.last_query().unwrap().contains("run_id=run-1"));
+}
