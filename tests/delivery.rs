@@ -1,0 +1,474 @@
+//! Delivery, end to end: the real daemon, the simulated API, a real receiver over HTTP.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{Answer, Daemon, Env, Receiver, SECRET, http_get, wait_for};
+use loopwatch::config::SigningKey;
+use loopwatch::delivery::sign;
+
+const T: Duration = Duration::from_secs(30);
+
+fn sink(receiver: &Receiver, extra: &str) -> String {
+    format!(
+        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\n{extra}\n",
+        receiver.url
+    )
+}
+
+async fn ready(d: &Daemon) -> String {
+    let addr = d.addr().await;
+    let url = format!("http://{addr}/readyz");
+    let deadline = Instant::now() + T;
+    loop {
+        if http_get(&url).await.0 == 200 {
+            return addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon never ready: {}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn verify(r: &common::Received) -> bool {
+    let key = SigningKey::parse(SECRET).unwrap();
+    let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
+    sign::verify(&key, &r.id(), ts, &r.body, &r.header("webhook-signature"))
+}
+
+#[tokio::test]
+async fn one_transition_gives_one_signed_webhook_matching_the_contract() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&sink(&rx, "events = [\"checkpoint.completed\"]"));
+    let d = env.spawn_daemon(&cfg);
+    let addr = ready(&d).await;
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("one webhook", T, || (rx.count() >= 1).then_some(())).await;
+
+    let r = &rx.got()[0];
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(
+        r.header("user-agent"),
+        format!("loopwatch/{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(r.id().starts_with("evt_"));
+    let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - ts).abs() < 10);
+    assert!(r.header("webhook-signature").starts_with("v1,"));
+    assert!(verify(r), "signature does not verify");
+
+    let b = r.json();
+    assert_eq!(b["type"], "checkpoint.completed");
+    assert!(chrono::DateTime::parse_from_rfc3339(b["timestamp"].as_str().unwrap()).is_ok());
+    let data = &b["data"];
+    assert_eq!(data["event_id"], r.id().as_str());
+    assert_eq!(data["target"], "qwen");
+    assert_eq!(data["uri"], "bt://loops:run-1/sampler_weights/step-100");
+    assert_eq!(data["previous_sync_status"], "SYNCING");
+    assert_eq!(data["sync_status"], "COMPLETE");
+    assert!(data["sync_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(chrono::DateTime::parse_from_rfc3339(data["first_seen_at"].as_str().unwrap()).is_ok());
+    // Every field of the API object, as received.
+    assert_eq!(data["checkpoint"], h.checkpoint(&id).unwrap());
+
+    // Exactly one, and the metrics saw it.
+    let (_, metrics) = http_get(&format!("http://{addr}/metrics")).await;
+    wait_for("the success metric", T, || {
+        metrics
+            .contains(r#"loopwatch_deliveries_total{outcome="success",sink="hook"} 1"#)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        metrics.contains(r#"loopwatch_events_total{target="qwen",type="checkpoint.completed"} 1"#),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // several poll cycles: still one
+    assert_eq!(rx.count(), 1);
+}
+
+#[tokio::test]
+async fn a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_with_the_same_id() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    rx.script([
+        Answer::status(500),
+        Answer::status(502),
+        Answer::status(500),
+    ]);
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&sink(&rx, "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\", \"100ms\"]"));
+    let d = env.spawn_daemon(&cfg);
+    ready(&d).await;
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("four attempts", T, || (rx.count() >= 4).then_some(())).await;
+    let got = rx.got();
+    let ids: HashSet<String> = got.iter().map(|r| r.id()).collect();
+    assert_eq!(ids.len(), 1, "webhook-id changed between attempts");
+    assert!(
+        got.iter().all(verify),
+        "every attempt is signed with its own timestamp"
+    );
+    let out = env.run(&cfg, &["deliveries", "list", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    wait_for("delivered status", T, || {
+        let out = std::process::Command::new(common::bin())
+            .args(["deliveries", "list", "-o", "json", "-c"])
+            .arg(&cfg)
+            .env("BASETEN_API_KEY", common::API_KEY)
+            .env("HOOK_SECRET", SECRET)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v[0]["status"] == "delivered").then_some(())
+    })
+    .await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.count(), 4, "no attempt after success");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    rx.script([Answer {
+        status: 429,
+        retry_after: Some("2".into()),
+        delay: Duration::ZERO,
+    }]);
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&sink(
+        &rx,
+        "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\"]",
+    ));
+    let d = env.spawn_daemon(&cfg);
+    ready(&d).await;
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("the retry", T, || (rx.count() >= 2).then_some(())).await;
+    let got = rx.got();
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
+    assert_eq!(got[0].id(), got[1].id());
+}
+
+#[tokio::test]
+async fn gone_is_dead_at_once_and_redeliver_dead_sends_it_again() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    rx.script([Answer::status(410)]);
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&sink(
+        &rx,
+        "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\", \"100ms\"]",
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = ready(&d).await;
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("the 410", T, || (rx.count() >= 1).then_some(())).await;
+    let list = |status: &'static str| {
+        let out = std::process::Command::new(common::bin())
+            .args(["deliveries", "list", "--status", status, "-o", "json", "-c"])
+            .arg(&cfg)
+            .env("BASETEN_API_KEY", common::API_KEY)
+            .env("HOOK_SECRET", SECRET)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    wait_for("a dead delivery", T, || {
+        (list("dead").as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rx.count(), 1, "410 must not be retried");
+    let (_, m) = http_get(&format!("http://{addr}/metrics")).await;
+    assert!(
+        m.contains(r#"loopwatch_deliveries_dead{sink="hook"} 1"#),
+        "{m}"
+    );
+
+    // Replayed while the daemon runs, with the original webhook-id.
+    let out = env.run(&cfg, &["deliveries", "redeliver", "--dead"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the redelivery", T, || (rx.count() >= 2).then_some(())).await;
+    let got = rx.got();
+    assert_eq!(got[0].id(), got[1].id());
+    wait_for("delivered", T, || {
+        (list("delivered").as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    assert!(list("dead").as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn kill_9_mid_burst_then_restart_delivers_every_event_under_one_id() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    // A slowish receiver, so the kill lands while deliveries are in flight.
+    rx.set_default(Some(Answer {
+        status: 204,
+        retry_after: None,
+        delay: Duration::from_millis(15),
+    }));
+    let h = env.sim.handle();
+    let ids = h.add_many("run-1", 150, Some("SYNCING"));
+    let cfg = env.write_config(&sink(
+        &rx,
+        "events = [\"checkpoint.completed\"]\nconcurrency = 4\nretry_schedule = [\"100ms\"]",
+    ));
+    let mut d = env.spawn_daemon(&cfg);
+    ready(&d).await;
+    h.set_status_many(&ids, Some("COMPLETE"));
+    wait_for("the burst to start", T, || (rx.count() >= 20).then_some(())).await;
+    d.kill9();
+    let at_kill = rx.count();
+    assert!(
+        at_kill < 150,
+        "the burst finished before the kill ({at_kill})"
+    );
+
+    let d2 = env.spawn_daemon(&cfg);
+    ready(&d2).await;
+    let distinct = || {
+        rx.got()
+            .iter()
+            .map(|r| r.id())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    wait_for("150 distinct events", Duration::from_secs(60), || {
+        (distinct() >= 150).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let got = rx.got();
+    let mut by_checkpoint: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in &got {
+        assert!(verify(r));
+        let ck = r.json()["data"]["checkpoint"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        by_checkpoint.entry(ck).or_default().insert(r.id());
+    }
+    assert_eq!(
+        by_checkpoint.len(),
+        150,
+        "every checkpoint's completion arrived"
+    );
+    assert!(
+        by_checkpoint.values().all(|ids| ids.len() == 1),
+        "a completion arrived under two ids"
+    );
+    assert_eq!(distinct(), 150);
+    // At-least-once: duplicates are bounded by what was in flight at the kill.
+    let dupes = got.len() - 150;
+    assert!(dupes <= 4, "{dupes} duplicates with concurrency 4");
+    assert_eq!(env.events().await.len(), 150);
+}
+
+#[tokio::test]
+async fn an_exec_sink_gets_the_event_on_stdin_and_in_the_environment() {
+    let env = Env::new().await;
+    let out_dir = env.dir.path().join("exec-out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let script = format!(
+        "cat > {d}/$LOOPWATCH_EVENT_ID.json && env | grep ^LOOPWATCH_ | sort > {d}/$LOOPWATCH_EVENT_ID.env",
+        d = out_dir.display()
+    );
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"deploy\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\nevents = [\"checkpoint.completed\"]\n"
+    ));
+    let d = env.spawn_daemon(&cfg);
+    ready(&d).await;
+    h.set_status(&id, Some("COMPLETE"));
+    let env_file = wait_for("the exec sink's output", T, || {
+        std::fs::read_dir(&out_dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "env"))
+    })
+    .await;
+    let vars = std::fs::read_to_string(&env_file).unwrap();
+    let event_id = env_file.file_stem().unwrap().to_str().unwrap().to_string();
+    for want in [
+        format!("LOOPWATCH_EVENT_ID={event_id}"),
+        "LOOPWATCH_EVENT_TYPE=checkpoint.completed".into(),
+        format!("LOOPWATCH_CHECKPOINT_ID={id}"),
+        "LOOPWATCH_CHECKPOINT_NAME=step-100".into(),
+        "LOOPWATCH_CHECKPOINT_URI=bt://loops:run-1/sampler_weights/step-100".into(),
+        "LOOPWATCH_RUN_ID=run-1".into(),
+    ] {
+        assert!(vars.lines().any(|l| l == want), "{want} not in {vars}");
+    }
+    let body: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join(format!("{event_id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["type"], "checkpoint.completed");
+    assert_eq!(body["data"]["event_id"], event_id.as_str());
+}
+
+#[tokio::test]
+async fn an_ordered_sink_gets_a_runs_events_in_detection_order() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    rx.script([Answer::status(500), Answer::status(500)]);
+    let h = env.sim.handle();
+    let cfg = env.write_config(&sink(
+        &rx,
+        "ordered = true\nconcurrency = 4\nretry_schedule = [\"150ms\", \"150ms\", \"150ms\"]",
+    ));
+    let d = env.spawn_daemon(&cfg);
+    ready(&d).await;
+    for i in 1..=5 {
+        h.add_checkpoint("run-1", "sampler", &format!("step-{i}00"), Some("COMPLETE"));
+    }
+    wait_for("10 events acknowledged", T, || {
+        (rx.count() >= 12).then_some(())
+    })
+    .await;
+    let stored: Vec<String> = env.events().await.into_iter().map(|e| e.id).collect();
+    assert_eq!(stored.len(), 10);
+    let mut first_seen = Vec::new();
+    for r in rx.got() {
+        if !first_seen.contains(&r.id()) {
+            first_seen.push(r.id());
+        }
+    }
+    assert_eq!(
+        first_seen, stored,
+        "an ordered sink must see events in detection order"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_deliveries_finish_and_exits_zero() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    rx.set_default(Some(Answer {
+        status: 204,
+        retry_after: None,
+        delay: Duration::from_millis(800),
+    }));
+    let h = env.sim.handle();
+    let ids = h.add_many("run-1", 6, Some("SYNCING"));
+    let cfg = env.write_config(&sink(
+        &rx,
+        "events = [\"checkpoint.completed\"]\nconcurrency = 2",
+    ));
+    let mut d = env.spawn_daemon(&cfg);
+    ready(&d).await;
+    h.set_status_many(&ids, Some("COMPLETE"));
+    wait_for("the first attempts", T, || (rx.count() >= 2).then_some(())).await;
+    d.signal("TERM");
+    let start = Instant::now();
+    assert_eq!(d.wait(Duration::from_secs(10)).await, 0);
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // The in-flight pair finished and was recorded; the rest are pending, not lost.
+    let out = env.run(&cfg, &["deliveries", "list", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    let delivered = rows.iter().filter(|r| r["status"] == "delivered").count();
+    let pending = rows.iter().filter(|r| r["status"] == "pending").count();
+    assert!(delivered >= 2, "in-flight deliveries were cut: {v}");
+    assert_eq!(delivered + pending, 6);
+    assert_eq!(
+        delivered,
+        rx.count(),
+        "every acknowledged delivery is recorded"
+    );
+}
+
+#[tokio::test]
+async fn test_sink_sends_a_signed_sample_and_reports_failure() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    let cfg = env.write_config(&sink(&rx, ""));
+    let out = env.run(&cfg, &["test-sink", "hook"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 204"));
+    assert_eq!(rx.count(), 1);
+    assert!(verify(&rx.got()[0]));
+    rx.script([Answer::status(500)]);
+    let out = env.run(&cfg, &["test-sink", "hook"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 500"));
+    let out = env.run(&cfg, &["test-sink", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn the_demo_shows_events_within_15s_and_exits_zero() {
+    let before: HashSet<_> = demo_dirs();
+    let start = Instant::now();
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(common::bin())
+            .args(["demo", "--duration", "12s"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("checkpoint.completed") && text.contains("signature ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("summary:") && text.contains("0 dead"),
+        "{text}"
+    );
+    assert!(text.contains("/metrics"));
+    assert_eq!(demo_dirs(), before, "the demo left files behind");
+}
+
+fn demo_dirs() -> HashSet<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("loopwatch-demo-")
+        })
+        .collect()
+}
