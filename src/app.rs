@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -139,7 +140,25 @@ impl App {
             let (outbox, sink, tok) = (self.outbox.clone(), sink.clone(), token.clone());
             tracker.spawn(async move { outbox.run_sink(sink, tok, grace, beat).await });
         }
+        if let Some(period) = sd_notify::watchdog_enabled() {
+            // WATCHDOG=1 only while every loop is alive: a wedged daemon gets restarted.
+            let (health, tok) = (self.health.clone(), token.clone());
+            tracker.spawn(async move {
+                let mut tick = tokio::time::interval(period / 2);
+                loop {
+                    tokio::select! {
+                        _ = tok.cancelled() => break,
+                        _ = tick.tick() => match health.live() {
+                            Ok(()) => notify(&[NotifyState::Watchdog]),
+                            Err(why) => warn!(%why, "not alive; withholding the systemd watchdog ping"),
+                        },
+                    }
+                }
+            });
+        }
         tracker.close();
+        // The store is open and the server bound: tell systemd (a no-op elsewhere).
+        notify(&[NotifyState::Ready, NotifyState::Status("polling")]);
         info!(
             targets = self.cfg.targets.len(),
             sinks = self.cfg.sinks.len(),
@@ -148,6 +167,7 @@ impl App {
         );
 
         shutdown.await;
+        notify(&[NotifyState::Stopping]);
         info!(
             grace_s = grace.as_secs_f64(),
             "shutting down: polling stopped, draining deliveries"
@@ -161,6 +181,13 @@ impl App {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Send a state to systemd when run as `Type=notify`; without `NOTIFY_SOCKET` it does nothing.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, "cannot notify systemd");
     }
 }
 

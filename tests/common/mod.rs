@@ -219,6 +219,11 @@ shutdown_grace = "3s"
 
     /// Start the daemon; stderr goes to a log file in the temp dir.
     pub fn spawn_daemon(&self, config: &Path) -> Daemon {
+        self.spawn_daemon_env(config, &[])
+    }
+
+    /// Start the daemon with extra environment variables.
+    pub fn spawn_daemon_env(&self, config: &Path, vars: &[(&str, &str)]) -> Daemon {
         let log = self
             .dir
             .path()
@@ -226,6 +231,7 @@ shutdown_grace = "3s"
         let f = std::fs::File::create(&log).unwrap();
         let child = self
             .cmd(config, &["run"])
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(f))
             .spawn()
