@@ -102,6 +102,7 @@ pub fn diff(
                 stalled: false,
                 missing: 0,
                 deleted: false,
+                deleted_reported: false,
                 seq: 0,
                 raw: c.raw.clone(),
             };
@@ -206,16 +207,19 @@ pub fn diff(
         row.missing += 1;
         if row.missing >= opts.delete_after_missing.max(1) {
             row.deleted = true;
-            let before = row.sync_status.clone();
-            push(
-                &mut out,
-                target,
-                &mut row,
-                EventType::Deleted,
-                before,
-                None,
-                now,
-            );
+            if !row.deleted_reported {
+                row.deleted_reported = true;
+                let before = row.sync_status.clone();
+                push(
+                    &mut out,
+                    target,
+                    &mut row,
+                    EventType::Deleted,
+                    before,
+                    None,
+                    now,
+                );
+            }
         }
         out.updates.push(row);
     }
@@ -504,6 +508,19 @@ mod tests {
         assert!(d.events.is_empty());
         state.apply(&d);
         assert_eq!(state.checkpoints["1"].missing, 0);
+    }
+
+    #[test]
+    fn a_checkpoint_flapping_in_and_out_is_deleted_once() {
+        let l = vec![ck("1", Some("COMPLETE"))];
+        let (state, all) = run(
+            &opts(),
+            &[l.clone(), vec![], vec![], l.clone(), vec![], vec![], vec![]],
+            1,
+        );
+        let deletes = all.iter().flatten().filter(|(k, _)| *k == Deleted).count();
+        assert_eq!(deletes, 1, "{all:?}");
+        assert!(state.checkpoints["1"].deleted);
     }
 
     #[test]

@@ -136,8 +136,11 @@ pub struct Tracked {
     pub stalled: bool,
     /// Consecutive successful listings without this checkpoint.
     pub missing: u32,
-    /// `deleted` was emitted; the row stays as a tombstone so a reappearance is not news.
+    /// Absent from enough consecutive listings; the row stays as a tombstone so a
+    /// reappearance is not news.
     pub deleted: bool,
+    /// `deleted` was emitted once; a checkpoint that flaps in and out is not re-reported.
+    pub deleted_reported: bool,
     /// Events emitted for this checkpoint so far; part of every event id.
     pub seq: u32,
     pub raw: String,

@@ -21,6 +21,7 @@ CREATE TABLE checkpoints (
     stalled           INTEGER NOT NULL,
     missing           INTEGER NOT NULL,
     deleted           INTEGER NOT NULL,
+    deleted_reported  INTEGER NOT NULL,
     seq               INTEGER NOT NULL,
     raw               TEXT NOT NULL,
     PRIMARY KEY (target, id)

@@ -65,6 +65,7 @@ fn tracked_from_row(r: &SqliteRow) -> Result<Tracked> {
         stalled: r.try_get("stalled")?,
         missing: r.try_get::<i64, _>("missing")? as u32,
         deleted: r.try_get("deleted")?,
+        deleted_reported: r.try_get("deleted_reported")?,
         seq: r.try_get::<i64, _>("seq")? as u32,
         raw: r.try_get("raw")?,
     })
@@ -124,13 +125,13 @@ impl Store for SqliteStore {
         for t in &c.diff.updates {
             sqlx::query(
                 "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
-                    first_seen_at, completed, stalled, missing, deleted, seq, raw)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
                     checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
                     created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
                     completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                    deleted = excluded.deleted,
+                    deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
                     seq = excluded.seq, raw = excluded.raw",
             )
             .bind(c.target)
@@ -145,6 +146,7 @@ impl Store for SqliteStore {
             .bind(t.stalled)
             .bind(i64::from(t.missing))
             .bind(t.deleted)
+            .bind(t.deleted_reported)
             .bind(i64::from(t.seq))
             .bind(&t.raw)
             .execute(&mut *tx)
