@@ -21,7 +21,9 @@ use crate::delivery::Outbox;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::poller::Poller;
+use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
+use crate::store::postgres::{Leases, PgStore};
 use crate::store::{self, Store};
 
 /// Everything one daemon needs, built and bound but not yet running.
@@ -34,6 +36,8 @@ pub struct App {
     pub poller: Arc<Poller>,
     listener: Option<TcpListener>,
     addr: Option<SocketAddr>,
+    /// With PostgreSQL: this replica's leases and the targets they give it.
+    leases: Option<(Leases, Arc<Ownership>)>,
 }
 
 impl App {
@@ -41,7 +45,15 @@ impl App {
     pub async fn build(cfg: Config, serve: bool) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
         metrics.init_series(&cfg);
-        let store = store::open(&cfg.store.url).await?;
+        let (store, leases): (Arc<dyn Store>, _) = if cfg.store.is_postgres() {
+            let pg = PgStore::open(&cfg.store.url).await?;
+            let leases = Leases::new(&pg, cfg.store.replica_id.clone(), cfg.store.lease_ttl);
+            let own = Arc::new(Ownership::new(cfg.store.replica_id.clone()));
+            metrics.targets_owned.set(0);
+            (Arc::new(pg), Some((leases, own)))
+        } else {
+            (store::open(&cfg.store.url).await?, None)
+        };
         // One SQLite file has one daemon: claims left by a crash are ours to release.
         let released = store.release_claims().await?;
         if released > 0 {
@@ -53,7 +65,7 @@ impl App {
         let client = Arc::new(api::Client::new(&cfg.api)?);
         let outbox = Arc::new(Outbox::new(store.clone(), metrics.clone(), &cfg.sinks)?);
         let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
-        let poller = Arc::new(Poller::new(
+        let mut poller = Poller::new(
             client,
             store.clone(),
             metrics.clone(),
@@ -61,7 +73,11 @@ impl App {
             health.clone(),
             cfg.poll.clone(),
             cfg.sinks.clone(),
-        ));
+        );
+        if let Some((_, own)) = &leases {
+            poller = poller.with_ownership(own.clone());
+        }
+        let poller = Arc::new(poller);
         let (listener, addr) = if serve {
             let l = TcpListener::bind(cfg.server.listen)
                 .await
@@ -80,6 +96,7 @@ impl App {
             poller,
             listener,
             addr,
+            leases,
         })
     }
 
@@ -115,6 +132,18 @@ impl App {
             info!(%addr, "serving /metrics /healthz /readyz");
         }
 
+        if let Some((leases, own)) = self.leases.take() {
+            let ttl = self.cfg.store.lease_ttl;
+            let beat = self
+                .health
+                .heartbeat("leases", ttl * 2 + Duration::from_secs(30));
+            let targets: Vec<String> = self.cfg.targets.iter().map(|t| t.name.clone()).collect();
+            let (metrics, health, tok) = (self.metrics.clone(), self.health.clone(), token.clone());
+            info!(replica = %own.replica, lease_ttl_s = ttl.as_secs_f64(), "sharing targets with other replicas");
+            tracker.spawn(crate::replicas::run(
+                leases, ttl, own, targets, metrics, health, tok, beat,
+            ));
+        }
         let longest = self
             .cfg
             .targets

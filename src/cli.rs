@@ -88,7 +88,7 @@ pub async fn once(cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
         let (store, poller) = (app.store.clone(), app.poller.clone());
         async move {
             let mut state: TargetState = store.load_target(&t.name).await?;
-            let report = poller.poll_target(t, &mut state, dry_run).await;
+            let report = poller.poll_target(t, &mut state, dry_run, None).await;
             anyhow::Ok((t.name.clone(), report))
         }
     });

@@ -106,6 +106,19 @@ impl Environment {
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.vars.insert(name.into(), value.into());
     }
+    /// The `LOOPWATCH__*` variable that sets `key` (e.g. `poll.jitter`), if any.
+    fn override_of(&self, key: &str) -> Option<&str> {
+        self.vars.keys().map(String::as_str).find(|var| {
+            var.strip_prefix("LOOPWATCH__").is_some_and(|rest| {
+                !key.is_empty()
+                    && rest
+                        .split("__")
+                        .collect::<Vec<_>>()
+                        .join(".")
+                        .eq_ignore_ascii_case(key)
+            })
+        })
+    }
     fn overrides(&self) -> HashMap<String, String> {
         self.vars
             .iter()
@@ -174,6 +187,10 @@ pub struct PollConfig {
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub url: String,
+    /// PostgreSQL only: how long a target's lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// PostgreSQL only: this replica's name in `replicas` and `leases`.
+    pub replica_id: String,
 }
 
 impl StoreConfig {
@@ -278,6 +295,8 @@ pub enum SinkKind {
         url: Url,
         secret: Option<SigningKey>,
         previous_secret: Option<SigningKey>,
+        /// `signing_key_file`/`signing_key_env`: adds a `v1a` (ed25519) signature.
+        signing_key: Option<crate::delivery::sign::Ed25519Key>,
         format: PayloadFormat,
         template: Option<String>,
         content_type: String,
@@ -325,7 +344,7 @@ pub const DEFAULT_RETRY_SCHEDULE: [&str; 9] =
 pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
     let one = |msg: String| ConfigError {
-        problems: vec![format!("{name}: {msg}")],
+        problems: vec![printable(&format!("{name}: {msg}"))],
     };
     let format = match path.extension().and_then(|e| e.to_str()) {
         Some("toml") => config::FileFormat::Toml,
@@ -348,7 +367,13 @@ pub fn load_str(
     name: &str,
     env: &Environment,
 ) -> Result<Config, ConfigError> {
-    let tree = config::Config::builder()
+    let parse_error = |msg: &str| ConfigError {
+        problems: vec![printable(&format!("{name}: {}", parse_message(msg)))],
+    };
+    if matches!(format, config::FileFormat::Yaml) {
+        yaml_expansion_guard(text, MAX_YAML_NODES).map_err(|m| parse_error(&m))?;
+    }
+    let built = config::Config::builder()
         .add_source(config::File::from_str(text, format))
         .add_source(
             config::Environment::with_prefix("LOOPWATCH")
@@ -358,15 +383,145 @@ pub fn load_str(
                 .source(Some(env.overrides().into_iter().collect())),
         )
         .build()
-        .and_then(|c| c.try_deserialize::<Value>())
-        .map_err(|e| ConfigError {
-            problems: vec![format!("{name}: {}", one_line(&e.to_string()))],
-        })?;
-    validate(&tree, name, env)
+        .map_err(|e| parse_error(&e.to_string()))?;
+    // serde_json has no NaN or infinity: they would arrive as null, i.e. "not set", and
+    // silently become the default. Find them in the `config` crate's own tree first.
+    let mut non_finite = Vec::new();
+    find_non_finite(&built.cache, "", &mut non_finite);
+    let tree = built
+        .try_deserialize::<Value>()
+        .map_err(|e| parse_error(&e.to_string()))?;
+    let result = validate(&tree, name, env);
+    if non_finite.is_empty() {
+        return result;
+    }
+    let mut w = Walk {
+        file: name,
+        env,
+        problems: Vec::new(),
+    };
+    for (key, f) in non_finite {
+        w.err(&key, format!("must be a finite number, found {f}"));
+    }
+    if let Err(e) = result {
+        w.problems.extend(e.problems);
+    }
+    Err(ConfigError {
+        problems: w.problems,
+    })
 }
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Control characters (a newline in a quoted key, an escape sequence) escaped, so that
+/// every problem stays one line and cannot rewrite the operator's terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A parser's message on one line, without the source snippet TOML errors carry
+/// (`4 | [poll` / `  |      ^`): it echoes the file, which may be long or hold a
+/// misplaced secret. "TOML parse error at line 4, column 6: unclosed table, expected `]`".
+fn parse_message(msg: &str) -> String {
+    let is_snippet = |l: &str| {
+        l.trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start()
+            .starts_with('|')
+    };
+    let mut lines = msg
+        .lines()
+        .filter(|l| !is_snippet(l))
+        .map(one_line)
+        .filter(|l| !l.is_empty());
+    let mut out = lines.next().unwrap_or_default();
+    let rest: Vec<String> = lines.collect();
+    if !rest.is_empty() {
+        out = format!("{out}: {}", rest.join(" "));
+    }
+    const MAX: usize = 300;
+    if out.chars().count() > MAX {
+        out = format!("{}...", out.chars().take(MAX).collect::<String>());
+    }
+    out
+}
+
+/// More values than any real config has; see [`yaml_expansion_guard`].
+const MAX_YAML_NODES: u64 = 100_000;
+
+/// Refuse YAML whose aliases expand past `limit` values. yaml-rust2 copies the anchored
+/// node at every alias, so ten lines of nested aliases ("billion laughs") would take
+/// minutes and gigabytes before validation even starts. Counting needs only the event
+/// stream: the size of each anchor, added at every alias. Syntax errors are left to the
+/// real parse, which reports them.
+fn yaml_expansion_guard(text: &str, limit: u64) -> Result<(), String> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let mut anchors: HashMap<usize, u64> = HashMap::new();
+    // (anchor id of the open collection, values in it so far); the bottom is the stream.
+    let mut open: Vec<(usize, u64)> = vec![(0, 0)];
+    while let Ok((event, _)) = parser.next_token() {
+        let size = match event {
+            Event::StreamEnd => break,
+            Event::Scalar(_, _, anchor, _) => {
+                if anchor > 0 {
+                    anchors.insert(anchor, 1);
+                }
+                1
+            }
+            Event::Alias(id) => anchors.get(&id).copied().unwrap_or(1),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                open.push((anchor, 1));
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let Some((anchor, n)) = open.pop().filter(|_| !open.is_empty()) else {
+                    break;
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, n);
+                }
+                n
+            }
+            _ => continue,
+        };
+        let Some(parent) = open.last_mut() else { break };
+        parent.1 = parent.1.saturating_add(size);
+        if parent.1 > limit {
+            return Err(format!(
+                "the YAML aliases (*name) expand to more than {limit} values; write the values out instead"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Paths of NaN and infinite floats, e.g. `poll.jitter = nan`.
+fn find_non_finite(v: &config::Value, path: &str, out: &mut Vec<(String, f64)>) {
+    match &v.kind {
+        config::ValueKind::Float(f) if !f.is_finite() => out.push((path.to_string(), *f)),
+        config::ValueKind::Table(t) => {
+            for (k, v) in t {
+                find_non_finite(v, &join(path, k), out);
+            }
+        }
+        config::ValueKind::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                find_non_finite(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Collects problems while walking the tree.
@@ -378,7 +533,12 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     fn err(&mut self, key: &str, msg: impl fmt::Display) {
-        self.problems.push(format!("{}: {key}: {msg}", self.file));
+        let from = match self.env.override_of(key) {
+            Some(var) => format!(" (set by {var})"),
+            None => String::new(),
+        };
+        self.problems
+            .push(printable(&format!("{}: {key}: {msg}{from}", self.file)));
     }
 
     /// The table at `key`, reporting keys not in `allowed`.
@@ -514,6 +674,12 @@ impl Walk<'_> {
         match raw {
             Value::Null => None,
             Value::String(s) => match parse_duration(s) {
+                // Larger waits overflow `Duration` arithmetic in the poller and the
+                // health checks (a panic at start), and no sane schedule needs them.
+                Some(d) if d > MAX_DURATION => {
+                    self.err(full, format!("{s:?} is too long; at most 365 days"));
+                    None
+                }
                 Some(d) => Some(d),
                 None => {
                     self.err(full, format!("{s:?} is not a duration; write e.g. \"250ms\", \"30s\", \"5m\" or \"24h\""));
@@ -715,6 +881,9 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// The longest duration a config may set.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `"250ms"`, `"30s"`, `"5m"`, `"24h"`, `"1h 30m"`, or `"0"`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -785,7 +954,7 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
     if !(rps > 0.0 && rps.is_finite()) {
         w.err(
             "api.max_requests_per_second",
-            format!("must be greater than 0, found {rps}"),
+            format!("must be a finite number greater than 0, found {rps}"),
         );
     }
     let max_response_bytes = w.integer(api, "api", "max_response_bytes", 64 << 20, 1024, 1 << 40);
@@ -820,7 +989,11 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
     let stalled_after = w.duration(poll, "poll", "stalled_after", Duration::from_secs(30 * 60));
 
     // [store]
-    let store = w.table(get("store"), "store", &["url"]);
+    let store = w.table(get("store"), "store", &["url", "lease_ttl", "replica_id"]);
+    let lease_ttl = w.positive_duration(store, "store", "lease_ttl", Duration::from_secs(15));
+    let replica_id = w
+        .string(store, "store", "replica_id")
+        .unwrap_or_else(default_replica_id);
     let store_url = w
         .string(store, "store", "url")
         .unwrap_or_else(|| "sqlite://loopwatch.db".into());
@@ -895,8 +1068,9 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
                 let Some(t) = w.table(Some(item), &sec, &[
                     "name", "run_id", "base_model", "checkpoint_path", "checkpoint_targets", "interval", "syncing_interval",
                 ]) else {
-                    if !item.is_object() {
-                        continue;
+                    // `w.table` reports every other non-table; `- ~` in YAML must not vanish.
+                    if item.is_null() {
+                        w.err(&sec, "is empty; expected a [[targets]] table");
                     }
                     continue;
                 };
@@ -964,10 +1138,14 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
                         "name",
                         "kind",
                         "url",
+                        "url_env",
+                        "url_file",
                         "secret_env",
                         "secret_file",
                         "previous_secret_env",
                         "previous_secret_file",
+                        "signing_key_env",
+                        "signing_key_file",
                         "format",
                         "template",
                         "content_type",
@@ -982,6 +1160,9 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
                         "command",
                     ],
                 ) else {
+                    if item.is_null() {
+                        w.err(&sec, "is empty; expected a [[sinks]] table");
+                    }
                     continue;
                 };
                 if let Some(sink) = sink(&mut w, Some(s), &sec, &names, &mut sink_names) {
@@ -1021,7 +1202,11 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
             delete_after_missing_polls: delete_after as u32,
             stalled_after: (!stalled_after.is_zero()).then_some(stalled_after),
         },
-        store: StoreConfig { url: store_url },
+        store: StoreConfig {
+            url: store_url,
+            lease_ttl,
+            replica_id,
+        },
         server: ServerConfig {
             listen: listen.expect("checked"),
         },
@@ -1064,19 +1249,48 @@ fn sink(
                     "is for kind = \"exec\"; a webhook sink takes url",
                 );
             }
+            let http_url = |u: &str| {
+                Url::parse(u)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            };
+            // A URL that is itself a credential (Slack's, say) comes from url_env/url_file.
+            let mut url_source = None;
             let url = match w.string(s, sec, "url") {
-                None => {
+                Some(_) if has("url_env") || has("url_file") => {
                     w.err(
                         &format!("{sec}.url"),
-                        "is missing; a webhook sink needs the URL to POST to",
+                        "set either url or url_env/url_file, not both",
                     );
                     None
                 }
-                Some(u) => match Url::parse(&u) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                        Some(u)
+                None if has("url_env") || has("url_file") => {
+                    match w.secret(s, sec, "url", None) {
+                        Some((u, source)) => {
+                            let parsed = http_url(u.expose());
+                            if parsed.is_none() {
+                                // The URL may carry a token: it is not echoed back.
+                                w.err(
+                                    &format!("{sec}.url"),
+                                    format!("the URL ({source}) is not an http(s) URL"),
+                                );
+                            }
+                            url_source = Some(source);
+                            parsed
+                        }
+                        None => None,
                     }
-                    _ => {
+                }
+                None => {
+                    w.err(
+                        &format!("{sec}.url"),
+                        "is missing; a webhook sink needs the URL to POST to (url, url_env or url_file)",
+                    );
+                    None
+                }
+                Some(u) => match http_url(&u) {
+                    Some(u) => Some(u),
+                    None => {
                         w.err(
                             &format!("{sec}.url"),
                             format!("{u:?} is not an http(s) URL"),
@@ -1101,6 +1315,24 @@ fn sink(
             };
             let secret = signing(w, "secret");
             let previous = signing(w, "previous_secret");
+            let ed25519 = w
+                .secret(s, sec, "signing_key", None)
+                .and_then(|(key, source)| {
+                    match crate::delivery::sign::Ed25519Key::parse(key.expose()) {
+                        Ok(k) => {
+                            let source = format!("{source}; public key {}", k.public_key());
+                            Some((k, source))
+                        }
+                        Err(e) => {
+                            // The key itself is never echoed back.
+                            w.err(
+                                &format!("{sec}.signing_key"),
+                                format!("the key ({source}) {e}"),
+                            );
+                            None
+                        }
+                    }
+                });
             if previous.is_some() && secret.is_none() && !has("secret_env") && !has("secret_file") {
                 w.err(
                     &format!("{sec}.previous_secret_env"),
@@ -1127,7 +1359,10 @@ fn sink(
                     if let Err(e) = crate::delivery::payload::compile_template(t) {
                         w.err(
                             &format!("{sec}.template"),
-                            format!("does not compile: {}", one_line(&e)),
+                            format!(
+                                "the template of sink {name:?} does not compile: {}",
+                                one_line(&e)
+                            ),
                         );
                     }
                 }
@@ -1178,16 +1413,23 @@ fn sink(
                 ),
             }
             let mut secret_sources = Vec::new();
+            if let Some(src) = url_source {
+                secret_sources.push(("url".to_string(), src));
+            }
             if let Some((_, src)) = &secret {
                 secret_sources.push(("secret".to_string(), src.clone()));
             }
             if let Some((_, src)) = &previous {
                 secret_sources.push(("previous_secret".to_string(), src.clone()));
             }
+            if let Some((_, src)) = &ed25519 {
+                secret_sources.push(("signing_key".to_string(), src.clone()));
+            }
             let webhook = url.map(|url| SinkKind::Webhook {
                 url,
                 secret: secret.map(|(k, _)| k),
                 previous_secret: previous.map(|(k, _)| k),
+                signing_key: ed25519.map(|(k, _)| k),
                 format,
                 template,
                 content_type,
@@ -1198,10 +1440,14 @@ fn sink(
         "exec" => {
             for k in [
                 "url",
+                "url_env",
+                "url_file",
                 "secret_env",
                 "secret_file",
                 "previous_secret_env",
                 "previous_secret_file",
+                "signing_key_env",
+                "signing_key_file",
                 "headers",
                 "template",
                 "format",
@@ -1373,6 +1619,10 @@ impl Config {
 
         let mut store = toml::Table::new();
         store.insert("url".into(), redact_url(&self.store.url).into());
+        if self.store.is_postgres() {
+            store.insert("lease_ttl".into(), dur(self.store.lease_ttl).into());
+            store.insert("replica_id".into(), self.store.replica_id.clone().into());
+        }
         root.insert("store".into(), store.into());
         let mut server = toml::Table::new();
         server.insert("listen".into(), self.server.listen.to_string().into());
@@ -1480,6 +1730,17 @@ impl Config {
     pub fn sink(&self, name: &str) -> Option<&SinkConfig> {
         self.sinks.iter().find(|s| s.name == name)
     }
+}
+
+/// `<hostname>-<pid>`: unique per process, readable in `leases`.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "loopwatch".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Hide a password or query token in a URL.

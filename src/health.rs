@@ -33,7 +33,9 @@ impl Heartbeat {
 #[derive(Default)]
 pub struct Health {
     beats: Mutex<Vec<Heartbeat>>,
-    pending_targets: Mutex<BTreeSet<String>>,
+    /// Targets this process must have polled once to be ready (all, or the owned ones).
+    expected: Mutex<BTreeSet<String>>,
+    polled: Mutex<BTreeSet<String>>,
     role: Mutex<String>,
 }
 
@@ -41,8 +43,9 @@ impl Health {
     pub fn new(targets: impl IntoIterator<Item = String>) -> Self {
         Health {
             beats: Mutex::default(),
-            pending_targets: Mutex::new(targets.into_iter().collect()),
-            role: Mutex::new("single".into()),
+            expected: Mutex::new(targets.into_iter().collect()),
+            polled: Mutex::default(),
+            role: Mutex::new("single instance, owns every target".into()),
         }
     }
 
@@ -58,10 +61,31 @@ impl Health {
     }
 
     pub fn target_polled(&self, target: &str) {
-        self.pending_targets
+        self.polled
             .lock()
             .expect("not poisoned")
-            .remove(target);
+            .insert(target.to_string());
+    }
+
+    /// With several replicas: readiness covers the targets this replica owns.
+    pub fn set_owned(
+        &self,
+        replica: &str,
+        owned: impl IntoIterator<Item = String>,
+        live_replicas: i64,
+    ) {
+        let owned: BTreeSet<String> = owned.into_iter().collect();
+        *self.role.lock().expect("not poisoned") = format!(
+            "replica {replica} of {live_replicas}, owns {} target(s): {}",
+            owned.len(),
+            owned
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        *self.expected.lock().expect("not poisoned") = owned;
     }
 
     /// `Err(reason)` when a loop is wedged.
@@ -81,16 +105,22 @@ impl Health {
         }
     }
 
-    /// `Err(reason)` until every target has been polled successfully once.
+    /// `Err(reason)` until every expected target has been polled successfully once.
     pub fn ready(&self) -> Result<String, String> {
-        let pending = self.pending_targets.lock().expect("not poisoned");
+        let expected = self.expected.lock().expect("not poisoned");
+        let polled = self.polled.lock().expect("not poisoned");
         let role = self.role.lock().expect("not poisoned").clone();
+        let pending: Vec<&str> = expected
+            .iter()
+            .filter(|t| !polled.contains(*t))
+            .map(String::as_str)
+            .collect();
         if pending.is_empty() {
-            Ok(format!("ready ({role})"))
+            Ok(format!("ready: {role}"))
         } else {
-            let names: Vec<&str> = pending.iter().take(10).map(String::as_str).collect();
+            let names: Vec<&str> = pending.iter().take(10).copied().collect();
             Err(format!(
-                "{} target(s) not polled successfully yet: {}",
+                "{} target(s) not polled successfully yet: {} ({role})",
                 pending.len(),
                 names.join(", ")
             ))

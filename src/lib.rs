@@ -7,6 +7,7 @@
 //! - [`diff`]: the pure core, (state, listing, now) -> (updates, events).
 //! - [`store`]: state + events + outbox, committed in one transaction per poll.
 //! - [`poller`]: per-target schedule: fetch -> diff -> commit.
+//! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
 //! - [`metrics`], [`health`], [`server`]: what operators see.
 //! - [`app`]: wiring; the only place that spawns tasks.
@@ -24,6 +25,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod poller;
+pub mod replicas;
 pub mod server;
 pub mod sim;
 pub mod store;

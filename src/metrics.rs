@@ -27,6 +27,8 @@ pub struct Metrics {
     pub dead: IntGaugeVec,
     pub oldest_pending: GaugeVec,
     pub targets_owned: IntGauge,
+    pub lease_takeovers: prometheus::IntCounter,
+    pub fencing_rejections: IntCounterVec,
 }
 
 const POLL_OUTCOMES: [&str; 3] = ["success", "error", "rate_limited"];
@@ -97,7 +99,22 @@ impl Metrics {
             .register(Box::new(targets_owned.clone()))
             .expect("unique metric");
 
+        let lease_takeovers = prometheus::IntCounter::new(
+            "loopwatch_lease_takeovers_total",
+            "Target leases this replica took over after another replica's lease expired.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lease_takeovers.clone()))
+            .expect("unique metric");
+
         Metrics {
+            lease_takeovers,
+            fencing_rejections: counter(
+                "loopwatch_fencing_rejections_total",
+                "Polls whose commit was refused because this replica no longer held the target's lease.",
+                &["target"],
+            ),
             polls: counter(
                 "loopwatch_polls_total",
                 "Polls of the Loops API per target and outcome.",
@@ -198,6 +215,7 @@ impl Metrics {
             for e in EventType::ALL {
                 self.events.with_label_values(&[n, e.as_str()]);
             }
+            self.fencing_rejections.with_label_values(&[n]);
         }
         for s in &cfg.sinks {
             let n = s.name.as_str();

@@ -22,7 +22,8 @@ use crate::diff::{self, DiffOptions, TargetState};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 use crate::model::{Event, EventType};
-use crate::store::{PollCommit, Store, StoreError};
+use crate::replicas::Ownership;
+use crate::store::{Fence, PollCommit, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -49,6 +50,7 @@ pub struct Poller {
     cfg: PollConfig,
     sinks: Vec<SinkConfig>,
     permits: Semaphore,
+    ownership: Option<Arc<Ownership>>,
 }
 
 impl Poller {
@@ -71,7 +73,14 @@ impl Poller {
             cfg,
             sinks,
             permits,
+            ownership: None,
         }
+    }
+
+    /// Poll only the targets whose lease this replica holds (several replicas).
+    pub fn with_ownership(mut self, own: Arc<Ownership>) -> Self {
+        self.ownership = Some(own);
+        self
     }
 
     fn diff_options(&self) -> DiffOptions {
@@ -92,6 +101,7 @@ impl Poller {
         t: &TargetConfig,
         state: &mut TargetState,
         dry_run: bool,
+        fence: Option<Fence>,
     ) -> Result<PollReport, PollError> {
         let _permit = self.permits.acquire().await.expect("never closed");
         let name = t.name.as_str();
@@ -142,9 +152,16 @@ impl Poller {
                 diff: &d,
                 sinks,
                 now,
+                fence,
             };
             if let Err(e) = self.store.commit_poll(commit).await {
                 self.metrics.polls.with_label_values(&[name, "error"]).inc();
+                if matches!(e, StoreError::Fenced { .. }) {
+                    self.metrics
+                        .fencing_rejections
+                        .with_label_values(&[name])
+                        .inc();
+                }
                 return Err(e.into());
             }
         }
@@ -216,8 +233,25 @@ impl Poller {
         let name = t.name.clone();
         let mut state: Option<TargetState> = None;
         let mut failures: u32 = 0;
+        let mut held: Option<Fence> = None;
         loop {
             beat.beat();
+            if let Some(own) = &self.ownership {
+                let fence = own.fence(&name);
+                if fence != held {
+                    // A new lease: the previous owner may have committed since we last looked.
+                    state = None;
+                    held = fence;
+                }
+                if held.is_none() {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = own.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+            }
             let wait = match &mut state {
                 None => match self.store.load_target(&name).await {
                     Ok(s) => {
@@ -230,7 +264,7 @@ impl Poller {
                         t.syncing_interval
                     }
                 },
-                Some(s) => match self.poll_target(&t, s, false).await {
+                Some(s) => match self.poll_target(&t, s, false, held.clone()).await {
                     Ok(_) => {
                         failures = 0;
                         self.jittered(if s.has_pending() {
@@ -238,6 +272,12 @@ impl Poller {
                         } else {
                             t.interval
                         })
+                    }
+                    Err(PollError::Store(StoreError::Fenced { epoch, .. })) => {
+                        warn!(target = %name, epoch, "lease lost before commit; nothing committed or emitted");
+                        state = None;
+                        held = None;
+                        t.syncing_interval
                     }
                     Err(e) => {
                         failures += 1;

@@ -4,6 +4,7 @@
 //! deliveries commit in one transaction ([`Store::commit_poll`]), so a crash at any
 //! instant neither loses an event nor records one twice.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -25,6 +26,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Open(String),
+    /// The replica no longer holds the target's lease at the epoch it polled with.
+    #[error("lease on target {target} lost (epoch {epoch} is stale); nothing was committed")]
+    Fenced { target: String, epoch: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -156,6 +160,15 @@ pub struct PollCommit<'a> {
     /// For each event of `diff.events` (same order), the sinks it goes to.
     pub sinks: Vec<Vec<&'a str>>,
     pub now: DateTime<Utc>,
+    /// With several replicas: commit only while this lease is still held.
+    pub fence: Option<Fence>,
+}
+
+/// A lease held by this replica: (owner, epoch) must still match at commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    pub epoch: i64,
 }
 
 /// What a sink worker records after an attempt.
@@ -239,11 +252,32 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
     } else {
-        Err(StoreError::Open(format!(
-            "store.url {}: only sqlite:// is supported by this build",
-            crate::config::redact_url(url)
-        )))
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?))
     }
+}
+
+/// (sink, status, count, oldest created_at) rows -> one backlog per sink.
+pub(crate) fn fold_backlog(rows: Vec<(String, String, i64, i64)>) -> Vec<SinkBacklog> {
+    let mut out: Vec<SinkBacklog> = Vec::new();
+    for (sink, status, count, oldest) in rows {
+        let i = match out.iter().position(|b| b.sink == sink) {
+            Some(i) => i,
+            None => {
+                out.push(SinkBacklog {
+                    sink,
+                    ..SinkBacklog::default()
+                });
+                out.len() - 1
+            }
+        };
+        if status == "pending" {
+            out[i].pending = count;
+            out[i].oldest_pending = Some(ms_to_time(oldest));
+        } else {
+            out[i].dead = count;
+        }
+    }
+    out
 }
 
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {

@@ -406,26 +406,7 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<SinkBacklog> = Vec::new();
-        for (sink, status, count, oldest) in rows {
-            let i = match out.iter().position(|b| b.sink == sink) {
-                Some(i) => i,
-                None => {
-                    out.push(SinkBacklog {
-                        sink,
-                        ..SinkBacklog::default()
-                    });
-                    out.len() - 1
-                }
-            };
-            if status == "pending" {
-                out[i].pending = count;
-                out[i].oldest_pending = Some(ms_to_time(oldest));
-            } else {
-                out[i].dead = count;
-            }
-        }
-        Ok(out)
+        Ok(super::fold_backlog(rows))
     }
 
     async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {

@@ -332,3 +332,29 @@ pub async fn http_get(url: &str) -> (u16, String) {
     let code = r.status().as_u16();
     (code, r.text().await.unwrap())
 }
+
+/// A fresh, empty database on the PostgreSQL server at `base` (a URL); returns its URL.
+pub async fn pg_database(base: &str) -> String {
+    use sqlx::Connection;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "lw_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to LOOPWATCH_TEST_PG_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let i = base.rfind('/').expect("a database URL");
+    format!("{}/{name}", &base[..i])
+}

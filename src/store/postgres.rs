@@ -1,0 +1,571 @@
+//! The shared store for several replicas: the same schema as SQLite on PostgreSQL, plus
+//! replica heartbeats and target leases with fencing epochs ([`Leases`]).
+//!
+//! Lease times use the database clock, so replicas never compare their own clocks.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{
+    AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, ms_to_time,
+};
+use crate::diff::TargetState;
+use crate::model::{CheckpointTarget, Tracked};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The database clock in Unix milliseconds.
+const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let shown = crate::config::redact_url(url);
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Open(format!("store.url {shown}: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Open(format!("cannot connect to {shown}: {e}")))?;
+        MIGRATOR.run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn tracked_from_row(r: &PgRow) -> Result<Tracked> {
+    let target: String = r.try_get("checkpoint_target")?;
+    Ok(Tracked {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        run_id: r.try_get("run_id")?,
+        target: CheckpointTarget::parse(&target)
+            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
+        sync_status: r.try_get("sync_status")?,
+        created_at: r.try_get("created_at")?,
+        first_seen_at: ms_to_time(r.try_get("first_seen_at")?),
+        completed: r.try_get("completed")?,
+        stalled: r.try_get("stalled")?,
+        missing: r.try_get::<i64, _>("missing")? as u32,
+        deleted: r.try_get("deleted")?,
+        deleted_reported: r.try_get("deleted_reported")?,
+        seq: r.try_get::<i64, _>("seq")? as u32,
+        raw: r.try_get("raw")?,
+    })
+}
+
+fn event_from_row(r: &PgRow) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        kind: r.try_get("type")?,
+        target: r.try_get("target")?,
+        checkpoint_id: r.try_get("checkpoint_id")?,
+        checkpoint_name: r.try_get("checkpoint_name")?,
+        run_id: r.try_get("run_id")?,
+        checkpoint_target: r.try_get("checkpoint_target")?,
+        detected_at: ms_to_time(r.try_get("detected_at")?),
+        body: r.try_get("body")?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.checkpoint_name, e.run_id, e.checkpoint_target, e.detected_at, e.body";
+
+#[async_trait]
+impl Store for PgStore {
+    async fn load_target(&self, name: &str) -> Result<TargetState> {
+        let baselined = sqlx::query("SELECT 1 FROM targets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        let rows = sqlx::query("SELECT * FROM checkpoints WHERE target = $1")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut state = TargetState {
+            baselined,
+            ..TargetState::default()
+        };
+        for r in &rows {
+            let t = tracked_from_row(r)?;
+            state.checkpoints.insert(t.id.clone(), t);
+        }
+        Ok(state)
+    }
+
+    async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
+        let now = c.now.timestamp_millis();
+        let mut tx = self.pool.begin().await?;
+        if let Some(f) = &c.fence {
+            // Lock the lease row: a takeover waits for this commit, and a stale epoch
+            // (the lease was taken while this replica was paused) commits nothing.
+            let held = sqlx::query(AssertSqlSafe(format!(
+                "SELECT 1 FROM leases WHERE target = $1 AND owner = $2 AND epoch = $3 AND expires_at > {DB_NOW} FOR UPDATE"
+            )))
+            .bind(c.target)
+            .bind(&f.owner)
+            .bind(f.epoch)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Err(StoreError::Fenced {
+                    target: c.target.to_string(),
+                    epoch: f.epoch,
+                });
+            }
+        }
+        if c.diff.baseline {
+            sqlx::query("INSERT INTO targets (name, filter, baselined_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+                .bind(c.target)
+                .bind(c.filter)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for t in &c.diff.updates {
+            sqlx::query(
+                "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
+                    first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
+                    checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
+                    created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
+                    completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
+                    deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
+                    seq = excluded.seq, raw = excluded.raw",
+            )
+            .bind(c.target)
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(&t.run_id)
+            .bind(t.target.as_str())
+            .bind(&t.sync_status)
+            .bind(&t.created_at)
+            .bind(t.first_seen_at.timestamp_millis())
+            .bind(t.completed)
+            .bind(t.stalled)
+            .bind(i64::from(t.missing))
+            .bind(t.deleted)
+            .bind(t.deleted_reported)
+            .bind(i64::from(t.seq))
+            .bind(&t.raw)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut stored = Vec::with_capacity(c.diff.events.len());
+        for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
+            let body = e.standard_body();
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
+            )
+            .bind(&e.id)
+            .bind(e.kind.as_str())
+            .bind(&e.target)
+            .bind(&e.checkpoint_id)
+            .bind(&e.checkpoint_name)
+            .bind(&e.run_id)
+            .bind(e.checkpoint_target.as_str())
+            .bind(e.detected_at.timestamp_millis())
+            .bind(&body)
+            .fetch_one(&mut *tx)
+            .await?;
+            for sink in sinks {
+                sqlx::query(
+                    "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
+                )
+                .bind(seq)
+                .bind(*sink)
+                .bind(&e.run_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut s = StoredEvent::from_event(seq, e);
+            s.body = body;
+            stored.push(s);
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn claim_due(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        ordered: bool,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        let now_ms = now.timestamp_millis();
+        let until = now_ms + lease.as_millis() as i64;
+        // SKIP LOCKED: replicas claiming at once take disjoint rows instead of waiting.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "WITH due AS (
+                SELECT d.id FROM deliveries d
+                WHERE d.sink = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3
+                  AND (d.claimed_until IS NULL OR d.claimed_until <= $3)
+                  AND (NOT $5 OR NOT EXISTS (
+                      SELECT 1 FROM deliveries h
+                      WHERE h.sink = d.sink AND h.run_id = d.run_id AND h.status = 'pending'
+                        AND h.event_seq < d.event_seq))
+                ORDER BY d.event_seq
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED)
+             UPDATE deliveries d SET claimed_until = $1 FROM due, events e
+             WHERE d.id = due.id AND e.seq = d.event_seq
+             RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {EVENT_COLUMNS}"
+        )))
+        .bind(until)
+        .bind(sink)
+        .bind(now_ms)
+        .bind(limit as i64)
+        .bind(ordered)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(Claimed {
+                    delivery_id: r.try_get("delivery_id")?,
+                    attempts: r.try_get::<i32, _>("attempts")? as u32,
+                    created_at: ms_to_time(r.try_get("delivery_created")?),
+                    event: event_from_row(r)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|c| c.event.seq);
+        Ok(out)
+    }
+
+    async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(GREATEST(next_attempt_at, COALESCE(claimed_until, 0))) FROM deliveries WHERE sink = $1 AND status = 'pending'",
+        )
+        .bind(sink)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(ms_to_time))
+    }
+
+    async fn record_attempt(
+        &self,
+        id: i64,
+        outcome: &AttemptOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = now.timestamp_millis();
+        let q = match outcome {
+            AttemptOutcome::Delivered => sqlx::query(
+                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
+                    last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(id),
+            AttemptOutcome::Retry { next, status, error } => sqlx::query(
+                "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = $3,
+                    last_status = $4, last_error = $5, updated_at = $1 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(next.timestamp_millis())
+            .bind(status.map(i32::from))
+            .bind(error.clone()),
+            AttemptOutcome::Dead { status, error } => sqlx::query(
+                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
+                    last_status = $3, last_error = $4, updated_at = $1 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(status.map(i32::from))
+            .bind(error.clone()),
+        };
+        q.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Other replicas may hold claims: they expire on their own.
+    async fn release_claims(&self) -> Result<u64> {
+        Ok(0)
+    }
+
+    async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.sink, d.status, d.attempts, d.next_attempt_at, d.last_status, d.last_error,
+                    d.created_at, d.updated_at, e.id AS event_id, e.type, e.target, e.run_id,
+                    e.checkpoint_target, e.checkpoint_name
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE ($1::text IS NULL OR d.status = $1)
+             ORDER BY d.id DESC LIMIT $2",
+        )
+        .bind(status.map(DeliveryStatus::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows.iter().rev() {
+            let status: String = r.try_get("status")?;
+            let status = DeliveryStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?;
+            let ct: String = r.try_get("checkpoint_target")?;
+            let run_id: String = r.try_get("run_id")?;
+            let name: String = r.try_get("checkpoint_name")?;
+            out.push(DeliveryRow {
+                id: r.try_get("id")?,
+                event_id: r.try_get("event_id")?,
+                kind: r.try_get("type")?,
+                target: r.try_get("target")?,
+                uri: crate::model::checkpoint_uri(
+                    &run_id,
+                    CheckpointTarget::parse(&ct).unwrap_or(CheckpointTarget::Sampler),
+                    &name,
+                ),
+                sink: r.try_get("sink")?,
+                status,
+                attempts: r.try_get::<i32, _>("attempts")? as u32,
+                next_attempt_at: (status == DeliveryStatus::Pending)
+                    .then(|| r.try_get::<i64, _>("next_attempt_at").map(ms_to_time))
+                    .transpose()?,
+                last_status: r
+                    .try_get::<Option<i32>, _>("last_status")?
+                    .map(|s| s as u16),
+                last_error: r.try_get("last_error")?,
+                created_at: ms_to_time(r.try_get("created_at")?),
+                updated_at: ms_to_time(r.try_get("updated_at")?),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
+        let now = now.timestamp_millis();
+        const SET: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, claimed_until = NULL, updated_at = $1";
+        let mut n = 0;
+        match which {
+            Redeliver::Dead { sink } => {
+                n += sqlx::query(AssertSqlSafe(format!(
+                    "{SET} WHERE status = 'dead' AND ($2::text IS NULL OR sink = $2)"
+                )))
+                .bind(now)
+                .bind(sink.as_deref())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            }
+            Redeliver::Ids(ids) => {
+                let mut tx = self.pool.begin().await?;
+                for id in ids {
+                    let q = if let Ok(num) = id.parse::<i64>() {
+                        sqlx::query(AssertSqlSafe(format!("{SET} WHERE id = $2")))
+                            .bind(now)
+                            .bind(num)
+                    } else {
+                        sqlx::query(AssertSqlSafe(format!(
+                            "{SET} WHERE event_seq = (SELECT seq FROM events WHERE id = $2)"
+                        )))
+                        .bind(now)
+                        .bind(id.clone())
+                    };
+                    n += q.execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
+             WHERE status IN ('pending', 'dead') GROUP BY sink, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(super::fold_backlog(rows))
+    }
+
+    async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
+        let targets: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT name, filter, baselined_at FROM targets WHERE ($1::text IS NULL OR name = $1) ORDER BY name",
+        )
+        .bind(target)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for (name, filter, at) in targets {
+            let rows =
+                sqlx::query("SELECT * FROM checkpoints WHERE target = $1 ORDER BY created_at, id")
+                    .bind(&name)
+                    .fetch_all(&self.pool)
+                    .await?;
+            let checkpoints = rows
+                .iter()
+                .map(tracked_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            out.push(TargetDump {
+                name,
+                filter,
+                baselined_at: ms_to_time(at),
+                checkpoints,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE ($1::text IS NULL OR e.target = $1) ORDER BY e.seq"
+        )))
+        .bind(target)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+/// Replica membership and target leases on the shared database.
+pub struct Leases {
+    pool: PgPool,
+    pub replica: String,
+    ttl: Duration,
+}
+
+/// What one lease round changed.
+#[derive(Debug, Default, PartialEq)]
+pub struct LeaseRound {
+    /// Target -> epoch, for every lease this replica holds after the round.
+    pub owned: Vec<(String, i64)>,
+    /// Leases taken from a replica whose lease had expired (epoch > 1).
+    pub takeovers: u64,
+    pub live_replicas: i64,
+}
+
+impl Leases {
+    pub fn new(store: &PgStore, replica: String, ttl: Duration) -> Self {
+        Leases {
+            pool: store.pool.clone(),
+            replica,
+            ttl,
+        }
+    }
+
+    /// Heartbeat, renew what is held, give up what is above a fair share, and take
+    /// free or expired targets up to it. Run every `ttl / 3`.
+    pub async fn round(&self, targets: &[String]) -> Result<LeaseRound> {
+        let ttl = self.ttl.as_millis() as i64;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO replicas (id, heartbeat_at, started_at) VALUES ($1, {DB_NOW}, {DB_NOW})
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+        )))
+        .bind(&self.replica)
+        .execute(&self.pool)
+        .await?;
+        let live: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
+        )))
+        .bind(ttl)
+        .fetch_one(&self.pool)
+        .await?;
+        let live = live.max(1);
+        let fair = (targets.len() as i64 + live - 1) / live;
+
+        // Renew the leases still held; an expired one is gone (someone may own it now).
+        let mut owned: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE leases SET expires_at = {DB_NOW} + $2
+             WHERE owner = $1 AND expires_at > {DB_NOW} AND target = ANY($3)
+             RETURNING target, epoch"
+        )))
+        .bind(&self.replica)
+        .bind(ttl)
+        .bind(targets)
+        .fetch_all(&self.pool)
+        .await?;
+        owned.sort();
+
+        // Above the fair share (a replica joined): release the surplus.
+        while owned.len() as i64 > fair {
+            let (target, epoch) = owned.pop().expect("non-empty");
+            sqlx::query(
+                "UPDATE leases SET expires_at = 0 WHERE target = $1 AND owner = $2 AND epoch = $3",
+            )
+            .bind(&target)
+            .bind(&self.replica)
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        }
+
+        // Below it: take free or expired targets, in a per-replica order so that
+        // replicas starting together do not all race for the same rows.
+        let mut takeovers = 0;
+        if (owned.len() as i64) < fair {
+            let mut candidates: Vec<&String> = targets
+                .iter()
+                .filter(|t| !owned.iter().any(|(o, _)| o == *t))
+                .collect();
+            candidates
+                .sort_by_key(|t| crate::model::event_id(&self.replica, t, DateTime::UNIX_EPOCH, 0));
+            for t in candidates {
+                if owned.len() as i64 >= fair {
+                    break;
+                }
+                let got: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "INSERT INTO leases (target, owner, epoch, expires_at) VALUES ($1, $2, 1, {DB_NOW} + $3)
+                     ON CONFLICT (target) DO UPDATE
+                        SET owner = excluded.owner, epoch = leases.epoch + 1, expires_at = excluded.expires_at
+                        WHERE leases.expires_at <= {DB_NOW}
+                     RETURNING epoch"
+                )))
+                .bind(t)
+                .bind(&self.replica)
+                .bind(ttl)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(epoch) = got {
+                    if epoch > 1 {
+                        takeovers += 1;
+                    }
+                    owned.push((t.clone(), epoch));
+                }
+            }
+        }
+        Ok(LeaseRound {
+            owned,
+            takeovers,
+            live_replicas: live,
+        })
+    }
+
+    /// Give up every lease (on shutdown), so another replica takes over at once.
+    pub async fn release_all(&self) -> Result<()> {
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE owner = $1")
+            .bind(&self.replica)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM replicas WHERE id = $1")
+            .bind(&self.replica)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

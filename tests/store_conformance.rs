@@ -1,0 +1,355 @@
+//! One conformance suite for every `Store` backend: SQLite always, PostgreSQL when
+//! `LOOPWATCH_TEST_PG_URL` points at a server (`scripts/test` starts one).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use loopwatch::diff::{DiffOptions, TargetState, diff};
+use loopwatch::model::{Checkpoint, CheckpointTarget};
+use loopwatch::store::postgres::{Leases, PgStore};
+use loopwatch::store::{
+    AttemptOutcome, DeliveryStatus, Fence, PollCommit, Redeliver, Store, StoreError,
+};
+
+fn ck(id: &str, run: &str, status: Option<&str>) -> Checkpoint {
+    Checkpoint {
+        id: id.into(),
+        name: format!("step-{id}"),
+        run_id: run.into(),
+        target: CheckpointTarget::Sampler,
+        checkpoint_type: "lora".into(),
+        size_bytes: 1,
+        created_at: format!("2026-11-26T00:00:00.{id:0>3}Z"),
+        base_model: None,
+        sync_status: status.map(str::to_string),
+        raw: format!(r#"{{"id":"{id}","run_id":"{run}"}}"#),
+    }
+}
+
+fn opts() -> DiffOptions {
+    DiffOptions {
+        emit_existing: false,
+        delete_after_missing: 2,
+        stalled_after: None,
+    }
+}
+
+/// Diff `listing` against the stored state of `target` and commit it to both sinks.
+async fn poll(
+    store: &dyn Store,
+    target: &str,
+    listing: &[Checkpoint],
+    fence: Option<Fence>,
+) -> Result<usize, StoreError> {
+    let state = store.load_target(target).await?;
+    let d = diff(target, &state, listing, Utc::now(), &opts());
+    let sinks = d.events.iter().map(|_| vec!["a", "b"]).collect();
+    let n = d.events.len();
+    store
+        .commit_poll(PollCommit {
+            target,
+            filter: "run_id=r",
+            diff: &d,
+            sinks,
+            now: Utc::now(),
+            fence,
+        })
+        .await?;
+    Ok(n)
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    // Baseline, then changes: state round-trips and events are stored in order.
+    assert_eq!(
+        poll(
+            s,
+            "t",
+            &[ck("1", "r1", Some("SYNCING")), ck("2", "r1", None)],
+            None
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    let state = s.load_target("t").await.unwrap();
+    assert!(state.baselined);
+    assert_eq!(state.checkpoints.len(), 2);
+    let listing = [
+        ck("1", "r1", Some("COMPLETE")),
+        ck("2", "r1", Some("COMPLETED")),
+        ck("3", "r2", Some("SYNCING")),
+    ];
+    assert_eq!(poll(s, "t", &listing, None).await.unwrap(), 3);
+    let again = s.load_target("t").await.unwrap();
+    let d = diff("t", &again, &listing, Utc::now(), &opts());
+    assert!(
+        !d.writes(),
+        "the stored state equals the state the diff produced"
+    );
+    let events = s.events(Some("t")).await.unwrap();
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.checkpoint_id.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("checkpoint.completed", "1"),
+            ("checkpoint.completed", "2"),
+            ("checkpoint.discovered", "3")
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        s.load_target("other").await.unwrap(),
+        TargetState::default()
+    );
+
+    // Deliveries: one per (event, sink); claims are exclusive until they expire.
+    let pending = s
+        .list_deliveries(Some(DeliveryStatus::Pending), 100)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 6);
+    let now = Utc::now() + TimeDelta::seconds(1);
+    let lease = Duration::from_secs(60);
+    let first = s.claim_due("a", now, 2, false, lease).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(first[0].event.seq < first[1].event.seq);
+    let rest = s.claim_due("a", now, 10, false, lease).await.unwrap();
+    assert_eq!(rest.len(), 1, "claimed rows are not handed out twice");
+    assert!(
+        s.claim_due("a", now, 10, false, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = now + TimeDelta::seconds(61);
+    assert_eq!(
+        s.claim_due("a", later, 10, false, lease)
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "expired claims return"
+    );
+
+    // Outcomes.
+    let (x, y, z) = (
+        first[0].delivery_id,
+        first[1].delivery_id,
+        rest[0].delivery_id,
+    );
+    s.record_attempt(x, &AttemptOutcome::Delivered, now)
+        .await
+        .unwrap();
+    let next = now + TimeDelta::seconds(30);
+    s.record_attempt(
+        y,
+        &AttemptOutcome::Retry {
+            next,
+            status: Some(500),
+            error: "HTTP 500".into(),
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    s.record_attempt(
+        z,
+        &AttemptOutcome::Dead {
+            status: Some(410),
+            error: "HTTP 410".into(),
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    let rows = s.list_deliveries(None, 100).await.unwrap();
+    let row = |id| rows.iter().find(|r| r.id == id).unwrap().clone();
+    assert_eq!(row(x).status, DeliveryStatus::Delivered);
+    assert_eq!(
+        (row(y).status, row(y).attempts, row(y).last_status),
+        (DeliveryStatus::Pending, 1, Some(500))
+    );
+    assert_eq!(
+        row(y).next_attempt_at.unwrap().timestamp_millis(),
+        next.timestamp_millis()
+    );
+    assert_eq!(
+        (row(z).status, row(z).last_error.as_deref()),
+        (DeliveryStatus::Dead, Some("HTTP 410"))
+    );
+    assert_eq!(
+        s.next_due("a").await.unwrap().unwrap().timestamp_millis(),
+        next.timestamp_millis()
+    );
+    let backlog = s.backlog().await.unwrap();
+    let a = backlog.iter().find(|b| b.sink == "a").unwrap();
+    assert_eq!((a.pending, a.dead), (1, 1));
+    let b = backlog.iter().find(|b| b.sink == "b").unwrap();
+    assert_eq!((b.pending, b.dead), (3, 0));
+
+    // Redelivery by dead/sink, by delivery id and by event id.
+    assert_eq!(
+        s.redeliver(
+            &Redeliver::Dead {
+                sink: Some("b".into())
+            },
+            now
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.redeliver(&Redeliver::Dead { sink: None }, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.redeliver(&Redeliver::Ids(vec![x.to_string()]), now)
+            .await
+            .unwrap(),
+        1
+    );
+    let evt = events[0].id.clone();
+    assert_eq!(
+        s.redeliver(&Redeliver::Ids(vec![evt]), now).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        s.list_deliveries(Some(DeliveryStatus::Dead), 100)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Ordered claims: only the head of each run.
+    assert_eq!(poll(s, "o", &[], None).await.unwrap(), 0);
+    let run = [
+        ck("11", "rx", Some("COMPLETE")),
+        ck("12", "rx", Some("COMPLETE")),
+        ck("13", "ry", Some("COMPLETE")),
+    ];
+    assert_eq!(poll(s, "o", &run, None).await.unwrap(), 6);
+    let heads = s.claim_due("b", later, 100, true, lease).await.unwrap();
+    let runs: Vec<&str> = heads
+        .iter()
+        .filter(|c| c.event.target == "o")
+        .map(|c| c.event.run_id.as_str())
+        .collect();
+    assert_eq!(runs, ["rx", "ry"], "one head per run");
+
+    // The dump shows what `state` prints.
+    let dump = s.dump(Some("t")).await.unwrap();
+    assert_eq!(dump.len(), 1);
+    assert_eq!(dump[0].checkpoints.len(), 3);
+    assert_eq!(dump[0].filter, "run_id=r");
+}
+
+#[tokio::test]
+async fn sqlite_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let store = loopwatch::store::open(&url).await.unwrap();
+    conformance(store).await;
+}
+
+async fn fresh_pg_database() -> String {
+    let base = std::env::var("LOOPWATCH_TEST_PG_URL").expect(
+        "set LOOPWATCH_TEST_PG_URL to a PostgreSQL server, or run scripts/test (it starts one)",
+    );
+    common::pg_database(&base).await
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn postgres_conformance() {
+    let url = fresh_pg_database().await;
+    let store = loopwatch::store::open(&url).await.unwrap();
+    conformance(store).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
+    let url = fresh_pg_database().await;
+    let store = PgStore::open(&url).await.unwrap();
+    let ttl = Duration::from_millis(1500);
+    let targets: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let a = Leases::new(&store, "a".into(), ttl);
+    let b = Leases::new(&store, "b".into(), ttl);
+    let ra = a.round(&targets).await.unwrap();
+    assert_eq!(ra.owned.len(), 10, "alone, a replica owns everything");
+    // b joins: a gives up its surplus at its next round, b takes its share.
+    b.round(&targets).await.unwrap();
+    let ra = a.round(&targets).await.unwrap();
+    let rb = b.round(&targets).await.unwrap();
+    assert_eq!((ra.owned.len(), rb.owned.len()), (5, 5), "{ra:?} {rb:?}");
+    let (t, epoch) = ra.owned[0].clone();
+
+    // a's commit under its lease works.
+    let fence = Fence {
+        owner: "a".into(),
+        epoch,
+    };
+    assert_eq!(
+        poll(
+            &store,
+            &t,
+            &[ck("1", "r", Some("SYNCING"))],
+            Some(fence.clone())
+        )
+        .await
+        .unwrap(),
+        0
+    );
+
+    // a stops renewing while b keeps renewing; after the TTL b takes a's targets with
+    // a higher epoch.
+    tokio::time::sleep(ttl / 2).await;
+    assert_eq!(b.round(&targets).await.unwrap().owned.len(), 5);
+    tokio::time::sleep(ttl / 2 + Duration::from_millis(300)).await;
+    let rb = b.round(&targets).await.unwrap();
+    assert_eq!(rb.owned.len(), 10, "{rb:?}");
+    assert_eq!(rb.takeovers, 5);
+    let new_epoch = rb.owned.iter().find(|(x, _)| *x == t).unwrap().1;
+    assert!(new_epoch > epoch);
+
+    // a wakes up and tries to commit with its stale epoch: refused, nothing written.
+    let before = store.events(None).await.unwrap().len();
+    let err = poll(&store, &t, &[ck("1", "r", Some("COMPLETE"))], Some(fence))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert_eq!(store.events(None).await.unwrap().len(), before);
+    assert_eq!(
+        store.load_target(&t).await.unwrap().checkpoints["1"]
+            .sync_status
+            .as_deref(),
+        Some("SYNCING")
+    );
+    // b, the owner, commits it.
+    let fence_b = Fence {
+        owner: "b".into(),
+        epoch: new_epoch,
+    };
+    assert_eq!(
+        poll(&store, &t, &[ck("1", "r", Some("COMPLETE"))], Some(fence_b))
+            .await
+            .unwrap(),
+        1
+    );
+    // a is live again: its old leases are gone and b's are valid, so it gets nothing yet;
+    // b gives up its surplus at its next round and a takes its fair share.
+    assert_eq!(a.round(&targets).await.unwrap().owned.len(), 0);
+    assert_eq!(b.round(&targets).await.unwrap().owned.len(), 5);
+    assert_eq!(a.round(&targets).await.unwrap().owned.len(), 5);
+}
