@@ -1,34 +1,97 @@
-//! Standard Webhooks signatures: `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
+//! Standard Webhooks signatures over `"{id}.{timestamp}.{body}"`:
+//! `v1,<base64 HMAC-SHA256>` with a shared `whsec_` secret, and `v1a,<base64 ed25519>`
+//! with a `whsk_` private key whose public half (`whpk_`) receivers hold.
 //! During key rotation the header carries one signature per key, space-separated.
 
+use std::fmt;
+
 use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signer as _, Verifier as _};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::config::SigningKey;
 
+/// The signed content of Standard Webhooks.
+fn signed_content(msg_id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(msg_id.len() + body.len() + 24);
+    m.extend_from_slice(msg_id.as_bytes());
+    m.push(b'.');
+    m.extend_from_slice(timestamp.to_string().as_bytes());
+    m.push(b'.');
+    m.extend_from_slice(body);
+    m
+}
+
 /// One `v1,` signature.
 pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let sig = mac.finalize().into_bytes();
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(sig)
-    )
+    mac.update(&signed_content(msg_id, timestamp, body));
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
 }
 
-/// The `webhook-signature` header value for the current key and, while rotating, the
-/// previous one.
-pub fn signature_header(keys: &[&SigningKey], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    keys.iter()
+/// A Standard Webhooks asymmetric signing key: `whsk_` + base64 of the 32-byte ed25519
+/// seed followed by its 32-byte public key. `Debug` prints `[redacted]`. Boxed: the
+/// expanded key is large and sits in every sink's config.
+#[derive(Clone)]
+pub struct Ed25519Key(Box<ed25519_dalek::SigningKey>);
+
+impl Ed25519Key {
+    /// Parse `whsk_<base64 of 64 bytes>`. Errors describe the problem, never the key.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let Some(b64) = s.strip_prefix("whsk_") else {
+            return Err("is not a whsk_ key (expected whsk_ followed by base64 of the 32-byte ed25519 seed and the 32-byte public key)".into());
+        };
+        let bytes = B64
+            .decode(b64)
+            .map_err(|_| "is not valid base64 after whsk_".to_string())?;
+        let Ok(pair) = <[u8; 64]>::try_from(bytes.as_slice()) else {
+            return Err(format!(
+                "decodes to {} bytes; a whsk_ key is 64 bytes (32-byte seed, then 32-byte public key)",
+                bytes.len()
+            ));
+        };
+        let key = ed25519_dalek::SigningKey::from_keypair_bytes(&pair).map_err(|_| {
+            "has a public half that does not match its seed; regenerate the key pair".to_string()
+        })?;
+        Ok(Ed25519Key(Box::new(key)))
+    }
+
+    /// The `whpk_` public key to give receivers.
+    pub fn public_key(&self) -> String {
+        format!("whpk_{}", B64.encode(self.0.verifying_key().as_bytes()))
+    }
+
+    /// One `v1a,` signature.
+    pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        let sig = self.0.sign(&signed_content(msg_id, timestamp, body));
+        format!("v1a,{}", B64.encode(sig.to_bytes()))
+    }
+}
+
+impl fmt::Debug for Ed25519Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The `webhook-signature` header value: a `v1` signature per HMAC key (current, then
+/// previous while rotating) and a `v1a` one when an ed25519 key is set. `None` when the
+/// sink has no key at all (unsigned).
+pub fn signature_header(
+    keys: &[&SigningKey],
+    ed25519: Option<&Ed25519Key>,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Option<String> {
+    let sigs: Vec<String> = keys
+        .iter()
         .map(|k| sign(k.bytes(), msg_id, timestamp, body))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .chain(ed25519.map(|k| k.sign(msg_id, timestamp, body)))
+        .collect();
+    (!sigs.is_empty()).then(|| sigs.join(" "))
 }
 
 /// Verify a header against one key (what a receiver does); used by the demo receiver.
@@ -39,6 +102,31 @@ pub fn verify(key: &SigningKey, msg_id: &str, timestamp: i64, body: &[u8], heade
         .any(|s| constant_time_eq(s.as_bytes(), expected.as_bytes()))
 }
 
+/// Verify the `v1a` signatures of a header against a `whpk_` public key.
+pub fn verify_v1a(
+    public_key: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+    header: &str,
+) -> bool {
+    let Some(pk) = public_key
+        .strip_prefix("whpk_")
+        .and_then(|b| B64.decode(b).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+    else {
+        return false;
+    };
+    let content = signed_content(msg_id, timestamp, body);
+    header.split_whitespace().any(|s| {
+        s.strip_prefix("v1a,")
+            .and_then(|b| B64.decode(b).ok())
+            .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+            .is_some_and(|sig| pk.verify(&content, &sig).is_ok())
+    })
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -47,10 +135,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn vectors() -> serde_json::Value {
+        serde_json::from_str(include_str!(
+            "../../tests/data/standard-webhooks-vectors.json"
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn standard_webhooks_vectors() {
-        let text = include_str!("../../tests/data/standard-webhooks-vectors.json");
-        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let v = vectors();
         let vectors = v["vectors"].as_array().unwrap();
         assert!(!vectors.is_empty());
         for vec in vectors {
@@ -66,11 +160,77 @@ mod tests {
     }
 
     #[test]
-    fn rotation_header_carries_both() {
+    fn standard_webhooks_v1a_vectors() {
+        let v = vectors();
+        let vectors = v["v1a_vectors"].as_array().unwrap();
+        assert!(!vectors.is_empty());
+        for vec in vectors {
+            let key = Ed25519Key::parse(vec["secret_key"].as_str().unwrap()).unwrap();
+            let public = vec["public_key"].as_str().unwrap();
+            assert_eq!(key.public_key(), public);
+            let id = vec["msg_id"].as_str().unwrap();
+            let ts = vec["timestamp"].as_i64().unwrap();
+            let body = vec["body"].as_str().unwrap().as_bytes();
+            let expected = vec["signature"].as_str().unwrap();
+            // ed25519 is deterministic: the exact published signature.
+            assert_eq!(key.sign(id, ts, body), expected);
+            assert!(verify_v1a(
+                public,
+                id,
+                ts,
+                body,
+                &format!("v1,abc {expected}")
+            ));
+            assert!(!verify_v1a(public, id, ts + 1, body, expected));
+            assert!(!verify_v1a(public, id, ts, b"{\"test\": 1}", expected));
+        }
+    }
+
+    #[test]
+    fn ed25519_keys_are_checked_and_never_echoed() {
+        let good = vectors()["v1a_vectors"][0]["secret_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let b64 = good.strip_prefix("whsk_").unwrap();
+        let raw = B64.decode(b64).unwrap();
+        let mut mismatched = raw.clone();
+        mismatched[40] ^= 1;
+        let cases = [
+            (format!("whsec_{b64}"), "not a whsk_ key"),
+            ("whsk_!!not base64!!".to_string(), "not valid base64"),
+            (
+                format!("whsk_{}", B64.encode(&raw[..32])),
+                "decodes to 32 bytes",
+            ),
+            (
+                format!("whsk_{}", B64.encode(&mismatched)),
+                "does not match its seed",
+            ),
+        ];
+        for (input, needle) in cases {
+            let e = Ed25519Key::parse(&input).unwrap_err();
+            assert!(e.contains(needle), "{input}: {e}");
+            assert!(!e.contains(b64) && !e.contains(&b64[..12]), "{e}");
+        }
+        let key = Ed25519Key::parse(&good).unwrap();
+        assert_eq!(format!("{key:?}"), "[redacted]");
+    }
+
+    #[test]
+    fn header_carries_every_signature_and_none_when_unsigned() {
         let a = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let b = SigningKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
-        let h = signature_header(&[&a, &b], "msg", 1, b"{}");
-        assert_eq!(h.split(' ').count(), 2);
+        let v = vectors();
+        let ed = Ed25519Key::parse(v["v1a_vectors"][0]["secret_key"].as_str().unwrap()).unwrap();
+        let h = signature_header(&[&a, &b], Some(&ed), "msg", 1, b"{}").unwrap();
+        let parts: Vec<&str> = h.split(' ').collect();
+        assert_eq!(parts.len(), 3);
+        assert!(parts[0].starts_with("v1,") && parts[2].starts_with("v1a,"));
         assert!(verify(&a, "msg", 1, b"{}", &h) && verify(&b, "msg", 1, b"{}", &h));
+        assert!(verify_v1a(&ed.public_key(), "msg", 1, b"{}", &h));
+        let only_ed = signature_header(&[], Some(&ed), "msg", 1, b"{}").unwrap();
+        assert!(only_ed.starts_with("v1a,") && !only_ed.contains(' '));
+        assert_eq!(signature_header(&[], None, "msg", 1, b"{}"), None);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::{Failure, Sink, sign};
-use crate::config::{HeaderConfig, SigningKey};
+use crate::config::{HeaderConfig, SigningKey, SinkKind};
 use crate::store::StoredEvent;
 
 pub fn client() -> reqwest::Client {
@@ -56,8 +56,12 @@ pub async fn send(
         HeaderValue::from_str(&event.id).map_err(|_| Failure::Payload("event id".into()))?,
     );
     h.insert("webhook-timestamp", HeaderValue::from(ts));
-    if !keys.is_empty() {
-        let sig = sign::signature_header(keys, &event.id, ts, &payload.body);
+    let ed25519 = match &sink.cfg.kind {
+        SinkKind::Webhook { signing_key, .. } => signing_key.as_ref(),
+        SinkKind::Exec { .. } => None,
+    };
+    // Signed over the exact bytes sent below.
+    if let Some(sig) = sign::signature_header(keys, ed25519, &event.id, ts, &payload.body) {
         h.insert(
             "webhook-signature",
             HeaderValue::from_str(&sig).expect("base64 is a valid header"),
