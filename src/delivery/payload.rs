@@ -77,7 +77,7 @@ pub fn build(
             let s = standard()?;
             let time = s["timestamp"].as_str().unwrap_or_default().to_string();
             Ok(Payload {
-                content_type: "application/json".into(),
+                content_type: content_type.to_string(),
                 headers: vec![
                     ("ce-specversion".into(), "1.0".into()),
                     ("ce-id".into(), event.id.clone()),
@@ -142,8 +142,24 @@ mod tests {
         assert_eq!(v["source"], "bt://loops:k4");
         assert_eq!(v["subject"], "bt://loops:k4/sampler_weights/step-100");
         assert_eq!(v["data"]["event_id"], "evt_1");
-        let p = build(&event(), PayloadFormat::CloudEventsBinary, None, "").unwrap();
-        assert!(p.headers.contains(&("ce-id".into(), "evt_1".into())));
+        let p = build(
+            &event(),
+            PayloadFormat::CloudEventsBinary,
+            None,
+            "application/json",
+        )
+        .unwrap();
+        assert_eq!(p.content_type, "application/json");
+        for (k, v) in [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "evt_1"),
+            ("ce-type", "loopwatch.checkpoint.completed"),
+            ("ce-source", "bt://loops:k4"),
+            ("ce-subject", "bt://loops:k4/sampler_weights/step-100"),
+            ("ce-time", "2026-11-26T23:01:02.345Z"),
+        ] {
+            assert!(p.headers.contains(&(k.into(), v.into())), "{k}: {p:?}");
+        }
         let v: Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["event_id"], "evt_1");
     }
@@ -161,5 +177,73 @@ mod tests {
         let v: Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["text"], "done: bt://loops:k4/sampler_weights/step-100");
         assert!(compile_template("{{ broken").is_err());
+    }
+
+    /// A sink holding every kind of secret: a template that dumps its whole context
+    /// (`debug()`) must show the event and nothing else.
+    #[test]
+    fn templates_never_see_secrets() {
+        let signing_key = "whsk_6Xb/dCcHpPea21PS1N9VY/NZW723CEc77N4rJCubMbfVKIDij2HKpMKkioLlX0dRqSKJp4AJ6p9lMicMFs6Kvg==";
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("signing.key");
+        std::fs::write(&key_file, format!("{signing_key}\n")).unwrap();
+        let config = format!(
+            r#"
+[[targets]]
+name = "qwen"
+run_id = "k4"
+[[sinks]]
+name = "dump"
+url = "https://hooks.example/x?token=url-token-6d1"
+secret_env = "CUR"
+previous_secret_env = "OLD"
+signing_key_file = "{}"
+headers = {{ Authorization = "Bearer ${{TOKEN}}" }}
+format = "template"
+template = "{{{{ debug() }}}} {{{{ secret }}}}{{{{ headers }}}}{{{{ env }}}}{{{{ config }}}}"
+"#,
+            key_file.display()
+        );
+        let env = crate::config::Environment::from_pairs([
+            ("BASETEN_API_KEY", "api-key-9a2"),
+            ("CUR", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("OLD", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+            ("TOKEN", "header-token-3c7"),
+        ]);
+        let cfg =
+            crate::config::load_str(&config, ::config::FileFormat::Toml, "t.toml", &env).unwrap();
+        let sink =
+            crate::delivery::Sink::new(cfg.sinks[0].clone(), crate::delivery::webhook::client())
+                .unwrap();
+        let body = String::from_utf8(sink.payload(&event()).unwrap().body).unwrap();
+        assert!(
+            body.contains("evt_1") && body.contains("step-100"),
+            "{body}"
+        );
+        for secret in [
+            "api-key-9a2",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "C2FVsBQIhrscChlQIMV",
+            "6Xb/dCcHpPea21PS1N9VY",
+            "header-token-3c7",
+            "url-token-6d1",
+            "hooks.example",
+            "Authorization",
+        ] {
+            assert!(!body.contains(secret), "{secret} leaked into {body}");
+        }
+        assert!(body.contains("ctx:"), "debug() dumps the context: {body}");
+        let t = compile_template(
+            "{{ [secret, secret_env, previous_secret, signing_key, headers, url, env, config, sink] \
+             | select('defined') | list | length }}",
+        )
+        .unwrap();
+        let p = build(&event(), PayloadFormat::Template, Some(&t), "").unwrap();
+        assert_eq!(p.body, b"0");
+        let control =
+            compile_template("{{ [data, type, nope] | select('defined') | list | length }}")
+                .unwrap();
+        let p = build(&event(), PayloadFormat::Template, Some(&control), "").unwrap();
+        assert_eq!(p.body, b"2");
     }
 }
