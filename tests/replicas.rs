@@ -1,0 +1,263 @@
+//! Several replicas on one PostgreSQL database, as real processes: balance, failover
+//! after SIGKILL, and fencing of a replica paused past its lease (SIGSTOP).
+//! Needs `LOOPWATCH_TEST_PG_URL`; `scripts/test` starts a server and runs these.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Env, Receiver, http_get, wait_for};
+use loopwatch::sim::Fault;
+
+const T: Duration = Duration::from_secs(60);
+const TTL: Duration = Duration::from_secs(3);
+const INTERVAL: Duration = Duration::from_secs(1);
+
+async fn pg_config(env: &Env, rx: &Receiver, targets: usize) -> std::path::PathBuf {
+    let base = std::env::var("LOOPWATCH_TEST_PG_URL").expect(
+        "set LOOPWATCH_TEST_PG_URL to a PostgreSQL server, or run scripts/test (it starts one)",
+    );
+    let url = common::pg_database(&base).await;
+    let mut extra = String::new();
+    for i in 0..targets {
+        extra += &format!("[[targets]]\nname = \"t{i}\"\nrun_id = \"run-{i}\"\n");
+    }
+    extra += &format!(
+        "[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\nretry_schedule = [\"200ms\"]\nevents = [\"checkpoint.completed\"]\n",
+        rx.url
+    );
+    let cfg = env.write_config(&extra);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let start = text.find("url = \"sqlite://").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    let text = format!(
+        "{}url = \"{url}\"\nlease_ttl = \"{}s\"{}",
+        &text[..start],
+        TTL.as_secs(),
+        &text[end..]
+    )
+    .replace(
+        "interval = \"200ms\"",
+        &format!("interval = \"{}s\"", INTERVAL.as_secs()),
+    )
+    .replace(
+        "syncing_interval = \"100ms\"",
+        &format!("syncing_interval = \"{}s\"", INTERVAL.as_secs()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+fn replica(env: &Env, cfg: &std::path::Path, id: &str) -> Daemon {
+    env.spawn_daemon_env(cfg, &[("LOOPWATCH__STORE__REPLICA_ID", id)])
+}
+
+async fn gauge(addr: &str, series: &str) -> Option<f64> {
+    let r = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
+    let m = r.text().await.ok()?;
+    m.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+async fn owned(addrs: &[String]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for a in addrs {
+        out.push(gauge(a, "loopwatch_targets_owned").await.unwrap_or(0.0));
+    }
+    out
+}
+
+async fn wait_balanced(addrs: &[String], total: f64) -> Vec<f64> {
+    let deadline = Instant::now() + T;
+    loop {
+        let o = owned(addrs).await;
+        if o.iter().sum::<f64>() == total && o.iter().all(|&n| n > 0.0) {
+            let mut ready = true;
+            for a in addrs {
+                ready &= http_get(&format!("http://{a}/readyz")).await.0 == 200;
+            }
+            if ready {
+                return o;
+            }
+        }
+        assert!(Instant::now() < deadline, "never balanced: {o:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn three_replicas_share_thirty_targets_fairly() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    let cfg = pg_config(&env, &rx, 30).await;
+    let ds: Vec<Daemon> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| replica(&env, &cfg, id))
+        .collect();
+    let mut addrs = Vec::new();
+    for d in &ds {
+        addrs.push(d.addr().await);
+    }
+    let o = wait_balanced(&addrs, 30.0).await;
+    assert!(o.iter().all(|&n| n <= 12.0), "unfair split {o:?}");
+    let (_, ready) = http_get(&format!("http://{}/readyz", addrs[0])).await;
+    assert!(
+        ready.contains("replica r1") && ready.contains("owns"),
+        "{ready}"
+    );
+    eprintln!("owned per replica: {o:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled_within_ttl_plus_interval()
+ {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    let h = env.sim.handle();
+    let mut first = Vec::new();
+    for i in 0..30 {
+        first.push(h.add_checkpoint(&format!("run-{i}"), "sampler", "step-100", Some("SYNCING")));
+    }
+    let cfg = pg_config(&env, &rx, 30).await;
+    let mut ds: Vec<Daemon> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| replica(&env, &cfg, id))
+        .collect();
+    let mut addrs = Vec::new();
+    for d in &ds {
+        addrs.push(d.addr().await);
+    }
+    let before = wait_balanced(&addrs, 30.0).await;
+
+    // The burst: every target completes; kill a replica while deliveries flow.
+    h.set_status_many(&first, Some("COMPLETE"));
+    wait_for("the burst to start", T, || (rx.count() >= 3).then_some(())).await;
+    ds[0].kill9();
+    let killed_at = Instant::now();
+    let killed_at_utc = chrono::Utc::now();
+    // Every target gets a new checkpoint now: each must be polled again to find it.
+    for i in 0..30 {
+        h.add_checkpoint(&format!("run-{i}"), "sampler", "step-200", Some("COMPLETE"));
+    }
+    let distinct = || {
+        rx.got()
+            .iter()
+            .map(|r| r.id())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    wait_for("60 completions", T, || (distinct() >= 60).then_some(())).await;
+    let took = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Every logical event under exactly one id.
+    let mut ids_of: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in rx.got() {
+        let ck = r.json()["data"]["checkpoint"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ids_of.entry(ck).or_default().insert(r.id());
+    }
+    assert_eq!(ids_of.len(), 60);
+    assert!(
+        ids_of.values().all(|ids| ids.len() == 1),
+        "a completion under two ids"
+    );
+    // Every step-200 was detected within TTL + interval of the kill (plus 1 s of slack
+    // for scheduling on a loaded machine).
+    let store = loopwatch::store::open(&sqlx_url(&cfg)).await.unwrap();
+    let events = store.events(None).await.unwrap();
+    let late = events
+        .iter()
+        .filter(|e| e.checkpoint_name == "step-200")
+        .map(|e| (e.detected_at - killed_at_utc).num_milliseconds())
+        .max()
+        .unwrap();
+    let bound = (TTL + INTERVAL + Duration::from_secs(1)).as_millis() as i64;
+    assert!(
+        late <= bound,
+        "a target waited {late} ms after the kill (bound {bound} ms)"
+    );
+    let survivors = owned(&addrs[1..]).await;
+    assert_eq!(survivors.iter().sum::<f64>(), 30.0, "{survivors:?}");
+    eprintln!(
+        "owned before {before:?}, after {survivors:?}; slowest target re-polled {late} ms after the kill; all 60 delivered in {took:?}"
+    );
+}
+
+fn sqlx_url(cfg: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("url = \"postgres"))
+        .unwrap();
+    line.trim_start_matches("url = \"")
+        .trim_end_matches('"')
+        .to_string()
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn a_replica_paused_past_its_lease_commits_and_emits_nothing() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    let h = env.sim.handle();
+    let ck = h.add_checkpoint("run-0", "sampler", "step-100", Some("SYNCING"));
+    let cfg = pg_config(&env, &rx, 1).await;
+    // A long API timeout: A's answer must still be awaited when A resumes.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout = \"2s\"", "timeout = \"30s\"");
+    std::fs::write(&cfg, text).unwrap();
+    let a = replica(&env, &cfg, "a");
+    let addr_a = a.addr().await;
+    wait_balanced(std::slice::from_ref(&addr_a), 1.0).await;
+    let b = replica(&env, &cfg, "b");
+    let addr_b = b.addr().await;
+
+    // A's next request hangs in the simulator; pause A while it waits for the answer.
+    let seen = h.requests();
+    h.push_fault(Fault::Delay(Duration::from_millis(1500)));
+    wait_for("A's delayed poll", T, || {
+        (h.requests() > seen).then_some(())
+    })
+    .await;
+    a.signal("STOP");
+    h.set_status(&ck, Some("COMPLETE"));
+
+    // B takes over once A's lease expires, detects the completion and delivers it.
+    wait_for("B's delivery", T, || (rx.count() >= 1).then_some(())).await;
+    assert_eq!(gauge(&addr_b, "loopwatch_targets_owned").await, Some(1.0));
+    assert!(
+        gauge(&addr_b, "loopwatch_lease_takeovers_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+
+    // A resumes with the answer showing COMPLETE and its old epoch: fenced.
+    a.signal("CONT");
+    let deadline = Instant::now() + T;
+    while gauge(&addr_a, "loopwatch_fencing_rejections_total{target=\"t0\"}")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "A never tried to commit: {}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(INTERVAL * 2).await;
+    assert_eq!(rx.count(), 1, "A emitted after losing its lease");
+    let store = loopwatch::store::open(&sqlx_url(&cfg)).await.unwrap();
+    let events = store.events(None).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(a.log_text().contains("lease lost before commit"));
+}
