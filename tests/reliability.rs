@@ -431,6 +431,9 @@ async fn resetting_server() -> String {
     tokio::spawn(async move {
         loop {
             if let Ok((s, _)) = l.accept().await {
+                // Zero linger: the close is a TCP RST. (Deprecated because a non-zero
+                // linger blocks on drop; zero does not.)
+                #[allow(deprecated)]
                 let _ = s.set_linger(Some(Duration::ZERO));
                 drop(s);
             }
