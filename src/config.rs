@@ -182,6 +182,8 @@ pub struct PollConfig {
     pub emit_existing: bool,
     pub delete_after_missing_polls: u32,
     pub stalled_after: Option<Duration>,
+    /// Quiet targets back off from `syncing_interval` toward `interval`.
+    pub adaptive: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -971,6 +973,7 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
             "emit_existing",
             "delete_after_missing_polls",
             "stalled_after",
+            "adaptive",
         ],
     );
     let interval = w.positive_duration(poll, "poll", "interval", Duration::from_secs(60));
@@ -985,6 +988,7 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
     }
     let concurrency = w.integer(poll, "poll", "concurrency", 8, 1, 10_000);
     let emit_existing = w.bool(poll, "poll", "emit_existing", false);
+    let adaptive = w.bool(poll, "poll", "adaptive", false);
     let delete_after = w.integer(poll, "poll", "delete_after_missing_polls", 2, 1, 1_000_000);
     let stalled_after = w.duration(poll, "poll", "stalled_after", Duration::from_secs(30 * 60));
 
@@ -1201,6 +1205,7 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
             emit_existing,
             delete_after_missing_polls: delete_after as u32,
             stalled_after: (!stalled_after.is_zero()).then_some(stalled_after),
+            adaptive,
         },
         store: StoreConfig {
             url: store_url,
@@ -1603,6 +1608,7 @@ impl Config {
             (self.poll.concurrency.get() as i64).into(),
         );
         poll.insert("emit_existing".into(), self.poll.emit_existing.into());
+        poll.insert("adaptive".into(), self.poll.adaptive.into());
         poll.insert(
             "delete_after_missing_polls".into(),
             i64::from(self.poll.delete_after_missing_polls).into(),

@@ -220,13 +220,43 @@ impl Poller {
     }
 
     fn jittered(&self, d: Duration) -> Duration {
-        if self.cfg.jitter <= 0.0 {
-            return d;
-        }
-        let f = rand::rng().random_range(-self.cfg.jitter..=self.cfg.jitter);
-        d.mul_f64(1.0 + f)
+        jittered(d, self.cfg.jitter)
     }
+}
 
+/// `d` +-`jitter` (a fraction).
+fn jittered(d: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return d;
+    }
+    d.mul_f64(1.0 + rand::rng().random_range(-jitter..=jitter))
+}
+
+/// The wait before the next poll of a target whose last poll succeeded (before jitter).
+///
+/// `syncing_interval` while a checkpoint is pending. Otherwise `interval`, or with
+/// `poll.adaptive` a backoff from `syncing_interval` doubling with every poll that
+/// changed nothing, up to `interval`: a target that just changed is watched closely, a
+/// quiet one costs no more than `interval`.
+pub fn next_wait(
+    pending: bool,
+    unchanged_polls: u32,
+    t: &TargetConfig,
+    adaptive: bool,
+) -> Duration {
+    if pending {
+        return t.syncing_interval;
+    }
+    if !adaptive {
+        return t.interval;
+    }
+    let factor = 1u32 << unchanged_polls.min(20);
+    t.syncing_interval
+        .saturating_mul(factor)
+        .clamp(t.syncing_interval.min(t.interval), t.interval)
+}
+
+impl Poller {
     /// The loop of one target until `token` is cancelled. Cancellation is observed only
     /// between polls, never in the middle of a commit.
     pub async fn run_target(&self, t: TargetConfig, token: CancellationToken, beat: Heartbeat) {
@@ -234,6 +264,8 @@ impl Poller {
         let mut state: Option<TargetState> = None;
         let mut failures: u32 = 0;
         let mut held: Option<Fence> = None;
+        // Consecutive successful polls that changed nothing (adaptive polling).
+        let mut unchanged: u32 = 0;
         loop {
             beat.beat();
             if let Some(own) = &self.ownership {
@@ -265,13 +297,14 @@ impl Poller {
                     }
                 },
                 Some(s) => match self.poll_target(&t, s, false, held.clone()).await {
-                    Ok(_) => {
+                    Ok(report) => {
                         failures = 0;
-                        self.jittered(if s.has_pending() {
-                            t.syncing_interval
+                        unchanged = if report.wrote {
+                            0
                         } else {
-                            t.interval
-                        })
+                            unchanged.saturating_add(1)
+                        };
+                        self.jittered(next_wait(s.has_pending(), unchanged, &t, self.cfg.adaptive))
                     }
                     Err(PollError::Store(StoreError::Fenced { epoch, .. })) => {
                         warn!(target = %name, epoch, "lease lost before commit; nothing committed or emitted");
@@ -314,5 +347,51 @@ impl Poller {
                 self.jittered(t.syncing_interval)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Filter;
+    use std::collections::BTreeSet;
+
+    fn target() -> TargetConfig {
+        TargetConfig {
+            name: "t".into(),
+            filter: Filter::RunId("r".into()),
+            checkpoint_targets: BTreeSet::new(),
+            interval: Duration::from_secs(60),
+            syncing_interval: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn pending_targets_poll_at_syncing_interval() {
+        assert_eq!(
+            next_wait(true, 9, &target(), false),
+            Duration::from_secs(10)
+        );
+        assert_eq!(next_wait(true, 9, &target(), true), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn fixed_polling_uses_interval() {
+        assert_eq!(
+            next_wait(false, 0, &target(), false),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn adaptive_polling_backs_off_from_syncing_interval_to_interval() {
+        let waits: Vec<u64> = (0..6)
+            .map(|n| next_wait(false, n, &target(), true).as_secs())
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 60, 60, 60]);
+        assert_eq!(
+            next_wait(false, u32::MAX, &target(), true),
+            Duration::from_secs(60)
+        );
     }
 }
