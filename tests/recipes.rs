@@ -1,0 +1,415 @@
+//! The recipes in config/examples/: each passes `loopwatch check-config` with the
+//! variables it names, templates render the saved bodies for a fixed event, and the exec
+//! recipe's deploy script does what its comment says. Also how the binary reports bad
+//! sink templates and signing keys (exit 78, one line per problem, no secret echoed).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use chrono::{DateTime, Utc};
+use loopwatch::config::{Environment, load};
+use loopwatch::delivery::Sink;
+use loopwatch::model::{CheckpointTarget, Event, EventType};
+use loopwatch::store::StoredEvent;
+use serde_json::{Value, json};
+
+const EX_CONFIG: i32 = 78;
+
+/// Each recipe and the environment variables it names, with sample values.
+const RECIPES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "deploy-service.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            (
+                "DEPLOYER_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+        ],
+    ),
+    (
+        "slack.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/T0000/B0000/slacksecret42",
+            ),
+        ],
+    ),
+    (
+        "github-actions.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            ("GITHUB_TOKEN", "github_pat_recipe_secret_7"),
+        ],
+    ),
+    (
+        "argo-events.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            ("ARGO_WEBHOOK_TOKEN", "argo-token-recipe-3"),
+        ],
+    ),
+    (
+        "exec-deploy.toml",
+        &[("BASETEN_API_KEY", "bt-key-recipe-1")],
+    ),
+];
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples")
+}
+
+/// `loopwatch ARGS` with exactly `vars` among the variables any recipe names.
+fn loopwatch(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(common::bin());
+    c.args(args)
+        .env_remove("LOOPWATCH_CONFIG")
+        .env_remove("RUST_LOG");
+    for (_, recipe_vars) in RECIPES {
+        for (k, _) in *recipe_vars {
+            c.env_remove(k);
+        }
+    }
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOOPWATCH__")) {
+        c.env_remove(k);
+    }
+    c.envs(vars.iter().copied()).output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().into()
+}
+
+/// The fixed event the saved bodies in config/examples/expected/ were rendered from.
+fn sample_event(kind: EventType) -> StoredEvent {
+    let checkpoint = json!({
+        "id": "ckpt_7f3a9c2e41", "checkpoint_id": "step-100", "run_id": "k4q95w5",
+        "target": "sampler", "checkpoint_type": "lora", "base_model": "Qwen/Qwen3-8B",
+        "lora_adapter_config": {"r": 16, "lora_alpha": 32}, "size_bytes": 134217728,
+        "created_at": "2026-11-26T22:59:38.120Z", "sync_status": "COMPLETE"
+    });
+    let e = Event {
+        id: "evt_4be1c0de5a7f9b3d2e1c0a9b8f".into(),
+        kind,
+        target: "qwen-sft".into(),
+        checkpoint_id: "ckpt_7f3a9c2e41".into(),
+        checkpoint_name: "step-100".into(),
+        run_id: "k4q95w5".into(),
+        checkpoint_target: CheckpointTarget::Sampler,
+        detected_at: at("2026-11-26T23:01:02.345Z"),
+        previous_sync_status: Some("SYNCING".into()),
+        sync_status: Some("COMPLETE".into()),
+        first_seen_at: at("2026-11-26T22:59:40.001Z"),
+        sync_seconds: Some(82.344),
+        checkpoint: checkpoint.to_string(),
+    };
+    StoredEvent::from_event(1, &e)
+}
+
+fn recipe_sink(file: &str, vars: &[(&str, &str)]) -> Sink {
+    let cfg = load(
+        &examples().join(file),
+        &Environment::from_pairs(vars.iter().copied()),
+    )
+    .unwrap_or_else(|e| panic!("{file}: {e}"));
+    assert_eq!(cfg.sinks.len(), 1, "{file}: one sink per recipe");
+    Sink::new(cfg.sinks[0].clone(), loopwatch::delivery::webhook::client()).unwrap()
+}
+
+fn vars_of(file: &str) -> &'static [(&'static str, &'static str)] {
+    RECIPES.iter().find(|(f, _)| *f == file).unwrap().1
+}
+
+#[test]
+fn every_recipe_passes_check_config_with_the_variables_it_names() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(examples())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = RECIPES.iter().map(|(f, _)| f.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "every recipe is checked here");
+
+    for (file, vars) in RECIPES {
+        let path = examples().join(file);
+        let path = path.to_str().unwrap();
+        let out = loopwatch(&["check-config", "-c", path], vars);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{file}: {stderr}");
+        for (_, value) in vars.iter() {
+            assert!(
+                !stdout.contains(value) && !stderr.contains(value),
+                "{file}: a secret was printed:\n{stdout}{stderr}"
+            );
+        }
+        // Every variable it names is really needed: without them, 78 naming each one.
+        let out = loopwatch(&["check-config", "-c", path], &[]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(EX_CONFIG), "{file}");
+        for (name, _) in vars.iter() {
+            assert!(
+                stderr.contains(name),
+                "{file}: {name} not named in {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn recipe_templates_render_the_saved_bodies() {
+    for (file, expected) in [
+        ("slack.toml", "expected/slack.json"),
+        ("github-actions.toml", "expected/github-actions.json"),
+    ] {
+        let sink = recipe_sink(file, vars_of(file));
+        let p = sink
+            .payload(&sample_event(EventType::Completed))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(p.content_type, "application/json", "{file}");
+        let rendered = String::from_utf8(p.body).unwrap();
+        let got: Value = serde_json::from_str(&rendered)
+            .unwrap_or_else(|e| panic!("{file} renders invalid JSON ({e}):\n{rendered}"));
+        let want: Value =
+            serde_json::from_str(&std::fs::read_to_string(examples().join(expected)).unwrap())
+                .unwrap();
+        assert_eq!(
+            got, want,
+            "{file} no longer renders {expected}; it renders:\n{rendered}"
+        );
+    }
+    // Slack's other event: still one JSON object with a text.
+    let sink = recipe_sink("slack.toml", vars_of("slack.toml"));
+    let p = sink.payload(&sample_event(EventType::Stalled)).unwrap();
+    let v: Value = serde_json::from_slice(&p.body).unwrap();
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .contains("is still COMPLETE since 2026-11-26T22:59:40.001Z"),
+        "{v}"
+    );
+}
+
+#[test]
+fn recipes_without_templates_send_their_documented_format() {
+    let ev = sample_event(EventType::Completed);
+    let p = recipe_sink("deploy-service.toml", vars_of("deploy-service.toml"))
+        .payload(&ev)
+        .unwrap();
+    assert_eq!(p.content_type, "application/json");
+    assert_eq!(p.body, ev.body.as_bytes());
+    let p = recipe_sink("argo-events.toml", vars_of("argo-events.toml"))
+        .payload(&ev)
+        .unwrap();
+    assert_eq!(p.content_type, "application/cloudevents+json");
+    let v: Value = serde_json::from_slice(&p.body).unwrap();
+    assert_eq!(v["type"], "loopwatch.checkpoint.completed");
+    assert_eq!(v["source"], "bt://loops:k4q95w5");
+    assert_eq!(v["subject"], "bt://loops:k4q95w5/sampler_weights/step-100");
+    assert_eq!(v["data"]["checkpoint"]["id"], "ckpt_7f3a9c2e41");
+}
+
+/// A stub `baseten` that records its arguments, and the script's environment.
+struct DeployScript {
+    dir: tempfile::TempDir,
+}
+
+impl DeployScript {
+    fn new(stub_exit: i32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let stub = bin.join("baseten");
+        std::fs::write(
+            &stub,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> '{}'\nexit {stub_exit}\n",
+                dir.path().join("calls").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        DeployScript { dir }
+    }
+    fn run(&self, event_type: &str, id: &str, uri: &str) -> Output {
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut c = Command::new(examples().join("deploy-checkpoint.sh"));
+        c.env("PATH", path)
+            .env("DEPLOY_STATE_DIR", self.dir.path().join("state"))
+            .env("LOOPWATCH_EVENT_ID", "evt_1")
+            .env("LOOPWATCH_EVENT_TYPE", event_type)
+            .env("LOOPWATCH_CHECKPOINT_ID", id)
+            .env("LOOPWATCH_CHECKPOINT_URI", uri)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"type":"checkpoint.completed"}"#)
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+#[test]
+fn the_deploy_script_deploys_each_sampler_checkpoint_once() {
+    let sampler = "bt://loops:k4q95w5/sampler_weights/step-100";
+    let s = DeployScript::new(0);
+    let ok = |o: &Output| assert!(o.status.success(), "{}", text(o).1);
+    ok(&s.run("checkpoint.completed", "ckpt_a1", sampler));
+    assert_eq!(
+        s.calls(),
+        ["loops checkpoint deploy --checkpoint-id ckpt_a1"]
+    );
+    // A redelivery, another event type, a trainer checkpoint: acknowledged, no deploy.
+    ok(&s.run("checkpoint.completed", "ckpt_a1", sampler));
+    ok(&s.run("checkpoint.discovered", "ckpt_b2", sampler));
+    ok(&s.run(
+        "checkpoint.completed",
+        "ckpt_c3",
+        "bt://loops:k4q95w5/weights/step-100",
+    ));
+    assert_eq!(s.calls().len(), 1, "{:?}", s.calls());
+    let marker = s.dir.path().join("state/ckpt_a1.json");
+    assert!(
+        std::fs::read_to_string(marker)
+            .unwrap()
+            .contains("checkpoint.completed")
+    );
+
+    // A failed deploy exits non-zero (loopwatch retries) and is not recorded as done.
+    let failing = DeployScript::new(3);
+    let o = failing.run("checkpoint.completed", "ckpt_a1", sampler);
+    assert!(!o.status.success());
+    assert!(!failing.dir.path().join("state/ckpt_a1.json").exists());
+    // Nothing odd reaches the command line.
+    let o = s.run("checkpoint.completed", "x; rm -rf /", sampler);
+    assert!(!o.status.success());
+    assert_eq!(s.calls().len(), 1);
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+const TARGET: &str = "[[targets]]\nname = \"qwen\"\nrun_id = \"k4\"\n";
+
+#[test]
+fn a_template_that_does_not_compile_exits_78_naming_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "lw.toml",
+        &format!(
+            "{TARGET}[[sinks]]\nname = \"team-chat\"\nurl = \"https://x.example/h\"\nformat = \"template\"\ntemplate = '''{{\"text\": {{{{ data.uri | tojson }}\n{{% if %}}'''\n"
+        ),
+    );
+    for cmd in ["check-config", "run", "once"] {
+        let out = loopwatch(&[cmd, "-c", &cfg], &[("BASETEN_API_KEY", "k")]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(EX_CONFIG), "{cmd}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("sinks[0].template"))
+            .unwrap_or_else(|| panic!("{cmd}: {stderr}"));
+        assert!(
+            line.contains("\"team-chat\"") && line.contains("lw.toml"),
+            "{line}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn bad_signing_keys_exit_78_naming_the_key_and_never_echo_it() {
+    let vectors: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/standard-webhooks-vectors.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let good = vectors["v1a_vectors"][0]["secret_key"].as_str().unwrap();
+    let public = vectors["v1a_vectors"][0]["public_key"].as_str().unwrap();
+    let b64 = good.strip_prefix("whsk_").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = |key_file: &str| {
+        format!(
+            "{TARGET}[[sinks]]\nname = \"deployer\"\nurl = \"https://x.example/h\"\nsigning_key_file = \"{key_file}\"\n"
+        )
+    };
+
+    // A good key: accepted; check-config shows the public key, never the private one.
+    let key = write(dir.path(), "good.key", &format!("{good}\n"));
+    let cfg = write(dir.path(), "good.toml", &sink(&key));
+    let out = loopwatch(&["check-config", "-c", &cfg], &[("BASETEN_API_KEY", "k")]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains(public), "{stdout}");
+    assert!(!stdout.contains(&b64[..16]), "{stdout}");
+
+    let missing = dir.path().join("missing.key");
+    let cases = [
+        (
+            "bad prefix",
+            write(dir.path(), "prefix.key", &format!("whsec_{b64}")),
+            "not a whsk_ key",
+        ),
+        (
+            "wrong length",
+            write(dir.path(), "short.key", &format!("whsk_{}", &b64[..44])),
+            "decodes to 33 bytes",
+        ),
+        (
+            "unreadable file",
+            missing.to_str().unwrap().to_string(),
+            "cannot read",
+        ),
+    ];
+    for (what, key_file, reason) in cases {
+        let cfg = write(dir.path(), "bad.toml", &sink(&key_file));
+        let out = loopwatch(&["check-config", "-c", &cfg], &[("BASETEN_API_KEY", "k")]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(EX_CONFIG), "{what}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("sinks[0].signing_key"))
+            .unwrap_or_else(|| panic!("{what}: {stderr}"));
+        assert!(line.contains(reason), "{what}: {line}");
+        assert!(
+            !format!("{stdout}{stderr}").contains(&b64[..16]),
+            "{what}: {stderr}"
+        );
+    }
+}
