@@ -31,6 +31,8 @@ pub struct DiffOptions {
 pub struct TargetState {
     /// The first successful listing has been recorded.
     pub baselined: bool,
+    /// The filter the baseline was taken with (`run_id=...`); `None` before the baseline.
+    pub filter: Option<String>,
     pub checkpoints: HashMap<String, Tracked>,
 }
 

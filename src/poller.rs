@@ -131,6 +131,14 @@ impl Poller {
             .filter(|c| t.checkpoint_targets.contains(&c.target))
             .collect();
         let now = Utc::now();
+        let filter = t.filter.to_string();
+        if state.baselined && state.filter.as_deref() != Some(filter.as_str()) {
+            // Same name, other checkpoints: the old state would turn into a storm of
+            // `deleted` and `discovered`. Start over with a silent baseline instead.
+            warn!(target = name, old = state.filter.as_deref().unwrap_or("?"), new = %filter,
+                "the target's filter changed; taking a new baseline");
+            *state = TargetState::default();
+        }
         let d = diff::diff(name, state, &listing, now, &self.diff_options());
         let wrote = d.writes() && !dry_run;
         if wrote {
@@ -145,7 +153,6 @@ impl Poller {
                         .collect()
                 })
                 .collect();
-            let filter = t.filter.to_string();
             let commit = PollCommit {
                 target: name,
                 filter: &filter,
@@ -175,6 +182,9 @@ impl Poller {
         }
         if !dry_run {
             state.apply(&d);
+            if d.baseline {
+                state.filter = Some(filter);
+            }
             self.observe(t, state, &d.events, start);
             if !d.events.is_empty()
                 && let Some(o) = &self.outbox

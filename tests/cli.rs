@@ -307,3 +307,41 @@ async fn api_key_scheme_is_configurable() {
     );
     assert!(h.last_query().unwrap().contains("run_id=run-1"));
 }
+
+#[tokio::test]
+async fn a_target_whose_filter_changes_is_baselined_again_without_a_storm() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    for i in 0..3 {
+        h.add_checkpoint("run-1", "sampler", &format!("step-{i}"), Some("COMPLETE"));
+        h.add_checkpoint("run-2", "sampler", &format!("step-{i}"), Some("COMPLETE"));
+    }
+    let cfg = env.write_config(TARGET);
+    for _ in 0..3 {
+        assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
+    }
+    // Same name, another run: no `deleted` for run-1, no `discovered` for run-2.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("run_id = \"run-1\"", "run_id = \"run-2\"");
+    std::fs::write(&cfg, text).unwrap();
+    for _ in 0..3 {
+        let out = env.run(&cfg, &["once"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    assert!(env.events().await.is_empty(), "{:?}", env.events().await);
+    let v: serde_json::Value =
+        serde_json::from_slice(&env.run(&cfg, &["state", "-o", "json"]).await.stdout).unwrap();
+    assert_eq!(v[0]["filter"], "run_id=run-2");
+    let runs: Vec<&str> = v[0]["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs, ["run-2"; 3]);
+    // And it watches the new run from there on.
+    h.add_checkpoint("run-2", "sampler", "step-9", Some("SYNCING"));
+    assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
+    assert_eq!(env.events().await.len(), 1);
+}

@@ -91,17 +91,18 @@ const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.c
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
-        let baselined = sqlx::query("SELECT 1 FROM targets WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
+        let filter: Option<String> =
+            sqlx::query_scalar("SELECT filter FROM targets WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         let rows = sqlx::query("SELECT * FROM checkpoints WHERE target = ?")
             .bind(name)
             .fetch_all(&self.pool)
             .await?;
         let mut state = TargetState {
-            baselined,
+            baselined: filter.is_some(),
+            filter,
             ..TargetState::default()
         };
         for r in &rows {
@@ -115,7 +116,15 @@ impl Store for SqliteStore {
         let now = c.now.timestamp_millis();
         let mut tx = self.pool.begin().await?;
         if c.diff.baseline {
-            sqlx::query("INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+            // A target baselined again (its filter changed) starts from nothing.
+            sqlx::query("DELETE FROM checkpoints WHERE target = ?")
+                .bind(c.target)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
+            )
                 .bind(c.target)
                 .bind(c.filter)
                 .bind(now)
