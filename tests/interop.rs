@@ -31,7 +31,7 @@ const ED_KEY: &str =
 const ED_PUB: &str = "whpk_1SiA4o9hyqTCpIqC5V9HUakiiaeACeqfZTInDBbOir4=";
 /// A template in the shape of the GitHub recipe, exercising `tojson` on every field.
 const TEMPLATE: &str = r#"{"event_type": "loops-checkpoint-complete", "client_payload": {"uri": {{ data.uri | tojson }}, "checkpoint_id": {{ data.checkpoint.checkpoint_id | tojson }}, "run_id": {{ data.checkpoint.run_id | tojson }}, "target": {{ data.target | tojson }}, "event_id": {{ data.event_id | tojson }}, "type": {{ type | tojson }}}}"#;
-/// Events of the scenario: step-100 completed; step-200 discovered and completed.
+/// Events of the scenario: step-100 completed; "étape 200" discovered and completed.
 const EVENTS: usize = 3;
 
 async fn ready(d: &Daemon) {
@@ -100,7 +100,10 @@ fn sinks(key_file: &Path) -> Vec<(&'static str, &'static str, String)> {
         (
             "ed25519-only",
             "template",
-            format!("signing_key_file = \"{}\"\n{template}", key_file.display()),
+            format!(
+                "signing_key_file = \"{}\"\ncontent_type = \"application/vnd.example+json\"\n{template}",
+                key_file.display()
+            ),
         ),
     ]
 }
@@ -115,7 +118,8 @@ async fn scenario(env: &Env, sinks_toml: &str) -> Daemon {
     let d = env.spawn_daemon_env(&cfg, &[("NEW_SECRET", SECRET), ("OLD_SECRET", OLD_SECRET)]);
     ready(&d).await;
     h.set_status(&id, Some("COMPLETE"));
-    h.add_checkpoint("run-1", "trainer", "step-200", Some("COMPLETE"));
+    // A name as users may choose it: binary mode must percent-encode it in ce-subject.
+    h.add_checkpoint("run-1", "trainer", "étape 200", Some("COMPLETE"));
     d
 }
 
@@ -160,6 +164,21 @@ fn expected_ce(e: &StoredEvent) -> BTreeMap<&'static str, String> {
 fn same_instant(a: &str, b: &str) -> bool {
     let p = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
     p(a) == p(b)
+}
+
+/// Undo the CloudEvents HTTP binding's percent-encoding of a header value.
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+            out.push(u8::from_str_radix(&hex, 16).unwrap());
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).unwrap()
 }
 
 fn signatures(header: &str) -> Vec<&str> {
@@ -221,7 +240,8 @@ fn check_received(sink: &str, r: &Received, e: &StoredEvent) {
         "binary" => {
             assert_eq!(r.header("content-type"), "application/json");
             for (k, want) in expected_ce(e) {
-                assert_eq!(r.header(&format!("ce-{k}")), want, "ce-{k}");
+                let got = percent_decode(&r.header(&format!("ce-{k}")));
+                assert_eq!(got, want, "ce-{k}");
             }
             assert_eq!(
                 r.json(),
@@ -229,8 +249,12 @@ fn check_received(sink: &str, r: &Received, e: &StoredEvent) {
                 "binary mode: the body is the data"
             );
         }
-        "template" | "ed25519-only" => {
+        "template" => {
             assert_eq!(r.header("content-type"), "application/json");
+            assert_eq!(r.json(), expected_template(e));
+        }
+        "ed25519-only" => {
+            assert_eq!(r.header("content-type"), "application/vnd.example+json");
             assert_eq!(r.json(), expected_template(e));
         }
         other => panic!("unknown sink {other}"),

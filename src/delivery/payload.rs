@@ -78,14 +78,17 @@ pub fn build(
             let time = s["timestamp"].as_str().unwrap_or_default().to_string();
             Ok(Payload {
                 content_type: content_type.to_string(),
-                headers: vec![
-                    ("ce-specversion".into(), "1.0".into()),
-                    ("ce-id".into(), event.id.clone()),
-                    ("ce-type".into(), format!("loopwatch.{}", event.kind)),
-                    ("ce-source".into(), format!("bt://loops:{}", event.run_id)),
-                    ("ce-subject".into(), event.uri()),
-                    ("ce-time".into(), time),
-                ],
+                headers: [
+                    ("ce-specversion", "1.0".to_string()),
+                    ("ce-id", event.id.clone()),
+                    ("ce-type", format!("loopwatch.{}", event.kind)),
+                    ("ce-source", format!("bt://loops:{}", event.run_id)),
+                    ("ce-subject", event.uri()),
+                    ("ce-time", time),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), ce_header_value(&v)))
+                .collect(),
                 body: s["data"].to_string().into_bytes(),
             })
         }
@@ -99,6 +102,22 @@ pub fn build(
             })
         }
     }
+}
+
+/// A CloudEvents attribute as an HTTP header value (HTTP binding 1.0, 3.1.3.2): space,
+/// `"`, `%` and everything outside printable ASCII are percent-encoded, so a checkpoint
+/// name in any script survives as the receiver's SDK decodes it.
+fn ce_header_value(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -165,6 +184,27 @@ mod tests {
     }
 
     #[test]
+    fn binary_mode_percent_encodes_header_values() {
+        assert_eq!(
+            ce_header_value("bt://loops:k4/weights/step-1"),
+            "bt://loops:k4/weights/step-1"
+        );
+        assert_eq!(ce_header_value("a b\"c%d\u{e9}"), "a%20b%22c%25d%C3%A9");
+        let mut e = event();
+        e.checkpoint_name = "étape 1".into();
+        let p = build(
+            &e,
+            PayloadFormat::CloudEventsBinary,
+            None,
+            "application/json",
+        )
+        .unwrap();
+        let subject = &p.headers.iter().find(|(k, _)| k == "ce-subject").unwrap().1;
+        assert_eq!(subject, "bt://loops:k4/sampler_weights/%C3%A9tape%201");
+        assert!(reqwest::header::HeaderValue::from_str(subject).is_ok());
+    }
+
+    #[test]
     fn templates_render_and_escape_with_tojson() {
         let t = compile_template(r#"{"text": {{ ("done: " ~ data.uri) | tojson }}}"#).unwrap();
         let p = build(
@@ -215,6 +255,15 @@ template = "{{{{ debug() }}}} {{{{ secret }}}}{{{{ headers }}}}{{{{ env }}}}{{{{
         let sink =
             crate::delivery::Sink::new(cfg.sinks[0].clone(), crate::delivery::webhook::client())
                 .unwrap();
+        let debug = format!("{cfg:?}");
+        for secret in [
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "C2FVsBQIhrscChlQIMV",
+            "6Xb/dCcHpPea21PS1N9VY",
+            "header-token-3c7",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in Debug: {debug}");
+        }
         let body = String::from_utf8(sink.payload(&event()).unwrap().body).unwrap();
         assert!(
             body.contains("evt_1") && body.contains("step-100"),

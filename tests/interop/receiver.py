@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import standardwebhooks
 import svix.webhooks
@@ -91,7 +92,11 @@ def check_cloudevent(fmt, body, headers):
     }
     data = core.get_data()
     for k in ["specversion", "id", "type", "source", "subject"]:
-        assert str(legacy[k]) == str(attrs[k]), f"the two SDK APIs disagree on {k}"
+        got = str(legacy[k])
+        if fmt == "cloudevents-binary":
+            # The v1 API predates the binding's percent-decoding of header values.
+            got = unquote(got)
+        assert got == str(attrs[k]), f"the two SDK APIs disagree on {k}: {got!r} {attrs[k]!r}"
     assert legacy.data == data, "the two SDK APIs disagree on data"
     assert attrs["specversion"] == "1.0", attrs
     assert attrs["id"] == headers["webhook-id"], "ce id is not the webhook-id"
