@@ -144,6 +144,32 @@ impl App {
                 leases, ttl, own, targets, metrics, health, tok, beat,
             ));
         }
+        if let Some(retention) = self.cfg.store.retention {
+            let (store, tok) = (self.store.clone(), token.clone());
+            tracker.spawn(async move {
+                // Hourly, starting a minute after start so it never slows the first polls.
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + Duration::from_secs(60),
+                    Duration::from_secs(3600),
+                );
+                loop {
+                    tokio::select! {
+                        _ = tok.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let cutoff = chrono::Utc::now()
+                        - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+                    match store.prune(cutoff).await {
+                        Ok((0, 0)) => {}
+                        Ok((deliveries, events)) => info!(
+                            deliveries,
+                            events, "pruned history older than store.retention"
+                        ),
+                        Err(e) => warn!(error = %e, "cannot prune old deliveries; will retry"),
+                    }
+                }
+            });
+        }
         let longest = self
             .cfg
             .targets

@@ -193,6 +193,9 @@ pub struct StoreConfig {
     pub lease_ttl: Duration,
     /// PostgreSQL only: this replica's name in `replicas` and `leases`.
     pub replica_id: String,
+    /// Delivered deliveries (and events with none left) older than this are pruned;
+    /// `None` keeps everything.
+    pub retention: Option<Duration>,
 }
 
 impl StoreConfig {
@@ -993,7 +996,17 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
     let stalled_after = w.duration(poll, "poll", "stalled_after", Duration::from_secs(30 * 60));
 
     // [store]
-    let store = w.table(get("store"), "store", &["url", "lease_ttl", "replica_id"]);
+    let store = w.table(
+        get("store"),
+        "store",
+        &["url", "lease_ttl", "replica_id", "retention"],
+    );
+    let retention = w.duration(
+        store,
+        "store",
+        "retention",
+        Duration::from_secs(30 * 24 * 3600),
+    );
     let lease_ttl = w.positive_duration(store, "store", "lease_ttl", Duration::from_secs(15));
     let replica_id = w
         .string(store, "store", "replica_id")
@@ -1211,6 +1224,7 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
             url: store_url,
             lease_ttl,
             replica_id,
+            retention: (!retention.is_zero()).then_some(retention),
         },
         server: ServerConfig {
             listen: listen.expect("checked"),
@@ -1625,6 +1639,14 @@ impl Config {
 
         let mut store = toml::Table::new();
         store.insert("url".into(), redact_url(&self.store.url).into());
+        store.insert(
+            "retention".into(),
+            self.store
+                .retention
+                .map(dur)
+                .unwrap_or_else(|| "0".into())
+                .into(),
+        );
         if self.store.is_postgres() {
             store.insert("lease_ttl".into(), dur(self.store.lease_ttl).into());
             store.insert("replica_id".into(), self.store.replica_id.clone().into());

@@ -247,6 +247,49 @@ async fn conformance(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(runs, ["rx", "ry"], "one head per run");
 
+    // Retention: delivered rows go, then events with no delivery left; pending stays.
+    for c in s.claim_due("a", later, 100, false, lease).await.unwrap() {
+        s.record_attempt(c.delivery_id, &AttemptOutcome::Delivered, now)
+            .await
+            .unwrap();
+    }
+    let delivered = s
+        .list_deliveries(Some(DeliveryStatus::Delivered), 100)
+        .await
+        .unwrap()
+        .len() as u64;
+    let pending = s
+        .list_deliveries(Some(DeliveryStatus::Pending), 100)
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(
+        s.prune(now - TimeDelta::days(1)).await.unwrap(),
+        (0, 0),
+        "nothing is old yet"
+    );
+    let (d, _) = s.prune(Utc::now() + TimeDelta::days(1)).await.unwrap();
+    assert_eq!(d, delivered);
+    assert_eq!(
+        s.list_deliveries(Some(DeliveryStatus::Pending), 100)
+            .await
+            .unwrap()
+            .len(),
+        pending
+    );
+    let left = s.events(None).await.unwrap();
+    let with_deliveries: std::collections::HashSet<String> = s
+        .list_deliveries(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert!(
+        left.iter().all(|e| with_deliveries.contains(&e.id)),
+        "an event without deliveries survived"
+    );
+
     // The dump shows what `state` prints.
     let dump = s.dump(Some("t")).await.unwrap();
     assert_eq!(dump.len(), 1);

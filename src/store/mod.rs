@@ -245,6 +245,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events in detection order, for tests and `state`.
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>>;
+
+    /// Forget delivered deliveries last updated before `cutoff`, then events detected
+    /// before it that have no delivery left. Pending and dead deliveries are kept.
+    /// Returns (deliveries, events) removed.
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)>;
 }
 
 /// Open the store named by `store.url`.

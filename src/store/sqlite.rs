@@ -454,4 +454,25 @@ impl Store for SqliteStore {
         .await?;
         rows.iter().map(event_from_row).collect()
     }
+
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
+        let cutoff = cutoff.timestamp_millis();
+        let mut tx = self.pool.begin().await?;
+        let deliveries =
+            sqlx::query("DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < ?1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let events = sqlx::query(
+            "DELETE FROM events WHERE detected_at < ?1
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok((deliveries, events))
+    }
 }
