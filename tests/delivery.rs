@@ -291,7 +291,7 @@ async fn an_exec_sink_gets_the_event_on_stdin_and_in_the_environment() {
     let out_dir = env.dir.path().join("exec-out");
     std::fs::create_dir(&out_dir).unwrap();
     let script = format!(
-        "cat > {d}/$LOOPWATCH_EVENT_ID.json && env | grep ^LOOPWATCH_ | sort > {d}/$LOOPWATCH_EVENT_ID.env",
+        "cat > {d}/$LOOPWATCH_EVENT_ID.json && env | grep ^LOOPWATCH_ | sort > {d}/env.tmp && mv {d}/env.tmp {d}/$LOOPWATCH_EVENT_ID.env",
         d = out_dir.display()
     );
     let h = env.sim.handle();
