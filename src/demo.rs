@@ -195,6 +195,10 @@ pub async fn run(
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {receiver_url}/hooks/loops");
     println!("  metrics              http://{addr}/metrics   (also /healthz, /readyz)");
+    println!(
+        "  state                {}   (removed on exit)",
+        dir.path().display()
+    );
     match opts.duration {
         Some(d) => println!("  stopping after {d:?}; Ctrl-C stops earlier\n"),
         None => println!("  Ctrl-C to stop\n"),
