@@ -372,6 +372,35 @@ pub fn load_str(
     name: &str,
     env: &Environment,
 ) -> Result<Config, ConfigError> {
+    load_str_with(text, format, name, env, true)
+}
+
+/// The config for commands that only talk to the API (`checkpoints`): targets are not
+/// required, and without a file the defaults plus `LOOPWATCH__*` overrides apply.
+pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => {
+            let format = match p.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => config::FileFormat::Yaml,
+                _ => config::FileFormat::Toml,
+            };
+            let name = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                problems: vec![format!("{name}: cannot read the config file: {e}")],
+            })?;
+            load_str_with(&text, format, &name, env, false)
+        }
+        None => load_str_with("", config::FileFormat::Toml, "(defaults)", env, false),
+    }
+}
+
+fn load_str_with(
+    text: &str,
+    format: config::FileFormat,
+    name: &str,
+    env: &Environment,
+    require_targets: bool,
+) -> Result<Config, ConfigError> {
     let parse_error = |msg: &str| ConfigError {
         problems: vec![printable(&format!("{name}: {}", parse_message(msg)))],
     };
@@ -396,7 +425,7 @@ pub fn load_str(
     let tree = built
         .try_deserialize::<Value>()
         .map_err(|e| parse_error(&e.to_string()))?;
-    let result = validate(&tree, name, env);
+    let result = validate(&tree, name, env, require_targets);
     if non_finite.is_empty() {
         return result;
     }
@@ -898,7 +927,12 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     humantime::parse_duration(s).ok()
 }
 
-fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, ConfigError> {
+fn validate(
+    tree: &Value,
+    file: &str,
+    env: &Environment,
+    require_targets: bool,
+) -> Result<Config, ConfigError> {
     let mut w = Walk {
         file,
         env,
@@ -1075,9 +1109,10 @@ fn validate(tree: &Value, file: &str, env: &Environment) -> Result<Config, Confi
     let mut targets = Vec::new();
     let mut names = BTreeSet::new();
     match get("targets") {
+        None | Some(Value::Null) if !require_targets => {}
         None | Some(Value::Null) => w.err("targets", "no targets; add at least one [[targets]] with a name and a run_id, base_model or checkpoint_path"),
         Some(Value::Array(items)) => {
-            if items.is_empty() {
+            if items.is_empty() && require_targets {
                 w.err("targets", "no targets; add at least one [[targets]] with a name and a run_id, base_model or checkpoint_path");
             }
             for (i, item) in items.iter().enumerate() {

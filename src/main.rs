@@ -146,6 +146,27 @@ async fn dispatch(cli: Cli) -> u8 {
         };
         return report(loopwatch::demo::run(opts, loopwatch::app::shutdown_signal()).await);
     }
+    if let Command::Checkpoints { filter, output } = cli.command {
+        // Needs only [api]: works without a config file, from defaults and LOOPWATCH__API__*.
+        let path = cli.config.or_else(|| config::locate(None).ok());
+        let cfg = match config::load_for_api(path.as_deref(), &Environment::from_process()) {
+            Ok(c) => c,
+            Err(e) => {
+                for p in e.problems {
+                    eprintln!("error: {p}");
+                }
+                return exit::CONFIG;
+            }
+        };
+        init_tracing("warn", cfg.log.format);
+        let f = match (filter.run_id, filter.base_model, filter.checkpoint_path) {
+            (Some(r), _, _) => Filter::RunId(r),
+            (_, Some(b), _) => Filter::BaseModel(b),
+            (_, _, Some(p)) => Filter::CheckpointPath(p),
+            _ => unreachable!("clap requires one"),
+        };
+        return report(cli::checkpoints(&cfg, f, output).await);
+    }
     let cfg = match load(cli.config) {
         Ok(c) => c,
         Err(problems) => {
@@ -171,16 +192,7 @@ async fn dispatch(cli: Cli) -> u8 {
             init_tracing(&cfg.log.level, cfg.log.format);
             report(cli::once(cfg, dry_run).await)
         }
-        Command::Checkpoints { filter, output } => {
-            init_tracing("warn", cfg.log.format);
-            let f = match (filter.run_id, filter.base_model, filter.checkpoint_path) {
-                (Some(r), _, _) => Filter::RunId(r),
-                (_, Some(b), _) => Filter::BaseModel(b),
-                (_, _, Some(p)) => Filter::CheckpointPath(p),
-                _ => unreachable!("clap requires one"),
-            };
-            report(cli::checkpoints(&cfg, f, output).await)
-        }
+        Command::Checkpoints { .. } => unreachable!("handled above"),
         Command::State { target, output } => {
             init_tracing("warn", cfg.log.format);
             report(cli::state(&cfg, target.as_deref(), output).await)

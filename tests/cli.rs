@@ -345,3 +345,32 @@ async fn a_target_whose_filter_changes_is_baselined_again_without_a_storm() {
     assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
     assert_eq!(env.events().await.len(), 1);
 }
+
+#[tokio::test]
+async fn checkpoints_works_without_a_config_file_from_env_overrides() {
+    let env = Env::new().await;
+    let id = env
+        .sim
+        .handle()
+        .add_checkpoint("run-9", "trainer", "step-7", Some("COMPLETE"));
+    let base = env.sim.base_url();
+    let out = tokio::task::spawn_blocking({
+        let dir = env.dir.path().to_path_buf();
+        move || {
+            std::process::Command::new(bin())
+                .args(["checkpoints", "--run-id", "run-9", "-o", "json"])
+                .current_dir(dir)
+                .env("BASETEN_API_KEY", API_KEY)
+                .env("LOOPWATCH__API__BASE_URL", base)
+                .env_remove("LOOPWATCH_CONFIG")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["id"], id.as_str());
+    assert_eq!(v[0]["target"], "trainer");
+}
