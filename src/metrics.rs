@@ -85,9 +85,9 @@ impl Metrics {
 
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(
+            .register(Box::new(PreciseProcessCollector(
                 prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            )))
             .expect("unique metric");
 
         let targets_owned = IntGauge::new(
@@ -272,8 +272,78 @@ impl Metrics {
     }
 }
 
+/// The `prometheus` crate's process collector, except that `process_cpu_seconds_total`
+/// keeps its fraction: the crate rounds it down to whole seconds (rust-prometheus #451),
+/// which makes `rate()` read 0 for a daemon using a few percent of a core.
+#[cfg(target_os = "linux")]
+struct PreciseProcessCollector(prometheus::process_collector::ProcessCollector);
+
+#[cfg(target_os = "linux")]
+impl prometheus::core::Collector for PreciseProcessCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.0.collect();
+        if let Some(secs) = cpu_seconds() {
+            for f in families
+                .iter_mut()
+                .filter(|f| f.name() == "process_cpu_seconds_total")
+            {
+                for m in f.mut_metric().iter_mut() {
+                    let mut c = prometheus::proto::Counter::default();
+                    c.set_value(secs);
+                    m.set_counter(c);
+                }
+            }
+        }
+        families
+    }
+}
+
+/// utime + stime of this process from `/proc/self/stat`, in seconds (USER_HZ is 100 in
+/// the userspace ABI of every Linux architecture).
+#[cfg(target_os = "linux")]
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_cpu_seconds_keep_their_fraction() {
+        let m = Metrics::new();
+        // Burn CPU until the process has used a non-whole number of seconds.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_seconds().is_some_and(|s| s.fract() == 0.0)
+            || start.elapsed() < std::time::Duration::from_millis(50)
+        {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        assert_ne!(x, 1);
+        let text = m.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("process_cpu_seconds_total "))
+            .expect("cpu metric");
+        let v: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(v > 0.0 && v.fract() != 0.0, "{line}");
+        assert!(text.contains("process_resident_memory_bytes"));
     }
 }
