@@ -110,12 +110,13 @@ impl Environment {
     fn override_of(&self, key: &str) -> Option<&str> {
         self.vars.keys().map(String::as_str).find(|var| {
             var.strip_prefix("LOOPWATCH__").is_some_and(|rest| {
+                // The key itself, or a table the variable sets a key in.
+                let path = rest.split("__").collect::<Vec<_>>().join(".");
                 !key.is_empty()
-                    && rest
-                        .split("__")
-                        .collect::<Vec<_>>()
-                        .join(".")
-                        .eq_ignore_ascii_case(key)
+                    && path.len() >= key.len()
+                    && path.is_char_boundary(key.len())
+                    && path[..key.len()].eq_ignore_ascii_case(key)
+                    && matches!(path.as_bytes().get(key.len()), None | Some(b'.'))
             })
         })
     }
@@ -915,6 +916,23 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// A level (`info`) or an EnvFilter of `target=level` directives. EnvFilter alone also takes
+/// a bare word as a target to log at TRACE, so a typo (`"warning"`, `"loud"`) would
+/// silently log only that non-existent target, i.e. nothing.
+fn is_log_filter(level: &str) -> bool {
+    use tracing_subscriber::filter::LevelFilter;
+    let directives: Vec<&str> = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    !directives.is_empty()
+        && directives
+            .iter()
+            .all(|d| d.contains('=') || d.parse::<LevelFilter>().is_ok())
+        && tracing_subscriber::EnvFilter::try_new(level).is_ok()
+}
+
 /// The longest duration a config may set.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -1087,7 +1105,7 @@ fn validate(
     let level = w
         .string(log, "log", "level")
         .unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+    if !is_log_filter(&level) {
         w.err(
             "log.level",
             format!(
@@ -1134,6 +1152,7 @@ fn validate(
                     w.err(&format!("{sec}.name"), format!("duplicate target name {name:?}; names must be unique"));
                 }
                 let mut filters = Vec::new();
+                let reported = w.problems.len();
                 for key in ["run_id", "base_model", "checkpoint_path"] {
                     if let Some(v) = w.string(t, &sec, key) {
                         if v.trim().is_empty() {
@@ -1154,6 +1173,8 @@ fn validate(
                             _ => Filter::CheckpointPath(v.clone()),
                         })
                     }
+                    // An empty or mistyped filter was reported above; "no filter" would be the same problem twice.
+                    [] if w.problems.len() > reported => None,
                     [] => {
                         w.err(&sec, format!("target {name:?} has no filter; set exactly one of run_id, base_model, checkpoint_path"));
                         None
@@ -2081,5 +2102,152 @@ kind = "exec"
         assert!(SigningKey::parse(SECRET).is_ok());
         assert!(SigningKey::parse("whsec_AAAA").is_err());
         assert!(SigningKey::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+    }
+
+    // Regressions found by tests/bad_config.rs and the config_load fuzz target.
+
+    #[test]
+    fn nan_and_infinity_are_rejected_not_taken_for_unset() {
+        // serde_json turns them into null, which used to mean "use the default".
+        for (text, key) in [
+            ("[poll]\njitter = nan\n", "poll.jitter"),
+            (
+                "[api]\nmax_requests_per_second = inf\n",
+                "api.max_requests_per_second",
+            ),
+            ("[poll]\nconcurrency = -inf\n", "poll.concurrency"),
+        ] {
+            let p = problems(&format!("{text}{MINIMAL}"));
+            assert!(
+                p.len() == 1 && p[0].contains(key) && p[0].contains("finite"),
+                "{p:?}"
+            );
+        }
+        let mut e = env();
+        e.set("LOOPWATCH__POLL__JITTER", "NaN");
+        let p = load_str(MINIMAL, config::FileFormat::Toml, "t.toml", &e)
+            .unwrap_err()
+            .problems;
+        assert!(p[0].contains("poll.jitter"), "{p:?}");
+    }
+
+    #[test]
+    fn durations_that_would_overflow_the_daemon_are_rejected() {
+        // `interval = "300000000000y"` passed check-config, then `run` panicked on
+        // Duration overflow (health deadline, jitter).
+        let p = problems(&format!(
+            "[poll]\ninterval = \"300000000000y\"\n[api]\ntimeout = \"2y\"\n{MINIMAL}"
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("api.timeout") && p[1].contains("poll.interval"));
+        assert!(toml_cfg(&format!("[poll]\nstalled_after = \"365d\"\n{MINIMAL}")).is_ok());
+    }
+
+    #[test]
+    fn control_characters_in_keys_stay_on_one_line() {
+        let p = problems(&format!(
+            "\"a\\nb\" = 1\n[poll]\n\"c\\u001b[31m\" = 2\n{MINIMAL}"
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|l| !l.chars().any(char::is_control)), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("a\\nb: unknown key")), "{p:?}");
+    }
+
+    #[test]
+    fn syntax_errors_drop_the_source_snippet() {
+        // The snippet echoed the offending line (any length, any content) into the message.
+        let p = problems(&format!("{MINIMAL}[poll\nx = 1\n"));
+        assert_eq!(
+            p,
+            ["test.toml: TOML parse error at line 4, column 6: unclosed table, expected `]`"]
+        );
+        let deep = format!("a = {}{}\n", "[".repeat(5000), "]".repeat(5000));
+        let p = problems(&deep);
+        assert!(p[0].len() < 400 && !p[0].contains("[[[["), "{p:?}");
+    }
+
+    #[test]
+    fn yaml_alias_bomb_is_refused_before_it_expands() {
+        // Seven lines of nested aliases took 7 s and 1.7 GB; one more level, 10x that.
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .windows(2)
+            .map(|w| (w[0], w[1]))
+        {
+            text += &format!(
+                "{name}: &{name} [{}]\n",
+                vec![format!("*{prev}"); 10].join(", ")
+            );
+        }
+        let started = std::time::Instant::now();
+        let e = load_str(&text, config::FileFormat::Yaml, "t.yaml", &env()).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(e.problems[0].contains("aliases"), "{:?}", e.problems);
+        // Ordinary aliases still work.
+        let c = load_str(
+            "targets:\n  - {name: a, run_id: r1, checkpoint_targets: &ct [sampler]}\n  - {name: b, run_id: r2, checkpoint_targets: *ct}\n",
+            config::FileFormat::Yaml,
+            "t.yaml",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.targets[1].checkpoint_targets,
+            c.targets[0].checkpoint_targets
+        );
+    }
+
+    #[test]
+    fn empty_yaml_list_items_are_reported_not_dropped() {
+        // `targets: [~]` used to pass with zero targets.
+        for (text, key) in [
+            ("targets:\n  - ~\n", "targets[0]"),
+            (
+                "targets:\n  - {name: a, run_id: r}\nsinks:\n  -\n",
+                "sinks[0]",
+            ),
+        ] {
+            let e = load_str(text, config::FileFormat::Yaml, "t.yaml", &env()).unwrap_err();
+            assert!(
+                e.problems.iter().any(|p| p.contains(key)),
+                "{:?}",
+                e.problems
+            );
+        }
+    }
+
+    #[test]
+    fn misspelled_log_level_is_rejected() {
+        // EnvFilter takes a bare word as a target name: "warning" logged nothing at all.
+        for bad in ["warning", "loud!", "", " , ", "loopwatch=loud"] {
+            let p = problems(&format!("[log]\nlevel = \"{bad}\"\n{MINIMAL}"));
+            assert!(p.len() == 1 && p[0].contains("log.level"), "{bad:?}: {p:?}");
+        }
+        for good in [
+            "warn",
+            "INFO",
+            "loopwatch=debug,info",
+            "off",
+            "sqlx=warn, debug",
+        ] {
+            assert!(
+                toml_cfg(&format!("[log]\nlevel = \"{good}\"\n{MINIMAL}")).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn problems_from_overrides_name_the_variable() {
+        let mut e = env();
+        e.set("LOOPWATCH__POLL__CONCURRENCY", "0");
+        let p = load_str(MINIMAL, config::FileFormat::Toml, "t.toml", &e)
+            .unwrap_err()
+            .problems;
+        assert!(
+            p[0].contains("poll.concurrency")
+                && p[0].ends_with("(set by LOOPWATCH__POLL__CONCURRENCY)"),
+            "{p:?}"
+        );
     }
 }
