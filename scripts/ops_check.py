@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Checks of the deploy files, driven by scripts/ops-check (run from the repository root).
 
-  ops_check.py static --loopwatch BIN   manifests, CRDs, kustomization, PrometheusRule ==
-                                        alerts.yml, dashboard structure, shipped configs
+  ops_check.py static --loopwatch BIN   manifests of deploy/kubernetes and of
+                                        deploy/kubernetes/postgres, CRDs, kustomizations,
+                                        PrometheusRule == alerts.yml, dashboard structure,
+                                        shipped configs
   ops_check.py live --prometheus URL    every PromQL expression of the dashboard and of the
                                         alerts evaluated against a Prometheus scraping a
                                         live `loopwatch demo`
   ops_check.py notify --loopwatch BIN   `loopwatch run` with the systemd config against an
                                         emulated notify socket: READY, WATCHDOG, STOPPING
-  ops_check.py prometheusrule           print deploy/kubernetes/prometheusrule.yaml as
-                                        generated from deploy/prometheus/alerts.yml
+  ops_check.py prometheusrule [--dir D] print D/prometheusrule.yaml (D: deploy/kubernetes)
+                                        as generated from deploy/prometheus/alerts.yml
   ops_check.py wait-http URL            poll until URL answers 200 (with a deadline); exit 3
                                         when --pid exits first, 1 on timeout
   ops_check.py fetch URL                print the body of URL
@@ -26,6 +28,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,7 +44,7 @@ import yaml
 
 ALERTS = Path("deploy/prometheus/alerts.yml")
 K8S = Path("deploy/kubernetes")
-PROMETHEUSRULE = K8S / "prometheusrule.yaml"
+K8S_POSTGRES = K8S / "postgres"
 DASHBOARD = Path("deploy/grafana/loopwatch.json")
 SYSTEMD_UNIT = Path("deploy/systemd/loopwatch.service")
 SYSTEMD_CONFIG = Path("deploy/systemd/loopwatch.toml")
@@ -338,14 +341,54 @@ def wait_until(what: str, deadline: float, probe, interval: float = 0.5):
 # --- static checks ----------------------------------------------------------------------------
 
 
-def prometheusrule_text() -> str:
+class Variant:
+    """One directory of Kubernetes manifests and what its Deployment must look like."""
+
+    def __init__(self, directory: Path, title: str, replicated: bool) -> None:
+        self.dir = directory
+        self.title = title
+        # False: one replica on SQLite (Recreate, a PVC). True: several replicas on PostgreSQL
+        # (RollingUpdate, a PodDisruptionBudget, store.url from a Secret env, no PVC).
+        self.replicated = replicated
+
+
+VARIANTS = [
+    Variant(K8S, "one replica on SQLite", replicated=False),
+    Variant(K8S_POSTGRES, "several replicas on PostgreSQL", replicated=True),
+]
+# Values the downward API gives the env of the Deployments (check-config sees them).
+DOWNWARD_API = {"metadata.name": "loopwatch-5d8f7c9b6-x7k2p", "metadata.namespace": "loopwatch"}
+
+
+class Scoped:
+    """A Report whose every line is prefixed (e.g. with the manifests' directory)."""
+
+    def __init__(self, rep: Report, prefix: str) -> None:
+        self.rep, self.prefix = rep, prefix
+
+    def ok(self, what: str, detail: str = "") -> None:
+        self.rep.ok(f"{self.prefix}: {what}", detail)
+
+    def fail(self, what: str, detail: str) -> None:
+        self.rep.fail(f"{self.prefix}: {what}", detail)
+
+    def check(self, cond: bool, what: str, detail: str = "") -> bool:
+        if cond:
+            self.ok(what)
+        else:
+            self.fail(what, detail or "not true")
+        return cond
+
+
+def prometheusrule_text(directory: Path = K8S) -> str:
     alerts = ALERTS.read_text()
     body = alerts[alerts.index("\ngroups:") + 1 :]
     indented = "".join("  " + l if l.strip() else l for l in body.splitlines(True))
     return (
         "# GENERATED from deploy/prometheus/alerts.yml: the groups below must stay identical to it\n"
         "# (scripts/ops-check fails otherwise). Regenerate:\n"
-        "#   .venv-ops/bin/python scripts/ops_check.py prometheusrule > deploy/kubernetes/prometheusrule.yaml\n"
+        f"#   .venv-ops/bin/python scripts/ops_check.py prometheusrule{'' if directory == K8S else f' --dir {directory}'}"
+        f" > {directory / 'prometheusrule.yaml'}\n"
         "# Your Prometheus may select PrometheusRules by a label (e.g. release: kube-prometheus-stack).\n"
         "apiVersion: monitoring.coreos.com/v1\n"
         "kind: PrometheusRule\n"
@@ -357,13 +400,13 @@ def prometheusrule_text() -> str:
     )
 
 
-def load_manifests(rep: Report) -> dict[str, list[dict]]:
+def load_manifests(rep, directory: Path) -> dict[str, list[dict]]:
     docs: dict[str, list[dict]] = {}
-    for f in sorted(K8S.glob("*.y*ml")):
+    for f in sorted(directory.glob("*.y*ml")):
         try:
             docs[f.name] = [d for d in yaml.safe_load_all(f.read_text()) if d is not None]
         except yaml.YAMLError as e:
-            rep.fail(f"{f}: YAML", str(e).replace("\n", " "))
+            rep.fail(f"{f.name}: YAML", str(e).replace("\n", " "))
     return docs
 
 
@@ -371,12 +414,21 @@ def by_kind(docs: dict[str, list[dict]], kind: str) -> list[dict]:
     return [d for ds in docs.values() for d in ds if d.get("kind") == kind]
 
 
-def check_kubernetes(rep: Report, loopwatch: str | None) -> None:
-    docs = load_manifests(rep)
+def selects(selector: dict, labels: dict) -> bool:
+    """A non-empty matchLabels selector that the labels satisfy."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_kubernetes(top: Report, loopwatch: str | None, variant: Variant) -> None:
+    kdir = variant.dir
+    rep = Scoped(top, str(kdir))
+    print(f"----  {kdir}: {variant.title}", flush=True)
+    docs = load_manifests(rep, kdir)
+    rep.check(bool(docs), "has manifests", f"no *.yaml in {kdir}")
     builtin_files = []
     for name, ds in docs.items():
         for d in ds:
-            what = f"{K8S / name}: {d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
+            what = f"{name}: {d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
             if d.get("kind") == "Kustomization":
                 continue
             rep.check(
@@ -393,29 +445,34 @@ def check_kubernetes(rep: Report, loopwatch: str | None) -> None:
         if not any(f"{d.get('apiVersion')}/{d.get('kind')}" in CUSTOM_KINDS for d in ds):
             builtin_files.append(name)
 
-    # Built-in kinds: kubernetes-validate, strict (unknown fields are errors).
-    builtin_count = sum(len(docs[f]) for f in builtin_files)
+    # Built-in kinds: kubernetes-validate, strict (unknown fields are errors). Each resource of
+    # those files must be named in a "passed" line.
+    want = sorted(f"{d.get('kind', '').lower()}/{(d.get('metadata') or {}).get('name')}"
+                  for f in builtin_files for d in docs[f])
     for version in KUBERNETES_VERSIONS:
-        cmd = ["kubernetes-validate", "--strict", "-k", version] + [str(K8S / f) for f in builtin_files]
+        cmd = ["kubernetes-validate", "--strict", "-k", version] + [str(kdir / f) for f in builtin_files]
         r = subprocess.run(cmd, capture_output=True, text=True)
         out = (r.stdout + r.stderr).strip()
-        passed = len(re.findall(r"^INFO .* passed for resource", out, re.M))
+        passed = sorted(re.findall(r"^INFO .* passed for resource (\S+) against", out, re.M))
         bad = [l for l in out.splitlines() if not l.startswith("INFO ")]
-        if r.returncode == 0 and passed == builtin_count and not bad:
+        if r.returncode == 0 and passed == want and not bad:
             rep.ok(f"kubernetes-validate --strict -k {version}: {', '.join(builtin_files)}",
-                   f"{passed} resources")
+                   f"{len(passed)} resources: {', '.join(passed)}")
         else:
-            rep.fail(f"kubernetes-validate --strict -k {version}", out or f"exit {r.returncode}")
+            rep.fail(f"kubernetes-validate --strict -k {version}",
+                     (out or f"exit {r.returncode}") + f"\n      expected to pass: {want}")
 
     # kustomization.yaml: every listed file exists; every manifest is listed (but the example).
     kust = by_kind(docs, "Kustomization")
-    if rep.check(len(kust) == 1, f"{K8S}/kustomization.yaml is a Kustomization"):
+    if rep.check(len(kust) == 1, "kustomization.yaml is a Kustomization"):
         k = kust[0]
         rep.check(k.get("apiVersion") == "kustomize.config.k8s.io/v1beta1",
                   "kustomization.yaml apiVersion is kustomize.config.k8s.io/v1beta1", str(k.get("apiVersion")))
         listed = k.get("resources") or []
         for r in listed:
-            rep.check((K8S / r).is_file(), f"kustomization.yaml lists {r}, which exists", "no such file")
+            rep.check((kdir / r).is_file() and "/" not in r,
+                      f"kustomization.yaml lists {r}, which exists in this directory",
+                      "no such file here (each variant is complete on its own: no bases, no patches)")
         unlisted = sorted(set(docs) - set(listed) - NOT_IN_KUSTOMIZATION)
         rep.check(not unlisted, "kustomization.yaml lists every manifest", f"not listed: {unlisted}")
         rep.check("secret.example.yaml" not in listed, "kustomization.yaml does not list secret.example.yaml",
@@ -424,6 +481,9 @@ def check_kubernetes(rep: Report, loopwatch: str | None) -> None:
                             "namespace", "namePrefix", "configMapGenerator", "secretGenerator",
                             "patches", "replicas", "generatorOptions", "commonAnnotations"}
         rep.check(not unknown, "kustomization.yaml uses known fields only", f"unknown: {sorted(unknown)}")
+        rep.check("patches" not in k and "replicas" not in k,
+                  "kustomization.yaml has no patches: the manifests are what is applied")
+        check_kustomize_build(rep, kdir, docs, listed)
 
     # PrometheusRule == alerts.yml.
     alerts = yaml.safe_load(ALERTS.read_text())
@@ -433,9 +493,11 @@ def check_kubernetes(rep: Report, loopwatch: str | None) -> None:
         rep.check(pr.get("apiVersion") == "monitoring.coreos.com/v1", "PrometheusRule apiVersion is monitoring.coreos.com/v1")
         rep.check(set(pr) <= {"apiVersion", "kind", "metadata", "spec"} and set(pr.get("spec") or {}) == {"groups"},
                   "PrometheusRule has only metadata and spec.groups")
+        regen = "" if kdir == K8S else f" --dir {kdir}"
         rep.check((pr.get("spec") or {}).get("groups") == alerts["groups"],
                   f"PrometheusRule groups are identical to {ALERTS}",
-                  f"they differ; regenerate: .venv-ops/bin/python scripts/ops_check.py prometheusrule > {PROMETHEUSRULE}")
+                  f"they differ; regenerate: .venv-ops/bin/python scripts/ops_check.py prometheusrule{regen}"
+                  f" > {kdir / 'prometheusrule.yaml'}")
 
     # ServiceMonitor -> Service -> Deployment.
     services = by_kind(docs, "Service")
@@ -447,7 +509,7 @@ def check_kubernetes(rep: Report, loopwatch: str | None) -> None:
         rep.check(sm.get("apiVersion") == "monitoring.coreos.com/v1", "ServiceMonitor apiVersion is monitoring.coreos.com/v1")
         sel = ((sm.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         svc_labels = svc["metadata"].get("labels") or {}
-        rep.check(bool(sel) and all(svc_labels.get(k) == v for k, v in sel.items()),
+        rep.check(selects(sel, svc_labels),
                   "ServiceMonitor selector matches the Service's labels", f"{sel} vs {svc_labels}")
         svc_ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
         eps = (sm.get("spec") or {}).get("endpoints") or []
@@ -455,19 +517,77 @@ def check_kubernetes(rep: Report, loopwatch: str | None) -> None:
                   "ServiceMonitor endpoints name a Service port and scrape /metrics", str(eps))
         pod = dep["spec"]["template"]
         pod_labels = pod["metadata"].get("labels") or {}
-        rep.check(all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items()),
+        rep.check(selects(svc["spec"].get("selector") or {}, pod_labels),
                   "Service selector matches the pods")
-        check_deployment(rep, dep, docs, svc_ports, loopwatch)
+        rep.check(selects((dep["spec"].get("selector") or {}).get("matchLabels") or {}, pod_labels),
+                  "Deployment selector matches its pod template")
+        check_deployment(rep, dep, docs, svc_ports, loopwatch, variant)
 
 
-def check_deployment(rep: Report, dep: dict, docs, svc_ports: dict, loopwatch: str | None) -> None:
+def check_kustomize_build(rep, directory: Path, docs, listed: list[str]) -> None:
+    """`kubectl kustomize` (when kubectl is installed) builds exactly the listed resources."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        print(f"skip  {directory}: kubectl kustomize (kubectl not installed)", flush=True)
+        return
+    r = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True)
+    if r.returncode != 0:
+        rep.fail("kubectl kustomize builds", r.stderr.strip())
+        return
+    built = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in yaml.safe_load_all(r.stdout) if d)
+    want = sorted(f"{d['kind']}/{d['metadata']['name']}" for f in listed for d in docs.get(f, []))
+    rep.check(built == want, "kubectl kustomize builds every listed resource", f"{built} vs {want}")
+
+
+def container_env(rep, c: dict, secrets: dict) -> dict[str, str]:
+    """The container's environment as the kubelet would set it, from the example Secrets and
+    DOWNWARD_API; every reference must resolve."""
+    env: dict[str, str] = {}
+    for e in c.get("env", []):
+        name, vf = e.get("name"), e.get("valueFrom") or {}
+        if "value" in e:
+            env[name] = str(e["value"])
+        elif "secretKeyRef" in vf:
+            ref = vf["secretKeyRef"]
+            s = secrets.get(ref.get("name"))
+            data = {**(s or {}).get("stringData", {}),
+                    **{k: base64.b64decode(v).decode() for k, v in (s or {}).get("data", {}).items()}}
+            if rep.check(ref.get("key") in data,
+                         f"Deployment: env {name} from Secret {ref.get('name')} key {ref.get('key')}, "
+                         "which secret.example.yaml has", f"secrets: { {k: sorted(v.get('stringData', {})) for k, v in secrets.items()} }"):
+                env[name] = data[ref["key"]]
+        elif "fieldRef" in vf:
+            path = vf["fieldRef"].get("fieldPath")
+            if rep.check(path in DOWNWARD_API, f"Deployment: env {name} from the downward API {path}"):
+                env[name] = DOWNWARD_API[path]
+        else:
+            rep.fail(f"Deployment: env {name}", f"unsupported source {e}")
+    return env
+
+
+def check_deployment(rep, dep: dict, docs, svc_ports: dict, loopwatch: str | None,
+                     variant: Variant) -> None:
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels") or {}
     c = pod["containers"][0]
     csc, psc = c.get("securityContext") or {}, pod.get("securityContext") or {}
     either = lambda k: csc.get(k, psc.get(k))  # noqa: E731
-    expect = {
-        "replicas is 1": spec.get("replicas") == 1,
-        "strategy is Recreate": (spec.get("strategy") or {}).get("type") == "Recreate",
+    strategy = spec.get("strategy") or {}
+    rolling = strategy.get("rollingUpdate") or {}
+    replicas = spec.get("replicas", 1)
+    if variant.replicated:
+        expect = {
+            "replicas >= 2": isinstance(replicas, int) and replicas >= 2,
+            "strategy is RollingUpdate, maxUnavailable 1, maxSurge 1":
+                strategy.get("type") == "RollingUpdate"
+                and rolling.get("maxUnavailable") == 1 and rolling.get("maxSurge") == 1,
+        }
+    else:
+        expect = {
+            "replicas is 1": replicas == 1,
+            "strategy is Recreate": strategy.get("type") == "Recreate",
+        }
+    expect |= {
         "runAsNonRoot": either("runAsNonRoot") is True,
         "runAsUser 65532": either("runAsUser") == 65532,
         "readOnlyRootFilesystem": csc.get("readOnlyRootFilesystem") is True,
@@ -489,15 +609,16 @@ def check_deployment(rep: Report, dep: dict, docs, svc_ports: dict, loopwatch: s
             and bool((c.get("resources") or {}).get("limits")),
     }
     for what, ok in expect.items():
-        rep.check(ok, f"Deployment: {what}")
+        rep.check(ok, f"Deployment: {what}", f"replicas {replicas}, strategy {strategy}" if "strategy" in what else "")
 
     # Volumes: each source exists among the manifests, each mount has a volume.
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
     rep.check(all(n in volumes for n in mounts.values()), "Deployment: every volumeMount has a volume")
+    rep.check("emptyDir" in volumes.get(mounts.get("/tmp", ""), {}), "Deployment: an emptyDir on /tmp")
     names = lambda kind: {d["metadata"]["name"]: d for d in by_kind(docs, kind)}  # noqa: E731
     cms, pvcs, secrets = names("ConfigMap"), names("PersistentVolumeClaim"), names("Secret")
-    cfg_text, secret_keys = None, set()
+    cfg_text, secret_keys, pvc_mounted = None, set(), False
     for path, vname in mounts.items():
         v = volumes.get(vname, {})
         if "configMap" in v:
@@ -507,6 +628,7 @@ def check_deployment(rep: Report, dep: dict, docs, svc_ports: dict, loopwatch: s
                           "ConfigMap mounted at /etc/loopwatch holds loopwatch.toml")
                 cfg_text = cm["data"].get("loopwatch.toml")
         if "persistentVolumeClaim" in v:
+            pvc_mounted = True
             rep.check(v["persistentVolumeClaim"]["claimName"] in pvcs and path == "/var/lib/loopwatch",
                       f"Deployment: PVC {v['persistentVolumeClaim']['claimName']} exists, mounted at /var/lib/loopwatch")
         if "secret" in v:
@@ -515,6 +637,26 @@ def check_deployment(rep: Report, dep: dict, docs, svc_ports: dict, loopwatch: s
                 secret_keys = {f"{path}/{k}" for k in {**s.get("stringData", {}), **s.get("data", {})}}
     rep.check(c.get("args") == ["run", "-c", "/etc/loopwatch/loopwatch.toml"],
               "Deployment: args run -c /etc/loopwatch/loopwatch.toml", str(c.get("args")))
+    env = container_env(rep, c, secrets)
+
+    if variant.replicated:
+        rep.check(not pvc_mounted and not pvcs, "Deployment: no PersistentVolumeClaim (the state is in PostgreSQL)",
+                  f"PVCs: {sorted(pvcs)}")
+        url = env.get("LOOPWATCH__STORE__URL", "")
+        url_src = next((e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])
+                        if e.get("name") == "LOOPWATCH__STORE__URL"), None)
+        rep.check(bool(url_src) and url.startswith(("postgres://", "postgresql://")),
+                  "Deployment: env LOOPWATCH__STORE__URL from a Secret, a postgres:// URL",
+                  f"source {url_src}, example value {url!r}")
+        rid = next((e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c.get("env", [])
+                    if e.get("name") == "LOOPWATCH__STORE__REPLICA_ID"), None)
+        rep.check(rid == "metadata.name", "Deployment: env LOOPWATCH__STORE__REPLICA_ID is the pod name",
+                  f"fieldPath {rid}")
+        check_spread(rep, pod, pod_labels)
+        pdbs = by_kind(docs, "PodDisruptionBudget")
+        if rep.check(len(pdbs) == 1, "one PodDisruptionBudget"):
+            check_pdb(rep, pdbs[0], pod_labels, replicas)
+
     if cfg_text is None:
         return
     try:
@@ -522,16 +664,65 @@ def check_deployment(rep: Report, dep: dict, docs, svc_ports: dict, loopwatch: s
     except tomllib.TOMLDecodeError as e:
         rep.fail("ConfigMap loopwatch.toml is TOML", str(e))
         return
+    store = cfg.get("store") or {}
     rep.check((cfg.get("server") or {}).get("listen") == "0.0.0.0:9464",
               "ConfigMap: server.listen is 0.0.0.0:9464")
-    rep.check((cfg.get("store") or {}).get("url", "").startswith("sqlite:///var/lib/loopwatch/"),
-              "ConfigMap: store.url is on the PVC (sqlite:///var/lib/loopwatch/...)")
+    if variant.replicated:
+        rep.check("url" not in store and "replica_id" not in store,
+                  "ConfigMap: no store.url or store.replica_id (they come from the Deployment's env)", str(store))
+        rep.check("lease_ttl" in store, "ConfigMap: store.lease_ttl is set", str(store))
+    else:
+        rep.check(store.get("url", "").startswith("sqlite:///var/lib/loopwatch/"),
+                  "ConfigMap: store.url is on the PVC (sqlite:///var/lib/loopwatch/...)")
     files = [cfg.get("api", {}).get("api_key_file")] + [s.get("secret_file") for s in cfg.get("sinks", [])]
     files = [f for f in files if f]
     rep.check(bool(files) and set(files) <= secret_keys,
               "ConfigMap: api_key_file/secret_file name keys of the mounted Secret",
               f"{files} vs {sorted(secret_keys)}")
-    check_config(rep, loopwatch, "ConfigMap loopwatch.toml", cfg_text, "/var/run/secrets/loopwatch/")
+    out = check_config(rep, loopwatch, "ConfigMap loopwatch.toml" + (" with the Deployment's env" if env else ""),
+                       cfg_text, "/var/run/secrets/loopwatch/", env)
+    if out is not None and variant.replicated:
+        # The effective config proves the env overrides took: the store is the database of the
+        # Secret, the replica is named after the pod.
+        try:
+            eff = tomllib.loads(out.split("\n", 1)[1] if out.startswith("#") else out)
+        except tomllib.TOMLDecodeError as e:
+            rep.fail("check-config prints TOML", str(e))
+            return
+        est = eff.get("store") or {}
+        rep.check(str(est.get("url", "")).startswith("postgres") and est.get("replica_id") == DOWNWARD_API["metadata.name"]
+                  and est.get("lease_ttl") == store.get("lease_ttl"),
+                  "effective config: store.url is the Secret's postgres URL, replica_id the pod name, "
+                  "lease_ttl the ConfigMap's", str(est))
+
+
+def check_spread(rep, pod: dict, pod_labels: dict) -> None:
+    """The replicas prefer distinct nodes: a topologySpreadConstraint or a podAntiAffinity on
+    kubernetes.io/hostname that selects these very pods."""
+    host = "kubernetes.io/hostname"
+    spread = [t for t in pod.get("topologySpreadConstraints", [])
+              if t.get("topologyKey") == host and selects((t.get("labelSelector") or {}).get("matchLabels") or {}, pod_labels)]
+    anti = (pod.get("affinity") or {}).get("podAntiAffinity") or {}
+    terms = [w.get("podAffinityTerm") or {} for w in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+    terms += anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    anti_ok = [t for t in terms
+               if t.get("topologyKey") == host and selects((t.get("labelSelector") or {}).get("matchLabels") or {}, pod_labels)]
+    rep.check(bool(spread or anti_ok),
+              f"Deployment: replicas spread across nodes (topologySpreadConstraints or podAntiAffinity on {host})",
+              "none selects the pods on that key")
+
+
+def check_pdb(rep, pdb: dict, pod_labels: dict, replicas: int) -> None:
+    """policy/v1, selects the pods, keeps at least one replica up and lets at least one go."""
+    spec = pdb.get("spec") or {}
+    rep.check(pdb.get("apiVersion") == "policy/v1", "PodDisruptionBudget apiVersion is policy/v1")
+    rep.check(selects((spec.get("selector") or {}).get("matchLabels") or {}, pod_labels),
+              "PodDisruptionBudget selector matches the pods")
+    mn, mx = spec.get("minAvailable"), spec.get("maxUnavailable")
+    ok = (mn is None) != (mx is None) and (
+        (isinstance(mn, int) and 1 <= mn <= replicas - 1) or (isinstance(mx, int) and 1 <= mx <= replicas - 1))
+    rep.check(ok, f"PodDisruptionBudget keeps a replica up and allows one disruption of {replicas}",
+              f"minAvailable {mn}, maxUnavailable {mx}")
 
 
 def clean_env() -> dict[str, str]:
@@ -551,18 +742,21 @@ def materialize_config(text: str, secret_dir: str, tmp: str) -> Path:
     return cfg
 
 
-def check_config(rep: Report, loopwatch: str | None, what: str, text: str, secret_dir: str) -> None:
-    """`loopwatch check-config` on a shipped config, its secret files replaced by temp ones."""
+def check_config(rep, loopwatch: str | None, what: str, text: str, secret_dir: str,
+                 env: dict[str, str] | None = None) -> str | None:
+    """`loopwatch check-config` on a shipped config, its secret files replaced by temp ones and
+    env (e.g. a Deployment's LOOPWATCH__* overrides) set; its stdout when it passes."""
     if not loopwatch:
-        return
+        return None
     with tempfile.TemporaryDirectory(prefix="ops-check-config-") as tmp:
         cfg = materialize_config(text, secret_dir, tmp)
         r = subprocess.run([loopwatch, "check-config", "-c", str(cfg)], capture_output=True, text=True,
-                           env=clean_env())
+                           env=clean_env() | (env or {}))
         if r.returncode == 0:
-            rep.ok(f"loopwatch check-config accepts {what}")
-        else:
-            rep.fail(f"loopwatch check-config accepts {what}", f"exit {r.returncode}: {r.stderr.strip()}")
+            rep.ok(f"loopwatch check-config accepts {what}", ", ".join(sorted(env or {})))
+            return r.stdout
+        rep.fail(f"loopwatch check-config accepts {what}", f"exit {r.returncode}: {r.stderr.strip()}")
+        return None
 
 
 def check_systemd(rep: Report, loopwatch: str | None) -> None:
@@ -613,7 +807,8 @@ def check_dashboard_structure(rep: Report) -> None:
 
 def cmd_static(args) -> int:
     rep = Report()
-    check_kubernetes(rep, args.loopwatch)
+    for variant in VARIANTS:
+        check_kubernetes(rep, args.loopwatch, variant)
     check_systemd(rep, args.loopwatch)
     check_dashboard_structure(rep)
     return rep.finish("static checks")
@@ -949,8 +1144,8 @@ def cmd_free_port(_args) -> int:
     return 0
 
 
-def cmd_prometheusrule(_args) -> int:
-    sys.stdout.write(prometheusrule_text())
+def cmd_prometheusrule(args) -> int:
+    sys.stdout.write(prometheusrule_text(Path(args.dir)))
     return 0
 
 
@@ -973,6 +1168,7 @@ def main() -> int:
     p.add_argument("--loopwatch", required=True)
     p.set_defaults(func=cmd_notify)
     p = sub.add_parser("prometheusrule")
+    p.add_argument("--dir", default=str(K8S), help=f"the manifests' directory (default {K8S})")
     p.set_defaults(func=cmd_prometheusrule)
     p = sub.add_parser("wait-http")
     p.add_argument("url")
