@@ -5,7 +5,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{Answer, Daemon, Env, Receiver, SECRET, http_get, wait_for};
+use common::{Answer, Env, Receiver, SECRET, http_get, wait_for};
 use loopwatch::config::SigningKey;
 use loopwatch::delivery::sign;
 
@@ -16,23 +16,6 @@ fn sink(receiver: &Receiver, extra: &str) -> String {
         "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\n{extra}\n",
         receiver.url
     )
-}
-
-async fn ready(d: &Daemon) -> String {
-    let addr = d.addr().await;
-    let url = format!("http://{addr}/readyz");
-    let deadline = Instant::now() + T;
-    loop {
-        if http_get(&url).await.0 == 200 {
-            return addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon never ready: {}",
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn verify(r: &common::Received) -> bool {
@@ -49,7 +32,7 @@ async fn one_transition_gives_one_signed_webhook_matching_the_contract() {
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&sink(&rx, "events = [\"checkpoint.completed\"]"));
     let d = env.spawn_daemon(&cfg);
-    let addr = ready(&d).await;
+    let addr = d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
     wait_for("one webhook", T, || (rx.count() >= 1).then_some(())).await;
 
@@ -108,7 +91,7 @@ async fn a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_with_the_s
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&sink(&rx, "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\", \"100ms\"]"));
     let d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
     wait_for("four attempts", T, || (rx.count() >= 4).then_some(())).await;
     let got = rx.got();
@@ -153,7 +136,7 @@ async fn retry_after_is_honoured() {
         "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\"]",
     ));
     let d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
     wait_for("the retry", T, || (rx.count() >= 2).then_some(())).await;
     let got = rx.got();
@@ -174,7 +157,7 @@ async fn gone_is_dead_at_once_and_redeliver_dead_sends_it_again() {
         "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\", \"100ms\"]",
     ));
     let d = env.spawn_daemon(&cfg);
-    let addr = ready(&d).await;
+    let addr = d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
     wait_for("the 410", T, || (rx.count() >= 1).then_some(())).await;
     let list = |status: &'static str| {
@@ -234,7 +217,7 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event_under_one_id() {
         "events = [\"checkpoint.completed\"]\nconcurrency = 4\nretry_schedule = [\"100ms\"]",
     ));
     let mut d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     h.set_status_many(&ids, Some("COMPLETE"));
     wait_for("the burst to start", T, || (rx.count() >= 20).then_some(())).await;
     d.kill9();
@@ -245,7 +228,7 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event_under_one_id() {
     );
 
     let d2 = env.spawn_daemon(&cfg);
-    ready(&d2).await;
+    d2.ready().await;
     let distinct = || {
         rx.got()
             .iter()
@@ -300,7 +283,7 @@ async fn an_exec_sink_gets_the_event_on_stdin_and_in_the_environment() {
         "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"deploy\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\nevents = [\"checkpoint.completed\"]\n"
     ));
     let d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
     let env_file = wait_for("the exec sink's output", T, || {
         std::fs::read_dir(&out_dir)
@@ -341,7 +324,7 @@ async fn an_ordered_sink_gets_a_runs_events_in_detection_order() {
         "ordered = true\nconcurrency = 4\nretry_schedule = [\"150ms\", \"150ms\", \"150ms\"]",
     ));
     let d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     for i in 1..=5 {
         h.add_checkpoint("run-1", "sampler", &format!("step-{i}00"), Some("COMPLETE"));
     }
@@ -379,7 +362,7 @@ async fn sigterm_lets_in_flight_deliveries_finish_and_exits_zero() {
         "events = [\"checkpoint.completed\"]\nconcurrency = 2",
     ));
     let mut d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     h.set_status_many(&ids, Some("COMPLETE"));
     wait_for("the first attempts", T, || (rx.count() >= 2).then_some(())).await;
     d.signal("TERM");

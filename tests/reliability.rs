@@ -8,7 +8,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, Answer, Daemon, Env, Receiver, SECRET, http_get, wait_for};
+use common::{API_KEY, Answer, Env, Receiver, SECRET, http_get, metric, wait_for};
 use loopwatch::sim::Fault;
 use rand::RngExt;
 
@@ -19,23 +19,6 @@ fn target_and_sink(rx: &Receiver, extra: &str) -> String {
         "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\nevents = [\"checkpoint.completed\"]\n{extra}\n",
         rx.url
     )
-}
-
-async fn ready(d: &Daemon) -> String {
-    let addr = d.addr().await;
-    let deadline = Instant::now() + T;
-    while http_get(&format!("http://{addr}/readyz")).await.0 != 200 {
-        assert!(Instant::now() < deadline, "never ready: {}", d.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    addr
-}
-
-async fn metric(addr: &str, series: &str) -> f64 {
-    let (_, m) = http_get(&format!("http://{addr}/metrics")).await;
-    m.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
 }
 
 /// Every checkpoint's completion arrived under exactly one event id; returns the
@@ -81,7 +64,7 @@ async fn crash_suite_sigkill_at_random_instants_loses_nothing_and_never_doubles_
             &format!("concurrency = {CONCURRENCY}\nretry_schedule = [\"100ms\"]"),
         ));
         let mut d = env.spawn_daemon(&cfg);
-        ready(&d).await;
+        d.ready().await;
         h.set_status_many(&ids, Some("COMPLETE"));
         // A random instant: before detection, during the commit, or mid-delivery.
         let delay = rand::rng().random_range(0..400u64);
@@ -90,7 +73,7 @@ async fn crash_suite_sigkill_at_random_instants_loses_nothing_and_never_doubles_
         let at_kill = rx.count();
 
         let d2 = env.spawn_daemon(&cfg);
-        ready(&d2).await;
+        d2.ready().await;
         let distinct = || {
             rx.got()
                 .iter()
@@ -124,12 +107,12 @@ async fn sigkill_while_the_sink_is_down_then_the_sink_returns_and_everything_arr
     let ids = h.add_many("run-1", 20, Some("SYNCING"));
     let cfg = env.write_config(&target_and_sink(&rx, "retry_schedule = [\"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"200ms\"]"));
     let mut d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     h.set_status_many(&ids, Some("COMPLETE"));
     wait_for("failing attempts", T, || (rx.count() >= 20).then_some(())).await;
     d.kill9();
     let d2 = env.spawn_daemon(&cfg);
-    ready(&d2).await;
+    d2.ready().await;
     rx.set_default(None); // the sink is back
     wait_for("every completion", T, || {
         let ok: HashSet<String> = rx.got().iter().map(|r| r.id()).collect();
@@ -164,8 +147,14 @@ async fn upstream_faults_are_counted_by_code_emit_nothing_and_heal() {
         .replace("timeout = \"2s\"", "timeout = \"500ms\"");
     std::fs::write(&cfg, text).unwrap();
     let d = env.spawn_daemon(&cfg);
-    let addr = ready(&d).await;
+    let addr = d.ready().await;
     let state_before = env.run(&cfg, &["state", "-o", "json"]).await.stdout;
+    // Break the API before the change, so no healthy poll can see it.
+    h.set_fault(Some(Fault::Status {
+        code: 500,
+        retry_after: None,
+        body: None,
+    }));
     h.set_status(&id, Some("COMPLETE"));
 
     let cases: Vec<(Fault, &str)> = vec![
@@ -321,7 +310,7 @@ async fn retry_after_as_an_http_date_holds_the_next_poll() {
         .add_checkpoint("run-1", "sampler", "step-1", Some("SYNCING"));
     let cfg = env.write_config(&target_and_sink(&rx, ""));
     let d = env.spawn_daemon(&cfg);
-    let addr = ready(&d).await;
+    let addr = d.ready().await;
     let h = env.sim.handle();
     let when = chrono::Utc::now() + chrono::Duration::seconds(3);
     h.set_fault(Some(Fault::Status {
@@ -366,7 +355,7 @@ async fn a_flapping_listing_emits_one_completion_and_nothing_else() {
         .replace("[poll]\n", "[poll]\ndelete_after_missing_polls = 3\n");
     std::fs::write(&cfg, text).unwrap();
     let d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     // Upstream versions alternate (stale replicas behind a load balancer): the current
     // one, one where step-100 still shows SYNCING, and one that lists nothing at all.
     h.add_checkpoint("run-1", "sampler", "step-200", Some("SYNCING"));
@@ -415,7 +404,7 @@ async fn duplicate_ids_in_one_listing_are_harmless() {
     let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&target_and_sink(&rx, ""));
     let d = env.spawn_daemon(&cfg);
-    ready(&d).await;
+    d.ready().await;
     h.set_fault(Some(Fault::DuplicateId));
     h.set_status(&a, Some("COMPLETE"));
     wait_for("the completion", T, || (rx.count() >= 1).then_some(())).await;
@@ -467,12 +456,12 @@ async fn sink_faults_follow_the_contract_and_never_block_a_healthy_sink() {
     let reset = resetting_server().await;
     let webhook = |name: &str, url: &str| {
         format!(
-            "[[sinks]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret_env = \"HOOK_SECRET\"\ntimeout = \"500ms\"\nretry_schedule = [\"200ms\", \"200ms\"]\nevents = [\"checkpoint.completed\"]\n"
+            "[[sinks]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret_env = \"HOOK_SECRET\"\ntimeout = \"2s\"\nretry_schedule = [\"200ms\", \"200ms\"]\nevents = [\"checkpoint.completed\"]\n"
         )
     };
     let exec = |name: &str, script: &str| {
         format!(
-            "[[sinks]]\nname = \"{name}\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\ntimeout = \"500ms\"\nretry_schedule = [\"200ms\", \"200ms\"]\nevents = [\"checkpoint.completed\"]\n"
+            "[[sinks]]\nname = \"{name}\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\ntimeout = \"2s\"\nretry_schedule = [\"200ms\", \"200ms\"]\nevents = [\"checkpoint.completed\"]\n"
         )
     };
     let mut sinks = String::from(
@@ -495,7 +484,7 @@ async fn sink_faults_follow_the_contract_and_never_block_a_healthy_sink() {
     let ids = h.add_many("run-1", 5, Some("SYNCING"));
     let other = h.add_checkpoint("run-2", "sampler", "step-1", Some("SYNCING"));
     let d = env.spawn_daemon(&cfg);
-    let addr = ready(&d).await;
+    let addr = d.ready().await;
     let t0 = Instant::now();
     h.set_status_many(&ids, Some("COMPLETE"));
     h.set_status(&other, Some("COMPLETE"));
@@ -680,7 +669,7 @@ async fn a_full_disk_at_run_time_loses_nothing_and_recovers() {
     let h = env.sim.handle();
     let ids = h.add_many("run-1", 30, Some("SYNCING"));
     let d = env.spawn_daemon(&cfg);
-    let addr = ready(&d).await;
+    let addr = d.ready().await;
     // Fill the disk, then let checkpoints complete: the commit cannot be written.
     let filler = mnt.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 1 << 20]);
@@ -735,7 +724,7 @@ async fn no_secret_appears_in_logs_metrics_cli_output_or_stored_rows() {
     );
     let cfg = env.write_config(&sinks);
     let mut d = env.spawn_daemon_env(&cfg, &[("HDR_TOKEN", token), ("RUST_LOG", "trace")]);
-    let addr = ready(&d).await;
+    let addr = d.ready().await;
     h.push_fault(Fault::Status {
         code: 401,
         retry_after: None,

@@ -288,6 +288,21 @@ impl Daemon {
         )
         .await
     }
+    /// Wait for `/readyz` to answer 200; returns the address.
+    pub async fn ready(&self) -> String {
+        let addr = self.addr().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(&format!("http://{addr}/readyz")).await.0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "never ready: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        addr
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
@@ -357,4 +372,12 @@ pub async fn pg_database(base: &str) -> String {
         .unwrap();
     let i = base.rfind('/').expect("a database URL");
     format!("{}/{name}", &base[..i])
+}
+
+/// The value of one series on a `/metrics` page (0 when absent).
+pub async fn metric(addr: &str, series: &str) -> f64 {
+    let (_, m) = http_get(&format!("http://{addr}/metrics")).await;
+    m.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
