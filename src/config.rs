@@ -916,6 +916,39 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// What the store will accept, checked here so that a bad URL is a config error (exit 78)
+/// and not a failure at start. sqlx's messages name the parameter, never the password.
+fn check_store_url(url: &str) -> Result<(), String> {
+    use std::str::FromStr;
+    let scrub = |e: sqlx::Error| {
+        let mut msg = one_line(&e.to_string());
+        if let Some(pw) = Url::parse(url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_string))
+        {
+            msg = msg.replace(&pw, "redacted");
+        }
+        format!("is not a usable database URL: {msg}")
+    };
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let (file, params) = rest
+            .trim_start_matches("//")
+            .split_once('?')
+            .unwrap_or((rest.trim_start_matches("//"), ""));
+        // An empty name is a private temporary database per connection: the daemon
+        // would migrate one and fail on the others ("no such table"), forever.
+        if file.is_empty() && !params.contains("mode=memory") {
+            return Err("names no database file; write e.g. sqlite://loopwatch.db or sqlite:///var/lib/loopwatch/loopwatch.db".into());
+        }
+        sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(scrub)?;
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        sqlx::postgres::PgConnectOptions::from_str(url).map_err(scrub)?;
+    } else {
+        return Err("must start with sqlite:// (a file) or postgres:// (a database URL)".into());
+    }
+    Ok(())
+}
+
 /// A level (`info`) or an EnvFilter of `target=level` directives. EnvFilter alone also takes
 /// a bare word as a target to log at TRACE, so a typo (`"warning"`, `"loud"`) would
 /// silently log only that non-existent target, i.e. nothing.
@@ -987,7 +1020,10 @@ fn validate(
         _ => {
             w.err(
                 "api.base_url",
-                format!("{base_url:?} is not an http(s) URL; e.g. \"https://api.baseten.co\""),
+                format!(
+                    "{:?} is not an http(s) URL; e.g. \"https://api.baseten.co\"",
+                    redact_url(&base_url)
+                ),
             );
             None
         }
@@ -1066,14 +1102,8 @@ fn validate(
     let store_url = w
         .string(store, "store", "url")
         .unwrap_or_else(|| "sqlite://loopwatch.db".into());
-    if !(store_url.starts_with("sqlite:")
-        || store_url.starts_with("postgres://")
-        || store_url.starts_with("postgresql://"))
-    {
-        w.err(
-            "store.url",
-            "must start with sqlite:// (a file) or postgres:// (a database URL)",
-        );
+    if let Err(e) = check_store_url(&store_url) {
+        w.err("store.url", e);
     }
 
     // [server]
@@ -1368,7 +1398,7 @@ fn sink(
                     None => {
                         w.err(
                             &format!("{sec}.url"),
-                            format!("{u:?} is not an http(s) URL"),
+                            format!("{:?} is not an http(s) URL", redact_url(&u)),
                         );
                         None
                     }
@@ -2235,6 +2265,47 @@ kind = "exec"
                 "{good}"
             );
         }
+    }
+
+    #[test]
+    fn store_urls_the_store_cannot_open_are_config_errors() {
+        // "sqlite://" passed and the daemon logged "no such table" forever; a postgres URL
+        // with an empty host passed and `run` exited 1 instead of 78.
+        for bad in [
+            "sqlite://",
+            "sqlite:",
+            "sqlite://x.db?bogus=1",
+            "postgres://u@:x/db",
+            "mysql://db/x",
+        ] {
+            let p = problems(&format!("[store]\nurl = \"{bad}\"\n{MINIMAL}"));
+            assert!(p.len() == 1 && p[0].contains("store.url"), "{bad}: {p:?}");
+        }
+        let p = problems(&format!(
+            "[store]\nurl = \"postgres://u:pw-hidden@h:99999/db\"\n{MINIMAL}"
+        ));
+        assert!(!p[0].contains("pw-hidden"), "{p:?}");
+        for good in [
+            "sqlite://loopwatch.db",
+            "sqlite:///var/lib/loopwatch/x.db",
+            "sqlite::memory:",
+            "postgres://lw:pw@db.internal:5432/loopwatch?sslmode=require",
+            "postgresql:///loopwatch?host=/run/postgresql",
+        ] {
+            assert!(
+                toml_cfg(&format!("[store]\nurl = \"{good}\"\n{MINIMAL}")).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_urls_are_echoed_without_their_password() {
+        let p = problems(&format!(
+            "[api]\nbase_url = \"ftp://u:pw-hidden@x/\"\n{MINIMAL}[[sinks]]\nname = \"s\"\nurl = \"ftp://u:pw-hidden@x/h?token=t-hidden\"\n"
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|l| !l.contains("hidden")), "{p:?}");
     }
 
     #[test]

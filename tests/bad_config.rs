@@ -44,8 +44,12 @@ const ENV: &[(&str, &str)] = &[
     ("RUST_BACKTRACE", "1"),
 ];
 
-/// Written into one case's file by mistake; must not be echoed either.
-const INLINE_SECRET: &str = "sk-inline-do-not-echo-4411";
+/// Written into some cases' files (a key by mistake, URL passwords); never echoed either.
+const INLINE_SECRETS: &[&str] = &[
+    "sk-inline-do-not-echo-4411",
+    "pw-inline-do-not-echo-8c21",
+    "tok-inline-do-not-echo-2f0d",
+];
 
 const MIN_CASES: usize = 35;
 
@@ -96,7 +100,7 @@ fn cases() -> Vec<Case> {
 /// Every value that must never appear in the output: the secrets of [`ENV`], the
 /// contents of `secrets/*`, and their key material without the `whsec_` prefix.
 fn secrets() -> Vec<String> {
-    let mut out = vec![INLINE_SECRET.to_string()];
+    let mut out: Vec<String> = INLINE_SECRETS.iter().map(|s| s.to_string()).collect();
     for (k, v) in ENV {
         if *k != "RUST_BACKTRACE" && !v.is_empty() {
             out.push(v.to_string());
