@@ -802,7 +802,7 @@ impl Walk<'_> {
                 );
                 None
             }
-            (None, Some(path)) => match std::fs::read_to_string(&path) {
+            (None, Some(path)) => match read_secret_file(&path) {
                 Ok(s) => {
                     let s = s.trim_end_matches(['\n', '\r']).to_string();
                     if s.is_empty() {
@@ -914,6 +914,21 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "a list",
         Value::Object(_) => "a table",
     }
+}
+
+/// A secret file, at most 64 KiB: a path to the wrong file (a log, `/dev/zero`) must not
+/// be read into memory whole.
+fn read_secret_file(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    const MAX: u64 = 64 * 1024;
+    let mut s = String::new();
+    std::fs::File::open(path)?
+        .take(MAX + 1)
+        .read_to_string(&mut s)?;
+    if s.len() as u64 > MAX {
+        return Err(std::io::Error::other("larger than 64 KiB, not a secret"));
+    }
+    Ok(s)
 }
 
 /// What the store will accept, checked here so that a bad URL is a config error (exit 78)
@@ -1029,6 +1044,18 @@ fn validate(
         }
     };
     let api_key = w.secret(api, "api", "api_key", Some("BASETEN_API_KEY"));
+    // Otherwise every poll fails at start with exit 1; the key itself is never echoed.
+    if let Some((key, source)) = &api_key
+        && reqwest::header::HeaderValue::from_str(key.expose()).is_err()
+    {
+        let from = source.split_once(" = ").map_or("api_key_env", |(k, _)| k);
+        w.err(
+            &format!("api.{from}"),
+            format!(
+                "the key ({source}) has characters an HTTP header cannot carry (a second line?)"
+            ),
+        );
+    }
     let auth_scheme = match w.string(api, "api", "auth_scheme").as_deref() {
         None | Some("bearer") => AuthScheme::Bearer,
         Some("api-key") => AuthScheme::ApiKey,
@@ -1484,6 +1511,14 @@ fn sink(
             let content_type = w
                 .string(s, sec, "content_type")
                 .unwrap_or_else(|| default_ct.into());
+            if content_type.trim().is_empty()
+                || reqwest::header::HeaderValue::from_str(&content_type).is_err()
+            {
+                w.err(
+                    &format!("{sec}.content_type"),
+                    format!("{content_type:?} is not a header value; e.g. \"application/json\""),
+                );
+            }
             let mut headers = Vec::new();
             match s.and_then(|m| m.get("headers")) {
                 None | Some(Value::Null) => {}
@@ -1616,6 +1651,13 @@ fn sink(
                     format!("names unknown target {t:?}; it must match a [[targets]] name"),
                 );
             }
+        }
+        if list.is_empty() {
+            // An empty set would match nothing: a sink that silently never fires.
+            w.err(
+                &format!("{sec}.targets"),
+                "is empty; omit it for every target",
+            );
         }
         list.into_iter().collect()
     });
@@ -2306,6 +2348,40 @@ kind = "exec"
         ));
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p.iter().all(|l| !l.contains("hidden")), "{p:?}");
+    }
+
+    #[test]
+    fn values_that_fail_every_request_are_config_errors() {
+        // An API key file with a second line passed check-config; `once` then exited 1.
+        let dir = tempfile::tempdir().unwrap();
+        let two = dir.path().join("two-lines");
+        std::fs::write(&two, "key-line-one\nkey-line-two\n").unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(100_000)).unwrap();
+        let p = problems(&format!(
+            "[api]\napi_key_file = \"{}\"\n{MINIMAL}[[sinks]]\nname = \"s\"\nurl = \"https://x/h\"\ncontent_type = \"a\\nb\"\nsecret_file = \"{}\"\n",
+            two.display(),
+            big.display()
+        ));
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].contains("api.api_key_file") && !p[0].contains("key-line"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains("sinks[0].secret_file") && p[1].contains("64 KiB"),
+            "{p:?}"
+        );
+        assert!(p[2].contains("sinks[0].content_type"), "{p:?}");
+    }
+
+    #[test]
+    fn a_sink_with_an_empty_target_list_is_rejected() {
+        // `targets = []` matched no target: a sink that silently never fired.
+        let p = problems(&format!(
+            "{MINIMAL}[[sinks]]\nname = \"s\"\nurl = \"https://x/h\"\ntargets = []\n"
+        ));
+        assert!(p.len() == 1 && p[0].contains("sinks[0].targets"), "{p:?}");
     }
 
     #[test]

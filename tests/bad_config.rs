@@ -97,8 +97,8 @@ fn cases() -> Vec<Case> {
     out
 }
 
-/// Every value that must never appear in the output: the secrets of [`ENV`], the
-/// contents of `secrets/*`, and their key material without the `whsec_` prefix.
+/// Every value that must never appear in the output: the secrets of [`ENV`], every line
+/// of `secrets/*`, and their key material without the `whsec_` prefix.
 fn secrets() -> Vec<String> {
     let mut out: Vec<String> = INLINE_SECRETS.iter().map(|s| s.to_string()).collect();
     for (k, v) in ENV {
@@ -108,10 +108,12 @@ fn secrets() -> Vec<String> {
     }
     for entry in std::fs::read_dir(catalogue().join("secrets")).unwrap() {
         let v = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        let v = v.trim();
-        if !v.is_empty() {
-            out.push(v.to_string());
-        }
+        out.extend(
+            v.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        );
     }
     let bare: Vec<String> = out
         .iter()
