@@ -68,21 +68,24 @@ async fn owned(addrs: &[String]) -> Vec<f64> {
     out
 }
 
+/// Wait for a settled split: every target owned, every replica ready, and the same
+/// split across more than one lease round (replicas that join mid-way shift targets for a
+/// round or two before the fair shares hold).
 async fn wait_balanced(addrs: &[String], total: f64) -> Vec<f64> {
     let deadline = Instant::now() + T;
+    let mut previous: Option<Vec<f64>> = None;
     loop {
         let o = owned(addrs).await;
-        if o.iter().sum::<f64>() == total && o.iter().all(|&n| n > 0.0) {
-            let mut ready = true;
-            for a in addrs {
-                ready &= http_get(&format!("http://{a}/readyz")).await.0 == 200;
-            }
-            if ready {
-                return o;
-            }
+        let mut settled = o.iter().sum::<f64>() == total && o.iter().all(|&n| n > 0.0);
+        for a in addrs {
+            settled &= http_get(&format!("http://{a}/readyz")).await.0 == 200;
         }
+        if settled && previous.as_ref() == Some(&o) {
+            return o;
+        }
+        previous = settled.then_some(o.clone());
         assert!(Instant::now() < deadline, "never balanced: {o:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(TTL / 3 + Duration::from_millis(300)).await;
     }
 }
 
