@@ -1,0 +1,238 @@
+//! burst: E completions detected in one cycle, then delivered.
+//!
+//! T targets x K checkpoints, all SYNCING and baselined; then the simulated API marks every
+//! one COMPLETE and loopwatch polls each target once: E `completed` events and E delivery
+//! rows are committed (events committed per second; the same cycle's GETs with the body
+//! discarded are the fetch floor). Then one webhook sink (signed, `concurrency` 16)
+//! delivers them to a minimal local receiver that answers 204 (deliveries per second,
+//! until every outcome is recorded). Floor: the same E bodies POSTed by a bare client,
+//! unsigned, no store, same concurrency, same receiver.
+//!
+//! `cargo bench --bench burst [-- --quick]`
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use loopwatch::app::App;
+use loopwatch::diff::TargetState;
+use loopwatch::sim::{CHECKPOINTS_PATH, SimApi};
+use support::{API_KEY, Opts, Receiver, median, n, ratio, run_id};
+use tokio_util::sync::CancellationToken;
+
+const POLLS_IN_FLIGHT: usize = 16;
+const SENDS_IN_FLIGHT: usize = 16;
+
+fn main() {
+    let Some(o) = support::opts() else { return };
+    tokio::runtime::Runtime::new().unwrap().block_on(bench(o));
+}
+
+struct Run {
+    events: usize,
+    commit_s: f64,
+    fetch_floor_s: f64,
+    deliver_s: f64,
+    post_floor_s: f64,
+}
+
+async fn one(targets: usize, per: usize, receiver: &Receiver) -> Run {
+    let sim = SimApi::start(Some(API_KEY.into())).await.unwrap();
+    let h = sim.handle();
+    let mut ids = Vec::new();
+    for i in 0..targets {
+        ids.extend(h.add_many(&run_id(i), per, Some("SYNCING")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let poll = format!("interval = \"60s\"\njitter = 0.0\nconcurrency = {POLLS_IN_FLIGHT}");
+    let sinks = format!(
+        "[[sinks]]\nname = \"bench\"\nurl = \"{}\"\nsecret_env = \"BENCH_SECRET\"\n\
+         concurrency = {SENDS_IN_FLIGHT}\nevents = [\"checkpoint.completed\"]\n",
+        receiver.url
+    );
+    let cfg = support::config(
+        &sim.base_url(),
+        &dir.path().join("state.db"),
+        &poll,
+        targets,
+        &sinks,
+    );
+    let app = App::build(cfg, false).await.unwrap();
+    let cfg = app.config().clone();
+    let mut states: Vec<TargetState> = Vec::new();
+    for t in &cfg.targets {
+        states.push(app.store.load_target(&t.name).await.unwrap());
+    }
+    let poller = app.poller.clone();
+    let cycle = async |states: &mut Vec<TargetState>| -> usize {
+        let events = std::sync::atomic::AtomicUsize::new(0);
+        futures_util::stream::iter(cfg.targets.iter().zip(states.iter_mut()))
+            .for_each_concurrent(POLLS_IN_FLIGHT, |(t, s)| {
+                let (poller, events) = (&poller, &events);
+                async move {
+                    let r = poller.poll_target(t, s, false, None).await.expect("poll");
+                    events.fetch_add(r.events.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .await;
+        events.into_inner()
+    };
+    assert_eq!(cycle(&mut states).await, 0, "the baseline is silent");
+
+    h.set_status_many(&ids, Some("COMPLETE"));
+    let t0 = Instant::now();
+    let events = cycle(&mut states).await;
+    let commit_s = t0.elapsed().as_secs_f64();
+    assert_eq!(events, targets * per, "one completed per checkpoint");
+
+    // Fetch floor: the same GETs (now cached by the simulator either way).
+    let http = reqwest::Client::new();
+    let endpoint = format!("{}{CHECKPOINTS_PATH}", sim.base_url());
+    let t0 = Instant::now();
+    futures_util::stream::iter(cfg.targets.iter())
+        .for_each_concurrent(POLLS_IN_FLIGHT, |t| {
+            let (http, endpoint) = (&http, &endpoint);
+            async move {
+                let mut r = http
+                    .get(format!("{endpoint}?run_id={}", t.filter.value()))
+                    .header("authorization", format!("Bearer {API_KEY}"))
+                    .send()
+                    .await
+                    .unwrap();
+                while let Some(c) = r.chunk().await.unwrap() {
+                    std::hint::black_box(c);
+                }
+            }
+        })
+        .await;
+    let fetch_floor_s = t0.elapsed().as_secs_f64();
+
+    // POST floor: the stored bodies, unsigned, no store.
+    let bodies: Vec<String> = app
+        .store
+        .events(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.body)
+        .collect();
+    assert_eq!(bodies.len(), events);
+    let c0 = receiver.count();
+    let t0 = Instant::now();
+    futures_util::stream::iter(bodies)
+        .for_each_concurrent(SENDS_IN_FLIGHT, |b| {
+            let (http, url) = (&http, &receiver.url);
+            async move {
+                let r = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(b)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+            }
+        })
+        .await;
+    let post_floor_s = t0.elapsed().as_secs_f64();
+    assert_eq!(receiver.count() - c0, events as u64);
+
+    // loopwatch: the sink worker, until every delivery is recorded as delivered.
+    let token = CancellationToken::new();
+    let sink = app.outbox.sinks()[0].clone();
+    let beat = app.health.heartbeat("sink bench", Duration::from_secs(600));
+    let c0 = receiver.count();
+    let t0 = Instant::now();
+    let worker = tokio::spawn({
+        let (outbox, token) = (app.outbox.clone(), token.clone());
+        async move {
+            outbox
+                .run_sink(sink, token, Duration::from_secs(5), beat)
+                .await
+        }
+    });
+    let store = app.store.clone();
+    let done = support::until(
+        Duration::from_secs(600),
+        Duration::from_millis(5),
+        async || {
+            receiver.count() - c0 >= events as u64
+                && store
+                    .backlog()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|b| b.pending == 0)
+        },
+    )
+    .await;
+    let deliver_s = t0.elapsed().as_secs_f64();
+    assert!(done, "deliveries did not finish");
+    token.cancel();
+    worker.await.unwrap();
+    Run {
+        events,
+        commit_s,
+        fetch_floor_s,
+        deliver_s,
+        post_floor_s,
+    }
+}
+
+async fn bench(o: Opts) {
+    let (targets, per) = if o.quick { (100, 100) } else { (1_000, 100) };
+    let (targets, per) = (
+        o.value("--targets").unwrap_or(targets),
+        o.value("--per").unwrap_or(per),
+    );
+    support::header(
+        "burst",
+        &format!(
+            "{} targets x {per} checkpoints go SYNCING -> COMPLETE at once; one cycle \
+             ({POLLS_IN_FLIGHT} polls in flight) then one signed webhook sink \
+             ({SENDS_IN_FLIGHT} in flight) to a local receiver answering 204",
+            n(targets as f64)
+        ),
+        &o,
+    );
+    let receiver = Receiver::start(None).await;
+    let mut runs = Vec::new();
+    for i in 0..o.runs {
+        eprintln!("burst: run {}/{} ...", i + 1, o.runs);
+        runs.push(one(targets, per, &receiver).await);
+    }
+    let e = runs[0].events as f64;
+    let med = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let committed = e / med(|r| r.commit_s);
+    let fetch = targets as f64 / med(|r| r.fetch_floor_s);
+    let polls = targets as f64 / med(|r| r.commit_s);
+    let delivered = e / med(|r| r.deliver_s);
+    let posted = e / med(|r| r.post_floor_s);
+    println!("### burst of {} completions", n(e));
+    println!();
+    support::table(
+        &["figure", "loopwatch", "floor", "ratio"],
+        &[
+            vec![
+                "events committed/s (fetch, decode, diff, commit state + events + outbox)".into(),
+                n(committed),
+                String::new(),
+                String::new(),
+            ],
+            vec![
+                "polls/s in that cycle vs. the same GETs, body discarded".into(),
+                n(polls),
+                n(fetch),
+                ratio(polls, fetch),
+            ],
+            vec![
+                "webhooks delivered/s (signed, outcome recorded) vs. the same POSTs unsigned, no store".into(),
+                n(delivered),
+                n(posted),
+                ratio(delivered, posted),
+            ],
+        ],
+    );
+}
