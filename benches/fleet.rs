@@ -134,6 +134,7 @@ struct Scenario {
     m: usize,
     baseline_s: f64,
     lw: Vec<Pass>,
+    decoded: Vec<Pass>,
     floor: Vec<Pass>,
     writes: u64,
     db_untouched: bool,
@@ -178,13 +179,18 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
         states.push(store.load_target(&t.name).await.unwrap());
     }
 
-    // One cycle of loopwatch: every target once; returns how many polls wrote.
-    let cycle = async |states: &mut Vec<TargetState>| -> u64 {
+    // One cycle of loopwatch: every target once; returns how many polls wrote. With
+    // `decode`, each state forgets the listing it settled on, so every body is decoded and
+    // diffed (what a changed listing, or the first poll after a start, costs).
+    let cycle = async |states: &mut Vec<TargetState>, decode: bool| -> u64 {
         let wrote = std::sync::atomic::AtomicU64::new(0);
         futures_util::stream::iter(targets.iter().zip(states.iter_mut()))
             .for_each_concurrent(CONCURRENCY, |(t, s)| {
                 let (poller, wrote) = (&poller, &wrote);
                 async move {
+                    if decode {
+                        s.settled = None;
+                    }
                     let r = poller.poll_target(t, s, false, None).await.expect("poll");
                     assert_eq!(r.checkpoints, m);
                     if r.wrote {
@@ -197,10 +203,11 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
     };
 
     let t0 = Instant::now();
-    let baselined = cycle(&mut states).await;
+    let baselined = cycle(&mut states, true).await;
     let baseline_s = t0.elapsed().as_secs_f64();
     assert_eq!(baselined as usize, n, "every target records its baseline");
-    cycle(&mut states).await; // warm: connections, caches
+    cycle(&mut states, true).await; // warm: connections, caches
+    cycle(&mut states, false).await; // every state settles
 
     // The floor: the same requests, the body read and thrown away.
     let http = reqwest::Client::builder()
@@ -237,7 +244,7 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
     let polls = cycles * n;
     let before = db_files(dir.path());
     let mut writes = 0;
-    let (mut lw, mut floor) = (Vec::new(), Vec::new());
+    let (mut lw, mut floor, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.runs {
         floor.push(
             measure(&sim, polls, async || {
@@ -250,7 +257,15 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
         lw.push(
             measure(&sim, polls, async || {
                 for _ in 0..cycles {
-                    writes += cycle(&mut states).await;
+                    writes += cycle(&mut states, false).await;
+                }
+            })
+            .await,
+        );
+        decoded.push(
+            measure(&sim, polls, async || {
+                for _ in 0..cycles {
+                    writes += cycle(&mut states, true).await;
                 }
             })
             .await,
@@ -262,6 +277,7 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
         m,
         baseline_s,
         lw,
+        decoded,
         floor,
         writes,
         db_untouched,
@@ -314,6 +330,12 @@ async fn bench(o: Opts) {
                 ratio(lw, floor),
             ],
             vec![
+                "polls/s, every body decoded and diffed".into(),
+                n(med(&head.decoded, Pass::rate)),
+                n(floor),
+                ratio(med(&head.decoded, Pass::rate), floor),
+            ],
+            vec![
                 "client CPU per poll (µs)".into(),
                 n(med(&head.lw, Pass::cpu_us)),
                 n(med(&head.floor, Pass::cpu_us)),
@@ -343,13 +365,17 @@ async fn bench(o: Opts) {
             ],
         ],
     );
-    println!("### scaling (medians; µs are CPU time per poll)");
+    println!(
+        "### scaling (medians; µs are this process's CPU time per poll; loopwatch µs = \
+         CPU µs/poll - floor CPU µs/poll; decoded = every body decoded and diffed)"
+    );
     println!();
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|s| {
             let (lw, fl) = (med(&s.lw, Pass::rate), med(&s.floor, Pass::rate));
             let (lw_us, fl_us) = (med(&s.lw, Pass::cpu_us), med(&s.floor, Pass::cpu_us));
+            let dec_us = med(&s.decoded, Pass::cpu_us);
             vec![
                 n(s.n as f64),
                 s.m.to_string(),
@@ -359,7 +385,9 @@ async fn bench(o: Opts) {
                 n(lw_us),
                 n(fl_us),
                 format!("{:.0}", lw_us - fl_us),
-                format!("{:.2}", (lw_us - fl_us) / s.m as f64),
+                n(med(&s.decoded, Pass::rate)),
+                format!("{:.0}", dec_us - fl_us),
+                format!("{:.2}", (dec_us - fl_us) / s.m as f64),
                 n(med(&s.lw, Pass::sim_us)),
                 s.writes.to_string(),
                 format!("{:.0}", s.rss_peak),
@@ -377,7 +405,9 @@ async fn bench(o: Opts) {
             "CPU µs/poll",
             "floor CPU µs/poll",
             "loopwatch µs/poll",
-            "loopwatch µs/ckpt",
+            "decoded polls/s",
+            "decoded: loopwatch µs/poll",
+            "decoded: µs/ckpt",
             "sim µs/poll",
             "writes",
             "peak RSS MiB",

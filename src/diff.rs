@@ -34,6 +34,19 @@ pub struct TargetState {
     /// The filter the baseline was taken with (`run_id=...`); `None` before the baseline.
     pub filter: Option<String>,
     pub checkpoints: HashMap<String, Tracked>,
+    /// A listing known to change nothing here (kept in memory only): see [`Settled`].
+    pub settled: Option<Settled>,
+}
+
+/// A listing body whose diff against the state it was diffed with is empty, and stays
+/// empty as time passes (no checkpoint can still stall). Until the state changes, a poll
+/// that gets the same body (same digest) has nothing to decode, diff or write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// Digest of the body's bytes.
+    pub digest: u128,
+    /// Checkpoints it listed (after the target's `checkpoint_targets`).
+    pub checkpoints: usize,
 }
 
 impl TargetState {
@@ -42,6 +55,17 @@ impl TargetState {
         self.checkpoints
             .values()
             .any(|t| !t.deleted && !t.completed && t.class().is_pending())
+    }
+
+    /// Whether a diff that wrote nothing stays empty as time passes: the only rule that
+    /// reads the clock is `stalled`, which needs a live checkpoint neither complete nor
+    /// already stalled.
+    pub fn timeless(&self, opts: &DiffOptions) -> bool {
+        opts.stalled_after.is_none()
+            || self
+                .checkpoints
+                .values()
+                .all(|t| t.deleted || t.completed || t.stalled)
     }
 
     pub fn apply(&mut self, diff: &Diff) {
@@ -85,8 +109,18 @@ pub fn diff(
         ..Diff::default()
     };
 
+    // Most of a listing is what the state already holds: skip those rows without copying
+    // them, and order only the rest.
+    let mut sorted: Vec<&Checkpoint> = listing
+        .iter()
+        .filter(|c| {
+            !prev
+                .checkpoints
+                .get(&c.id)
+                .is_some_and(|p| unchanged(p, c, now, opts))
+        })
+        .collect();
     // Detection order: oldest first, so `ordered` sinks see a run's history in order.
-    let mut sorted: Vec<&Checkpoint> = listing.iter().collect();
     sorted.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
 
     for c in sorted {
@@ -226,6 +260,20 @@ pub fn diff(
         out.updates.push(row);
     }
     out
+}
+
+/// The listed `c` leaves the tracked `p` exactly as it is, with no event: the slow path
+/// below would compute a row equal to `p`.
+fn unchanged(p: &Tracked, c: &Checkpoint, now: DateTime<Utc>, opts: &DiffOptions) -> bool {
+    p.missing == 0
+        && !p.deleted
+        && p.sync_status == c.sync_status
+        && p.raw == c.raw
+        && p.name == c.name
+        && p.created_at == c.created_at
+        && !opts
+            .stalled_after
+            .is_some_and(|after| !p.completed && !p.stalled && now - p.first_seen_at >= after)
 }
 
 fn seconds_since(then: DateTime<Utc>, now: DateTime<Utc>) -> Option<f64> {
@@ -550,6 +598,23 @@ mod tests {
     }
 
     #[test]
+    fn only_checkpoints_that_can_still_stall_make_a_state_depend_on_time() {
+        let mut state = TargetState::default();
+        let l = vec![ck("1", Some("COMPLETE")), ck("2", Some("SYNCING"))];
+        state.apply(&diff("t", &state, &l, t0(), &opts()));
+        assert!(!state.timeless(&opts()), "2 can still stall");
+        let never = DiffOptions {
+            stalled_after: None,
+            ..opts()
+        };
+        assert!(state.timeless(&never));
+        // once 2 has stalled (or completed), nothing is left for the clock to change
+        let later = t0() + TimeDelta::hours(1);
+        state.apply(&diff("t", &state, &l, later, &opts()));
+        assert!(state.checkpoints["2"].stalled && state.timeless(&opts()));
+    }
+
+    #[test]
     fn other_field_changes_are_stored_silently() {
         let mut a = ck("1", Some("SYNCING"));
         let mut state = TargetState::default();
@@ -661,6 +726,12 @@ mod tests {
                     let again = diff("t", &state, l, now, &o);
                     prop_assert!(again.events.is_empty(), "unchanged listing emitted {:?}", again.events);
                     prop_assert!(!again.writes(), "unchanged listing writes {:?}", again.updates);
+                    // What lets a poller skip a settled listing: a timeless state stays
+                    // silent for that listing however late it comes again.
+                    if state.timeless(&o) {
+                        let later = diff("t", &state, l, now + TimeDelta::days(3), &o);
+                        prop_assert!(!later.writes(), "timeless state changed later: {:?}", later);
+                    }
                 }
             }
         }

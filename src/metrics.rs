@@ -2,10 +2,19 @@
 //! (interface.md §7). Labels come from config names and small enums, never ids or URLs.
 //! Series for every configured target and sink are created at start, zero-valued, so
 //! dashboards and alerts never see gaps.
+//!
+//! The per-target series live in compact slots ([`TargetMetrics`]) rendered straight to
+//! text: through the `prometheus` crate's labelled vectors each series holds a copy of its
+//! descriptor and label pairs, ~15 KiB per target, 150 MiB for 10,000 targets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::Config;
@@ -13,14 +22,9 @@ use crate::model::{CheckpointTarget, EventType, SyncClass};
 
 pub struct Metrics {
     pub registry: Registry,
-    pub polls: IntCounterVec,
-    pub poll_duration: HistogramVec,
+    /// Per-target series, by target name.
+    targets: RwLock<BTreeMap<String, Arc<TargetMetrics>>>,
     pub api_requests: IntCounterVec,
-    pub last_success: GaugeVec,
-    pub checkpoints: IntGaugeVec,
-    pub latest_created: GaugeVec,
-    pub events: IntCounterVec,
-    pub sync_duration: HistogramVec,
     pub deliveries: IntCounterVec,
     pub delivery_duration: HistogramVec,
     pub pending: IntGaugeVec,
@@ -28,10 +32,8 @@ pub struct Metrics {
     pub oldest_pending: GaugeVec,
     pub targets_owned: IntGauge,
     pub lease_takeovers: prometheus::IntCounter,
-    pub fencing_rejections: IntCounterVec,
 }
 
-const POLL_OUTCOMES: [&str; 3] = ["success", "error", "rate_limited"];
 const DELIVERY_OUTCOMES: [&str; 3] = ["success", "retry", "dead"];
 const SYNC_CLASSES: [SyncClass; 4] = [
     SyncClass::Syncing,
@@ -110,57 +112,11 @@ impl Metrics {
 
         Metrics {
             lease_takeovers,
-            fencing_rejections: counter(
-                "loopwatch_fencing_rejections_total",
-                "Polls whose commit was refused because this replica no longer held the target's lease.",
-                &["target"],
-            ),
-            polls: counter(
-                "loopwatch_polls_total",
-                "Polls of the Loops API per target and outcome.",
-                &["target", "outcome"],
-            ),
-            poll_duration: histogram(
-                "loopwatch_poll_duration_seconds",
-                "Time to fetch, decode, diff and store one listing.",
-                &["target"],
-                vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ],
-            ),
+            targets: RwLock::default(),
             api_requests: counter(
                 "loopwatch_api_requests_total",
                 "Requests to the Loops API by HTTP status, or timeout/connect/decode.",
                 &["code"],
-            ),
-            last_success: gauge(
-                "loopwatch_last_successful_poll_timestamp_seconds",
-                "Unix time of the last successful poll of a target.",
-                &["target"],
-            ),
-            checkpoints: int_gauge(
-                "loopwatch_checkpoints",
-                "Checkpoints currently listed, by target, checkpoint target and sync status.",
-                &["target", "checkpoint_target", "sync_status"],
-            ),
-            latest_created: gauge(
-                "loopwatch_latest_checkpoint_created_timestamp_seconds",
-                "created_at of the newest checkpoint listed, as Unix time.",
-                &["target", "checkpoint_target"],
-            ),
-            events: counter(
-                "loopwatch_events_total",
-                "Events detected, by target and type.",
-                &["target", "type"],
-            ),
-            sync_duration: histogram(
-                "loopwatch_checkpoint_sync_duration_seconds",
-                "Time from first sight to COMPLETE of a checkpoint.",
-                &["target"],
-                vec![
-                    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
-                    14400.0,
-                ],
             ),
             deliveries: counter(
                 "loopwatch_deliveries_total",
@@ -198,24 +154,7 @@ impl Metrics {
     /// Create every series a config implies, at zero.
     pub fn init_series(&self, cfg: &Config) {
         for t in &cfg.targets {
-            let n = t.name.as_str();
-            for o in POLL_OUTCOMES {
-                self.polls.with_label_values(&[n, o]);
-            }
-            self.poll_duration.with_label_values(&[n]);
-            self.last_success.with_label_values(&[n]);
-            self.sync_duration.with_label_values(&[n]);
-            for ct in CheckpointTarget::ALL {
-                for s in SYNC_CLASSES {
-                    self.checkpoints
-                        .with_label_values(&[n, ct.as_str(), s.label()]);
-                }
-                self.latest_created.with_label_values(&[n, ct.as_str()]);
-            }
-            for e in EventType::ALL {
-                self.events.with_label_values(&[n, e.as_str()]);
-            }
-            self.fencing_rejections.with_label_values(&[n]);
+            self.target(&t.name);
         }
         for s in &cfg.sinks {
             let n = s.name.as_str();
@@ -230,10 +169,129 @@ impl Metrics {
         self.targets_owned.set(cfg.targets.len() as i64);
     }
 
-    /// Set the per-status checkpoint gauges of one target from its live checkpoints.
+    /// The series of one target (created at zero if the config did not name it).
+    pub fn target(&self, name: &str) -> Arc<TargetMetrics> {
+        if let Some(t) = self.targets.read().expect("not poisoned").get(name) {
+            return t.clone();
+        }
+        self.targets
+            .write()
+            .expect("not poisoned")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The Prometheus text exposition (format 0.0.4): the registry's families and the
+    /// per-target ones, in name order as the registry alone would give them.
+    pub fn render(&self) -> String {
+        let targets = self.targets.read().expect("not poisoned");
+        let mut out = String::with_capacity(4096 + targets.len() * 4096);
+        let mut mine = TARGET_FAMILIES.iter().peekable();
+        for family in self.registry.gather() {
+            while let Some(f) = mine.next_if(|f| f.name < family.name()) {
+                f.render(&targets, &mut out);
+            }
+            TextEncoder::new()
+                .encode_utf8(std::slice::from_ref(&family), &mut out)
+                .expect("text encoding cannot fail");
+        }
+        for f in mine {
+            f.render(&targets, &mut out);
+        }
+        out
+    }
+}
+
+const POLL_OUTCOMES: [PollOutcome; 3] = [
+    PollOutcome::Success,
+    PollOutcome::Error,
+    PollOutcome::RateLimited,
+];
+
+/// The `outcome` label of `loopwatch_polls_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollOutcome {
+    Success,
+    Error,
+    RateLimited,
+}
+
+impl PollOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            PollOutcome::Success => "success",
+            PollOutcome::Error => "error",
+            PollOutcome::RateLimited => "rate_limited",
+        }
+    }
+}
+
+const POLL_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const SYNC_BUCKETS: &[f64] = &[
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+
+/// Every per-target series of one target: a few hundred bytes of atomics.
+pub struct TargetMetrics {
+    polls: [AtomicU64; 3],
+    poll_duration: Histogram,
+    last_success: AtomicF64,
+    /// By checkpoint target, then [`SYNC_CLASSES`] order.
+    checkpoints: [[AtomicI64; 4]; 2],
+    latest_created: [AtomicF64; 2],
+    /// By [`EventType::ALL`] order.
+    events: [AtomicU64; 5],
+    sync_duration: Histogram,
+    fencing_rejections: AtomicU64,
+}
+
+impl Default for TargetMetrics {
+    fn default() -> Self {
+        TargetMetrics {
+            polls: Default::default(),
+            poll_duration: Histogram::new(POLL_BUCKETS),
+            last_success: AtomicF64::default(),
+            checkpoints: Default::default(),
+            latest_created: Default::default(),
+            events: Default::default(),
+            sync_duration: Histogram::new(SYNC_BUCKETS),
+            fencing_rejections: AtomicU64::new(0),
+        }
+    }
+}
+
+impl TargetMetrics {
+    pub fn poll(&self, outcome: PollOutcome) {
+        self.polls[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn poll_duration(&self, seconds: f64) {
+        self.poll_duration.observe(seconds);
+    }
+
+    pub fn last_success(&self, unix_seconds: f64) {
+        self.last_success.set(unix_seconds);
+    }
+
+    pub fn event(&self, kind: EventType) {
+        let i = EventType::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.events[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn sync_duration(&self, seconds: f64) {
+        self.sync_duration.observe(seconds);
+    }
+
+    pub fn fencing_rejection(&self) {
+        self.fencing_rejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Set the per-status checkpoint gauges from the target's live checkpoints.
     pub fn set_checkpoints<'a>(
         &self,
-        target: &str,
         live: impl Iterator<Item = (CheckpointTarget, SyncClass, &'a str)>,
     ) {
         let mut counts = [[0i64; 4]; 2];
@@ -249,26 +307,280 @@ impl Metrics {
         }
         for ct in CheckpointTarget::ALL {
             let i = ct as usize;
-            for (j, s) in SYNC_CLASSES.iter().enumerate() {
-                self.checkpoints
-                    .with_label_values(&[target, ct.as_str(), s.label()])
-                    .set(counts[i][j]);
+            for (gauge, count) in self.checkpoints[i].iter().zip(counts[i]) {
+                gauge.store(count, Ordering::Relaxed);
             }
             if let Some(ts) = latest[i] {
-                self.latest_created
-                    .with_label_values(&[target, ct.as_str()])
-                    .set(ts);
+                self.latest_created[i].set(ts);
             }
         }
     }
+}
 
-    /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buf).unwrap_or_default()
+/// An f64 in an atomic, as the `prometheus` crate keeps its gauges.
+#[derive(Default)]
+struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+    fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    fn add(&self, v: f64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some((f64::from_bits(b) + v).to_bits())
+            });
+    }
+}
+
+/// A Prometheus histogram: a count per bucket (`le`, inclusive; the last is +Inf) and a
+/// sum. The exposed count is the sum of the buckets, so a scrape never sees them disagree.
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    sum: AtomicF64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicF64::default(),
+        }
+    }
+
+    fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.add(v);
+    }
+}
+
+/// What a sample's value is read from.
+enum Sample {
+    Polls(PollOutcome),
+    PollDuration,
+    LastSuccess,
+    Checkpoints(CheckpointTarget, SyncClass),
+    LatestCreated(CheckpointTarget),
+    Events(EventType),
+    SyncDuration,
+    FencingRejections,
+}
+
+/// A per-target family: name, help, type, and its series per target in the order the
+/// registry sorts them (by label values, labels in name order). `before` labels sort ahead
+/// of `target`; `after` labels behind it.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    series: fn() -> Vec<Series>,
+}
+
+/// Labels sorting before `target`, labels after it, and the value.
+type Series = (Labels, Labels, Sample);
+type Labels = Vec<(&'static str, &'static str)>;
+
+const TARGET_FAMILIES: [Family; 8] = [
+    Family {
+        name: "loopwatch_checkpoint_sync_duration_seconds",
+        help: "Time from first sight to COMPLETE of a checkpoint.",
+        kind: "histogram",
+        series: || vec![(vec![], vec![], Sample::SyncDuration)],
+    },
+    Family {
+        name: "loopwatch_checkpoints",
+        help: "Checkpoints currently listed, by target, checkpoint target and sync status.",
+        kind: "gauge",
+        series: || {
+            let mut by_label = SYNC_CLASSES.to_vec();
+            by_label.sort_by_key(|c| c.label());
+            CheckpointTarget::ALL
+                .iter()
+                .flat_map(|ct| {
+                    by_label.iter().map(|c| {
+                        (
+                            vec![
+                                ("checkpoint_target", ct.as_str()),
+                                ("sync_status", c.label()),
+                            ],
+                            vec![],
+                            Sample::Checkpoints(*ct, *c),
+                        )
+                    })
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "loopwatch_events_total",
+        help: "Events detected, by target and type.",
+        kind: "counter",
+        series: || {
+            let mut kinds = EventType::ALL.to_vec();
+            kinds.sort_by_key(|k| k.as_str());
+            kinds
+                .into_iter()
+                .map(|k| (vec![], vec![("type", k.as_str())], Sample::Events(k)))
+                .collect()
+        },
+    },
+    Family {
+        name: "loopwatch_fencing_rejections_total",
+        help: "Polls whose commit was refused because this replica no longer held the target's lease.",
+        kind: "counter",
+        series: || vec![(vec![], vec![], Sample::FencingRejections)],
+    },
+    Family {
+        name: "loopwatch_last_successful_poll_timestamp_seconds",
+        help: "Unix time of the last successful poll of a target.",
+        kind: "gauge",
+        series: || vec![(vec![], vec![], Sample::LastSuccess)],
+    },
+    Family {
+        name: "loopwatch_latest_checkpoint_created_timestamp_seconds",
+        help: "created_at of the newest checkpoint listed, as Unix time.",
+        kind: "gauge",
+        series: || {
+            CheckpointTarget::ALL
+                .iter()
+                .map(|ct| {
+                    (
+                        vec![("checkpoint_target", ct.as_str())],
+                        vec![],
+                        Sample::LatestCreated(*ct),
+                    )
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "loopwatch_poll_duration_seconds",
+        help: "Time to fetch, decode, diff and store one listing.",
+        kind: "histogram",
+        series: || vec![(vec![], vec![], Sample::PollDuration)],
+    },
+    Family {
+        name: "loopwatch_polls_total",
+        help: "Polls of the Loops API per target and outcome.",
+        kind: "counter",
+        series: || {
+            let mut outcomes = POLL_OUTCOMES.to_vec();
+            outcomes.sort_by_key(|o| o.label());
+            outcomes
+                .into_iter()
+                .map(|o| (vec![("outcome", o.label())], vec![], Sample::Polls(o)))
+                .collect()
+        },
+    },
+];
+
+impl Family {
+    /// Append this family in the text format, exactly as `prometheus::TextEncoder` would.
+    fn render(&self, targets: &BTreeMap<String, Arc<TargetMetrics>>, out: &mut String) {
+        if targets.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        let series = (self.series)();
+        let line = |out: &mut String, suffix: &str, labels: &str, value: f64| {
+            let _ = writeln!(out, "{}{suffix}{{{labels}}} {value}", self.name);
+        };
+        // Series whose labels sort before `target` vary slowest, as in the registry.
+        let (outer, inner): (Vec<_>, Vec<_>) =
+            series.iter().partition(|(before, _, _)| !before.is_empty());
+        let groups: Vec<Vec<_>> = if outer.is_empty() {
+            vec![inner]
+        } else {
+            outer.into_iter().map(|s| vec![s]).collect()
+        };
+        let mut labels = String::new();
+        for group in &groups {
+            for (name, t) in targets {
+                for (before, after, sample) in group {
+                    labels.clear();
+                    for (k, v) in before {
+                        let _ = write!(labels, "{k}=\"{}\",", escape(v));
+                    }
+                    let _ = write!(labels, "target=\"{}\"", escape(name));
+                    for (k, v) in after {
+                        let _ = write!(labels, ",{k}=\"{}\"", escape(v));
+                    }
+                    match sample {
+                        Sample::PollDuration | Sample::SyncDuration => {
+                            let h = match sample {
+                                Sample::PollDuration => &t.poll_duration,
+                                _ => &t.sync_duration,
+                            };
+                            let mut cumulative = 0;
+                            for (i, bound) in h.bounds.iter().enumerate() {
+                                cumulative += h.counts[i].load(Ordering::Relaxed);
+                                line(
+                                    out,
+                                    "_bucket",
+                                    &format!("{labels},le=\"{bound}\""),
+                                    cumulative as f64,
+                                );
+                            }
+                            cumulative += h.counts[h.bounds.len()].load(Ordering::Relaxed);
+                            line(
+                                out,
+                                "_bucket",
+                                &format!("{labels},le=\"+Inf\""),
+                                cumulative as f64,
+                            );
+                            line(out, "_sum", &labels, h.sum.get());
+                            line(out, "_count", &labels, cumulative as f64);
+                        }
+                        other => line(out, "", &labels, t.value(other)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl TargetMetrics {
+    fn value(&self, sample: &Sample) -> f64 {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        match sample {
+            Sample::Polls(o) => load(&self.polls[*o as usize]),
+            Sample::LastSuccess => self.last_success.get(),
+            Sample::Checkpoints(ct, c) => {
+                let j = SYNC_CLASSES.iter().position(|x| x == c).unwrap_or(3);
+                self.checkpoints[*ct as usize][j].load(Ordering::Relaxed) as f64
+            }
+            Sample::LatestCreated(ct) => self.latest_created[*ct as usize].get(),
+            Sample::Events(k) => {
+                let i = EventType::ALL.iter().position(|x| x == k).unwrap_or(0);
+                load(&self.events[i])
+            }
+            Sample::FencingRejections => load(&self.fencing_rejections),
+            Sample::PollDuration | Sample::SyncDuration => f64::NAN,
+        }
+    }
+}
+
+/// Label values escaped as the text format requires.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '\n', '"']) {
+        v.replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('"', "\\\"")
+            .into()
+    } else {
+        v.into()
     }
 }
 
@@ -318,6 +630,130 @@ fn cpu_seconds() -> Option<f64> {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+    use prometheus::Encoder;
+
+    /// The compact per-target series render byte for byte what the `prometheus` crate's
+    /// labelled vectors rendered before them, for the same observations.
+    #[test]
+    fn per_target_series_render_like_the_registry() {
+        let reg = Registry::new();
+        let counter = |n: &str, h: &str, l: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(n, h), l).unwrap();
+            reg.register(Box::new(c.clone())).unwrap();
+            c
+        };
+        let gauge = |n: &str, h: &str, l: &[&str]| {
+            let g = GaugeVec::new(Opts::new(n, h), l).unwrap();
+            reg.register(Box::new(g.clone())).unwrap();
+            g
+        };
+        let hist = |n: &str, h: &str, b: &[f64]| {
+            let v = HistogramVec::new(HistogramOpts::new(n, h).buckets(b.to_vec()), &["target"])
+                .unwrap();
+            reg.register(Box::new(v.clone())).unwrap();
+            v
+        };
+        let f = &TARGET_FAMILIES;
+        let sync = hist(f[0].name, f[0].help, SYNC_BUCKETS);
+        let cks = IntGaugeVec::new(
+            Opts::new(f[1].name, f[1].help),
+            &["target", "checkpoint_target", "sync_status"],
+        )
+        .unwrap();
+        reg.register(Box::new(cks.clone())).unwrap();
+        let events = counter(f[2].name, f[2].help, &["target", "type"]);
+        let fencing = counter(f[3].name, f[3].help, &["target"]);
+        let last = gauge(f[4].name, f[4].help, &["target"]);
+        let latest = gauge(f[5].name, f[5].help, &["target", "checkpoint_target"]);
+        let poll = hist(f[6].name, f[6].help, POLL_BUCKETS);
+        let polls = counter(f[7].name, f[7].help, &["target", "outcome"]);
+
+        let m = Metrics::new();
+        let names = ["qwen-b", "a \"quoted\" \\ name", "qwen-a"];
+        for (i, n) in names.iter().enumerate() {
+            // the old init_series
+            for o in POLL_OUTCOMES {
+                polls.with_label_values(&[n, o.label()]);
+            }
+            poll.with_label_values(&[n]);
+            last.with_label_values(&[n]);
+            sync.with_label_values(&[n]);
+            for ct in CheckpointTarget::ALL {
+                for c in SYNC_CLASSES {
+                    cks.with_label_values(&[n, ct.as_str(), c.label()]);
+                }
+                latest.with_label_values(&[n, ct.as_str()]);
+            }
+            for e in EventType::ALL {
+                events.with_label_values(&[n, e.as_str()]);
+            }
+            fencing.with_label_values(&[n]);
+            let t = m.target(n);
+            if i == 2 {
+                continue; // created at zero, never used
+            }
+            for _ in 0..=i {
+                polls.with_label_values(&[n, "success"]).inc();
+                t.poll(PollOutcome::Success);
+            }
+            polls.with_label_values(&[n, "rate_limited"]).inc();
+            t.poll(PollOutcome::RateLimited);
+            for v in [0.004, 0.005, 0.3, 7.5, 99.0] {
+                poll.with_label_values(&[n]).observe(v);
+                t.poll_duration(v);
+            }
+            last.with_label_values(&[n]).set(1_800_000_000.123);
+            t.last_success(1_800_000_000.123);
+            events.with_label_values(&[n, "checkpoint.completed"]).inc();
+            t.event(EventType::Completed);
+            events.with_label_values(&[n, "checkpoint.deleted"]).inc();
+            t.event(EventType::Deleted);
+            sync.with_label_values(&[n]).observe(82.3);
+            t.sync_duration(82.3);
+            fencing.with_label_values(&[n]).inc();
+            t.fencing_rejection();
+            let live = [
+                (
+                    CheckpointTarget::Sampler,
+                    SyncClass::Complete,
+                    "2026-11-26T23:01:02.345Z",
+                ),
+                (
+                    CheckpointTarget::Sampler,
+                    SyncClass::Syncing,
+                    "2026-11-26T23:05:00.000Z",
+                ),
+                (CheckpointTarget::Trainer, SyncClass::Other, "not a time"),
+            ];
+            t.set_checkpoints(live.iter().copied());
+            let mut counts = std::collections::HashMap::new();
+            for (ct, c, _) in live {
+                *counts.entry((ct, c.label())).or_insert(0) += 1;
+            }
+            for ((ct, c), k) in counts {
+                cks.with_label_values(&[n, ct.as_str(), c]).set(k);
+            }
+            let newest = chrono::DateTime::parse_from_rfc3339(live[1].2).unwrap();
+            latest
+                .with_label_values(&[n, "sampler"])
+                .set(newest.timestamp() as f64);
+        }
+        let mut want = Vec::new();
+        TextEncoder::new().encode(&reg.gather(), &mut want).unwrap();
+        let want = String::from_utf8(want).unwrap();
+        let got: String = m
+            .render()
+            .lines()
+            .filter(|l| f.iter().any(|f| l.contains(f.name)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(got, want);
     }
 }
 

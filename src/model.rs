@@ -95,8 +95,8 @@ impl SyncClass {
     }
 }
 
-/// One checkpoint as decoded from a listing. `raw` is the upstream object re-encoded
-/// canonically (keys sorted), unknown fields included, so payloads carry it through.
+/// One checkpoint as decoded from a listing. `raw` is the upstream object's text exactly
+/// as received, unknown fields included, so payloads carry it through (they re-encode it).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
     pub id: String,
@@ -213,7 +213,7 @@ pub struct Event {
     pub sync_status: Option<String>,
     pub first_seen_at: DateTime<Utc>,
     pub sync_seconds: Option<f64>,
-    /// The checkpoint's raw upstream object (canonical JSON text).
+    /// The checkpoint's upstream object, as received (JSON text).
     pub checkpoint: String,
 }
 

@@ -18,9 +18,9 @@ use tracing::{debug, error, info, warn};
 use crate::api;
 use crate::config::{PollConfig, SinkConfig, TargetConfig};
 use crate::delivery::Outbox;
-use crate::diff::{self, DiffOptions, TargetState};
+use crate::diff::{self, DiffOptions, Settled, TargetState};
 use crate::health::{Health, Heartbeat};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PollOutcome};
 use crate::model::{Event, EventType};
 use crate::replicas::Ownership;
 use crate::store::{Fence, PollCommit, Store, StoreError};
@@ -106,8 +106,23 @@ impl Poller {
         let _permit = self.permits.acquire().await.expect("never closed");
         let name = t.name.as_str();
         let start = Instant::now();
-        let result = self.client.list(&t.filter).await;
-        let listing = match result {
+        let result = self.client.fetch(&t.filter).await;
+        if let Ok(body) = &result
+            && let Some(settled) = state.settled
+            && settled.digest == body.digest()
+            && !dry_run
+        {
+            // The very listing this state already agrees with: nothing to decode or diff.
+            self.metrics.api_requests.with_label_values(&["200"]).inc();
+            self.observe(t, state, &[], start, false);
+            return Ok(PollReport {
+                checkpoints: settled.checkpoints,
+                events: Vec::new(),
+                wrote: false,
+            });
+        }
+        let digest = result.as_ref().map(api::Body::digest).unwrap_or_default();
+        let listing = match result.and_then(|body| body.decode()) {
             Ok(l) => {
                 self.metrics.api_requests.with_label_values(&["200"]).inc();
                 l
@@ -118,11 +133,11 @@ impl Poller {
                     .with_label_values(&[&e.code_label()])
                     .inc();
                 let outcome = if e.is_rate_limited() {
-                    "rate_limited"
+                    PollOutcome::RateLimited
                 } else {
-                    "error"
+                    PollOutcome::Error
                 };
-                self.metrics.polls.with_label_values(&[name, outcome]).inc();
+                self.metrics.target(name).poll(outcome);
                 return Err(e.into());
             }
         };
@@ -162,12 +177,10 @@ impl Poller {
                 fence,
             };
             if let Err(e) = self.store.commit_poll(commit).await {
-                self.metrics.polls.with_label_values(&[name, "error"]).inc();
+                let m = self.metrics.target(name);
+                m.poll(PollOutcome::Error);
                 if matches!(e, StoreError::Fenced { .. }) {
-                    self.metrics
-                        .fencing_rejections
-                        .with_label_values(&[name])
-                        .inc();
+                    m.fencing_rejection();
                 }
                 return Err(e.into());
             }
@@ -185,7 +198,12 @@ impl Poller {
             if d.baseline {
                 state.filter = Some(filter);
             }
-            self.observe(t, state, &d.events, start);
+            state.settled =
+                (!d.writes() && state.timeless(&self.diff_options())).then_some(Settled {
+                    digest,
+                    checkpoints: listing.len(),
+                });
+            self.observe(t, state, &d.events, start, true);
             if !d.events.is_empty()
                 && let Some(o) = &self.outbox
             {
@@ -199,33 +217,39 @@ impl Poller {
         })
     }
 
-    fn observe(&self, t: &TargetConfig, state: &TargetState, events: &[Event], start: Instant) {
+    /// Metrics and readiness after a successful poll; `diffed` is false when the listing
+    /// was the settled one (the checkpoint gauges cannot have changed).
+    fn observe(
+        &self,
+        t: &TargetConfig,
+        state: &TargetState,
+        events: &[Event],
+        start: Instant,
+        diffed: bool,
+    ) {
         let name = t.name.as_str();
-        let m = &self.metrics;
-        m.polls.with_label_values(&[name, "success"]).inc();
-        m.poll_duration
-            .with_label_values(&[name])
-            .observe(start.elapsed().as_secs_f64());
-        m.last_success
-            .with_label_values(&[name])
-            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        let m = self.metrics.target(name);
+        m.poll(PollOutcome::Success);
+        m.poll_duration(start.elapsed().as_secs_f64());
+        m.last_success(Utc::now().timestamp_millis() as f64 / 1000.0);
         for e in events {
-            m.events.with_label_values(&[name, e.kind.as_str()]).inc();
+            m.event(e.kind);
             if e.kind == EventType::Completed
                 && let Some(s) = e.sync_seconds
             {
-                m.sync_duration.with_label_values(&[name]).observe(s);
+                m.sync_duration(s);
             }
             info!(target = name, event = %e.kind, checkpoint = %e.uri(), event_id = %e.id, "event");
         }
-        m.set_checkpoints(
-            name,
-            state
-                .checkpoints
-                .values()
-                .filter(|c| !c.deleted)
-                .map(|c| (c.target, c.class(), c.created_at.as_str())),
-        );
+        if diffed {
+            m.set_checkpoints(
+                state
+                    .checkpoints
+                    .values()
+                    .filter(|c| !c.deleted)
+                    .map(|c| (c.target, c.class(), c.created_at.as_str())),
+            );
+        }
         self.health.target_polled(name);
     }
 

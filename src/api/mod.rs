@@ -114,6 +114,12 @@ impl Client {
 
     /// The whole listing for one filter; the request waits for a token first.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<Checkpoint>, Error> {
+        self.fetch(filter).await?.decode()
+    }
+
+    /// The listing's body for one filter, not yet decoded: a poller that has seen the same
+    /// body before ([`Body::digest`]) need not decode it again.
+    pub async fn fetch(&self, filter: &Filter) -> Result<Body, Error> {
         self.limiter.until_ready().await;
         let mut url = self.endpoint.clone();
         url.query_pairs_mut()
@@ -139,8 +145,11 @@ impl Client {
                 message: error_message(&body),
             });
         }
-        let body = self.read_body(resp).await?;
-        wire::decode_listing(&body).map_err(Error::Decode)
+        let bytes = self.read_body(resp).await?;
+        Ok(Body {
+            digest: xxhash_rust::xxh3::xxh3_128(&bytes),
+            bytes,
+        })
     }
 
     /// Read at most `max_bytes`, chunk by chunk: an endless body costs a bounded buffer.
@@ -157,6 +166,24 @@ impl Client {
             buf.extend_from_slice(&chunk);
         }
         Ok(buf)
+    }
+}
+
+/// A successful (2xx) listing body.
+pub struct Body {
+    bytes: Vec<u8>,
+    digest: u128,
+}
+
+impl Body {
+    /// A 128-bit digest (XXH3) of the exact bytes: equal digests mean the same listing.
+    pub fn digest(&self) -> u128 {
+        self.digest
+    }
+
+    /// Decode the listing; a body that does not decode fails the poll as a whole.
+    pub fn decode(&self) -> Result<Vec<Checkpoint>, Error> {
+        wire::decode_listing(&self.bytes).map_err(Error::Decode)
     }
 }
 

@@ -3,15 +3,21 @@
 //! for checkpoints that vanished.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::model::{Checkpoint, CheckpointTarget};
 
+/// The listing's envelope. Each checkpoint is first taken as its raw text (a slice of the
+/// body, no copy), then decoded from that text: the raw object is kept exactly as
+/// received, unknown fields included, without building a `serde_json::Value` tree.
 #[derive(Deserialize)]
-struct WireListing {
-    checkpoints: Vec<Value>,
+struct WireListing<'a> {
+    #[serde(borrow)]
+    checkpoints: Vec<&'a RawValue>,
 }
 
 /// `LoopsCheckpointV1`. Nullable-but-required fields use `deserialize_with` so that a
@@ -29,7 +35,7 @@ struct WireCheckpoint {
     base_model: Option<String>,
     #[serde(deserialize_with = "Option::deserialize")]
     #[allow(dead_code)] // required by the spec; carried through in `raw`
-    lora_adapter_config: Option<serde_json::Map<String, Value>>,
+    lora_adapter_config: Option<AnyObject>,
     #[serde(default)]
     sync_status: Option<String>,
 }
@@ -41,17 +47,46 @@ enum WireTarget {
     Trainer,
 }
 
+/// A JSON object whose content is not needed here (it travels in `raw`): checked to be an
+/// object, skipped without allocating.
+struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyObject)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Two listed versions of one checkpoint carry the same object (spacing and key order
+/// aside: the raw text is kept as received).
+fn same_object(a: &Checkpoint, b: &Checkpoint) -> bool {
+    let parsed = |raw: &str| serde_json::from_str::<serde_json::Value>(raw).ok();
+    a.raw == b.raw || (parsed(&a.raw).is_some() && parsed(&a.raw) == parsed(&b.raw))
+}
+
 /// Decode a listing body. Errors name the checkpoint index and the field.
 pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
     let listing: WireListing = serde_json::from_slice(body).map_err(|e| format!("listing: {e}"))?;
-    let mut out: Vec<Checkpoint> = Vec::with_capacity(listing.checkpoints.len());
-    let mut seen: HashMap<String, usize> = HashMap::with_capacity(listing.checkpoints.len());
-    for (i, v) in listing.checkpoints.into_iter().enumerate() {
-        let w = WireCheckpoint::deserialize(&v).map_err(|e| format!("checkpoints[{i}]: {e}"))?;
+    let mut all: Vec<Checkpoint> = Vec::with_capacity(listing.checkpoints.len());
+    for (i, raw) in listing.checkpoints.iter().enumerate() {
+        let text = raw.get();
+        let w: WireCheckpoint =
+            serde_json::from_str(text).map_err(|e| format!("checkpoints[{i}]: {e}"))?;
         if w.id.is_empty() {
             return Err(format!("checkpoints[{i}]: empty id"));
         }
-        let c = Checkpoint {
+        all.push(Checkpoint {
             id: w.id,
             name: w.checkpoint_id,
             run_id: w.run_id,
@@ -64,11 +99,15 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
             created_at: w.created_at,
             base_model: w.base_model,
             sync_status: w.sync_status,
-            raw: v.to_string(),
-        };
-        match seen.get(&c.id) {
-            // The same object twice is harmless; two versions of one id is a broken listing.
-            Some(&j) if out[j] == c => continue,
+            raw: text.to_owned(),
+        });
+    }
+    // The same object twice is harmless; two versions of one id is a broken listing.
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(all.len());
+    let mut repeats = Vec::new();
+    for (i, c) in all.iter().enumerate() {
+        match first.get(c.id.as_str()) {
+            Some(&j) if same_object(&all[j], c) => repeats.push(i),
             Some(_) => {
                 return Err(format!(
                     "checkpoints[{i}]: id {:?} appears twice with different content",
@@ -76,12 +115,15 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
                 ));
             }
             None => {
-                seen.insert(c.id.clone(), out.len());
-                out.push(c);
+                first.insert(&c.id, i);
             }
         }
     }
-    Ok(out)
+    drop(first);
+    for i in repeats.into_iter().rev() {
+        all.remove(i);
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
