@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::api;
 use crate::config::Config;
 use crate::delivery::Outbox;
+use crate::diff::TargetState;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::poller::Poller;
@@ -181,10 +182,31 @@ impl App {
             "poller",
             longest.mul_f64(2.0) + self.cfg.api.timeout * 2 + Duration::from_secs(60),
         );
-        for t in &self.cfg.targets {
+        // A single instance owns every target: read all their states in one go (with
+        // several replicas each poller loads a target when it takes its lease).
+        let mut states: Vec<Option<TargetState>> = vec![None; self.cfg.targets.len()];
+        if !self.cfg.store.is_postgres() {
+            let names: Vec<&str> = self.cfg.targets.iter().map(|t| t.name.as_str()).collect();
+            let started = std::time::Instant::now();
+            match self.store.load_targets(&names).await {
+                Ok(loaded) => {
+                    info!(
+                        targets = loaded.len(),
+                        tracked = loaded.iter().map(|s| s.checkpoints.len()).sum::<usize>(),
+                        took_s = started.elapsed().as_secs_f64(),
+                        "state loaded"
+                    );
+                    states = loaded.into_iter().map(Some).collect();
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot load the state at once; each target will load its own")
+                }
+            }
+        }
+        for (t, state) in self.cfg.targets.iter().zip(states) {
             let poller = self.poller.clone();
             let (t, tok, beat) = (t.clone(), token.clone(), poll_beat.clone());
-            tracker.spawn(async move { poller.run_target(t, tok, beat).await });
+            tracker.spawn(async move { poller.run_target(t, state, tok, beat).await });
         }
         let grace = self.cfg.delivery.shutdown_grace;
         for sink in self.outbox.sinks() {

@@ -165,11 +165,11 @@ pub async fn state(cfg: &Config, target: Option<&str>, output: Output) -> anyhow
                     }
                     rows.push(vec![
                         d.name.clone(),
-                        c.id.clone(),
-                        c.name.clone(),
-                        c.run_id.clone(),
+                        c.id.to_string(),
+                        c.name.to_string(),
+                        c.run_id.to_string(),
                         c.target.to_string(),
-                        c.sync_status.clone().unwrap_or_else(|| "-".into()),
+                        c.sync_status.as_deref().unwrap_or("-").to_string(),
                         rfc3339(c.first_seen_at),
                         flags.join(","),
                     ]);

@@ -11,11 +11,11 @@
 //! - A deleted checkpoint stays as a tombstone, so its reappearance is not `discovered`
 //!   twice and it can never complete twice.
 
-use std::collections::HashMap;
+use std::ops::Index;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Checkpoint, Event, EventType, SyncClass, Tracked, event_id};
+use crate::model::{Checkpoint, Event, EventType, Raw, SyncClass, Tracked, event_id};
 
 /// The knobs of §3 `[poll]` that change what is emitted.
 #[derive(Clone, Debug)]
@@ -33,7 +33,7 @@ pub struct TargetState {
     pub baselined: bool,
     /// The filter the baseline was taken with (`run_id=...`); `None` before the baseline.
     pub filter: Option<String>,
-    pub checkpoints: HashMap<String, Tracked>,
+    pub checkpoints: TrackedSet,
     /// A listing known to change nothing here (kept in memory only): see [`Settled`].
     pub settled: Option<Settled>,
 }
@@ -72,9 +72,89 @@ impl TargetState {
         if diff.baseline {
             self.baselined = true;
         }
-        for row in &diff.updates {
-            self.checkpoints.insert(row.id.clone(), row.clone());
+        self.checkpoints.upsert(diff.updates.iter().cloned());
+    }
+}
+
+/// The tracked checkpoints of one target, sorted by id. A lookup is a binary search and a
+/// row costs its own size (a hash map adds a copy of the key and ~30% empty slots); the
+/// upstream text of each row is reduced to its digest on the way in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrackedSet {
+    rows: Vec<Tracked>,
+}
+
+impl TrackedSet {
+    pub fn get(&self, id: &str) -> Option<&Tracked> {
+        self.rows
+            .binary_search_by(|r| r.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.rows[i])
+    }
+
+    /// Every row, in id order.
+    pub fn values(&self) -> std::slice::Iter<'_, Tracked> {
+        self.rows.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Insert or replace rows by id (a later row of the same id wins).
+    pub fn upsert(&mut self, rows: impl IntoIterator<Item = Tracked>) {
+        let mut fresh = Vec::new();
+        for mut row in rows {
+            row.raw.compact();
+            match self.rows.binary_search_by(|r| r.id.cmp(&row.id)) {
+                Ok(i) => self.rows[i] = row,
+                Err(_) => fresh.push(row),
+            }
         }
+        if !fresh.is_empty() {
+            self.rows.append(&mut fresh);
+            self.settle();
+        }
+    }
+
+    /// Sort by id, keep the last row of each id, and give back spare capacity.
+    fn settle(&mut self) {
+        self.rows.sort_by(|a, b| a.id.cmp(&b.id)); // stable: equal ids keep their order
+        self.rows.reverse();
+        self.rows.dedup_by(|later, kept| later.id == kept.id);
+        self.rows.reverse();
+        if self.rows.capacity() > self.rows.len() + self.rows.len() / 4 + 4 {
+            self.rows.shrink_to_fit();
+        }
+    }
+}
+
+impl FromIterator<Tracked> for TrackedSet {
+    fn from_iter<I: IntoIterator<Item = Tracked>>(rows: I) -> Self {
+        let mut set = TrackedSet {
+            rows: rows
+                .into_iter()
+                .map(|mut r| {
+                    r.raw.compact();
+                    r
+                })
+                .collect(),
+        };
+        set.settle();
+        set
+    }
+}
+
+impl Index<&str> for TrackedSet {
+    type Output = Tracked;
+
+    fn index(&self, id: &str) -> &Tracked {
+        self.get(id)
+            .unwrap_or_else(|| panic!("no tracked checkpoint {id:?}"))
     }
 }
 
@@ -127,12 +207,12 @@ pub fn diff(
         let class = SyncClass::of(c.sync_status.as_deref());
         let Some(p) = prev.checkpoints.get(&c.id) else {
             let mut row = Tracked {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                run_id: c.run_id.clone(),
+                id: c.id.as_str().into(),
+                name: c.name.as_str().into(),
+                run_id: c.run_id.as_str().into(),
                 target: c.target,
-                sync_status: c.sync_status.clone(),
-                created_at: c.created_at.clone(),
+                sync_status: c.sync_status.as_deref().map(Into::into),
+                created_at: c.created_at.as_str().into(),
                 first_seen_at: now,
                 completed: class == SyncClass::Complete,
                 stalled: false,
@@ -140,7 +220,7 @@ pub fn diff(
                 deleted: false,
                 deleted_reported: false,
                 seq: 0,
-                raw: c.raw.clone(),
+                raw: Raw::Text(c.raw.clone()),
             };
             if !silent {
                 push(
@@ -174,12 +254,12 @@ pub fn diff(
         row.deleted = false;
         let stale = p.completed && class != SyncClass::Complete;
         if !stale {
-            row.name = c.name.clone();
-            row.created_at = c.created_at.clone();
-            row.raw = c.raw.clone();
-            row.sync_status = c.sync_status.clone();
-            if p.sync_status != c.sync_status {
-                let before = p.sync_status.clone();
+            row.name = c.name.as_str().into();
+            row.created_at = c.created_at.as_str().into();
+            row.raw = Raw::Text(c.raw.clone());
+            row.sync_status = c.sync_status.as_deref().map(Into::into);
+            if p.sync_status.as_deref() != c.sync_status.as_deref() {
+                let before = p.sync_status.as_deref().map(str::to_string);
                 if class == SyncClass::Complete {
                     if !p.completed {
                         row.completed = true;
@@ -214,7 +294,7 @@ pub fn diff(
             && now - row.first_seen_at >= after
         {
             row.stalled = true;
-            let before = row.sync_status.clone();
+            let before = row.sync_status.as_deref().map(str::to_string);
             let took = seconds_since(row.first_seen_at, now);
             push(
                 &mut out,
@@ -245,7 +325,7 @@ pub fn diff(
             row.deleted = true;
             if !row.deleted_reported {
                 row.deleted_reported = true;
-                let before = row.sync_status.clone();
+                let before = row.sync_status.as_deref().map(str::to_string);
                 push(
                     &mut out,
                     target,
@@ -267,10 +347,10 @@ pub fn diff(
 fn unchanged(p: &Tracked, c: &Checkpoint, now: DateTime<Utc>, opts: &DiffOptions) -> bool {
     p.missing == 0
         && !p.deleted
-        && p.sync_status == c.sync_status
-        && p.raw == c.raw
-        && p.name == c.name
-        && p.created_at == c.created_at
+        && p.sync_status.as_deref() == c.sync_status.as_deref()
+        && p.name == c.name.as_str()
+        && p.created_at == c.created_at.as_str()
+        && p.raw.matches(&c.raw)
         && !opts
             .stalled_after
             .is_some_and(|after| !p.completed && !p.stalled && now - p.first_seen_at >= after)
@@ -294,16 +374,18 @@ fn push(
         id: event_id(target, &row.id, row.first_seen_at, row.seq),
         kind,
         target: target.to_string(),
-        checkpoint_id: row.id.clone(),
-        checkpoint_name: row.name.clone(),
-        run_id: row.run_id.clone(),
+        checkpoint_id: row.id.to_string(),
+        checkpoint_name: row.name.to_string(),
+        run_id: row.run_id.to_string(),
         checkpoint_target: row.target,
         detected_at: now,
         previous_sync_status: previous,
-        sync_status: row.sync_status.clone(),
+        sync_status: row.sync_status.as_deref().map(str::to_string),
         first_seen_at: row.first_seen_at,
         sync_seconds,
-        checkpoint: row.raw.clone(),
+        // Empty when only the digest is held (a checkpoint gone from the listing): the
+        // poller fills it in from the store before the event goes anywhere.
+        checkpoint: row.raw.text().unwrap_or_default().to_string(),
     });
     row.seq += 1;
 }

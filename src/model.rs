@@ -5,6 +5,7 @@
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use compact_str::CompactString;
 use serde::Serialize;
 
 /// Whether a checkpoint is servable weights (`sampler`) or full training state (`trainer`).
@@ -122,14 +123,18 @@ pub fn checkpoint_uri(run_id: &str, target: CheckpointTarget, name: &str) -> Str
 }
 
 /// What the daemon remembers about one checkpoint of one target between polls.
+///
+/// Sized for fleets (10,000 targets x 50 checkpoints in ~100 MB): the short strings live
+/// inline ([`CompactString`], up to 24 bytes without a heap allocation) and the upstream
+/// object is held as text only on its way to the store ([`Raw`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tracked {
-    pub id: String,
-    pub name: String,
-    pub run_id: String,
+    pub id: CompactString,
+    pub name: CompactString,
+    pub run_id: CompactString,
     pub target: CheckpointTarget,
-    pub sync_status: Option<String>,
-    pub created_at: String,
+    pub sync_status: Option<CompactString>,
+    pub created_at: CompactString,
     pub first_seen_at: DateTime<Utc>,
     /// Set once `completed` was emitted or the checkpoint was recorded complete; never cleared.
     pub completed: bool,
@@ -143,7 +148,63 @@ pub struct Tracked {
     pub deleted_reported: bool,
     /// Events emitted for this checkpoint so far; part of every event id.
     pub seq: u32,
-    pub raw: String,
+    pub raw: Raw,
+}
+
+/// A checkpoint's upstream object as last received: its text on the way from a listing to
+/// the store, then only a digest of it in memory (the store keeps the text; a `deleted`
+/// event, the one that needs it later, reads it back from there).
+#[derive(Clone, Debug)]
+pub enum Raw {
+    Text(String),
+    /// XXH3-64 of the text.
+    Digest(u64),
+}
+
+impl Raw {
+    pub fn digest_of(text: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    }
+
+    pub fn digest(&self) -> u64 {
+        match self {
+            Raw::Text(t) => Raw::digest_of(t),
+            Raw::Digest(d) => *d,
+        }
+    }
+
+    /// The text, when it is held.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Raw::Text(t) => Some(t),
+            Raw::Digest(_) => None,
+        }
+    }
+
+    /// Whether `text` is this object.
+    pub fn matches(&self, text: &str) -> bool {
+        match self {
+            Raw::Text(t) => t == text,
+            Raw::Digest(d) => *d == Raw::digest_of(text),
+        }
+    }
+
+    /// Keep only the digest.
+    pub fn compact(&mut self) {
+        if let Raw::Text(t) = self {
+            *self = Raw::Digest(Raw::digest_of(t));
+        }
+    }
+}
+
+/// Two texts compare as text; otherwise by digest.
+impl PartialEq for Raw {
+    fn eq(&self, other: &Raw) -> bool {
+        match (self, other) {
+            (Raw::Text(a), Raw::Text(b)) => a == b,
+            _ => self.digest() == other.digest(),
+        }
+    }
 }
 
 impl Tracked {

@@ -104,6 +104,18 @@ impl Poller {
         fence: Option<Fence>,
     ) -> Result<PollReport, PollError> {
         let _permit = self.permits.acquire().await.expect("never closed");
+        // Boxed: the poll's future (HTTP, decode, store) exists only while it runs, so a
+        // waiting target costs a small future, not a poll's worth, times 10,000 targets.
+        Box::pin(self.poll_now(t, state, dry_run, fence)).await
+    }
+
+    async fn poll_now(
+        &self,
+        t: &TargetConfig,
+        state: &mut TargetState,
+        dry_run: bool,
+        fence: Option<Fence>,
+    ) -> Result<PollReport, PollError> {
         let name = t.name.as_str();
         let start = Instant::now();
         let result = self.client.fetch(&t.filter).await;
@@ -154,7 +166,18 @@ impl Poller {
                 "the target's filter changed; taking a new baseline");
             *state = TargetState::default();
         }
-        let d = diff::diff(name, state, &listing, now, &self.diff_options());
+        let mut d = diff::diff(name, state, &listing, now, &self.diff_options());
+        // The state holds digests only; an event about a checkpoint gone from the listing
+        // carries its last stored object.
+        for e in d.events.iter_mut().filter(|e| e.checkpoint.is_empty()) {
+            match self.store.checkpoint_raw(name, &e.checkpoint_id).await {
+                Ok(raw) => e.checkpoint = raw.unwrap_or_default(),
+                Err(e) => {
+                    self.metrics.target(name).poll(PollOutcome::Error);
+                    return Err(e.into());
+                }
+            }
+        }
         let wrote = d.writes() && !dry_run;
         if wrote {
             let sinks = d
@@ -291,11 +314,17 @@ pub fn next_wait(
 }
 
 impl Poller {
-    /// The loop of one target until `token` is cancelled. Cancellation is observed only
-    /// between polls, never in the middle of a commit.
-    pub async fn run_target(&self, t: TargetConfig, token: CancellationToken, beat: Heartbeat) {
+    /// The loop of one target until `token` is cancelled, starting from `state` when the
+    /// caller loaded it (else the loop loads it). Cancellation is observed only between
+    /// polls, never in the middle of a commit.
+    pub async fn run_target(
+        &self,
+        t: TargetConfig,
+        mut state: Option<TargetState>,
+        token: CancellationToken,
+        beat: Heartbeat,
+    ) {
         let name = t.name.clone();
-        let mut state: Option<TargetState> = None;
         let mut failures: u32 = 0;
         let mut held: Option<Fence> = None;
         // Consecutive successful polls that changed nothing (adaptive polling).

@@ -246,6 +246,31 @@ async fn injected_faults_change_no_state_and_emit_nothing() {
     assert_eq!(events[0].kind, "checkpoint.completed");
 }
 
+/// The in-memory state keeps a digest of each checkpoint's object, not its text: a
+/// `deleted` event still carries the last object stored for it.
+#[tokio::test]
+async fn a_deleted_event_carries_the_last_known_object() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    h.set_field(&id, "note", serde_json::json!("kept from the last listing"));
+    let cfg = env.write_config(TARGET);
+    assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
+    h.remove(&id);
+    // delete_after_missing_polls = 2: the first listing without it counts, the second deletes.
+    assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
+    let out = env.run(&cfg, &["once", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = stdout(&out);
+    let event: serde_json::Value = serde_json::from_str(line.trim()).expect("one event line");
+    assert_eq!(event["type"], "checkpoint.deleted");
+    assert_eq!(event["data"]["checkpoint"]["id"], id.as_str());
+    assert_eq!(
+        event["data"]["checkpoint"]["note"],
+        "kept from the last listing"
+    );
+}
+
 #[tokio::test]
 async fn checkpoints_lists_live_in_table_and_json() {
     let env = Env::new().await;

@@ -295,6 +295,26 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(dump.len(), 1);
     assert_eq!(dump[0].checkpoints.len(), 3);
     assert_eq!(dump[0].filter, "run_id=r");
+
+    // Loading many targets at once gives what loading each gives.
+    let names = ["t", "other", "t"];
+    let all = s.load_targets(&names).await.unwrap();
+    for (name, state) in names.iter().zip(&all) {
+        assert_eq!(state, &s.load_target(name).await.unwrap(), "{name}");
+    }
+    // A checkpoint gone from the listing is written without its object (memory holds only
+    // a digest): the stored object stays, and is what a `deleted` event will carry.
+    let before = s.checkpoint_raw("t", "3").await.unwrap().expect("stored");
+    assert_eq!(before, ck("3", "r2", None).raw);
+    let fewer = [
+        ck("1", "r1", Some("COMPLETE")),
+        ck("2", "r1", Some("COMPLETED")),
+    ];
+    assert_eq!(poll(s, "t", &fewer, None).await.unwrap(), 0);
+    let state = s.load_target("t").await.unwrap();
+    assert_eq!(state.checkpoints["3"].missing, 1);
+    assert_eq!(s.checkpoint_raw("t", "3").await.unwrap(), Some(before));
+    assert_eq!(s.checkpoint_raw("t", "nope").await.unwrap(), None);
 }
 
 #[tokio::test]

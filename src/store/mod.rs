@@ -199,8 +199,23 @@ pub enum Redeliver {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The persisted state of a target (empty and not baselined if never seen).
+    /// The persisted state of a target (empty and not baselined if never seen). Rows hold
+    /// the digest of their upstream object, not its text.
     async fn load_target(&self, name: &str) -> Result<TargetState>;
+
+    /// The states of several targets, in the order of `names` (what a daemon needs at
+    /// start); a backend may read them all at once.
+    async fn load_targets(&self, names: &[&str]) -> Result<Vec<TargetState>> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            out.push(self.load_target(name).await?);
+        }
+        Ok(out)
+    }
+
+    /// The upstream object of a tracked checkpoint as last stored (the text a `deleted`
+    /// event carries; the in-memory state keeps only its digest).
+    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>>;
 
     /// Commit a poll's state changes, events and deliveries in one transaction. Returns
     /// the stored events (with their sequence numbers).

@@ -15,7 +15,7 @@ use super::{
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, ms_to_time,
 };
 use crate::diff::TargetState;
-use crate::model::{CheckpointTarget, Tracked};
+use crate::model::{CheckpointTarget, Raw, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -47,16 +47,18 @@ impl PgStore {
     }
 }
 
-fn tracked_from_row(r: &PgRow) -> Result<Tracked> {
-    let target: String = r.try_get("checkpoint_target")?;
+/// A checkpoints row; `raw` as text only with `keep_raw` (else its digest).
+fn tracked_from_row(r: &PgRow, keep_raw: bool) -> Result<Tracked> {
+    let target: &str = r.try_get("checkpoint_target")?;
+    let raw: &str = r.try_get("raw")?;
     Ok(Tracked {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        run_id: r.try_get("run_id")?,
-        target: CheckpointTarget::parse(&target)
+        id: r.try_get::<&str, _>("id")?.into(),
+        name: r.try_get::<&str, _>("name")?.into(),
+        run_id: r.try_get::<&str, _>("run_id")?.into(),
+        target: CheckpointTarget::parse(target)
             .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
-        sync_status: r.try_get("sync_status")?,
-        created_at: r.try_get("created_at")?,
+        sync_status: r.try_get::<Option<&str>, _>("sync_status")?.map(Into::into),
+        created_at: r.try_get::<&str, _>("created_at")?.into(),
         first_seen_at: ms_to_time(r.try_get("first_seen_at")?),
         completed: r.try_get("completed")?,
         stalled: r.try_get("stalled")?,
@@ -64,7 +66,11 @@ fn tracked_from_row(r: &PgRow) -> Result<Tracked> {
         deleted: r.try_get("deleted")?,
         deleted_reported: r.try_get("deleted_reported")?,
         seq: r.try_get::<i64, _>("seq")? as u32,
-        raw: r.try_get("raw")?,
+        raw: if keep_raw {
+            Raw::Text(raw.to_string())
+        } else {
+            Raw::Digest(Raw::digest_of(raw))
+        },
     })
 }
 
@@ -97,16 +103,25 @@ impl Store for PgStore {
             .bind(name)
             .fetch_all(&self.pool)
             .await?;
-        let mut state = TargetState {
+        Ok(TargetState {
             baselined: filter.is_some(),
             filter,
+            checkpoints: rows
+                .iter()
+                .map(|r| tracked_from_row(r, false))
+                .collect::<Result<_>>()?,
             ..TargetState::default()
-        };
-        for r in &rows {
-            let t = tracked_from_row(r)?;
-            state.checkpoints.insert(t.id.clone(), t);
-        }
-        Ok(state)
+        })
+    }
+
+    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT raw FROM checkpoints WHERE target = $1 AND id = $2")
+                .bind(target)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
@@ -147,32 +162,46 @@ impl Store for PgStore {
                 .await?;
         }
         for t in &c.diff.updates {
-            sqlx::query(
-                "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
-                    first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                 ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
-                    checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
-                    created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                    completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                    deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
-                    seq = excluded.seq, raw = excluded.raw",
-            )
-            .bind(c.target)
-            .bind(&t.id)
-            .bind(&t.name)
-            .bind(&t.run_id)
-            .bind(t.target.as_str())
-            .bind(&t.sync_status)
-            .bind(&t.created_at)
-            .bind(t.first_seen_at.timestamp_millis())
-            .bind(t.completed)
-            .bind(t.stalled)
-            .bind(i64::from(t.missing))
-            .bind(t.deleted)
-            .bind(t.deleted_reported)
-            .bind(i64::from(t.seq))
-            .bind(&t.raw)
+            // A row without its text (a checkpoint absent from the listing) keeps the
+            // stored one.
+            let sql = match t.raw.text() {
+                Some(_) => {
+                    "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
+                        first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                     ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
+                        checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
+                        created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
+                        completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
+                        deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
+                        seq = excluded.seq, raw = excluded.raw"
+                }
+                None => {
+                    "UPDATE checkpoints SET name = $3, run_id = $4, checkpoint_target = $5,
+                        sync_status = $6, created_at = $7, first_seen_at = $8, completed = $9,
+                        stalled = $10, missing = $11, deleted = $12, deleted_reported = $13, seq = $14
+                     WHERE target = $1 AND id = $2"
+                }
+            };
+            let q = sqlx::query(sql)
+                .bind(c.target)
+                .bind(t.id.as_str())
+                .bind(t.name.as_str())
+                .bind(t.run_id.as_str())
+                .bind(t.target.as_str())
+                .bind(t.sync_status.as_deref())
+                .bind(t.created_at.as_str())
+                .bind(t.first_seen_at.timestamp_millis())
+                .bind(t.completed)
+                .bind(t.stalled)
+                .bind(i64::from(t.missing))
+                .bind(t.deleted)
+                .bind(t.deleted_reported)
+                .bind(i64::from(t.seq));
+            match t.raw.text() {
+                Some(raw) => q.bind(raw),
+                None => q,
+            }
             .execute(&mut *tx)
             .await?;
         }
@@ -429,7 +458,7 @@ impl Store for PgStore {
                     .await?;
             let checkpoints = rows
                 .iter()
-                .map(tracked_from_row)
+                .map(|r| tracked_from_row(r, true))
                 .collect::<Result<Vec<_>>>()?;
             out.push(TargetDump {
                 name,

@@ -1,10 +1,12 @@
 //! The default store: one SQLite file in WAL mode, migrations embedded in the binary.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -16,7 +18,7 @@ use super::{
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, ms_to_time,
 };
 use crate::diff::TargetState;
-use crate::model::{CheckpointTarget, Tracked};
+use crate::model::{CheckpointTarget, Raw, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -50,24 +52,36 @@ impl SqliteStore {
     }
 }
 
-fn tracked_from_row(r: &SqliteRow) -> Result<Tracked> {
-    let target: String = r.try_get("checkpoint_target")?;
+/// The columns [`tracked_from_row`] reads, in its order (it reads by index: sqlx looks a
+/// column name up by scanning, which a 500,000-row load notices).
+const TRACKED_COLUMNS: &str = "id, name, run_id, checkpoint_target, sync_status, created_at,
+    first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw";
+
+/// A checkpoints row whose [`TRACKED_COLUMNS`] start at column `at`; `raw` as text only
+/// with `keep_raw` (else its digest).
+fn tracked_from_row(r: &SqliteRow, at: usize, keep_raw: bool) -> Result<Tracked> {
+    let target: &str = r.try_get(at + 3)?;
+    let raw: &str = r.try_get(at + 13)?;
     Ok(Tracked {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        run_id: r.try_get("run_id")?,
-        target: CheckpointTarget::parse(&target)
+        id: r.try_get::<&str, _>(at)?.into(),
+        name: r.try_get::<&str, _>(at + 1)?.into(),
+        run_id: r.try_get::<&str, _>(at + 2)?.into(),
+        target: CheckpointTarget::parse(target)
             .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
-        sync_status: r.try_get("sync_status")?,
-        created_at: r.try_get("created_at")?,
-        first_seen_at: ms_to_time(r.try_get("first_seen_at")?),
-        completed: r.try_get("completed")?,
-        stalled: r.try_get("stalled")?,
-        missing: r.try_get::<i64, _>("missing")? as u32,
-        deleted: r.try_get("deleted")?,
-        deleted_reported: r.try_get("deleted_reported")?,
-        seq: r.try_get::<i64, _>("seq")? as u32,
-        raw: r.try_get("raw")?,
+        sync_status: r.try_get::<Option<&str>, _>(at + 4)?.map(Into::into),
+        created_at: r.try_get::<&str, _>(at + 5)?.into(),
+        first_seen_at: ms_to_time(r.try_get(at + 6)?),
+        completed: r.try_get(at + 7)?,
+        stalled: r.try_get(at + 8)?,
+        missing: r.try_get::<i64, _>(at + 9)? as u32,
+        deleted: r.try_get(at + 10)?,
+        deleted_reported: r.try_get(at + 11)?,
+        seq: r.try_get::<i64, _>(at + 12)? as u32,
+        raw: if keep_raw {
+            Raw::Text(raw.to_string())
+        } else {
+            Raw::Digest(Raw::digest_of(raw))
+        },
     })
 }
 
@@ -96,20 +110,80 @@ impl Store for SqliteStore {
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?;
-        let rows = sqlx::query("SELECT * FROM checkpoints WHERE target = ?")
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut state = TargetState {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TRACKED_COLUMNS} FROM checkpoints WHERE target = ?"
+        )))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(TargetState {
             baselined: filter.is_some(),
             filter,
+            checkpoints: rows
+                .iter()
+                .map(|r| tracked_from_row(r, 0, false))
+                .collect::<Result<_>>()?,
             ..TargetState::default()
-        };
-        for r in &rows {
-            let t = tracked_from_row(r)?;
-            state.checkpoints.insert(t.id.clone(), t);
+        })
+    }
+
+    /// One read of the whole state, not one query per target.
+    async fn load_targets(&self, names: &[&str]) -> Result<Vec<TargetState>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let filters: HashMap<String, String> =
+            sqlx::query_as::<_, (String, String)>("SELECT name, filter FROM targets")
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+        // The first position of each name (a repeated name gets a copy at the end).
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            index.entry(n).or_insert(i);
         }
-        Ok(state)
+        let mut rows: Vec<Vec<Tracked>> = names.iter().map(|_| Vec::new()).collect();
+        let mut stream = sqlx::query(AssertSqlSafe(format!(
+            "SELECT target, {TRACKED_COLUMNS} FROM checkpoints"
+        )))
+        .fetch(&mut *tx);
+        while let Some(r) = stream.try_next().await? {
+            let Some(&i) = index.get(r.try_get::<&str, _>(0)?) else {
+                continue; // a target no longer configured
+            };
+            rows[i].push(tracked_from_row(&r, 1, false)?);
+        }
+        drop(stream);
+        tx.commit().await?;
+        let mut states: Vec<TargetState> = names
+            .iter()
+            .zip(rows)
+            .map(|(name, rows)| {
+                let filter = filters.get(*name).cloned();
+                TargetState {
+                    baselined: filter.is_some(),
+                    filter,
+                    checkpoints: rows.into_iter().collect(),
+                    ..TargetState::default()
+                }
+            })
+            .collect();
+        for (i, n) in names.iter().enumerate() {
+            if index[n] != i {
+                states[i] = states[index[n]].clone();
+            }
+        }
+        Ok(states)
+    }
+
+    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT raw FROM checkpoints WHERE target = ? AND id = ?")
+                .bind(target)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
@@ -132,32 +206,46 @@ impl Store for SqliteStore {
                 .await?;
         }
         for t in &c.diff.updates {
-            sqlx::query(
-                "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
-                    first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
-                    checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
-                    created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                    completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                    deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
-                    seq = excluded.seq, raw = excluded.raw",
-            )
-            .bind(c.target)
-            .bind(&t.id)
-            .bind(&t.name)
-            .bind(&t.run_id)
-            .bind(t.target.as_str())
-            .bind(&t.sync_status)
-            .bind(&t.created_at)
-            .bind(t.first_seen_at.timestamp_millis())
-            .bind(t.completed)
-            .bind(t.stalled)
-            .bind(i64::from(t.missing))
-            .bind(t.deleted)
-            .bind(t.deleted_reported)
-            .bind(i64::from(t.seq))
-            .bind(&t.raw)
+            // A row without its text (a checkpoint absent from the listing) keeps the
+            // stored one.
+            let sql = match t.raw.text() {
+                Some(_) => {
+                    "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
+                        first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
+                        checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
+                        created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
+                        completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
+                        deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
+                        seq = excluded.seq, raw = excluded.raw"
+                }
+                None => {
+                    "UPDATE checkpoints SET name = ?3, run_id = ?4, checkpoint_target = ?5,
+                        sync_status = ?6, created_at = ?7, first_seen_at = ?8, completed = ?9,
+                        stalled = ?10, missing = ?11, deleted = ?12, deleted_reported = ?13, seq = ?14
+                     WHERE target = ?1 AND id = ?2"
+                }
+            };
+            let q = sqlx::query(sql)
+                .bind(c.target)
+                .bind(t.id.as_str())
+                .bind(t.name.as_str())
+                .bind(t.run_id.as_str())
+                .bind(t.target.as_str())
+                .bind(t.sync_status.as_deref())
+                .bind(t.created_at.as_str())
+                .bind(t.first_seen_at.timestamp_millis())
+                .bind(t.completed)
+                .bind(t.stalled)
+                .bind(i64::from(t.missing))
+                .bind(t.deleted)
+                .bind(t.deleted_reported)
+                .bind(i64::from(t.seq));
+            match t.raw.text() {
+                Some(raw) => q.bind(raw),
+                None => q,
+            }
             .execute(&mut *tx)
             .await?;
         }
@@ -426,14 +514,15 @@ impl Store for SqliteStore {
                 .await?;
         let mut out = Vec::new();
         for (name, filter, at) in targets {
-            let rows =
-                sqlx::query("SELECT * FROM checkpoints WHERE target = ? ORDER BY created_at, id")
-                    .bind(&name)
-                    .fetch_all(&self.pool)
-                    .await?;
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {TRACKED_COLUMNS} FROM checkpoints WHERE target = ? ORDER BY created_at, id"
+            )))
+            .bind(&name)
+            .fetch_all(&self.pool)
+            .await?;
             let checkpoints = rows
                 .iter()
-                .map(tracked_from_row)
+                .map(|r| tracked_from_row(r, 0, true))
                 .collect::<Result<Vec<_>>>()?;
             out.push(TargetDump {
                 name,
