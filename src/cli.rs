@@ -84,10 +84,11 @@ pub async fn checkpoints(cfg: &Config, filter: Filter, output: Output) -> anyhow
 pub async fn once(cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
     let app = App::build(cfg, false).await?;
     let targets = app.config().targets.clone();
-    let polls = targets.iter().map(|t| {
-        let (store, poller) = (app.store.clone(), app.poller.clone());
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    let states: Vec<TargetState> = app.store.load_targets(&names).await?;
+    let polls = targets.iter().zip(states).map(|(t, mut state)| {
+        let poller = app.poller.clone();
         async move {
-            let mut state: TargetState = store.load_target(&t.name).await?;
             let report = poller.poll_target(t, &mut state, dry_run, None).await;
             anyhow::Ok((t.name.clone(), report))
         }

@@ -34,7 +34,8 @@ pub struct TargetState {
     /// The filter the baseline was taken with (`run_id=...`); `None` before the baseline.
     pub filter: Option<String>,
     pub checkpoints: TrackedSet,
-    /// A listing known to change nothing here (kept in memory only): see [`Settled`].
+    /// A listing known to change nothing here: see [`Settled`]. Stored with the state
+    /// when a commit leaves it settled, so a restart does not decode it again.
     pub settled: Option<Settled>,
 }
 

@@ -166,7 +166,8 @@ impl Poller {
                 "the target's filter changed; taking a new baseline");
             *state = TargetState::default();
         }
-        let mut d = diff::diff(name, state, &listing, now, &self.diff_options());
+        let opts = self.diff_options();
+        let mut d = diff::diff(name, state, &listing, now, &opts);
         // The state holds digests only; an event about a checkpoint gone from the listing
         // carries its last stored object.
         for e in d.events.iter_mut().filter(|e| e.checkpoint.is_empty()) {
@@ -179,6 +180,21 @@ impl Poller {
             }
         }
         let wrote = d.writes() && !dry_run;
+        // Whether this listing can still change the state it leaves behind: when it
+        // cannot, its digest is kept (with the state, when this poll writes) and the same
+        // body is not decoded again.
+        let (next, settled) = if wrote {
+            let mut next = state.clone();
+            next.apply(&d);
+            let again = diff::diff(name, &next, &listing, now, &opts);
+            let settled = !again.writes() && next.timeless(&opts);
+            (Some(next), settled.then_some(digest))
+        } else {
+            (
+                None,
+                (!d.writes() && state.timeless(&opts)).then_some(digest),
+            )
+        };
         if wrote {
             let sinks = d
                 .events
@@ -198,6 +214,7 @@ impl Poller {
                 sinks,
                 now,
                 fence,
+                settled,
             };
             if let Err(e) = self.store.commit_poll(commit).await {
                 let m = self.metrics.target(name);
@@ -217,15 +234,16 @@ impl Poller {
             );
         }
         if !dry_run {
-            state.apply(&d);
+            if let Some(next) = next {
+                *state = next;
+            }
             if d.baseline {
                 state.filter = Some(filter);
             }
-            state.settled =
-                (!d.writes() && state.timeless(&self.diff_options())).then_some(Settled {
-                    digest,
-                    checkpoints: listing.len(),
-                });
+            state.settled = settled.map(|digest| Settled {
+                digest,
+                checkpoints: listing.len(),
+            });
             self.observe(t, state, &d.events, start, true);
             if !d.events.is_empty()
                 && let Some(o) = &self.outbox

@@ -56,6 +56,7 @@ async fn poll(
             sinks,
             now: Utc::now(),
             fence,
+            settled: None,
         })
         .await?;
     Ok(n)
@@ -315,6 +316,24 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(state.checkpoints["3"].missing, 1);
     assert_eq!(s.checkpoint_raw("t", "3").await.unwrap(), Some(before));
     assert_eq!(s.checkpoint_raw("t", "nope").await.unwrap(), None);
+
+    // A commit keeps the digest of the listing its state settled on, or clears it.
+    let nothing = loopwatch::diff::Diff::default();
+    let settle = |settled| PollCommit {
+        target: "t",
+        filter: "run_id=r",
+        diff: &nothing,
+        sinks: Vec::new(),
+        now: Utc::now(),
+        fence: None,
+        settled,
+    };
+    s.commit_poll(settle(Some(u128::MAX - 7))).await.unwrap();
+    let kept = s.load_target("t").await.unwrap().settled.expect("kept");
+    assert_eq!((kept.digest, kept.checkpoints), (u128::MAX - 7, 3));
+    assert_eq!(s.load_targets(&["t"]).await.unwrap()[0].settled, Some(kept));
+    s.commit_poll(settle(None)).await.unwrap();
+    assert_eq!(s.load_target("t").await.unwrap().settled, None);
 }
 
 #[tokio::test]

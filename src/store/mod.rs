@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::diff::{Diff, TargetState};
+use crate::diff::{Diff, Settled, TargetState, TrackedSet};
 use crate::model::{CheckpointTarget, Event, EventType, Tracked};
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +162,11 @@ pub struct PollCommit<'a> {
     pub now: DateTime<Utc>,
     /// With several replicas: commit only while this lease is still held.
     pub fence: Option<Fence>,
+    /// The digest of the listing this poll diffed, when the state after this commit
+    /// agrees with that listing for good ([`crate::diff::Settled`]); kept with the state
+    /// (and cleared by a commit without it), so that after a restart the same listing is
+    /// not decoded again.
+    pub settled: Option<u128>,
 }
 
 /// A lease held by this replica: (owner, epoch) must still match at commit.
@@ -206,11 +211,7 @@ pub trait Store: Send + Sync + 'static {
     /// The states of several targets, in the order of `names` (what a daemon needs at
     /// start); a backend may read them all at once.
     async fn load_targets(&self, names: &[&str]) -> Result<Vec<TargetState>> {
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            out.push(self.load_target(name).await?);
-        }
-        Ok(out)
+        futures_util::future::try_join_all(names.iter().map(|n| self.load_target(n))).await
     }
 
     /// The upstream object of a tracked checkpoint as last stored (the text a `deleted`
@@ -298,6 +299,34 @@ pub(crate) fn fold_backlog(rows: Vec<(String, String, i64, i64)>) -> Vec<SinkBac
         }
     }
     out
+}
+
+/// A target's state from its stored parts: the `targets` row (filter and settled
+/// listing digest, if baselined) and its checkpoints.
+pub(crate) fn target_state(
+    target_row: Option<(String, Option<String>)>,
+    checkpoints: TrackedSet,
+) -> TargetState {
+    let (filter, digest) = target_row.unzip();
+    let settled = digest
+        .flatten()
+        .and_then(|d| u128::from_str_radix(&d, 16).ok())
+        .map(|digest| Settled {
+            digest,
+            // A settled listing lists exactly the live checkpoints.
+            checkpoints: checkpoints.values().filter(|c| !c.deleted).count(),
+        });
+    TargetState {
+        baselined: filter.is_some(),
+        filter,
+        checkpoints,
+        settled,
+    }
+}
+
+/// How [`PollCommit::settled`] is stored.
+pub(crate) fn digest_text(d: Option<u128>) -> Option<String> {
+    d.map(|d| format!("{d:032x}"))
 }
 
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {

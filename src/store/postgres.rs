@@ -94,8 +94,8 @@ const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.c
 #[async_trait]
 impl Store for PgStore {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
-        let filter: Option<String> =
-            sqlx::query_scalar("SELECT filter FROM targets WHERE name = $1")
+        let target_row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT filter, listing_digest FROM targets WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -103,15 +103,11 @@ impl Store for PgStore {
             .bind(name)
             .fetch_all(&self.pool)
             .await?;
-        Ok(TargetState {
-            baselined: filter.is_some(),
-            filter,
-            checkpoints: rows
-                .iter()
-                .map(|r| tracked_from_row(r, false))
-                .collect::<Result<_>>()?,
-            ..TargetState::default()
-        })
+        let checkpoints = rows
+            .iter()
+            .map(|r| tracked_from_row(r, false))
+            .collect::<Result<_>>()?;
+        Ok(super::target_state(target_row, checkpoints))
     }
 
     async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
@@ -205,6 +201,11 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query("UPDATE targets SET listing_digest = $1 WHERE name = $2")
+            .bind(super::digest_text(c.settled))
+            .bind(c.target)
+            .execute(&mut *tx)
+            .await?;
         let mut stored = Vec::with_capacity(c.diff.events.len());
         for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
             let body = e.standard_body();
