@@ -8,11 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
 
 use super::{
     AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
@@ -168,6 +169,178 @@ fn event_from_row(r: &SqliteRow) -> Result<StoredEvent> {
     })
 }
 
+/// One poll's state changes, events and deliveries in one transaction on `conn`.
+async fn commit_poll_on(
+    conn: &mut SqliteConnection,
+    c: PollCommit<'_>,
+) -> Result<Vec<StoredEvent>> {
+    let now = c.now.timestamp_millis();
+    let mut tx = conn.begin().await?;
+    if c.diff.baseline {
+        // A target baselined again (its filter changed) starts from nothing.
+        sqlx::query("DELETE FROM checkpoints WHERE target = ?")
+            .bind(c.target)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+                "INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
+            )
+                .bind(c.target)
+                .bind(c.filter)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+    }
+    for t in &c.diff.updates {
+        // A row without its text (a checkpoint absent from the listing) keeps the
+        // stored one.
+        let sql = match t.raw.text() {
+                Some(_) => {
+                    "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
+                        first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw,
+                        raw_digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                     ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
+                        checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
+                        created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
+                        completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
+                        deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
+                        seq = excluded.seq, raw = excluded.raw, raw_digest = excluded.raw_digest"
+                }
+                None => {
+                    "UPDATE checkpoints SET name = ?3, run_id = ?4, checkpoint_target = ?5,
+                        sync_status = ?6, created_at = ?7, first_seen_at = ?8, completed = ?9,
+                        stalled = ?10, missing = ?11, deleted = ?12, deleted_reported = ?13, seq = ?14
+                     WHERE target = ?1 AND id = ?2"
+                }
+            };
+        let q = sqlx::query(sql)
+            .bind(c.target)
+            .bind(t.id.as_str())
+            .bind(t.name.as_str())
+            .bind(t.run_id.as_str())
+            .bind(t.target.as_str())
+            .bind(t.sync_status.as_deref())
+            .bind(t.created_at.as_str())
+            .bind(t.first_seen_at.timestamp_millis())
+            .bind(t.completed)
+            .bind(t.stalled)
+            .bind(i64::from(t.missing))
+            .bind(t.deleted)
+            .bind(t.deleted_reported)
+            .bind(i64::from(t.seq));
+        match t.raw.text() {
+            Some(raw) => q.bind(raw).bind(Raw::digest_of(raw) as i64),
+            None => q,
+        }
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE targets SET listing_digest = ? WHERE name = ?")
+        .bind(super::digest_text(c.settled))
+        .bind(c.target)
+        .execute(&mut *tx)
+        .await?;
+    let mut stored = Vec::with_capacity(c.diff.events.len());
+    for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
+        let body = e.standard_body();
+        let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            )
+            .bind(&e.id)
+            .bind(e.kind.as_str())
+            .bind(&e.target)
+            .bind(&e.checkpoint_id)
+            .bind(&e.checkpoint_name)
+            .bind(&e.run_id)
+            .bind(e.checkpoint_target.as_str())
+            .bind(e.detected_at.timestamp_millis())
+            .bind(&body)
+            .fetch_one(&mut *tx)
+            .await?;
+        for sink in sinks {
+            sqlx::query(
+                    "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
+                     VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                )
+                .bind(seq)
+                .bind(*sink)
+                .bind(&e.run_id)
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut s = StoredEvent::from_event(seq, e);
+        s.body = body;
+        stored.push(s);
+    }
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// Makes a delivery pending again, due now (`?1` = now).
+const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, claimed_until = NULL, updated_at = ?1";
+
+/// Makes the deliveries named by delivery or event id pending again, in one transaction.
+async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) -> Result<u64> {
+    let mut tx = conn.begin().await?;
+    let mut n = 0;
+    for id in ids {
+        let q = if let Ok(num) = id.parse::<i64>() {
+            sqlx::query(AssertSqlSafe(format!("{REDELIVER} WHERE id = ?2")))
+                .bind(now)
+                .bind(num)
+        } else {
+            sqlx::query(AssertSqlSafe(format!(
+                "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = ?2)"
+            )))
+            .bind(now)
+            .bind(id.clone())
+        };
+        n += q.execute(&mut *tx).await?.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Deletes delivered deliveries and their events older than `cutoff`, in one transaction.
+async fn prune_on(conn: &mut SqliteConnection, cutoff: i64) -> Result<(u64, u64)> {
+    let mut tx = conn.begin().await?;
+
+    let deliveries =
+        sqlx::query("DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < ?1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    let events = sqlx::query(
+        "DELETE FROM events WHERE detected_at < ?1
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
+    )
+    .bind(cutoff)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok((deliveries, events))
+}
+
+/// Closes `conn` instead of returning it to the pool when a transaction on it failed.
+/// SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, SQLITE_IOERR),
+/// and sqlx then still counts it as open: its next BEGIN on that connection would be a
+/// SAVEPOINT, whose rollback leaves a transaction, and the write lock, open for good
+/// (every other writer then fails with "database is locked"). A fresh connection has
+/// no such history.
+fn discard_after_error<T>(conn: &mut PoolConnection<Sqlite>, r: &Result<T>) {
+    if r.is_err() {
+        conn.close_on_drop();
+    }
+}
+
 const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.checkpoint_name, e.run_id, e.checkpoint_target, e.detected_at, e.body";
 
 #[async_trait]
@@ -288,112 +461,10 @@ impl Store for SqliteStore {
     }
 
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
-        let now = c.now.timestamp_millis();
-        let mut tx = self.pool.begin().await?;
-        if c.diff.baseline {
-            // A target baselined again (its filter changed) starts from nothing.
-            sqlx::query("DELETE FROM checkpoints WHERE target = ?")
-                .bind(c.target)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?)
-                 ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
-            )
-                .bind(c.target)
-                .bind(c.filter)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for t in &c.diff.updates {
-            // A row without its text (a checkpoint absent from the listing) keeps the
-            // stored one.
-            let sql = match t.raw.text() {
-                Some(_) => {
-                    "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
-                        first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw,
-                        raw_digest)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-                     ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
-                        checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
-                        created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                        completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                        deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
-                        seq = excluded.seq, raw = excluded.raw, raw_digest = excluded.raw_digest"
-                }
-                None => {
-                    "UPDATE checkpoints SET name = ?3, run_id = ?4, checkpoint_target = ?5,
-                        sync_status = ?6, created_at = ?7, first_seen_at = ?8, completed = ?9,
-                        stalled = ?10, missing = ?11, deleted = ?12, deleted_reported = ?13, seq = ?14
-                     WHERE target = ?1 AND id = ?2"
-                }
-            };
-            let q = sqlx::query(sql)
-                .bind(c.target)
-                .bind(t.id.as_str())
-                .bind(t.name.as_str())
-                .bind(t.run_id.as_str())
-                .bind(t.target.as_str())
-                .bind(t.sync_status.as_deref())
-                .bind(t.created_at.as_str())
-                .bind(t.first_seen_at.timestamp_millis())
-                .bind(t.completed)
-                .bind(t.stalled)
-                .bind(i64::from(t.missing))
-                .bind(t.deleted)
-                .bind(t.deleted_reported)
-                .bind(i64::from(t.seq));
-            match t.raw.text() {
-                Some(raw) => q.bind(raw).bind(Raw::digest_of(raw) as i64),
-                None => q,
-            }
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("UPDATE targets SET listing_digest = ? WHERE name = ?")
-            .bind(super::digest_text(c.settled))
-            .bind(c.target)
-            .execute(&mut *tx)
-            .await?;
-        let mut stored = Vec::with_capacity(c.diff.events.len());
-        for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
-            let body = e.standard_body();
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-            )
-            .bind(&e.id)
-            .bind(e.kind.as_str())
-            .bind(&e.target)
-            .bind(&e.checkpoint_id)
-            .bind(&e.checkpoint_name)
-            .bind(&e.run_id)
-            .bind(e.checkpoint_target.as_str())
-            .bind(e.detected_at.timestamp_millis())
-            .bind(&body)
-            .fetch_one(&mut *tx)
-            .await?;
-            for sink in sinks {
-                sqlx::query(
-                    "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
-                     VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                )
-                .bind(seq)
-                .bind(*sink)
-                .bind(&e.run_id)
-                .bind(now)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            let mut s = StoredEvent::from_event(seq, e);
-            s.body = body;
-            stored.push(s);
-        }
-        tx.commit().await?;
-        Ok(stored)
+        let mut conn = self.pool.acquire().await?;
+        let r = commit_poll_on(&mut conn, c).await;
+        discard_after_error(&mut conn, &r);
+        r
     }
 
     async fn claim_due(
@@ -568,12 +639,11 @@ impl Store for SqliteStore {
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
         let now = now.timestamp_millis();
-        const SET: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, claimed_until = NULL, updated_at = ?1";
         let mut n = 0;
         match which {
             Redeliver::Dead { sink } => {
                 n += sqlx::query(AssertSqlSafe(format!(
-                    "{SET} WHERE status = 'dead' AND (?2 IS NULL OR sink = ?2)"
+                    "{REDELIVER} WHERE status = 'dead' AND (?2 IS NULL OR sink = ?2)"
                 )))
                 .bind(now)
                 .bind(sink.as_deref())
@@ -582,22 +652,10 @@ impl Store for SqliteStore {
                 .rows_affected();
             }
             Redeliver::Ids(ids) => {
-                let mut tx = self.pool.begin().await?;
-                for id in ids {
-                    let q = if let Ok(num) = id.parse::<i64>() {
-                        sqlx::query(AssertSqlSafe(format!("{SET} WHERE id = ?2")))
-                            .bind(now)
-                            .bind(num)
-                    } else {
-                        sqlx::query(AssertSqlSafe(format!(
-                            "{SET} WHERE event_seq = (SELECT seq FROM events WHERE id = ?2)"
-                        )))
-                        .bind(now)
-                        .bind(id.clone())
-                    };
-                    n += q.execute(&mut *tx).await?.rows_affected();
-                }
-                tx.commit().await?;
+                let mut conn = self.pool.acquire().await?;
+                let r = redeliver_ids(&mut conn, ids, now).await;
+                discard_after_error(&mut conn, &r);
+                n += r?;
             }
         }
         Ok(n)
@@ -652,24 +710,10 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
-        let cutoff = cutoff.timestamp_millis();
-        let mut tx = self.pool.begin().await?;
-        let deliveries =
-            sqlx::query("DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < ?1")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        let events = sqlx::query(
-            "DELETE FROM events WHERE detected_at < ?1
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
-        )
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok((deliveries, events))
+        let mut conn = self.pool.acquire().await?;
+        let r = prune_on(&mut conn, cutoff.timestamp_millis()).await;
+        discard_after_error(&mut conn, &r);
+        r
     }
 }
 
