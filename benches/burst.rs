@@ -8,7 +8,8 @@
 //! until every outcome is recorded). Floor: the same E bodies POSTed by a bare client,
 //! unsigned, no store, same concurrency, same receiver.
 //!
-//! `cargo bench --bench burst [-- --quick]`
+//! `cargo bench --bench burst [-- --quick]` (`--events-only` stops after the cycle, for
+//! profiling the commit path alone).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -38,7 +39,7 @@ struct Run {
     post_floor_s: f64,
 }
 
-async fn one(targets: usize, per: usize, receiver: &Receiver) -> Run {
+async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool) -> Run {
     let sim = SimApi::start(Some(API_KEY.into())).await.unwrap();
     let h = sim.handle();
     let mut ids = Vec::new();
@@ -82,10 +83,24 @@ async fn one(targets: usize, per: usize, receiver: &Receiver) -> Run {
     assert_eq!(cycle(&mut states).await, 0, "the baseline is silent");
 
     h.set_status_many(&ids, Some("COMPLETE"));
+    if std::env::var("BENCH_PAUSE").is_ok() {
+        // Time to attach a profiler to the commit.
+        eprintln!("burst: pid {} commits in 3 s", std::process::id());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let t0 = Instant::now();
     let events = cycle(&mut states).await;
     let commit_s = t0.elapsed().as_secs_f64();
     assert_eq!(events, targets * per, "one completed per checkpoint");
+    if events_only {
+        return Run {
+            events,
+            commit_s,
+            fetch_floor_s: f64::NAN,
+            deliver_s: f64::NAN,
+            post_floor_s: f64::NAN,
+        };
+    }
 
     // Fetch floor: the same GETs (now cached by the simulator either way).
     let http = reqwest::Client::new();
@@ -154,17 +169,23 @@ async fn one(targets: usize, per: usize, receiver: &Receiver) -> Run {
         }
     });
     let store = app.store.clone();
+    // The receiver's count first: the backlog query scans the outbox.
+    support::until(
+        Duration::from_secs(600),
+        Duration::from_millis(2),
+        async || receiver.count() - c0 >= events as u64,
+    )
+    .await;
     let done = support::until(
         Duration::from_secs(600),
-        Duration::from_millis(5),
+        Duration::from_millis(2),
         async || {
-            receiver.count() - c0 >= events as u64
-                && store
-                    .backlog()
-                    .await
-                    .unwrap()
-                    .iter()
-                    .all(|b| b.pending == 0)
+            store
+                .backlog()
+                .await
+                .unwrap()
+                .iter()
+                .all(|b| b.pending == 0)
         },
     )
     .await;
@@ -201,7 +222,8 @@ async fn bench(o: Opts) {
     let mut runs = Vec::new();
     for i in 0..o.runs {
         eprintln!("burst: run {}/{} ...", i + 1, o.runs);
-        runs.push(one(targets, per, &receiver).await);
+        let events_only = std::env::args().any(|a| a == "--events-only");
+        runs.push(one(targets, per, &receiver, events_only).await);
     }
     let e = runs[0].events as f64;
     let med = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());

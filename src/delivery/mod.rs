@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use rand::RngExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -224,9 +224,29 @@ impl Outbox {
         (c, r, start.elapsed())
     }
 
-    async fn record(&self, sink: &Sink, c: &Claimed, result: Result<u16, Failure>, took: Duration) {
-        let name = sink.name();
+    /// Record the outcomes of finished attempts, in one write.
+    async fn record(&self, sink: &Sink, done: Vec<(Claimed, Result<u16, Failure>, Duration)>) {
         let now = Utc::now();
+        let outcomes: Vec<(i64, AttemptOutcome)> = done
+            .into_iter()
+            .map(|(c, r, took)| (c.delivery_id, self.outcome(sink, &c, r, took, now)))
+            .collect();
+        if let Err(e) = self.store.record_attempts(&outcomes, now).await {
+            // The claims expire and the deliveries are retried: at-least-once holds.
+            error!(sink = sink.name(), deliveries = outcomes.len(), error = %e, "cannot record delivery outcomes");
+        }
+    }
+
+    /// What an attempt's result means, counted and logged.
+    fn outcome(
+        &self,
+        sink: &Sink,
+        c: &Claimed,
+        result: Result<u16, Failure>,
+        took: Duration,
+        now: DateTime<Utc>,
+    ) -> AttemptOutcome {
+        let name = sink.name();
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let outcome = decide(&result, c.attempts, &sink.cfg.retry_schedule, now, jitter);
         let attempt = c.attempts + 1;
@@ -255,14 +275,7 @@ impl Outbox {
             .deliveries
             .with_label_values(&[name, label])
             .inc();
-        if let Err(e) = self
-            .store
-            .record_attempt(c.delivery_id, &outcome, now)
-            .await
-        {
-            // The claim expires and the delivery is retried: at-least-once holds.
-            error!(sink = name, event_id = %ev.id, error = %e, "cannot record a delivery outcome");
-        }
+        outcome
     }
 
     /// The worker of one sink, until `token` is cancelled; then in-flight attempts get
@@ -306,7 +319,15 @@ impl Outbox {
                 }
             }
             tokio::select! {
-                Some((c, r, took)) = inflight.next() => self.record(&sink, &c, r, took).await,
+                Some(first) = inflight.next() => {
+                    // With every other attempt that has finished meanwhile: while one batch
+                    // is written, the next gathers (group commit without a timer).
+                    let mut done = vec![first];
+                    while let Some(Some(more)) = inflight.next().now_or_never() {
+                        done.push(more);
+                    }
+                    self.record(&sink, done).await;
+                }
                 _ = sink.notify.notified() => {}
                 _ = tokio::time::sleep(wait), if free > 0 => {}
                 _ = token.cancelled() => break,
@@ -322,8 +343,8 @@ impl Outbox {
             "waiting for in-flight deliveries"
         );
         let drain = async {
-            while let Some((c, r, took)) = inflight.next().await {
-                self.record(&sink, &c, r, took).await;
+            while let Some(done) = inflight.next().await {
+                self.record(&sink, vec![done]).await;
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
@@ -364,14 +385,14 @@ impl Outbox {
                     batch.into_iter().map(|c| self.attempt(sink, c)),
                 )
                 .await;
-                for (c, r, took) in results {
+                for (_, r, _) in &results {
                     if r.is_ok() {
                         s.delivered += 1;
                     } else {
                         s.failed += 1;
                     }
-                    self.record(sink, &c, r, took).await;
                 }
+                self.record(sink, results).await;
             }
             s
         });

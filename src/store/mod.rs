@@ -79,6 +79,11 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     pub fn from_event(seq: i64, e: &Event) -> Self {
+        StoredEvent::with_body(seq, e, e.standard_body())
+    }
+
+    /// With the `standard` body already built.
+    pub fn with_body(seq: i64, e: &Event, body: String) -> Self {
         StoredEvent {
             seq,
             id: e.id.clone(),
@@ -89,7 +94,7 @@ impl StoredEvent {
             run_id: e.run_id.clone(),
             checkpoint_target: e.checkpoint_target.as_str().into(),
             detected_at: e.detected_at,
-            body: e.standard_body(),
+            body,
         }
     }
 
@@ -236,12 +241,22 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest `next_attempt_at` of a pending delivery of `sink`.
     async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>>;
 
+    /// The outcomes of several attempts, written together (one transaction).
+    async fn record_attempts(
+        &self,
+        outcomes: &[(i64, AttemptOutcome)],
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
     async fn record_attempt(
         &self,
         delivery_id: i64,
         outcome: &AttemptOutcome,
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.record_attempts(&[(delivery_id, outcome.clone())], now)
+            .await
+    }
 
     /// Release every claim (a single-instance store does this at start: nobody else holds them).
     async fn release_claims(&self) -> Result<u64>;

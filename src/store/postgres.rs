@@ -264,7 +264,7 @@ impl Store for PgStore {
                       SELECT 1 FROM deliveries h
                       WHERE h.sink = d.sink AND h.run_id = d.run_id AND h.status = 'pending'
                         AND h.event_seq < d.event_seq))
-                ORDER BY d.event_seq
+                ORDER BY d.next_attempt_at, d.id
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED)
              UPDATE deliveries d SET claimed_until = $1 FROM due, events e
@@ -303,14 +303,16 @@ impl Store for PgStore {
         Ok(ms.map(ms_to_time))
     }
 
-    async fn record_attempt(
+    async fn record_attempts(
         &self,
-        id: i64,
-        outcome: &AttemptOutcome,
+        outcomes: &[(i64, AttemptOutcome)],
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now = now.timestamp_millis();
-        let q = match outcome {
+        let mut tx = self.pool.begin().await?;
+        for (id, outcome) in outcomes {
+            let id = *id;
+            let q = match outcome {
             AttemptOutcome::Delivered => sqlx::query(
                 "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
                     last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
@@ -335,7 +337,9 @@ impl Store for PgStore {
             .bind(status.map(i32::from))
             .bind(error.clone()),
         };
-        q.execute(&self.pool).await?;
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

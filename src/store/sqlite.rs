@@ -13,19 +13,25 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
 use super::{
     AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, ms_to_time,
 };
 use crate::diff::TargetState;
-use crate::model::{CheckpointTarget, Raw, Tracked};
+use crate::model::{CheckpointTarget, Event, Raw, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Held by every write. SQLite admits one writer at a time; connections of one process
+    /// that collide get SQLITE_BUSY, and its busy handler sleeps (1, 2, 5 ... 100 ms) with
+    /// no order among waiters, so under a burst a writer could starve past `busy_timeout`.
+    /// Queued here they take turns in order and nobody sleeps. (`busy_timeout` is left for
+    /// other processes: a `loopwatch deliveries redeliver` next to the daemon.)
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStore {
@@ -38,7 +44,17 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Pages read through a memory map (no read() per page missing from the cache)
+            // and 16 MiB of cache per connection instead of 2: a burst's inserts land on
+            // random pages of the event id index, and claims read the outbox's.
+            .pragma("mmap_size", "268435456")
+            .pragma("cache_size", "-16384")
+            // Statement journals (a multi-row insert's undo log) in memory, not temp files.
+            .pragma("temp_store", "memory")
+            // Copy the log into the database every ~40 MB instead of every ~4 MB: a burst
+            // rewrites the same index pages, and each checkpoint copies them again.
+            .pragma("wal_autocheckpoint", "10000");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -50,7 +66,10 @@ impl SqliteStore {
             .execute(&pool)
             .await
             .map_err(|e| StoreError::Open(format!("cannot write to {url}: {e}")))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writes: tokio::sync::Mutex::new(()),
+        })
     }
 }
 
@@ -169,7 +188,14 @@ fn event_from_row(r: &SqliteRow) -> Result<StoredEvent> {
     })
 }
 
+/// Rows per multi-row statement: 16 parameters a row stays far below SQLite's 32,766.
+const ROWS_PER_STATEMENT: usize = 500;
+
 /// One poll's state changes, events and deliveries in one transaction on `conn`.
+///
+/// Multi-row statements: sqlx hands every statement to the connection's thread and back
+/// (two thread wake-ups, ~20 us), so a burst of 100 completions in one listing is a few
+/// statements, not 300.
 async fn commit_poll_on(
     conn: &mut SqliteConnection,
     c: PollCommit<'_>,
@@ -183,57 +209,74 @@ async fn commit_poll_on(
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-                "INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?)
-                 ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
-            )
-                .bind(c.target)
-                .bind(c.filter)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            "INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
+        )
+        .bind(c.target)
+        .bind(c.filter)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
     }
-    for t in &c.diff.updates {
-        // A row without its text (a checkpoint absent from the listing) keeps the
-        // stored one.
-        let sql = match t.raw.text() {
-                Some(_) => {
-                    "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
-                        first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw,
-                        raw_digest)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-                     ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
-                        checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
-                        created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                        completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                        deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
-                        seq = excluded.seq, raw = excluded.raw, raw_digest = excluded.raw_digest"
-                }
-                None => {
-                    "UPDATE checkpoints SET name = ?3, run_id = ?4, checkpoint_target = ?5,
-                        sync_status = ?6, created_at = ?7, first_seen_at = ?8, completed = ?9,
-                        stalled = ?10, missing = ?11, deleted = ?12, deleted_reported = ?13, seq = ?14
-                     WHERE target = ?1 AND id = ?2"
-                }
-            };
-        let q = sqlx::query(sql)
-            .bind(c.target)
-            .bind(t.id.as_str())
-            .bind(t.name.as_str())
-            .bind(t.run_id.as_str())
-            .bind(t.target.as_str())
-            .bind(t.sync_status.as_deref())
-            .bind(t.created_at.as_str())
-            .bind(t.first_seen_at.timestamp_millis())
-            .bind(t.completed)
-            .bind(t.stalled)
-            .bind(i64::from(t.missing))
-            .bind(t.deleted)
-            .bind(t.deleted_reported)
-            .bind(i64::from(t.seq));
-        match t.raw.text() {
-            Some(raw) => q.bind(raw).bind(Raw::digest_of(raw) as i64),
-            None => q,
-        }
+    let (texts, bare): (Vec<&Tracked>, Vec<&Tracked>) =
+        c.diff.updates.iter().partition(|t| t.raw.text().is_some());
+    for chunk in texts.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status,
+                created_at, first_seen_at, completed, stalled, missing, deleted, deleted_reported,
+                seq, raw, raw_digest) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            let raw = t.raw.text().unwrap_or_default();
+            b.push_bind(c.target)
+                .push_bind(t.id.as_str())
+                .push_bind(t.name.as_str())
+                .push_bind(t.run_id.as_str())
+                .push_bind(t.target.as_str())
+                .push_bind(t.sync_status.as_deref())
+                .push_bind(t.created_at.as_str())
+                .push_bind(t.first_seen_at.timestamp_millis())
+                .push_bind(t.completed)
+                .push_bind(t.stalled)
+                .push_bind(i64::from(t.missing))
+                .push_bind(t.deleted)
+                .push_bind(t.deleted_reported)
+                .push_bind(i64::from(t.seq))
+                .push_bind(raw)
+                .push_bind(Raw::digest_of(raw) as i64);
+        });
+        q.push(
+            " ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
+                checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
+                created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
+                completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
+                deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
+                seq = excluded.seq, raw = excluded.raw, raw_digest = excluded.raw_digest",
+        );
+        q.build().persistent(false).execute(&mut *tx).await?;
+    }
+    // A row without its text (a checkpoint absent from the listing) keeps the stored one.
+    for t in bare {
+        sqlx::query(
+            "UPDATE checkpoints SET name = ?3, run_id = ?4, checkpoint_target = ?5,
+                sync_status = ?6, created_at = ?7, first_seen_at = ?8, completed = ?9,
+                stalled = ?10, missing = ?11, deleted = ?12, deleted_reported = ?13, seq = ?14
+             WHERE target = ?1 AND id = ?2",
+        )
+        .bind(c.target)
+        .bind(t.id.as_str())
+        .bind(t.name.as_str())
+        .bind(t.run_id.as_str())
+        .bind(t.target.as_str())
+        .bind(t.sync_status.as_deref())
+        .bind(t.created_at.as_str())
+        .bind(t.first_seen_at.timestamp_millis())
+        .bind(t.completed)
+        .bind(t.stalled)
+        .bind(i64::from(t.missing))
+        .bind(t.deleted)
+        .bind(t.deleted_reported)
+        .bind(i64::from(t.seq))
         .execute(&mut *tx)
         .await?;
     }
@@ -242,44 +285,66 @@ async fn commit_poll_on(
         .bind(c.target)
         .execute(&mut *tx)
         .await?;
-    let mut stored = Vec::with_capacity(c.diff.events.len());
-    for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
-        let body = e.standard_body();
-        let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-            )
-            .bind(&e.id)
-            .bind(e.kind.as_str())
-            .bind(&e.target)
-            .bind(&e.checkpoint_id)
-            .bind(&e.checkpoint_name)
-            .bind(&e.run_id)
-            .bind(e.checkpoint_target.as_str())
-            .bind(e.detected_at.timestamp_millis())
-            .bind(&body)
-            .fetch_one(&mut *tx)
-            .await?;
-        for sink in sinks {
-            sqlx::query(
-                    "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
-                     VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                )
-                .bind(seq)
-                .bind(*sink)
-                .bind(&e.run_id)
-                .bind(now)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+    let events = &c.diff.events;
+    let bodies: Vec<String> = events.iter().map(Event::standard_body).collect();
+    // One statement inserts its rows in order with consecutive `seq`s (AUTOINCREMENT, and
+    // nobody else writes inside this transaction): the last rowid tells them all.
+    let mut seqs: Vec<i64> = Vec::with_capacity(events.len());
+    let rows: Vec<(&Event, &String)> = events.iter().zip(&bodies).collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id,
+                checkpoint_target, detected_at, body) ",
+        );
+        q.push_values(chunk, |mut b, (e, body)| {
+            b.push_bind(e.id.as_str())
+                .push_bind(e.kind.as_str())
+                .push_bind(e.target.as_str())
+                .push_bind(e.checkpoint_id.as_str())
+                .push_bind(e.checkpoint_name.as_str())
+                .push_bind(e.run_id.as_str())
+                .push_bind(e.checkpoint_target.as_str())
+                .push_bind(e.detected_at.timestamp_millis())
+                .push_bind(body.as_str());
+        });
+        let done = q.build().persistent(false).execute(&mut *tx).await?;
+        if done.rows_affected() != chunk.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {} events inserted",
+                done.rows_affected(),
+                chunk.len()
+            )));
         }
-        let mut s = StoredEvent::from_event(seq, e);
-        s.body = body;
-        stored.push(s);
+        let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
+        seqs.extend((0..chunk.len() as i64).map(|k| first + k));
+    }
+    let mut deliveries: Vec<(i64, &str, &str)> = Vec::new();
+    for ((e, sinks), seq) in events.iter().zip(&c.sinks).zip(&seqs) {
+        deliveries.extend(sinks.iter().map(|sink| (*seq, *sink, e.run_id.as_str())));
+    }
+    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
+                created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut b, (seq, sink, run_id)| {
+            b.push_bind(*seq)
+                .push_bind(*sink)
+                .push_bind(*run_id)
+                .push_bind("pending")
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.build().persistent(false).execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(stored)
+    Ok(events
+        .iter()
+        .zip(bodies)
+        .zip(seqs)
+        .map(|((e, body), seq)| StoredEvent::with_body(seq, e, body))
+        .collect())
 }
 
 /// Makes a delivery pending again, due now (`?1` = now).
@@ -327,6 +392,47 @@ async fn prune_on(conn: &mut SqliteConnection, cutoff: i64) -> Result<(u64, u64)
     .rows_affected();
     tx.commit().await?;
     Ok((deliveries, events))
+}
+
+/// Every outcome in one transaction: one sync of the log for a batch, not one per delivery.
+async fn record_attempts_on(
+    conn: &mut SqliteConnection,
+    outcomes: &[(i64, AttemptOutcome)],
+    now: i64,
+) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    for (id, outcome) in outcomes {
+        let id = *id;
+
+        let q = match outcome {
+            AttemptOutcome::Delivered => sqlx::query(
+                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
+                    last_status = NULL, last_error = NULL, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id),
+            AttemptOutcome::Retry { next, status, error } => sqlx::query(
+                "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = ?3,
+                    last_status = ?4, last_error = ?5, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(next.timestamp_millis())
+            .bind(status.map(i64::from))
+            .bind(error.clone()),
+            AttemptOutcome::Dead { status, error } => sqlx::query(
+                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
+                    last_status = ?3, last_error = ?4, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(status.map(i64::from))
+            .bind(error.clone()),
+        };
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Closes `conn` instead of returning it to the pool when a transaction on it failed.
@@ -461,6 +567,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
+        let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
         let r = commit_poll_on(&mut conn, c).await;
         discard_after_error(&mut conn, &r);
@@ -477,6 +584,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Claimed>> {
         let now_ms = now.timestamp_millis();
         let until = now_ms + lease.as_millis() as i64;
+        let turn = self.writes.lock().await;
         let ids: Vec<(i64, i64, i64)> = sqlx::query_as(
             "UPDATE deliveries SET claimed_until = ?1
              WHERE id IN (
@@ -487,7 +595,7 @@ impl Store for SqliteStore {
                       SELECT 1 FROM deliveries h
                       WHERE h.sink = d.sink AND h.run_id = d.run_id AND h.status = 'pending'
                         AND h.event_seq < d.event_seq))
-                ORDER BY d.event_seq
+                ORDER BY d.next_attempt_at, d.id
                 LIMIT ?4)
              RETURNING id, attempts, created_at",
         )
@@ -498,6 +606,7 @@ impl Store for SqliteStore {
         .bind(ordered)
         .fetch_all(&self.pool)
         .await?;
+        drop(turn);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -540,43 +649,20 @@ impl Store for SqliteStore {
         Ok(ms.map(ms_to_time))
     }
 
-    async fn record_attempt(
+    async fn record_attempts(
         &self,
-        id: i64,
-        outcome: &AttemptOutcome,
+        outcomes: &[(i64, AttemptOutcome)],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let now = now.timestamp_millis();
-        let q = match outcome {
-            AttemptOutcome::Delivered => sqlx::query(
-                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = NULL, last_error = NULL, updated_at = ?1 WHERE id = ?2",
-            )
-            .bind(now)
-            .bind(id),
-            AttemptOutcome::Retry { next, status, error } => sqlx::query(
-                "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = ?3,
-                    last_status = ?4, last_error = ?5, updated_at = ?1 WHERE id = ?2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(next.timestamp_millis())
-            .bind(status.map(i64::from))
-            .bind(error.clone()),
-            AttemptOutcome::Dead { status, error } => sqlx::query(
-                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = ?3, last_error = ?4, updated_at = ?1 WHERE id = ?2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(status.map(i64::from))
-            .bind(error.clone()),
-        };
-        q.execute(&self.pool).await?;
-        Ok(())
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r = record_attempts_on(&mut conn, outcomes, now.timestamp_millis()).await;
+        discard_after_error(&mut conn, &r);
+        r
     }
 
     async fn release_claims(&self) -> Result<u64> {
+        let _turn = self.writes.lock().await;
         let r = sqlx::query(
             "UPDATE deliveries SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
         )
@@ -638,6 +724,7 @@ impl Store for SqliteStore {
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
+        let _turn = self.writes.lock().await;
         let now = now.timestamp_millis();
         let mut n = 0;
         match which {
@@ -710,6 +797,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
+        let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
         let r = prune_on(&mut conn, cutoff.timestamp_millis()).await;
         discard_after_error(&mut conn, &r);
