@@ -83,7 +83,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     assert_eq!(cycle(&mut states).await, 0, "the baseline is silent");
 
     h.set_status_many(&ids, Some("COMPLETE"));
-    if std::env::var("BENCH_PAUSE").is_ok() {
+    if std::env::var("BENCH_PAUSE").is_ok_and(|v| v == "commit") {
         // Time to attach a profiler to the commit.
         eprintln!("burst: pid {} commits in 3 s", std::process::id());
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -155,6 +155,10 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     assert_eq!(receiver.count() - c0, events as u64);
 
     // loopwatch: the sink worker, until every delivery is recorded as delivered.
+    if std::env::var("BENCH_PAUSE").is_ok_and(|v| v == "deliver") {
+        eprintln!("burst: pid {} delivers in 3 s", std::process::id());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let token = CancellationToken::new();
     let sink = app.outbox.sinks()[0].clone();
     let beat = app.health.heartbeat("sink bench", Duration::from_secs(600));

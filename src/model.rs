@@ -285,24 +285,46 @@ impl Event {
 
     /// The `format = "standard"` body of interface.md §5. Stored once at detection, so
     /// every attempt sends the same bytes.
+    ///
+    /// Fields in the order of §5; the checkpoint object goes in as received (its text is
+    /// checked to be JSON, never parsed into a tree and written again: that was a tenth of
+    /// a burst's commit time).
     pub fn standard_body(&self) -> String {
-        let checkpoint: serde_json::Value =
-            serde_json::from_str(&self.checkpoint).unwrap_or(serde_json::Value::Null);
-        serde_json::json!({
-            "type": self.kind.as_str(),
-            "timestamp": rfc3339(self.detected_at),
-            "data": {
-                "event_id": self.id,
-                "target": self.target,
-                "uri": self.uri(),
-                "previous_sync_status": self.previous_sync_status,
-                "sync_status": self.sync_status,
-                "first_seen_at": rfc3339(self.first_seen_at),
-                "sync_seconds": self.sync_seconds,
-                "checkpoint": checkpoint,
-            }
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            timestamp: String,
+            data: Data<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Data<'a> {
+            event_id: &'a str,
+            target: &'a str,
+            uri: String,
+            previous_sync_status: Option<&'a str>,
+            sync_status: Option<&'a str>,
+            first_seen_at: String,
+            sync_seconds: Option<f64>,
+            checkpoint: Option<&'a serde_json::value::RawValue>,
+        }
+        let checkpoint: Option<&serde_json::value::RawValue> =
+            serde_json::from_str(&self.checkpoint).ok();
+        serde_json::to_string(&Body {
+            kind: self.kind.as_str(),
+            timestamp: rfc3339(self.detected_at),
+            data: Data {
+                event_id: &self.id,
+                target: &self.target,
+                uri: self.uri(),
+                previous_sync_status: self.previous_sync_status.as_deref(),
+                sync_status: self.sync_status.as_deref(),
+                first_seen_at: rfc3339(self.first_seen_at),
+                sync_seconds: self.sync_seconds,
+                checkpoint,
+            },
         })
-        .to_string()
+        .expect("strings and numbers serialize")
     }
 }
 

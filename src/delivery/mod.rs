@@ -11,11 +11,12 @@ pub mod payload;
 pub mod sign;
 pub mod webhook;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rand::RngExt;
@@ -177,6 +178,9 @@ impl Sink {
     }
 }
 
+/// An attempt that has finished: its delivery, result and duration.
+type Finished = (Claimed, Result<u16, Failure>, Duration);
+
 /// The sinks and what they share.
 pub struct Outbox {
     store: Arc<dyn Store>,
@@ -218,14 +222,14 @@ impl Outbox {
         sink.cfg.timeout + Duration::from_secs(30)
     }
 
-    async fn attempt(&self, sink: &Sink, c: Claimed) -> (Claimed, Result<u16, Failure>, Duration) {
+    async fn attempt(&self, sink: &Sink, c: Claimed) -> Finished {
         let start = Instant::now();
         let r = sink.send(&c.event).await;
         (c, r, start.elapsed())
     }
 
     /// Record the outcomes of finished attempts, in one write.
-    async fn record(&self, sink: &Sink, done: Vec<(Claimed, Result<u16, Failure>, Duration)>) {
+    async fn record(&self, sink: &Sink, done: Vec<Finished>) {
         let now = Utc::now();
         let outcomes: Vec<(i64, AttemptOutcome)> = done
             .into_iter()
@@ -278,8 +282,41 @@ impl Outbox {
         outcome
     }
 
+    /// Claim up to `room` due deliveries; with the wait before the next claim (none when
+    /// there may be more due now).
+    async fn claim(&self, sink: &Sink, room: usize) -> (Vec<Claimed>, Duration) {
+        let now = Utc::now();
+        let idle = Duration::from_secs(1);
+        match self
+            .store
+            .claim_due(sink.name(), now, room, sink.cfg.ordered, Self::lease(sink))
+            .await
+        {
+            Ok(batch) if batch.len() == room => (batch, Duration::ZERO),
+            Ok(batch) => {
+                let wait = match self.store.next_due(sink.name()).await {
+                    Ok(Some(due)) if due > now => (due - now).to_std().unwrap_or(idle).min(idle),
+                    _ => idle,
+                };
+                (batch, wait)
+            }
+            Err(e) => {
+                warn!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry");
+                (Vec::new(), idle)
+            }
+        }
+    }
+
     /// The worker of one sink, until `token` is cancelled; then in-flight attempts get
     /// `grace` to finish and the rest stay pending.
+    ///
+    /// Three things overlap: attempts; one claim at a time, which keeps up to one more
+    /// slot-full of deliveries claimed ahead (a slot that frees starts its next attempt at
+    /// once); and one write at a time of the outcomes of finished attempts (every attempt
+    /// that finishes while a write is under way goes into the next: group commit without
+    /// a timer). A slot is busy from the start of an attempt until its outcome is written,
+    /// so at most `concurrency` attempts are ever unrecorded: what a crash can repeat
+    /// (under the same id, never lost).
     pub async fn run_sink(
         &self,
         sink: Arc<Sink>,
@@ -288,52 +325,65 @@ impl Outbox {
         beat: Heartbeat,
     ) {
         let limit = sink.cfg.concurrency.get();
+        let ahead = limit;
+        let mut ready: VecDeque<Claimed> = VecDeque::new();
         let mut inflight = FuturesUnordered::new();
+        let mut finished: Vec<Finished> = Vec::new();
+        let mut writing: Option<BoxFuture<'_, ()>> = None;
+        let mut writing_len = 0;
+        let mut claiming: Option<BoxFuture<'_, (Vec<Claimed>, Duration)>> = None;
+        let mut next_claim = tokio::time::Instant::now();
+        // New deliveries were announced while a claim was under way (it may have missed
+        // them): claim again at once when it returns.
+        let mut poked = false;
         loop {
             beat.beat();
-            let free = limit - inflight.len();
-            let mut wait = Duration::from_secs(1);
-            if free > 0 {
-                let now = Utc::now();
-                match self
-                    .store
-                    .claim_due(sink.name(), now, free, sink.cfg.ordered, Self::lease(&sink))
-                    .await
-                {
-                    Ok(batch) => {
-                        let more = batch.len() == free;
-                        for c in batch {
-                            inflight.push(self.attempt(&sink, c));
-                        }
-                        if more {
-                            wait = Duration::ZERO;
-                        } else if let Ok(Some(due)) = self.store.next_due(sink.name()).await
-                            && due > now
-                        {
-                            wait = (due - now).to_std().unwrap_or(wait).min(wait);
-                        }
-                    }
-                    Err(e) => {
-                        warn!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry")
-                    }
-                }
+            while inflight.len() + finished.len() + writing_len < limit
+                && let Some(c) = ready.pop_front()
+            {
+                inflight.push(self.attempt(&sink, c));
+            }
+            if writing.is_none() && !finished.is_empty() {
+                writing_len = finished.len();
+                writing = Some(Box::pin(self.record(&sink, std::mem::take(&mut finished))));
+            }
+            // Claims in batches: once at most half a slot-full is left claimed ahead.
+            let busy = inflight.len() + finished.len() + writing_len;
+            let room = if ready.len() <= limit / 2 {
+                (limit + ahead).saturating_sub(busy + ready.len())
+            } else {
+                0
+            };
+            if claiming.is_none() && room > 0 && tokio::time::Instant::now() >= next_claim {
+                claiming = Some(Box::pin(self.claim(&sink, room)));
             }
             tokio::select! {
-                Some(first) = inflight.next() => {
-                    // With every other attempt that has finished meanwhile: while one batch
-                    // is written, the next gathers (group commit without a timer).
-                    let mut done = vec![first];
+                Some(done) = inflight.next() => {
+                    finished.push(done);
                     while let Some(Some(more)) = inflight.next().now_or_never() {
-                        done.push(more);
+                        finished.push(more);
                     }
-                    self.record(&sink, done).await;
                 }
-                _ = sink.notify.notified() => {}
-                _ = tokio::time::sleep(wait), if free > 0 => {}
+                () = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                    writing = None;
+                    writing_len = 0;
+                }
+                (batch, wait) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                    claiming = None;
+                    ready.extend(batch);
+                    next_claim = tokio::time::Instant::now() + if poked { Duration::ZERO } else { wait };
+                    poked = false;
+                }
+                _ = sink.notify.notified() => {
+                    next_claim = tokio::time::Instant::now();
+                    poked = claiming.is_some();
+                }
+                _ = tokio::time::sleep_until(next_claim), if claiming.is_none() && room > 0 => {}
                 _ = token.cancelled() => break,
             }
         }
-        if inflight.is_empty() {
+        drop(claiming);
+        if inflight.is_empty() && finished.is_empty() && writing.is_none() {
             return;
         }
         info!(
@@ -343,8 +393,18 @@ impl Outbox {
             "waiting for in-flight deliveries"
         );
         let drain = async {
+            if let Some(w) = writing.take() {
+                w.await;
+            }
             while let Some(done) = inflight.next().await {
-                self.record(&sink, vec![done]).await;
+                finished.push(done);
+                while let Some(Some(more)) = inflight.next().now_or_never() {
+                    finished.push(more);
+                }
+                self.record(&sink, std::mem::take(&mut finished)).await;
+            }
+            if !finished.is_empty() {
+                self.record(&sink, finished).await;
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
