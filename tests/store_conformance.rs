@@ -247,6 +247,22 @@ async fn conformance(store: Arc<dyn Store>) {
         .map(|c| c.event.run_id.as_str())
         .collect();
     assert_eq!(runs, ["rx", "ry"], "one head per run");
+    // Claims given back (a worker stopping before it attempted them) are claimable again
+    // at once; the rest stay claimed.
+    let ids: Vec<i64> = heads
+        .iter()
+        .filter(|c| c.event.target == "o")
+        .map(|c| c.delivery_id)
+        .collect();
+    s.release(&ids).await.unwrap();
+    let again: Vec<i64> = s
+        .claim_due("b", later, 100, true, lease)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.delivery_id)
+        .collect();
+    assert_eq!(again, ids);
 
     // Retention: delivered rows go, then events with no delivery left; pending stays.
     for c in s.claim_due("a", later, 100, false, lease).await.unwrap() {

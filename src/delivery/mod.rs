@@ -382,7 +382,17 @@ impl Outbox {
                 _ = token.cancelled() => break,
             }
         }
-        drop(claiming);
+        // Claimed but not attempted: give them back, so that another replica (or the next
+        // start) need not wait for the claims to expire.
+        if let Some(c) = claiming.take() {
+            ready.extend(c.await.0);
+        }
+        if !ready.is_empty() {
+            let ids: Vec<i64> = ready.iter().map(|c| c.delivery_id).collect();
+            if let Err(e) = self.store.release(&ids).await {
+                warn!(sink = sink.name(), error = %e, "cannot give back claims; they expire on their own");
+            }
+        }
         if inflight.is_empty() && finished.is_empty() && writing.is_none() {
             return;
         }

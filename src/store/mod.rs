@@ -258,6 +258,10 @@ pub trait Store: Send + Sync + 'static {
             .await
     }
 
+    /// Give back claims that were never attempted (a sink worker stopping): the deliveries
+    /// are due again at once instead of when the claims expire.
+    async fn release(&self, delivery_ids: &[i64]) -> Result<()>;
+
     /// Release every claim (a single-instance store does this at start: nobody else holds them).
     async fn release_claims(&self) -> Result<u64>;
 

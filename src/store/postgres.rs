@@ -343,6 +343,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn release(&self, delivery_ids: &[i64]) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET claimed_until = NULL WHERE id = ANY($1) AND status = 'pending'",
+        )
+        .bind(delivery_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Other replicas may hold claims: they expire on their own.
     async fn release_claims(&self) -> Result<u64> {
         Ok(0)

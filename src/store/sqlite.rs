@@ -681,6 +681,18 @@ impl Store for SqliteStore {
         r
     }
 
+    async fn release(&self, delivery_ids: &[i64]) -> Result<()> {
+        let _turn = self.writes.lock().await;
+        sqlx::query(
+            "UPDATE deliveries SET claimed_until = NULL
+             WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+        )
+        .bind(serde_json::to_string(delivery_ids).expect("integers serialize"))
+        .execute(&self.leases)
+        .await?;
+        Ok(())
+    }
+
     async fn release_claims(&self) -> Result<u64> {
         let _turn = self.writes.lock().await;
         let r = sqlx::query(
