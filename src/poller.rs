@@ -470,7 +470,17 @@ impl Poller {
                             unchanged.saturating_add(1)
                         };
                         if self.cfg.adaptive && (report.wrote || !learned) {
-                            pace = cadence(s.checkpoints.values().map(|c| c.first_seen_at), &t);
+                            let next = cadence(s.checkpoints.values().map(|c| c.first_seen_at), &t);
+                            match (&pace, &next) {
+                                (None, Some(c)) => {
+                                    info!(target = %name, period_s = c.period.as_secs_f64(),
+                                    "save cadence learned; polling at syncing_interval around each expected save")
+                                }
+                                (Some(_), None) => info!(target = %name,
+                                    "save cadence lost; backing off after changes instead"),
+                                _ => {}
+                            }
+                            pace = next;
                             learned = true;
                         }
                         self.jittered(next_wait(
