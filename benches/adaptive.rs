@@ -140,12 +140,12 @@ fn simulate(policy: Policy, ckpts: &[Ckpt], rng: &mut StdRng) -> Outcome {
 
 /// Medians over the seeds of: calls/day, calls/hour, calls/hour training, calls/hour idle,
 /// completion p50/p99/max, discovery p50/p99.
-fn figures(policy: impl Fn(u64) -> Policy) -> [f64; 9] {
+fn figures(policy: Policy) -> [f64; 9] {
     let mut per_seed: Vec<[f64; 9]> = Vec::new();
     for seed in 0..SEEDS {
         let mut rng = StdRng::seed_from_u64(seed);
         let ckpts = day(&mut rng);
-        let o = simulate(policy(seed), &ckpts, &mut rng);
+        let o = simulate(policy, &ckpts, &mut rng);
         let training_h = (TRAIN_UNTIL + SAVE_EVERY - TRAIN_FROM) / 3_600.0;
         per_seed.push([
             o.calls as f64,
@@ -186,7 +186,7 @@ fn main() {
         ]);
     };
     for adaptive in [false, true] {
-        let lw = figures(|_| Policy::Loopwatch { adaptive });
+        let lw = figures(Policy::Loopwatch { adaptive });
         let name = if adaptive {
             "loopwatch, poll.adaptive = true"
         } else {
@@ -197,13 +197,13 @@ fn main() {
         let every = DAY / lw[0];
         row(
             format!("fixed every {every:.1} s (same calls)"),
-            figures(|_| Policy::Fixed(every)),
+            figures(Policy::Fixed(every)),
         );
     }
     for every in [10.0, 60.0] {
         row(
             format!("fixed every {every:.0} s"),
-            figures(|_| Policy::Fixed(every)),
+            figures(Policy::Fixed(every)),
         );
     }
     table(

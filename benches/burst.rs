@@ -48,11 +48,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     }
     let dir = tempfile::tempdir().unwrap();
     let poll = format!("interval = \"60s\"\njitter = 0.0\nconcurrency = {POLLS_IN_FLIGHT}");
-    let sinks = format!(
-        "[[sinks]]\nname = \"bench\"\nurl = \"{}\"\nsecret_env = \"BENCH_SECRET\"\n\
-         concurrency = {SENDS_IN_FLIGHT}\nevents = [\"checkpoint.completed\"]\n",
-        receiver.url
-    );
+    let sinks = support::completed_sink(&receiver.url, SENDS_IN_FLIGHT);
     let cfg = support::config(
         &sim.base_url(),
         &dir.path().join("state.db"),
@@ -223,10 +219,10 @@ async fn bench(o: Opts) {
         &o,
     );
     let receiver = Receiver::start(None).await;
+    let events_only = std::env::args().any(|a| a == "--events-only");
     let mut runs = Vec::new();
     for i in 0..o.runs {
         eprintln!("burst: run {}/{} ...", i + 1, o.runs);
-        let events_only = std::env::args().any(|a| a == "--events-only");
         runs.push(one(targets, per, &receiver, events_only).await);
     }
     let e = runs[0].events as f64;

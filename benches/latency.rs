@@ -69,11 +69,7 @@ async fn one(targets: usize, window: Duration) -> Run {
         "interval = \"10s\"\nsyncing_interval = \"{}ms\"\njitter = 0.0\nconcurrency = 16",
         SYNCING_INTERVAL.as_millis()
     );
-    let sinks = format!(
-        "[[sinks]]\nname = \"bench\"\nurl = \"{}\"\nsecret_env = \"BENCH_SECRET\"\n\
-         concurrency = 16\nevents = [\"checkpoint.completed\"]\n",
-        receiver.url
-    );
+    let sinks = support::completed_sink(&receiver.url, 16);
     let cfg = support::config(
         &sim.base_url(),
         &dir.path().join("state.db"),

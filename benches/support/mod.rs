@@ -182,8 +182,18 @@ pub fn run_id(i: usize) -> String {
     format!("run-{i:05}")
 }
 
+/// The `[[sinks]]` of the delivery benchmarks: one signed webhook sink named "bench" for
+/// `completed` events, `concurrency` in flight, to `url`.
+pub fn completed_sink(url: &str, concurrency: usize) -> String {
+    format!(
+        "[[sinks]]\nname = \"bench\"\nurl = \"{url}\"\nsecret_env = \"BENCH_SECRET\"\n\
+         concurrency = {concurrency}\nevents = [\"checkpoint.completed\"]\n"
+    )
+}
+
 /// A validated config for `targets` run-id targets against `api`, plus `extra` TOML
-/// (sections after `[[targets]]` are not allowed; use `sinks` for `[[sinks]]`).
+/// (sections after `[[targets]]` are not allowed; use `sinks` for `[[sinks]]`, e.g.
+/// [`completed_sink`]).
 /// Targets are added after validation when there are many: the config crate's parser is
 /// not what these benchmarks measure (the startup benchmark parses a real file).
 pub fn config(api: &str, db: &std::path::Path, poll: &str, targets: usize, sinks: &str) -> Config {

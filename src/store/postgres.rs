@@ -236,9 +236,7 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            let mut s = StoredEvent::from_event(seq, e);
-            s.body = body;
-            stored.push(s);
+            stored.push(StoredEvent::with_body(seq, e, body));
         }
         tx.commit().await?;
         Ok(stored)

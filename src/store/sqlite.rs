@@ -386,7 +386,6 @@ async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) ->
 /// Deletes delivered deliveries and their events older than `cutoff`, in one transaction.
 async fn prune_on(conn: &mut SqliteConnection, cutoff: i64) -> Result<(u64, u64)> {
     let mut tx = conn.begin().await?;
-
     let deliveries =
         sqlx::query("DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < ?1")
             .bind(cutoff)
@@ -495,7 +494,7 @@ impl Store for SqliteStore {
 
     /// One read of the whole state, not one query per target.
     async fn load_targets(&self, names: &[&str]) -> Result<Vec<TargetState>> {
-        let mut conn = self.leases.acquire().await?;
+        let mut conn = self.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut target_rows: HashMap<String, (String, Option<String>)> =
             sqlx::query_as::<_, (String, String, Option<String>)>(
@@ -675,7 +674,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.leases.acquire().await?;
         let r = record_attempts_on(&mut conn, outcomes, now.timestamp_millis()).await;
         discard_after_error(&mut conn, &r);
         r
