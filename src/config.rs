@@ -916,11 +916,30 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A secret file, at most 64 KiB: a path to the wrong file (a log, `/dev/zero`) must not
-/// be read into memory whole.
+/// A secret file: a regular file (symlinks followed, as Kubernetes mounts secrets) of at
+/// most 64 KiB. The path of the wrong file must not hang the start (opening a FIFO blocks
+/// until something writes to it) nor be read into memory whole (a log, `/dev/zero`).
 fn read_secret_file(path: &str) -> std::io::Result<String> {
     use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
     const MAX: u64 = 64 * 1024;
+    let file_type = std::fs::metadata(path)?.file_type();
+    if !file_type.is_file() {
+        let what = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else if file_type.is_char_device() || file_type.is_block_device() {
+            "a device"
+        } else {
+            "something else"
+        };
+        return Err(std::io::Error::other(format!(
+            "it is {what}, not a regular file"
+        )));
+    }
     let mut s = String::new();
     std::fs::File::open(path)?
         .take(MAX + 1)
@@ -2373,6 +2392,43 @@ kind = "exec"
             "{p:?}"
         );
         assert!(p[2].contains("sinks[0].content_type"), "{p:?}");
+    }
+
+    #[test]
+    fn a_secret_file_that_is_not_a_regular_file_is_a_config_error_not_a_hang() {
+        // Opening a FIFO blocks until a writer comes: check-config hung forever on one.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let key = dir.path().join("key");
+        std::fs::write(&key, "file-key\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        let p = problems(&format!(
+            "[api]\napi_key_file = \"{}\"\n{MINIMAL}[[sinks]]\nname = \"s\"\nurl = \"https://x/h\"\nsecret_file = \"{}\"\n",
+            fifo.display(),
+            dir.path().display()
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("api.api_key_file") && p[0].contains("a FIFO, not a regular file"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains("sinks[0].secret_file") && p[1].contains("a directory"),
+            "{p:?}"
+        );
+        // A symlink to a regular file (how Kubernetes mounts a secret) is followed.
+        let c = toml_cfg(&format!(
+            "[api]\napi_key_file = \"{}\"\n{MINIMAL}",
+            link.display()
+        ))
+        .unwrap();
+        assert_eq!(c.api.api_key.expose(), "file-key");
     }
 
     #[test]
