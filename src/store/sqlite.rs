@@ -16,8 +16,9 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
 use super::{
-    AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, ms_to_time,
+    AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow, DeliveryStatus,
+    EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
+    TargetDump, event_from_row, ms_to_time,
 };
 use crate::diff::TargetState;
 use crate::model::{CheckpointTarget, Event, Raw, Tracked};
@@ -182,21 +183,6 @@ impl JsonRow<'_> {
         };
         Ok((tracked, digest.is_none()))
     }
-}
-
-fn event_from_row(r: &SqliteRow) -> Result<StoredEvent> {
-    Ok(StoredEvent {
-        seq: r.try_get("seq")?,
-        id: r.try_get("id")?,
-        kind: r.try_get("type")?,
-        target: r.try_get("target")?,
-        checkpoint_id: r.try_get("checkpoint_id")?,
-        checkpoint_name: r.try_get("checkpoint_name")?,
-        run_id: r.try_get("run_id")?,
-        checkpoint_target: r.try_get("checkpoint_target")?,
-        detected_at: ms_to_time(r.try_get("detected_at")?),
-        body: r.try_get("body")?,
-    })
 }
 
 /// Rows per multi-row statement: 16 parameters a row stays far below SQLite's 32,766.
@@ -469,8 +455,6 @@ fn discard_after_error<T>(conn: &mut PoolConnection<Sqlite>, r: &Result<T>) {
     }
 }
 
-const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.checkpoint_name, e.run_id, e.checkpoint_target, e.detected_at, e.body";
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
@@ -707,51 +691,17 @@ impl Store for SqliteStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query(
-            "SELECT d.id, d.sink, d.status, d.attempts, d.next_attempt_at, d.last_status, d.last_error,
-                    d.created_at, d.updated_at, e.id AS event_id, e.type, e.target, e.run_id,
-                    e.checkpoint_target, e.checkpoint_name
+        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_LIST_COLUMNS}
              FROM deliveries d JOIN events e ON e.seq = d.event_seq
              WHERE (?1 IS NULL OR d.status = ?1)
-             ORDER BY d.id DESC LIMIT ?2",
-        )
+             ORDER BY d.id DESC LIMIT ?2"
+        )))
         .bind(status.map(DeliveryStatus::as_str))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows.iter().rev() {
-            let status: String = r.try_get("status")?;
-            let status = DeliveryStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?;
-            let ct: String = r.try_get("checkpoint_target")?;
-            let run_id: String = r.try_get("run_id")?;
-            let name: String = r.try_get("checkpoint_name")?;
-            out.push(DeliveryRow {
-                id: r.try_get("id")?,
-                event_id: r.try_get("event_id")?,
-                kind: r.try_get("type")?,
-                target: r.try_get("target")?,
-                uri: crate::model::checkpoint_uri(
-                    &run_id,
-                    CheckpointTarget::parse(&ct).unwrap_or(CheckpointTarget::Sampler),
-                    &name,
-                ),
-                sink: r.try_get("sink")?,
-                status,
-                attempts: r.try_get::<i64, _>("attempts")? as u32,
-                next_attempt_at: (status == DeliveryStatus::Pending)
-                    .then(|| r.try_get::<i64, _>("next_attempt_at").map(ms_to_time))
-                    .transpose()?,
-                last_status: r
-                    .try_get::<Option<i64>, _>("last_status")?
-                    .map(|s| s as u16),
-                last_error: r.try_get("last_error")?,
-                created_at: ms_to_time(r.try_get("created_at")?),
-                updated_at: ms_to_time(r.try_get("updated_at")?),
-            });
-        }
-        Ok(out)
+        rows.into_iter().rev().map(DeliveryRow::try_from).collect()
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
