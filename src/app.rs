@@ -110,6 +110,11 @@ impl App {
         &self.cfg
     }
 
+    /// With PostgreSQL: the target leases, under this process's `store.replica_id`.
+    pub fn leases(&self) -> Option<&Leases> {
+        self.leases.as_ref().map(|(l, _)| l)
+    }
+
     /// Run until `shutdown` resolves, then stop polling, give in-flight deliveries the
     /// grace period, and return.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! The commands of interface.md §2, as library functions returning an exit code. The
 //! binary parses arguments and calls these; tests may call them too.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use crate::app::App;
 use crate::config::{Config, Filter};
 use crate::diff::TargetState;
 use crate::model::{Tracked, rfc3339};
-use crate::store::{self, DeliveryStatus, Redeliver, StoredEvent};
+use crate::store::{self, DeliveryStatus, Fence, Redeliver, StoredEvent};
 
 /// Output format of the listing commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -81,15 +82,57 @@ pub async fn checkpoints(cfg: &Config, filter: Filter, output: Output) -> anyhow
 
 /// `once`: poll every target once, deliver what is due, exit. With `dry_run`, print each
 /// event's standard body as one JSON line and write nothing.
-pub async fn once(cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
+///
+/// With PostgreSQL, running replicas may be polling the same targets: `once` polls only
+/// those whose lease nobody holds, under a lease of its own (another owner name, no
+/// heartbeat, so the replicas' shares do not move), commits fenced like a replica, and
+/// gives the leases back before it exits. A target a replica holds is skipped (that
+/// replica polls it); a dry run writes nothing and so polls every target.
+pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
+    if cfg.store.is_postgres() {
+        cfg.store.replica_id = format!("{}/once-{}", cfg.store.replica_id, std::process::id());
+    }
     let app = App::build(cfg, false).await?;
-    let targets = app.config().targets.clone();
+    let leases = app.leases().filter(|_| !dry_run);
+    let mut fences: HashMap<String, Fence> = HashMap::new();
+    let mut targets = app.config().targets.clone();
+    if let Some(leases) = leases {
+        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+        for (name, got) in leases.take_free(&names).await? {
+            match got {
+                Ok(epoch) => {
+                    let owner = leases.replica.clone();
+                    fences.insert(name, Fence { owner, epoch });
+                }
+                Err(owner) => eprintln!(
+                    "target {name}: skipped, replica {owner:?} holds its lease and polls it"
+                ),
+            }
+        }
+        targets.retain(|t| fences.contains_key(&t.name));
+    }
+    let outcome = poll_and_deliver(&app, &targets, &fences, dry_run).await;
+    if let Some(leases) = leases
+        && let Err(e) = leases.release_all().await
+    {
+        eprintln!("warning: cannot give back the target leases (they expire on their own): {e}");
+    }
+    outcome
+}
+
+async fn poll_and_deliver(
+    app: &App,
+    targets: &[crate::config::TargetConfig],
+    fences: &HashMap<String, Fence>,
+    dry_run: bool,
+) -> anyhow::Result<u8> {
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     let states: Vec<TargetState> = app.store.load_targets(&names).await?;
     let polls = targets.iter().zip(states).map(|(t, mut state)| {
         let poller = app.poller.clone();
+        let fence = fences.get(&t.name).cloned();
         async move {
-            let report = poller.poll_target(t, &mut state, dry_run, None).await;
+            let report = poller.poll_target(t, &mut state, dry_run, fence).await;
             anyhow::Ok((t.name.clone(), report))
         }
     });

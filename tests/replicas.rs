@@ -264,3 +264,75 @@ async fn a_replica_paused_past_its_lease_commits_and_emits_nothing() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(a.log_text().contains("lease lost before commit"));
 }
+
+/// The PostgreSQL URL a [`pg_config`] file points at.
+fn pg_url(cfg: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("url = \"postgres"))
+        .unwrap();
+    line["url = \"".len()..line.len() - 1].to_string()
+}
+
+async fn leases(pool: &sqlx::PgPool) -> Vec<(String, String, i64, i64)> {
+    sqlx::query_as("SELECT target, owner, epoch, expires_at FROM leases ORDER BY target")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn once_beside_a_running_replica_skips_the_targets_it_holds_and_polls_the_rest_under_a_lease()
+{
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    let h = env.sim.handle();
+    h.add_many("run-0", 2, Some("COMPLETE"));
+    h.add_many("run-1", 2, Some("COMPLETE"));
+    let cfg = pg_config(&env, &rx, 2).await;
+    let pool = sqlx::PgPool::connect(&pg_url(&cfg)).await.unwrap();
+
+    // Nobody polls: `once` takes both leases under its own name, commits, gives them back.
+    let out = env.run(&cfg, &["once"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let after_once = leases(&pool).await;
+    assert_eq!(after_once.len(), 2, "{after_once:?}");
+    for (target, owner, _, expires_at) in &after_once {
+        assert!(owner.contains("/once-"), "{target} leased to {owner}");
+        assert_eq!(*expires_at, 0, "`once` kept the lease of {target}");
+    }
+    let baselined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM targets")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(baselined, 2);
+
+    // A replica takes both; a `once` beside it leaves them alone.
+    let d = replica(&env, &cfg, "r1");
+    let addr = d.addr().await;
+    wait_balanced(std::slice::from_ref(&addr), 2.0).await;
+    let held = leases(&pool).await;
+    assert!(held.iter().all(|(_, o, _, _)| o == "r1"), "{held:?}");
+    h.add_many("run-0", 1, Some("SYNCING"));
+    let out = env.run(&cfg, &["once"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for t in ["t0", "t1"] {
+        assert!(
+            stderr.contains(&format!(
+                "target {t}: skipped, replica \"r1\" holds its lease"
+            )),
+            "{stderr}"
+        );
+    }
+    let still: Vec<_> = leases(&pool)
+        .await
+        .into_iter()
+        .map(|(t, o, e, _)| (t, o, e))
+        .collect();
+    let before: Vec<_> = held.into_iter().map(|(t, o, e, _)| (t, o, e)).collect();
+    assert_eq!(still, before, "`once` took a lease a live replica holds");
+}

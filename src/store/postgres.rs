@@ -551,19 +551,7 @@ impl Leases {
                 if owned.len() as i64 >= fair {
                     break;
                 }
-                let got: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-                    "INSERT INTO leases (target, owner, epoch, expires_at) VALUES ($1, $2, 1, {DB_NOW} + $3)
-                     ON CONFLICT (target) DO UPDATE
-                        SET owner = excluded.owner, epoch = leases.epoch + 1, expires_at = excluded.expires_at
-                        WHERE leases.expires_at <= {DB_NOW}
-                     RETURNING epoch"
-                )))
-                .bind(t)
-                .bind(&self.replica)
-                .bind(ttl)
-                .fetch_optional(&self.pool)
-                .await?;
-                if let Some(epoch) = got {
+                if let Some(epoch) = self.try_take(t).await? {
                     if epoch > 1 {
                         takeovers += 1;
                     }
@@ -576,6 +564,48 @@ impl Leases {
             takeovers,
             live_replicas: live,
         })
+    }
+
+    /// Take `target`'s lease if it is free or expired: its new epoch, or None while
+    /// someone else holds it.
+    async fn try_take(&self, target: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(AssertSqlSafe(format!(
+            "INSERT INTO leases (target, owner, epoch, expires_at) VALUES ($1, $2, 1, {DB_NOW} + $3)
+             ON CONFLICT (target) DO UPDATE
+                SET owner = excluded.owner, epoch = leases.epoch + 1, expires_at = excluded.expires_at
+                WHERE leases.expires_at <= {DB_NOW}
+             RETURNING epoch"
+        )))
+        .bind(target)
+        .bind(&self.replica)
+        .bind(self.ttl.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// For a one-shot run (`once`) beside running replicas: take the lease of each of
+    /// `targets` that nobody holds, without joining as a replica (no heartbeat, so the
+    /// fair shares do not move). Returns, per target, `Ok(epoch)` when taken or
+    /// `Err(owner)` when a replica holds it.
+    pub async fn take_free(
+        &self,
+        targets: &[String],
+    ) -> Result<Vec<(String, std::result::Result<i64, String>)>> {
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let got = match self.try_take(t).await? {
+                Some(epoch) => Ok(epoch),
+                None => Err(
+                    sqlx::query_scalar("SELECT owner FROM leases WHERE target = $1")
+                        .bind(t)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .unwrap_or_default(),
+                ),
+            };
+            out.push((t.clone(), got));
+        }
+        Ok(out)
     }
 
     /// Give up every lease (on shutdown), so another replica takes over at once.
