@@ -101,6 +101,14 @@ async fn a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_with_the_s
         got.iter().all(verify),
         "every attempt is signed with its own timestamp"
     );
+    // The waits follow the 100 ms schedule (+-20%), not the worker's 1 s idle wait.
+    for w in got.windows(2) {
+        let gap = w[1].at - w[0].at;
+        assert!(
+            gap >= Duration::from_millis(80) && gap < Duration::from_millis(600),
+            "waited {gap:?} between attempts on a 100ms schedule"
+        );
+    }
     let out = env.run(&cfg, &["deliveries", "list", "-o", "json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     wait_for("delivered status", T, || {
@@ -343,6 +351,14 @@ async fn an_ordered_sink_gets_a_runs_events_in_detection_order() {
     assert_eq!(
         first_seen, stored,
         "an ordered sink must see events in detection order"
+    );
+    // Each delivered head frees the next event of the run at once (this took one idle
+    // second per event).
+    let got = rx.got();
+    let after_failures = got[got.len() - 1].at - got[2].at;
+    assert!(
+        after_failures < Duration::from_secs(3),
+        "10 ordered events took {after_failures:?} once the receiver recovered"
     );
 }
 

@@ -367,6 +367,11 @@ impl Outbox {
                 () = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
                     writing = None;
                     writing_len = 0;
+                    // What was just written may be due soon (a retry after a short wait)
+                    // or now (with `ordered`, the next event of a run whose head was
+                    // delivered): look again instead of sleeping out the idle wait.
+                    next_claim = tokio::time::Instant::now();
+                    poked |= claiming.is_some();
                 }
                 (batch, wait) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
                     claiming = None;
