@@ -1,14 +1,28 @@
 //! The exec sink: the standard body on stdin, the event in `LOOPWATCH_*` variables,
 //! exit 0 = delivered, killed after `timeout`.
+//!
+//! The command runs in a process group of its own. Its exit decides the outcome, not the
+//! end of its output: a deploy script that leaves a process in the background (holding
+//! stderr open) and exits 0 has delivered. On timeout the whole group is killed, so a
+//! script's own children do not outlive the attempt.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use super::Failure;
 use crate::store::StoredEvent;
+
+/// How much of a failed command's stderr the error keeps (its end).
+const STDERR_TAIL: usize = 500;
+
+/// How long to wait, after a failed command exited, for the rest of its stderr (a child
+/// still holding the pipe must not hold the attempt).
+const STDERR_LINGER: Duration = Duration::from_millis(200);
 
 pub async fn run(
     command: &[String],
@@ -27,31 +41,151 @@ pub async fn run(
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Failure::Exec(format!("cannot start {}: {e}", command[0])))?;
+    // Its own group: the group id is the child's pid.
+    let group = child.id().and_then(|id| Pid::from_raw(id as i32));
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let reader = tokio::spawn(keep_tail(child.stderr.take().expect("piped"), tail.clone()));
     let mut stdin = child.stdin.take().expect("piped");
     let body = event.body.clone();
-    let run = async move {
+    let run = async {
         // A command that ignores stdin must not fail the delivery: a broken pipe is fine.
         let _ = stdin.write_all(body.as_bytes()).await;
         drop(stdin);
-        child.wait_with_output().await
+        child.wait().await
     };
-    match tokio::time::timeout(timeout, run).await {
-        // Dropping the future dropped the child, and kill_on_drop killed it.
-        Err(_) => Err(Failure::Timeout),
-        Ok(Err(e)) => Err(Failure::Exec(format!("waiting for {}: {e}", command[0]))),
-        Ok(Ok(out)) if out.status.success() => Ok(0),
-        Ok(Ok(out)) => {
-            let tail = String::from_utf8_lossy(&out.stderr[out.stderr.len().saturating_sub(500)..])
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            Err(Failure::Exec(format!(
-                "{} exited with {}; stderr: {tail}",
-                command[0], out.status
-            )))
+    let waited = tokio::time::timeout(timeout, run).await;
+    let status = match waited {
+        Ok(Ok(status)) => status,
+        Err(_) | Ok(Err(_)) => {
+            if let Some(g) = group {
+                let _ = kill_process_group(g, Signal::KILL);
+            }
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            reader.abort();
+            return Err(match waited {
+                Ok(Err(e)) => Failure::Exec(format!("waiting for {}: {e}", command[0])),
+                _ => Failure::Timeout,
+            });
+        }
+    };
+    if status.success() {
+        reader.abort();
+        return Ok(0);
+    }
+    let _ = tokio::time::timeout(STDERR_LINGER, reader).await;
+    let tail = tail.lock().expect("not poisoned");
+    let tail = String::from_utf8_lossy(&tail[tail.len().saturating_sub(STDERR_TAIL)..])
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Err(Failure::Exec(format!(
+        "{} exited with {status}; stderr: {tail}",
+        command[0]
+    )))
+}
+
+/// Read `stderr` to its end, keeping the last [`STDERR_TAIL`] bytes in `tail`.
+async fn keep_tail(mut stderr: tokio::process::ChildStderr, tail: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stderr.read(&mut buf).await
+        && n > 0
+    {
+        let mut t = tail.lock().expect("not poisoned");
+        t.extend_from_slice(&buf[..n]);
+        if t.len() > 2 * STDERR_TAIL {
+            let cut = t.len() - STDERR_TAIL;
+            t.drain(..cut);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> StoredEvent {
+        StoredEvent {
+            seq: 1,
+            id: "evt_test".into(),
+            kind: "checkpoint.completed".into(),
+            target: "qwen".into(),
+            checkpoint_id: "ckpt-1".into(),
+            checkpoint_name: "step-100".into(),
+            run_id: "run-1".into(),
+            checkpoint_target: "sampler".into(),
+            detected_at: chrono::DateTime::UNIX_EPOCH,
+            body: "{}".into(),
+        }
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[tokio::test]
+    async fn exit_zero_is_delivered_even_with_a_child_left_holding_stderr() {
+        // This waited for stderr to close: "timed out", then dead.
+        let r = run(
+            &sh("cat >/dev/null; sleep 30 & exit 0"),
+            &event(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(r.ok(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_failure_reports_the_end_of_stderr() {
+        let r = run(
+            &sh("echo 'deploy failed:' >&2; echo quota exceeded >&2; exit 3"),
+            &event(),
+            Duration::from_secs(5),
+        )
+        .await;
+        let Err(Failure::Exec(msg)) = r else {
+            panic!("{r:?}")
+        };
+        assert!(msg.contains("exit status: 3"), "{msg}");
+        assert!(
+            msg.ends_with("stderr: deploy failed: quota exceeded"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_commands_children_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let r = run(&sh(&script), &event(), Duration::from_millis(500)).await;
+        assert!(matches!(r, Err(Failure::Timeout)), "{r:?}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        // Killed: gone, or a zombie until whoever adopted it reaps it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let alive = std::fs::read_to_string(&stat)
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false);
+            if !alive {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the script's child survived the timeout"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
