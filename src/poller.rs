@@ -6,7 +6,8 @@
 //! otherwise, +-`jitter`; after a transient failure, `syncing_interval` doubling up to
 //! `interval`; never sooner than a `Retry-After`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -21,7 +22,7 @@ use crate::delivery::Outbox;
 use crate::diff::{self, DiffOptions, Settled, TargetState};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::{Metrics, PollOutcome};
-use crate::model::{Event, EventType};
+use crate::model::{Checkpoint, Event, EventType, SyncClass};
 use crate::replicas::Ownership;
 use crate::store::{Fence, PollCommit, Store, StoreError};
 
@@ -51,7 +52,12 @@ pub struct Poller {
     sinks: Vec<SinkConfig>,
     permits: Semaphore,
     ownership: Option<Arc<Ownership>>,
+    /// The unknown `sync_status` values already logged (each is logged once).
+    unknown_statuses: Mutex<HashSet<String>>,
 }
+
+/// At most this many distinct unknown `sync_status` values are remembered and logged.
+const UNKNOWN_STATUSES_LOGGED: usize = 64;
 
 impl Poller {
     pub fn new(
@@ -74,6 +80,7 @@ impl Poller {
             sinks,
             permits,
             ownership: None,
+            unknown_statuses: Mutex::default(),
         }
     }
 
@@ -81,6 +88,24 @@ impl Poller {
     pub fn with_ownership(mut self, own: Arc<Ownership>) -> Self {
         self.ownership = Some(own);
         self
+    }
+
+    /// Log each `sync_status` value outside the documented ones the first time it is seen
+    /// (interface §1: passed through, logged once, counted as `other`).
+    fn log_unknown_statuses(&self, target: &str, listing: &[Checkpoint]) {
+        for c in listing {
+            let Some(status) = c.sync_status.as_deref() else {
+                continue;
+            };
+            if SyncClass::of(Some(status)) != SyncClass::Other {
+                continue;
+            }
+            let mut seen = self.unknown_statuses.lock().expect("not poisoned");
+            if seen.len() < UNKNOWN_STATUSES_LOGGED && seen.insert(status.to_string()) {
+                warn!(target, checkpoint_id = %c.id, sync_status = status,
+                    "unknown sync_status from the API: counted as \"other\", never fires completed (logged once per value)");
+            }
+        }
     }
 
     fn diff_options(&self) -> DiffOptions {
@@ -157,6 +182,7 @@ impl Poller {
             .into_iter()
             .filter(|c| t.checkpoint_targets.contains(&c.target))
             .collect();
+        self.log_unknown_statuses(name, &listing);
         let now = Utc::now();
         let filter = t.filter.to_string();
         if state.baselined && state.filter.as_deref() != Some(filter.as_str()) {

@@ -397,6 +397,44 @@ async fn a_flapping_listing_emits_one_completion_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn an_unknown_sync_status_passes_through_is_logged_once_and_never_completes() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    let h = env.sim.handle();
+    let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(
+        &target_and_sink(&rx, "").replace("events = [\"checkpoint.completed\"]\n", ""),
+    );
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    h.set_status(&a, Some("FAILED"));
+    let other =
+        r#"loopwatch_checkpoints{checkpoint_target="sampler",sync_status="other",target="qwen"}"#;
+    let deadline = Instant::now() + T;
+    while metric(&addr, other).await != 1.0 {
+        assert!(Instant::now() < deadline, "never counted as other");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Several more polls see the same value.
+    for _ in 0..3 {
+        let seen = h.requests();
+        wait_for("a poll", T, || (h.requests() > seen).then_some(())).await;
+    }
+    let kinds: Vec<String> = env.events().await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["checkpoint.status_changed"], "{kinds:?}");
+    let log = d.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("unknown sync_status"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("FAILED") && lines[0].contains("WARN"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
 async fn duplicate_ids_in_one_listing_are_harmless() {
     let env = Env::new().await;
     let rx = Receiver::start().await;
