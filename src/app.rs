@@ -25,7 +25,7 @@ use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
 use crate::store::postgres::{Leases, PgStore};
-use crate::store::{self, Store};
+use crate::store::{self, Access, Store};
 
 /// Everything one daemon needs, built and bound but not yet running.
 pub struct App {
@@ -44,24 +44,32 @@ pub struct App {
 impl App {
     /// Open the store, build the client and sinks. With `serve`, bind the HTTP listener.
     pub async fn build(cfg: Config, serve: bool) -> anyhow::Result<App> {
+        Self::build_with(cfg, serve, Access::ReadWrite).await
+    }
+
+    /// [`App::build`] with the store opened for `access` (`once --dry-run`: read-only).
+    pub async fn build_with(cfg: Config, serve: bool, access: Access) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
         metrics.init_series(&cfg);
         let (store, leases): (Arc<dyn Store>, _) = if cfg.store.is_postgres() {
-            let pg = PgStore::open(&cfg.store.url).await?;
+            let pg = PgStore::open_with(&cfg.store.url, access).await?;
             let leases = Leases::new(&pg, cfg.store.replica_id.clone(), cfg.store.lease_ttl);
             let own = Arc::new(Ownership::new(cfg.store.replica_id.clone()));
             metrics.targets_owned.set(0);
             (Arc::new(pg), Some((leases, own)))
         } else {
-            (store::open(&cfg.store.url).await?, None)
+            (store::open_with(&cfg.store.url, access).await?, None)
         };
-        // One SQLite file has one daemon: claims left by a crash are ours to release.
-        let released = store.release_claims().await?;
-        if released > 0 {
-            info!(
-                released,
-                "released delivery claims left by the previous run"
-            );
+        // One SQLite file has one daemon: claims left by its crash are its to release. Not
+        // `once`'s: it may run beside the daemon, whose claims are attempts in flight.
+        if serve && access == Access::ReadWrite {
+            let released = store.release_claims().await?;
+            if released > 0 {
+                info!(
+                    released,
+                    "released delivery claims left by the previous run"
+                );
+            }
         }
         let client = Arc::new(api::Client::new(&cfg.api)?);
         let outbox = Arc::new(Outbox::new(store.clone(), metrics.clone(), &cfg.sinks)?);

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -14,7 +13,7 @@ use crate::app::App;
 use crate::config::{Config, Filter};
 use crate::diff::TargetState;
 use crate::model::{Tracked, rfc3339};
-use crate::store::{self, DeliveryStatus, Fence, Redeliver, StoredEvent};
+use crate::store::{self, Access, DeliveryStatus, Fence, Redeliver, StoreError, StoredEvent};
 
 /// Output format of the listing commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -92,7 +91,19 @@ pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
     if cfg.store.is_postgres() {
         cfg.store.replica_id = format!("{}/once-{}", cfg.store.replica_id, std::process::id());
     }
-    let app = App::build(cfg, false).await?;
+    let app = if dry_run {
+        // Writes nothing, not even a new file: without a state file, the state is empty
+        // (every target takes its baseline) and lives in memory.
+        match App::build_with(cfg.clone(), false, Access::ReadOnly).await {
+            Err(e) if matches!(e.downcast_ref(), Some(StoreError::Missing(_))) => {
+                cfg.store.url = "sqlite::memory:".into();
+                App::build(cfg, false).await?
+            }
+            r => r?,
+        }
+    } else {
+        App::build(cfg, false).await?
+    };
     let leases = app.leases().filter(|_| !dry_run);
     let mut fences: HashMap<String, Fence> = HashMap::new();
     let mut targets = app.config().targets.clone();
@@ -172,7 +183,7 @@ async fn poll_and_deliver(
 
 /// `state`: what the daemon has persisted.
 pub async fn state(cfg: &Config, target: Option<&str>, output: Output) -> anyhow::Result<u8> {
-    let store = store::open(&cfg.store.url).await?;
+    let store = store::open_with(&cfg.store.url, Access::ReadOnly).await?;
     let dump = store.dump(target).await?;
     if let Some(t) = target
         && dump.is_empty()
@@ -270,7 +281,7 @@ pub async fn deliveries_list(
     status: Option<DeliveryStatus>,
     output: Output,
 ) -> anyhow::Result<u8> {
-    let store = store::open(&cfg.store.url).await?;
+    let store = store::open_with(&cfg.store.url, Access::ReadOnly).await?;
     let rows = store.list_deliveries(status, 10_000).await?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
@@ -316,7 +327,7 @@ pub async fn deliveries_redeliver(cfg: &Config, which: Redeliver) -> anyhow::Res
     {
         anyhow::bail!("--sink {s:?} is not a configured sink");
     }
-    let store = store::open(&cfg.store.url).await?;
+    let store = store::open_with(&cfg.store.url, Access::Existing).await?;
     let n = store.redeliver(&which, Utc::now()).await?;
     println!(
         "re-queued {n} deliveries; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
@@ -428,11 +439,6 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
-}
-
-/// Shared by commands that only need the store.
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn store::Store>> {
-    Ok(store::open(&cfg.store.url).await?)
 }
 
 #[cfg(test)]

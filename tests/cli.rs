@@ -100,6 +100,28 @@ async fn missing_config_and_usage_errors_have_their_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// The state files (database, log, shared memory): name, size and a hash of the bytes.
+fn store_files(env: &Env) -> Vec<(String, usize, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut files: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.db"))
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).unwrap();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                bytes.len(),
+                h.finish(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 #[tokio::test]
 async fn once_baselines_silently_then_reports_one_completion_once() {
     let env = Env::new().await;
@@ -109,17 +131,32 @@ async fn once_baselines_silently_then_reports_one_completion_once() {
     h.add_checkpoint("other-run", "sampler", "step-1", Some("SYNCING"));
     let cfg = env.write_config(TARGET);
 
-    // First sight: silent baseline, even in dry-run; dry-run writes nothing.
+    // Read-only commands on a store that does not exist: a clear error, nothing created.
+    for args in [&["state"][..], &["deliveries", "list"]] {
+        let out = env.run(&cfg, args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("no loopwatch state at") && err.trim().lines().count() == 1,
+            "{err}"
+        );
+    }
+    // First sight: silent baseline, even in dry-run; dry-run writes nothing, not even
+    // a new state file.
     let out = env.run(&cfg, &["once", "--dry-run"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "");
+    assert_eq!(store_files(&env), Vec::new(), "a state file was created");
     let out = env.run(&cfg, &["once"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(env.events().await.is_empty());
 
-    // SYNCING -> COMPLETE: dry-run shows it and stores nothing.
+    // SYNCING -> COMPLETE: dry-run shows it and stores nothing (every byte of the state
+    // files is the same; it used to migrate, probe and release claims).
     h.set_status(&syncing, Some("COMPLETE"));
+    let before = store_files(&env);
     let out = env.run(&cfg, &["once", "--dry-run"]).await;
+    assert_eq!(store_files(&env), before, "dry-run changed the state files");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let lines: Vec<serde_json::Value> = stdout(&out)
         .lines()

@@ -465,3 +465,41 @@ async fn the_demo_shows_events_within_15s_and_exits_zero() {
         "the demo left {state} behind"
     );
 }
+
+#[tokio::test]
+async fn once_beside_the_running_daemon_leaves_its_in_flight_deliveries_alone() {
+    // `once` used to release every delivery claim at start: the daemon's attempt in
+    // flight became due again and `once` sent it a second time.
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    rx.set_default(Some(Answer {
+        status: 204,
+        retry_after: None,
+        delay: Duration::from_secs(4),
+    }));
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&sink(
+        &rx,
+        "events = [\"checkpoint.completed\"]\ntimeout = \"10s\"",
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("the daemon's attempt", T, || {
+        (rx.count() >= 1).then_some(())
+    })
+    .await;
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rx.count(),
+        1,
+        "`once` sent the daemon's in-flight delivery again"
+    );
+}

@@ -335,4 +335,20 @@ async fn once_beside_a_running_replica_skips_the_targets_it_holds_and_polls_the_
         .collect();
     let before: Vec<_> = held.into_iter().map(|(t, o, e, _)| (t, o, e)).collect();
     assert_eq!(still, before, "`once` took a lease a live replica holds");
+
+    // A dry run (the replica stopped, so that nothing else writes) polls every target
+    // on read-only transactions and changes nothing.
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    drop(d);
+    let out = env.run(&cfg, &["once", "--dry-run"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(after, events, "a dry run wrote events");
 }

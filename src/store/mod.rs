@@ -26,6 +26,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Open(String),
+    /// An existing store was asked for and there is none.
+    #[error("{0}")]
+    Missing(String),
     /// The replica no longer holds the target's lease at the epoch it polled with.
     #[error("lease on target {target} lost (epoch {epoch} is stale); nothing was committed")]
     Fenced { target: String, epoch: i64 },
@@ -287,13 +290,41 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)>;
 }
 
-/// Open the store named by `store.url`.
+/// How a command opens the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Create it if missing and migrate it: `run`, `once`, `demo`.
+    ReadWrite,
+    /// An existing store, to change (`deliveries redeliver`): a missing SQLite file is an
+    /// error, not a fresh empty state that would match nothing.
+    Existing,
+    /// An existing store that is never written, not even migrated: `state`,
+    /// `deliveries list`, `once --dry-run`.
+    ReadOnly,
+}
+
+/// Open the store named by `store.url`, creating and migrating it.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    open_with(url, Access::ReadWrite).await
+}
+
+pub async fn open_with(url: &str, access: Access) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::open_with(url, access).await?,
+        ))
     } else {
-        Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?))
+        Ok(std::sync::Arc::new(
+            postgres::PgStore::open_with(url, access).await?,
+        ))
     }
+}
+
+/// The error for a store whose schema is older than this build's, opened read-only.
+pub(crate) fn needs_migration(shown: &str) -> StoreError {
+    StoreError::Open(format!(
+        "the state at {shown} was written by an older loopwatch; run `loopwatch once` or the daemon once to upgrade it"
+    ))
 }
 
 /// (sink, status, count, oldest created_at) rows -> one backlog per sink.

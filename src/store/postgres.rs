@@ -11,9 +11,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{
-    AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow, DeliveryStatus,
-    EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
-    TargetDump, event_from_row, ms_to_time,
+    Access, AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow,
+    DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
+    StoredEvent, TargetDump, event_from_row, ms_to_time,
 };
 use crate::diff::TargetState;
 use crate::model::{CheckpointTarget, Raw, Tracked};
@@ -29,17 +29,41 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, Access::ReadWrite).await
+    }
+
+    /// With [`Access::ReadOnly`], every transaction is read-only and nothing is migrated.
+    pub async fn open_with(url: &str, access: Access) -> Result<Self> {
         let shown = crate::config::redact_url(url);
-        let opts: PgConnectOptions = url
+        let mut opts: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Open(format!("store.url {shown}: {e}")))?;
+        if access == Access::ReadOnly {
+            opts = opts.options([("default_transaction_read_only", "on")]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Open(format!("cannot connect to {shown}: {e}")))?;
-        MIGRATOR.run(&pool).await?;
+        if access == Access::ReadOnly {
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(|_| {
+                        StoreError::Missing(format!(
+                            "no loopwatch state in {shown}: nothing has run with this store.url yet"
+                        ))
+                    })?;
+            let latest = MIGRATOR.iter().map(|m| m.version).max();
+            if applied < latest {
+                return Err(super::needs_migration(&shown));
+            }
+        } else {
+            MIGRATOR.run(&pool).await?;
+        }
         Ok(PgStore { pool })
     }
 

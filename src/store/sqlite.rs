@@ -16,9 +16,9 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
 use super::{
-    AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow, DeliveryStatus,
-    EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
-    TargetDump, event_from_row, ms_to_time,
+    Access, AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow,
+    DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
+    StoredEvent, TargetDump, event_from_row, ms_to_time,
 };
 use crate::diff::TargetState;
 use crate::model::{CheckpointTarget, Event, Raw, Tracked};
@@ -40,15 +40,34 @@ pub struct SqliteStore {
     /// them with it. One disk sync costs ~0.2 ms here, and a busy sink claims and records
     /// thousands of times a second.
     leases: SqlitePool,
+    /// Opened with [`Access::ReadOnly`]: loading computes missing digests, keeps none.
+    read_only: bool,
 }
 
 impl SqliteStore {
     /// Open (creating if missing) and migrate. Fails loudly on a file that is not a
     /// loopwatch database, is locked, or cannot be written: never a silent fresh start.
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, Access::ReadWrite).await
+    }
+
+    /// With [`Access::ReadOnly`] the file is opened read-only (SQLite refuses every
+    /// write), not migrated and not probed; with anything but `ReadWrite` a missing file
+    /// is an error.
+    pub async fn open_with(url: &str, access: Access) -> Result<Self> {
+        let read_only = access == Access::ReadOnly;
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Open(format!("store.url {url:?}: {e}")))?
-            .create_if_missing(true)
+            .map_err(|e| StoreError::Open(format!("store.url {url:?}: {e}")))?;
+        let path = opts.get_filename();
+        if access != Access::ReadWrite && !url.contains(":memory:") && !path.exists() {
+            return Err(StoreError::Missing(format!(
+                "no loopwatch state at {}: nothing has run with this store.url yet (or the path is wrong)",
+                path.display()
+            )));
+        }
+        let opts = opts
+            .create_if_missing(access == Access::ReadWrite)
+            .read_only(read_only)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
@@ -66,12 +85,27 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(|e| StoreError::Open(format!("cannot open {url}: {e}")))?;
-        MIGRATOR.run(&pool).await?;
-        // A write probe: a read-only directory or file fails here, at start, not mid-poll.
-        sqlx::query("CREATE TABLE IF NOT EXISTS write_probe (x INTEGER); DROP TABLE write_probe;")
+        if read_only {
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(|e| {
+                        StoreError::Open(format!("{url} is not a loopwatch state file: {e}"))
+                    })?;
+            if applied < MIGRATOR.iter().map(|m| m.version).max() {
+                return Err(super::needs_migration(url));
+            }
+        } else {
+            MIGRATOR.run(&pool).await?;
+            // A write probe: a read-only directory or file fails here, at start, not mid-poll.
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS write_probe (x INTEGER); DROP TABLE write_probe;",
+            )
             .execute(&pool)
             .await
             .map_err(|e| StoreError::Open(format!("cannot write to {url}: {e}")))?;
+        }
         let leases = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts.synchronous(SqliteSynchronous::Normal))
@@ -81,6 +115,7 @@ impl SqliteStore {
             pool,
             leases,
             writes: tokio::sync::Mutex::new(()),
+            read_only,
         })
     }
 }
@@ -531,6 +566,9 @@ impl Store for SqliteStore {
             for (target, id, raw) in &old {
                 let d = Raw::digest_of(raw);
                 digests.insert((target, id), d);
+                if self.read_only {
+                    continue;
+                }
                 sqlx::query("UPDATE checkpoints SET raw_digest = ? WHERE target = ? AND id = ?")
                     .bind(d as i64)
                     .bind(target)
