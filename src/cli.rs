@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -181,10 +182,25 @@ async fn poll_and_deliver(
     Ok(if failed > 0 { exit::FAILURE } else { exit::OK })
 }
 
+/// The store, read-only; None (and a warning on stderr) when there is no state file yet:
+/// nothing to show, and nothing created.
+async fn read_only_store(cfg: &Config) -> anyhow::Result<Option<Arc<dyn store::Store>>> {
+    match store::open_with(&cfg.store.url, Access::ReadOnly).await {
+        Ok(s) => Ok(Some(s)),
+        Err(StoreError::Missing(m)) => {
+            eprintln!("warning: {m}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `state`: what the daemon has persisted.
 pub async fn state(cfg: &Config, target: Option<&str>, output: Output) -> anyhow::Result<u8> {
-    let store = store::open_with(&cfg.store.url, Access::ReadOnly).await?;
-    let dump = store.dump(target).await?;
+    let dump = match read_only_store(cfg).await? {
+        Some(store) => store.dump(target).await?,
+        None => Vec::new(),
+    };
     if let Some(t) = target
         && dump.is_empty()
     {
@@ -281,8 +297,10 @@ pub async fn deliveries_list(
     status: Option<DeliveryStatus>,
     output: Output,
 ) -> anyhow::Result<u8> {
-    let store = store::open_with(&cfg.store.url, Access::ReadOnly).await?;
-    let rows = store.list_deliveries(status, 10_000).await?;
+    let rows = match read_only_store(cfg).await? {
+        Some(store) => store.list_deliveries(status, 10_000).await?,
+        None => Vec::new(),
+    };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => {

@@ -131,16 +131,22 @@ async fn once_baselines_silently_then_reports_one_completion_once() {
     h.add_checkpoint("other-run", "sampler", "step-1", Some("SYNCING"));
     let cfg = env.write_config(TARGET);
 
-    // Read-only commands on a store that does not exist: a clear error, nothing created.
-    for args in [&["state"][..], &["deliveries", "list"]] {
+    // Read-only commands before any state exists: nothing to show, a one-line warning
+    // naming the path (a mistyped store.url shows up), and no file created.
+    for args in [
+        &["state", "-o", "json"][..],
+        &["deliveries", "list", "-o", "json"],
+    ] {
         let out = env.run(&cfg, args).await;
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(stdout(&out).trim(), "[]", "{args:?}");
         let err = stderr(&out);
         assert!(
             err.contains("no loopwatch state at") && err.trim().lines().count() == 1,
             "{err}"
         );
     }
+    assert_eq!(store_files(&env), Vec::new(), "a state file was created");
     // First sight: silent baseline, even in dry-run; dry-run writes nothing, not even
     // a new state file.
     let out = env.run(&cfg, &["once", "--dry-run"]).await;
