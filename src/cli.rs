@@ -172,10 +172,10 @@ async fn poll_and_deliver(
     drop(stdout);
     if !dry_run {
         let s = app.outbox.deliver_due().await;
-        if s.delivered + s.failed > 0 {
+        if s.delivered + s.retrying + s.dead > 0 {
             eprintln!(
-                "deliveries: {} delivered, {} failed (will retry per retry_schedule)",
-                s.delivered, s.failed
+                "deliveries: {} delivered, {} failed and will be retried per retry_schedule, {} dead (see `loopwatch deliveries list --status dead`)",
+                s.delivered, s.retrying, s.dead
             );
         }
     }

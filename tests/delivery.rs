@@ -157,12 +157,14 @@ async fn retry_after_is_honoured() {
 async fn gone_is_dead_at_once_and_redeliver_dead_sends_it_again() {
     let env = Env::new().await;
     let rx = Receiver::start().await;
-    rx.script([Answer::status(410)]);
+    // The replay fails once more: it has the whole retry schedule again, not what was
+    // left of it (it used to go dead at the first failure).
+    rx.script([Answer::status(410), Answer::status(500)]);
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&sink(
         &rx,
-        "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\", \"100ms\"]",
+        "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\"]",
     ));
     let d = env.spawn_daemon(&cfg);
     let addr = d.ready().await;
@@ -198,9 +200,12 @@ async fn gone_is_dead_at_once_and_redeliver_dead_sends_it_again() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for("the redelivery", T, || (rx.count() >= 2).then_some(())).await;
+    wait_for("the redelivery and its retry", T, || {
+        (rx.count() >= 3).then_some(())
+    })
+    .await;
     let got = rx.got();
-    assert_eq!(got[0].id(), got[1].id());
+    assert!(got.iter().all(|r| r.id() == got[0].id()));
     wait_for("delivered", T, || {
         (list("delivered").as_array()?.len() == 1).then_some(())
     })
@@ -501,5 +506,27 @@ async fn once_beside_the_running_daemon_leaves_its_in_flight_deliveries_alone() 
         rx.count(),
         1,
         "`once` sent the daemon's in-flight delivery again"
+    );
+}
+
+#[tokio::test]
+async fn once_reports_delivered_retrying_and_dead_deliveries_apart() {
+    // It said "N failed (will retry per retry_schedule)" of deliveries that had died.
+    let env = Env::new().await;
+    let rx = Receiver::start().await;
+    rx.script([Answer::status(410), Answer::status(500)]);
+    let h = env.sim.handle();
+    let ids = h.add_many("run-1", 3, Some("SYNCING"));
+    let cfg = env.write_config(&sink(&rx, "events = [\"checkpoint.completed\"]"));
+    assert!(env.run(&cfg, &["once"]).await.status.success());
+    h.set_status_many(&ids, Some("COMPLETE"));
+    let out = env.run(&cfg, &["once"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "deliveries: 1 delivered, 1 failed and will be retried per retry_schedule, 1 dead"
+        ),
+        "{stderr}"
     );
 }

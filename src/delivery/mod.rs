@@ -228,17 +228,26 @@ impl Outbox {
         (c, r, start.elapsed())
     }
 
-    /// Record the outcomes of finished attempts, in one write.
-    async fn record(&self, sink: &Sink, done: Vec<Finished>) {
+    /// Record the outcomes of finished attempts, in one write; returns what they were.
+    async fn record(&self, sink: &Sink, done: Vec<Finished>) -> DeliverySummary {
         let now = Utc::now();
         let outcomes: Vec<(i64, AttemptOutcome)> = done
             .into_iter()
             .map(|(c, r, took)| (c.delivery_id, self.outcome(sink, &c, r, took, now)))
             .collect();
+        let mut summary = DeliverySummary::default();
+        for (_, o) in &outcomes {
+            match o {
+                AttemptOutcome::Delivered => summary.delivered += 1,
+                AttemptOutcome::Retry { .. } => summary.retrying += 1,
+                AttemptOutcome::Dead { .. } => summary.dead += 1,
+            }
+        }
         if let Err(e) = self.store.record_attempts(&outcomes, now).await {
             // The claims expire and the deliveries are retried: at-least-once holds.
             error!(sink = sink.name(), deliveries = outcomes.len(), error = %e, "cannot record delivery outcomes");
         }
+        summary
     }
 
     /// What an attempt's result means, counted and logged.
@@ -345,7 +354,10 @@ impl Outbox {
             }
             if writing.is_none() && !finished.is_empty() {
                 writing_len = finished.len();
-                writing = Some(Box::pin(self.record(&sink, std::mem::take(&mut finished))));
+                let batch = std::mem::take(&mut finished);
+                writing = Some(Box::pin(async {
+                    self.record(&sink, batch).await;
+                }));
             }
             // Claims in batches: once at most half a slot-full is left claimed ahead.
             let busy = inflight.len() + finished.len() + writing_len;
@@ -452,7 +464,6 @@ impl Outbox {
                     Ok(_) => break,
                     Err(e) => {
                         warn!(sink = sink.name(), error = %e, "cannot claim deliveries");
-                        s.failed += 1;
                         break;
                     }
                 };
@@ -460,20 +471,12 @@ impl Outbox {
                     batch.into_iter().map(|c| self.attempt(sink, c)),
                 )
                 .await;
-                for (_, r, _) in &results {
-                    if r.is_ok() {
-                        s.delivered += 1;
-                    } else {
-                        s.failed += 1;
-                    }
-                }
-                self.record(sink, results).await;
+                s.add(self.record(sink, results).await);
             }
             s
         });
         for s in futures_util::future::join_all(per_sink).await {
-            summary.delivered += s.delivered;
-            summary.failed += s.failed;
+            summary.add(s);
         }
         summary
     }
@@ -507,7 +510,18 @@ impl Outbox {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DeliverySummary {
     pub delivered: u64,
-    pub failed: u64,
+    /// Failed, with an attempt left: due again per `retry_schedule`.
+    pub retrying: u64,
+    /// Failed for good (410, or the last attempt): kept as dead.
+    pub dead: u64,
+}
+
+impl DeliverySummary {
+    fn add(&mut self, o: DeliverySummary) {
+        self.delivered += o.delivered;
+        self.retrying += o.retrying;
+        self.dead += o.dead;
+    }
 }
 
 #[cfg(test)]

@@ -384,7 +384,7 @@ impl Store for PgStore {
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
         let now = now.timestamp_millis();
-        const SET: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, claimed_until = NULL, updated_at = $1";
+        const SET: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, updated_at = $1";
         let mut n = 0;
         match which {
             Redeliver::Dead { sink } => {

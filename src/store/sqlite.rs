@@ -379,8 +379,8 @@ async fn commit_poll_on(
         .collect())
 }
 
-/// Makes a delivery pending again, due now (`?1` = now).
-const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, claimed_until = NULL, updated_at = ?1";
+/// Makes a delivery pending again, due now (`?1` = now), with the retry schedule afresh.
+const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1, claimed_until = NULL, updated_at = ?1";
 
 /// Makes the deliveries named by delivery or event id pending again, in one transaction.
 async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) -> Result<u64> {
