@@ -27,6 +27,8 @@ pub enum Output {
 pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
+    /// A usage error (unknown command or flag, a missing or bad argument).
+    pub const USAGE: u8 = 2;
     pub const CONFIG: u8 = 78;
 }
 

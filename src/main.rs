@@ -109,12 +109,52 @@ enum DeliveriesCommand {
     },
 }
 
+/// clap's usage error (message, tips, usage, a pointer to --help on several lines) as
+/// the one line every loopwatch error is.
+fn usage_error_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    let mut command = vec!["loopwatch"];
+    for line in rendered.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        if let Some(usage) = line.strip_prefix("Usage: ") {
+            command = usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['<', '[', '-']))
+                .collect();
+            continue;
+        }
+        if line.starts_with("tip:") {
+            parts.push(";");
+        }
+        parts.push(line);
+    }
+    let message = parts.join(" ").replace(" ;", ";");
+    format!("{message}; see `{} --help`", command.join(" "))
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 5m)"))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind::{
+                DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion,
+            };
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            eprintln!("{}", usage_error_line(&e.render().to_string()));
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -93,11 +93,36 @@ async fn missing_config_and_usage_errors_have_their_exit_codes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(stderr(&out).contains("/nonexistent/loopwatch.toml"));
+    // Usage errors: exit 2, one line naming what is wrong and where to look.
+    for (args, says) in [
+        (
+            &["frobnicate"][..],
+            "unrecognized subcommand 'frobnicate'; see `loopwatch --help`",
+        ),
+        (
+            &["checkpoints"],
+            "not provided: <--run-id <RUN_ID>|--base-model <BASE_MODEL>|--checkpoint-path <CHECKPOINT_PATH>>; see `loopwatch checkpoints --help`",
+        ),
+        (
+            &["once", "--dry"],
+            "'--dry' found; tip: a similar argument exists: '--dry-run'; see `loopwatch once --help`",
+        ),
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains(says), "{err}");
+    }
     let out = std::process::Command::new(bin())
-        .args(["frobnicate"])
+        .arg("--version")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).starts_with("loopwatch "));
 }
 
 /// The state files (database, log, shared memory): name, size and a hash of the bytes.
