@@ -300,7 +300,7 @@ impl TargetMetrics {
             let i = ct as usize;
             let j = SYNC_CLASSES.iter().position(|c| *c == class).unwrap_or(3);
             counts[i][j] += 1;
-            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(created) {
+            if let Some(t) = crate::model::parse_created_at(created) {
                 let ts = t.timestamp_millis() as f64 / 1000.0;
                 latest[i] = Some(latest[i].map_or(ts, |l: f64| l.max(ts)));
             }

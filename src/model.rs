@@ -328,6 +328,18 @@ impl Event {
     }
 }
 
+/// An upstream `created_at`: RFC 3339, or an ISO 8601 date-time without an offset
+/// (documented only as ISO 8601), read as UTC.
+pub fn parse_created_at(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.to_utc());
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
+        .map(|t| t.and_utc())
+}
+
 /// RFC 3339 with milliseconds and `Z`, the one timestamp format loopwatch writes.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -356,6 +368,20 @@ pub fn event_id(target: &str, checkpoint_id: &str, first_seen: DateTime<Utc>, se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn created_at_without_an_offset_is_utc() {
+        let want = DateTime::parse_from_rfc3339("2026-01-03T00:00:00.250Z").unwrap();
+        for s in [
+            "2026-01-03T00:00:00.250Z",
+            "2026-01-03T01:00:00.250+01:00",
+            "2026-01-03T00:00:00.250",
+            "2026-01-03 00:00:00.25",
+        ] {
+            assert_eq!(parse_created_at(s), Some(want.to_utc()), "{s}");
+        }
+        assert_eq!(parse_created_at("yesterday"), None);
+    }
 
     #[test]
     fn both_spellings_of_complete_are_complete() {

@@ -32,6 +32,9 @@ pub enum PollError {
     Api(#[from] api::Error),
     #[error("cannot store the poll: {0}")]
     Store(#[from] StoreError),
+    /// Shutdown came before the listing did: nothing was written.
+    #[error("cancelled by shutdown before the listing arrived; nothing was written")]
+    Cancelled,
 }
 
 /// What one successful poll found.
@@ -128,10 +131,29 @@ impl Poller {
         dry_run: bool,
         fence: Option<Fence>,
     ) -> Result<PollReport, PollError> {
-        let _permit = self.permits.acquire().await.expect("never closed");
+        let never = CancellationToken::new();
+        self.poll_until(t, state, dry_run, fence, &never).await
+    }
+
+    /// [`Poller::poll_target`], given up ([`PollError::Cancelled`], nothing written) when
+    /// `cancel` fires while the poll waits for a slot, a rate-limit token or the API. Once
+    /// the listing is in, the poll runs to its end: a commit is never cut.
+    pub async fn poll_until(
+        &self,
+        t: &TargetConfig,
+        state: &mut TargetState,
+        dry_run: bool,
+        fence: Option<Fence>,
+        cancel: &CancellationToken,
+    ) -> Result<PollReport, PollError> {
+        let _permit = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(PollError::Cancelled),
+            p = self.permits.acquire() => p.expect("never closed"),
+        };
         // Boxed: the poll's future (HTTP, decode, store) exists only while it runs, so a
         // waiting target costs a small future, not a poll's worth, times 10,000 targets.
-        Box::pin(self.poll_now(t, state, dry_run, fence)).await
+        Box::pin(self.poll_now(t, state, dry_run, fence, cancel)).await
     }
 
     async fn poll_now(
@@ -140,10 +162,15 @@ impl Poller {
         state: &mut TargetState,
         dry_run: bool,
         fence: Option<Fence>,
+        cancel: &CancellationToken,
     ) -> Result<PollReport, PollError> {
         let name = t.name.as_str();
         let start = Instant::now();
-        let result = self.client.fetch(&t.filter).await;
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(PollError::Cancelled),
+            r = self.client.fetch(&t.filter) => r,
+        };
         if let Ok(body) = &result
             && let Some(settled) = state.settled
             && settled.digest == body.digest()
@@ -174,7 +201,10 @@ impl Poller {
                 } else {
                     PollOutcome::Error
                 };
-                self.metrics.target(name).poll(outcome);
+                // Failed polls are timed too: a hanging API shows as latency, not silence.
+                let m = self.metrics.target(name);
+                m.poll(outcome);
+                m.poll_duration(start.elapsed().as_secs_f64());
                 return Err(e.into());
             }
         };
@@ -245,6 +275,7 @@ impl Poller {
             if let Err(e) = self.store.commit_poll(commit).await {
                 let m = self.metrics.target(name);
                 m.poll(PollOutcome::Error);
+                m.poll_duration(start.elapsed().as_secs_f64());
                 if matches!(e, StoreError::Fenced { .. }) {
                     m.fencing_rejection();
                 }
@@ -309,15 +340,22 @@ impl Poller {
             info!(target = name, event = %e.kind, checkpoint = %e.uri(), event_id = %e.id, "event");
         }
         if diffed {
-            m.set_checkpoints(
-                state
-                    .checkpoints
-                    .values()
-                    .filter(|c| !c.deleted)
-                    .map(|c| (c.target, c.class(), c.created_at.as_str())),
-            );
+            self.publish_checkpoints(name, state);
         }
         self.health.target_polled(name);
+    }
+
+    /// The checkpoint gauges from `state`: after a poll that diffed, and whenever a
+    /// target's state is loaded (a restart must not show "no checkpoints" until the
+    /// listing changes: a settled listing is not diffed again).
+    fn publish_checkpoints(&self, name: &str, state: &TargetState) {
+        self.metrics.target(name).set_checkpoints(
+            state
+                .checkpoints
+                .values()
+                .filter(|c| !c.deleted)
+                .map(|c| (c.target, c.class(), c.created_at.as_str())),
+        );
     }
 
     fn jittered(&self, d: Duration) -> Duration {
@@ -456,6 +494,9 @@ impl Poller {
         let mut unchanged: u32 = 0;
         let mut pace: Option<Cadence> = None;
         let mut learned = false;
+        if let Some(s) = &state {
+            self.publish_checkpoints(&name, s);
+        }
         loop {
             beat.beat();
             if let Some(own) = &self.ownership {
@@ -479,6 +520,7 @@ impl Poller {
                 None => match self.store.load_target(&name).await {
                     Ok(s) => {
                         debug!(target = %name, tracked = s.checkpoints.len(), baselined = s.baselined, "state loaded");
+                        self.publish_checkpoints(&name, &s);
                         state = Some(s);
                         continue;
                     }
@@ -487,7 +529,7 @@ impl Poller {
                         t.syncing_interval
                     }
                 },
-                Some(s) => match self.poll_target(&t, s, false, held.clone()).await {
+                Some(s) => match self.poll_until(&t, s, false, held.clone(), &token).await {
                     Ok(report) => {
                         failures = 0;
                         unchanged = if report.wrote {
@@ -518,6 +560,7 @@ impl Poller {
                             self.cfg.adaptive,
                         ))
                     }
+                    Err(PollError::Cancelled) => break,
                     Err(PollError::Store(StoreError::Fenced { epoch, .. })) => {
                         warn!(target = %name, epoch, "lease lost before commit; nothing committed or emitted");
                         state = None;
@@ -559,6 +602,8 @@ impl Poller {
                 error!(target = name, error = %s, "cannot commit a poll; nothing was emitted, will retry");
                 self.jittered(t.syncing_interval)
             }
+            // The loop stops on it before asking.
+            PollError::Cancelled => Duration::ZERO,
         }
     }
 }

@@ -836,3 +836,96 @@ async fn no_secret_appears_in_logs_metrics_cli_output_or_stored_rows() {
         }
     }
 }
+
+#[tokio::test]
+async fn sigterm_cuts_polls_waiting_on_a_hanging_api_or_the_rate_limit() {
+    // Polls waiting for a rate-limit token went on after SIGTERM, and a poll stuck on a
+    // hanging API was awaited up to api.timeout: the exit overran the grace period.
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.set_fault(Some(Fault::Delay(Duration::from_secs(60))));
+    let mut targets = String::new();
+    for i in 0..40 {
+        targets += &format!("[[targets]]\nname = \"t{i}\"\nrun_id = \"run-{i}\"\n");
+    }
+    let cfg = env.write_config(&targets);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout = \"2s\"", "timeout = \"30s\"")
+        .replace(
+            "max_requests_per_second = 200",
+            "max_requests_per_second = 2",
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = env.spawn_daemon(&cfg);
+    d.addr().await;
+    wait_for("polls hanging on the API", T, || {
+        (h.requests() >= 2).then_some(())
+    })
+    .await;
+    d.signal("TERM");
+    let at_term = h.requests();
+    assert_eq!(d.wait(Duration::from_secs(20)).await, 0);
+    let after = h.requests() - at_term;
+    let log = d.log_text();
+    assert!(after <= 1, "{after} requests after SIGTERM");
+    assert!(
+        !log.contains("did not stop within the grace period"),
+        "{log}"
+    );
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[tokio::test]
+async fn checkpoint_gauges_come_from_the_stored_state_after_a_restart() {
+    // They read 0 after a restart until a poll diffed a listing: with the API down, or
+    // with an unchanged (settled) listing that is never decoded again, dashboards showed
+    // no checkpoints and a latest checkpoint created in 1970.
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    h.add_checkpoint("run-1", "sampler", "step-200", Some("SYNCING"));
+    let cfg = env.write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n");
+    let series = |status: &str| {
+        format!(
+            "loopwatch_checkpoints{{checkpoint_target=\"sampler\",sync_status=\"{status}\",target=\"qwen\"}}"
+        )
+    };
+    let latest = "loopwatch_latest_checkpoint_created_timestamp_seconds{checkpoint_target=\"sampler\",target=\"qwen\"}";
+    let gauges = async |addr: &str| {
+        (
+            metric(addr, &series("COMPLETE")).await,
+            metric(addr, &series("SYNCING")).await,
+            metric(addr, latest).await > 0.0,
+        )
+    };
+    let mut d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    assert_eq!(gauges(&addr).await, (1.0, 1.0, true));
+    d.signal("TERM");
+    assert_eq!(d.wait(T).await, 0);
+
+    for fault in [
+        Some(Fault::Status {
+            code: 500,
+            retry_after: None,
+            body: None,
+        }),
+        None,
+    ] {
+        h.set_fault(fault.clone());
+        let mut d = env.spawn_daemon(&cfg);
+        let addr = d.addr().await;
+        let deadline = Instant::now() + T;
+        while gauges(&addr).await != (1.0, 1.0, true) {
+            assert!(
+                Instant::now() < deadline,
+                "{fault:?}: gauges {:?}",
+                gauges(&addr).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        d.signal("TERM");
+        assert_eq!(d.wait(T).await, 0);
+    }
+}

@@ -85,6 +85,16 @@ pub struct Client {
     max_bytes: u64,
 }
 
+/// The listing endpoint under `base`: a path prefix (a gateway's `/loops-proxy`) is
+/// kept, with or without its trailing slash (URL resolution would drop its last segment).
+fn endpoint(base: &Url) -> Result<Url, url::ParseError> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    base.join("v1/loops/checkpoints")
+}
+
 impl Client {
     pub fn new(cfg: &ApiConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
@@ -93,7 +103,7 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("loopwatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let endpoint = cfg.base_url.join("v1/loops/checkpoints")?;
+        let endpoint = endpoint(&cfg.base_url)?;
         let scheme = match cfg.auth_scheme {
             AuthScheme::Bearer => "Bearer",
             AuthScheme::ApiKey => "Api-Key",
@@ -187,9 +197,14 @@ impl Body {
     }
 }
 
+/// `rps` requests a second with a bucket of a tenth of a second's worth: a full bucket of
+/// a whole second's worth let twice `rps` through in the first second (and after any
+/// pause); this way no one-second window sees more than ~1.1x `rps`, and at high rates
+/// waiters still wake in batches rather than one timer tick (1 ms) each.
 fn quota(rps: f64) -> Quota {
     let per = Duration::from_secs_f64(1.0 / rps.max(1e-6));
-    let burst = NonZeroU32::new(rps.ceil().clamp(1.0, 1000.0) as u32).unwrap_or(NonZeroU32::MIN);
+    let burst =
+        NonZeroU32::new((rps / 10.0).ceil().clamp(1.0, 1000.0) as u32).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(per)
         .expect("period > 0")
         .allow_burst(burst)
@@ -250,6 +265,43 @@ pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_limit_holds_in_every_second_even_the_first() {
+        use governor::clock::FakeRelativeClock;
+        for rps in [0.5, 1.0, 10.0, 200.0] {
+            let clock = FakeRelativeClock::default();
+            let limiter = RateLimiter::direct_with_clock(quota(rps), clock.clone());
+            // Requests as fast as allowed, counted per one-second window, 1 ms steps.
+            let mut per_second = vec![0u32; 5];
+            for ms in 0..5000 {
+                while limiter.check().is_ok() {
+                    per_second[ms / 1000] += 1;
+                }
+                clock.advance(Duration::from_millis(1));
+            }
+            let ceiling = (rps * 1.1).ceil().max(1.0) as u32;
+            assert!(
+                per_second.iter().all(|&n| n <= ceiling),
+                "{rps} rps: {per_second:?}"
+            );
+            let total: u32 = per_second.iter().sum();
+            assert!(
+                f64::from(total) >= rps * 5.0 - 1.0,
+                "{rps} rps: {per_second:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_base_url_path_prefix_is_kept_with_or_without_its_slash() {
+        for base in ["http://gw/loops-proxy", "http://gw/loops-proxy/"] {
+            let url = endpoint(&Url::parse(base).unwrap()).unwrap();
+            assert_eq!(url.as_str(), "http://gw/loops-proxy/v1/loops/checkpoints");
+        }
+        let url = endpoint(&Url::parse("https://api.baseten.co").unwrap()).unwrap();
+        assert_eq!(url.as_str(), "https://api.baseten.co/v1/loops/checkpoints");
+    }
 
     #[test]
     fn retry_after_forms() {
