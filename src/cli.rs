@@ -108,9 +108,25 @@ pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
         App::build(cfg, false).await?
     };
     let leases = app.leases().filter(|_| !dry_run);
-    let mut fences: HashMap<String, Fence> = HashMap::new();
-    let mut targets = app.config().targets.clone();
-    if let Some(leases) = leases {
+    let Some(leases) = leases else {
+        let targets = app.config().targets.clone();
+        return poll_and_deliver(&app, &targets, &HashMap::new(), dry_run).await;
+    };
+    // Renew what is held every ttl/3 while the run lasts (taking the leases of 10,000
+    // targets, or polling them at the API's pace, can outlast one ttl), and give every
+    // lease back at the end, whatever happened.
+    let ttl = app.config().store.lease_ttl;
+    let renewing = async {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            if let Err(e) = leases.renew().await {
+                eprintln!("warning: cannot renew the target leases: {e}");
+            }
+        }
+    };
+    let run = async {
+        let mut fences: HashMap<String, Fence> = HashMap::new();
+        let mut targets = app.config().targets.clone();
         let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         for (name, got) in leases.take_free(&names).await? {
             match got {
@@ -124,11 +140,13 @@ pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
             }
         }
         targets.retain(|t| fences.contains_key(&t.name));
-    }
-    let outcome = poll_and_deliver(&app, &targets, &fences, dry_run).await;
-    if let Some(leases) = leases
-        && let Err(e) = leases.release_all().await
-    {
+        poll_and_deliver(&app, &targets, &fences, dry_run).await
+    };
+    let outcome = tokio::select! {
+        r = run => r,
+        () = renewing => unreachable!("renews until the run ends"),
+    };
+    if let Err(e) = leases.release_all().await {
         eprintln!("warning: cannot give back the target leases (they expire on their own): {e}");
     }
     outcome
@@ -353,7 +371,9 @@ pub async fn deliveries_redeliver(cfg: &Config, which: Redeliver) -> anyhow::Res
         "re-queued {n} deliveries; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
     );
     if n == 0 && matches!(which, Redeliver::Ids(_)) {
-        anyhow::bail!("no delivery matched the given ids (see `loopwatch deliveries list`)");
+        anyhow::bail!(
+            "no delivery matched the given ids, or each is being attempted right now (see `loopwatch deliveries list`; try again once its attempt ends)"
+        );
     }
     Ok(exit::OK)
 }

@@ -292,10 +292,18 @@ async fn once_beside_a_running_replica_skips_the_targets_it_holds_and_polls_the_
     h.add_many("run-0", 2, Some("COMPLETE"));
     h.add_many("run-1", 2, Some("COMPLETE"));
     let cfg = pg_config(&env, &rx, 2).await;
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout = \"2s\"", "timeout = \"10s\"");
+    std::fs::write(&cfg, text).unwrap();
     let pool = sqlx::PgPool::connect(&pg_url(&cfg)).await.unwrap();
 
     // Nobody polls: `once` takes both leases under its own name, commits, gives them back.
+    // The API answers after longer than the lease lasts: `once` renews its leases (its
+    // commits were fenced off when it did not).
+    h.set_fault(Some(Fault::Delay(TTL + Duration::from_secs(1))));
     let out = env.run(&cfg, &["once"]).await;
+    h.set_fault(None);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let after_once = leases(&pool).await;

@@ -224,6 +224,20 @@ async fn conformance(store: Arc<dyn Store>) {
         s.redeliver(&Redeliver::Ids(vec![evt]), now).await.unwrap(),
         2
     );
+    // One being attempted is left alone: re-queued, it would go out twice.
+    let busy = s
+        .claim_due("a", now, 1, false, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(busy.len(), 1);
+    let busy = busy[0].delivery_id;
+    assert_eq!(
+        s.redeliver(&Redeliver::Ids(vec![busy.to_string()]), now)
+            .await
+            .unwrap(),
+        0
+    );
+    s.release(&[busy]).await.unwrap();
     assert_eq!(
         s.list_deliveries(Some(DeliveryStatus::Dead), 100)
             .await

@@ -35,28 +35,42 @@ impl PgStore {
     /// With [`Access::ReadOnly`], every transaction is read-only and nothing is migrated.
     pub async fn open_with(url: &str, access: Access) -> Result<Self> {
         let shown = crate::config::redact_url(url);
-        let mut opts: PgConnectOptions = url
+        let opts: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Open(format!("store.url {shown}: {e}")))?;
-        if access == Access::ReadOnly {
-            opts = opts.options([("default_transaction_read_only", "on")]);
-        }
+        let read_only = access == Access::ReadOnly;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
+            // Read-only sessions by a statement, not a startup option: PgBouncer refuses
+            // unknown startup parameters.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if read_only {
+                        sqlx::query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Open(format!("cannot connect to {shown}: {e}")))?;
-        if access == Access::ReadOnly {
+        if read_only {
+            let exists: bool =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(&pool)
+                    .await?;
+            if !exists {
+                return Err(StoreError::Missing(format!(
+                    "no loopwatch state in {shown}: nothing has run with this store.url yet"
+                )));
+            }
             let applied: Option<i64> =
                 sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                     .fetch_one(&pool)
-                    .await
-                    .map_err(|_| {
-                        StoreError::Missing(format!(
-                            "no loopwatch state in {shown}: nothing has run with this store.url yet"
-                        ))
-                    })?;
+                    .await?;
             let latest = MIGRATOR.iter().map(|m| m.version).max();
             if applied < latest {
                 return Err(super::needs_migration(&shown));
@@ -385,6 +399,9 @@ impl Store for PgStore {
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
         let now = now.timestamp_millis();
         const SET: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, updated_at = $1";
+        // Not one a worker is attempting: it would go out twice, and its outcome would
+        // overwrite the re-queue.
+        const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until <= $1)";
         let mut n = 0;
         match which {
             Redeliver::Dead { sink } => {
@@ -401,12 +418,14 @@ impl Store for PgStore {
                 let mut tx = self.pool.begin().await?;
                 for id in ids {
                     let q = if let Ok(num) = id.parse::<i64>() {
-                        sqlx::query(AssertSqlSafe(format!("{SET} WHERE id = $2")))
-                            .bind(now)
-                            .bind(num)
+                        sqlx::query(AssertSqlSafe(format!(
+                            "{SET} WHERE id = $2 AND {NOT_IN_FLIGHT}"
+                        )))
+                        .bind(now)
+                        .bind(num)
                     } else {
                         sqlx::query(AssertSqlSafe(format!(
-                            "{SET} WHERE event_seq = (SELECT seq FROM events WHERE id = $2)"
+                            "{SET} WHERE event_seq = (SELECT seq FROM events WHERE id = $2) AND {NOT_IN_FLIGHT}"
                         )))
                         .bind(now)
                         .bind(id.clone())
@@ -630,6 +649,19 @@ impl Leases {
             out.push((t.clone(), got));
         }
         Ok(out)
+    }
+
+    /// Extend every lease this owner still holds by `ttl` (a one-shot run's heartbeat);
+    /// returns how many.
+    pub async fn renew(&self) -> Result<u64> {
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "UPDATE leases SET expires_at = {DB_NOW} + $2 WHERE owner = $1 AND expires_at > {DB_NOW}"
+        )))
+        .bind(&self.replica)
+        .bind(self.ttl.as_millis() as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Give up every lease (on shutdown), so another replica takes over at once.

@@ -379,6 +379,10 @@ async fn commit_poll_on(
         .collect())
 }
 
+/// A delivery no worker is attempting right now (`?1` = now): re-queueing one in flight
+/// would send it twice, and its outcome would then overwrite the re-queue.
+const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until <= ?1)";
+
 /// Makes a delivery pending again, due now (`?1` = now), with the retry schedule afresh.
 const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1, claimed_until = NULL, updated_at = ?1";
 
@@ -388,12 +392,14 @@ async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) ->
     let mut n = 0;
     for id in ids {
         let q = if let Ok(num) = id.parse::<i64>() {
-            sqlx::query(AssertSqlSafe(format!("{REDELIVER} WHERE id = ?2")))
-                .bind(now)
-                .bind(num)
+            sqlx::query(AssertSqlSafe(format!(
+                "{REDELIVER} WHERE id = ?2 AND {NOT_IN_FLIGHT}"
+            )))
+            .bind(now)
+            .bind(num)
         } else {
             sqlx::query(AssertSqlSafe(format!(
-                "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = ?2)"
+                "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = ?2) AND {NOT_IN_FLIGHT}"
             )))
             .bind(now)
             .bind(id.clone())
