@@ -13,6 +13,7 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::Failure;
 use crate::store::StoredEvent;
@@ -45,39 +46,38 @@ pub async fn run(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Failure::Exec(format!("cannot start {}: {e}", command[0])))?;
-    // Its own group: the group id is the child's pid.
-    let group = child.id().and_then(|id| Pid::from_raw(id as i32));
+    // Its own group (the group id is the child's pid), killed whenever this attempt ends
+    // without the command succeeding: on timeout, on failure, and when the attempt is
+    // dropped (shutdown's grace over). A command that succeeded keeps what it started.
+    let group = GroupKill(child.id().and_then(|id| Pid::from_raw(id as i32)));
     let tail = Arc::new(Mutex::new(Vec::new()));
-    let reader = tokio::spawn(keep_tail(child.stderr.take().expect("piped"), tail.clone()));
+    let mut reader = AbortOnDropHandle::new(tokio::spawn(keep_tail(
+        child.stderr.take().expect("piped"),
+        tail.clone(),
+    )));
+    // stdin is written beside the wait: a command that exits without reading a large
+    // body, leaving a child that inherited the pipe, must not hold the attempt.
     let mut stdin = child.stdin.take().expect("piped");
     let body = event.body.clone();
-    let run = async {
+    let _writer = AbortOnDropHandle::new(tokio::spawn(async move {
         // A command that ignores stdin must not fail the delivery: a broken pipe is fine.
         let _ = stdin.write_all(body.as_bytes()).await;
-        drop(stdin);
-        child.wait().await
-    };
-    let waited = tokio::time::timeout(timeout, run).await;
-    let status = match waited {
+    }));
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => status,
-        Err(_) | Ok(Err(_)) => {
-            if let Some(g) = group {
-                let _ = kill_process_group(g, Signal::KILL);
-            }
-            let _ = child.start_kill();
+        Ok(Err(e)) => return Err(Failure::Exec(format!("waiting for {}: {e}", command[0]))),
+        Err(_) => {
+            drop(group);
             let _ = child.wait().await;
-            reader.abort();
-            return Err(match waited {
-                Ok(Err(e)) => Failure::Exec(format!("waiting for {}: {e}", command[0])),
-                _ => Failure::Timeout,
-            });
+            return Err(Failure::Timeout);
         }
     };
     if status.success() {
-        reader.abort();
+        group.disarm();
         return Ok(0);
     }
-    let _ = tokio::time::timeout(STDERR_LINGER, reader).await;
+    let _ = tokio::time::timeout(STDERR_LINGER, &mut reader).await;
+    drop(group);
     let tail = tail.lock().expect("not poisoned");
     let tail = String::from_utf8_lossy(&tail[tail.len().saturating_sub(STDERR_TAIL)..])
         .split_whitespace()
@@ -87,6 +87,24 @@ pub async fn run(
         "{} exited with {status}; stderr: {tail}",
         command[0]
     )))
+}
+
+/// SIGKILL to a process group when dropped, unless disarmed.
+struct GroupKill(Option<Pid>);
+
+impl GroupKill {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            // ESRCH (the group is gone) is the common case and fine.
+            let _ = kill_process_group(g, Signal::KILL);
+        }
+    }
 }
 
 /// Read `stderr` to its end, keeping the last [`STDERR_TAIL`] bytes in `tail`.
@@ -162,9 +180,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
         let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
-        let r = run(&sh(&script), &event(), Duration::from_millis(500)).await;
+        let r = run(&sh(&script), &event(), Duration::from_secs(3)).await;
         assert!(matches!(r, Err(Failure::Timeout)), "{r:?}");
-        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        assert_killed(&std::fs::read_to_string(&pidfile).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_attempt_kills_the_commands_children_too() {
+        // Shutdown's grace over: the attempt's future is dropped mid-run.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let (cmd, ev) = (sh(&script), event());
+        let attempt = run(&cmd, &ev, Duration::from_secs(60));
+        let written = async {
+            while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            r = attempt => panic!("finished: {r:?}"),
+            () = written => {}
+        }
+        assert_killed(&std::fs::read_to_string(&pidfile).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn a_large_body_unread_does_not_hold_a_successful_exit() {
+        // The body was written before waiting: a command that exits 0 without reading
+        // it, leaving a child holding stdin, timed out.
+        let mut ev = event();
+        ev.body = "x".repeat(1 << 20);
+        let r = run(&sh("sleep 30 & exit 0"), &ev, Duration::from_secs(5)).await;
+        assert_eq!(r.ok(), Some(0));
+    }
+
+    /// The process is gone, or a zombie until whoever adopted it reaps it.
+    async fn assert_killed(pid: &str) {
         let stat = format!("/proc/{}/stat", pid.trim());
         // Killed: gone, or a zombie until whoever adopted it reaps it.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
