@@ -125,13 +125,17 @@ async fn missing_config_and_usage_errors_have_their_exit_codes() {
     assert!(stdout(&out).starts_with("loopwatch "));
 }
 
-/// The state files (database, log, shared memory): name, size and a hash of the bytes.
+/// The state files (the database and its log; not `-shm`, where readers leave their
+/// read marks, nor the lock file): name, size and a hash of the bytes.
 fn store_files(env: &Env) -> Vec<(String, usize, u64)> {
     use std::hash::{Hash, Hasher};
     let mut files: Vec<_> = std::fs::read_dir(env.dir.path())
         .unwrap()
         .map(|e| e.unwrap())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("state.db"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name == "state.db" || name == "state.db-wal"
+        })
         .map(|e| {
             let bytes = std::fs::read(e.path()).unwrap();
             let mut h = std::collections::hash_map::DefaultHasher::new();

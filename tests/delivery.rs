@@ -105,7 +105,7 @@ async fn a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_with_the_s
     for w in got.windows(2) {
         let gap = w[1].at - w[0].at;
         assert!(
-            gap >= Duration::from_millis(80) && gap < Duration::from_millis(600),
+            gap >= Duration::from_millis(80) && gap < Duration::from_millis(900),
             "waited {gap:?} between attempts on a 100ms schedule"
         );
     }
@@ -472,21 +472,23 @@ async fn the_demo_shows_events_within_15s_and_exits_zero() {
 }
 
 #[tokio::test]
-async fn once_beside_the_running_daemon_leaves_its_in_flight_deliveries_alone() {
+async fn once_refuses_to_poll_beside_the_running_daemon_and_touches_nothing() {
     // `once` used to release every delivery claim at start: the daemon's attempt in
-    // flight became due again and `once` sent it a second time.
+    // flight became due again and `once` sent it a second time. And two pollers on one
+    // state file could record one new checkpoint under two event ids. Now one process
+    // polls a state file at a time; read-only commands and dry runs still work.
     let env = Env::new().await;
     let rx = Receiver::start().await;
     rx.set_default(Some(Answer {
         status: 204,
         retry_after: None,
-        delay: Duration::from_secs(4),
+        delay: Duration::from_secs(20),
     }));
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&sink(
         &rx,
-        "events = [\"checkpoint.completed\"]\ntimeout = \"10s\"",
+        "events = [\"checkpoint.completed\"]\ntimeout = \"30s\"",
     ));
     let d = env.spawn_daemon(&cfg);
     d.ready().await;
@@ -496,16 +498,29 @@ async fn once_beside_the_running_daemon_leaves_its_in_flight_deliveries_alone() 
     })
     .await;
     let out = env.run(&cfg, &["once"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another loopwatch process polls into") && err.trim().lines().count() == 1,
+        "{err}"
     );
+    for args in [
+        &["once", "--dry-run"][..],
+        &["state"],
+        &["deliveries", "list"],
+    ] {
+        let out = env.run(&cfg, args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert_eq!(
         rx.count(),
         1,
-        "`once` sent the daemon's in-flight delivery again"
+        "the daemon's in-flight delivery went out again"
     );
 }
 

@@ -863,12 +863,13 @@ async fn sigterm_cuts_polls_waiting_on_a_hanging_api_or_the_rate_limit() {
         (h.requests() >= 2).then_some(())
     })
     .await;
-    d.signal("TERM");
     let at_term = h.requests();
+    d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(20)).await, 0);
     let after = h.requests() - at_term;
     let log = d.log_text();
-    assert!(after <= 1, "{after} requests after SIGTERM");
+    // One request may have been on its way as the signal came; the bug sent 6 or more.
+    assert!(after <= 2, "{after} requests after SIGTERM");
     assert!(
         !log.contains("did not stop within the grace period"),
         "{log}"

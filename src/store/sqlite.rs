@@ -42,6 +42,40 @@ pub struct SqliteStore {
     leases: SqlitePool,
     /// Opened with [`Access::ReadOnly`]: loading computes missing digests, keeps none.
     read_only: bool,
+    /// With [`Access::ReadWrite`]: the exclusive lock on `<file>.lock`, held while open.
+    _lock: Option<std::fs::File>,
+}
+
+/// One process at a time polls into a state file: the daemon, or `once`. Two pollers on
+/// one file each diff against their own view of the state, so a new checkpoint could be
+/// recorded twice under two event ids, and one's start would release the other's
+/// delivery claims. The lock is `flock(2)` on `<file>.lock` (a separate file: another
+/// descriptor on the database itself would, once closed, drop SQLite's own POSIX locks);
+/// the kernel releases it when the process ends, however it ends.
+fn lock_exclusive(db: &std::path::Path) -> Result<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            StoreError::Open(format!("cannot open the lock file {}: {e}", path.display()))
+        })?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Open(format!(
+            "another loopwatch process polls into {} (a daemon, or `once`): one state file takes one at a time; stop it, use `once --dry-run`, or give this one its own store.url",
+            db.display()
+        ))),
+        Err(e) => Err(StoreError::Open(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 impl SqliteStore {
@@ -65,6 +99,11 @@ impl SqliteStore {
                 path.display()
             )));
         }
+        let lock = if access == Access::ReadWrite && !url.contains(":memory:") {
+            Some(lock_exclusive(path)?)
+        } else {
+            None
+        };
         let opts = opts
             .create_if_missing(access == Access::ReadWrite)
             .read_only(read_only)
@@ -116,6 +155,7 @@ impl SqliteStore {
             leases,
             writes: tokio::sync::Mutex::new(()),
             read_only,
+            _lock: lock,
         })
     }
 }
