@@ -21,6 +21,11 @@ fn target_and_sink(rx: &Receiver, extra: &str) -> String {
     )
 }
 
+/// [`target_and_sink`] with a sink that takes every event type.
+fn target_and_sink_every_event(rx: &Receiver) -> String {
+    target_and_sink(rx, "").replace("events = [\"checkpoint.completed\"]\n", "")
+}
+
 /// Every checkpoint's completion arrived under exactly one event id; returns the
 /// number of duplicate deliveries (same id twice).
 fn check_exactly_one_id_each(rx: &Receiver, expected: usize) -> usize {
@@ -346,9 +351,7 @@ async fn a_flapping_listing_emits_one_completion_and_nothing_else() {
     let rx = Receiver::start().await;
     let h = env.sim.handle();
     let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(
-        &target_and_sink(&rx, "").replace("events = [\"checkpoint.completed\"]\n", ""),
-    );
+    let cfg = env.write_config(&target_and_sink_every_event(&rx));
     // One poll per phase is the aim; a third consecutive miss is needed for `deleted`.
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -402,9 +405,7 @@ async fn an_unknown_sync_status_passes_through_is_logged_once_and_never_complete
     let rx = Receiver::start().await;
     let h = env.sim.handle();
     let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(
-        &target_and_sink(&rx, "").replace("events = [\"checkpoint.completed\"]\n", ""),
-    );
+    let cfg = env.write_config(&target_and_sink_every_event(&rx));
     let d = env.spawn_daemon(&cfg);
     let addr = d.ready().await;
     h.set_status(&a, Some("FAILED"));
