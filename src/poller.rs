@@ -505,6 +505,13 @@ impl Poller {
                     // A new lease: the previous owner may have committed since we last looked.
                     state = None;
                     learned = false;
+                    if fence.is_none() {
+                        // Another replica owns the target now and reports its checkpoints:
+                        // a sum over replicas must not count them twice.
+                        self.metrics
+                            .target(&name)
+                            .set_checkpoints(std::iter::empty());
+                    }
                     held = fence;
                 }
                 if held.is_none() {

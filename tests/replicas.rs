@@ -94,6 +94,10 @@ async fn wait_balanced(addrs: &[String], total: f64) -> Vec<f64> {
 async fn three_replicas_share_thirty_targets_fairly() {
     let env = Env::new().await;
     let rx = Receiver::start().await;
+    let h = env.sim.handle();
+    for i in 0..30 {
+        h.add_checkpoint(&format!("run-{i}"), "sampler", "step-100", Some("COMPLETE"));
+    }
     let cfg = pg_config(&env, &rx, 30).await;
     let ds: Vec<Daemon> = ["r1", "r2", "r3"]
         .iter()
@@ -111,6 +115,19 @@ async fn three_replicas_share_thirty_targets_fairly() {
         "{ready}"
     );
     eprintln!("owned per replica: {o:?}");
+    // Each target's checkpoints are reported by its owner alone: a replica that held a
+    // target while the others joined gives its gauges up with the lease, so summing the
+    // replicas (as a dashboard does) counts each checkpoint once.
+    for i in 0..30 {
+        let series = format!(
+            "loopwatch_checkpoints{{checkpoint_target=\"sampler\",sync_status=\"COMPLETE\",target=\"t{i}\"}}"
+        );
+        let mut sum = 0.0;
+        for a in &addrs {
+            sum += gauge(a, &series).await.unwrap_or(0.0);
+        }
+        assert_eq!(sum, 1.0, "t{i}: {sum} over the replicas");
+    }
 }
 
 #[tokio::test]
