@@ -175,12 +175,18 @@ mod tests {
         );
     }
 
+    /// A command that starts a long child, writes its pid to `<dir>/pid` and waits.
+    fn with_child(dir: &tempfile::TempDir) -> (Vec<String>, std::path::PathBuf) {
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        (sh(&script), pidfile)
+    }
+
     #[tokio::test]
     async fn a_timeout_kills_the_commands_children_too() {
         let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
-        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
-        let r = run(&sh(&script), &event(), Duration::from_secs(3)).await;
+        let (cmd, pidfile) = with_child(&dir);
+        let r = run(&cmd, &event(), Duration::from_secs(3)).await;
         assert!(matches!(r, Err(Failure::Timeout)), "{r:?}");
         assert_killed(&std::fs::read_to_string(&pidfile).unwrap()).await;
     }
@@ -189,9 +195,8 @@ mod tests {
     async fn a_dropped_attempt_kills_the_commands_children_too() {
         // Shutdown's grace over: the attempt's future is dropped mid-run.
         let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
-        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
-        let (cmd, ev) = (sh(&script), event());
+        let (cmd, pidfile) = with_child(&dir);
+        let ev = event();
         let attempt = run(&cmd, &ev, Duration::from_secs(60));
         let written = async {
             while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {

@@ -320,11 +320,19 @@ pub async fn open_with(url: &str, access: Access) -> Result<std::sync::Arc<dyn S
     }
 }
 
-/// The error for a store whose schema is older than this build's, opened read-only.
-pub(crate) fn needs_migration(shown: &str) -> StoreError {
-    StoreError::Open(format!(
-        "the state at {shown} was written by an older loopwatch; run `loopwatch once` or the daemon once to upgrade it"
-    ))
+/// A store opened read-only cannot migrate: its schema must already be this build's
+/// (`applied`: the newest migration it records).
+pub(crate) fn require_current(
+    applied: Option<i64>,
+    migrator: &sqlx::migrate::Migrator,
+    shown: &str,
+) -> Result<()> {
+    if applied < migrator.iter().map(|m| m.version).max() {
+        return Err(StoreError::Open(format!(
+            "the state at {shown} was written by an older loopwatch; run `loopwatch once` or the daemon once to upgrade it"
+        )));
+    }
+    Ok(())
 }
 
 /// (sink, status, count, oldest created_at) rows -> one backlog per sink.

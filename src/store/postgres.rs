@@ -39,21 +39,22 @@ impl PgStore {
             .parse()
             .map_err(|e| StoreError::Open(format!("store.url {shown}: {e}")))?;
         let read_only = access == Access::ReadOnly;
-        let pool = PgPoolOptions::new()
+        let mut pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        if read_only {
             // Read-only sessions by a statement, not a startup option: PgBouncer refuses
             // unknown startup parameters.
-            .after_connect(move |conn, _| {
+            pool = pool.after_connect(|conn, _| {
                 Box::pin(async move {
-                    if read_only {
-                        sqlx::query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-                            .execute(conn)
-                            .await?;
-                    }
+                    sqlx::query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                        .execute(conn)
+                        .await?;
                     Ok(())
                 })
-            })
+            });
+        }
+        let pool = pool
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Open(format!("cannot connect to {shown}: {e}")))?;
@@ -71,10 +72,7 @@ impl PgStore {
                 sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                     .fetch_one(&pool)
                     .await?;
-            let latest = MIGRATOR.iter().map(|m| m.version).max();
-            if applied < latest {
-                return Err(super::needs_migration(&shown));
-            }
+            super::require_current(applied, &MIGRATOR, &shown)?;
         } else {
             MIGRATOR.run(&pool).await?;
         }

@@ -93,13 +93,14 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Open(format!("store.url {url:?}: {e}")))?;
         let path = opts.get_filename();
-        if access != Access::ReadWrite && !url.contains(":memory:") && !path.exists() {
+        let on_disk = !url.contains(":memory:");
+        if access != Access::ReadWrite && on_disk && !path.exists() {
             return Err(StoreError::Missing(format!(
                 "no loopwatch state at {}: nothing has run with this store.url yet (or the path is wrong)",
                 path.display()
             )));
         }
-        let lock = if access == Access::ReadWrite && !url.contains(":memory:") {
+        let lock = if access == Access::ReadWrite && on_disk {
             Some(lock_exclusive(path)?)
         } else {
             None
@@ -132,9 +133,7 @@ impl SqliteStore {
                     .map_err(|e| {
                         StoreError::Open(format!("{url} is not a loopwatch state file: {e}"))
                     })?;
-            if applied < MIGRATOR.iter().map(|m| m.version).max() {
-                return Err(super::needs_migration(url));
-            }
+            super::require_current(applied, &MIGRATOR, url)?;
         } else {
             MIGRATOR.run(&pool).await?;
             // A write probe: a read-only directory or file fails here, at start, not mid-poll.
