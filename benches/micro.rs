@@ -10,10 +10,9 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use loopwatch::api::wire::decode_listing;
-use loopwatch::config::SigningKey;
-use loopwatch::delivery::sign;
 use loopwatch::diff::{DiffOptions, TargetState, diff};
 use loopwatch::model::Checkpoint;
+use loopwatch::signing::{self as sign, SigningKey};
 use loopwatch::sim::{CHECKPOINTS_PATH, SimApi};
 
 const M: usize = 50;

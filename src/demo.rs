@@ -22,8 +22,8 @@ use base64::Engine;
 use rand::RngExt;
 
 use crate::app::App;
-use crate::config::{self, Environment, SigningKey};
-use crate::delivery::sign;
+use crate::config::{self, Environment};
+use crate::signing::{self as sign, SigningKey};
 use crate::sim::SimApi;
 use crate::store::DeliveryStatus;
 

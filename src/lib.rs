@@ -1,6 +1,8 @@
 //! loopwatch: watches Baseten Loops checkpoints and tells the world when one is ready.
 //!
 //! Modules in reading order, following one checkpoint through the daemon:
+//! - [`signing`], [`template`]: webhook keys and signatures, body templates; below both
+//!   config (which checks them) and delivery (which uses them).
 //! - [`config`]: raw config -> validated [`config::Config`]; every problem at once.
 //! - [`model`]: domain types (checkpoint, tracked state, event).
 //! - [`api`]: the Loops client; the only module that knows the upstream JSON.
@@ -27,5 +29,7 @@ pub mod model;
 pub mod poller;
 pub mod replicas;
 pub mod server;
+pub mod signing;
 pub mod sim;
 pub mod store;
+pub mod template;

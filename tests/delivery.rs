@@ -6,8 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{Answer, Env, Receiver, SECRET, http_get, wait_for};
-use loopwatch::config::SigningKey;
-use loopwatch::delivery::sign;
+use loopwatch::signing::{self as sign, SigningKey};
 
 const T: Duration = Duration::from_secs(30);
 

@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Env, Received, Receiver, SECRET, http_get, wait_for};
-use loopwatch::config::SigningKey;
-use loopwatch::delivery::sign::{self, Ed25519Key};
+use loopwatch::signing::{self as sign, Ed25519Key, SigningKey};
 use loopwatch::store::StoredEvent;
 use serde_json::{Value, json};
 

@@ -8,7 +8,8 @@
 
 pub mod exec;
 pub mod payload;
-pub mod sign;
+/// Signing moved below config and delivery (`crate::signing`); the old path still works.
+pub use crate::signing as sign;
 pub mod webhook;
 
 use std::collections::{HashMap, VecDeque};

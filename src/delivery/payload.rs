@@ -2,11 +2,11 @@
 //! (structured or binary mode), or a MiniJinja template rendered from the same fields.
 //! Templates see only the event, never a secret.
 
-use minijinja::Environment;
 use serde_json::Value;
 
 use crate::config::PayloadFormat;
 use crate::store::StoredEvent;
+pub use crate::template::{Template, compile_template};
 
 /// What goes on the wire for one attempt (before signing).
 #[derive(Clone, Debug, PartialEq)]
@@ -15,28 +15,6 @@ pub struct Payload {
     /// Extra headers (`ce-*` in binary mode).
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-}
-
-/// A template compiled once at config validation and again at sink construction.
-pub struct Template {
-    env: Environment<'static>,
-}
-
-/// Compile a body template; the error is MiniJinja's, with line information.
-pub fn compile_template(source: &str) -> Result<Template, String> {
-    let mut env = Environment::new();
-    env.add_template_owned("body", source.to_string())
-        .map_err(|e| e.to_string())?;
-    Ok(Template { env })
-}
-
-impl Template {
-    pub fn render(&self, context: &Value) -> Result<String, String> {
-        self.env
-            .get_template("body")
-            .and_then(|t| t.render(minijinja::value::Serde(context)))
-            .map_err(|e| e.to_string())
-    }
 }
 
 /// Build the payload of `event` in `format`.
@@ -94,7 +72,7 @@ pub fn build(
         }
         PayloadFormat::Template => {
             let t = template.ok_or("format = \"template\" without a template")?;
-            let body = t.render(&standard()?)?;
+            let body = t.render(&standard()?).map_err(|e| e.to_string())?;
             Ok(Payload {
                 content_type: content_type.to_string(),
                 headers: Vec::new(),

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
-use super::{Failure, Sink, sign};
-use crate::config::{HeaderConfig, SigningKey, SinkKind};
+use super::{Failure, Sink};
+use crate::config::{HeaderConfig, SinkKind};
+use crate::signing::{self as sign, SigningKey};
 use crate::store::StoredEvent;
 
 pub fn client() -> reqwest::Client {

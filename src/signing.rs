@@ -1,7 +1,11 @@
-//! Standard Webhooks signatures over `"{id}.{timestamp}.{body}"`:
-//! `v1,<base64 HMAC-SHA256>` with a shared `whsec_` secret, and `v1a,<base64 ed25519>`
-//! with a `whsk_` private key whose public half (`whpk_`) receivers hold.
-//! During key rotation the header carries one signature per key, space-separated.
+//! Webhook signing keys and Standard Webhooks signatures over `"{id}.{timestamp}.{body}"`:
+//! `v1,<base64 HMAC-SHA256>` with a shared `whsec_` secret ([`SigningKey`]), and
+//! `v1a,<base64 ed25519>` with a `whsk_` private key ([`Ed25519Key`]) whose public half
+//! (`whpk_`) receivers hold. During key rotation the header carries one signature per key,
+//! space-separated.
+//!
+//! Below both `config` (which parses and checks the keys) and `delivery` (which signs):
+//! this module imports nothing else of the crate.
 
 use std::fmt;
 
@@ -11,7 +15,54 @@ use ed25519_dalek::{Signer as _, Verifier as _};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::config::SigningKey;
+/// Why a key was refused. The messages describe the problem, never the key, and read
+/// after "the secret (...)" in a config problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is not a whsec_ secret (expected whsec_ followed by base64)")]
+    NotWhsec,
+    #[error(
+        "is not a whsk_ key (expected whsk_ followed by base64 of the 32-byte ed25519 seed and the 32-byte public key)"
+    )]
+    NotWhsk,
+    #[error("is not valid base64 after {prefix}")]
+    NotBase64 { prefix: &'static str },
+    #[error("decodes to {0} bytes; use 24 to 64 random bytes (e.g. `openssl rand -base64 32`)")]
+    SecretLength(usize),
+    #[error(
+        "decodes to {0} bytes; a whsk_ key is 64 bytes (32-byte seed, then 32-byte public key)"
+    )]
+    KeyPairLength(usize),
+    #[error("has a public half that does not match its seed; regenerate the key pair")]
+    MismatchedPair,
+}
+
+/// A Standard Webhooks signing key (the bytes after `whsec_`), redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey(Vec<u8>);
+
+impl SigningKey {
+    /// Parse `whsec_<base64>` of 24 to 64 bytes.
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        let b64 = s.strip_prefix("whsec_").ok_or(KeyError::NotWhsec)?;
+        let bytes = B64
+            .decode(b64)
+            .map_err(|_| KeyError::NotBase64 { prefix: "whsec_" })?;
+        if !(24..=64).contains(&bytes.len()) {
+            return Err(KeyError::SecretLength(bytes.len()));
+        }
+        Ok(SigningKey(bytes))
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
 
 /// The signed content of Standard Webhooks.
 fn signed_content(msg_id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
@@ -38,23 +89,16 @@ pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
 pub struct Ed25519Key(Box<ed25519_dalek::SigningKey>);
 
 impl Ed25519Key {
-    /// Parse `whsk_<base64 of 64 bytes>`. Errors describe the problem, never the key.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let Some(b64) = s.strip_prefix("whsk_") else {
-            return Err("is not a whsk_ key (expected whsk_ followed by base64 of the 32-byte ed25519 seed and the 32-byte public key)".into());
-        };
+    /// Parse `whsk_<base64 of 64 bytes>`.
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        let b64 = s.strip_prefix("whsk_").ok_or(KeyError::NotWhsk)?;
         let bytes = B64
             .decode(b64)
-            .map_err(|_| "is not valid base64 after whsk_".to_string())?;
-        let Ok(pair) = <[u8; 64]>::try_from(bytes.as_slice()) else {
-            return Err(format!(
-                "decodes to {} bytes; a whsk_ key is 64 bytes (32-byte seed, then 32-byte public key)",
-                bytes.len()
-            ));
-        };
-        let key = ed25519_dalek::SigningKey::from_keypair_bytes(&pair).map_err(|_| {
-            "has a public half that does not match its seed; regenerate the key pair".to_string()
-        })?;
+            .map_err(|_| KeyError::NotBase64 { prefix: "whsk_" })?;
+        let pair = <[u8; 64]>::try_from(bytes.as_slice())
+            .map_err(|_| KeyError::KeyPairLength(bytes.len()))?;
+        let key = ed25519_dalek::SigningKey::from_keypair_bytes(&pair)
+            .map_err(|_| KeyError::MismatchedPair)?;
         Ok(Ed25519Key(Box::new(key)))
     }
 
@@ -136,10 +180,7 @@ mod tests {
     use super::*;
 
     fn vectors() -> serde_json::Value {
-        serde_json::from_str(include_str!(
-            "../../tests/data/standard-webhooks-vectors.json"
-        ))
-        .unwrap()
+        serde_json::from_str(include_str!("../tests/data/standard-webhooks-vectors.json")).unwrap()
     }
 
     #[test]
@@ -209,7 +250,7 @@ mod tests {
             ),
         ];
         for (input, needle) in cases {
-            let e = Ed25519Key::parse(&input).unwrap_err();
+            let e = Ed25519Key::parse(&input).unwrap_err().to_string();
             assert!(e.contains(needle), "{input}: {e}");
             assert!(!e.contains(b64) && !e.contains(&b64[..12]), "{e}");
         }
@@ -232,5 +273,12 @@ mod tests {
         let only_ed = signature_header(&[], Some(&ed), "msg", 1, b"{}").unwrap();
         assert!(only_ed.starts_with("v1a,") && !only_ed.contains(' '));
         assert_eq!(signature_header(&[], None, "msg", 1, b"{}"), None);
+    }
+
+    #[test]
+    fn signing_key_bounds() {
+        assert!(SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        assert!(SigningKey::parse("whsec_AAAA").is_err());
+        assert!(SigningKey::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
     }
 }

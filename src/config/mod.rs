@@ -1,0 +1,410 @@
+//! Configuration in two stages, as ripgrep (LowArgs -> HiArgs) and vector do:
+//!
+//! 1. `raw.rs`: the `config` crate merges the file (TOML or YAML) with
+//!    `LOOPWATCH__SECTION__KEY` overrides, and serde deserializes it into [`RawConfig`].
+//! 2. `validate.rs` (with `sinks.rs` and `secrets.rs`): [`RawConfig`] -> the typed
+//!    [`Config`], collecting *every* problem as `file: key: reason and fix` in one
+//!    [`ConfigError`] instead of stopping at the first.
+//!
+//! `redact.rs` turns a [`Config`] back into the TOML `check-config` prints. This file
+//! holds the typed config and the entry points ([`load`], [`load_str`], [`locate`]).
+//!
+//! Secrets never come from the file: `*_env` names a variable, `*_file` a path. Resolved
+//! secrets live in [`Secret`], whose `Debug` and `Display` print `[redacted]`.
+
+mod raw;
+mod redact;
+mod secrets;
+mod sinks;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::model::{CheckpointTarget, EventType};
+use crate::signing::Ed25519Key;
+
+/// Where webhook keys live now; re-exported so `config::SigningKey` keeps working.
+pub use crate::signing::SigningKey;
+pub use ::config::FileFormat;
+pub use raw::{Environment, RawConfig};
+pub use redact::redact_url;
+pub use secrets::Secret;
+
+/// Every problem found in a config, one `file: key: reason and fix` line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: String,
+    pub api: ApiConfig,
+    pub poll: PollConfig,
+    pub store: StoreConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub delivery: DeliveryConfig,
+    pub targets: Vec<TargetConfig>,
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthScheme {
+    Bearer,
+    ApiKey,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub base_url: Url,
+    pub api_key: Secret,
+    pub api_key_source: String,
+    pub auth_scheme: AuthScheme,
+    pub timeout: Duration,
+    pub max_requests_per_second: f64,
+    pub max_response_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PollConfig {
+    pub interval: Duration,
+    pub syncing_interval: Duration,
+    pub jitter: f64,
+    pub concurrency: NonZeroUsize,
+    pub emit_existing: bool,
+    pub delete_after_missing_polls: u32,
+    pub stalled_after: Option<Duration>,
+    /// Quiet targets back off from `syncing_interval` toward `interval`.
+    pub adaptive: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub url: String,
+    /// PostgreSQL only: how long a target's lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// PostgreSQL only: this replica's name in `replicas` and `leases`.
+    pub replica_id: String,
+    /// Delivered deliveries (and events with none left) older than this are pruned;
+    /// `None` keeps everything.
+    pub retention: Option<Duration>,
+}
+
+impl StoreConfig {
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// How long shutdown waits for in-flight deliveries.
+    pub shutdown_grace: Duration,
+}
+
+/// The one filter of a target (interface.md §1: exactly one per request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    RunId(String),
+    BaseModel(String),
+    CheckpointPath(String),
+}
+
+impl Filter {
+    pub fn query_key(&self) -> &'static str {
+        match self {
+            Filter::RunId(_) => "run_id",
+            Filter::BaseModel(_) => "base_model",
+            Filter::CheckpointPath(_) => "checkpoint_path",
+        }
+    }
+    pub fn value(&self) -> &str {
+        match self {
+            Filter::RunId(v) | Filter::BaseModel(v) | Filter::CheckpointPath(v) => v,
+        }
+    }
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.query_key(), self.value())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    pub name: String,
+    pub filter: Filter,
+    pub checkpoint_targets: BTreeSet<CheckpointTarget>,
+    pub interval: Duration,
+    pub syncing_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadFormat {
+    Standard,
+    CloudEvents,
+    CloudEventsBinary,
+    Template,
+}
+
+impl PayloadFormat {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadFormat::Standard => "standard",
+            PayloadFormat::CloudEvents => "cloudevents",
+            PayloadFormat::CloudEventsBinary => "cloudevents-binary",
+            PayloadFormat::Template => "template",
+        }
+    }
+}
+
+/// A header value with `${VAR}` already read from the environment; redacted in `Debug`
+/// because header values are typically tokens.
+#[derive(Clone, Debug)]
+pub struct HeaderConfig {
+    pub name: String,
+    /// As written in the config (with `${VAR}` unexpanded): safe to print.
+    pub template: String,
+    pub value: Secret,
+}
+
+#[derive(Clone, Debug)]
+pub enum SinkKind {
+    Webhook {
+        url: Url,
+        secret: Option<SigningKey>,
+        previous_secret: Option<SigningKey>,
+        /// `signing_key_file`/`signing_key_env`: adds a `v1a` (ed25519) signature.
+        signing_key: Option<Ed25519Key>,
+        format: PayloadFormat,
+        template: Option<String>,
+        content_type: String,
+        headers: Vec<HeaderConfig>,
+    },
+    Exec {
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+    pub events: BTreeSet<EventType>,
+    /// `None`: every target.
+    pub targets: Option<BTreeSet<String>>,
+    pub checkpoint_targets: BTreeSet<CheckpointTarget>,
+    pub timeout: Duration,
+    pub retry_schedule: Vec<Duration>,
+    pub concurrency: NonZeroUsize,
+    pub ordered: bool,
+    /// Where the secrets came from (`secret_env = X` ...), for `check-config`.
+    pub secret_sources: Vec<(String, String)>,
+}
+
+impl SinkConfig {
+    /// Whether an event of this kind for this target/checkpoint target goes to this sink.
+    pub fn wants(
+        &self,
+        kind: EventType,
+        target: &str,
+        checkpoint_target: CheckpointTarget,
+    ) -> bool {
+        self.events.contains(&kind)
+            && self.targets.as_ref().is_none_or(|t| t.contains(target))
+            && self.checkpoint_targets.contains(&checkpoint_target)
+    }
+}
+
+pub const DEFAULT_RETRY_SCHEDULE: [&str; 9] =
+    ["5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"];
+
+/// Load and validate a config file, with `LOOPWATCH__*` overrides from `env`.
+pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let one = |msg: String| ConfigError {
+        problems: vec![printable(&format!("{name}: {msg}"))],
+    };
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => FileFormat::Toml,
+        Some("yaml" | "yml") => FileFormat::Yaml,
+        _ => {
+            return Err(one(
+                "unknown config format; name the file *.toml, *.yaml or *.yml".into(),
+            ));
+        }
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| one(format!("cannot read the config file: {e}")))?;
+    load_str(&text, format, &name, env)
+}
+
+/// Validate config text; `name` is used in messages.
+pub fn load_str(
+    text: &str,
+    format: FileFormat,
+    name: &str,
+    env: &Environment,
+) -> Result<Config, ConfigError> {
+    load_str_with(text, format, name, env, true)
+}
+
+/// The config for commands that only talk to the API (`checkpoints`): targets are not
+/// required, and without a file the defaults plus `LOOPWATCH__*` overrides apply.
+pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => {
+            let format = match p.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml") => FileFormat::Yaml,
+                _ => FileFormat::Toml,
+            };
+            let name = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                problems: vec![format!("{name}: cannot read the config file: {e}")],
+            })?;
+            load_str_with(&text, format, &name, env, false)
+        }
+        None => load_str_with("", FileFormat::Toml, "(defaults)", env, false),
+    }
+}
+
+fn load_str_with(
+    text: &str,
+    format: FileFormat,
+    name: &str,
+    env: &Environment,
+    require_targets: bool,
+) -> Result<Config, ConfigError> {
+    let raw::Sourced { raw, non_finite } = raw::read(text, format, name, env)?;
+    let result = validate::validate(raw, name, env, require_targets);
+    if non_finite.is_empty() {
+        return result;
+    }
+    let mut w = validate::Problems {
+        file: name,
+        env,
+        list: Vec::new(),
+    };
+    for (key, f) in non_finite {
+        w.err(&key, format!("must be a finite number, found {f}"));
+    }
+    if let Err(e) = result {
+        w.list.extend(e.problems);
+    }
+    Err(ConfigError { problems: w.list })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Control characters (a newline in a quoted key, an escape sequence) escaped, so that
+/// every problem stays one line and cannot rewrite the operator's terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn join(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_string()
+    } else {
+        format!("{section}.{key}")
+    }
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"24h"`, `"1h 30m"`, or `"0"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    humantime::parse_duration(s).ok()
+}
+
+/// Split `bt://loops:<run_id>/(weights|sampler_weights)/<name>`.
+pub fn parse_checkpoint_path(uri: &str) -> Option<(&str, CheckpointTarget, &str)> {
+    let rest = uri.strip_prefix("bt://loops:")?;
+    let mut parts = rest.splitn(3, '/');
+    let run = parts.next().filter(|s| !s.is_empty())?;
+    let target = CheckpointTarget::from_uri_segment(parts.next()?)?;
+    let name = parts.next().filter(|s| !s.is_empty() && !s.contains('/'))?;
+    Some((run, target, name))
+}
+
+impl Config {
+    pub fn target(&self, name: &str) -> Option<&TargetConfig> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn sink(&self, name: &str) -> Option<&SinkConfig> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+}
+
+/// Where the config comes from: `-c`, then `LOOPWATCH_CONFIG`, then the first that exists
+/// of `./loopwatch.toml`, `./loopwatch.yaml`, `/etc/loopwatch/loopwatch.toml`.
+pub fn locate(explicit: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let candidates = [
+        "loopwatch.toml",
+        "loopwatch.yaml",
+        "/etc/loopwatch/loopwatch.toml",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| ConfigError {
+            problems: vec![format!(
+                "no config file: pass -c FILE or set LOOPWATCH_CONFIG (looked for {})",
+                candidates.join(", ")
+            )],
+        })
+}
+
+/// Group sinks by name, for lookups in hot paths.
+pub fn sinks_by_name(cfg: &Config) -> BTreeMap<&str, &SinkConfig> {
+    cfg.sinks.iter().map(|s| (s.name.as_str(), s)).collect()
+}
+
+#[cfg(test)]
+mod tests;

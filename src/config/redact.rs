@@ -1,0 +1,263 @@
+//! The effective config as `check-config` prints it: a serializable view of [`Config`]
+//! in the file's own keys, with every secret shown only by where it came from
+//! (`[redacted] (secret_env = HOOK_SECRET)`) and URL passwords and queries hidden.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use url::Url;
+
+use super::{AuthScheme, Config, Filter, LogFormat, SinkConfig, SinkKind};
+
+/// Hide a password or query token in a URL.
+pub fn redact_url(s: &str) -> String {
+    match Url::parse(s) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            if u.query().is_some() {
+                u.set_query(Some("redacted"));
+            }
+            u.to_string()
+        }
+        Err(_) => s.to_string(),
+    }
+}
+
+impl Config {
+    /// The effective config as TOML, secrets shown only by where they come from.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(&Redacted::from(self)).unwrap_or_default()
+    }
+}
+
+/// A duration as the config writes it (`"1m 30s"`).
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// An optional duration: `"0"` turns it off.
+fn human_or_off(d: Option<Duration>) -> String {
+    d.map_or_else(|| "0".into(), human)
+}
+
+fn redacted(source: &str) -> String {
+    format!("[redacted] ({source})")
+}
+
+#[derive(Serialize)]
+struct Redacted<'a> {
+    api: Api<'a>,
+    poll: Poll,
+    store: Store<'a>,
+    server: Server,
+    log: Log<'a>,
+    delivery: Delivery,
+    targets: Vec<Target<'a>>,
+    sinks: Vec<Sink<'a>>,
+}
+
+#[derive(Serialize)]
+struct Api<'a> {
+    base_url: &'a str,
+    api_key: String,
+    auth_scheme: &'static str,
+    timeout: String,
+    max_requests_per_second: f64,
+    max_response_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Poll {
+    interval: String,
+    syncing_interval: String,
+    jitter: f64,
+    concurrency: usize,
+    emit_existing: bool,
+    adaptive: bool,
+    delete_after_missing_polls: u32,
+    stalled_after: String,
+}
+
+#[derive(Serialize)]
+struct Store<'a> {
+    url: String,
+    retention: String,
+    /// PostgreSQL only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Server {
+    listen: String,
+}
+
+#[derive(Serialize)]
+struct Log<'a> {
+    format: &'static str,
+    level: &'a str,
+}
+
+#[derive(Serialize)]
+struct Delivery {
+    shutdown_grace: String,
+}
+
+#[derive(Serialize)]
+struct Target<'a> {
+    name: &'a str,
+    /// `run_id = ...`, `base_model = ...` or `checkpoint_path = ...`.
+    #[serde(flatten)]
+    filter: BTreeMap<&'static str, &'a str>,
+    checkpoint_targets: Vec<&'static str>,
+    interval: String,
+    syncing_interval: String,
+}
+
+#[derive(Serialize)]
+struct Sink<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    kind: Kind<'a>,
+    events: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    targets: Option<Vec<&'a str>>,
+    checkpoint_targets: Vec<&'static str>,
+    timeout: String,
+    retry_schedule: Vec<String>,
+    concurrency: usize,
+    ordered: bool,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Kind<'a> {
+    Webhook {
+        url: String,
+        /// `secret`, `previous_secret`, `url`, `signing_key`: where each came from.
+        #[serde(flatten)]
+        secrets: BTreeMap<&'a str, String>,
+        format: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        template: Option<&'a str>,
+        content_type: &'a str,
+        /// As written, `${VAR}` unexpanded.
+        headers: BTreeMap<&'a str, &'a str>,
+    },
+    Exec {
+        command: &'a [String],
+    },
+}
+
+impl<'a> From<&'a Config> for Redacted<'a> {
+    fn from(c: &'a Config) -> Self {
+        let postgres = c.store.is_postgres();
+        Redacted {
+            api: Api {
+                base_url: c.api.base_url.as_str(),
+                api_key: redacted(&c.api.api_key_source),
+                auth_scheme: match c.api.auth_scheme {
+                    AuthScheme::Bearer => "bearer",
+                    AuthScheme::ApiKey => "api-key",
+                },
+                timeout: human(c.api.timeout),
+                max_requests_per_second: c.api.max_requests_per_second,
+                max_response_bytes: c.api.max_response_bytes,
+            },
+            poll: Poll {
+                interval: human(c.poll.interval),
+                syncing_interval: human(c.poll.syncing_interval),
+                jitter: c.poll.jitter,
+                concurrency: c.poll.concurrency.get(),
+                emit_existing: c.poll.emit_existing,
+                adaptive: c.poll.adaptive,
+                delete_after_missing_polls: c.poll.delete_after_missing_polls,
+                stalled_after: human_or_off(c.poll.stalled_after),
+            },
+            store: Store {
+                url: redact_url(&c.store.url),
+                retention: human_or_off(c.store.retention),
+                lease_ttl: postgres.then(|| human(c.store.lease_ttl)),
+                replica_id: postgres.then_some(c.store.replica_id.as_str()),
+            },
+            server: Server {
+                listen: c.server.listen.to_string(),
+            },
+            log: Log {
+                format: match c.log.format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                },
+                level: &c.log.level,
+            },
+            delivery: Delivery {
+                shutdown_grace: human(c.delivery.shutdown_grace),
+            },
+            targets: c
+                .targets
+                .iter()
+                .map(|t| Target {
+                    name: &t.name,
+                    filter: filter(&t.filter),
+                    checkpoint_targets: t.checkpoint_targets.iter().map(|t| t.as_str()).collect(),
+                    interval: human(t.interval),
+                    syncing_interval: human(t.syncing_interval),
+                })
+                .collect(),
+            sinks: c.sinks.iter().map(Sink::from).collect(),
+        }
+    }
+}
+
+fn filter(f: &Filter) -> BTreeMap<&'static str, &str> {
+    BTreeMap::from([(f.query_key(), f.value())])
+}
+
+impl<'a> From<&'a SinkConfig> for Sink<'a> {
+    fn from(s: &'a SinkConfig) -> Self {
+        let kind = match &s.kind {
+            SinkKind::Webhook {
+                url,
+                format,
+                template,
+                content_type,
+                headers,
+                ..
+            } => Kind::Webhook {
+                url: redact_url(url.as_str()),
+                secrets: s
+                    .secret_sources
+                    .iter()
+                    .map(|(k, src)| (k.as_str(), redacted(src)))
+                    .collect(),
+                format: format.as_str(),
+                template: template.as_deref(),
+                content_type,
+                headers: headers
+                    .iter()
+                    .map(|h| (h.name.as_str(), h.template.as_str()))
+                    .collect(),
+            },
+            SinkKind::Exec { command } => Kind::Exec { command },
+        };
+        Sink {
+            name: &s.name,
+            kind,
+            events: s.events.iter().map(|e| e.as_str()).collect(),
+            targets: s
+                .targets
+                .as_ref()
+                .map(|t| t.iter().map(String::as_str).collect()),
+            checkpoint_targets: s.checkpoint_targets.iter().map(|t| t.as_str()).collect(),
+            timeout: human(s.timeout),
+            retry_schedule: s.retry_schedule.iter().map(|d| human(*d)).collect(),
+            concurrency: s.concurrency.get(),
+            ordered: s.ordered,
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Secrets: the [`Secret`] type, and how validation resolves them. Secrets never come
+//! from the file: `<stem>_env` names a variable and `<stem>_file` a path, and a header
+//! value may use `${VAR}`. A resolved secret is known afterwards only by where it came
+//! from (`secret_env = HOOK_SECRET`), which is what `check-config` prints.
+
+use std::fmt;
+
+use super::join;
+use super::raw::Field;
+use super::validate::Problems;
+
+/// A secret value. Never printed, never logged: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Problems<'_> {
+    /// The secret `<section>.<stem>` from `<stem>_env` or `<stem>_file`, with where it came
+    /// from. `default_env` applies when neither is set.
+    pub fn secret(
+        &mut self,
+        section: &str,
+        stem: &str,
+        env: &Field<String>,
+        file: &Field<String>,
+        default_env: Option<&str>,
+    ) -> Option<(Secret, String)> {
+        let env_key = format!("{stem}_env");
+        let file_key = format!("{stem}_file");
+        let from_env = self.string(env, &join(section, &env_key));
+        let from_file = self.string(file, &join(section, &file_key));
+        match (from_env, from_file) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    &join(section, stem),
+                    format!("set either {env_key} or {file_key}, not both"),
+                );
+                None
+            }
+            (None, Some(path)) => match read_secret_file(&path) {
+                Ok(s) => {
+                    let s = s.trim_end_matches(['\n', '\r']).to_string();
+                    if s.is_empty() {
+                        self.err(
+                            &join(section, &file_key),
+                            format!("{path} is empty; put the secret in it"),
+                        );
+                        None
+                    } else {
+                        Some((Secret(s), format!("{file_key} = {path}")))
+                    }
+                }
+                Err(e) => {
+                    self.err(
+                        &join(section, &file_key),
+                        format!("cannot read {path}: {e}; check the path and permissions"),
+                    );
+                    None
+                }
+            },
+            (env_name, None) => {
+                let explicit = env_name.is_some();
+                let var = env_name.or(default_env.map(str::to_string))?;
+                match self.env.var(&var) {
+                    Some(v) if !v.is_empty() => {
+                        Some((Secret(v.to_string()), format!("{env_key} = {var}")))
+                    }
+                    _ => {
+                        let hint = if explicit { "" } else { " (the default)" };
+                        self.err(
+                            &join(section, &env_key),
+                            format!("environment variable {var}{hint} is not set; export it or use {file_key}"),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Expand `${VAR}` from the environment.
+    pub fn interpolate(&mut self, key: &str, s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                self.err(key, "has an unterminated ${; write ${VAR}");
+                return out;
+            };
+            let var = &after[..end];
+            match self.env.var(var) {
+                Some(v) => out.push_str(v),
+                None => self.err(
+                    key,
+                    format!("uses ${{{var}}} but environment variable {var} is not set; export it"),
+                ),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// A secret file: a regular file (symlinks followed, as Kubernetes mounts secrets) of at
+/// most 64 KiB. The path of the wrong file must not hang the start (opening a FIFO blocks
+/// until something writes to it) nor be read into memory whole (a log, `/dev/zero`).
+fn read_secret_file(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    const MAX: u64 = 64 * 1024;
+    let file_type = std::fs::metadata(path)?.file_type();
+    if !file_type.is_file() {
+        let what = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else if file_type.is_char_device() || file_type.is_block_device() {
+            "a device"
+        } else {
+            "something else"
+        };
+        return Err(std::io::Error::other(format!(
+            "it is {what}, not a regular file"
+        )));
+    }
+    let mut s = String::new();
+    std::fs::File::open(path)?
+        .take(MAX + 1)
+        .read_to_string(&mut s)?;
+    if s.len() as u64 > MAX {
+        return Err(std::io::Error::other("larger than 64 KiB, not a secret"));
+    }
+    Ok(s)
+}
