@@ -138,7 +138,10 @@ struct Sink<'a> {
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum Kind<'a> {
     Webhook {
-        url: String,
+        /// `None` when the URL is itself a secret (`url_env`/`url_file`): it is then among
+        /// `secrets`, by where it came from.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
         /// `secret`, `previous_secret`, `url`, `signing_key`: where each came from.
         #[serde(flatten)]
         secrets: BTreeMap<&'a str, String>,
@@ -229,7 +232,8 @@ impl<'a> From<&'a SinkConfig> for Sink<'a> {
                 headers,
                 ..
             } => Kind::Webhook {
-                url: redact_url(url.as_str()),
+                url: (!s.secret_sources.iter().any(|(k, _)| k == "url"))
+                    .then(|| redact_url(url.as_str())),
                 secrets: s
                     .secret_sources
                     .iter()

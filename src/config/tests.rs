@@ -481,3 +481,55 @@ fn problems_from_overrides_name_the_variable() {
         "{p:?}"
     );
 }
+
+#[test]
+fn redacted_toml_is_valid_toml_and_never_shows_a_secret_url() {
+    let mut e = env();
+    e.set(
+        "HOOK_URL",
+        "https://hooks.example/services/url-token-hidden",
+    );
+    let c = load_str(
+        &format!(
+            "{MINIMAL}[[sinks]]\nname = \"s\"\nurl_env = \"HOOK_URL\"\nsecret_env = \"HOOK_SECRET\"\n[[sinks]]\nname = \"x\"\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n"
+        ),
+        config::FileFormat::Toml,
+        "t.toml",
+        &e,
+    )
+    .unwrap();
+    let text = c.to_redacted_toml();
+    assert!(!text.contains("url-token-hidden"), "{text}");
+    let v: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(v["targets"][0]["run_id"].as_str(), Some("r1"));
+    let sinks = v["sinks"].as_array().unwrap();
+    assert_eq!(
+        sinks[0]["url"].as_str(),
+        Some("[redacted] (url_env = HOOK_URL)")
+    );
+    assert_eq!(
+        sinks[0]["secret"].as_str(),
+        Some("[redacted] (secret_env = HOOK_SECRET)")
+    );
+    assert_eq!(sinks[1]["kind"].as_str(), Some("exec"));
+    assert_eq!(
+        v["api"]["api_key"].as_str(),
+        Some("[redacted] (api_key_env = BASETEN_API_KEY)")
+    );
+}
+
+#[test]
+fn a_section_of_the_wrong_type_is_one_problem_and_its_keys_are_not_checked() {
+    // `RawApi` is a struct: serde would take a list for one positionally.
+    for (text, found) in [
+        ("api = [1, 2]\n", "a list"),
+        ("poll = \"fast\"\n", "a string"),
+    ] {
+        let p = problems(&format!("{text}{MINIMAL}"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains(&format!("expected a table, found {found}")),
+            "{p:?}"
+        );
+    }
+}
