@@ -12,7 +12,7 @@
 //! Secrets never come from the file: `*_env` names a variable, `*_file` a path. Resolved
 //! secrets live in [`Secret`], whose `Debug` and `Display` print `[redacted]`.
 
-mod raw;
+pub mod raw;
 mod redact;
 mod secrets;
 mod sinks;

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::model::EventType;
 use crate::signing::{Ed25519Key, SigningKey};
+use crate::template::compile_template;
 
 /// One sink; `None` when a problem leaves nothing to build (already reported).
 pub(super) fn sink(
@@ -272,7 +273,7 @@ fn webhook(
             "is missing; format = \"template\" needs a MiniJinja template of the body",
         ),
         (PayloadFormat::Template, Some(t)) => {
-            if let Err(e) = crate::template::compile_template(t) {
+            if let Err(e) = compile_template(t) {
                 w.err(
                     &join(sec, "template"),
                     format!(
