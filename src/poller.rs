@@ -18,13 +18,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::api;
 use crate::config::{PollConfig, SinkConfig, TargetConfig};
-use crate::delivery::Outbox;
 use crate::diff::{self, DiffOptions, Settled, TargetState};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::{Metrics, PollOutcome};
 use crate::model::{Checkpoint, Event, EventType, SyncClass};
 use crate::replicas::Ownership;
 use crate::store::{Fence, PollCommit, Store, StoreError};
+use crate::wake::Wake;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -49,7 +49,8 @@ pub struct Poller {
     client: Arc<api::Client>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    outbox: Option<Arc<Outbox>>,
+    /// Fired after a commit that queued deliveries.
+    wake: Option<Wake>,
     health: Arc<Health>,
     cfg: PollConfig,
     sinks: Vec<SinkConfig>,
@@ -67,7 +68,7 @@ impl Poller {
         client: Arc<api::Client>,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
-        outbox: Option<Arc<Outbox>>,
+    wake: Option<Wake>,
         health: Arc<Health>,
         cfg: PollConfig,
         sinks: Vec<SinkConfig>,
@@ -77,7 +78,7 @@ impl Poller {
             client,
             store,
             metrics,
-            outbox,
+            wake,
             health,
             cfg,
             sinks,
@@ -303,9 +304,9 @@ impl Poller {
             });
             self.observe(t, state, &d.events, start, true);
             if !d.events.is_empty()
-                && let Some(o) = &self.outbox
+                && let Some(w) = &self.wake
             {
-                o.notify();
+                w.notify();
             }
         }
         Ok(PollReport {
