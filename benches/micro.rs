@@ -12,8 +12,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use loopwatch::api::wire::decode_listing;
 use loopwatch::config::SigningKey;
 use loopwatch::delivery::sign;
-use loopwatch::diff::{DiffOptions, TargetState, diff};
+use loopwatch::diff::{DiffOptions, DiffState, diff};
 use loopwatch::model::Checkpoint;
+use loopwatch::model::TargetState;
 use loopwatch::sim::{CHECKPOINTS_PATH, SimApi};
 
 const M: usize = 50;

@@ -17,7 +17,12 @@ pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
     }
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let delta = when.with_timezone(&chrono::Utc) - now;
-    Some(delta.to_std().unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+    Some(
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// The `Retry-After` of a response, if it has a readable one.

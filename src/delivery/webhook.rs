@@ -104,4 +104,3 @@ pub async fn send(
         body: snippet,
     })
 }
-
