@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use loopwatch::app::App;
-use loopwatch::diff::TargetState;
+use loopwatch::model::TargetState;
 use loopwatch::sim::{CHECKPOINTS_PATH, SimApi};
 use support::{API_KEY, Opts, Receiver, median, n, ratio, run_id};
 use tokio_util::sync::CancellationToken;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use loopwatch::api::wire::decode_listing;
-use loopwatch::diff::{DiffOptions, TargetState, diff};
-use loopwatch::model::Checkpoint;
+use loopwatch::diff::{DiffOptions, DiffState, diff};
+use loopwatch::model::{Checkpoint, TargetState};
 use loopwatch::signing::{self as sign, SigningKey};
 use loopwatch::sim::{CHECKPOINTS_PATH, SimApi};
 

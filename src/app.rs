@@ -18,14 +18,15 @@ use tracing::{info, warn};
 use crate::api;
 use crate::config::Config;
 use crate::delivery::Outbox;
-use crate::diff::TargetState;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::model::TargetState;
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
 use crate::store::postgres::{Leases, PgStore};
 use crate::store::{self, Access, Store};
+use crate::wake::Wake;
 
 /// Everything one daemon needs, built and bound but not yet running.
 pub struct App {
@@ -72,13 +73,20 @@ impl App {
             }
         }
         let client = Arc::new(api::Client::new(&cfg.api)?);
-        let outbox = Arc::new(Outbox::new(store.clone(), metrics.clone(), &cfg.sinks)?);
+        // Pollers fire it after a commit that queued deliveries; sink workers wait on it.
+        let wake = Wake::new();
+        let outbox = Arc::new(Outbox::new(
+            store.clone(),
+            metrics.clone(),
+            &cfg.sinks,
+            wake.clone(),
+        )?);
         let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
         let mut poller = Poller::new(
             client,
             store.clone(),
             metrics.clone(),
-            Some(outbox.clone()),
+            Some(wake),
             health.clone(),
             cfg.poll.clone(),
             cfg.sinks.clone(),

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::api;
 use crate::app::App;
 use crate::config::{Config, Filter};
-use crate::diff::TargetState;
+use crate::model::TargetState;
 use crate::model::{Tracked, rfc3339};
 use crate::store::{self, Access, DeliveryStatus, Fence, Redeliver, StoreError, StoredEvent};
 

@@ -11,11 +11,11 @@
 //! - A deleted checkpoint stays as a tombstone, so its reappearance is not `discovered`
 //!   twice and it can never complete twice.
 
-use std::ops::Index;
-
 use chrono::{DateTime, Utc};
 
-use crate::model::{Checkpoint, Event, EventType, Raw, SyncClass, Tracked, event_id};
+use crate::model::{
+    Checkpoint, Event, EventType, Raw, Settled, SyncClass, TargetState, Tracked, event_id,
+};
 
 /// The knobs of §3 `[poll]` that change what is emitted.
 #[derive(Clone, Debug)]
@@ -24,139 +24,6 @@ pub struct DiffOptions {
     pub delete_after_missing: u32,
     /// `None` disables `stalled`.
     pub stalled_after: Option<chrono::Duration>,
-}
-
-/// Everything known about one target between polls.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TargetState {
-    /// The first successful listing has been recorded.
-    pub baselined: bool,
-    /// The filter the baseline was taken with (`run_id=...`); `None` before the baseline.
-    pub filter: Option<String>,
-    pub checkpoints: TrackedSet,
-    /// A listing known to change nothing here: see [`Settled`]. Stored with the state
-    /// when a commit leaves it settled, so a restart does not decode it again.
-    pub settled: Option<Settled>,
-}
-
-/// A listing body whose diff against the state it was diffed with is empty, and stays
-/// empty as time passes (no checkpoint can still stall). Until the state changes, a poll
-/// that gets the same body (same digest) has nothing to decode, diff or write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settled {
-    /// Digest of the body's bytes.
-    pub digest: u128,
-    /// Checkpoints it listed (after the target's `checkpoint_targets`).
-    pub checkpoints: usize,
-}
-
-impl TargetState {
-    /// True while any live checkpoint is still syncing (or of unknown status).
-    pub fn has_pending(&self) -> bool {
-        self.checkpoints
-            .values()
-            .any(|t| !t.deleted && !t.completed && t.class().is_pending())
-    }
-
-    /// Whether a diff that wrote nothing stays empty as time passes: the only rule that
-    /// reads the clock is `stalled`, which needs a live checkpoint neither complete nor
-    /// already stalled.
-    pub fn timeless(&self, opts: &DiffOptions) -> bool {
-        opts.stalled_after.is_none()
-            || self
-                .checkpoints
-                .values()
-                .all(|t| t.deleted || t.completed || t.stalled)
-    }
-
-    pub fn apply(&mut self, diff: &Diff) {
-        if diff.baseline {
-            self.baselined = true;
-        }
-        self.checkpoints.upsert(diff.updates.iter().cloned());
-    }
-}
-
-/// The tracked checkpoints of one target, sorted by id. A lookup is a binary search and a
-/// row costs its own size (a hash map adds a copy of the key and ~30% empty slots); the
-/// upstream text of each row is reduced to its digest on the way in.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TrackedSet {
-    rows: Vec<Tracked>,
-}
-
-impl TrackedSet {
-    pub fn get(&self, id: &str) -> Option<&Tracked> {
-        self.rows
-            .binary_search_by(|r| r.id.as_str().cmp(id))
-            .ok()
-            .map(|i| &self.rows[i])
-    }
-
-    /// Every row, in id order.
-    pub fn values(&self) -> std::slice::Iter<'_, Tracked> {
-        self.rows.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// Insert or replace rows by id (a later row of the same id wins).
-    pub fn upsert(&mut self, rows: impl IntoIterator<Item = Tracked>) {
-        let mut fresh = Vec::new();
-        for mut row in rows {
-            row.raw.compact();
-            match self.rows.binary_search_by(|r| r.id.cmp(&row.id)) {
-                Ok(i) => self.rows[i] = row,
-                Err(_) => fresh.push(row),
-            }
-        }
-        if !fresh.is_empty() {
-            self.rows.append(&mut fresh);
-            self.settle();
-        }
-    }
-
-    /// Sort by id, keep the last row of each id, and give back spare capacity.
-    fn settle(&mut self) {
-        self.rows.sort_by(|a, b| a.id.cmp(&b.id)); // stable: equal ids keep their order
-        self.rows.reverse();
-        self.rows.dedup_by(|later, kept| later.id == kept.id);
-        self.rows.reverse();
-        if self.rows.capacity() > self.rows.len() + self.rows.len() / 4 + 4 {
-            self.rows.shrink_to_fit();
-        }
-    }
-}
-
-impl FromIterator<Tracked> for TrackedSet {
-    fn from_iter<I: IntoIterator<Item = Tracked>>(rows: I) -> Self {
-        let mut set = TrackedSet {
-            rows: rows
-                .into_iter()
-                .map(|mut r| {
-                    r.raw.compact();
-                    r
-                })
-                .collect(),
-        };
-        set.settle();
-        set
-    }
-}
-
-impl Index<&str> for TrackedSet {
-    type Output = Tracked;
-
-    fn index(&self, id: &str) -> &Tracked {
-        self.get(id)
-            .unwrap_or_else(|| panic!("no tracked checkpoint {id:?}"))
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -173,6 +40,123 @@ impl Diff {
     pub fn writes(&self) -> bool {
         self.baseline || !self.events.is_empty() || !self.updates.is_empty()
     }
+}
+
+/// What the diff rules add to the persisted [`TargetState`] (which lives in `model`).
+pub trait DiffState {
+    /// The state after `diff` is committed.
+    fn apply(&mut self, diff: &Diff);
+
+    /// Whether a diff that wrote nothing against this state stays empty as time passes:
+    /// the only rule that reads the clock is `stalled`, which needs a live checkpoint
+    /// neither complete nor already stalled.
+    fn timeless(&self, opts: &DiffOptions) -> bool;
+}
+
+impl DiffState for TargetState {
+    fn apply(&mut self, diff: &Diff) {
+        if diff.baseline {
+            self.baselined = true;
+        }
+        self.checkpoints.upsert(diff.updates.iter().cloned());
+    }
+
+    fn timeless(&self, opts: &DiffOptions) -> bool {
+        opts.stalled_after.is_none()
+            || self
+                .checkpoints
+                .values()
+                .all(|t| t.deleted || t.completed || t.stalled)
+    }
+}
+
+/// One decoded listing of a target, as the plan needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Listing<'a> {
+    /// The checkpoints, already narrowed to the target's `checkpoint_targets`.
+    pub checkpoints: &'a [Checkpoint],
+    /// Digest of the body they were decoded from.
+    pub digest: u128,
+    /// The target's filter as text (`run_id=...`), kept with its baseline.
+    pub filter: &'a str,
+}
+
+/// Everything one successful listing means for a target, decided in one pure call: what
+/// the commit writes, the state the poller keeps after it, and whether the listing
+/// settled (so the same body need not be decoded again).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Rows and events to commit.
+    pub diff: Diff,
+    /// The state after the commit, when the diff changes anything (`None`: keep it).
+    pub next: Option<TargetState>,
+    /// The listing agrees with the state it leaves behind, now and as time passes.
+    pub settled: Option<Settled>,
+}
+
+impl Plan {
+    /// Whether the store has anything to write.
+    pub fn writes(&self) -> bool {
+        self.diff.writes()
+    }
+
+    /// Advance `state` as if the commit succeeded.
+    pub fn apply(self, state: &mut TargetState) {
+        if let Some(next) = self.next {
+            *state = next;
+        }
+        state.settled = self.settled;
+    }
+}
+
+/// Diff `listing` against `state` and say what follows (see [`Plan`]).
+pub fn plan(
+    target: &str,
+    state: &TargetState,
+    listing: Listing<'_>,
+    now: DateTime<Utc>,
+    opts: &DiffOptions,
+) -> Plan {
+    let d = diff(target, state, listing.checkpoints, now, opts);
+    let settled = Settled {
+        digest: listing.digest,
+        checkpoints: listing.checkpoints.len(),
+    };
+    if !d.writes() {
+        return Plan {
+            settled: state.timeless(opts).then_some(settled),
+            diff: d,
+            next: None,
+        };
+    }
+    let mut next = state.clone();
+    next.apply(&d);
+    if d.baseline {
+        next.filter = Some(listing.filter.to_string());
+    }
+    // Settled when the very same listing, diffed again against the new state, would
+    // change nothing, and time cannot change that.
+    let again = diff(target, &next, listing.checkpoints, now, opts);
+    let settled = (!again.writes() && next.timeless(opts)).then_some(settled);
+    next.settled = settled;
+    Plan {
+        diff: d,
+        next: Some(next),
+        settled,
+    }
+}
+
+/// A target whose filter changed since its baseline lists other checkpoints: its old
+/// state would turn into a storm of `deleted` and `discovered`. Resets `state`, so the
+/// listing takes a new silent baseline, and returns the old filter; `None` when the
+/// filter is the baseline's.
+pub fn rebaseline_on_new_filter(state: &mut TargetState, filter: &str) -> Option<String> {
+    if !state.baselined || state.filter.as_deref() == Some(filter) {
+        return None;
+    }
+    let old = state.filter.take().unwrap_or_else(|| "?".into());
+    *state = TargetState::default();
+    Some(old)
 }
 
 /// Compare a successful listing with the previous state of `target`.
@@ -466,6 +450,83 @@ mod tests {
     }
 
     use EventType::*;
+
+    fn listed<'a>(checkpoints: &'a [Checkpoint], digest: u128) -> Listing<'a> {
+        Listing {
+            checkpoints,
+            digest,
+            filter: "run_id=run1",
+        }
+    }
+
+    #[test]
+    fn a_plan_is_everything_the_commit_needs_and_settles_a_listing_that_cannot_change() {
+        let l = vec![ck("1", Some("SYNCING")), ck("2", Some("COMPLETE"))];
+        let never = DiffOptions {
+            stalled_after: None,
+            ..opts()
+        };
+        // The baseline: rows to write, no events, the filter kept, settled (nothing can
+        // stall without stalled_after).
+        let p = plan("t", &TargetState::default(), listed(&l, 7), t0(), &never);
+        assert!(p.writes() && p.diff.baseline && p.diff.events.is_empty());
+        let next = p.next.clone().unwrap();
+        assert_eq!(next.filter.as_deref(), Some("run_id=run1"));
+        assert_eq!(next.checkpoints.len(), 2);
+        let settled = Settled {
+            digest: 7,
+            checkpoints: 2,
+        };
+        assert_eq!(p.settled, Some(settled));
+        assert_eq!(next.settled, Some(settled));
+        let mut state = TargetState::default();
+        p.apply(&mut state);
+        assert_eq!(state, next);
+
+        // The same listing again: nothing to write, no new state, still settled.
+        let again = plan("t", &state, listed(&l, 7), t0(), &never);
+        assert!(!again.writes() && again.next.is_none());
+        assert_eq!(again.settled, Some(settled));
+
+        // A change: the new state is the old one with the change applied, and it is the
+        // state a second diff of the same listing agrees with.
+        let l2 = vec![ck("1", Some("COMPLETE")), ck("2", Some("COMPLETE"))];
+        let p = plan("t", &state, listed(&l2, 8), t0(), &never);
+        assert_eq!(p.diff.events.len(), 1);
+        assert_eq!(p.diff.events[0].kind, Completed);
+        let next = p.next.clone().unwrap();
+        assert!(next.checkpoints["1"].completed);
+        assert_eq!(p.settled.map(|s| s.digest), Some(8));
+        assert!(!diff("t", &next, &l2, t0(), &never).writes());
+    }
+
+    #[test]
+    fn a_plan_does_not_settle_while_a_checkpoint_can_still_stall() {
+        let l = vec![ck("1", Some("SYNCING"))];
+        let p = plan("t", &TargetState::default(), listed(&l, 7), t0(), &opts());
+        assert!(p.writes());
+        assert_eq!(p.settled, None, "checkpoint 1 stalls in 30 minutes");
+        let mut state = TargetState::default();
+        p.apply(&mut state);
+        let p = plan("t", &state, listed(&l, 7), t0(), &opts());
+        assert!(!p.writes());
+        assert_eq!(p.settled, None);
+    }
+
+    #[test]
+    fn a_new_filter_resets_the_state_for_a_silent_baseline() {
+        let l = vec![ck("1", Some("COMPLETE"))];
+        let mut state = TargetState::default();
+        assert_eq!(rebaseline_on_new_filter(&mut state, "run_id=run1"), None);
+        plan("t", &state, listed(&l, 1), t0(), &opts()).apply(&mut state);
+        assert_eq!(rebaseline_on_new_filter(&mut state, "run_id=run1"), None);
+        assert!(state.baselined);
+        assert_eq!(
+            rebaseline_on_new_filter(&mut state, "run_id=other").as_deref(),
+            Some("run_id=run1")
+        );
+        assert_eq!(state, TargetState::default());
+    }
 
     #[test]
     fn baseline_is_silent_by_default() {

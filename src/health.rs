@@ -88,8 +88,8 @@ impl Health {
         *self.expected.lock().expect("not poisoned") = owned;
     }
 
-    /// `Err(reason)` when a loop is wedged.
-    pub fn live(&self) -> Result<(), String> {
+    /// `Err` naming the loops that are wedged.
+    pub fn live(&self) -> Result<(), Wedged> {
         let stale: Vec<String> = self
             .beats
             .lock()
@@ -101,12 +101,13 @@ impl Health {
         if stale.is_empty() {
             Ok(())
         } else {
-            Err(stale.join("; "))
+            Err(Wedged(stale))
         }
     }
 
-    /// `Err(reason)` until every expected target has been polled successfully once.
-    pub fn ready(&self) -> Result<String, String> {
+    /// `Ok(what this replica does)` once every expected target has been polled
+    /// successfully; `Err` naming those that have not.
+    pub fn ready(&self) -> Result<String, NotReady> {
         let expected = self.expected.lock().expect("not poisoned");
         let polled = self.polled.lock().expect("not poisoned");
         let role = self.role.lock().expect("not poisoned").clone();
@@ -118,14 +119,31 @@ impl Health {
         if pending.is_empty() {
             Ok(format!("ready: {role}"))
         } else {
-            let names: Vec<&str> = pending.iter().take(10).copied().collect();
-            Err(format!(
-                "{} target(s) not polled successfully yet: {} ({role})",
-                pending.len(),
-                names.join(", ")
-            ))
+            Err(NotReady::TargetsNotPolled {
+                count: pending.len(),
+                first: pending.iter().take(10).map(|s| s.to_string()).collect(),
+                role,
+            })
         }
     }
+}
+
+/// Why `/healthz` fails: the loops silent past their limit, each with how long.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Wedged(pub Vec<String>);
+
+/// Why `/readyz` fails.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("{count} target(s) not polled successfully yet: {} ({role})", first.join(", "))]
+    TargetsNotPolled {
+        count: usize,
+        /// The first few of them, by name.
+        first: Vec<String>,
+        /// What this replica does (`single instance`, `replica x of n` ...).
+        role: String,
+    },
 }
 
 #[cfg(test)]
@@ -135,7 +153,7 @@ mod tests {
     #[test]
     fn ready_after_every_target_polled() {
         let h = Health::new(["a".to_string(), "b".to_string()]);
-        assert!(h.ready().unwrap_err().contains("a, b"));
+        assert!(h.ready().unwrap_err().to_string().contains("a, b"));
         h.target_polled("a");
         h.target_polled("b");
         assert!(h.ready().is_ok());
@@ -146,7 +164,7 @@ mod tests {
         let h = Health::new([]);
         let hb = h.heartbeat("poller", Duration::from_millis(0));
         hb.last.store(now_ms() - 5_000, Ordering::Relaxed);
-        assert!(h.live().unwrap_err().contains("poller"));
+        assert!(h.live().unwrap_err().to_string().contains("poller"));
         let ok = Health::new([]);
         ok.heartbeat("sink", Duration::from_secs(60)).beat();
         assert!(ok.live().is_ok());

@@ -3,6 +3,7 @@
 //! `api/` converts upstream JSON into these types.
 
 use std::fmt;
+use std::ops::Index;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use compact_str::CompactString;
@@ -363,6 +364,121 @@ pub fn event_id(target: &str, checkpoint_id: &str, first_seen: DateTime<Utc>, se
         let _ = write!(id, "{b:02x}");
     }
     id
+}
+
+/// Everything known about one target between polls.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TargetState {
+    /// The first successful listing has been recorded.
+    pub baselined: bool,
+    /// The filter the baseline was taken with (`run_id=...`); `None` before the baseline.
+    pub filter: Option<String>,
+    pub checkpoints: TrackedSet,
+    /// A listing known to change nothing here: see [`Settled`]. Stored with the state
+    /// when a commit leaves it settled, so a restart does not decode it again.
+    pub settled: Option<Settled>,
+}
+
+/// A listing body whose diff against the state it was diffed with is empty, and stays
+/// empty as time passes (no checkpoint can still stall). Until the state changes, a poll
+/// that gets the same body (same digest) has nothing to decode, diff or write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// Digest of the body's bytes.
+    pub digest: u128,
+    /// Checkpoints it listed (after the target's `checkpoint_targets`).
+    pub checkpoints: usize,
+}
+
+impl TargetState {
+    /// True while any live checkpoint is still syncing (or of unknown status).
+    pub fn has_pending(&self) -> bool {
+        self.checkpoints
+            .values()
+            .any(|t| !t.deleted && !t.completed && t.class().is_pending())
+    }
+}
+
+/// The tracked checkpoints of one target, sorted by id. A lookup is a binary search and a
+/// row costs its own size (a hash map adds a copy of the key and ~30% empty slots); the
+/// upstream text of each row is reduced to its digest on the way in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrackedSet {
+    rows: Vec<Tracked>,
+}
+
+impl TrackedSet {
+    pub fn get(&self, id: &str) -> Option<&Tracked> {
+        self.rows
+            .binary_search_by(|r| r.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.rows[i])
+    }
+
+    /// Every row, in id order.
+    pub fn values(&self) -> std::slice::Iter<'_, Tracked> {
+        self.rows.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Insert or replace rows by id (a later row of the same id wins).
+    pub fn upsert(&mut self, rows: impl IntoIterator<Item = Tracked>) {
+        let mut fresh = Vec::new();
+        for mut row in rows {
+            row.raw.compact();
+            match self.rows.binary_search_by(|r| r.id.cmp(&row.id)) {
+                Ok(i) => self.rows[i] = row,
+                Err(_) => fresh.push(row),
+            }
+        }
+        if !fresh.is_empty() {
+            self.rows.append(&mut fresh);
+            self.settle();
+        }
+    }
+
+    /// Sort by id, keep the last row of each id, and give back spare capacity.
+    fn settle(&mut self) {
+        self.rows.sort_by(|a, b| a.id.cmp(&b.id)); // stable: equal ids keep their order
+        self.rows.reverse();
+        self.rows.dedup_by(|later, kept| later.id == kept.id);
+        self.rows.reverse();
+        if self.rows.capacity() > self.rows.len() + self.rows.len() / 4 + 4 {
+            self.rows.shrink_to_fit();
+        }
+    }
+}
+
+impl FromIterator<Tracked> for TrackedSet {
+    fn from_iter<I: IntoIterator<Item = Tracked>>(rows: I) -> Self {
+        let mut set = TrackedSet {
+            rows: rows
+                .into_iter()
+                .map(|mut r| {
+                    r.raw.compact();
+                    r
+                })
+                .collect(),
+        };
+        set.settle();
+        set
+    }
+}
+
+impl Index<&str> for TrackedSet {
+    type Output = Tracked;
+
+    fn index(&self, id: &str) -> &Tracked {
+        self.get(id)
+            .unwrap_or_else(|| panic!("no tracked checkpoint {id:?}"))
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! otherwise, +-`jitter`; after a transient failure, `syncing_interval` doubling up to
 //! `interval`; never sooner than a `Retry-After`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,13 +18,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::api;
 use crate::config::{PollConfig, SinkConfig, TargetConfig};
-use crate::delivery::Outbox;
-use crate::diff::{self, DiffOptions, Settled, TargetState};
+use crate::diff::{self, DiffOptions};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::{Metrics, PollOutcome};
-use crate::model::{Checkpoint, Event, EventType, SyncClass};
+use crate::model::{Checkpoint, CheckpointTarget, Event, EventType, SyncClass, TargetState};
 use crate::replicas::Ownership;
 use crate::store::{Fence, PollCommit, Store, StoreError};
+use crate::wake::Wake;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -49,7 +49,8 @@ pub struct Poller {
     client: Arc<api::Client>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    outbox: Option<Arc<Outbox>>,
+    /// Fired after a commit that queued deliveries.
+    wake: Option<Wake>,
     health: Arc<Health>,
     cfg: PollConfig,
     sinks: Vec<SinkConfig>,
@@ -67,7 +68,7 @@ impl Poller {
         client: Arc<api::Client>,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
-        outbox: Option<Arc<Outbox>>,
+        wake: Option<Wake>,
         health: Arc<Health>,
         cfg: PollConfig,
         sinks: Vec<SinkConfig>,
@@ -77,7 +78,7 @@ impl Poller {
             client,
             store,
             metrics,
-            outbox,
+            wake,
             health,
             cfg,
             sinks,
@@ -156,6 +157,8 @@ impl Poller {
         Box::pin(self.poll_now(t, state, dry_run, fence, cancel)).await
     }
 
+    /// One poll, in named steps: fetch -> (settled? done) -> decode -> narrow -> plan ->
+    /// commit -> advance the state. Any failure returns before the state is touched.
     async fn poll_now(
         &self,
         t: &TargetConfig,
@@ -166,18 +169,14 @@ impl Poller {
     ) -> Result<PollReport, PollError> {
         let name = t.name.as_str();
         let start = Instant::now();
-        let result = tokio::select! {
+        let body = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(PollError::Cancelled),
-            r = self.client.fetch(&t.filter) => r,
+            r = self.client.fetch(&t.filter) => r.map_err(|e| self.failed(name, e, start))?,
         };
-        if let Ok(body) = &result
-            && let Some(settled) = state.settled
-            && settled.digest == body.digest()
-            && !dry_run
-        {
+        if !dry_run && let Some(settled) = state.settled.filter(|s| s.digest == body.digest()) {
             // The very listing this state already agrees with: nothing to decode or diff.
-            self.metrics.api_requests.with_label_values(&["200"]).inc();
+            self.count_request("200");
             self.observe(t, state, &[], start, false);
             return Ok(PollReport {
                 checkpoints: settled.checkpoints,
@@ -185,134 +184,124 @@ impl Poller {
                 wrote: false,
             });
         }
-        let digest = result.as_ref().map(api::Body::digest).unwrap_or_default();
-        let listing = match result.and_then(|body| body.decode()) {
-            Ok(l) => {
-                self.metrics.api_requests.with_label_values(&["200"]).inc();
-                l
-            }
-            Err(e) => {
-                self.metrics
-                    .api_requests
-                    .with_label_values(&[&e.code_label()])
-                    .inc();
-                let outcome = if e.is_rate_limited() {
-                    PollOutcome::RateLimited
-                } else {
-                    PollOutcome::Error
-                };
-                // Failed polls are timed too: a hanging API shows as latency, not silence.
-                let m = self.metrics.target(name);
-                m.poll(outcome);
-                m.poll_duration(start.elapsed().as_secs_f64());
-                return Err(e.into());
-            }
-        };
-        let listing: Vec<_> = listing
-            .into_iter()
-            .filter(|c| t.checkpoint_targets.contains(&c.target))
-            .collect();
+        let listing = body.decode().map_err(|e| self.failed(name, e, start))?;
+        self.count_request("200");
+        let listing = narrow(listing, &t.checkpoint_targets);
         self.log_unknown_statuses(name, &listing);
-        let now = Utc::now();
         let filter = t.filter.to_string();
-        if state.baselined && state.filter.as_deref() != Some(filter.as_str()) {
-            // Same name, other checkpoints: the old state would turn into a storm of
-            // `deleted` and `discovered`. Start over with a silent baseline instead.
-            warn!(target = name, old = state.filter.as_deref().unwrap_or("?"), new = %filter,
+        if let Some(old) = diff::rebaseline_on_new_filter(state, &filter) {
+            warn!(target = name, old, new = %filter,
                 "the target's filter changed; taking a new baseline");
-            *state = TargetState::default();
         }
-        let opts = self.diff_options();
-        let mut d = diff::diff(name, state, &listing, now, &opts);
-        // The state holds digests only; an event about a checkpoint gone from the listing
-        // carries its last stored object.
-        for e in d.events.iter_mut().filter(|e| e.checkpoint.is_empty()) {
-            match self.store.checkpoint_raw(name, &e.checkpoint_id).await {
-                Ok(raw) => e.checkpoint = raw.unwrap_or_default(),
-                Err(e) => {
-                    self.metrics.target(name).poll(PollOutcome::Error);
-                    return Err(e.into());
-                }
-            }
-        }
-        let wrote = d.writes() && !dry_run;
-        // Whether this listing can still change the state it leaves behind: when it
-        // cannot, its digest is kept (with the state, when this poll writes) and the same
-        // body is not decoded again.
-        let (next, settled) = if wrote {
-            let mut next = state.clone();
-            next.apply(&d);
-            let again = diff::diff(name, &next, &listing, now, &opts);
-            let settled = !again.writes() && next.timeless(&opts);
-            (Some(next), settled.then_some(digest))
-        } else {
-            (
-                None,
-                (!d.writes() && state.timeless(&opts)).then_some(digest),
-            )
+        let now = Utc::now();
+        let listed = diff::Listing {
+            checkpoints: &listing,
+            digest: body.digest(),
+            filter: &filter,
         };
+        let mut plan = diff::plan(name, state, listed, now, &self.diff_options());
+        self.fill_deleted_payloads(name, &mut plan.diff.events)
+            .await?;
+        let wrote = plan.writes() && !dry_run;
         if wrote {
-            let sinks = d
-                .events
-                .iter()
-                .map(|e| {
-                    self.sinks
-                        .iter()
-                        .filter(|s| s.wants(e.kind, name, e.checkpoint_target))
-                        .map(|s| s.name.as_str())
-                        .collect()
-                })
-                .collect();
-            let commit = PollCommit {
-                target: name,
-                filter: &filter,
-                diff: &d,
-                sinks,
-                now,
-                fence,
-                settled,
-            };
-            if let Err(e) = self.store.commit_poll(commit).await {
-                let m = self.metrics.target(name);
-                m.poll(PollOutcome::Error);
-                m.poll_duration(start.elapsed().as_secs_f64());
-                if matches!(e, StoreError::Fenced { .. }) {
-                    m.fencing_rejection();
-                }
-                return Err(e.into());
-            }
+            self.commit(name, &filter, &plan, now, fence, start).await?;
         }
-        if d.baseline && !dry_run {
-            info!(
-                target = name,
-                checkpoints = listing.len(),
-                emitted = d.events.len(),
-                "baseline recorded"
-            );
-        }
-        if !dry_run {
-            if let Some(next) = next {
-                *state = next;
+        let events = if dry_run {
+            plan.diff.events
+        } else {
+            if plan.diff.baseline {
+                info!(
+                    target = name,
+                    checkpoints = listing.len(),
+                    emitted = plan.diff.events.len(),
+                    "baseline recorded"
+                );
             }
-            if d.baseline {
-                state.filter = Some(filter);
-            }
-            state.settled = settled.map(|digest| Settled {
-                digest,
-                checkpoints: listing.len(),
-            });
-            self.observe(t, state, &d.events, start, true);
-            if !d.events.is_empty()
-                && let Some(o) = &self.outbox
+            let events = std::mem::take(&mut plan.diff.events);
+            plan.apply(state);
+            self.observe(t, state, &events, start, true);
+            if !events.is_empty()
+                && let Some(w) = &self.wake
             {
-                o.notify();
+                w.notify();
             }
-        }
+            events
+        };
         Ok(PollReport {
             checkpoints: listing.len(),
-            events: d.events,
+            events,
             wrote,
         })
+    }
+
+    /// A failed fetch or decode: counted and timed (a hanging API shows as latency, not
+    /// silence), and nothing else happens.
+    fn failed(&self, target: &str, e: api::Error, start: Instant) -> PollError {
+        self.count_request(&e.code_label());
+        let outcome = if e.is_rate_limited() {
+            PollOutcome::RateLimited
+        } else {
+            PollOutcome::Error
+        };
+        let m = self.metrics.target(target);
+        m.poll(outcome);
+        m.poll_duration(start.elapsed().as_secs_f64());
+        e.into()
+    }
+
+    fn count_request(&self, code: &str) {
+        self.metrics.api_requests.with_label_values(&[code]).inc();
+    }
+
+    /// The state holds digests only; an event about a checkpoint gone from the listing
+    /// carries its last stored object.
+    async fn fill_deleted_payloads(
+        &self,
+        target: &str,
+        events: &mut [Event],
+    ) -> Result<(), PollError> {
+        for e in events.iter_mut().filter(|e| e.checkpoint.is_empty()) {
+            match self.store.checkpoint_raw(target, &e.checkpoint_id).await {
+                Ok(raw) => e.checkpoint = raw.unwrap_or_default(),
+                Err(err) => {
+                    self.metrics.target(target).poll(PollOutcome::Error);
+                    return Err(err.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the plan's rows, events and deliveries in one transaction (fenced by the
+    /// lease when replicas share the store).
+    async fn commit(
+        &self,
+        target: &str,
+        filter: &str,
+        plan: &diff::Plan,
+        now: DateTime<Utc>,
+        fence: Option<Fence>,
+        start: Instant,
+    ) -> Result<(), PollError> {
+        let commit = PollCommit {
+            target,
+            filter,
+            diff: &plan.diff,
+            sinks: route(&plan.diff.events, &self.sinks),
+            now,
+            fence,
+            settled: plan.settled.map(|s| s.digest),
+        };
+        if let Err(e) = self.store.commit_poll(commit).await {
+            let m = self.metrics.target(target);
+            m.poll(PollOutcome::Error);
+            m.poll_duration(start.elapsed().as_secs_f64());
+            if matches!(e, StoreError::Fenced { .. }) {
+                m.fencing_rejection();
+            }
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Metrics and readiness after a successful poll; `diffed` is false when the listing
@@ -369,6 +358,28 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
         return d;
     }
     d.mul_f64(1.0 + rand::rng().random_range(-jitter..=jitter))
+}
+
+/// The listed checkpoints the target watches (its `checkpoint_targets`).
+pub fn narrow(listing: Vec<Checkpoint>, wanted: &BTreeSet<CheckpointTarget>) -> Vec<Checkpoint> {
+    listing
+        .into_iter()
+        .filter(|c| wanted.contains(&c.target))
+        .collect()
+}
+
+/// For each event (same order), the names of the sinks it goes to.
+pub fn route<'a>(events: &[Event], sinks: &'a [SinkConfig]) -> Vec<Vec<&'a str>> {
+    events
+        .iter()
+        .map(|e| {
+            sinks
+                .iter()
+                .filter(|s| s.wants(e.kind, &e.target, e.checkpoint_target))
+                .map(|s| s.name.as_str())
+                .collect()
+        })
+        .collect()
 }
 
 /// The rhythm in which a target's checkpoints appear: a training run saves every so many
@@ -629,6 +640,215 @@ mod tests {
             interval: Duration::from_secs(60),
             syncing_interval: Duration::from_secs(10),
         }
+    }
+
+    /// A poller of the config `toml` against a simulated API, on an in-memory SQLite
+    /// store; the first target of the config.
+    async fn poller(sim: &crate::sim::SimApi, sinks: &str) -> (Poller, TargetConfig) {
+        let toml = format!(
+            "[api]\nbase_url = \"{}\"\napi_key_env = \"K\"\n[store]\nurl = \"sqlite::memory:\"\n\
+             [[targets]]\nname = \"t\"\nrun_id = \"r1\"\ncheckpoint_targets = [\"sampler\"]\n{sinks}",
+            sim.base_url()
+        );
+        let env = crate::config::Environment::from_pairs([("K", "key")]);
+        let cfg = crate::config::load_str(&toml, ::config::FileFormat::Toml, "test", &env)
+            .expect("valid config");
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open("sqlite::memory:")
+                .await
+                .unwrap(),
+        );
+        let poller = Poller::new(
+            Arc::new(api::Client::new(&cfg.api).unwrap()),
+            store,
+            Arc::new(Metrics::new()),
+            Some(Wake::new()),
+            Arc::new(Health::new(["t".to_string()])),
+            cfg.poll.clone(),
+            cfg.sinks.clone(),
+        );
+        (poller, cfg.targets[0].clone())
+    }
+
+    /// What a stored state must agree with in memory (the store keeps times to the ms).
+    fn summary(s: &TargetState) -> impl PartialEq + std::fmt::Debug + use<> {
+        let rows: Vec<_> = s
+            .checkpoints
+            .values()
+            .map(|c| (c.id.to_string(), c.sync_status.clone(), c.completed, c.seq))
+            .collect();
+        (s.baselined, s.filter.clone(), s.settled, rows)
+    }
+
+    fn requests(p: &Poller, code: &str) -> u64 {
+        p.metrics.api_requests.with_label_values(&[code]).get()
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_or_decode_is_counted_and_changes_nothing() {
+        let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+        let (p, t) = poller(&sim, "").await;
+        let mut state = TargetState::default();
+        sim.handle().push_fault(crate::sim::Fault::Status {
+            code: 503,
+            retry_after: None,
+            body: None,
+        });
+        let e = p
+            .poll_target(&t, &mut state, false, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            PollError::Api(api::Error::Status { code: 503, .. })
+        ));
+        sim.handle().push_fault(crate::sim::Fault::Truncated);
+        let e = p
+            .poll_target(&t, &mut state, false, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PollError::Api(api::Error::Decode(_))));
+        assert_eq!(state, TargetState::default());
+        assert_eq!((requests(&p, "503"), requests(&p, "decode")), (1, 1));
+        assert_eq!(
+            p.store.load_target("t").await.unwrap(),
+            TargetState::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_settled_listing_is_neither_decoded_nor_written_again() {
+        let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+        let h = sim.handle();
+        h.add_checkpoint("r1", "sampler", "step-1", Some("COMPLETE"));
+        h.add_checkpoint("r1", "trainer", "step-1", Some("COMPLETE"));
+        let (p, t) = poller(&sim, "").await;
+        let mut state = TargetState::default();
+        let first = p.poll_target(&t, &mut state, false, None).await.unwrap();
+        assert!(first.wrote && first.events.is_empty(), "a silent baseline");
+        assert_eq!(first.checkpoints, 1, "narrowed to the sampler");
+        assert!(state.settled.is_some());
+        assert_eq!(
+            summary(&state),
+            summary(&p.store.load_target("t").await.unwrap())
+        );
+        let again = p.poll_target(&t, &mut state, false, None).await.unwrap();
+        assert!(!again.wrote && again.events.is_empty());
+        assert_eq!(again.checkpoints, 1);
+        assert_eq!(requests(&p, "200"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_change_is_committed_with_its_deliveries_and_the_state_advances() {
+        let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+        let h = sim.handle();
+        let id = h.add_checkpoint("r1", "sampler", "step-1", Some("SYNCING"));
+        let sink = "[[sinks]]\nname = \"s\"\nkind = \"exec\"\ncommand = [\"true\"]\n\
+                    events = [\"checkpoint.completed\"]\n";
+        let (p, t) = poller(&sim, sink).await;
+        let mut state = TargetState::default();
+        p.poll_target(&t, &mut state, false, None).await.unwrap();
+        h.set_status(&id, Some("COMPLETE"));
+        // A dry run sees the event and writes nothing.
+        let before = state.clone();
+        let dry = p.poll_target(&t, &mut state, true, None).await.unwrap();
+        assert_eq!(dry.events.len(), 1);
+        assert!(!dry.wrote);
+        assert_eq!(state, before);
+        let report = p.poll_target(&t, &mut state, false, None).await.unwrap();
+        assert_eq!(report.events.len(), 1);
+        assert_eq!(report.events[0].kind, EventType::Completed);
+        assert!(state.checkpoints[id.as_str()].completed);
+        assert_eq!(
+            summary(&state),
+            summary(&p.store.load_target("t").await.unwrap())
+        );
+        let due = p
+            .store
+            .claim_due("s", Utc::now(), 10, false, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].event.id, report.events[0].id);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_poll_writes_nothing() {
+        let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+        sim.handle()
+            .push_fault(crate::sim::Fault::Delay(Duration::from_secs(30)));
+        let (p, t) = poller(&sim, "").await;
+        let mut state = TargetState::default();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let e = p
+            .poll_until(&t, &mut state, false, None, &cancel)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PollError::Cancelled));
+        assert_eq!(state, TargetState::default());
+    }
+
+    fn ck(id: &str, target: CheckpointTarget) -> Checkpoint {
+        Checkpoint {
+            id: id.into(),
+            name: "step-1".into(),
+            run_id: "r".into(),
+            target,
+            checkpoint_type: "lora".into(),
+            size_bytes: 1,
+            created_at: "2026-11-26T00:00:00Z".into(),
+            base_model: None,
+            sync_status: None,
+            raw: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn narrow_keeps_only_the_watched_checkpoint_targets() {
+        let l = vec![
+            ck("a", CheckpointTarget::Sampler),
+            ck("b", CheckpointTarget::Trainer),
+        ];
+        let only = BTreeSet::from([CheckpointTarget::Trainer]);
+        let ids: Vec<_> = narrow(l, &only).into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, ["b"]);
+    }
+
+    #[test]
+    fn route_sends_each_event_to_the_sinks_that_want_it() {
+        let env = crate::config::Environment::from_pairs([("K", "key")]);
+        let toml = "[api]\napi_key_env = \"K\"\n[[targets]]\nname = \"t\"\nrun_id = \"r\"\n[[targets]]\nname = \"u\"\nrun_id = \"q\"\n\
+            [[sinks]]\nname = \"all\"\nkind = \"exec\"\ncommand = [\"true\"]\n\
+            [[sinks]]\nname = \"done-t\"\nkind = \"exec\"\ncommand = [\"true\"]\n\
+            events = [\"checkpoint.completed\"]\ntargets = [\"t\"]\n\
+            [[sinks]]\nname = \"trainer\"\nkind = \"exec\"\ncommand = [\"true\"]\ncheckpoint_targets = [\"trainer\"]\n";
+        let cfg = crate::config::load_str(toml, ::config::FileFormat::Toml, "test", &env).unwrap();
+        let event = |kind, target: &str, ct| Event {
+            id: "evt_1".into(),
+            kind,
+            target: target.into(),
+            checkpoint_id: "c".into(),
+            checkpoint_name: "step-1".into(),
+            run_id: "r".into(),
+            checkpoint_target: ct,
+            detected_at: now(),
+            previous_sync_status: None,
+            sync_status: None,
+            first_seen_at: now(),
+            sync_seconds: None,
+            checkpoint: "{}".into(),
+        };
+        let events = [
+            event(EventType::Completed, "t", CheckpointTarget::Sampler),
+            event(EventType::Completed, "u", CheckpointTarget::Sampler),
+            event(EventType::Discovered, "t", CheckpointTarget::Trainer),
+        ];
+        assert_eq!(
+            route(&events, &cfg.sinks),
+            [vec!["all", "done-t"], vec!["all"], vec!["all", "trainer"]]
+        );
+        assert!(route(&events, &[]).iter().all(Vec::is_empty));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use loopwatch::diff::{DiffOptions, TargetState, diff};
+use loopwatch::diff::{DiffOptions, diff};
+use loopwatch::model::TargetState;
 use loopwatch::model::{Checkpoint, CheckpointTarget};
 use loopwatch::store::postgres::{Leases, PgStore};
 use loopwatch::store::{

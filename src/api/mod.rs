@@ -8,10 +8,11 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use url::Url;
 
 use crate::config::{ApiConfig, AuthScheme, Filter};
+use crate::http::{self, root_cause};
 use crate::model::Checkpoint;
 
 #[derive(Debug, thiserror::Error)]
@@ -143,11 +144,7 @@ impl Client {
             .map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {
-            let retry_after = resp
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+            let retry_after = http::retry_after(resp.headers());
             let body = self.read_body(resp).await.unwrap_or_default();
             return Err(Error::Status {
                 code: status.as_u16(),
@@ -220,15 +217,6 @@ fn transport(e: reqwest::Error) -> Error {
     }
 }
 
-/// The innermost cause, which names the actual failure (refused, reset, TLS).
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
 /// A short, single-line description of an error body: the JSON `message` when there is
 /// one, otherwise the first 200 characters of text.
 fn error_message(body: &[u8]) -> String {
@@ -244,22 +232,6 @@ fn error_message(body: &[u8]) -> String {
     } else {
         flat.chars().take(200).collect()
     }
-}
-
-/// `Retry-After` as delta-seconds or an HTTP-date.
-pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(24 * 3600)));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let delta = when.with_timezone(&chrono::Utc) - now;
-    Some(
-        delta
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .min(Duration::from_secs(24 * 3600)),
-    )
 }
 
 #[cfg(test)]
@@ -301,23 +273,6 @@ mod tests {
         }
         let url = endpoint(&Url::parse("https://api.baseten.co").unwrap()).unwrap();
         assert_eq!(url.as_str(), "https://api.baseten.co/v1/loops/checkpoints");
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
-            .unwrap()
-            .to_utc();
-        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]

@@ -21,7 +21,6 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rand::RngExt;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -29,6 +28,7 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::health::Heartbeat;
 use crate::metrics::Metrics;
 use crate::store::{AttemptOutcome, Claimed, Store, StoredEvent};
+use crate::wake::Wake;
 
 /// Why an attempt failed.
 #[derive(Clone, Debug)]
@@ -111,7 +111,6 @@ pub struct Sink {
     pub cfg: SinkConfig,
     template: Option<payload::Template>,
     http: reqwest::Client,
-    notify: Notify,
 }
 
 impl Sink {
@@ -129,7 +128,6 @@ impl Sink {
             cfg,
             template,
             http,
-            notify: Notify::new(),
         })
     }
 
@@ -159,20 +157,20 @@ impl Sink {
                 url,
                 secret,
                 previous_secret,
+                signing_key,
                 headers,
                 ..
             } => {
+                let payload = self.payload(event).map_err(Failure::Payload)?;
                 let keys: Vec<_> = secret.iter().chain(previous_secret.iter()).collect();
-                webhook::send(
-                    &self.http,
-                    self,
+                let to = webhook::Target {
                     url,
-                    &keys,
+                    keys: &keys,
+                    ed25519: signing_key.as_ref(),
                     headers,
-                    event,
-                    self.cfg.timeout,
-                )
-                .await
+                    timeout: self.cfg.timeout,
+                };
+                webhook::send(&self.http, &to, &event.id, payload).await
             }
             SinkKind::Exec { command } => exec::run(command, event, self.cfg.timeout).await,
         }
@@ -187,13 +185,17 @@ pub struct Outbox {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     sinks: Vec<Arc<Sink>>,
+    wake: Wake,
 }
 
 impl Outbox {
+    /// The workers of `sinks`; each looks for due deliveries at once when `wake` fires
+    /// (the poller fires it after a commit that queued deliveries).
     pub fn new(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         sinks: &[SinkConfig],
+        wake: Wake,
     ) -> anyhow::Result<Self> {
         let http = webhook::client();
         let sinks = sinks
@@ -204,6 +206,7 @@ impl Outbox {
             store,
             metrics,
             sinks,
+            wake,
         })
     }
 
@@ -211,11 +214,9 @@ impl Outbox {
         &self.sinks
     }
 
-    /// New deliveries were committed: wake every worker.
-    pub fn notify(&self) {
-        for s in &self.sinks {
-            s.notify.notify_one();
-        }
+    /// The signal the workers wait on between claims.
+    pub fn wake(&self) -> &Wake {
+        &self.wake
     }
 
     /// How long a claim lasts: a worker that dies mid-attempt frees it after this.
@@ -346,6 +347,7 @@ impl Outbox {
         // New deliveries were announced while a claim was under way (it may have missed
         // them): claim again at once when it returns.
         let mut poked = false;
+        let mut waiter = self.wake.subscribe();
         loop {
             beat.beat();
             while inflight.len() + finished.len() + writing_len < limit
@@ -392,7 +394,7 @@ impl Outbox {
                     next_claim = tokio::time::Instant::now() + if poked { Duration::ZERO } else { wait };
                     poked = false;
                 }
-                _ = sink.notify.notified() => {
+                () = waiter.wait() => {
                     next_claim = tokio::time::Instant::now();
                     poked = claiming.is_some();
                 }

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::{Failure, Sink};
-use crate::config::{HeaderConfig, SinkKind};
+use super::Failure;
+use super::payload::Payload;
+use crate::config::HeaderConfig;
+use crate::http::{self, root_cause};
 use crate::signing::{self as sign, SigningKey};
-use crate::store::StoredEvent;
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -19,20 +20,27 @@ pub fn client() -> reqwest::Client {
         .expect("static client config")
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where and how one sink's webhooks go.
+pub struct Target<'a> {
+    pub url: &'a url::Url,
+    /// The `whsec_` keys to sign with (the current one, then a previous one in rotation).
+    pub keys: &'a [&'a SigningKey],
+    /// A `whsk_` key for the asymmetric `v1a` signature.
+    pub ed25519: Option<&'a sign::Ed25519Key>,
+    pub headers: &'a [HeaderConfig],
+    pub timeout: Duration,
+}
+
+/// POST `payload` for the event `event_id`, signed over the exact bytes sent.
 pub async fn send(
     http: &reqwest::Client,
-    sink: &Sink,
-    url: &url::Url,
-    keys: &[&SigningKey],
-    headers: &[HeaderConfig],
-    event: &StoredEvent,
-    timeout: Duration,
+    to: &Target<'_>,
+    event_id: &str,
+    payload: Payload,
 ) -> Result<u16, Failure> {
-    let payload = sink.payload(event).map_err(Failure::Payload)?;
     let ts = chrono::Utc::now().timestamp();
     let mut h = HeaderMap::new();
-    for hc in headers {
+    for hc in to.headers {
         if let (Ok(n), Ok(mut v)) = (
             HeaderName::from_bytes(hc.name.as_bytes()),
             HeaderValue::from_str(hc.value.expose()),
@@ -54,24 +62,20 @@ pub async fn send(
     }
     h.insert(
         "webhook-id",
-        HeaderValue::from_str(&event.id).map_err(|_| Failure::Payload("event id".into()))?,
+        HeaderValue::from_str(event_id).map_err(|_| Failure::Payload("event id".into()))?,
     );
     h.insert("webhook-timestamp", HeaderValue::from(ts));
-    let ed25519 = match &sink.cfg.kind {
-        SinkKind::Webhook { signing_key, .. } => signing_key.as_ref(),
-        SinkKind::Exec { .. } => None,
-    };
     // Signed over the exact bytes sent below.
-    if let Some(sig) = sign::signature_header(keys, ed25519, &event.id, ts, &payload.body) {
+    if let Some(sig) = sign::signature_header(to.keys, to.ed25519, event_id, ts, &payload.body) {
         h.insert(
             "webhook-signature",
             HeaderValue::from_str(&sig).expect("base64 is a valid header"),
         );
     }
     let resp = http
-        .post(url.clone())
+        .post(to.url.clone())
         .headers(h)
-        .timeout(timeout)
+        .timeout(to.timeout)
         .body(payload.body)
         .send()
         .await
@@ -86,11 +90,7 @@ pub async fn send(
     if resp.status().is_success() {
         return Ok(code);
     }
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::api::parse_retry_after(v, chrono::Utc::now()));
+    let retry_after = http::retry_after(resp.headers());
     // A short look at the body helps the operator; never read an unbounded one.
     let snippet = match tokio::time::timeout(Duration::from_secs(2), resp.bytes()).await {
         Ok(Ok(b)) => String::from_utf8_lossy(&b[..b.len().min(200)])
@@ -104,13 +104,4 @@ pub async fn send(
         retry_after,
         body: snippet,
     })
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    // reqwest's messages include the URL, which may carry a token: keep only the cause.
-    cur.to_string()
 }

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::diff::{Diff, Settled, TargetState, TrackedSet};
+use crate::diff::Diff;
 use crate::model::{CheckpointTarget, Event, EventType, Tracked};
+use crate::model::{Settled, TargetState, TrackedSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -171,7 +172,7 @@ pub struct PollCommit<'a> {
     /// With several replicas: commit only while this lease is still held.
     pub fence: Option<Fence>,
     /// The digest of the listing this poll diffed, when the state after this commit
-    /// agrees with that listing for good ([`crate::diff::Settled`]); kept with the state
+    /// agrees with that listing for good ([`crate::model::Settled`]); kept with the state
     /// (and cleared by a commit without it), so that after a restart the same listing is
     /// not decoded again.
     pub settled: Option<u128>,

@@ -15,7 +15,7 @@ use super::{
     DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
     StoredEvent, TargetDump, event_from_row, ms_to_time,
 };
-use crate::diff::TargetState;
+use crate::model::TargetState;
 use crate::model::{CheckpointTarget, Raw, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

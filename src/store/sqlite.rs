@@ -20,8 +20,7 @@ use super::{
     DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
     StoredEvent, TargetDump, event_from_row, ms_to_time,
 };
-use crate::diff::TargetState;
-use crate::model::{CheckpointTarget, Event, Raw, Tracked};
+use crate::model::{CheckpointTarget, Event, Raw, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
