@@ -355,7 +355,7 @@ async fn checkpoints_lists_live_in_table_and_json() {
     assert_eq!(
         cols,
         [
-            "ID", "NAME", "RUN", "QWEN", "TYPE", "SIZE", "SYNC", "CREATED"
+            "ID", "NAME", "RUN", "TARGET", "TYPE", "SIZE", "SYNC", "CREATED"
         ]
     );
     assert!(
