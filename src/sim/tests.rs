@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, TimeDelta};
 use serde_json::{Value, json};
 
-use super::{CHECKPOINTS_PATH, DEFAULT_BASE_MODEL, Fault, SimApi};
+use super::{CHECKPOINTS_PATH, DEFAULT_BASE_MODEL, Fault, Route, SimApi};
 
 /// GET the checkpoints endpoint with `query` pairs (URL-encoded here).
 async fn get(sim: &SimApi, query: &[(&str, &str)]) -> reqwest::Response {
@@ -394,6 +394,24 @@ async fn one_shot_faults_come_before_the_sticky_one() {
     handle.set_fault(None);
     assert_eq!(listing(&sim, &query).await.len(), 1);
     assert_eq!(handle.requests(), 5);
+}
+
+#[tokio::test]
+async fn faults_target_their_route() {
+    let sim = SimApi::start(None).await.unwrap();
+    let handle = sim.handle();
+    handle.add_checkpoint("r", "sampler", "step-1", None);
+    handle.push_fault_to(Route::Checkpoints, Fault::Empty);
+    handle.set_fault_on(Route::Checkpoints, Some(Fault::NotJsonObject));
+    let query = [("run_id", "r")];
+    assert_eq!(
+        json_of(get(&sim, &query).await).await,
+        json!({"checkpoints": []})
+    );
+    assert_eq!(json_of(get(&sim, &query).await).await, json!([]));
+    // `set_fault` is the same route's sticky fault.
+    handle.set_fault(None);
+    assert_eq!(listing(&sim, &query).await.len(), 1);
 }
 
 #[tokio::test]
