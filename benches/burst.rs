@@ -148,7 +148,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
         })
         .await;
     let post_floor_s = t0.elapsed().as_secs_f64();
-    assert_eq!(receiver.count() - c0, events as u64);
+    assert_eq!(receiver.count() - c0, events);
 
     // loopwatch: the sink worker, until every delivery is recorded as delivered.
     if std::env::var("BENCH_PAUSE").is_ok_and(|v| v == "deliver") {
@@ -173,7 +173,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     support::until(
         Duration::from_secs(600),
         Duration::from_millis(2),
-        async || receiver.count() - c0 >= events as u64,
+        async || receiver.count() - c0 >= events,
     )
     .await;
     let done = support::until(
@@ -218,7 +218,7 @@ async fn bench(o: Opts) {
         ),
         &o,
     );
-    let receiver = Receiver::start(None).await;
+    let receiver = support::receiver().start().await.unwrap();
     let events_only = std::env::args().any(|a| a == "--events-only");
     let mut runs = Vec::new();
     for i in 0..o.runs {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use loopwatch::app::App;
 use loopwatch::sim::SimApi;
 use rand::RngExt;
-use support::{API_KEY, Opts, Receiver, median, percentile, run_id};
+use support::{API_KEY, Opts, median, percentile, run_id};
 
 const SYNCING_INTERVAL: Duration = Duration::from_secs(1);
 const COMPLETIONS_PER_SECOND: u64 = 100;
@@ -43,20 +43,24 @@ struct Run {
 
 async fn one(targets: usize, window: Duration) -> Run {
     let arrivals: Arrivals = Arc::default();
-    let on_body: support::OnBody = Arc::new({
-        let arrivals = arrivals.clone();
-        move |_h: &axum::http::HeaderMap, body: &axum::body::Bytes| {
-            let at = Instant::now();
-            let wall = chrono::Utc::now().timestamp_millis();
-            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-            let detected = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap())
-                .unwrap()
-                .timestamp_millis();
-            let id = v["data"]["checkpoint"]["id"].as_str().unwrap().to_string();
-            arrivals.lock().unwrap().push((id, at, detected, wall));
-        }
-    });
-    let receiver = Receiver::start(Some(on_body)).await;
+    let receiver = support::receiver()
+        .on_request({
+            let arrivals = arrivals.clone();
+            move |r| {
+                let at = Instant::now();
+                let wall = chrono::Utc::now().timestamp_millis();
+                let v = r.json();
+                let detected =
+                    chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap())
+                        .unwrap()
+                        .timestamp_millis();
+                let id = v["data"]["checkpoint"]["id"].as_str().unwrap().to_string();
+                arrivals.lock().unwrap().push((id, at, detected, wall));
+            }
+        })
+        .start()
+        .await
+        .unwrap();
     let sim = SimApi::start(Some(API_KEY.into())).await.unwrap();
     let h = sim.handle();
     let mut pending = Vec::new();

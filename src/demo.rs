@@ -6,25 +6,16 @@
 //! The demo is its own wiring (like `app.rs`, it spawns): the simulator and the receiver
 //! are test fixtures, not parts of the daemon.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use base64::Engine;
 use rand::RngExt;
 
 use crate::app::App;
 use crate::config::{self, Environment};
-use crate::signing::{self as sign, SigningKey};
-use crate::sim::SimApi;
+use crate::signing::SigningKey;
+use crate::sim::{Received, Receiver, Signature, SimApi};
 use crate::store::DeliveryStatus;
 
 pub struct DemoOptions {
@@ -37,70 +28,31 @@ pub struct DemoOptions {
     pub sync_for: Duration,
 }
 
-/// What the embedded receiver saw.
-#[derive(Default)]
-pub struct Receiver {
-    key: Option<SigningKey>,
-    pub received: AtomicU64,
-    pub bad_signatures: AtomicU64,
-    pub duplicates: AtomicU64,
-    seen: Mutex<HashSet<String>>,
-}
-
-impl Receiver {
-    fn new(key: SigningKey) -> Self {
-        Receiver {
-            key: Some(key),
-            ..Receiver::default()
+/// One line per webhook the embedded receiver gets.
+fn print_received(r: &Received) {
+    let id = r.id();
+    match r.signature {
+        Some(Signature::Valid) if r.duplicate => {
+            println!("  receiver: duplicate {id} acknowledged again (at-least-once)");
+        }
+        Some(Signature::Valid) => {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            let d = &v["data"];
+            let sync = match d["sync_seconds"].as_f64() {
+                Some(s) => format!("  synced in {s:.1}s"),
+                None => String::new(),
+            };
+            println!(
+                "  receiver: {:<26} {:<48} signature ok  {id}{sync}",
+                v["type"].as_str().unwrap_or("?"),
+                d["uri"].as_str().unwrap_or("?"),
+            );
+        }
+        Some(Signature::Stale) => println!("  receiver: REJECTED {id}: signature too old"),
+        Some(Signature::Invalid) | None => {
+            println!("  receiver: REJECTED {id}: signature invalid");
         }
     }
-}
-
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let h = |k: &str| {
-        headers
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (id, ts, sig) = (
-        h("webhook-id"),
-        h("webhook-timestamp"),
-        h("webhook-signature"),
-    );
-    let ts: i64 = ts.parse().unwrap_or_default();
-    let valid = r
-        .key
-        .as_ref()
-        .is_some_and(|k| sign::verify(k, &id, ts, &body, &sig));
-    let fresh = (chrono::Utc::now().timestamp() - ts).abs() <= 300;
-    if !valid || !fresh {
-        r.bad_signatures.fetch_add(1, Ordering::Relaxed);
-        println!(
-            "  receiver: REJECTED {id}: signature {}",
-            if valid { "too old" } else { "invalid" }
-        );
-        return StatusCode::UNAUTHORIZED;
-    }
-    r.received.fetch_add(1, Ordering::Relaxed);
-    if !r.seen.lock().expect("not poisoned").insert(id.clone()) {
-        r.duplicates.fetch_add(1, Ordering::Relaxed);
-        println!("  receiver: duplicate {id} acknowledged again (at-least-once)");
-        return StatusCode::NO_CONTENT;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let d = &v["data"];
-    let sync = match d["sync_seconds"].as_f64() {
-        Some(s) => format!("  synced in {s:.1}s"),
-        None => String::new(),
-    };
-    println!(
-        "  receiver: {:<26} {:<48} signature ok  {id}{sync}",
-        v["type"].as_str().unwrap_or("?"),
-        d["uri"].as_str().unwrap_or("?"),
-    );
-    StatusCode::NO_CONTENT
 }
 
 fn random_secret() -> String {
@@ -132,7 +84,7 @@ name = "demo-run"
 run_id = "demo-run"
 [[sinks]]
 name = "demo-receiver"
-url = "{receiver}/hooks/loops"
+url = "{receiver}"
 secret_env = "LOOPWATCH_DEMO_SECRET"
 retry_schedule = ["1s", "2s", "5s"]
 "#;
@@ -147,23 +99,13 @@ pub async fn run(
     sim.handle()
         .start_training_run("demo-run", "Qwen/Qwen3-8B", opts.every, opts.sync_for, None);
 
-    let receiver = Arc::new(Receiver::new(
-        SigningKey::parse(&secret).map_err(anyhow::Error::msg)?,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let receiver_url = format!("http://{}", listener.local_addr()?);
-    let router = Router::new()
-        .route("/hooks/loops", post(receive))
-        .with_state(receiver.clone());
-    let stop_receiver = tokio_util::sync::CancellationToken::new();
-    let receiver_task = tokio::spawn({
-        let stop = stop_receiver.clone();
-        async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-    });
+    let receiver = Receiver::builder()
+        .path("/hooks/loops")
+        .verify_with(SigningKey::parse(&secret).map_err(anyhow::Error::msg)?)
+        .keep_requests(false)
+        .on_request(print_received)
+        .start()
+        .await?;
 
     let dir = tempfile::Builder::new()
         .prefix("loopwatch-demo-")
@@ -173,7 +115,7 @@ pub async fn run(
         .replace("{api}", &sim.base_url())
         .replace("{db}", &db.display().to_string())
         .replace("{listen}", &opts.listen.to_string())
-        .replace("{receiver}", &receiver_url);
+        .replace("{receiver}", &receiver.url);
     let env = Environment::from_pairs([
         ("LOOPWATCH_DEMO_API_KEY", api_key),
         ("LOOPWATCH_DEMO_SECRET", secret),
@@ -193,7 +135,7 @@ pub async fn run(
         opts.sync_for
     );
     println!("  simulated Loops API  {}", sim.base_url());
-    println!("  webhook receiver     {receiver_url}/hooks/loops");
+    println!("  webhook receiver     {}", receiver.url);
     println!("  metrics              http://{addr}/metrics   (also /healthz, /readyz)");
     println!(
         "  state                {}   (removed on exit)",
@@ -239,16 +181,14 @@ pub async fn run(
     );
     println!(
         "  receiver             {} verified, {} rejected signatures, {} duplicates",
-        receiver.received.load(Ordering::Relaxed),
-        receiver.bad_signatures.load(Ordering::Relaxed),
-        receiver.duplicates.load(Ordering::Relaxed)
+        receiver.verified(),
+        receiver.rejected(),
+        receiver.duplicates()
     );
-    stop_receiver.cancel();
-    let _ = receiver_task.await;
+    let failures = receiver.rejected() + count(DeliveryStatus::Dead);
+    receiver.shutdown().await;
     sim.shutdown().await;
     drop(store);
     dir.close()?;
-    let failures =
-        receiver.bad_signatures.load(Ordering::Relaxed) + count(DeliveryStatus::Dead) as u64;
     Ok(if failures == 0 { 0 } else { 1 })
 }

@@ -14,7 +14,8 @@
 //! - [`metrics`], [`health`], [`server`]: what operators see.
 //! - [`app`]: wiring; the only place that spawns tasks.
 //! - [`cli`]: the commands of interface.md §2.
-//! - [`sim`], [`demo`]: the simulated Loops API and the one-command demo.
+//! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
+//!   one-command demo.
 
 pub mod api;
 pub mod app;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Env;
+use common::{Env, QWEN};
 
 /// The period the daemon logged when it learned the target's cadence, if it did.
 fn learned_period(log: &str) -> Option<f64> {
@@ -22,8 +22,7 @@ async fn a_run_saving_at_a_steady_cadence_is_learned() {
     h.add_checkpoint("run-1", "sampler", "step-0", Some("COMPLETE"));
     // Before a cadence is known a save is seen within `interval` (250 ms, an eighth of the
     // 2 s period below), so the gaps between first sightings agree within the 20% rule.
-    let cfg = env
-        .write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\ninterval = \"250ms\"\n");
+    let cfg = env.write_config(&format!("{QWEN}interval = \"250ms\"\n"));
     let d = env.spawn_daemon_env(&cfg, &[("LOOPWATCH__POLL__ADAPTIVE", "true")]);
     d.ready().await;
     assert_eq!(

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{API_KEY, Env, SECRET, bin};
+use common::{API_KEY, Env, QWEN, SECRET, bin, edit};
 use loopwatch::sim::Fault;
 
 fn stdout(o: &std::process::Output) -> String {
@@ -13,8 +13,6 @@ fn stdout(o: &std::process::Output) -> String {
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
-
-const TARGET: &str = "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n";
 
 #[tokio::test]
 async fn example_configs_pass_check_config_and_redact_secrets() {
@@ -158,7 +156,7 @@ async fn once_baselines_silently_then_reports_one_completion_once() {
     let done = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
     let syncing = h.add_checkpoint("run-1", "sampler", "step-200", Some("SYNCING"));
     h.add_checkpoint("other-run", "sampler", "step-1", Some("SYNCING"));
-    let cfg = env.write_config(TARGET);
+    let cfg = env.write_config(QWEN);
 
     // Read-only commands before any state exists: nothing to show, a one-line warning
     // naming the path (a mistyped store.url shows up), and no file created.
@@ -239,7 +237,7 @@ async fn injected_faults_change_no_state_and_emit_nothing() {
     let h = env.sim.handle();
     let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     h.add_checkpoint("run-1", "trainer", "step-100", Some("COMPLETE"));
-    let cfg = env.write_config(TARGET);
+    let cfg = env.write_config(QWEN);
     let out = env.run(&cfg, &["once"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let before = stdout(&env.run(&cfg, &["state", "-o", "json"]).await);
@@ -326,7 +324,7 @@ async fn a_deleted_event_carries_the_last_known_object() {
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
     h.set_field(&id, "note", serde_json::json!("kept from the last listing"));
-    let cfg = env.write_config(TARGET);
+    let cfg = env.write_config(QWEN);
     assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
     h.remove(&id);
     // delete_after_missing_polls = 2: the first listing without it counts, the second deletes.
@@ -348,7 +346,7 @@ async fn checkpoints_lists_live_in_table_and_json() {
     let env = Env::new().await;
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(TARGET);
+    let cfg = env.write_config(QWEN);
     let out = env.run(&cfg, &["checkpoints", "--run-id", "run-1"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
@@ -391,11 +389,10 @@ async fn api_key_scheme_is_configurable() {
     let env = Env::new().await;
     let h = env.sim.handle();
     h.add_checkpoint("run-1", "sampler", "step-100", None);
-    let cfg = env.write_config(TARGET);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[api]\n", "[api]\nauth_scheme = \"api-key\"\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = env.write_config(QWEN);
+    edit(&cfg, |text| {
+        text.replace("[api]\n", "[api]\nauth_scheme = \"api-key\"\n")
+    });
     let out = env.run(&cfg, &["once"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
@@ -413,15 +410,14 @@ async fn a_target_whose_filter_changes_is_baselined_again_without_a_storm() {
         h.add_checkpoint("run-1", "sampler", &format!("step-{i}"), Some("COMPLETE"));
         h.add_checkpoint("run-2", "sampler", &format!("step-{i}"), Some("COMPLETE"));
     }
-    let cfg = env.write_config(TARGET);
+    let cfg = env.write_config(QWEN);
     for _ in 0..3 {
         assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
     }
     // Same name, another run: no `deleted` for run-1, no `discovered` for run-2.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("run_id = \"run-1\"", "run_id = \"run-2\"");
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, |text| {
+        text.replace("run_id = \"run-1\"", "run_id = \"run-2\"")
+    });
     for _ in 0..3 {
         let out = env.run(&cfg, &["once"]).await;
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -2,20 +2,16 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Answer, Env, Receiver, SECRET, http_get, wait_for};
+use common::{
+    Answer, Env, QWEN, Receiver, SECRET, check_exactly_one_id_each, distinct_ids, http_get,
+    qwen_to, wait_for,
+};
 use loopwatch::signing::{self as sign, SigningKey};
 
 const T: Duration = Duration::from_secs(30);
-
-fn sink(receiver: &Receiver, extra: &str) -> String {
-    format!(
-        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\n{extra}\n",
-        receiver.url
-    )
-}
 
 fn verify(r: &common::Received) -> bool {
     let key = SigningKey::parse(SECRET).unwrap();
@@ -26,10 +22,10 @@ fn verify(r: &common::Received) -> bool {
 #[tokio::test]
 async fn one_transition_gives_one_signed_webhook_matching_the_contract() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(&sink(&rx, "events = [\"checkpoint.completed\"]"));
+    let cfg = env.write_config(&qwen_to(&rx.url, "events = [\"checkpoint.completed\"]"));
     let d = env.spawn_daemon(&cfg);
     let addr = d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
@@ -80,7 +76,7 @@ async fn one_transition_gives_one_signed_webhook_matching_the_contract() {
 #[tokio::test]
 async fn a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_with_the_same_id() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     rx.script([
         Answer::status(500),
         Answer::status(502),
@@ -88,7 +84,7 @@ async fn a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_with_the_s
     ]);
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(&sink(&rx, "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\", \"100ms\"]"));
+    let cfg = env.write_config(&qwen_to(&rx.url, "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\", \"100ms\"]"));
     let d = env.spawn_daemon(&cfg);
     d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
@@ -111,14 +107,7 @@ async fn a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_with_the_s
     let out = env.run(&cfg, &["deliveries", "list", "-o", "json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     wait_for("delivered status", T, || {
-        let out = std::process::Command::new(common::bin())
-            .args(["deliveries", "list", "-o", "json", "-c"])
-            .arg(&cfg)
-            .env("BASETEN_API_KEY", common::API_KEY)
-            .env("HOOK_SECRET", SECRET)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let v = env.deliveries(&cfg, None)?;
         (v[0]["status"] == "delivered").then_some(())
     })
     .await;
@@ -130,7 +119,7 @@ async fn a_receiver_failing_three_times_gets_it_on_the_fourth_attempt_with_the_s
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     rx.script([Answer {
         status: 429,
         retry_after: Some("2".into()),
@@ -138,8 +127,8 @@ async fn retry_after_is_honoured() {
     }]);
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(&sink(
-        &rx,
+    let cfg = env.write_config(&qwen_to(
+        &rx.url,
         "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\"]",
     ));
     let d = env.spawn_daemon(&cfg);
@@ -155,30 +144,21 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn gone_is_dead_at_once_and_redeliver_dead_sends_it_again() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     // The replay fails once more: it has the whole retry schedule again, not what was
     // left of it (it used to go dead at the first failure).
     rx.script([Answer::status(410), Answer::status(500)]);
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(&sink(
-        &rx,
+    let cfg = env.write_config(&qwen_to(
+        &rx.url,
         "events = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\"]",
     ));
     let d = env.spawn_daemon(&cfg);
     let addr = d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
     wait_for("the 410", T, || (rx.count() >= 1).then_some(())).await;
-    let list = |status: &'static str| {
-        let out = std::process::Command::new(common::bin())
-            .args(["deliveries", "list", "--status", status, "-o", "json", "-c"])
-            .arg(&cfg)
-            .env("BASETEN_API_KEY", common::API_KEY)
-            .env("HOOK_SECRET", SECRET)
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let list = |status: &'static str| env.deliveries(&cfg, Some(status)).unwrap();
     wait_for("a dead delivery", T, || {
         (list("dead").as_array()?.len() == 1).then_some(())
     })
@@ -215,7 +195,7 @@ async fn gone_is_dead_at_once_and_redeliver_dead_sends_it_again() {
 #[tokio::test]
 async fn kill_9_mid_burst_then_restart_delivers_every_event_under_one_id() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     // A slowish receiver, so the kill lands while deliveries are in flight.
     rx.set_default(Some(Answer {
         status: 204,
@@ -224,8 +204,8 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event_under_one_id() {
     }));
     let h = env.sim.handle();
     let ids = h.add_many("run-1", 150, Some("SYNCING"));
-    let cfg = env.write_config(&sink(
-        &rx,
+    let cfg = env.write_config(&qwen_to(
+        &rx.url,
         "events = [\"checkpoint.completed\"]\nconcurrency = 4\nretry_schedule = [\"100ms\"]",
     ));
     let mut d = env.spawn_daemon(&cfg);
@@ -241,41 +221,17 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event_under_one_id() {
 
     let d2 = env.spawn_daemon(&cfg);
     d2.ready().await;
-    let distinct = || {
-        rx.got()
-            .iter()
-            .map(|r| r.id())
-            .collect::<HashSet<_>>()
-            .len()
-    };
     wait_for("150 distinct events", Duration::from_secs(60), || {
-        (distinct() >= 150).then_some(())
+        (distinct_ids(&rx) >= 150).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let got = rx.got();
-    let mut by_checkpoint: HashMap<String, HashSet<String>> = HashMap::new();
-    for r in &got {
-        assert!(verify(r));
-        let ck = r.json()["data"]["checkpoint"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        by_checkpoint.entry(ck).or_default().insert(r.id());
-    }
-    assert_eq!(
-        by_checkpoint.len(),
-        150,
-        "every checkpoint's completion arrived"
-    );
-    assert!(
-        by_checkpoint.values().all(|ids| ids.len() == 1),
-        "a completion arrived under two ids"
-    );
-    assert_eq!(distinct(), 150);
+    assert!(rx.got().iter().all(verify));
+    // Every checkpoint's completion arrived, none under two ids.
+    let dupes = check_exactly_one_id_each(&rx, 150);
+    assert_eq!(distinct_ids(&rx), 150);
     // At-least-once: duplicates are bounded by what was in flight at the kill.
-    let dupes = got.len() - 150;
     assert!(dupes <= 4, "{dupes} duplicates with concurrency 4");
     assert_eq!(env.events().await.len(), 150);
 }
@@ -292,7 +248,7 @@ async fn an_exec_sink_gets_the_event_on_stdin_and_in_the_environment() {
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&format!(
-        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"deploy\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\nevents = [\"checkpoint.completed\"]\n"
+        "{QWEN}[[sinks]]\nname = \"deploy\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\nevents = [\"checkpoint.completed\"]\n"
     ));
     let d = env.spawn_daemon(&cfg);
     d.ready().await;
@@ -328,11 +284,11 @@ async fn an_exec_sink_gets_the_event_on_stdin_and_in_the_environment() {
 #[tokio::test]
 async fn an_ordered_sink_gets_a_runs_events_in_detection_order() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     rx.script([Answer::status(500), Answer::status(500)]);
     let h = env.sim.handle();
-    let cfg = env.write_config(&sink(
-        &rx,
+    let cfg = env.write_config(&qwen_to(
+        &rx.url,
         "ordered = true\nconcurrency = 4\nretry_schedule = [\"150ms\", \"150ms\", \"150ms\"]",
     ));
     let d = env.spawn_daemon(&cfg);
@@ -369,7 +325,7 @@ async fn an_ordered_sink_gets_a_runs_events_in_detection_order() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_deliveries_finish_and_exits_zero() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     rx.set_default(Some(Answer {
         status: 204,
         retry_after: None,
@@ -377,8 +333,8 @@ async fn sigterm_lets_in_flight_deliveries_finish_and_exits_zero() {
     }));
     let h = env.sim.handle();
     let ids = h.add_many("run-1", 6, Some("SYNCING"));
-    let cfg = env.write_config(&sink(
-        &rx,
+    let cfg = env.write_config(&qwen_to(
+        &rx.url,
         "events = [\"checkpoint.completed\"]\nconcurrency = 2",
     ));
     let mut d = env.spawn_daemon(&cfg);
@@ -409,8 +365,8 @@ async fn sigterm_lets_in_flight_deliveries_finish_and_exits_zero() {
 #[tokio::test]
 async fn test_sink_sends_a_signed_sample_and_reports_failure() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
-    let cfg = env.write_config(&sink(&rx, ""));
+    let rx = Receiver::start().await.unwrap();
+    let cfg = env.write_config(&qwen_to(&rx.url, ""));
     let out = env.run(&cfg, &["test-sink", "hook"]).await;
     assert_eq!(
         out.status.code(),
@@ -477,7 +433,7 @@ async fn once_refuses_to_poll_beside_the_running_daemon_and_touches_nothing() {
     // state file could record one new checkpoint under two event ids. Now one process
     // polls a state file at a time; read-only commands and dry runs still work.
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     rx.set_default(Some(Answer {
         status: 204,
         retry_after: None,
@@ -485,8 +441,8 @@ async fn once_refuses_to_poll_beside_the_running_daemon_and_touches_nothing() {
     }));
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(&sink(
-        &rx,
+    let cfg = env.write_config(&qwen_to(
+        &rx.url,
         "events = [\"checkpoint.completed\"]\ntimeout = \"30s\"",
     ));
     let d = env.spawn_daemon(&cfg);
@@ -527,11 +483,11 @@ async fn once_refuses_to_poll_beside_the_running_daemon_and_touches_nothing() {
 async fn once_reports_delivered_retrying_and_dead_deliveries_apart() {
     // It said "N failed (will retry per retry_schedule)" of deliveries that had died.
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     rx.script([Answer::status(410), Answer::status(500)]);
     let h = env.sim.handle();
     let ids = h.add_many("run-1", 3, Some("SYNCING"));
-    let cfg = env.write_config(&sink(&rx, "events = [\"checkpoint.completed\"]"));
+    let cfg = env.write_config(&qwen_to(&rx.url, "events = [\"checkpoint.completed\"]"));
     assert!(env.run(&cfg, &["once"]).await.status.success());
     h.set_status_many(&ids, Some("COMPLETE"));
     let out = env.run(&cfg, &["once"]).await;

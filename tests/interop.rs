@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, Received, Receiver, SECRET, http_get, wait_for};
+use common::{Daemon, Env, Received, Receiver, SECRET, wait_for};
 use loopwatch::signing::{self as sign, Ed25519Key, SigningKey};
 use loopwatch::store::StoredEvent;
 use serde_json::{Value, json};
@@ -33,23 +33,12 @@ const TEMPLATE: &str = r#"{"event_type": "loops-checkpoint-complete", "client_pa
 /// Events of the scenario: step-100 completed; "étape 200" discovered and completed.
 const EVENTS: usize = 3;
 
-async fn ready(d: &Daemon) {
-    let url = format!("http://{}/readyz", d.addr().await);
-    let deadline = Instant::now() + T;
-    while http_get(&url).await.0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "daemon never ready: {}",
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// One `[[sinks]]` table.
 fn sink_toml(name: &str, url: &str, extra: &str) -> String {
-    format!(
-        "[[sinks]]\nname = \"{name}\"\nurl = \"{url}\"\nretry_schedule = [\"200ms\", \"200ms\"]\n{extra}\n"
+    common::sink(
+        name,
+        url,
+        &format!("retry_schedule = [\"200ms\", \"200ms\"]\n{extra}"),
     )
 }
 
@@ -111,11 +100,9 @@ fn sinks(key_file: &Path) -> Vec<(&'static str, &'static str, String)> {
 async fn scenario(env: &Env, sinks_toml: &str) -> Daemon {
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let cfg = env.write_config(&format!(
-        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n{sinks_toml}"
-    ));
+    let cfg = env.write_config(&format!("{}{sinks_toml}", common::QWEN));
     let d = env.spawn_daemon_env(&cfg, &[("NEW_SECRET", SECRET), ("OLD_SECRET", OLD_SECRET)]);
-    ready(&d).await;
+    d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
     // A name as users may choose it: binary mode must percent-encode it in ce-subject.
     h.add_checkpoint("run-1", "trainer", "étape 200", Some("COMPLETE"));
@@ -267,7 +254,7 @@ async fn every_format_arrives_signed_over_the_exact_bytes_sent() {
     let mut receivers = Vec::new();
     let mut toml = String::new();
     for (name, _, extra) in sinks(&keys) {
-        let rx = Receiver::start().await;
+        let rx = Receiver::start().await.unwrap();
         toml.push_str(&sink_toml(name, &rx.url, &extra));
         receivers.push((name, rx));
     }

@@ -4,22 +4,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, Receiver, http_get};
+use common::{Env, QWEN, Receiver, http_get, metrics, sink, until};
 use loopwatch::sim::Fault;
 
 const T: Duration = Duration::from_secs(30);
 
+/// "qwen" on run-1, "all-8b" on a base model, and an unsigned sink "hook" to `rx`.
 fn config(rx: &Receiver) -> String {
-    format!(
-        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[targets]]\nname = \"all-8b\"\nbase_model = \"Qwen/Qwen3-8B\"\n[[sinks]]\nname = \"hook\"\nurl = \"{}\"\n",
-        rx.url
-    )
+    let all_8b = "[[targets]]\nname = \"all-8b\"\nbase_model = \"Qwen/Qwen3-8B\"\n";
+    format!("{QWEN}{all_8b}{}", sink("hook", &rx.url, ""))
 }
 
 #[tokio::test]
 async fn every_metric_exists_from_the_start_for_every_target_and_sink() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     // The API refuses everything: nothing has happened, yet every series must exist.
     env.sim.handle().set_fault(Some(Fault::Status {
         code: 503,
@@ -54,17 +53,16 @@ async fn every_metric_exists_from_the_start_for_every_target_and_sink() {
         assert!(m.contains(&series), "missing {series}\n{m}");
     }
     // Failed polls are counted by status code, and readiness says why it is not ready.
-    let deadline = Instant::now() + T;
-    loop {
-        let (_, m) = http_get(&format!("http://{addr}/metrics")).await;
-        if m.contains(r#"loopwatch_api_requests_total{code="503"}"#)
+    let failed = async || {
+        let m = metrics(&addr).await;
+        m.contains(r#"loopwatch_api_requests_total{code="503"}"#)
             && m.contains(r#"loopwatch_polls_total{outcome="error",target="qwen"}"#)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    assert!(
+        until(T, Duration::from_millis(50), failed).await,
+        "{}",
+        metrics(&addr).await
+    );
     let (code, body) = http_get(&format!("http://{addr}/readyz")).await;
     assert_eq!(code, 503);
     assert!(body.contains("qwen") && body.contains("all-8b"), "{body}");
@@ -72,12 +70,9 @@ async fn every_metric_exists_from_the_start_for_every_target_and_sink() {
 
     // Healed: ready, and the success is visible.
     env.sim.handle().set_fault(None);
-    let deadline = Instant::now() + T;
-    while http_get(&format!("http://{addr}/readyz")).await.0 != 200 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (_, m) = http_get(&format!("http://{addr}/metrics")).await;
+    let ready = async || http_get(&format!("http://{addr}/readyz")).await.0 == 200;
+    assert!(until(T, Duration::from_millis(50), ready).await);
+    let m = metrics(&addr).await;
     assert!(
         m.contains(r#"loopwatch_api_requests_total{code="200"}"#),
         "{m}"
@@ -87,25 +82,21 @@ async fn every_metric_exists_from_the_start_for_every_target_and_sink() {
 #[tokio::test]
 async fn checkpoint_gauges_follow_the_listing() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     h.add_checkpoint("run-1", "trainer", "step-100", Some("COMPLETE"));
     let cfg = env.write_config(&config(&rx));
     let d = env.spawn_daemon(&cfg);
     let addr = d.addr().await;
-    let url = format!("http://{addr}/metrics");
     let want = r#"loopwatch_checkpoints{checkpoint_target="sampler",sync_status="SYNCING",target="qwen"} 1"#;
-    let deadline = Instant::now() + T;
-    while !http_get(&url).await.1.contains(want) {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let syncing = async || metrics(&addr).await.contains(want);
+    assert!(until(T, Duration::from_millis(50), syncing).await);
     h.set_status(&a, Some("COMPLETE"));
     let want = r#"loopwatch_checkpoints{checkpoint_target="sampler",sync_status="COMPLETE",target="qwen"} 1"#;
     let deadline = Instant::now() + T;
     loop {
-        let m = http_get(&url).await.1;
+        let m = metrics(&addr).await;
         if m.contains(want) {
             assert!(
                 m.contains(r#"loopwatch_checkpoint_sync_duration_seconds_count{target="qwen"} 1"#),
@@ -122,7 +113,7 @@ async fn checkpoint_gauges_follow_the_listing() {
 #[tokio::test]
 async fn systemd_notify_ready_watchdog_and_stopping() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let sock_path = env.dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))

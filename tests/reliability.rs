@@ -5,44 +5,26 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, Answer, Env, Receiver, SECRET, http_get, metric, wait_for};
+use common::{
+    API_KEY, Answer, COMPLETED_ONLY, Env, QWEN, Receiver, SECRET, check_exactly_one_id_each,
+    distinct_ids, edit, hook_sink, http_get, metric, metrics, qwen_to, set_store_url, targets,
+    until, wait_for,
+};
 use loopwatch::sim::Fault;
 use rand::RngExt;
 
 const T: Duration = Duration::from_secs(30);
 
+/// [`QWEN`] and a signed sink "hook" to `rx` for completions, with `extra` TOML lines.
 fn target_and_sink(rx: &Receiver, extra: &str) -> String {
-    format!(
-        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\nevents = [\"checkpoint.completed\"]\n{extra}\n",
-        rx.url
-    )
+    qwen_to(&rx.url, &format!("{COMPLETED_ONLY}\n{extra}"))
 }
 
 /// [`target_and_sink`] with a sink that takes every event type.
 fn target_and_sink_every_event(rx: &Receiver) -> String {
-    target_and_sink(rx, "").replace("events = [\"checkpoint.completed\"]\n", "")
-}
-
-/// Every checkpoint's completion arrived under exactly one event id; returns the
-/// number of duplicate deliveries (same id twice).
-fn check_exactly_one_id_each(rx: &Receiver, expected: usize) -> usize {
-    let got = rx.got();
-    let mut ids_of: HashMap<String, HashSet<String>> = HashMap::new();
-    for r in &got {
-        let ck = r.json()["data"]["checkpoint"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        ids_of.entry(ck).or_default().insert(r.id());
-    }
-    assert_eq!(ids_of.len(), expected, "completions lost");
-    for (ck, ids) in &ids_of {
-        assert_eq!(ids.len(), 1, "{ck} completed under {ids:?}");
-    }
-    got.len() - expected
+    qwen_to(&rx.url, "")
 }
 
 #[tokio::test]
@@ -56,7 +38,7 @@ async fn crash_suite_sigkill_at_random_instants_loses_nothing_and_never_doubles_
     let mut report = Vec::new();
     for i in 0..iterations {
         let env = Env::new().await;
-        let rx = Receiver::start().await;
+        let rx = Receiver::start().await.unwrap();
         rx.set_default(Some(Answer {
             status: 204,
             retry_after: None,
@@ -79,15 +61,8 @@ async fn crash_suite_sigkill_at_random_instants_loses_nothing_and_never_doubles_
 
         let d2 = env.spawn_daemon(&cfg);
         d2.ready().await;
-        let distinct = || {
-            rx.got()
-                .iter()
-                .map(|r| r.id())
-                .collect::<HashSet<_>>()
-                .len()
-        };
         wait_for("every completion", Duration::from_secs(60), || {
-            (distinct() >= N).then_some(())
+            (distinct_ids(&rx) >= N).then_some(())
         })
         .await;
         // Let the restarted daemon settle: nothing more may arrive under a new id.
@@ -106,7 +81,7 @@ async fn crash_suite_sigkill_at_random_instants_loses_nothing_and_never_doubles_
 #[tokio::test]
 async fn sigkill_while_the_sink_is_down_then_the_sink_returns_and_everything_arrives() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     rx.set_default(Some(Answer::status(503)));
     let h = env.sim.handle();
     let ids = h.add_many("run-1", 20, Some("SYNCING"));
@@ -120,37 +95,26 @@ async fn sigkill_while_the_sink_is_down_then_the_sink_returns_and_everything_arr
     d2.ready().await;
     rx.set_default(None); // the sink is back
     wait_for("every completion", T, || {
-        let ok: HashSet<String> = rx.got().iter().map(|r| r.id()).collect();
-        (ok.len() == 20 && env_rows_delivered(&env, &cfg) == 20).then_some(())
+        let delivered = || {
+            let rows = env.deliveries(&cfg, Some("delivered"))?;
+            rows.as_array().map(Vec::len)
+        };
+        (distinct_ids(&rx) == 20 && delivered() == Some(20)).then_some(())
     })
     .await;
     check_exactly_one_id_each(&rx, 20);
 }
 
-fn env_rows_delivered(env: &Env, cfg: &std::path::Path) -> usize {
-    let out = env
-        .cmd(
-            cfg,
-            &["deliveries", "list", "--status", "delivered", "-o", "json"],
-        )
-        .output()
-        .unwrap();
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .map(|v| v.as_array().map_or(0, Vec::len))
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn upstream_faults_are_counted_by_code_emit_nothing_and_heal() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&target_and_sink(&rx, "retry_schedule = [\"100ms\"]"));
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("timeout = \"2s\"", "timeout = \"500ms\"");
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, |text| {
+        text.replace("timeout = \"2s\"", "timeout = \"500ms\"")
+    });
     let d = env.spawn_daemon(&cfg);
     let addr = d.ready().await;
     let state_before = env.run(&cfg, &["state", "-o", "json"]).await.stdout;
@@ -241,11 +205,11 @@ async fn upstream_faults_are_counted_by_code_emit_nothing_and_heal() {
         let series = format!("loopwatch_api_requests_total{{code=\"{code}\"}}");
         let before = metric(&addr, &series).await;
         h.set_fault(Some(fault.clone()));
-        let deadline = Instant::now() + T;
-        while metric(&addr, &series).await < before + 1.0 {
-            assert!(Instant::now() < deadline, "{fault:?} not counted as {code}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let counted = async || metric(&addr, &series).await >= before + 1.0;
+        assert!(
+            until(T, Duration::from_millis(20), counted).await,
+            "{fault:?} not counted as {code}"
+        );
         // The next case replaces the fault: no healthy poll happens in between.
         assert!(env.events().await.is_empty(), "{fault:?} emitted");
         assert_eq!(rx.count(), 0);
@@ -274,21 +238,20 @@ async fn upstream_faults_are_counted_by_code_emit_nothing_and_heal() {
 #[tokio::test]
 async fn connection_refused_and_tls_errors_count_as_connect() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     // TLS to a plain-HTTP server fails the handshake.
     let base = env.sim.base_url().replace("http://", "https://");
     let cfg = env.write_config(&target_and_sink(&rx, ""));
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&env.sim.base_url(), &base);
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, |text| text.replace(&env.sim.base_url(), &base));
     let d = env.spawn_daemon(&cfg);
     let addr = d.addr().await;
-    let deadline = Instant::now() + T;
-    while metric(&addr, "loopwatch_api_requests_total{code=\"connect\"}").await < 1.0 {
-        assert!(Instant::now() < deadline, "{}", d.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let connect =
+        async || metric(&addr, "loopwatch_api_requests_total{code=\"connect\"}").await >= 1.0;
+    assert!(
+        until(T, Duration::from_millis(20), connect).await,
+        "{}",
+        d.log_text()
+    );
     drop(d);
     // Nothing listening at all.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -296,10 +259,9 @@ async fn connection_refused_and_tls_errors_count_as_connect() {
         .local_addr()
         .unwrap()
         .port();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&base, &format!("http://127.0.0.1:{port}"));
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, |text| {
+        text.replace(&base, &format!("http://127.0.0.1:{port}"))
+    });
     let out = env.run(&cfg, &["once"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
@@ -309,7 +271,7 @@ async fn connection_refused_and_tls_errors_count_as_connect() {
 #[tokio::test]
 async fn retry_after_as_an_http_date_holds_the_next_poll() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     env.sim
         .handle()
         .add_checkpoint("run-1", "sampler", "step-1", Some("SYNCING"));
@@ -323,17 +285,11 @@ async fn retry_after_as_an_http_date_holds_the_next_poll() {
         retry_after: Some(when.to_rfc2822().replace("+0000", "GMT")),
         body: None,
     }));
-    let deadline = Instant::now() + T;
-    while metric(
-        &addr,
-        "loopwatch_polls_total{outcome=\"rate_limited\",target=\"qwen\"}",
-    )
-    .await
-        < 1.0
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let rate_limited = async || {
+        let series = "loopwatch_polls_total{outcome=\"rate_limited\",target=\"qwen\"}";
+        metric(&addr, series).await >= 1.0
+    };
+    assert!(until(T, Duration::from_millis(10), rate_limited).await);
     let seen = h.requests();
     let t0 = Instant::now();
     h.set_fault(None);
@@ -348,15 +304,14 @@ async fn retry_after_as_an_http_date_holds_the_next_poll() {
 #[tokio::test]
 async fn a_flapping_listing_emits_one_completion_and_nothing_else() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&target_and_sink_every_event(&rx));
     // One poll per phase is the aim; a third consecutive miss is needed for `deleted`.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[poll]\n", "[poll]\ndelete_after_missing_polls = 3\n");
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, |text| {
+        text.replace("[poll]\n", "[poll]\ndelete_after_missing_polls = 3\n")
+    });
     let d = env.spawn_daemon(&cfg);
     d.ready().await;
     // Upstream versions alternate (stale replicas behind a load balancer): the current
@@ -402,7 +357,7 @@ async fn a_flapping_listing_emits_one_completion_and_nothing_else() {
 #[tokio::test]
 async fn an_unknown_sync_status_passes_through_is_logged_once_and_never_completes() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&target_and_sink_every_event(&rx));
@@ -411,11 +366,11 @@ async fn an_unknown_sync_status_passes_through_is_logged_once_and_never_complete
     h.set_status(&a, Some("FAILED"));
     let other =
         r#"loopwatch_checkpoints{checkpoint_target="sampler",sync_status="other",target="qwen"}"#;
-    let deadline = Instant::now() + T;
-    while metric(&addr, other).await != 1.0 {
-        assert!(Instant::now() < deadline, "never counted as other");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let counted = async || metric(&addr, other).await == 1.0;
+    assert!(
+        until(T, Duration::from_millis(50), counted).await,
+        "never counted as other"
+    );
     // Several more polls see the same value.
     for _ in 0..3 {
         let seen = h.requests();
@@ -438,7 +393,7 @@ async fn an_unknown_sync_status_passes_through_is_logged_once_and_never_complete
 #[tokio::test]
 async fn duplicate_ids_in_one_listing_are_harmless() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let a = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&target_and_sink(&rx, ""));
@@ -473,20 +428,20 @@ async fn resetting_server() -> String {
 #[tokio::test]
 async fn sink_faults_follow_the_contract_and_never_block_a_healthy_sink() {
     let env = Env::new().await;
-    let healthy = Receiver::start().await;
-    let slow = Receiver::start().await;
+    let healthy = Receiver::start().await.unwrap();
+    let slow = Receiver::start().await.unwrap();
     slow.set_default(Some(Answer {
         status: 204,
         retry_after: None,
         delay: Duration::from_secs(30),
     }));
-    let redirect = Receiver::start().await;
+    let redirect = Receiver::start().await.unwrap();
     redirect.set_default(Some(Answer::status(302)));
-    let bad_request = Receiver::start().await;
+    let bad_request = Receiver::start().await.unwrap();
     bad_request.set_default(Some(Answer::status(400)));
-    let gone = Receiver::start().await;
+    let gone = Receiver::start().await.unwrap();
     gone.set_default(Some(Answer::status(410)));
-    let throttled = Receiver::start().await;
+    let throttled = Receiver::start().await.unwrap();
     throttled.set_default(Some(Answer {
         status: 429,
         retry_after: Some("30".into()),
@@ -494,18 +449,16 @@ async fn sink_faults_follow_the_contract_and_never_block_a_healthy_sink() {
     }));
     let reset = resetting_server().await;
     let webhook = |name: &str, url: &str| {
-        format!(
-            "[[sinks]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret_env = \"HOOK_SECRET\"\ntimeout = \"2s\"\nretry_schedule = [\"200ms\", \"200ms\"]\nevents = [\"checkpoint.completed\"]\n"
-        )
+        let extra =
+            format!("timeout = \"2s\"\nretry_schedule = [\"200ms\", \"200ms\"]\n{COMPLETED_ONLY}");
+        hook_sink(name, url, &extra)
     };
     let exec = |name: &str, script: &str| {
         format!(
             "[[sinks]]\nname = \"{name}\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\ntimeout = \"2s\"\nretry_schedule = [\"200ms\", \"200ms\"]\nevents = [\"checkpoint.completed\"]\n"
         )
     };
-    let mut sinks = String::from(
-        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[targets]]\nname = \"other\"\nrun_id = \"run-2\"\n",
-    );
+    let mut sinks = format!("{QWEN}[[targets]]\nname = \"other\"\nrun_id = \"run-2\"\n");
     sinks += &webhook("healthy", &healthy.url);
     sinks += &webhook("slow", &slow.url);
     sinks += &webhook("redirect", &redirect.url);
@@ -543,8 +496,7 @@ async fn sink_faults_follow_the_contract_and_never_block_a_healthy_sink() {
     };
     // 3 attempts each (1 + len(retry_schedule)) then dead, except 410 (dead at once) and
     // 429 with Retry-After 30 s (still waiting).
-    let deadline = Instant::now() + T;
-    loop {
+    let all_dead = async || {
         let mut done = true;
         for s in [
             "slow",
@@ -557,16 +509,13 @@ async fn sink_faults_follow_the_contract_and_never_block_a_healthy_sink() {
             done &= metric(&addr, &outcome(s, "dead")).await == 6.0;
         }
         done &= metric(&addr, &outcome("gone", "dead")).await == 6.0;
-        if done {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            http_get(&format!("http://{addr}/metrics")).await.1
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        done
+    };
+    assert!(
+        until(T, Duration::from_millis(100), all_dead).await,
+        "{}",
+        metrics(&addr).await
+    );
     for s in [
         "slow",
         "redirect",
@@ -606,18 +555,9 @@ async fn sink_faults_follow_the_contract_and_never_block_a_healthy_sink() {
 #[tokio::test]
 async fn storage_faults_at_start_are_clear_errors_never_a_fresh_baseline() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let cfg = env.write_config(&target_and_sink(&rx, ""));
-    let set_store = |url: &str| {
-        let text = std::fs::read_to_string(&cfg).unwrap();
-        let start = text.find("url = \"sqlite://").unwrap();
-        let end = start + text[start..].find('\n').unwrap();
-        std::fs::write(
-            &cfg,
-            format!("{}url = \"{url}\"{}", &text[..start], &text[end..]),
-        )
-        .unwrap();
-    };
+    let set_store = |url: &str| set_store_url(&cfg, url, "");
 
     // A corrupt file.
     let corrupt = env.dir.path().join("corrupt.db");
@@ -680,7 +620,7 @@ async fn a_full_disk_at_run_time_loses_nothing_and_recovers() {
         panic!("this test mounts a small tmpfs and needs root (CI runs as root)");
     }
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let mnt = env.dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
     let ok = std::process::Command::new("mount")
@@ -700,11 +640,12 @@ async fn a_full_disk_at_run_time_loses_nothing_and_recovers() {
     }
     let _guard = Unmount(mnt.clone());
     let cfg = env.write_config(&target_and_sink(&rx, "retry_schedule = [\"100ms\"]"));
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &env.db().display().to_string(),
-        &mnt.join("state.db").display().to_string(),
-    );
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, |text| {
+        text.replace(
+            &env.db().display().to_string(),
+            &mnt.join("state.db").display().to_string(),
+        )
+    });
     let h = env.sim.handle();
     let ids = h.add_many("run-1", 30, Some("SYNCING"));
     let d = env.spawn_daemon(&cfg);
@@ -713,17 +654,15 @@ async fn a_full_disk_at_run_time_loses_nothing_and_recovers() {
     let filler = mnt.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 1 << 20]);
     h.set_status_many(&ids, Some("COMPLETE"));
-    let deadline = Instant::now() + T;
-    while metric(
-        &addr,
-        "loopwatch_polls_total{outcome=\"error\",target=\"qwen\"}",
-    )
-    .await
-        < 2.0
-    {
-        assert!(Instant::now() < deadline, "{}", d.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let failing = async || {
+        let series = "loopwatch_polls_total{outcome=\"error\",target=\"qwen\"}";
+        metric(&addr, series).await >= 2.0
+    };
+    assert!(
+        until(T, Duration::from_millis(20), failing).await,
+        "{}",
+        d.log_text()
+    );
     assert_eq!(
         rx.count(),
         0,
@@ -736,16 +675,12 @@ async fn a_full_disk_at_run_time_loses_nothing_and_recovers() {
     assert_eq!(http_get(&format!("http://{addr}/healthz")).await.0, 200);
     // Space again: every completion is committed and delivered, once.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + T;
-    while rx.count() < 30 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of 30 completions delivered after space returned; log:\n{}",
-            rx.count(),
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        until(T, Duration::from_millis(20), async || rx.count() >= 30).await,
+        "{} of 30 completions delivered after space returned; log:\n{}",
+        rx.count(),
+        d.log_text()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(check_exactly_one_id_each(&rx, 30), 0);
 }
@@ -761,14 +696,14 @@ fn is_root() -> bool {
 #[tokio::test]
 async fn no_secret_appears_in_logs_metrics_cli_output_or_stored_rows() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     rx.script([Answer::status(500), Answer::status(401)]);
     let token = "hdr-token-7c1d0e";
     let h = env.sim.handle();
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
-    let sinks = format!(
-        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\nheaders = {{ Authorization = \"Bearer ${{HDR_TOKEN}}\", X-Api-Key = \"${{HDR_TOKEN}}\" }}\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\"]\n",
-        rx.url
+    let sinks = qwen_to(
+        &rx.url,
+        "headers = { Authorization = \"Bearer ${HDR_TOKEN}\", X-Api-Key = \"${HDR_TOKEN}\" }\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\"]",
     );
     let cfg = env.write_config(&sinks);
     let mut d = env.spawn_daemon_env(&cfg, &[("HDR_TOKEN", token), ("RUST_LOG", "trace")]);
@@ -845,19 +780,14 @@ async fn sigterm_cuts_polls_waiting_on_a_hanging_api_or_the_rate_limit() {
     let env = Env::new().await;
     let h = env.sim.handle();
     h.set_fault(Some(Fault::Delay(Duration::from_secs(60))));
-    let mut targets = String::new();
-    for i in 0..40 {
-        targets += &format!("[[targets]]\nname = \"t{i}\"\nrun_id = \"run-{i}\"\n");
-    }
-    let cfg = env.write_config(&targets);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("timeout = \"2s\"", "timeout = \"30s\"")
-        .replace(
-            "max_requests_per_second = 200",
-            "max_requests_per_second = 2",
-        );
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = env.write_config(&targets(40));
+    edit(&cfg, |text| {
+        text.replace("timeout = \"2s\"", "timeout = \"30s\"")
+            .replace(
+                "max_requests_per_second = 200",
+                "max_requests_per_second = 2",
+            )
+    });
     let mut d = env.spawn_daemon(&cfg);
     d.addr().await;
     wait_for("polls hanging on the API", T, || {
@@ -887,7 +817,7 @@ async fn checkpoint_gauges_come_from_the_stored_state_after_a_restart() {
     let h = env.sim.handle();
     h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
     h.add_checkpoint("run-1", "sampler", "step-200", Some("SYNCING"));
-    let cfg = env.write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n");
+    let cfg = env.write_config(QWEN);
     let series = |status: &str| {
         format!(
             "loopwatch_checkpoints{{checkpoint_target=\"sampler\",sync_status=\"{status}\",target=\"qwen\"}}"
@@ -918,15 +848,12 @@ async fn checkpoint_gauges_come_from_the_stored_state_after_a_restart() {
         h.set_fault(fault.clone());
         let mut d = env.spawn_daemon(&cfg);
         let addr = d.addr().await;
-        let deadline = Instant::now() + T;
-        while gauges(&addr).await != (1.0, 1.0, true) {
-            assert!(
-                Instant::now() < deadline,
-                "{fault:?}: gauges {:?}",
-                gauges(&addr).await
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let restored = async || gauges(&addr).await == (1.0, 1.0, true);
+        assert!(
+            until(T, Duration::from_millis(50), restored).await,
+            "{fault:?}: gauges {:?}",
+            gauges(&addr).await
+        );
         d.signal("TERM");
         assert_eq!(d.wait(T).await, 0);
     }

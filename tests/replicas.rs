@@ -4,60 +4,44 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, Receiver, http_get, wait_for};
+use common::{
+    COMPLETED_ONLY, Daemon, Env, Receiver, check_exactly_one_id_each, distinct_ids, edit, gauge,
+    hook_sink, http_get, pg, set_store_url, targets, until, wait_for,
+};
 use loopwatch::sim::Fault;
 
 const T: Duration = Duration::from_secs(60);
 const TTL: Duration = Duration::from_secs(3);
 const INTERVAL: Duration = Duration::from_secs(1);
 
-async fn pg_config(env: &Env, rx: &Receiver, targets: usize) -> std::path::PathBuf {
-    let base = std::env::var("LOOPWATCH_TEST_PG_URL").expect(
-        "set LOOPWATCH_TEST_PG_URL to a PostgreSQL server, or run scripts/test (it starts one)",
+/// A config for `n` targets on a fresh PostgreSQL database, with leases of [`TTL`], polls
+/// every [`INTERVAL`] and a signed sink to `rx`.
+async fn pg_config(env: &Env, rx: &Receiver, n: usize) -> std::path::PathBuf {
+    let url = pg::fresh_database().await;
+    let sink = hook_sink(
+        "hook",
+        &rx.url,
+        &format!("retry_schedule = [\"200ms\"]\n{COMPLETED_ONLY}"),
     );
-    let url = common::pg_database(&base).await;
-    let mut extra = String::new();
-    for i in 0..targets {
-        extra += &format!("[[targets]]\nname = \"t{i}\"\nrun_id = \"run-{i}\"\n");
-    }
-    extra += &format!(
-        "[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\nretry_schedule = [\"200ms\"]\nevents = [\"checkpoint.completed\"]\n",
-        rx.url
-    );
-    let cfg = env.write_config(&extra);
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let start = text.find("url = \"sqlite://").unwrap();
-    let end = start + text[start..].find('\n').unwrap();
-    let text = format!(
-        "{}url = \"{url}\"\nlease_ttl = \"{}s\"{}",
-        &text[..start],
-        TTL.as_secs(),
-        &text[end..]
-    )
-    .replace(
-        "interval = \"200ms\"",
-        &format!("interval = \"{}s\"", INTERVAL.as_secs()),
-    )
-    .replace(
-        "syncing_interval = \"100ms\"",
-        &format!("syncing_interval = \"{}s\"", INTERVAL.as_secs()),
-    );
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = env.write_config(&format!("{}{sink}", targets(n)));
+    set_store_url(&cfg, &url, &format!("\nlease_ttl = \"{}s\"", TTL.as_secs()));
+    edit(&cfg, |text| {
+        text.replace(
+            "interval = \"200ms\"",
+            &format!("interval = \"{}s\"", INTERVAL.as_secs()),
+        )
+        .replace(
+            "syncing_interval = \"100ms\"",
+            &format!("syncing_interval = \"{}s\"", INTERVAL.as_secs()),
+        )
+    });
     cfg
 }
 
 fn replica(env: &Env, cfg: &std::path::Path, id: &str) -> Daemon {
     env.spawn_daemon_env(cfg, &[("LOOPWATCH__STORE__REPLICA_ID", id)])
-}
-
-async fn gauge(addr: &str, series: &str) -> Option<f64> {
-    let r = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
-    let m = r.text().await.ok()?;
-    m.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
 async fn owned(addrs: &[String]) -> Vec<f64> {
@@ -93,7 +77,7 @@ async fn wait_balanced(addrs: &[String], total: f64) -> Vec<f64> {
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn three_replicas_share_thirty_targets_fairly() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     for i in 0..30 {
         h.add_checkpoint(&format!("run-{i}"), "sampler", "step-100", Some("COMPLETE"));
@@ -135,7 +119,7 @@ async fn three_replicas_share_thirty_targets_fairly() {
 async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled_within_ttl_plus_interval()
  {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let mut first = Vec::new();
     for i in 0..30 {
@@ -162,34 +146,18 @@ async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled
     for i in 0..30 {
         h.add_checkpoint(&format!("run-{i}"), "sampler", "step-200", Some("COMPLETE"));
     }
-    let distinct = || {
-        rx.got()
-            .iter()
-            .map(|r| r.id())
-            .collect::<HashSet<_>>()
-            .len()
-    };
-    wait_for("60 completions", T, || (distinct() >= 60).then_some(())).await;
+    wait_for("60 completions", T, || {
+        (distinct_ids(&rx) >= 60).then_some(())
+    })
+    .await;
     let took = killed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Every logical event under exactly one id.
-    let mut ids_of: HashMap<String, HashSet<String>> = HashMap::new();
-    for r in rx.got() {
-        let ck = r.json()["data"]["checkpoint"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        ids_of.entry(ck).or_default().insert(r.id());
-    }
-    assert_eq!(ids_of.len(), 60);
-    assert!(
-        ids_of.values().all(|ids| ids.len() == 1),
-        "a completion under two ids"
-    );
+    check_exactly_one_id_each(&rx, 60);
     // Every step-200 was detected within TTL + interval of the kill (plus 1 s of slack
     // for scheduling on a loaded machine).
-    let store = loopwatch::store::open(&sqlx_url(&cfg)).await.unwrap();
+    let store = loopwatch::store::open(&pg::url_in(&cfg)).await.unwrap();
     let events = store.events(None).await.unwrap();
     let late = events
         .iter()
@@ -209,30 +177,18 @@ async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled
     );
 }
 
-fn sqlx_url(cfg: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(cfg).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("url = \"postgres"))
-        .unwrap();
-    line.trim_start_matches("url = \"")
-        .trim_end_matches('"')
-        .to_string()
-}
-
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn a_replica_paused_past_its_lease_commits_and_emits_nothing() {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let ck = h.add_checkpoint("run-0", "sampler", "step-100", Some("SYNCING"));
     let cfg = pg_config(&env, &rx, 1).await;
     // A long API timeout: A's answer must still be awaited when A resumes.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("timeout = \"2s\"", "timeout = \"30s\"");
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, |text| {
+        text.replace("timeout = \"2s\"", "timeout = \"30s\"")
+    });
     let a = replica(&env, &cfg, "a");
     let addr_a = a.addr().await;
     wait_balanced(std::slice::from_ref(&addr_a), 1.0).await;
@@ -261,35 +217,21 @@ async fn a_replica_paused_past_its_lease_commits_and_emits_nothing() {
 
     // A resumes with the answer showing COMPLETE and its old epoch: fenced.
     a.signal("CONT");
-    let deadline = Instant::now() + T;
-    while gauge(&addr_a, "loopwatch_fencing_rejections_total{target=\"t0\"}")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "A never tried to commit: {}",
-            a.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let fenced = async || {
+        let series = "loopwatch_fencing_rejections_total{target=\"t0\"}";
+        gauge(&addr_a, series).await.unwrap_or(0.0) >= 1.0
+    };
+    assert!(
+        until(T, Duration::from_millis(50), fenced).await,
+        "A never tried to commit: {}",
+        a.log_text()
+    );
     tokio::time::sleep(INTERVAL * 2).await;
     assert_eq!(rx.count(), 1, "A emitted after losing its lease");
-    let store = loopwatch::store::open(&sqlx_url(&cfg)).await.unwrap();
+    let store = loopwatch::store::open(&pg::url_in(&cfg)).await.unwrap();
     let events = store.events(None).await.unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(a.log_text().contains("lease lost before commit"));
-}
-
-/// The PostgreSQL URL a [`pg_config`] file points at.
-fn pg_url(cfg: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(cfg).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("url = \"postgres"))
-        .unwrap();
-    line["url = \"".len()..line.len() - 1].to_string()
 }
 
 async fn leases(pool: &sqlx::PgPool) -> Vec<(String, String, i64, i64)> {
@@ -304,16 +246,15 @@ async fn leases(pool: &sqlx::PgPool) -> Vec<(String, String, i64, i64)> {
 async fn once_beside_a_running_replica_skips_the_targets_it_holds_and_polls_the_rest_under_a_lease()
 {
     let env = Env::new().await;
-    let rx = Receiver::start().await;
+    let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     h.add_many("run-0", 2, Some("COMPLETE"));
     h.add_many("run-1", 2, Some("COMPLETE"));
     let cfg = pg_config(&env, &rx, 2).await;
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("timeout = \"2s\"", "timeout = \"10s\"");
-    std::fs::write(&cfg, text).unwrap();
-    let pool = sqlx::PgPool::connect(&pg_url(&cfg)).await.unwrap();
+    edit(&cfg, |text| {
+        text.replace("timeout = \"2s\"", "timeout = \"10s\"")
+    });
+    let pool = sqlx::PgPool::connect(&pg::url_in(&cfg)).await.unwrap();
 
     // Nobody polls: `once` takes both leases under its own name, commits, gives them back.
     // The API answers after longer than the lease lasts: `once` renews its leases (its

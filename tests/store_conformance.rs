@@ -375,17 +375,10 @@ async fn sqlite_conformance() {
     conformance(store).await;
 }
 
-async fn fresh_pg_database() -> String {
-    let base = std::env::var("LOOPWATCH_TEST_PG_URL").expect(
-        "set LOOPWATCH_TEST_PG_URL to a PostgreSQL server, or run scripts/test (it starts one)",
-    );
-    common::pg_database(&base).await
-}
-
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn postgres_conformance() {
-    let url = fresh_pg_database().await;
+    let url = common::pg::fresh_database().await;
     let store = loopwatch::store::open(&url).await.unwrap();
     conformance(store).await;
 }
@@ -393,7 +386,7 @@ async fn postgres_conformance() {
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
-    let url = fresh_pg_database().await;
+    let url = common::pg::fresh_database().await;
     let store = PgStore::open(&url).await.unwrap();
     let ttl = Duration::from_millis(1500);
     let targets: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();

@@ -1,22 +1,17 @@
 //! Shared by the macro benchmarks: options, statistics, process figures (CPU, RSS),
-//! tables, and the fixtures every benchmark needs (a config, a minimal webhook receiver).
+//! tables, and the fixtures every benchmark needs (a config, the webhook receiver).
 //!
 //! The macro benchmarks do nothing unless run by `cargo bench` (which passes `--bench`),
 //! so `cargo test --all-targets` only builds them.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use loopwatch::config::{self, Config, Environment, Filter, TargetConfig};
 use loopwatch::model::CheckpointTarget;
+pub use loopwatch::sim::Receiver;
+use loopwatch::sim::ReceiverBuilder;
 
 pub const API_KEY: &str = "bench-api-key";
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -237,43 +232,10 @@ fn target(template: &TargetConfig, i: usize) -> TargetConfig {
     }
 }
 
-/// A minimal webhook receiver: answers 204 and counts; `on_body` sees each request.
-pub struct Receiver {
-    pub url: String,
-    pub count: Arc<AtomicU64>,
-}
-
-pub type OnBody = Arc<dyn Fn(&HeaderMap, &Bytes) + Send + Sync>;
-
-impl Receiver {
-    pub async fn start(on_body: Option<OnBody>) -> Receiver {
-        let count = Arc::new(AtomicU64::new(0));
-        let state = (count.clone(), on_body);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let app = Router::new()
-            .route(
-                "/hook",
-                post(
-                    |State((count, on_body)): State<(Arc<AtomicU64>, Option<OnBody>)>,
-                     headers: HeaderMap,
-                     body: Bytes| async move {
-                        if let Some(f) = &on_body {
-                            f(&headers, &body);
-                        }
-                        count.fetch_add(1, Ordering::Relaxed);
-                        StatusCode::NO_CONTENT
-                    },
-                ),
-            )
-            .with_state(state);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { url, count }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
+/// The webhook receiver of the delivery benchmarks: answers 204 and counts, keeping no
+/// copy of the requests (the latency benchmark adds an `on_request` to this).
+pub fn receiver() -> ReceiverBuilder {
+    Receiver::builder().keep_requests(false)
 }
 
 /// Wait until `f` is true, checking every `every`; false after `timeout`.

@@ -28,10 +28,8 @@ use std::time::Duration;
 use url::Url;
 
 use crate::model::{CheckpointTarget, EventType};
-use crate::signing::Ed25519Key;
+use crate::signing::{Ed25519Key, SigningKey};
 
-/// Where webhook keys live now; re-exported so `config::SigningKey` keeps working.
-pub use crate::signing::SigningKey;
 pub use ::config::FileFormat;
 pub use raw::{Environment, RawConfig};
 pub use redact::redact_url;

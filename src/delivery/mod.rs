@@ -9,7 +9,6 @@
 pub mod exec;
 pub mod payload;
 /// Signing moved below config and delivery (`crate::signing`); the old path still works.
-pub use crate::signing as sign;
 pub mod webhook;
 
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +27,7 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::health::Heartbeat;
 use crate::metrics::Metrics;
 use crate::store::{AttemptOutcome, Claimed, Store, StoredEvent};
+use crate::template::{Template, compile_template};
 use crate::wake::Wake;
 
 /// Why an attempt failed.
@@ -109,7 +109,7 @@ pub fn decide(
 /// A configured sink, ready to send.
 pub struct Sink {
     pub cfg: SinkConfig,
-    template: Option<payload::Template>,
+    template: Option<Template>,
     http: reqwest::Client,
 }
 
@@ -119,7 +119,7 @@ impl Sink {
             SinkKind::Webhook {
                 template: Some(t), ..
             } => Some(
-                payload::compile_template(t)
+                compile_template(t)
                     .map_err(|e| anyhow::anyhow!("sink {}: template: {e}", cfg.name))?,
             ),
             _ => None,

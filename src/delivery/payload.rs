@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::config::PayloadFormat;
 use crate::store::StoredEvent;
-pub use crate::template::{Template, compile_template};
+use crate::template::Template;
 
 /// What goes on the wire for one attempt (before signing).
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +101,7 @@ fn ce_header_value(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::template::compile_template;
     use chrono::Utc;
 
     fn event() -> StoredEvent {

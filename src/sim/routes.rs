@@ -1,0 +1,142 @@
+//! The simulated API's HTTP routes: which paths and methods it serves, how a request is
+//! authenticated and its filter read, and the JSON it answers. Every route takes its
+//! request's [fault](super::faults) first, as a proxy in front of the API would act.
+
+use axum::Router;
+use axum::extract::{RawQuery, State as AxumState};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use super::Route;
+use super::faults::{self, Effect};
+use super::json::{ApiError, json_body};
+use super::state::{Filter, SimHandle, State};
+
+/// The path of [`Route::Checkpoints`].
+pub const CHECKPOINTS_PATH: &str = "/v1/loops/checkpoints";
+
+/// What every route handler holds.
+#[derive(Clone)]
+struct Server {
+    handle: SimHandle,
+    /// Cancelled at shutdown: cuts delays and streaming bodies short.
+    stop: CancellationToken,
+}
+
+/// Every route of the simulated API; anything else is a JSON 404, or 405 for another method.
+pub(super) fn router(handle: SimHandle, stop: CancellationToken) -> Router {
+    Router::new()
+        .route(
+            Route::Checkpoints.path(),
+            get(list).fallback(method_not_allowed),
+        )
+        .fallback(not_found)
+        .with_state(Server { handle, stop })
+}
+
+/// `GET /v1/loops/checkpoints?<one filter>`.
+async fn list(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let fault = {
+        let mut st = server.handle.lock();
+        st.requests += 1;
+        st.last_query = query.clone();
+        st.last_authorization = headers
+            .get(AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        st.faults.take(Route::Checkpoints)
+    };
+    let query = query.as_deref();
+    match faults::apply(fault, &server.stop).await {
+        Effect::Respond(response) => response,
+        Effect::Pass => {
+            let mut st = server.handle.lock();
+            match accept(&mut st, &headers, query) {
+                Ok(filter) => json_body(st.listing_body(filter)),
+                Err(error) => error.into_response(),
+            }
+        }
+        Effect::Alter(fault) => {
+            let listing = {
+                let mut st = server.handle.lock();
+                accept(&mut st, &headers, query).map(|filter| st.listing(&filter))
+            };
+            match listing {
+                Ok(listing) => faults::alter(fault, listing),
+                Err(error) => error.into_response(),
+            }
+        }
+    }
+}
+
+/// Check the credentials and the filter, and bring training runs up to now.
+fn accept(st: &mut State, headers: &HeaderMap, query: Option<&str>) -> Result<Filter, ApiError> {
+    if let Some(key) = &st.api_key
+        && !authorized(headers, key)
+    {
+        return Err(ApiError::UNAUTHORIZED);
+    }
+    let filter = parse_filter(query.unwrap_or(""))?;
+    st.tick();
+    Ok(filter)
+}
+
+fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some((scheme, credential)) = value.and_then(|v| v.split_once(' ')) else {
+        return false;
+    };
+    // Auth schemes are case-insensitive (RFC 9110 §11.1).
+    let known = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("api-key");
+    known && credential.trim() == key
+}
+
+fn parse_filter(query: &str) -> Result<Filter, ApiError> {
+    let (mut run_id, mut base_model, mut path) = (None, None, None);
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let slot = match &*key {
+            "run_id" => &mut run_id,
+            "base_model" => &mut base_model,
+            "checkpoint_path" => &mut path,
+            _ => continue,
+        };
+        // An empty value is the same as no value; a repeated key keeps its last value.
+        *slot = Some(value.into_owned()).filter(|v| !v.is_empty());
+    }
+    match (run_id, base_model, path) {
+        (Some(run), None, None) => Ok(Filter::RunId(run)),
+        (None, Some(model), None) => Ok(Filter::BaseModel(model)),
+        (None, None, Some(path)) => parse_path(&path).ok_or(ApiError::BAD_PATH),
+        _ => Err(ApiError::ONE_FILTER),
+    }
+}
+
+fn parse_path(path: &str) -> Option<Filter> {
+    let rest = path.strip_prefix("bt://loops:")?;
+    let mut parts = rest.splitn(3, '/');
+    let (run, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let target = match kind {
+        "sampler_weights" => "sampler",
+        "weights" => "trainer",
+        _ => return None,
+    };
+    (!run.is_empty() && !name.is_empty()).then(|| Filter::Path {
+        run: run.into(),
+        target,
+        name: name.into(),
+    })
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::METHOD_NOT_ALLOWED
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NOT_FOUND
+}
