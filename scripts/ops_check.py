@@ -11,6 +11,8 @@
                                         live `loopwatch demo`
   ops_check.py notify --loopwatch BIN   `loopwatch run` with the systemd config against an
                                         emulated notify socket: READY, WATCHDOG, STOPPING
+  ops_check.py pg-tls --loopwatch BIN   a throw-away PostgreSQL with TLS from a private CA:
+                                        sslrootcert and PGSSLROOTCERT connect, no CA fails
   ops_check.py wait-http URL            poll until URL answers 200 (with a deadline); exit 3
                                         when --pid exits first, 1 on timeout
   ops_check.py fetch URL                print the body of URL
@@ -1125,6 +1127,93 @@ def cmd_notify(args) -> int:
     return rep.finish("systemd notify checks")
 
 
+# --- PostgreSQL TLS with a private CA -----------------------------------------------------------
+
+
+def cmd_pg_tls(args) -> int:
+    """A throw-away PostgreSQL with ssl=on and a certificate from a private CA made here; then
+    `loopwatch deliveries list` (which connects to the store and reads it) through each path
+    docs/deployment.md documents: sslrootcert in the URL, PGSSLROOTCERT/PGSSLMODE in the
+    environment (components/private-ca), and verify-full without the CA, which must fail."""
+    rep = Report()
+    bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: [int(x) for x in re.findall(r"\d+", str(p))])
+    if not bindirs or not (bindirs[-1] / "initdb").exists():
+        print("skip  PostgreSQL TLS: no server binaries under /usr/lib/postgresql (apt-get install postgresql)")
+        return 0
+    bindir = bindirs[-1]
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    tmp = tempfile.mkdtemp(prefix="ops-check-pgtls-")
+    os.chmod(tmp, 0o755)
+    data = os.path.join(tmp, "data")
+    started = False
+    try:
+        def run(cmd, **kw):
+            return subprocess.run(cmd, capture_output=True, text=True, **kw)
+        # A CA, and a server certificate it signs for localhost and 127.0.0.1.
+        ca_key, ca_crt = os.path.join(tmp, "ca.key"), os.path.join(tmp, "ca.crt")
+        key, csr, crt = (os.path.join(tmp, f"server.{x}") for x in ("key", "csr", "crt"))
+        ext = os.path.join(tmp, "server.ext")
+        Path(ext).write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                             "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for cmd in (["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_crt, "-days", "2",
+                     "-subj", "/CN=loopwatch ops-check private CA"],
+                    ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+                    ["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+                     "-out", crt, "-days", "2", "-extfile", ext]):
+            r = run(cmd)
+            if r.returncode != 0:
+                rep.fail("openssl makes a CA and a server certificate", r.stderr.strip())
+                return rep.finish("PostgreSQL TLS checks")
+        if as_pg:
+            shutil.chown(key, "postgres")
+            shutil.chown(crt, "postgres")
+            shutil.chown(tmp, "postgres")
+        os.chmod(key, 0o600)
+        r = run([*as_pg, str(bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres"])
+        if r.returncode != 0:
+            rep.fail("initdb", r.stdout + r.stderr)
+            return rep.finish("PostgreSQL TLS checks")
+        port = free_port()
+        r = run([*as_pg, str(bindir / "pg_ctl"), "-D", data, "-l", os.path.join(tmp, "server.log"), "-w", "-o",
+                 f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on "
+                 f"-c ssl_cert_file={crt} -c ssl_key_file={key}", "start"])
+        if r.returncode != 0:
+            rep.fail("PostgreSQL starts with ssl=on", Path(tmp, "server.log").read_text()[-2000:])
+            return rep.finish("PostgreSQL TLS checks")
+        started = True
+        rep.ok(f"PostgreSQL {bindir.parent.name} with ssl=on, its certificate from a private CA", f"port {port}")
+        cfg = Path(tmp, "loopwatch.toml")
+        cfg.write_text('[[targets]]\nname = "t"\nrun_id = "r"\n')
+        base = f"postgres://postgres@localhost:{port}/postgres"
+        env = clean_env() | {"BASETEN_API_KEY": "unused"}
+        env = {k: v for k, v in env.items() if not k.startswith("PG") and not k.startswith("SSL_CERT")}
+
+        def store(url: str, extra: dict[str, str] | None = None):
+            return run([args.loopwatch, "deliveries", "list", "-o", "json", "-c", str(cfg)],
+                       env=env | {"LOOPWATCH__STORE__URL": url} | (extra or {}), timeout=60)
+
+        r = store(f"{base}?sslmode=verify-full&sslrootcert={ca_crt}")
+        rep.check(r.returncode == 0, "sslmode=verify-full&sslrootcert=<CA> in store.url: connects and reads the store",
+                  f"exit {r.returncode}: {r.stderr.strip()}")
+        r = store(base, {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": ca_crt})
+        rep.check(r.returncode == 0, "PGSSLMODE=verify-full PGSSLROOTCERT=<CA> (components/private-ca): connects",
+                  f"exit {r.returncode}: {r.stderr.strip()}")
+        r = store(f"{base}?sslmode=verify-full")
+        rep.check(r.returncode == 1 and "certificate" in r.stderr.lower(),
+                  "sslmode=verify-full without the CA: refused (the bundled public roots do not trust it)",
+                  f"exit {r.returncode}: {r.stderr.strip()}")
+        r = store(f"postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={ca_crt}")
+        rep.check(r.returncode == 0, "verify-full by IP address (127.0.0.1 in the certificate's names): connects",
+                  f"exit {r.returncode}: {r.stderr.strip()}")
+    finally:
+        if started:
+            subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                           capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rep.finish("PostgreSQL TLS checks")
+
+
 # --- small helpers for the bash driver --------------------------------------------------------
 
 
@@ -1187,6 +1276,9 @@ def main() -> int:
     p = sub.add_parser("notify")
     p.add_argument("--loopwatch", required=True)
     p.set_defaults(func=cmd_notify)
+    p = sub.add_parser("pg-tls")
+    p.add_argument("--loopwatch", required=True)
+    p.set_defaults(func=cmd_pg_tls)
     p = sub.add_parser("wait-http")
     p.add_argument("url")
     p.add_argument("--status", type=int, default=200)
