@@ -108,7 +108,7 @@ fn every_metric_the_binary_exports_is_documented() {
             .args([
                 "demo",
                 "--duration",
-                "60s",
+                "120s",
                 "--every",
                 "1s",
                 "--sync-for",
@@ -121,18 +121,22 @@ fn every_metric_the_binary_exports_is_documented() {
             .expect("start the demo"),
     );
     let stdout = demo.0.stdout.take().expect("piped");
-    let mut addr = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("demo output");
-        if let Some(rest) = line.split("http://").nth(1)
-            && line.trim_start().starts_with("metrics")
-        {
-            addr = rest.split('/').next().map(str::to_string);
-            break;
+    // Read the demo's output to its end on a thread: a closed pipe would make its next
+    // line (one per webhook received) fail.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("http://").nth(1)
+                && line.trim_start().starts_with("metrics")
+            {
+                let _ = tx.send(rest.split('/').next().unwrap_or_default().to_string());
+            }
         }
-    }
-    let addr = addr.expect("the demo prints its metrics address");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the demo prints its metrics address");
+    let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
         // Wait for a delivery, so the per-sink series carry data too.
         if let Some(t) = get(&addr, "/metrics")
@@ -141,7 +145,7 @@ fn every_metric_the_binary_exports_is_documented() {
         {
             break t;
         }
-        assert!(Instant::now() < deadline, "no delivery within 30s");
+        assert!(Instant::now() < deadline, "no delivery within 60s");
         std::thread::sleep(Duration::from_millis(250));
     };
     let doc = read("docs/metrics.md");
