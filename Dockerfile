@@ -4,7 +4,7 @@
 #   docker run --rm -p 9464:9464 -v ./loopwatch.toml:/etc/loopwatch/loopwatch.toml:ro \
 #     -v loopwatch-data:/var/lib/loopwatch -e BASETEN_API_KEY loopwatch:0.1.0
 # The config must listen on 0.0.0.0:9464 and keep the database on the volume:
-# store.url = "sqlite:///var/lib/loopwatch/loopwatch.db" (deploy/kubernetes/configmap.yaml).
+# store.url = "sqlite:///var/lib/loopwatch/loopwatch.db" (as deploy/kubernetes/overlays/sqlite sets it).
 # The runtime image has no shell: an exec sink's command must be added to it.
 
 FROM rust:1-bookworm AS build

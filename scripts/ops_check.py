@@ -1,24 +1,26 @@
 #!/usr/bin/env python3
 """Checks of the deploy files, driven by scripts/ops-check (run from the repository root).
 
-  ops_check.py static --loopwatch BIN   manifests of deploy/kubernetes and of
-                                        deploy/kubernetes/postgres, CRDs, kustomizations,
-                                        PrometheusRule == alerts.yml, dashboard structure,
-                                        shipped configs
+  ops_check.py static --loopwatch BIN   deploy/kubernetes: its layout (one base, overlays
+                                        that patch it, components), each overlay as
+                                        `kubectl kustomize` builds it, the monitoring
+                                        resources (PrometheusRule == alerts.yml, generated);
+                                        dashboard structure; shipped configs
   ops_check.py live --prometheus URL    every PromQL expression of the dashboard and of the
                                         alerts evaluated against a Prometheus scraping a
                                         live `loopwatch demo`
   ops_check.py notify --loopwatch BIN   `loopwatch run` with the systemd config against an
                                         emulated notify socket: READY, WATCHDOG, STOPPING
-  ops_check.py prometheusrule [--dir D] print D/prometheusrule.yaml (D: deploy/kubernetes)
-                                        as generated from deploy/prometheus/alerts.yml
+  ops_check.py pg-tls --loopwatch BIN   a throw-away PostgreSQL with TLS from a private CA:
+                                        sslrootcert and PGSSLROOTCERT connect, no CA fails
   ops_check.py wait-http URL            poll until URL answers 200 (with a deadline); exit 3
                                         when --pid exits first, 1 on timeout
   ops_check.py fetch URL                print the body of URL
   ops_check.py free-port                print a free TCP port on 127.0.0.1
 
 Every check prints one PASS or FAIL line; the exit status is 1 when any failed.
-Needs PyYAML (and kubernetes-validate on PATH for `static`).
+Needs PyYAML (and kubernetes-validate and kubectl, for its built-in kustomize, on PATH for
+`static`).
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ import yaml
 
 ALERTS = Path("deploy/prometheus/alerts.yml")
 K8S = Path("deploy/kubernetes")
-K8S_POSTGRES = K8S / "postgres"
+K8S_BASE = K8S / "base"
+K8S_OVERLAYS = K8S / "overlays"
+K8S_MONITORING = K8S / "monitoring"
 DASHBOARD = Path("deploy/grafana/loopwatch.json")
 SYSTEMD_UNIT = Path("deploy/systemd/loopwatch.service")
 SYSTEMD_CONFIG = Path("deploy/systemd/loopwatch.toml")
-NOT_IN_KUSTOMIZATION = {"kustomization.yaml", "secret.example.yaml"}
 # Kubernetes versions the built-in manifests are validated against (oldest, newest).
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
 # Kinds kubernetes-validate has no schema for: checked structurally here.
@@ -342,19 +345,24 @@ def wait_until(what: str, deadline: float, probe, interval: float = 0.5):
 
 
 class Variant:
-    """One directory of Kubernetes manifests and what its Deployment must look like."""
+    """One overlay of deploy/kubernetes, as `kubectl kustomize` renders it, and what its
+    Deployment must look like."""
 
-    def __init__(self, directory: Path, title: str, replicated: bool) -> None:
+    def __init__(self, directory: Path, title: str, replicated: bool, private_ca: bool = False) -> None:
         self.dir = directory
         self.title = title
         # False: one replica on SQLite (Recreate, a PVC). True: several replicas on PostgreSQL
         # (RollingUpdate, a PodDisruptionBudget, store.url from a Secret env, no PVC).
         self.replicated = replicated
+        # The private-ca component: PGSSLROOTCERT names ca.crt of the mounted ConfigMap.
+        self.private_ca = private_ca
 
 
 VARIANTS = [
-    Variant(K8S, "one replica on SQLite", replicated=False),
-    Variant(K8S_POSTGRES, "several replicas on PostgreSQL", replicated=True),
+    Variant(K8S_OVERLAYS / "sqlite", "one replica on SQLite", replicated=False),
+    Variant(K8S_OVERLAYS / "postgres", "several replicas on PostgreSQL", replicated=True),
+    Variant(K8S_OVERLAYS / "postgres-private-ca", "PostgreSQL with a private CA", replicated=True,
+            private_ca=True),
 ]
 # Values the downward API gives the env of the Deployments (check-config sees them).
 DOWNWARD_API = {"metadata.name": "loopwatch-5d8f7c9b6-x7k2p", "metadata.namespace": "loopwatch"}
@@ -380,36 +388,6 @@ class Scoped:
         return cond
 
 
-def prometheusrule_text(directory: Path = K8S) -> str:
-    alerts = ALERTS.read_text()
-    body = alerts[alerts.index("\ngroups:") + 1 :]
-    indented = "".join("  " + l if l.strip() else l for l in body.splitlines(True))
-    return (
-        "# GENERATED from deploy/prometheus/alerts.yml: the groups below must stay identical to it\n"
-        "# (scripts/ops-check fails otherwise). Regenerate:\n"
-        f"#   .venv-ops/bin/python scripts/ops_check.py prometheusrule{'' if directory == K8S else f' --dir {directory}'}"
-        f" > {directory / 'prometheusrule.yaml'}\n"
-        "# Your Prometheus may select PrometheusRules by a label (e.g. release: kube-prometheus-stack).\n"
-        "apiVersion: monitoring.coreos.com/v1\n"
-        "kind: PrometheusRule\n"
-        "metadata:\n"
-        "  name: loopwatch\n"
-        "  labels:\n"
-        "    app.kubernetes.io/name: loopwatch\n"
-        "spec:\n" + indented
-    )
-
-
-def load_manifests(rep, directory: Path) -> dict[str, list[dict]]:
-    docs: dict[str, list[dict]] = {}
-    for f in sorted(directory.glob("*.y*ml")):
-        try:
-            docs[f.name] = [d for d in yaml.safe_load_all(f.read_text()) if d is not None]
-        except yaml.YAMLError as e:
-            rep.fail(f"{f.name}: YAML", str(e).replace("\n", " "))
-    return docs
-
-
 def by_kind(docs: dict[str, list[dict]], kind: str) -> list[dict]:
     return [d for ds in docs.values() for d in ds if d.get("kind") == kind]
 
@@ -419,124 +397,156 @@ def selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def check_kubernetes(top: Report, loopwatch: str | None, variant: Variant) -> None:
-    kdir = variant.dir
-    rep = Scoped(top, str(kdir))
-    print(f"----  {kdir}: {variant.title}", flush=True)
-    docs = load_manifests(rep, kdir)
-    rep.check(bool(docs), "has manifests", f"no *.yaml in {kdir}")
-    builtin_files = []
-    for name, ds in docs.items():
-        for d in ds:
-            what = f"{name}: {d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
-            if d.get("kind") == "Kustomization":
-                continue
-            rep.check(
-                bool(d.get("apiVersion") and d.get("kind") and (d.get("metadata") or {}).get("name")),
-                f"{what} has apiVersion, kind and metadata.name",
-            )
-            rep.check(
-                "namespace" not in (d.get("metadata") or {}),
-                f"{what} is namespace-agnostic",
-                "metadata.namespace is set; leave it to `kubectl apply -n` / kustomize",
-            )
-        # Custom resources are checked below; kubernetes-validate knows every other kind and
-        # must say "passed" for each (it only warns about kinds it has no schema for).
-        if not any(f"{d.get('apiVersion')}/{d.get('kind')}" in CUSTOM_KINDS for d in ds):
-            builtin_files.append(name)
+def kustomize(rep, directory: Path) -> list[dict] | None:
+    """`kubectl kustomize DIR`: the resources it builds, or None (and a FAIL) when it fails."""
+    r = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True)
+    if r.returncode != 0:
+        rep.fail(f"kubectl kustomize {directory}", r.stderr.strip())
+        return None
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    rep.ok(f"kubectl kustomize {directory} builds",
+           ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in docs))
+    return docs
 
-    # Built-in kinds: kubernetes-validate, strict (unknown fields are errors). Each resource of
-    # those files must be named in a "passed" line.
-    want = sorted(f"{d.get('kind', '').lower()}/{(d.get('metadata') or {}).get('name')}"
-                  for f in builtin_files for d in docs[f])
-    for version in KUBERNETES_VERSIONS:
-        cmd = ["kubernetes-validate", "--strict", "-k", version] + [str(kdir / f) for f in builtin_files]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        out = (r.stdout + r.stderr).strip()
-        passed = sorted(re.findall(r"^INFO .* passed for resource (\S+) against", out, re.M))
-        bad = [l for l in out.splitlines() if not l.startswith("INFO ")]
-        if r.returncode == 0 and passed == want and not bad:
-            rep.ok(f"kubernetes-validate --strict -k {version}: {', '.join(builtin_files)}",
-                   f"{len(passed)} resources: {', '.join(passed)}")
-        else:
-            rep.fail(f"kubernetes-validate --strict -k {version}",
-                     (out or f"exit {r.returncode}") + f"\n      expected to pass: {want}")
 
-    # kustomization.yaml: every listed file exists; every manifest is listed (but the example).
-    kust = by_kind(docs, "Kustomization")
-    if rep.check(len(kust) == 1, "kustomization.yaml is a Kustomization"):
-        k = kust[0]
-        rep.check(k.get("apiVersion") == "kustomize.config.k8s.io/v1beta1",
-                  "kustomization.yaml apiVersion is kustomize.config.k8s.io/v1beta1", str(k.get("apiVersion")))
-        listed = k.get("resources") or []
-        for r in listed:
-            rep.check((kdir / r).is_file() and "/" not in r,
-                      f"kustomization.yaml lists {r}, which exists in this directory",
-                      "no such file here (each variant is complete on its own: no bases, no patches)")
-        unlisted = sorted(set(docs) - set(listed) - NOT_IN_KUSTOMIZATION)
-        rep.check(not unlisted, "kustomization.yaml lists every manifest", f"not listed: {unlisted}")
-        rep.check("secret.example.yaml" not in listed, "kustomization.yaml does not list secret.example.yaml",
-                  "the example secret would overwrite the real one")
-        unknown = set(k) - {"apiVersion", "kind", "resources", "labels", "commonLabels", "images",
-                            "namespace", "namePrefix", "configMapGenerator", "secretGenerator",
-                            "patches", "replicas", "generatorOptions", "commonAnnotations"}
-        rep.check(not unknown, "kustomization.yaml uses known fields only", f"unknown: {sorted(unknown)}")
-        rep.check("patches" not in k and "replicas" not in k,
-                  "kustomization.yaml has no patches: the manifests are what is applied")
-        check_kustomize_build(rep, kdir, docs, listed)
+def kubernetes_validate(rep, docs: list[dict], what: str) -> None:
+    """kubernetes-validate --strict (unknown fields are errors) on built-in kinds, against the
+    oldest and newest Kubernetes versions supported: every resource must be named "passed"."""
+    builtin = [d for d in docs if f"{d.get('apiVersion')}/{d.get('kind')}" not in CUSTOM_KINDS]
+    want = sorted(f"{d['kind'].lower()}/{d['metadata']['name']}" for d in builtin)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="ops-check-k8s-") as f:
+        yaml.safe_dump_all(builtin, f)
+        f.flush()
+        for version in KUBERNETES_VERSIONS:
+            r = subprocess.run(["kubernetes-validate", "--strict", "-k", version, f.name],
+                               capture_output=True, text=True)
+            out = (r.stdout + r.stderr).strip()
+            passed = sorted(re.findall(r"^INFO .* passed for resource (\S+) against", out, re.M))
+            bad = [l for l in out.splitlines() if not l.startswith("INFO ")]
+            if r.returncode == 0 and passed == want and not bad:
+                rep.ok(f"kubernetes-validate --strict -k {version}: {what}",
+                       f"{len(passed)} resources: {', '.join(passed)}")
+            else:
+                rep.fail(f"kubernetes-validate --strict -k {version}: {what}",
+                         (out or f"exit {r.returncode}") + f"\n      expected to pass: {want}")
 
-    # PrometheusRule == alerts.yml.
+
+def check_layout(top: Report) -> None:
+    """One base, overlays that only add to it, components, and no manifest kept twice."""
+    rep = Scoped(top, str(K8S))
+    print(f"----  {K8S}: layout", flush=True)
+    kusts = sorted(K8S.rglob("kustomization.yaml"))
+    for k in kusts:
+        doc = yaml.safe_load(k.read_text()) or {}
+        kind = doc.get("kind")
+        api = {"Kustomization": "kustomize.config.k8s.io/v1beta1",
+               "Component": "kustomize.config.k8s.io/v1alpha1"}.get(kind)
+        rep.check(api is not None and doc.get("apiVersion") == api,
+                  f"{k.relative_to(K8S)} is a {kind} of {api}", f"apiVersion {doc.get('apiVersion')}")
+        for r in doc.get("resources") or []:
+            target = (k.parent / r)
+            rep.check(target.is_file() or (target / "kustomization.yaml").is_file(),
+                      f"{k.relative_to(K8S)} lists {r}, which exists")
+            rep.check("secret.example" not in r, f"{k.relative_to(K8S)} does not list an example Secret",
+                      "the example would overwrite the real one")
+        for c in doc.get("components") or []:
+            cdoc = yaml.safe_load(((k.parent / c) / "kustomization.yaml").read_text()) or {}
+            rep.check(cdoc.get("kind") == "Component", f"{k.relative_to(K8S)}: component {c} is a Component")
+        for p in doc.get("patches") or []:
+            rep.check("path" not in p or (k.parent / p["path"]).is_file(),
+                      f"{k.relative_to(K8S)} patch {p.get('path')} exists")
+    overlays = [v.dir for v in VARIANTS]
+    for o in overlays:
+        doc = yaml.safe_load((o / "kustomization.yaml").read_text())
+        res = doc.get("resources") or []
+        rep.check(any(r.rstrip("/").endswith("base") or (o / r / "kustomization.yaml").is_file() for r in res),
+                  f"{o.relative_to(K8S)} builds on the base (or another overlay)", str(res))
+        rep.check("configMapGenerator" not in doc and not (o / "configmap.yaml").exists(),
+                  f"{o.relative_to(K8S)} uses the base's config (one loopwatch.toml for every overlay)")
+    # No full Deployment outside the base: overlays hold patches only.
+    deployments = [f for f in K8S.rglob("*.yaml")
+                   if any(d and d.get("kind") == "Deployment" and (d.get("spec") or {}).get("selector")
+                          for d in yaml.safe_load_all(f.read_text()))]
+    rep.check(deployments == [K8S_BASE / "deployment.yaml"],
+              "only base/deployment.yaml is a whole Deployment (the overlays patch it)",
+              str([str(d) for d in deployments]))
+    base = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
+    gens = base.get("configMapGenerator") or []
+    rep.check(any(g.get("name") == "loopwatch-config" and "loopwatch.toml" in (g.get("files") or [])
+                  and not (g.get("options") or {}).get("disableNameSuffixHash")
+                  and not (base.get("generatorOptions") or {}).get("disableNameSuffixHash") for g in gens),
+              "base: configMapGenerator loopwatch-config from loopwatch.toml, with the hash suffix "
+              "(a config edit rolls the pods)", str(gens))
+    r = subprocess.run([sys.executable, "scripts/gen_prometheusrule.py", "--check"], capture_output=True, text=True)
+    rep.check(r.returncode == 0, f"{K8S_MONITORING / 'prometheusrule.yaml'} is generated from {ALERTS}",
+              (r.stdout + r.stderr).strip())
+
+
+def check_monitoring(top: Report) -> None:
+    """The optional ServiceMonitor and PrometheusRule, applied on their own."""
+    rep = Scoped(top, str(K8S_MONITORING))
+    print(f"----  {K8S_MONITORING}: Prometheus Operator resources", flush=True)
+    docs = kustomize(rep, K8S_MONITORING)
+    base = kustomize(rep, K8S_BASE)
+    if docs is None or base is None:
+        return
+    for d in docs:
+        rep.check("namespace" not in d["metadata"], f"{d['kind']}/{d['metadata']['name']} is namespace-agnostic")
+    rules = [d for d in docs if d.get("kind") == "PrometheusRule"]
     alerts = yaml.safe_load(ALERTS.read_text())
-    rules = by_kind(docs, "PrometheusRule")
     if rep.check(len(rules) == 1, "one PrometheusRule"):
         pr = rules[0]
         rep.check(pr.get("apiVersion") == "monitoring.coreos.com/v1", "PrometheusRule apiVersion is monitoring.coreos.com/v1")
         rep.check(set(pr) <= {"apiVersion", "kind", "metadata", "spec"} and set(pr.get("spec") or {}) == {"groups"},
                   "PrometheusRule has only metadata and spec.groups")
-        regen = "" if kdir == K8S else f" --dir {kdir}"
         rep.check((pr.get("spec") or {}).get("groups") == alerts["groups"],
                   f"PrometheusRule groups are identical to {ALERTS}",
-                  f"they differ; regenerate: .venv-ops/bin/python scripts/ops_check.py prometheusrule{regen}"
-                  f" > {kdir / 'prometheusrule.yaml'}")
-
-    # ServiceMonitor -> Service -> Deployment.
-    services = by_kind(docs, "Service")
-    deployments = by_kind(docs, "Deployment")
-    monitors = by_kind(docs, "ServiceMonitor")
-    if rep.check(len(monitors) == 1 and len(services) == 1 and len(deployments) == 1,
-                 "one ServiceMonitor, one Service, one Deployment"):
-        sm, svc, dep = monitors[0], services[0], deployments[0]
+                  "they differ; run scripts/gen_prometheusrule.py")
+    monitors = [d for d in docs if d.get("kind") == "ServiceMonitor"]
+    services = [d for d in base if d.get("kind") == "Service"]
+    if rep.check(len(monitors) == 1 and len(services) == 1, "one ServiceMonitor, for the base's one Service"):
+        sm, svc = monitors[0], services[0]
         rep.check(sm.get("apiVersion") == "monitoring.coreos.com/v1", "ServiceMonitor apiVersion is monitoring.coreos.com/v1")
         sel = ((sm.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         svc_labels = svc["metadata"].get("labels") or {}
-        rep.check(selects(sel, svc_labels),
-                  "ServiceMonitor selector matches the Service's labels", f"{sel} vs {svc_labels}")
-        svc_ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
+        rep.check(selects(sel, svc_labels), "ServiceMonitor selector matches the Service's labels", f"{sel} vs {svc_labels}")
+        svc_ports = {p.get("name") for p in svc["spec"].get("ports", [])}
         eps = (sm.get("spec") or {}).get("endpoints") or []
         rep.check(bool(eps) and all(e.get("port") in svc_ports and e.get("path", "/metrics") == "/metrics" for e in eps),
                   "ServiceMonitor endpoints name a Service port and scrape /metrics", str(eps))
+
+
+def check_kubernetes(top: Report, loopwatch: str | None, variant: Variant) -> None:
+    rep = Scoped(top, str(variant.dir))
+    print(f"----  {variant.dir}: {variant.title}", flush=True)
+    built = kustomize(rep, variant.dir)
+    if built is None:
+        return
+    for d in built:
+        what = f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
+        rep.check(bool(d.get("apiVersion") and d.get("kind") and (d.get("metadata") or {}).get("name")),
+                  f"{what} has apiVersion, kind and metadata.name")
+        rep.check("namespace" not in (d.get("metadata") or {}), f"{what} is namespace-agnostic",
+                  "metadata.namespace is set; leave it to `kubectl apply -n`")
+    kubernetes_validate(rep, built, f"kubectl kustomize {variant.dir}")
+    docs = {"(built)": built}
+    services = by_kind(docs, "Service")
+    deployments = by_kind(docs, "Deployment")
+    if rep.check(len(services) == 1 and len(deployments) == 1, "one Service, one Deployment"):
+        svc, dep = services[0], deployments[0]
         pod = dep["spec"]["template"]
         pod_labels = pod["metadata"].get("labels") or {}
-        rep.check(selects(svc["spec"].get("selector") or {}, pod_labels),
-                  "Service selector matches the pods")
+        svc_ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
+        rep.check(selects(svc["spec"].get("selector") or {}, pod_labels), "Service selector matches the pods")
         rep.check(selects((dep["spec"].get("selector") or {}).get("matchLabels") or {}, pod_labels),
                   "Deployment selector matches its pod template")
+        cms = by_kind(docs, "ConfigMap")
+        rep.check(any(re.fullmatch(r"loopwatch-config-[a-z0-9]{8,}", c["metadata"]["name"]) for c in cms),
+                  "the ConfigMap is generated with a content hash (loopwatch-config-<hash>)",
+                  str([c["metadata"]["name"] for c in cms]))
+        # The example Secrets stand in for the real ones (created by hand, never applied from here).
+        docs["secret.example.yaml"] = [d for d in yaml.safe_load_all((K8S / "secret.example.yaml").read_text()) if d]
         check_deployment(rep, dep, docs, svc_ports, loopwatch, variant)
-
-
-def check_kustomize_build(rep, directory: Path, docs, listed: list[str]) -> None:
-    """`kubectl kustomize` (when kubectl is installed) builds exactly the listed resources."""
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        print(f"skip  {directory}: kubectl kustomize (kubectl not installed)", flush=True)
-        return
-    r = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True)
-    if r.returncode != 0:
-        rep.fail("kubectl kustomize builds", r.stderr.strip())
-        return
-    built = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in yaml.safe_load_all(r.stdout) if d)
-    want = sorted(f"{d['kind']}/{d['metadata']['name']}" for f in listed for d in docs.get(f, []))
-    rep.check(built == want, "kubectl kustomize builds every listed resource", f"{built} vs {want}")
 
 
 def container_env(rep, c: dict, secrets: dict) -> dict[str, str]:
@@ -622,8 +632,13 @@ def check_deployment(rep, dep: dict, docs, svc_ports: dict, loopwatch: str | Non
     for path, vname in mounts.items():
         v = volumes.get(vname, {})
         if "configMap" in v:
-            cm = cms.get(v["configMap"]["name"])
-            if rep.check(cm is not None, f"Deployment: ConfigMap {v['configMap']['name']} exists"):
+            name = v["configMap"]["name"]
+            if path == "/etc/loopwatch/ca":
+                rep.check(variant.private_ca and name == "loopwatch-ca",
+                          "Deployment: the private CA's ConfigMap loopwatch-ca (created by hand) at /etc/loopwatch/ca")
+                continue
+            cm = cms.get(name)
+            if rep.check(cm is not None, f"Deployment: ConfigMap {name} exists"):
                 rep.check(path == "/etc/loopwatch" and "loopwatch.toml" in cm.get("data", {}),
                           "ConfigMap mounted at /etc/loopwatch holds loopwatch.toml")
                 cfg_text = cm["data"].get("loopwatch.toml")
@@ -652,6 +667,14 @@ def check_deployment(rep, dep: dict, docs, svc_ports: dict, loopwatch: str | Non
                     if e.get("name") == "LOOPWATCH__STORE__REPLICA_ID"), None)
         rep.check(rid == "metadata.name", "Deployment: env LOOPWATCH__STORE__REPLICA_ID is the pod name",
                   f"fieldPath {rid}")
+        lease = env.get("LOOPWATCH__STORE__LEASE_TTL")
+        rep.check(bool(lease), "Deployment: env LOOPWATCH__STORE__LEASE_TTL is set", str(lease))
+        if variant.private_ca:
+            root = env.get("PGSSLROOTCERT", "")
+            rep.check(root.startswith("/etc/loopwatch/ca/") and "/etc/loopwatch/ca" in mounts,
+                      "Deployment: env PGSSLROOTCERT names a file of the mounted CA ConfigMap", root)
+            rep.check(env.get("PGSSLMODE") == "verify-full", "Deployment: env PGSSLMODE is verify-full",
+                      str(env.get("PGSSLMODE")))
         check_spread(rep, pod, pod_labels)
         pdbs = by_kind(docs, "PodDisruptionBudget")
         if rep.check(len(pdbs) == 1, "one PodDisruptionBudget"):
@@ -667,13 +690,11 @@ def check_deployment(rep, dep: dict, docs, svc_ports: dict, loopwatch: str | Non
     store = cfg.get("store") or {}
     rep.check((cfg.get("server") or {}).get("listen") == "0.0.0.0:9464",
               "ConfigMap: server.listen is 0.0.0.0:9464")
-    if variant.replicated:
-        rep.check("url" not in store and "replica_id" not in store,
-                  "ConfigMap: no store.url or store.replica_id (they come from the Deployment's env)", str(store))
-        rep.check("lease_ttl" in store, "ConfigMap: store.lease_ttl is set", str(store))
-    else:
-        rep.check(store.get("url", "").startswith("sqlite:///var/lib/loopwatch/"),
-                  "ConfigMap: store.url is on the PVC (sqlite:///var/lib/loopwatch/...)")
+    rep.check(not store, "ConfigMap: no [store] (each overlay sets it in the Deployment's env)", str(store))
+    if not variant.replicated:
+        url = env.get("LOOPWATCH__STORE__URL", "")
+        rep.check(pvc_mounted and url.startswith("sqlite:///var/lib/loopwatch/"),
+                  "Deployment: env LOOPWATCH__STORE__URL is on the PVC (sqlite:///var/lib/loopwatch/...)", url)
     files = [cfg.get("api", {}).get("api_key_file")] + [s.get("secret_file") for s in cfg.get("sinks", [])]
     files = [f for f in files if f]
     rep.check(bool(files) and set(files) <= secret_keys,
@@ -681,19 +702,23 @@ def check_deployment(rep, dep: dict, docs, svc_ports: dict, loopwatch: str | Non
               f"{files} vs {sorted(secret_keys)}")
     out = check_config(rep, loopwatch, "ConfigMap loopwatch.toml" + (" with the Deployment's env" if env else ""),
                        cfg_text, "/var/run/secrets/loopwatch/", env)
-    if out is not None and variant.replicated:
-        # The effective config proves the env overrides took: the store is the database of the
-        # Secret, the replica is named after the pod.
+    if out is not None:
+        # The effective config proves the env overrides took: the store is the overlay's (with
+        # PostgreSQL the database of the Secret, the replica named after the pod).
         try:
             eff = tomllib.loads(out.split("\n", 1)[1] if out.startswith("#") else out)
         except tomllib.TOMLDecodeError as e:
             rep.fail("check-config prints TOML", str(e))
             return
         est = eff.get("store") or {}
-        rep.check(str(est.get("url", "")).startswith("postgres") and est.get("replica_id") == DOWNWARD_API["metadata.name"]
-                  and est.get("lease_ttl") == store.get("lease_ttl"),
-                  "effective config: store.url is the Secret's postgres URL, replica_id the pod name, "
-                  "lease_ttl the ConfigMap's", str(est))
+        if variant.replicated:
+            rep.check(str(est.get("url", "")).startswith("postgres") and est.get("replica_id") == DOWNWARD_API["metadata.name"]
+                      and est.get("lease_ttl") == env.get("LOOPWATCH__STORE__LEASE_TTL"),
+                      "effective config: store.url is the Secret's postgres URL, replica_id the pod name, "
+                      "lease_ttl the Deployment's", str(est))
+        else:
+            rep.check(est.get("url") == env.get("LOOPWATCH__STORE__URL"),
+                      "effective config: store.url is the Deployment's SQLite file", str(est))
 
 
 def check_spread(rep, pod: dict, pod_labels: dict) -> None:
@@ -807,8 +832,10 @@ def check_dashboard_structure(rep: Report) -> None:
 
 def cmd_static(args) -> int:
     rep = Report()
+    check_layout(rep)
     for variant in VARIANTS:
         check_kubernetes(rep, args.loopwatch, variant)
+    check_monitoring(rep)
     check_systemd(rep, args.loopwatch)
     check_dashboard_structure(rep)
     return rep.finish("static checks")
@@ -1100,6 +1127,93 @@ def cmd_notify(args) -> int:
     return rep.finish("systemd notify checks")
 
 
+# --- PostgreSQL TLS with a private CA -----------------------------------------------------------
+
+
+def cmd_pg_tls(args) -> int:
+    """A throw-away PostgreSQL with ssl=on and a certificate from a private CA made here; then
+    `loopwatch deliveries list` (which connects to the store and reads it) through each path
+    docs/deployment.md documents: sslrootcert in the URL, PGSSLROOTCERT/PGSSLMODE in the
+    environment (components/private-ca), and verify-full without the CA, which must fail."""
+    rep = Report()
+    bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: [int(x) for x in re.findall(r"\d+", str(p))])
+    if not bindirs or not (bindirs[-1] / "initdb").exists():
+        print("skip  PostgreSQL TLS: no server binaries under /usr/lib/postgresql (apt-get install postgresql)")
+        return 0
+    bindir = bindirs[-1]
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    tmp = tempfile.mkdtemp(prefix="ops-check-pgtls-")
+    os.chmod(tmp, 0o755)
+    data = os.path.join(tmp, "data")
+    started = False
+    try:
+        def run(cmd, **kw):
+            return subprocess.run(cmd, capture_output=True, text=True, **kw)
+        # A CA, and a server certificate it signs for localhost and 127.0.0.1.
+        ca_key, ca_crt = os.path.join(tmp, "ca.key"), os.path.join(tmp, "ca.crt")
+        key, csr, crt = (os.path.join(tmp, f"server.{x}") for x in ("key", "csr", "crt"))
+        ext = os.path.join(tmp, "server.ext")
+        Path(ext).write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                             "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for cmd in (["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_crt, "-days", "2",
+                     "-subj", "/CN=loopwatch ops-check private CA"],
+                    ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+                    ["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+                     "-out", crt, "-days", "2", "-extfile", ext]):
+            r = run(cmd)
+            if r.returncode != 0:
+                rep.fail("openssl makes a CA and a server certificate", r.stderr.strip())
+                return rep.finish("PostgreSQL TLS checks")
+        if as_pg:
+            shutil.chown(key, "postgres")
+            shutil.chown(crt, "postgres")
+            shutil.chown(tmp, "postgres")
+        os.chmod(key, 0o600)
+        r = run([*as_pg, str(bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres"])
+        if r.returncode != 0:
+            rep.fail("initdb", r.stdout + r.stderr)
+            return rep.finish("PostgreSQL TLS checks")
+        port = free_port()
+        r = run([*as_pg, str(bindir / "pg_ctl"), "-D", data, "-l", os.path.join(tmp, "server.log"), "-w", "-o",
+                 f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on "
+                 f"-c ssl_cert_file={crt} -c ssl_key_file={key}", "start"])
+        if r.returncode != 0:
+            rep.fail("PostgreSQL starts with ssl=on", Path(tmp, "server.log").read_text()[-2000:])
+            return rep.finish("PostgreSQL TLS checks")
+        started = True
+        rep.ok(f"PostgreSQL {bindir.parent.name} with ssl=on, its certificate from a private CA", f"port {port}")
+        cfg = Path(tmp, "loopwatch.toml")
+        cfg.write_text('[[targets]]\nname = "t"\nrun_id = "r"\n')
+        base = f"postgres://postgres@localhost:{port}/postgres"
+        env = clean_env() | {"BASETEN_API_KEY": "unused"}
+        env = {k: v for k, v in env.items() if not k.startswith("PG") and not k.startswith("SSL_CERT")}
+
+        def store(url: str, extra: dict[str, str] | None = None):
+            return run([args.loopwatch, "deliveries", "list", "-o", "json", "-c", str(cfg)],
+                       env=env | {"LOOPWATCH__STORE__URL": url} | (extra or {}), timeout=60)
+
+        r = store(f"{base}?sslmode=verify-full&sslrootcert={ca_crt}")
+        rep.check(r.returncode == 0, "sslmode=verify-full&sslrootcert=<CA> in store.url: connects and reads the store",
+                  f"exit {r.returncode}: {r.stderr.strip()}")
+        r = store(base, {"PGSSLMODE": "verify-full", "PGSSLROOTCERT": ca_crt})
+        rep.check(r.returncode == 0, "PGSSLMODE=verify-full PGSSLROOTCERT=<CA> (components/private-ca): connects",
+                  f"exit {r.returncode}: {r.stderr.strip()}")
+        r = store(f"{base}?sslmode=verify-full")
+        rep.check(r.returncode == 1 and "certificate" in r.stderr.lower(),
+                  "sslmode=verify-full without the CA: refused (the bundled public roots do not trust it)",
+                  f"exit {r.returncode}: {r.stderr.strip()}")
+        r = store(f"postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={ca_crt}")
+        rep.check(r.returncode == 0, "verify-full by IP address (127.0.0.1 in the certificate's names): connects",
+                  f"exit {r.returncode}: {r.stderr.strip()}")
+    finally:
+        if started:
+            subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                           capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rep.finish("PostgreSQL TLS checks")
+
+
 # --- small helpers for the bash driver --------------------------------------------------------
 
 
@@ -1144,11 +1258,6 @@ def cmd_free_port(_args) -> int:
     return 0
 
 
-def cmd_prometheusrule(args) -> int:
-    sys.stdout.write(prometheusrule_text(Path(args.dir)))
-    return 0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1167,9 +1276,9 @@ def main() -> int:
     p = sub.add_parser("notify")
     p.add_argument("--loopwatch", required=True)
     p.set_defaults(func=cmd_notify)
-    p = sub.add_parser("prometheusrule")
-    p.add_argument("--dir", default=str(K8S), help=f"the manifests' directory (default {K8S})")
-    p.set_defaults(func=cmd_prometheusrule)
+    p = sub.add_parser("pg-tls")
+    p.add_argument("--loopwatch", required=True)
+    p.set_defaults(func=cmd_pg_tls)
     p = sub.add_parser("wait-http")
     p.add_argument("url")
     p.add_argument("--status", type=int, default=200)

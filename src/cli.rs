@@ -1,4 +1,4 @@
-//! The commands of interface.md §2, as library functions returning an exit code. The
+//! The commands of the CLI (docs/cli.md), as library functions returning an exit code. The
 //! binary parses arguments and calls these; tests may call them too.
 
 use std::collections::HashMap;
@@ -19,11 +19,13 @@ use crate::store::{self, Access, DeliveryStatus, Fence, Redeliver, StoreError, S
 /// Output format of the listing commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// Aligned columns, for people
     Table,
+    /// Pretty-printed JSON, for scripts
     Json,
 }
 
-/// Exit codes of interface.md §2.
+/// Exit codes (docs/cli.md).
 pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
@@ -36,6 +38,15 @@ pub fn check_config(cfg: &Config) -> u8 {
     println!("# effective config of {} (secrets redacted)", cfg.source);
     print!("{}", cfg.to_redacted_toml());
     exit::OK
+}
+
+/// `check-config -o json`: `{"source": <file>, "config": <the effective config>}`, the
+/// same redacted values as the TOML.
+pub fn check_config_json(cfg: &Config) -> anyhow::Result<u8> {
+    let config: toml::Table = toml::from_str(&cfg.to_redacted_toml())?;
+    let v = json!({ "source": cfg.source.to_string(), "config": config });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(exit::OK)
 }
 
 /// `checkpoints`: list live from the API.
@@ -359,7 +370,11 @@ pub async fn deliveries_list(
     Ok(exit::OK)
 }
 
-pub async fn deliveries_redeliver(cfg: &Config, which: Redeliver) -> anyhow::Result<u8> {
+pub async fn deliveries_redeliver(
+    cfg: &Config,
+    which: Redeliver,
+    output: Output,
+) -> anyhow::Result<u8> {
     if let Redeliver::Dead { sink: Some(s) } = &which
         && cfg.sink(s).is_none()
     {
@@ -367,9 +382,12 @@ pub async fn deliveries_redeliver(cfg: &Config, which: Redeliver) -> anyhow::Res
     }
     let store = store::open_with(&cfg.store.url, Access::Existing).await?;
     let n = store.redeliver(&which, Utc::now()).await?;
-    println!(
-        "re-queued {n} deliveries; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
-    );
+    match output {
+        Output::Json => println!("{}", json!({ "requeued": n })),
+        Output::Table => println!(
+            "re-queued {n} deliveries; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
+        ),
+    }
     if n == 0 && matches!(which, Redeliver::Ids(_)) {
         anyhow::bail!(
             "no delivery matched the given ids, or each is being attempted right now (see `loopwatch deliveries list`; try again once its attempt ends)"
@@ -379,7 +397,9 @@ pub async fn deliveries_redeliver(cfg: &Config, which: Redeliver) -> anyhow::Res
 }
 
 /// `test-sink NAME`: one sample signed event, and the response.
-pub async fn test_sink(cfg: &Config, name: &str) -> anyhow::Result<u8> {
+/// With `-o json`, one object: `sink`, `event_id`, `type`, `ok`, `status` (the HTTP status,
+/// or 0 for a command that exited 0), `elapsed_ms` and `error`.
+pub async fn test_sink(cfg: &Config, name: &str, output: Output) -> anyhow::Result<u8> {
     let sink_cfg = cfg.sink(name).with_context(|| {
         format!(
             "no sink named {name:?}; configured: {}",
@@ -392,13 +412,27 @@ pub async fn test_sink(cfg: &Config, name: &str) -> anyhow::Result<u8> {
     })?;
     let sink = crate::delivery::Sink::new(sink_cfg.clone(), crate::delivery::webhook::client())?;
     let event = sample_event();
-    println!(
-        "sending a sample {} ({}) to sink {name}",
-        event.kind, event.id
-    );
+    if output == Output::Table {
+        println!(
+            "sending a sample {} ({}) to sink {name}",
+            event.kind, event.id
+        );
+    }
     let start = std::time::Instant::now();
     let r = sink.send(&event).await;
     let ms = start.elapsed().as_millis();
+    if output == Output::Json {
+        let (ok, status, error) = match &r {
+            Ok(code) => (true, Some(*code), None),
+            Err(e) => (false, None, Some(e.to_string())),
+        };
+        let v = json!({
+            "sink": name, "event_id": event.id, "type": event.kind, "ok": ok,
+            "status": status, "elapsed_ms": ms, "error": error,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(if ok { exit::OK } else { exit::FAILURE });
+    }
     match r {
         Ok(0) => println!("ok: the command exited 0 in {ms} ms"),
         Ok(code) => println!("ok: HTTP {code} in {ms} ms"),

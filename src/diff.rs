@@ -1,6 +1,6 @@
 //! The pure core: (previous state, listing, now) -> (state updates, events).
 //!
-//! No I/O, no clock, no async. Every row of interface.md §4 is decided here, and the
+//! No I/O, no clock, no async. Every event rule of docs/events.md is decided here, and the
 //! first sight of a target is the same function run on an empty state.
 //!
 //! Rules beyond the table, chosen so that a flaky upstream never causes a false event:

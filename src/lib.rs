@@ -13,12 +13,13 @@
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
 //! - [`metrics`], [`health`], [`server`]: what operators see.
 //! - [`app`]: wiring; the only place that spawns tasks.
-//! - [`cli`]: the commands of interface.md §2.
+//! - [`args`], [`cli`]: the command line (clap types) and its commands.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
 
 pub mod api;
 pub mod app;
+pub mod args;
 pub mod cli;
 pub mod config;
 pub mod delivery;

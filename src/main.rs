@@ -1,113 +1,16 @@
 //! The binary: parse arguments, load the config (no sockets yet), start tracing, call
-//! into the library, map the result to an exit code (interface.md §2).
+//! into the library, map the result to an exit code (`cli::exit`). The arguments
+//! themselves are `args.rs`, so tests and the man page see the same tree.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use loopwatch::args::{Cli, Command, DeliveriesCommand};
 use loopwatch::cli::{self, Output, exit};
 use loopwatch::config::{self, Config, Environment, Filter, LogFormat};
 use loopwatch::store::{DeliveryStatus, Redeliver};
-
-#[derive(Parser)]
-#[command(
-    name = "loopwatch",
-    version,
-    about = "Watches Baseten Loops checkpoints and tells the world when one is ready"
-)]
-struct Cli {
-    /// Config file (TOML or YAML)
-    #[arg(short, long, global = true, env = "LOOPWATCH_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon: poll, persist, deliver, serve /metrics /healthz /readyz
-    Run,
-    /// Everything in one process: a simulated Loops API, a webhook receiver and the daemon
-    Demo {
-        /// Stop after this long (e.g. 30s)
-        #[arg(long, value_parser = duration)]
-        duration: Option<Duration>,
-        /// Address for /metrics /healthz /readyz
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
-        /// How often the simulated run saves checkpoints
-        #[arg(long, default_value = "4s", value_parser = duration)]
-        every: Duration,
-        /// How long each simulated checkpoint stays SYNCING
-        #[arg(long, default_value = "3s", value_parser = duration)]
-        sync_for: Duration,
-        /// Show the daemon's own logs (info level)
-        #[arg(short, long)]
-        verbose: bool,
-    },
-    /// Validate the config and print it with secrets redacted
-    CheckConfig,
-    /// Poll every target once, deliver what is due, exit
-    Once {
-        /// Print each event as one JSON line and write nothing
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// List checkpoints live from the API
-    Checkpoints {
-        #[command(flatten)]
-        filter: FilterArgs,
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Output,
-    },
-    /// Show what the daemon has persisted
-    State {
-        #[arg(long)]
-        target: Option<String>,
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Output,
-    },
-    /// Inspect and re-queue deliveries
-    #[command(subcommand)]
-    Deliveries(DeliveriesCommand),
-    /// Send a sample signed event to one sink and show the response
-    TestSink { name: String },
-}
-
-#[derive(Args)]
-#[group(required = true, multiple = false)]
-struct FilterArgs {
-    #[arg(long)]
-    run_id: Option<String>,
-    #[arg(long)]
-    base_model: Option<String>,
-    #[arg(long)]
-    checkpoint_path: Option<String>,
-}
-
-#[derive(Subcommand)]
-enum DeliveriesCommand {
-    /// List deliveries (newest last)
-    List {
-        #[arg(long, value_parser = ["pending", "dead", "delivered"])]
-        status: Option<String>,
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Output,
-    },
-    /// Re-queue deliveries by id (or event id), or every dead one
-    Redeliver {
-        /// Delivery ids, or event ids (evt_...)
-        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
-        ids: Vec<String>,
-        /// Every dead delivery
-        #[arg(long)]
-        dead: bool,
-        /// With --dead: only this sink
-        #[arg(long, requires = "dead")]
-        sink: Option<String>,
-    },
-}
 
 /// clap's usage error (message, tips, usage, a pointer to --help on several lines) as
 /// the one line every loopwatch error is.
@@ -132,10 +35,6 @@ fn usage_error_line(rendered: &str) -> String {
     }
     let message = parts.join(" ").replace(" ;", ";");
     format!("{message}; see `{} --help`", command.join(" "))
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 5m)"))
 }
 
 fn main() -> ExitCode {
@@ -169,6 +68,18 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> u8 {
+    // Documentation of the CLI itself: no config, no logs.
+    match cli.command {
+        Command::Completions { shell } => {
+            loopwatch::args::completions(shell, &mut std::io::stdout().lock());
+            return exit::OK;
+        }
+        Command::Man => {
+            let r = loopwatch::args::man(&mut std::io::stdout().lock());
+            return report(r.map(|()| exit::OK).map_err(Into::into));
+        }
+        _ => {}
+    }
     if let Command::Demo {
         duration,
         listen,
@@ -187,6 +98,7 @@ async fn dispatch(cli: Cli) -> u8 {
         return report(loopwatch::demo::run(opts, loopwatch::app::shutdown_signal()).await);
     }
     if let Command::Checkpoints { filter, output } = cli.command {
+        let output = output.output;
         // Needs only [api]: works without a config file, from defaults and LOOPWATCH__API__*.
         let path = cli.config.or_else(|| config::locate(None).ok());
         let cfg = match config::load_for_api(path.as_deref(), &Environment::from_process()) {
@@ -218,7 +130,11 @@ async fn dispatch(cli: Cli) -> u8 {
     };
     match cli.command {
         Command::Demo { .. } => unreachable!("handled above"),
-        Command::CheckConfig => cli::check_config(&cfg),
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+        Command::CheckConfig { output } => match output.output {
+            Output::Table => cli::check_config(&cfg),
+            Output::Json => report(cli::check_config_json(&cfg)),
+        },
         Command::Run => {
             init_tracing(&cfg.log.level, cfg.log.format);
             let r = async {
@@ -235,25 +151,30 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Checkpoints { .. } => unreachable!("handled above"),
         Command::State { target, output } => {
             init_tracing("warn", cfg.log.format);
-            report(cli::state(&cfg, target.as_deref(), output).await)
+            report(cli::state(&cfg, target.as_deref(), output.output).await)
         }
         Command::Deliveries(DeliveriesCommand::List { status, output }) => {
             init_tracing("warn", cfg.log.format);
             let status = status.as_deref().and_then(DeliveryStatus::parse);
-            report(cli::deliveries_list(&cfg, status, output).await)
+            report(cli::deliveries_list(&cfg, status, output.output).await)
         }
-        Command::Deliveries(DeliveriesCommand::Redeliver { ids, dead, sink }) => {
+        Command::Deliveries(DeliveriesCommand::Redeliver {
+            ids,
+            dead,
+            sink,
+            output,
+        }) => {
             init_tracing("warn", cfg.log.format);
             let which = if dead {
                 Redeliver::Dead { sink }
             } else {
                 Redeliver::Ids(ids)
             };
-            report(cli::deliveries_redeliver(&cfg, which).await)
+            report(cli::deliveries_redeliver(&cfg, which, output.output).await)
         }
-        Command::TestSink { name } => {
+        Command::TestSink { name, output } => {
             init_tracing("warn", cfg.log.format);
-            report(cli::test_sink(&cfg, &name).await)
+            report(cli::test_sink(&cfg, &name, output.output).await)
         }
     }
 }
@@ -274,13 +195,17 @@ fn report(r: anyhow::Result<u8>) -> u8 {
     }
 }
 
-/// `RUST_LOG` wins over the configured level when set.
+/// `RUST_LOG` wins over the configured level when set; colours only on a terminal and
+/// without `NO_COLOR`.
 fn init_tracing(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(loopwatch::args::use_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -1,5 +1,5 @@
 //! Every metric handle in one struct, and the only place metric names appear
-//! (interface.md §7). Labels come from config names and small enums, never ids or URLs.
+//! (docs/metrics.md lists them). Labels come from config names and small enums, never ids or URLs.
 //! Series for every configured target and sink are created at start, zero-valued, so
 //! dashboards and alerts never see gaps.
 //!

@@ -218,7 +218,7 @@ impl Tracked {
     }
 }
 
-/// The five event types of interface.md §4.
+/// The five event types (docs/events.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventType {
     Discovered,
@@ -284,10 +284,10 @@ impl Event {
         checkpoint_uri(&self.run_id, self.checkpoint_target, &self.checkpoint_name)
     }
 
-    /// The `format = "standard"` body of interface.md §5. Stored once at detection, so
+    /// The `format = "standard"` body (docs/events.md). Stored once at detection, so
     /// every attempt sends the same bytes.
     ///
-    /// Fields in the order of §5; the checkpoint object goes in as received (its text is
+    /// Fields in the documented order; the checkpoint object goes in as received (its text is
     /// checked to be JSON, never parsed into a tree and written again: that was a tenth of
     /// a burst's commit time).
     pub fn standard_body(&self) -> String {

@@ -1,6 +1,6 @@
 //! The bad-config catalogue, `tests/data/bad-configs/`: one malformed config per file, run
 //! through the real binary. `check-config` and `run` must both refuse every file with exit
-//! 78 (interface.md §2) and one `error: <file>: <key>: <reason>` line per problem: no
+//! 78 (docs/cli.md) and one `error: <file>: <key>: <reason>` line per problem: no
 //! panic, no backtrace, no secret, and `run` touches nothing (no state file).
 //!
 //! Each file states what it expects in its leading comments:

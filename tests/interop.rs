@@ -132,7 +132,7 @@ fn expected_template(e: &StoredEvent) -> Value {
         "target": e.target, "event_id": e.id, "type": s["type"]}})
 }
 
-/// The CloudEvents attributes loopwatch must send for `e` (interface.md §5).
+/// The CloudEvents attributes loopwatch must send for `e` (docs/events.md).
 fn expected_ce(e: &StoredEvent) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
         ("specversion", "1.0".to_string()),

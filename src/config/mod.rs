@@ -127,7 +127,7 @@ pub struct DeliveryConfig {
     pub shutdown_grace: Duration,
 }
 
-/// The one filter of a target (interface.md §1: exactly one per request).
+/// The one filter of a target (the API takes exactly one per request).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Filter {
     RunId(String),

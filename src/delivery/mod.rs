@@ -2,7 +2,7 @@
 //! record the outcome. One worker per sink, each with its own `concurrency`, so a slow or
 //! dead sink never delays polling or another sink.
 //!
-//! Retry policy (interface.md §5): 2xx delivered; 410 dead at once; anything else waits
+//! Retry policy (docs/events.md): 2xx delivered; 410 dead at once; anything else waits
 //! `retry_schedule[n]` +-20% (at least `Retry-After` when given) and is dead after
 //! 1 + len(retry_schedule) attempts.
 

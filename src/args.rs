@@ -1,0 +1,270 @@
+//! The command line as clap types: every command, flag and argument with its help text.
+//! `main.rs` parses with these; `completions` and `man` render them; tests walk them (an
+//! empty help line fails `tests/cli_help.rs`).
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::cli::Output;
+use crate::config;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success, 1 failure (`once`: any target failed to poll), 2 usage error,
+78 invalid config (every problem listed on stderr).
+
+The config is found at -c FILE, else $LOOPWATCH_CONFIG, else ./loopwatch.toml,
+./loopwatch.yaml, /etc/loopwatch/loopwatch.toml. Any scalar key can be overridden with
+LOOPWATCH__SECTION__KEY (e.g. LOOPWATCH__POLL__INTERVAL=30s). RUST_LOG overrides the log
+level; NO_COLOR turns colours off.";
+
+#[derive(Parser)]
+#[command(
+    name = "loopwatch",
+    version,
+    about = "Watches Baseten Loops checkpoints and tells the world when one is ready",
+    long_about = "Watches Baseten Loops checkpoints and tells the world when one is ready.\n\n\
+        Polls the Loops API for every configured target (a run, a base model or a checkpoint \
+        path), diffs each listing against the state it persisted, and delivers what changed \
+        as signed webhooks or commands, at least once, with Prometheus metrics.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Config file (TOML or YAML, by extension)
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "LOOPWATCH_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon: poll, persist, deliver, serve /metrics /healthz /readyz
+    ///
+    /// Runs until SIGTERM or SIGINT, then stops polling, lets in-flight deliveries finish
+    /// within [delivery] shutdown_grace and exits 0.
+    Run,
+    /// Everything in one process: a simulated Loops API, a webhook receiver and the daemon
+    ///
+    /// Needs no account and no network: the simulated run saves checkpoints, the daemon
+    /// (on a throw-away SQLite file) detects them, and the receiver verifies and prints each
+    /// webhook. Ignores --config.
+    Demo {
+        /// Stop after this long (e.g. 30s) and print a summary
+        #[arg(long, value_parser = duration, value_name = "DURATION")]
+        duration: Option<Duration>,
+        /// Address for /metrics /healthz /readyz (port 0: any free port)
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// How often the simulated run saves checkpoints
+        #[arg(long, default_value = "4s", value_parser = duration, value_name = "DURATION")]
+        every: Duration,
+        /// How long each simulated checkpoint stays SYNCING
+        #[arg(long, default_value = "3s", value_parser = duration, value_name = "DURATION")]
+        sync_for: Duration,
+        /// Show the daemon's own logs (info level)
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Validate the config and print it with secrets redacted
+    ///
+    /// Every problem is listed at once (exit 78); nothing is opened or contacted.
+    CheckConfig {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Poll every target once, deliver what is due, exit
+    Once {
+        /// Print each event as one JSON line and write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List checkpoints live from the API (needs only [api]; works without a config file)
+    Checkpoints {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Show what the daemon has persisted (read-only; safe while it runs)
+    State {
+        /// Only this target (a `name` of [[targets]])
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Inspect and re-queue deliveries
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+    /// Send a sample signed event to one sink and show the response
+    TestSink {
+        /// The sink's `name` in [[sinks]]
+        name: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Print a shell completion script to stdout
+    ///
+    /// bash: `loopwatch completions bash > /etc/bash_completion.d/loopwatch`;
+    /// zsh: `loopwatch completions zsh > "${fpath[1]}/_loopwatch"`;
+    /// fish: `loopwatch completions fish > ~/.config/fish/completions/loopwatch.fish`.
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff) to stdout
+    ///
+    /// `loopwatch man > /usr/local/share/man/man1/loopwatch.1`, then `man loopwatch`.
+    Man,
+}
+
+/// Exactly one filter, as the Loops API takes it.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct FilterArgs {
+    /// Checkpoints of one training run
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Checkpoints of every run on one base model
+    #[arg(long)]
+    pub base_model: Option<String>,
+    /// One checkpoint, by its bt://loops:<run_id>/(weights|sampler_weights)/<name> URI
+    #[arg(long)]
+    pub checkpoint_path: Option<String>,
+}
+
+/// `-o/--output` of every command that prints data.
+#[derive(Args)]
+pub struct OutputArg {
+    /// Output format: `table` for people (TOML for check-config), `json` for scripts
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries (newest last; at most 10,000)
+    List {
+        /// Only deliveries in this state
+        #[arg(long, value_parser = ["pending", "dead", "delivered"])]
+        status: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Re-queue deliveries by id (or event id), or every dead one
+    ///
+    /// A running daemon (or the next `once`) sends them with their original webhook-id and
+    /// the sink's whole retry_schedule again.
+    Redeliver {
+        /// Delivery ids, or event ids (evt_...)
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        ids: Vec<String>,
+        /// Every dead delivery
+        #[arg(long)]
+        dead: bool,
+        /// With --dead: only this sink
+        #[arg(long, requires = "dead", value_name = "NAME")]
+        sink: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 5m)"))
+}
+
+/// The whole command tree, for completions, the man page and tests.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Write the completion script for `shell`.
+pub fn completions(shell: Shell, out: &mut dyn Write) {
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut command(), "loopwatch", out);
+}
+
+/// Write the man page: the top-level page with a section per subcommand (nested ones too).
+pub fn man(out: &mut dyn Write) -> std::io::Result<()> {
+    let cmd = command();
+    let page = clap_mangen::Man::new(cmd.clone());
+    page.render_title(out)?;
+    page.render_name_section(out)?;
+    page.render_synopsis_section(out)?;
+    page.render_description_section(out)?;
+    page.render_options_section(out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        man_subcommand(out, &format!("loopwatch {}", sub.get_name()), sub)?;
+    }
+    page.render_extra_section(out)?;
+    page.render_version_section(out)
+}
+
+/// A `.SH` section for one subcommand: usage, description and options, then its own
+/// subcommands.
+fn man_subcommand(out: &mut dyn Write, path: &str, cmd: &clap::Command) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let sub = cmd.clone().bin_name(path.to_string());
+    let page = clap_mangen::Man::new(sub);
+    page.render_synopsis_section(&mut buf)?;
+    page.render_description_section(&mut buf)?;
+    page.render_options_section(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf)
+        .replace(".SH SYNOPSIS", &format!(".SH \"{}\"", path.to_uppercase()))
+        .replace(".SH DESCRIPTION", ".PP")
+        .replace(".SH OPTIONS", ".SS Options");
+    out.write_all(text.as_bytes())?;
+    for nested in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        man_subcommand(out, &format!("{path} {}", nested.get_name()), nested)?;
+    }
+    Ok(())
+}
+
+/// ANSI colours in the logs: only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (https://no-color.org).
+pub fn use_ansi(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_color_turns_ansi_off_even_on_a_terminal() {
+        assert!(use_ansi(true, None));
+        assert!(use_ansi(true, Some(OsStr::new(""))));
+        assert!(!use_ansi(true, Some(OsStr::new("1"))));
+        assert!(!use_ansi(false, None));
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        command().debug_assert();
+    }
+}

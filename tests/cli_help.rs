@@ -1,0 +1,142 @@
+//! The CLI documents itself: every command, flag and argument has a help line, and the
+//! completion scripts and the man page cover every command.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_loopwatch");
+
+/// Every command of the tree with its path (`loopwatch deliveries list`).
+fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+    out.push((path.to_string(), cmd.clone()));
+    for sub in cmd.get_subcommands() {
+        walk(sub, &format!("{path} {}", sub.get_name()), out);
+    }
+}
+
+fn commands() -> Vec<(String, clap::Command)> {
+    let mut cmd = loopwatch::args::command();
+    cmd.build();
+    let mut all = Vec::new();
+    walk(&cmd, "loopwatch", &mut all);
+    all
+}
+
+/// The leaf subcommand names users type, e.g. `run`, `check-config`, `list`.
+fn subcommand_names() -> Vec<String> {
+    commands()
+        .into_iter()
+        .skip(1)
+        .map(|(_, c)| c.get_name().to_string())
+        .filter(|n| n != "help")
+        .collect()
+}
+
+#[test]
+fn every_command_flag_and_argument_has_help() {
+    let mut missing = Vec::new();
+    for (path, cmd) in commands() {
+        let about = cmd.get_about().map(|s| s.to_string()).unwrap_or_default();
+        if about.trim().is_empty() {
+            missing.push(format!("command `{path}`"));
+        }
+        for arg in cmd.get_arguments() {
+            let help = arg.get_help().map(|s| s.to_string()).unwrap_or_default();
+            if help.trim().is_empty() {
+                missing.push(format!("`{path}` argument {}", arg.get_id()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "no help text: {missing:#?}");
+}
+
+#[test]
+fn every_command_that_prints_data_takes_output_json() {
+    // Commands that print data, not just progress: each takes -o json.
+    let data = [
+        "loopwatch check-config",
+        "loopwatch checkpoints",
+        "loopwatch state",
+        "loopwatch deliveries list",
+        "loopwatch deliveries redeliver",
+        "loopwatch test-sink",
+    ];
+    for (path, cmd) in commands() {
+        if !data.contains(&path.as_str()) {
+            continue;
+        }
+        let output = cmd.get_arguments().find(|a| a.get_id() == "output");
+        let values: Vec<String> = output
+            .map(|a| {
+                a.get_possible_values()
+                    .iter()
+                    .map(|v| v.get_name().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            output.and_then(|a| a.get_short()) == Some('o') && values.contains(&"json".into()),
+            "`{path}` has no -o json (values {values:?})"
+        );
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("LOOPWATCH_CONFIG")
+        .output()
+        .expect("run loopwatch");
+    assert!(
+        out.status.success(),
+        "loopwatch {args:?} exited {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+#[test]
+fn completions_cover_every_subcommand_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        assert!(
+            script.len() > 500,
+            "{shell}: a {}-byte script",
+            script.len()
+        );
+        for name in subcommand_names() {
+            assert!(script.contains(&name), "{shell} completion lacks `{name}`");
+        }
+        assert!(
+            script.contains("run-id"),
+            "{shell} completion lacks --run-id"
+        );
+    }
+}
+
+#[test]
+fn the_man_page_documents_every_subcommand_and_flag() {
+    let page = run(&["man"]);
+    assert!(page.contains(".TH loopwatch 1"), "no title: {page:.200}");
+    for (path, cmd) in commands().into_iter().skip(1) {
+        if path.split(' ').any(|w| w == "help") {
+            continue;
+        }
+        let heading = format!(".SH \"{}\"", path.to_uppercase());
+        assert!(page.contains(&heading), "man page lacks {heading}");
+        for arg in cmd.get_arguments().filter_map(|a| a.get_long()) {
+            // roff escapes the dashes: --dry-run is \-\-dry\-run.
+            let flag = format!("\\-\\-{}", arg.replace('-', "\\-"));
+            assert!(page.contains(&flag), "man page lacks {flag} of `{path}`");
+        }
+    }
+}
+
+#[test]
+fn completions_reject_an_unknown_shell_as_a_usage_error() {
+    let out = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run loopwatch");
+    assert_eq!(out.status.code(), Some(2));
+}
