@@ -95,7 +95,7 @@ impl Poller {
     }
 
     /// Log each `sync_status` value outside the documented ones the first time it is seen
-    /// (interface §1: passed through, logged once, counted as `other`).
+    /// (passed through, logged once, counted as `other`).
     fn log_unknown_statuses(&self, target: &str, listing: &[Checkpoint]) {
         for c in listing {
             let Some(status) = c.sync_status.as_deref() else {
