@@ -4,14 +4,18 @@
 //! deliveries commit in one transaction ([`Store::commit_poll`]), so a crash at any
 //! instant neither loses an event nor records one twice.
 
+pub mod coordination;
 pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode};
 
 use crate::diff::{Diff, Settled, TargetState, TrackedSet};
 use crate::model::{CheckpointTarget, Event, EventType, Tracked};
@@ -177,13 +181,6 @@ pub struct PollCommit<'a> {
     pub settled: Option<u128>,
 }
 
-/// A lease held by this replica: (owner, epoch) must still match at commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fence {
-    pub owner: String,
-    pub epoch: i64,
-}
-
 /// What a sink worker records after an attempt.
 #[derive(Clone, Debug)]
 pub enum AttemptOutcome {
@@ -304,20 +301,39 @@ pub enum Access {
 }
 
 /// Open the store named by `store.url`, creating and migrating it.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     open_with(url, Access::ReadWrite).await
 }
 
-pub async fn open_with(url: &str, access: Access) -> Result<std::sync::Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(
-            sqlite::SqliteStore::open_with(url, access).await?,
-        ))
+pub async fn open_with(url: &str, access: Access) -> Result<Arc<dyn Store>> {
+    if is_sqlite(url) {
+        Ok(Arc::new(sqlite::SqliteStore::open_with(url, access).await?))
     } else {
-        Ok(std::sync::Arc::new(
-            postgres::PgStore::open_with(url, access).await?,
-        ))
+        Ok(Arc::new(postgres::PgStore::open_with(url, access).await?))
     }
+}
+
+/// The store named by `cfg.url` and the coordination of the processes that share it: a
+/// SQLite file has one node ([`SingleNode`]), PostgreSQL has replicas that lease targets
+/// ([`postgres::PgLeases`]).
+pub async fn open_coordinated(
+    cfg: &crate::config::StoreConfig,
+    access: Access,
+    role: Role,
+) -> Result<(Arc<dyn Store>, Arc<dyn Coordinator>)> {
+    if is_sqlite(&cfg.url) {
+        let store = sqlite::SqliteStore::open_with(&cfg.url, access).await?;
+        let single = SingleNode::new(cfg.replica_id.clone());
+        Ok((Arc::new(store), Arc::new(single)))
+    } else {
+        let store = postgres::PgStore::open_with(&cfg.url, access).await?;
+        let leases = postgres::PgLeases::for_role(&store, &cfg.replica_id, cfg.lease_ttl, role);
+        Ok((Arc::new(store), Arc::new(leases)))
+    }
+}
+
+fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
 }
 
 /// A store opened read-only cannot migrate: its schema must already be this build's

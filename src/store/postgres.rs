@@ -1,5 +1,5 @@
 //! The shared store for several replicas: the same schema as SQLite on PostgreSQL, plus
-//! replica heartbeats and target leases with fencing epochs ([`Leases`]).
+//! replica heartbeats and target leases with fencing epochs ([`PgLeases`]).
 //!
 //! Lease times use the database clock, so replicas never compare their own clocks.
 
@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
+use super::coordination::{Coordinator, LeaseRound, Role, Taken};
 use super::{
     Access, AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow,
     DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
@@ -506,35 +507,42 @@ impl Store for PgStore {
     }
 }
 
-/// Replica membership and target leases on the shared database.
-pub struct Leases {
+/// Replica membership and target leases on the shared database: the PostgreSQL
+/// [`Coordinator`].
+pub struct PgLeases {
     pool: PgPool,
-    pub replica: String,
+    replica: String,
     ttl: Duration,
+    role: Role,
 }
 
-/// What one lease round changed.
-#[derive(Debug, Default, PartialEq)]
-pub struct LeaseRound {
-    /// Target -> epoch, for every lease this replica holds after the round.
-    pub owned: Vec<(String, i64)>,
-    /// Leases taken from a replica whose lease had expired (epoch > 1).
-    pub takeovers: u64,
-    pub live_replicas: i64,
-}
-
-impl Leases {
+impl PgLeases {
+    /// The leases of replica `replica` (a daemon: [`Role::Replica`]).
     pub fn new(store: &PgStore, replica: String, ttl: Duration) -> Self {
-        Leases {
+        PgLeases {
             pool: store.pool.clone(),
             replica,
             ttl,
+            role: Role::Replica,
+        }
+    }
+
+    /// The leases of a process in `role`; a one-shot run holds them under
+    /// `<replica_id>/once-<pid>`.
+    pub fn for_role(store: &PgStore, replica_id: &str, ttl: Duration, role: Role) -> Self {
+        let replica = match role {
+            Role::Replica => replica_id.to_string(),
+            Role::OneShot => format!("{replica_id}/once-{}", std::process::id()),
+        };
+        PgLeases {
+            role,
+            ..PgLeases::new(store, replica, ttl)
         }
     }
 
     /// Heartbeat, renew what is held, give up what is above a fair share, and take
-    /// free or expired targets up to it. Run every `ttl / 3`.
-    pub async fn round(&self, targets: &[String]) -> Result<LeaseRound> {
+    /// free or expired targets up to it.
+    async fn replica_round(&self, targets: &[String]) -> Result<LeaseRound> {
         let ttl = self.ttl.as_millis() as i64;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO replicas (id, heartbeat_at, started_at) VALUES ($1, {DB_NOW}, {DB_NOW})
@@ -607,6 +615,23 @@ impl Leases {
         })
     }
 
+    /// Extend every lease this owner still holds by `ttl` (a one-shot run's round).
+    async fn renew(&self) -> Result<LeaseRound> {
+        let mut owned: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE leases SET expires_at = {DB_NOW} + $2 WHERE owner = $1 AND expires_at > {DB_NOW}
+             RETURNING target, epoch"
+        )))
+        .bind(&self.replica)
+        .bind(self.ttl.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        owned.sort();
+        Ok(LeaseRound {
+            owned,
+            ..LeaseRound::default()
+        })
+    }
+
     /// Take `target`'s lease if it is free or expired: its new epoch, or None while
     /// someone else holds it.
     async fn try_take(&self, target: &str) -> Result<Option<i64>> {
@@ -623,15 +648,32 @@ impl Leases {
         .fetch_optional(&self.pool)
         .await?)
     }
+}
 
-    /// For a one-shot run (`once`) beside running replicas: take the lease of each of
-    /// `targets` that nobody holds, without joining as a replica (no heartbeat, so the
-    /// fair shares do not move). Returns, per target, `Ok(epoch)` when taken or
-    /// `Err(owner)` when a replica holds it.
-    pub async fn take_free(
-        &self,
-        targets: &[String],
-    ) -> Result<Vec<(String, std::result::Result<i64, String>)>> {
+#[async_trait]
+impl Coordinator for PgLeases {
+    fn owner(&self) -> &str {
+        &self.replica
+    }
+
+    fn lease_ttl(&self) -> Option<Duration> {
+        Some(self.ttl)
+    }
+
+    /// Nothing until a round takes it.
+    fn owned_from_start(&self, _targets: &[String]) -> Vec<(String, i64)> {
+        Vec::new()
+    }
+
+    async fn round(&self, targets: &[String]) -> Result<LeaseRound> {
+        match self.role {
+            Role::Replica => self.replica_round(targets).await,
+            Role::OneShot => self.renew().await,
+        }
+    }
+
+    /// Without joining as a replica: no heartbeat, so the fair shares do not move.
+    async fn take_free(&self, targets: &[String]) -> Result<Taken> {
         let mut out = Vec::with_capacity(targets.len());
         for t in targets {
             let got = match self.try_take(t).await? {
@@ -649,21 +691,7 @@ impl Leases {
         Ok(out)
     }
 
-    /// Extend every lease this owner still holds by `ttl` (a one-shot run's heartbeat);
-    /// returns how many.
-    pub async fn renew(&self) -> Result<u64> {
-        Ok(sqlx::query(AssertSqlSafe(format!(
-            "UPDATE leases SET expires_at = {DB_NOW} + $2 WHERE owner = $1 AND expires_at > {DB_NOW}"
-        )))
-        .bind(&self.replica)
-        .bind(self.ttl.as_millis() as i64)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    /// Give up every lease (on shutdown), so another replica takes over at once.
-    pub async fn release_all(&self) -> Result<()> {
+    async fn release_all(&self) -> Result<()> {
         sqlx::query("UPDATE leases SET expires_at = 0 WHERE owner = $1")
             .bind(&self.replica)
             .execute(&self.pool)
