@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::coordination::{Coordinator, LeaseRound, Role, Taken};
+use super::rows::{
+    self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord, event_from_row, ms_to_time,
+};
 use super::{
-    Access, AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow,
-    DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
-    StoredEvent, TargetDump, event_from_row, ms_to_time,
+    Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
 use crate::diff::TargetState;
-use crate::model::{CheckpointTarget, Raw, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -85,62 +86,45 @@ impl PgStore {
     }
 }
 
-/// A checkpoints row; `raw` as text only with `keep_raw` (else its digest).
-fn tracked_from_row(r: &PgRow, keep_raw: bool) -> Result<Tracked> {
-    let target: &str = r.try_get("checkpoint_target")?;
-    let raw: &str = r.try_get("raw")?;
-    Ok(Tracked {
-        id: r.try_get::<&str, _>("id")?.into(),
-        name: r.try_get::<&str, _>("name")?.into(),
-        run_id: r.try_get::<&str, _>("run_id")?.into(),
-        target: CheckpointTarget::parse(target)
-            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
-        sync_status: r.try_get::<Option<&str>, _>("sync_status")?.map(Into::into),
-        created_at: r.try_get::<&str, _>("created_at")?.into(),
-        first_seen_at: ms_to_time(r.try_get("first_seen_at")?),
-        completed: r.try_get("completed")?,
-        stalled: r.try_get("stalled")?,
-        missing: r.try_get::<i64, _>("missing")? as u32,
-        deleted: r.try_get("deleted")?,
-        deleted_reported: r.try_get("deleted_reported")?,
-        seq: r.try_get::<i64, _>("seq")? as u32,
-        raw: if keep_raw {
-            Raw::Text(raw.to_string())
-        } else {
-            Raw::Digest(Raw::digest_of(raw))
-        },
-    })
+/// [`sql::CHECKPOINT_FIELDS`] and the object's text (PostgreSQL keeps no digest of it).
+fn tracked_columns() -> String {
+    format!(
+        "{}, NULL::BIGINT AS raw_digest, raw",
+        sql::CHECKPOINT_FIELDS
+    )
 }
 
 #[async_trait]
 impl Store for PgStore {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
-        let target_row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT filter, listing_digest FROM targets WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        let rows = sqlx::query("SELECT * FROM checkpoints WHERE target = $1")
+        let target_row: Option<(String, Option<String>)> = sqlx::query_as(sql::TARGET_ROW)
             .bind(name)
-            .fetch_all(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
+        let rows: Vec<TrackedRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {} FROM checkpoints WHERE target = $1",
+            tracked_columns()
+        )))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
         let checkpoints = rows
-            .iter()
-            .map(|r| tracked_from_row(r, false))
+            .into_iter()
+            .map(|r| r.into_tracked(false))
             .collect::<Result<_>>()?;
-        Ok(super::target_state(target_row, checkpoints))
+        Ok(rows::target_state(target_row, checkpoints))
     }
 
     async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT raw FROM checkpoints WHERE target = $1 AND id = $2")
-                .bind(target)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(sql::CHECKPOINT_RAW)
+            .bind(target)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
+    /// One statement per row: a multi-row `ON CONFLICT DO UPDATE` may not touch a row twice,
+    /// and `RETURNING` hands back each event's `seq` as it is inserted.
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
         let now = c.now.timestamp_millis();
         let mut tx = self.pool.begin().await?;
@@ -163,44 +147,30 @@ impl Store for PgStore {
             }
         }
         if c.diff.baseline {
-            // A target baselined again (its filter changed) starts from nothing.
-            sqlx::query("DELETE FROM checkpoints WHERE target = $1")
+            sqlx::query(sql::FORGET_CHECKPOINTS)
                 .bind(c.target)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO targets (name, filter, baselined_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
-            )
+            sqlx::query(sql::BASELINE_TARGET)
                 .bind(c.target)
                 .bind(c.filter)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
         }
+        let upsert = format!(
+            "{}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15){}",
+            sql::CHECKPOINT_INSERT,
+            sql::CHECKPOINT_ON_CONFLICT
+        );
         for t in &c.diff.updates {
             // A row without its text (a checkpoint absent from the listing) keeps the
             // stored one.
-            let sql = match t.raw.text() {
-                Some(_) => {
-                    "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
-                        first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                     ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
-                        checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
-                        created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                        completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                        deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
-                        seq = excluded.seq, raw = excluded.raw"
-                }
-                None => {
-                    "UPDATE checkpoints SET name = $3, run_id = $4, checkpoint_target = $5,
-                        sync_status = $6, created_at = $7, first_seen_at = $8, completed = $9,
-                        stalled = $10, missing = $11, deleted = $12, deleted_reported = $13, seq = $14
-                     WHERE target = $1 AND id = $2"
-                }
+            let text = match t.raw.text() {
+                Some(_) => AssertSqlSafe(upsert.as_str()),
+                None => AssertSqlSafe(sql::UPDATE_CHECKPOINT),
             };
-            let q = sqlx::query(sql)
+            let q = sqlx::query(text)
                 .bind(c.target)
                 .bind(t.id.as_str())
                 .bind(t.name.as_str())
@@ -222,40 +192,42 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE targets SET listing_digest = $1 WHERE name = $2")
-            .bind(super::digest_text(c.settled))
+        sqlx::query(sql::SET_LISTING_DIGEST)
+            .bind(rows::digest_text(c.settled))
             .bind(c.target)
             .execute(&mut *tx)
             .await?;
+        let insert_event = format!(
+            "{} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
+            sql::EVENT_INSERT
+        );
+        let insert_delivery = format!(
+            "{} VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
+            sql::DELIVERY_INSERT
+        );
         let mut stored = Vec::with_capacity(c.diff.events.len());
         for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
             let body = e.standard_body();
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
-            )
-            .bind(&e.id)
-            .bind(e.kind.as_str())
-            .bind(&e.target)
-            .bind(&e.checkpoint_id)
-            .bind(&e.checkpoint_name)
-            .bind(&e.run_id)
-            .bind(e.checkpoint_target.as_str())
-            .bind(e.detected_at.timestamp_millis())
-            .bind(&body)
-            .fetch_one(&mut *tx)
-            .await?;
-            for sink in sinks {
-                sqlx::query(
-                    "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
-                     VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
-                )
-                .bind(seq)
-                .bind(*sink)
+            let seq: i64 = sqlx::query_scalar(AssertSqlSafe(insert_event.as_str()))
+                .bind(&e.id)
+                .bind(e.kind.as_str())
+                .bind(&e.target)
+                .bind(&e.checkpoint_id)
+                .bind(&e.checkpoint_name)
                 .bind(&e.run_id)
-                .bind(now)
-                .execute(&mut *tx)
+                .bind(e.checkpoint_target.as_str())
+                .bind(e.detected_at.timestamp_millis())
+                .bind(&body)
+                .fetch_one(&mut *tx)
                 .await?;
+            for sink in sinks {
+                sqlx::query(AssertSqlSafe(insert_delivery.as_str()))
+                    .bind(seq)
+                    .bind(*sink)
+                    .bind(&e.run_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             stored.push(StoredEvent::with_body(seq, e, body));
         }
@@ -288,7 +260,8 @@ impl Store for PgStore {
                 FOR UPDATE SKIP LOCKED)
              UPDATE deliveries d SET claimed_until = $1 FROM due, events e
              WHERE d.id = due.id AND e.seq = d.event_seq
-             RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {EVENT_COLUMNS}"
+             RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",
+            sql::EVENT_COLUMNS
         )))
         .bind(until)
         .bind(sink)
@@ -332,30 +305,28 @@ impl Store for PgStore {
         for (id, outcome) in outcomes {
             let id = *id;
             let q = match outcome {
-            AttemptOutcome::Delivered => sqlx::query(
-                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(id),
-            AttemptOutcome::Retry { next, status, error } => sqlx::query(
-                "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = $3,
-                    last_status = $4, last_error = $5, updated_at = $1 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(next.timestamp_millis())
-            .bind(status.map(i32::from))
-            .bind(error.clone()),
-            AttemptOutcome::Dead { status, error } => sqlx::query(
-                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = $3, last_error = $4, updated_at = $1 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(status.map(i32::from))
-            .bind(error.clone()),
-        };
+                AttemptOutcome::Delivered => sqlx::query(
+                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
+                        last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
+                )
+                .bind(now)
+                .bind(id),
+                AttemptOutcome::Retry {
+                    next,
+                    status,
+                    error,
+                } => sqlx::query(sql::RECORD_RETRY)
+                    .bind(now)
+                    .bind(id)
+                    .bind(next.timestamp_millis())
+                    .bind(status.map(i32::from))
+                    .bind(error.clone()),
+                AttemptOutcome::Dead { status, error } => sqlx::query(sql::RECORD_DEAD)
+                    .bind(now)
+                    .bind(id)
+                    .bind(status.map(i32::from))
+                    .bind(error.clone()),
+            };
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -382,52 +353,37 @@ impl Store for PgStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_LIST_COLUMNS}
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE ($1::text IS NULL OR d.status = $1)
-             ORDER BY d.id DESC LIMIT $2"
-        )))
-        .bind(status.map(DeliveryStatus::as_str))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(sql::list_deliveries()))
+            .bind(status.map(DeliveryStatus::as_str))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().rev().map(DeliveryRow::try_from).collect()
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
         let now = now.timestamp_millis();
-        const SET: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, updated_at = $1";
-        // Not one a worker is attempting: it would go out twice, and its outcome would
-        // overwrite the re-queue.
-        const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until <= $1)";
         let mut n = 0;
         match which {
             Redeliver::Dead { sink } => {
-                n += sqlx::query(AssertSqlSafe(format!(
-                    "{SET} WHERE status = 'dead' AND ($2::text IS NULL OR sink = $2)"
-                )))
-                .bind(now)
-                .bind(sink.as_deref())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+                n += sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
+                    .bind(now)
+                    .bind(sink.as_deref())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
             }
             Redeliver::Ids(ids) => {
                 let mut tx = self.pool.begin().await?;
                 for id in ids {
                     let q = if let Ok(num) = id.parse::<i64>() {
-                        sqlx::query(AssertSqlSafe(format!(
-                            "{SET} WHERE id = $2 AND {NOT_IN_FLIGHT}"
-                        )))
-                        .bind(now)
-                        .bind(num)
+                        sqlx::query(AssertSqlSafe(sql::redeliver_delivery()))
+                            .bind(now)
+                            .bind(num)
                     } else {
-                        sqlx::query(AssertSqlSafe(format!(
-                            "{SET} WHERE event_seq = (SELECT seq FROM events WHERE id = $2) AND {NOT_IN_FLIGHT}"
-                        )))
-                        .bind(now)
-                        .bind(id.clone())
+                        sqlx::query(AssertSqlSafe(sql::redeliver_event()))
+                            .bind(now)
+                            .bind(id.clone())
                     };
                     n += q.execute(&mut *tx).await?.rows_affected();
                 }
@@ -438,70 +394,50 @@ impl Store for PgStore {
     }
 
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
-             WHERE status IN ('pending', 'dead') GROUP BY sink, status",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(super::fold_backlog(rows))
+        let rows = sqlx::query_as(sql::BACKLOG).fetch_all(&self.pool).await?;
+        Ok(rows::fold_backlog(rows))
     }
 
     async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
-        let targets: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT name, filter, baselined_at FROM targets WHERE ($1::text IS NULL OR name = $1) ORDER BY name",
-        )
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::new();
-        for (name, filter, at) in targets {
-            let rows =
-                sqlx::query("SELECT * FROM checkpoints WHERE target = $1 ORDER BY created_at, id")
-                    .bind(&name)
-                    .fetch_all(&self.pool)
-                    .await?;
-            let checkpoints = rows
-                .iter()
-                .map(|r| tracked_from_row(r, true))
-                .collect::<Result<Vec<_>>>()?;
-            out.push(TargetDump {
-                name,
-                filter,
-                baselined_at: ms_to_time(at),
-                checkpoints,
-            });
+        let targets: Vec<TargetRecord> = sqlx::query_as(sql::DUMP_TARGETS)
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let checkpoints = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT {} FROM checkpoints WHERE target = $1 ORDER BY created_at, id",
+                tracked_columns()
+            )))
+            .bind(&t.name)
+            .fetch_all(&self.pool)
+            .await?;
+            out.push(t.dump(checkpoints)?);
         }
         Ok(out)
     }
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE ($1::text IS NULL OR e.target = $1) ORDER BY e.seq"
-        )))
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        let rows: Vec<EventRecord> = sqlx::query_as(AssertSqlSafe(sql::events()))
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
         let cutoff = cutoff.timestamp_millis();
         let mut tx = self.pool.begin().await?;
-        let deliveries =
-            sqlx::query("DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < $1")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        let events = sqlx::query(
-            "DELETE FROM events WHERE detected_at < $1
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
-        )
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let deliveries = sqlx::query(sql::PRUNE_DELIVERIES)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let events = sqlx::query(sql::PRUNE_EVENTS)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok((deliveries, events))
     }

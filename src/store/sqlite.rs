@@ -11,17 +11,19 @@ use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
+use super::rows::{
+    self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord, event_from_row, ms_to_time,
+};
 use super::{
-    Access, AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow,
-    DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
-    StoredEvent, TargetDump, event_from_row, ms_to_time,
+    Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
 use crate::diff::TargetState;
-use crate::model::{CheckpointTarget, Event, Raw, Tracked};
+use crate::model::{Event, Raw, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -159,48 +161,17 @@ impl SqliteStore {
     }
 }
 
-/// The columns [`tracked_from_row`] reads, in its order (it reads by index: sqlx looks a
-/// column name up by scanning). The object's text comes only where its digest is missing.
-const TRACKED_COLUMNS: &str = "id, name, run_id, checkpoint_target, sync_status, created_at,
-    first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw_digest,
-    CASE WHEN raw_digest IS NULL THEN raw END";
-
-/// [`TRACKED_COLUMNS`] with the object's text (for `state`).
-const TRACKED_COLUMNS_WITH_RAW: &str = "id, name, run_id, checkpoint_target, sync_status,
-    created_at, first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq,
-    raw_digest, raw";
-
-/// A checkpoints row whose [`TRACKED_COLUMNS`] start at column `at`; `raw` as text only
-/// with `keep_raw` (else its digest).
-fn tracked_from_row(r: &SqliteRow, at: usize, keep_raw: bool) -> Result<Tracked> {
-    let target: &str = r.try_get(at + 3)?;
-    let digest: Option<i64> = r.try_get(at + 13)?;
-    let raw: Option<&str> = r.try_get(at + 14)?;
-    Ok(Tracked {
-        id: r.try_get::<&str, _>(at)?.into(),
-        name: r.try_get::<&str, _>(at + 1)?.into(),
-        run_id: r.try_get::<&str, _>(at + 2)?.into(),
-        target: CheckpointTarget::parse(target)
-            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
-        sync_status: r.try_get::<Option<&str>, _>(at + 4)?.map(Into::into),
-        created_at: r.try_get::<&str, _>(at + 5)?.into(),
-        first_seen_at: ms_to_time(r.try_get(at + 6)?),
-        completed: r.try_get(at + 7)?,
-        stalled: r.try_get(at + 8)?,
-        missing: r.try_get::<i64, _>(at + 9)? as u32,
-        deleted: r.try_get(at + 10)?,
-        deleted_reported: r.try_get(at + 11)?,
-        seq: r.try_get::<i64, _>(at + 12)? as u32,
-        raw: match (keep_raw, digest, raw) {
-            (true, _, Some(raw)) => Raw::Text(raw.to_string()),
-            (false, Some(d), _) => Raw::Digest(d as u64),
-            (_, _, raw) => Raw::Digest(Raw::digest_of(raw.unwrap_or_default())),
-        },
-    })
+/// [`sql::CHECKPOINT_FIELDS`] with the stored digest; the object's text only where the
+/// digest is missing (a row from before the column).
+fn tracked_columns() -> String {
+    format!(
+        "{}, raw_digest, CASE WHEN raw_digest IS NULL THEN raw END AS raw",
+        sql::CHECKPOINT_FIELDS
+    )
 }
 
-/// One checkpoints row as `load_targets` reads it: [`TRACKED_COLUMNS`] up to `raw_digest`,
-/// as a JSON array.
+/// One checkpoints row as `load_targets` reads it: [`sql::CHECKPOINT_FIELDS`] and
+/// `raw_digest`, as a JSON array (SQLite's fast path for a whole state: see there).
 #[derive(serde::Deserialize)]
 struct JsonRow<'a>(
     #[serde(borrow)] Cow<'a, str>,
@@ -242,8 +213,7 @@ impl JsonRow<'_> {
             id: id.as_ref().into(),
             name: name.as_ref().into(),
             run_id: run_id.as_ref().into(),
-            target: CheckpointTarget::parse(&target)
-                .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
+            target: rows::checkpoint_target(&target)?,
             sync_status: sync_status.as_deref().map(Into::into),
             created_at: created_at.as_ref().into(),
             first_seen_at: ms_to_time(first_seen_at),
@@ -274,29 +244,22 @@ async fn commit_poll_on(
     let now = c.now.timestamp_millis();
     let mut tx = conn.begin().await?;
     if c.diff.baseline {
-        // A target baselined again (its filter changed) starts from nothing.
-        sqlx::query("DELETE FROM checkpoints WHERE target = ?")
+        sqlx::query(sql::FORGET_CHECKPOINTS)
             .bind(c.target)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?)
-             ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
-        )
-        .bind(c.target)
-        .bind(c.filter)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::BASELINE_TARGET)
+            .bind(c.target)
+            .bind(c.filter)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
     }
     let (texts, bare): (Vec<&Tracked>, Vec<&Tracked>) =
         c.diff.updates.iter().partition(|t| t.raw.text().is_some());
     for chunk in texts.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status,
-                created_at, first_seen_at, completed, stalled, missing, deleted, deleted_reported,
-                seq, raw, raw_digest) ",
-        );
+        let mut q = QueryBuilder::<Sqlite>::new(sql::CHECKPOINT_INSERT);
+        q.push(", raw_digest) ");
         q.push_values(chunk, |mut b, t| {
             let raw = t.raw.text().unwrap_or_default();
             b.push_bind(c.target)
@@ -316,43 +279,32 @@ async fn commit_poll_on(
                 .push_bind(raw)
                 .push_bind(Raw::digest_of(raw) as i64);
         });
-        q.push(
-            " ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
-                checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
-                created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
-                seq = excluded.seq, raw = excluded.raw, raw_digest = excluded.raw_digest",
-        );
+        q.push(sql::CHECKPOINT_ON_CONFLICT);
+        q.push(", raw_digest = excluded.raw_digest");
         q.build().execute(&mut *tx).await?;
     }
     // A row without its text (a checkpoint absent from the listing) keeps the stored one.
     for t in bare {
-        sqlx::query(
-            "UPDATE checkpoints SET name = ?3, run_id = ?4, checkpoint_target = ?5,
-                sync_status = ?6, created_at = ?7, first_seen_at = ?8, completed = ?9,
-                stalled = ?10, missing = ?11, deleted = ?12, deleted_reported = ?13, seq = ?14
-             WHERE target = ?1 AND id = ?2",
-        )
-        .bind(c.target)
-        .bind(t.id.as_str())
-        .bind(t.name.as_str())
-        .bind(t.run_id.as_str())
-        .bind(t.target.as_str())
-        .bind(t.sync_status.as_deref())
-        .bind(t.created_at.as_str())
-        .bind(t.first_seen_at.timestamp_millis())
-        .bind(t.completed)
-        .bind(t.stalled)
-        .bind(i64::from(t.missing))
-        .bind(t.deleted)
-        .bind(t.deleted_reported)
-        .bind(i64::from(t.seq))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::UPDATE_CHECKPOINT)
+            .bind(c.target)
+            .bind(t.id.as_str())
+            .bind(t.name.as_str())
+            .bind(t.run_id.as_str())
+            .bind(t.target.as_str())
+            .bind(t.sync_status.as_deref())
+            .bind(t.created_at.as_str())
+            .bind(t.first_seen_at.timestamp_millis())
+            .bind(t.completed)
+            .bind(t.stalled)
+            .bind(i64::from(t.missing))
+            .bind(t.deleted)
+            .bind(t.deleted_reported)
+            .bind(i64::from(t.seq))
+            .execute(&mut *tx)
+            .await?;
     }
-    sqlx::query("UPDATE targets SET listing_digest = ? WHERE name = ?")
-        .bind(super::digest_text(c.settled))
+    sqlx::query(sql::SET_LISTING_DIGEST)
+        .bind(rows::digest_text(c.settled))
         .bind(c.target)
         .execute(&mut *tx)
         .await?;
@@ -363,10 +315,7 @@ async fn commit_poll_on(
     let mut seqs: Vec<i64> = Vec::with_capacity(events.len());
     let rows: Vec<(&Event, &String)> = events.iter().zip(&bodies).collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id,
-                checkpoint_target, detected_at, body) ",
-        );
+        let mut q = QueryBuilder::<Sqlite>::new(sql::EVENT_INSERT);
         q.push_values(chunk, |mut b, (e, body)| {
             b.push_bind(e.id.as_str())
                 .push_bind(e.kind.as_str())
@@ -394,10 +343,7 @@ async fn commit_poll_on(
         deliveries.extend(sinks.iter().map(|sink| (*seq, *sink, e.run_id.as_str())));
     }
     for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
-                created_at, updated_at) ",
-        );
+        let mut q = QueryBuilder::<Sqlite>::new(sql::DELIVERY_INSERT);
         q.push_values(chunk, |mut b, (seq, sink, run_id)| {
             b.push_bind(*seq)
                 .push_bind(*sink)
@@ -418,30 +364,19 @@ async fn commit_poll_on(
         .collect())
 }
 
-/// A delivery no worker is attempting right now (`?1` = now): re-queueing one in flight
-/// would send it twice, and its outcome would then overwrite the re-queue.
-const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until <= ?1)";
-
-/// Makes a delivery pending again, due now (`?1` = now), with the retry schedule afresh.
-const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1, claimed_until = NULL, updated_at = ?1";
-
 /// Makes the deliveries named by delivery or event id pending again, in one transaction.
 async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) -> Result<u64> {
     let mut tx = conn.begin().await?;
     let mut n = 0;
     for id in ids {
         let q = if let Ok(num) = id.parse::<i64>() {
-            sqlx::query(AssertSqlSafe(format!(
-                "{REDELIVER} WHERE id = ?2 AND {NOT_IN_FLIGHT}"
-            )))
-            .bind(now)
-            .bind(num)
+            sqlx::query(AssertSqlSafe(sql::redeliver_delivery()))
+                .bind(now)
+                .bind(num)
         } else {
-            sqlx::query(AssertSqlSafe(format!(
-                "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = ?2) AND {NOT_IN_FLIGHT}"
-            )))
-            .bind(now)
-            .bind(id.clone())
+            sqlx::query(AssertSqlSafe(sql::redeliver_event()))
+                .bind(now)
+                .bind(id.clone())
         };
         n += q.execute(&mut *tx).await?.rows_affected();
     }
@@ -452,20 +387,16 @@ async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) ->
 /// Deletes delivered deliveries and their events older than `cutoff`, in one transaction.
 async fn prune_on(conn: &mut SqliteConnection, cutoff: i64) -> Result<(u64, u64)> {
     let mut tx = conn.begin().await?;
-    let deliveries =
-        sqlx::query("DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < ?1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    let events = sqlx::query(
-        "DELETE FROM events WHERE detected_at < ?1
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
-    )
-    .bind(cutoff)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let deliveries = sqlx::query(sql::PRUNE_DELIVERIES)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let events = sqlx::query(sql::PRUNE_EVENTS)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     tx.commit().await?;
     Ok((deliveries, events))
 }
@@ -499,23 +430,21 @@ async fn record_attempts_on(
         let id = *id;
         let q = match outcome {
             AttemptOutcome::Delivered => continue,
-            AttemptOutcome::Retry { next, status, error } => sqlx::query(
-                "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = ?3,
-                    last_status = ?4, last_error = ?5, updated_at = ?1 WHERE id = ?2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(next.timestamp_millis())
-            .bind(status.map(i64::from))
-            .bind(error.clone()),
-            AttemptOutcome::Dead { status, error } => sqlx::query(
-                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = ?3, last_error = ?4, updated_at = ?1 WHERE id = ?2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(status.map(i64::from))
-            .bind(error.clone()),
+            AttemptOutcome::Retry {
+                next,
+                status,
+                error,
+            } => sqlx::query(sql::RECORD_RETRY)
+                .bind(now)
+                .bind(id)
+                .bind(next.timestamp_millis())
+                .bind(status.map(i64::from))
+                .bind(error.clone()),
+            AttemptOutcome::Dead { status, error } => sqlx::query(sql::RECORD_DEAD)
+                .bind(now)
+                .bind(id)
+                .bind(status.map(i64::from))
+                .bind(error.clone()),
         };
         q.execute(&mut *tx).await?;
     }
@@ -538,22 +467,22 @@ fn discard_after_error<T>(conn: &mut PoolConnection<Sqlite>, r: &Result<T>) {
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
-        let target_row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT filter, listing_digest FROM targets WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TRACKED_COLUMNS} FROM checkpoints WHERE target = ?"
+        let target_row: Option<(String, Option<String>)> = sqlx::query_as(sql::TARGET_ROW)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let rows: Vec<TrackedRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {} FROM checkpoints WHERE target = $1",
+            tracked_columns()
         )))
         .bind(name)
         .fetch_all(&self.pool)
         .await?;
         let checkpoints = rows
-            .iter()
-            .map(|r| tracked_from_row(r, 0, false))
+            .into_iter()
+            .map(|r| r.into_tracked(false))
             .collect::<Result<_>>()?;
-        Ok(super::target_state(target_row, checkpoints))
+        Ok(rows::target_state(target_row, checkpoints))
     }
 
     /// One read of the whole state, not one query per target.
@@ -634,7 +563,7 @@ impl Store for SqliteStore {
             .iter()
             .zip(rows)
             .map(|(name, rows)| {
-                super::target_state(target_rows.remove(*name), rows.into_iter().collect())
+                rows::target_state(target_rows.remove(*name), rows.into_iter().collect())
             })
             .collect();
         for (i, n) in names.iter().enumerate() {
@@ -646,13 +575,11 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT raw FROM checkpoints WHERE target = ? AND id = ?")
-                .bind(target)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(sql::CHECKPOINT_RAW)
+            .bind(target)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
@@ -701,8 +628,9 @@ impl Store for SqliteStore {
         }
         let list: Vec<i64> = ids.iter().map(|(id, _, _)| *id).collect();
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT d.id AS delivery_id, {EVENT_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY e.seq"
+            "SELECT d.id AS delivery_id, {} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY e.seq",
+            sql::EVENT_COLUMNS
         )))
         .bind(serde_json::to_string(&list).expect("integers serialize"))
         .fetch_all(&self.pool)
@@ -774,16 +702,11 @@ impl Store for SqliteStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_LIST_COLUMNS}
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE (?1 IS NULL OR d.status = ?1)
-             ORDER BY d.id DESC LIMIT ?2"
-        )))
-        .bind(status.map(DeliveryStatus::as_str))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(sql::list_deliveries()))
+            .bind(status.map(DeliveryStatus::as_str))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().rev().map(DeliveryRow::try_from).collect()
     }
 
@@ -793,14 +716,12 @@ impl Store for SqliteStore {
         let mut n = 0;
         match which {
             Redeliver::Dead { sink } => {
-                n += sqlx::query(AssertSqlSafe(format!(
-                    "{REDELIVER} WHERE status = 'dead' AND (?2 IS NULL OR sink = ?2)"
-                )))
-                .bind(now)
-                .bind(sink.as_deref())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+                n += sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
+                    .bind(now)
+                    .bind(sink.as_deref())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
             }
             Redeliver::Ids(ids) => {
                 let mut conn = self.pool.acquire().await?;
@@ -813,51 +734,35 @@ impl Store for SqliteStore {
     }
 
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
-             WHERE status IN ('pending', 'dead') GROUP BY sink, status",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(super::fold_backlog(rows))
+        let rows = sqlx::query_as(sql::BACKLOG).fetch_all(&self.pool).await?;
+        Ok(rows::fold_backlog(rows))
     }
 
     async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
-        let targets: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT name, filter, baselined_at FROM targets WHERE (?1 IS NULL OR name = ?1) ORDER BY name")
-                .bind(target)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut out = Vec::new();
-        for (name, filter, at) in targets {
-            let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {TRACKED_COLUMNS_WITH_RAW} FROM checkpoints WHERE target = ? ORDER BY created_at, id"
-            )))
-            .bind(&name)
+        let targets: Vec<TargetRecord> = sqlx::query_as(sql::DUMP_TARGETS)
+            .bind(target)
             .fetch_all(&self.pool)
             .await?;
-            let checkpoints = rows
-                .iter()
-                .map(|r| tracked_from_row(r, 0, true))
-                .collect::<Result<Vec<_>>>()?;
-            out.push(TargetDump {
-                name,
-                filter,
-                baselined_at: ms_to_time(at),
-                checkpoints,
-            });
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let checkpoints = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT {}, raw_digest, raw FROM checkpoints WHERE target = $1 ORDER BY created_at, id",
+                sql::CHECKPOINT_FIELDS
+            )))
+            .bind(&t.name)
+            .fetch_all(&self.pool)
+            .await?;
+            out.push(t.dump(checkpoints)?);
         }
         Ok(out)
     }
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE (?1 IS NULL OR e.target = ?1) ORDER BY e.seq"
-        )))
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        let rows: Vec<EventRecord> = sqlx::query_as(AssertSqlSafe(sql::events()))
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
