@@ -7,6 +7,7 @@
 pub mod coordination;
 pub mod postgres;
 mod rows;
+mod shared;
 mod sql;
 pub mod sqlite;
 

@@ -8,12 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Postgres, Row};
 
 use super::coordination::{Coordinator, LeaseRound, Role, Taken};
-use super::rows::{
-    self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord, event_from_row, ms_to_time,
-};
+use super::rows::{self, event_from_row, ms_to_time};
+use super::shared::Queries;
 use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
@@ -86,41 +85,14 @@ impl PgStore {
     }
 }
 
-/// [`sql::CHECKPOINT_FIELDS`] and the object's text (PostgreSQL keeps no digest of it).
-fn tracked_columns() -> String {
-    format!(
-        "{}, NULL::BIGINT AS raw_digest, raw",
-        sql::CHECKPOINT_FIELDS
-    )
-}
-
 #[async_trait]
 impl Store for PgStore {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
-        let target_row: Option<(String, Option<String>)> = sqlx::query_as(sql::TARGET_ROW)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        let rows: Vec<TrackedRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {} FROM checkpoints WHERE target = $1",
-            tracked_columns()
-        )))
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
-        let checkpoints = rows
-            .into_iter()
-            .map(|r| r.into_tracked(false))
-            .collect::<Result<_>>()?;
-        Ok(rows::target_state(target_row, checkpoints))
+        Queries::load_target(&self.pool, name).await
     }
 
     async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(sql::CHECKPOINT_RAW)
-            .bind(target)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Queries::checkpoint_raw(&self.pool, target, id).await
     }
 
     /// One statement per row: a multi-row `ON CONFLICT DO UPDATE` may not touch a row twice,
@@ -353,12 +325,7 @@ impl Store for PgStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(sql::list_deliveries()))
-            .bind(status.map(DeliveryStatus::as_str))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().rev().map(DeliveryRow::try_from).collect()
+        Queries::list_deliveries(&self.pool, status, limit).await
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
@@ -394,52 +361,20 @@ impl Store for PgStore {
     }
 
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
-        let rows = sqlx::query_as(sql::BACKLOG).fetch_all(&self.pool).await?;
-        Ok(rows::fold_backlog(rows))
+        Queries::backlog(&self.pool).await
     }
 
     async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
-        let targets: Vec<TargetRecord> = sqlx::query_as(sql::DUMP_TARGETS)
-            .bind(target)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(targets.len());
-        for t in targets {
-            let checkpoints = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT {} FROM checkpoints WHERE target = $1 ORDER BY created_at, id",
-                tracked_columns()
-            )))
-            .bind(&t.name)
-            .fetch_all(&self.pool)
-            .await?;
-            out.push(t.dump(checkpoints)?);
-        }
-        Ok(out)
+        Queries::dump(&self.pool, target).await
     }
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<EventRecord> = sqlx::query_as(AssertSqlSafe(sql::events()))
-            .bind(target)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(StoredEvent::from).collect())
+        Queries::events(&self.pool, target).await
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
-        let cutoff = cutoff.timestamp_millis();
-        let mut tx = self.pool.begin().await?;
-        let deliveries = sqlx::query(sql::PRUNE_DELIVERIES)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let events = sqlx::query(sql::PRUNE_EVENTS)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok((deliveries, events))
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::prune(&mut conn, cutoff.timestamp_millis()).await
     }
 }
 

@@ -15,9 +15,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
-use super::rows::{
-    self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord, event_from_row, ms_to_time,
-};
+use super::rows::{self, event_from_row, ms_to_time};
+use super::shared::Queries;
 use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
@@ -159,15 +158,6 @@ impl SqliteStore {
             _lock: lock,
         })
     }
-}
-
-/// [`sql::CHECKPOINT_FIELDS`] with the stored digest; the object's text only where the
-/// digest is missing (a row from before the column).
-fn tracked_columns() -> String {
-    format!(
-        "{}, raw_digest, CASE WHEN raw_digest IS NULL THEN raw END AS raw",
-        sql::CHECKPOINT_FIELDS
-    )
 }
 
 /// One checkpoints row as `load_targets` reads it: [`sql::CHECKPOINT_FIELDS`] and
@@ -384,23 +374,6 @@ async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) ->
     Ok(n)
 }
 
-/// Deletes delivered deliveries and their events older than `cutoff`, in one transaction.
-async fn prune_on(conn: &mut SqliteConnection, cutoff: i64) -> Result<(u64, u64)> {
-    let mut tx = conn.begin().await?;
-    let deliveries = sqlx::query(sql::PRUNE_DELIVERIES)
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let events = sqlx::query(sql::PRUNE_EVENTS)
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    tx.commit().await?;
-    Ok((deliveries, events))
-}
-
 /// Every outcome in one transaction: one sync of the log for a batch, not one per delivery.
 async fn record_attempts_on(
     conn: &mut SqliteConnection,
@@ -467,22 +440,7 @@ fn discard_after_error<T>(conn: &mut PoolConnection<Sqlite>, r: &Result<T>) {
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
-        let target_row: Option<(String, Option<String>)> = sqlx::query_as(sql::TARGET_ROW)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        let rows: Vec<TrackedRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {} FROM checkpoints WHERE target = $1",
-            tracked_columns()
-        )))
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
-        let checkpoints = rows
-            .into_iter()
-            .map(|r| r.into_tracked(false))
-            .collect::<Result<_>>()?;
-        Ok(rows::target_state(target_row, checkpoints))
+        Queries::load_target(&self.pool, name).await
     }
 
     /// One read of the whole state, not one query per target.
@@ -575,11 +533,7 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(sql::CHECKPOINT_RAW)
-            .bind(target)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Queries::checkpoint_raw(&self.pool, target, id).await
     }
 
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
@@ -702,12 +656,7 @@ impl Store for SqliteStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(sql::list_deliveries()))
-            .bind(status.map(DeliveryStatus::as_str))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().rev().map(DeliveryRow::try_from).collect()
+        Queries::list_deliveries(&self.pool, status, limit).await
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
@@ -734,41 +683,21 @@ impl Store for SqliteStore {
     }
 
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
-        let rows = sqlx::query_as(sql::BACKLOG).fetch_all(&self.pool).await?;
-        Ok(rows::fold_backlog(rows))
+        Queries::backlog(&self.pool).await
     }
 
     async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
-        let targets: Vec<TargetRecord> = sqlx::query_as(sql::DUMP_TARGETS)
-            .bind(target)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(targets.len());
-        for t in targets {
-            let checkpoints = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT {}, raw_digest, raw FROM checkpoints WHERE target = $1 ORDER BY created_at, id",
-                sql::CHECKPOINT_FIELDS
-            )))
-            .bind(&t.name)
-            .fetch_all(&self.pool)
-            .await?;
-            out.push(t.dump(checkpoints)?);
-        }
-        Ok(out)
+        Queries::dump(&self.pool, target).await
     }
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<EventRecord> = sqlx::query_as(AssertSqlSafe(sql::events()))
-            .bind(target)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(StoredEvent::from).collect())
+        Queries::events(&self.pool, target).await
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
         let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
-        let r = prune_on(&mut conn, cutoff.timestamp_millis()).await;
+        let r = Queries::<Sqlite>::prune(&mut conn, cutoff.timestamp_millis()).await;
         discard_after_error(&mut conn, &r);
         r
     }
@@ -778,7 +707,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::diff::{DiffOptions, diff};
-    use crate::model::Checkpoint;
+    use crate::model::{Checkpoint, CheckpointTarget};
 
     /// A database written before `raw_digest` existed loads the same state, and keeps the
     /// digests it had to compute.

@@ -1,0 +1,170 @@
+//! The store operations both backends run the same way, written once and generic over
+//! the sqlx database: reads of state and events, the backlog, and pruning. A backend's
+//! [`Dialect`] supplies the little that differs; `sqlite.rs` and `postgres.rs` call these
+//! from their [`super::Store`] methods (SQLite inside its write turn where it writes).
+
+use sqlx::{
+    AssertSqlSafe, Connection, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type,
+};
+
+use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
+use super::{DeliveryRow, DeliveryStatus, Result, SinkBacklog, StoredEvent, TargetDump, sql};
+use crate::diff::TargetState;
+
+/// What the shared operations need to know of a dialect.
+pub(crate) trait Dialect: Database {
+    /// The `checkpoints` columns a [`TrackedRecord`] reads; with `with_raw`, the object's
+    /// text always (for `state`), else only where no digest is stored.
+    fn tracked_columns(with_raw: bool) -> String;
+
+    /// The rows a statement changed.
+    fn rows_affected(r: &Self::QueryResult) -> u64;
+}
+
+impl Dialect for sqlx::Sqlite {
+    fn tracked_columns(with_raw: bool) -> String {
+        let raw = if with_raw {
+            "raw"
+        } else {
+            "CASE WHEN raw_digest IS NULL THEN raw END AS raw"
+        };
+        format!("{}, raw_digest, {raw}", sql::CHECKPOINT_FIELDS)
+    }
+
+    fn rows_affected(r: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        r.rows_affected()
+    }
+}
+
+impl Dialect for sqlx::Postgres {
+    /// PostgreSQL keeps no digest of the text: always the text.
+    fn tracked_columns(_with_raw: bool) -> String {
+        format!(
+            "{}, NULL::BIGINT AS raw_digest, raw",
+            sql::CHECKPOINT_FIELDS
+        )
+    }
+
+    fn rows_affected(r: &sqlx::postgres::PgQueryResult) -> u64 {
+        r.rows_affected()
+    }
+}
+
+/// The operations, for the dialect `DB`. The bounds say what both sqlx drivers provide:
+/// connections that execute, arguments of these types, rows that decode into these records.
+pub(crate) struct Queries<DB>(std::marker::PhantomData<DB>);
+
+impl<DB: Dialect> Queries<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> TrackedRecord: FromRow<'r, DB::Row>,
+    for<'r> TargetRecord: FromRow<'r, DB::Row>,
+    for<'r> EventRecord: FromRow<'r, DB::Row>,
+    for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+{
+    /// A target's persisted state, read row by row.
+    pub(crate) async fn load_target(pool: &Pool<DB>, name: &str) -> Result<TargetState> {
+        let target_row: Option<(String, Option<String>)> = sqlx::query_as(sql::TARGET_ROW)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+        let rows: Vec<TrackedRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {} FROM checkpoints WHERE target = $1",
+            DB::tracked_columns(false)
+        )))
+        .bind(name)
+        .fetch_all(pool)
+        .await?;
+        let checkpoints = rows
+            .into_iter()
+            .map(|r| r.into_tracked(false))
+            .collect::<Result<_>>()?;
+        Ok(rows::target_state(target_row, checkpoints))
+    }
+
+    /// The stored upstream object of one checkpoint.
+    pub(crate) async fn checkpoint_raw(
+        pool: &Pool<DB>,
+        target: &str,
+        id: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(sql::CHECKPOINT_RAW)
+            .bind(target)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?)
+    }
+
+    /// Pending and dead deliveries per sink.
+    pub(crate) async fn backlog(pool: &Pool<DB>) -> Result<Vec<SinkBacklog>> {
+        let rows = sqlx::query_as(sql::BACKLOG).fetch_all(pool).await?;
+        Ok(rows::fold_backlog(rows))
+    }
+
+    /// Every baselined target (or the one named) with its checkpoints and their text.
+    pub(crate) async fn dump(pool: &Pool<DB>, target: Option<&str>) -> Result<Vec<TargetDump>> {
+        let targets: Vec<TargetRecord> = sqlx::query_as(sql::DUMP_TARGETS)
+            .bind(target)
+            .fetch_all(pool)
+            .await?;
+        let checkpoints = format!(
+            "SELECT {} FROM checkpoints WHERE target = $1 ORDER BY created_at, id",
+            DB::tracked_columns(true)
+        );
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let rows = sqlx::query_as(AssertSqlSafe(checkpoints.as_str()))
+                .bind(t.name.as_str())
+                .fetch_all(pool)
+                .await?;
+            out.push(t.dump(rows)?);
+        }
+        Ok(out)
+    }
+
+    /// Events in detection order, of one target or all.
+    pub(crate) async fn events(pool: &Pool<DB>, target: Option<&str>) -> Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRecord> = sqlx::query_as(AssertSqlSafe(sql::events()))
+            .bind(target)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// The newest `limit` deliveries (of one status, or any), oldest first.
+    pub(crate) async fn list_deliveries(
+        pool: &Pool<DB>,
+        status: Option<DeliveryStatus>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(sql::list_deliveries()))
+            .bind(status.map(DeliveryStatus::as_str))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+        rows.into_iter().rev().map(DeliveryRow::try_from).collect()
+    }
+
+    /// Forget delivered deliveries updated before `cutoff` (Unix ms), then the events left
+    /// without any, in one transaction on `conn`: (deliveries, events) removed.
+    pub(crate) async fn prune(conn: &mut DB::Connection, cutoff: i64) -> Result<(u64, u64)> {
+        let mut tx = conn.begin().await?;
+        let deliveries = sqlx::query(sql::PRUNE_DELIVERIES)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        let events = sqlx::query(sql::PRUNE_EVENTS)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((DB::rows_affected(&deliveries), DB::rows_affected(&events)))
+    }
+}
