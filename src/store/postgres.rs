@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
-use super::coordination::{Coordinator, LeaseRound, Role, Taken};
-use super::rows::{self, event_from_row, ms_to_time};
-use super::shared::Queries;
+use super::coordination::{Coordinator, Fence, LeaseRound, Role, Taken};
+use super::rows::{event_from_row, ms_to_time};
+use super::shared::{Dialect, Queries};
 use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
 use crate::diff::TargetState;
+use crate::model::{Event, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -85,65 +86,57 @@ impl PgStore {
     }
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn load_target(&self, name: &str) -> Result<TargetState> {
-        Queries::load_target(&self.pool, name).await
+/// PostgreSQL writes a poll's rows one statement each: a multi-row `ON CONFLICT DO
+/// UPDATE` may not touch a row twice, and `RETURNING` hands back each event's `seq`.
+impl Dialect for Postgres {
+    /// PostgreSQL keeps no digest of the text: always the text.
+    fn tracked_columns(_with_raw: bool) -> String {
+        format!(
+            "{}, NULL::BIGINT AS raw_digest, raw",
+            sql::CHECKPOINT_FIELDS
+        )
     }
 
-    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Queries::checkpoint_raw(&self.pool, target, id).await
+    fn rows_affected(r: &PgQueryResult) -> u64 {
+        r.rows_affected()
     }
 
-    /// One statement per row: a multi-row `ON CONFLICT DO UPDATE` may not touch a row twice,
-    /// and `RETURNING` hands back each event's `seq` as it is inserted.
-    async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
-        let now = c.now.timestamp_millis();
-        let mut tx = self.pool.begin().await?;
-        if let Some(f) = &c.fence {
-            // Lock the lease row: a takeover waits for this commit, and a stale epoch
-            // (the lease was taken while this replica was paused) commits nothing.
-            let held = sqlx::query(AssertSqlSafe(format!(
-                "SELECT 1 FROM leases WHERE target = $1 AND owner = $2 AND epoch = $3 AND expires_at > {DB_NOW} FOR UPDATE"
-            )))
-            .bind(c.target)
-            .bind(&f.owner)
-            .bind(f.epoch)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if held.is_none() {
-                return Err(StoreError::Fenced {
-                    target: c.target.to_string(),
-                    epoch: f.epoch,
-                });
-            }
+    /// Lock the lease row: a takeover waits for this commit, and a stale epoch (the lease
+    /// was taken while this replica was paused) commits nothing.
+    async fn check_fence(tx: &mut PgConnection, target: &str, fence: Option<&Fence>) -> Result<()> {
+        let Some(f) = fence else {
+            return Ok(());
+        };
+        let held = sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM leases WHERE target = $1 AND owner = $2 AND epoch = $3 AND expires_at > {DB_NOW} FOR UPDATE"
+        )))
+        .bind(target)
+        .bind(&f.owner)
+        .bind(f.epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Fenced {
+                target: target.to_string(),
+                epoch: f.epoch,
+            }),
         }
-        if c.diff.baseline {
-            sqlx::query(sql::FORGET_CHECKPOINTS)
-                .bind(c.target)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::BASELINE_TARGET)
-                .bind(c.target)
-                .bind(c.filter)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
+    }
+
+    async fn upsert_checkpoints(
+        tx: &mut PgConnection,
+        target: &str,
+        rows: &[&Tracked],
+    ) -> Result<()> {
         let upsert = format!(
             "{}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15){}",
             sql::CHECKPOINT_INSERT,
             sql::CHECKPOINT_ON_CONFLICT
         );
-        for t in &c.diff.updates {
-            // A row without its text (a checkpoint absent from the listing) keeps the
-            // stored one.
-            let text = match t.raw.text() {
-                Some(_) => AssertSqlSafe(upsert.as_str()),
-                None => AssertSqlSafe(sql::UPDATE_CHECKPOINT),
-            };
-            let q = sqlx::query(text)
-                .bind(c.target)
+        for t in rows {
+            sqlx::query(AssertSqlSafe(upsert.as_str()))
+                .bind(target)
                 .bind(t.id.as_str())
                 .bind(t.name.as_str())
                 .bind(t.run_id.as_str())
@@ -156,31 +149,22 @@ impl Store for PgStore {
                 .bind(i64::from(t.missing))
                 .bind(t.deleted)
                 .bind(t.deleted_reported)
-                .bind(i64::from(t.seq));
-            match t.raw.text() {
-                Some(raw) => q.bind(raw),
-                None => q,
-            }
-            .execute(&mut *tx)
-            .await?;
+                .bind(i64::from(t.seq))
+                .bind(t.raw.text().unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
         }
-        sqlx::query(sql::SET_LISTING_DIGEST)
-            .bind(rows::digest_text(c.settled))
-            .bind(c.target)
-            .execute(&mut *tx)
-            .await?;
-        let insert_event = format!(
+        Ok(())
+    }
+
+    async fn insert_events(tx: &mut PgConnection, events: &[(&Event, &str)]) -> Result<Vec<i64>> {
+        let insert = format!(
             "{} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
             sql::EVENT_INSERT
         );
-        let insert_delivery = format!(
-            "{} VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
-            sql::DELIVERY_INSERT
-        );
-        let mut stored = Vec::with_capacity(c.diff.events.len());
-        for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
-            let body = e.standard_body();
-            let seq: i64 = sqlx::query_scalar(AssertSqlSafe(insert_event.as_str()))
+        let mut seqs = Vec::with_capacity(events.len());
+        for (e, body) in events {
+            let seq: i64 = sqlx::query_scalar(AssertSqlSafe(insert.as_str()))
                 .bind(&e.id)
                 .bind(e.kind.as_str())
                 .bind(&e.target)
@@ -189,22 +173,49 @@ impl Store for PgStore {
                 .bind(&e.run_id)
                 .bind(e.checkpoint_target.as_str())
                 .bind(e.detected_at.timestamp_millis())
-                .bind(&body)
+                .bind(*body)
                 .fetch_one(&mut *tx)
                 .await?;
-            for sink in sinks {
-                sqlx::query(AssertSqlSafe(insert_delivery.as_str()))
-                    .bind(seq)
-                    .bind(*sink)
-                    .bind(&e.run_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            stored.push(StoredEvent::with_body(seq, e, body));
+            seqs.push(seq);
         }
-        tx.commit().await?;
-        Ok(stored)
+        Ok(seqs)
+    }
+
+    async fn insert_deliveries(
+        tx: &mut PgConnection,
+        rows: &[(i64, &str, &str)],
+        now: i64,
+    ) -> Result<()> {
+        let insert = format!(
+            "{} VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
+            sql::DELIVERY_INSERT
+        );
+        for (seq, sink, run_id) in rows {
+            sqlx::query(AssertSqlSafe(insert.as_str()))
+                .bind(*seq)
+                .bind(*sink)
+                .bind(*run_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn load_target(&self, name: &str) -> Result<TargetState> {
+        Queries::load_target(&self.pool, name).await
+    }
+
+    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
+        Queries::checkpoint_raw(&self.pool, target, id).await
+    }
+
+    async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::commit_poll(&mut conn, c).await
     }
 
     async fn claim_due(

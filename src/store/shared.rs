@@ -1,5 +1,5 @@
 //! The store operations both backends run the same way, written once and generic over
-//! the sqlx database: reads of state and events, the backlog, and pruning. A backend's
+//! the sqlx database: a poll's commit, reads of state and events, the backlog, pruning. A backend's
 //! [`Dialect`] supplies the little that differs; `sqlite.rs` and `postgres.rs` call these
 //! from their [`super::Store`] methods (SQLite inside its write turn where it writes).
 
@@ -8,10 +8,15 @@ use sqlx::{
 };
 
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
-use super::{DeliveryRow, DeliveryStatus, Result, SinkBacklog, StoredEvent, TargetDump, sql};
+use super::{
+    DeliveryRow, DeliveryStatus, Fence, PollCommit, Result, SinkBacklog, StoredEvent, TargetDump,
+    sql,
+};
 use crate::diff::TargetState;
+use crate::model::{Event, Tracked};
 
-/// What the shared operations need to know of a dialect.
+/// What differs between the dialects, for the shared operations: implemented beside
+/// each backend (`sqlite.rs`, `postgres.rs`).
 pub(crate) trait Dialect: Database {
     /// The `checkpoints` columns a [`TrackedRecord`] reads; with `with_raw`, the object's
     /// text always (for `state`), else only where no digest is stored.
@@ -19,35 +24,34 @@ pub(crate) trait Dialect: Database {
 
     /// The rows a statement changed.
     fn rows_affected(r: &Self::QueryResult) -> u64;
-}
 
-impl Dialect for sqlx::Sqlite {
-    fn tracked_columns(with_raw: bool) -> String {
-        let raw = if with_raw {
-            "raw"
-        } else {
-            "CASE WHEN raw_digest IS NULL THEN raw END AS raw"
-        };
-        format!("{}, raw_digest, {raw}", sql::CHECKPOINT_FIELDS)
-    }
+    /// First in a poll's transaction: refuse the commit ([`super::StoreError::Fenced`])
+    /// unless `fence` still holds, and keep a takeover waiting until the commit ends.
+    async fn check_fence(
+        tx: &mut Self::Connection,
+        target: &str,
+        fence: Option<&Fence>,
+    ) -> Result<()>;
 
-    fn rows_affected(r: &sqlx::sqlite::SqliteQueryResult) -> u64 {
-        r.rows_affected()
-    }
-}
+    /// Insert or overwrite checkpoints that come with their object's text.
+    async fn upsert_checkpoints(
+        tx: &mut Self::Connection,
+        target: &str,
+        rows: &[&Tracked],
+    ) -> Result<()>;
 
-impl Dialect for sqlx::Postgres {
-    /// PostgreSQL keeps no digest of the text: always the text.
-    fn tracked_columns(_with_raw: bool) -> String {
-        format!(
-            "{}, NULL::BIGINT AS raw_digest, raw",
-            sql::CHECKPOINT_FIELDS
-        )
-    }
+    /// Insert events with their `standard` bodies, in order; returns their `seq`s.
+    async fn insert_events(
+        tx: &mut Self::Connection,
+        events: &[(&Event, &str)],
+    ) -> Result<Vec<i64>>;
 
-    fn rows_affected(r: &sqlx::postgres::PgQueryResult) -> u64 {
-        r.rows_affected()
-    }
+    /// Insert pending deliveries (event seq, sink, run id), due at `now`.
+    async fn insert_deliveries(
+        tx: &mut Self::Connection,
+        rows: &[(i64, &str, &str)],
+        now: i64,
+    ) -> Result<()>;
 }
 
 /// The operations, for the dialect `DB`. The bounds say what both sqlx drivers provide:
@@ -61,6 +65,8 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
     for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
@@ -69,6 +75,77 @@ where
     for<'r> EventRecord: FromRow<'r, DB::Row>,
     for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
 {
+    /// One poll's state changes, events and deliveries in one transaction on `conn`
+    /// (the rule of [`super::Store::commit_poll`]).
+    pub(crate) async fn commit_poll(
+        conn: &mut DB::Connection,
+        c: PollCommit<'_>,
+    ) -> Result<Vec<StoredEvent>> {
+        let now = c.now.timestamp_millis();
+        let mut tx = conn.begin().await?;
+        DB::check_fence(&mut tx, c.target, c.fence.as_ref()).await?;
+        if c.diff.baseline {
+            // A target baselined again (its filter changed) starts from nothing.
+            sqlx::query(sql::FORGET_CHECKPOINTS)
+                .bind(c.target)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::BASELINE_TARGET)
+                .bind(c.target)
+                .bind(c.filter)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let (texts, bare): (Vec<&Tracked>, Vec<&Tracked>) =
+            c.diff.updates.iter().partition(|t| t.raw.text().is_some());
+        DB::upsert_checkpoints(&mut tx, c.target, &texts).await?;
+        // A row without its text (a checkpoint absent from the listing) keeps the stored one.
+        for t in bare {
+            sqlx::query(sql::UPDATE_CHECKPOINT)
+                .bind(c.target)
+                .bind(t.id.as_str())
+                .bind(t.name.as_str())
+                .bind(t.run_id.as_str())
+                .bind(t.target.as_str())
+                .bind(t.sync_status.as_deref())
+                .bind(t.created_at.as_str())
+                .bind(t.first_seen_at.timestamp_millis())
+                .bind(t.completed)
+                .bind(t.stalled)
+                .bind(i64::from(t.missing))
+                .bind(t.deleted)
+                .bind(t.deleted_reported)
+                .bind(i64::from(t.seq))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(sql::SET_LISTING_DIGEST)
+            .bind(rows::digest_text(c.settled))
+            .bind(c.target)
+            .execute(&mut *tx)
+            .await?;
+        let events = &c.diff.events;
+        let bodies: Vec<String> = events.iter().map(Event::standard_body).collect();
+        let with_bodies: Vec<(&Event, &str)> = events
+            .iter()
+            .zip(bodies.iter().map(String::as_str))
+            .collect();
+        let seqs = DB::insert_events(&mut tx, &with_bodies).await?;
+        let mut deliveries: Vec<(i64, &str, &str)> = Vec::new();
+        for ((e, sinks), seq) in events.iter().zip(&c.sinks).zip(&seqs) {
+            deliveries.extend(sinks.iter().map(|sink| (*seq, *sink, e.run_id.as_str())));
+        }
+        DB::insert_deliveries(&mut tx, &deliveries, now).await?;
+        tx.commit().await?;
+        Ok(events
+            .iter()
+            .zip(bodies)
+            .zip(seqs)
+            .map(|((e, body), seq)| StoredEvent::with_body(seq, e, body))
+            .collect())
+    }
+
     /// A target's persisted state, read row by row.
     pub(crate) async fn load_target(pool: &Pool<DB>, name: &str) -> Result<TargetState> {
         let target_row: Option<(String, Option<String>)> = sqlx::query_as(sql::TARGET_ROW)

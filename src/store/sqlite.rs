@@ -11,12 +11,13 @@ use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteQueryResult, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
+use super::coordination::Fence;
 use super::rows::{self, event_from_row, ms_to_time};
-use super::shared::Queries;
+use super::shared::{Dialect, Queries};
 use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
@@ -222,136 +223,121 @@ impl JsonRow<'_> {
 /// Rows per multi-row statement: 16 parameters a row stays far below SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// One poll's state changes, events and deliveries in one transaction on `conn`.
-///
-/// Multi-row statements: sqlx hands every statement to the connection's thread and back
-/// (two thread wake-ups, ~20 us), so a burst of 100 completions in one listing is a few
-/// statements, not 300.
-async fn commit_poll_on(
-    conn: &mut SqliteConnection,
-    c: PollCommit<'_>,
-) -> Result<Vec<StoredEvent>> {
-    let now = c.now.timestamp_millis();
-    let mut tx = conn.begin().await?;
-    if c.diff.baseline {
-        sqlx::query(sql::FORGET_CHECKPOINTS)
-            .bind(c.target)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::BASELINE_TARGET)
-            .bind(c.target)
-            .bind(c.filter)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+/// SQLite writes a poll's rows with multi-row statements: sqlx hands every statement to
+/// the connection's thread and back (two thread wake-ups, ~20 us), so a burst of 100
+/// completions in one listing is a few statements, not 300.
+impl Dialect for Sqlite {
+    fn tracked_columns(with_raw: bool) -> String {
+        let raw = if with_raw {
+            "raw"
+        } else {
+            "CASE WHEN raw_digest IS NULL THEN raw END AS raw"
+        };
+        format!("{}, raw_digest, {raw}", sql::CHECKPOINT_FIELDS)
     }
-    let (texts, bare): (Vec<&Tracked>, Vec<&Tracked>) =
-        c.diff.updates.iter().partition(|t| t.raw.text().is_some());
-    for chunk in texts.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(sql::CHECKPOINT_INSERT);
-        q.push(", raw_digest) ");
-        q.push_values(chunk, |mut b, t| {
-            let raw = t.raw.text().unwrap_or_default();
-            b.push_bind(c.target)
-                .push_bind(t.id.as_str())
-                .push_bind(t.name.as_str())
-                .push_bind(t.run_id.as_str())
-                .push_bind(t.target.as_str())
-                .push_bind(t.sync_status.as_deref())
-                .push_bind(t.created_at.as_str())
-                .push_bind(t.first_seen_at.timestamp_millis())
-                .push_bind(t.completed)
-                .push_bind(t.stalled)
-                .push_bind(i64::from(t.missing))
-                .push_bind(t.deleted)
-                .push_bind(t.deleted_reported)
-                .push_bind(i64::from(t.seq))
-                .push_bind(raw)
-                .push_bind(Raw::digest_of(raw) as i64);
-        });
-        q.push(sql::CHECKPOINT_ON_CONFLICT);
-        q.push(", raw_digest = excluded.raw_digest");
-        q.build().execute(&mut *tx).await?;
+
+    fn rows_affected(r: &SqliteQueryResult) -> u64 {
+        r.rows_affected()
     }
-    // A row without its text (a checkpoint absent from the listing) keeps the stored one.
-    for t in bare {
-        sqlx::query(sql::UPDATE_CHECKPOINT)
-            .bind(c.target)
-            .bind(t.id.as_str())
-            .bind(t.name.as_str())
-            .bind(t.run_id.as_str())
-            .bind(t.target.as_str())
-            .bind(t.sync_status.as_deref())
-            .bind(t.created_at.as_str())
-            .bind(t.first_seen_at.timestamp_millis())
-            .bind(t.completed)
-            .bind(t.stalled)
-            .bind(i64::from(t.missing))
-            .bind(t.deleted)
-            .bind(t.deleted_reported)
-            .bind(i64::from(t.seq))
-            .execute(&mut *tx)
-            .await?;
+
+    /// One node owns every target for good (its flock keeps a second poller out).
+    async fn check_fence(
+        _tx: &mut SqliteConnection,
+        _target: &str,
+        _fence: Option<&Fence>,
+    ) -> Result<()> {
+        Ok(())
     }
-    sqlx::query(sql::SET_LISTING_DIGEST)
-        .bind(rows::digest_text(c.settled))
-        .bind(c.target)
-        .execute(&mut *tx)
-        .await?;
-    let events = &c.diff.events;
-    let bodies: Vec<String> = events.iter().map(Event::standard_body).collect();
-    // One statement inserts its rows in order with consecutive `seq`s (AUTOINCREMENT, and
-    // nobody else writes inside this transaction): the last rowid tells them all.
-    let mut seqs: Vec<i64> = Vec::with_capacity(events.len());
-    let rows: Vec<(&Event, &String)> = events.iter().zip(&bodies).collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(sql::EVENT_INSERT);
-        q.push_values(chunk, |mut b, (e, body)| {
-            b.push_bind(e.id.as_str())
-                .push_bind(e.kind.as_str())
-                .push_bind(e.target.as_str())
-                .push_bind(e.checkpoint_id.as_str())
-                .push_bind(e.checkpoint_name.as_str())
-                .push_bind(e.run_id.as_str())
-                .push_bind(e.checkpoint_target.as_str())
-                .push_bind(e.detected_at.timestamp_millis())
-                .push_bind(body.as_str());
-        });
-        let done = q.build().execute(&mut *tx).await?;
-        if done.rows_affected() != chunk.len() as u64 {
-            return Err(StoreError::Corrupt(format!(
-                "{} of {} events inserted",
-                done.rows_affected(),
-                chunk.len()
-            )));
+
+    /// With the text's digest, so that loading the state needs no text.
+    async fn upsert_checkpoints(
+        tx: &mut SqliteConnection,
+        target: &str,
+        rows: &[&Tracked],
+    ) -> Result<()> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(sql::CHECKPOINT_INSERT);
+            q.push(", raw_digest) ");
+            q.push_values(chunk, |mut b, t| {
+                let raw = t.raw.text().unwrap_or_default();
+                b.push_bind(target)
+                    .push_bind(t.id.as_str())
+                    .push_bind(t.name.as_str())
+                    .push_bind(t.run_id.as_str())
+                    .push_bind(t.target.as_str())
+                    .push_bind(t.sync_status.as_deref())
+                    .push_bind(t.created_at.as_str())
+                    .push_bind(t.first_seen_at.timestamp_millis())
+                    .push_bind(t.completed)
+                    .push_bind(t.stalled)
+                    .push_bind(i64::from(t.missing))
+                    .push_bind(t.deleted)
+                    .push_bind(t.deleted_reported)
+                    .push_bind(i64::from(t.seq))
+                    .push_bind(raw)
+                    .push_bind(Raw::digest_of(raw) as i64);
+            });
+            q.push(sql::CHECKPOINT_ON_CONFLICT);
+            q.push(", raw_digest = excluded.raw_digest");
+            q.build().execute(&mut *tx).await?;
         }
-        let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
-        seqs.extend((0..chunk.len() as i64).map(|k| first + k));
+        Ok(())
     }
-    let mut deliveries: Vec<(i64, &str, &str)> = Vec::new();
-    for ((e, sinks), seq) in events.iter().zip(&c.sinks).zip(&seqs) {
-        deliveries.extend(sinks.iter().map(|sink| (*seq, *sink, e.run_id.as_str())));
+
+    /// One statement inserts its rows in order with consecutive `seq`s (AUTOINCREMENT, and
+    /// nobody else writes inside this transaction): the last rowid tells them all.
+    async fn insert_events(
+        tx: &mut SqliteConnection,
+        events: &[(&Event, &str)],
+    ) -> Result<Vec<i64>> {
+        let mut seqs: Vec<i64> = Vec::with_capacity(events.len());
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(sql::EVENT_INSERT);
+            q.push_values(chunk, |mut b, (e, body)| {
+                b.push_bind(e.id.as_str())
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.target.as_str())
+                    .push_bind(e.checkpoint_id.as_str())
+                    .push_bind(e.checkpoint_name.as_str())
+                    .push_bind(e.run_id.as_str())
+                    .push_bind(e.checkpoint_target.as_str())
+                    .push_bind(e.detected_at.timestamp_millis())
+                    .push_bind(*body);
+            });
+            let done = q.build().execute(&mut *tx).await?;
+            if done.rows_affected() != chunk.len() as u64 {
+                return Err(StoreError::Corrupt(format!(
+                    "{} of {} events inserted",
+                    done.rows_affected(),
+                    chunk.len()
+                )));
+            }
+            let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
+            seqs.extend((0..chunk.len() as i64).map(|k| first + k));
+        }
+        Ok(seqs)
     }
-    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(sql::DELIVERY_INSERT);
-        q.push_values(chunk, |mut b, (seq, sink, run_id)| {
-            b.push_bind(*seq)
-                .push_bind(*sink)
-                .push_bind(*run_id)
-                .push_bind("pending")
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        q.build().execute(&mut *tx).await?;
+
+    async fn insert_deliveries(
+        tx: &mut SqliteConnection,
+        rows: &[(i64, &str, &str)],
+        now: i64,
+    ) -> Result<()> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(sql::DELIVERY_INSERT);
+            q.push_values(chunk, |mut b, (seq, sink, run_id)| {
+                b.push_bind(*seq)
+                    .push_bind(*sink)
+                    .push_bind(*run_id)
+                    .push_bind("pending")
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        Ok(())
     }
-    tx.commit().await?;
-    Ok(events
-        .iter()
-        .zip(bodies)
-        .zip(seqs)
-        .map(|((e, body), seq)| StoredEvent::with_body(seq, e, body))
-        .collect())
 }
 
 /// Makes the deliveries named by delivery or event id pending again, in one transaction.
@@ -539,7 +525,7 @@ impl Store for SqliteStore {
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
         let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
-        let r = commit_poll_on(&mut conn, c).await;
+        let r = Queries::<Sqlite>::commit_poll(&mut conn, c).await;
         discard_after_error(&mut conn, &r);
         r
     }
