@@ -3,6 +3,12 @@
 //! The one rule every backend keeps: a poll's state changes, its events and their
 //! deliveries commit in one transaction ([`Store::commit_poll`]), so a crash at any
 //! instant neither loses an event nor records one twice.
+//!
+//! Layout: the operations both backends run the same way are written once in
+//! `shared.rs` (generic over the sqlx database), on the SQL text of `sql.rs` and the row
+//! records of `rows.rs`; `sqlite.rs` and `postgres.rs` hold only what their dialect does
+//! differently. Who polls which target is [`coordination`]'s [`Coordinator`]: nothing
+//! outside `store/` asks which backend it has.
 
 pub mod coordination;
 pub mod postgres;
