@@ -340,35 +340,8 @@ impl Store for PgStore {
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
-        let now = now.timestamp_millis();
-        let mut n = 0;
-        match which {
-            Redeliver::Dead { sink } => {
-                n += sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
-                    .bind(now)
-                    .bind(sink.as_deref())
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-            }
-            Redeliver::Ids(ids) => {
-                let mut tx = self.pool.begin().await?;
-                for id in ids {
-                    let q = if let Ok(num) = id.parse::<i64>() {
-                        sqlx::query(AssertSqlSafe(sql::redeliver_delivery()))
-                            .bind(now)
-                            .bind(num)
-                    } else {
-                        sqlx::query(AssertSqlSafe(sql::redeliver_event()))
-                            .bind(now)
-                            .bind(id.clone())
-                    };
-                    n += q.execute(&mut *tx).await?.rows_affected();
-                }
-                tx.commit().await?;
-            }
-        }
-        Ok(n)
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::redeliver(&mut conn, which, now.timestamp_millis()).await
     }
 
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {

@@ -1,5 +1,6 @@
 //! The store operations both backends run the same way, written once and generic over
-//! the sqlx database: a poll's commit, reads of state and events, the backlog, pruning. A backend's
+//! the sqlx database: a poll's commit, reads of state and events, the backlog,
+//! re-queueing and pruning. A backend's
 //! [`Dialect`] supplies the little that differs; `sqlite.rs` and `postgres.rs` call these
 //! from their [`super::Store`] methods (SQLite inside its write turn where it writes).
 
@@ -9,8 +10,8 @@ use sqlx::{
 
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
-    DeliveryRow, DeliveryStatus, Fence, PollCommit, Result, SinkBacklog, StoredEvent, TargetDump,
-    sql,
+    DeliveryRow, DeliveryStatus, Fence, PollCommit, Redeliver, Result, SinkBacklog, StoredEvent,
+    TargetDump, sql,
 };
 use crate::diff::TargetState;
 use crate::model::{Event, Tracked};
@@ -227,6 +228,43 @@ where
             .fetch_all(pool)
             .await?;
         rows.into_iter().rev().map(DeliveryRow::try_from).collect()
+    }
+
+    /// Re-queue deliveries to be sent now (Unix ms): every dead one (of a sink), or those
+    /// named by delivery or event id, in one transaction. Returns how many.
+    pub(crate) async fn redeliver(
+        conn: &mut DB::Connection,
+        which: &Redeliver,
+        now: i64,
+    ) -> Result<u64> {
+        match which {
+            Redeliver::Dead { sink } => {
+                let done = sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
+                    .bind(now)
+                    .bind(sink.as_deref())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(DB::rows_affected(&done))
+            }
+            Redeliver::Ids(ids) => {
+                let mut tx = conn.begin().await?;
+                let mut n = 0;
+                for id in ids {
+                    let q = if let Ok(num) = id.parse::<i64>() {
+                        sqlx::query(AssertSqlSafe(sql::redeliver_delivery()))
+                            .bind(now)
+                            .bind(num)
+                    } else {
+                        sqlx::query(AssertSqlSafe(sql::redeliver_event()))
+                            .bind(now)
+                            .bind(id.as_str())
+                    };
+                    n += DB::rows_affected(&q.execute(&mut *tx).await?);
+                }
+                tx.commit().await?;
+                Ok(n)
+            }
+        }
     }
 
     /// Forget delivered deliveries updated before `cutoff` (Unix ms), then the events left

@@ -340,26 +340,6 @@ impl Dialect for Sqlite {
     }
 }
 
-/// Makes the deliveries named by delivery or event id pending again, in one transaction.
-async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) -> Result<u64> {
-    let mut tx = conn.begin().await?;
-    let mut n = 0;
-    for id in ids {
-        let q = if let Ok(num) = id.parse::<i64>() {
-            sqlx::query(AssertSqlSafe(sql::redeliver_delivery()))
-                .bind(now)
-                .bind(num)
-        } else {
-            sqlx::query(AssertSqlSafe(sql::redeliver_event()))
-                .bind(now)
-                .bind(id.clone())
-        };
-        n += q.execute(&mut *tx).await?.rows_affected();
-    }
-    tx.commit().await?;
-    Ok(n)
-}
-
 /// Every outcome in one transaction: one sync of the log for a batch, not one per delivery.
 async fn record_attempts_on(
     conn: &mut SqliteConnection,
@@ -647,25 +627,10 @@ impl Store for SqliteStore {
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
         let _turn = self.writes.lock().await;
-        let now = now.timestamp_millis();
-        let mut n = 0;
-        match which {
-            Redeliver::Dead { sink } => {
-                n += sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
-                    .bind(now)
-                    .bind(sink.as_deref())
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-            }
-            Redeliver::Ids(ids) => {
-                let mut conn = self.pool.acquire().await?;
-                let r = redeliver_ids(&mut conn, ids, now).await;
-                discard_after_error(&mut conn, &r);
-                n += r?;
-            }
-        }
-        Ok(n)
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::redeliver(&mut conn, which, now.timestamp_millis()).await;
+        discard_after_error(&mut conn, &r);
+        r
     }
 
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
