@@ -147,3 +147,37 @@ pub async fn run(
         warn!(error = %e, "cannot release leases; they expire on their own");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SingleNode;
+
+    /// One node owns every target before any round, at the one epoch, and has no lease to
+    /// keep: the lease loop only waits to be cancelled.
+    #[tokio::test]
+    async fn a_single_node_owns_every_target_from_the_start_and_keeps_no_lease() {
+        let node = SingleNode::new("solo".into());
+        let targets = vec!["a".to_string(), "b".to_string()];
+        let own = Ownership::from_start(&node, &targets);
+        assert_eq!(own.count(), 2);
+        assert_eq!(
+            own.fence("b"),
+            Some(Fence {
+                owner: "solo".into(),
+                epoch: SingleNode::EPOCH
+            })
+        );
+        assert_eq!(own.fence("c"), None);
+        let taken = node.take_free(&targets).await.unwrap();
+        assert!(taken.iter().all(|(_, got)| *got == Ok(SingleNode::EPOCH)));
+
+        let token = CancellationToken::new();
+        token.cancel();
+        let mut rounds = 0;
+        keep_leases(&node, &targets, &token, |_| rounds += 1)
+            .await
+            .unwrap();
+        assert_eq!(rounds, 0);
+    }
+}
