@@ -24,8 +24,7 @@ use crate::model::TargetState;
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
-use crate::store::postgres::{Leases, PgStore};
-use crate::store::{self, Access, Store};
+use crate::store::{self, Access, Coordinator, Role, Store};
 use crate::wake::Wake;
 
 /// Everything one daemon needs, built and bound but not yet running.
@@ -38,29 +37,31 @@ pub struct App {
     pub poller: Arc<Poller>,
     listener: Option<TcpListener>,
     addr: Option<SocketAddr>,
-    /// With PostgreSQL: this replica's leases and the targets they give it.
-    leases: Option<(Leases, Arc<Ownership>)>,
+    /// Who polls which target (leases with several replicas), and what it gives this process.
+    coordinator: Arc<dyn Coordinator>,
+    ownership: Arc<Ownership>,
 }
 
 impl App {
     /// Open the store, build the client and sinks. With `serve`, bind the HTTP listener.
     pub async fn build(cfg: Config, serve: bool) -> anyhow::Result<App> {
-        Self::build_with(cfg, serve, Access::ReadWrite).await
+        Self::build_with(cfg, serve, Access::ReadWrite, Role::Replica).await
     }
 
-    /// [`App::build`] with the store opened for `access` (`once --dry-run`: read-only).
-    pub async fn build_with(cfg: Config, serve: bool, access: Access) -> anyhow::Result<App> {
+    /// [`App::build`] with the store opened for `access` (`once --dry-run`: read-only),
+    /// taking part in sharing the targets as `role` (`once`: [`Role::OneShot`]).
+    pub async fn build_with(
+        cfg: Config,
+        serve: bool,
+        access: Access,
+        role: Role,
+    ) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
         metrics.init_series(&cfg);
-        let (store, leases): (Arc<dyn Store>, _) = if cfg.store.is_postgres() {
-            let pg = PgStore::open_with(&cfg.store.url, access).await?;
-            let leases = Leases::new(&pg, cfg.store.replica_id.clone(), cfg.store.lease_ttl);
-            let own = Arc::new(Ownership::new(cfg.store.replica_id.clone()));
-            metrics.targets_owned.set(0);
-            (Arc::new(pg), Some((leases, own)))
-        } else {
-            (store::open_with(&cfg.store.url, access).await?, None)
-        };
+        let (store, coordinator) = store::open_coordinated(&cfg.store, access, role).await?;
+        let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
+        let ownership = Arc::new(Ownership::from_start(&*coordinator, &names));
+        metrics.targets_owned.set(ownership.count() as i64);
         // One SQLite file has one daemon: claims left by its crash are its to release. Not
         // `once`'s: it may run beside the daemon, whose claims are attempts in flight.
         if serve && access == Access::ReadWrite {
@@ -82,7 +83,7 @@ impl App {
             wake.clone(),
         )?);
         let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
-        let mut poller = Poller::new(
+        let poller = Poller::new(
             client,
             store.clone(),
             metrics.clone(),
@@ -90,10 +91,8 @@ impl App {
             health.clone(),
             cfg.poll.clone(),
             cfg.sinks.clone(),
-        );
-        if let Some((_, own)) = &leases {
-            poller = poller.with_ownership(own.clone());
-        }
+        )
+        .with_ownership(ownership.clone());
         let poller = Arc::new(poller);
         let (listener, addr) = if serve {
             let l = TcpListener::bind(cfg.server.listen)
@@ -113,7 +112,8 @@ impl App {
             poller,
             listener,
             addr,
-            leases,
+            coordinator,
+            ownership,
         })
     }
 
@@ -126,9 +126,14 @@ impl App {
         &self.cfg
     }
 
-    /// With PostgreSQL: the target leases, under this process's `store.replica_id`.
-    pub fn leases(&self) -> Option<&Leases> {
-        self.leases.as_ref().map(|(l, _)| l)
+    /// Who polls which target: the leases this process holds, under its owner name.
+    pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
+        &self.coordinator
+    }
+
+    /// The targets this process may poll now, and the fence of each.
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
     }
 
     /// Run until `shutdown` resolves, then stop polling, give in-flight deliveries the
@@ -154,18 +159,47 @@ impl App {
             info!(%addr, "serving /metrics /healthz /readyz");
         }
 
-        if let Some((leases, own)) = self.leases.take() {
-            let ttl = self.cfg.store.lease_ttl;
-            let beat = self
-                .health
-                .heartbeat("leases", ttl * 2 + Duration::from_secs(30));
-            let targets: Vec<String> = self.cfg.targets.iter().map(|t| t.name.clone()).collect();
-            let (metrics, health, tok) = (self.metrics.clone(), self.health.clone(), token.clone());
-            info!(replica = %own.replica, lease_ttl_s = ttl.as_secs_f64(), "sharing targets with other replicas");
-            tracker.spawn(crate::replicas::run(
-                leases, ttl, own, targets, metrics, health, tok, beat,
-            ));
+        // The targets owned before any lease round (every target on a single node) read
+        // their states in one go; a target leased later loads its own when it is taken.
+        let owned: Vec<bool> = (self.cfg.targets.iter())
+            .map(|t| self.ownership.fence(&t.name).is_some())
+            .collect();
+        let preload: Vec<&str> = (self.cfg.targets.iter().zip(&owned))
+            .filter(|(_, owned)| **owned)
+            .map(|(t, _)| t.name.as_str())
+            .collect();
+        let mut states: Vec<Option<TargetState>> = vec![None; self.cfg.targets.len()];
+        if !preload.is_empty() {
+            let started = std::time::Instant::now();
+            match self.store.load_targets(&preload).await {
+                Ok(loaded) => {
+                    info!(
+                        targets = loaded.len(),
+                        tracked = loaded.iter().map(|s| s.checkpoints.len()).sum::<usize>(),
+                        took_s = started.elapsed().as_secs_f64(),
+                        "state loaded"
+                    );
+                    let mut loaded = loaded.into_iter();
+                    states = owned
+                        .iter()
+                        .map(|&o| o.then(|| loaded.next()).flatten())
+                        .collect();
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot load the state at once; each target will load its own")
+                }
+            }
         }
+
+        let targets: Vec<String> = self.cfg.targets.iter().map(|t| t.name.clone()).collect();
+        tracker.spawn(crate::replicas::run(
+            self.coordinator.clone(),
+            self.ownership.clone(),
+            targets,
+            self.metrics.clone(),
+            self.health.clone(),
+            token.clone(),
+        ));
         if let Some(retention) = self.cfg.store.retention {
             let (store, tok) = (self.store.clone(), token.clone());
             tracker.spawn(async move {
@@ -203,27 +237,6 @@ impl App {
             "poller",
             longest.mul_f64(2.0) + self.cfg.api.timeout * 2 + Duration::from_secs(60),
         );
-        // A single instance owns every target: read all their states in one go (with
-        // several replicas each poller loads a target when it takes its lease).
-        let mut states: Vec<Option<TargetState>> = vec![None; self.cfg.targets.len()];
-        if !self.cfg.store.is_postgres() {
-            let names: Vec<&str> = self.cfg.targets.iter().map(|t| t.name.as_str()).collect();
-            let started = std::time::Instant::now();
-            match self.store.load_targets(&names).await {
-                Ok(loaded) => {
-                    info!(
-                        targets = loaded.len(),
-                        tracked = loaded.iter().map(|s| s.checkpoints.len()).sum::<usize>(),
-                        took_s = started.elapsed().as_secs_f64(),
-                        "state loaded"
-                    );
-                    states = loaded.into_iter().map(Some).collect();
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot load the state at once; each target will load its own")
-                }
-            }
-        }
         for (t, state) in self.cfg.targets.iter().zip(states) {
             let poller = self.poller.clone();
             let (t, tok, beat) = (t.clone(), token.clone(), poll_beat.clone());

@@ -14,7 +14,9 @@ use crate::app::App;
 use crate::config::{Config, Filter};
 use crate::model::TargetState;
 use crate::model::{Tracked, rfc3339};
-use crate::store::{self, Access, DeliveryStatus, Fence, Redeliver, StoreError, StoredEvent};
+use crate::store::{
+    self, Access, Coordinator, DeliveryStatus, Fence, Redeliver, Role, StoreError, StoredEvent,
+};
 
 /// Output format of the listing commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -96,71 +98,82 @@ pub async fn checkpoints(cfg: &Config, filter: Filter, output: Output) -> anyhow
 /// `once`: poll every target once, deliver what is due, exit. With `dry_run`, print each
 /// event's standard body as one JSON line and write nothing.
 ///
-/// With PostgreSQL, running replicas may be polling the same targets: `once` polls only
-/// those whose lease nobody holds, under a lease of its own (another owner name, no
-/// heartbeat, so the replicas' shares do not move), commits fenced like a replica, and
-/// gives the leases back before it exits. A target a replica holds is skipped (that
-/// replica polls it); a dry run writes nothing and so polls every target.
+/// Beside running replicas (PostgreSQL) `once` polls only the targets whose lease nobody
+/// holds, under a lease of its own ([`Role::OneShot`]: another owner name, no heartbeat,
+/// so the replicas' shares do not move), commits fenced like a replica, and gives the
+/// leases back before it exits. A target a replica holds is skipped (that replica polls
+/// it); a dry run writes nothing and so polls every target.
 pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
-    if cfg.store.is_postgres() {
-        cfg.store.replica_id = format!("{}/once-{}", cfg.store.replica_id, std::process::id());
-    }
     let app = if dry_run {
         // Writes nothing, not even a new file: without a state file, the state is empty
         // (every target takes its baseline) and lives in memory.
-        match App::build_with(cfg.clone(), false, Access::ReadOnly).await {
+        match App::build_with(cfg.clone(), false, Access::ReadOnly, Role::OneShot).await {
             Err(e) if matches!(e.downcast_ref(), Some(StoreError::Missing(_))) => {
                 cfg.store.url = "sqlite::memory:".into();
-                App::build(cfg, false).await?
+                App::build_with(cfg, false, Access::ReadWrite, Role::OneShot).await?
             }
             r => r?,
         }
     } else {
-        App::build(cfg, false).await?
+        App::build_with(cfg, false, Access::ReadWrite, Role::OneShot).await?
     };
-    let leases = app.leases().filter(|_| !dry_run);
-    let Some(leases) = leases else {
+    if dry_run {
         let targets = app.config().targets.clone();
         return poll_and_deliver(&app, &targets, &HashMap::new(), dry_run).await;
-    };
-    // Renew what is held every ttl/3 while the run lasts (taking the leases of 10,000
-    // targets, or polling them at the API's pace, can outlast one ttl), and give every
-    // lease back at the end, whatever happened.
-    let ttl = app.config().store.lease_ttl;
-    let renewing = async {
-        loop {
-            tokio::time::sleep(ttl / 3).await;
-            if let Err(e) = leases.renew().await {
-                eprintln!("warning: cannot renew the target leases: {e}");
-            }
+    }
+    // Keep the leases while the run lasts (taking the leases of 10,000 targets, or polling
+    // them at the API's pace, can outlast one ttl), and give every lease back at the end,
+    // whatever happened.
+    let coordinator = app.coordinator().clone();
+    let names: Vec<String> = app
+        .config()
+        .targets
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let token = tokio_util::sync::CancellationToken::new();
+    let keeping = crate::replicas::keep_leases(&*coordinator, &names, &token, |round| {
+        if let Err(e) = round {
+            eprintln!("warning: cannot renew the target leases: {e}");
         }
-    };
+    });
     let run = async {
-        let mut fences: HashMap<String, Fence> = HashMap::new();
-        let mut targets = app.config().targets.clone();
-        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-        for (name, got) in leases.take_free(&names).await? {
-            match got {
-                Ok(epoch) => {
-                    let owner = leases.replica.clone();
-                    fences.insert(name, Fence { owner, epoch });
-                }
-                Err(owner) => eprintln!(
-                    "target {name}: skipped, replica {owner:?} holds its lease and polls it"
-                ),
-            }
+        let outcome = async {
+            let fences = take_free(&*coordinator, &names).await?;
+            let mut targets = app.config().targets.clone();
+            targets.retain(|t| fences.contains_key(&t.name));
+            poll_and_deliver(&app, &targets, &fences, dry_run).await
         }
-        targets.retain(|t| fences.contains_key(&t.name));
-        poll_and_deliver(&app, &targets, &fences, dry_run).await
+        .await;
+        token.cancel();
+        outcome
     };
-    let outcome = tokio::select! {
-        r = run => r,
-        () = renewing => unreachable!("renews until the run ends"),
-    };
-    if let Err(e) = leases.release_all().await {
+    let (outcome, released) = tokio::join!(run, keeping);
+    if let Err(e) = released {
         eprintln!("warning: cannot give back the target leases (they expire on their own): {e}");
     }
     outcome
+}
+
+/// The fences of the targets nobody else holds, now leased to this run; one stderr line
+/// for each target skipped.
+async fn take_free(
+    coordinator: &dyn Coordinator,
+    names: &[String],
+) -> anyhow::Result<HashMap<String, Fence>> {
+    let mut fences = HashMap::new();
+    for (name, got) in coordinator.take_free(names).await? {
+        match got {
+            Ok(epoch) => {
+                let owner = coordinator.owner().to_string();
+                fences.insert(name, Fence { owner, epoch });
+            }
+            Err(owner) => {
+                eprintln!("target {name}: skipped, replica {owner:?} holds its lease and polls it")
+            }
+        }
+    }
+    Ok(fences)
 }
 
 async fn poll_and_deliver(

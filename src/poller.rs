@@ -499,7 +499,9 @@ impl Poller {
     ) {
         let name = t.name.clone();
         let mut failures: u32 = 0;
-        let mut held: Option<Fence> = None;
+        // What this process owns from the start (a single node: every target, so a state
+        // loaded by the caller is kept).
+        let mut held: Option<Fence> = self.ownership.as_ref().and_then(|o| o.fence(&name));
         // Consecutive successful polls that changed nothing, and the target's cadence
         // (adaptive polling; the cadence is learned again whenever the state changes).
         let mut unchanged: u32 = 0;

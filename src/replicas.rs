@@ -1,6 +1,7 @@
-//! Sharing the work between replicas on PostgreSQL: which targets this replica owns,
-//! and the loop that keeps its leases. With SQLite there is no [`Ownership`]: one daemon
-//! owns every target.
+//! Which targets this process polls ([`Ownership`]), and the one loop that keeps its
+//! leases ([`keep_leases`]), run by the daemon ([`run`]) and by `once` alike. Who may own
+//! what is the store's [`Coordinator`]: with one node it owns every target from the start
+//! and there is no lease to keep.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -10,12 +11,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::health::{Health, Heartbeat};
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::store::Fence;
-use crate::store::postgres::Leases;
+use crate::store::{self, Coordinator, Fence, LeaseRound};
 
-/// The targets this replica may poll, each with the lease epoch to commit under.
+/// The targets this process may poll, each with the lease epoch to commit under.
 pub struct Ownership {
     pub replica: String,
     owned: RwLock<HashMap<String, i64>>,
@@ -23,6 +23,7 @@ pub struct Ownership {
 }
 
 impl Ownership {
+    /// Owning nothing yet.
     pub fn new(replica: String) -> Self {
         Ownership {
             replica,
@@ -31,7 +32,14 @@ impl Ownership {
         }
     }
 
-    /// The fence for polling `target`, if this replica holds its lease.
+    /// What `coordinator` grants before any lease round: every target on a single node.
+    pub fn from_start(coordinator: &dyn Coordinator, targets: &[String]) -> Self {
+        let own = Ownership::new(coordinator.owner().to_string());
+        own.set(coordinator.owned_from_start(targets).into_iter().collect());
+        own
+    }
+
+    /// The fence for polling `target`, if this process holds its lease.
     pub fn fence(&self, target: &str) -> Option<Fence> {
         self.owned
             .read()
@@ -47,7 +55,7 @@ impl Ownership {
         self.owned.read().expect("not poisoned").len()
     }
 
-    fn set(&self, owned: HashMap<String, i64>) {
+    pub fn set(&self, owned: HashMap<String, i64>) {
         let mut cur = self.owned.write().expect("not poisoned");
         if *cur != owned {
             *cur = owned;
@@ -61,27 +69,51 @@ impl Ownership {
     }
 }
 
-/// Keep this replica's leases every `ttl / 3` until cancelled, then release them.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    leases: Leases,
-    ttl: Duration,
-    own: Arc<Ownership>,
-    targets: Vec<String>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    token: CancellationToken,
-    beat: Heartbeat,
-) {
-    let mut last_ok = Instant::now();
+/// The lease loop: a [`Coordinator::round`] every `ttl / 3` (the first at once), each
+/// outcome handed to `on_round`, until `token` is cancelled; then every lease is given
+/// back, and the outcome of that returned. Without leases to keep (a single node) it only
+/// waits for `token`.
+pub async fn keep_leases(
+    coordinator: &dyn Coordinator,
+    targets: &[String],
+    token: &CancellationToken,
+    mut on_round: impl FnMut(store::Result<LeaseRound>),
+) -> store::Result<()> {
+    let Some(ttl) = coordinator.lease_ttl() else {
+        token.cancelled().await;
+        return Ok(());
+    };
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
             _ = tick.tick() => {}
         }
+        on_round(coordinator.round(targets).await);
+    }
+    coordinator.release_all().await
+}
+
+/// The daemon's lease loop: keeps `own`, the `targets_owned` gauge and readiness up to
+/// date with each round until cancelled, then releases every lease. Returns at once on a
+/// single node, which owns every target for good.
+pub async fn run(
+    coordinator: Arc<dyn Coordinator>,
+    own: Arc<Ownership>,
+    targets: Vec<String>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    token: CancellationToken,
+) {
+    let Some(ttl) = coordinator.lease_ttl() else {
+        return;
+    };
+    let beat = health.heartbeat("leases", ttl * 2 + Duration::from_secs(30));
+    info!(replica = %own.replica, lease_ttl_s = ttl.as_secs_f64(), "sharing targets with other replicas");
+    let mut last_ok = Instant::now();
+    let released = keep_leases(&*coordinator, &targets, &token, |round| {
         beat.beat();
-        match leases.round(&targets).await {
+        match round {
             Ok(round) => {
                 last_ok = Instant::now();
                 if round.takeovers > 0 {
@@ -108,9 +140,44 @@ pub async fn run(
                 }
             }
         }
-    }
+    })
+    .await;
     own.set(HashMap::new());
-    if let Err(e) = leases.release_all().await {
+    if let Err(e) = released {
         warn!(error = %e, "cannot release leases; they expire on their own");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SingleNode;
+
+    /// One node owns every target before any round, at the one epoch, and has no lease to
+    /// keep: the lease loop only waits to be cancelled.
+    #[tokio::test]
+    async fn a_single_node_owns_every_target_from_the_start_and_keeps_no_lease() {
+        let node = SingleNode::new("solo".into());
+        let targets = vec!["a".to_string(), "b".to_string()];
+        let own = Ownership::from_start(&node, &targets);
+        assert_eq!(own.count(), 2);
+        assert_eq!(
+            own.fence("b"),
+            Some(Fence {
+                owner: "solo".into(),
+                epoch: SingleNode::EPOCH
+            })
+        );
+        assert_eq!(own.fence("c"), None);
+        let taken = node.take_free(&targets).await.unwrap();
+        assert!(taken.iter().all(|(_, got)| *got == Ok(SingleNode::EPOCH)));
+
+        let token = CancellationToken::new();
+        token.cancel();
+        let mut rounds = 0;
+        keep_leases(&node, &targets, &token, |_| rounds += 1)
+            .await
+            .unwrap();
+        assert_eq!(rounds, 0);
     }
 }
