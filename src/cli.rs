@@ -206,7 +206,13 @@ async fn poll_and_deliver(
             }
             Ok((_, Ok(report))) => {
                 if dry_run {
-                    for e in &report.events {
+                    for mut e in report.events {
+                        if e.checkpoint.is_empty() {
+                            // Gone from the listing: the object last stored (a commit
+                            // reads it the same way, in its transaction).
+                            let raw = app.store.checkpoint_raw(&e.target, &e.checkpoint_id);
+                            e.checkpoint = raw.await?.unwrap_or_default();
+                        }
                         writeln!(stdout, "{}", e.standard_body())?;
                     }
                 }

@@ -200,8 +200,6 @@ impl Poller {
             filter: &filter,
         };
         let mut plan = diff::plan(name, state, listed, now, &self.diff_options());
-        self.fill_deleted_payloads(name, &mut plan.diff.events)
-            .await?;
         let wrote = plan.writes() && !dry_run;
         if wrote {
             self.commit(name, &filter, &plan, now, fence, start).await?;
@@ -251,25 +249,6 @@ impl Poller {
 
     fn count_request(&self, code: &str) {
         self.metrics.api_requests.with_label_values(&[code]).inc();
-    }
-
-    /// The state holds digests only; an event about a checkpoint gone from the listing
-    /// carries its last stored object.
-    async fn fill_deleted_payloads(
-        &self,
-        target: &str,
-        events: &mut [Event],
-    ) -> Result<(), PollError> {
-        for e in events.iter_mut().filter(|e| e.checkpoint.is_empty()) {
-            match self.store.checkpoint_raw(target, &e.checkpoint_id).await {
-                Ok(raw) => e.checkpoint = raw.unwrap_or_default(),
-                Err(err) => {
-                    self.metrics.target(target).poll(PollOutcome::Error);
-                    return Err(err.into());
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Write the plan's rows, events and deliveries in one transaction (fenced by the
@@ -772,6 +751,41 @@ mod tests {
             .unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].event.id, report.events[0].id);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_event_commits_the_last_stored_object_without_a_second_trip() {
+        let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+        let h = sim.handle();
+        let id = h.add_checkpoint("r1", "sampler", "step-1", Some("COMPLETE"));
+        h.set_field(&id, "note", serde_json::json!("kept from the last listing"));
+        let sink = "[[sinks]]\nname = \"s\"\nkind = \"exec\"\ncommand = [\"true\"]\n\
+                    events = [\"checkpoint.deleted\"]\n";
+        let (p, t) = poller(&sim, sink).await;
+        let mut state = TargetState::default();
+        p.poll_target(&t, &mut state, false, None).await.unwrap();
+        h.remove(&id);
+        p.poll_target(&t, &mut state, false, None).await.unwrap();
+        let report = p.poll_target(&t, &mut state, false, None).await.unwrap();
+        assert_eq!(report.events.len(), 1);
+        assert_eq!(report.events[0].kind, EventType::Deleted);
+        assert!(
+            report.events[0].checkpoint.is_empty(),
+            "the poller holds a digest only"
+        );
+        let due = p
+            .store
+            .claim_due("s", Utc::now(), 10, false, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        let body: serde_json::Value = serde_json::from_str(&due[0].event.body).unwrap();
+        assert_eq!(body["type"], "checkpoint.deleted");
+        assert_eq!(body["data"]["checkpoint"]["id"], id.as_str());
+        assert_eq!(
+            body["data"]["checkpoint"]["note"],
+            "kept from the last listing"
+        );
     }
 
     #[tokio::test]

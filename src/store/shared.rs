@@ -127,7 +127,25 @@ where
             .execute(&mut *tx)
             .await?;
         let events = &c.diff.events;
-        let bodies: Vec<String> = events.iter().map(Event::standard_body).collect();
+        let mut bodies: Vec<String> = Vec::with_capacity(events.len());
+        for e in events {
+            if !e.checkpoint.is_empty() {
+                bodies.push(e.standard_body());
+                continue;
+            }
+            // The state holds only a digest of a checkpoint gone from the listing: its
+            // event carries the object last stored, read here, in the same transaction.
+            let raw: Option<String> = sqlx::query_scalar(sql::CHECKPOINT_RAW)
+                .bind(c.target)
+                .bind(e.checkpoint_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let filled = Event {
+                checkpoint: raw.unwrap_or_default(),
+                ..e.clone()
+            };
+            bodies.push(filled.standard_body());
+        }
         let with_bodies: Vec<(&Event, &str)> = events
             .iter()
             .zip(bodies.iter().map(String::as_str))
