@@ -24,8 +24,18 @@ use crate::model::TargetState;
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
-use crate::store::{self, Access, Coordinator, Role, Store};
+use crate::store::{self, Access, Coordinator, Role, Store, StoreError};
 use crate::wake::Wake;
+
+/// Why an [`App`] could not be built: callers branch on a store that is missing (a dry
+/// run then starts from an empty state) or unreachable.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
 
 /// Everything one daemon needs, built and bound but not yet running.
 pub struct App {
@@ -44,7 +54,7 @@ pub struct App {
 
 impl App {
     /// Open the store, build the client and sinks. With `serve`, bind the HTTP listener.
-    pub async fn build(cfg: Config, serve: bool) -> anyhow::Result<App> {
+    pub async fn build(cfg: Config, serve: bool) -> Result<App, BuildError> {
         Self::build_with(cfg, serve, Access::ReadWrite, Role::Replica).await
     }
 
@@ -55,7 +65,7 @@ impl App {
         serve: bool,
         access: Access,
         role: Role,
-    ) -> anyhow::Result<App> {
+    ) -> Result<App, BuildError> {
         let metrics = Arc::new(Metrics::new());
         metrics.init_series(&cfg);
         let (store, coordinator) = store::open_coordinated(&cfg.store, access, role).await?;
@@ -98,7 +108,7 @@ impl App {
             let l = TcpListener::bind(cfg.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on server.listen {}", cfg.server.listen))?;
-            let a = l.local_addr()?;
+            let a = l.local_addr().map_err(anyhow::Error::from)?;
             (Some(l), Some(a))
         } else {
             (None, None)

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::api;
-use crate::app::App;
+use crate::app::{App, BuildError};
 use crate::config::{Config, Filter};
 use crate::model::TargetState;
 use crate::model::{Tracked, rfc3339};
@@ -108,7 +108,7 @@ pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
         // Writes nothing, not even a new file: without a state file, the state is empty
         // (every target takes its baseline) and lives in memory.
         match App::build_with(cfg.clone(), false, Access::ReadOnly, Role::OneShot).await {
-            Err(e) if matches!(e.downcast_ref(), Some(StoreError::Missing(_))) => {
+            Err(BuildError::Store(StoreError::Missing(_))) => {
                 cfg.store.url = "sqlite::memory:".into();
                 App::build_with(cfg, false, Access::ReadWrite, Role::OneShot).await?
             }
