@@ -16,6 +16,7 @@ use crate::model::TargetState;
 use crate::model::{Tracked, rfc3339};
 use crate::store::{
     self, Access, Coordinator, DeliveryStatus, Fence, Redeliver, Role, StoreError, StoredEvent,
+    Take,
 };
 
 /// Output format of the listing commands.
@@ -164,11 +165,11 @@ async fn take_free(
     let mut fences = HashMap::new();
     for (name, got) in coordinator.take_free(names).await? {
         match got {
-            Ok(epoch) => {
+            Take::Taken(epoch) => {
                 let owner = coordinator.owner().to_string();
                 fences.insert(name, Fence { owner, epoch });
             }
-            Err(owner) => {
+            Take::HeldBy(owner) => {
                 eprintln!("target {name}: skipped, replica {owner:?} holds its lease and polls it")
             }
         }

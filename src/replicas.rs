@@ -151,7 +151,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SingleNode;
+    use crate::store::{SingleNode, Take};
 
     /// One node owns every target before any round, at the one epoch, and has no lease to
     /// keep: the lease loop only waits to be cancelled.
@@ -170,7 +170,11 @@ mod tests {
         );
         assert_eq!(own.fence("c"), None);
         let taken = node.take_free(&targets).await.unwrap();
-        assert!(taken.iter().all(|(_, got)| *got == Ok(SingleNode::EPOCH)));
+        assert!(
+            taken
+                .iter()
+                .all(|(_, got)| *got == Take::Taken(SingleNode::EPOCH))
+        );
 
         let token = CancellationToken::new();
         token.cancel();

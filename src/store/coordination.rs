@@ -42,8 +42,17 @@ pub struct LeaseRound {
     pub live_replicas: i64,
 }
 
-/// Per target: `Ok(epoch)` when taken, `Err(owner)` while another process holds it.
-pub type Taken = Vec<(String, std::result::Result<i64, String>)>;
+/// What became of one target a one-shot run tried to take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Leased to this run under this epoch.
+    Taken(i64),
+    /// Another process (named) holds it.
+    HeldBy(String),
+}
+
+/// Per target, what [`Coordinator::take_free`] got.
+pub type Taken = Vec<(String, Take)>;
 
 /// Leases, fencing and ownership of targets.
 #[async_trait]
@@ -115,7 +124,7 @@ impl Coordinator for SingleNode {
     async fn take_free(&self, targets: &[String]) -> Result<Taken> {
         Ok(targets
             .iter()
-            .map(|t| (t.clone(), Ok(Self::EPOCH)))
+            .map(|t| (t.clone(), Take::Taken(Self::EPOCH)))
             .collect())
     }
 

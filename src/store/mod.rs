@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode};
+pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
 
 use crate::diff::Diff;
 use crate::model::TargetState;

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
-use super::coordination::{Coordinator, Fence, LeaseRound, Role, Taken};
+use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
 use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, Queries};
 use super::{
@@ -531,8 +531,8 @@ impl Coordinator for PgLeases {
         let mut out = Vec::with_capacity(targets.len());
         for t in targets {
             let got = match self.try_take(t).await? {
-                Some(epoch) => Ok(epoch),
-                None => Err(
+                Some(epoch) => Take::Taken(epoch),
+                None => Take::HeldBy(
                     sqlx::query_scalar("SELECT owner FROM leases WHERE target = $1")
                         .bind(t)
                         .fetch_optional(&self.pool)
