@@ -11,13 +11,29 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
     ("diff", "api", "the diff is pure: it never sees the wire"),
     ("diff", "store", "the diff is pure: no I/O"),
     ("diff", "metrics", "the diff is pure: the poller counts"),
-    ("diff", "config", "the diff takes DiffOptions, not the config"),
+    (
+        "diff",
+        "config",
+        "the diff takes DiffOptions, not the config",
+    ),
     ("api", "store", "the client knows nothing of persistence"),
     ("api", "delivery", "the client knows nothing of sinks"),
     ("api", "poller", "the client is called, it never calls back"),
-    ("poller", "delivery", "the poller wakes sinks through wake::Wake, owned by app"),
-    ("delivery", "api", "shared HTTP helpers live in http, below both"),
-    ("delivery", "poller", "deliveries come from the store, not the poller"),
+    (
+        "poller",
+        "delivery",
+        "the poller wakes sinks through wake::Wake, owned by app",
+    ),
+    (
+        "delivery",
+        "api",
+        "shared HTTP helpers live in http, below both",
+    ),
+    (
+        "delivery",
+        "poller",
+        "deliveries come from the store, not the poller",
+    ),
     ("model", "*", "the domain model is the bottom layer"),
 ];
 
@@ -199,7 +215,10 @@ fn the_modules_of_src_respect_the_layers_and_have_no_cycles() {
     let mut files = Vec::new();
     sources(&root, &root, &mut files);
     let g = graph(&files);
-    assert!(g.contains_key("poller") && g.contains_key("diff"), "src/ was read");
+    assert!(
+        g.contains_key("poller") && g.contains_key("diff"),
+        "src/ was read"
+    );
     let broken = violations(&g);
     assert!(
         broken.is_empty(),
@@ -213,7 +232,10 @@ fn the_modules_of_src_respect_the_layers_and_have_no_cycles() {
 fn the_checker_finds_forbidden_uses_and_cycles() {
     let file = |path: &str, text: &str| (path.to_string(), text.to_string());
     let files = [
-        file("poller.rs", "use crate::delivery::Outbox;\nuse crate::model::Event;\n"),
+        file(
+            "poller.rs",
+            "use crate::delivery::Outbox;\nuse crate::model::Event;\n",
+        ),
         file(
             "delivery/webhook.rs",
             "use crate::{store::Store, http};\nfn f() { crate::api::parse(); }\n",
@@ -223,7 +245,10 @@ fn the_checker_finds_forbidden_uses_and_cycles() {
             "model.rs",
             "// crate::config in a comment is fine\n#[cfg(test)]\nmod tests {\n    use crate::sim;\n}\n",
         ),
-        file("diff.rs", "pub fn f() -> crate::model::Tracked { todo!() }\n"),
+        file(
+            "diff.rs",
+            "pub fn f() -> crate::model::Tracked { todo!() }\n",
+        ),
         file("lib.rs", "pub mod poller;\n"),
     ];
     let g = graph(&files);
@@ -231,7 +256,10 @@ fn the_checker_finds_forbidden_uses_and_cycles() {
         g["delivery"],
         BTreeSet::from(["api".into(), "http".into(), "store".into()])
     );
-    assert!(g["model"].is_empty(), "comments and test modules are not uses");
+    assert!(
+        g["model"].is_empty(),
+        "comments and test modules are not uses"
+    );
     let broken = violations(&g);
     for expected in [
         "poller -> delivery is forbidden",

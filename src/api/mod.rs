@@ -145,7 +145,8 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let retry_after = http::retry_after(resp.headers());
-            let body = self.read_body(resp).await.unwrap_or_default();
+            // Never the whole of an error body: a proxy's page, or a hostile endless one.
+            let body = http::error_body(resp).await;
             return Err(Error::Status {
                 code: status.as_u16(),
                 retry_after,
@@ -225,12 +226,11 @@ fn error_message(body: &[u8]) -> String {
     {
         return m.chars().take(200).collect();
     }
-    let text = String::from_utf8_lossy(body);
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = http::one_line_snippet(body, 200);
     if flat.is_empty() {
         "(empty body)".into()
     } else {
-        flat.chars().take(200).collect()
+        flat
     }
 }
 
