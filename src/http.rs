@@ -67,11 +67,12 @@ async fn error_body_within(mut resp: reqwest::Response, limit: usize, time: Dura
 }
 
 /// An error body as one short line for a log or `deliveries list`: lossy UTF-8,
-/// whitespace collapsed, at most `max` characters.
+/// whitespace collapsed, control characters escaped, at most `max` characters.
 pub fn one_line_snippet(body: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(body);
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    flat.chars().take(max).collect()
+    let short: String = flat.chars().take(max).collect();
+    crate::text::escape(&short).into_owned()
 }
 
 /// The innermost cause of an error, which names the actual failure (refused, reset,
@@ -203,5 +204,9 @@ mod tests {
         assert_eq!(one_line_snippet(b"  a\n\tb  c ", 200), "a b c");
         assert_eq!(one_line_snippet(&[b'x'; 1000], 5), "xxxxx");
         assert_eq!(one_line_snippet(b"\xff ok", 200), "\u{fffd} ok");
+        assert_eq!(
+            one_line_snippet(b"a\x1b[2J\x07\0b", 200),
+            "a\\u{1b}[2J\\u{7}\\0b"
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! - [`app`]: wiring; the only place that spawns tasks.
 //! - [`cli`]: the commands of interface.md §2.
 //! - [`sim`], [`demo`]: the simulated Loops API and the one-command demo.
+//! - [`text`]: outside text made safe to print (control characters escaped, cells cut).
 
 pub mod api;
 pub mod app;
@@ -34,4 +35,5 @@ pub mod signing;
 pub mod sim;
 pub mod store;
 pub mod template;
+pub mod text;
 pub mod wake;

@@ -195,3 +195,98 @@ async fn hostile_receivers_cost_bounded_memory_and_time_per_attempt() {
         "attempts ended only after {took:?}"
     );
 }
+
+/// What a forged checkpoint name holds: a newline that starts a fake log line, an ANSI
+/// sequence that clears the screen, BEL and NUL.
+const FORGED: &str =
+    "step-1\n2026-12-02T00:00:00.000000Z ERROR loopwatch: forged line\x1b[2J\x1b[31m\x07\0";
+
+fn assert_printable(what: &str, text: &str) {
+    assert!(
+        !text.contains(['\x1b', '\x07', '\0', '\u{9b}']),
+        "{what}: raw control characters in {:?}",
+        &text[..text.len().min(2000)]
+    );
+    assert!(
+        !text.lines().any(|l| l.contains("ERROR loopwatch: forged")
+            && l.starts_with("2026-12-02T00:00:00.000000Z")),
+        "{what}: a forged line"
+    );
+}
+
+/// Checkpoint fields reach the text log and the tables of `checkpoints`, `state` and
+/// `deliveries list` escaped, and a field of 1 MB is cut in a table instead of panicking
+/// (`Formatting argument out of range`, exit 101, from 65,536 characters on; and since
+/// the row stays stored, `state` stayed broken).
+#[tokio::test]
+async fn hostile_checkpoint_fields_are_escaped_in_logs_and_tables_and_never_panic() {
+    let env = Env::new().await;
+    let rx = common::Receiver::start().await;
+    let h = env.sim.handle();
+    let forged = h.add_checkpoint("run-1", "sampler", FORGED, Some("COMPLETE"));
+    h.set_field(
+        &forged,
+        "checkpoint_type",
+        serde_json::json!("lora\x1b]0;pwned\x07"),
+    );
+    let huge_name = "n".repeat(1 << 20);
+    h.add_checkpoint("run-1", "sampler", &huge_name, Some("COMPLETE"));
+    let cfg = env.write_config(&format!(
+        "[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n[[sinks]]\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\nevents = [\"checkpoint.completed\"]\n",
+        rx.url
+    ));
+    // Both checkpoints are already complete: emit them on first sight.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen("[poll]\n", "[poll]\nemit_existing = true\n", 1),
+    )
+    .unwrap();
+
+    // The text log of a poll that emits both events (log.level = debug).
+    let out = env.run(&cfg, &["once"]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        &log[..log.len().min(3000)]
+    );
+    assert_printable("the text log", &log);
+    assert!(
+        log.contains(r"step-1\n2026-12-02T00:00:00.000000Z ERROR"),
+        "the name is in the log, escaped"
+    );
+    // (The 1 MB one is over the test receiver's body limit: 413, pending.)
+    assert!(rx.count() >= 1, "the events were sent");
+
+    for args in [
+        &["checkpoints", "--run-id", "run-1"][..],
+        &["state"],
+        &["deliveries", "list"],
+    ] {
+        let out = env.run(&cfg, args).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_printable(&format!("{args:?}"), &stdout);
+        assert!(stdout.contains('…'), "{args:?}: the 1 MB name is cut");
+        assert!(
+            stdout.lines().all(|l| l.chars().count() < 4096),
+            "{args:?}: a line is not bounded"
+        );
+        assert!(stdout.contains(r"step-1\n2026"), "{args:?}: {stdout}");
+        // JSON keeps every byte, escaped by JSON itself.
+        let mut json_args = args.to_vec();
+        json_args.extend(["-o", "json"]);
+        let out = env.run(&cfg, &json_args).await;
+        assert_eq!(out.status.code(), Some(0), "{json_args:?}");
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert_printable(&format!("{json_args:?}"), &json);
+        assert!(
+            json.contains(&huge_name),
+            "{json_args:?}: JSON keeps the whole name"
+        );
+    }
+}

@@ -224,7 +224,7 @@ fn error_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
         && let Some(m) = v.get("message").and_then(|m| m.as_str())
     {
-        return m.chars().take(200).collect();
+        return http::one_line_snippet(m.as_bytes(), 200);
     }
     let flat = http::one_line_snippet(body, 200);
     if flat.is_empty() {
