@@ -18,6 +18,7 @@ use crate::store::{
     self, Access, Coordinator, DeliveryStatus, Fence, Redeliver, Role, StoreError, StoredEvent,
     Take,
 };
+use crate::text;
 
 /// Output format of the listing commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -505,14 +506,19 @@ fn human_size(bytes: i64) -> String {
     }
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart. Cells are upstream text: each is escaped and
+/// cut to [`text::MAX_CELL`] characters (JSON output keeps every byte).
 pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     print!("{}", format_table(headers, &rows));
 }
 
 pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| text::cell(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
@@ -529,8 +535,8 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
         s.trim_end().to_string() + "\n"
     };
     let mut out = line(headers.to_vec());
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    for r in &rows {
+        out.push_str(&line(r.iter().map(|c| c.as_ref()).collect()));
     }
     out
 }
@@ -549,5 +555,27 @@ mod tests {
     fn tables_align() {
         let t = format_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    /// A cell of 65,536 characters or more panicked (`Formatting argument out of range`,
+    /// exit 101), and a newline or escape sequence in a name reached the terminal raw.
+    #[test]
+    fn hostile_cells_are_escaped_and_cut_and_never_panic() {
+        let huge = "n".repeat(1 << 20);
+        let t = format_table(
+            &["NAME", "SYNC"],
+            &[
+                vec![huge, "COMPLETE".into()],
+                vec!["a\nforged\x1b[2J\x07\0".into(), "x".into()],
+            ],
+        );
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(
+            t.lines().all(|l| l.chars().count() < 2 * text::MAX_CELL),
+            "{t}"
+        );
+        assert!(t.contains('…'));
+        assert!(t.contains(r"a\nforged\u{1b}[2J\u{7}\0"), "{t}");
+        assert!(!t.contains(['\x1b', '\x07', '\0']));
     }
 }

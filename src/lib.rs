@@ -16,6 +16,7 @@
 //! - [`args`], [`cli`]: the command line (clap types) and its commands.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
+//! - [`text`]: outside text made safe to print (control characters escaped, cells cut).
 
 pub mod api;
 pub mod app;
@@ -36,4 +37,5 @@ pub mod signing;
 pub mod sim;
 pub mod store;
 pub mod template;
+pub mod text;
 pub mod wake;

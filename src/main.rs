@@ -189,7 +189,9 @@ fn report(r: anyhow::Result<u8>) -> u8 {
         Ok(code) => code,
         Err(e) => {
             // One line: the chain of causes joined, never a backtrace.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            // Causes may quote upstream text (an error body): no control characters.
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {}", loopwatch::text::escape(&line));
             exit::FAILURE
         }
     }
@@ -209,6 +211,8 @@ fn init_tracing(level: &str, format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        // Checkpoint names and ids come from the API: every field escaped, so that a
+        // newline cannot forge a line nor an escape sequence reach the terminal.
+        LogFormat::Text => builder.fmt_fields(loopwatch::text::TextFields).init(),
     }
 }

@@ -145,7 +145,8 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let retry_after = http::retry_after(resp.headers());
-            let body = self.read_body(resp).await.unwrap_or_default();
+            // Never the whole of an error body: a proxy's page, or a hostile endless one.
+            let body = http::error_body(resp).await;
             return Err(Error::Status {
                 code: status.as_u16(),
                 retry_after,
@@ -223,14 +224,13 @@ fn error_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
         && let Some(m) = v.get("message").and_then(|m| m.as_str())
     {
-        return m.chars().take(200).collect();
+        return http::one_line_snippet(m.as_bytes(), 200);
     }
-    let text = String::from_utf8_lossy(body);
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = http::one_line_snippet(body, 200);
     if flat.is_empty() {
         "(empty body)".into()
     } else {
-        flat.chars().take(200).collect()
+        flat
     }
 }
 

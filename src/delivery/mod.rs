@@ -2,9 +2,10 @@
 //! record the outcome. One worker per sink, each with its own `concurrency`, so a slow or
 //! dead sink never delays polling or another sink.
 //!
-//! Retry policy (docs/events.md): 2xx delivered; 410 dead at once; anything else waits
-//! `retry_schedule[n]` +-20% (at least `Retry-After` when given) and is dead after
-//! 1 + len(retry_schedule) attempts.
+//! Retry policy (docs/events.md): 2xx delivered; 410 dead at once; a failure no retry can
+//! fix ([`Failure::is_permanent`]: the payload or the command's environment cannot be
+//! built) dead at once with its reason; anything else waits `retry_schedule[n]` +-20% (at
+//! least `Retry-After` when given) and is dead after 1 + len(retry_schedule) attempts.
 
 pub mod exec;
 pub mod payload;
@@ -41,12 +42,20 @@ pub enum Failure {
     Timeout,
     Connect(String),
     Exec(String),
-    /// The payload could not be built (a template error): retrying will not help soon,
-    /// but the operator may fix the config, so it follows the schedule.
+    /// The payload could not be built: a template that fails to render (or runs out of
+    /// fuel or size), a body the CloudEvents encoder cannot produce, an environment value
+    /// the OS refuses (a NUL byte, too large). The same event fails the same way on every
+    /// attempt, so it is dead at once with this reason; a fixed config and `deliveries
+    /// redeliver` send it again. (It followed the retry schedule, for days.)
     Payload(String),
 }
 
 impl Failure {
+    /// No retry can fix it: dead at once.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Failure::Payload(_))
+    }
+
     fn status(&self) -> Option<u16> {
         match self {
             Failure::Status { code, .. } => Some(*code),
@@ -83,7 +92,7 @@ pub fn decide(
     };
     let status = failure.status();
     let error = failure.to_string();
-    if status == Some(410) {
+    if status == Some(410) || failure.is_permanent() {
         return AttemptOutcome::Dead { status, error };
     }
     let Some(base) = schedule.get(attempts_before as usize) else {
@@ -564,6 +573,35 @@ mod tests {
             decide(&status(410, None), 0, &schedule(), Utc::now(), 0.0),
             AttemptOutcome::Dead { .. }
         ));
+    }
+
+    #[test]
+    fn a_payload_that_cannot_be_built_is_dead_at_once_with_its_reason() {
+        let r = Err(Failure::Payload(
+            "template: undefined value (in body:1)".into(),
+        ));
+        match decide(&r, 0, &schedule(), Utc::now(), 0.0) {
+            AttemptOutcome::Dead { status, error } => {
+                assert_eq!(status, None);
+                assert_eq!(
+                    error,
+                    "cannot build the payload: template: undefined value (in body:1)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Transient ones still follow the schedule.
+        for f in [
+            Failure::Timeout,
+            Failure::Connect("refused".into()),
+            Failure::Exec("exit 1".into()),
+        ] {
+            assert!(!f.is_permanent());
+            assert!(matches!(
+                decide(&Err(f), 0, &schedule(), Utc::now(), 0.0),
+                AttemptOutcome::Retry { .. }
+            ));
+        }
     }
 
     #[test]
