@@ -446,3 +446,39 @@ async fn three_replicas_share_one_api_budget() {
     );
     drop(ds);
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn a_reload_shares_the_new_target_set_among_the_replicas() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let cfg = pg_config(&env, &rx, 4).await;
+    let ds: Vec<Daemon> = ["r1", "r2"]
+        .iter()
+        .map(|id| replica(&env, &cfg, id))
+        .collect();
+    let mut addrs = Vec::new();
+    for d in &ds {
+        addrs.push(d.addr().await);
+    }
+    wait_balanced(&addrs, 4.0).await;
+    // Six targets instead of four (t0..t5), then two (t0, t1): every replica reloads.
+    edit(&cfg, |text| text.replace(&targets(4), &targets(6)));
+    for d in &ds {
+        d.signal("HUP");
+    }
+    let o = wait_balanced(&addrs, 6.0).await;
+    assert_eq!(o, [3.0, 3.0]);
+    edit(&cfg, |text| text.replace(&targets(6), &targets(2)));
+    for d in &ds {
+        d.signal("HUP");
+    }
+    let o = wait_balanced(&addrs, 2.0).await;
+    assert_eq!(o, [1.0, 1.0]);
+    for d in &ds {
+        assert_eq!(
+            gauge(&d.addr().await, "loopwatch_config_last_reload_successful").await,
+            Some(1.0)
+        );
+    }
+}
