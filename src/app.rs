@@ -3,22 +3,26 @@
 //! bind the server ([`App::build`], so callers learn the bound address), then run the
 //! pollers and sink workers until `shutdown` resolves, then drain within the grace period.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api;
-use crate::config::Config;
-use crate::delivery::Outbox;
-use crate::health::Health;
+use crate::config::{self, Config, Environment, TargetConfig};
+use crate::delivery::{Outbox, Sink};
+use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::poller::Poller;
@@ -50,6 +54,29 @@ pub struct App {
     /// Who polls which target (leases with several replicas), and what it gives this process.
     coordinator: Arc<dyn Coordinator>,
     ownership: Arc<Ownership>,
+    client: Arc<api::Client>,
+    /// The file SIGHUP reloads the config from ([`App::reload_on_sighup`]).
+    reload_from: Option<PathBuf>,
+}
+
+/// A running loop (one target's poller or one sink's worker), stoppable on its own.
+struct Loop {
+    token: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// The loops of a running daemon, by name, and what starting another needs.
+struct Running {
+    token: CancellationToken,
+    tracker: TaskTracker,
+    poll_beat: Heartbeat,
+    grace: Duration,
+    targets: HashMap<String, Loop>,
+    /// Removed targets whose loop is still finishing: a target added back waits for it.
+    retired: HashMap<String, JoinHandle<()>>,
+    sinks: HashMap<String, (Loop, Heartbeat)>,
+    /// The configured target names, for the lease loop's fair share.
+    names: watch::Sender<Vec<String>>,
 }
 
 impl App {
@@ -94,7 +121,7 @@ impl App {
         )?);
         let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
         let poller = Poller::new(
-            client,
+            client.clone(),
             store.clone(),
             metrics.clone(),
             Some(wake),
@@ -124,7 +151,16 @@ impl App {
             addr,
             coordinator,
             ownership,
+            client,
+            reload_from: None,
         })
+    }
+
+    /// Reload the config from `path` on SIGHUP while running (docs/configuration.md,
+    /// "Reload").
+    pub fn reload_on_sighup(mut self, path: PathBuf) -> Self {
+        self.reload_from = Some(path);
+        self
     }
 
     /// The bound address of `/metrics` `/healthz` `/readyz`.
@@ -202,12 +238,15 @@ impl App {
         }
 
         let targets: Vec<String> = self.cfg.targets.iter().map(|t| t.name.clone()).collect();
+        let (names, names_rx) = watch::channel(targets);
+        let client = self.client.clone();
         tracker.spawn(crate::replicas::run(
             self.coordinator.clone(),
             self.ownership.clone(),
-            targets,
+            names_rx,
             self.metrics.clone(),
             self.health.clone(),
+            move |live| client.share_budget(live),
             token.clone(),
         ));
         if let Some(retention) = self.cfg.store.retention {
@@ -236,30 +275,23 @@ impl App {
                 }
             });
         }
-        let longest = self
-            .cfg
-            .targets
-            .iter()
-            .map(|t| t.interval)
-            .max()
-            .unwrap_or_default();
-        let poll_beat = self.health.heartbeat(
-            "poller",
-            longest.mul_f64(2.0) + self.cfg.api.timeout * 2 + Duration::from_secs(60),
-        );
-        for (t, state) in self.cfg.targets.iter().zip(states) {
-            let poller = self.poller.clone();
-            let (t, tok, beat) = (t.clone(), token.clone(), poll_beat.clone());
-            tracker.spawn(async move { poller.run_target(t, state, tok, beat).await });
-        }
+        let poll_beat = self.health.heartbeat("poller", self.poll_silence());
         let grace = self.cfg.delivery.shutdown_grace;
+        let mut running = Running {
+            token: token.clone(),
+            tracker: tracker.clone(),
+            poll_beat,
+            grace,
+            targets: HashMap::new(),
+            retired: HashMap::new(),
+            sinks: HashMap::new(),
+            names,
+        };
+        for (t, state) in self.cfg.targets.clone().into_iter().zip(states) {
+            self.start_target(&mut running, t, state, None);
+        }
         for sink in self.outbox.sinks() {
-            let beat = self.health.heartbeat(
-                &format!("sink {}", sink.name()),
-                sink.cfg.timeout + Duration::from_secs(60),
-            );
-            let (outbox, sink, tok) = (self.outbox.clone(), sink.clone(), token.clone());
-            tracker.spawn(async move { outbox.run_sink(sink, tok, grace, beat).await });
+            self.start_sink(&mut running, sink, None);
         }
         if let Some(period) = sd_notify::watchdog_enabled() {
             // WATCHDOG=1 only while every loop is alive: a wedged daemon gets restarted.
@@ -278,6 +310,15 @@ impl App {
             });
         }
         tracker.close();
+        #[cfg(unix)]
+        let mut hangup = match &self.reload_from {
+            Some(_) => Some(
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .context("cannot install a SIGHUP handler")?,
+            ),
+            None => None,
+        };
+        self.metrics.config_applied(true);
         // The store is open and the server bound: tell systemd (a no-op elsewhere).
         notify(&[NotifyState::Ready, NotifyState::Status("polling")]);
         info!(
@@ -287,7 +328,22 @@ impl App {
             "loopwatch running"
         );
 
-        shutdown.await;
+        tokio::pin!(shutdown);
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = hup => self.reload(&mut running).await,
+            }
+        }
         notify(&[NotifyState::Stopping]);
         info!(
             grace_s = grace.as_secs_f64(),
@@ -301,6 +357,203 @@ impl App {
             warn!("some tasks did not stop within the grace period");
         }
         info!("stopped");
+        Ok(())
+    }
+}
+
+/// Reload: read the config again and apply what a reload applies (docs/configuration.md,
+/// "Reload"); `crate::reload` says what changed, these functions start and stop the loops.
+impl App {
+    /// How long the poll loops may all be silent: two of the longest waits and two API
+    /// timeouts, plus a minute.
+    fn poll_silence(&self) -> Duration {
+        let longest = (self.cfg.targets.iter().map(|t| t.interval))
+            .max()
+            .unwrap_or_default();
+        longest.mul_f64(2.0) + self.cfg.api.timeout * 2 + Duration::from_secs(60)
+    }
+
+    /// Start the poll loop of `t`, after `after` (the loop it replaces, or the clean-up of
+    /// a removed one) has finished, so two loops of one target never overlap.
+    fn start_target(
+        &self,
+        run: &mut Running,
+        t: TargetConfig,
+        state: Option<TargetState>,
+        after: Option<JoinHandle<()>>,
+    ) {
+        let after = after.or_else(|| run.retired.remove(&t.name));
+        let token = run.token.child_token();
+        let (poller, tok, beat) = (self.poller.clone(), token.clone(), run.poll_beat.clone());
+        let name = t.name.clone();
+        let handle = run.tracker.spawn(async move {
+            if let Some(previous) = after {
+                let _ = previous.await;
+            }
+            poller.run_target(t, state, tok, beat).await
+        });
+        run.targets.insert(name, Loop { token, handle });
+    }
+
+    /// Start the worker of `sink`, after `after` (the worker it replaces) has finished.
+    fn start_sink(&self, run: &mut Running, sink: Arc<Sink>, after: Option<JoinHandle<()>>) {
+        let beat = self.health.heartbeat(
+            &format!("sink {}", sink.name()),
+            sink.cfg.timeout + Duration::from_secs(60),
+        );
+        let token = run.token.child_token();
+        let (outbox, tok, grace, b) = (self.outbox.clone(), token.clone(), run.grace, beat.clone());
+        let name = sink.name().to_string();
+        let handle = run.tracker.spawn(async move {
+            if let Some(previous) = after {
+                let _ = previous.await;
+            }
+            outbox.run_sink(sink, tok, grace, b).await
+        });
+        run.sinks.insert(name, (Loop { token, handle }, beat));
+    }
+
+    /// Stop the worker of sink `name` (in-flight attempts get the grace period; the rest
+    /// stay pending); returns its handle.
+    fn stop_sink(&self, run: &mut Running, name: &str) -> Option<JoinHandle<()>> {
+        let (lp, beat) = run.sinks.remove(name)?;
+        self.health.retire(&beat);
+        lp.token.cancel();
+        Some(lp.handle)
+    }
+
+    /// Stop the poll loop of target `name` (between polls, never inside a commit).
+    fn stop_target(run: &mut Running, name: &str) -> Option<JoinHandle<()>> {
+        let lp = run.targets.remove(name)?;
+        lp.token.cancel();
+        Some(lp.handle)
+    }
+
+    /// SIGHUP: tell systemd, read the config file again, apply it or refuse it whole,
+    /// record the outcome in the reload metrics, tell systemd again. Never fails.
+    async fn reload(&mut self, run: &mut Running) {
+        let Some(path) = self.reload_from.clone() else {
+            return;
+        };
+        // Type=notify-reload: RELOADING=1 with the monotonic time, then READY=1 when done.
+        let mut reloading = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify(&reloading);
+        info!(config = %path.display(), "SIGHUP: reloading the config");
+        let outcome = match config::load(&path, &Environment::from_process()) {
+            Ok(new) => self.apply(run, new),
+            Err(e) => Err(e.problems),
+        };
+        match outcome {
+            Ok(()) => self.metrics.config_applied(true),
+            Err(problems) => {
+                for problem in &problems {
+                    error!(%problem, "problem in the reloaded config");
+                }
+                error!(
+                    problems = problems.len(),
+                    "config reload refused; the running config stays"
+                );
+                self.metrics.config_applied(false);
+            }
+        }
+        notify(&[NotifyState::Ready, NotifyState::Status("polling")]);
+    }
+
+    /// Apply a valid config: targets, sinks and `[poll]`; restart-only keys are named.
+    fn apply(&mut self, run: &mut Running, new: Config) -> Result<(), Vec<String>> {
+        let plan = crate::reload::plan(&self.cfg, &new);
+        // Build every new sink first: one that cannot be built refuses the whole reload.
+        let mut built: HashMap<String, Arc<Sink>> = HashMap::new();
+        let mut problems = Vec::new();
+        for s in plan.added_sinks.iter().chain(&plan.changed_sinks) {
+            match self.outbox.build_sink(s) {
+                Ok(sink) => {
+                    built.insert(s.name.clone(), sink);
+                }
+                Err(e) => problems.push(format!("{}: {e:#}", new.source)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        for key in &plan.needs_restart {
+            warn!(%key, "config change needs a restart; not applied");
+        }
+        let cfg = crate::reload::effective(&self.cfg, new);
+        if plan.is_noop() {
+            info!("config reloaded; no target, sink or [poll] change");
+            self.cfg = cfg;
+            return Ok(());
+        }
+        self.metrics.init_series(&cfg);
+        self.poller.reconfigure(cfg.poll.clone(), cfg.sinks.clone());
+
+        // Sinks: the outbox's set first (routing and the backlog gauges), then the workers.
+        let current: HashMap<String, Arc<Sink>> = (self.outbox.sinks().into_iter())
+            .map(|s| (s.name().to_string(), s))
+            .collect();
+        let sinks: Vec<Arc<Sink>> = (cfg.sinks.iter())
+            .filter_map(|s| built.get(&s.name).or_else(|| current.get(&s.name)).cloned())
+            .collect();
+        self.outbox.set_sinks(sinks);
+        for name in &plan.removed_sinks {
+            self.stop_sink(run, name);
+        }
+        for s in &plan.changed_sinks {
+            let old = self.stop_sink(run, &s.name);
+            self.start_sink(run, built[&s.name].clone(), old);
+        }
+        for s in &plan.added_sinks {
+            self.start_sink(run, built[&s.name].clone(), None);
+        }
+
+        // Targets: ownership (a single node owns new ones at once; replicas share them at
+        // the next lease round), readiness, then the loops.
+        let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
+        self.ownership.retarget(&*self.coordinator, &names);
+        run.names.send_replace(names);
+        let added: Vec<String> = plan.added_targets.iter().map(|t| t.name.clone()).collect();
+        let owned_now = self.coordinator.owned_from_start(&added);
+        self.health
+            .retarget(&plan.removed_targets, owned_now.into_iter().map(|(t, _)| t));
+        for name in &plan.removed_targets {
+            if let Some(handle) = Self::stop_target(run, name) {
+                // Its series go once its loop has stopped writing them.
+                let (metrics, name2) = (self.metrics.clone(), name.clone());
+                let cleanup = run.tracker.spawn(async move {
+                    let _ = handle.await;
+                    metrics.remove_target(&name2);
+                });
+                run.retired.insert(name.clone(), cleanup);
+            }
+        }
+        for t in &plan.changed_targets {
+            let old = Self::stop_target(run, &t.name);
+            self.start_target(run, t.clone(), None, old);
+        }
+        for t in &plan.added_targets {
+            self.start_target(run, t.clone(), None, None);
+        }
+        self.metrics
+            .targets_owned
+            .set(self.ownership.count() as i64);
+        run.retired.retain(|_, h| !h.is_finished());
+        self.cfg = cfg;
+        self.health
+            .allow_silence(&run.poll_beat, self.poll_silence());
+        info!(
+            targets_added = plan.added_targets.len(),
+            targets_removed = plan.removed_targets.len(),
+            targets_changed = plan.changed_targets.len(),
+            sinks_added = plan.added_sinks.len(),
+            sinks_removed = plan.removed_sinks.len(),
+            sinks_changed = plan.changed_sinks.len(),
+            poll_changed = plan.poll_changed,
+            "config reloaded"
+        );
         Ok(())
     }
 }

@@ -344,15 +344,26 @@ fn tracked_json(c: &Tracked) -> serde_json::Value {
     })
 }
 
+/// The newest `limit` deliveries (in `status`, to `sink`), oldest first; when more match,
+/// a line on stderr says so (the output itself stays a plain table or JSON array).
 pub async fn deliveries_list(
     cfg: &Config,
     status: Option<DeliveryStatus>,
+    sink: Option<&str>,
+    limit: u32,
     output: Output,
 ) -> anyhow::Result<u8> {
-    let rows = match read_only_store(cfg).await? {
-        Some(store) => store.list_deliveries(status, 10_000).await?,
+    let mut rows = match read_only_store(cfg).await? {
+        // One more than asked: whether there are more is known without a count.
+        Some(store) => (store.list_sink_deliveries(status, sink, i64::from(limit) + 1)).await?,
         None => Vec::new(),
     };
+    if rows.len() > limit as usize {
+        rows.drain(..rows.len() - limit as usize);
+        eprintln!(
+            "note: showing the newest {limit} deliveries; older ones match too (raise --limit, or narrow with --status or --sink)"
+        );
+    }
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => {

@@ -60,6 +60,34 @@ impl Health {
         hb
     }
 
+    /// A loop that stopped for good (a reload removed its sink or target): no longer
+    /// watched for silence.
+    pub fn retire(&self, hb: &Heartbeat) {
+        (self.beats.lock().expect("not poisoned")).retain(|b| !Arc::ptr_eq(&b.last, &hb.last));
+    }
+
+    /// Let `hb` be silent up to `max_silence` from now on (a reload lengthened the waits of
+    /// the loops that beat it).
+    pub fn allow_silence(&self, hb: &Heartbeat, max_silence: Duration) {
+        for b in self.beats.lock().expect("not poisoned").iter_mut() {
+            if Arc::ptr_eq(&b.last, &hb.last) {
+                b.max_silence = max_silence;
+            }
+        }
+    }
+
+    /// A reload changed the targets: `removed` no longer count for readiness; `added`
+    /// (those this process owns from the start) must be polled once.
+    pub fn retarget(&self, removed: &[String], added: impl IntoIterator<Item = String>) {
+        let mut expected = self.expected.lock().expect("not poisoned");
+        let mut polled = self.polled.lock().expect("not poisoned");
+        for t in removed {
+            expected.remove(t);
+            polled.remove(t);
+        }
+        expected.extend(added);
+    }
+
     pub fn target_polled(&self, target: &str) {
         self.polled
             .lock()

@@ -12,7 +12,8 @@
 //! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
 //! - [`metrics`], [`health`], [`server`]: what operators see.
-//! - [`app`]: wiring; the only place that spawns tasks.
+//! - [`app`]: wiring; the only place that spawns tasks. [`reload`]: what a SIGHUP
+//!   reload changes, which `app` applies.
 //! - [`args`], [`cli`]: the command line (clap types) and its commands.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
@@ -31,6 +32,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod poller;
+pub mod reload;
 pub mod replicas;
 pub mod server;
 pub mod signing;

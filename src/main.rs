@@ -119,7 +119,7 @@ async fn dispatch(cli: Cli) -> u8 {
         };
         return report(cli::checkpoints(&cfg, f, output).await);
     }
-    let cfg = match load(cli.config) {
+    let cfg = match load(cli.config.clone()) {
         Ok(c) => c,
         Err(problems) => {
             for p in problems {
@@ -138,7 +138,11 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Run => {
             init_tracing(&cfg.log.level, cfg.log.format);
             let r = async {
-                let app = loopwatch::app::App::build(cfg, true).await?;
+                // SIGHUP reads the same file again (located as at start).
+                let path = config::locate(cli.config).map_err(|e| anyhow::anyhow!(e))?;
+                let app = loopwatch::app::App::build(cfg, true)
+                    .await?
+                    .reload_on_sighup(path);
                 app.run(loopwatch::app::shutdown_signal()).await?;
                 anyhow::Ok(exit::OK)
             };
@@ -153,10 +157,16 @@ async fn dispatch(cli: Cli) -> u8 {
             init_tracing("warn", cfg.log.format);
             report(cli::state(&cfg, target.as_deref(), output.output).await)
         }
-        Command::Deliveries(DeliveriesCommand::List { status, output }) => {
+        Command::Deliveries(DeliveriesCommand::List {
+            status,
+            sink,
+            limit,
+            output,
+        }) => {
             init_tracing("warn", cfg.log.format);
             let status = status.as_deref().and_then(DeliveryStatus::parse);
-            report(cli::deliveries_list(&cfg, status, output.output).await)
+            let sink = sink.as_deref();
+            report(cli::deliveries_list(&cfg, status, sink, limit, output.output).await)
         }
         Command::Deliveries(DeliveriesCommand::Redeliver {
             ids,

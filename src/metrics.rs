@@ -32,6 +32,13 @@ pub struct Metrics {
     pub oldest_pending: GaugeVec,
     pub targets_owned: IntGauge,
     pub lease_takeovers: prometheus::IntCounter,
+    /// 1 when the last reload (or the start) applied the config, 0 when it was refused.
+    pub reload_successful: IntGauge,
+    pub reload_success_timestamp: prometheus::Gauge,
+    /// Whether this process reports the database-wide backlog gauges (`pending`, `dead`,
+    /// `oldest_pending`): with several replicas one at a time does, the others export 0,
+    /// so a `sum` over replicas is the true figure. Always on a single node.
+    backlog_reporter: std::sync::atomic::AtomicBool,
 }
 
 const DELIVERY_OUTCOMES: [&str; 3] = ["success", "retry", "dead"];
@@ -110,8 +117,28 @@ impl Metrics {
             .register(Box::new(lease_takeovers.clone()))
             .expect("unique metric");
 
+        let reload_successful = IntGauge::new(
+            "loopwatch_config_last_reload_successful",
+            "1 when the last config reload (or the start) applied the config, 0 when it was refused.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(reload_successful.clone()))
+            .expect("unique metric");
+        let reload_success_timestamp = prometheus::Gauge::new(
+            "loopwatch_config_last_reload_success_timestamp_seconds",
+            "When the config was last applied (the start, or a successful reload).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(reload_success_timestamp.clone()))
+            .expect("unique metric");
+
         Metrics {
             lease_takeovers,
+            reload_successful,
+            reload_success_timestamp,
+            backlog_reporter: std::sync::atomic::AtomicBool::new(true),
             targets: RwLock::default(),
             api_requests: counter(
                 "loopwatch_api_requests_total",
@@ -167,6 +194,31 @@ impl Metrics {
             self.oldest_pending.with_label_values(&[n]);
         }
         self.targets_owned.set(cfg.targets.len() as i64);
+    }
+
+    /// Record the outcome of applying a config (at start, and on each reload).
+    pub fn config_applied(&self, ok: bool) {
+        self.reload_successful.set(ok as i64);
+        if ok {
+            self.reload_success_timestamp
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// Drop the series of a target no longer configured (a reload removed it).
+    pub fn remove_target(&self, name: &str) {
+        self.targets.write().expect("not poisoned").remove(name);
+    }
+
+    /// Whether this process exports the database-wide backlog figures (see the field).
+    pub fn reports_backlog(&self) -> bool {
+        self.backlog_reporter
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_reports_backlog(&self, on: bool) {
+        self.backlog_reporter
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The series of one target (created at zero if the config did not name it).

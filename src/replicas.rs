@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -63,6 +63,15 @@ impl Ownership {
         }
     }
 
+    /// A reload changed the targets to `targets`: a node that owns every target from the
+    /// start owns the new set at once; where replicas share leases, the lease loop's next
+    /// round takes or lets go of them (see [`run`]).
+    pub fn retarget(&self, coordinator: &dyn Coordinator, targets: &[String]) {
+        if coordinator.lease_ttl().is_none() {
+            self.set(coordinator.owned_from_start(targets).into_iter().collect());
+        }
+    }
+
     /// Resolves when ownership changes.
     pub async fn changed(&self) {
         self.changed.notified().await
@@ -77,6 +86,18 @@ pub async fn keep_leases(
     coordinator: &dyn Coordinator,
     targets: &[String],
     token: &CancellationToken,
+    on_round: impl FnMut(store::Result<LeaseRound>),
+) -> store::Result<()> {
+    let (_keep, rx) = watch::channel(targets.to_vec());
+    keep_leases_of(coordinator, &rx, token, on_round).await
+}
+
+/// [`keep_leases`] for a set of targets that may change (a reload): each round shares
+/// out the set current then.
+pub async fn keep_leases_of(
+    coordinator: &dyn Coordinator,
+    targets: &watch::Receiver<Vec<String>>,
+    token: &CancellationToken,
     mut on_round: impl FnMut(store::Result<LeaseRound>),
 ) -> store::Result<()> {
     let Some(ttl) = coordinator.lease_ttl() else {
@@ -89,29 +110,35 @@ pub async fn keep_leases(
             _ = token.cancelled() => break,
             _ = tick.tick() => {}
         }
-        on_round(coordinator.round(targets).await);
+        let current = targets.borrow().clone();
+        on_round(coordinator.round(&current).await);
     }
     coordinator.release_all().await
 }
 
-/// The daemon's lease loop: keeps `own`, the `targets_owned` gauge and readiness up to
-/// date with each round until cancelled, then releases every lease. Returns at once on a
-/// single node, which owns every target for good.
+/// The daemon's lease loop: keeps `own`, the `targets_owned` gauge, readiness and which
+/// replica reports the database-wide backlog up to date with each round until cancelled,
+/// then releases every lease; `on_live` hears the number of live replicas after each
+/// round (the API budget is shared among them). `targets` is the configured set, which a
+/// reload may change. Returns at once on a single node, which owns every target for good.
 pub async fn run(
     coordinator: Arc<dyn Coordinator>,
     own: Arc<Ownership>,
-    targets: Vec<String>,
+    targets: watch::Receiver<Vec<String>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    mut on_live: impl FnMut(i64) + Send,
     token: CancellationToken,
 ) {
     let Some(ttl) = coordinator.lease_ttl() else {
         return;
     };
+    // Until a round says this replica is the one, it exports 0 for the backlog.
+    metrics.set_reports_backlog(false);
     let beat = health.heartbeat("leases", ttl * 2 + Duration::from_secs(30));
     info!(replica = %own.replica, lease_ttl_s = ttl.as_secs_f64(), "sharing targets with other replicas");
     let mut last_ok = Instant::now();
-    let released = keep_leases(&*coordinator, &targets, &token, |round| {
+    let released = keep_leases_of(&*coordinator, &targets, &token, |round| {
         beat.beat();
         match round {
             Ok(round) => {
@@ -124,6 +151,8 @@ pub async fn run(
                     metrics.lease_takeovers.inc_by(round.takeovers);
                 }
                 metrics.targets_owned.set(round.owned.len() as i64);
+                metrics.set_reports_backlog(round.reports_backlog);
+                on_live(round.live_replicas);
                 health.set_owned(
                     &own.replica,
                     round.owned.iter().map(|(t, _)| t.clone()),
@@ -137,6 +166,8 @@ pub async fn run(
                     // Our leases have expired by now: stop polling until renewed.
                     own.set(HashMap::new());
                     metrics.targets_owned.set(0);
+                    // Others see this replica as dead by now: one of them reports.
+                    metrics.set_reports_backlog(false);
                 }
             }
         }

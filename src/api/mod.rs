@@ -5,6 +5,8 @@
 pub mod wire;
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -82,7 +84,12 @@ pub struct Client {
     http: reqwest::Client,
     endpoint: Url,
     auth: HeaderValue,
-    limiter: DefaultDirectRateLimiter,
+    /// This process's share of `api.max_requests_per_second` ([`Client::share_budget`]).
+    limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
+    /// `api.max_requests_per_second`: what the whole deployment may send.
+    budget: f64,
+    /// How many processes share the budget now.
+    sharing: AtomicI64,
     max_bytes: u64,
 }
 
@@ -118,9 +125,35 @@ impl Client {
             http,
             endpoint,
             auth,
-            limiter: RateLimiter::direct(quota(cfg.max_requests_per_second)),
+            limiter: RwLock::new(Arc::new(RateLimiter::direct(quota(
+                cfg.max_requests_per_second,
+            )))),
+            budget: cfg.max_requests_per_second,
+            sharing: AtomicI64::new(1),
             max_bytes: cfg.max_response_bytes,
         })
+    }
+
+    /// Share the budget with `replicas` live replicas (itself included): from now on this
+    /// client sends at most `max_requests_per_second / replicas`, so the fleet sends the
+    /// budget whatever its size. A change of count rebuilds the token bucket.
+    pub fn share_budget(&self, replicas: i64) {
+        let n = replicas.max(1);
+        if self.sharing.swap(n, Ordering::Relaxed) != n {
+            let limiter = RateLimiter::direct(quota(self.budget / n as f64));
+            *self.limiter.write().expect("not poisoned") = Arc::new(limiter);
+        }
+    }
+
+    /// The requests per second this client may send now (its share of the budget).
+    pub fn rate(&self) -> f64 {
+        self.budget / self.sharing.load(Ordering::Relaxed) as f64
+    }
+
+    /// Wait for a token of this client's share of the budget.
+    async fn until_ready(&self) {
+        let limiter = self.limiter.read().expect("not poisoned").clone();
+        limiter.until_ready().await;
     }
 
     /// The whole listing for one filter; the request waits for a token first.
@@ -131,7 +164,7 @@ impl Client {
     /// The listing's body for one filter, not yet decoded: a poller that has seen the same
     /// body before ([`Body::digest`]) need not decode it again.
     pub async fn fetch(&self, filter: &Filter) -> Result<Body, Error> {
-        self.limiter.until_ready().await;
+        self.until_ready().await;
         let mut url = self.endpoint.clone();
         url.query_pairs_mut()
             .append_pair(filter.query_key(), filter.value());

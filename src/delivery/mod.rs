@@ -12,8 +12,8 @@ pub mod payload;
 /// Signing moved below config and delivery (`crate::signing`); the old path still works.
 pub mod webhook;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -193,7 +193,12 @@ type Finished = (Claimed, Result<u16, Failure>, Duration);
 pub struct Outbox {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    sinks: Vec<Arc<Sink>>,
+    /// The configured sinks; a reload replaces them ([`Outbox::set_sinks`]).
+    sinks: RwLock<Vec<Arc<Sink>>>,
+    /// Every sink configured since start: a removed sink's deliveries stay pending, and
+    /// its backlog gauges keep saying so.
+    known: Mutex<BTreeSet<String>>,
+    http: reqwest::Client,
     wake: Wake,
 }
 
@@ -207,20 +212,37 @@ impl Outbox {
         wake: Wake,
     ) -> anyhow::Result<Self> {
         let http = webhook::client();
-        let sinks = sinks
+        let sinks: Vec<Arc<Sink>> = sinks
             .iter()
             .map(|s| Sink::new(s.clone(), http.clone()).map(Arc::new))
             .collect::<anyhow::Result<_>>()?;
+        let known = sinks.iter().map(|s| s.name().to_string()).collect();
         Ok(Outbox {
             store,
             metrics,
-            sinks,
+            sinks: RwLock::new(sinks),
+            known: Mutex::new(known),
+            http,
             wake,
         })
     }
 
-    pub fn sinks(&self) -> &[Arc<Sink>] {
-        &self.sinks
+    /// The configured sinks.
+    pub fn sinks(&self) -> Vec<Arc<Sink>> {
+        self.sinks.read().expect("not poisoned").clone()
+    }
+
+    /// A sink ready to run, sharing the HTTP client of the others (a reload's new or
+    /// changed sink).
+    pub fn build_sink(&self, cfg: &SinkConfig) -> anyhow::Result<Arc<Sink>> {
+        Sink::new(cfg.clone(), self.http.clone()).map(Arc::new)
+    }
+
+    /// Replace the configured sinks (a reload); the caller stops and starts the workers.
+    pub fn set_sinks(&self, sinks: Vec<Arc<Sink>>) {
+        let mut known = self.known.lock().expect("not poisoned");
+        known.extend(sinks.iter().map(|s| s.name().to_string()));
+        *self.sinks.write().expect("not poisoned") = sinks;
     }
 
     /// The signal the workers wait on between claims.
@@ -457,7 +479,8 @@ impl Outbox {
     /// Send everything due now, once (for `loopwatch once`). Failures are rescheduled.
     pub async fn deliver_due(&self) -> DeliverySummary {
         let mut summary = DeliverySummary::default();
-        let per_sink = self.sinks.iter().map(|sink| async move {
+        let sinks = self.sinks();
+        let per_sink = sinks.iter().map(|sink| async move {
             let mut s = DeliverySummary::default();
             loop {
                 let now = Utc::now();
@@ -494,14 +517,28 @@ impl Outbox {
     }
 
     /// Refresh the backlog gauges from the store (at scrape time).
+    /// With several replicas only one reports the database-wide figures; the others
+    /// export 0 ([`Metrics::reports_backlog`]), so a `sum` over replicas is the truth.
     pub async fn refresh_backlog(&self) {
-        let Ok(rows) = self.store.backlog().await else {
-            return;
+        let rows = if self.metrics.reports_backlog() {
+            match self.store.backlog().await {
+                Ok(rows) => rows,
+                Err(_) => return,
+            }
+        } else {
+            Vec::new()
         };
         let by_sink: HashMap<&str, _> = rows.iter().map(|b| (b.sink.as_str(), b)).collect();
         let now = Utc::now();
-        for s in &self.sinks {
-            let n = s.name();
+        let known: Vec<String> = self
+            .known
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .cloned()
+            .collect();
+        for n in &known {
+            let n = n.as_str();
             let b = by_sink.get(n);
             self.metrics
                 .pending

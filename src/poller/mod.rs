@@ -7,7 +7,8 @@
 //! `interval`; never sooner than a `Retry-After`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -55,9 +56,13 @@ pub struct Poller {
     /// Fired after a commit that queued deliveries.
     wake: Option<Wake>,
     health: Arc<Health>,
-    cfg: PollConfig,
-    sinks: Vec<SinkConfig>,
+    /// `[poll]` and the sinks events are routed to; a reload replaces both
+    /// ([`Poller::reconfigure`]).
+    cfg: RwLock<Arc<PollConfig>>,
+    sinks: RwLock<Arc<Vec<SinkConfig>>>,
     permits: Semaphore,
+    /// Permits to forget as they come back, after a reload lowered `concurrency`.
+    permits_owed: AtomicUsize,
     ownership: Option<Arc<Ownership>>,
     /// The unknown `sync_status` values already logged (each is logged once).
     unknown_statuses: Mutex<HashSet<String>>,
@@ -83,9 +88,10 @@ impl Poller {
             metrics,
             wake,
             health,
-            cfg,
-            sinks,
+            cfg: RwLock::new(Arc::new(cfg)),
+            sinks: RwLock::new(Arc::new(sinks)),
             permits,
+            permits_owed: AtomicUsize::new(0),
             ownership: None,
             unknown_statuses: Mutex::default(),
         }
@@ -95,6 +101,32 @@ impl Poller {
     pub fn with_ownership(mut self, own: Arc<Ownership>) -> Self {
         self.ownership = Some(own);
         self
+    }
+
+    /// The `[poll]` settings in force.
+    fn cfg(&self) -> Arc<PollConfig> {
+        self.cfg.read().expect("not poisoned").clone()
+    }
+
+    /// Apply a reloaded `[poll]` and sinks: polls from now on use them (a poll under way
+    /// finishes with the old ones), and `poll.concurrency` is resized.
+    pub fn reconfigure(&self, cfg: PollConfig, sinks: Vec<SinkConfig>) {
+        let (old, new) = (self.cfg().concurrency.get(), cfg.concurrency.get());
+        if new > old {
+            // Pay back what a previous shrink still owes before adding permits.
+            let owed = self.permits_owed.swap(0, Ordering::SeqCst);
+            let add = (new - old).saturating_sub(owed);
+            self.permits_owed
+                .store(owed.saturating_sub(new - old), Ordering::SeqCst);
+            self.permits.add_permits(add);
+        } else if new < old {
+            let forgotten = self.permits.forget_permits(old - new);
+            // Permits in use now are forgotten as they are given back.
+            self.permits_owed
+                .fetch_add(old - new - forgotten, Ordering::SeqCst);
+        }
+        *self.cfg.write().expect("not poisoned") = Arc::new(cfg);
+        *self.sinks.write().expect("not poisoned") = Arc::new(sinks);
     }
 
     /// Log each `sync_status` value outside the documented ones the first time it is seen
@@ -116,11 +148,11 @@ impl Poller {
     }
 
     fn diff_options(&self) -> DiffOptions {
+        let cfg = self.cfg();
         DiffOptions {
-            emit_existing: self.cfg.emit_existing,
-            delete_after_missing: self.cfg.delete_after_missing_polls,
-            stalled_after: self
-                .cfg
+            emit_existing: cfg.emit_existing,
+            delete_after_missing: cfg.delete_after_missing_polls,
+            stalled_after: cfg
                 .stalled_after
                 .and_then(|d| chrono::Duration::from_std(d).ok()),
         }
@@ -150,14 +182,21 @@ impl Poller {
         fence: Option<Fence>,
         cancel: &CancellationToken,
     ) -> Result<PollReport, PollError> {
-        let _permit = tokio::select! {
+        let permit = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(PollError::Cancelled),
             p = self.permits.acquire() => p.expect("never closed"),
         };
         // Boxed: the poll's future (HTTP, decode, store) exists only while it runs, so a
         // waiting target costs a small future, not a poll's worth, times 10,000 targets.
-        Box::pin(self.poll_now(t, state, dry_run, fence, cancel)).await
+        let r = Box::pin(self.poll_now(t, state, dry_run, fence, cancel)).await;
+        let owed = self
+            .permits_owed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if owed.is_ok() {
+            permit.forget();
+        }
+        r
     }
 
     /// One poll, in named steps: fetch -> (settled? done) -> decode -> narrow -> plan ->
@@ -265,11 +304,12 @@ impl Poller {
         fence: Option<Fence>,
         start: Instant,
     ) -> Result<(), PollError> {
+        let sinks = self.sinks.read().expect("not poisoned").clone();
         let commit = PollCommit {
             target,
             filter,
             diff: &plan.diff,
-            sinks: route(&plan.diff.events, &self.sinks),
+            sinks: route(&plan.diff.events, &sinks),
             now,
             fence,
             settled: plan.settled.map(|s| s.digest),
@@ -330,7 +370,7 @@ impl Poller {
     }
 
     fn jittered(&self, d: Duration) -> Duration {
-        jittered(d, self.cfg.jitter)
+        jittered(d, self.cfg().jitter)
     }
 }
 
@@ -435,7 +475,7 @@ impl Poller {
                         } else {
                             unchanged.saturating_add(1)
                         };
-                        if self.cfg.adaptive && (report.wrote || !learned) {
+                        if self.cfg().adaptive && (report.wrote || !learned) {
                             let next = cadence(s.checkpoints.values().map(|c| c.first_seen_at), &t);
                             match (&pace, &next) {
                                 (None, Some(c)) => {
@@ -455,7 +495,7 @@ impl Poller {
                             pace.as_ref(),
                             Utc::now(),
                             &t,
-                            self.cfg.adaptive,
+                            self.cfg().adaptive,
                         ))
                     }
                     Err(PollError::Cancelled) => break,

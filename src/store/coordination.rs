@@ -40,6 +40,9 @@ pub struct LeaseRound {
     pub takeovers: u64,
     /// Replicas with a recent heartbeat (0 for a one-shot run, which does not count them).
     pub live_replicas: i64,
+    /// This replica is the one of the live replicas (the lowest id) that exports the
+    /// database-wide figures (the delivery backlog); the others export 0.
+    pub reports_backlog: bool,
 }
 
 /// What became of one target a one-shot run tried to take.
@@ -118,6 +121,7 @@ impl Coordinator for SingleNode {
             owned: Self::all(targets),
             takeovers: 0,
             live_replicas: 1,
+            reports_backlog: true,
         })
     }
 

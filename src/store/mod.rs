@@ -281,6 +281,14 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>>;
 
+    /// The newest `limit` deliveries (in `status`, of `sink`, when given), oldest first.
+    async fn list_sink_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>>;
+
     /// Re-queue deliveries to be sent now; returns how many.
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64>;
 

@@ -335,7 +335,16 @@ impl Store for PgStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        Queries::list_deliveries(&self.pool, status, limit).await
+        Queries::list_deliveries(&self.pool, status, None, limit).await
+    }
+
+    async fn list_sink_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        Queries::list_deliveries(&self.pool, status, sink, limit).await
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
@@ -405,8 +414,8 @@ impl PgLeases {
         .bind(&self.replica)
         .execute(&self.pool)
         .await?;
-        let live: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
+        let (live, first): (i64, Option<String>) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT COUNT(*), MIN(id) FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
         )))
         .bind(ttl)
         .fetch_one(&self.pool)
@@ -466,6 +475,7 @@ impl PgLeases {
             owned,
             takeovers,
             live_replicas: live,
+            reports_backlog: first.as_deref() == Some(self.replica.as_str()),
         })
     }
 

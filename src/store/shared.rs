@@ -238,11 +238,13 @@ where
     pub(crate) async fn list_deliveries(
         pool: &Pool<DB>,
         status: Option<DeliveryStatus>,
+        sink: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
         let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(sql::list_deliveries()))
             .bind(status.map(DeliveryStatus::as_str))
             .bind(limit)
+            .bind(sink)
             .fetch_all(pool)
             .await?;
         rows.into_iter().rev().map(DeliveryRow::try_from).collect()

@@ -83,6 +83,7 @@ pub(crate) fn list_deliveries() -> String {
         "SELECT {DELIVERY_LIST_COLUMNS}
          FROM deliveries d JOIN events e ON e.seq = d.event_seq
          WHERE (CAST($1 AS TEXT) IS NULL OR d.status = $1)
+           AND (CAST($3 AS TEXT) IS NULL OR d.sink = $3)
          ORDER BY d.id DESC LIMIT $2"
     )
 }

@@ -621,7 +621,16 @@ impl Store for SqliteStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        Queries::list_deliveries(&self.pool, status, limit).await
+        Queries::list_deliveries(&self.pool, status, None, limit).await
+    }
+
+    async fn list_sink_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        Queries::list_deliveries(&self.pool, status, sink, limit).await
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
