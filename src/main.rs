@@ -221,6 +221,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::CheckConfig => cli::check_config(&cfg),
         Command::Run => {
             init_tracing(&cfg.log.level, cfg.log.format);
+            warn_unsafe(&cfg);
             let r = async {
                 let app = loopwatch::app::App::build(cfg, true).await?;
                 app.run(loopwatch::app::shutdown_signal()).await?;
@@ -230,6 +231,7 @@ async fn dispatch(cli: Cli) -> u8 {
         }
         Command::Once { dry_run } => {
             init_tracing(&cfg.log.level, cfg.log.format);
+            warn_unsafe(&cfg);
             report(cli::once(cfg, dry_run).await)
         }
         Command::Checkpoints { .. } => unreachable!("handled above"),
@@ -255,6 +257,13 @@ async fn dispatch(cli: Cli) -> u8 {
             init_tracing("warn", cfg.log.format);
             report(cli::test_sink(&cfg, &name).await)
         }
+    }
+}
+
+/// One WARN line per unsafe setting the config was accepted with.
+fn warn_unsafe(cfg: &Config) {
+    for w in &cfg.warnings {
+        tracing::warn!("unsafe setting: {w}");
     }
 }
 
