@@ -119,7 +119,9 @@ impl SqliteStore {
         }
         let lock = if access == Access::ReadWrite && on_disk {
             let lock = lock_exclusive(path)?;
-            create_private(path);
+            if !url.contains("mode=memory") {
+                create_private(path);
+            }
             Some(lock)
         } else {
             None
