@@ -38,7 +38,12 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
 }
 
+/// The effective config on stdout; a `warning: ` line on stderr per unsafe setting it
+/// was accepted with (it still exits 0: they are warnings).
 pub fn check_config(cfg: &Config) -> u8 {
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
     println!("# effective config of {} (secrets redacted)", cfg.source);
     print!("{}", cfg.to_redacted_toml());
     exit::OK

@@ -137,6 +137,7 @@ async fn dispatch(cli: Cli) -> u8 {
         },
         Command::Run => {
             init_tracing(&cfg.log.level, cfg.log.format);
+            warn_unsafe(&cfg);
             let r = async {
                 // SIGHUP reads the same file again (located as at start).
                 let path = config::locate(cli.config).map_err(|e| anyhow::anyhow!(e))?;
@@ -150,6 +151,7 @@ async fn dispatch(cli: Cli) -> u8 {
         }
         Command::Once { dry_run } => {
             init_tracing(&cfg.log.level, cfg.log.format);
+            warn_unsafe(&cfg);
             report(cli::once(cfg, dry_run).await)
         }
         Command::Checkpoints { .. } => unreachable!("handled above"),
@@ -186,6 +188,13 @@ async fn dispatch(cli: Cli) -> u8 {
             init_tracing("warn", cfg.log.format);
             report(cli::test_sink(&cfg, &name, output.output).await)
         }
+    }
+}
+
+/// One WARN line per unsafe setting the config was accepted with.
+fn warn_unsafe(cfg: &Config) {
+    for w in &cfg.warnings {
+        tracing::warn!("unsafe setting: {w}");
     }
 }
 

@@ -290,3 +290,171 @@ async fn hostile_checkpoint_fields_are_escaped_in_logs_and_tables_and_never_pani
         );
     }
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Each unsafe setting gets a warning line from `check-config` (which still exits 0: they
+/// are warnings, not errors) and a WARN at start; passwords in URLs are never printed.
+#[tokio::test]
+async fn unsafe_settings_are_warned_about_and_url_passwords_redacted() {
+    let env = Env::new().await;
+    let dir = env.dir.path();
+    let secret_file = dir.join("hook.secret");
+    std::fs::write(&secret_file, format!("{}\n", common::SECRET)).unwrap();
+    chmod(&secret_file, 0o644);
+    let cfg = dir.join("unsafe.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[api]
+base_url = "http://lw:apipw-7c1e@api.example.com/"
+[store]
+url = "postgres://lw:pgpw-3f9a@db.example.com/loopwatch"
+[server]
+listen = "0.0.0.0:9464"
+[[targets]]
+name = "qwen"
+run_id = "run-1"
+[[sinks]]
+name = "signed"
+url = "http://hooks.example.com/signed"
+secret_env = "HOOK_SECRET"
+[[sinks]]
+name = "with-headers"
+url = "http://hooks.example.com/h?token=querypw-51d"
+headers = {{ Authorization = "Bearer x" }}
+[[sinks]]
+name = "plain-unsigned"
+url = "http://hooks.example.com/open"
+[[sinks]]
+name = "local-signed"
+url = "http://127.0.0.1:9/hook"
+secret_env = "HOOK_SECRET"
+[[sinks]]
+name = "from-file"
+url = "https://hooks.example.com/tls"
+secret_file = "{}"
+"#,
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    chmod(&cfg, 0o666);
+    let out = env.run(&cfg, &["check-config"]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warning = |key: &str, says: &str| {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("warning: ") && l.contains(key) && l.contains(says)),
+            "no warning for {key} saying {says:?} in:\n{stderr}"
+        );
+    };
+    warning("api.base_url", "the API key goes out in cleartext");
+    warning("api.base_url", "api.example.com");
+    warning("server.listen", "0.0.0.0:9464 is not a loopback address");
+    warning("sinks[0].url", "with a signature");
+    warning("sinks[1].url", "with its headers");
+    warning("sinks[4].secret_file", "readable by others (mode 0644)");
+    warning("unsafe.toml", "writable by group and others (mode 0666)");
+    for quiet in ["sinks[2]", "sinks[3]"] {
+        assert!(!stderr.contains(quiet), "{quiet}: {stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 6, "{stderr}");
+    for pw in ["apipw-7c1e", "pgpw-3f9a", "querypw-51d"] {
+        assert!(
+            !stdout.contains(pw) && !stderr.contains(pw),
+            "{pw} printed:\n{stdout}{stderr}"
+        );
+    }
+    assert!(
+        stdout.contains("http://lw:redacted@api.example.com/"),
+        "{stdout}"
+    );
+
+    // A safe config says nothing; a safe one made unsafe is warned about by `once` too,
+    // at WARN, before it polls.
+    let safe = env.write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n");
+    chmod(&safe, 0o600);
+    let out = env.run(&safe, &["check-config"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let text = std::fs::read_to_string(&safe)
+        .unwrap()
+        .replace("127.0.0.1:0", "0.0.0.0:0");
+    std::fs::write(&safe, text).unwrap();
+    chmod(&safe, 0o664);
+    let out = env.run(&safe, &["once"]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let warns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("unsafe setting"))
+        .collect();
+    assert_eq!(warns.len(), 2, "{log}");
+    assert!(
+        warns[0].contains("writable by its group (mode 0664)"),
+        "{log}"
+    );
+    assert!(warns[1].contains("server.listen"), "{log}");
+}
+
+/// The state file, its `-wal` and `-shm` files and its lock file are owner-only (0600)
+/// whatever the umask: they hold checkpoint names, payloads and receivers' error bodies,
+/// and were created 0644.
+#[tokio::test]
+async fn state_files_are_created_owner_only_whatever_the_umask() {
+    let env = Env::new().await;
+    let cfg = env.write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n");
+    let log = std::fs::File::create(env.dir.path().join("umask.log")).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "umask 000 && exec \"$@\"",
+            "sh",
+            common::bin(),
+            "run",
+            "-c",
+        ])
+        .arg(&cfg)
+        .env("BASETEN_API_KEY", common::API_KEY)
+        .env_remove("RUST_LOG")
+        .env_remove("LOOPWATCH_CONFIG")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let db = env.db();
+    let files: Vec<std::path::PathBuf> = ["", "-wal", "-shm", ".lock"]
+        .iter()
+        .map(|suffix| {
+            let mut p = db.clone().into_os_string();
+            p.push(suffix);
+            p.into()
+        })
+        .collect();
+    wait_for("the state files", Duration::from_secs(30), || {
+        files.iter().all(|f| f.exists()).then_some(())
+    })
+    .await;
+    let modes: Vec<(String, u32)> = files
+        .iter()
+        .map(|f| (f.display().to_string(), mode_of(f)))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    for (f, mode) in modes {
+        assert_eq!(mode, 0o600, "{f} is {mode:04o}");
+    }
+}

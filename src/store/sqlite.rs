@@ -58,6 +58,7 @@ fn lock_exclusive(db: &std::path::Path) -> Result<std::fs::File> {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
     let path = std::path::PathBuf::from(name);
+    create_private(&path);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -76,6 +77,23 @@ fn lock_exclusive(db: &std::path::Path) -> Result<std::fs::File> {
             "cannot lock {}: {e}",
             path.display()
         ))),
+    }
+}
+
+/// Create `path` empty and owner-only (0600, whatever the umask) when it does not exist.
+/// SQLite takes an empty file as a new database and gives its `-wal` and `-shm` files
+/// the database file's mode, so the whole state stays private (it was 0644: checkpoint
+/// names, payloads and error bodies readable by every user). Failures are left for the
+/// open that follows to report.
+fn create_private(path: &std::path::Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
     }
 }
 
@@ -102,7 +120,11 @@ impl SqliteStore {
             )));
         }
         let lock = if access == Access::ReadWrite && on_disk {
-            Some(lock_exclusive(path)?)
+            let lock = lock_exclusive(path)?;
+            if !url.contains("mode=memory") {
+                create_private(path);
+            }
+            Some(lock)
         } else {
             None
         };
