@@ -492,7 +492,7 @@ async fn deliveries_list_narrows_to_a_sink_and_says_when_it_leaves_rows_out() {
     let all = list(&[]).await;
     let rows: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
     let n = rows.as_array().unwrap().len();
-    assert!(n >= 6 && n % 2 == 0, "{rows}");
+    assert!(n >= 6 && n.is_multiple_of(2), "{rows}");
     assert!(stderr(&all).is_empty(), "no note when nothing is left out");
 
     let of_a = list(&["--sink", "a"]).await;
