@@ -99,6 +99,8 @@ impl App {
         let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
         let ownership = Arc::new(Ownership::from_start(&*coordinator, &names));
         metrics.targets_owned.set(ownership.count() as i64);
+        // With leases, the rounds say which replica reports the database-wide backlog.
+        metrics.set_reports_backlog(coordinator.lease_ttl().is_none());
         // One SQLite file has one daemon: claims left by its crash are its to release. Not
         // `once`'s: it may run beside the daemon, whose claims are attempts in flight.
         if serve && access == Access::ReadWrite {

@@ -133,8 +133,6 @@ pub async fn run(
     let Some(ttl) = coordinator.lease_ttl() else {
         return;
     };
-    // Until a round says this replica is the one, it exports 0 for the backlog.
-    metrics.set_reports_backlog(false);
     let beat = health.heartbeat("leases", ttl * 2 + Duration::from_secs(30));
     info!(replica = %own.replica, lease_ttl_s = ttl.as_secs_f64(), "sharing targets with other replicas");
     let mut last_ok = Instant::now();
