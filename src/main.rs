@@ -138,8 +138,13 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Run => {
             init_tracing(&cfg.log.level, cfg.log.format);
             let r = async {
-                let app = loopwatch::app::App::build(cfg, true).await?;
-                app.run(loopwatch::app::shutdown_signal()).await?;
+                // A signal while the store is still out of reach stops the wait.
+                let mut shutdown = std::pin::pin!(loopwatch::app::shutdown_signal());
+                let app = tokio::select! {
+                    app = loopwatch::app::App::build(cfg, true) => app?,
+                    _ = &mut shutdown => return anyhow::Ok(exit::OK),
+                };
+                app.run(shutdown).await?;
                 anyhow::Ok(exit::OK)
             };
             report(r.await)

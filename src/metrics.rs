@@ -32,7 +32,14 @@ pub struct Metrics {
     pub oldest_pending: GaugeVec,
     pub targets_owned: IntGauge,
     pub lease_takeovers: prometheus::IntCounter,
+    /// Failed store operations, by [`STORE_OPS`].
+    pub store_errors: IntCounterVec,
 }
+
+/// The `op` label of `loopwatch_store_errors_total`.
+pub const STORE_OPS: [&str; 9] = [
+    "open", "load", "commit", "claim", "record", "release", "read", "prune", "leases",
+];
 
 const DELIVERY_OUTCOMES: [&str; 3] = ["success", "retry", "dead"];
 const SYNC_CLASSES: [SyncClass; 4] = [
@@ -146,6 +153,17 @@ impl Metrics {
                 "Age of the oldest pending delivery (0 when none).",
                 &["sink"],
             ),
+            store_errors: {
+                let c = counter(
+                    "loopwatch_store_errors_total",
+                    "Failed store operations (the database unreachable, or a query error), by operation.",
+                    &["op"],
+                );
+                for op in STORE_OPS {
+                    c.with_label_values(&[op]);
+                }
+                c
+            },
             targets_owned,
             registry,
         }
