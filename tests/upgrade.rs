@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{COMPLETED_ONLY, Env, Receiver, pg, qwen_to, set_store_url, wait_for};
 use loopwatch::sim::SimHandle;
-use loopwatch::store::{Access, Store};
+use loopwatch::store::Access;
 
 const T: Duration = Duration::from_secs(60);
 /// The fixture's rows (tests/data/upgrade/rows.sql).
