@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sd_notify::NotifyState;
@@ -17,10 +17,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api;
-use crate::config::{self, Config, Environment, TargetConfig};
+use crate::config::{self, Config, Environment, StoreConfig, TargetConfig};
 use crate::delivery::{Outbox, Sink};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
@@ -29,6 +29,7 @@ use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
 use crate::store::{self, Access, Coordinator, Role, Store, StoreError};
+use crate::store_watch::{StoreWatch, Watched};
 use crate::wake::Wake;
 
 /// Why an [`App`] could not be built: callers branch on a store that is missing (a dry
@@ -49,7 +50,8 @@ pub struct App {
     pub health: Arc<Health>,
     pub outbox: Arc<Outbox>,
     pub poller: Arc<Poller>,
-    listener: Option<TcpListener>,
+    /// `run`'s listener, bound (and answering probes) before the store opened.
+    early: Option<Early>,
     addr: Option<SocketAddr>,
     /// Who polls which target (leases with several replicas), and what it gives this process.
     coordinator: Arc<dyn Coordinator>,
@@ -95,7 +97,16 @@ impl App {
     ) -> Result<App, BuildError> {
         let metrics = Arc::new(Metrics::new());
         metrics.init_series(&cfg);
-        let (store, coordinator) = store::open_coordinated(&cfg.store, access, role).await?;
+        let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
+        let watch = StoreWatch::new(metrics.clone(), health.clone());
+        // The daemon answers probes before the store opens, and waits for an unreachable one.
+        let early = match serve {
+            true => Some(Early::bind(&cfg, &metrics, &health).await?),
+            false => None,
+        };
+        let (store, coordinator) =
+            open_store(&cfg.store, access, role, &watch, &health, serve).await?;
+        let store: Arc<dyn Store> = Arc::new(Watched::new(store, watch));
         let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
         let ownership = Arc::new(Ownership::from_start(&*coordinator, &names));
         metrics.targets_owned.set(ownership.count() as i64);
@@ -121,7 +132,6 @@ impl App {
             &cfg.sinks,
             wake.clone(),
         )?);
-        let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
         let poller = Poller::new(
             client.clone(),
             store.clone(),
@@ -133,15 +143,7 @@ impl App {
         )
         .with_ownership(ownership.clone());
         let poller = Arc::new(poller);
-        let (listener, addr) = if serve {
-            let l = TcpListener::bind(cfg.server.listen)
-                .await
-                .with_context(|| format!("cannot listen on server.listen {}", cfg.server.listen))?;
-            let a = l.local_addr().map_err(anyhow::Error::from)?;
-            (Some(l), Some(a))
-        } else {
-            (None, None)
-        };
+        let addr = early.as_ref().map(|e| e.addr);
         Ok(App {
             cfg,
             store,
@@ -149,7 +151,7 @@ impl App {
             health,
             outbox,
             poller,
-            listener,
+            early,
             addr,
             coordinator,
             ownership,
@@ -190,11 +192,13 @@ impl App {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
 
-        if let (Some(listener), Some(addr)) = (self.listener.take(), self.addr) {
+        if let Some(early) = self.early.take() {
+            let addr = early.addr;
+            let listener = early.finish().await;
             let router = server::router(ServerState {
                 metrics: self.metrics.clone(),
                 health: self.health.clone(),
-                outbox: self.outbox.clone(),
+                outbox: Some(self.outbox.clone()),
             });
             let stop = token.clone();
             tracker.spawn(async move {
@@ -557,6 +561,120 @@ impl App {
             "config reloaded"
         );
         Ok(())
+    }
+}
+
+/// Open the store. With `wait` (the daemon), keep trying while the database is out of
+/// reach ([`store::StoreError::is_unavailable`]), backing off from 1 s to 30 s, with
+/// `/readyz` answering 503 and why; logged when it starts waiting and when it is back.
+/// Any other error (a wrong password, no such database, a locked state file) is final.
+async fn open_store(
+    cfg: &StoreConfig,
+    access: Access,
+    role: Role,
+    watch: &StoreWatch,
+    health: &Health,
+    wait: bool,
+) -> Result<(Arc<dyn Store>, Arc<dyn Coordinator>), StoreError> {
+    let shown = crate::config::redact_url(&cfg.url);
+    if wait {
+        health.store_unavailable(format!("opening {shown}"), Instant::now());
+    }
+    let waiting_since = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    let mut failures = 0u32;
+    loop {
+        let started = Instant::now();
+        match store::open_coordinated(cfg, access, role).await {
+            Ok(opened) => {
+                health.store_available(started);
+                if failures > 0 {
+                    info!(store = %shown, waited_s = waiting_since.elapsed().as_secs_f64(), failures,
+                        "store reachable; starting");
+                }
+                return Ok(opened);
+            }
+            Err(e) if wait && e.is_unavailable() => {
+                failures += 1;
+                watch.failed("open", started, &e);
+                health.store_unavailable(e.to_string(), started);
+                if failures == 1 {
+                    warn!(error = %e, "store unavailable at start; serving /healthz and /readyz (503) and retrying until it is reachable");
+                } else {
+                    debug!(error = %e, failures, retry_in_s = backoff.as_secs_f64(), "store still unavailable");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `run`'s listener, bound before the store opens, with an interim server answering
+/// `/healthz`, `/readyz` (503 and why until the store is open) and `/metrics` on it until
+/// [`App::run`] serves the full router on the same socket.
+struct Early {
+    listener: TcpListener,
+    addr: SocketAddr,
+    /// Stops the interim server when finished or dropped (a failed build).
+    stop: tokio_util::sync::DropGuard,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Early {
+    async fn bind(
+        cfg: &Config,
+        metrics: &Arc<Metrics>,
+        health: &Arc<Health>,
+    ) -> anyhow::Result<Early> {
+        let l = TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen {}", cfg.server.listen))?;
+        let addr = l.local_addr()?;
+        // Two handles on one socket: the interim server's, closed when it stops, and ours.
+        let std = l.into_std()?;
+        let interim = TcpListener::from_std(std.try_clone()?)?;
+        let listener = TcpListener::from_std(std)?;
+        let router = server::router(ServerState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            outbox: None,
+        });
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(interim, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        });
+        info!(%addr, "serving /healthz /readyz /metrics while the store opens");
+        Ok(Early {
+            listener,
+            addr,
+            stop: token.drop_guard(),
+            server,
+        })
+    }
+
+    /// Stop the interim server (a second at most for its open requests); the socket
+    /// stays bound, and connections made meanwhile wait in its backlog.
+    async fn finish(self) -> TcpListener {
+        let Early {
+            listener,
+            stop,
+            mut server,
+            ..
+        } = self;
+        drop(stop);
+        if tokio::time::timeout(Duration::from_secs(1), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+        listener
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`api`]: the Loops client; the only module that knows the upstream JSON.
 //! - [`diff`]: the pure core, (state, listing, now) -> (updates, events).
 //! - [`store`]: state + events + outbox, committed in one transaction per poll.
+//! - [`store_watch`]: the store's reach, watched: errors counted, `/readyz` 503 while the
+//!   database is out of reach, one log line when it goes and one when it is back.
 //! - [`poller`]: per-target schedule: fetch -> diff -> commit.
 //! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
@@ -38,6 +40,7 @@ pub mod server;
 pub mod signing;
 pub mod sim;
 pub mod store;
+pub mod store_watch;
 pub mod template;
 pub mod text;
 pub mod wake;

@@ -141,10 +141,13 @@ async fn dispatch(cli: Cli) -> u8 {
             let r = async {
                 // SIGHUP reads the same file again (located as at start).
                 let path = config::locate(cli.config).map_err(|e| anyhow::anyhow!(e))?;
-                let app = loopwatch::app::App::build(cfg, true)
-                    .await?
-                    .reload_on_sighup(path);
-                app.run(loopwatch::app::shutdown_signal()).await?;
+                // A signal while the store is still out of reach stops the wait.
+                let mut shutdown = std::pin::pin!(loopwatch::app::shutdown_signal());
+                let app = tokio::select! {
+                    app = loopwatch::app::App::build(cfg, true) => app?,
+                    _ = &mut shutdown => return anyhow::Ok(exit::OK),
+                };
+                app.reload_on_sighup(path).run(shutdown).await?;
                 anyhow::Ok(exit::OK)
             };
             report(r.await)

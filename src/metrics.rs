@@ -39,7 +39,14 @@ pub struct Metrics {
     /// `oldest_pending`): with several replicas one at a time does, the others export 0,
     /// so a `sum` over replicas is the true figure. Always on a single node.
     backlog_reporter: std::sync::atomic::AtomicBool,
+    /// Failed store operations, by [`STORE_OPS`].
+    pub store_errors: IntCounterVec,
 }
+
+/// The `op` label of `loopwatch_store_errors_total`.
+pub const STORE_OPS: [&str; 9] = [
+    "open", "load", "commit", "claim", "record", "release", "read", "prune", "leases",
+];
 
 const DELIVERY_OUTCOMES: [&str; 3] = ["success", "retry", "dead"];
 const SYNC_CLASSES: [SyncClass; 4] = [
@@ -173,6 +180,17 @@ impl Metrics {
                 "Age of the oldest pending delivery (0 when none).",
                 &["sink"],
             ),
+            store_errors: {
+                let c = counter(
+                    "loopwatch_store_errors_total",
+                    "Failed store operations (the database unreachable, or a query error), by operation.",
+                    &["op"],
+                );
+                for op in STORE_OPS {
+                    c.with_label_values(&[op]);
+                }
+                c
+            },
             targets_owned,
             registry,
         }

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::{self, Coordinator, Fence, LeaseRound};
+use crate::store_watch::StoreWatch;
 
 /// The targets this process may poll, each with the lease epoch to commit under.
 pub struct Ownership {
@@ -135,11 +136,15 @@ pub async fn run(
     };
     let beat = health.heartbeat("leases", ttl * 2 + Duration::from_secs(30));
     info!(replica = %own.replica, lease_ttl_s = ttl.as_secs_f64(), "sharing targets with other replicas");
+    let watch = StoreWatch::new(metrics.clone(), health.clone());
     let mut last_ok = Instant::now();
+    let mut last_round = Instant::now();
     let released = keep_leases_of(&*coordinator, &targets, &token, |round| {
         beat.beat();
+        let started = std::mem::replace(&mut last_round, Instant::now());
         match round {
             Ok(round) => {
+                watch.reached(started);
                 last_ok = Instant::now();
                 if round.takeovers > 0 {
                     info!(
@@ -159,7 +164,13 @@ pub async fn run(
                 own.set(round.owned.into_iter().collect());
             }
             Err(e) => {
-                warn!(error = %e, "cannot renew leases; will retry");
+                watch.failed("leases", started, &e);
+                if e.is_unavailable() {
+                    // Logged once by the watch when the store went away.
+                    debug!(error = %e, "cannot renew leases; will retry");
+                } else {
+                    warn!(error = %e, "cannot renew leases; will retry");
+                }
                 if last_ok.elapsed() >= ttl {
                     // Our leases have expired by now: stop polling until renewed.
                     own.set(HashMap::new());

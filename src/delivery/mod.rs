@@ -342,6 +342,11 @@ impl Outbox {
                 };
                 (batch, wait)
             }
+            Err(e) if e.is_unavailable() => {
+                // Logged once for every loop by the store watch.
+                debug!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry");
+                (Vec::new(), idle)
+            }
             Err(e) => {
                 warn!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry");
                 (Vec::new(), idle)

@@ -462,6 +462,11 @@ impl Poller {
                         state = Some(s);
                         continue;
                     }
+                    Err(e) if e.is_unavailable() => {
+                        // Logged once for every loop by the store watch.
+                        debug!(target = %name, error = %e, "cannot load target state; will retry");
+                        t.syncing_interval
+                    }
                     Err(e) => {
                         error!(target = %name, error = %e, "cannot load target state; will retry");
                         t.syncing_interval
@@ -535,6 +540,10 @@ impl Poller {
                 let wait = wait.max(api.retry_after().unwrap_or_default());
                 warn!(target = name, error = %api, failures, retry_in_s = wait.as_secs_f64(), "poll failed; state unchanged");
                 wait
+            }
+            PollError::Store(s) if s.is_unavailable() => {
+                debug!(target = name, error = %s, "cannot commit a poll; nothing was emitted, will retry");
+                self.jittered(t.syncing_interval)
             }
             PollError::Store(s) => {
                 error!(target = name, error = %s, "cannot commit a poll; nothing was emitted, will retry");

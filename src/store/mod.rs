@@ -40,12 +40,50 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Open(String),
+    /// No connection to the database at open: out of reach (worth waiting for, see
+    /// [`StoreError::is_unavailable`]) or refused (a wrong password, no such database).
+    #[error("cannot connect to {store}: {source}")]
+    Connect { store: String, source: sqlx::Error },
     /// An existing store was asked for and there is none.
     #[error("{0}")]
     Missing(String),
     /// The replica no longer holds the target's lease at the epoch it polled with.
     #[error("lease on target {target} lost (epoch {epoch} is stale); nothing was committed")]
     Fenced { target: String, epoch: i64 },
+}
+
+impl StoreError {
+    /// The database is out of reach for now (connection refused, reset or timed out, the
+    /// server shutting down or starting up, too many connections): the same operation
+    /// may succeed later without anyone changing anything. Not a query's own error.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e)
+            | StoreError::Connect { source: e, .. }
+            | StoreError::Migrate(
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+            ) => db_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+fn db_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), 57P01-57P03 (admin or crash shutdown,
+        // cannot connect now), 53300 (too many connections).
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

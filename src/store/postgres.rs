@@ -58,7 +58,10 @@ impl PgStore {
         let pool = pool
             .connect_with(opts)
             .await
-            .map_err(|e| StoreError::Open(format!("cannot connect to {shown}: {e}")))?;
+            .map_err(|source| StoreError::Connect {
+                store: shown.clone(),
+                source,
+            })?;
         if read_only {
             let exists: bool =
                 sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
