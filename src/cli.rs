@@ -346,7 +346,7 @@ pub async fn deliveries_list(
                         d.status.as_str().into(),
                         d.attempts.to_string(),
                         d.next_attempt_at.map(rfc3339).unwrap_or_else(|| "-".into()),
-                        d.uri,
+                        d.uri.unwrap_or_else(|| "-".into()),
                         d.last_error.unwrap_or_default(),
                     ]
                 })

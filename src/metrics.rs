@@ -246,9 +246,9 @@ pub struct TargetMetrics {
     polls: [AtomicU64; 3],
     poll_duration: Histogram,
     last_success: AtomicF64,
-    /// By checkpoint target, then [`SYNC_CLASSES`] order.
-    checkpoints: [[AtomicI64; 4]; 2],
-    latest_created: [AtomicF64; 2],
+    /// By [`CheckpointTarget::label_index`], then [`SYNC_CLASSES`] order.
+    checkpoints: [[AtomicI64; 4]; 3],
+    latest_created: [AtomicF64; 3],
     /// By [`EventType::ALL`] order.
     events: [AtomicU64; 5],
     sync_duration: Histogram,
@@ -301,10 +301,10 @@ impl TargetMetrics {
         &self,
         live: impl Iterator<Item = (CheckpointTarget, SyncClass, &'a str)>,
     ) {
-        let mut counts = [[0i64; 4]; 2];
-        let mut latest: [Option<f64>; 2] = [None, None];
+        let mut counts = [[0i64; 4]; 3];
+        let mut latest: [Option<f64>; 3] = [None; 3];
         for (ct, class, created) in live {
-            let i = ct as usize;
+            let i = ct.label_index();
             let j = SYNC_CLASSES.iter().position(|c| *c == class).unwrap_or(3);
             counts[i][j] += 1;
             if let Some(t) = crate::model::parse_created_at(created) {
@@ -312,8 +312,7 @@ impl TargetMetrics {
                 latest[i] = Some(latest[i].map_or(ts, |l: f64| l.max(ts)));
             }
         }
-        for ct in CheckpointTarget::ALL {
-            let i = ct as usize;
+        for i in 0..CheckpointTarget::LABELS.len() {
             for (gauge, count) in self.checkpoints[i].iter().zip(counts[i]) {
                 gauge.store(count, Ordering::Relaxed);
             }
@@ -377,8 +376,9 @@ enum Sample {
     Polls(PollOutcome),
     PollDuration,
     LastSuccess,
-    Checkpoints(CheckpointTarget, SyncClass),
-    LatestCreated(CheckpointTarget),
+    /// By [`CheckpointTarget::label_index`].
+    Checkpoints(usize, SyncClass),
+    LatestCreated(usize),
     Events(EventType),
     SyncDuration,
     FencingRejections,
@@ -412,17 +412,13 @@ const TARGET_FAMILIES: [Family; 8] = [
         series: || {
             let mut by_label = SYNC_CLASSES.to_vec();
             by_label.sort_by_key(|c| c.label());
-            CheckpointTarget::ALL
-                .iter()
-                .flat_map(|ct| {
-                    by_label.iter().map(|c| {
+            checkpoint_target_labels()
+                .flat_map(|(i, label)| {
+                    by_label.iter().map(move |c| {
                         (
-                            vec![
-                                ("checkpoint_target", ct.as_str()),
-                                ("sync_status", c.label()),
-                            ],
+                            vec![("checkpoint_target", label), ("sync_status", c.label())],
                             vec![],
-                            Sample::Checkpoints(*ct, *c),
+                            Sample::Checkpoints(i, *c),
                         )
                     })
                 })
@@ -459,13 +455,12 @@ const TARGET_FAMILIES: [Family; 8] = [
         help: "created_at of the newest checkpoint listed, as Unix time.",
         kind: "gauge",
         series: || {
-            CheckpointTarget::ALL
-                .iter()
-                .map(|ct| {
+            checkpoint_target_labels()
+                .map(|(i, label)| {
                     (
-                        vec![("checkpoint_target", ct.as_str())],
+                        vec![("checkpoint_target", label)],
                         vec![],
-                        Sample::LatestCreated(*ct),
+                        Sample::LatestCreated(i),
                     )
                 })
                 .collect()
@@ -491,6 +486,15 @@ const TARGET_FAMILIES: [Family; 8] = [
         },
     },
 ];
+
+/// The `checkpoint_target` labels with their index, in label order (as the registry
+/// sorts series): other, sampler, trainer.
+fn checkpoint_target_labels() -> impl Iterator<Item = (usize, &'static str)> {
+    let mut labels: Vec<(usize, &'static str)> =
+        CheckpointTarget::LABELS.into_iter().enumerate().collect();
+    labels.sort_by_key(|(_, l)| *l);
+    labels.into_iter()
+}
 
 impl Family {
     /// Append this family in the text format, exactly as `prometheus::TextEncoder` would.
@@ -566,9 +570,9 @@ impl TargetMetrics {
             Sample::LastSuccess => self.last_success.get(),
             Sample::Checkpoints(ct, c) => {
                 let j = SYNC_CLASSES.iter().position(|x| x == c).unwrap_or(3);
-                self.checkpoints[*ct as usize][j].load(Ordering::Relaxed) as f64
+                self.checkpoints[*ct][j].load(Ordering::Relaxed) as f64
             }
-            Sample::LatestCreated(ct) => self.latest_created[*ct as usize].get(),
+            Sample::LatestCreated(ct) => self.latest_created[*ct].get(),
             Sample::Events(k) => {
                 let i = EventType::ALL.iter().position(|x| x == k).unwrap_or(0);
                 load(&self.events[i])
@@ -691,11 +695,11 @@ mod target_tests {
             poll.with_label_values(&[n]);
             last.with_label_values(&[n]);
             sync.with_label_values(&[n]);
-            for ct in CheckpointTarget::ALL {
+            for ct in CheckpointTarget::LABELS {
                 for c in SYNC_CLASSES {
-                    cks.with_label_values(&[n, ct.as_str(), c.label()]);
+                    cks.with_label_values(&[n, ct, c.label()]);
                 }
-                latest.with_label_values(&[n, ct.as_str()]);
+                latest.with_label_values(&[n, ct]);
             }
             for e in EventType::ALL {
                 events.with_label_values(&[n, e.as_str()]);
@@ -737,14 +741,19 @@ mod target_tests {
                     "2026-11-26T23:05:00.000Z",
                 ),
                 (CheckpointTarget::Trainer, SyncClass::Other, "not a time"),
+                (
+                    CheckpointTarget::Other("draft".into()),
+                    SyncClass::Complete,
+                    "not a time either",
+                ),
             ];
-            t.set_checkpoints(live.iter().copied());
+            t.set_checkpoints(live.iter().cloned());
             let mut counts = std::collections::HashMap::new();
-            for (ct, c, _) in live {
-                *counts.entry((ct, c.label())).or_insert(0) += 1;
+            for (ct, c, _) in &live {
+                *counts.entry((ct.label(), c.label())).or_insert(0) += 1;
             }
             for ((ct, c), k) in counts {
-                cks.with_label_values(&[n, ct.as_str(), c]).set(k);
+                cks.with_label_values(&[n, ct, c]).set(k);
             }
             let newest = chrono::DateTime::parse_from_rfc3339(live[1].2).unwrap();
             latest

@@ -326,7 +326,8 @@ impl Poller {
             {
                 m.sync_duration(s);
             }
-            info!(target = name, event = %e.kind, checkpoint = %e.uri(), event_id = %e.id, "event");
+            let checkpoint = e.uri().unwrap_or_else(|| e.checkpoint_id.clone());
+            info!(target = name, event = %e.kind, %checkpoint, event_id = %e.id, "event");
         }
         if diffed {
             self.publish_checkpoints(name, state);
@@ -343,7 +344,7 @@ impl Poller {
                 .checkpoints
                 .values()
                 .filter(|c| !c.deleted)
-                .map(|c| (c.target, c.class(), c.created_at.as_str())),
+                .map(|c| (c.target.clone(), c.class(), c.created_at.as_str())),
         );
     }
 
@@ -360,11 +361,14 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
     d.mul_f64(1.0 + rand::rng().random_range(-jitter..=jitter))
 }
 
-/// The listed checkpoints the target watches (its `checkpoint_targets`).
+/// The listed checkpoints the target watches (its `checkpoint_targets`). A target that
+/// watches both known values (the default) also keeps checkpoints of any other target
+/// value; a list naming values keeps only those.
 pub fn narrow(listing: Vec<Checkpoint>, wanted: &BTreeSet<CheckpointTarget>) -> Vec<Checkpoint> {
+    let every = CheckpointTarget::ALL.iter().all(|t| wanted.contains(t));
     listing
         .into_iter()
-        .filter(|c| wanted.contains(&c.target))
+        .filter(|c| wanted.contains(&c.target) || (every && c.target.is_other()))
         .collect()
 }
 
@@ -375,7 +379,7 @@ pub fn route<'a>(events: &[Event], sinks: &'a [SinkConfig]) -> Vec<Vec<&'a str>>
         .map(|e| {
             sinks
                 .iter()
-                .filter(|s| s.wants(e.kind, &e.target, e.checkpoint_target))
+                .filter(|s| s.wants(e.kind, &e.target, &e.checkpoint_target))
                 .map(|s| s.name.as_str())
                 .collect()
         })

@@ -139,7 +139,7 @@ fn expected_ce(e: &StoredEvent) -> BTreeMap<&'static str, String> {
         ("id", e.id.clone()),
         ("type", format!("loopwatch.{}", e.kind)),
         ("source", "bt://loops:run-1".to_string()),
-        ("subject", e.uri()),
+        ("subject", e.uri().expect("a known checkpoint target")),
         (
             "time",
             standard_body(e)["timestamp"].as_str().unwrap().to_string(),
@@ -584,7 +584,10 @@ async fn the_reference_receiver_verifies_deduplicates_and_prints_one_line_per_ev
             .iter()
             .find(|l| l.starts_with(&e.id))
             .unwrap_or_else(|| panic!("no line for {}: {lines:#?}", e.id));
-        assert!(line.contains(&e.kind) && line.contains(&e.uri()), "{line}");
+        assert!(
+            line.contains(&e.kind) && line.contains(&e.uri().expect("a known checkpoint target")),
+            "{line}"
+        );
     }
     drop(d);
 

@@ -235,11 +235,11 @@ impl SinkConfig {
         &self,
         kind: EventType,
         target: &str,
-        checkpoint_target: CheckpointTarget,
+        checkpoint_target: &CheckpointTarget,
     ) -> bool {
         self.events.contains(&kind)
             && self.targets.as_ref().is_none_or(|t| t.contains(target))
-            && self.checkpoint_targets.contains(&checkpoint_target)
+            && self.checkpoint_targets.contains(checkpoint_target)
     }
 }
 

@@ -114,7 +114,7 @@ struct Target<'a> {
     /// `run_id = ...`, `base_model = ...` or `checkpoint_path = ...`.
     #[serde(flatten)]
     filter: BTreeMap<&'static str, &'a str>,
-    checkpoint_targets: Vec<&'static str>,
+    checkpoint_targets: Vec<&'a str>,
     interval: String,
     syncing_interval: String,
 }
@@ -127,7 +127,7 @@ struct Sink<'a> {
     events: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     targets: Option<Vec<&'a str>>,
-    checkpoint_targets: Vec<&'static str>,
+    checkpoint_targets: Vec<&'a str>,
     timeout: String,
     retry_schedule: Vec<String>,
     concurrency: usize,

@@ -212,7 +212,7 @@ impl Problems<'_> {
                 }
                 None => self.err(
                     &key,
-                    format!("unknown checkpoint target {s:?}; use \"sampler\" or \"trainer\""),
+                    "has an empty value; name a checkpoint target: \"sampler\", \"trainer\" or another value the API sends",
                 ),
             }
         }
