@@ -465,6 +465,7 @@ fn sample_event() -> StoredEvent {
         sync_status: Some("COMPLETE".into()),
         first_seen_at: now,
         sync_seconds: Some(0.0),
+        ready_by: Some(crate::model::ReadyBy::SyncStatus),
         checkpoint: checkpoint.to_string(),
     };
     StoredEvent::from_event(0, &e)

@@ -234,6 +234,33 @@ impl PollOutcome {
     }
 }
 
+/// The `outcome` of `loopwatch_readiness_probes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The checkpoint was found ready (and completes).
+    Ready,
+    /// Its files do not add up yet (or did not stay the same long enough).
+    NotReady,
+    /// A request failed (any error, `NOT_PRESIGNABLE` included): retried later.
+    Error,
+}
+
+impl ProbeOutcome {
+    pub const ALL: [ProbeOutcome; 3] = [
+        ProbeOutcome::Ready,
+        ProbeOutcome::NotReady,
+        ProbeOutcome::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProbeOutcome::Ready => "ready",
+            ProbeOutcome::NotReady => "not_ready",
+            ProbeOutcome::Error => "error",
+        }
+    }
+}
+
 const POLL_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -253,6 +280,8 @@ pub struct TargetMetrics {
     events: [AtomicU64; 5],
     sync_duration: Histogram,
     fencing_rejections: AtomicU64,
+    /// By [`ProbeOutcome::ALL`] order.
+    probes: [AtomicU64; 3],
 }
 
 impl Default for TargetMetrics {
@@ -266,6 +295,7 @@ impl Default for TargetMetrics {
             events: Default::default(),
             sync_duration: Histogram::new(SYNC_BUCKETS),
             fencing_rejections: AtomicU64::new(0),
+            probes: Default::default(),
         }
     }
 }
@@ -290,6 +320,10 @@ impl TargetMetrics {
 
     pub fn sync_duration(&self, seconds: f64) {
         self.sync_duration.observe(seconds);
+    }
+
+    pub fn probe(&self, outcome: ProbeOutcome) {
+        self.probes[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn fencing_rejection(&self) {
@@ -382,6 +416,7 @@ enum Sample {
     Events(EventType),
     SyncDuration,
     FencingRejections,
+    Probes(ProbeOutcome),
 }
 
 /// A per-target family: name, help, type, and its series per target in the order the
@@ -398,7 +433,7 @@ struct Family {
 type Series = (Labels, Labels, Sample);
 type Labels = Vec<(&'static str, &'static str)>;
 
-const TARGET_FAMILIES: [Family; 8] = [
+const TARGET_FAMILIES: [Family; 9] = [
     Family {
         name: "loopwatch_checkpoint_sync_duration_seconds",
         help: "Time from first sight to COMPLETE of a checkpoint.",
@@ -482,6 +517,19 @@ const TARGET_FAMILIES: [Family; 8] = [
             outcomes
                 .into_iter()
                 .map(|o| (vec![("outcome", o.label())], vec![], Sample::Polls(o)))
+                .collect()
+        },
+    },
+    Family {
+        name: "loopwatch_readiness_probes_total",
+        help: "Readiness probes of checkpoints whose sync_status is null, by target and outcome.",
+        kind: "counter",
+        series: || {
+            let mut outcomes = ProbeOutcome::ALL.to_vec();
+            outcomes.sort_by_key(|o| o.label());
+            outcomes
+                .into_iter()
+                .map(|o| (vec![("outcome", o.label())], vec![], Sample::Probes(o)))
                 .collect()
         },
     },
@@ -578,6 +626,7 @@ impl TargetMetrics {
                 load(&self.events[i])
             }
             Sample::FencingRejections => load(&self.fencing_rejections),
+            Sample::Probes(o) => load(&self.probes[*o as usize]),
             Sample::PollDuration | Sample::SyncDuration => f64::NAN,
         }
     }
@@ -684,6 +733,7 @@ mod target_tests {
         let latest = gauge(f[5].name, f[5].help, &["target", "checkpoint_target"]);
         let poll = hist(f[6].name, f[6].help, POLL_BUCKETS);
         let polls = counter(f[7].name, f[7].help, &["target", "outcome"]);
+        let probes = counter(f[8].name, f[8].help, &["target", "outcome"]);
 
         let m = Metrics::new();
         let names = ["qwen-b", "a \"quoted\" \\ name", "qwen-a"];
@@ -705,6 +755,9 @@ mod target_tests {
                 events.with_label_values(&[n, e.as_str()]);
             }
             fencing.with_label_values(&[n]);
+            for o in ProbeOutcome::ALL {
+                probes.with_label_values(&[n, o.label()]);
+            }
             let t = m.target(n);
             if i == 2 {
                 continue; // created at zero, never used
@@ -715,6 +768,8 @@ mod target_tests {
             }
             polls.with_label_values(&[n, "rate_limited"]).inc();
             t.poll(PollOutcome::RateLimited);
+            probes.with_label_values(&[n, "error"]).inc();
+            t.probe(ProbeOutcome::Error);
             for v in [0.004, 0.005, 0.3, 7.5, 99.0] {
                 poll.with_label_values(&[n]).observe(v);
                 t.poll_duration(v);

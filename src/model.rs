@@ -295,6 +295,47 @@ impl fmt::Display for EventType {
     }
 }
 
+/// What showed a checkpoint complete: `data.ready_by` of `checkpoint.completed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadyBy {
+    /// Its `sync_status` turned complete.
+    SyncStatus,
+    /// Readiness probe: its files add up (or stayed the same between two probes).
+    Files,
+    /// Readiness probe: it lives in a volume.
+    Source,
+}
+
+impl ReadyBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyBy::SyncStatus => "sync_status",
+            ReadyBy::Files => "files",
+            ReadyBy::Source => "source",
+        }
+    }
+}
+
+/// What a readiness probe of a null checkpoint's files saw, for the stable-listing rule
+/// (two probes at least `syncing_interval` apart seeing the same files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilesSeen {
+    pub count: u64,
+    pub total_bytes: i64,
+    /// The newest `last_modified`, as listed.
+    pub newest: String,
+    /// When these same files were first seen.
+    pub since: DateTime<Utc>,
+}
+
+/// What the poller remembers about probing one null checkpoint (in memory: a restart
+/// costs at most one more probe interval).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeMemo {
+    pub probed_at: DateTime<Utc>,
+    pub files: Option<FilesSeen>,
+}
+
 /// One detected change, ready to be stored and delivered.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
@@ -312,6 +353,8 @@ pub struct Event {
     pub sync_status: Option<String>,
     pub first_seen_at: DateTime<Utc>,
     pub sync_seconds: Option<f64>,
+    /// On `completed`: what showed it complete.
+    pub ready_by: Option<ReadyBy>,
     /// The checkpoint's upstream object, as received (JSON text).
     pub checkpoint: String,
 }
@@ -344,6 +387,8 @@ impl Event {
             sync_status: Option<&'a str>,
             first_seen_at: String,
             sync_seconds: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ready_by: Option<&'static str>,
             checkpoint: Option<&'a serde_json::value::RawValue>,
         }
         let checkpoint: Option<&serde_json::value::RawValue> =
@@ -359,6 +404,7 @@ impl Event {
                 sync_status: self.sync_status.as_deref(),
                 first_seen_at: rfc3339(self.first_seen_at),
                 sync_seconds: self.sync_seconds,
+                ready_by: self.ready_by.map(ReadyBy::as_str),
                 checkpoint,
             },
         })
@@ -414,6 +460,8 @@ pub struct TargetState {
     /// A listing known to change nothing here: see [`Settled`]. Stored with the state
     /// when a commit leaves it settled, so a restart does not decode it again.
     pub settled: Option<Settled>,
+    /// Readiness probes of null checkpoints, by id (in memory only, not stored).
+    pub probes: std::collections::BTreeMap<CompactString, ProbeMemo>,
 }
 
 /// A listing body whose diff against the state it was diffed with is empty, and stays

@@ -79,6 +79,7 @@ struct Poll {
     adaptive: bool,
     delete_after_missing_polls: u32,
     stalled_after: String,
+    null_status: &'static str,
 }
 
 #[derive(Serialize)]
@@ -181,6 +182,7 @@ impl<'a> From<&'a Config> for Redacted<'a> {
                 adaptive: c.poll.adaptive,
                 delete_after_missing_polls: c.poll.delete_after_missing_polls,
                 stalled_after: human_or_off(c.poll.stalled_after),
+                null_status: c.poll.null_status.as_str(),
             },
             store: Store {
                 url: redact_url(&c.store.url),

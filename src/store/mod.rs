@@ -382,6 +382,7 @@ pub(crate) fn target_state(
         filter,
         checkpoints,
         settled,
+        probes: Default::default(),
     }
 }
 
