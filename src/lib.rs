@@ -8,7 +8,7 @@
 //! - [`api`]: the Loops client; the only module that knows the upstream JSON.
 //! - [`diff`]: the pure core, (state, listing, now) -> (updates, events).
 //! - [`store`]: state + events + outbox, committed in one transaction per poll.
-//! - [`poller`]: per-target schedule: fetch -> diff -> commit.
+//! - [`poller`]: per-target schedule: fetch -> probe null checkpoints -> diff -> commit.
 //! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
 //! - [`metrics`], [`health`], [`server`]: what operators see.

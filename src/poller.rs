@@ -1,5 +1,5 @@
-//! The per-target schedule: wait -> fetch -> diff -> commit (state + events + deliveries
-//! in one transaction) -> wake the outbox. One loop per target, so polls of one target
+//! The per-target schedule: wait -> fetch -> probe (the readiness of null checkpoints)
+//! -> diff -> commit (state + events + deliveries in one transaction) -> wake the outbox. One loop per target, so polls of one target
 //! never overlap; a semaphore bounds the polls in flight across targets.
 //!
 //! Waits: `syncing_interval` while the target has a pending checkpoint, `interval`
@@ -178,7 +178,7 @@ impl Poller {
         Box::pin(self.poll_now(t, state, dry_run, fence, cancel)).await
     }
 
-    /// One poll, in named steps: fetch -> (settled? done) -> decode -> narrow -> plan ->
+    /// One poll, in named steps: fetch -> (settled? done) -> decode -> narrow -> probe -> plan ->
     /// commit -> advance the state. Any failure returns before the state is touched.
     async fn poll_now(
         &self,
