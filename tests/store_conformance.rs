@@ -111,6 +111,17 @@ async fn conformance(store: Arc<dyn Store>) {
         s.load_target("other").await.unwrap(),
         TargetState::default()
     );
+    // A checkpoint target this version does not know round-trips as received.
+    let draft = Checkpoint {
+        target: CheckpointTarget::Other("draft".into()),
+        ..ck("9", "r9", None)
+    };
+    assert_eq!(poll(s, "u", &[draft], None).await.unwrap(), 0);
+    let u = s.load_target("u").await.unwrap();
+    assert_eq!(
+        u.checkpoints["9"].target,
+        CheckpointTarget::Other("draft".into())
+    );
 
     // Deliveries: one per (event, sink); claims are exclusive until they expire.
     let pending = s
