@@ -383,7 +383,7 @@ pub async fn deliveries_list(
                         d.status.as_str().into(),
                         d.attempts.to_string(),
                         d.next_attempt_at.map(rfc3339).unwrap_or_else(|| "-".into()),
-                        d.uri,
+                        d.uri.unwrap_or_else(|| "-".into()),
                         d.last_error.unwrap_or_default(),
                     ]
                 })
@@ -502,6 +502,7 @@ fn sample_event() -> StoredEvent {
         sync_status: Some("COMPLETE".into()),
         first_seen_at: now,
         sync_seconds: Some(0.0),
+        ready_by: Some(crate::model::ReadyBy::SyncStatus),
         checkpoint: checkpoint.to_string(),
     };
     StoredEvent::from_event(0, &e)

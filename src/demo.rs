@@ -1,6 +1,7 @@
 //! `loopwatch demo`: the whole product in one process with no account and no network.
 //! A simulated Loops API runs a training run that saves a sampler and a trainer
-//! checkpoint every few seconds; an embedded receiver verifies each webhook's signature
+//! checkpoint every few seconds, and a second run whose checkpoints never get a
+//! `sync_status` (the readiness probe completes its sampler checkpoint "ready by files"); an embedded receiver verifies each webhook's signature
 //! and prints one line per event; the daemon runs on a throw-away SQLite file.
 //!
 //! The demo is its own wiring (like `app.rs`, it spawns): the simulator and the receiver
@@ -38,10 +39,13 @@ fn print_received(r: &Received) {
         Some(Signature::Valid) => {
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
             let d = &v["data"];
-            let sync = match d["sync_seconds"].as_f64() {
+            let mut sync = match d["sync_seconds"].as_f64() {
                 Some(s) => format!("  synced in {s:.1}s"),
                 None => String::new(),
             };
+            if let Some(by) = d["ready_by"].as_str().filter(|by| *by != "sync_status") {
+                sync.push_str(&format!("  ready by {by} (sync_status null)"));
+            }
             println!(
                 "  receiver: {:<26} {:<48} signature ok  {id}{sync}",
                 v["type"].as_str().unwrap_or("?"),
@@ -82,6 +86,10 @@ shutdown_grace = "2s"
 [[targets]]
 name = "demo-run"
 run_id = "demo-run"
+[[targets]]
+name = "demo-null-run"
+run_id = "demo-null-run"
+checkpoint_targets = ["sampler"]
 [[sinks]]
 name = "demo-receiver"
 url = "{receiver}"
@@ -98,6 +106,14 @@ pub async fn run(
     let sim = SimApi::start(Some(api_key.clone())).await?;
     sim.handle()
         .start_training_run("demo-run", "Qwen/Qwen3-8B", opts.every, opts.sync_for, None);
+    // One save whose sync_status stays null: only its files say when it is ready.
+    sim.handle().start_null_status_run(
+        "demo-null-run",
+        "Qwen/Qwen3-8B",
+        opts.every,
+        opts.sync_for,
+        Some(1),
+    );
 
     let receiver = Receiver::builder()
         .path("/hooks/loops")
@@ -131,9 +147,11 @@ pub async fn run(
         opts.every
     );
     println!(
-        "each syncs for {:?}, then completes. Events arrive below as signed webhooks.",
+        "each syncs for {:?}, then completes. A second run (demo-null-run) saves once and never",
         opts.sync_for
     );
+    println!("sets sync_status: loopwatch probes its files and completes it \"ready by files\".");
+    println!("Events arrive below as signed webhooks.");
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {}", receiver.url);
     println!("  metrics              http://{addr}/metrics   (also /healthz, /readyz)");

@@ -10,7 +10,7 @@
 //! - [`store`]: state + events + outbox, committed in one transaction per poll.
 //! - [`store_watch`]: the store's reach, watched: errors counted, `/readyz` 503 while the
 //!   database is out of reach, one log line when it goes and one when it is back.
-//! - [`poller`]: per-target schedule: fetch -> diff -> commit.
+//! - [`poller`]: per-target schedule: fetch -> probe null checkpoints -> diff -> commit.
 //! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
 //! - [`metrics`], [`health`], [`server`]: what operators see.

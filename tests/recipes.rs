@@ -112,6 +112,7 @@ fn sample_event(kind: EventType) -> StoredEvent {
         sync_status: Some("COMPLETE".into()),
         first_seen_at: at("2026-11-26T22:59:40.001Z"),
         sync_seconds: Some(82.344),
+        ready_by: None,
         checkpoint: checkpoint.to_string(),
     };
     StoredEvent::from_event(1, &e)

@@ -35,6 +35,7 @@ fn opts() -> DiffOptions {
         emit_existing: false,
         delete_after_missing: 2,
         stalled_after: None,
+        probe_null: false,
     }
 }
 
@@ -109,6 +110,17 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(
         s.load_target("other").await.unwrap(),
         TargetState::default()
+    );
+    // A checkpoint target this version does not know round-trips as received.
+    let draft = Checkpoint {
+        target: CheckpointTarget::Other("draft".into()),
+        ..ck("9", "r9", None)
+    };
+    assert_eq!(poll(s, "u", &[draft], None).await.unwrap(), 0);
+    let u = s.load_target("u").await.unwrap();
+    assert_eq!(
+        u.checkpoints["9"].target,
+        CheckpointTarget::Other("draft".into())
     );
 
     // Deliveries: one per (event, sink); claims are exclusive until they expire.

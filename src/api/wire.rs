@@ -1,14 +1,17 @@
-//! The upstream JSON, and the only place that knows it. A listing decodes whole or not
-//! at all: one bad checkpoint fails the poll, so a broken response can never be mistaken
-//! for checkpoints that vanished.
+//! The upstream JSON, and the only place that knows it: the listing, the `source`,
+//! `files` and `deploy` answers, and the `validate` and `deploy` request bodies (shapes
+//! of the pydantic models in Baseten's `baseten` package, `managementapi._models`).
+//! A listing decodes whole or not at all: one bad checkpoint fails the poll, so a broken
+//! response can never be mistaken for checkpoints that vanished.
 
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::{CheckpointFile, DeployRequest, Deployed, FilesPage, Source};
 use crate::model::{Checkpoint, CheckpointTarget};
 
 /// The listing's envelope. Each checkpoint is first taken as its raw text (a slice of the
@@ -27,7 +30,8 @@ struct WireCheckpoint {
     id: String,
     checkpoint_id: String,
     run_id: String,
-    target: WireTarget,
+    /// `sampler | trainer | <any string>`: an unknown value passes through.
+    target: String,
     checkpoint_type: String,
     size_bytes: i64,
     created_at: String,
@@ -38,13 +42,6 @@ struct WireCheckpoint {
     lora_adapter_config: Option<AnyObject>,
     #[serde(default)]
     sync_status: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum WireTarget {
-    Sampler,
-    Trainer,
 }
 
 /// A JSON object whose content is not needed here (it travels in `raw`): checked to be an
@@ -86,14 +83,14 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
         if w.id.is_empty() {
             return Err(format!("checkpoints[{i}]: empty id"));
         }
+        let Some(target) = CheckpointTarget::parse(&w.target) else {
+            return Err(format!("checkpoints[{i}]: empty target"));
+        };
         all.push(Checkpoint {
             id: w.id,
             name: w.checkpoint_id,
             run_id: w.run_id,
-            target: match w.target {
-                WireTarget::Sampler => CheckpointTarget::Sampler,
-                WireTarget::Trainer => CheckpointTarget::Trainer,
-            },
+            target,
             checkpoint_type: w.checkpoint_type,
             size_bytes: w.size_bytes,
             created_at: w.created_at,
@@ -126,6 +123,126 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
     Ok(all)
 }
 
+/// `LoopsCheckpointSourceResponse`: `source` is an s3 or volume source by its `kind`, or
+/// (the model's fallback) any object.
+#[derive(Deserialize)]
+struct WireSourceResponse {
+    source: WireSource,
+}
+
+#[derive(Deserialize)]
+struct WireSource {
+    kind: String,
+    #[serde(default)]
+    volume_ref: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// Decode a `source` answer. A `volume` source must carry its ref and path.
+pub fn decode_source(body: &[u8]) -> Result<Source, String> {
+    let w: WireSourceResponse = serde_json::from_slice(body).map_err(|e| format!("source: {e}"))?;
+    Ok(match w.source.kind.as_str() {
+        "s3" => Source::S3,
+        "volume" => match (w.source.volume_ref, w.source.path) {
+            (Some(volume_ref), Some(path)) => Source::Volume { volume_ref, path },
+            _ => return Err("source: a volume source without volume_ref or path".into()),
+        },
+        _ => Source::Other(w.source.kind),
+    })
+}
+
+/// `LoopsCheckpointFilesResponse`.
+#[derive(Deserialize)]
+struct WireFilesResponse {
+    presigned_urls: Vec<WireFile>,
+    #[serde(default)]
+    next_page_token: Option<i64>,
+    total_count: i64,
+}
+
+/// `CheckpointFile`; every field required.
+#[derive(Deserialize)]
+struct WireFile {
+    #[allow(dead_code)] // required by the model; a credential, deliberately not kept
+    url: String,
+    relative_file_name: String,
+    node_rank: i64,
+    size_bytes: i64,
+    last_modified: String,
+}
+
+/// Decode one page of a `files` answer.
+pub fn decode_files(body: &[u8]) -> Result<FilesPage, String> {
+    let w: WireFilesResponse = serde_json::from_slice(body).map_err(|e| format!("files: {e}"))?;
+    Ok(FilesPage {
+        files: w
+            .presigned_urls
+            .into_iter()
+            .map(|f| CheckpointFile {
+                relative_file_name: f.relative_file_name,
+                node_rank: f.node_rank,
+                size_bytes: f.size_bytes,
+                last_modified: f.last_modified,
+            })
+            .collect(),
+        next_page_token: w.next_page_token,
+        total_count: w.total_count,
+    })
+}
+
+/// `DeployLoopsCheckpointResponse`.
+#[derive(Deserialize)]
+struct WireDeployed {
+    model_id: String,
+    deployment_id: String,
+}
+
+/// Decode a `deploy` answer.
+pub fn decode_deployed(body: &[u8]) -> Result<Deployed, String> {
+    let w: WireDeployed = serde_json::from_slice(body).map_err(|e| format!("deploy: {e}"))?;
+    Ok(Deployed {
+        model_id: w.model_id,
+        deployment_id: w.deployment_id,
+    })
+}
+
+/// `ValidateLoopsCheckpointRequest`; `run_id` is left out when not given.
+#[derive(Serialize)]
+pub(super) struct WireValidateRequest<'a> {
+    checkpoint_path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<&'a str>,
+}
+
+pub(super) fn validate_request<'a>(
+    checkpoint_path: &'a str,
+    run_id: Option<&'a str>,
+) -> WireValidateRequest<'a> {
+    WireValidateRequest {
+        checkpoint_path,
+        run_id,
+    }
+}
+
+/// `DeployLoopsCheckpointRequest`.
+#[derive(Serialize)]
+pub(super) struct WireDeployRequest<'a> {
+    checkpoint_ids: &'a [String],
+    model_name: &'a str,
+    instance_type_id: &'a str,
+    hf_secret_name: &'a str,
+}
+
+pub(super) fn deploy_request(r: &DeployRequest) -> WireDeployRequest<'_> {
+    WireDeployRequest {
+        checkpoint_ids: &r.checkpoint_ids,
+        model_name: &r.model_name,
+        instance_type_id: &r.instance_type_id,
+        hf_secret_name: &r.hf_secret_name,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,12 +258,15 @@ mod tests {
         assert_eq!(l.len(), 1);
         let c = &l[0];
         assert_eq!(
-            (c.id.as_str(), c.name.as_str(), c.target),
-            ("ck1", "step-100", CheckpointTarget::Sampler)
+            (c.id.as_str(), c.name.as_str(), &c.target),
+            ("ck1", "step-100", &CheckpointTarget::Sampler)
         );
         assert_eq!(c.sync_status.as_deref(), Some("SYNCING"));
         assert!(c.raw.contains("brand_new_field"));
-        assert_eq!(c.uri(), "bt://loops:k4q95w5/sampler_weights/step-100");
+        assert_eq!(
+            c.uri().as_deref(),
+            Some("bt://loops:k4q95w5/sampler_weights/step-100")
+        );
     }
 
     #[test]
@@ -184,11 +304,20 @@ mod tests {
     #[test]
     fn wrong_types_and_garbage_fail() {
         assert!(decode_listing(ONE.replace("123", "\"123\"").as_bytes()).is_err());
-        assert!(decode_listing(ONE.replace(r#""sampler""#, r#""critic""#).as_bytes()).is_err());
+        assert!(decode_listing(ONE.replace(r#""sampler""#, "7").as_bytes()).is_err());
+        assert!(decode_listing(ONE.replace(r#""sampler""#, r#""""#).as_bytes()).is_err());
         assert!(decode_listing(b"<html>bad gateway</html>").is_err());
         assert!(decode_listing(b"[]").is_err());
         assert!(decode_listing(&ONE.as_bytes()[..ONE.len() / 2]).is_err());
         assert_eq!(decode_listing(br#"{"checkpoints":[]}"#).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_unknown_target_passes_through_and_never_fails_the_listing() {
+        let l = decode_listing(ONE.replace(r#""sampler""#, r#""draft""#).as_bytes()).unwrap();
+        assert_eq!(l[0].target, CheckpointTarget::Other("draft".into()));
+        assert_eq!(l[0].uri(), None);
+        assert!(l[0].raw.contains(r#""target":"draft""#));
     }
 
     #[test]
@@ -202,6 +331,81 @@ mod tests {
             decode_listing(conflict.as_bytes())
                 .unwrap_err()
                 .contains("twice")
+        );
+    }
+
+    #[test]
+    fn sources_decode_by_kind() {
+        assert_eq!(
+            decode_source(br#"{"source":{"kind":"s3"}}"#),
+            Ok(Source::S3)
+        );
+        assert_eq!(
+            decode_source(br#"{"source":{"kind":"volume","volume_ref":"bdn:ns/v:t","path":"p"}}"#),
+            Ok(Source::Volume {
+                volume_ref: "bdn:ns/v:t".into(),
+                path: "p".into()
+            })
+        );
+        assert_eq!(
+            decode_source(br#"{"source":{"kind":"gcs","bucket":"b"}}"#),
+            Ok(Source::Other("gcs".into()))
+        );
+        assert!(decode_source(br#"{"source":{"kind":"volume"}}"#).is_err());
+        assert!(decode_source(br#"{"source":{}}"#).is_err());
+        assert!(decode_source(b"[]").is_err());
+    }
+
+    #[test]
+    fn files_pages_decode_and_require_every_field() {
+        let page =
+            br#"{"presigned_urls":[{"url":"https://s3/x?sig","relative_file_name":"a.safetensors",
+            "node_rank":0,"size_bytes":10,"last_modified":"2026-11-26T00:00:00Z","extra":1}],
+            "next_page_token":1,"total_count":2}"#;
+        let p = decode_files(page).unwrap();
+        assert_eq!(p.files.len(), 1);
+        assert_eq!((p.next_page_token, p.total_count), (Some(1), 2));
+        assert_eq!(p.files[0].size_bytes, 10);
+        let last = br#"{"presigned_urls":[],"total_count":0}"#;
+        assert_eq!(decode_files(last).unwrap().next_page_token, None);
+        let text = std::str::from_utf8(page).unwrap();
+        for field in [r#""node_rank":0,"#, r#""url":"https://s3/x?sig","#] {
+            assert!(
+                decode_files(text.replace(field, "").as_bytes()).is_err(),
+                "{field}"
+            );
+        }
+        assert!(
+            decode_files(
+                text.replace(r#""next_page_token":1"#, r#""next_page_token":"1""#)
+                    .as_bytes()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn deploy_answers_and_requests() {
+        let d = decode_deployed(br#"{"model_id":"m1","deployment_id":"d1"}"#).unwrap();
+        assert_eq!(
+            (d.model_id.as_str(), d.deployment_id.as_str()),
+            ("m1", "d1")
+        );
+        assert!(decode_deployed(br#"{"model_id":"m1"}"#).is_err());
+        let r = DeployRequest {
+            checkpoint_ids: vec!["ck1".into()],
+            model_name: "m".into(),
+            instance_type_id: "H100".into(),
+            hf_secret_name: "hf".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(deploy_request(&r)).unwrap(),
+            serde_json::json!({"checkpoint_ids":["ck1"],"model_name":"m","instance_type_id":"H100","hf_secret_name":"hf"})
+        );
+        assert_eq!(
+            serde_json::to_string(&validate_request("bt://loops:r/sampler_weights/s", None))
+                .unwrap(),
+            r#"{"checkpoint_path":"bt://loops:r/sampler_weights/s"}"#
         );
     }
 }

@@ -35,7 +35,7 @@ pub async fn run(
         ("LOOPWATCH_EVENT_TYPE", event.kind.clone()),
         ("LOOPWATCH_CHECKPOINT_ID", event.checkpoint_id.clone()),
         ("LOOPWATCH_CHECKPOINT_NAME", event.checkpoint_name.clone()),
-        ("LOOPWATCH_CHECKPOINT_URI", event.uri()),
+        ("LOOPWATCH_CHECKPOINT_URI", event.uri().unwrap_or_default()),
         ("LOOPWATCH_RUN_ID", event.run_id.clone()),
         ("LOOPWATCH_TARGET", event.target.clone()),
     ];

@@ -10,12 +10,20 @@
 //!   run from cron counts across runs just as the daemon does.
 //! - A deleted checkpoint stays as a tombstone, so its reappearance is not `discovered`
 //!   twice and it can never complete twice.
+//! - A null checkpoint the readiness probe found ready (an input here: the poller probes,
+//!   the diff decides) completes like one turning COMPLETE, with its `ready_by`; that
+//!   makes it complete for good, so a later COMPLETE is a spelling change, not news.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    Checkpoint, Event, EventType, Raw, Settled, SyncClass, TargetState, Tracked, event_id,
+    Checkpoint, Event, EventType, Raw, ReadyBy, Settled, SyncClass, TargetState, Tracked, event_id,
 };
+
+/// Null checkpoints the readiness probe found ready in this poll, by id.
+pub type Ready = HashMap<String, ReadyBy>;
 
 /// The knobs of §3 `[poll]` that change what is emitted.
 #[derive(Clone, Debug)]
@@ -24,6 +32,9 @@ pub struct DiffOptions {
     pub delete_after_missing: u32,
     /// `None` disables `stalled`.
     pub stalled_after: Option<chrono::Duration>,
+    /// `poll.null_status = "probe"`: a null checkpoint may still complete by a probe, so a
+    /// state holding one is never settled (the same listing must be probed again).
+    pub probe_null: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,11 +73,10 @@ impl DiffState for TargetState {
     }
 
     fn timeless(&self, opts: &DiffOptions) -> bool {
-        opts.stalled_after.is_none()
-            || self
-                .checkpoints
-                .values()
-                .all(|t| t.deleted || t.completed || t.stalled)
+        let live = |t: &&Tracked| !t.deleted && !t.completed;
+        let probed = |t: &Tracked| t.class() == SyncClass::Unknown;
+        (opts.stalled_after.is_none() || self.checkpoints.values().filter(live).all(|t| t.stalled))
+            && !(opts.probe_null && self.checkpoints.values().filter(live).any(probed))
     }
 }
 
@@ -79,6 +89,8 @@ pub struct Listing<'a> {
     pub digest: u128,
     /// The target's filter as text (`run_id=...`), kept with its baseline.
     pub filter: &'a str,
+    /// Null checkpoints the readiness probe found ready before this plan.
+    pub ready: &'a Ready,
 }
 
 /// Everything one successful listing means for a target, decided in one pure call: what
@@ -117,7 +129,7 @@ pub fn plan(
     now: DateTime<Utc>,
     opts: &DiffOptions,
 ) -> Plan {
-    let d = diff(target, state, listing.checkpoints, now, opts);
+    let d = diff_ready(target, state, listing.checkpoints, listing.ready, now, opts);
     let settled = Settled {
         digest: listing.digest,
         checkpoints: listing.checkpoints.len(),
@@ -136,7 +148,7 @@ pub fn plan(
     }
     // Settled when the very same listing, diffed again against the new state, would
     // change nothing, and time cannot change that.
-    let again = diff(target, &next, listing.checkpoints, now, opts);
+    let again = diff_ready(target, &next, listing.checkpoints, listing.ready, now, opts);
     let settled = (!again.writes() && next.timeless(opts)).then_some(settled);
     next.settled = settled;
     Plan {
@@ -167,6 +179,18 @@ pub fn diff(
     now: DateTime<Utc>,
     opts: &DiffOptions,
 ) -> Diff {
+    diff_ready(target, prev, listing, &Ready::new(), now, opts)
+}
+
+/// [`diff`], with the null checkpoints the readiness probe found `ready`.
+pub fn diff_ready(
+    target: &str,
+    prev: &TargetState,
+    listing: &[Checkpoint],
+    ready: &Ready,
+    now: DateTime<Utc>,
+    opts: &DiffOptions,
+) -> Diff {
     let baseline = !prev.baselined;
     let silent = baseline && !opts.emit_existing;
     let mut out = Diff {
@@ -179,10 +203,11 @@ pub fn diff(
     let mut sorted: Vec<&Checkpoint> = listing
         .iter()
         .filter(|c| {
-            !prev
-                .checkpoints
-                .get(&c.id)
-                .is_some_and(|p| unchanged(p, c, now, opts))
+            ready.contains_key(&c.id)
+                || !prev
+                    .checkpoints
+                    .get(&c.id)
+                    .is_some_and(|p| unchanged(p, c, now, opts))
         })
         .collect();
     // Detection order: oldest first, so `ordered` sinks see a run's history in order.
@@ -195,7 +220,7 @@ pub fn diff(
                 id: c.id.as_str().into(),
                 name: c.name.as_str().into(),
                 run_id: c.run_id.as_str().into(),
-                target: c.target,
+                target: c.target.clone(),
                 sync_status: c.sync_status.as_deref().map(Into::into),
                 created_at: c.created_at.as_str().into(),
                 first_seen_at: now,
@@ -270,6 +295,25 @@ pub fn diff(
                         None,
                         now,
                     );
+                }
+            }
+            if class == SyncClass::Unknown
+                && !row.completed
+                && let Some(&by) = ready.get(&c.id)
+            {
+                row.completed = true;
+                let took = seconds_since(row.first_seen_at, now);
+                push(
+                    &mut out,
+                    target,
+                    &mut row,
+                    EventType::Completed,
+                    None,
+                    took,
+                    now,
+                );
+                if let Some(e) = out.events.last_mut() {
+                    e.ready_by = Some(by);
                 }
             }
         }
@@ -362,12 +406,13 @@ fn push(
         checkpoint_id: row.id.to_string(),
         checkpoint_name: row.name.to_string(),
         run_id: row.run_id.to_string(),
-        checkpoint_target: row.target,
+        checkpoint_target: row.target.clone(),
         detected_at: now,
         previous_sync_status: previous,
         sync_status: row.sync_status.as_deref().map(str::to_string),
         first_seen_at: row.first_seen_at,
         sync_seconds,
+        ready_by: (kind == EventType::Completed).then_some(ReadyBy::SyncStatus),
         // Empty when only the digest is held (a checkpoint gone from the listing): the
         // poller fills it in from the store before the event goes anywhere.
         checkpoint: row.raw.text().unwrap_or_default().to_string(),

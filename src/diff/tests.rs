@@ -14,6 +14,7 @@ fn opts() -> DiffOptions {
         emit_existing: false,
         delete_after_missing: 2,
         stalled_after: Some(TimeDelta::minutes(30)),
+        probe_null: false,
     }
 }
 
@@ -75,8 +76,11 @@ fn check_with(
 
 use EventType::*;
 
+static NO_READY: std::sync::LazyLock<Ready> = std::sync::LazyLock::new(Ready::new);
+
 fn listed<'a>(checkpoints: &'a [Checkpoint], digest: u128) -> Listing<'a> {
     Listing {
+        ready: &NO_READY,
         checkpoints,
         digest,
         filter: "run_id=run1",
@@ -466,7 +470,7 @@ mod props {
             delete_after in 1u32..4,
             gaps in proptest::collection::vec(0i64..40, 12),
         ) {
-            let o = DiffOptions { emit_existing, delete_after_missing: delete_after, stalled_after: Some(TimeDelta::minutes(30)) };
+            let o = DiffOptions { emit_existing, delete_after_missing: delete_after, stalled_after: Some(TimeDelta::minutes(30)), probe_null: false };
             let mut state = TargetState::default();
             let mut completed = HashSet::new();
             let mut ids = HashSet::new();
@@ -503,4 +507,53 @@ mod props {
             }
         }
     }
+}
+
+#[test]
+fn a_null_checkpoint_found_ready_completes_once_with_its_ready_by() {
+    let o = DiffOptions {
+        probe_null: true,
+        ..opts()
+    };
+    let l = vec![ck("1", None), ck("2", Some("SYNCING"))];
+    let mut state = TargetState::default();
+    let d = diff("t", &state, &l, t0(), &o);
+    state.apply(&d);
+    assert!(!state.timeless(&o), "a null checkpoint waits for a probe");
+    let ready = Ready::from([("1".to_string(), ReadyBy::Files)]);
+    let at = t0() + TimeDelta::minutes(1);
+    let d = diff_ready("t", &state, &l, &ready, at, &o);
+    assert_eq!(d.events.len(), 1);
+    assert_eq!(
+        (d.events[0].kind, d.events[0].ready_by),
+        (Completed, Some(ReadyBy::Files))
+    );
+    assert!(
+        d.events[0]
+            .standard_body()
+            .contains(r#""ready_by":"files""#)
+    );
+    state.apply(&d);
+    assert!(state.checkpoints["1"].completed);
+    // Found ready again, or turning COMPLETE later: nothing more.
+    assert!(
+        diff_ready("t", &state, &l, &ready, at, &o)
+            .events
+            .is_empty()
+    );
+    let later = vec![ck("1", Some("COMPLETE")), ck("2", Some("COMPLETE"))];
+    let d = diff("t", &state, &later, at, &o);
+    let kinds: Vec<_> = d
+        .events
+        .iter()
+        .map(|e| (e.kind, e.checkpoint_id.as_str(), e.ready_by))
+        .collect();
+    assert_eq!(kinds, [(Completed, "2", Some(ReadyBy::SyncStatus))]);
+    // A SYNCING checkpoint is not completed by a probe.
+    let ready2 = Ready::from([("2".to_string(), ReadyBy::Files)]);
+    assert!(
+        diff_ready("t", &state, &l, &ready2, at, &o)
+            .events
+            .is_empty()
+    );
 }

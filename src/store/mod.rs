@@ -157,10 +157,11 @@ impl StoredEvent {
         EventType::parse(&self.kind)
     }
 
-    pub fn uri(&self) -> String {
+    /// None for a checkpoint target value without a URI.
+    pub fn uri(&self) -> Option<String> {
         let t =
             CheckpointTarget::parse(&self.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
-        crate::model::checkpoint_uri(&self.run_id, t, &self.checkpoint_name)
+        crate::model::checkpoint_uri(&self.run_id, &t, &self.checkpoint_name)
     }
 }
 
@@ -182,7 +183,8 @@ pub struct DeliveryRow {
     #[serde(rename = "type")]
     pub kind: String,
     pub target: String,
-    pub uri: String,
+    /// None for a checkpoint target value without a URI.
+    pub uri: Option<String>,
     pub sink: String,
     pub status: DeliveryStatus,
     pub attempts: u32,

@@ -45,6 +45,7 @@ pub(crate) fn target_state(
         filter,
         checkpoints,
         settled,
+        probes: Default::default(),
     }
 }
 
@@ -219,7 +220,7 @@ impl TryFrom<DeliveryRecord> for DeliveryRow {
             event_id: r.event_id,
             kind: r.kind,
             target: r.target,
-            uri: crate::model::checkpoint_uri(&r.run_id, ct, &r.checkpoint_name),
+            uri: crate::model::checkpoint_uri(&r.run_id, &ct, &r.checkpoint_name),
             sink: r.sink,
             status,
             attempts: r.attempts.max(0) as u32,
