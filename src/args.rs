@@ -158,7 +158,7 @@ pub enum DeliveriesCommand {
     /// List deliveries (newest last; at most 10,000)
     List {
         /// Only deliveries in this state
-        #[arg(long, value_parser = ["pending", "dead", "delivered"])]
+        #[arg(long, value_parser = ["pending", "dead", "delivered", "superseded"])]
         status: Option<String>,
         #[command(flatten)]
         output: OutputArg,

@@ -34,7 +34,7 @@ pub struct Metrics {
     pub lease_takeovers: prometheus::IntCounter,
 }
 
-const DELIVERY_OUTCOMES: [&str; 3] = ["success", "retry", "dead"];
+const DELIVERY_OUTCOMES: [&str; 4] = ["success", "retry", "dead", "superseded"];
 const SYNC_CLASSES: [SyncClass; 4] = [
     SyncClass::Syncing,
     SyncClass::Complete,
@@ -127,8 +127,10 @@ impl Metrics {
                 "loopwatch_delivery_duration_seconds",
                 "Time of one delivery attempt.",
                 &["sink"],
+                // Up to minutes: a `baseten_deploy` attempt can take that long.
                 vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0, 600.0,
                 ],
             ),
             pending: int_gauge(
@@ -243,7 +245,7 @@ pub struct TargetMetrics {
     checkpoints: [[AtomicI64; 4]; 2],
     latest_created: [AtomicF64; 2],
     /// By [`EventType::ALL`] order.
-    events: [AtomicU64; 5],
+    events: [AtomicU64; EventType::ALL.len()],
     sync_duration: Histogram,
     fencing_rejections: AtomicU64,
 }

@@ -451,12 +451,13 @@ async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) ->
 /// Deletes delivered deliveries and their events older than `cutoff`, in one transaction.
 async fn prune_on(conn: &mut SqliteConnection, cutoff: i64) -> Result<(u64, u64)> {
     let mut tx = conn.begin().await?;
-    let deliveries =
-        sqlx::query("DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < ?1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+    let deliveries = sqlx::query(
+        "DELETE FROM deliveries WHERE status IN ('delivered', 'superseded') AND updated_at < ?1",
+    )
+    .bind(cutoff)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     let events = sqlx::query(
         "DELETE FROM events WHERE detected_at < ?1
              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
@@ -480,7 +481,12 @@ async fn record_attempts_on(
     // JSON array: the statement's text stays the same, so it is prepared once).
     let delivered: Vec<i64> = outcomes
         .iter()
-        .filter(|(_, o)| matches!(o, AttemptOutcome::Delivered))
+        .filter(|(_, o)| {
+            matches!(
+                o,
+                AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_)
+            )
+        })
         .map(|(id, _)| *id)
         .collect();
     if !delivered.is_empty() {
@@ -498,6 +504,17 @@ async fn record_attempts_on(
         let id = *id;
         let q = match outcome {
             AttemptOutcome::Delivered => continue,
+            AttemptOutcome::DeliveredWith(f) => {
+                insert_follow_up(&mut tx, f, now).await?;
+                continue;
+            }
+            AttemptOutcome::Superseded { reason } => sqlx::query(
+                "UPDATE deliveries SET status = 'superseded', claimed_until = NULL,
+                    last_status = NULL, last_error = ?3, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(reason.clone()),
             AttemptOutcome::Retry { next, status, error } => sqlx::query(
                 "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = ?3,
                     last_status = ?4, last_error = ?5, updated_at = ?1 WHERE id = ?2",
@@ -519,6 +536,48 @@ async fn record_attempts_on(
         q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Records a follow-up event and its deliveries, unless an event of its id is already
+/// there (a repeated deploy: the event was announced once).
+async fn insert_follow_up(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    f: &super::FollowUp,
+    now: i64,
+) -> Result<()> {
+    let e = &f.event;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id,
+            checkpoint_target, detected_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO NOTHING RETURNING seq",
+    )
+    .bind(&e.id)
+    .bind(&e.kind)
+    .bind(&e.target)
+    .bind(&e.checkpoint_id)
+    .bind(&e.checkpoint_name)
+    .bind(&e.run_id)
+    .bind(&e.checkpoint_target)
+    .bind(e.detected_at.timestamp_millis())
+    .bind(&e.body)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(seq) = seq else {
+        return Ok(());
+    };
+    for sink in &f.sinks {
+        sqlx::query(
+            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
+                created_at, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+        )
+        .bind(seq)
+        .bind(sink)
+        .bind(&e.run_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -766,6 +825,26 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
+    }
+
+    async fn newer_deploy(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as(AssertSqlSafe(super::newer_deploy_query(
+                "json_extract(e.body, '$.data.checkpoint.created_at')",
+                ["?1", "?2", "?3"],
+            )))
+            .bind(sink)
+            .bind(run_id)
+            .bind(delivery_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(super::pick_newer(rows, created_at))
     }
 
     async fn list_deliveries(
