@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::api;
 use crate::config::Config;
 use crate::delivery::Outbox;
+use crate::delivery::deploy::{CallError, DeployRequest, Deployment, LoopsDeployer};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
@@ -75,11 +76,13 @@ impl App {
         let client = Arc::new(api::Client::new(&cfg.api)?);
         // Pollers fire it after a commit that queued deliveries; sink workers wait on it.
         let wake = Wake::new();
-        let outbox = Arc::new(Outbox::new(
+        // baseten_deploy sinks deploy through the pollers' client: one token bucket.
+        let outbox = Arc::new(Outbox::with_deployer(
             store.clone(),
             metrics.clone(),
             &cfg.sinks,
             wake.clone(),
+            Some(deployer(client.clone())),
         )?);
         let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
         let mut poller = Poller::new(
@@ -279,6 +282,55 @@ impl App {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// The Loops API as `baseten_deploy` sinks need it, over the shared client (its token
+/// bucket, timeout and `loopwatch_api_requests_total`).
+pub fn deployer(client: Arc<api::Client>) -> Arc<dyn LoopsDeployer> {
+    Arc::new(ApiDeployer(client))
+}
+
+struct ApiDeployer(Arc<api::Client>);
+
+#[async_trait::async_trait]
+impl LoopsDeployer for ApiDeployer {
+    async fn validate(&self, path: &str, run_id: Option<&str>) -> Result<(), CallError> {
+        self.0.validate(path, run_id).await.map_err(call_error)
+    }
+
+    async fn deploy(&self, r: &DeployRequest) -> Result<Deployment, CallError> {
+        let request = api::DeployRequest {
+            checkpoint_ids: r.checkpoint_ids.clone(),
+            model_name: r.model_name.clone(),
+            instance_type_id: r.instance_type_id.clone(),
+            hf_secret_name: r.hf_secret_name.clone(),
+        };
+        let d = self.0.deploy(&request).await.map_err(call_error)?;
+        Ok(Deployment {
+            model_id: d.model_id,
+            deployment_id: d.deployment_id,
+        })
+    }
+}
+
+/// The outbox's classification of a client error (docs/events.md, "baseten_deploy").
+fn call_error(e: api::Error) -> CallError {
+    match e {
+        api::Error::Status {
+            code,
+            retry_after,
+            message,
+            ..
+        } => CallError::status(code, retry_after, message),
+        api::Error::Timeout | api::Error::Connect(_) | api::Error::Transport(_) => {
+            CallError::transport(e.to_string())
+        }
+        // A 2xx that is not the documented answer: the deploy may have happened, so it
+        // is not retried (that would deploy again).
+        api::Error::Decode(_) | api::Error::TooLarge(_) => {
+            CallError::invalid(200, format!("the answer is not as documented: {e}"))
+        }
     }
 }
 
