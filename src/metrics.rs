@@ -115,8 +115,8 @@ impl Metrics {
             targets: RwLock::default(),
             api_requests: counter(
                 "loopwatch_api_requests_total",
-                "Requests to the Loops API by HTTP status, or timeout/connect/decode.",
-                &["code"],
+                "Requests to the Loops API by endpoint and HTTP status, or timeout/connect/decode.",
+                &["endpoint", "code"],
             ),
             deliveries: counter(
                 "loopwatch_deliveries_total",
@@ -169,6 +169,13 @@ impl Metrics {
             self.oldest_pending.with_label_values(&[n]);
         }
         self.targets_owned.set(cfg.targets.len() as i64);
+    }
+
+    /// Count one request to the Loops API: `endpoint` is its route's label
+    /// (`list`, `source`, `files`, `validate`, `deploy`), `code` its HTTP status or
+    /// `timeout`, `connect`, `decode`.
+    pub fn api_request(&self, endpoint: &str, code: &str) {
+        self.api_requests.with_label_values(&[endpoint, code]).inc();
     }
 
     /// The series of one target (created at zero if the config did not name it).

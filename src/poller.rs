@@ -250,7 +250,7 @@ impl Poller {
     }
 
     fn count_request(&self, code: &str) {
-        self.metrics.api_requests.with_label_values(&[code]).inc();
+        self.metrics.api_request(api::Endpoint::List.label(), code);
     }
 
     /// The state holds digests only; an event about a checkpoint gone from the listing
@@ -681,7 +681,10 @@ mod tests {
     }
 
     fn requests(p: &Poller, code: &str) -> u64 {
-        p.metrics.api_requests.with_label_values(&[code]).get()
+        p.metrics
+            .api_requests
+            .with_label_values(&["list", code])
+            .get()
     }
 
     #[tokio::test]

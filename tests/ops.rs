@@ -55,7 +55,7 @@ async fn every_metric_exists_from_the_start_for_every_target_and_sink() {
     // Failed polls are counted by status code, and readiness says why it is not ready.
     let failed = async || {
         let m = metrics(&addr).await;
-        m.contains(r#"loopwatch_api_requests_total{code="503"}"#)
+        m.contains(r#"loopwatch_api_requests_total{code="503",endpoint="list"}"#)
             && m.contains(r#"loopwatch_polls_total{outcome="error",target="qwen"}"#)
     };
     assert!(
@@ -74,7 +74,7 @@ async fn every_metric_exists_from_the_start_for_every_target_and_sink() {
     assert!(until(T, Duration::from_millis(50), ready).await);
     let m = metrics(&addr).await;
     assert!(
-        m.contains(r#"loopwatch_api_requests_total{code="200"}"#),
+        m.contains(r#"loopwatch_api_requests_total{code="200",endpoint="list"}"#),
         "{m}"
     );
 }

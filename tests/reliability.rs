@@ -202,7 +202,7 @@ async fn upstream_faults_are_counted_by_code_emit_nothing_and_heal() {
         (Fault::CloseConnection, "connect"),
     ];
     for (fault, code) in cases {
-        let series = format!("loopwatch_api_requests_total{{code=\"{code}\"}}");
+        let series = format!("loopwatch_api_requests_total{{code=\"{code}\",endpoint=\"list\"}}");
         let before = metric(&addr, &series).await;
         h.set_fault(Some(fault.clone()));
         let counted = async || metric(&addr, &series).await >= before + 1.0;
@@ -245,8 +245,14 @@ async fn connection_refused_and_tls_errors_count_as_connect() {
     edit(&cfg, |text| text.replace(&env.sim.base_url(), &base));
     let d = env.spawn_daemon(&cfg);
     let addr = d.addr().await;
-    let connect =
-        async || metric(&addr, "loopwatch_api_requests_total{code=\"connect\"}").await >= 1.0;
+    let connect = async || {
+        metric(
+            &addr,
+            "loopwatch_api_requests_total{code=\"connect\",endpoint=\"list\"}",
+        )
+        .await
+            >= 1.0
+    };
     assert!(
         until(T, Duration::from_millis(20), connect).await,
         "{}",

@@ -1,6 +1,9 @@
-//! The Loops client: one `GET /v1/loops/checkpoints` per poll, behind one global token
-//! bucket, with a request timeout and a cap on the body size. Errors say whether waiting
-//! helps ([`Error::is_transient`]) and carry the server's `Retry-After`.
+//! The Loops client: the listing (`GET /v1/loops/checkpoints`, once per poll) and the
+//! routes beside it (a checkpoint's `source` and `files`, `validate`, `deploy`), all
+//! through one request path: one global token bucket, the request timeout and a cap on
+//! the body size. Errors say whether waiting helps ([`Error::is_transient`]), carry the
+//! server's `Retry-After` and the error body's `details.reason`. Callers count each
+//! request in `loopwatch_api_requests_total` under its [`Endpoint`] label.
 
 pub mod wire;
 
@@ -15,6 +18,91 @@ use crate::config::{ApiConfig, AuthScheme, Filter};
 use crate::http::{self, root_cause};
 use crate::model::Checkpoint;
 
+/// The routes of the Loops API loopwatch calls: the `endpoint` label of
+/// `loopwatch_api_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `GET /v1/loops/checkpoints`
+    List,
+    /// `GET /v1/loops/checkpoints/{id}/source`
+    Source,
+    /// `GET /v1/loops/checkpoints/{id}/files`
+    Files,
+    /// `POST /v1/loops/checkpoints/validate`
+    Validate,
+    /// `POST /v1/loops/checkpoints/deploy`
+    Deploy,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::List,
+        Endpoint::Source,
+        Endpoint::Files,
+        Endpoint::Validate,
+        Endpoint::Deploy,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::List => "list",
+            Endpoint::Source => "source",
+            Endpoint::Files => "files",
+            Endpoint::Validate => "validate",
+            Endpoint::Deploy => "deploy",
+        }
+    }
+}
+
+/// Where a checkpoint's files come from (`GET .../{id}/source`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The files route serves presigned URLs for it.
+    S3,
+    /// Its files sit in a volume version (`bdn:<ns>/<volume>:<tag>`), under `path`; the
+    /// files route answers `NOT_PRESIGNABLE`.
+    Volume { volume_ref: String, path: String },
+    /// A `kind` this client does not know, kept as received.
+    Other(String),
+}
+
+/// One page of a checkpoint's files (`GET .../{id}/files`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilesPage {
+    pub files: Vec<CheckpointFile>,
+    /// The `page_token` of the next page; None on the last one.
+    pub next_page_token: Option<i64>,
+    pub total_count: i64,
+}
+
+/// A file of a checkpoint. The presigned `url` is deliberately not kept: it is a bearer
+/// credential and nothing here downloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointFile {
+    pub relative_file_name: String,
+    pub node_rank: i64,
+    pub size_bytes: i64,
+    pub last_modified: String,
+}
+
+/// A deploy of sampler checkpoints (`POST .../deploy`, `DeployLoopsCheckpointRequest`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployRequest {
+    /// Sampler checkpoint ids (`id`, not the name); at least one.
+    pub checkpoint_ids: Vec<String>,
+    pub model_name: String,
+    pub instance_type_id: String,
+    pub hf_secret_name: String,
+}
+
+/// What a successful deploy created (`DeployLoopsCheckpointResponse`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployed {
+    pub model_id: String,
+    pub deployment_id: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("request timed out")]
@@ -28,8 +116,10 @@ pub enum Error {
         code: u16,
         retry_after: Option<Duration>,
         message: String,
+        /// The error body's `details.reason` (e.g. `NOT_PRESIGNABLE`), when it has one.
+        reason: Option<String>,
     },
-    #[error("response is not a valid listing: {0}")]
+    #[error("response is not valid: {0}")]
     Decode(String),
     #[error("response is larger than api.max_response_bytes ({0} bytes)")]
     TooLarge(u64),
@@ -40,7 +130,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Timeout | Error::Connect(_) | Error::Transport(_) => true,
-            Error::Status { code, .. } => *code == 429 || *code >= 500,
+            Error::Status { code, .. } => *code == 408 || *code == 429 || *code >= 500,
             Error::Decode(_) | Error::TooLarge(_) => false,
         }
     }
@@ -63,6 +153,19 @@ impl Error {
         }
     }
 
+    /// The error body's `details.reason`, e.g. `NOT_PRESIGNABLE` from the files route.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Error::Status { reason, .. } => reason.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The files route's answer for a checkpoint whose files cannot be presigned.
+    pub fn is_not_presignable(&self) -> bool {
+        self.reason() == Some(NOT_PRESIGNABLE)
+    }
+
     pub fn is_rate_limited(&self) -> bool {
         matches!(self, Error::Status { code: 429, .. })
     }
@@ -77,6 +180,9 @@ impl Error {
         }
     }
 }
+
+/// The `details.reason` of the files route for a volume-backed checkpoint.
+pub const NOT_PRESIGNABLE: &str = "NOT_PRESIGNABLE";
 
 pub struct Client {
     http: reqwest::Client,
@@ -131,13 +237,81 @@ impl Client {
     /// The listing's body for one filter, not yet decoded: a poller that has seen the same
     /// body before ([`Body::digest`]) need not decode it again.
     pub async fn fetch(&self, filter: &Filter) -> Result<Body, Error> {
-        self.limiter.until_ready().await;
         let mut url = self.endpoint.clone();
         url.query_pairs_mut()
             .append_pair(filter.query_key(), filter.value());
-        let resp = self
-            .http
-            .get(url)
+        let bytes = self.send(self.http.get(url)).await?;
+        Ok(Body {
+            digest: xxhash_rust::xxh3::xxh3_128(&bytes),
+            bytes,
+        })
+    }
+
+    /// Where the files of checkpoint `id` (its `id`, not its name) come from.
+    pub async fn source(&self, id: &str) -> Result<Source, Error> {
+        let url = self.checkpoint_url(id, "source");
+        let bytes = self.send(self.http.get(url)).await?;
+        wire::decode_source(&bytes).map_err(Error::Decode)
+    }
+
+    /// One page of the files of checkpoint `id`; the first page is `page_token` 0. A
+    /// volume-backed checkpoint answers 4xx with [`Error::is_not_presignable`].
+    pub async fn files_page(
+        &self,
+        id: &str,
+        page_size: u32,
+        page_token: i64,
+    ) -> Result<FilesPage, Error> {
+        let mut url = self.checkpoint_url(id, "files");
+        url.query_pairs_mut()
+            .append_pair("page_size", &page_size.to_string())
+            .append_pair("page_token", &page_token.to_string());
+        let bytes = self.send(self.http.get(url)).await?;
+        wire::decode_files(&bytes).map_err(Error::Decode)
+    }
+
+    /// Ask whether the sampler checkpoint at `checkpoint_path`
+    /// (`bt://loops:<run>/sampler_weights/<name>`) is deployable (for `run_id`'s LoRA
+    /// config, when given): Ok when it is, a 4xx [`Error::Status`] with the reason when not.
+    pub async fn validate(&self, checkpoint_path: &str, run_id: Option<&str>) -> Result<(), Error> {
+        let body = wire::validate_request(checkpoint_path, run_id);
+        let url = self.action_url("validate");
+        self.send(post_json(self.http.post(url), &body)).await?;
+        Ok(())
+    }
+
+    /// Deploy sampler checkpoints. Not idempotent: every successful call deploys.
+    pub async fn deploy(&self, request: &DeployRequest) -> Result<Deployed, Error> {
+        let body = wire::deploy_request(request);
+        let url = self.action_url("deploy");
+        let bytes = self.send(post_json(self.http.post(url), &body)).await?;
+        wire::decode_deployed(&bytes).map_err(Error::Decode)
+    }
+
+    /// `.../checkpoints/{id}/{leaf}`, the id percent-encoded as one path segment.
+    fn checkpoint_url(&self, id: &str, leaf: &str) -> Url {
+        let mut url = self.endpoint.clone();
+        url.path_segments_mut()
+            .expect("an http(s) URL has path segments")
+            .push(id)
+            .push(leaf);
+        url
+    }
+
+    /// `.../checkpoints/{action}`.
+    fn action_url(&self, action: &str) -> Url {
+        let mut url = self.endpoint.clone();
+        url.path_segments_mut()
+            .expect("an http(s) URL has path segments")
+            .push(action);
+        url
+    }
+
+    /// The one request path of every route: wait for a token, send with the key, read a
+    /// bounded body; a non-2xx answer becomes [`Error::Status`].
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
+        self.limiter.until_ready().await;
+        let resp = request
             .header(AUTHORIZATION, self.auth.clone())
             .send()
             .await
@@ -150,13 +324,10 @@ impl Client {
                 code: status.as_u16(),
                 retry_after,
                 message: error_message(&body),
+                reason: error_reason(&body),
             });
         }
-        let bytes = self.read_body(resp).await?;
-        Ok(Body {
-            digest: xxhash_rust::xxh3::xxh3_128(&bytes),
-            bytes,
-        })
+        self.read_body(resp).await
     }
 
     /// Read at most `max_bytes`, chunk by chunk: an endless body costs a bounded buffer.
@@ -207,6 +378,17 @@ fn quota(rps: f64) -> Quota {
         .allow_burst(burst)
 }
 
+/// A JSON request body (reqwest's `json` feature would do the same).
+fn post_json(
+    request: reqwest::RequestBuilder,
+    body: &impl serde::Serialize,
+) -> reqwest::RequestBuilder {
+    let bytes = serde_json::to_vec(body).expect("request bodies serialize");
+    request
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(bytes)
+}
+
 fn transport(e: reqwest::Error) -> Error {
     if e.is_timeout() {
         Error::Timeout
@@ -215,6 +397,13 @@ fn transport(e: reqwest::Error) -> Error {
     } else {
         Error::Transport(root_cause(&e))
     }
+}
+
+/// The stable `details.reason` of a JSON error body, as the Loops SDK reads it.
+fn error_reason(body: &[u8]) -> Option<String> {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let reason = v.get("details")?.get("reason")?.as_str()?;
+    Some(reason.chars().take(200).collect())
 }
 
 /// A short, single-line description of an error body: the JSON `message` when there is
@@ -286,6 +475,35 @@ mod tests {
             "<html> <body>502 Bad Gateway</body> </html>"
         );
         assert_eq!(error_message(b""), "(empty body)");
+        assert_eq!(
+            error_reason(br#"{"code":"BAD_REQUEST","details":{"reason":"NOT_PRESIGNABLE"}}"#)
+                .as_deref(),
+            Some(NOT_PRESIGNABLE)
+        );
+        assert_eq!(error_reason(br#"{"details":null}"#), None);
+        assert_eq!(error_reason(b"<html></html>"), None);
+    }
+
+    #[test]
+    fn checkpoint_routes_sit_under_the_listing_with_the_id_encoded() {
+        let cfg = ApiConfig {
+            base_url: Url::parse("http://gw/loops-proxy").unwrap(),
+            api_key: crate::config::Secret::new("k"),
+            api_key_source: "test".into(),
+            auth_scheme: AuthScheme::Bearer,
+            timeout: Duration::from_secs(1),
+            max_requests_per_second: 1.0,
+            max_response_bytes: 1 << 20,
+        };
+        let c = Client::new(&cfg).unwrap();
+        assert_eq!(
+            c.checkpoint_url("ck 1/x", "files").as_str(),
+            "http://gw/loops-proxy/v1/loops/checkpoints/ck%201%2Fx/files"
+        );
+        assert_eq!(
+            c.action_url("deploy").as_str(),
+            "http://gw/loops-proxy/v1/loops/checkpoints/deploy"
+        );
     }
 
     #[test]
@@ -294,12 +512,88 @@ mod tests {
             code,
             retry_after: None,
             message: String::new(),
+            reason: None,
         };
         assert!(s(503).is_transient() && s(429).is_transient() && Error::Timeout.is_transient());
         assert!(!s(401).is_transient() && s(401).needs_operator() && s(403).needs_operator());
         assert!(!Error::Decode(String::new()).is_transient());
+        assert!(s(408).is_transient() && !s(400).is_transient() && !s(422).needs_operator());
         assert_eq!(Error::Timeout.code_label(), "timeout");
         assert_eq!(s(502).code_label(), "502");
         assert_eq!(Error::TooLarge(1).code_label(), "decode");
+    }
+
+    fn sim_config(sim: &crate::sim::SimApi) -> ApiConfig {
+        ApiConfig {
+            base_url: Url::parse(&sim.base_url()).unwrap(),
+            api_key: crate::config::Secret::new("k"),
+            api_key_source: "test".into(),
+            auth_scheme: AuthScheme::Bearer,
+            timeout: Duration::from_secs(5),
+            max_requests_per_second: 1000.0,
+            max_response_bytes: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_route_against_the_simulator() {
+        let sim = crate::sim::SimApi::start(Some("k".into())).await.unwrap();
+        let h = sim.handle();
+        let c = Client::new(&sim_config(&sim)).unwrap();
+        let id = h.add_checkpoint("r", "sampler", "step-1", Some("COMPLETE"));
+        assert_eq!(c.source(&id).await.unwrap(), Source::S3);
+        h.set_files(&id, &[("a", 1), ("b", 2), ("c", 3)]);
+        let first = c.files_page(&id, 2, 0).await.unwrap();
+        assert_eq!(
+            (first.files.len(), first.next_page_token, first.total_count),
+            (2, Some(1), 3)
+        );
+        let second = c.files_page(&id, 2, 1).await.unwrap();
+        assert_eq!((second.files.len(), second.next_page_token), (1, None));
+        c.validate("bt://loops:r/sampler_weights/step-1", Some("r"))
+            .await
+            .unwrap();
+        let e = c
+            .validate("bt://loops:r/weights/step-1", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Status { code: 400, .. }) && !e.is_transient(),
+            "{e}"
+        );
+        assert_eq!(e.reason(), Some("NOT_A_SAMPLER_CHECKPOINT"));
+        let request = DeployRequest {
+            checkpoint_ids: vec![id.clone()],
+            model_name: "m".into(),
+            instance_type_id: "H100".into(),
+            hf_secret_name: "hf".into(),
+        };
+        let deployed = c.deploy(&request).await.unwrap();
+        assert_eq!(h.deploys()[0].deployment_id, deployed.deployment_id);
+        h.set_volume(&id, "bdn:ns/v:t", "p");
+        assert_eq!(
+            c.source(&id).await.unwrap(),
+            Source::Volume {
+                volume_ref: "bdn:ns/v:t".into(),
+                path: "p".into()
+            }
+        );
+        let e = c.files_page(&id, 1000, 0).await.unwrap_err();
+        assert!(e.is_not_presignable() && !e.is_transient(), "{e}");
+        h.push_fault_to(crate::sim::Route::Deploy, crate::sim::Fault::Truncated);
+        assert!(matches!(c.deploy(&request).await, Err(Error::Decode(_))));
+        h.push_fault_to(
+            crate::sim::Route::Validate,
+            crate::sim::Fault::Status {
+                code: 503,
+                retry_after: Some("3".into()),
+                body: None,
+            },
+        );
+        let e = c
+            .validate("bt://loops:r/sampler_weights/step-1", None)
+            .await
+            .unwrap_err();
+        assert!(e.is_transient() && e.retry_after() == Some(Duration::from_secs(3)));
     }
 }

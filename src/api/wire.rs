@@ -1,14 +1,17 @@
-//! The upstream JSON, and the only place that knows it. A listing decodes whole or not
-//! at all: one bad checkpoint fails the poll, so a broken response can never be mistaken
-//! for checkpoints that vanished.
+//! The upstream JSON, and the only place that knows it: the listing, the `source`,
+//! `files` and `deploy` answers, and the `validate` and `deploy` request bodies (shapes
+//! of the pydantic models in Baseten's `baseten` package, `managementapi._models`).
+//! A listing decodes whole or not at all: one bad checkpoint fails the poll, so a broken
+//! response can never be mistaken for checkpoints that vanished.
 
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::{CheckpointFile, DeployRequest, Deployed, FilesPage, Source};
 use crate::model::{Checkpoint, CheckpointTarget};
 
 /// The listing's envelope. Each checkpoint is first taken as its raw text (a slice of the
@@ -126,6 +129,126 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
     Ok(all)
 }
 
+/// `LoopsCheckpointSourceResponse`: `source` is an s3 or volume source by its `kind`, or
+/// (the model's fallback) any object.
+#[derive(Deserialize)]
+struct WireSourceResponse {
+    source: WireSource,
+}
+
+#[derive(Deserialize)]
+struct WireSource {
+    kind: String,
+    #[serde(default)]
+    volume_ref: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// Decode a `source` answer. A `volume` source must carry its ref and path.
+pub fn decode_source(body: &[u8]) -> Result<Source, String> {
+    let w: WireSourceResponse = serde_json::from_slice(body).map_err(|e| format!("source: {e}"))?;
+    Ok(match w.source.kind.as_str() {
+        "s3" => Source::S3,
+        "volume" => match (w.source.volume_ref, w.source.path) {
+            (Some(volume_ref), Some(path)) => Source::Volume { volume_ref, path },
+            _ => return Err("source: a volume source without volume_ref or path".into()),
+        },
+        _ => Source::Other(w.source.kind),
+    })
+}
+
+/// `LoopsCheckpointFilesResponse`.
+#[derive(Deserialize)]
+struct WireFilesResponse {
+    presigned_urls: Vec<WireFile>,
+    #[serde(default)]
+    next_page_token: Option<i64>,
+    total_count: i64,
+}
+
+/// `CheckpointFile`; every field required.
+#[derive(Deserialize)]
+struct WireFile {
+    #[allow(dead_code)] // required by the model; a credential, deliberately not kept
+    url: String,
+    relative_file_name: String,
+    node_rank: i64,
+    size_bytes: i64,
+    last_modified: String,
+}
+
+/// Decode one page of a `files` answer.
+pub fn decode_files(body: &[u8]) -> Result<FilesPage, String> {
+    let w: WireFilesResponse = serde_json::from_slice(body).map_err(|e| format!("files: {e}"))?;
+    Ok(FilesPage {
+        files: w
+            .presigned_urls
+            .into_iter()
+            .map(|f| CheckpointFile {
+                relative_file_name: f.relative_file_name,
+                node_rank: f.node_rank,
+                size_bytes: f.size_bytes,
+                last_modified: f.last_modified,
+            })
+            .collect(),
+        next_page_token: w.next_page_token,
+        total_count: w.total_count,
+    })
+}
+
+/// `DeployLoopsCheckpointResponse`.
+#[derive(Deserialize)]
+struct WireDeployed {
+    model_id: String,
+    deployment_id: String,
+}
+
+/// Decode a `deploy` answer.
+pub fn decode_deployed(body: &[u8]) -> Result<Deployed, String> {
+    let w: WireDeployed = serde_json::from_slice(body).map_err(|e| format!("deploy: {e}"))?;
+    Ok(Deployed {
+        model_id: w.model_id,
+        deployment_id: w.deployment_id,
+    })
+}
+
+/// `ValidateLoopsCheckpointRequest`; `run_id` is left out when not given.
+#[derive(Serialize)]
+pub(super) struct WireValidateRequest<'a> {
+    checkpoint_path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<&'a str>,
+}
+
+pub(super) fn validate_request<'a>(
+    checkpoint_path: &'a str,
+    run_id: Option<&'a str>,
+) -> WireValidateRequest<'a> {
+    WireValidateRequest {
+        checkpoint_path,
+        run_id,
+    }
+}
+
+/// `DeployLoopsCheckpointRequest`.
+#[derive(Serialize)]
+pub(super) struct WireDeployRequest<'a> {
+    checkpoint_ids: &'a [String],
+    model_name: &'a str,
+    instance_type_id: &'a str,
+    hf_secret_name: &'a str,
+}
+
+pub(super) fn deploy_request(r: &DeployRequest) -> WireDeployRequest<'_> {
+    WireDeployRequest {
+        checkpoint_ids: &r.checkpoint_ids,
+        model_name: &r.model_name,
+        instance_type_id: &r.instance_type_id,
+        hf_secret_name: &r.hf_secret_name,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +325,81 @@ mod tests {
             decode_listing(conflict.as_bytes())
                 .unwrap_err()
                 .contains("twice")
+        );
+    }
+
+    #[test]
+    fn sources_decode_by_kind() {
+        assert_eq!(
+            decode_source(br#"{"source":{"kind":"s3"}}"#),
+            Ok(Source::S3)
+        );
+        assert_eq!(
+            decode_source(br#"{"source":{"kind":"volume","volume_ref":"bdn:ns/v:t","path":"p"}}"#),
+            Ok(Source::Volume {
+                volume_ref: "bdn:ns/v:t".into(),
+                path: "p".into()
+            })
+        );
+        assert_eq!(
+            decode_source(br#"{"source":{"kind":"gcs","bucket":"b"}}"#),
+            Ok(Source::Other("gcs".into()))
+        );
+        assert!(decode_source(br#"{"source":{"kind":"volume"}}"#).is_err());
+        assert!(decode_source(br#"{"source":{}}"#).is_err());
+        assert!(decode_source(b"[]").is_err());
+    }
+
+    #[test]
+    fn files_pages_decode_and_require_every_field() {
+        let page =
+            br#"{"presigned_urls":[{"url":"https://s3/x?sig","relative_file_name":"a.safetensors",
+            "node_rank":0,"size_bytes":10,"last_modified":"2026-11-26T00:00:00Z","extra":1}],
+            "next_page_token":1,"total_count":2}"#;
+        let p = decode_files(page).unwrap();
+        assert_eq!(p.files.len(), 1);
+        assert_eq!((p.next_page_token, p.total_count), (Some(1), 2));
+        assert_eq!(p.files[0].size_bytes, 10);
+        let last = br#"{"presigned_urls":[],"total_count":0}"#;
+        assert_eq!(decode_files(last).unwrap().next_page_token, None);
+        let text = std::str::from_utf8(page).unwrap();
+        for field in [r#""node_rank":0,"#, r#""url":"https://s3/x?sig","#] {
+            assert!(
+                decode_files(text.replace(field, "").as_bytes()).is_err(),
+                "{field}"
+            );
+        }
+        assert!(
+            decode_files(
+                text.replace(r#""next_page_token":1"#, r#""next_page_token":"1""#)
+                    .as_bytes()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn deploy_answers_and_requests() {
+        let d = decode_deployed(br#"{"model_id":"m1","deployment_id":"d1"}"#).unwrap();
+        assert_eq!(
+            (d.model_id.as_str(), d.deployment_id.as_str()),
+            ("m1", "d1")
+        );
+        assert!(decode_deployed(br#"{"model_id":"m1"}"#).is_err());
+        let r = DeployRequest {
+            checkpoint_ids: vec!["ck1".into()],
+            model_name: "m".into(),
+            instance_type_id: "H100".into(),
+            hf_secret_name: "hf".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(deploy_request(&r)).unwrap(),
+            serde_json::json!({"checkpoint_ids":["ck1"],"model_name":"m","instance_type_id":"H100","hf_secret_name":"hf"})
+        );
+        assert_eq!(
+            serde_json::to_string(&validate_request("bt://loops:r/sampler_weights/s", None))
+                .unwrap(),
+            r#"{"checkpoint_path":"bt://loops:r/sampler_weights/s"}"#
         );
     }
 }

@@ -130,47 +130,81 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
     Effect::Respond(response)
 }
 
-/// Apply a fault that damages an otherwise good listing.
-pub(super) fn alter(fault: Fault, mut listing: Value) -> Response {
+/// Apply a fault that damages an otherwise good answer: the listing, or another route's
+/// JSON. Field faults hit the first item (the first checkpoint, the first file, the
+/// `source` object) when it has the key, else the top-level object.
+pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
     if let Fault::Truncated = fault {
-        let mut body = serde_json::to_vec(&listing).expect("json serializes");
+        let mut body = serde_json::to_vec(&answer).expect("json serializes");
         body.truncate(body.len() / 2);
         return json_body(body);
     }
     if let Fault::UnknownFields = fault {
-        listing["sim_extra"] = json!({"nested": true});
+        answer["sim_extra"] = json!({"nested": true});
     }
-    let checkpoints = listing["checkpoints"].as_array_mut().expect("a listing");
+    let Some(top) = answer.as_object_mut() else {
+        return json_body(serde_json::to_vec(&answer).expect("json serializes"));
+    };
+    let list_key = ["checkpoints", "presigned_urls"]
+        .into_iter()
+        .find(|k| top.get(*k).is_some_and(Value::is_array));
     match fault {
         Fault::MissingField(key) => {
-            if let Some(Value::Object(first)) = checkpoints.first_mut() {
-                first.remove(&key);
+            if let Some(item) = first_item(top, list_key).filter(|i| i.contains_key(&key)) {
+                item.remove(&key);
+            } else if list_key.is_none() || top.contains_key(&key) {
+                top.remove(&key);
             }
         }
         Fault::WrongType(key) => {
-            if let Some(Value::Object(first)) = checkpoints.first_mut() {
-                let wrong = match first.get(&key) {
+            let in_item = first_item(top, list_key).is_some_and(|i| i.contains_key(&key));
+            let target = if in_item || (list_key.is_some() && !top.contains_key(&key)) {
+                first_item(top, list_key)
+            } else {
+                Some(&mut *top)
+            };
+            if let Some(target) = target {
+                let wrong = match target.get(&key) {
                     Some(Value::String(_) | Value::Null) | None => json!(42),
                     Some(Value::Number(n)) => json!(n.to_string()),
                     Some(_) => json!("not-the-right-type"),
                 };
-                first.insert(key, wrong);
+                target.insert(key, wrong);
             }
         }
         Fault::UnknownFields => {
-            for checkpoint in checkpoints.iter_mut().filter_map(Value::as_object_mut) {
-                checkpoint.insert("sim_extra".into(), json!({"nested": [1, "two", null]}));
-                checkpoint.insert("sim_note".into(), json!("a field added upstream"));
+            if let Some(Value::Array(items)) = list_key.and_then(|k| top.get_mut(k)) {
+                for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                    item.insert("sim_extra".into(), json!({"nested": [1, "two", null]}));
+                    item.insert("sim_note".into(), json!("a field added upstream"));
+                }
             }
         }
         Fault::DuplicateId => {
-            if let Some(first) = checkpoints.first().cloned() {
-                checkpoints.insert(0, first);
+            if let Some(Value::Array(items)) = list_key.and_then(|k| top.get_mut(k))
+                && let Some(first) = items.first().cloned()
+            {
+                items.insert(0, first);
             }
         }
         _ => unreachable!("faults that answer on their own never reach alter"),
     }
-    json_body(serde_json::to_vec(&listing).expect("json serializes"))
+    json_body(serde_json::to_vec(&answer).expect("json serializes"))
+}
+
+/// The first element of the answer's list, or its `source` object.
+fn first_item<'a>(
+    top: &'a mut serde_json::Map<String, Value>,
+    list_key: Option<&str>,
+) -> Option<&'a mut serde_json::Map<String, Value>> {
+    match list_key {
+        Some(k) => top
+            .get_mut(k)
+            .and_then(Value::as_array_mut)
+            .and_then(|a| a.first_mut())
+            .and_then(Value::as_object_mut),
+        None => top.get_mut("source").and_then(Value::as_object_mut),
+    }
 }
 
 fn status(code: u16, retry_after: Option<String>, body: Option<String>) -> Response {

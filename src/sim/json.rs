@@ -23,6 +23,16 @@ pub(super) fn error_body(status: StatusCode, message: &str) -> Response {
     (status, [(CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }
 
+/// An error answer carrying `details.reason`, as the Loops SDK reads it.
+pub(super) fn refusal_body(status: StatusCode, message: &str, reason: &str) -> Response {
+    let mut response = error_body(status, message);
+    let code = status.canonical_reason().unwrap_or("Error");
+    let code = code.to_uppercase().replace([' ', '-'], "_");
+    let body = json!({"code": code, "message": message, "details": {"reason": reason}});
+    *response.body_mut() = Body::from(body.to_string());
+    response
+}
+
 /// An error the API itself answers, with the headers its status calls for.
 pub(super) struct ApiError(pub(super) StatusCode, pub(super) &'static str);
 
@@ -38,6 +48,8 @@ impl ApiError {
     pub(super) const METHOD_NOT_ALLOWED: Self =
         Self(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.");
     pub(super) const NOT_FOUND: Self = Self(StatusCode::NOT_FOUND, "Not found.");
+    /// 405 on a route that takes only POST (a different `Allow` than [`Self::METHOD_NOT_ALLOWED`]).
+    pub(super) const POST_ONLY: Self = Self(StatusCode::METHOD_NOT_ALLOWED, "Use POST.");
 }
 
 impl IntoResponse for ApiError {
@@ -49,7 +61,12 @@ impl IntoResponse for ApiError {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             StatusCode::METHOD_NOT_ALLOWED => {
-                headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+                let allow = if self.1 == Self::POST_ONLY.1 {
+                    "POST"
+                } else {
+                    "GET, HEAD"
+                };
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
             _ => {}
         }

@@ -4,7 +4,9 @@
 //! Used by `loopwatch demo`, the integration tests and the benchmarks, so the daemon can be
 //! exercised with no account and no network. The simulated API follows
 //! `loops-list-checkpoints.openapi.yaml` (one filter, `{"checkpoints": [...]}`, both auth
-//! schemes) and can misbehave on demand through [`Fault`]s, the way real upstreams and the
+//! schemes) and, for the other routes (source, files, validate, deploy) and where the
+//! two disagree, the pydantic models of Baseten's `baseten` package (`scripts/interop`
+//! checks it against them). It can misbehave on demand, per route, through [`Fault`]s, the way real upstreams and the
 //! proxies in front of them do. The [`Receiver`] stands at the other end of a webhook sink.
 //!
 //! - [`SimApi`] (here): starts and stops the simulated API's server.
@@ -38,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 pub use faults::Fault;
 pub use receiver::{Answer, Received, Receiver, ReceiverBuilder, Signature};
 pub use routes::CHECKPOINTS_PATH;
-pub use state::{DEFAULT_BASE_MODEL, STEPS_PER_SAVE, SimHandle};
+pub use state::{DEFAULT_BASE_MODEL, Deploy, LOG_ENV, STEPS_PER_SAVE, SimFile, SimHandle};
 
 /// How long [`SimApi::shutdown`] (and [`Receiver::shutdown`]) wait for open connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -49,13 +51,45 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 pub enum Route {
     /// `GET /v1/loops/checkpoints`: the listing.
     Checkpoints,
+    /// `GET /v1/loops/checkpoints/{id}/source`: s3 or a volume.
+    Source,
+    /// `GET /v1/loops/checkpoints/{id}/files?page_size&page_token`: presigned files, paged.
+    Files,
+    /// `POST /v1/loops/checkpoints/validate`.
+    Validate,
+    /// `POST /v1/loops/checkpoints/deploy`.
+    Deploy,
 }
 
 impl Route {
+    pub const ALL: [Route; 5] = [
+        Route::Checkpoints,
+        Route::Source,
+        Route::Files,
+        Route::Validate,
+        Route::Deploy,
+    ];
+
     /// The route's path, as the router matches it.
     pub fn path(self) -> &'static str {
         match self {
             Route::Checkpoints => CHECKPOINTS_PATH,
+            Route::Source => "/v1/loops/checkpoints/{id}/source",
+            Route::Files => "/v1/loops/checkpoints/{id}/files",
+            Route::Validate => "/v1/loops/checkpoints/validate",
+            Route::Deploy => "/v1/loops/checkpoints/deploy",
+        }
+    }
+
+    /// A short name (`list`, `source`, `files`, `validate`, `deploy`), as in the
+    /// simulator's log and loopwatch's `endpoint` metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Checkpoints => "list",
+            Route::Source => "source",
+            Route::Files => "files",
+            Route::Validate => "validate",
+            Route::Deploy => "deploy",
         }
     }
 }

@@ -3,17 +3,19 @@
 //! request's [fault](super::faults) first, as a proxy in front of the API would act.
 
 use axum::Router;
-use axum::extract::{RawQuery, State as AxumState};
-use axum::http::HeaderMap;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State as AxumState};
 use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Route;
 use super::faults::{self, Effect};
-use super::json::{ApiError, json_body};
-use super::state::{Filter, SimHandle, State};
+use super::json::{ApiError, json_body, refusal_body};
+use super::state::{Filter, Refusal, SimHandle, State};
 
 /// The path of [`Route::Checkpoints`].
 pub const CHECKPOINTS_PATH: &str = "/v1/loops/checkpoints";
@@ -33,6 +35,13 @@ pub(super) fn router(handle: SimHandle, stop: CancellationToken) -> Router {
             Route::Checkpoints.path(),
             get(list).fallback(method_not_allowed),
         )
+        .route(
+            Route::Source.path(),
+            get(source).fallback(method_not_allowed),
+        )
+        .route(Route::Files.path(), get(files).fallback(method_not_allowed))
+        .route(Route::Validate.path(), post(validate).fallback(post_only))
+        .route(Route::Deploy.path(), post(deploy).fallback(post_only))
         .fallback(not_found)
         .with_state(Server { handle, stop })
 }
@@ -46,6 +55,7 @@ async fn list(
     let fault = {
         let mut st = server.handle.lock();
         st.requests += 1;
+        st.count(Route::Checkpoints);
         st.last_query = query.clone();
         st.last_authorization = headers
             .get(AUTHORIZATION)
@@ -58,7 +68,11 @@ async fn list(
         Effect::Pass => {
             let mut st = server.handle.lock();
             match accept(&mut st, &headers, query) {
-                Ok(filter) => json_body(st.listing_body(filter)),
+                Ok(filter) => {
+                    let body = st.listing_body(filter);
+                    st.log_body(Route::Checkpoints, "response", &body);
+                    json_body(body)
+                }
                 Err(error) => error.into_response(),
             }
         }
@@ -71,6 +85,95 @@ async fn list(
                 Ok(listing) => faults::alter(fault, listing),
                 Err(error) => error.into_response(),
             }
+        }
+    }
+}
+
+/// `GET /v1/loops/checkpoints/{id}/source`.
+async fn source(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    answer(&server, Route::Source, &headers, None, |st| st.source(&id)).await
+}
+
+/// `GET /v1/loops/checkpoints/{id}/files?page_size=N&page_token=T`.
+async fn files(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    answer(&server, Route::Files, &headers, None, |st| {
+        st.files_page(&id, &query)
+    })
+    .await
+}
+
+/// `POST /v1/loops/checkpoints/validate`.
+async fn validate(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer(&server, Route::Validate, &headers, Some(&body), |st| {
+        st.validate(&body)
+    })
+    .await
+}
+
+/// `POST /v1/loops/checkpoints/deploy`.
+async fn deploy(AxumState(server): AxumState<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    answer(&server, Route::Deploy, &headers, Some(&body), |st| {
+        st.deploy(&body)
+    })
+    .await
+}
+
+/// The shared path of the routes beside the listing: count the request (and log its
+/// body), take its fault, authenticate, bring training runs up to now, then answer with
+/// `serve`'s JSON or its refusal.
+async fn answer(
+    server: &Server,
+    route: Route,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    serve: impl FnOnce(&mut State) -> Result<Value, Refusal>,
+) -> Response {
+    let fault = {
+        let mut st = server.handle.lock();
+        st.count(route);
+        if let Some(body) = body {
+            st.log_body(route, "request", body);
+        }
+        st.faults.take(route)
+    };
+    let fault = match faults::apply(fault, &server.stop).await {
+        Effect::Respond(response) => return response,
+        Effect::Pass => None,
+        Effect::Alter(fault) => Some(fault),
+    };
+    let mut st = server.handle.lock();
+    if let Some(key) = &st.api_key
+        && !authorized(headers, key)
+    {
+        return ApiError::UNAUTHORIZED.into_response();
+    }
+    st.tick();
+    match serve(&mut st) {
+        Ok(value) => match fault {
+            Some(fault) => faults::alter(fault, value),
+            None => {
+                let body = serde_json::to_vec(&value).expect("json serializes");
+                st.log_body(route, "response", &body);
+                json_body(body)
+            }
+        },
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+            refusal_body(status, &refusal.message, refusal.reason)
         }
     }
 }
@@ -117,7 +220,8 @@ fn parse_filter(query: &str) -> Result<Filter, ApiError> {
     }
 }
 
-fn parse_path(path: &str) -> Option<Filter> {
+/// A `bt://loops:<run_id>/(weights|sampler_weights)/<name>` path.
+pub(super) fn parse_path(path: &str) -> Option<Filter> {
     let rest = path.strip_prefix("bt://loops:")?;
     let mut parts = rest.splitn(3, '/');
     let (run, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
@@ -135,6 +239,10 @@ fn parse_path(path: &str) -> Option<Filter> {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::METHOD_NOT_ALLOWED
+}
+
+async fn post_only() -> ApiError {
+    ApiError::POST_ONLY
 }
 
 async fn not_found() -> ApiError {

@@ -1,5 +1,6 @@
-//! What the simulated API serves: checkpoints as JSON objects, training runs that save
-//! and sync by the simulated clock, and a log of the requests it saw. [`SimHandle`] is the
+//! What the simulated API serves: checkpoints as JSON objects with their files and source
+//! (s3, or a volume), training runs that save and sync by the simulated clock (some never
+//! setting a `sync_status`), the deploys it accepted, and a log of the requests it saw. [`SimHandle`] is the
 //! control handle tests and the demo hold; the HTTP routes read the same state.
 //!
 //! Benchmarks poll thousands of runs, so a `run_id` listing reads only its run (an index)
@@ -43,6 +44,12 @@ pub(super) struct State {
     pub(super) faults: Faults,
     /// Requests to the checkpoints endpoint, faulted and rejected ones included.
     pub(super) requests: u64,
+    /// Requests per route, faulted and rejected ones included.
+    pub(super) requests_by_route: HashMap<Route, u64>,
+    /// Deploys accepted, in order.
+    pub(super) deploys: Vec<Deploy>,
+    /// Where to append request and response bodies ([`LOG_ENV`]), if anywhere.
+    pub(super) log: Option<std::path::PathBuf>,
     pub(super) last_query: Option<String>,
     pub(super) last_authorization: Option<String>,
     /// Ids of each run's checkpoints, keyed by their `run_id` field as served.
@@ -57,6 +64,60 @@ struct Stored {
     object: Map<String, Value>,
     /// When a training run's checkpoint turns COMPLETE by itself; cleared by `set_status`.
     complete_at: Option<DateTime<Utc>>,
+    /// At `complete_at` only the files become whole: `sync_status` is never set (a run
+    /// whose checkpoints stay null).
+    keeps_null: bool,
+    /// The files the files route lists, in (node_rank, name) order.
+    pub(super) files: Vec<SimFile>,
+    /// `Some((volume_ref, path))`: volume-backed, the files route answers `NOT_PRESIGNABLE`.
+    pub(super) volume: Option<(String, String)>,
+}
+
+/// One file of a checkpoint, as the files route lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimFile {
+    pub name: String,
+    pub node_rank: u32,
+    pub size_bytes: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+/// A deploy the simulated API accepted (`POST /v1/loops/checkpoints/deploy`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deploy {
+    pub checkpoint_ids: Vec<String>,
+    pub model_name: String,
+    pub instance_type_id: String,
+    pub hf_secret_name: String,
+    /// What the API answered.
+    pub model_id: String,
+    pub deployment_id: String,
+    /// The request body as received.
+    pub body: Value,
+}
+
+/// Environment variable naming a file the simulator appends one JSON line to for every
+/// request body it receives on `validate` and `deploy` and every 2xx body it answers
+/// unfaulted on any route (`{"route", "kind": "request"|"response", "body"}`):
+/// `scripts/interop` checks them against Baseten's own models.
+pub const LOG_ENV: &str = "LOOPWATCH_SIM_LOG";
+
+/// Size of the small file every checkpoint has from the start (its adapter config).
+const CONFIG_FILE_BYTES: u64 = 512;
+
+/// The files of a checkpoint of `size` bytes: whole, or (while syncing) only the config.
+fn default_files(size: u64, at: DateTime<Utc>, whole: bool) -> Vec<SimFile> {
+    let file = |name: &str, size_bytes| SimFile {
+        name: name.into(),
+        node_rank: 0,
+        size_bytes,
+        last_modified: at,
+    };
+    let mut files = vec![file("adapter_config.json", CONFIG_FILE_BYTES.min(size))];
+    if whole && size > CONFIG_FILE_BYTES {
+        files.push(file("adapter_model.safetensors", size - CONFIG_FILE_BYTES));
+    }
+    files
 }
 
 impl Stored {
@@ -74,8 +135,37 @@ impl Stored {
     }
 }
 
+impl Stored {
+    /// The files of a checkpoint done syncing: the default whole set, unless a test set
+    /// its own files (then they stay as set).
+    fn make_whole(&mut self, at: DateTime<Utc>) {
+        let size = self
+            .object
+            .get("size_bytes")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let partial = default_files(size, at, false);
+        let untouched = self.files.len() == partial.len()
+            && self
+                .files
+                .iter()
+                .zip(&partial)
+                .all(|(a, b)| a.name == b.name && a.size_bytes == b.size_bytes);
+        if untouched {
+            self.files = default_files(size, at, true);
+        }
+    }
+
+    fn sort_files(&mut self) {
+        self.files
+            .sort_by(|a, b| (a.node_rank, &a.name).cmp(&(b.node_rank, &b.name)));
+    }
+}
+
 struct TrainingRun {
     run_id: String,
+    /// Its checkpoints never get a `sync_status`; their files become whole after `sync_for`.
+    keeps_null: bool,
     started: DateTime<Utc>,
     every: TimeDelta,
     sync_for: TimeDelta,
@@ -98,6 +188,9 @@ impl SimHandle {
     pub(super) fn new(api_key: Option<String>) -> SimHandle {
         let state = State {
             api_key,
+            log: std::env::var_os(LOG_ENV)
+                .filter(|v| !v.is_empty())
+                .map(Into::into),
             id_prefix: format!("{:04x}", rand::random::<u16>()),
             ..State::default()
         };
@@ -144,13 +237,18 @@ impl SimHandle {
     }
 
     /// Set the `sync_status` of several checkpoints in one step, as one listing will see it.
+    /// A checkpoint set COMPLETE has its whole files.
     pub fn set_status_many<S: AsRef<str>>(&self, ids: &[S], status: Option<&str>) {
         let mut st = self.lock();
+        let now = st.now();
         let st = &mut *st;
         for id in ids {
             if let Some(stored) = st.checkpoints.get_mut(id.as_ref()) {
                 stored.object.insert("sync_status".into(), json!(status));
                 stored.complete_at = None;
+                if matches!(status, Some("COMPLETE" | "COMPLETED")) {
+                    stored.make_whole(now);
+                }
                 st.rendered.remove(stored.field("run_id"));
             }
         }
@@ -171,6 +269,84 @@ impl SimHandle {
                 st.by_run.entry(after).or_default().push(id.to_string());
             }
         }
+    }
+
+    /// Replace the files of a checkpoint: `(relative_file_name, size_bytes)`, all on node
+    /// rank 0 and modified now. Unknown ids are ignored.
+    pub fn set_files(&self, id: &str, files: &[(&str, u64)]) {
+        let mut st = self.lock();
+        let now = st.now();
+        if let Some(stored) = st.checkpoints.get_mut(id) {
+            stored.files = files
+                .iter()
+                .map(|&(name, size_bytes)| SimFile {
+                    name: name.into(),
+                    node_rank: 0,
+                    size_bytes,
+                    last_modified: now,
+                })
+                .collect();
+            stored.sort_files();
+        }
+    }
+
+    /// Add a file to a checkpoint, or grow (or shrink) the file of that name; either way
+    /// it is modified now.
+    pub fn put_file(&self, id: &str, name: &str, size_bytes: u64) {
+        let mut st = self.lock();
+        let now = st.now();
+        if let Some(stored) = st.checkpoints.get_mut(id) {
+            match stored.files.iter_mut().find(|f| f.name == name) {
+                Some(f) => {
+                    f.size_bytes = size_bytes;
+                    f.last_modified = now;
+                }
+                None => stored.files.push(SimFile {
+                    name: name.into(),
+                    node_rank: 0,
+                    size_bytes,
+                    last_modified: now,
+                }),
+            }
+            stored.sort_files();
+        }
+    }
+
+    /// The files of a checkpoint as the files route would list them now.
+    pub fn files(&self, id: &str) -> Vec<SimFile> {
+        let mut st = self.lock();
+        st.tick();
+        st.checkpoints
+            .get(id)
+            .map(|s| s.files.clone())
+            .unwrap_or_default()
+    }
+
+    /// Set a checkpoint's `size_bytes` (its files are left as they are).
+    pub fn set_size_bytes(&self, id: &str, size_bytes: u64) {
+        self.set_field(id, "size_bytes", json!(size_bytes));
+    }
+
+    /// Make a checkpoint volume-backed: its source is `volume` with this ref
+    /// (`bdn:<ns>/<volume>:<tag>`) and path, and its files cannot be presigned.
+    pub fn set_volume(&self, id: &str, volume_ref: &str, path: &str) {
+        if let Some(stored) = self.lock().checkpoints.get_mut(id) {
+            stored.volume = Some((volume_ref.into(), path.into()));
+        }
+    }
+
+    /// The deploys the API accepted, oldest first.
+    pub fn deploys(&self) -> Vec<Deploy> {
+        self.lock().deploys.clone()
+    }
+
+    /// Requests received on `route`, faulted and rejected ones included.
+    pub fn requests_to(&self, route: Route) -> u64 {
+        self.lock()
+            .requests_by_route
+            .get(&route)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Delete a checkpoint; a training run will not save it again.
@@ -220,6 +396,40 @@ impl SimHandle {
         max_saves: Option<u32>,
         started: DateTime<Utc>,
     ) {
+        self.push_run(
+            run_id, base_model, every, sync_for, max_saves, started, false,
+        );
+    }
+
+    /// A training run like [`SimHandle::start_training_run`] whose checkpoints never get
+    /// a `sync_status` (it stays JSON null, as the Loops SDK warns it may): their files
+    /// grow from the config alone to whole `sync_for` after each save, and only the
+    /// files route shows it.
+    pub fn start_null_status_run(
+        &self,
+        run_id: &str,
+        base_model: &str,
+        every: Duration,
+        sync_for: Duration,
+        max_saves: Option<u32>,
+    ) {
+        let started = self.now();
+        self.push_run(
+            run_id, base_model, every, sync_for, max_saves, started, true,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_run(
+        &self,
+        run_id: &str,
+        base_model: &str,
+        every: Duration,
+        sync_for: Duration,
+        max_saves: Option<u32>,
+        started: DateTime<Utc>,
+        keeps_null: bool,
+    ) {
         assert!(
             !every.is_zero(),
             "a training run needs a non-zero save interval"
@@ -228,6 +438,7 @@ impl SimHandle {
         st.base_models.insert(run_id.into(), base_model.into());
         st.runs.push(TrainingRun {
             run_id: run_id.into(),
+            keeps_null,
             started,
             every: delta(every),
             sync_for: delta(sync_for),
@@ -337,6 +548,11 @@ impl State {
             "checkpoint_type": "lora",
             "base_model": base_model.unwrap_or(DEFAULT_BASE_MODEL),
             "lora_adapter_config": {"r": 16, "lora_alpha": 32},
+            "lora_config": {
+                "config_version": "v1",
+                "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                "expert_layout": null,
+            },
             "size_bytes": size_bytes,
             "sync_status": status,
             "id": id,
@@ -346,9 +562,13 @@ impl State {
         let Value::Object(object) = object else {
             unreachable!("json! of an object literal")
         };
+        let whole = matches!(status, Some("COMPLETE" | "COMPLETED"));
         let stored = Stored {
             object,
             complete_at,
+            keeps_null: false,
+            files: default_files(size_bytes, created, whole),
+            volume: None,
         };
         self.checkpoints.insert(id.clone(), stored);
         self.by_run
@@ -381,22 +601,25 @@ impl State {
             while run.saves < due {
                 run.saves += 1;
                 let created = run.started + run.every * run.saves as i32;
-                saves.push((run.run_id.clone(), run.saves, created, run.sync_for));
+                saves.push((
+                    run.run_id.clone(),
+                    run.saves,
+                    created,
+                    run.sync_for,
+                    run.keeps_null,
+                ));
             }
         }
-        for (run_id, n, created, sync_for) in saves {
+        for (run_id, n, created, sync_for, keeps_null) in saves {
             let name = format!("step-{}", u64::from(n) * u64::from(STEPS_PER_SAVE));
             for target in ["sampler", "trainer"] {
                 // An overflow (e.g. `Duration::MAX`) means the checkpoint never syncs.
                 let complete_at = created.checked_add_signed(sync_for);
-                self.insert(
-                    &run_id,
-                    target,
-                    &name,
-                    created,
-                    Some("SYNCING"),
-                    complete_at,
-                );
+                let status = (!keeps_null).then_some("SYNCING");
+                let id = self.insert(&run_id, target, &name, created, status, complete_at);
+                if let Some(stored) = self.checkpoints.get_mut(&id) {
+                    stored.keeps_null = keeps_null;
+                }
             }
         }
         if self.next_complete.is_none_or(|at| at > now) {
@@ -406,10 +629,13 @@ impl State {
         for stored in self.checkpoints.values_mut() {
             match stored.complete_at {
                 Some(at) if at <= now => {
-                    stored
-                        .object
-                        .insert("sync_status".into(), json!("COMPLETE"));
+                    if !stored.keeps_null {
+                        stored
+                            .object
+                            .insert("sync_status".into(), json!("COMPLETE"));
+                    }
                     stored.complete_at = None;
+                    stored.make_whole(at);
                     self.rendered.remove(stored.field("run_id"));
                 }
                 Some(at) => next = Some(next.map_or(at, |t: DateTime<Utc>| t.min(at))),
@@ -465,5 +691,245 @@ impl State {
             self.rendered.insert(run, body.clone());
         }
         body
+    }
+}
+
+/// Why the simulated API refuses a request: status, message and the `details.reason`
+/// the Loops SDK reads.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub(super) status: u16,
+    pub(super) message: String,
+    pub(super) reason: &'static str,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+            reason,
+        }
+    }
+}
+
+/// The largest `page_size` the files route accepts.
+pub(super) const MAX_PAGE_SIZE: u64 = 1000;
+
+impl State {
+    /// Count a request to `route`.
+    pub(super) fn count(&mut self, route: Route) {
+        *self.requests_by_route.entry(route).or_default() += 1;
+    }
+
+    /// Append one line to the [`LOG_ENV`] file, when there is one. `body` is JSON text
+    /// (embedded as is) or anything else (embedded as a string).
+    pub(super) fn log_body(&self, route: Route, kind: &str, body: &[u8]) {
+        use std::io::Write as _;
+        let Some(path) = &self.log else { return };
+        let body: Value = serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+        let line = json!({"route": route.name(), "kind": kind, "body": body});
+        let mut text = line.to_string();
+        text.push('\n');
+        // One write per line on an O_APPEND file: lines of parallel tests never interleave.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(error) = written {
+            tracing::warn!(%error, path = %path.display(), "cannot append to the simulator's log");
+        }
+    }
+
+    fn stored(&self, id: &str) -> Result<&Stored, Refusal> {
+        self.checkpoints
+            .get(id)
+            .ok_or_else(|| Refusal::new(404, "NOT_FOUND", format!("No checkpoint with id {id}.")))
+    }
+
+    /// `LoopsCheckpointSourceResponse` of checkpoint `id`.
+    pub(super) fn source(&self, id: &str) -> Result<Value, Refusal> {
+        Ok(match &self.stored(id)?.volume {
+            None => json!({"source": {"kind": "s3"}}),
+            Some((volume_ref, path)) => {
+                json!({"source": {"kind": "volume", "volume_ref": volume_ref, "path": path}})
+            }
+        })
+    }
+
+    /// One page of `LoopsCheckpointFilesResponse`: `page_token` is the page's index
+    /// (0 first), `next_page_token` the next index or null on the last page.
+    pub(super) fn files_page(&self, id: &str, query: &str) -> Result<Value, Refusal> {
+        let (mut page_size, mut page_token) = (100u64, 0u64);
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            let slot = match &*key {
+                "page_size" => &mut page_size,
+                "page_token" => &mut page_token,
+                _ => continue,
+            };
+            *slot = value.parse().map_err(|_| {
+                Refusal::new(422, "INVALID_REQUEST", format!("{key} must be an integer."))
+            })?;
+        }
+        if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+            return Err(Refusal::new(
+                422,
+                "INVALID_REQUEST",
+                format!("page_size must be between 1 and {MAX_PAGE_SIZE}."),
+            ));
+        }
+        let stored = self.stored(id)?;
+        if stored.volume.is_some() {
+            return Err(Refusal::new(
+                400,
+                "NOT_PRESIGNABLE",
+                "This checkpoint's files cannot be presigned; download it from its volume.",
+            ));
+        }
+        let total = stored.files.len() as u64;
+        let start = page_token.saturating_mul(page_size).min(total);
+        let end = start.saturating_add(page_size).min(total);
+        let files: Vec<Value> = stored.files[start as usize..end as usize]
+            .iter()
+            .map(|f| {
+                json!({
+                    "url": format!(
+                        "https://sim-checkpoints.s3.amazonaws.com/{id}/{}?X-Amz-Signature=simulated",
+                        f.name
+                    ),
+                    "relative_file_name": f.name,
+                    "node_rank": f.node_rank,
+                    "size_bytes": f.size_bytes,
+                    "last_modified": f.last_modified.to_rfc3339_opts(SecondsFormat::Millis, true),
+                })
+            })
+            .collect();
+        let next = (end < total).then_some(page_token + 1);
+        Ok(json!({"presigned_urls": files, "next_page_token": next, "total_count": total}))
+    }
+
+    /// The sampler checkpoint a `bt://loops:<run>/sampler_weights/<name>` path names.
+    fn sampler_at(&self, path: &str) -> Result<&Stored, Refusal> {
+        let Some(Filter::Path { run, target, name }) = super::routes::parse_path(path) else {
+            return Err(Refusal::new(
+                422,
+                "INVALID_CHECKPOINT_PATH",
+                "checkpoint_path must be bt://loops:<run_id>/sampler_weights/<name>.",
+            ));
+        };
+        if target != "sampler" {
+            return Err(Refusal::new(
+                400,
+                "NOT_A_SAMPLER_CHECKPOINT",
+                "Only sampler checkpoints (sampler_weights) can be deployed.",
+            ));
+        }
+        self.checkpoints
+            .values()
+            .find(|s| {
+                s.field("run_id") == run
+                    && s.field("target") == "sampler"
+                    && s.field("checkpoint_id") == name
+            })
+            .ok_or_else(|| Refusal::new(404, "NOT_FOUND", format!("No checkpoint at {path}.")))
+    }
+
+    /// `POST .../validate` with a `ValidateLoopsCheckpointRequest` body.
+    pub(super) fn validate(&self, body: &[u8]) -> Result<Value, Refusal> {
+        let body = object(body)?;
+        let path = required_str(&body, "checkpoint_path")?;
+        let run_id = match body.get("run_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(run)) => Some(run.as_str()),
+            Some(_) => return Err(invalid("run_id must be a string or null.")),
+        };
+        let stored = self.sampler_at(path)?;
+        if stored.object.get("lora_config").is_none_or(Value::is_null) {
+            return Err(Refusal::new(
+                400,
+                "UNSUPPORTED_CHECKPOINT",
+                "The checkpoint has no LoRA config and cannot be loaded.",
+            ));
+        }
+        if let Some(run) = run_id
+            && self.by_run.get(run).is_none_or(|ids| ids.is_empty())
+        {
+            return Err(Refusal::new(404, "NOT_FOUND", format!("No run {run}.")));
+        }
+        Ok(json!({}))
+    }
+
+    /// `POST .../deploy` with a `DeployLoopsCheckpointRequest` body; an accepted deploy is
+    /// recorded ([`SimHandle::deploys`]).
+    pub(super) fn deploy(&mut self, raw: &[u8]) -> Result<Value, Refusal> {
+        let body = object(raw)?;
+        let ids = match body.get("checkpoint_ids") {
+            Some(Value::Array(ids)) if !ids.is_empty() => ids
+                .iter()
+                .map(|id| id.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| invalid("checkpoint_ids must be strings."))?,
+            Some(Value::Array(_)) => {
+                return Err(invalid("checkpoint_ids must name at least one checkpoint."));
+            }
+            _ => {
+                return Err(invalid(
+                    "checkpoint_ids: a list of checkpoint ids is required.",
+                ));
+            }
+        };
+        let model_name = required_str(&body, "model_name")?.to_owned();
+        let hf_secret_name = required_str(&body, "hf_secret_name")?.to_owned();
+        let instance_type_id = match body.get("instance_type_id") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(invalid("instance_type_id: a string is required.")),
+        };
+        for id in &ids {
+            if self.stored(id)?.field("target") != "sampler" {
+                return Err(Refusal::new(
+                    400,
+                    "NOT_A_SAMPLER_CHECKPOINT",
+                    format!("{id} is not a sampler checkpoint."),
+                ));
+            }
+        }
+        let model_id = self
+            .deploys
+            .iter()
+            .find(|d| d.model_name == model_name)
+            .map(|d| d.model_id.clone())
+            .unwrap_or_else(|| format!("model_{}{:04}", self.id_prefix, self.deploys.len() + 1));
+        let deployment_id = format!("dep_{}{:04}", self.id_prefix, self.deploys.len() + 1);
+        self.deploys.push(Deploy {
+            checkpoint_ids: ids,
+            model_name,
+            instance_type_id,
+            hf_secret_name,
+            model_id: model_id.clone(),
+            deployment_id: deployment_id.clone(),
+            body: Value::Object(body),
+        });
+        Ok(json!({"model_id": model_id, "deployment_id": deployment_id}))
+    }
+}
+
+fn invalid(message: &str) -> Refusal {
+    Refusal::new(422, "INVALID_REQUEST", message)
+}
+
+fn object(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(invalid("The body must be a JSON object.")),
+    }
+}
+
+/// A required, non-empty string field.
+fn required_str<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, Refusal> {
+    match body.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        _ => Err(invalid(&format!("{key}: a non-empty string is required."))),
     }
 }

@@ -119,6 +119,7 @@ async fn an_added_checkpoint_has_the_schema_fields_and_follows_changes() {
         "created_at",
         "id",
         "lora_adapter_config",
+        "lora_config",
         "run_id",
         "size_bytes",
         "sync_status",
@@ -439,4 +440,234 @@ async fn shutdown_stops_serving() {
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
     sim.shutdown().await;
     assert!(reqwest::get(&url).await.unwrap_err().is_connect());
+}
+
+/// A request to one of the routes beside the listing: (status, JSON body).
+async fn call(sim: &SimApi, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}/v1/loops/checkpoints/{path}", sim.base_url());
+    let client = reqwest::Client::new();
+    let request = match method {
+        "GET" => client.get(url),
+        _ => client.post(url),
+    };
+    let request = match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+        None => request,
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, json_of(response).await)
+}
+
+#[tokio::test]
+async fn source_is_s3_until_made_a_volume() {
+    let sim = SimApi::start(None).await.unwrap();
+    let h = sim.handle();
+    let id = h.add_checkpoint("r", "sampler", "step-1", None);
+    let (status, body) = call(&sim, "GET", &format!("{id}/source"), None).await;
+    assert_eq!((status, body), (200, json!({"source": {"kind": "s3"}})));
+    h.set_volume(&id, "bdn:team/loops:v3", "r/step-1");
+    let (_, body) = call(&sim, "GET", &format!("{id}/source"), None).await;
+    assert_eq!(
+        body,
+        json!({"source": {"kind": "volume", "volume_ref": "bdn:team/loops:v3", "path": "r/step-1"}})
+    );
+    let (status, body) = call(&sim, "GET", &format!("{id}/files?page_size=10"), None).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["details"]["reason"], "NOT_PRESIGNABLE");
+    let (status, _) = call(&sim, "GET", "nope/source", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(h.requests_to(Route::Source), 3);
+    assert_eq!(h.requests_to(Route::Files), 1);
+    assert_eq!(h.requests(), 0, "the listing's count is its own");
+}
+
+#[tokio::test]
+async fn files_are_paged_and_follow_the_checkpoint() {
+    let sim = SimApi::start(None).await.unwrap();
+    let h = sim.handle();
+    let id = h.add_checkpoint("r", "sampler", "step-1", Some("SYNCING"));
+    let page = async |q: &str| call(&sim, "GET", &format!("{id}/files?{q}"), None).await;
+    let (status, body) = page("page_size=1000&page_token=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["total_count"], 1, "only the config while syncing");
+    assert_eq!(body["next_page_token"], Value::Null);
+    let file = &body["presigned_urls"][0];
+    for key in [
+        "url",
+        "relative_file_name",
+        "node_rank",
+        "size_bytes",
+        "last_modified",
+    ] {
+        assert!(!file[key].is_null(), "{key}");
+    }
+    h.set_status(&id, Some("COMPLETE"));
+    let whole: u64 = h.files(&id).iter().map(|f| f.size_bytes).sum();
+    assert_eq!(whole, 1 << 27, "complete: the files add up to size_bytes");
+
+    h.set_files(&id, &[("a", 1), ("b", 2), ("c", 3)]);
+    h.put_file(&id, "d", 4);
+    h.put_file(&id, "a", 10);
+    let (_, first) = page("page_size=3&page_token=0").await;
+    assert_eq!(first["total_count"], 4);
+    assert_eq!(first["next_page_token"], 1);
+    assert_eq!(first["presigned_urls"][0]["size_bytes"], 10);
+    let (_, second) = page("page_size=3&page_token=1").await;
+    assert_eq!(second["presigned_urls"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next_page_token"], Value::Null);
+    assert_eq!(page("page_size=0").await.0, 422);
+    assert_eq!(page("page_token=x").await.0, 422);
+}
+
+#[tokio::test]
+async fn a_null_status_run_grows_its_files_and_never_sets_sync_status() {
+    let sim = SimApi::start(None).await.unwrap();
+    let h = sim.handle();
+    let minute = Duration::from_secs(60);
+    h.start_null_status_run("n", "m", minute, minute, Some(1));
+    h.advance_clock(minute + Duration::from_secs(1));
+    let listed = listing(&sim, &[("run_id", "n")]).await;
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|c| c["sync_status"].is_null()));
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    let size = listed[0]["size_bytes"].as_u64().unwrap();
+    let total = |h: &super::SimHandle| h.files(&id).iter().map(|f| f.size_bytes).sum::<u64>();
+    assert!(total(&h) < size);
+    h.advance_clock(minute);
+    assert_eq!(total(&h), size);
+    assert!(listing(&sim, &[("run_id", "n")]).await[0]["sync_status"].is_null());
+}
+
+#[tokio::test]
+async fn validate_and_deploy_check_their_bodies_and_record_deploys() {
+    let sim = SimApi::start(None).await.unwrap();
+    let h = sim.handle();
+    let sampler = h.add_checkpoint("r", "sampler", "step-1", Some("COMPLETE"));
+    let trainer = h.add_checkpoint("r", "trainer", "step-1", Some("COMPLETE"));
+    let path = "bt://loops:r/sampler_weights/step-1";
+    let ok = call(
+        &sim,
+        "POST",
+        "validate",
+        Some(json!({"checkpoint_path": path})),
+    )
+    .await;
+    assert_eq!(ok, (200, json!({})));
+    let with_run = json!({"checkpoint_path": path, "run_id": "r"});
+    assert_eq!(call(&sim, "POST", "validate", Some(with_run)).await.0, 200);
+    for (body, status) in [
+        (json!({}), 422),
+        (
+            json!({"checkpoint_path": "bt://loops:r/weights/step-1"}),
+            400,
+        ),
+        (
+            json!({"checkpoint_path": "bt://loops:r/sampler_weights/step-9"}),
+            404,
+        ),
+        (json!({"checkpoint_path": "s3://x"}), 422),
+        (json!({"checkpoint_path": path, "run_id": 7}), 422),
+    ] {
+        let (got, answer) = call(&sim, "POST", "validate", Some(body.clone())).await;
+        assert_eq!(got, status, "{body}");
+        assert!(answer["details"]["reason"].is_string(), "{answer}");
+    }
+
+    let good = json!({"checkpoint_ids": [sampler], "model_name": "m",
+        "instance_type_id": "H100", "hf_secret_name": "hf"});
+    let (status, answer) = call(&sim, "POST", "deploy", Some(good.clone())).await;
+    assert_eq!(status, 200);
+    assert!(answer["model_id"].is_string() && answer["deployment_id"].is_string());
+    let bad = |patch: Value| {
+        let mut body = good.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(patch.as_object().unwrap().clone());
+        body
+    };
+    for (body, status) in [
+        (bad(json!({"checkpoint_ids": []})), 422),
+        (bad(json!({"checkpoint_ids": "x"})), 422),
+        (bad(json!({"checkpoint_ids": ["nope"]})), 404),
+        (bad(json!({"checkpoint_ids": [trainer]})), 400),
+        (bad(json!({"model_name": ""})), 422),
+        (bad(json!({"hf_secret_name": null})), 422),
+        (bad(json!({"instance_type_id": 1})), 422),
+    ] {
+        assert_eq!(
+            call(&sim, "POST", "deploy", Some(body.clone())).await.0,
+            status,
+            "{body}"
+        );
+    }
+    let (_, again) = call(&sim, "POST", "deploy", Some(good)).await;
+    let deploys = h.deploys();
+    assert_eq!(deploys.len(), 2, "every accepted call deploys");
+    assert_eq!(deploys[0].checkpoint_ids, [sampler]);
+    assert_eq!(
+        deploys[0].model_id, deploys[1].model_id,
+        "same model, updated"
+    );
+    assert_ne!(deploys[0].deployment_id, deploys[1].deployment_id);
+    assert_eq!(again["deployment_id"], json!(deploys[1].deployment_id));
+    assert_eq!(h.requests_to(Route::Deploy), 9);
+    let (status, _) = call(&sim, "GET", "deploy", None).await;
+    assert_eq!(status, 405);
+}
+
+#[tokio::test]
+async fn faults_apply_to_every_route() {
+    let sim = SimApi::start(Some("k".into())).await.unwrap();
+    let h = sim.handle();
+    let id = h.add_checkpoint("r", "sampler", "step-1", Some("COMPLETE"));
+    let authed = |path: String| {
+        reqwest::Client::new()
+            .get(format!("{}/v1/loops/checkpoints/{path}", sim.base_url()))
+            .header("authorization", "Bearer k")
+            .send()
+    };
+    assert_eq!(authed(format!("{id}/source")).await.unwrap().status(), 200);
+    h.push_fault_to(
+        Route::Source,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+            body: None,
+        },
+    );
+    assert_eq!(authed(format!("{id}/source")).await.unwrap().status(), 503);
+    h.push_fault_to(Route::Files, Fault::MissingField("size_bytes".into()));
+    let body = json_of(authed(format!("{id}/files")).await.unwrap()).await;
+    assert!(body["presigned_urls"][0].get("size_bytes").is_none());
+    h.push_fault_to(Route::Files, Fault::MissingField("total_count".into()));
+    let body = json_of(authed(format!("{id}/files")).await.unwrap()).await;
+    assert!(body.get("total_count").is_none());
+    h.push_fault_to(Route::Source, Fault::WrongType("kind".into()));
+    let body = json_of(authed(format!("{id}/source")).await.unwrap()).await;
+    assert_eq!(body["source"]["kind"], 42);
+    h.push_fault_to(Route::Deploy, Fault::Html);
+    let (status, _) = {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/loops/checkpoints/deploy", sim.base_url()))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(status, 502);
+    assert!(h.deploys().is_empty());
+    assert_eq!(
+        authed(format!("{id}/source")).await.unwrap().status(),
+        200,
+        "one-shot"
+    );
+    let unauthed = reqwest::get(format!(
+        "{}/v1/loops/checkpoints/{id}/files",
+        sim.base_url()
+    ));
+    assert_eq!(unauthed.await.unwrap().status(), 401);
 }
