@@ -82,7 +82,7 @@ impl App {
             metrics.clone(),
             &cfg.sinks,
             wake.clone(),
-            Some(deployer(client.clone())),
+            Some(deployer(client.clone(), metrics.clone())),
         )?);
         let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
         let mut poller = Poller::new(
@@ -287,16 +287,31 @@ impl App {
 
 /// The Loops API as `baseten_deploy` sinks need it, over the shared client (its token
 /// bucket, timeout and `loopwatch_api_requests_total`).
-pub fn deployer(client: Arc<api::Client>) -> Arc<dyn LoopsDeployer> {
-    Arc::new(ApiDeployer(client))
+pub fn deployer(client: Arc<api::Client>, metrics: Arc<Metrics>) -> Arc<dyn LoopsDeployer> {
+    Arc::new(ApiDeployer { client, metrics })
 }
 
-struct ApiDeployer(Arc<api::Client>);
+struct ApiDeployer {
+    client: Arc<api::Client>,
+    metrics: Arc<Metrics>,
+}
+
+impl ApiDeployer {
+    fn count<T>(&self, endpoint: api::Endpoint, r: &Result<T, api::Error>) {
+        let code = match r {
+            Ok(_) => "200".to_string(),
+            Err(e) => e.code_label(),
+        };
+        self.metrics.api_request(endpoint.label(), &code);
+    }
+}
 
 #[async_trait::async_trait]
 impl LoopsDeployer for ApiDeployer {
     async fn validate(&self, path: &str, run_id: Option<&str>) -> Result<(), CallError> {
-        self.0.validate(path, run_id).await.map_err(call_error)
+        let r = self.client.validate(path, run_id).await;
+        self.count(api::Endpoint::Validate, &r);
+        r.map_err(call_error)
     }
 
     async fn deploy(&self, r: &DeployRequest) -> Result<Deployment, CallError> {
@@ -306,7 +321,9 @@ impl LoopsDeployer for ApiDeployer {
             instance_type_id: r.instance_type_id.clone(),
             hf_secret_name: r.hf_secret_name.clone(),
         };
-        let d = self.0.deploy(&request).await.map_err(call_error)?;
+        let r = self.client.deploy(&request).await;
+        self.count(api::Endpoint::Deploy, &r);
+        let d = r.map_err(call_error)?;
         Ok(Deployment {
             model_id: d.model_id,
             deployment_id: d.deployment_id,

@@ -229,7 +229,10 @@ async fn poll_and_deliver(
 /// For `once --dry-run`: one line per deploy a `baseten_deploy` sink would make of
 /// `events`, or why not (`latest_only`: a newer completed sampler checkpoint of the run in
 /// the same poll; a model_name that does not render).
-pub fn would_deploy(sinks: &[crate::config::SinkConfig], events: &[crate::model::Event]) -> Vec<String> {
+pub fn would_deploy(
+    sinks: &[crate::config::SinkConfig],
+    events: &[crate::model::Event],
+) -> Vec<String> {
     let routes = crate::poller::route(events, sinks);
     let mut out = Vec::new();
     for cfg in sinks {
@@ -528,7 +531,12 @@ async fn test_deploy_sink(
     };
     let newest = dump
         .iter()
-        .filter(|t| sink_cfg.targets.as_ref().is_none_or(|s| s.contains(&t.name)))
+        .filter(|t| {
+            sink_cfg
+                .targets
+                .as_ref()
+                .is_none_or(|s| s.contains(&t.name))
+        })
         .flat_map(|t| t.checkpoints.iter())
         .filter(|c| {
             !c.deleted
@@ -543,9 +551,12 @@ async fn test_deploy_sink(
     };
     let uri = c.uri();
     let client = Arc::new(api::Client::new(&cfg.api)?);
-    let deployer = crate::app::deployer(client);
+    let deployer = crate::app::deployer(client, Arc::new(crate::metrics::Metrics::new()));
     if output == Output::Table {
-        println!("validating {uri} (checkpoint id {}) for sink {name}; nothing is deployed", c.id);
+        println!(
+            "validating {uri} (checkpoint id {}) for sink {name}; nothing is deployed",
+            c.id
+        );
     }
     let start = std::time::Instant::now();
     let r = deployer.validate(&uri, None).await;
