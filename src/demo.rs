@@ -1,7 +1,10 @@
 //! `loopwatch demo`: the whole product in one process with no account and no network.
 //! A simulated Loops API runs a training run that saves a sampler and a trainer
 //! checkpoint every few seconds; an embedded receiver verifies each webhook's signature
-//! and prints one line per event; the daemon runs on a throw-away SQLite file.
+//! and prints one line per event; a `baseten_deploy` sink deploys each completed sampler
+//! checkpoint on the simulated API, whose deploy route is unavailable at first (503 with
+//! `Retry-After`), so saves outpace deploys and `latest_only` supersedes the older ones;
+//! the daemon runs on a throw-away SQLite file.
 //!
 //! The demo is its own wiring (like `app.rs`, it spawns): the simulator and the receiver
 //! are test fixtures, not parts of the daemon.
@@ -15,8 +18,8 @@ use rand::RngExt;
 use crate::app::App;
 use crate::config::{self, Environment};
 use crate::signing::SigningKey;
-use crate::sim::{Received, Receiver, Signature, SimApi};
-use crate::store::DeliveryStatus;
+use crate::sim::{Fault, Received, Receiver, Route, Signature, SimApi};
+use crate::store::{DeliveryStatus, Store};
 
 pub struct DemoOptions {
     /// Stop after this long; `None` runs until Ctrl-C.
@@ -38,7 +41,13 @@ fn print_received(r: &Received) {
         Some(Signature::Valid) => {
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
             let d = &v["data"];
+            let dep = &d["deployment"];
             let sync = match d["sync_seconds"].as_f64() {
+                _ if dep.is_object() => format!(
+                    "  live as model {} deployment {}",
+                    dep["model_name"].as_str().unwrap_or("?"),
+                    dep["deployment_id"].as_str().unwrap_or("?")
+                ),
                 Some(s) => format!("  synced in {s:.1}s"),
                 None => String::new(),
             };
@@ -87,7 +96,39 @@ name = "demo-receiver"
 url = "{receiver}"
 secret_env = "LOOPWATCH_DEMO_SECRET"
 retry_schedule = ["1s", "2s", "5s"]
+[[sinks]]
+name = "demo-deploy"
+kind = "baseten_deploy"
+model_name = "{{ data.target }}"
+instance_type_id = "H100"
+hf_secret_name = "hf_access_token"
+concurrency = 1
+retry_schedule = ["1s", "2s", "5s", "10s", "30s", "1m"]
 "#;
+
+/// One line per deploy that `latest_only` superseded, as the store records them.
+async fn print_superseded(store: std::sync::Arc<dyn Store>, every: Duration) {
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        tokio::time::sleep(every.max(Duration::from_millis(250))).await;
+        let Ok(rows) = store
+            .list_deliveries(Some(DeliveryStatus::Superseded), 1000)
+            .await
+        else {
+            continue;
+        };
+        for d in rows {
+            if seen.insert(d.id) {
+                println!(
+                    "  deployer: {:<26} {:<48} not deployed, {}",
+                    "deploy superseded",
+                    d.uri,
+                    d.last_error.unwrap_or_default()
+                );
+            }
+        }
+    }
+}
 
 pub async fn run(
     opts: DemoOptions,
@@ -98,6 +139,18 @@ pub async fn run(
     let sim = SimApi::start(Some(api_key.clone())).await?;
     sim.handle()
         .start_training_run("demo-run", "Qwen/Qwen3-8B", opts.every, opts.sync_for, None);
+    // The deploy route is unavailable for its first two calls: the first checkpoints wait
+    // and are superseded by newer ones (latest_only) instead of each being deployed.
+    for _ in 0..2 {
+        sim.handle().push_fault_to(
+            Route::Deploy,
+            Fault::Status {
+                code: 503,
+                retry_after: Some(format!("{}", opts.every.as_secs().max(1) + 1)),
+                body: None,
+            },
+        );
+    }
 
     let receiver = Receiver::builder()
         .path("/hooks/loops")
@@ -131,8 +184,11 @@ pub async fn run(
         opts.every
     );
     println!(
-        "each syncs for {:?}, then completes. Events arrive below as signed webhooks.",
+        "each syncs for {:?}, then completes. Events arrive below as signed webhooks; each",
         opts.sync_for
+    );
+    println!(
+        "completed sampler checkpoint is deployed (the simulated deploy route is down at first)."
     );
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {}", receiver.url);
@@ -151,7 +207,9 @@ pub async fn run(
             None => shutdown.await,
         }
     };
+    let watch = tokio::spawn(print_superseded(store.clone(), opts.every / 4));
     app.run(stop).await?;
+    watch.abort();
 
     let events = store.events(None).await?;
     let deliveries = store.list_deliveries(None, i64::MAX).await?;
@@ -174,10 +232,16 @@ pub async fn run(
         }
     );
     println!(
-        "  deliveries           {} delivered, {} pending, {} dead",
+        "  deliveries           {} delivered, {} pending, {} dead, {} superseded",
         count(DeliveryStatus::Delivered),
         count(DeliveryStatus::Pending),
-        count(DeliveryStatus::Dead)
+        count(DeliveryStatus::Dead),
+        count(DeliveryStatus::Superseded)
+    );
+    println!(
+        "  deploys              {} made on the simulated API, {} superseded by a newer checkpoint (latest_only)",
+        sim.handle().deploys().len(),
+        count(DeliveryStatus::Superseded)
     );
     println!(
         "  receiver             {} verified, {} rejected signatures, {} duplicates",
