@@ -30,6 +30,8 @@ pub struct Metrics {
     pub pending: IntGaugeVec,
     pub dead: IntGaugeVec,
     pub oldest_pending: GaugeVec,
+    /// 1 per configured sink, by kind: lets dashboards and alerts select deploy sinks.
+    pub sink_info: IntGaugeVec,
     pub targets_owned: IntGauge,
     pub lease_takeovers: prometheus::IntCounter,
 }
@@ -148,6 +150,11 @@ impl Metrics {
                 "Age of the oldest pending delivery (0 when none).",
                 &["sink"],
             ),
+            sink_info: int_gauge(
+                "loopwatch_sink_info",
+                "Configured sinks, 1 each, by kind (webhook, exec, baseten_deploy).",
+                &["sink", "kind"],
+            ),
             targets_owned,
             registry,
         }
@@ -167,6 +174,7 @@ impl Metrics {
             self.pending.with_label_values(&[n]);
             self.dead.with_label_values(&[n]);
             self.oldest_pending.with_label_values(&[n]);
+            self.sink_info.with_label_values(&[n, s.kind.name()]).set(1);
         }
         self.targets_owned.set(cfg.targets.len() as i64);
     }

@@ -215,6 +215,17 @@ pub enum SinkKind {
     BasetenDeploy(DeployConfig),
 }
 
+impl SinkKind {
+    /// As written in the config (`kind = ...`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkKind::Webhook { .. } => "webhook",
+            SinkKind::Exec { .. } => "exec",
+            SinkKind::BasetenDeploy(_) => "baseten_deploy",
+        }
+    }
+}
+
 /// The keys of a `kind = "baseten_deploy"` sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeployConfig {
