@@ -38,6 +38,7 @@ fn opts() -> DiffOptions {
         emit_existing: false,
         delete_after_missing: 2,
         stalled_after: Some(TimeDelta::minutes(30)),
+        probe_null: false,
     }
 }
 

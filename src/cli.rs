@@ -258,14 +258,14 @@ pub fn would_deploy(
                 (Some(n), _) => format!(
                     "dry run: sink {} would not deploy {}: superseded by {} (latest_only)",
                     cfg.name,
-                    e.uri(),
+                    e.uri().unwrap_or_default(),
                     n.checkpoint_name
                 ),
                 (None, Ok(r)) => format!(
                     "dry run: sink {} would {}deploy {} (checkpoint id {}) as model_name {:?} on instance_type_id {:?} with hf_secret_name {:?}",
                     cfg.name,
                     if d.validate { "validate and " } else { "" },
-                    e.uri(),
+                    e.uri().unwrap_or_default(),
                     e.checkpoint_id,
                     r.model_name,
                     r.instance_type_id,
@@ -274,7 +274,7 @@ pub fn would_deploy(
                 (None, Err(why)) => format!(
                     "dry run: sink {} could not deploy {}: {why}",
                     cfg.name,
-                    e.uri()
+                    e.uri().unwrap_or_default()
                 ),
             };
             out.push(line);
@@ -416,7 +416,7 @@ pub async fn deliveries_list(
                         d.status.as_str().into(),
                         d.attempts.to_string(),
                         d.next_attempt_at.map(rfc3339).unwrap_or_else(|| "-".into()),
-                        d.uri,
+                        d.uri.unwrap_or_else(|| "-".into()),
                         d.last_error.unwrap_or_default(),
                     ]
                 })
@@ -549,7 +549,7 @@ async fn test_deploy_sink(
             "sink {name}: no complete sampler checkpoint in the state to validate yet; run the daemon or `loopwatch once` first"
         );
     };
-    let uri = c.uri();
+    let uri = c.uri().expect("a sampler checkpoint has a URI");
     let client = Arc::new(api::Client::new(&cfg.api)?);
     let deployer = crate::app::deployer(client, Arc::new(crate::metrics::Metrics::new()));
     if output == Output::Table {
@@ -607,6 +607,7 @@ fn sample_event() -> StoredEvent {
         sync_status: Some("COMPLETE".into()),
         first_seen_at: now,
         sync_seconds: Some(0.0),
+        ready_by: Some(crate::model::ReadyBy::SyncStatus),
         checkpoint: checkpoint.to_string(),
     };
     StoredEvent::from_event(0, &e)

@@ -1,10 +1,12 @@
 //! `loopwatch demo`: the whole product in one process with no account and no network.
 //! A simulated Loops API runs a training run that saves a sampler and a trainer
-//! checkpoint every few seconds; an embedded receiver verifies each webhook's signature
-//! and prints one line per event; a `baseten_deploy` sink deploys each completed sampler
-//! checkpoint on the simulated API, whose deploy route is unavailable at first (503 with
-//! `Retry-After`), so saves outpace deploys and `latest_only` supersedes the older ones;
-//! the daemon runs on a throw-away SQLite file.
+//! checkpoint every few seconds, and a second run whose checkpoints never get a
+//! `sync_status` (the readiness probe completes its sampler checkpoint "ready by files");
+//! an embedded receiver verifies each webhook's signature and prints one line per event;
+//! a `baseten_deploy` sink deploys each completed sampler checkpoint on the simulated
+//! API, whose deploy route is unavailable at first (503 with `Retry-After`), so saves
+//! outpace deploys and `latest_only` supersedes the older ones; the daemon runs on a
+//! throw-away SQLite file.
 //!
 //! The demo is its own wiring (like `app.rs`, it spawns): the simulator and the receiver
 //! are test fixtures, not parts of the daemon.
@@ -42,7 +44,7 @@ fn print_received(r: &Received) {
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
             let d = &v["data"];
             let dep = &d["deployment"];
-            let sync = match d["sync_seconds"].as_f64() {
+            let mut sync = match d["sync_seconds"].as_f64() {
                 _ if dep.is_object() => format!(
                     "  live as model {} deployment {}",
                     dep["model_name"].as_str().unwrap_or("?"),
@@ -51,6 +53,12 @@ fn print_received(r: &Received) {
                 Some(s) => format!("  synced in {s:.1}s"),
                 None => String::new(),
             };
+            if let Some(by) = d["ready_by"]
+                .as_str()
+                .filter(|by| *by != "sync_status" && !dep.is_object())
+            {
+                sync.push_str(&format!("  ready by {by} (sync_status null)"));
+            }
             println!(
                 "  receiver: {:<26} {:<48} signature ok  {id}{sync}",
                 v["type"].as_str().unwrap_or("?"),
@@ -91,6 +99,10 @@ shutdown_grace = "2s"
 [[targets]]
 name = "demo-run"
 run_id = "demo-run"
+[[targets]]
+name = "demo-null-run"
+run_id = "demo-null-run"
+checkpoint_targets = ["sampler"]
 [[sinks]]
 name = "demo-receiver"
 url = "{receiver}"
@@ -122,7 +134,7 @@ async fn print_superseded(store: std::sync::Arc<dyn Store>, every: Duration) {
                 println!(
                     "  deployer: {:<26} {:<48} not deployed, {}",
                     "deploy superseded",
-                    d.uri,
+                    d.uri.unwrap_or_default(),
                     d.last_error.unwrap_or_default()
                 );
             }
@@ -151,6 +163,14 @@ pub async fn run(
             },
         );
     }
+    // One save whose sync_status stays null: only its files say when it is ready.
+    sim.handle().start_null_status_run(
+        "demo-null-run",
+        "Qwen/Qwen3-8B",
+        opts.every,
+        opts.sync_for,
+        Some(1),
+    );
 
     let receiver = Receiver::builder()
         .path("/hooks/loops")
@@ -184,11 +204,15 @@ pub async fn run(
         opts.every
     );
     println!(
-        "each syncs for {:?}, then completes. Events arrive below as signed webhooks; each",
+        "each syncs for {:?}, then completes. A second run (demo-null-run) saves once and never",
         opts.sync_for
     );
+    println!("sets sync_status: loopwatch probes its files and completes it \"ready by files\".");
     println!(
-        "completed sampler checkpoint is deployed (the simulated deploy route is down at first)."
+        "Events arrive below as signed webhooks; each completed sampler checkpoint is deployed"
+    );
+    println!(
+        "(the simulated deploy route is down at first, so newer checkpoints supersede older)."
     );
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {}", receiver.url);

@@ -10,12 +10,20 @@
 //!   run from cron counts across runs just as the daemon does.
 //! - A deleted checkpoint stays as a tombstone, so its reappearance is not `discovered`
 //!   twice and it can never complete twice.
+//! - A null checkpoint the readiness probe found ready (an input here: the poller probes,
+//!   the diff decides) completes like one turning COMPLETE, with its `ready_by`; that
+//!   makes it complete for good, so a later COMPLETE is a spelling change, not news.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    Checkpoint, Event, EventType, Raw, Settled, SyncClass, TargetState, Tracked, event_id,
+    Checkpoint, Event, EventType, Raw, ReadyBy, Settled, SyncClass, TargetState, Tracked, event_id,
 };
+
+/// Null checkpoints the readiness probe found ready in this poll, by id.
+pub type Ready = HashMap<String, ReadyBy>;
 
 /// The knobs of §3 `[poll]` that change what is emitted.
 #[derive(Clone, Debug)]
@@ -24,6 +32,9 @@ pub struct DiffOptions {
     pub delete_after_missing: u32,
     /// `None` disables `stalled`.
     pub stalled_after: Option<chrono::Duration>,
+    /// `poll.null_status = "probe"`: a null checkpoint may still complete by a probe, so a
+    /// state holding one is never settled (the same listing must be probed again).
+    pub probe_null: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,11 +73,10 @@ impl DiffState for TargetState {
     }
 
     fn timeless(&self, opts: &DiffOptions) -> bool {
-        opts.stalled_after.is_none()
-            || self
-                .checkpoints
-                .values()
-                .all(|t| t.deleted || t.completed || t.stalled)
+        let live = |t: &&Tracked| !t.deleted && !t.completed;
+        let probed = |t: &Tracked| t.class() == SyncClass::Unknown;
+        (opts.stalled_after.is_none() || self.checkpoints.values().filter(live).all(|t| t.stalled))
+            && !(opts.probe_null && self.checkpoints.values().filter(live).any(probed))
     }
 }
 
@@ -79,6 +89,8 @@ pub struct Listing<'a> {
     pub digest: u128,
     /// The target's filter as text (`run_id=...`), kept with its baseline.
     pub filter: &'a str,
+    /// Null checkpoints the readiness probe found ready before this plan.
+    pub ready: &'a Ready,
 }
 
 /// Everything one successful listing means for a target, decided in one pure call: what
@@ -117,7 +129,7 @@ pub fn plan(
     now: DateTime<Utc>,
     opts: &DiffOptions,
 ) -> Plan {
-    let d = diff(target, state, listing.checkpoints, now, opts);
+    let d = diff_ready(target, state, listing.checkpoints, listing.ready, now, opts);
     let settled = Settled {
         digest: listing.digest,
         checkpoints: listing.checkpoints.len(),
@@ -136,7 +148,7 @@ pub fn plan(
     }
     // Settled when the very same listing, diffed again against the new state, would
     // change nothing, and time cannot change that.
-    let again = diff(target, &next, listing.checkpoints, now, opts);
+    let again = diff_ready(target, &next, listing.checkpoints, listing.ready, now, opts);
     let settled = (!again.writes() && next.timeless(opts)).then_some(settled);
     next.settled = settled;
     Plan {
@@ -167,6 +179,18 @@ pub fn diff(
     now: DateTime<Utc>,
     opts: &DiffOptions,
 ) -> Diff {
+    diff_ready(target, prev, listing, &Ready::new(), now, opts)
+}
+
+/// [`diff`], with the null checkpoints the readiness probe found `ready`.
+pub fn diff_ready(
+    target: &str,
+    prev: &TargetState,
+    listing: &[Checkpoint],
+    ready: &Ready,
+    now: DateTime<Utc>,
+    opts: &DiffOptions,
+) -> Diff {
     let baseline = !prev.baselined;
     let silent = baseline && !opts.emit_existing;
     let mut out = Diff {
@@ -179,10 +203,11 @@ pub fn diff(
     let mut sorted: Vec<&Checkpoint> = listing
         .iter()
         .filter(|c| {
-            !prev
-                .checkpoints
-                .get(&c.id)
-                .is_some_and(|p| unchanged(p, c, now, opts))
+            ready.contains_key(&c.id)
+                || !prev
+                    .checkpoints
+                    .get(&c.id)
+                    .is_some_and(|p| unchanged(p, c, now, opts))
         })
         .collect();
     // Detection order: oldest first, so `ordered` sinks see a run's history in order.
@@ -195,7 +220,7 @@ pub fn diff(
                 id: c.id.as_str().into(),
                 name: c.name.as_str().into(),
                 run_id: c.run_id.as_str().into(),
-                target: c.target,
+                target: c.target.clone(),
                 sync_status: c.sync_status.as_deref().map(Into::into),
                 created_at: c.created_at.as_str().into(),
                 first_seen_at: now,
@@ -270,6 +295,25 @@ pub fn diff(
                         None,
                         now,
                     );
+                }
+            }
+            if class == SyncClass::Unknown
+                && !row.completed
+                && let Some(&by) = ready.get(&c.id)
+            {
+                row.completed = true;
+                let took = seconds_since(row.first_seen_at, now);
+                push(
+                    &mut out,
+                    target,
+                    &mut row,
+                    EventType::Completed,
+                    None,
+                    took,
+                    now,
+                );
+                if let Some(e) = out.events.last_mut() {
+                    e.ready_by = Some(by);
                 }
             }
         }
@@ -362,12 +406,13 @@ fn push(
         checkpoint_id: row.id.to_string(),
         checkpoint_name: row.name.to_string(),
         run_id: row.run_id.to_string(),
-        checkpoint_target: row.target,
+        checkpoint_target: row.target.clone(),
         detected_at: now,
         previous_sync_status: previous,
         sync_status: row.sync_status.as_deref().map(str::to_string),
         first_seen_at: row.first_seen_at,
         sync_seconds,
+        ready_by: (kind == EventType::Completed).then_some(ReadyBy::SyncStatus),
         // Empty when only the digest is held (a checkpoint gone from the listing): the
         // poller fills it in from the store before the event goes anywhere.
         checkpoint: row.raw.text().unwrap_or_default().to_string(),
@@ -390,6 +435,7 @@ mod tests {
             emit_existing: false,
             delete_after_missing: 2,
             stalled_after: Some(TimeDelta::minutes(30)),
+            probe_null: false,
         }
     }
 
@@ -451,8 +497,11 @@ mod tests {
 
     use EventType::*;
 
+    static NO_READY: std::sync::LazyLock<Ready> = std::sync::LazyLock::new(Ready::new);
+
     fn listed<'a>(checkpoints: &'a [Checkpoint], digest: u128) -> Listing<'a> {
         Listing {
+            ready: &NO_READY,
             checkpoints,
             digest,
             filter: "run_id=run1",
@@ -842,7 +891,7 @@ mod tests {
                 delete_after in 1u32..4,
                 gaps in proptest::collection::vec(0i64..40, 12),
             ) {
-                let o = DiffOptions { emit_existing, delete_after_missing: delete_after, stalled_after: Some(TimeDelta::minutes(30)) };
+                let o = DiffOptions { emit_existing, delete_after_missing: delete_after, stalled_after: Some(TimeDelta::minutes(30)), probe_null: false };
                 let mut state = TargetState::default();
                 let mut completed = HashSet::new();
                 let mut ids = HashSet::new();
@@ -879,5 +928,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_null_checkpoint_found_ready_completes_once_with_its_ready_by() {
+        let o = DiffOptions {
+            probe_null: true,
+            ..opts()
+        };
+        let l = vec![ck("1", None), ck("2", Some("SYNCING"))];
+        let mut state = TargetState::default();
+        let d = diff("t", &state, &l, t0(), &o);
+        state.apply(&d);
+        assert!(!state.timeless(&o), "a null checkpoint waits for a probe");
+        let ready = Ready::from([("1".to_string(), ReadyBy::Files)]);
+        let at = t0() + TimeDelta::minutes(1);
+        let d = diff_ready("t", &state, &l, &ready, at, &o);
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(
+            (d.events[0].kind, d.events[0].ready_by),
+            (Completed, Some(ReadyBy::Files))
+        );
+        assert!(
+            d.events[0]
+                .standard_body()
+                .contains(r#""ready_by":"files""#)
+        );
+        state.apply(&d);
+        assert!(state.checkpoints["1"].completed);
+        // Found ready again, or turning COMPLETE later: nothing more.
+        assert!(
+            diff_ready("t", &state, &l, &ready, at, &o)
+                .events
+                .is_empty()
+        );
+        let later = vec![ck("1", Some("COMPLETE")), ck("2", Some("COMPLETE"))];
+        let d = diff("t", &state, &later, at, &o);
+        let kinds: Vec<_> = d
+            .events
+            .iter()
+            .map(|e| (e.kind, e.checkpoint_id.as_str(), e.ready_by))
+            .collect();
+        assert_eq!(kinds, [(Completed, "2", Some(ReadyBy::SyncStatus))]);
+        // A SYNCING checkpoint is not completed by a probe.
+        let ready2 = Ready::from([("2".to_string(), ReadyBy::Files)]);
+        assert!(
+            diff_ready("t", &state, &l, &ready2, at, &o)
+                .events
+                .is_empty()
+        );
     }
 }

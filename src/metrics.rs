@@ -244,6 +244,33 @@ impl PollOutcome {
     }
 }
 
+/// The `outcome` of `loopwatch_readiness_probes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The checkpoint was found ready (and completes).
+    Ready,
+    /// Its files do not add up yet (or did not stay the same long enough).
+    NotReady,
+    /// A request failed (any error, `NOT_PRESIGNABLE` included): retried later.
+    Error,
+}
+
+impl ProbeOutcome {
+    pub const ALL: [ProbeOutcome; 3] = [
+        ProbeOutcome::Ready,
+        ProbeOutcome::NotReady,
+        ProbeOutcome::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProbeOutcome::Ready => "ready",
+            ProbeOutcome::NotReady => "not_ready",
+            ProbeOutcome::Error => "error",
+        }
+    }
+}
+
 const POLL_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -256,13 +283,15 @@ pub struct TargetMetrics {
     polls: [AtomicU64; 3],
     poll_duration: Histogram,
     last_success: AtomicF64,
-    /// By checkpoint target, then [`SYNC_CLASSES`] order.
-    checkpoints: [[AtomicI64; 4]; 2],
-    latest_created: [AtomicF64; 2],
+    /// By [`CheckpointTarget::label_index`], then [`SYNC_CLASSES`] order.
+    checkpoints: [[AtomicI64; 4]; 3],
+    latest_created: [AtomicF64; 3],
     /// By [`EventType::ALL`] order.
     events: [AtomicU64; EventType::ALL.len()],
     sync_duration: Histogram,
     fencing_rejections: AtomicU64,
+    /// By [`ProbeOutcome::ALL`] order.
+    probes: [AtomicU64; 3],
 }
 
 impl Default for TargetMetrics {
@@ -276,6 +305,7 @@ impl Default for TargetMetrics {
             events: Default::default(),
             sync_duration: Histogram::new(SYNC_BUCKETS),
             fencing_rejections: AtomicU64::new(0),
+            probes: Default::default(),
         }
     }
 }
@@ -302,6 +332,10 @@ impl TargetMetrics {
         self.sync_duration.observe(seconds);
     }
 
+    pub fn probe(&self, outcome: ProbeOutcome) {
+        self.probes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn fencing_rejection(&self) {
         self.fencing_rejections.fetch_add(1, Ordering::Relaxed);
     }
@@ -311,10 +345,10 @@ impl TargetMetrics {
         &self,
         live: impl Iterator<Item = (CheckpointTarget, SyncClass, &'a str)>,
     ) {
-        let mut counts = [[0i64; 4]; 2];
-        let mut latest: [Option<f64>; 2] = [None, None];
+        let mut counts = [[0i64; 4]; 3];
+        let mut latest: [Option<f64>; 3] = [None; 3];
         for (ct, class, created) in live {
-            let i = ct as usize;
+            let i = ct.label_index();
             let j = SYNC_CLASSES.iter().position(|c| *c == class).unwrap_or(3);
             counts[i][j] += 1;
             if let Some(t) = crate::model::parse_created_at(created) {
@@ -322,8 +356,7 @@ impl TargetMetrics {
                 latest[i] = Some(latest[i].map_or(ts, |l: f64| l.max(ts)));
             }
         }
-        for ct in CheckpointTarget::ALL {
-            let i = ct as usize;
+        for i in 0..CheckpointTarget::LABELS.len() {
             for (gauge, count) in self.checkpoints[i].iter().zip(counts[i]) {
                 gauge.store(count, Ordering::Relaxed);
             }
@@ -387,11 +420,13 @@ enum Sample {
     Polls(PollOutcome),
     PollDuration,
     LastSuccess,
-    Checkpoints(CheckpointTarget, SyncClass),
-    LatestCreated(CheckpointTarget),
+    /// By [`CheckpointTarget::label_index`].
+    Checkpoints(usize, SyncClass),
+    LatestCreated(usize),
     Events(EventType),
     SyncDuration,
     FencingRejections,
+    Probes(ProbeOutcome),
 }
 
 /// A per-target family: name, help, type, and its series per target in the order the
@@ -408,7 +443,7 @@ struct Family {
 type Series = (Labels, Labels, Sample);
 type Labels = Vec<(&'static str, &'static str)>;
 
-const TARGET_FAMILIES: [Family; 8] = [
+const TARGET_FAMILIES: [Family; 9] = [
     Family {
         name: "loopwatch_checkpoint_sync_duration_seconds",
         help: "Time from first sight to COMPLETE of a checkpoint.",
@@ -422,17 +457,13 @@ const TARGET_FAMILIES: [Family; 8] = [
         series: || {
             let mut by_label = SYNC_CLASSES.to_vec();
             by_label.sort_by_key(|c| c.label());
-            CheckpointTarget::ALL
-                .iter()
-                .flat_map(|ct| {
-                    by_label.iter().map(|c| {
+            checkpoint_target_labels()
+                .flat_map(|(i, label)| {
+                    by_label.iter().map(move |c| {
                         (
-                            vec![
-                                ("checkpoint_target", ct.as_str()),
-                                ("sync_status", c.label()),
-                            ],
+                            vec![("checkpoint_target", label), ("sync_status", c.label())],
                             vec![],
-                            Sample::Checkpoints(*ct, *c),
+                            Sample::Checkpoints(i, *c),
                         )
                     })
                 })
@@ -469,13 +500,12 @@ const TARGET_FAMILIES: [Family; 8] = [
         help: "created_at of the newest checkpoint listed, as Unix time.",
         kind: "gauge",
         series: || {
-            CheckpointTarget::ALL
-                .iter()
-                .map(|ct| {
+            checkpoint_target_labels()
+                .map(|(i, label)| {
                     (
-                        vec![("checkpoint_target", ct.as_str())],
+                        vec![("checkpoint_target", label)],
                         vec![],
-                        Sample::LatestCreated(*ct),
+                        Sample::LatestCreated(i),
                     )
                 })
                 .collect()
@@ -500,7 +530,29 @@ const TARGET_FAMILIES: [Family; 8] = [
                 .collect()
         },
     },
+    Family {
+        name: "loopwatch_readiness_probes_total",
+        help: "Readiness probes of checkpoints whose sync_status is null, by target and outcome.",
+        kind: "counter",
+        series: || {
+            let mut outcomes = ProbeOutcome::ALL.to_vec();
+            outcomes.sort_by_key(|o| o.label());
+            outcomes
+                .into_iter()
+                .map(|o| (vec![("outcome", o.label())], vec![], Sample::Probes(o)))
+                .collect()
+        },
+    },
 ];
+
+/// The `checkpoint_target` labels with their index, in label order (as the registry
+/// sorts series): other, sampler, trainer.
+fn checkpoint_target_labels() -> impl Iterator<Item = (usize, &'static str)> {
+    let mut labels: Vec<(usize, &'static str)> =
+        CheckpointTarget::LABELS.into_iter().enumerate().collect();
+    labels.sort_by_key(|(_, l)| *l);
+    labels.into_iter()
+}
 
 impl Family {
     /// Append this family in the text format, exactly as `prometheus::TextEncoder` would.
@@ -576,14 +628,15 @@ impl TargetMetrics {
             Sample::LastSuccess => self.last_success.get(),
             Sample::Checkpoints(ct, c) => {
                 let j = SYNC_CLASSES.iter().position(|x| x == c).unwrap_or(3);
-                self.checkpoints[*ct as usize][j].load(Ordering::Relaxed) as f64
+                self.checkpoints[*ct][j].load(Ordering::Relaxed) as f64
             }
-            Sample::LatestCreated(ct) => self.latest_created[*ct as usize].get(),
+            Sample::LatestCreated(ct) => self.latest_created[*ct].get(),
             Sample::Events(k) => {
                 let i = EventType::ALL.iter().position(|x| x == k).unwrap_or(0);
                 load(&self.events[i])
             }
             Sample::FencingRejections => load(&self.fencing_rejections),
+            Sample::Probes(o) => load(&self.probes[*o as usize]),
             Sample::PollDuration | Sample::SyncDuration => f64::NAN,
         }
     }
@@ -690,6 +743,7 @@ mod target_tests {
         let latest = gauge(f[5].name, f[5].help, &["target", "checkpoint_target"]);
         let poll = hist(f[6].name, f[6].help, POLL_BUCKETS);
         let polls = counter(f[7].name, f[7].help, &["target", "outcome"]);
+        let probes = counter(f[8].name, f[8].help, &["target", "outcome"]);
 
         let m = Metrics::new();
         let names = ["qwen-b", "a \"quoted\" \\ name", "qwen-a"];
@@ -701,16 +755,19 @@ mod target_tests {
             poll.with_label_values(&[n]);
             last.with_label_values(&[n]);
             sync.with_label_values(&[n]);
-            for ct in CheckpointTarget::ALL {
+            for ct in CheckpointTarget::LABELS {
                 for c in SYNC_CLASSES {
-                    cks.with_label_values(&[n, ct.as_str(), c.label()]);
+                    cks.with_label_values(&[n, ct, c.label()]);
                 }
-                latest.with_label_values(&[n, ct.as_str()]);
+                latest.with_label_values(&[n, ct]);
             }
             for e in EventType::ALL {
                 events.with_label_values(&[n, e.as_str()]);
             }
             fencing.with_label_values(&[n]);
+            for o in ProbeOutcome::ALL {
+                probes.with_label_values(&[n, o.label()]);
+            }
             let t = m.target(n);
             if i == 2 {
                 continue; // created at zero, never used
@@ -721,6 +778,8 @@ mod target_tests {
             }
             polls.with_label_values(&[n, "rate_limited"]).inc();
             t.poll(PollOutcome::RateLimited);
+            probes.with_label_values(&[n, "error"]).inc();
+            t.probe(ProbeOutcome::Error);
             for v in [0.004, 0.005, 0.3, 7.5, 99.0] {
                 poll.with_label_values(&[n]).observe(v);
                 t.poll_duration(v);
@@ -747,14 +806,19 @@ mod target_tests {
                     "2026-11-26T23:05:00.000Z",
                 ),
                 (CheckpointTarget::Trainer, SyncClass::Other, "not a time"),
+                (
+                    CheckpointTarget::Other("draft".into()),
+                    SyncClass::Complete,
+                    "not a time either",
+                ),
             ];
-            t.set_checkpoints(live.iter().copied());
+            t.set_checkpoints(live.iter().cloned());
             let mut counts = std::collections::HashMap::new();
-            for (ct, c, _) in live {
-                *counts.entry((ct, c.label())).or_insert(0) += 1;
+            for (ct, c, _) in &live {
+                *counts.entry((ct.label(), c.label())).or_insert(0) += 1;
             }
             for ((ct, c), k) in counts {
-                cks.with_label_values(&[n, ct.as_str(), c]).set(k);
+                cks.with_label_values(&[n, ct, c]).set(k);
             }
             let newest = chrono::DateTime::parse_from_rfc3339(live[1].2).unwrap();
             latest

@@ -9,37 +9,65 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use compact_str::CompactString;
 use serde::Serialize;
 
-/// Whether a checkpoint is servable weights (`sampler`) or full training state (`trainer`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Whether a checkpoint is servable weights (`sampler`) or full training state (`trainer`),
+/// or a value this version does not know (Baseten's SDK types it `sampler | trainer |
+/// <any string>`), kept as received: such a checkpoint passes through with no URI.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CheckpointTarget {
     Sampler,
     Trainer,
+    /// Any other non-empty value, as received.
+    Other(CompactString),
 }
 
 impl CheckpointTarget {
+    /// The known values.
     pub const ALL: [CheckpointTarget; 2] = [CheckpointTarget::Sampler, CheckpointTarget::Trainer];
+    /// The `checkpoint_target` metric labels, in [`CheckpointTarget::label_index`] order.
+    pub const LABELS: [&'static str; 3] = ["sampler", "trainer", "other"];
 
-    pub fn as_str(self) -> &'static str {
+    /// The value as received (`sampler`, `trainer` or the other value).
+    pub fn as_str(&self) -> &str {
         match self {
             CheckpointTarget::Sampler => "sampler",
             CheckpointTarget::Trainer => "trainer",
+            CheckpointTarget::Other(v) => v,
         }
     }
 
-    /// The path segment of the checkpoint's `bt://` URI.
-    pub fn uri_segment(self) -> &'static str {
+    /// The metric label: `sampler`, `trainer`, or `other` for every other value.
+    pub fn label(&self) -> &'static str {
+        Self::LABELS[self.label_index()]
+    }
+
+    pub fn label_index(&self) -> usize {
         match self {
-            CheckpointTarget::Sampler => "sampler_weights",
-            CheckpointTarget::Trainer => "weights",
+            CheckpointTarget::Sampler => 0,
+            CheckpointTarget::Trainer => 1,
+            CheckpointTarget::Other(_) => 2,
         }
     }
 
+    pub fn is_other(&self) -> bool {
+        matches!(self, CheckpointTarget::Other(_))
+    }
+
+    /// The path segment of the checkpoint's `bt://` URI; none for another value.
+    pub fn uri_segment(&self) -> Option<&'static str> {
+        match self {
+            CheckpointTarget::Sampler => Some("sampler_weights"),
+            CheckpointTarget::Trainer => Some("weights"),
+            CheckpointTarget::Other(_) => None,
+        }
+    }
+
+    /// Any non-empty value: a known one, or [`CheckpointTarget::Other`].
     pub fn parse(s: &str) -> Option<Self> {
         match s {
+            "" => None,
             "sampler" => Some(CheckpointTarget::Sampler),
             "trainer" => Some(CheckpointTarget::Trainer),
-            _ => None,
+            other => Some(CheckpointTarget::Other(other.into())),
         }
     }
 
@@ -55,6 +83,12 @@ impl CheckpointTarget {
 impl fmt::Display for CheckpointTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for CheckpointTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -114,13 +148,16 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn uri(&self) -> String {
-        checkpoint_uri(&self.run_id, self.target, &self.name)
+    /// `bt://loops:<run_id>/<segment>/<name>`; none for another target value.
+    pub fn uri(&self) -> Option<String> {
+        checkpoint_uri(&self.run_id, &self.target, &self.name)
     }
 }
 
-pub fn checkpoint_uri(run_id: &str, target: CheckpointTarget, name: &str) -> String {
-    format!("bt://loops:{run_id}/{}/{name}", target.uri_segment())
+/// The `bt://` URI of a checkpoint; none for a target value without a URI segment.
+pub fn checkpoint_uri(run_id: &str, target: &CheckpointTarget, name: &str) -> Option<String> {
+    let segment = target.uri_segment()?;
+    Some(format!("bt://loops:{run_id}/{segment}/{name}"))
 }
 
 /// What the daemon remembers about one checkpoint of one target between polls.
@@ -213,8 +250,8 @@ impl Tracked {
         SyncClass::of(self.sync_status.as_deref())
     }
 
-    pub fn uri(&self) -> String {
-        checkpoint_uri(&self.run_id, self.target, &self.name)
+    pub fn uri(&self) -> Option<String> {
+        checkpoint_uri(&self.run_id, &self.target, &self.name)
     }
 }
 
@@ -262,6 +299,47 @@ impl fmt::Display for EventType {
     }
 }
 
+/// What showed a checkpoint complete: `data.ready_by` of `checkpoint.completed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadyBy {
+    /// Its `sync_status` turned complete.
+    SyncStatus,
+    /// Readiness probe: its files add up (or stayed the same between two probes).
+    Files,
+    /// Readiness probe: it lives in a volume.
+    Source,
+}
+
+impl ReadyBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyBy::SyncStatus => "sync_status",
+            ReadyBy::Files => "files",
+            ReadyBy::Source => "source",
+        }
+    }
+}
+
+/// What a readiness probe of a null checkpoint's files saw, for the stable-listing rule
+/// (two probes at least `syncing_interval` apart seeing the same files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilesSeen {
+    pub count: u64,
+    pub total_bytes: i64,
+    /// The newest `last_modified`, as listed.
+    pub newest: String,
+    /// When these same files were first seen.
+    pub since: DateTime<Utc>,
+}
+
+/// What the poller remembers about probing one null checkpoint (in memory: a restart
+/// costs at most one more probe interval).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeMemo {
+    pub probed_at: DateTime<Utc>,
+    pub files: Option<FilesSeen>,
+}
+
 /// One detected change, ready to be stored and delivered.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
@@ -279,13 +357,15 @@ pub struct Event {
     pub sync_status: Option<String>,
     pub first_seen_at: DateTime<Utc>,
     pub sync_seconds: Option<f64>,
+    /// On `completed`: what showed it complete.
+    pub ready_by: Option<ReadyBy>,
     /// The checkpoint's upstream object, as received (JSON text).
     pub checkpoint: String,
 }
 
 impl Event {
-    pub fn uri(&self) -> String {
-        checkpoint_uri(&self.run_id, self.checkpoint_target, &self.checkpoint_name)
+    pub fn uri(&self) -> Option<String> {
+        checkpoint_uri(&self.run_id, &self.checkpoint_target, &self.checkpoint_name)
     }
 
     /// The `format = "standard"` body (docs/events.md). Stored once at detection, so
@@ -306,11 +386,13 @@ impl Event {
         struct Data<'a> {
             event_id: &'a str,
             target: &'a str,
-            uri: String,
+            uri: Option<String>,
             previous_sync_status: Option<&'a str>,
             sync_status: Option<&'a str>,
             first_seen_at: String,
             sync_seconds: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ready_by: Option<&'static str>,
             checkpoint: Option<&'a serde_json::value::RawValue>,
         }
         let checkpoint: Option<&serde_json::value::RawValue> =
@@ -326,6 +408,7 @@ impl Event {
                 sync_status: self.sync_status.as_deref(),
                 first_seen_at: rfc3339(self.first_seen_at),
                 sync_seconds: self.sync_seconds,
+                ready_by: self.ready_by.map(ReadyBy::as_str),
                 checkpoint,
             },
         })
@@ -401,6 +484,8 @@ pub struct TargetState {
     /// A listing known to change nothing here: see [`Settled`]. Stored with the state
     /// when a commit leaves it settled, so a restart does not decode it again.
     pub settled: Option<Settled>,
+    /// Readiness probes of null checkpoints, by id (in memory only, not stored).
+    pub probes: std::collections::BTreeMap<CompactString, ProbeMemo>,
 }
 
 /// A listing body whose diff against the state it was diffed with is empty, and stays
@@ -548,12 +633,17 @@ mod tests {
     #[test]
     fn uri_uses_the_target_segment() {
         assert_eq!(
-            checkpoint_uri("k4q95w5", CheckpointTarget::Sampler, "step-100"),
+            checkpoint_uri("k4q95w5", &CheckpointTarget::Sampler, "step-100").unwrap(),
             "bt://loops:k4q95w5/sampler_weights/step-100"
         );
         assert_eq!(
-            checkpoint_uri("k4q95w5", CheckpointTarget::Trainer, "step-100"),
+            checkpoint_uri("k4q95w5", &CheckpointTarget::Trainer, "step-100").unwrap(),
             "bt://loops:k4q95w5/weights/step-100"
         );
+        let draft = CheckpointTarget::parse("draft").unwrap();
+        assert_eq!(checkpoint_uri("k4q95w5", &draft, "step-100"), None);
+        assert_eq!((draft.as_str(), draft.label()), ("draft", "other"));
+        assert_eq!(CheckpointTarget::parse(""), None);
+        assert_eq!(serde_json::to_string(&draft).unwrap(), r#""draft""#);
     }
 }

@@ -16,12 +16,15 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api;
-use crate::config::{PollConfig, SinkConfig, TargetConfig};
+use crate::api::{self, Endpoint, Source};
+use crate::config::{NullStatus, PollConfig, SinkConfig, TargetConfig};
 use crate::diff::{self, DiffOptions};
 use crate::health::{Health, Heartbeat};
-use crate::metrics::{Metrics, PollOutcome};
-use crate::model::{Checkpoint, CheckpointTarget, Event, EventType, SyncClass, TargetState};
+use crate::metrics::{Metrics, PollOutcome, ProbeOutcome};
+use crate::model::{
+    Checkpoint, CheckpointTarget, Event, EventType, FilesSeen, ProbeMemo, ReadyBy, SyncClass,
+    TargetState,
+};
 use crate::replicas::Ownership;
 use crate::store::{Fence, PollCommit, Store, StoreError};
 use crate::wake::Wake;
@@ -62,6 +65,23 @@ pub struct Poller {
 
 /// At most this many distinct unknown `sync_status` values are remembered and logged.
 const UNKNOWN_STATUSES_LOGGED: usize = 64;
+
+/// At most this many null checkpoints of one target are probed per poll (docs/events.md):
+/// a target with many of them costs a bounded number of requests per poll, and the ones
+/// probed longest ago go first, so every one gets its turn.
+pub const MAX_PROBES_PER_POLL: usize = 8;
+/// `page_size` of a probe's files requests.
+const FILES_PAGE_SIZE: u32 = 1000;
+/// Pages one probe reads at most (a million files); beyond that it is "not ready".
+const MAX_FILES_PAGES: usize = 1000;
+
+/// What one readiness probe found.
+enum Probed {
+    Ready(ReadyBy),
+    /// Not (yet) ready; what the files looked like, for the stable-listing rule.
+    NotReady(Option<FilesSeen>),
+    Failed(api::Error),
+}
 
 impl Poller {
     pub fn new(
@@ -120,6 +140,7 @@ impl Poller {
                 .cfg
                 .stalled_after
                 .and_then(|d| chrono::Duration::from_std(d).ok()),
+            probe_null: self.cfg.null_status == NullStatus::Probe,
         }
     }
 
@@ -174,7 +195,13 @@ impl Poller {
             _ = cancel.cancelled() => return Err(PollError::Cancelled),
             r = self.client.fetch(&t.filter) => r.map_err(|e| self.failed(name, e, start))?,
         };
-        if !dry_run && let Some(settled) = state.settled.filter(|s| s.digest == body.digest()) {
+        // A null checkpoint waiting for a probe keeps the same listing worth a look (a
+        // state settled before probing existed, e.g. loaded from the store, included).
+        let probing = self.cfg.null_status == NullStatus::Probe && awaits_probe(state);
+        if !dry_run
+            && !probing
+            && let Some(settled) = state.settled.filter(|s| s.digest == body.digest())
+        {
             // The very listing this state already agrees with: nothing to decode or diff.
             self.count_request("200");
             self.observe(t, state, &[], start, false);
@@ -194,10 +221,12 @@ impl Poller {
                 "the target's filter changed; taking a new baseline");
         }
         let now = Utc::now();
+        let (ready, probes) = self.probe(t, state, &listing, now, cancel).await;
         let listed = diff::Listing {
             checkpoints: &listing,
             digest: body.digest(),
             filter: &filter,
+            ready: &ready,
         };
         let mut plan = diff::plan(name, state, listed, now, &self.diff_options());
         self.fill_deleted_payloads(name, &mut plan.diff.events)
@@ -219,6 +248,7 @@ impl Poller {
             }
             let events = std::mem::take(&mut plan.diff.events);
             plan.apply(state);
+            remember_probes(state, probes);
             self.observe(t, state, &events, start, true);
             if !events.is_empty()
                 && let Some(w) = &self.wake
@@ -232,6 +262,164 @@ impl Poller {
             events,
             wrote,
         })
+    }
+
+    /// The readiness step (docs/events.md, "Readiness of null checkpoints"): probe the
+    /// tracked null checkpoints that are due (at most one probe per `syncing_interval`
+    /// each, at most [`MAX_PROBES_PER_POLL`]); the ones found ready feed the plan, and what
+    /// was seen is remembered once the poll succeeds. A failure means "not yet" and only
+    /// counts. Cut short by shutdown (what was probed so far still counts).
+    async fn probe(
+        &self,
+        t: &TargetConfig,
+        state: &TargetState,
+        listing: &[Checkpoint],
+        now: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> (diff::Ready, Vec<(String, ProbeMemo)>) {
+        let mut ready = diff::Ready::new();
+        let mut memos = Vec::new();
+        if self.cfg.null_status != NullStatus::Probe {
+            return (ready, memos);
+        }
+        let every = chrono::Duration::from_std(t.syncing_interval).unwrap_or(chrono::Duration::MAX);
+        let mut due: Vec<(&Checkpoint, Option<&ProbeMemo>)> = listing
+            .iter()
+            .filter(|c| c.sync_status.is_none())
+            .filter(|c| {
+                state
+                    .checkpoints
+                    .get(&c.id)
+                    .is_some_and(|p| !p.completed && !p.deleted)
+            })
+            .map(|c| (c, state.probes.get(c.id.as_str())))
+            .filter(|(_, memo)| memo.is_none_or(|m| now - m.probed_at >= every))
+            .collect();
+        due.sort_by(|(a, ma), (b, mb)| {
+            (ma.map(|m| m.probed_at), &a.created_at, &a.id).cmp(&(
+                mb.map(|m| m.probed_at),
+                &b.created_at,
+                &b.id,
+            ))
+        });
+        let m = self.metrics.target(&t.name);
+        for (c, memo) in due.into_iter().take(MAX_PROBES_PER_POLL) {
+            let probed = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                p = self.probe_one(c, memo, now, every) => p,
+            };
+            let mut next = ProbeMemo {
+                probed_at: now,
+                files: memo.and_then(|m| m.files.clone()),
+            };
+            match probed {
+                Probed::Ready(by) => {
+                    m.probe(ProbeOutcome::Ready);
+                    ready.insert(c.id.clone(), by);
+                }
+                Probed::NotReady(seen) => {
+                    m.probe(ProbeOutcome::NotReady);
+                    next.files = seen;
+                }
+                Probed::Failed(error) => {
+                    m.probe(ProbeOutcome::Error);
+                    debug!(target = %t.name, checkpoint_id = %c.id, %error,
+                        "readiness probe failed; not ready yet, will probe again");
+                }
+            }
+            memos.push((c.id.clone(), next));
+        }
+        (ready, memos)
+    }
+
+    /// Probe one null checkpoint: its source, then (s3) every page of its files.
+    async fn probe_one(
+        &self,
+        c: &Checkpoint,
+        memo: Option<&ProbeMemo>,
+        now: DateTime<Utc>,
+        every: chrono::Duration,
+    ) -> Probed {
+        let source = self.counted(Endpoint::Source, self.client.source(&c.id).await);
+        match source {
+            Err(e) => return Probed::Failed(e),
+            Ok(Source::Volume { .. }) => return Probed::Ready(ReadyBy::Source),
+            Ok(Source::Other(_)) => return Probed::NotReady(None),
+            Ok(Source::S3) => {}
+        }
+        let (mut count, mut total, mut newest) = (0u64, 0i64, String::new());
+        let mut token = 0;
+        let mut last_page = false;
+        for _ in 0..MAX_FILES_PAGES {
+            let page = self.client.files_page(&c.id, FILES_PAGE_SIZE, token).await;
+            let page = match self.counted(Endpoint::Files, page) {
+                Ok(page) => page,
+                Err(e) => return Probed::Failed(e),
+            };
+            for f in &page.files {
+                count += 1;
+                total = total.saturating_add(f.size_bytes.max(0));
+                if later(&f.last_modified, &newest) {
+                    newest.clone_from(&f.last_modified);
+                }
+            }
+            match page.next_page_token {
+                None => {
+                    last_page = true;
+                    break;
+                }
+                // A token that does not move would page forever.
+                Some(next) if next == token => {
+                    return Probed::Failed(api::Error::Decode(format!(
+                        "files: next_page_token {next} repeats the page's own"
+                    )));
+                }
+                Some(next) => token = next,
+            }
+        }
+        if !last_page {
+            return Probed::NotReady(None);
+        }
+        if c.size_bytes > 0 {
+            return if total >= c.size_bytes {
+                Probed::Ready(ReadyBy::Files)
+            } else {
+                Probed::NotReady(None)
+            };
+        }
+        if count == 0 {
+            return Probed::NotReady(None);
+        }
+        let seen = FilesSeen {
+            count,
+            total_bytes: total,
+            newest,
+            since: now,
+        };
+        match memo.and_then(|m| m.files.as_ref()) {
+            Some(before)
+                if (before.count, before.total_bytes, &before.newest)
+                    == (seen.count, seen.total_bytes, &seen.newest) =>
+            {
+                if now - before.since >= every {
+                    Probed::Ready(ReadyBy::Files)
+                } else {
+                    Probed::NotReady(Some(before.clone()))
+                }
+            }
+            _ => Probed::NotReady(Some(seen)),
+        }
+    }
+
+    /// Count a request other than the listing in `loopwatch_api_requests_total`.
+    fn counted<T>(&self, endpoint: Endpoint, r: Result<T, api::Error>) -> Result<T, api::Error> {
+        let code = match &r {
+            Ok(_) => "200".to_string(),
+            Err(e) => e.code_label(),
+        };
+        self.metrics.api_request(endpoint.label(), &code);
+        r
     }
 
     /// A failed fetch or decode: counted and timed (a hanging API shows as latency, not
@@ -326,7 +514,8 @@ impl Poller {
             {
                 m.sync_duration(s);
             }
-            info!(target = name, event = %e.kind, checkpoint = %e.uri(), event_id = %e.id, "event");
+            let checkpoint = e.uri().unwrap_or_else(|| e.checkpoint_id.clone());
+            info!(target = name, event = %e.kind, %checkpoint, event_id = %e.id, "event");
         }
         if diffed {
             self.publish_checkpoints(name, state);
@@ -343,12 +532,45 @@ impl Poller {
                 .checkpoints
                 .values()
                 .filter(|c| !c.deleted)
-                .map(|c| (c.target, c.class(), c.created_at.as_str())),
+                .map(|c| (c.target.clone(), c.class(), c.created_at.as_str())),
         );
     }
 
     fn jittered(&self, d: Duration) -> Duration {
         jittered(d, self.cfg.jitter)
+    }
+}
+
+/// Whether a live checkpoint of the state is null and not complete: one the readiness
+/// probe may still complete.
+fn awaits_probe(state: &TargetState) -> bool {
+    state
+        .checkpoints
+        .values()
+        .any(|t| !t.completed && !t.deleted && t.sync_status.is_none())
+}
+
+/// Keep what the probes saw for checkpoints still waiting for readiness; forget the rest.
+fn remember_probes(state: &mut TargetState, probes: Vec<(String, ProbeMemo)>) {
+    for (id, memo) in probes {
+        state.probes.insert(id.as_str().into(), memo);
+    }
+    let checkpoints = &state.checkpoints;
+    state.probes.retain(|id, _| {
+        checkpoints
+            .get(id)
+            .is_some_and(|t| !t.completed && !t.deleted && t.sync_status.is_none())
+    });
+}
+
+/// Whether `a` is a later `last_modified` than `b` (as times when both read as times).
+fn later(a: &str, b: &str) -> bool {
+    match (
+        crate::model::parse_created_at(a),
+        crate::model::parse_created_at(b),
+    ) {
+        (Some(a), Some(b)) => a > b,
+        _ => a > b,
     }
 }
 
@@ -360,11 +582,14 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
     d.mul_f64(1.0 + rand::rng().random_range(-jitter..=jitter))
 }
 
-/// The listed checkpoints the target watches (its `checkpoint_targets`).
+/// The listed checkpoints the target watches (its `checkpoint_targets`). A target that
+/// watches both known values (the default) also keeps checkpoints of any other target
+/// value; a list naming values keeps only those.
 pub fn narrow(listing: Vec<Checkpoint>, wanted: &BTreeSet<CheckpointTarget>) -> Vec<Checkpoint> {
+    let every = CheckpointTarget::ALL.iter().all(|t| wanted.contains(t));
     listing
         .into_iter()
-        .filter(|c| wanted.contains(&c.target))
+        .filter(|c| wanted.contains(&c.target) || (every && c.target.is_other()))
         .collect()
 }
 
@@ -375,7 +600,7 @@ pub fn route<'a>(events: &[Event], sinks: &'a [SinkConfig]) -> Vec<Vec<&'a str>>
         .map(|e| {
             sinks
                 .iter()
-                .filter(|s| s.wants(e.kind, &e.target, e.checkpoint_target))
+                .filter(|s| s.wants(e.kind, &e.target, &e.checkpoint_target))
                 .map(|s| s.name.as_str())
                 .collect()
         })
@@ -840,6 +1065,7 @@ mod tests {
             sync_status: None,
             first_seen_at: now(),
             sync_seconds: None,
+            ready_by: None,
             checkpoint: "{}".into(),
         };
         let events = [

@@ -139,7 +139,7 @@ fn expected_ce(e: &StoredEvent) -> BTreeMap<&'static str, String> {
         ("id", e.id.clone()),
         ("type", format!("loopwatch.{}", e.kind)),
         ("source", "bt://loops:run-1".to_string()),
-        ("subject", e.uri()),
+        ("subject", e.uri().expect("a known checkpoint target")),
         (
             "time",
             standard_body(e)["timestamp"].as_str().unwrap().to_string(),
@@ -584,7 +584,10 @@ async fn the_reference_receiver_verifies_deduplicates_and_prints_one_line_per_ev
             .iter()
             .find(|l| l.starts_with(&e.id))
             .unwrap_or_else(|| panic!("no line for {}: {lines:#?}", e.id));
-        assert!(line.contains(&e.kind) && line.contains(&e.uri()), "{line}");
+        assert!(
+            line.contains(&e.kind) && line.contains(&e.uri().expect("a known checkpoint target")),
+            "{line}"
+        );
     }
     drop(d);
 
@@ -600,4 +603,91 @@ async fn the_reference_receiver_verifies_deduplicates_and_prints_one_line_per_ev
         401
     );
     assert_eq!(py.stdout().len(), EVENTS, "a redelivery printed a line");
+}
+
+// ------------------------------------- the simulated Loops API against Baseten's models
+
+/// What the simulated API answers on every route, and the bodies loopwatch's client sends
+/// to `validate` and `deploy`, validated by the pydantic models of the `baseten` package
+/// (tests/interop/sdk_models.py). `scripts/interop` also checks the bodies every other
+/// test of its run recorded (`LOOPWATCH_SIM_LOG`).
+#[tokio::test]
+#[ignore = "needs the Python venv: run scripts/interop"]
+async fn the_simulated_api_and_loopwatchs_requests_match_baseten_models() {
+    use loopwatch::api::{Client, DeployRequest, Source};
+    let python = interop_python();
+    let sim = loopwatch::sim::SimApi::start(Some("k".into()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sim.jsonl");
+    let h = sim.handle();
+    h.log_to(Some(log.clone()));
+    let toml = format!(
+        "[api]\nbase_url = \"{}\"\napi_key_env = \"K\"\nmax_requests_per_second = 1000\n\
+         [[targets]]\nname = \"t\"\nrun_id = \"r\"\n",
+        sim.base_url()
+    );
+    let env = loopwatch::config::Environment::from_pairs([("K", "k")]);
+    let cfg =
+        loopwatch::config::load_str(&toml, loopwatch::config::FileFormat::Toml, "t", &env).unwrap();
+    let client = Client::new(&cfg.api).unwrap();
+
+    let sampler = h.add_checkpoint("r", "sampler", "step-100", Some("COMPLETE"));
+    h.add_checkpoint("r", "trainer", "step-100", Some("SYNCING"));
+    h.add_checkpoint("r", "sampler", "step-200", None);
+    h.add_checkpoint("r", "draft", "step-200", None);
+    assert_eq!(client.list(&cfg.targets[0].filter).await.unwrap().len(), 4);
+    assert_eq!(client.source(&sampler).await.unwrap(), Source::S3);
+    let names: Vec<String> = (0..5).map(|i| format!("shard-{i}.safetensors")).collect();
+    let files: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 1000)).collect();
+    h.set_files(&sampler, &files);
+    let mut token = 0;
+    loop {
+        let page = client.files_page(&sampler, 2, token).await.unwrap();
+        match page.next_page_token {
+            Some(next) => token = next,
+            None => break,
+        }
+    }
+    let uri = "bt://loops:r/sampler_weights/step-100";
+    client.validate(uri, None).await.unwrap();
+    client.validate(uri, Some("r")).await.unwrap();
+    let deployed = client
+        .deploy(&DeployRequest {
+            checkpoint_ids: vec![sampler.clone()],
+            model_name: "qwen-sft".into(),
+            instance_type_id: "H100".into(),
+            hf_secret_name: "hf_access_token".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.deploys()[0].deployment_id, deployed.deployment_id);
+    h.set_volume(&sampler, "bdn:team/loops:v1", "r/step-100");
+    assert!(matches!(
+        client.source(&sampler).await.unwrap(),
+        Source::Volume { .. }
+    ));
+    assert!(
+        client
+            .files_page(&sampler, 1000, 0)
+            .await
+            .unwrap_err()
+            .is_not_presignable()
+    );
+
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sdk_models.py"))
+        .arg(&log)
+        .args(["--require", "list,source,files,validate,deploy"])
+        .args(["--require-requests", "validate,deploy"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("0 failures"), "{text}");
 }

@@ -119,6 +119,7 @@ fn sample_event(kind: EventType) -> StoredEvent {
         sync_status: Some("COMPLETE".into()),
         first_seen_at: at("2026-11-26T22:59:40.001Z"),
         sync_seconds: Some(82.344),
+        ready_by: None,
         checkpoint: checkpoint.to_string(),
     };
     StoredEvent::from_event(1, &e)
@@ -246,11 +247,11 @@ fn the_native_deploy_recipe_deploys_samplers_and_announces_them_on_slack() {
         ("H100", true, true)
     );
     assert_eq!(deploy.concurrency.get(), 1);
-    assert!(deploy.wants(EventType::Completed, "qwen-sft", CheckpointTarget::Sampler));
-    assert!(!deploy.wants(EventType::Completed, "qwen-sft", CheckpointTarget::Trainer));
+    assert!(deploy.wants(EventType::Completed, "qwen-sft", &CheckpointTarget::Sampler));
+    assert!(!deploy.wants(EventType::Completed, "qwen-sft", &CheckpointTarget::Trainer));
     let slack_cfg = cfg.sink("slack").unwrap();
-    assert!(slack_cfg.wants(EventType::Deployed, "qwen-sft", CheckpointTarget::Sampler));
-    assert!(!slack_cfg.wants(EventType::Completed, "qwen-sft", CheckpointTarget::Sampler));
+    assert!(slack_cfg.wants(EventType::Deployed, "qwen-sft", &CheckpointTarget::Sampler));
+    assert!(!slack_cfg.wants(EventType::Completed, "qwen-sft", &CheckpointTarget::Sampler));
 
     let completed = sample_event(EventType::Completed);
     let request = loopwatch::delivery::deploy::DeploySink::new(d.clone())

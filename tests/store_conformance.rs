@@ -35,6 +35,7 @@ fn opts() -> DiffOptions {
         emit_existing: false,
         delete_after_missing: 2,
         stalled_after: None,
+        probe_null: false,
     }
 }
 

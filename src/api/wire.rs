@@ -30,7 +30,8 @@ struct WireCheckpoint {
     id: String,
     checkpoint_id: String,
     run_id: String,
-    target: WireTarget,
+    /// `sampler | trainer | <any string>`: an unknown value passes through.
+    target: String,
     checkpoint_type: String,
     size_bytes: i64,
     created_at: String,
@@ -41,13 +42,6 @@ struct WireCheckpoint {
     lora_adapter_config: Option<AnyObject>,
     #[serde(default)]
     sync_status: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum WireTarget {
-    Sampler,
-    Trainer,
 }
 
 /// A JSON object whose content is not needed here (it travels in `raw`): checked to be an
@@ -89,14 +83,14 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
         if w.id.is_empty() {
             return Err(format!("checkpoints[{i}]: empty id"));
         }
+        let Some(target) = CheckpointTarget::parse(&w.target) else {
+            return Err(format!("checkpoints[{i}]: empty target"));
+        };
         all.push(Checkpoint {
             id: w.id,
             name: w.checkpoint_id,
             run_id: w.run_id,
-            target: match w.target {
-                WireTarget::Sampler => CheckpointTarget::Sampler,
-                WireTarget::Trainer => CheckpointTarget::Trainer,
-            },
+            target,
             checkpoint_type: w.checkpoint_type,
             size_bytes: w.size_bytes,
             created_at: w.created_at,
@@ -264,12 +258,15 @@ mod tests {
         assert_eq!(l.len(), 1);
         let c = &l[0];
         assert_eq!(
-            (c.id.as_str(), c.name.as_str(), c.target),
-            ("ck1", "step-100", CheckpointTarget::Sampler)
+            (c.id.as_str(), c.name.as_str(), &c.target),
+            ("ck1", "step-100", &CheckpointTarget::Sampler)
         );
         assert_eq!(c.sync_status.as_deref(), Some("SYNCING"));
         assert!(c.raw.contains("brand_new_field"));
-        assert_eq!(c.uri(), "bt://loops:k4q95w5/sampler_weights/step-100");
+        assert_eq!(
+            c.uri().as_deref(),
+            Some("bt://loops:k4q95w5/sampler_weights/step-100")
+        );
     }
 
     #[test]
@@ -307,11 +304,20 @@ mod tests {
     #[test]
     fn wrong_types_and_garbage_fail() {
         assert!(decode_listing(ONE.replace("123", "\"123\"").as_bytes()).is_err());
-        assert!(decode_listing(ONE.replace(r#""sampler""#, r#""critic""#).as_bytes()).is_err());
+        assert!(decode_listing(ONE.replace(r#""sampler""#, "7").as_bytes()).is_err());
+        assert!(decode_listing(ONE.replace(r#""sampler""#, r#""""#).as_bytes()).is_err());
         assert!(decode_listing(b"<html>bad gateway</html>").is_err());
         assert!(decode_listing(b"[]").is_err());
         assert!(decode_listing(&ONE.as_bytes()[..ONE.len() / 2]).is_err());
         assert_eq!(decode_listing(br#"{"checkpoints":[]}"#).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_unknown_target_passes_through_and_never_fails_the_listing() {
+        let l = decode_listing(ONE.replace(r#""sampler""#, r#""draft""#).as_bytes()).unwrap();
+        assert_eq!(l[0].target, CheckpointTarget::Other("draft".into()));
+        assert_eq!(l[0].uri(), None);
+        assert!(l[0].raw.contains(r#""target":"draft""#));
     }
 
     #[test]

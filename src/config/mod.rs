@@ -84,6 +84,26 @@ pub struct PollConfig {
     pub stalled_after: Option<Duration>,
     /// Quiet targets back off from `syncing_interval` toward `interval`.
     pub adaptive: bool,
+    /// How a checkpoint whose `sync_status` stays null completes (docs/events.md).
+    pub null_status: NullStatus,
+}
+
+/// `poll.null_status`: what to do with a checkpoint whose `sync_status` is null.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NullStatus {
+    /// Probe its source and files; ready files complete it (the default).
+    Probe,
+    /// Wait for a `sync_status`: null stays pending (and may stall).
+    Pending,
+}
+
+impl NullStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NullStatus::Probe => "probe",
+            NullStatus::Pending => "pending",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -272,11 +292,11 @@ impl SinkConfig {
         &self,
         kind: EventType,
         target: &str,
-        checkpoint_target: CheckpointTarget,
+        checkpoint_target: &CheckpointTarget,
     ) -> bool {
         self.events.contains(&kind)
             && self.targets.as_ref().is_none_or(|t| t.contains(target))
-            && self.checkpoint_targets.contains(&checkpoint_target)
+            && self.checkpoint_targets.contains(checkpoint_target)
     }
 }
 

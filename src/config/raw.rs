@@ -213,6 +213,7 @@ raw_table!(
         delete_after_missing_polls: Field<Number>,
         stalled_after: Field<RawDuration>,
         adaptive: Field<Flag>,
+        null_status: Field<String>,
     }
 );
 

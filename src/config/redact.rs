@@ -79,6 +79,7 @@ struct Poll {
     adaptive: bool,
     delete_after_missing_polls: u32,
     stalled_after: String,
+    null_status: &'static str,
 }
 
 #[derive(Serialize)]
@@ -114,7 +115,7 @@ struct Target<'a> {
     /// `run_id = ...`, `base_model = ...` or `checkpoint_path = ...`.
     #[serde(flatten)]
     filter: BTreeMap<&'static str, &'a str>,
-    checkpoint_targets: Vec<&'static str>,
+    checkpoint_targets: Vec<&'a str>,
     interval: String,
     syncing_interval: String,
 }
@@ -127,7 +128,7 @@ struct Sink<'a> {
     events: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     targets: Option<Vec<&'a str>>,
-    checkpoint_targets: Vec<&'static str>,
+    checkpoint_targets: Vec<&'a str>,
     timeout: String,
     retry_schedule: Vec<String>,
     concurrency: usize,
@@ -188,6 +189,7 @@ impl<'a> From<&'a Config> for Redacted<'a> {
                 adaptive: c.poll.adaptive,
                 delete_after_missing_polls: c.poll.delete_after_missing_polls,
                 stalled_after: human_or_off(c.poll.stalled_after),
+                null_status: c.poll.null_status.as_str(),
             },
             store: Store {
                 url: redact_url(&c.store.url),

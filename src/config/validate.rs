@@ -16,8 +16,8 @@ use url::Url;
 use super::raw::{Environment, Field, Flag, List, Number, RawConfig, RawDuration, Table};
 use super::{
     ApiConfig, AuthScheme, Config, ConfigError, DeliveryConfig, Filter, LogConfig, LogFormat,
-    PollConfig, ServerConfig, StoreConfig, TargetConfig, join, one_line, parse_checkpoint_path,
-    parse_duration, printable, redact_url,
+    NullStatus, PollConfig, ServerConfig, StoreConfig, TargetConfig, join, one_line,
+    parse_checkpoint_path, parse_duration, printable, redact_url,
 };
 use crate::model::CheckpointTarget;
 
@@ -212,7 +212,7 @@ impl Problems<'_> {
                 }
                 None => self.err(
                     &key,
-                    format!("unknown checkpoint target {s:?}; use \"sampler\" or \"trainer\""),
+                    "has an empty value; name a checkpoint target: \"sampler\", \"trainer\" or another value the API sends",
                 ),
             }
         }
@@ -339,6 +339,17 @@ pub(super) fn validate(
     let concurrency = w.integer(&poll.concurrency, "poll.concurrency", 8, 1, 10_000);
     let emit_existing = w.bool(&poll.emit_existing, "poll.emit_existing", false);
     let adaptive = w.bool(&poll.adaptive, "poll.adaptive", false);
+    let null_status = match w.string(&poll.null_status, "poll.null_status").as_deref() {
+        None | Some("probe") => NullStatus::Probe,
+        Some("pending") => NullStatus::Pending,
+        Some(other) => {
+            w.err(
+                "poll.null_status",
+                format!("{other:?} is not a choice; use \"probe\" or \"pending\""),
+            );
+            NullStatus::Probe
+        }
+    };
     let delete_after = w.integer(
         &poll.delete_after_missing_polls,
         "poll.delete_after_missing_polls",
@@ -497,6 +508,7 @@ pub(super) fn validate(
             delete_after_missing_polls: delete_after as u32,
             stalled_after: (!stalled_after.is_zero()).then_some(stalled_after),
             adaptive,
+            null_status,
         },
         store: StoreConfig {
             url: store_url,

@@ -151,9 +151,8 @@ impl DeploySink {
                 step: "deploy",
                 code: None,
                 reason: format!(
-                    "{} is a {} checkpoint; only sampler checkpoints deploy",
-                    event.uri(),
-                    event.checkpoint_target
+                    "checkpoint {} is a {} checkpoint; only sampler checkpoints deploy",
+                    event.checkpoint_id, event.checkpoint_target
                 ),
             });
         }
@@ -167,9 +166,8 @@ impl DeploySink {
             .to_string();
         if model_name.is_empty() {
             return Err(rejected(format!(
-                "{:?} renders empty for {}",
-                self.cfg.model_name,
-                event.uri()
+                "{:?} renders empty for checkpoint {}",
+                self.cfg.model_name, event.checkpoint_id
             )));
         }
         Ok(DeployRequest {
@@ -190,9 +188,10 @@ impl DeploySink {
         if self.cfg.validate {
             let path = checkpoint_uri(
                 &event.run_id,
-                CheckpointTarget::Sampler,
+                &CheckpointTarget::Sampler,
                 &event.checkpoint_name,
-            );
+            )
+            .expect("a sampler checkpoint has a URI");
             // Without `run_id`: that asks whether a run's live sampler can load it; a
             // deploy creates its own deployment (the path names the run).
             api.validate(&path, None)

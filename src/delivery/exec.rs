@@ -36,7 +36,7 @@ pub async fn run(
         .env("LOOPWATCH_EVENT_TYPE", &event.kind)
         .env("LOOPWATCH_CHECKPOINT_ID", &event.checkpoint_id)
         .env("LOOPWATCH_CHECKPOINT_NAME", &event.checkpoint_name)
-        .env("LOOPWATCH_CHECKPOINT_URI", event.uri())
+        .env("LOOPWATCH_CHECKPOINT_URI", event.uri().unwrap_or_default())
         .env("LOOPWATCH_RUN_ID", &event.run_id)
         .env("LOOPWATCH_TARGET", &event.target)
         .stdin(Stdio::piped())

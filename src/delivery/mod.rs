@@ -360,7 +360,7 @@ impl Outbox {
         let ct = CheckpointTarget::parse(&e.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
         self.sinks
             .iter()
-            .filter(|s| s.deploy.is_none() && s.cfg.wants(EventType::Deployed, &e.target, ct))
+            .filter(|s| s.deploy.is_none() && s.cfg.wants(EventType::Deployed, &e.target, &ct))
             .map(|s| s.name().to_string())
             .collect()
     }
@@ -425,7 +425,7 @@ impl Outbox {
             Ok(Sent::Superseded(reason)) => AttemptOutcome::Superseded { reason },
             Ok(Sent::Deployed(d)) => match deploy::deployed_event(ev, name, &d, now) {
                 Ok(event) => {
-                    info!(sink = name, event_id = %ev.id, uri = %ev.uri(), model_name = %d.model_name,
+                    info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), model_name = %d.model_name,
                         model_id = %d.model_id, deployment_id = %d.deployment_id, "checkpoint deployed");
                     let sinks = self.deployed_routes(&event);
                     AttemptOutcome::DeliveredWith(Box::new(FollowUp { event, sinks }))
@@ -453,7 +453,7 @@ impl Outbox {
                 "success"
             }
             AttemptOutcome::Superseded { reason } => {
-                info!(sink = name, event_id = %ev.id, uri = %ev.uri(), %reason, "deploy superseded");
+                info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), %reason, "deploy superseded");
                 "superseded"
             }
             AttemptOutcome::Retry { next, error, .. } => {

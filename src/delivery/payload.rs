@@ -35,7 +35,7 @@ pub fn build(
         }),
         PayloadFormat::CloudEvents => {
             let s = standard()?;
-            let ce = serde_json::json!({
+            let mut ce = serde_json::json!({
                 "specversion": "1.0",
                 "id": event.id,
                 "type": format!("loopwatch.{}", event.kind),
@@ -45,6 +45,12 @@ pub fn build(
                 "datacontenttype": "application/json",
                 "data": s["data"],
             });
+            // No URI (an unknown checkpoint target): no subject, rather than a null one.
+            if event.uri().is_none()
+                && let Some(ce) = ce.as_object_mut()
+            {
+                ce.remove("subject");
+            }
             Ok(Payload {
                 content_type: content_type.to_string(),
                 headers: Vec::new(),
@@ -57,15 +63,15 @@ pub fn build(
             Ok(Payload {
                 content_type: content_type.to_string(),
                 headers: [
-                    ("ce-specversion", "1.0".to_string()),
-                    ("ce-id", event.id.clone()),
-                    ("ce-type", format!("loopwatch.{}", event.kind)),
-                    ("ce-source", format!("bt://loops:{}", event.run_id)),
+                    ("ce-specversion", Some("1.0".to_string())),
+                    ("ce-id", Some(event.id.clone())),
+                    ("ce-type", Some(format!("loopwatch.{}", event.kind))),
+                    ("ce-source", Some(format!("bt://loops:{}", event.run_id))),
                     ("ce-subject", event.uri()),
-                    ("ce-time", time),
+                    ("ce-time", Some(time)),
                 ]
                 .into_iter()
-                .map(|(k, v)| (k.to_string(), ce_header_value(&v)))
+                .filter_map(|(k, v)| Some((k.to_string(), ce_header_value(&v?))))
                 .collect(),
                 body: s["data"].to_string().into_bytes(),
             })

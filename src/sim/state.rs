@@ -335,6 +335,11 @@ impl SimHandle {
         }
     }
 
+    /// Append request and response bodies to `path` (None: stop), as [`LOG_ENV`] does.
+    pub fn log_to(&self, path: Option<std::path::PathBuf>) {
+        self.lock().log = path;
+    }
+
     /// The deploys the API accepted, oldest first.
     pub fn deploys(&self) -> Vec<Deploy> {
         self.lock().deploys.clone()

@@ -110,10 +110,11 @@ impl StoredEvent {
         EventType::parse(&self.kind)
     }
 
-    pub fn uri(&self) -> String {
+    /// None for a checkpoint target value without a URI.
+    pub fn uri(&self) -> Option<String> {
         let t =
             CheckpointTarget::parse(&self.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
-        crate::model::checkpoint_uri(&self.run_id, t, &self.checkpoint_name)
+        crate::model::checkpoint_uri(&self.run_id, &t, &self.checkpoint_name)
     }
 }
 
@@ -135,7 +136,8 @@ pub struct DeliveryRow {
     #[serde(rename = "type")]
     pub kind: String,
     pub target: String,
-    pub uri: String,
+    /// None for a checkpoint target value without a URI.
+    pub uri: Option<String>,
     pub sink: String,
     pub status: DeliveryStatus,
     pub attempts: u32,
@@ -411,6 +413,7 @@ pub(crate) fn target_state(
         filter,
         checkpoints,
         settled,
+        probes: Default::default(),
     }
 }
 
@@ -527,7 +530,7 @@ impl TryFrom<DeliveryRecord> for DeliveryRow {
             event_id: r.event_id,
             kind: r.kind,
             target: r.target,
-            uri: crate::model::checkpoint_uri(&r.run_id, ct, &r.checkpoint_name),
+            uri: crate::model::checkpoint_uri(&r.run_id, &ct, &r.checkpoint_name),
             sink: r.sink,
             status,
             attempts: r.attempts.max(0) as u32,

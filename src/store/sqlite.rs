@@ -978,6 +978,7 @@ mod tests {
             emit_existing: false,
             delete_after_missing: 2,
             stalled_after: None,
+            probe_null: false,
         };
         let d = diff("t", &TargetState::default(), &listing, Utc::now(), &opts);
         store

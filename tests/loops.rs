@@ -1,0 +1,249 @@
+//! Loops as the SDK describes it, end to end (the real binary, the simulated API over
+//! HTTP, real SQLite): checkpoints of an unknown `target` pass through, and checkpoints
+//! whose `sync_status` stays null complete by the readiness probe (docs/events.md).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, Receiver, hook_sink, metric, qwen_to, wait_for};
+use loopwatch::sim::{Fault, Route};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+/// Size of a simulated sampler checkpoint, and of its config file (sim/state.rs).
+const SAMPLER_BYTES: u64 = 1 << 27;
+const CONFIG_BYTES: u64 = 512;
+
+/// Several poll cycles of [`Env::write_config`] (100 ms while something is pending).
+async fn a_few_polls() {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+}
+
+fn completions(rx: &Receiver) -> Vec<Value> {
+    rx.got()
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["type"] == "checkpoint.completed")
+        .collect()
+}
+
+#[tokio::test]
+async fn an_unknown_target_next_to_a_completing_sampler_fails_no_poll() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let drafts = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let sampler = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    h.add_checkpoint("run-1", "draft", "step-100", Some("SYNCING"));
+    let sinks = format!(
+        "{}{}",
+        qwen_to(&rx.url, "events = [\"checkpoint.completed\"]"),
+        hook_sink("drafts", &drafts.url, "checkpoint_targets = [\"draft\"]"),
+    );
+    let cfg = env.write_config(&sinks);
+
+    // Listed live, as a new user would try first.
+    let out = env
+        .run(&cfg, &["checkpoints", "--run-id", "run-1", "-o", "json"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    h.set_status(&sampler, Some("COMPLETE"));
+    let late = h.add_checkpoint("run-1", "draft", "step-200", Some("COMPLETE"));
+    wait_for("the sampler's completion", T, || {
+        (!completions(&rx).is_empty()).then_some(())
+    })
+    .await;
+    wait_for("the draft's events", T, || {
+        (drafts.count() >= 2).then_some(())
+    })
+    .await;
+    a_few_polls().await;
+
+    let done = completions(&rx);
+    assert_eq!(done.len(), 1, "only the sampler goes to a default sink");
+    assert_eq!(done[0]["data"]["checkpoint"]["id"], sampler.as_str());
+    assert_eq!(done[0]["data"]["ready_by"], "sync_status");
+    // The sink naming "draft" gets that checkpoint, as received, with no URI.
+    for r in drafts.got() {
+        let b = r.json();
+        assert_eq!(b["data"]["checkpoint"], h.checkpoint(&late).unwrap());
+        assert_eq!(b["data"]["uri"], Value::Null);
+    }
+    let kinds: Vec<String> = drafts
+        .got()
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["checkpoint.discovered", "checkpoint.completed"]);
+    let errors = r#"loopwatch_polls_total{outcome="error",target="qwen"}"#;
+    assert_eq!(metric(&addr, errors).await, 0.0);
+    let other =
+        r#"loopwatch_checkpoints{checkpoint_target="other",sync_status="COMPLETE",target="qwen"}"#;
+    assert_eq!(metric(&addr, other).await, 1.0);
+    let state = env.run(&cfg, &["state", "-o", "json"]).await;
+    assert!(String::from_utf8_lossy(&state.stdout).contains("\"draft\""));
+}
+
+#[tokio::test]
+async fn a_null_checkpoint_completes_once_by_files_and_a_later_complete_fires_nothing() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    // Recorded by the baseline while its files are partial.
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", None);
+    let cfg = env.write_config(&qwen_to(&rx.url, ""));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    wait_for("a few probes", T, || {
+        (h.requests_to(Route::Files) >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(rx.count(), 0, "partial files are not ready");
+
+    h.put_file(
+        &id,
+        "adapter_model.safetensors",
+        SAMPLER_BYTES - CONFIG_BYTES,
+    );
+    wait_for("the completion", T, || (rx.count() >= 1).then_some(())).await;
+    let b = rx.got()[0].json();
+    assert_eq!(b["type"], "checkpoint.completed");
+    assert_eq!(b["data"]["ready_by"], "files");
+    assert_eq!(b["data"]["sync_status"], Value::Null);
+    assert_eq!(b["data"]["checkpoint"], h.checkpoint(&id).unwrap());
+    let probes = h.requests_to(Route::Source);
+    a_few_polls().await;
+    assert_eq!(
+        h.requests_to(Route::Source),
+        probes,
+        "complete: no more probes"
+    );
+
+    // The API catches up: nothing more, neither completed nor status_changed.
+    h.set_status(&id, Some("COMPLETE"));
+    a_few_polls().await;
+    assert_eq!(
+        rx.count(),
+        1,
+        "{:?}",
+        rx.got().iter().map(|r| r.json()).collect::<Vec<_>>()
+    );
+    let ready = r#"loopwatch_readiness_probes_total{outcome="ready",target="qwen"}"#;
+    assert_eq!(metric(&addr, ready).await, 1.0);
+    let files = r#"loopwatch_api_requests_total{code="200",endpoint="files"}"#;
+    assert!(metric(&addr, files).await >= 4.0);
+}
+
+#[tokio::test]
+async fn a_null_checkpoint_in_a_volume_completes_by_source() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let cfg = env.write_config(&qwen_to(&rx.url, "events = [\"checkpoint.completed\"]"));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", None);
+    h.set_volume(&id, "bdn:team/loops:v1", "run-1/step-100");
+    wait_for("the completion", T, || (rx.count() >= 1).then_some(())).await;
+    let b = rx.got()[0].json();
+    assert_eq!(b["data"]["ready_by"], "source");
+    assert_eq!(b["data"]["checkpoint"]["id"], id.as_str());
+    assert_eq!(h.requests_to(Route::Files), 0, "a volume is not listed");
+}
+
+#[tokio::test]
+async fn null_status_pending_sends_no_probe_at_all() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", None);
+    h.set_files(&id, &[("adapter_model.safetensors", SAMPLER_BYTES)]);
+    let cfg = env.write_config(&qwen_to(&rx.url, ""));
+    common::edit(&cfg, |t| {
+        t.replace("jitter = 0.0", "jitter = 0.0\nnull_status = \"pending\"")
+    });
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.add_checkpoint("run-1", "sampler", "step-200", None);
+    wait_for("the discovery", T, || (rx.count() >= 1).then_some(())).await;
+    a_few_polls().await;
+    assert!(h.requests() >= 5, "it polls");
+    for route in [Route::Source, Route::Files, Route::Validate, Route::Deploy] {
+        assert_eq!(h.requests_to(route), 0, "{route:?}");
+    }
+    assert!(completions(&rx).is_empty());
+}
+
+#[tokio::test]
+async fn probe_errors_of_every_kind_emit_nothing_and_are_probed_again() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    // Ready as soon as a probe gets through.
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", None);
+    h.set_files(&id, &[("adapter_model.safetensors", SAMPLER_BYTES)]);
+    let status = |code: u16, body: Option<&str>| Fault::Status {
+        code,
+        retry_after: None,
+        body: body.map(str::to_string),
+    };
+    let source_faults = [
+        status(500, None),
+        status(404, None),
+        status(429, None),
+        Fault::Html,
+        Fault::HtmlOk,
+        Fault::Truncated,
+        Fault::NotJsonObject,
+        Fault::WrongType("kind".into()),
+        Fault::CloseConnection,
+    ];
+    let files_faults = [
+        status(
+            400,
+            Some(r#"{"code":"BAD_REQUEST","details":{"reason":"NOT_PRESIGNABLE"}}"#),
+        ),
+        status(503, None),
+        Fault::Truncated,
+        Fault::MissingField("size_bytes".into()),
+        Fault::WrongType("size_bytes".into()),
+        Fault::MissingField("total_count".into()),
+        Fault::Empty,
+    ];
+    let failures = (source_faults.len() + files_faults.len()) as f64;
+    for f in source_faults {
+        h.push_fault_to(Route::Source, f);
+    }
+    for f in files_faults {
+        h.push_fault_to(Route::Files, f);
+    }
+    let cfg = env.write_config(&qwen_to(&rx.url, ""));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    wait_for("the completion after the faults", T, || {
+        (rx.count() >= 1).then_some(())
+    })
+    .await;
+    // Every fault cost one probe and emitted nothing; the first clean probe completed it.
+    assert_eq!(h.requests_to(Route::Files) as f64, 7.0 + 1.0);
+    let errors = r#"loopwatch_readiness_probes_total{outcome="error",target="qwen"}"#;
+    assert_eq!(metric(&addr, errors).await, failures);
+    a_few_polls().await;
+    let got: Vec<Value> = rx.got().iter().map(|r| r.json()).collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["data"]["ready_by"], "files");
+    let errors = r#"loopwatch_polls_total{outcome="error",target="qwen"}"#;
+    assert_eq!(
+        metric(&addr, errors).await,
+        0.0,
+        "a probe failure is no poll failure"
+    );
+}
