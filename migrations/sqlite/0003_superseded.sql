@@ -1,7 +1,7 @@
 -- `superseded`: a deploy delivery made moot by a newer checkpoint of the same run
 -- (`latest_only`); terminal, never attempted. SQLite cannot change a CHECK constraint in
--- place: the table is rebuilt with the same rows and ids (sqlite_sequence follows the
--- rename, so ids keep increasing).
+-- place: the table is rebuilt with the same rows and ids, and its AUTOINCREMENT counter
+-- (sqlite_sequence) carried over, so an id is never given twice.
 CREATE TABLE deliveries_new (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     event_seq       INTEGER NOT NULL REFERENCES events(seq),
@@ -22,6 +22,9 @@ INSERT INTO deliveries_new (id, event_seq, sink, run_id, status, attempts, next_
 SELECT id, event_seq, sink, run_id, status, attempts, next_attempt_at,
     claimed_until, last_status, last_error, created_at, updated_at
 FROM deliveries;
+DELETE FROM sqlite_sequence WHERE name = 'deliveries_new';
+INSERT INTO sqlite_sequence (name, seq)
+SELECT 'deliveries_new', seq FROM sqlite_sequence WHERE name = 'deliveries';
 DROP TABLE deliveries;
 ALTER TABLE deliveries_new RENAME TO deliveries;
 CREATE INDEX deliveries_due ON deliveries (sink, status, next_attempt_at);
