@@ -340,9 +340,8 @@ fn call_error(e: api::Error) -> CallError {
             message,
             ..
         } => CallError::status(code, retry_after, message),
-        api::Error::Timeout | api::Error::Connect(_) | api::Error::Transport(_) => {
-            CallError::transport(e.to_string())
-        }
+        api::Error::Timeout => CallError::timeout(e.to_string()),
+        api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
         // A 2xx that is not the documented answer: the deploy may have happened, so it
         // is not retried (that would deploy again).
         api::Error::Decode(_) | api::Error::TooLarge(_) => {

@@ -51,6 +51,8 @@ pub struct CallError {
     pub retry_after: Option<Duration>,
     /// One line: the API's message or the transport's.
     pub message: String,
+    /// No answer within the client's timeout.
+    pub timed_out: bool,
 }
 
 impl CallError {
@@ -64,16 +66,26 @@ impl CallError {
             status: Some(status),
             retry_after,
             message,
+            timed_out: false,
         }
     }
 
-    /// No answer (a timeout, a refused or dropped connection): worth another attempt.
+    /// No answer (a refused or dropped connection): worth another attempt.
     pub fn transport(message: String) -> Self {
         CallError {
             retryable: true,
             status: None,
             retry_after: None,
             message,
+            timed_out: false,
+        }
+    }
+
+    /// No answer in time: worth another attempt.
+    pub fn timeout(message: String) -> Self {
+        CallError {
+            timed_out: true,
+            ..CallError::transport(message)
         }
     }
 
@@ -85,11 +97,13 @@ impl CallError {
             status: Some(status),
             retry_after: None,
             message,
+            timed_out: false,
         }
     }
 
     /// The outbox's view: a final error makes the delivery dead at once.
-    fn into_failure(self, step: &'static str, timeout: bool) -> Failure {
+    fn into_failure(self, step: &'static str) -> Failure {
+        let timeout = self.timed_out;
         match (self.retryable, self.status) {
             (false, code) => Failure::Rejected {
                 step,
@@ -108,7 +122,7 @@ impl CallError {
 }
 
 /// What a deploy sink needs of the Loops API; the wiring implements it over the shared
-/// client. A timeout is a [`CallError::transport`] whose message says so.
+/// client.
 #[async_trait]
 pub trait LoopsDeployer: Send + Sync {
     /// `POST /v1/loops/checkpoints/validate` for `checkpoint_path` (a sampler `bt://` URI),
@@ -211,8 +225,7 @@ impl DeploySink {
 }
 
 fn failure(step: &'static str, e: CallError) -> Failure {
-    let timeout = e.status.is_none() && e.message.contains("timed out");
-    e.into_failure(step, timeout)
+    e.into_failure(step)
 }
 
 /// The `checkpoint.deployed` event `sink` announces for the completed event `completed`:
@@ -434,7 +447,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            failure("deploy", CallError::transport("request timed out".into())),
+            failure("deploy", CallError::timeout("request timed out".into())),
             Failure::Timeout
         ));
     }

@@ -755,6 +755,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_deploy_is_dead_at_once_with_its_reason() {
+        let refused = Err(Failure::Rejected {
+            step: "validate",
+            code: Some(400),
+            reason: "checkpoint uses another LoRA config".into(),
+        });
+        match decide(&refused, 0, &schedule(), Utc::now(), 0.0) {
+            AttemptOutcome::Dead { status, error } => {
+                assert_eq!(status, Some(400));
+                assert_eq!(
+                    error,
+                    "validate refused (HTTP 400): checkpoint uses another LoRA config"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn gone_is_dead_at_once() {
         assert!(matches!(
             decide(&status(410, None), 0, &schedule(), Utc::now(), 0.0),
