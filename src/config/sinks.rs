@@ -160,14 +160,19 @@ pub(super) fn sink(
     };
     let concurrency = w.integer(&s.concurrency, &join(sec, "concurrency"), 4, 1, 1024);
     let ordered = w.bool(&s.ordered, &join(sec, "ordered"), false);
-    let (kind, secret_sources) = sink_kind?;
-    if let SinkKind::BasetenDeploy(d) = &kind {
+    if deploying {
+        // Checked even when another key of the sink is wrong: every problem at once.
+        let model_name = match &s.model_name {
+            Field::Value(m) => m.as_str(),
+            _ => DEFAULT_MODEL_NAME,
+        };
         let names: Vec<&str> = match &targets {
             Some(list) => list.iter().map(String::as_str).collect(),
             None => target_names.iter().map(String::as_str).collect(),
         };
-        model_name_renders(w, &d.model_name, sec, &names);
+        model_name_renders(w, model_name, sec, &names);
     }
+    let (kind, secret_sources) = sink_kind?;
     Some(SinkConfig {
         name,
         kind,
