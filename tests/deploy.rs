@@ -287,11 +287,11 @@ async fn sigkill_around_the_deploy_call_repeats_it_at_most_concurrency_times_und
     let mut d = env.spawn_daemon(&cfg);
     d.ready().await;
     // Each kill lands while a deploy is in flight (slow: the simulator answers after
-    // 3 s, the kill comes 100 ms after the request is seen): three rounds, each repeating
+    // 5 s, the kill comes 100 ms after the request is seen): three rounds, each repeating
     // the deploy the round before never recorded, then one that runs to the end.
     h.set_fault_on(
         Route::Deploy,
-        Some(Fault::Delay(Duration::from_millis(3000))),
+        Some(Fault::Delay(Duration::from_millis(5000))),
     );
     h.set_status(&id, Some("COMPLETE"));
     for round in 1..=3 {
