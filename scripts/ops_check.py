@@ -10,7 +10,8 @@
                                         alerts evaluated against a Prometheus scraping a
                                         live `loopwatch demo`
   ops_check.py notify --loopwatch BIN   `loopwatch run` with the systemd config against an
-                                        emulated notify socket: READY, WATCHDOG, STOPPING
+                                        emulated notify socket: READY, WATCHDOG, RELOADING,
+                                        STOPPING
   ops_check.py pg-tls --loopwatch BIN   a throw-away PostgreSQL with TLS from a private CA:
                                         sslrootcert and PGSSLROOTCERT connect, no CA fails
   ops_check.py wait-http URL            poll until URL answers 200 (with a deadline); exit 3
@@ -1066,6 +1067,8 @@ def cmd_notify(args) -> int:
     setting = lambda key: (re.search(rf"^{key}=(.*)$", unit, re.M) or [None, None])[1]  # noqa: E731
     rep.check(setting("Type") == "notify" and setting("NotifyAccess") == "main" and bool(setting("WatchdogSec")),
               f"{SYSTEMD_UNIT}: Type=notify, NotifyAccess=main, WatchdogSec set")
+    rep.check(setting("ExecReload") == "/bin/kill -HUP $MAINPID",
+              f"{SYSTEMD_UNIT}: ExecReload= sends SIGHUP (systemctl reload)", f"ExecReload={setting('ExecReload')}")
     start_timeout = int((setting("TimeoutStartSec") or "90s").rstrip("s"))
     stop_timeout = int((setting("TimeoutStopSec") or "90s").rstrip("s"))
     watchdog_usec = 2_000_000  # the unit's 60s would make the check slow; the protocol is the same
@@ -1106,6 +1109,16 @@ def cmd_notify(args) -> int:
             rep.check(len(pings) >= 2 and max(gaps) < watchdog_usec / 1e6,
                       f"WATCHDOG=1 more often than WATCHDOG_USEC={watchdog_usec}",
                       f"pings at {[round(p, 2) for p in pings]}")
+            # systemctl reload: SIGHUP -> RELOADING=1 with MONOTONIC_USEC (Type=notify-reload
+            # requires it) -> READY=1 once the config is re-read.
+            n_ready = len(notify.times("READY=1"))
+            proc.send_signal(signal.SIGHUP)
+            notify.until(lambda: len(notify.times("READY=1")) > n_ready, start_timeout)
+            reloading = [text for _, _, text in notify.messages if "RELOADING=1" in text.split("\n")]
+            rep.check(bool(reloading) and any(l.startswith("MONOTONIC_USEC=") for l in reloading[-1].split("\n")),
+                      "RELOADING=1 with MONOTONIC_USEC on SIGHUP", f"got {notify.messages[-3:]}")
+            rep.check(len(notify.times("READY=1")) > n_ready and proc.poll() is None,
+                      "READY=1 again after the reload, still running", f"got {notify.messages[-3:]}")
             proc.send_signal(signal.SIGTERM)
             t_term = time.monotonic()
             notify.until(lambda: proc.poll() is not None, stop_timeout)

@@ -3,31 +3,45 @@
 //! bind the server ([`App::build`], so callers learn the bound address), then run the
 //! pollers and sink workers until `shutdown` resolves, then drain within the grace period.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api;
-use crate::config::Config;
-use crate::delivery::Outbox;
+use crate::config::{self, Config, Environment, StoreConfig, TargetConfig};
 use crate::delivery::deploy::{CallError, DeployRequest, Deployment, LoopsDeployer};
-use crate::health::Health;
+use crate::delivery::{Outbox, Sink};
+use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
-use crate::store::postgres::{Leases, PgStore};
-use crate::store::{self, Access, Store};
+use crate::store::{self, Access, Coordinator, Role, Store, StoreError};
+use crate::store_watch::{StoreWatch, Watched};
 use crate::wake::Wake;
+
+/// Why an [`App`] could not be built: callers branch on a store that is missing (a dry
+/// run then starts from an empty state) or unreachable.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
 
 /// Everything one daemon needs, built and bound but not yet running.
 pub struct App {
@@ -37,31 +51,68 @@ pub struct App {
     pub health: Arc<Health>,
     pub outbox: Arc<Outbox>,
     pub poller: Arc<Poller>,
-    listener: Option<TcpListener>,
+    /// `run`'s listener, bound (and answering probes) before the store opened.
+    early: Option<Early>,
     addr: Option<SocketAddr>,
-    /// With PostgreSQL: this replica's leases and the targets they give it.
-    leases: Option<(Leases, Arc<Ownership>)>,
+    /// Who polls which target (leases with several replicas), and what it gives this process.
+    coordinator: Arc<dyn Coordinator>,
+    ownership: Arc<Ownership>,
+    client: Arc<api::Client>,
+    /// The file SIGHUP reloads the config from ([`App::reload_on_sighup`]).
+    reload_from: Option<PathBuf>,
+}
+
+/// A running loop (one target's poller or one sink's worker), stoppable on its own.
+struct Loop {
+    token: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// The loops of a running daemon, by name, and what starting another needs.
+struct Running {
+    token: CancellationToken,
+    tracker: TaskTracker,
+    poll_beat: Heartbeat,
+    grace: Duration,
+    targets: HashMap<String, Loop>,
+    /// Removed targets whose loop is still finishing: a target added back waits for it.
+    retired: HashMap<String, JoinHandle<()>>,
+    sinks: HashMap<String, (Loop, Heartbeat)>,
+    /// The configured target names, for the lease loop's fair share.
+    names: watch::Sender<Vec<String>>,
 }
 
 impl App {
     /// Open the store, build the client and sinks. With `serve`, bind the HTTP listener.
-    pub async fn build(cfg: Config, serve: bool) -> anyhow::Result<App> {
-        Self::build_with(cfg, serve, Access::ReadWrite).await
+    pub async fn build(cfg: Config, serve: bool) -> Result<App, BuildError> {
+        Self::build_with(cfg, serve, Access::ReadWrite, Role::Replica).await
     }
 
-    /// [`App::build`] with the store opened for `access` (`once --dry-run`: read-only).
-    pub async fn build_with(cfg: Config, serve: bool, access: Access) -> anyhow::Result<App> {
+    /// [`App::build`] with the store opened for `access` (`once --dry-run`: read-only),
+    /// taking part in sharing the targets as `role` (`once`: [`Role::OneShot`]).
+    pub async fn build_with(
+        cfg: Config,
+        serve: bool,
+        access: Access,
+        role: Role,
+    ) -> Result<App, BuildError> {
         let metrics = Arc::new(Metrics::new());
         metrics.init_series(&cfg);
-        let (store, leases): (Arc<dyn Store>, _) = if cfg.store.is_postgres() {
-            let pg = PgStore::open_with(&cfg.store.url, access).await?;
-            let leases = Leases::new(&pg, cfg.store.replica_id.clone(), cfg.store.lease_ttl);
-            let own = Arc::new(Ownership::new(cfg.store.replica_id.clone()));
-            metrics.targets_owned.set(0);
-            (Arc::new(pg), Some((leases, own)))
-        } else {
-            (store::open_with(&cfg.store.url, access).await?, None)
+        let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
+        let watch = StoreWatch::new(metrics.clone(), health.clone());
+        // The daemon answers probes before the store opens, and waits for an unreachable one.
+        let early = match serve {
+            true => Some(Early::bind(&cfg, &metrics, &health).await?),
+            false => None,
         };
+        let (store, coordinator) =
+            open_store(&cfg.store, access, role, &watch, &health, serve).await?;
+        let store: Arc<dyn Store> = Arc::new(Watched::new(store, watch));
+        let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
+        let ownership = Arc::new(Ownership::from_start(&*coordinator, &names));
+        metrics.targets_owned.set(ownership.count() as i64);
+        // With leases, the rounds say which replica reports the database-wide backlog.
+        metrics.set_reports_backlog(coordinator.lease_ttl().is_none());
         // One SQLite file has one daemon: claims left by its crash are its to release. Not
         // `once`'s: it may run beside the daemon, whose claims are attempts in flight.
         if serve && access == Access::ReadWrite {
@@ -84,29 +135,18 @@ impl App {
             wake.clone(),
             Some(deployer(client.clone(), metrics.clone())),
         )?);
-        let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
-        let mut poller = Poller::new(
-            client,
+        let poller = Poller::new(
+            client.clone(),
             store.clone(),
             metrics.clone(),
             Some(wake),
             health.clone(),
             cfg.poll.clone(),
             cfg.sinks.clone(),
-        );
-        if let Some((_, own)) = &leases {
-            poller = poller.with_ownership(own.clone());
-        }
+        )
+        .with_ownership(ownership.clone());
         let poller = Arc::new(poller);
-        let (listener, addr) = if serve {
-            let l = TcpListener::bind(cfg.server.listen)
-                .await
-                .with_context(|| format!("cannot listen on server.listen {}", cfg.server.listen))?;
-            let a = l.local_addr()?;
-            (Some(l), Some(a))
-        } else {
-            (None, None)
-        };
+        let addr = early.as_ref().map(|e| e.addr);
         Ok(App {
             cfg,
             store,
@@ -114,10 +154,20 @@ impl App {
             health,
             outbox,
             poller,
-            listener,
+            early,
             addr,
-            leases,
+            coordinator,
+            ownership,
+            client,
+            reload_from: None,
         })
+    }
+
+    /// Reload the config from `path` on SIGHUP while running (docs/configuration.md,
+    /// "Reload").
+    pub fn reload_on_sighup(mut self, path: PathBuf) -> Self {
+        self.reload_from = Some(path);
+        self
     }
 
     /// The bound address of `/metrics` `/healthz` `/readyz`.
@@ -129,9 +179,14 @@ impl App {
         &self.cfg
     }
 
-    /// With PostgreSQL: the target leases, under this process's `store.replica_id`.
-    pub fn leases(&self) -> Option<&Leases> {
-        self.leases.as_ref().map(|(l, _)| l)
+    /// Who polls which target: the leases this process holds, under its owner name.
+    pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
+        &self.coordinator
+    }
+
+    /// The targets this process may poll now, and the fence of each.
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
     }
 
     /// Run until `shutdown` resolves, then stop polling, give in-flight deliveries the
@@ -140,11 +195,13 @@ impl App {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
 
-        if let (Some(listener), Some(addr)) = (self.listener.take(), self.addr) {
+        if let Some(early) = self.early.take() {
+            let addr = early.addr;
+            let listener = early.finish().await;
             let router = server::router(ServerState {
                 metrics: self.metrics.clone(),
                 health: self.health.clone(),
-                outbox: self.outbox.clone(),
+                outbox: Some(self.outbox.clone()),
             });
             let stop = token.clone();
             tracker.spawn(async move {
@@ -157,18 +214,50 @@ impl App {
             info!(%addr, "serving /metrics /healthz /readyz");
         }
 
-        if let Some((leases, own)) = self.leases.take() {
-            let ttl = self.cfg.store.lease_ttl;
-            let beat = self
-                .health
-                .heartbeat("leases", ttl * 2 + Duration::from_secs(30));
-            let targets: Vec<String> = self.cfg.targets.iter().map(|t| t.name.clone()).collect();
-            let (metrics, health, tok) = (self.metrics.clone(), self.health.clone(), token.clone());
-            info!(replica = %own.replica, lease_ttl_s = ttl.as_secs_f64(), "sharing targets with other replicas");
-            tracker.spawn(crate::replicas::run(
-                leases, ttl, own, targets, metrics, health, tok, beat,
-            ));
+        // The targets owned before any lease round (every target on a single node) read
+        // their states in one go; a target leased later loads its own when it is taken.
+        let owned: Vec<bool> = (self.cfg.targets.iter())
+            .map(|t| self.ownership.fence(&t.name).is_some())
+            .collect();
+        let preload: Vec<&str> = (self.cfg.targets.iter().zip(&owned))
+            .filter(|(_, owned)| **owned)
+            .map(|(t, _)| t.name.as_str())
+            .collect();
+        let mut states: Vec<Option<TargetState>> = vec![None; self.cfg.targets.len()];
+        if !preload.is_empty() {
+            let started = std::time::Instant::now();
+            match self.store.load_targets(&preload).await {
+                Ok(loaded) => {
+                    info!(
+                        targets = loaded.len(),
+                        tracked = loaded.iter().map(|s| s.checkpoints.len()).sum::<usize>(),
+                        took_s = started.elapsed().as_secs_f64(),
+                        "state loaded"
+                    );
+                    let mut loaded = loaded.into_iter();
+                    states = owned
+                        .iter()
+                        .map(|&o| o.then(|| loaded.next()).flatten())
+                        .collect();
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot load the state at once; each target will load its own")
+                }
+            }
         }
+
+        let targets: Vec<String> = self.cfg.targets.iter().map(|t| t.name.clone()).collect();
+        let (names, names_rx) = watch::channel(targets);
+        let client = self.client.clone();
+        tracker.spawn(crate::replicas::run(
+            self.coordinator.clone(),
+            self.ownership.clone(),
+            names_rx,
+            self.metrics.clone(),
+            self.health.clone(),
+            move |live| client.share_budget(live),
+            token.clone(),
+        ));
         if let Some(retention) = self.cfg.store.retention {
             let (store, tok) = (self.store.clone(), token.clone());
             tracker.spawn(async move {
@@ -195,51 +284,23 @@ impl App {
                 }
             });
         }
-        let longest = self
-            .cfg
-            .targets
-            .iter()
-            .map(|t| t.interval)
-            .max()
-            .unwrap_or_default();
-        let poll_beat = self.health.heartbeat(
-            "poller",
-            longest.mul_f64(2.0) + self.cfg.api.timeout * 2 + Duration::from_secs(60),
-        );
-        // A single instance owns every target: read all their states in one go (with
-        // several replicas each poller loads a target when it takes its lease).
-        let mut states: Vec<Option<TargetState>> = vec![None; self.cfg.targets.len()];
-        if !self.cfg.store.is_postgres() {
-            let names: Vec<&str> = self.cfg.targets.iter().map(|t| t.name.as_str()).collect();
-            let started = std::time::Instant::now();
-            match self.store.load_targets(&names).await {
-                Ok(loaded) => {
-                    info!(
-                        targets = loaded.len(),
-                        tracked = loaded.iter().map(|s| s.checkpoints.len()).sum::<usize>(),
-                        took_s = started.elapsed().as_secs_f64(),
-                        "state loaded"
-                    );
-                    states = loaded.into_iter().map(Some).collect();
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot load the state at once; each target will load its own")
-                }
-            }
-        }
-        for (t, state) in self.cfg.targets.iter().zip(states) {
-            let poller = self.poller.clone();
-            let (t, tok, beat) = (t.clone(), token.clone(), poll_beat.clone());
-            tracker.spawn(async move { poller.run_target(t, state, tok, beat).await });
-        }
+        let poll_beat = self.health.heartbeat("poller", self.poll_silence());
         let grace = self.cfg.delivery.shutdown_grace;
+        let mut running = Running {
+            token: token.clone(),
+            tracker: tracker.clone(),
+            poll_beat,
+            grace,
+            targets: HashMap::new(),
+            retired: HashMap::new(),
+            sinks: HashMap::new(),
+            names,
+        };
+        for (t, state) in self.cfg.targets.clone().into_iter().zip(states) {
+            self.start_target(&mut running, t, state, None);
+        }
         for sink in self.outbox.sinks() {
-            let beat = self.health.heartbeat(
-                &format!("sink {}", sink.name()),
-                sink.cfg.timeout + Duration::from_secs(60),
-            );
-            let (outbox, sink, tok) = (self.outbox.clone(), sink.clone(), token.clone());
-            tracker.spawn(async move { outbox.run_sink(sink, tok, grace, beat).await });
+            self.start_sink(&mut running, sink, None);
         }
         if let Some(period) = sd_notify::watchdog_enabled() {
             // WATCHDOG=1 only while every loop is alive: a wedged daemon gets restarted.
@@ -258,6 +319,15 @@ impl App {
             });
         }
         tracker.close();
+        #[cfg(unix)]
+        let mut hangup = match &self.reload_from {
+            Some(_) => Some(
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .context("cannot install a SIGHUP handler")?,
+            ),
+            None => None,
+        };
+        self.metrics.config_applied(true);
         // The store is open and the server bound: tell systemd (a no-op elsewhere).
         notify(&[NotifyState::Ready, NotifyState::Status("polling")]);
         info!(
@@ -267,7 +337,22 @@ impl App {
             "loopwatch running"
         );
 
-        shutdown.await;
+        tokio::pin!(shutdown);
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = hup => self.reload(&mut running).await,
+            }
+        }
         notify(&[NotifyState::Stopping]);
         info!(
             grace_s = grace.as_secs_f64(),
@@ -282,6 +367,317 @@ impl App {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Reload: read the config again and apply what a reload applies (docs/configuration.md,
+/// "Reload"); `crate::reload` says what changed, these functions start and stop the loops.
+impl App {
+    /// How long the poll loops may all be silent: two of the longest waits and two API
+    /// timeouts, plus a minute.
+    fn poll_silence(&self) -> Duration {
+        let longest = (self.cfg.targets.iter().map(|t| t.interval))
+            .max()
+            .unwrap_or_default();
+        longest.mul_f64(2.0) + self.cfg.api.timeout * 2 + Duration::from_secs(60)
+    }
+
+    /// Start the poll loop of `t`, after `after` (the loop it replaces, or the clean-up of
+    /// a removed one) has finished, so two loops of one target never overlap.
+    fn start_target(
+        &self,
+        run: &mut Running,
+        t: TargetConfig,
+        state: Option<TargetState>,
+        after: Option<JoinHandle<()>>,
+    ) {
+        let after = after.or_else(|| run.retired.remove(&t.name));
+        let token = run.token.child_token();
+        let (poller, tok, beat) = (self.poller.clone(), token.clone(), run.poll_beat.clone());
+        let name = t.name.clone();
+        let handle = run.tracker.spawn(async move {
+            if let Some(previous) = after {
+                let _ = previous.await;
+            }
+            poller.run_target(t, state, tok, beat).await
+        });
+        run.targets.insert(name, Loop { token, handle });
+    }
+
+    /// Start the worker of `sink`, after `after` (the worker it replaces) has finished.
+    fn start_sink(&self, run: &mut Running, sink: Arc<Sink>, after: Option<JoinHandle<()>>) {
+        let beat = self.health.heartbeat(
+            &format!("sink {}", sink.name()),
+            sink.cfg.timeout + Duration::from_secs(60),
+        );
+        let token = run.token.child_token();
+        let (outbox, tok, grace, b) = (self.outbox.clone(), token.clone(), run.grace, beat.clone());
+        let name = sink.name().to_string();
+        let handle = run.tracker.spawn(async move {
+            if let Some(previous) = after {
+                let _ = previous.await;
+            }
+            outbox.run_sink(sink, tok, grace, b).await
+        });
+        run.sinks.insert(name, (Loop { token, handle }, beat));
+    }
+
+    /// Stop the worker of sink `name` (in-flight attempts get the grace period; the rest
+    /// stay pending); returns its handle.
+    fn stop_sink(&self, run: &mut Running, name: &str) -> Option<JoinHandle<()>> {
+        let (lp, beat) = run.sinks.remove(name)?;
+        self.health.retire(&beat);
+        lp.token.cancel();
+        Some(lp.handle)
+    }
+
+    /// Stop the poll loop of target `name` (between polls, never inside a commit).
+    fn stop_target(run: &mut Running, name: &str) -> Option<JoinHandle<()>> {
+        let lp = run.targets.remove(name)?;
+        lp.token.cancel();
+        Some(lp.handle)
+    }
+
+    /// SIGHUP: tell systemd, read the config file again, apply it or refuse it whole,
+    /// record the outcome in the reload metrics, tell systemd again. Never fails.
+    async fn reload(&mut self, run: &mut Running) {
+        let Some(path) = self.reload_from.clone() else {
+            return;
+        };
+        // Type=notify-reload: RELOADING=1 with the monotonic time, then READY=1 when done.
+        let mut reloading = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify(&reloading);
+        info!(config = %path.display(), "SIGHUP: reloading the config");
+        let outcome = match config::load(&path, &Environment::from_process()) {
+            Ok(new) => self.apply(run, new),
+            Err(e) => Err(e.problems),
+        };
+        match outcome {
+            Ok(()) => self.metrics.config_applied(true),
+            Err(problems) => {
+                for problem in &problems {
+                    error!(%problem, "problem in the reloaded config");
+                }
+                error!(
+                    problems = problems.len(),
+                    "config reload refused; the running config stays"
+                );
+                self.metrics.config_applied(false);
+            }
+        }
+        notify(&[NotifyState::Ready, NotifyState::Status("polling")]);
+    }
+
+    /// Apply a valid config: targets, sinks and `[poll]`; restart-only keys are named.
+    fn apply(&mut self, run: &mut Running, new: Config) -> Result<(), Vec<String>> {
+        let plan = crate::reload::plan(&self.cfg, &new);
+        // Build every new sink first: one that cannot be built refuses the whole reload.
+        let mut built: HashMap<String, Arc<Sink>> = HashMap::new();
+        let mut problems = Vec::new();
+        for s in plan.added_sinks.iter().chain(&plan.changed_sinks) {
+            match self.outbox.build_sink(s) {
+                Ok(sink) => {
+                    built.insert(s.name.clone(), sink);
+                }
+                Err(e) => problems.push(format!("{}: {e:#}", new.source)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        for key in &plan.needs_restart {
+            warn!(%key, "config change needs a restart; not applied");
+        }
+        let cfg = crate::reload::effective(&self.cfg, new);
+        if plan.is_noop() {
+            info!("config reloaded; no target, sink or [poll] change");
+            self.cfg = cfg;
+            return Ok(());
+        }
+        self.metrics.init_series(&cfg);
+        self.poller.reconfigure(cfg.poll.clone(), cfg.sinks.clone());
+
+        // Sinks: the outbox's set first (routing and the backlog gauges), then the workers.
+        let current: HashMap<String, Arc<Sink>> = (self.outbox.sinks().into_iter())
+            .map(|s| (s.name().to_string(), s))
+            .collect();
+        let sinks: Vec<Arc<Sink>> = (cfg.sinks.iter())
+            .filter_map(|s| built.get(&s.name).or_else(|| current.get(&s.name)).cloned())
+            .collect();
+        self.outbox.set_sinks(sinks);
+        for name in &plan.removed_sinks {
+            self.stop_sink(run, name);
+        }
+        for s in &plan.changed_sinks {
+            let old = self.stop_sink(run, &s.name);
+            self.start_sink(run, built[&s.name].clone(), old);
+        }
+        for s in &plan.added_sinks {
+            self.start_sink(run, built[&s.name].clone(), None);
+        }
+
+        // Targets: ownership (a single node owns new ones at once; replicas share them at
+        // the next lease round), readiness, then the loops.
+        let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
+        self.ownership.retarget(&*self.coordinator, &names);
+        run.names.send_replace(names);
+        let added: Vec<String> = plan.added_targets.iter().map(|t| t.name.clone()).collect();
+        let owned_now = self.coordinator.owned_from_start(&added);
+        self.health
+            .retarget(&plan.removed_targets, owned_now.into_iter().map(|(t, _)| t));
+        for name in &plan.removed_targets {
+            if let Some(handle) = Self::stop_target(run, name) {
+                // Its series go once its loop has stopped writing them.
+                let (metrics, name2) = (self.metrics.clone(), name.clone());
+                let cleanup = run.tracker.spawn(async move {
+                    let _ = handle.await;
+                    metrics.remove_target(&name2);
+                });
+                run.retired.insert(name.clone(), cleanup);
+            }
+        }
+        for t in &plan.changed_targets {
+            let old = Self::stop_target(run, &t.name);
+            self.start_target(run, t.clone(), None, old);
+        }
+        for t in &plan.added_targets {
+            self.start_target(run, t.clone(), None, None);
+        }
+        self.metrics
+            .targets_owned
+            .set(self.ownership.count() as i64);
+        run.retired.retain(|_, h| !h.is_finished());
+        self.cfg = cfg;
+        self.health
+            .allow_silence(&run.poll_beat, self.poll_silence());
+        info!(
+            targets_added = plan.added_targets.len(),
+            targets_removed = plan.removed_targets.len(),
+            targets_changed = plan.changed_targets.len(),
+            sinks_added = plan.added_sinks.len(),
+            sinks_removed = plan.removed_sinks.len(),
+            sinks_changed = plan.changed_sinks.len(),
+            poll_changed = plan.poll_changed,
+            "config reloaded"
+        );
+        Ok(())
+    }
+}
+
+/// Open the store. With `wait` (the daemon), keep trying while the database is out of
+/// reach ([`store::StoreError::is_unavailable`]), backing off from 1 s to 30 s, with
+/// `/readyz` answering 503 and why; logged when it starts waiting and when it is back.
+/// Any other error (a wrong password, no such database, a locked state file) is final.
+async fn open_store(
+    cfg: &StoreConfig,
+    access: Access,
+    role: Role,
+    watch: &StoreWatch,
+    health: &Health,
+    wait: bool,
+) -> Result<(Arc<dyn Store>, Arc<dyn Coordinator>), StoreError> {
+    let shown = crate::config::redact_url(&cfg.url);
+    if wait {
+        health.store_unavailable(format!("opening {shown}"), Instant::now());
+    }
+    let waiting_since = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    let mut failures = 0u32;
+    loop {
+        let started = Instant::now();
+        match store::open_coordinated(cfg, access, role).await {
+            Ok(opened) => {
+                health.store_available(started);
+                if failures > 0 {
+                    info!(store = %shown, waited_s = waiting_since.elapsed().as_secs_f64(), failures,
+                        "store reachable; starting");
+                }
+                return Ok(opened);
+            }
+            Err(e) if wait && e.is_unavailable() => {
+                failures += 1;
+                watch.failed("open", started, &e);
+                health.store_unavailable(e.to_string(), started);
+                if failures == 1 {
+                    warn!(error = %e, "store unavailable at start; serving /healthz and /readyz (503) and retrying until it is reachable");
+                } else {
+                    debug!(error = %e, failures, retry_in_s = backoff.as_secs_f64(), "store still unavailable");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `run`'s listener, bound before the store opens, with an interim server answering
+/// `/healthz`, `/readyz` (503 and why until the store is open) and `/metrics` on it until
+/// [`App::run`] serves the full router on the same socket.
+struct Early {
+    listener: TcpListener,
+    addr: SocketAddr,
+    /// Stops the interim server when finished or dropped (a failed build).
+    stop: tokio_util::sync::DropGuard,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Early {
+    async fn bind(
+        cfg: &Config,
+        metrics: &Arc<Metrics>,
+        health: &Arc<Health>,
+    ) -> anyhow::Result<Early> {
+        let l = TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen {}", cfg.server.listen))?;
+        let addr = l.local_addr()?;
+        // Two handles on one socket: the interim server's, closed when it stops, and ours.
+        let std = l.into_std()?;
+        let interim = TcpListener::from_std(std.try_clone()?)?;
+        let listener = TcpListener::from_std(std)?;
+        let router = server::router(ServerState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            outbox: None,
+        });
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(interim, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        });
+        info!(%addr, "serving /healthz /readyz /metrics while the store opens");
+        Ok(Early {
+            listener,
+            addr,
+            stop: token.drop_guard(),
+            server,
+        })
+    }
+
+    /// Stop the interim server (a second at most for its open requests); the socket
+    /// stays bound, and connections made meanwhile wait in its backlog.
+    async fn finish(self) -> TcpListener {
+        let Early {
+            listener,
+            stop,
+            mut server,
+            ..
+        } = self;
+        drop(stop);
+        if tokio::time::timeout(Duration::from_secs(1), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+        listener
     }
 }
 
@@ -358,17 +754,25 @@ fn notify(state: &[NotifyState]) {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    // The handlers are installed now, not at the first poll: a SIGTERM that comes while
+    // the caller is still busy (the store opening) must not kill the process outright.
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("can install a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("can install a SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

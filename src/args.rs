@@ -52,7 +52,8 @@ pub enum Command {
     /// Run the daemon: poll, persist, deliver, serve /metrics /healthz /readyz
     ///
     /// Runs until SIGTERM or SIGINT, then stops polling, lets in-flight deliveries finish
-    /// within [delivery] shutdown_grace and exits 0.
+    /// within [delivery] shutdown_grace and exits 0. SIGHUP reloads the config: targets,
+    /// sinks and [poll] change without a restart; an invalid config is refused and logged.
     Run,
     /// Everything in one process: a simulated Loops API, a webhook receiver and the daemon
     ///
@@ -153,13 +154,23 @@ pub struct OutputArg {
     pub output: Output,
 }
 
+/// How many deliveries `deliveries list` shows unless `--limit` says otherwise.
+pub const DELIVERIES_LIMIT: u32 = 10_000;
+
 #[derive(Subcommand)]
 pub enum DeliveriesCommand {
-    /// List deliveries (newest last; at most 10,000)
+    /// List deliveries (newest last; the newest --limit of them, stated on stderr when more match)
     List {
         /// Only deliveries in this state
         #[arg(long, value_parser = ["pending", "dead", "delivered", "superseded"])]
         status: Option<String>,
+        /// Only deliveries to this sink (also one no longer configured)
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+        /// Show at most this many, the newest; when more match, stderr says so
+        #[arg(long, value_name = "N", default_value_t = DELIVERIES_LIMIT,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
         #[command(flatten)]
         output: OutputArg,
     },

@@ -10,11 +10,15 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::api;
-use crate::app::App;
+use crate::app::{App, BuildError};
 use crate::config::{Config, Filter};
 use crate::model::TargetState;
 use crate::model::{Tracked, rfc3339};
-use crate::store::{self, Access, DeliveryStatus, Fence, Redeliver, StoreError, StoredEvent};
+use crate::store::{
+    self, Access, Coordinator, DeliveryStatus, Fence, Redeliver, Role, StoreError, StoredEvent,
+    Take,
+};
+use crate::text;
 
 /// Output format of the listing commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +38,12 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
 }
 
+/// The effective config on stdout; a `warning: ` line on stderr per unsafe setting it
+/// was accepted with (it still exits 0: they are warnings).
 pub fn check_config(cfg: &Config) -> u8 {
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
     println!("# effective config of {} (secrets redacted)", cfg.source);
     print!("{}", cfg.to_redacted_toml());
     exit::OK
@@ -96,71 +105,82 @@ pub async fn checkpoints(cfg: &Config, filter: Filter, output: Output) -> anyhow
 /// `once`: poll every target once, deliver what is due, exit. With `dry_run`, print each
 /// event's standard body as one JSON line and write nothing.
 ///
-/// With PostgreSQL, running replicas may be polling the same targets: `once` polls only
-/// those whose lease nobody holds, under a lease of its own (another owner name, no
-/// heartbeat, so the replicas' shares do not move), commits fenced like a replica, and
-/// gives the leases back before it exits. A target a replica holds is skipped (that
-/// replica polls it); a dry run writes nothing and so polls every target.
+/// Beside running replicas (PostgreSQL) `once` polls only the targets whose lease nobody
+/// holds, under a lease of its own ([`Role::OneShot`]: another owner name, no heartbeat,
+/// so the replicas' shares do not move), commits fenced like a replica, and gives the
+/// leases back before it exits. A target a replica holds is skipped (that replica polls
+/// it); a dry run writes nothing and so polls every target.
 pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
-    if cfg.store.is_postgres() {
-        cfg.store.replica_id = format!("{}/once-{}", cfg.store.replica_id, std::process::id());
-    }
     let app = if dry_run {
         // Writes nothing, not even a new file: without a state file, the state is empty
         // (every target takes its baseline) and lives in memory.
-        match App::build_with(cfg.clone(), false, Access::ReadOnly).await {
-            Err(e) if matches!(e.downcast_ref(), Some(StoreError::Missing(_))) => {
+        match App::build_with(cfg.clone(), false, Access::ReadOnly, Role::OneShot).await {
+            Err(BuildError::Store(StoreError::Missing(_))) => {
                 cfg.store.url = "sqlite::memory:".into();
-                App::build(cfg, false).await?
+                App::build_with(cfg, false, Access::ReadWrite, Role::OneShot).await?
             }
             r => r?,
         }
     } else {
-        App::build(cfg, false).await?
+        App::build_with(cfg, false, Access::ReadWrite, Role::OneShot).await?
     };
-    let leases = app.leases().filter(|_| !dry_run);
-    let Some(leases) = leases else {
+    if dry_run {
         let targets = app.config().targets.clone();
         return poll_and_deliver(&app, &targets, &HashMap::new(), dry_run).await;
-    };
-    // Renew what is held every ttl/3 while the run lasts (taking the leases of 10,000
-    // targets, or polling them at the API's pace, can outlast one ttl), and give every
-    // lease back at the end, whatever happened.
-    let ttl = app.config().store.lease_ttl;
-    let renewing = async {
-        loop {
-            tokio::time::sleep(ttl / 3).await;
-            if let Err(e) = leases.renew().await {
-                eprintln!("warning: cannot renew the target leases: {e}");
-            }
+    }
+    // Keep the leases while the run lasts (taking the leases of 10,000 targets, or polling
+    // them at the API's pace, can outlast one ttl), and give every lease back at the end,
+    // whatever happened.
+    let coordinator = app.coordinator().clone();
+    let names: Vec<String> = app
+        .config()
+        .targets
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let token = tokio_util::sync::CancellationToken::new();
+    let keeping = crate::replicas::keep_leases(&*coordinator, &names, &token, |round| {
+        if let Err(e) = round {
+            eprintln!("warning: cannot renew the target leases: {e}");
         }
-    };
+    });
     let run = async {
-        let mut fences: HashMap<String, Fence> = HashMap::new();
-        let mut targets = app.config().targets.clone();
-        let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-        for (name, got) in leases.take_free(&names).await? {
-            match got {
-                Ok(epoch) => {
-                    let owner = leases.replica.clone();
-                    fences.insert(name, Fence { owner, epoch });
-                }
-                Err(owner) => eprintln!(
-                    "target {name}: skipped, replica {owner:?} holds its lease and polls it"
-                ),
-            }
+        let outcome = async {
+            let fences = take_free(&*coordinator, &names).await?;
+            let mut targets = app.config().targets.clone();
+            targets.retain(|t| fences.contains_key(&t.name));
+            poll_and_deliver(&app, &targets, &fences, dry_run).await
         }
-        targets.retain(|t| fences.contains_key(&t.name));
-        poll_and_deliver(&app, &targets, &fences, dry_run).await
+        .await;
+        token.cancel();
+        outcome
     };
-    let outcome = tokio::select! {
-        r = run => r,
-        () = renewing => unreachable!("renews until the run ends"),
-    };
-    if let Err(e) = leases.release_all().await {
+    let (outcome, released) = tokio::join!(run, keeping);
+    if let Err(e) = released {
         eprintln!("warning: cannot give back the target leases (they expire on their own): {e}");
     }
     outcome
+}
+
+/// The fences of the targets nobody else holds, now leased to this run; one stderr line
+/// for each target skipped.
+async fn take_free(
+    coordinator: &dyn Coordinator,
+    names: &[String],
+) -> anyhow::Result<HashMap<String, Fence>> {
+    let mut fences = HashMap::new();
+    for (name, got) in coordinator.take_free(names).await? {
+        match got {
+            Take::Taken(epoch) => {
+                let owner = coordinator.owner().to_string();
+                fences.insert(name, Fence { owner, epoch });
+            }
+            Take::HeldBy(owner) => {
+                eprintln!("target {name}: skipped, replica {owner:?} holds its lease and polls it")
+            }
+        }
+    }
+    Ok(fences)
 }
 
 async fn poll_and_deliver(
@@ -194,10 +214,16 @@ async fn poll_and_deliver(
             }
             Ok((_, Ok(report))) => {
                 if dry_run {
-                    for e in &report.events {
+                    for mut e in report.events {
+                        if e.checkpoint.is_empty() {
+                            // Gone from the listing: the object last stored (a commit
+                            // reads it the same way, in its transaction).
+                            let raw = app.store.checkpoint_raw(&e.target, &e.checkpoint_id);
+                            e.checkpoint = raw.await?.unwrap_or_default();
+                        }
                         writeln!(stdout, "{}", e.standard_body())?;
+                        found.push(e);
                     }
-                    found.extend(report.events);
                 }
             }
         }
@@ -393,15 +419,26 @@ fn tracked_json(c: &Tracked) -> serde_json::Value {
     })
 }
 
+/// The newest `limit` deliveries (in `status`, to `sink`), oldest first; when more match,
+/// a line on stderr says so (the output itself stays a plain table or JSON array).
 pub async fn deliveries_list(
     cfg: &Config,
     status: Option<DeliveryStatus>,
+    sink: Option<&str>,
+    limit: u32,
     output: Output,
 ) -> anyhow::Result<u8> {
-    let rows = match read_only_store(cfg).await? {
-        Some(store) => store.list_deliveries(status, 10_000).await?,
+    let mut rows = match read_only_store(cfg).await? {
+        // One more than asked: whether there are more is known without a count.
+        Some(store) => (store.list_sink_deliveries(status, sink, i64::from(limit) + 1)).await?,
         None => Vec::new(),
     };
+    if rows.len() > limit as usize {
+        rows.drain(..rows.len() - limit as usize);
+        eprintln!(
+            "note: showing the newest {limit} deliveries; older ones match too (raise --limit, or narrow with --status or --sink)"
+        );
+    }
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => {
@@ -628,14 +665,19 @@ fn human_size(bytes: i64) -> String {
     }
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart. Cells are upstream text: each is escaped and
+/// cut to [`text::MAX_CELL`] characters (JSON output keeps every byte).
 pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     print!("{}", format_table(headers, &rows));
 }
 
 pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| text::cell(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
@@ -652,8 +694,8 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
         s.trim_end().to_string() + "\n"
     };
     let mut out = line(headers.to_vec());
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    for r in &rows {
+        out.push_str(&line(r.iter().map(|c| c.as_ref()).collect()));
     }
     out
 }
@@ -672,5 +714,27 @@ mod tests {
     fn tables_align() {
         let t = format_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    /// A cell of 65,536 characters or more panicked (`Formatting argument out of range`,
+    /// exit 101), and a newline or escape sequence in a name reached the terminal raw.
+    #[test]
+    fn hostile_cells_are_escaped_and_cut_and_never_panic() {
+        let huge = "n".repeat(1 << 20);
+        let t = format_table(
+            &["NAME", "SYNC"],
+            &[
+                vec![huge, "COMPLETE".into()],
+                vec!["a\nforged\x1b[2J\x07\0".into(), "x".into()],
+            ],
+        );
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(
+            t.lines().all(|l| l.chars().count() < 2 * text::MAX_CELL),
+            "{t}"
+        );
+        assert!(t.contains('…'));
+        assert!(t.contains(r"a\nforged\u{1b}[2J\u{7}\0"), "{t}");
+        assert!(!t.contains(['\x1b', '\x07', '\0']));
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! Liveness: every long-running loop owns a [`Heartbeat`] with the longest silence that is
 //! still healthy; `/healthz` fails when any loop has been silent longer (a wedged poll or
-//! delivery loop). Readiness: the store is open and every target has been polled once.
+//! delivery loop). Readiness: the store is open and reachable, and every target has been
+//! polled once.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -37,6 +38,16 @@ pub struct Health {
     expected: Mutex<BTreeSet<String>>,
     polled: Mutex<BTreeSet<String>>,
     role: Mutex<String>,
+    store: Mutex<StoreReach>,
+}
+
+/// Whether the store answers, as the last operations found.
+#[derive(Default)]
+struct StoreReach {
+    /// While it is out of reach: why, and since when.
+    down: Option<(String, Instant)>,
+    /// When the last outage ended.
+    up_since: Option<Instant>,
 }
 
 impl Health {
@@ -46,6 +57,7 @@ impl Health {
             expected: Mutex::new(targets.into_iter().collect()),
             polled: Mutex::default(),
             role: Mutex::new("single instance, owns every target".into()),
+            store: Mutex::default(),
         }
     }
 
@@ -58,6 +70,34 @@ impl Health {
         };
         self.beats.lock().expect("not poisoned").push(hb.clone());
         hb
+    }
+
+    /// A loop that stopped for good (a reload removed its sink or target): no longer
+    /// watched for silence.
+    pub fn retire(&self, hb: &Heartbeat) {
+        (self.beats.lock().expect("not poisoned")).retain(|b| !Arc::ptr_eq(&b.last, &hb.last));
+    }
+
+    /// Let `hb` be silent up to `max_silence` from now on (a reload lengthened the waits of
+    /// the loops that beat it).
+    pub fn allow_silence(&self, hb: &Heartbeat, max_silence: Duration) {
+        for b in self.beats.lock().expect("not poisoned").iter_mut() {
+            if Arc::ptr_eq(&b.last, &hb.last) {
+                b.max_silence = max_silence;
+            }
+        }
+    }
+
+    /// A reload changed the targets: `removed` no longer count for readiness; `added`
+    /// (those this process owns from the start) must be polled once.
+    pub fn retarget(&self, removed: &[String], added: impl IntoIterator<Item = String>) {
+        let mut expected = self.expected.lock().expect("not poisoned");
+        let mut polled = self.polled.lock().expect("not poisoned");
+        for t in removed {
+            expected.remove(t);
+            polled.remove(t);
+        }
+        expected.extend(added);
     }
 
     pub fn target_polled(&self, target: &str) {
@@ -88,6 +128,41 @@ impl Health {
         *self.expected.lock().expect("not poisoned") = owned;
     }
 
+    /// An operation that started at `started` found the store out of reach: mark it so,
+    /// with why (`/readyz` answers 503 with it), unless an outage ended after `started`
+    /// (a failure from before the store came back does not start a new one). Returns
+    /// true when it was reachable until now.
+    pub fn store_unavailable(&self, why: String, started: Instant) -> bool {
+        let mut reach = self.store.lock().expect("not poisoned");
+        let up_since = reach.up_since;
+        match &mut reach.down {
+            Some((reason, _)) => {
+                *reason = why;
+                false
+            }
+            None if up_since.is_some_and(|up| up > started) => false,
+            None => {
+                reach.down = Some((why, Instant::now()));
+                true
+            }
+        }
+    }
+
+    /// An operation that started at `started` reached the store: mark it reachable,
+    /// unless it was marked down after `started` (an answer from before an outage does
+    /// not end it). Returns how long it was down, when this ends an outage.
+    pub fn store_available(&self, started: Instant) -> Option<Duration> {
+        let mut reach = self.store.lock().expect("not poisoned");
+        match reach.down {
+            Some((_, since)) if since <= started => {
+                reach.down = None;
+                reach.up_since = Some(Instant::now());
+                Some(since.elapsed())
+            }
+            _ => None,
+        }
+    }
+
     /// `Err` naming the loops that are wedged.
     pub fn live(&self) -> Result<(), Wedged> {
         let stale: Vec<String> = self
@@ -108,6 +183,12 @@ impl Health {
     /// `Ok(what this replica does)` once every expected target has been polled
     /// successfully; `Err` naming those that have not.
     pub fn ready(&self) -> Result<String, NotReady> {
+        if let Some((reason, since)) = &self.store.lock().expect("not poisoned").down {
+            return Err(NotReady::StoreUnavailable {
+                reason: reason.clone(),
+                for_s: since.elapsed().as_secs(),
+            });
+        }
         let expected = self.expected.lock().expect("not poisoned");
         let polled = self.polled.lock().expect("not poisoned");
         let role = self.role.lock().expect("not poisoned").clone();
@@ -144,6 +225,9 @@ pub enum NotReady {
         /// What this replica does (`single instance`, `replica x of n` ...).
         role: String,
     },
+    /// The store is out of reach (the daemon waits for it and retries).
+    #[error("store unavailable for {for_s}s: {reason}")]
+    StoreUnavailable { reason: String, for_s: u64 },
 }
 
 #[cfg(test)]
@@ -157,6 +241,27 @@ mod tests {
         h.target_polled("a");
         h.target_polled("b");
         assert!(h.ready().is_ok());
+    }
+
+    #[test]
+    fn not_ready_while_the_store_is_unavailable_and_an_older_answer_does_not_end_it() {
+        let h = Health::new([]);
+        assert!(h.ready().is_ok());
+        let before = Instant::now();
+        assert!(h.store_unavailable("connection refused".into(), before));
+        assert!(!h.store_unavailable("connection reset".into(), before));
+        let why = h.ready().unwrap_err().to_string();
+        assert!(why.starts_with("store unavailable"), "{why}");
+        assert!(why.contains("connection reset"), "{why}");
+        assert_eq!(h.store_available(before), None);
+        assert!(h.ready().is_err());
+        assert!(h.store_available(Instant::now()).is_some());
+        assert!(h.ready().is_ok());
+        assert_eq!(h.store_available(Instant::now()), None);
+        // A failure of an operation that started before the store came back is old news.
+        assert!(!h.store_unavailable("timed out".into(), before));
+        assert!(h.ready().is_ok());
+        assert!(h.store_unavailable("refused".into(), Instant::now()));
     }
 
     #[test]

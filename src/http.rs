@@ -6,6 +6,14 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
+/// At most this much of an error body is read: enough for the message an operator
+/// needs, never a receiver's idea of a gigabyte.
+pub const ERROR_BODY_LIMIT: usize = 4 * 1024;
+
+/// And for at most this long: a body dripped a byte a second, or one that never ends,
+/// must not hold the attempt (or the poll) past this.
+pub const ERROR_BODY_TIME: Duration = Duration::from_secs(2);
+
 /// The longest wait a `Retry-After` may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -31,6 +39,40 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+}
+
+/// The start of an error response's body: at most [`ERROR_BODY_LIMIT`] bytes, read chunk
+/// by chunk for at most [`ERROR_BODY_TIME`] (what arrived by then). Never `bytes()`: that
+/// buffers whatever the peer sends. The response is dropped unread after, which closes its
+/// connection instead of draining it into the pool.
+pub async fn error_body(resp: reqwest::Response) -> Vec<u8> {
+    error_body_within(resp, ERROR_BODY_LIMIT, ERROR_BODY_TIME).await
+}
+
+async fn error_body_within(mut resp: reqwest::Response, limit: usize, time: Duration) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let read = async {
+        while buf.len() < limit {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = limit - buf.len();
+                    buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(time, read).await;
+    buf
+}
+
+/// An error body as one short line for a log or `deliveries list`: lossy UTF-8,
+/// whitespace collapsed, control characters escaped, at most `max` characters.
+pub fn one_line_snippet(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let short: String = flat.chars().take(max).collect();
+    crate::text::escape(&short).into_owned()
 }
 
 /// The innermost cause of an error, which names the actual failure (refused, reset,
@@ -66,5 +108,105 @@ mod tests {
         );
         assert_eq!(parse_retry_after("99999999", now), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    /// A raw HTTP/1.1 peer: answers the first request with `head`, then feeds the body
+    /// with `feed` (called until it returns false or the client leaves). Returns the URL
+    /// and the count of body bytes it managed to write.
+    async fn peer(
+        head: &'static str,
+        feed: impl Fn(&mut Vec<u8>) -> (bool, Duration) + Send + 'static,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = written.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req).await;
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let (more, wait) = feed(&mut buf);
+                if !buf.is_empty() {
+                    if s.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    count.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                }
+                if !more {
+                    // Never closes: the client must give up by itself.
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(wait).await;
+            }
+        });
+        (url, written)
+    }
+
+    #[tokio::test]
+    async fn a_gigabyte_error_body_costs_a_few_kib_and_closes_the_connection() {
+        let (url, written) = peer(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 2147483648\r\n\r\n",
+            |b| {
+                b.resize(64 * 1024, b'x');
+                (true, Duration::ZERO)
+            },
+        )
+        .await;
+        let resp = reqwest::get(&url).await.unwrap();
+        assert_eq!(resp.status(), 500);
+        let body = error_body(resp).await;
+        assert_eq!(body.len(), ERROR_BODY_LIMIT);
+        // The connection was dropped: the peer stops at what the socket buffers hold,
+        // nowhere near its 2 GiB (it used to be read for 2 s: over a gigabyte).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = written.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(sent < 64 << 20, "the peer wrote {sent} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_dripped_or_endless_error_body_is_cut_at_the_time_cap() {
+        let (url, _) = peer(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 1000000\r\n\r\n",
+            |b| {
+                b.push(b'd');
+                (true, Duration::from_millis(50))
+            },
+        )
+        .await;
+        let start = std::time::Instant::now();
+        let resp = reqwest::get(&url).await.unwrap();
+        let body = error_body_within(resp, ERROR_BODY_LIMIT, Duration::from_millis(400)).await;
+        assert!(!body.is_empty() && body.len() < 100, "{}", body.len());
+        assert!(body.iter().all(|&b| b == b'd'));
+        assert!(start.elapsed() < Duration::from_secs(10));
+
+        // Headers, then nothing and no end.
+        let (url, _) = peer(
+            "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n",
+            |_| (false, Duration::ZERO),
+        )
+        .await;
+        let resp = reqwest::get(&url).await.unwrap();
+        let body = error_body_within(resp, ERROR_BODY_LIMIT, Duration::from_millis(300)).await;
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn snippets_are_one_short_line() {
+        assert_eq!(one_line_snippet(b"  a\n\tb  c ", 200), "a b c");
+        assert_eq!(one_line_snippet(&[b'x'; 1000], 5), "xxxxx");
+        assert_eq!(one_line_snippet(b"\xff ok", 200), "\u{fffd} ok");
+        assert_eq!(
+            one_line_snippet(b"a\x1b[2J\x07\0b", 200),
+            "a\\u{1b}[2J\\u{7}\\0b"
+        );
     }
 }

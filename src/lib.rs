@@ -8,14 +8,18 @@
 //! - [`api`]: the Loops client; the only module that knows the upstream JSON.
 //! - [`diff`]: the pure core, (state, listing, now) -> (updates, events).
 //! - [`store`]: state + events + outbox, committed in one transaction per poll.
-//! - [`poller`]: per-target schedule: fetch -> diff -> commit.
+//! - [`store_watch`]: the store's reach, watched: errors counted, `/readyz` 503 while the
+//!   database is out of reach, one log line when it goes and one when it is back.
+//! - [`poller`]: per-target schedule: fetch -> probe null checkpoints -> diff -> commit.
 //! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
 //! - [`metrics`], [`health`], [`server`]: what operators see.
-//! - [`app`]: wiring; the only place that spawns tasks.
+//! - [`app`]: wiring; the only place that spawns tasks. [`reload`]: what a SIGHUP
+//!   reload changes, which `app` applies.
 //! - [`args`], [`cli`]: the command line (clap types) and its commands.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
+//! - [`text`]: outside text made safe to print (control characters escaped, cells cut).
 
 pub mod api;
 pub mod app;
@@ -30,10 +34,13 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod poller;
+pub mod reload;
 pub mod replicas;
 pub mod server;
 pub mod signing;
 pub mod sim;
 pub mod store;
+pub mod store_watch;
 pub mod template;
+pub mod text;
 pub mod wake;

@@ -119,7 +119,7 @@ async fn dispatch(cli: Cli) -> u8 {
         };
         return report(cli::checkpoints(&cfg, f, output).await);
     }
-    let cfg = match load(cli.config) {
+    let cfg = match load(cli.config.clone()) {
         Ok(c) => c,
         Err(problems) => {
             for p in problems {
@@ -137,15 +137,24 @@ async fn dispatch(cli: Cli) -> u8 {
         },
         Command::Run => {
             init_tracing(&cfg.log.level, cfg.log.format);
+            warn_unsafe(&cfg);
             let r = async {
-                let app = loopwatch::app::App::build(cfg, true).await?;
-                app.run(loopwatch::app::shutdown_signal()).await?;
+                // SIGHUP reads the same file again (located as at start).
+                let path = config::locate(cli.config).map_err(|e| anyhow::anyhow!(e))?;
+                // A signal while the store is still out of reach stops the wait.
+                let mut shutdown = std::pin::pin!(loopwatch::app::shutdown_signal());
+                let app = tokio::select! {
+                    app = loopwatch::app::App::build(cfg, true) => app?,
+                    _ = &mut shutdown => return anyhow::Ok(exit::OK),
+                };
+                app.reload_on_sighup(path).run(shutdown).await?;
                 anyhow::Ok(exit::OK)
             };
             report(r.await)
         }
         Command::Once { dry_run } => {
             init_tracing(&cfg.log.level, cfg.log.format);
+            warn_unsafe(&cfg);
             report(cli::once(cfg, dry_run).await)
         }
         Command::Checkpoints { .. } => unreachable!("handled above"),
@@ -153,10 +162,16 @@ async fn dispatch(cli: Cli) -> u8 {
             init_tracing("warn", cfg.log.format);
             report(cli::state(&cfg, target.as_deref(), output.output).await)
         }
-        Command::Deliveries(DeliveriesCommand::List { status, output }) => {
+        Command::Deliveries(DeliveriesCommand::List {
+            status,
+            sink,
+            limit,
+            output,
+        }) => {
             init_tracing("warn", cfg.log.format);
             let status = status.as_deref().and_then(DeliveryStatus::parse);
-            report(cli::deliveries_list(&cfg, status, output.output).await)
+            let sink = sink.as_deref();
+            report(cli::deliveries_list(&cfg, status, sink, limit, output.output).await)
         }
         Command::Deliveries(DeliveriesCommand::Redeliver {
             ids,
@@ -179,6 +194,13 @@ async fn dispatch(cli: Cli) -> u8 {
     }
 }
 
+/// One WARN line per unsafe setting the config was accepted with.
+fn warn_unsafe(cfg: &Config) {
+    for w in &cfg.warnings {
+        tracing::warn!("unsafe setting: {w}");
+    }
+}
+
 fn load(explicit: Option<PathBuf>) -> Result<Config, Vec<String>> {
     let path = config::locate(explicit).map_err(|e| e.problems)?;
     config::load(&path, &Environment::from_process()).map_err(|e| e.problems)
@@ -189,7 +211,9 @@ fn report(r: anyhow::Result<u8>) -> u8 {
         Ok(code) => code,
         Err(e) => {
             // One line: the chain of causes joined, never a backtrace.
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            // Causes may quote upstream text (an error body): no control characters.
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {}", loopwatch::text::escape(&line));
             exit::FAILURE
         }
     }
@@ -209,6 +233,8 @@ fn init_tracing(level: &str, format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        // Checkpoint names and ids come from the API: every field escaped, so that a
+        // newline cannot forge a line nor an escape sequence reach the terminal.
+        LogFormat::Text => builder.fmt_fields(loopwatch::text::TextFields).init(),
     }
 }

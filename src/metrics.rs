@@ -34,7 +34,21 @@ pub struct Metrics {
     pub sink_info: IntGaugeVec,
     pub targets_owned: IntGauge,
     pub lease_takeovers: prometheus::IntCounter,
+    /// 1 when the last reload (or the start) applied the config, 0 when it was refused.
+    pub reload_successful: IntGauge,
+    pub reload_success_timestamp: prometheus::Gauge,
+    /// Whether this process reports the database-wide backlog gauges (`pending`, `dead`,
+    /// `oldest_pending`): with several replicas one at a time does, the others export 0,
+    /// so a `sum` over replicas is the true figure. Always on a single node.
+    backlog_reporter: std::sync::atomic::AtomicBool,
+    /// Failed store operations, by [`STORE_OPS`].
+    pub store_errors: IntCounterVec,
 }
+
+/// The `op` label of `loopwatch_store_errors_total`.
+pub const STORE_OPS: [&str; 9] = [
+    "open", "load", "commit", "claim", "record", "release", "read", "prune", "leases",
+];
 
 const DELIVERY_OUTCOMES: [&str; 4] = ["success", "retry", "dead", "superseded"];
 const SYNC_CLASSES: [SyncClass; 4] = [
@@ -112,8 +126,28 @@ impl Metrics {
             .register(Box::new(lease_takeovers.clone()))
             .expect("unique metric");
 
+        let reload_successful = IntGauge::new(
+            "loopwatch_config_last_reload_successful",
+            "1 when the last config reload (or the start) applied the config, 0 when it was refused.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(reload_successful.clone()))
+            .expect("unique metric");
+        let reload_success_timestamp = prometheus::Gauge::new(
+            "loopwatch_config_last_reload_success_timestamp_seconds",
+            "When the config was last applied (the start, or a successful reload).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(reload_success_timestamp.clone()))
+            .expect("unique metric");
+
         Metrics {
             lease_takeovers,
+            reload_successful,
+            reload_success_timestamp,
+            backlog_reporter: std::sync::atomic::AtomicBool::new(true),
             targets: RwLock::default(),
             api_requests: counter(
                 "loopwatch_api_requests_total",
@@ -155,6 +189,17 @@ impl Metrics {
                 "Configured sinks, 1 each, by kind (webhook, exec, baseten_deploy).",
                 &["sink", "kind"],
             ),
+            store_errors: {
+                let c = counter(
+                    "loopwatch_store_errors_total",
+                    "Failed store operations (the database unreachable, or a query error), by operation.",
+                    &["op"],
+                );
+                for op in STORE_OPS {
+                    c.with_label_values(&[op]);
+                }
+                c
+            },
             targets_owned,
             registry,
         }
@@ -177,6 +222,31 @@ impl Metrics {
             self.sink_info.with_label_values(&[n, s.kind.name()]).set(1);
         }
         self.targets_owned.set(cfg.targets.len() as i64);
+    }
+
+    /// Record the outcome of applying a config (at start, and on each reload).
+    pub fn config_applied(&self, ok: bool) {
+        self.reload_successful.set(ok as i64);
+        if ok {
+            self.reload_success_timestamp
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// Drop the series of a target no longer configured (a reload removed it).
+    pub fn remove_target(&self, name: &str) {
+        self.targets.write().expect("not poisoned").remove(name);
+    }
+
+    /// Whether this process exports the database-wide backlog figures (see the field).
+    pub fn reports_backlog(&self) -> bool {
+        self.backlog_reporter
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_reports_backlog(&self, on: bool) {
+        self.backlog_reporter
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Count one request to the Loops API: `endpoint` is its route's label

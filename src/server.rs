@@ -16,7 +16,8 @@ use crate::metrics::Metrics;
 pub struct ServerState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub outbox: Arc<Outbox>,
+    /// `None` while the store opens (the backlog gauges are not read then).
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 pub fn router(state: ServerState) -> Router {
@@ -29,11 +30,10 @@ pub fn router(state: ServerState) -> Router {
 
 async fn metrics(State(s): State<ServerState>) -> Response {
     // The backlog gauges are read from the store at scrape time, so they are never stale.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        s.outbox.refresh_backlog(),
-    )
-    .await;
+    if let Some(outbox) = &s.outbox {
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), outbox.refresh_backlog()).await;
+    }
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         s.metrics.render(),

@@ -201,7 +201,10 @@ fn sources(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
         let path = entry.expect("a directory entry").path();
         if path.is_dir() {
             sources(&path, root, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && path.file_name().is_some_and(|n| n != "tests.rs")
+        {
+            // `tests.rs` files are `#[cfg(test)] mod tests;` of their parent: test code.
             let rel = path.strip_prefix(root).expect("under src/");
             let text = std::fs::read_to_string(&path).expect("a readable source file");
             out.push((rel.to_string_lossy().into_owned(), text));

@@ -467,3 +467,57 @@ async fn checkpoints_works_without_a_config_file_from_env_overrides() {
     assert_eq!(v[0]["id"], id.as_str());
     assert_eq!(v[0]["target"], "trainer");
 }
+
+#[tokio::test]
+async fn deliveries_list_narrows_to_a_sink_and_says_when_it_leaves_rows_out() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    // Nobody listens on port 9: every attempt fails and waits an hour for its retry.
+    let down = "retry_schedule = [\"1h\"]";
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        common::sink("a", "http://127.0.0.1:9/hook", down),
+        common::sink("b", "http://127.0.0.1:9/hook", down)
+    ));
+    assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
+    for i in 0..3 {
+        h.add_checkpoint("run-1", "sampler", &format!("step-{i}"), Some("COMPLETE"));
+    }
+    env.run(&cfg, &["once"]).await;
+    let list = async |args: &[&str]| {
+        let mut all = vec!["deliveries", "list", "-o", "json"];
+        all.extend_from_slice(args);
+        env.run(&cfg, &all).await
+    };
+    let all = list(&[]).await;
+    let rows: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    let n = rows.as_array().unwrap().len();
+    assert!(n >= 6 && n.is_multiple_of(2), "{rows}");
+    assert!(stderr(&all).is_empty(), "no note when nothing is left out");
+
+    let of_a = list(&["--sink", "a"]).await;
+    let rows: serde_json::Value = serde_json::from_slice(&of_a.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), n / 2);
+    assert!(rows.iter().all(|d| d["sink"] == "a"), "{rows:?}");
+
+    let two = list(&["--sink", "a", "--limit", "2"]).await;
+    assert_eq!(two.status.code(), Some(0));
+    let rows: serde_json::Value = serde_json::from_slice(&two.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "the newest two");
+    assert!(
+        rows[0]["id"].as_i64() < rows[1]["id"].as_i64(),
+        "oldest first"
+    );
+    assert!(
+        stderr(&two).contains("showing the newest 2 deliveries"),
+        "{}",
+        stderr(&two)
+    );
+    let table = env.run(&cfg, &["deliveries", "list", "--limit", "1"]).await;
+    assert_eq!(stdout(&table).lines().count(), 2, "a header and one row");
+    assert!(stderr(&table).contains("newest 1"));
+    let zero = env.run(&cfg, &["deliveries", "list", "--limit", "0"]).await;
+    assert_eq!(zero.status.code(), Some(2));
+}

@@ -281,6 +281,52 @@ async fn an_exec_sink_gets_the_event_on_stdin_and_in_the_environment() {
     assert_eq!(body["data"]["event_id"], event_id.as_str());
 }
 
+/// A template that does not render, and an environment the OS refuses (a NUL byte in the
+/// checkpoint's name), fail the same way on every attempt: dead after the first, with the
+/// reason in `deliveries list`. They used to follow the retry schedule, for days.
+#[tokio::test]
+async fn errors_no_retry_can_fix_are_dead_after_one_attempt_with_their_reason() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-\u{0}-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{}retry_schedule = [\"100ms\", \"100ms\", \"100ms\"]\nformat = \"template\"\ntemplate = \"{{{{ data.nope.deeper }}}}\"\n\
+         [[sinks]]\nname = \"deploy\"\nkind = \"exec\"\ncommand = [\"true\"]\nevents = [\"checkpoint.completed\"]\nretry_schedule = [\"100ms\", \"100ms\", \"100ms\"]\n",
+        qwen_to(&rx.url, "events = [\"checkpoint.completed\"]")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    let dead = wait_for("two dead deliveries", T, || {
+        let out = env
+            .cmd(
+                &cfg,
+                &["deliveries", "list", "--status", "dead", "-o", "json"],
+            )
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let rows = v.as_array()?.clone();
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    for r in &dead {
+        assert_eq!(r["attempts"], 1, "{r}");
+        let err = r["last_error"].as_str().unwrap();
+        assert!(err.starts_with("cannot build the payload: "), "{r}");
+        let why = if r["sink"] == "hook" {
+            "the template does not render"
+        } else {
+            "LOOPWATCH_CHECKPOINT_NAME would contain a NUL byte"
+        };
+        assert!(err.contains(why), "{r}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // several 100 ms retries' worth
+    assert_eq!(rx.count(), 0, "nothing was sent");
+    assert!(d.log_text().contains("delivery failed for good"));
+}
+
 #[tokio::test]
 async fn an_ordered_sink_gets_a_runs_events_in_detection_order() {
     let env = Env::new().await;

@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    COMPLETED_ONLY, Daemon, Env, Receiver, check_exactly_one_id_each, distinct_ids, edit, gauge,
-    hook_sink, http_get, pg, set_store_url, targets, until, wait_for,
+    Answer, COMPLETED_ONLY, Daemon, Env, Receiver, check_exactly_one_id_each, distinct_ids, edit,
+    gauge, hook_sink, http_get, pg, set_store_url, targets, until, wait_for,
 };
 use loopwatch::sim::Fault;
 
@@ -317,4 +317,168 @@ async fn once_beside_a_running_replica_skips_the_targets_it_holds_and_polls_the_
         .await
         .unwrap();
     assert_eq!(after, events, "a dry run wrote events");
+}
+
+/// `series` on every replica.
+async fn per_replica(addrs: &[String], series: &str) -> Vec<f64> {
+    let mut out = Vec::new();
+    for a in addrs {
+        out.push(gauge(a, series).await.unwrap_or(0.0));
+    }
+    out
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn three_replicas_backlog_gauges_sum_to_the_database_wide_count() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    // "slow" answers 503 (each delivery waits an hour for its retry: pending); "gone"
+    // answers 410 (dead at once).
+    let slow = Receiver::start().await.unwrap();
+    slow.set_default(Some(Answer::status(503)));
+    let gone = Receiver::start().await.unwrap();
+    gone.set_default(Some(Answer::status(410)));
+    let cfg = pg_config(&env, &slow, 6).await;
+    edit(&cfg, |text| {
+        let text = text.replace("retry_schedule = [\"200ms\"]", "retry_schedule = [\"1h\"]");
+        format!("{text}{}", common::sink("gone", &gone.url, COMPLETED_ONLY))
+    });
+    let ds: Vec<Daemon> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| replica(&env, &cfg, id))
+        .collect();
+    let mut addrs = Vec::new();
+    for d in &ds {
+        addrs.push(d.addr().await);
+    }
+    wait_balanced(&addrs, 6.0).await;
+    let ids: Vec<String> = (0..6)
+        .map(|i| h.add_checkpoint(&format!("run-{i}"), "sampler", "step-1", Some("SYNCING")))
+        .collect();
+    tokio::time::sleep(INTERVAL * 2).await;
+    h.set_status_many(&ids, Some("COMPLETE"));
+    // The truth, from the database: 6 pending for "slow", 6 dead for "gone".
+    let count = |status: &str, sink: &str| {
+        env.deliveries(&cfg, Some(status)).map(|v| {
+            (v.as_array().unwrap().iter())
+                .filter(|d| d["sink"] == sink)
+                .count()
+        })
+    };
+    wait_for("6 pending and 6 dead deliveries", T, || {
+        (count("pending", "hook") == Some(6) && count("dead", "gone") == Some(6)).then_some(())
+    })
+    .await;
+    let series = |name: &str, sink: &str| format!("{name}{{sink=\"{sink}\"}}");
+    let settled = until(T, Duration::from_millis(300), async || {
+        let pending = per_replica(&addrs, &series("loopwatch_deliveries_pending", "hook")).await;
+        let dead = per_replica(&addrs, &series("loopwatch_deliveries_dead", "gone")).await;
+        let age = per_replica(
+            &addrs,
+            &series("loopwatch_oldest_pending_delivery_age_seconds", "hook"),
+        )
+        .await;
+        eprintln!("pending {pending:?} dead {dead:?} oldest age {age:?}");
+        pending.iter().sum::<f64>() == 6.0
+            && dead.iter().sum::<f64>() == 6.0
+            && age.iter().filter(|&&a| a > 0.0).count() == 1
+            // One replica carries the figures, the others say 0.
+            && pending.iter().filter(|&&p| p > 0.0).count() == 1
+            && dead.iter().filter(|&&p| p > 0.0).count() == 1
+    })
+    .await;
+    assert!(
+        settled,
+        "the sums over the replicas never matched the database"
+    );
+    // The lowest replica id reports; when it leaves, another takes over.
+    assert!(gauge(&addrs[0], &series("loopwatch_deliveries_pending", "hook")).await == Some(6.0));
+    let mut ds = ds;
+    ds[0].signal("TERM");
+    assert_eq!(ds[0].wait(Duration::from_secs(15)).await, 0);
+    let rest = &addrs[1..];
+    let moved = until(T, Duration::from_millis(300), async || {
+        let pending = per_replica(rest, &series("loopwatch_deliveries_pending", "hook")).await;
+        pending.iter().sum::<f64>() == 6.0 && pending[0] == 6.0
+    })
+    .await;
+    assert!(moved, "no surviving replica took over the backlog gauges");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn three_replicas_share_one_api_budget() {
+    const BUDGET: f64 = 6.0;
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    // 30 targets polled every second want 30 requests a second: far above the budget, so
+    // the budget alone sets the pace. Without sharing it, three replicas would send 3x.
+    let cfg = pg_config(&env, &rx, 30).await;
+    edit(&cfg, |text| {
+        text.replace(
+            "max_requests_per_second = 200",
+            &format!("max_requests_per_second = {BUDGET}"),
+        )
+    });
+    let ds: Vec<Daemon> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|id| replica(&env, &cfg, id))
+        .collect();
+    let mut addrs = Vec::new();
+    for d in &ds {
+        addrs.push(d.addr().await);
+    }
+    // Every replica has seen the others (the fair shares hold for a round or more).
+    wait_balanced(&addrs, 30.0).await;
+    let window = Duration::from_secs(8);
+    let (before, start) = (h.requests(), Instant::now());
+    tokio::time::sleep(window).await;
+    let rate = (h.requests() - before) as f64 / start.elapsed().as_secs_f64();
+    eprintln!("fleet rate {rate:.1} req/s for a budget of {BUDGET}");
+    // Generous: the bucket's burst and a replica's first round before it sees the others
+    // add a little; three budgets would be 18.
+    assert!(rate <= BUDGET * 1.5, "the fleet sent {rate:.1} req/s");
+    assert!(
+        rate >= BUDGET * 0.5,
+        "the fleet polled too little: {rate:.1} req/s"
+    );
+    drop(ds);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn a_reload_shares_the_new_target_set_among_the_replicas() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let cfg = pg_config(&env, &rx, 4).await;
+    let ds: Vec<Daemon> = ["r1", "r2"]
+        .iter()
+        .map(|id| replica(&env, &cfg, id))
+        .collect();
+    let mut addrs = Vec::new();
+    for d in &ds {
+        addrs.push(d.addr().await);
+    }
+    wait_balanced(&addrs, 4.0).await;
+    // Six targets instead of four (t0..t5), then two (t0, t1): every replica reloads.
+    edit(&cfg, |text| text.replace(&targets(4), &targets(6)));
+    for d in &ds {
+        d.signal("HUP");
+    }
+    let o = wait_balanced(&addrs, 6.0).await;
+    assert_eq!(o, [3.0, 3.0]);
+    edit(&cfg, |text| text.replace(&targets(6), &targets(2)));
+    for d in &ds {
+        d.signal("HUP");
+    }
+    let o = wait_balanced(&addrs, 2.0).await;
+    assert_eq!(o, [1.0, 1.0]);
+    for d in &ds {
+        assert_eq!(
+            gauge(&d.addr().await, "loopwatch_config_last_reload_successful").await,
+            Some(1.0)
+        );
+    }
 }

@@ -10,9 +10,9 @@ use chrono::{TimeDelta, Utc};
 use loopwatch::diff::{DiffOptions, diff};
 use loopwatch::model::TargetState;
 use loopwatch::model::{Checkpoint, CheckpointTarget};
-use loopwatch::store::postgres::{Leases, PgStore};
+use loopwatch::store::postgres::{PgLeases, PgStore};
 use loopwatch::store::{
-    AttemptOutcome, DeliveryStatus, Fence, PollCommit, Redeliver, Store, StoreError,
+    AttemptOutcome, Coordinator, DeliveryStatus, Fence, PollCommit, Redeliver, Store, StoreError,
 };
 
 fn ck(id: &str, run: &str, status: Option<&str>) -> Checkpoint {
@@ -110,6 +110,17 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(
         s.load_target("other").await.unwrap(),
         TargetState::default()
+    );
+    // A checkpoint target this version does not know round-trips as received.
+    let draft = Checkpoint {
+        target: CheckpointTarget::Other("draft".into()),
+        ..ck("9", "r9", None)
+    };
+    assert_eq!(poll(s, "u", &[draft], None).await.unwrap(), 0);
+    let u = s.load_target("u").await.unwrap();
+    assert_eq!(
+        u.checkpoints["9"].target,
+        CheckpointTarget::Other("draft".into())
     );
 
     // Deliveries: one per (event, sink); claims are exclusive until they expire.
@@ -543,8 +554,8 @@ async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
     let store = PgStore::open(&url).await.unwrap();
     let ttl = Duration::from_millis(1500);
     let targets: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
-    let a = Leases::new(&store, "a".into(), ttl);
-    let b = Leases::new(&store, "b".into(), ttl);
+    let a = PgLeases::new(&store, "a".into(), ttl);
+    let b = PgLeases::new(&store, "b".into(), ttl);
     let ra = a.round(&targets).await.unwrap();
     assert_eq!(ra.owned.len(), 10, "alone, a replica owns everything");
     // b joins: a gives up its surplus at its next round, b takes its share.

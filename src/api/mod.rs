@@ -8,6 +8,8 @@
 pub mod wire;
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -188,7 +190,12 @@ pub struct Client {
     http: reqwest::Client,
     endpoint: Url,
     auth: HeaderValue,
-    limiter: DefaultDirectRateLimiter,
+    /// This process's share of `api.max_requests_per_second` ([`Client::share_budget`]).
+    limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
+    /// `api.max_requests_per_second`: what the whole deployment may send.
+    budget: f64,
+    /// How many processes share the budget now.
+    sharing: AtomicI64,
     max_bytes: u64,
 }
 
@@ -224,9 +231,35 @@ impl Client {
             http,
             endpoint,
             auth,
-            limiter: RateLimiter::direct(quota(cfg.max_requests_per_second)),
+            limiter: RwLock::new(Arc::new(RateLimiter::direct(quota(
+                cfg.max_requests_per_second,
+            )))),
+            budget: cfg.max_requests_per_second,
+            sharing: AtomicI64::new(1),
             max_bytes: cfg.max_response_bytes,
         })
+    }
+
+    /// Share the budget with `replicas` live replicas (itself included): from now on this
+    /// client sends at most `max_requests_per_second / replicas`, so the fleet sends the
+    /// budget whatever its size. A change of count rebuilds the token bucket.
+    pub fn share_budget(&self, replicas: i64) {
+        let n = replicas.max(1);
+        if self.sharing.swap(n, Ordering::Relaxed) != n {
+            let limiter = RateLimiter::direct(quota(self.budget / n as f64));
+            *self.limiter.write().expect("not poisoned") = Arc::new(limiter);
+        }
+    }
+
+    /// The requests per second this client may send now (its share of the budget).
+    pub fn rate(&self) -> f64 {
+        self.budget / self.sharing.load(Ordering::Relaxed) as f64
+    }
+
+    /// Wait for a token of this client's share of the budget.
+    async fn until_ready(&self) {
+        let limiter = self.limiter.read().expect("not poisoned").clone();
+        limiter.until_ready().await;
     }
 
     /// The whole listing for one filter; the request waits for a token first.
@@ -310,7 +343,7 @@ impl Client {
     /// The one request path of every route: wait for a token, send with the key, read a
     /// bounded body; a non-2xx answer becomes [`Error::Status`].
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
-        self.limiter.until_ready().await;
+        self.until_ready().await;
         let resp = request
             .header(AUTHORIZATION, self.auth.clone())
             .send()
@@ -319,7 +352,8 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let retry_after = http::retry_after(resp.headers());
-            let body = self.read_body(resp).await.unwrap_or_default();
+            // Never the whole of an error body: a proxy's page, or a hostile endless one.
+            let body = http::error_body(resp).await;
             return Err(Error::Status {
                 code: status.as_u16(),
                 retry_after,
@@ -412,14 +446,13 @@ fn error_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
         && let Some(m) = v.get("message").and_then(|m| m.as_str())
     {
-        return m.chars().take(200).collect();
+        return http::one_line_snippet(m.as_bytes(), 200);
     }
-    let text = String::from_utf8_lossy(body);
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = http::one_line_snippet(body, 200);
     if flat.is_empty() {
         "(empty body)".into()
     } else {
-        flat.chars().take(200).collect()
+        flat
     }
 }
 

@@ -46,6 +46,10 @@ pub struct ConfigError {
 pub struct Config {
     /// The file it came from, for messages.
     pub source: String,
+    /// Unsafe settings that were accepted (plain HTTP carrying a key, a public listen
+    /// address, files others may write or read), one `file: key: what and why` line each:
+    /// logged at WARN by `run` and `once`, printed by `check-config`.
+    pub warnings: Vec<String>,
     pub api: ApiConfig,
     pub poll: PollConfig,
     pub store: StoreConfig,
@@ -320,7 +324,27 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| one(format!("cannot read the config file: {e}")))?;
-    load_str(&text, format, &name, env)
+    let mut cfg = load_str(&text, format, &name, env)?;
+    if let Some(w) = writable_by_others(path) {
+        cfg.warnings.insert(0, printable(&format!(
+            "{name}: the config file is {w}: whoever can change it can run commands as this daemon (an exec sink's command) and redirect its webhooks; chmod go-w {name}"
+        )));
+    }
+    Ok(cfg)
+}
+
+/// `Some("writable by group and others (mode 0666)")` when a file's mode lets anyone but
+/// its owner write it. Symlinks are followed (Kubernetes mounts are links).
+pub(crate) fn writable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => "group and others",
+        (true, false) => "its group",
+        (false, true) => "others",
+        (false, false) => return None,
+    };
+    Some(format!("writable by {who} (mode {mode:04o})"))
 }
 
 /// Validate config text; `name` is used in messages.
@@ -368,6 +392,7 @@ fn load_str_with(
         file: name,
         env,
         list: Vec::new(),
+        warnings: Vec::new(),
     };
     for (key, f) in non_finite {
         w.err(&key, format!("must be a finite number, found {f}"));

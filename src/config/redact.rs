@@ -49,7 +49,7 @@ fn redacted(source: &str) -> String {
 
 #[derive(Serialize)]
 struct Redacted<'a> {
-    api: Api<'a>,
+    api: Api,
     poll: Poll,
     store: Store<'a>,
     server: Server,
@@ -60,8 +60,8 @@ struct Redacted<'a> {
 }
 
 #[derive(Serialize)]
-struct Api<'a> {
-    base_url: &'a str,
+struct Api {
+    base_url: String,
     api_key: String,
     auth_scheme: &'static str,
     timeout: String,
@@ -170,7 +170,7 @@ impl<'a> From<&'a Config> for Redacted<'a> {
         let postgres = c.store.is_postgres();
         Redacted {
             api: Api {
-                base_url: c.api.base_url.as_str(),
+                base_url: redact_url(c.api.base_url.as_str()),
                 api_key: redacted(&c.api.api_key_source),
                 auth_scheme: match c.api.auth_scheme {
                     AuthScheme::Bearer => "bearer",

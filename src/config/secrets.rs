@@ -67,6 +67,12 @@ impl Problems<'_> {
                         );
                         None
                     } else {
+                        if let Some(why) = exposed(std::path::Path::new(&path)) {
+                            self.warn(
+                                &join(section, &file_key),
+                                format!("{path} is {why}; chmod 600 {path} (or 640 with the daemon's group)"),
+                            );
+                        }
                         Some((Secret(s), format!("{file_key} = {path}")))
                     }
                 }
@@ -122,6 +128,18 @@ impl Problems<'_> {
         out.push_str(rest);
         out
     }
+}
+
+/// What is wrong with a secret file's mode: writable by anyone but its owner (they could
+/// swap the key), or readable by others (anyone on the host can read it). Kubernetes
+/// mounts secrets 0644 unless `defaultMode` says otherwise: a warning, not a refusal.
+fn exposed(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(w) = super::writable_by_others(path) {
+        return Some(w);
+    }
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o004 != 0).then(|| format!("readable by others (mode {mode:04o})"))
 }
 
 /// A secret file: a regular file (symlinks followed, as Kubernetes mounts secrets) of at

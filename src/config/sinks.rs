@@ -379,8 +379,8 @@ fn webhook(
         ),
     }
     let mut secret_sources = Vec::new();
-    if let Some(src) = url_source {
-        secret_sources.push(("url".to_string(), src));
+    if let Some(src) = &url_source {
+        secret_sources.push(("url".to_string(), src.clone()));
     }
     if let Some((_, src)) = &secret {
         secret_sources.push(("secret".to_string(), src.clone()));
@@ -390,6 +390,36 @@ fn webhook(
     }
     if let Some((_, src)) = &ed25519 {
         secret_sources.push(("signing_key".to_string(), src.clone()));
+    }
+    if let Some(u) = &url
+        && let Some(host) = super::validate::cleartext_to_remote(u)
+    {
+        let carries = [
+            (
+                secret.is_some() || previous.is_some() || ed25519.is_some(),
+                "a signature",
+            ),
+            (!headers.is_empty(), "its headers (tokens?)"),
+        ]
+        .iter()
+        .filter(|(yes, _)| *yes)
+        .map(|(_, what)| *what)
+        .collect::<Vec<_>>();
+        if !carries.is_empty() {
+            // The host only when the URL is not itself a secret.
+            let to = if url_source.is_some() {
+                "plain http://".to_string()
+            } else {
+                format!("plain http:// to {host}")
+            };
+            w.warn(
+                &join(sec, "url"),
+                format!(
+                    "{to}, which is not a loopback address, with {}: anyone on the way reads the body and headers, and can replay it; use https://",
+                    carries.join(" and ")
+                ),
+            );
+        }
     }
     let kind = SinkKind::Webhook {
         url: url?,

@@ -29,9 +29,22 @@ pub(super) struct Problems<'a> {
     pub file: &'a str,
     pub env: &'a Environment,
     pub list: Vec<String>,
+    /// Unsafe settings that are accepted, one `file: key: what and why` line each.
+    pub warnings: Vec<String>,
 }
 
 impl Problems<'_> {
+    /// An unsafe but working setting: warned about (at start and by `check-config`),
+    /// never refused.
+    pub fn warn(&mut self, key: &str, msg: impl fmt::Display) {
+        let from = match self.env.override_of(key) {
+            Some(var) => format!(" (set by {var})"),
+            None => String::new(),
+        };
+        self.warnings
+            .push(printable(&format!("{}: {key}: {msg}{from}", self.file)));
+    }
+
     pub fn err(&mut self, key: &str, msg: impl fmt::Display) {
         let from = match self.env.override_of(key) {
             Some(var) => format!(" (set by {var})"),
@@ -252,6 +265,7 @@ pub(super) fn validate(
         file,
         env,
         list: Vec::new(),
+        warnings: Vec::new(),
     };
     let raw = w.table(Field::Value(raw), "");
 
@@ -273,6 +287,14 @@ pub(super) fn validate(
             None
         }
     };
+    if let Some(u) = &base_url
+        && let Some(host) = cleartext_to_remote(u)
+    {
+        w.warn(
+            "api.base_url",
+            format!("plain http:// to {host}, which is not a loopback address: the API key goes out in cleartext; use https://"),
+        );
+    }
     let api_key = w.secret(
         "api",
         "api_key",
@@ -395,6 +417,15 @@ pub(super) fn validate(
         }
     };
 
+    if let Some(a) = listen
+        && !a.ip().is_loopback()
+    {
+        w.warn(
+            "server.listen",
+            format!("{a} is not a loopback address: /metrics, /healthz and /readyz (target and sink names, error counts) answer anyone who can reach it; listen on 127.0.0.1 unless a scraper elsewhere needs it, and firewall it then"),
+        );
+    }
+
     // [log]
     let log = w.table(raw.log, "log");
     let log_format = match w.string(&log.format, "log.format").as_deref() {
@@ -490,6 +521,7 @@ pub(super) fn validate(
     let (api_key, api_key_source) = api_key.expect("no problems implies a key");
     Ok(Config {
         source: file.to_string(),
+        warnings: w.warnings,
         api: ApiConfig {
             base_url: base_url.expect("checked"),
             api_key,
@@ -527,6 +559,23 @@ pub(super) fn validate(
         targets,
         sinks,
     })
+}
+
+/// The host of a plain `http://` URL that leaves this machine (not `localhost`, not a
+/// loopback address): what goes there can be read and changed on the way.
+pub(super) fn cleartext_to_remote(u: &Url) -> Option<String> {
+    if u.scheme() != "http" {
+        return None;
+    }
+    let loopback = match u.host()? {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    (!loopback).then(|| u.host_str().unwrap_or_default().to_string())
 }
 
 /// One `[[targets]]`; `None` when it has no usable filter (already reported).

@@ -30,22 +30,43 @@ pub async fn run(
     event: &StoredEvent,
     timeout: Duration,
 ) -> Result<u16, Failure> {
+    let vars = [
+        ("LOOPWATCH_EVENT_ID", event.id.clone()),
+        ("LOOPWATCH_EVENT_TYPE", event.kind.clone()),
+        ("LOOPWATCH_CHECKPOINT_ID", event.checkpoint_id.clone()),
+        ("LOOPWATCH_CHECKPOINT_NAME", event.checkpoint_name.clone()),
+        ("LOOPWATCH_CHECKPOINT_URI", event.uri().unwrap_or_default()),
+        ("LOOPWATCH_RUN_ID", event.run_id.clone()),
+        ("LOOPWATCH_TARGET", event.target.clone()),
+    ];
+    // What the OS cannot carry fails the same way on every attempt: a permanent failure
+    // (dead at once, with the reason), not a retry for days.
+    if let Some((name, _)) = vars.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(Failure::Payload(format!(
+            "{name} would contain a NUL byte, which no environment variable can carry"
+        )));
+    }
     let mut child = Command::new(&command[0])
         .args(&command[1..])
-        .env("LOOPWATCH_EVENT_ID", &event.id)
-        .env("LOOPWATCH_EVENT_TYPE", &event.kind)
-        .env("LOOPWATCH_CHECKPOINT_ID", &event.checkpoint_id)
-        .env("LOOPWATCH_CHECKPOINT_NAME", &event.checkpoint_name)
-        .env("LOOPWATCH_CHECKPOINT_URI", event.uri().unwrap_or_default())
-        .env("LOOPWATCH_RUN_ID", &event.run_id)
-        .env("LOOPWATCH_TARGET", &event.target)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Failure::Exec(format!("cannot start {}: {e}", command[0])))?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::TOOBIG.raw_os_error()) {
+                let longest = vars.iter().max_by_key(|(_, v)| v.len()).expect("not empty");
+                Failure::Payload(format!(
+                    "the OS refuses the command's environment as too large (E2BIG; {} is {} bytes)",
+                    longest.0,
+                    longest.1.len()
+                ))
+            } else {
+                Failure::Exec(format!("cannot start {}: {e}", command[0]))
+            }
+        })?;
     // Its own group (the group id is the child's pid), killed whenever this attempt ends
     // without the command succeeding: on timeout, on failure, and when the attempt is
     // dropped (shutdown's grace over). A command that succeeded keeps what it started.
@@ -155,6 +176,37 @@ mod tests {
         )
         .await;
         assert_eq!(r.ok(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn an_environment_the_os_refuses_is_a_permanent_failure() {
+        let mut ev = event();
+        ev.checkpoint_name = "step\0-1".into();
+        let r = run(&sh("exit 0"), &ev, Duration::from_secs(5)).await;
+        let Err(f @ Failure::Payload(msg)) = &r else {
+            panic!("{r:?}")
+        };
+        assert!(f.is_permanent());
+        assert!(
+            msg.contains("LOOPWATCH_CHECKPOINT_NAME") && msg.contains("NUL"),
+            "{msg}"
+        );
+        // A megabyte in one variable: over Linux's 128 KiB per string, E2BIG.
+        ev.checkpoint_name = "x".repeat(1 << 20);
+        let r = run(&sh("exit 0"), &ev, Duration::from_secs(5)).await;
+        let Err(f @ Failure::Payload(msg)) = &r else {
+            panic!("{r:?}")
+        };
+        assert!(f.is_permanent());
+        assert!(msg.contains("E2BIG"), "{msg}");
+        // A command that is not there is for the operator to fix: it is retried.
+        let r = run(
+            &["/nonexistent/deploy".to_string()],
+            &event(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(matches!(&r, Err(Failure::Exec(_))), "{r:?}");
     }
 
     #[tokio::test]

@@ -2,11 +2,13 @@
 //! record the outcome. One worker per sink, each with its own `concurrency`, so a slow or
 //! dead sink never delays polling or another sink.
 //!
-//! Retry policy (docs/events.md): 2xx delivered; 410 (and, for a `baseten_deploy` sink,
-//! a final API answer: a 4xx other than 408/429) dead at once; anything else waits
-//! `retry_schedule[n]` +-20% (at least `Retry-After` when given) and is dead after
-//! 1 + len(retry_schedule) attempts. A deploy made moot by a newer one of the same run
-//! (`latest_only`) is `superseded` without an attempt.
+//! Retry policy (docs/events.md): 2xx delivered; 410 dead at once; a failure no retry can
+//! fix ([`Failure::is_permanent`]: the payload or the command's environment cannot be
+//! built, or, for a `baseten_deploy` sink, a final API answer: a 4xx other than 408/429)
+//! dead at once with its reason; anything else waits `retry_schedule[n]` +-20% (at least
+//! `Retry-After` when given) and is dead after 1 + len(retry_schedule) attempts. A deploy
+//! made moot by a newer one of the same run (`latest_only`) is `superseded` without an
+//! attempt.
 
 pub mod deploy;
 pub mod exec;
@@ -14,8 +16,8 @@ pub mod payload;
 /// Signing moved below config and delivery (`crate::signing`); the old path still works.
 pub mod webhook;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -46,8 +48,11 @@ pub enum Failure {
     Timeout,
     Connect(String),
     Exec(String),
-    /// The payload could not be built (a template error): retrying will not help soon,
-    /// but the operator may fix the config, so it follows the schedule.
+    /// The payload could not be built: a template that fails to render (or runs out of
+    /// fuel or size), a body the CloudEvents encoder cannot produce, an environment value
+    /// the OS refuses (a NUL byte, too large). The same event fails the same way on every
+    /// attempt, so it is dead at once with this reason; a fixed config and `deliveries
+    /// redeliver` send it again. (It followed the retry schedule, for days.)
     Payload(String),
     /// Final: the Loops API refused the request at `step` (`validate`, `deploy`), or it
     /// cannot be made (`model_name`). Dead at once, the reason kept.
@@ -61,6 +66,11 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// No retry can fix it: dead at once.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Failure::Payload(_) | Failure::Rejected { .. })
+    }
+
     fn status(&self) -> Option<u16> {
         match self {
             Failure::Status { code, .. } => Some(*code),
@@ -105,7 +115,7 @@ pub fn decide(
     };
     let status = failure.status();
     let error = failure.to_string();
-    if status == Some(410) || matches!(failure, Failure::Rejected { .. }) {
+    if status == Some(410) || failure.is_permanent() {
         return AttemptOutcome::Dead { status, error };
     }
     let Some(base) = schedule.get(attempts_before as usize) else {
@@ -254,6 +264,23 @@ impl Sink {
     }
 }
 
+/// A sink from its config; a `baseten_deploy` one gets the API it deploys through.
+fn make_sink(
+    cfg: &SinkConfig,
+    http: &reqwest::Client,
+    deployer: Option<&Arc<dyn LoopsDeployer>>,
+) -> anyhow::Result<Sink> {
+    let sink = Sink::new(cfg.clone(), http.clone())?;
+    match (&sink.deploy, deployer) {
+        (None, _) => Ok(sink),
+        (Some(_), Some(d)) => Ok(sink.with_deployer(d.clone())),
+        (Some(_), None) => Err(anyhow::anyhow!(
+            "sink {}: a baseten_deploy sink needs the Loops API client",
+            cfg.name
+        )),
+    }
+}
+
 /// An attempt that has finished: its delivery, result and duration.
 type Finished = (Claimed, Result<Sent, Failure>, Duration);
 
@@ -261,8 +288,15 @@ type Finished = (Claimed, Result<Sent, Failure>, Duration);
 pub struct Outbox {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    sinks: Vec<Arc<Sink>>,
+    /// The configured sinks; a reload replaces them ([`Outbox::set_sinks`]).
+    sinks: RwLock<Vec<Arc<Sink>>>,
+    /// Every sink configured since start: a removed sink's deliveries stay pending, and
+    /// its backlog gauges keep saying so.
+    known: Mutex<BTreeSet<String>>,
+    http: reqwest::Client,
     wake: Wake,
+    /// The Loops API `baseten_deploy` sinks deploy through (a reload's new ones too).
+    deployer: Option<Arc<dyn LoopsDeployer>>,
 }
 
 impl Outbox {
@@ -287,31 +321,38 @@ impl Outbox {
         deployer: Option<Arc<dyn LoopsDeployer>>,
     ) -> anyhow::Result<Self> {
         let http = webhook::client();
-        let sinks = sinks
+        let sinks: Vec<Arc<Sink>> = sinks
             .iter()
-            .map(|s| {
-                let sink = Sink::new(s.clone(), http.clone())?;
-                match (&sink.deploy, &deployer) {
-                    (None, _) => Ok(sink),
-                    (Some(_), Some(d)) => Ok(sink.with_deployer(d.clone())),
-                    (Some(_), None) => Err(anyhow::anyhow!(
-                        "sink {}: a baseten_deploy sink needs the Loops API client",
-                        s.name
-                    )),
-                }
-            })
-            .map(|r| r.map(Arc::new))
+            .map(|s| make_sink(s, &http, deployer.as_ref()).map(Arc::new))
             .collect::<anyhow::Result<_>>()?;
+        let known = sinks.iter().map(|s| s.name().to_string()).collect();
         Ok(Outbox {
             store,
             metrics,
-            sinks,
+            sinks: RwLock::new(sinks),
+            known: Mutex::new(known),
+            http,
             wake,
+            deployer,
         })
     }
 
-    pub fn sinks(&self) -> &[Arc<Sink>] {
-        &self.sinks
+    /// The configured sinks.
+    pub fn sinks(&self) -> Vec<Arc<Sink>> {
+        self.sinks.read().expect("not poisoned").clone()
+    }
+
+    /// A sink ready to run, sharing the HTTP client of the others (a reload's new or
+    /// changed sink).
+    pub fn build_sink(&self, cfg: &SinkConfig) -> anyhow::Result<Arc<Sink>> {
+        make_sink(cfg, &self.http, self.deployer.as_ref()).map(Arc::new)
+    }
+
+    /// Replace the configured sinks (a reload); the caller stops and starts the workers.
+    pub fn set_sinks(&self, sinks: Vec<Arc<Sink>>) {
+        let mut known = self.known.lock().expect("not poisoned");
+        known.extend(sinks.iter().map(|s| s.name().to_string()));
+        *self.sinks.write().expect("not poisoned") = sinks;
     }
 
     /// The signal the workers wait on between claims.
@@ -358,7 +399,7 @@ impl Outbox {
     /// never a deploy sink.
     fn deployed_routes(&self, e: &StoredEvent) -> Vec<String> {
         let ct = CheckpointTarget::parse(&e.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
-        self.sinks
+        self.sinks()
             .iter()
             .filter(|s| s.deploy.is_none() && s.cfg.wants(EventType::Deployed, &e.target, &ct))
             .map(|s| s.name().to_string())
@@ -491,6 +532,11 @@ impl Outbox {
                     _ => idle,
                 };
                 (batch, wait)
+            }
+            Err(e) if e.is_unavailable() => {
+                // Logged once for every loop by the store watch.
+                debug!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry");
+                (Vec::new(), idle)
             }
             Err(e) => {
                 warn!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry");
@@ -638,7 +684,8 @@ impl Outbox {
 
     async fn deliver_round(&self) -> DeliverySummary {
         let mut summary = DeliverySummary::default();
-        let per_sink = self.sinks.iter().map(|sink| async move {
+        let sinks = self.sinks();
+        let per_sink = sinks.iter().map(|sink| async move {
             let mut s = DeliverySummary::default();
             loop {
                 let now = Utc::now();
@@ -675,14 +722,28 @@ impl Outbox {
     }
 
     /// Refresh the backlog gauges from the store (at scrape time).
+    /// With several replicas only one reports the database-wide figures; the others
+    /// export 0 ([`Metrics::reports_backlog`]), so a `sum` over replicas is the truth.
     pub async fn refresh_backlog(&self) {
-        let Ok(rows) = self.store.backlog().await else {
-            return;
+        let rows = if self.metrics.reports_backlog() {
+            match self.store.backlog().await {
+                Ok(rows) => rows,
+                Err(_) => return,
+            }
+        } else {
+            Vec::new()
         };
         let by_sink: HashMap<&str, _> = rows.iter().map(|b| (b.sink.as_str(), b)).collect();
         let now = Utc::now();
-        for s in &self.sinks {
-            let n = s.name();
+        let known: Vec<String> = self
+            .known
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .cloned()
+            .collect();
+        for n in &known {
+            let n = n.as_str();
             let b = by_sink.get(n);
             self.metrics
                 .pending
@@ -779,6 +840,35 @@ mod tests {
             decide(&status(410, None), 0, &schedule(), Utc::now(), 0.0),
             AttemptOutcome::Dead { .. }
         ));
+    }
+
+    #[test]
+    fn a_payload_that_cannot_be_built_is_dead_at_once_with_its_reason() {
+        let r = Err(Failure::Payload(
+            "template: undefined value (in body:1)".into(),
+        ));
+        match decide(&r, 0, &schedule(), Utc::now(), 0.0) {
+            AttemptOutcome::Dead { status, error } => {
+                assert_eq!(status, None);
+                assert_eq!(
+                    error,
+                    "cannot build the payload: template: undefined value (in body:1)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Transient ones still follow the schedule.
+        for f in [
+            Failure::Timeout,
+            Failure::Connect("refused".into()),
+            Failure::Exec("exit 1".into()),
+        ] {
+            assert!(!f.is_permanent());
+            assert!(matches!(
+                decide(&Err(f), 0, &schedule(), Utc::now(), 0.0),
+                AttemptOutcome::Retry { .. }
+            ));
+        }
     }
 
     #[test]

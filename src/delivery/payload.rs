@@ -78,7 +78,9 @@ pub fn build(
         }
         PayloadFormat::Template => {
             let t = template.ok_or("format = \"template\" without a template")?;
-            let body = t.render(&standard()?).map_err(|e| e.to_string())?;
+            let body = t
+                .render(&standard()?)
+                .map_err(|e| format!("the template does not render: {e}"))?;
             Ok(Payload {
                 content_type: content_type.to_string(),
                 headers: Vec::new(),
@@ -166,6 +168,22 @@ mod tests {
         }
         let v: Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["event_id"], "evt_1");
+    }
+
+    #[test]
+    fn a_body_nested_past_the_json_limit_cannot_be_encoded_and_says_why() {
+        // A checkpoint object nested ~126 levels deep passes the listing but not a second
+        // parse inside the event body: CloudEvents and templates cannot be built from it.
+        let mut e = event();
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        e.body =
+            format!(r#"{{"type":"checkpoint.completed","data":{{"checkpoint":{{"x":{deep}}}}}}}"#);
+        for format in [PayloadFormat::CloudEvents, PayloadFormat::CloudEventsBinary] {
+            let err = build(&e, format, None, "application/json").unwrap_err();
+            assert!(err.contains("recursion limit"), "{err}");
+        }
+        // The standard body is sent as stored.
+        assert!(build(&e, PayloadFormat::Standard, None, "application/json").is_ok());
     }
 
     #[test]

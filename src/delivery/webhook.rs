@@ -91,14 +91,9 @@ pub async fn send(
         return Ok(code);
     }
     let retry_after = http::retry_after(resp.headers());
-    // A short look at the body helps the operator; never read an unbounded one.
-    let snippet = match tokio::time::timeout(Duration::from_secs(2), resp.bytes()).await {
-        Ok(Ok(b)) => String::from_utf8_lossy(&b[..b.len().min(200)])
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    };
+    // A short look at the body helps the operator; a few KiB for a few seconds at most,
+    // whatever the receiver sends (a multi-gigabyte body, a drip, no end).
+    let snippet = http::one_line_snippet(&http::error_body(resp).await, 200);
     Err(Failure::Status {
         code,
         retry_after,

@@ -3,19 +3,32 @@
 //! The one rule every backend keeps: a poll's state changes, its events and their
 //! deliveries commit in one transaction ([`Store::commit_poll`]), so a crash at any
 //! instant neither loses an event nor records one twice.
+//!
+//! Layout: the operations both backends run the same way are written once in
+//! `shared.rs` (generic over the sqlx database), on the SQL text of `sql.rs` and the row
+//! records of `rows.rs`; `sqlite.rs` and `postgres.rs` hold only what their dialect does
+//! differently. Who polls which target is [`coordination`]'s [`Coordinator`]: nothing
+//! outside `store/` asks which backend it has.
 
+pub mod coordination;
 pub mod postgres;
+mod rows;
+mod shared;
+mod sql;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
+
 use crate::diff::Diff;
+use crate::model::TargetState;
 use crate::model::{CheckpointTarget, Event, EventType, Tracked};
-use crate::model::{Settled, TargetState, TrackedSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -27,12 +40,50 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Open(String),
+    /// No connection to the database at open: out of reach (worth waiting for, see
+    /// [`StoreError::is_unavailable`]) or refused (a wrong password, no such database).
+    #[error("cannot connect to {store}: {source}")]
+    Connect { store: String, source: sqlx::Error },
     /// An existing store was asked for and there is none.
     #[error("{0}")]
     Missing(String),
     /// The replica no longer holds the target's lease at the epoch it polled with.
     #[error("lease on target {target} lost (epoch {epoch} is stale); nothing was committed")]
     Fenced { target: String, epoch: i64 },
+}
+
+impl StoreError {
+    /// The database is out of reach for now (connection refused, reset or timed out, the
+    /// server shutting down or starting up, too many connections): the same operation
+    /// may succeed later without anyone changing anything. Not a query's own error.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e)
+            | StoreError::Connect { source: e, .. }
+            | StoreError::Migrate(
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+            ) => db_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+fn db_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), 57P01-57P03 (admin or crash shutdown,
+        // cannot connect now), 53300 (too many connections).
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -184,13 +235,6 @@ pub struct PollCommit<'a> {
     pub settled: Option<u128>,
 }
 
-/// A lease held by this replica: (owner, epoch) must still match at commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fence {
-    pub owner: String,
-    pub epoch: i64,
-}
-
 /// What a sink worker records after an attempt.
 #[derive(Clone, Debug)]
 pub enum AttemptOutcome {
@@ -308,6 +352,14 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>>;
 
+    /// The newest `limit` deliveries (in `status`, of `sink`, when given), oldest first.
+    async fn list_sink_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>>;
+
     /// Re-queue deliveries to be sent now; returns how many.
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64>;
 
@@ -338,20 +390,39 @@ pub enum Access {
 }
 
 /// Open the store named by `store.url`, creating and migrating it.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     open_with(url, Access::ReadWrite).await
 }
 
-pub async fn open_with(url: &str, access: Access) -> Result<std::sync::Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(
-            sqlite::SqliteStore::open_with(url, access).await?,
-        ))
+pub async fn open_with(url: &str, access: Access) -> Result<Arc<dyn Store>> {
+    if is_sqlite(url) {
+        Ok(Arc::new(sqlite::SqliteStore::open_with(url, access).await?))
     } else {
-        Ok(std::sync::Arc::new(
-            postgres::PgStore::open_with(url, access).await?,
-        ))
+        Ok(Arc::new(postgres::PgStore::open_with(url, access).await?))
     }
+}
+
+/// The store named by `cfg.url` and the coordination of the processes that share it: a
+/// SQLite file has one node ([`SingleNode`]), PostgreSQL has replicas that lease targets
+/// ([`postgres::PgLeases`]).
+pub async fn open_coordinated(
+    cfg: &crate::config::StoreConfig,
+    access: Access,
+    role: Role,
+) -> Result<(Arc<dyn Store>, Arc<dyn Coordinator>)> {
+    if is_sqlite(&cfg.url) {
+        let store = sqlite::SqliteStore::open_with(&cfg.url, access).await?;
+        let single = SingleNode::new(cfg.replica_id.clone());
+        Ok((Arc::new(store), Arc::new(single)))
+    } else {
+        let store = postgres::PgStore::open_with(&cfg.url, access).await?;
+        let leases = postgres::PgLeases::for_role(&store, &cfg.replica_id, cfg.lease_ttl, role);
+        Ok((Arc::new(store), Arc::new(leases)))
+    }
+}
+
+fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
 }
 
 /// A store opened read-only cannot migrate: its schema must already be this build's
@@ -368,55 +439,6 @@ pub(crate) fn require_current(
     }
     Ok(())
 }
-
-/// (sink, status, count, oldest created_at) rows -> one backlog per sink.
-pub(crate) fn fold_backlog(rows: Vec<(String, String, i64, i64)>) -> Vec<SinkBacklog> {
-    let mut out: Vec<SinkBacklog> = Vec::new();
-    for (sink, status, count, oldest) in rows {
-        let i = match out.iter().position(|b| b.sink == sink) {
-            Some(i) => i,
-            None => {
-                out.push(SinkBacklog {
-                    sink,
-                    ..SinkBacklog::default()
-                });
-                out.len() - 1
-            }
-        };
-        if status == "pending" {
-            out[i].pending = count;
-            out[i].oldest_pending = Some(ms_to_time(oldest));
-        } else {
-            out[i].dead = count;
-        }
-    }
-    out
-}
-
-/// A target's state from its stored parts: the `targets` row (filter and settled
-/// listing digest, if baselined) and its checkpoints.
-pub(crate) fn target_state(
-    target_row: Option<(String, Option<String>)>,
-    checkpoints: TrackedSet,
-) -> TargetState {
-    let (filter, digest) = target_row.unzip();
-    let settled = digest
-        .flatten()
-        .and_then(|d| u128::from_str_radix(&d, 16).ok())
-        .map(|digest| Settled {
-            digest,
-            // A settled listing lists exactly the live checkpoints.
-            checkpoints: checkpoints.values().filter(|c| !c.deleted).count(),
-        });
-    TargetState {
-        baselined: filter.is_some(),
-        filter,
-        checkpoints,
-        settled,
-        probes: Default::default(),
-    }
-}
-
 /// The checkpoint deliveries [`Store::newer_deploy`] weighs: same sink and run, another
 /// delivery, pending or delivered, of a completed sampler checkpoint. Selects its name and
 /// `created_at` as the upstream wrote it (`CREATED_AT` is the backend's JSON path
@@ -441,113 +463,4 @@ pub(crate) fn pick_newer(
         .filter(|(at, _)| *at > than)
         .max()
         .map(|(_, name)| name)
-}
-
-/// How [`PollCommit::settled`] is stored.
-pub(crate) fn digest_text(d: Option<u128>) -> Option<String> {
-    d.map(|d| format!("{d:032x}"))
-}
-
-pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-// Rows both backends read the same way: selected by column name, decoded by sqlx's
-// `FromRow` for either database, then turned into the model here, once.
-
-/// The `events` columns of [`EventRecord`], for a query that aliases `events` as `e`.
-pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.checkpoint_name, e.run_id, e.checkpoint_target, e.detected_at, e.body";
-
-/// An `events` row ([`EVENT_COLUMNS`]; a row may carry other columns too).
-#[derive(sqlx::FromRow)]
-pub(crate) struct EventRecord {
-    seq: i64,
-    id: String,
-    #[sqlx(rename = "type")]
-    kind: String,
-    target: String,
-    checkpoint_id: String,
-    checkpoint_name: String,
-    run_id: String,
-    checkpoint_target: String,
-    detected_at: i64,
-    body: String,
-}
-
-impl From<EventRecord> for StoredEvent {
-    fn from(r: EventRecord) -> Self {
-        StoredEvent {
-            seq: r.seq,
-            id: r.id,
-            kind: r.kind,
-            target: r.target,
-            checkpoint_id: r.checkpoint_id,
-            checkpoint_name: r.checkpoint_name,
-            run_id: r.run_id,
-            checkpoint_target: r.checkpoint_target,
-            detected_at: ms_to_time(r.detected_at),
-            body: r.body,
-        }
-    }
-}
-
-/// The columns of [`DeliveryRecord`]: `deliveries d` joined with `events e`.
-pub(crate) const DELIVERY_LIST_COLUMNS: &str =
-    "d.id, d.sink, d.status, d.attempts, d.next_attempt_at, d.last_status, d.last_error,
-    d.created_at, d.updated_at, e.id AS event_id, e.type, e.target, e.run_id,
-    e.checkpoint_target, e.checkpoint_name";
-
-/// One delivery and its event, as `deliveries list` shows them ([`DELIVERY_LIST_COLUMNS`]).
-#[derive(sqlx::FromRow)]
-pub(crate) struct DeliveryRecord {
-    id: i64,
-    sink: String,
-    status: String,
-    attempts: i32,
-    next_attempt_at: i64,
-    last_status: Option<i32>,
-    last_error: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-    event_id: String,
-    #[sqlx(rename = "type")]
-    kind: String,
-    target: String,
-    run_id: String,
-    checkpoint_target: String,
-    checkpoint_name: String,
-}
-
-impl TryFrom<DeliveryRecord> for DeliveryRow {
-    type Error = StoreError;
-
-    fn try_from(r: DeliveryRecord) -> Result<Self> {
-        let status = DeliveryStatus::parse(&r.status)
-            .ok_or_else(|| StoreError::Corrupt(format!("status {:?}", r.status)))?;
-        let ct = CheckpointTarget::parse(&r.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
-        Ok(DeliveryRow {
-            id: r.id,
-            event_id: r.event_id,
-            kind: r.kind,
-            target: r.target,
-            uri: crate::model::checkpoint_uri(&r.run_id, &ct, &r.checkpoint_name),
-            sink: r.sink,
-            status,
-            attempts: r.attempts.max(0) as u32,
-            next_attempt_at: (status == DeliveryStatus::Pending)
-                .then(|| ms_to_time(r.next_attempt_at)),
-            last_status: r.last_status.and_then(|s| u16::try_from(s).ok()),
-            last_error: r.last_error,
-            created_at: ms_to_time(r.created_at),
-            updated_at: ms_to_time(r.updated_at),
-        })
-    }
-}
-
-/// A [`StoredEvent`] from any row holding [`EVENT_COLUMNS`].
-pub(crate) fn event_from_row<'r, R: sqlx::Row>(r: &'r R) -> Result<StoredEvent>
-where
-    EventRecord: sqlx::FromRow<'r, R>,
-{
-    Ok(<EventRecord as sqlx::FromRow<'r, R>>::from_row(r)?.into())
 }

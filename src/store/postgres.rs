@@ -1,5 +1,5 @@
 //! The shared store for several replicas: the same schema as SQLite on PostgreSQL, plus
-//! replica heartbeats and target leases with fencing epochs ([`Leases`]).
+//! replica heartbeats and target leases with fencing epochs ([`PgLeases`]).
 //!
 //! Lease times use the database clock, so replicas never compare their own clocks.
 
@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
+use sqlx::{AssertSqlSafe, Postgres, Row};
 
+use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
+use super::rows::{event_from_row, ms_to_time};
+use super::shared::{Dialect, Queries};
 use super::{
-    Access, AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow,
-    DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
-    StoredEvent, TargetDump, event_from_row, ms_to_time,
+    Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
-use crate::model::TargetState;
-use crate::model::{CheckpointTarget, Raw, Tracked};
+use crate::model::{Event, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -57,7 +58,10 @@ impl PgStore {
         let pool = pool
             .connect_with(opts)
             .await
-            .map_err(|e| StoreError::Open(format!("cannot connect to {shown}: {e}")))?;
+            .map_err(|source| StoreError::Connect {
+                store: shown.clone(),
+                source,
+            })?;
         if read_only {
             let exists: bool =
                 sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
@@ -84,123 +88,57 @@ impl PgStore {
     }
 }
 
-/// A checkpoints row; `raw` as text only with `keep_raw` (else its digest).
-fn tracked_from_row(r: &PgRow, keep_raw: bool) -> Result<Tracked> {
-    let target: &str = r.try_get("checkpoint_target")?;
-    let raw: &str = r.try_get("raw")?;
-    Ok(Tracked {
-        id: r.try_get::<&str, _>("id")?.into(),
-        name: r.try_get::<&str, _>("name")?.into(),
-        run_id: r.try_get::<&str, _>("run_id")?.into(),
-        target: CheckpointTarget::parse(target)
-            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
-        sync_status: r.try_get::<Option<&str>, _>("sync_status")?.map(Into::into),
-        created_at: r.try_get::<&str, _>("created_at")?.into(),
-        first_seen_at: ms_to_time(r.try_get("first_seen_at")?),
-        completed: r.try_get("completed")?,
-        stalled: r.try_get("stalled")?,
-        missing: r.try_get::<i64, _>("missing")? as u32,
-        deleted: r.try_get("deleted")?,
-        deleted_reported: r.try_get("deleted_reported")?,
-        seq: r.try_get::<i64, _>("seq")? as u32,
-        raw: if keep_raw {
-            Raw::Text(raw.to_string())
-        } else {
-            Raw::Digest(Raw::digest_of(raw))
-        },
-    })
-}
-
-#[async_trait]
-impl Store for PgStore {
-    async fn load_target(&self, name: &str) -> Result<TargetState> {
-        let target_row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT filter, listing_digest FROM targets WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        let rows = sqlx::query("SELECT * FROM checkpoints WHERE target = $1")
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await?;
-        let checkpoints = rows
-            .iter()
-            .map(|r| tracked_from_row(r, false))
-            .collect::<Result<_>>()?;
-        Ok(super::target_state(target_row, checkpoints))
-    }
-
-    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT raw FROM checkpoints WHERE target = $1 AND id = $2")
-                .bind(target)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
+/// PostgreSQL writes a poll's rows one statement each: a multi-row `ON CONFLICT DO
+/// UPDATE` may not touch a row twice, and `RETURNING` hands back each event's `seq`.
+impl Dialect for Postgres {
+    /// PostgreSQL keeps no digest of the text: always the text.
+    fn tracked_columns(_with_raw: bool) -> String {
+        format!(
+            "{}, NULL::BIGINT AS raw_digest, raw",
+            sql::CHECKPOINT_FIELDS
         )
     }
 
-    async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
-        let now = c.now.timestamp_millis();
-        let mut tx = self.pool.begin().await?;
-        if let Some(f) = &c.fence {
-            // Lock the lease row: a takeover waits for this commit, and a stale epoch
-            // (the lease was taken while this replica was paused) commits nothing.
-            let held = sqlx::query(AssertSqlSafe(format!(
-                "SELECT 1 FROM leases WHERE target = $1 AND owner = $2 AND epoch = $3 AND expires_at > {DB_NOW} FOR UPDATE"
-            )))
-            .bind(c.target)
-            .bind(&f.owner)
-            .bind(f.epoch)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if held.is_none() {
-                return Err(StoreError::Fenced {
-                    target: c.target.to_string(),
-                    epoch: f.epoch,
-                });
-            }
+    fn rows_affected(r: &PgQueryResult) -> u64 {
+        r.rows_affected()
+    }
+
+    /// Lock the lease row: a takeover waits for this commit, and a stale epoch (the lease
+    /// was taken while this replica was paused) commits nothing.
+    async fn check_fence(tx: &mut PgConnection, target: &str, fence: Option<&Fence>) -> Result<()> {
+        let Some(f) = fence else {
+            return Ok(());
+        };
+        let held = sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM leases WHERE target = $1 AND owner = $2 AND epoch = $3 AND expires_at > {DB_NOW} FOR UPDATE"
+        )))
+        .bind(target)
+        .bind(&f.owner)
+        .bind(f.epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Fenced {
+                target: target.to_string(),
+                epoch: f.epoch,
+            }),
         }
-        if c.diff.baseline {
-            // A target baselined again (its filter changed) starts from nothing.
-            sqlx::query("DELETE FROM checkpoints WHERE target = $1")
-                .bind(c.target)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO targets (name, filter, baselined_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
-            )
-                .bind(c.target)
-                .bind(c.filter)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for t in &c.diff.updates {
-            // A row without its text (a checkpoint absent from the listing) keeps the
-            // stored one.
-            let sql = match t.raw.text() {
-                Some(_) => {
-                    "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status, created_at,
-                        first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                     ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
-                        checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
-                        created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                        completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                        deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
-                        seq = excluded.seq, raw = excluded.raw"
-                }
-                None => {
-                    "UPDATE checkpoints SET name = $3, run_id = $4, checkpoint_target = $5,
-                        sync_status = $6, created_at = $7, first_seen_at = $8, completed = $9,
-                        stalled = $10, missing = $11, deleted = $12, deleted_reported = $13, seq = $14
-                     WHERE target = $1 AND id = $2"
-                }
-            };
-            let q = sqlx::query(sql)
-                .bind(c.target)
+    }
+
+    async fn upsert_checkpoints(
+        tx: &mut PgConnection,
+        target: &str,
+        rows: &[&Tracked],
+    ) -> Result<()> {
+        let upsert = format!(
+            "{}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15){}",
+            sql::CHECKPOINT_INSERT,
+            sql::CHECKPOINT_ON_CONFLICT
+        );
+        for t in rows {
+            sqlx::query(AssertSqlSafe(upsert.as_str()))
+                .bind(target)
                 .bind(t.id.as_str())
                 .bind(t.name.as_str())
                 .bind(t.run_id.as_str())
@@ -213,53 +151,73 @@ impl Store for PgStore {
                 .bind(i64::from(t.missing))
                 .bind(t.deleted)
                 .bind(t.deleted_reported)
-                .bind(i64::from(t.seq));
-            match t.raw.text() {
-                Some(raw) => q.bind(raw),
-                None => q,
-            }
-            .execute(&mut *tx)
-            .await?;
+                .bind(i64::from(t.seq))
+                .bind(t.raw.text().unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
         }
-        sqlx::query("UPDATE targets SET listing_digest = $1 WHERE name = $2")
-            .bind(super::digest_text(c.settled))
-            .bind(c.target)
-            .execute(&mut *tx)
-            .await?;
-        let mut stored = Vec::with_capacity(c.diff.events.len());
-        for (e, sinks) in c.diff.events.iter().zip(&c.sinks) {
-            let body = e.standard_body();
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
-            )
-            .bind(&e.id)
-            .bind(e.kind.as_str())
-            .bind(&e.target)
-            .bind(&e.checkpoint_id)
-            .bind(&e.checkpoint_name)
-            .bind(&e.run_id)
-            .bind(e.checkpoint_target.as_str())
-            .bind(e.detected_at.timestamp_millis())
-            .bind(&body)
-            .fetch_one(&mut *tx)
-            .await?;
-            for sink in sinks {
-                sqlx::query(
-                    "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
-                     VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
-                )
-                .bind(seq)
-                .bind(*sink)
+        Ok(())
+    }
+
+    async fn insert_events(tx: &mut PgConnection, events: &[(&Event, &str)]) -> Result<Vec<i64>> {
+        let insert = format!(
+            "{} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
+            sql::EVENT_INSERT
+        );
+        let mut seqs = Vec::with_capacity(events.len());
+        for (e, body) in events {
+            let seq: i64 = sqlx::query_scalar(AssertSqlSafe(insert.as_str()))
+                .bind(&e.id)
+                .bind(e.kind.as_str())
+                .bind(&e.target)
+                .bind(&e.checkpoint_id)
+                .bind(&e.checkpoint_name)
                 .bind(&e.run_id)
+                .bind(e.checkpoint_target.as_str())
+                .bind(e.detected_at.timestamp_millis())
+                .bind(*body)
+                .fetch_one(&mut *tx)
+                .await?;
+            seqs.push(seq);
+        }
+        Ok(seqs)
+    }
+
+    async fn insert_deliveries(
+        tx: &mut PgConnection,
+        rows: &[(i64, &str, &str)],
+        now: i64,
+    ) -> Result<()> {
+        let insert = format!(
+            "{} VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
+            sql::DELIVERY_INSERT
+        );
+        for (seq, sink, run_id) in rows {
+            sqlx::query(AssertSqlSafe(insert.as_str()))
+                .bind(*seq)
+                .bind(*sink)
+                .bind(*run_id)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            }
-            stored.push(StoredEvent::with_body(seq, e, body));
         }
-        tx.commit().await?;
-        Ok(stored)
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn load_target(&self, name: &str) -> Result<TargetState> {
+        Queries::load_target(&self.pool, name).await
+    }
+
+    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
+        Queries::checkpoint_raw(&self.pool, target, id).await
+    }
+
+    async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::commit_poll(&mut conn, c).await
     }
 
     async fn claim_due(
@@ -287,7 +245,8 @@ impl Store for PgStore {
                 FOR UPDATE SKIP LOCKED)
              UPDATE deliveries d SET claimed_until = $1 FROM due, events e
              WHERE d.id = due.id AND e.seq = d.event_seq
-             RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {EVENT_COLUMNS}"
+             RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",
+            sql::EVENT_COLUMNS
         )))
         .bind(until)
         .bind(sink)
@@ -331,46 +290,41 @@ impl Store for PgStore {
         for (id, outcome) in outcomes {
             let id = *id;
             let q = match outcome {
-            AttemptOutcome::DeliveredWith(f) => {
-                insert_follow_up(&mut tx, f, now).await?;
-                sqlx::query(
+                AttemptOutcome::DeliveredWith(f) => {
+                    insert_follow_up(&mut tx, f, now).await?;
+                    sqlx::query(
+                        "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
+                        last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(id)
+                }
+                AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
+                    .bind(now)
+                    .bind(id)
+                    .bind(reason.clone()),
+                AttemptOutcome::Delivered => sqlx::query(
                     "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
+                        last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
                 )
                 .bind(now)
-                .bind(id)
-            }
-            AttemptOutcome::Superseded { reason } => sqlx::query(
-                "UPDATE deliveries SET status = 'superseded', claimed_until = NULL,
-                    last_status = NULL, last_error = $3, updated_at = $1 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(reason.clone()),
-            AttemptOutcome::Delivered => sqlx::query(
-                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(id),
-            AttemptOutcome::Retry { next, status, error } => sqlx::query(
-                "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = $3,
-                    last_status = $4, last_error = $5, updated_at = $1 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(next.timestamp_millis())
-            .bind(status.map(i32::from))
-            .bind(error.clone()),
-            AttemptOutcome::Dead { status, error } => sqlx::query(
-                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = $3, last_error = $4, updated_at = $1 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(status.map(i32::from))
-            .bind(error.clone()),
-        };
+                .bind(id),
+                AttemptOutcome::Retry {
+                    next,
+                    status,
+                    error,
+                } => sqlx::query(sql::RECORD_RETRY)
+                    .bind(now)
+                    .bind(id)
+                    .bind(next.timestamp_millis())
+                    .bind(status.map(i32::from))
+                    .bind(error.clone()),
+                AttemptOutcome::Dead { status, error } => sqlx::query(sql::RECORD_DEAD)
+                    .bind(now)
+                    .bind(id)
+                    .bind(status.map(i32::from))
+                    .bind(error.clone()),
+            };
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -417,128 +371,38 @@ impl Store for PgStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_LIST_COLUMNS}
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE ($1::text IS NULL OR d.status = $1)
-             ORDER BY d.id DESC LIMIT $2"
-        )))
-        .bind(status.map(DeliveryStatus::as_str))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().rev().map(DeliveryRow::try_from).collect()
+        Queries::list_deliveries(&self.pool, status, None, limit).await
+    }
+
+    async fn list_sink_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        Queries::list_deliveries(&self.pool, status, sink, limit).await
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
-        let now = now.timestamp_millis();
-        const SET: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, updated_at = $1";
-        // Not one a worker is attempting: it would go out twice, and its outcome would
-        // overwrite the re-queue.
-        const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until <= $1)";
-        let mut n = 0;
-        match which {
-            Redeliver::Dead { sink } => {
-                n += sqlx::query(AssertSqlSafe(format!(
-                    "{SET} WHERE status = 'dead' AND ($2::text IS NULL OR sink = $2)"
-                )))
-                .bind(now)
-                .bind(sink.as_deref())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            }
-            Redeliver::Ids(ids) => {
-                let mut tx = self.pool.begin().await?;
-                for id in ids {
-                    let q = if let Ok(num) = id.parse::<i64>() {
-                        sqlx::query(AssertSqlSafe(format!(
-                            "{SET} WHERE id = $2 AND {NOT_IN_FLIGHT}"
-                        )))
-                        .bind(now)
-                        .bind(num)
-                    } else {
-                        sqlx::query(AssertSqlSafe(format!(
-                            "{SET} WHERE event_seq = (SELECT seq FROM events WHERE id = $2) AND {NOT_IN_FLIGHT}"
-                        )))
-                        .bind(now)
-                        .bind(id.clone())
-                    };
-                    n += q.execute(&mut *tx).await?.rows_affected();
-                }
-                tx.commit().await?;
-            }
-        }
-        Ok(n)
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::redeliver(&mut conn, which, now.timestamp_millis()).await
     }
 
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
-             WHERE status IN ('pending', 'dead') GROUP BY sink, status",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(super::fold_backlog(rows))
+        Queries::backlog(&self.pool).await
     }
 
     async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
-        let targets: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT name, filter, baselined_at FROM targets WHERE ($1::text IS NULL OR name = $1) ORDER BY name",
-        )
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::new();
-        for (name, filter, at) in targets {
-            let rows =
-                sqlx::query("SELECT * FROM checkpoints WHERE target = $1 ORDER BY created_at, id")
-                    .bind(&name)
-                    .fetch_all(&self.pool)
-                    .await?;
-            let checkpoints = rows
-                .iter()
-                .map(|r| tracked_from_row(r, true))
-                .collect::<Result<Vec<_>>>()?;
-            out.push(TargetDump {
-                name,
-                filter,
-                baselined_at: ms_to_time(at),
-                checkpoints,
-            });
-        }
-        Ok(out)
+        Queries::dump(&self.pool, target).await
     }
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE ($1::text IS NULL OR e.target = $1) ORDER BY e.seq"
-        )))
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        Queries::events(&self.pool, target).await
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
-        let cutoff = cutoff.timestamp_millis();
-        let mut tx = self.pool.begin().await?;
-        let deliveries =
-            sqlx::query("DELETE FROM deliveries WHERE status IN ('delivered', 'superseded') AND updated_at < $1")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        let events = sqlx::query(
-            "DELETE FROM events WHERE detected_at < $1
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
-        )
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok((deliveries, events))
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::prune(&mut conn, cutoff.timestamp_millis()).await
     }
 }
 
@@ -583,35 +447,42 @@ async fn insert_follow_up(
     Ok(())
 }
 
-/// Replica membership and target leases on the shared database.
-pub struct Leases {
+/// Replica membership and target leases on the shared database: the PostgreSQL
+/// [`Coordinator`].
+pub struct PgLeases {
     pool: PgPool,
-    pub replica: String,
+    replica: String,
     ttl: Duration,
+    role: Role,
 }
 
-/// What one lease round changed.
-#[derive(Debug, Default, PartialEq)]
-pub struct LeaseRound {
-    /// Target -> epoch, for every lease this replica holds after the round.
-    pub owned: Vec<(String, i64)>,
-    /// Leases taken from a replica whose lease had expired (epoch > 1).
-    pub takeovers: u64,
-    pub live_replicas: i64,
-}
-
-impl Leases {
+impl PgLeases {
+    /// The leases of replica `replica` (a daemon: [`Role::Replica`]).
     pub fn new(store: &PgStore, replica: String, ttl: Duration) -> Self {
-        Leases {
+        PgLeases {
             pool: store.pool.clone(),
             replica,
             ttl,
+            role: Role::Replica,
+        }
+    }
+
+    /// The leases of a process in `role`; a one-shot run holds them under
+    /// `<replica_id>/once-<pid>`.
+    pub fn for_role(store: &PgStore, replica_id: &str, ttl: Duration, role: Role) -> Self {
+        let replica = match role {
+            Role::Replica => replica_id.to_string(),
+            Role::OneShot => format!("{replica_id}/once-{}", std::process::id()),
+        };
+        PgLeases {
+            role,
+            ..PgLeases::new(store, replica, ttl)
         }
     }
 
     /// Heartbeat, renew what is held, give up what is above a fair share, and take
-    /// free or expired targets up to it. Run every `ttl / 3`.
-    pub async fn round(&self, targets: &[String]) -> Result<LeaseRound> {
+    /// free or expired targets up to it.
+    async fn replica_round(&self, targets: &[String]) -> Result<LeaseRound> {
         let ttl = self.ttl.as_millis() as i64;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO replicas (id, heartbeat_at, started_at) VALUES ($1, {DB_NOW}, {DB_NOW})
@@ -620,8 +491,8 @@ impl Leases {
         .bind(&self.replica)
         .execute(&self.pool)
         .await?;
-        let live: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
+        let (live, first): (i64, Option<String>) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT COUNT(*), MIN(id) FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
         )))
         .bind(ttl)
         .fetch_one(&self.pool)
@@ -681,6 +552,24 @@ impl Leases {
             owned,
             takeovers,
             live_replicas: live,
+            reports_backlog: first.as_deref() == Some(self.replica.as_str()),
+        })
+    }
+
+    /// Extend every lease this owner still holds by `ttl` (a one-shot run's round).
+    async fn renew(&self) -> Result<LeaseRound> {
+        let mut owned: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE leases SET expires_at = {DB_NOW} + $2 WHERE owner = $1 AND expires_at > {DB_NOW}
+             RETURNING target, epoch"
+        )))
+        .bind(&self.replica)
+        .bind(self.ttl.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        owned.sort();
+        Ok(LeaseRound {
+            owned,
+            ..LeaseRound::default()
         })
     }
 
@@ -700,20 +589,37 @@ impl Leases {
         .fetch_optional(&self.pool)
         .await?)
     }
+}
 
-    /// For a one-shot run (`once`) beside running replicas: take the lease of each of
-    /// `targets` that nobody holds, without joining as a replica (no heartbeat, so the
-    /// fair shares do not move). Returns, per target, `Ok(epoch)` when taken or
-    /// `Err(owner)` when a replica holds it.
-    pub async fn take_free(
-        &self,
-        targets: &[String],
-    ) -> Result<Vec<(String, std::result::Result<i64, String>)>> {
+#[async_trait]
+impl Coordinator for PgLeases {
+    fn owner(&self) -> &str {
+        &self.replica
+    }
+
+    fn lease_ttl(&self) -> Option<Duration> {
+        Some(self.ttl)
+    }
+
+    /// Nothing until a round takes it.
+    fn owned_from_start(&self, _targets: &[String]) -> Vec<(String, i64)> {
+        Vec::new()
+    }
+
+    async fn round(&self, targets: &[String]) -> Result<LeaseRound> {
+        match self.role {
+            Role::Replica => self.replica_round(targets).await,
+            Role::OneShot => self.renew().await,
+        }
+    }
+
+    /// Without joining as a replica: no heartbeat, so the fair shares do not move.
+    async fn take_free(&self, targets: &[String]) -> Result<Taken> {
         let mut out = Vec::with_capacity(targets.len());
         for t in targets {
             let got = match self.try_take(t).await? {
-                Some(epoch) => Ok(epoch),
-                None => Err(
+                Some(epoch) => Take::Taken(epoch),
+                None => Take::HeldBy(
                     sqlx::query_scalar("SELECT owner FROM leases WHERE target = $1")
                         .bind(t)
                         .fetch_optional(&self.pool)
@@ -726,21 +632,7 @@ impl Leases {
         Ok(out)
     }
 
-    /// Extend every lease this owner still holds by `ttl` (a one-shot run's heartbeat);
-    /// returns how many.
-    pub async fn renew(&self) -> Result<u64> {
-        Ok(sqlx::query(AssertSqlSafe(format!(
-            "UPDATE leases SET expires_at = {DB_NOW} + $2 WHERE owner = $1 AND expires_at > {DB_NOW}"
-        )))
-        .bind(&self.replica)
-        .bind(self.ttl.as_millis() as i64)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    /// Give up every lease (on shutdown), so another replica takes over at once.
-    pub async fn release_all(&self) -> Result<()> {
+    async fn release_all(&self) -> Result<()> {
         sqlx::query("UPDATE leases SET expires_at = 0 WHERE owner = $1")
             .bind(&self.replica)
             .execute(&self.pool)

@@ -11,16 +11,18 @@ use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteQueryResult, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
+use super::coordination::Fence;
+use super::rows::{self, event_from_row, ms_to_time};
+use super::shared::{Dialect, Queries};
 use super::{
-    Access, AttemptOutcome, Claimed, DELIVERY_LIST_COLUMNS, DeliveryRecord, DeliveryRow,
-    DeliveryStatus, EVENT_COLUMNS, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError,
-    StoredEvent, TargetDump, event_from_row, ms_to_time,
+    Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
-use crate::model::{CheckpointTarget, Event, Raw, TargetState, Tracked};
+use crate::model::{Event, Raw, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -56,6 +58,7 @@ fn lock_exclusive(db: &std::path::Path) -> Result<std::fs::File> {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
     let path = std::path::PathBuf::from(name);
+    create_private(&path);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -74,6 +77,23 @@ fn lock_exclusive(db: &std::path::Path) -> Result<std::fs::File> {
             "cannot lock {}: {e}",
             path.display()
         ))),
+    }
+}
+
+/// Create `path` empty and owner-only (0600, whatever the umask) when it does not exist.
+/// SQLite takes an empty file as a new database and gives its `-wal` and `-shm` files
+/// the database file's mode, so the whole state stays private (it was 0644: checkpoint
+/// names, payloads and error bodies readable by every user). Failures are left for the
+/// open that follows to report.
+fn create_private(path: &std::path::Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
     }
 }
 
@@ -100,7 +120,11 @@ impl SqliteStore {
             )));
         }
         let lock = if access == Access::ReadWrite && on_disk {
-            Some(lock_exclusive(path)?)
+            let lock = lock_exclusive(path)?;
+            if !url.contains("mode=memory") {
+                create_private(path);
+            }
+            Some(lock)
         } else {
             None
         };
@@ -158,48 +182,8 @@ impl SqliteStore {
     }
 }
 
-/// The columns [`tracked_from_row`] reads, in its order (it reads by index: sqlx looks a
-/// column name up by scanning). The object's text comes only where its digest is missing.
-const TRACKED_COLUMNS: &str = "id, name, run_id, checkpoint_target, sync_status, created_at,
-    first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq, raw_digest,
-    CASE WHEN raw_digest IS NULL THEN raw END";
-
-/// [`TRACKED_COLUMNS`] with the object's text (for `state`).
-const TRACKED_COLUMNS_WITH_RAW: &str = "id, name, run_id, checkpoint_target, sync_status,
-    created_at, first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq,
-    raw_digest, raw";
-
-/// A checkpoints row whose [`TRACKED_COLUMNS`] start at column `at`; `raw` as text only
-/// with `keep_raw` (else its digest).
-fn tracked_from_row(r: &SqliteRow, at: usize, keep_raw: bool) -> Result<Tracked> {
-    let target: &str = r.try_get(at + 3)?;
-    let digest: Option<i64> = r.try_get(at + 13)?;
-    let raw: Option<&str> = r.try_get(at + 14)?;
-    Ok(Tracked {
-        id: r.try_get::<&str, _>(at)?.into(),
-        name: r.try_get::<&str, _>(at + 1)?.into(),
-        run_id: r.try_get::<&str, _>(at + 2)?.into(),
-        target: CheckpointTarget::parse(target)
-            .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
-        sync_status: r.try_get::<Option<&str>, _>(at + 4)?.map(Into::into),
-        created_at: r.try_get::<&str, _>(at + 5)?.into(),
-        first_seen_at: ms_to_time(r.try_get(at + 6)?),
-        completed: r.try_get(at + 7)?,
-        stalled: r.try_get(at + 8)?,
-        missing: r.try_get::<i64, _>(at + 9)? as u32,
-        deleted: r.try_get(at + 10)?,
-        deleted_reported: r.try_get(at + 11)?,
-        seq: r.try_get::<i64, _>(at + 12)? as u32,
-        raw: match (keep_raw, digest, raw) {
-            (true, _, Some(raw)) => Raw::Text(raw.to_string()),
-            (false, Some(d), _) => Raw::Digest(d as u64),
-            (_, _, raw) => Raw::Digest(Raw::digest_of(raw.unwrap_or_default())),
-        },
-    })
-}
-
-/// One checkpoints row as `load_targets` reads it: [`TRACKED_COLUMNS`] up to `raw_digest`,
-/// as a JSON array.
+/// One checkpoints row as `load_targets` reads it: [`sql::CHECKPOINT_FIELDS`] and
+/// `raw_digest`, as a JSON array (SQLite's fast path for a whole state: see there).
 #[derive(serde::Deserialize)]
 struct JsonRow<'a>(
     #[serde(borrow)] Cow<'a, str>,
@@ -241,8 +225,7 @@ impl JsonRow<'_> {
             id: id.as_ref().into(),
             name: name.as_ref().into(),
             run_id: run_id.as_ref().into(),
-            target: CheckpointTarget::parse(&target)
-                .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {target:?}")))?,
+            target: rows::checkpoint_target(&target)?,
             sync_status: sync_status.as_deref().map(Into::into),
             created_at: created_at.as_ref().into(),
             first_seen_at: ms_to_time(first_seen_at),
@@ -261,213 +244,121 @@ impl JsonRow<'_> {
 /// Rows per multi-row statement: 16 parameters a row stays far below SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// One poll's state changes, events and deliveries in one transaction on `conn`.
-///
-/// Multi-row statements: sqlx hands every statement to the connection's thread and back
-/// (two thread wake-ups, ~20 us), so a burst of 100 completions in one listing is a few
-/// statements, not 300.
-async fn commit_poll_on(
-    conn: &mut SqliteConnection,
-    c: PollCommit<'_>,
-) -> Result<Vec<StoredEvent>> {
-    let now = c.now.timestamp_millis();
-    let mut tx = conn.begin().await?;
-    if c.diff.baseline {
-        // A target baselined again (its filter changed) starts from nothing.
-        sqlx::query("DELETE FROM checkpoints WHERE target = ?")
-            .bind(c.target)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO targets (name, filter, baselined_at) VALUES (?, ?, ?)
-             ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at",
-        )
-        .bind(c.target)
-        .bind(c.filter)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
-    let (texts, bare): (Vec<&Tracked>, Vec<&Tracked>) =
-        c.diff.updates.iter().partition(|t| t.raw.text().is_some());
-    for chunk in texts.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO checkpoints (target, id, name, run_id, checkpoint_target, sync_status,
-                created_at, first_seen_at, completed, stalled, missing, deleted, deleted_reported,
-                seq, raw, raw_digest) ",
-        );
-        q.push_values(chunk, |mut b, t| {
-            let raw = t.raw.text().unwrap_or_default();
-            b.push_bind(c.target)
-                .push_bind(t.id.as_str())
-                .push_bind(t.name.as_str())
-                .push_bind(t.run_id.as_str())
-                .push_bind(t.target.as_str())
-                .push_bind(t.sync_status.as_deref())
-                .push_bind(t.created_at.as_str())
-                .push_bind(t.first_seen_at.timestamp_millis())
-                .push_bind(t.completed)
-                .push_bind(t.stalled)
-                .push_bind(i64::from(t.missing))
-                .push_bind(t.deleted)
-                .push_bind(t.deleted_reported)
-                .push_bind(i64::from(t.seq))
-                .push_bind(raw)
-                .push_bind(Raw::digest_of(raw) as i64);
-        });
-        q.push(
-            " ON CONFLICT (target, id) DO UPDATE SET name = excluded.name, run_id = excluded.run_id,
-                checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
-                created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
-                completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
-                deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
-                seq = excluded.seq, raw = excluded.raw, raw_digest = excluded.raw_digest",
-        );
-        q.build().execute(&mut *tx).await?;
-    }
-    // A row without its text (a checkpoint absent from the listing) keeps the stored one.
-    for t in bare {
-        sqlx::query(
-            "UPDATE checkpoints SET name = ?3, run_id = ?4, checkpoint_target = ?5,
-                sync_status = ?6, created_at = ?7, first_seen_at = ?8, completed = ?9,
-                stalled = ?10, missing = ?11, deleted = ?12, deleted_reported = ?13, seq = ?14
-             WHERE target = ?1 AND id = ?2",
-        )
-        .bind(c.target)
-        .bind(t.id.as_str())
-        .bind(t.name.as_str())
-        .bind(t.run_id.as_str())
-        .bind(t.target.as_str())
-        .bind(t.sync_status.as_deref())
-        .bind(t.created_at.as_str())
-        .bind(t.first_seen_at.timestamp_millis())
-        .bind(t.completed)
-        .bind(t.stalled)
-        .bind(i64::from(t.missing))
-        .bind(t.deleted)
-        .bind(t.deleted_reported)
-        .bind(i64::from(t.seq))
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query("UPDATE targets SET listing_digest = ? WHERE name = ?")
-        .bind(super::digest_text(c.settled))
-        .bind(c.target)
-        .execute(&mut *tx)
-        .await?;
-    let events = &c.diff.events;
-    let bodies: Vec<String> = events.iter().map(Event::standard_body).collect();
-    // One statement inserts its rows in order with consecutive `seq`s (AUTOINCREMENT, and
-    // nobody else writes inside this transaction): the last rowid tells them all.
-    let mut seqs: Vec<i64> = Vec::with_capacity(events.len());
-    let rows: Vec<(&Event, &String)> = events.iter().zip(&bodies).collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id,
-                checkpoint_target, detected_at, body) ",
-        );
-        q.push_values(chunk, |mut b, (e, body)| {
-            b.push_bind(e.id.as_str())
-                .push_bind(e.kind.as_str())
-                .push_bind(e.target.as_str())
-                .push_bind(e.checkpoint_id.as_str())
-                .push_bind(e.checkpoint_name.as_str())
-                .push_bind(e.run_id.as_str())
-                .push_bind(e.checkpoint_target.as_str())
-                .push_bind(e.detected_at.timestamp_millis())
-                .push_bind(body.as_str());
-        });
-        let done = q.build().execute(&mut *tx).await?;
-        if done.rows_affected() != chunk.len() as u64 {
-            return Err(StoreError::Corrupt(format!(
-                "{} of {} events inserted",
-                done.rows_affected(),
-                chunk.len()
-            )));
-        }
-        let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
-        seqs.extend((0..chunk.len() as i64).map(|k| first + k));
-    }
-    let mut deliveries: Vec<(i64, &str, &str)> = Vec::new();
-    for ((e, sinks), seq) in events.iter().zip(&c.sinks).zip(&seqs) {
-        deliveries.extend(sinks.iter().map(|sink| (*seq, *sink, e.run_id.as_str())));
-    }
-    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
-                created_at, updated_at) ",
-        );
-        q.push_values(chunk, |mut b, (seq, sink, run_id)| {
-            b.push_bind(*seq)
-                .push_bind(*sink)
-                .push_bind(*run_id)
-                .push_bind("pending")
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        q.build().execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(events
-        .iter()
-        .zip(bodies)
-        .zip(seqs)
-        .map(|((e, body), seq)| StoredEvent::with_body(seq, e, body))
-        .collect())
-}
-
-/// A delivery no worker is attempting right now (`?1` = now): re-queueing one in flight
-/// would send it twice, and its outcome would then overwrite the re-queue.
-const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until <= ?1)";
-
-/// Makes a delivery pending again, due now (`?1` = now), with the retry schedule afresh.
-const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1, claimed_until = NULL, updated_at = ?1";
-
-/// Makes the deliveries named by delivery or event id pending again, in one transaction.
-async fn redeliver_ids(conn: &mut SqliteConnection, ids: &[String], now: i64) -> Result<u64> {
-    let mut tx = conn.begin().await?;
-    let mut n = 0;
-    for id in ids {
-        let q = if let Ok(num) = id.parse::<i64>() {
-            sqlx::query(AssertSqlSafe(format!(
-                "{REDELIVER} WHERE id = ?2 AND {NOT_IN_FLIGHT}"
-            )))
-            .bind(now)
-            .bind(num)
+/// SQLite writes a poll's rows with multi-row statements: sqlx hands every statement to
+/// the connection's thread and back (two thread wake-ups, ~20 us), so a burst of 100
+/// completions in one listing is a few statements, not 300.
+impl Dialect for Sqlite {
+    fn tracked_columns(with_raw: bool) -> String {
+        let raw = if with_raw {
+            "raw"
         } else {
-            sqlx::query(AssertSqlSafe(format!(
-                "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = ?2) AND {NOT_IN_FLIGHT}"
-            )))
-            .bind(now)
-            .bind(id.clone())
+            "CASE WHEN raw_digest IS NULL THEN raw END AS raw"
         };
-        n += q.execute(&mut *tx).await?.rows_affected();
+        format!("{}, raw_digest, {raw}", sql::CHECKPOINT_FIELDS)
     }
-    tx.commit().await?;
-    Ok(n)
-}
 
-/// Deletes delivered deliveries and their events older than `cutoff`, in one transaction.
-async fn prune_on(conn: &mut SqliteConnection, cutoff: i64) -> Result<(u64, u64)> {
-    let mut tx = conn.begin().await?;
-    let deliveries = sqlx::query(
-        "DELETE FROM deliveries WHERE status IN ('delivered', 'superseded') AND updated_at < ?1",
-    )
-    .bind(cutoff)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let events = sqlx::query(
-        "DELETE FROM events WHERE detected_at < ?1
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)",
-    )
-    .bind(cutoff)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    Ok((deliveries, events))
+    fn rows_affected(r: &SqliteQueryResult) -> u64 {
+        r.rows_affected()
+    }
+
+    /// One node owns every target for good (its flock keeps a second poller out).
+    async fn check_fence(
+        _tx: &mut SqliteConnection,
+        _target: &str,
+        _fence: Option<&Fence>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// With the text's digest, so that loading the state needs no text.
+    async fn upsert_checkpoints(
+        tx: &mut SqliteConnection,
+        target: &str,
+        rows: &[&Tracked],
+    ) -> Result<()> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(sql::CHECKPOINT_INSERT);
+            q.push(", raw_digest) ");
+            q.push_values(chunk, |mut b, t| {
+                let raw = t.raw.text().unwrap_or_default();
+                b.push_bind(target)
+                    .push_bind(t.id.as_str())
+                    .push_bind(t.name.as_str())
+                    .push_bind(t.run_id.as_str())
+                    .push_bind(t.target.as_str())
+                    .push_bind(t.sync_status.as_deref())
+                    .push_bind(t.created_at.as_str())
+                    .push_bind(t.first_seen_at.timestamp_millis())
+                    .push_bind(t.completed)
+                    .push_bind(t.stalled)
+                    .push_bind(i64::from(t.missing))
+                    .push_bind(t.deleted)
+                    .push_bind(t.deleted_reported)
+                    .push_bind(i64::from(t.seq))
+                    .push_bind(raw)
+                    .push_bind(Raw::digest_of(raw) as i64);
+            });
+            q.push(sql::CHECKPOINT_ON_CONFLICT);
+            q.push(", raw_digest = excluded.raw_digest");
+            q.build().execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// One statement inserts its rows in order with consecutive `seq`s (AUTOINCREMENT, and
+    /// nobody else writes inside this transaction): the last rowid tells them all.
+    async fn insert_events(
+        tx: &mut SqliteConnection,
+        events: &[(&Event, &str)],
+    ) -> Result<Vec<i64>> {
+        let mut seqs: Vec<i64> = Vec::with_capacity(events.len());
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(sql::EVENT_INSERT);
+            q.push_values(chunk, |mut b, (e, body)| {
+                b.push_bind(e.id.as_str())
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.target.as_str())
+                    .push_bind(e.checkpoint_id.as_str())
+                    .push_bind(e.checkpoint_name.as_str())
+                    .push_bind(e.run_id.as_str())
+                    .push_bind(e.checkpoint_target.as_str())
+                    .push_bind(e.detected_at.timestamp_millis())
+                    .push_bind(*body);
+            });
+            let done = q.build().execute(&mut *tx).await?;
+            if done.rows_affected() != chunk.len() as u64 {
+                return Err(StoreError::Corrupt(format!(
+                    "{} of {} events inserted",
+                    done.rows_affected(),
+                    chunk.len()
+                )));
+            }
+            let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
+            seqs.extend((0..chunk.len() as i64).map(|k| first + k));
+        }
+        Ok(seqs)
+    }
+
+    async fn insert_deliveries(
+        tx: &mut SqliteConnection,
+        rows: &[(i64, &str, &str)],
+        now: i64,
+    ) -> Result<()> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(sql::DELIVERY_INSERT);
+            q.push_values(chunk, |mut b, (seq, sink, run_id)| {
+                b.push_bind(*seq)
+                    .push_bind(*sink)
+                    .push_bind(*run_id)
+                    .push_bind("pending")
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Every outcome in one transaction: one sync of the log for a batch, not one per delivery.
@@ -508,30 +399,25 @@ async fn record_attempts_on(
                 insert_follow_up(&mut tx, f, now).await?;
                 continue;
             }
-            AttemptOutcome::Superseded { reason } => sqlx::query(
-                "UPDATE deliveries SET status = 'superseded', claimed_until = NULL,
-                    last_status = NULL, last_error = ?3, updated_at = ?1 WHERE id = ?2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(reason.clone()),
-            AttemptOutcome::Retry { next, status, error } => sqlx::query(
-                "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = ?3,
-                    last_status = ?4, last_error = ?5, updated_at = ?1 WHERE id = ?2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(next.timestamp_millis())
-            .bind(status.map(i64::from))
-            .bind(error.clone()),
-            AttemptOutcome::Dead { status, error } => sqlx::query(
-                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
-                    last_status = ?3, last_error = ?4, updated_at = ?1 WHERE id = ?2",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(status.map(i64::from))
-            .bind(error.clone()),
+            AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
+                .bind(now)
+                .bind(id)
+                .bind(reason.clone()),
+            AttemptOutcome::Retry {
+                next,
+                status,
+                error,
+            } => sqlx::query(sql::RECORD_RETRY)
+                .bind(now)
+                .bind(id)
+                .bind(next.timestamp_millis())
+                .bind(status.map(i64::from))
+                .bind(error.clone()),
+            AttemptOutcome::Dead { status, error } => sqlx::query(sql::RECORD_DEAD)
+                .bind(now)
+                .bind(id)
+                .bind(status.map(i64::from))
+                .bind(error.clone()),
         };
         q.execute(&mut *tx).await?;
     }
@@ -596,22 +482,7 @@ fn discard_after_error<T>(conn: &mut PoolConnection<Sqlite>, r: &Result<T>) {
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
-        let target_row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT filter, listing_digest FROM targets WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TRACKED_COLUMNS} FROM checkpoints WHERE target = ?"
-        )))
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
-        let checkpoints = rows
-            .iter()
-            .map(|r| tracked_from_row(r, 0, false))
-            .collect::<Result<_>>()?;
-        Ok(super::target_state(target_row, checkpoints))
+        Queries::load_target(&self.pool, name).await
     }
 
     /// One read of the whole state, not one query per target.
@@ -692,7 +563,7 @@ impl Store for SqliteStore {
             .iter()
             .zip(rows)
             .map(|(name, rows)| {
-                super::target_state(target_rows.remove(*name), rows.into_iter().collect())
+                rows::target_state(target_rows.remove(*name), rows.into_iter().collect())
             })
             .collect();
         for (i, n) in names.iter().enumerate() {
@@ -704,19 +575,13 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT raw FROM checkpoints WHERE target = ? AND id = ?")
-                .bind(target)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Queries::checkpoint_raw(&self.pool, target, id).await
     }
 
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
         let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
-        let r = commit_poll_on(&mut conn, c).await;
+        let r = Queries::<Sqlite>::commit_poll(&mut conn, c).await;
         discard_after_error(&mut conn, &r);
         r
     }
@@ -759,8 +624,9 @@ impl Store for SqliteStore {
         }
         let list: Vec<i64> = ids.iter().map(|(id, _, _)| *id).collect();
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT d.id AS delivery_id, {EVENT_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY e.seq"
+            "SELECT d.id AS delivery_id, {} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY e.seq",
+            sql::EVENT_COLUMNS
         )))
         .bind(serde_json::to_string(&list).expect("integers serialize"))
         .fetch_all(&self.pool)
@@ -852,96 +718,42 @@ impl Store for SqliteStore {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_LIST_COLUMNS}
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE (?1 IS NULL OR d.status = ?1)
-             ORDER BY d.id DESC LIMIT ?2"
-        )))
-        .bind(status.map(DeliveryStatus::as_str))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().rev().map(DeliveryRow::try_from).collect()
+        Queries::list_deliveries(&self.pool, status, None, limit).await
+    }
+
+    async fn list_sink_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        Queries::list_deliveries(&self.pool, status, sink, limit).await
     }
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
         let _turn = self.writes.lock().await;
-        let now = now.timestamp_millis();
-        let mut n = 0;
-        match which {
-            Redeliver::Dead { sink } => {
-                n += sqlx::query(AssertSqlSafe(format!(
-                    "{REDELIVER} WHERE status = 'dead' AND (?2 IS NULL OR sink = ?2)"
-                )))
-                .bind(now)
-                .bind(sink.as_deref())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            }
-            Redeliver::Ids(ids) => {
-                let mut conn = self.pool.acquire().await?;
-                let r = redeliver_ids(&mut conn, ids, now).await;
-                discard_after_error(&mut conn, &r);
-                n += r?;
-            }
-        }
-        Ok(n)
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::redeliver(&mut conn, which, now.timestamp_millis()).await;
+        discard_after_error(&mut conn, &r);
+        r
     }
 
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
-             WHERE status IN ('pending', 'dead') GROUP BY sink, status",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(super::fold_backlog(rows))
+        Queries::backlog(&self.pool).await
     }
 
     async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
-        let targets: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT name, filter, baselined_at FROM targets WHERE (?1 IS NULL OR name = ?1) ORDER BY name")
-                .bind(target)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut out = Vec::new();
-        for (name, filter, at) in targets {
-            let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {TRACKED_COLUMNS_WITH_RAW} FROM checkpoints WHERE target = ? ORDER BY created_at, id"
-            )))
-            .bind(&name)
-            .fetch_all(&self.pool)
-            .await?;
-            let checkpoints = rows
-                .iter()
-                .map(|r| tracked_from_row(r, 0, true))
-                .collect::<Result<Vec<_>>>()?;
-            out.push(TargetDump {
-                name,
-                filter,
-                baselined_at: ms_to_time(at),
-                checkpoints,
-            });
-        }
-        Ok(out)
+        Queries::dump(&self.pool, target).await
     }
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE (?1 IS NULL OR e.target = ?1) ORDER BY e.seq"
-        )))
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        Queries::events(&self.pool, target).await
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
         let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
-        let r = prune_on(&mut conn, cutoff.timestamp_millis()).await;
+        let r = Queries::<Sqlite>::prune(&mut conn, cutoff.timestamp_millis()).await;
         discard_after_error(&mut conn, &r);
         r
     }
@@ -1036,7 +848,7 @@ mod tests {
         );
     }
     use crate::diff::{DiffOptions, diff};
-    use crate::model::Checkpoint;
+    use crate::model::{Checkpoint, CheckpointTarget};
 
     /// A database written before `raw_digest` existed loads the same state, and keeps the
     /// digests it had to compute.

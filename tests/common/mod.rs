@@ -8,6 +8,7 @@ pub mod config;
 pub mod env;
 pub mod metrics;
 pub mod pg;
+pub mod proxy;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
-//! The per-target schedule: wait -> fetch -> diff -> commit (state + events + deliveries
-//! in one transaction) -> wake the outbox. One loop per target, so polls of one target
+//! The per-target schedule: wait -> fetch -> probe (the readiness of null checkpoints)
+//! -> diff -> commit (state + events + deliveries in one transaction) -> wake the outbox. One loop per target, so polls of one target
 //! never overlap; a semaphore bounds the polls in flight across targets.
 //!
 //! Waits: `syncing_interval` while the target has a pending checkpoint, `interval`
@@ -7,7 +7,8 @@
 //! `interval`; never sooner than a `Retry-After`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -28,6 +29,9 @@ use crate::model::{
 use crate::replicas::Ownership;
 use crate::store::{Fence, PollCommit, Store, StoreError};
 use crate::wake::Wake;
+
+mod schedule;
+pub use schedule::{Cadence, cadence, next_wait};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -55,9 +59,13 @@ pub struct Poller {
     /// Fired after a commit that queued deliveries.
     wake: Option<Wake>,
     health: Arc<Health>,
-    cfg: PollConfig,
-    sinks: Vec<SinkConfig>,
+    /// `[poll]` and the sinks events are routed to; a reload replaces both
+    /// ([`Poller::reconfigure`]).
+    cfg: RwLock<Arc<PollConfig>>,
+    sinks: RwLock<Arc<Vec<SinkConfig>>>,
     permits: Semaphore,
+    /// Permits to forget as they come back, after a reload lowered `concurrency`.
+    permits_owed: AtomicUsize,
     ownership: Option<Arc<Ownership>>,
     /// The unknown `sync_status` values already logged (each is logged once).
     unknown_statuses: Mutex<HashSet<String>>,
@@ -100,9 +108,10 @@ impl Poller {
             metrics,
             wake,
             health,
-            cfg,
-            sinks,
+            cfg: RwLock::new(Arc::new(cfg)),
+            sinks: RwLock::new(Arc::new(sinks)),
             permits,
+            permits_owed: AtomicUsize::new(0),
             ownership: None,
             unknown_statuses: Mutex::default(),
         }
@@ -114,8 +123,34 @@ impl Poller {
         self
     }
 
+    /// The `[poll]` settings in force.
+    fn cfg(&self) -> Arc<PollConfig> {
+        self.cfg.read().expect("not poisoned").clone()
+    }
+
+    /// Apply a reloaded `[poll]` and sinks: polls from now on use them (a poll under way
+    /// finishes with the old ones), and `poll.concurrency` is resized.
+    pub fn reconfigure(&self, cfg: PollConfig, sinks: Vec<SinkConfig>) {
+        let (old, new) = (self.cfg().concurrency.get(), cfg.concurrency.get());
+        if new > old {
+            // Pay back what a previous shrink still owes before adding permits.
+            let owed = self.permits_owed.swap(0, Ordering::SeqCst);
+            let add = (new - old).saturating_sub(owed);
+            self.permits_owed
+                .store(owed.saturating_sub(new - old), Ordering::SeqCst);
+            self.permits.add_permits(add);
+        } else if new < old {
+            let forgotten = self.permits.forget_permits(old - new);
+            // Permits in use now are forgotten as they are given back.
+            self.permits_owed
+                .fetch_add(old - new - forgotten, Ordering::SeqCst);
+        }
+        *self.cfg.write().expect("not poisoned") = Arc::new(cfg);
+        *self.sinks.write().expect("not poisoned") = Arc::new(sinks);
+    }
+
     /// Log each `sync_status` value outside the documented ones the first time it is seen
-    /// (interface §1: passed through, logged once, counted as `other`).
+    /// (passed through, logged once, counted as `other`).
     fn log_unknown_statuses(&self, target: &str, listing: &[Checkpoint]) {
         for c in listing {
             let Some(status) = c.sync_status.as_deref() else {
@@ -133,14 +168,14 @@ impl Poller {
     }
 
     fn diff_options(&self) -> DiffOptions {
+        let cfg = self.cfg();
         DiffOptions {
-            emit_existing: self.cfg.emit_existing,
-            delete_after_missing: self.cfg.delete_after_missing_polls,
-            stalled_after: self
-                .cfg
+            emit_existing: cfg.emit_existing,
+            delete_after_missing: cfg.delete_after_missing_polls,
+            stalled_after: cfg
                 .stalled_after
                 .and_then(|d| chrono::Duration::from_std(d).ok()),
-            probe_null: self.cfg.null_status == NullStatus::Probe,
+            probe_null: cfg.null_status == NullStatus::Probe,
         }
     }
 
@@ -168,17 +203,24 @@ impl Poller {
         fence: Option<Fence>,
         cancel: &CancellationToken,
     ) -> Result<PollReport, PollError> {
-        let _permit = tokio::select! {
+        let permit = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(PollError::Cancelled),
             p = self.permits.acquire() => p.expect("never closed"),
         };
         // Boxed: the poll's future (HTTP, decode, store) exists only while it runs, so a
         // waiting target costs a small future, not a poll's worth, times 10,000 targets.
-        Box::pin(self.poll_now(t, state, dry_run, fence, cancel)).await
+        let r = Box::pin(self.poll_now(t, state, dry_run, fence, cancel)).await;
+        let owed = self
+            .permits_owed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if owed.is_ok() {
+            permit.forget();
+        }
+        r
     }
 
-    /// One poll, in named steps: fetch -> (settled? done) -> decode -> narrow -> plan ->
+    /// One poll, in named steps: fetch -> (settled? done) -> decode -> narrow -> probe -> plan ->
     /// commit -> advance the state. Any failure returns before the state is touched.
     async fn poll_now(
         &self,
@@ -197,7 +239,7 @@ impl Poller {
         };
         // A null checkpoint waiting for a probe keeps the same listing worth a look (a
         // state settled before probing existed, e.g. loaded from the store, included).
-        let probing = self.cfg.null_status == NullStatus::Probe && awaits_probe(state);
+        let probing = self.cfg().null_status == NullStatus::Probe && awaits_probe(state);
         if !dry_run
             && !probing
             && let Some(settled) = state.settled.filter(|s| s.digest == body.digest())
@@ -229,8 +271,6 @@ impl Poller {
             ready: &ready,
         };
         let mut plan = diff::plan(name, state, listed, now, &self.diff_options());
-        self.fill_deleted_payloads(name, &mut plan.diff.events)
-            .await?;
         let wrote = plan.writes() && !dry_run;
         if wrote {
             self.commit(name, &filter, &plan, now, fence, start).await?;
@@ -279,7 +319,7 @@ impl Poller {
     ) -> (diff::Ready, Vec<(String, ProbeMemo)>) {
         let mut ready = diff::Ready::new();
         let mut memos = Vec::new();
-        if self.cfg.null_status != NullStatus::Probe {
+        if self.cfg().null_status != NullStatus::Probe {
             return (ready, memos);
         }
         let every = chrono::Duration::from_std(t.syncing_interval).unwrap_or(chrono::Duration::MAX);
@@ -441,25 +481,6 @@ impl Poller {
         self.metrics.api_request(api::Endpoint::List.label(), code);
     }
 
-    /// The state holds digests only; an event about a checkpoint gone from the listing
-    /// carries its last stored object.
-    async fn fill_deleted_payloads(
-        &self,
-        target: &str,
-        events: &mut [Event],
-    ) -> Result<(), PollError> {
-        for e in events.iter_mut().filter(|e| e.checkpoint.is_empty()) {
-            match self.store.checkpoint_raw(target, &e.checkpoint_id).await {
-                Ok(raw) => e.checkpoint = raw.unwrap_or_default(),
-                Err(err) => {
-                    self.metrics.target(target).poll(PollOutcome::Error);
-                    return Err(err.into());
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Write the plan's rows, events and deliveries in one transaction (fenced by the
     /// lease when replicas share the store).
     async fn commit(
@@ -471,11 +492,12 @@ impl Poller {
         fence: Option<Fence>,
         start: Instant,
     ) -> Result<(), PollError> {
+        let sinks = self.sinks.read().expect("not poisoned").clone();
         let commit = PollCommit {
             target,
             filter,
             diff: &plan.diff,
-            sinks: route(&plan.diff.events, &self.sinks),
+            sinks: route(&plan.diff.events, &sinks),
             now,
             fence,
             settled: plan.settled.map(|s| s.digest),
@@ -537,7 +559,7 @@ impl Poller {
     }
 
     fn jittered(&self, d: Duration) -> Duration {
-        jittered(d, self.cfg.jitter)
+        jittered(d, self.cfg().jitter)
     }
 }
 
@@ -607,110 +629,6 @@ pub fn route<'a>(events: &[Event], sinks: &'a [SinkConfig]) -> Vec<Vec<&'a str>>
         .collect()
 }
 
-/// The rhythm in which a target's checkpoints appear: a training run saves every so many
-/// steps, so its saves come at a near-constant period.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cadence {
-    pub period: Duration,
-    /// When the last save was first seen.
-    pub last: DateTime<Utc>,
-}
-
-/// Saves this far apart or less are one save (a sampler and a trainer checkpoint saved
-/// together may be first seen one poll apart), in multiples of `syncing_interval`.
-const SAME_SAVE: u32 = 3;
-/// Gaps between the last saves that must agree to make a cadence.
-const CADENCE_GAPS: usize = 3;
-/// How far each of those gaps may be from their median.
-const CADENCE_TOLERANCE: f64 = 0.2;
-/// Saves missed in a row after which a cadence is no longer expected (the run stopped).
-const CADENCE_MISSES: i32 = 3;
-
-/// The cadence of a target's saves, from when its checkpoints were first seen: the
-/// median of the last [`CADENCE_GAPS`] gaps between saves, if every one of them is within
-/// [`CADENCE_TOLERANCE`] of it and it is long enough (at least 4 `syncing_interval`) to
-/// be worth predicting. `None` for irregular targets (a base model with many runs).
-pub fn cadence(
-    first_seen: impl Iterator<Item = DateTime<Utc>>,
-    t: &TargetConfig,
-) -> Option<Cadence> {
-    let mut seen: Vec<DateTime<Utc>> = first_seen.collect();
-    seen.sort_unstable();
-    let same = t.syncing_interval * SAME_SAVE;
-    let mut saves: Vec<DateTime<Utc>> = Vec::new();
-    for s in seen {
-        match saves.last() {
-            Some(&l) if (s - l).to_std().unwrap_or_default() <= same => {}
-            _ => saves.push(s),
-        }
-    }
-    if saves.len() <= CADENCE_GAPS {
-        return None;
-    }
-    let mut gaps: Vec<Duration> = saves[saves.len() - CADENCE_GAPS - 1..]
-        .windows(2)
-        .map(|w| (w[1] - w[0]).to_std().unwrap_or_default())
-        .collect();
-    gaps.sort_unstable();
-    let period = gaps[CADENCE_GAPS / 2];
-    let regular = gaps.iter().all(|g| {
-        (g.as_secs_f64() - period.as_secs_f64()).abs() <= CADENCE_TOLERANCE * period.as_secs_f64()
-    });
-    (regular && period >= t.syncing_interval * 4).then(|| Cadence {
-        period,
-        last: *saves.last().expect("more than CADENCE_GAPS saves"),
-    })
-}
-
-/// The wait before the next poll of a target whose last poll succeeded (before jitter).
-///
-/// `syncing_interval` while a checkpoint is pending. Otherwise `interval`, or with
-/// `poll.adaptive`:
-/// - if the target saves at a [`Cadence`]: `interval`, but `syncing_interval` from one
-///   `syncing_interval` before the next save is due until it appears (or a quarter period
-///   after it was due; after [`CADENCE_MISSES`] missed saves the run is taken as stopped);
-/// - else a backoff from `syncing_interval` doubling with every poll that changed nothing,
-///   up to `interval`: a target that just changed is watched closely.
-///
-/// A quiet target never costs more than `interval`.
-pub fn next_wait(
-    pending: bool,
-    unchanged_polls: u32,
-    cadence: Option<&Cadence>,
-    now: DateTime<Utc>,
-    t: &TargetConfig,
-    adaptive: bool,
-) -> Duration {
-    if pending {
-        return t.syncing_interval;
-    }
-    if !adaptive {
-        return t.interval;
-    }
-    if let Some(c) = cadence {
-        let lead = chrono::Duration::from_std(t.syncing_interval).unwrap_or_default();
-        let period = chrono::Duration::from_std(c.period).unwrap_or_default();
-        let grace = period / 4;
-        for k in 1..=CADENCE_MISSES {
-            let due = c.last + period * k;
-            if now > due + grace {
-                continue;
-            }
-            if now >= due - lead {
-                return t.syncing_interval;
-            }
-            let until = (due - lead - now).to_std().unwrap_or_default();
-            return until
-                .min(t.interval)
-                .max(t.syncing_interval.min(Duration::from_secs(1)));
-        }
-    }
-    let factor = 1u32 << unchanged_polls.min(20);
-    t.syncing_interval
-        .saturating_mul(factor)
-        .clamp(t.syncing_interval.min(t.interval), t.interval)
-}
-
 impl Poller {
     /// The loop of one target until `token` is cancelled, starting from `state` when the
     /// caller loaded it (else the loop loads it). Cancellation is observed only between
@@ -724,7 +642,9 @@ impl Poller {
     ) {
         let name = t.name.clone();
         let mut failures: u32 = 0;
-        let mut held: Option<Fence> = None;
+        // What this process owns from the start (a single node: every target, so a state
+        // loaded by the caller is kept).
+        let mut held: Option<Fence> = self.ownership.as_ref().and_then(|o| o.fence(&name));
         // Consecutive successful polls that changed nothing, and the target's cadence
         // (adaptive polling; the cadence is learned again whenever the state changes).
         let mut unchanged: u32 = 0;
@@ -767,6 +687,11 @@ impl Poller {
                         state = Some(s);
                         continue;
                     }
+                    Err(e) if e.is_unavailable() => {
+                        // Logged once for every loop by the store watch.
+                        debug!(target = %name, error = %e, "cannot load target state; will retry");
+                        t.syncing_interval
+                    }
                     Err(e) => {
                         error!(target = %name, error = %e, "cannot load target state; will retry");
                         t.syncing_interval
@@ -780,7 +705,7 @@ impl Poller {
                         } else {
                             unchanged.saturating_add(1)
                         };
-                        if self.cfg.adaptive && (report.wrote || !learned) {
+                        if self.cfg().adaptive && (report.wrote || !learned) {
                             let next = cadence(s.checkpoints.values().map(|c| c.first_seen_at), &t);
                             match (&pace, &next) {
                                 (None, Some(c)) => {
@@ -800,7 +725,7 @@ impl Poller {
                             pace.as_ref(),
                             Utc::now(),
                             &t,
-                            self.cfg.adaptive,
+                            self.cfg().adaptive,
                         ))
                     }
                     Err(PollError::Cancelled) => break,
@@ -841,6 +766,10 @@ impl Poller {
                 warn!(target = name, error = %api, failures, retry_in_s = wait.as_secs_f64(), "poll failed; state unchanged");
                 wait
             }
+            PollError::Store(s) if s.is_unavailable() => {
+                debug!(target = name, error = %s, "cannot commit a poll; nothing was emitted, will retry");
+                self.jittered(t.syncing_interval)
+            }
             PollError::Store(s) => {
                 error!(target = name, error = %s, "cannot commit a poll; nothing was emitted, will retry");
                 self.jittered(t.syncing_interval)
@@ -854,21 +783,7 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Filter;
-    use std::collections::BTreeSet;
 
-    fn target() -> TargetConfig {
-        TargetConfig {
-            name: "t".into(),
-            filter: Filter::RunId("r".into()),
-            checkpoint_targets: BTreeSet::new(),
-            interval: Duration::from_secs(60),
-            syncing_interval: Duration::from_secs(10),
-        }
-    }
-
-    /// A poller of the config `toml` against a simulated API, on an in-memory SQLite
-    /// store; the first target of the config.
     async fn poller(sim: &crate::sim::SimApi, sinks: &str) -> (Poller, TargetConfig) {
         let toml = format!(
             "[api]\nbase_url = \"{}\"\napi_key_env = \"K\"\n[store]\nurl = \"sqlite::memory:\"\n\
@@ -1001,6 +916,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deleted_event_commits_the_last_stored_object_without_a_second_trip() {
+        let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+        let h = sim.handle();
+        let id = h.add_checkpoint("r1", "sampler", "step-1", Some("COMPLETE"));
+        h.set_field(&id, "note", serde_json::json!("kept from the last listing"));
+        let sink = "[[sinks]]\nname = \"s\"\nkind = \"exec\"\ncommand = [\"true\"]\n\
+                    events = [\"checkpoint.deleted\"]\n";
+        let (p, t) = poller(&sim, sink).await;
+        let mut state = TargetState::default();
+        p.poll_target(&t, &mut state, false, None).await.unwrap();
+        h.remove(&id);
+        p.poll_target(&t, &mut state, false, None).await.unwrap();
+        let report = p.poll_target(&t, &mut state, false, None).await.unwrap();
+        assert_eq!(report.events.len(), 1);
+        assert_eq!(report.events[0].kind, EventType::Deleted);
+        assert!(
+            report.events[0].checkpoint.is_empty(),
+            "the poller holds a digest only"
+        );
+        let due = p
+            .store
+            .claim_due("s", Utc::now(), 10, false, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        let body: serde_json::Value = serde_json::from_str(&due[0].event.body).unwrap();
+        assert_eq!(body["type"], "checkpoint.deleted");
+        assert_eq!(body["data"]["checkpoint"]["id"], id.as_str());
+        assert_eq!(
+            body["data"]["checkpoint"]["note"],
+            "kept from the last listing"
+        );
+    }
+
+    #[tokio::test]
     async fn a_cancelled_poll_writes_nothing() {
         let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
         sim.handle()
@@ -1060,10 +1010,10 @@ mod tests {
             checkpoint_name: "step-1".into(),
             run_id: "r".into(),
             checkpoint_target: ct,
-            detected_at: now(),
+            detected_at: Utc::now(),
             previous_sync_status: None,
             sync_status: None,
-            first_seen_at: now(),
+            first_seen_at: Utc::now(),
             sync_seconds: None,
             ready_by: None,
             checkpoint: "{}".into(),
@@ -1078,109 +1028,5 @@ mod tests {
             [vec!["all", "done-t"], vec!["all"], vec!["all", "trainer"]]
         );
         assert!(route(&events, &[]).iter().all(Vec::is_empty));
-    }
-
-    #[test]
-    fn pending_targets_poll_at_syncing_interval() {
-        assert_eq!(
-            next_wait(true, 9, None, now(), &target(), false),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            next_wait(true, 9, None, now(), &target(), true),
-            Duration::from_secs(10)
-        );
-    }
-
-    #[test]
-    fn fixed_polling_uses_interval() {
-        assert_eq!(
-            next_wait(false, 0, None, now(), &target(), false),
-            Duration::from_secs(60)
-        );
-    }
-
-    #[test]
-    fn adaptive_polling_backs_off_from_syncing_interval_to_interval() {
-        let waits: Vec<u64> = (0..6)
-            .map(|n| next_wait(false, n, None, now(), &target(), true).as_secs())
-            .collect();
-        assert_eq!(waits, [10, 20, 40, 60, 60, 60]);
-        assert_eq!(
-            next_wait(false, u32::MAX, None, now(), &target(), true),
-            Duration::from_secs(60)
-        );
-    }
-
-    fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
-            .unwrap()
-            .to_utc()
-    }
-
-    fn at(s: i64) -> DateTime<Utc> {
-        now() + chrono::Duration::seconds(s)
-    }
-
-    /// First-seen times of checkpoints, in seconds from `now()`.
-    fn learn(secs: &[i64]) -> Option<Cadence> {
-        cadence(secs.iter().map(|&s| at(s)), &target())
-    }
-
-    #[test]
-    fn a_run_saving_every_ten_minutes_has_a_cadence() {
-        // Sampler and trainer pairs, seen up to 20 s apart, discovery off by up to 60 s.
-        let c = learn(&[0, 0, 640, 655, 1190, 1200, 1820, 1800, 2400]).unwrap();
-        assert_eq!(c.period, Duration::from_secs(600));
-        assert_eq!(c.last, at(2400));
-    }
-
-    #[test]
-    fn irregular_few_or_fast_saves_have_no_cadence() {
-        assert_eq!(learn(&[0, 600, 1200]), None, "three saves are two gaps");
-        assert_eq!(learn(&[0, 600, 1200, 2400]), None, "a gap twice the others");
-        assert_eq!(
-            learn(&[0, 30, 60, 90, 120]),
-            None,
-            "one save (3 x syncing_interval)"
-        );
-        assert_eq!(
-            learn(&[0, 35, 70, 105, 140]),
-            None,
-            "faster than 4 x syncing_interval"
-        );
-        assert_eq!(learn(&[]), None);
-    }
-
-    #[test]
-    fn adaptive_polling_with_a_cadence_watches_closely_only_around_the_next_save() {
-        let c = learn(&[0, 600, 1200, 1800]).unwrap();
-        let wait = |t: i64| next_wait(false, 5, Some(&c), at(t), &target(), true).as_secs();
-        // Long before the next save (due at 2400): interval, not the backoff.
-        assert_eq!(wait(1801), 60);
-        // Never past the window's start (2390).
-        assert_eq!(wait(2350), 40);
-        // From one syncing_interval before it is due to a quarter period after.
-        assert_eq!(wait(2390), 10);
-        assert_eq!(wait(2400 + 150), 10);
-        // A missed save: wait for the next one (due at 3000).
-        assert_eq!(wait(2400 + 151), 60);
-        assert_eq!(wait(2960), 30);
-        // After three missed saves the run is taken as stopped: the plain backoff.
-        assert_eq!(wait(1800 + 3 * 600 + 151), 60);
-        assert_eq!(
-            next_wait(false, 0, Some(&c), at(4000), &target(), true),
-            Duration::from_secs(10),
-            "a target that just changed backs off as before"
-        );
-        // A pending checkpoint always wins; adaptive off ignores the cadence.
-        assert_eq!(
-            next_wait(true, 5, Some(&c), at(1801), &target(), true).as_secs(),
-            10
-        );
-        assert_eq!(
-            next_wait(false, 5, Some(&c), at(2395), &target(), false).as_secs(),
-            60
-        );
     }
 }

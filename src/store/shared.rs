@@ -1,0 +1,305 @@
+//! The store operations both backends run the same way, written once and generic over
+//! the sqlx database: a poll's commit, reads of state and events, the backlog,
+//! re-queueing and pruning. A backend's
+//! [`Dialect`] supplies the little that differs; `sqlite.rs` and `postgres.rs` call these
+//! from their [`super::Store`] methods (SQLite inside its write turn where it writes).
+
+use sqlx::{
+    AssertSqlSafe, Connection, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type,
+};
+
+use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
+use super::{
+    DeliveryRow, DeliveryStatus, Fence, PollCommit, Redeliver, Result, SinkBacklog, StoredEvent,
+    TargetDump, sql,
+};
+use crate::model::TargetState;
+use crate::model::{Event, Tracked};
+
+/// What differs between the dialects, for the shared operations: implemented beside
+/// each backend (`sqlite.rs`, `postgres.rs`).
+pub(crate) trait Dialect: Database {
+    /// The `checkpoints` columns a [`TrackedRecord`] reads; with `with_raw`, the object's
+    /// text always (for `state`), else only where no digest is stored.
+    fn tracked_columns(with_raw: bool) -> String;
+
+    /// The rows a statement changed.
+    fn rows_affected(r: &Self::QueryResult) -> u64;
+
+    /// First in a poll's transaction: refuse the commit ([`super::StoreError::Fenced`])
+    /// unless `fence` still holds, and keep a takeover waiting until the commit ends.
+    async fn check_fence(
+        tx: &mut Self::Connection,
+        target: &str,
+        fence: Option<&Fence>,
+    ) -> Result<()>;
+
+    /// Insert or overwrite checkpoints that come with their object's text.
+    async fn upsert_checkpoints(
+        tx: &mut Self::Connection,
+        target: &str,
+        rows: &[&Tracked],
+    ) -> Result<()>;
+
+    /// Insert events with their `standard` bodies, in order; returns their `seq`s.
+    async fn insert_events(
+        tx: &mut Self::Connection,
+        events: &[(&Event, &str)],
+    ) -> Result<Vec<i64>>;
+
+    /// Insert pending deliveries (event seq, sink, run id), due at `now`.
+    async fn insert_deliveries(
+        tx: &mut Self::Connection,
+        rows: &[(i64, &str, &str)],
+        now: i64,
+    ) -> Result<()>;
+}
+
+/// The operations, for the dialect `DB`. The bounds say what both sqlx drivers provide:
+/// connections that execute, arguments of these types, rows that decode into these records.
+pub(crate) struct Queries<DB>(std::marker::PhantomData<DB>);
+
+impl<DB: Dialect> Queries<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> TrackedRecord: FromRow<'r, DB::Row>,
+    for<'r> TargetRecord: FromRow<'r, DB::Row>,
+    for<'r> EventRecord: FromRow<'r, DB::Row>,
+    for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+{
+    /// One poll's state changes, events and deliveries in one transaction on `conn`
+    /// (the rule of [`super::Store::commit_poll`]).
+    pub(crate) async fn commit_poll(
+        conn: &mut DB::Connection,
+        c: PollCommit<'_>,
+    ) -> Result<Vec<StoredEvent>> {
+        let now = c.now.timestamp_millis();
+        let mut tx = conn.begin().await?;
+        DB::check_fence(&mut tx, c.target, c.fence.as_ref()).await?;
+        if c.diff.baseline {
+            // A target baselined again (its filter changed) starts from nothing.
+            sqlx::query(sql::FORGET_CHECKPOINTS)
+                .bind(c.target)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::BASELINE_TARGET)
+                .bind(c.target)
+                .bind(c.filter)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let (texts, bare): (Vec<&Tracked>, Vec<&Tracked>) =
+            c.diff.updates.iter().partition(|t| t.raw.text().is_some());
+        DB::upsert_checkpoints(&mut tx, c.target, &texts).await?;
+        // A row without its text (a checkpoint absent from the listing) keeps the stored one.
+        for t in bare {
+            sqlx::query(sql::UPDATE_CHECKPOINT)
+                .bind(c.target)
+                .bind(t.id.as_str())
+                .bind(t.name.as_str())
+                .bind(t.run_id.as_str())
+                .bind(t.target.as_str())
+                .bind(t.sync_status.as_deref())
+                .bind(t.created_at.as_str())
+                .bind(t.first_seen_at.timestamp_millis())
+                .bind(t.completed)
+                .bind(t.stalled)
+                .bind(i64::from(t.missing))
+                .bind(t.deleted)
+                .bind(t.deleted_reported)
+                .bind(i64::from(t.seq))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(sql::SET_LISTING_DIGEST)
+            .bind(rows::digest_text(c.settled))
+            .bind(c.target)
+            .execute(&mut *tx)
+            .await?;
+        let events = &c.diff.events;
+        let mut bodies: Vec<String> = Vec::with_capacity(events.len());
+        for e in events {
+            if !e.checkpoint.is_empty() {
+                bodies.push(e.standard_body());
+                continue;
+            }
+            // The state holds only a digest of a checkpoint gone from the listing: its
+            // event carries the object last stored, read here, in the same transaction.
+            let raw: Option<String> = sqlx::query_scalar(sql::CHECKPOINT_RAW)
+                .bind(c.target)
+                .bind(e.checkpoint_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let filled = Event {
+                checkpoint: raw.unwrap_or_default(),
+                ..e.clone()
+            };
+            bodies.push(filled.standard_body());
+        }
+        let with_bodies: Vec<(&Event, &str)> = events
+            .iter()
+            .zip(bodies.iter().map(String::as_str))
+            .collect();
+        let seqs = DB::insert_events(&mut tx, &with_bodies).await?;
+        let mut deliveries: Vec<(i64, &str, &str)> = Vec::new();
+        for ((e, sinks), seq) in events.iter().zip(&c.sinks).zip(&seqs) {
+            deliveries.extend(sinks.iter().map(|sink| (*seq, *sink, e.run_id.as_str())));
+        }
+        DB::insert_deliveries(&mut tx, &deliveries, now).await?;
+        tx.commit().await?;
+        Ok(events
+            .iter()
+            .zip(bodies)
+            .zip(seqs)
+            .map(|((e, body), seq)| StoredEvent::with_body(seq, e, body))
+            .collect())
+    }
+
+    /// A target's persisted state, read row by row.
+    pub(crate) async fn load_target(pool: &Pool<DB>, name: &str) -> Result<TargetState> {
+        let target_row: Option<(String, Option<String>)> = sqlx::query_as(sql::TARGET_ROW)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+        let rows: Vec<TrackedRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {} FROM checkpoints WHERE target = $1",
+            DB::tracked_columns(false)
+        )))
+        .bind(name)
+        .fetch_all(pool)
+        .await?;
+        let checkpoints = rows
+            .into_iter()
+            .map(|r| r.into_tracked(false))
+            .collect::<Result<_>>()?;
+        Ok(rows::target_state(target_row, checkpoints))
+    }
+
+    /// The stored upstream object of one checkpoint.
+    pub(crate) async fn checkpoint_raw(
+        pool: &Pool<DB>,
+        target: &str,
+        id: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(sql::CHECKPOINT_RAW)
+            .bind(target)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?)
+    }
+
+    /// Pending and dead deliveries per sink.
+    pub(crate) async fn backlog(pool: &Pool<DB>) -> Result<Vec<SinkBacklog>> {
+        let rows = sqlx::query_as(sql::BACKLOG).fetch_all(pool).await?;
+        Ok(rows::fold_backlog(rows))
+    }
+
+    /// Every baselined target (or the one named) with its checkpoints and their text.
+    pub(crate) async fn dump(pool: &Pool<DB>, target: Option<&str>) -> Result<Vec<TargetDump>> {
+        let targets: Vec<TargetRecord> = sqlx::query_as(sql::DUMP_TARGETS)
+            .bind(target)
+            .fetch_all(pool)
+            .await?;
+        let checkpoints = format!(
+            "SELECT {} FROM checkpoints WHERE target = $1 ORDER BY created_at, id",
+            DB::tracked_columns(true)
+        );
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let rows = sqlx::query_as(AssertSqlSafe(checkpoints.as_str()))
+                .bind(t.name.as_str())
+                .fetch_all(pool)
+                .await?;
+            out.push(t.dump(rows)?);
+        }
+        Ok(out)
+    }
+
+    /// Events in detection order, of one target or all.
+    pub(crate) async fn events(pool: &Pool<DB>, target: Option<&str>) -> Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRecord> = sqlx::query_as(AssertSqlSafe(sql::events()))
+            .bind(target)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// The newest `limit` deliveries (of one status, or any), oldest first.
+    pub(crate) async fn list_deliveries(
+        pool: &Pool<DB>,
+        status: Option<DeliveryStatus>,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(sql::list_deliveries()))
+            .bind(status.map(DeliveryStatus::as_str))
+            .bind(limit)
+            .bind(sink)
+            .fetch_all(pool)
+            .await?;
+        rows.into_iter().rev().map(DeliveryRow::try_from).collect()
+    }
+
+    /// Re-queue deliveries to be sent now (Unix ms): every dead one (of a sink), or those
+    /// named by delivery or event id, in one transaction. Returns how many.
+    pub(crate) async fn redeliver(
+        conn: &mut DB::Connection,
+        which: &Redeliver,
+        now: i64,
+    ) -> Result<u64> {
+        match which {
+            Redeliver::Dead { sink } => {
+                let done = sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
+                    .bind(now)
+                    .bind(sink.as_deref())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(DB::rows_affected(&done))
+            }
+            Redeliver::Ids(ids) => {
+                let mut tx = conn.begin().await?;
+                let mut n = 0;
+                for id in ids {
+                    let q = if let Ok(num) = id.parse::<i64>() {
+                        sqlx::query(AssertSqlSafe(sql::redeliver_delivery()))
+                            .bind(now)
+                            .bind(num)
+                    } else {
+                        sqlx::query(AssertSqlSafe(sql::redeliver_event()))
+                            .bind(now)
+                            .bind(id.as_str())
+                    };
+                    n += DB::rows_affected(&q.execute(&mut *tx).await?);
+                }
+                tx.commit().await?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Forget delivered deliveries updated before `cutoff` (Unix ms), then the events left
+    /// without any, in one transaction on `conn`: (deliveries, events) removed.
+    pub(crate) async fn prune(conn: &mut DB::Connection, cutoff: i64) -> Result<(u64, u64)> {
+        let mut tx = conn.begin().await?;
+        let deliveries = sqlx::query(sql::PRUNE_DELIVERIES)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        let events = sqlx::query(sql::PRUNE_EVENTS)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((DB::rows_affected(&deliveries), DB::rows_affected(&events)))
+    }
+}

@@ -1,0 +1,148 @@
+//! The SQL text both backends run, written once. Placeholders are `$N`, which PostgreSQL
+//! takes natively and sqlx binds by number on SQLite too; `CAST($1 AS TEXT) IS NULL`
+//! (an optional filter) reads the same in both dialects. What differs stays in
+//! `sqlite.rs` / `postgres.rs`: claims, multi-row inserts, the lease fence.
+
+/// The `checkpoints` columns every [`super::rows::TrackedRecord`] reads, before the
+/// dialect's `raw_digest` and `raw`.
+pub(crate) const CHECKPOINT_FIELDS: &str = "id, name, run_id, checkpoint_target, sync_status,
+    created_at, first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq";
+
+/// The `events` columns of [`super::rows::EventRecord`], for a query that aliases
+/// `events` as `e`.
+pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.checkpoint_name, e.run_id, e.checkpoint_target, e.detected_at, e.body";
+
+/// The columns of [`super::rows::DeliveryRecord`]: `deliveries d` joined with `events e`.
+pub(crate) const DELIVERY_LIST_COLUMNS: &str =
+    "d.id, d.sink, d.status, d.attempts, d.next_attempt_at, d.last_status, d.last_error,
+    d.created_at, d.updated_at, e.id AS event_id, e.type, e.target, e.run_id,
+    e.checkpoint_target, e.checkpoint_name";
+
+/// A target's row as its state needs it: (filter, listing digest).
+pub(crate) const TARGET_ROW: &str = "SELECT filter, listing_digest FROM targets WHERE name = $1";
+
+/// The stored upstream object of one checkpoint (`$1` target, `$2` id).
+pub(crate) const CHECKPOINT_RAW: &str = "SELECT raw FROM checkpoints WHERE target = $1 AND id = $2";
+
+// One poll's commit.
+
+/// A target baselined again (its filter changed) starts from nothing.
+pub(crate) const FORGET_CHECKPOINTS: &str = "DELETE FROM checkpoints WHERE target = $1";
+
+/// Record a target's baseline: `$1` name, `$2` filter, `$3` now.
+pub(crate) const BASELINE_TARGET: &str = "INSERT INTO targets (name, filter, baselined_at) VALUES ($1, $2, $3)
+    ON CONFLICT (name) DO UPDATE SET filter = excluded.filter, baselined_at = excluded.baselined_at";
+
+/// The columns of an inserted checkpoint, in bind order (the dialect may add `raw_digest`).
+pub(crate) const CHECKPOINT_INSERT: &str = "INSERT INTO checkpoints (target, id, name, run_id,
+    checkpoint_target, sync_status, created_at, first_seen_at, completed, stalled, missing,
+    deleted, deleted_reported, seq, raw";
+
+/// What an upsert of a checkpoint overwrites (the dialect may add `raw_digest`).
+pub(crate) const CHECKPOINT_ON_CONFLICT: &str = " ON CONFLICT (target, id) DO UPDATE SET
+    name = excluded.name, run_id = excluded.run_id,
+    checkpoint_target = excluded.checkpoint_target, sync_status = excluded.sync_status,
+    created_at = excluded.created_at, first_seen_at = excluded.first_seen_at,
+    completed = excluded.completed, stalled = excluded.stalled, missing = excluded.missing,
+    deleted = excluded.deleted, deleted_reported = excluded.deleted_reported,
+    seq = excluded.seq, raw = excluded.raw";
+
+/// A checkpoint absent from the listing: everything but its text, which stays as stored
+/// (`$1` target, `$2` id, then the fields in [`CHECKPOINT_INSERT`] order up to `seq`).
+pub(crate) const UPDATE_CHECKPOINT: &str = "UPDATE checkpoints SET name = $3, run_id = $4,
+    checkpoint_target = $5, sync_status = $6, created_at = $7, first_seen_at = $8,
+    completed = $9, stalled = $10, missing = $11, deleted = $12, deleted_reported = $13,
+    seq = $14
+    WHERE target = $1 AND id = $2";
+
+/// The settled listing's digest, or NULL (`$1` digest, `$2` target).
+pub(crate) const SET_LISTING_DIGEST: &str =
+    "UPDATE targets SET listing_digest = $1 WHERE name = $2";
+
+/// The columns of an inserted event, in bind order.
+pub(crate) const EVENT_INSERT: &str = "INSERT INTO events (id, type, target, checkpoint_id,
+    checkpoint_name, run_id, checkpoint_target, detected_at, body) ";
+
+/// The columns of an inserted delivery, in bind order.
+pub(crate) const DELIVERY_INSERT: &str = "INSERT INTO deliveries (event_seq, sink, run_id,
+    status, next_attempt_at, created_at, updated_at) ";
+
+// Reads.
+
+/// Pending and dead deliveries per sink: (sink, status, count, oldest created_at).
+pub(crate) const BACKLOG: &str = "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
+    WHERE status IN ('pending', 'dead') GROUP BY sink, status";
+
+/// The baselined targets, or the one named by `$1`.
+pub(crate) const DUMP_TARGETS: &str = "SELECT name, filter, baselined_at FROM targets
+    WHERE (CAST($1 AS TEXT) IS NULL OR name = $1) ORDER BY name";
+
+/// Deliveries, newest first, of status `$1` (any if NULL), at most `$2`.
+pub(crate) fn list_deliveries() -> String {
+    format!(
+        "SELECT {DELIVERY_LIST_COLUMNS}
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq
+         WHERE (CAST($1 AS TEXT) IS NULL OR d.status = $1)
+           AND (CAST($3 AS TEXT) IS NULL OR d.sink = $3)
+         ORDER BY d.id DESC LIMIT $2"
+    )
+}
+
+/// Events in detection order, of target `$1` (all if NULL).
+pub(crate) fn events() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events e
+         WHERE (CAST($1 AS TEXT) IS NULL OR e.target = $1) ORDER BY e.seq"
+    )
+}
+
+// Writes of the outbox.
+
+/// A delivery no worker is attempting right now (`$1` = now): re-queueing one in flight
+/// would send it twice, and its outcome would then overwrite the re-queue.
+pub(crate) const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until <= $1)";
+
+/// Makes a delivery pending again, due now (`$1` = now), with the retry schedule afresh.
+pub(crate) const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, updated_at = $1";
+
+/// Re-queue every dead delivery, of sink `$2` only unless NULL.
+pub(crate) fn redeliver_dead() -> String {
+    format!("{REDELIVER} WHERE status = 'dead' AND (CAST($2 AS TEXT) IS NULL OR sink = $2)")
+}
+
+/// Re-queue the delivery with id `$2`.
+pub(crate) fn redeliver_delivery() -> String {
+    format!("{REDELIVER} WHERE id = $2 AND {NOT_IN_FLIGHT}")
+}
+
+/// Re-queue every delivery of the event with id `$2`.
+pub(crate) fn redeliver_event() -> String {
+    format!(
+        "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = $2) AND {NOT_IN_FLIGHT}"
+    )
+}
+
+/// A failed attempt to try again: `$1` now, `$2` id, `$3` next attempt, `$4` HTTP
+/// status, `$5` error.
+pub(crate) const RECORD_RETRY: &str =
+    "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = $3,
+    last_status = $4, last_error = $5, updated_at = $1 WHERE id = $2";
+
+/// A failed attempt that ends the delivery: `$1` now, `$2` id, `$3` HTTP status, `$4` error.
+pub(crate) const RECORD_DEAD: &str =
+    "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
+    last_status = $3, last_error = $4, updated_at = $1 WHERE id = $2";
+
+/// A deploy made moot by a newer one (`latest_only`), never attempted: `$1` now, `$2` id,
+/// `$3` why.
+pub(crate) const RECORD_SUPERSEDED: &str =
+    "UPDATE deliveries SET status = 'superseded', claimed_until = NULL, last_status = NULL,
+    last_error = $3, updated_at = $1 WHERE id = $2";
+
+/// Forget delivered (and superseded) deliveries last updated before `$1`.
+pub(crate) const PRUNE_DELIVERIES: &str =
+    "DELETE FROM deliveries WHERE status IN ('delivered', 'superseded') AND updated_at < $1";
+
+/// Forget events detected before `$1` that have no delivery left.
+pub(crate) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE detected_at < $1
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq)";

@@ -1,0 +1,236 @@
+//! The store's reachability, watched from every loop that uses it: each failed operation
+//! is counted by `op` (`loopwatch_store_errors_total`); an unreachable database (refused,
+//! reset, restarting, failing over) makes `/readyz` answer 503 with the reason until an
+//! operation started after the outage succeeds, and is logged once when it goes and once
+//! when it comes back, whichever loop meets it first. The loops themselves only retry.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::model::TargetState;
+use crate::store::{
+    AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+};
+
+/// Counts store errors and keeps readiness and the log in step with the store's reach.
+#[derive(Clone)]
+pub struct StoreWatch {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl StoreWatch {
+    pub fn new(metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        StoreWatch { metrics, health }
+    }
+
+    /// An operation `op` (one of [`crate::metrics::STORE_OPS`]) that started at `started`
+    /// failed with `e`.
+    pub fn failed(&self, op: &str, started: Instant, e: &StoreError) {
+        if matches!(e, StoreError::Fenced { .. }) {
+            // The database answered: a lost lease, counted as a fencing rejection.
+            return;
+        }
+        self.metrics.store_errors.with_label_values(&[op]).inc();
+        if e.is_unavailable() && self.health.store_unavailable(e.to_string(), started) {
+            warn!(op, error = %e,
+                "store unavailable; /readyz answers 503 and every loop retries until it is back");
+        }
+    }
+
+    /// An operation that started at `started` reached the store.
+    pub fn reached(&self, started: Instant) {
+        if let Some(down) = self.health.store_available(started) {
+            info!(
+                down_s = down.as_secs_f64(),
+                "store reachable again; resuming"
+            );
+        }
+    }
+
+    /// Record the result of `op`, started at `started`, and hand it back.
+    pub fn check<T>(&self, op: &str, started: Instant, r: Result<T>) -> Result<T> {
+        match &r {
+            Ok(_) | Err(StoreError::Fenced { .. }) => self.reached(started),
+            Err(e) => self.failed(op, started, e),
+        }
+        r
+    }
+}
+
+/// A [`Store`] whose every operation goes through a [`StoreWatch`].
+pub struct Watched {
+    inner: Arc<dyn Store>,
+    watch: StoreWatch,
+}
+
+impl Watched {
+    pub fn new(inner: Arc<dyn Store>, watch: StoreWatch) -> Self {
+        Watched { inner, watch }
+    }
+}
+
+macro_rules! watched {
+    ($self:ident, $op:literal, $call:expr) => {{
+        let started = Instant::now();
+        let r = $call.await;
+        $self.watch.check($op, started, r)
+    }};
+}
+
+#[async_trait]
+impl Store for Watched {
+    async fn load_target(&self, name: &str) -> Result<TargetState> {
+        watched!(self, "load", self.inner.load_target(name))
+    }
+
+    async fn load_targets(&self, names: &[&str]) -> Result<Vec<TargetState>> {
+        watched!(self, "load", self.inner.load_targets(names))
+    }
+
+    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
+        watched!(self, "read", self.inner.checkpoint_raw(target, id))
+    }
+
+    async fn commit_poll(&self, commit: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
+        watched!(self, "commit", self.inner.commit_poll(commit))
+    }
+
+    async fn claim_due(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        ordered: bool,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Claimed>> {
+        watched!(
+            self,
+            "claim",
+            self.inner.claim_due(sink, now, limit, ordered, lease)
+        )
+    }
+
+    async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
+        watched!(self, "claim", self.inner.next_due(sink))
+    }
+
+    async fn record_attempts(
+        &self,
+        outcomes: &[(i64, AttemptOutcome)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        watched!(self, "record", self.inner.record_attempts(outcomes, now))
+    }
+
+    async fn release(&self, delivery_ids: &[i64]) -> Result<()> {
+        watched!(self, "release", self.inner.release(delivery_ids))
+    }
+
+    async fn release_claims(&self) -> Result<u64> {
+        watched!(self, "release", self.inner.release_claims())
+    }
+
+    async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        watched!(self, "read", self.inner.list_deliveries(status, limit))
+    }
+
+    async fn newer_deploy(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        watched!(
+            self,
+            "read",
+            self.inner
+                .newer_deploy(sink, run_id, delivery_id, created_at)
+        )
+    }
+
+    async fn list_sink_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        sink: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        watched!(
+            self,
+            "read",
+            self.inner.list_sink_deliveries(status, sink, limit)
+        )
+    }
+
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
+        watched!(self, "record", self.inner.redeliver(which, now))
+    }
+
+    async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
+        watched!(self, "read", self.inner.backlog())
+    }
+
+    async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
+        watched!(self, "read", self.inner.dump(target))
+    }
+
+    async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
+        watched!(self, "read", self.inner.events(target))
+    }
+
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
+        watched!(self, "prune", self.inner.prune(cutoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> StoreError {
+        StoreError::Db(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )))
+    }
+
+    #[test]
+    fn an_unreachable_store_is_counted_and_not_ready_until_an_operation_succeeds() {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new([]));
+        let watch = StoreWatch::new(metrics.clone(), health.clone());
+        let before = Instant::now();
+        for _ in 0..3 {
+            watch.failed("claim", before, &refused());
+        }
+        watch.failed("commit", before, &StoreError::Corrupt("bad row".into()));
+        let count = |op: &str| metrics.store_errors.with_label_values(&[op]).get();
+        assert_eq!((count("claim"), count("commit"), count("open")), (3, 1, 0));
+        let why = health.ready().unwrap_err().to_string();
+        assert!(why.contains("connection refused"), "{why}");
+        // An answer to an operation started before the outage does not end it.
+        watch.reached(before);
+        assert!(health.ready().is_err());
+        watch.reached(Instant::now());
+        assert!(health.ready().is_ok());
+        // A query's own error is counted but is no outage.
+        watch.failed(
+            "commit",
+            Instant::now(),
+            &StoreError::Corrupt("bad row".into()),
+        );
+        assert!(health.ready().is_ok());
+    }
+}

@@ -1,0 +1,331 @@
+//! SIGHUP reload, end to end with the real binary (docs/configuration.md, "Reload"):
+//! targets and sinks change without a restart, an invalid config is refused whole, keys
+//! that need a restart are named, and systemd hears RELOADING=1 ... READY=1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Env, Receiver, edit, gauge, metrics, sink, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The URIs (`data.uri`) `rx` received, in order.
+fn uris(rx: &Receiver) -> Vec<String> {
+    rx.got()
+        .iter()
+        .map(|r| {
+            r.json()["data"]["uri"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+fn uri(run: &str, name: &str) -> String {
+    format!("bt://loops:{run}/sampler_weights/{name}")
+}
+
+/// Lines of the daemon's log that contain every one of `parts`.
+fn lines(d: &Daemon, parts: &[&str]) -> usize {
+    d.log_text()
+        .lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .count()
+}
+
+/// Send SIGHUP and wait for the `n`th reload to be done (applied or refused).
+async fn reload(d: &Daemon, n: usize) {
+    d.signal("HUP");
+    wait_for("the reload to finish", T, || {
+        let done = lines(d, &["config reloaded"]) + lines(d, &["config reload refused"]);
+        (done >= n).then_some(())
+    })
+    .await;
+}
+
+fn target(name: &str, run: &str) -> String {
+    format!("[[targets]]\nname = \"{name}\"\nrun_id = \"{run}\"\n")
+}
+
+#[tokio::test]
+async fn sighup_adds_a_target_silently_removes_one_and_changes_a_sink() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let (rx1, rx2) = (
+        Receiver::start().await.unwrap(),
+        Receiver::start().await.unwrap(),
+    );
+    h.add_checkpoint("run-1", "sampler", "old-1", Some("COMPLETE"));
+    h.add_checkpoint("run-2", "sampler", "old-2", Some("COMPLETE"));
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        target("qwen", "run-1"),
+        sink("hook", &rx1.url, "")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    assert_eq!(
+        gauge(&addr, "loopwatch_config_last_reload_successful").await,
+        Some(1.0),
+        "set at start"
+    );
+    let started = gauge(
+        &addr,
+        "loopwatch_config_last_reload_success_timestamp_seconds",
+    )
+    .await
+    .unwrap();
+    assert!(started > 1.7e9, "{started}");
+
+    // Add a target on run-2 and point the sink elsewhere.
+    edit(&cfg, |text| {
+        text.replace(&rx1.url, &rx2.url).replace(
+            "[[sinks]]",
+            &format!("{}[[sinks]]", target("second", "run-2")),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a visibly newer timestamp
+    reload(&d, 1).await;
+    wait_for("the new target's baseline", T, || {
+        (lines(&d, &["baseline recorded", "second"]) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        lines(&d, &["baseline recorded", "qwen"]),
+        1,
+        "the running target was not baselined again"
+    );
+    let m = metrics(&addr).await;
+    assert!(
+        m.contains("loopwatch_config_last_reload_successful 1"),
+        "{m}"
+    );
+    let ts = gauge(
+        &addr,
+        "loopwatch_config_last_reload_success_timestamp_seconds",
+    )
+    .await
+    .unwrap();
+    assert!(ts > started, "{ts} after {started}");
+    assert!(m.contains(r#"loopwatch_polls_total{outcome="success",target="second"}"#));
+
+    // Both targets emit, to the changed sink only; the baselines stayed silent.
+    let new1 = h.add_checkpoint("run-1", "sampler", "new-1", Some("SYNCING"));
+    let new2 = h.add_checkpoint("run-2", "sampler", "new-2", Some("SYNCING"));
+    h.set_status(&new1, Some("COMPLETE"));
+    h.set_status(&new2, Some("COMPLETE"));
+    wait_for("events of both targets at the new URL", T, || {
+        let got = uris(&rx2);
+        (got.contains(&uri("run-1", "new-1")) && got.contains(&uri("run-2", "new-2"))).then_some(())
+    })
+    .await;
+    assert_eq!(rx1.count(), 0, "the old URL got {:?}", uris(&rx1));
+    assert!(
+        !uris(&rx2).iter().any(|u| u.contains("old-")),
+        "a baseline emitted: {:?}",
+        uris(&rx2)
+    );
+
+    // Remove "qwen": it is no longer polled and its series go.
+    edit(&cfg, |text| text.replacen(&target("qwen", "run-1"), "", 1));
+    reload(&d, 2).await;
+    let gone = {
+        let deadline = Instant::now() + T;
+        loop {
+            let m = metrics(&addr).await;
+            if !m.contains(r#"target="qwen""#) {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(gone, "qwen's series stayed after its removal");
+    h.add_checkpoint("run-1", "sampler", "while-removed", Some("COMPLETE"));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // several intervals of 200 ms
+    assert!(
+        !uris(&rx2).contains(&uri("run-1", "while-removed")),
+        "a removed target was polled"
+    );
+
+    // Added back with the same filter: no new baseline, it carries on where it was, so
+    // what appeared meanwhile is news.
+    edit(&cfg, |text| {
+        text.replace(
+            "[[sinks]]",
+            &format!("{}[[sinks]]", target("qwen", "run-1")),
+        )
+    });
+    reload(&d, 3).await;
+    wait_for("the checkpoint that appeared while removed", T, || {
+        uris(&rx2)
+            .contains(&uri("run-1", "while-removed"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(lines(&d, &["baseline recorded", "qwen"]), 1, "re-baselined");
+    assert!(!d.log_text().contains(" ERROR "), "{}", d.log_text());
+}
+
+#[tokio::test]
+async fn an_invalid_config_on_sighup_is_refused_whole_and_the_daemon_keeps_delivering() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let rx = Receiver::start().await.unwrap();
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        target("qwen", "run-1"),
+        sink("hook", &rx.url, "")
+    ));
+    let mut d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+
+    // Two problems, and a valid new target beside them: nothing of it is applied.
+    edit(&cfg, |text| {
+        format!(
+            "{text}{}[[targets]]\nname = \"bad\"\nrun_id = \"r\"\nbase_model = \"m\"\ninterval = \"soon\"\n",
+            target("extra", "run-2")
+        )
+    });
+    reload(&d, 1).await;
+    assert_eq!(lines(&d, &["ERROR", "config reload refused"]), 1);
+    assert!(
+        lines(&d, &["ERROR", "problem in the reloaded config"]) >= 2,
+        "every problem at ERROR: {}",
+        d.log_text()
+    );
+    assert_eq!(
+        lines(&d, &["ERROR", "problem in the reloaded config", "soon"]),
+        1,
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        gauge(&addr, "loopwatch_config_last_reload_successful").await,
+        Some(0.0)
+    );
+    assert!(
+        !metrics(&addr).await.contains(r#"target="extra""#),
+        "part of a refused config was applied"
+    );
+
+    // Still running the old config: a completion arrives.
+    let id = h.add_checkpoint("run-1", "sampler", "after", Some("SYNCING"));
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("a delivery after the refused reload", T, || {
+        uris(&rx).contains(&uri("run-1", "after")).then_some(())
+    })
+    .await;
+
+    // Fixed: applied, and the gauge says so again.
+    edit(&cfg, |text| {
+        let cut = text.find("[[targets]]\nname = \"bad\"").unwrap();
+        text[..cut].to_string()
+    });
+    reload(&d, 2).await;
+    assert_eq!(lines(&d, &["config reloaded"]), 1, "{}", d.log_text());
+    assert_eq!(
+        gauge(&addr, "loopwatch_config_last_reload_successful").await,
+        Some(1.0)
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+}
+
+#[tokio::test]
+async fn keys_that_need_a_restart_are_named_once_each_and_not_applied() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        target("qwen", "run-1"),
+        sink("hook", &rx.url, "")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    edit(&cfg, |text| {
+        text.replace("timeout = \"2s\"", "timeout = \"3s\"")
+            .replace("level = \"debug\"", "level = \"info\"")
+            .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
+    });
+    reload(&d, 1).await;
+    for key in ["api.timeout", "log.level", "server.listen"] {
+        assert_eq!(
+            lines(&d, &["WARN", "needs a restart", &format!("key={key}")]),
+            1,
+            "{key}: {}",
+            d.log_text()
+        );
+    }
+    assert_eq!(lines(&d, &["needs a restart"]), 3, "{}", d.log_text());
+    // Not applied: still serving where it was, still logging at debug.
+    assert_eq!(
+        gauge(&addr, "loopwatch_config_last_reload_successful").await,
+        Some(1.0)
+    );
+    let before = d.log_text().lines().filter(|l| l.contains("DEBUG")).count();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = d.log_text().lines().filter(|l| l.contains("DEBUG")).count();
+    assert!(after >= before, "the log level is as it was");
+}
+
+#[tokio::test]
+async fn systemd_hears_reloading_with_the_monotonic_time_then_ready() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let cfg = env.write_config(&format!(
+        "{}{}",
+        target("qwen", "run-1"),
+        sink("hook", &rx.url, "")
+    ));
+    let path = sock_path.to_str().unwrap().to_string();
+    let mut d = env.spawn_daemon_env(&cfg, &[("NOTIFY_SOCKET", &path)]);
+    // Every datagram, in order, off the async runtime.
+    let sock = std::sync::Arc::new(sock);
+    let next = |want: &'static str| {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + T;
+            let mut buf = [0u8; 4096];
+            loop {
+                assert!(Instant::now() < deadline, "no {want} from the daemon");
+                if let Ok(n) = sock.recv(&mut buf) {
+                    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if msg.lines().any(|l| l == want) {
+                        return msg;
+                    }
+                }
+            }
+        })
+    };
+    next("READY=1").await.unwrap();
+    d.ready().await;
+    edit(&cfg, |text| {
+        text.replace(
+            "[[sinks]]",
+            &format!("{}[[sinks]]", target("second", "run-2")),
+        )
+    });
+    d.signal("HUP");
+    let reloading = next("RELOADING=1").await.unwrap();
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING=1, as Type=notify-reload requires")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    next("READY=1").await.unwrap();
+    assert_eq!(lines(&d, &["config reloaded"]), 1, "{}", d.log_text());
+    d.signal("TERM");
+    next("STOPPING=1").await.unwrap();
+    assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+}
