@@ -421,3 +421,25 @@ async fn once_dry_run_says_what_would_be_deployed() {
     assert_eq!(h.requests_to(Route::Validate), 0);
     assert!(!env.db().exists());
 }
+
+/// A deploy sink added by a reload (SIGHUP) deploys through the daemon's API client like
+/// one present at start.
+#[tokio::test]
+async fn a_deploy_sink_added_by_a_reload_deploys() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(QWEN);
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    common::edit(&cfg, |t| format!("{t}{}", deploy_sink("")));
+    d.signal("HUP");
+    wait_for("the reload", T, || {
+        d.log_text().contains("config reloaded").then_some(())
+    })
+    .await;
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("one deploy", T, || (!h.deploys().is_empty()).then_some(())).await;
+    assert_eq!(h.deploys()[0].checkpoint_ids, vec![id]);
+    assert!(!d.log_text().contains("needs the Loops API client"));
+}
