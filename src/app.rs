@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api;
 use crate::config::{self, Config, Environment, StoreConfig, TargetConfig};
+use crate::delivery::deploy::{CallError, DeployRequest, Deployment, LoopsDeployer};
 use crate::delivery::{Outbox, Sink};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
@@ -126,11 +127,13 @@ impl App {
         let client = Arc::new(api::Client::new(&cfg.api)?);
         // Pollers fire it after a commit that queued deliveries; sink workers wait on it.
         let wake = Wake::new();
-        let outbox = Arc::new(Outbox::new(
+        // baseten_deploy sinks deploy through the pollers' client: one token bucket.
+        let outbox = Arc::new(Outbox::with_deployer(
             store.clone(),
             metrics.clone(),
             &cfg.sinks,
             wake.clone(),
+            Some(deployer(client.clone(), metrics.clone())),
         )?);
         let poller = Poller::new(
             client.clone(),
@@ -675,6 +678,71 @@ impl Early {
             server.abort();
         }
         listener
+    }
+}
+
+/// The Loops API as `baseten_deploy` sinks need it, over the shared client (its token
+/// bucket, timeout and `loopwatch_api_requests_total`).
+pub fn deployer(client: Arc<api::Client>, metrics: Arc<Metrics>) -> Arc<dyn LoopsDeployer> {
+    Arc::new(ApiDeployer { client, metrics })
+}
+
+struct ApiDeployer {
+    client: Arc<api::Client>,
+    metrics: Arc<Metrics>,
+}
+
+impl ApiDeployer {
+    fn count<T>(&self, endpoint: api::Endpoint, r: &Result<T, api::Error>) {
+        let code = match r {
+            Ok(_) => "200".to_string(),
+            Err(e) => e.code_label(),
+        };
+        self.metrics.api_request(endpoint.label(), &code);
+    }
+}
+
+#[async_trait::async_trait]
+impl LoopsDeployer for ApiDeployer {
+    async fn validate(&self, path: &str, run_id: Option<&str>) -> Result<(), CallError> {
+        let r = self.client.validate(path, run_id).await;
+        self.count(api::Endpoint::Validate, &r);
+        r.map_err(call_error)
+    }
+
+    async fn deploy(&self, r: &DeployRequest) -> Result<Deployment, CallError> {
+        let request = api::DeployRequest {
+            checkpoint_ids: r.checkpoint_ids.clone(),
+            model_name: r.model_name.clone(),
+            instance_type_id: r.instance_type_id.clone(),
+            hf_secret_name: r.hf_secret_name.clone(),
+        };
+        let r = self.client.deploy(&request).await;
+        self.count(api::Endpoint::Deploy, &r);
+        let d = r.map_err(call_error)?;
+        Ok(Deployment {
+            model_id: d.model_id,
+            deployment_id: d.deployment_id,
+        })
+    }
+}
+
+/// The outbox's classification of a client error (docs/events.md, "baseten_deploy").
+fn call_error(e: api::Error) -> CallError {
+    match e {
+        api::Error::Status {
+            code,
+            retry_after,
+            message,
+            ..
+        } => CallError::status(code, retry_after, message),
+        api::Error::Timeout => CallError::timeout(e.to_string()),
+        api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
+        // A 2xx that is not the documented answer: the deploy may have happened, so it
+        // is not retried (that would deploy again).
+        api::Error::Decode(_) | api::Error::TooLarge(_) => {
+            CallError::invalid(200, format!("the answer is not as documented: {e}"))
+        }
     }
 }
 

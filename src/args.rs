@@ -162,7 +162,7 @@ pub enum DeliveriesCommand {
     /// List deliveries (newest last; the newest --limit of them, stated on stderr when more match)
     List {
         /// Only deliveries in this state
-        #[arg(long, value_parser = ["pending", "dead", "delivered"])]
+        #[arg(long, value_parser = ["pending", "dead", "delivered", "superseded"])]
         status: Option<String>,
         /// Only deliveries to this sink (also one no longer configured)
         #[arg(long, value_name = "NAME")]

@@ -200,6 +200,7 @@ async fn poll_and_deliver(
         }
     });
     let mut failed = 0;
+    let mut found: Vec<crate::model::Event> = Vec::new();
     let mut stdout = std::io::stdout().lock();
     for r in futures_util::future::join_all(polls).await {
         match r {
@@ -221,22 +222,91 @@ async fn poll_and_deliver(
                             e.checkpoint = raw.await?.unwrap_or_default();
                         }
                         writeln!(stdout, "{}", e.standard_body())?;
+                        found.push(e);
                     }
                 }
             }
         }
     }
     drop(stdout);
+    if dry_run {
+        for line in would_deploy(&app.config().sinks, &found) {
+            eprintln!("{line}");
+        }
+    }
     if !dry_run {
         let s = app.outbox.deliver_due().await;
-        if s.delivered + s.retrying + s.dead > 0 {
+        if s.delivered + s.retrying + s.dead + s.superseded > 0 {
             eprintln!(
                 "deliveries: {} delivered, {} failed and will be retried per retry_schedule, {} dead (see `loopwatch deliveries list --status dead`)",
                 s.delivered, s.retrying, s.dead
             );
         }
+        if s.superseded > 0 {
+            eprintln!(
+                "deploys: {} superseded by a newer checkpoint of the same run (latest_only)",
+                s.superseded
+            );
+        }
     }
     Ok(if failed > 0 { exit::FAILURE } else { exit::OK })
+}
+
+/// For `once --dry-run`: one line per deploy a `baseten_deploy` sink would make of
+/// `events`, or why not (`latest_only`: a newer completed sampler checkpoint of the run in
+/// the same poll; a model_name that does not render).
+pub fn would_deploy(
+    sinks: &[crate::config::SinkConfig],
+    events: &[crate::model::Event],
+) -> Vec<String> {
+    let routes = crate::poller::route(events, sinks);
+    let mut out = Vec::new();
+    for cfg in sinks {
+        let Some(d) = cfg.deploy() else { continue };
+        let Ok(sink) = crate::delivery::deploy::DeploySink::new(d.clone()) else {
+            continue;
+        };
+        let mine: Vec<StoredEvent> = events
+            .iter()
+            .zip(&routes)
+            .filter(|(_, r)| r.contains(&cfg.name.as_str()))
+            .map(|(e, _)| StoredEvent::from_event(0, e))
+            .collect();
+        let created = |e: &StoredEvent| crate::delivery::deploy::checkpoint_created_at(e);
+        for e in &mine {
+            let newer = mine.iter().find(|o| {
+                d.latest_only
+                    && o.run_id == e.run_id
+                    && o.id != e.id
+                    && matches!((created(o), created(e)), (Some(a), Some(b)) if a > b)
+            });
+            let line = match (newer, sink.request(e)) {
+                (Some(n), _) => format!(
+                    "dry run: sink {} would not deploy {}: superseded by {} (latest_only)",
+                    cfg.name,
+                    e.uri().unwrap_or_default(),
+                    n.checkpoint_name
+                ),
+                (None, Ok(r)) => format!(
+                    "dry run: sink {} would {}deploy {} (checkpoint id {}) as model_name {:?} on instance_type_id {:?} with hf_secret_name {:?}",
+                    cfg.name,
+                    if d.validate { "validate and " } else { "" },
+                    e.uri().unwrap_or_default(),
+                    e.checkpoint_id,
+                    r.model_name,
+                    r.instance_type_id,
+                    r.hf_secret_name
+                ),
+                (None, Err(why)) => format!(
+                    "dry run: sink {} could not deploy {}: {why}",
+                    cfg.name,
+                    e.uri().unwrap_or_default()
+                ),
+            };
+            out.push(line);
+        }
+    }
+    out
 }
 
 /// The store, read-only; None (and a warning on stderr) when there is no state file yet:
@@ -447,6 +517,9 @@ pub async fn test_sink(cfg: &Config, name: &str, output: Output) -> anyhow::Resu
                 .join(", ")
         )
     })?;
+    if sink_cfg.deploy().is_some() {
+        return test_deploy_sink(cfg, sink_cfg, output).await;
+    }
     let sink = crate::delivery::Sink::new(sink_cfg.clone(), crate::delivery::webhook::client())?;
     let event = sample_event();
     if output == Output::Table {
@@ -475,6 +548,75 @@ pub async fn test_sink(cfg: &Config, name: &str, output: Output) -> anyhow::Resu
         Ok(code) => println!("ok: HTTP {code} in {ms} ms"),
         Err(e) => {
             println!("failed after {ms} ms: {e}");
+            return Ok(exit::FAILURE);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `test-sink` on a `baseten_deploy` sink: `validate` (never `deploy`) for the newest
+/// complete sampler checkpoint in the state among the sink's targets, and the answer.
+async fn test_deploy_sink(
+    cfg: &Config,
+    sink_cfg: &crate::config::SinkConfig,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let name = sink_cfg.name.as_str();
+    let dump = match read_only_store(cfg).await? {
+        Some(store) => store.dump(None).await?,
+        None => Vec::new(),
+    };
+    let newest = dump
+        .iter()
+        .filter(|t| {
+            sink_cfg
+                .targets
+                .as_ref()
+                .is_none_or(|s| s.contains(&t.name))
+        })
+        .flat_map(|t| t.checkpoints.iter())
+        .filter(|c| {
+            !c.deleted
+                && c.target == crate::model::CheckpointTarget::Sampler
+                && c.class() == crate::model::SyncClass::Complete
+        })
+        .max_by_key(|c| crate::model::parse_created_at(&c.created_at));
+    let Some(c) = newest else {
+        anyhow::bail!(
+            "sink {name}: no complete sampler checkpoint in the state to validate yet; run the daemon or `loopwatch once` first"
+        );
+    };
+    let uri = c.uri().expect("a sampler checkpoint has a URI");
+    let client = Arc::new(api::Client::new(&cfg.api)?);
+    let deployer = crate::app::deployer(client, Arc::new(crate::metrics::Metrics::new()));
+    if output == Output::Table {
+        println!(
+            "validating {uri} (checkpoint id {}) for sink {name}; nothing is deployed",
+            c.id
+        );
+    }
+    let start = std::time::Instant::now();
+    let r = deployer.validate(&uri, None).await;
+    let ms = start.elapsed().as_millis();
+    if output == Output::Json {
+        let v = json!({
+            "sink": name, "checkpoint_path": uri, "checkpoint_id": c.id.as_str(), "ok": r.is_ok(),
+            "status": r.as_ref().map_or_else(|e| e.status, |_| Some(200)), "elapsed_ms": ms,
+            "error": r.as_ref().err().map(|e| e.message.clone()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(if r.is_ok() { exit::OK } else { exit::FAILURE });
+    }
+    match r {
+        Ok(()) => println!("ok: validate accepted {uri} in {ms} ms; it can be deployed"),
+        Err(e) => {
+            let status = e.status.map(|s| format!("HTTP {s}: ")).unwrap_or_default();
+            let what = if e.retryable {
+                "a deploy would be retried"
+            } else {
+                "a deploy delivery would be dead"
+            };
+            println!("failed after {ms} ms: {status}{} ({what})", e.message);
             return Ok(exit::FAILURE);
         }
     }

@@ -1,8 +1,12 @@
 //! `loopwatch demo`: the whole product in one process with no account and no network.
 //! A simulated Loops API runs a training run that saves a sampler and a trainer
 //! checkpoint every few seconds, and a second run whose checkpoints never get a
-//! `sync_status` (the readiness probe completes its sampler checkpoint "ready by files"); an embedded receiver verifies each webhook's signature
-//! and prints one line per event; the daemon runs on a throw-away SQLite file.
+//! `sync_status` (the readiness probe completes its sampler checkpoint "ready by files");
+//! an embedded receiver verifies each webhook's signature and prints one line per event;
+//! a `baseten_deploy` sink deploys each completed sampler checkpoint on the simulated
+//! API, whose deploy route is unavailable at first (503 with `Retry-After`), so saves
+//! outpace deploys and `latest_only` supersedes the older ones; the daemon runs on a
+//! throw-away SQLite file.
 //!
 //! The demo is its own wiring (like `app.rs`, it spawns): the simulator and the receiver
 //! are test fixtures, not parts of the daemon.
@@ -16,8 +20,8 @@ use rand::RngExt;
 use crate::app::App;
 use crate::config::{self, Environment};
 use crate::signing::SigningKey;
-use crate::sim::{Received, Receiver, Signature, SimApi};
-use crate::store::DeliveryStatus;
+use crate::sim::{Fault, Received, Receiver, Route, Signature, SimApi};
+use crate::store::{DeliveryStatus, Store};
 
 pub struct DemoOptions {
     /// Stop after this long; `None` runs until Ctrl-C.
@@ -39,11 +43,20 @@ fn print_received(r: &Received) {
         Some(Signature::Valid) => {
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
             let d = &v["data"];
+            let dep = &d["deployment"];
             let mut sync = match d["sync_seconds"].as_f64() {
+                _ if dep.is_object() => format!(
+                    "  live as model {} deployment {}",
+                    dep["model_name"].as_str().unwrap_or("?"),
+                    dep["deployment_id"].as_str().unwrap_or("?")
+                ),
                 Some(s) => format!("  synced in {s:.1}s"),
                 None => String::new(),
             };
-            if let Some(by) = d["ready_by"].as_str().filter(|by| *by != "sync_status") {
+            if let Some(by) = d["ready_by"]
+                .as_str()
+                .filter(|by| *by != "sync_status" && !dep.is_object())
+            {
                 sync.push_str(&format!("  ready by {by} (sync_status null)"));
             }
             println!(
@@ -95,7 +108,39 @@ name = "demo-receiver"
 url = "{receiver}"
 secret_env = "LOOPWATCH_DEMO_SECRET"
 retry_schedule = ["1s", "2s", "5s"]
+[[sinks]]
+name = "demo-deploy"
+kind = "baseten_deploy"
+model_name = "{{ data.target }}"
+instance_type_id = "H100"
+hf_secret_name = "hf_access_token"
+concurrency = 1
+retry_schedule = ["1s", "2s", "5s", "10s", "30s", "1m"]
 "#;
+
+/// One line per deploy that `latest_only` superseded, as the store records them.
+async fn print_superseded(store: std::sync::Arc<dyn Store>, every: Duration) {
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        tokio::time::sleep(every.max(Duration::from_millis(250))).await;
+        let Ok(rows) = store
+            .list_deliveries(Some(DeliveryStatus::Superseded), 1000)
+            .await
+        else {
+            continue;
+        };
+        for d in rows {
+            if seen.insert(d.id) {
+                println!(
+                    "  deployer: {:<26} {:<48} not deployed, {}",
+                    "deploy superseded",
+                    d.uri.unwrap_or_default(),
+                    d.last_error.unwrap_or_default()
+                );
+            }
+        }
+    }
+}
 
 pub async fn run(
     opts: DemoOptions,
@@ -106,6 +151,18 @@ pub async fn run(
     let sim = SimApi::start(Some(api_key.clone())).await?;
     sim.handle()
         .start_training_run("demo-run", "Qwen/Qwen3-8B", opts.every, opts.sync_for, None);
+    // The deploy route is unavailable for its first two calls: the first checkpoints wait
+    // and are superseded by newer ones (latest_only) instead of each being deployed.
+    for _ in 0..2 {
+        sim.handle().push_fault_to(
+            Route::Deploy,
+            Fault::Status {
+                code: 503,
+                retry_after: Some(format!("{}", opts.every.as_secs().max(1) + 1)),
+                body: None,
+            },
+        );
+    }
     // One save whose sync_status stays null: only its files say when it is ready.
     sim.handle().start_null_status_run(
         "demo-null-run",
@@ -151,7 +208,12 @@ pub async fn run(
         opts.sync_for
     );
     println!("sets sync_status: loopwatch probes its files and completes it \"ready by files\".");
-    println!("Events arrive below as signed webhooks.");
+    println!(
+        "Events arrive below as signed webhooks; each completed sampler checkpoint is deployed"
+    );
+    println!(
+        "(the simulated deploy route is down at first, so newer checkpoints supersede older)."
+    );
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {}", receiver.url);
     println!("  metrics              http://{addr}/metrics   (also /healthz, /readyz)");
@@ -169,7 +231,9 @@ pub async fn run(
             None => shutdown.await,
         }
     };
+    let watch = tokio::spawn(print_superseded(store.clone(), opts.every / 4));
     app.run(stop).await?;
+    watch.abort();
 
     let events = store.events(None).await?;
     let deliveries = store.list_deliveries(None, i64::MAX).await?;
@@ -192,10 +256,16 @@ pub async fn run(
         }
     );
     println!(
-        "  deliveries           {} delivered, {} pending, {} dead",
+        "  deliveries           {} delivered, {} pending, {} dead, {} superseded",
         count(DeliveryStatus::Delivered),
         count(DeliveryStatus::Pending),
-        count(DeliveryStatus::Dead)
+        count(DeliveryStatus::Dead),
+        count(DeliveryStatus::Superseded)
+    );
+    println!(
+        "  deploys              {} made on the simulated API, {} superseded by a newer checkpoint (latest_only)",
+        sim.handle().deploys().len(),
+        count(DeliveryStatus::Superseded)
     );
     println!(
         "  receiver             {} verified, {} rejected signatures, {} duplicates",

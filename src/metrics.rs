@@ -30,6 +30,8 @@ pub struct Metrics {
     pub pending: IntGaugeVec,
     pub dead: IntGaugeVec,
     pub oldest_pending: GaugeVec,
+    /// 1 per configured sink, by kind: lets dashboards and alerts select deploy sinks.
+    pub sink_info: IntGaugeVec,
     pub targets_owned: IntGauge,
     pub lease_takeovers: prometheus::IntCounter,
     /// 1 when the last reload (or the start) applied the config, 0 when it was refused.
@@ -48,7 +50,7 @@ pub const STORE_OPS: [&str; 9] = [
     "open", "load", "commit", "claim", "record", "release", "read", "prune", "leases",
 ];
 
-const DELIVERY_OUTCOMES: [&str; 3] = ["success", "retry", "dead"];
+const DELIVERY_OUTCOMES: [&str; 4] = ["success", "retry", "dead", "superseded"];
 const SYNC_CLASSES: [SyncClass; 4] = [
     SyncClass::Syncing,
     SyncClass::Complete,
@@ -161,8 +163,10 @@ impl Metrics {
                 "loopwatch_delivery_duration_seconds",
                 "Time of one delivery attempt.",
                 &["sink"],
+                // Up to minutes: a `baseten_deploy` attempt can take that long.
                 vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0, 600.0,
                 ],
             ),
             pending: int_gauge(
@@ -179,6 +183,11 @@ impl Metrics {
                 "loopwatch_oldest_pending_delivery_age_seconds",
                 "Age of the oldest pending delivery (0 when none).",
                 &["sink"],
+            ),
+            sink_info: int_gauge(
+                "loopwatch_sink_info",
+                "Configured sinks, 1 each, by kind (webhook, exec, baseten_deploy).",
+                &["sink", "kind"],
             ),
             store_errors: {
                 let c = counter(
@@ -210,6 +219,7 @@ impl Metrics {
             self.pending.with_label_values(&[n]);
             self.dead.with_label_values(&[n]);
             self.oldest_pending.with_label_values(&[n]);
+            self.sink_info.with_label_values(&[n, s.kind.name()]).set(1);
         }
         self.targets_owned.set(cfg.targets.len() as i64);
     }
@@ -347,7 +357,7 @@ pub struct TargetMetrics {
     checkpoints: [[AtomicI64; 4]; 3],
     latest_created: [AtomicF64; 3],
     /// By [`EventType::ALL`] order.
-    events: [AtomicU64; 5],
+    events: [AtomicU64; EventType::ALL.len()],
     sync_duration: Histogram,
     fencing_rejections: AtomicU64,
     /// By [`ProbeOutcome::ALL`] order.

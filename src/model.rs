@@ -255,7 +255,8 @@ impl Tracked {
     }
 }
 
-/// The five event types (docs/events.md).
+/// The six event types (docs/events.md). The first five come from the diff;
+/// `Deployed` from a `baseten_deploy` sink's successful deploy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventType {
     Discovered,
@@ -263,15 +264,17 @@ pub enum EventType {
     StatusChanged,
     Stalled,
     Deleted,
+    Deployed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::Discovered,
         EventType::Completed,
         EventType::StatusChanged,
         EventType::Stalled,
         EventType::Deleted,
+        EventType::Deployed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -281,6 +284,7 @@ impl EventType {
             EventType::StatusChanged => "checkpoint.status_changed",
             EventType::Stalled => "checkpoint.stalled",
             EventType::Deleted => "checkpoint.deleted",
+            EventType::Deployed => "checkpoint.deployed",
         }
     }
 
@@ -439,6 +443,26 @@ pub fn event_id(target: &str, checkpoint_id: &str, first_seen: DateTime<Utc>, se
     h.update([0]);
     h.update(first_seen.timestamp_millis().to_be_bytes());
     h.update(seq.to_be_bytes());
+    let digest = h.finalize();
+    let mut id = String::with_capacity(30);
+    id.push_str("evt_");
+    for b in &digest[..13] {
+        use std::fmt::Write;
+        let _ = write!(id, "{b:02x}");
+    }
+    id
+}
+
+/// The id of the `checkpoint.deployed` event that `sink` announces for the completed event
+/// `completed_id`: the same whatever repeats (a retry, a crash, a second replica).
+pub fn deployed_event_id(completed_id: &str, sink: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"checkpoint.deployed");
+    h.update([0]);
+    h.update(completed_id.as_bytes());
+    h.update([0]);
+    h.update(sink.as_bytes());
     let digest = h.finalize();
     let mut id = String::with_capacity(30);
     id.push_str("evt_");

@@ -146,6 +146,21 @@ impl Store for Watched {
         watched!(self, "read", self.inner.list_deliveries(status, limit))
     }
 
+    async fn newer_deploy(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        watched!(
+            self,
+            "read",
+            self.inner
+                .newer_deploy(sink, run_id, delivery_id, created_at)
+        )
+    }
+
     async fn list_sink_deliveries(
         &self,
         status: Option<DeliveryStatus>,

@@ -1,7 +1,8 @@
 //! The recipes in config/examples/: each passes `loopwatch check-config` with the
-//! variables it names, templates render the saved bodies for a fixed event, and the exec
-//! recipe's deploy script does what its comment says. Also how the binary reports bad
-//! sink templates and signing keys (exit 78, one line per problem, no secret echoed).
+//! variables it names, templates render the saved bodies for a fixed event (the native
+//! deploy recipe's Slack note for a fixed `checkpoint.deployed`). Also how the binary
+//! reports bad sink templates and signing keys (exit 78, one line per problem, no secret
+//! echoed).
 
 mod common;
 
@@ -54,8 +55,14 @@ const RECIPES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
-        "exec-deploy.toml",
-        &[("BASETEN_API_KEY", "bt-key-recipe-1")],
+        "baseten-deploy.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/T0000/B0000/slacksecret42",
+            ),
+        ],
     ),
 ];
 
@@ -223,99 +230,56 @@ fn recipes_without_templates_send_their_documented_format() {
     assert_eq!(v["data"]["checkpoint"]["id"], "ckpt_7f3a9c2e41");
 }
 
-/// A stub `baseten` that records its arguments, and the script's environment.
-struct DeployScript {
-    dir: tempfile::TempDir,
-}
-
-impl DeployScript {
-    fn new(stub_exit: i32) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        let stub = bin.join("baseten");
-        std::fs::write(
-            &stub,
-            format!(
-                "#!/bin/sh\necho \"$@\" >> '{}'\nexit {stub_exit}\n",
-                dir.path().join("calls").display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
-        DeployScript { dir }
-    }
-    fn run(&self, event_type: &str, id: &str, uri: &str) -> Output {
-        let path = format!(
-            "{}:{}",
-            self.dir.path().join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut c = Command::new(examples().join("deploy-checkpoint.sh"));
-        c.env("PATH", path)
-            .env("DEPLOY_STATE_DIR", self.dir.path().join("state"))
-            .env("LOOPWATCH_EVENT_ID", "evt_1")
-            .env("LOOPWATCH_EVENT_TYPE", event_type)
-            .env("LOOPWATCH_CHECKPOINT_ID", id)
-            .env("LOOPWATCH_CHECKPOINT_URI", uri)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(br#"{"type":"checkpoint.completed"}"#)
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-    fn calls(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("calls"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-}
-
+/// The native deploy recipe: the deploy sink as documented, and its Slack sink renders
+/// the saved note for a fixed `checkpoint.deployed` (and takes nothing else).
 #[test]
-fn the_deploy_script_deploys_each_sampler_checkpoint_once() {
-    let sampler = "bt://loops:k4q95w5/sampler_weights/step-100";
-    let s = DeployScript::new(0);
-    let ok = |o: &Output| assert!(o.status.success(), "{}", text(o).1);
-    ok(&s.run("checkpoint.completed", "ckpt_a1", sampler));
+fn the_native_deploy_recipe_deploys_samplers_and_announces_them_on_slack() {
+    let file = "baseten-deploy.toml";
+    let cfg = load(
+        &examples().join(file),
+        &Environment::from_pairs(vars_of(file).iter().copied()),
+    )
+    .unwrap();
+    let deploy = cfg.sink("deploy").unwrap();
+    let d = deploy.deploy().expect("a baseten_deploy sink");
     assert_eq!(
-        s.calls(),
-        ["loops checkpoint deploy --checkpoint-id ckpt_a1"]
+        (d.instance_type_id.as_str(), d.latest_only, d.validate),
+        ("H100", true, true)
     );
-    // A redelivery, another event type, a trainer checkpoint: acknowledged, no deploy.
-    ok(&s.run("checkpoint.completed", "ckpt_a1", sampler));
-    ok(&s.run("checkpoint.discovered", "ckpt_b2", sampler));
-    ok(&s.run(
-        "checkpoint.completed",
-        "ckpt_c3",
-        "bt://loops:k4q95w5/weights/step-100",
-    ));
-    assert_eq!(s.calls().len(), 1, "{:?}", s.calls());
-    let marker = s.dir.path().join("state/ckpt_a1.json");
-    assert!(
-        std::fs::read_to_string(marker)
-            .unwrap()
-            .contains("checkpoint.completed")
-    );
+    assert_eq!(deploy.concurrency.get(), 1);
+    assert!(deploy.wants(EventType::Completed, "qwen-sft", &CheckpointTarget::Sampler));
+    assert!(!deploy.wants(EventType::Completed, "qwen-sft", &CheckpointTarget::Trainer));
+    let slack_cfg = cfg.sink("slack").unwrap();
+    assert!(slack_cfg.wants(EventType::Deployed, "qwen-sft", &CheckpointTarget::Sampler));
+    assert!(!slack_cfg.wants(EventType::Completed, "qwen-sft", &CheckpointTarget::Sampler));
 
-    // A failed deploy exits non-zero (loopwatch retries) and is not recorded as done.
-    let failing = DeployScript::new(3);
-    let o = failing.run("checkpoint.completed", "ckpt_a1", sampler);
-    assert!(!o.status.success());
-    assert!(!failing.dir.path().join("state/ckpt_a1.json").exists());
-    // Nothing odd reaches the command line.
-    let o = s.run("checkpoint.completed", "x; rm -rf /", sampler);
-    assert!(!o.status.success());
-    assert_eq!(s.calls().len(), 1);
+    let completed = sample_event(EventType::Completed);
+    let request = loopwatch::delivery::deploy::DeploySink::new(d.clone())
+        .unwrap()
+        .request(&completed)
+        .unwrap();
+    assert_eq!(request.model_name, "qwen-sft");
+    assert_eq!(request.checkpoint_ids, vec!["ckpt_7f3a9c2e41".to_string()]);
+    let deployed = loopwatch::delivery::deploy::deployed_event(
+        &completed,
+        "deploy",
+        &loopwatch::delivery::deploy::Deployed {
+            model_name: request.model_name,
+            model_id: "mdl_4q7x2".into(),
+            deployment_id: "dep_9k3m1".into(),
+        },
+        at("2026-11-26T23:04:10.500Z"),
+    )
+    .unwrap();
+    let slack = Sink::new(slack_cfg.clone(), loopwatch::delivery::webhook::client()).unwrap();
+    let rendered = String::from_utf8(slack.payload(&deployed).unwrap().body).unwrap();
+    let got: Value = serde_json::from_str(&rendered)
+        .unwrap_or_else(|e| panic!("{file} renders invalid JSON ({e}):\n{rendered}"));
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(examples().join("expected/baseten-deploy-slack.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got, want, "{file} renders:\n{rendered}");
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

@@ -379,6 +379,158 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(s.load_target("t").await.unwrap().settled, None);
 }
 
+/// What a `baseten_deploy` sink needs of a store: `superseded`, the `latest_only` query
+/// and a follow-up event committed with a delivery's outcome.
+async fn deploy_conformance(store: Arc<dyn Store>) {
+    use loopwatch::delivery::deploy::{Deployed, deployed_event};
+    use loopwatch::store::FollowUp;
+    let s = store.as_ref();
+    let listing = |status| -> Vec<Checkpoint> {
+        ["1", "2", "3"]
+            .iter()
+            .map(|id| (*id, "r1"))
+            .chain([("4", "r2")])
+            .map(|(id, run)| {
+                // As upstream sends it: with created_at (latest_only orders by it).
+                let mut c = ck(id, run, Some(status));
+                c.raw = format!(
+                    r#"{{"id":"{id}","run_id":"{run}","created_at":"{}"}}"#,
+                    c.created_at
+                );
+                c
+            })
+            .collect()
+    };
+    poll(s, "d", &listing("SYNCING"), None).await.unwrap();
+    assert_eq!(poll(s, "d", &listing("COMPLETE"), None).await.unwrap(), 4);
+    let now = Utc::now() + TimeDelta::seconds(1);
+    let mut claimed = s
+        .claim_due("a", now, 10, false, Duration::from_secs(60))
+        .await
+        .unwrap();
+    claimed.sort_by_key(|c| c.event.checkpoint_id.clone());
+    assert_eq!(claimed.len(), 4);
+    let created = |c: &loopwatch::store::Claimed| {
+        loopwatch::delivery::deploy::checkpoint_created_at(&c.event).unwrap()
+    };
+    let newer = async |i: usize| {
+        let c: &loopwatch::store::Claimed = &claimed[i];
+        s.newer_deploy("a", &c.event.run_id, c.delivery_id, created(c))
+            .await
+            .unwrap()
+    };
+    // Pending (claimed: in flight) deliveries count; the newest of the run wins; another
+    // run and another sink do not count.
+    assert_eq!(newer(0).await.as_deref(), Some("step-3"));
+    assert_eq!(newer(1).await.as_deref(), Some("step-3"));
+    assert_eq!(newer(2).await, None);
+    assert_eq!(newer(3).await, None, "run r2 has one checkpoint");
+
+    let at = Utc::now();
+    s.record_attempt(
+        claimed[0].delivery_id,
+        &AttemptOutcome::Superseded {
+            reason: "superseded by step-3".into(),
+        },
+        at,
+    )
+    .await
+    .unwrap();
+    let sup = s
+        .list_deliveries(Some(DeliveryStatus::Superseded), 100)
+        .await
+        .unwrap();
+    assert_eq!(sup.len(), 1);
+    assert_eq!(sup[0].id, claimed[0].delivery_id);
+    assert_eq!(sup[0].attempts, 0, "never attempted");
+    assert_eq!(sup[0].last_error.as_deref(), Some("superseded by step-3"));
+    assert_eq!(sup[0].next_attempt_at, None);
+    let backlog = s.backlog().await.unwrap();
+    let a = backlog.iter().find(|b| b.sink == "a").unwrap();
+    assert_eq!(a.dead, 0, "superseded is not dead");
+    // Dead and superseded deliveries are not newer deploys.
+    s.record_attempt(
+        claimed[2].delivery_id,
+        &AttemptOutcome::Dead {
+            status: Some(400),
+            error: "deploy refused (HTTP 400): bad".into(),
+        },
+        at,
+    )
+    .await
+    .unwrap();
+    assert_eq!(newer(1).await, None);
+
+    // A deploy's outcome and its checkpoint.deployed commit together; a repeat (same id)
+    // adds neither an event nor a delivery.
+    let d = Deployed {
+        model_name: "m".into(),
+        model_id: "mdl_1".into(),
+        deployment_id: "dep_1".into(),
+    };
+    let event = deployed_event(&claimed[1].event, "a", &d, at).unwrap();
+    let follow = AttemptOutcome::DeliveredWith(Box::new(FollowUp {
+        event: event.clone(),
+        sinks: vec!["b".into()],
+    }));
+    let before = s.events(None).await.unwrap().len();
+    s.record_attempts(&[(claimed[1].delivery_id, follow.clone())], at)
+        .await
+        .unwrap();
+    s.record_attempts(&[(claimed[3].delivery_id, follow)], at)
+        .await
+        .unwrap();
+    let events = s.events(None).await.unwrap();
+    assert_eq!(events.len(), before + 1);
+    let stored = events.iter().find(|e| e.id == event.id).unwrap();
+    assert_eq!(stored.kind, "checkpoint.deployed");
+    assert_eq!(stored.body, event.body);
+    let rows = s.list_deliveries(None, 1000).await.unwrap();
+    let of_deployed: Vec<_> = rows.iter().filter(|r| r.event_id == event.id).collect();
+    assert_eq!(of_deployed.len(), 1);
+    assert_eq!(
+        (of_deployed[0].sink.as_str(), of_deployed[0].status),
+        ("b", DeliveryStatus::Pending)
+    );
+    let delivered = rows
+        .iter()
+        .find(|r| r.id == claimed[1].delivery_id)
+        .unwrap();
+    assert_eq!(delivered.status, DeliveryStatus::Delivered);
+    // A delivered deploy is a newer deploy too.
+    let c0 = &claimed[0];
+    assert_eq!(
+        s.newer_deploy("a", "r1", c0.delivery_id, created(c0))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("step-2")
+    );
+    // Superseded rows are history: pruned like delivered ones.
+    let (pruned, _) = s.prune(Utc::now() + TimeDelta::days(1)).await.unwrap();
+    assert!(pruned >= 3, "{pruned}");
+    assert!(
+        s.list_deliveries(Some(DeliveryStatus::Superseded), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_deploy_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    deploy_conformance(loopwatch::store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn postgres_deploy_conformance() {
+    let url = common::pg::fresh_database().await;
+    deploy_conformance(loopwatch::store::open(&url).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn sqlite_conformance() {
     let dir = tempfile::tempdir().unwrap();

@@ -235,7 +235,36 @@ pub enum SinkKind {
     Exec {
         command: Vec<String>,
     },
+    /// Deploys completed sampler checkpoints through the Loops API (`[api]`).
+    BasetenDeploy(DeployConfig),
 }
+
+impl SinkKind {
+    /// As written in the config (`kind = ...`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkKind::Webhook { .. } => "webhook",
+            SinkKind::Exec { .. } => "exec",
+            SinkKind::BasetenDeploy(_) => "baseten_deploy",
+        }
+    }
+}
+
+/// The keys of a `kind = "baseten_deploy"` sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployConfig {
+    /// A MiniJinja template over the standard body (compiled at validation).
+    pub model_name: String,
+    pub instance_type_id: String,
+    pub hf_secret_name: String,
+    /// A newer completed sampler checkpoint of the same run supersedes a waiting deploy.
+    pub latest_only: bool,
+    /// `POST .../validate` before each deploy attempt.
+    pub validate: bool,
+}
+
+/// The default `model_name` of a `baseten_deploy` sink.
+pub const DEFAULT_MODEL_NAME: &str = "{{ data.target }}";
 
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
@@ -254,6 +283,14 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
+    /// The deploy settings of a `baseten_deploy` sink.
+    pub fn deploy(&self) -> Option<&DeployConfig> {
+        match &self.kind {
+            SinkKind::BasetenDeploy(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// Whether an event of this kind for this target/checkpoint target goes to this sink.
     pub fn wants(
         &self,

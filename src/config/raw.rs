@@ -263,7 +263,7 @@ raw_table!(
 );
 
 raw_table!(
-    /// One `[[sinks]]`, of either kind; validation checks which keys fit the kind.
+    /// One `[[sinks]]`, of any kind; validation checks which keys fit the kind.
     RawSink {
         name: Field<String>,
         kind: Field<String>,
@@ -288,6 +288,11 @@ raw_table!(
         concurrency: Field<Number>,
         ordered: Field<Flag>,
         command: List<String>,
+        model_name: Field<String>,
+        instance_type_id: Field<String>,
+        hf_secret_name: Field<String>,
+        latest_only: Field<Flag>,
+        validate: Field<Flag>,
     }
 );
 

@@ -136,7 +136,7 @@ struct Sink<'a> {
 }
 
 #[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 enum Kind<'a> {
     Webhook {
         /// `None` when the URL is itself a secret (`url_env`/`url_file`): it is then among
@@ -155,6 +155,13 @@ enum Kind<'a> {
     },
     Exec {
         command: &'a [String],
+    },
+    BasetenDeploy {
+        model_name: &'a str,
+        instance_type_id: &'a str,
+        hf_secret_name: &'a str,
+        latest_only: bool,
+        validate: bool,
     },
 }
 
@@ -250,6 +257,13 @@ impl<'a> From<&'a SinkConfig> for Sink<'a> {
                     .collect(),
             },
             SinkKind::Exec { command } => Kind::Exec { command },
+            SinkKind::BasetenDeploy(d) => Kind::BasetenDeploy {
+                model_name: &d.model_name,
+                instance_type_id: &d.instance_type_id,
+                hf_secret_name: &d.hf_secret_name,
+                latest_only: d.latest_only,
+                validate: d.validate,
+            },
         };
         Sink {
             name: &s.name,

@@ -13,10 +13,10 @@ use url::Url;
 use super::raw::{Field, RawSink};
 use super::validate::{Problems, kind};
 use super::{
-    DEFAULT_RETRY_SCHEDULE, HeaderConfig, PayloadFormat, Secret, SinkConfig, SinkKind, join,
-    one_line, parse_duration, redact_url,
+    DEFAULT_MODEL_NAME, DEFAULT_RETRY_SCHEDULE, DeployConfig, HeaderConfig, PayloadFormat, Secret,
+    SinkConfig, SinkKind, join, one_line, parse_duration, redact_url,
 };
-use crate::model::EventType;
+use crate::model::{CheckpointTarget, EventType};
 use crate::signing::{Ed25519Key, SigningKey};
 use crate::template::compile_template;
 
@@ -43,19 +43,27 @@ pub(super) fn sink(
     let kind_name = w
         .string(&s.kind, &join(sec, "kind"))
         .unwrap_or_else(|| "webhook".into());
+    let deploying = kind_name == "baseten_deploy";
+    if !deploying {
+        not_for_webhook_or_exec(w, &s, sec);
+    }
     let sink_kind = match kind_name.as_str() {
         "webhook" => webhook(w, &s, sec, &name),
         "exec" => exec(w, &s, sec),
+        "baseten_deploy" => deploy(w, &s, sec),
         other => {
             w.err(
                 &join(sec, "kind"),
-                format!("{other:?} is not a sink kind; use \"webhook\" or \"exec\""),
+                format!(
+                    "{other:?} is not a sink kind; use \"webhook\", \"exec\" or \"baseten_deploy\""
+                ),
             );
             None
         }
     };
 
     let events = match w.string_list(&s.events, &join(sec, "events")) {
+        None if deploying => BTreeSet::from([EventType::Completed]),
         None => EventType::ALL.into_iter().collect(),
         Some(list) => {
             let mut out = BTreeSet::new();
@@ -79,24 +87,42 @@ pub(super) fn sink(
             out
         }
     };
-    let targets = w
-        .string_list(&s.targets, &join(sec, "targets"))
-        .map(|list| {
-            for t in &list {
-                if !target_names.contains(t) {
-                    w.err(
-                        &join(sec, "targets"),
-                        format!("names unknown target {t:?}; it must match a [[targets]] name"),
-                    );
+    let targets: Option<BTreeSet<String>> =
+        w.string_list(&s.targets, &join(sec, "targets"))
+            .map(|list| {
+                for t in &list {
+                    if !target_names.contains(t) {
+                        w.err(
+                            &join(sec, "targets"),
+                            format!("names unknown target {t:?}; it must match a [[targets]] name"),
+                        );
+                    }
                 }
-            }
-            if list.is_empty() {
-                // An empty set would match nothing: a sink that silently never fires.
-                w.err(&join(sec, "targets"), "is empty; omit it for every target");
-            }
-            list.into_iter().collect()
-        });
-    let checkpoint_targets = w.checkpoint_targets(&s.checkpoint_targets, sec);
+                if list.is_empty() {
+                    // An empty set would match nothing: a sink that silently never fires.
+                    w.err(&join(sec, "targets"), "is empty; omit it for every target");
+                }
+                list.into_iter().collect()
+            });
+    let mut checkpoint_targets = w.checkpoint_targets(&s.checkpoint_targets, sec);
+    if deploying {
+        // Only sampler checkpoints are served, so only they deploy.
+        if events.iter().any(|e| *e != EventType::Completed) {
+            w.err(
+                &join(sec, "events"),
+                "a baseten_deploy sink deploys on \"checkpoint.completed\" only; omit events or set [\"checkpoint.completed\"]",
+            );
+        }
+        if s.checkpoint_targets.is_set()
+            && checkpoint_targets != BTreeSet::from([CheckpointTarget::Sampler])
+        {
+            w.err(
+                &join(sec, "checkpoint_targets"),
+                "a baseten_deploy sink deploys sampler checkpoints only; omit checkpoint_targets or set [\"sampler\"]",
+            );
+        }
+        checkpoint_targets = BTreeSet::from([CheckpointTarget::Sampler]);
+    }
     let timeout = w.positive_duration(&s.timeout, &join(sec, "timeout"), Duration::from_secs(15));
     let retry_schedule = match &s.retry_schedule {
         Field::Missing => DEFAULT_RETRY_SCHEDULE
@@ -134,6 +160,18 @@ pub(super) fn sink(
     };
     let concurrency = w.integer(&s.concurrency, &join(sec, "concurrency"), 4, 1, 1024);
     let ordered = w.bool(&s.ordered, &join(sec, "ordered"), false);
+    if deploying {
+        // Checked even when another key of the sink is wrong: every problem at once.
+        let model_name = match &s.model_name {
+            Field::Value(m) => m.as_str(),
+            _ => DEFAULT_MODEL_NAME,
+        };
+        let names: Vec<&str> = match &targets {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => target_names.iter().map(String::as_str).collect(),
+        };
+        model_name_renders(w, model_name, sec, &names);
+    }
     let (kind, secret_sources) = sink_kind?;
     Some(SinkConfig {
         name,
@@ -432,4 +470,155 @@ fn exec(w: &mut Problems<'_>, s: &RawSink, sec: &str) -> Option<(SinkKind, Vec<(
             None
         }
     }
+}
+
+/// The keys only a `baseten_deploy` sink takes.
+fn not_for_webhook_or_exec(w: &mut Problems<'_>, s: &RawSink, sec: &str) {
+    for (k, set) in [
+        ("model_name", s.model_name.is_set()),
+        ("instance_type_id", s.instance_type_id.is_set()),
+        ("hf_secret_name", s.hf_secret_name.is_set()),
+        ("latest_only", s.latest_only.is_set()),
+        ("validate", s.validate.is_set()),
+    ] {
+        if set {
+            w.err(&join(sec, k), "is for kind = \"baseten_deploy\"");
+        }
+    }
+}
+
+/// The keys of a `baseten_deploy` sink: what to deploy as, and none of a webhook's or an
+/// exec sink's keys (it deploys through `[api]`, with its base URL, key and auth scheme).
+fn deploy(
+    w: &mut Problems<'_>,
+    s: &RawSink,
+    sec: &str,
+) -> Option<(SinkKind, Vec<(String, String)>)> {
+    for (k, set) in [
+        ("url", s.url.is_set()),
+        ("url_env", s.url_env.is_set()),
+        ("url_file", s.url_file.is_set()),
+        ("secret_env", s.secret_env.is_set()),
+        ("secret_file", s.secret_file.is_set()),
+        ("previous_secret_env", s.previous_secret_env.is_set()),
+        ("previous_secret_file", s.previous_secret_file.is_set()),
+        ("signing_key_env", s.signing_key_env.is_set()),
+        ("signing_key_file", s.signing_key_file.is_set()),
+        ("headers", s.headers.is_set()),
+        ("template", s.template.is_set()),
+        ("format", s.format.is_set()),
+        ("content_type", s.content_type.is_set()),
+        ("command", s.command.is_set()),
+    ] {
+        if set {
+            w.err(
+                &join(sec, k),
+                "is not used by kind = \"baseten_deploy\": it deploys through the [api] base URL and key; remove it",
+            );
+        }
+    }
+    let model_name = w
+        .string(&s.model_name, &join(sec, "model_name"))
+        .unwrap_or_else(|| DEFAULT_MODEL_NAME.into());
+    let mut ok = true;
+    if let Err(e) = compile_template(&model_name) {
+        ok = false;
+        w.err(
+            &join(sec, "model_name"),
+            format!(
+                "the template does not compile: {}",
+                one_line(&e.to_string())
+            ),
+        );
+    }
+    let mut required = |key: &str, f: &Field<String>, what: &str| match w.string(f, &join(sec, key))
+    {
+        Some(v) if !v.trim().is_empty() => Some(v),
+        Some(_) => {
+            w.err(&join(sec, key), format!("is empty; set {what}"));
+            None
+        }
+        None => {
+            w.err(
+                &join(sec, key),
+                format!("is missing; a baseten_deploy sink needs {what}"),
+            );
+            None
+        }
+    };
+    let instance_type_id = required(
+        "instance_type_id",
+        &s.instance_type_id,
+        "the instance type to deploy on (e.g. \"H100\")",
+    );
+    let hf_secret_name = required(
+        "hf_secret_name",
+        &s.hf_secret_name,
+        "the name of the Baseten secret holding HF_TOKEN (e.g. \"hf_access_token\")",
+    );
+    let latest_only = w.bool(&s.latest_only, &join(sec, "latest_only"), true);
+    let validate = w.bool(&s.validate, &join(sec, "validate"), true);
+    let cfg = DeployConfig {
+        model_name,
+        instance_type_id: instance_type_id?,
+        hf_secret_name: hf_secret_name?,
+        latest_only,
+        validate,
+    };
+    ok.then_some((SinkKind::BasetenDeploy(cfg), Vec::new()))
+}
+
+/// Render `model_name` for a sample checkpoint of each target the sink may deploy for:
+/// one that renders empty (or fails) would fail every deploy.
+fn model_name_renders(w: &mut Problems<'_>, model_name: &str, sec: &str, targets: &[&str]) {
+    let Ok(t) = compile_template(model_name) else {
+        return; // reported
+    };
+    for target in targets
+        .iter()
+        .copied()
+        .chain(targets.is_empty().then_some("t"))
+    {
+        let problem = match t.render(&sample_body(target)) {
+            Ok(r) if r.trim().is_empty() => format!(
+                "{model_name:?} renders empty for a checkpoint of target {target:?}; it must name the model, e.g. \"{{{{ data.target }}}}\""
+            ),
+            Ok(_) => continue,
+            Err(e) => format!(
+                "the template fails for a sample checkpoint of target {target:?}: {}",
+                one_line(&e.to_string())
+            ),
+        };
+        w.err(&join(sec, "model_name"), problem);
+        return;
+    }
+}
+
+/// A standard body of a completed sampler checkpoint of `target`, for trying templates.
+pub fn sample_body(target: &str) -> Value {
+    serde_json::json!({
+        "type": "checkpoint.completed",
+        "timestamp": "2026-11-26T23:01:02.345Z",
+        "data": {
+            "event_id": "evt_0000000000000000000000000a",
+            "target": target,
+            "uri": "bt://loops:k4q95w5/sampler_weights/step-100",
+            "previous_sync_status": "SYNCING",
+            "sync_status": "COMPLETE",
+            "first_seen_at": "2026-11-26T22:59:40.001Z",
+            "sync_seconds": 82.3,
+            "ready_by": "sync_status",
+            "checkpoint": {
+                "id": "ckpt_0a1b2c",
+                "checkpoint_id": "step-100",
+                "run_id": "k4q95w5",
+                "target": "sampler",
+                "checkpoint_type": "lora",
+                "base_model": "Qwen/Qwen3-8B",
+                "size_bytes": 123456789,
+                "created_at": "2026-11-26T22:59:30.000Z",
+                "sync_status": "COMPLETE",
+            },
+        },
+    })
 }

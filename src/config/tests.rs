@@ -533,3 +533,44 @@ fn a_section_of_the_wrong_type_is_one_problem_and_its_keys_are_not_checked() {
         );
     }
 }
+
+#[test]
+fn a_deploy_sink_gets_its_documented_defaults_and_every_rule_at_once() {
+    let c = toml_cfg(&format!(
+        "{MINIMAL}[[sinks]]\nname = \"d\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf\"\n"
+    ))
+    .unwrap();
+    let s = &c.sinks[0];
+    let d = s.deploy().unwrap();
+    assert_eq!(d.model_name, "{{ data.target }}");
+    assert!(d.latest_only && d.validate);
+    assert_eq!(s.events, BTreeSet::from([EventType::Completed]));
+    assert_eq!(
+        s.checkpoint_targets,
+        BTreeSet::from([CheckpointTarget::Sampler])
+    );
+    assert_eq!(s.kind.name(), "baseten_deploy");
+    // A webhook's default events now include checkpoint.deployed.
+    let c = toml_cfg(&format!(
+        "{MINIMAL}[[sinks]]\nname = \"h\"\nurl = \"https://x.example/h\"\n"
+    ))
+    .unwrap();
+    assert!(c.sinks[0].events.contains(&EventType::Deployed));
+
+    let p = problems(&format!(
+        "{MINIMAL}[[sinks]]\nname = \"d\"\nkind = \"baseten_deploy\"\nurl = \"https://x.example\"\nsecret_env = \"HOOK_SECRET\"\nformat = \"standard\"\ncommand = [\"x\"]\nevents = [\"checkpoint.deleted\"]\ncheckpoint_targets = [\"trainer\"]\nmodel_name = \"{{{{ data.nothing }}}}\"\n"
+    ));
+    for key in [
+        "sinks[0].url",
+        "sinks[0].secret_env",
+        "sinks[0].format",
+        "sinks[0].command",
+        "sinks[0].events",
+        "sinks[0].checkpoint_targets",
+        "sinks[0].instance_type_id",
+        "sinks[0].hf_secret_name",
+        "sinks[0].model_name",
+    ] {
+        assert!(p.iter().any(|l| l.contains(key)), "{key} not in {p:#?}");
+    }
+}

@@ -4,9 +4,13 @@
 //!
 //! Retry policy (docs/events.md): 2xx delivered; 410 dead at once; a failure no retry can
 //! fix ([`Failure::is_permanent`]: the payload or the command's environment cannot be
-//! built) dead at once with its reason; anything else waits `retry_schedule[n]` +-20% (at
-//! least `Retry-After` when given) and is dead after 1 + len(retry_schedule) attempts.
+//! built, or, for a `baseten_deploy` sink, a final API answer: a 4xx other than 408/429)
+//! dead at once with its reason; anything else waits `retry_schedule[n]` +-20% (at least
+//! `Retry-After` when given) and is dead after 1 + len(retry_schedule) attempts. A deploy
+//! made moot by a newer one of the same run (`latest_only`) is `superseded` without an
+//! attempt.
 
+pub mod deploy;
 pub mod exec;
 pub mod payload;
 /// Signing moved below config and delivery (`crate::signing`); the old path still works.
@@ -27,9 +31,11 @@ use tracing::{debug, error, info, warn};
 use crate::config::{SinkConfig, SinkKind};
 use crate::health::Heartbeat;
 use crate::metrics::Metrics;
-use crate::store::{AttemptOutcome, Claimed, Store, StoredEvent};
+use crate::model::{CheckpointTarget, EventType};
+use crate::store::{AttemptOutcome, Claimed, FollowUp, Store, StoredEvent};
 use crate::template::{Template, compile_template};
 use crate::wake::Wake;
+use deploy::{DeploySink, Deployed, LoopsDeployer};
 
 /// Why an attempt failed.
 #[derive(Clone, Debug)]
@@ -48,17 +54,27 @@ pub enum Failure {
     /// attempt, so it is dead at once with this reason; a fixed config and `deliveries
     /// redeliver` send it again. (It followed the retry schedule, for days.)
     Payload(String),
+    /// Final: the Loops API refused the request at `step` (`validate`, `deploy`), or it
+    /// cannot be made (`model_name`). Dead at once, the reason kept.
+    Rejected {
+        step: &'static str,
+        code: Option<u16>,
+        reason: String,
+    },
+    /// The store could not be asked (a deploy's `latest_only` check): follows the schedule.
+    Store(String),
 }
 
 impl Failure {
     /// No retry can fix it: dead at once.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Failure::Payload(_))
+        matches!(self, Failure::Payload(_) | Failure::Rejected { .. })
     }
 
     fn status(&self) -> Option<u16> {
         match self {
             Failure::Status { code, .. } => Some(*code),
+            Failure::Rejected { code, .. } => *code,
             _ => None,
         }
     }
@@ -73,6 +89,13 @@ impl std::fmt::Display for Failure {
             Failure::Connect(e) => write!(f, "connection failed: {e}"),
             Failure::Exec(e) => f.write_str(e),
             Failure::Payload(e) => write!(f, "cannot build the payload: {e}"),
+            Failure::Rejected {
+                step,
+                code: Some(code),
+                reason,
+            } => write!(f, "{step} refused (HTTP {code}): {reason}"),
+            Failure::Rejected { step, reason, .. } => write!(f, "{step}: {reason}"),
+            Failure::Store(e) => write!(f, "cannot read the store: {e}"),
         }
     }
 }
@@ -115,14 +138,29 @@ pub fn decide(
     }
 }
 
+/// What one attempt did, when it did not fail.
+#[derive(Clone, Debug)]
+pub enum Sent {
+    /// The HTTP status (0 for exec).
+    Status(u16),
+    /// A `baseten_deploy` sink deployed the checkpoint.
+    Deployed(Deployed),
+    /// Not attempted: a newer deploy of the same run makes it moot; why.
+    Superseded(String),
+}
+
 /// A configured sink, ready to send.
 pub struct Sink {
     pub cfg: SinkConfig,
     template: Option<Template>,
     http: reqwest::Client,
+    /// `kind = "baseten_deploy"`: its settings, and the API it deploys through.
+    deploy: Option<DeploySink>,
+    deployer: Option<Arc<dyn LoopsDeployer>>,
 }
 
 impl Sink {
+    /// A deploy sink built this way cannot deploy until [`Sink::with_deployer`].
     pub fn new(cfg: SinkConfig, http: reqwest::Client) -> anyhow::Result<Self> {
         let template = match &cfg.kind {
             SinkKind::Webhook {
@@ -133,15 +171,40 @@ impl Sink {
             ),
             _ => None,
         };
+        let deploy = match &cfg.kind {
+            SinkKind::BasetenDeploy(d) => Some(
+                DeploySink::new(d.clone())
+                    .map_err(|e| anyhow::anyhow!("sink {}: {e}", cfg.name))?,
+            ),
+            _ => None,
+        };
         Ok(Sink {
             cfg,
             template,
             http,
+            deploy,
+            deployer: None,
         })
+    }
+
+    /// The Loops API a `baseten_deploy` sink deploys through.
+    pub fn with_deployer(mut self, deployer: Arc<dyn LoopsDeployer>) -> Self {
+        self.deployer = Some(deployer);
+        self
     }
 
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// A `baseten_deploy` sink's settings.
+    pub fn deploy_sink(&self) -> Option<&DeploySink> {
+        self.deploy.as_ref()
+    }
+
+    /// The API of a `baseten_deploy` sink, once given.
+    pub fn deployer(&self) -> Option<&dyn LoopsDeployer> {
+        self.deployer.as_deref()
     }
 
     pub fn payload(&self, event: &StoredEvent) -> Result<payload::Payload, String> {
@@ -151,7 +214,7 @@ impl Sink {
                 content_type,
                 ..
             } => payload::build(event, *format, self.template.as_ref(), content_type),
-            SinkKind::Exec { .. } => Ok(payload::Payload {
+            SinkKind::Exec { .. } | SinkKind::BasetenDeploy(_) => Ok(payload::Payload {
                 content_type: "application/json".into(),
                 headers: Vec::new(),
                 body: event.body.clone().into_bytes(),
@@ -182,12 +245,44 @@ impl Sink {
                 webhook::send(&self.http, &to, &event.id, payload).await
             }
             SinkKind::Exec { command } => exec::run(command, event, self.cfg.timeout).await,
+            SinkKind::BasetenDeploy(_) => self.deploy(event).await.map(|_| 200),
         }
+    }
+
+    /// A `baseten_deploy` sink's attempt: validate (when configured), then deploy. Bounded
+    /// by the sink's `timeout` as a whole (the API client has its own per request).
+    pub async fn deploy(&self, event: &StoredEvent) -> Result<Deployed, Failure> {
+        let (Some(d), Some(api)) = (&self.deploy, &self.deployer) else {
+            return Err(Failure::Payload(format!(
+                "sink {} is not a baseten_deploy sink with an API client",
+                self.cfg.name
+            )));
+        };
+        tokio::time::timeout(self.cfg.timeout, d.attempt(api.as_ref(), event))
+            .await
+            .unwrap_or(Err(Failure::Timeout))
+    }
+}
+
+/// A sink from its config; a `baseten_deploy` one gets the API it deploys through.
+fn make_sink(
+    cfg: &SinkConfig,
+    http: &reqwest::Client,
+    deployer: Option<&Arc<dyn LoopsDeployer>>,
+) -> anyhow::Result<Sink> {
+    let sink = Sink::new(cfg.clone(), http.clone())?;
+    match (&sink.deploy, deployer) {
+        (None, _) => Ok(sink),
+        (Some(_), Some(d)) => Ok(sink.with_deployer(d.clone())),
+        (Some(_), None) => Err(anyhow::anyhow!(
+            "sink {}: a baseten_deploy sink needs the Loops API client",
+            cfg.name
+        )),
     }
 }
 
 /// An attempt that has finished: its delivery, result and duration.
-type Finished = (Claimed, Result<u16, Failure>, Duration);
+type Finished = (Claimed, Result<Sent, Failure>, Duration);
 
 /// The sinks and what they share.
 pub struct Outbox {
@@ -200,6 +295,8 @@ pub struct Outbox {
     known: Mutex<BTreeSet<String>>,
     http: reqwest::Client,
     wake: Wake,
+    /// The Loops API `baseten_deploy` sinks deploy through (a reload's new ones too).
+    deployer: Option<Arc<dyn LoopsDeployer>>,
 }
 
 impl Outbox {
@@ -211,10 +308,22 @@ impl Outbox {
         sinks: &[SinkConfig],
         wake: Wake,
     ) -> anyhow::Result<Self> {
+        Self::with_deployer(store, metrics, sinks, wake, None)
+    }
+
+    /// [`Outbox::new`], with the Loops API `baseten_deploy` sinks deploy through (required
+    /// when there is one).
+    pub fn with_deployer(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        sinks: &[SinkConfig],
+        wake: Wake,
+        deployer: Option<Arc<dyn LoopsDeployer>>,
+    ) -> anyhow::Result<Self> {
         let http = webhook::client();
         let sinks: Vec<Arc<Sink>> = sinks
             .iter()
-            .map(|s| Sink::new(s.clone(), http.clone()).map(Arc::new))
+            .map(|s| make_sink(s, &http, deployer.as_ref()).map(Arc::new))
             .collect::<anyhow::Result<_>>()?;
         let known = sinks.iter().map(|s| s.name().to_string()).collect();
         Ok(Outbox {
@@ -224,6 +333,7 @@ impl Outbox {
             known: Mutex::new(known),
             http,
             wake,
+            deployer,
         })
     }
 
@@ -235,7 +345,7 @@ impl Outbox {
     /// A sink ready to run, sharing the HTTP client of the others (a reload's new or
     /// changed sink).
     pub fn build_sink(&self, cfg: &SinkConfig) -> anyhow::Result<Arc<Sink>> {
-        Sink::new(cfg.clone(), self.http.clone()).map(Arc::new)
+        make_sink(cfg, &self.http, self.deployer.as_ref()).map(Arc::new)
     }
 
     /// Replace the configured sinks (a reload); the caller stops and starts the workers.
@@ -257,8 +367,43 @@ impl Outbox {
 
     async fn attempt(&self, sink: &Sink, c: Claimed) -> Finished {
         let start = Instant::now();
-        let r = sink.send(&c.event).await;
+        let r = match &sink.deploy {
+            Some(d) => self.deploy(sink, d, &c).await,
+            None => sink.send(&c.event).await.map(Sent::Status),
+        };
         (c, r, start.elapsed())
+    }
+
+    /// A deploy sink's attempt: superseded without a call when `latest_only` finds a
+    /// newer deploy of the same run (pending, in flight or delivered) at this sink.
+    async fn deploy(&self, sink: &Sink, d: &DeploySink, c: &Claimed) -> Result<Sent, Failure> {
+        if d.cfg.latest_only
+            && let Some(created) = deploy::checkpoint_created_at(&c.event)
+        {
+            let newer = self
+                .store
+                .newer_deploy(sink.name(), &c.event.run_id, c.delivery_id, created)
+                .await
+                .map_err(|e| Failure::Store(e.to_string()))?;
+            if let Some(name) = newer {
+                return Ok(Sent::Superseded(format!(
+                    "superseded by {name}, a newer checkpoint of run {}",
+                    c.event.run_id
+                )));
+            }
+        }
+        sink.deploy(&c.event).await.map(Sent::Deployed)
+    }
+
+    /// The sinks a `checkpoint.deployed` event goes to: those whose `events` include it,
+    /// never a deploy sink.
+    fn deployed_routes(&self, e: &StoredEvent) -> Vec<String> {
+        let ct = CheckpointTarget::parse(&e.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
+        self.sinks()
+            .iter()
+            .filter(|s| s.deploy.is_none() && s.cfg.wants(EventType::Deployed, &e.target, &ct))
+            .map(|s| s.name().to_string())
+            .collect()
     }
 
     /// Record the outcomes of finished attempts, in one write; returns what they were.
@@ -272,13 +417,34 @@ impl Outbox {
         for (_, o) in &outcomes {
             match o {
                 AttemptOutcome::Delivered => summary.delivered += 1,
+                AttemptOutcome::DeliveredWith(_) => {
+                    summary.delivered += 1;
+                    summary.follow_ups += 1;
+                }
                 AttemptOutcome::Retry { .. } => summary.retrying += 1,
                 AttemptOutcome::Dead { .. } => summary.dead += 1,
+                AttemptOutcome::Superseded { .. } => summary.superseded += 1,
             }
         }
-        if let Err(e) = self.store.record_attempts(&outcomes, now).await {
-            // The claims expire and the deliveries are retried: at-least-once holds.
-            error!(sink = sink.name(), deliveries = outcomes.len(), error = %e, "cannot record delivery outcomes");
+        match self.store.record_attempts(&outcomes, now).await {
+            Ok(()) => {
+                let mut routed = false;
+                for (_, o) in &outcomes {
+                    if let AttemptOutcome::DeliveredWith(f) = o {
+                        if let Some(kind) = f.event.event_type() {
+                            self.metrics.target(&f.event.target).event(kind);
+                        }
+                        routed |= !f.sinks.is_empty();
+                    }
+                }
+                if routed {
+                    self.wake.notify();
+                }
+            }
+            Err(e) => {
+                // The claims expire and the deliveries are retried: at-least-once holds.
+                error!(sink = sink.name(), deliveries = outcomes.len(), error = %e, "cannot record delivery outcomes");
+            }
         }
         summary
     }
@@ -288,23 +454,48 @@ impl Outbox {
         &self,
         sink: &Sink,
         c: &Claimed,
-        result: Result<u16, Failure>,
+        result: Result<Sent, Failure>,
         took: Duration,
         now: DateTime<Utc>,
     ) -> AttemptOutcome {
         let name = sink.name();
         let jitter = rand::rng().random_range(-1.0..=1.0);
-        let outcome = decide(&result, c.attempts, &sink.cfg.retry_schedule, now, jitter);
         let attempt = c.attempts + 1;
         let ev = &c.event;
-        self.metrics
-            .delivery_duration
-            .with_label_values(&[name])
-            .observe(took.as_secs_f64());
+        let outcome = match result {
+            Ok(Sent::Superseded(reason)) => AttemptOutcome::Superseded { reason },
+            Ok(Sent::Deployed(d)) => match deploy::deployed_event(ev, name, &d, now) {
+                Ok(event) => {
+                    info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), model_name = %d.model_name,
+                        model_id = %d.model_id, deployment_id = %d.deployment_id, "checkpoint deployed");
+                    let sinks = self.deployed_routes(&event);
+                    AttemptOutcome::DeliveredWith(Box::new(FollowUp { event, sinks }))
+                }
+                Err(e) => {
+                    error!(sink = name, event_id = %ev.id, error = %e,
+                        "deployed, but cannot build the checkpoint.deployed event");
+                    AttemptOutcome::Delivered
+                }
+            },
+            Ok(Sent::Status(code)) => {
+                decide(&Ok(code), c.attempts, &sink.cfg.retry_schedule, now, jitter)
+            }
+            Err(f) => decide(&Err(f), c.attempts, &sink.cfg.retry_schedule, now, jitter),
+        };
+        if !matches!(outcome, AttemptOutcome::Superseded { .. }) {
+            self.metrics
+                .delivery_duration
+                .with_label_values(&[name])
+                .observe(took.as_secs_f64());
+        }
         let label = match &outcome {
-            AttemptOutcome::Delivered => {
+            AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_) => {
                 debug!(sink = name, event_id = %ev.id, attempt, "delivered");
                 "success"
+            }
+            AttemptOutcome::Superseded { reason } => {
+                info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), %reason, "deploy superseded");
+                "superseded"
             }
             AttemptOutcome::Retry { next, error, .. } => {
                 let in_secs = (*next - now).num_milliseconds() as f64 / 1000.0;
@@ -482,7 +673,16 @@ impl Outbox {
     }
 
     /// Send everything due now, once (for `loopwatch once`). Failures are rescheduled.
+    /// Events a round brought about (`checkpoint.deployed`) are sent in a second round.
     pub async fn deliver_due(&self) -> DeliverySummary {
+        let mut summary = self.deliver_round().await;
+        if summary.follow_ups > 0 {
+            summary.add(self.deliver_round().await);
+        }
+        summary
+    }
+
+    async fn deliver_round(&self) -> DeliverySummary {
         let mut summary = DeliverySummary::default();
         let sinks = self.sinks();
         let per_sink = sinks.iter().map(|sink| async move {
@@ -568,6 +768,10 @@ pub struct DeliverySummary {
     pub retrying: u64,
     /// Failed for good (410, or the last attempt): kept as dead.
     pub dead: u64,
+    /// Deploys made moot by a newer one (`latest_only`).
+    pub superseded: u64,
+    /// Deliveries that brought about an event (`checkpoint.deployed`).
+    pub follow_ups: u64,
 }
 
 impl DeliverySummary {
@@ -575,6 +779,8 @@ impl DeliverySummary {
         self.delivered += o.delivered;
         self.retrying += o.retrying;
         self.dead += o.dead;
+        self.superseded += o.superseded;
+        self.follow_ups += o.follow_ups;
     }
 }
 
@@ -607,6 +813,25 @@ mod tests {
             decide(&Ok(204), 0, &schedule(), Utc::now(), 0.0),
             AttemptOutcome::Delivered
         ));
+    }
+
+    #[test]
+    fn a_refused_deploy_is_dead_at_once_with_its_reason() {
+        let refused = Err(Failure::Rejected {
+            step: "validate",
+            code: Some(400),
+            reason: "checkpoint uses another LoRA config".into(),
+        });
+        match decide(&refused, 0, &schedule(), Utc::now(), 0.0) {
+            AttemptOutcome::Dead { status, error } => {
+                assert_eq!(status, Some(400));
+                assert_eq!(
+                    error,
+                    "validate refused (HTTP 400): checkpoint uses another LoRA config"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

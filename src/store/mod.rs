@@ -95,6 +95,8 @@ pub enum DeliveryStatus {
     Pending,
     Delivered,
     Dead,
+    /// Never attempted: a deploy made moot by a newer one of the same run (`latest_only`).
+    Superseded,
 }
 
 impl DeliveryStatus {
@@ -103,6 +105,7 @@ impl DeliveryStatus {
             DeliveryStatus::Pending => "pending",
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Superseded => "superseded",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -110,6 +113,7 @@ impl DeliveryStatus {
             "pending" => Some(DeliveryStatus::Pending),
             "delivered" => Some(DeliveryStatus::Delivered),
             "dead" => Some(DeliveryStatus::Dead),
+            "superseded" => Some(DeliveryStatus::Superseded),
             _ => None,
         }
     }
@@ -245,6 +249,22 @@ pub enum AttemptOutcome {
         status: Option<u16>,
         error: String,
     },
+    /// Delivered, and an event it brings about (a deploy's `checkpoint.deployed`),
+    /// committed in the same transaction.
+    DeliveredWith(Box<FollowUp>),
+    /// Terminal without an attempt: a newer delivery makes this one moot (`latest_only`).
+    Superseded {
+        reason: String,
+    },
+}
+
+/// An event a delivery's outcome brings about, with one pending delivery per sink of
+/// `sinks`. Its id is derived from the delivery's event and sink, so a repeat finds it
+/// already recorded and adds nothing.
+#[derive(Clone, Debug)]
+pub struct FollowUp {
+    pub event: StoredEvent,
+    pub sinks: Vec<String>,
 }
 
 /// Which deliveries `deliveries redeliver` re-queues.
@@ -314,6 +334,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Release every claim (a single-instance store does this at start: nobody else holds them).
     async fn release_claims(&self) -> Result<u64>;
+
+    /// With `latest_only`: the name of a checkpoint of `run_id` newer (by `created_at`)
+    /// than `created_at` that `sink` has a `checkpoint.completed` sampler delivery for,
+    /// pending (in flight included) or delivered, other than `delivery_id`; `None` if none.
+    async fn newer_deploy(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>>;
 
     async fn list_deliveries(
         &self,
@@ -407,4 +438,29 @@ pub(crate) fn require_current(
         )));
     }
     Ok(())
+}
+/// The checkpoint deliveries [`Store::newer_deploy`] weighs: same sink and run, another
+/// delivery, pending or delivered, of a completed sampler checkpoint. Selects its name and
+/// `created_at` as the upstream wrote it (`CREATED_AT` is the backend's JSON path
+/// expression over `e.body`).
+pub(crate) fn newer_deploy_query(created_at_expr: &str, p: [&str; 3]) -> String {
+    format!(
+        "SELECT e.checkpoint_name, {created_at_expr} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+         WHERE d.sink = {} AND d.run_id = {} AND d.id <> {}
+           AND d.status IN ('pending', 'delivered')
+           AND e.type = 'checkpoint.completed' AND e.checkpoint_target = 'sampler'",
+        p[0], p[1], p[2]
+    )
+}
+
+/// The newest of `rows` (name, created_at) created after `than`.
+pub(crate) fn pick_newer(
+    rows: Vec<(String, Option<String>)>,
+    than: DateTime<Utc>,
+) -> Option<String> {
+    rows.into_iter()
+        .filter_map(|(name, at)| Some((crate::model::parse_created_at(&at?)?, name)))
+        .filter(|(at, _)| *at > than)
+        .max()
+        .map(|(_, name)| name)
 }

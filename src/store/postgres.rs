@@ -290,6 +290,19 @@ impl Store for PgStore {
         for (id, outcome) in outcomes {
             let id = *id;
             let q = match outcome {
+                AttemptOutcome::DeliveredWith(f) => {
+                    insert_follow_up(&mut tx, f, now).await?;
+                    sqlx::query(
+                        "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
+                        last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(id)
+                }
+                AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
+                    .bind(now)
+                    .bind(id)
+                    .bind(reason.clone()),
                 AttemptOutcome::Delivered => sqlx::query(
                     "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
                         last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
@@ -333,6 +346,26 @@ impl Store for PgStore {
         Ok(0)
     }
 
+    async fn newer_deploy(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as(AssertSqlSafe(super::newer_deploy_query(
+                "(e.body::jsonb #>> '{data,checkpoint,created_at}')",
+                ["$1", "$2", "$3"],
+            )))
+            .bind(sink)
+            .bind(run_id)
+            .bind(delivery_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(super::pick_newer(rows, created_at))
+    }
+
     async fn list_deliveries(
         &self,
         status: Option<DeliveryStatus>,
@@ -371,6 +404,47 @@ impl Store for PgStore {
         let mut conn = self.pool.acquire().await?;
         Queries::<Postgres>::prune(&mut conn, cutoff.timestamp_millis()).await
     }
+}
+
+/// Records a follow-up event and its deliveries, unless an event of its id is already
+/// there (a repeated deploy: the event was announced once).
+async fn insert_follow_up(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    f: &super::FollowUp,
+    now: i64,
+) -> Result<()> {
+    let e = &f.event;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING seq",
+    )
+    .bind(&e.id)
+    .bind(&e.kind)
+    .bind(&e.target)
+    .bind(&e.checkpoint_id)
+    .bind(&e.checkpoint_name)
+    .bind(&e.run_id)
+    .bind(&e.checkpoint_target)
+    .bind(e.detected_at.timestamp_millis())
+    .bind(&e.body)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(seq) = seq else {
+        return Ok(());
+    };
+    for sink in &f.sinks {
+        sqlx::query(
+            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
+        )
+        .bind(seq)
+        .bind(sink)
+        .bind(&e.run_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Replica membership and target leases on the shared database: the PostgreSQL

@@ -133,9 +133,15 @@ pub(crate) const RECORD_DEAD: &str =
     "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
     last_status = $3, last_error = $4, updated_at = $1 WHERE id = $2";
 
-/// Forget delivered deliveries last updated before `$1`.
+/// A deploy made moot by a newer one (`latest_only`), never attempted: `$1` now, `$2` id,
+/// `$3` why.
+pub(crate) const RECORD_SUPERSEDED: &str =
+    "UPDATE deliveries SET status = 'superseded', claimed_until = NULL, last_status = NULL,
+    last_error = $3, updated_at = $1 WHERE id = $2";
+
+/// Forget delivered (and superseded) deliveries last updated before `$1`.
 pub(crate) const PRUNE_DELIVERIES: &str =
-    "DELETE FROM deliveries WHERE status = 'delivered' AND updated_at < $1";
+    "DELETE FROM deliveries WHERE status IN ('delivered', 'superseded') AND updated_at < $1";
 
 /// Forget events detected before `$1` that have no delivery left.
 pub(crate) const PRUNE_EVENTS: &str = "DELETE FROM events WHERE detected_at < $1

@@ -372,7 +372,12 @@ async fn record_attempts_on(
     // JSON array: the statement's text stays the same, so it is prepared once).
     let delivered: Vec<i64> = outcomes
         .iter()
-        .filter(|(_, o)| matches!(o, AttemptOutcome::Delivered))
+        .filter(|(_, o)| {
+            matches!(
+                o,
+                AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_)
+            )
+        })
         .map(|(id, _)| *id)
         .collect();
     if !delivered.is_empty() {
@@ -390,6 +395,14 @@ async fn record_attempts_on(
         let id = *id;
         let q = match outcome {
             AttemptOutcome::Delivered => continue,
+            AttemptOutcome::DeliveredWith(f) => {
+                insert_follow_up(&mut tx, f, now).await?;
+                continue;
+            }
+            AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
+                .bind(now)
+                .bind(id)
+                .bind(reason.clone()),
             AttemptOutcome::Retry {
                 next,
                 status,
@@ -409,6 +422,48 @@ async fn record_attempts_on(
         q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Records a follow-up event and its deliveries, unless an event of its id is already
+/// there (a repeated deploy: the event was announced once).
+async fn insert_follow_up(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    f: &super::FollowUp,
+    now: i64,
+) -> Result<()> {
+    let e = &f.event;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id,
+            checkpoint_target, detected_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO NOTHING RETURNING seq",
+    )
+    .bind(&e.id)
+    .bind(&e.kind)
+    .bind(&e.target)
+    .bind(&e.checkpoint_id)
+    .bind(&e.checkpoint_name)
+    .bind(&e.run_id)
+    .bind(&e.checkpoint_target)
+    .bind(e.detected_at.timestamp_millis())
+    .bind(&e.body)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(seq) = seq else {
+        return Ok(());
+    };
+    for sink in &f.sinks {
+        sqlx::query(
+            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
+                created_at, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+        )
+        .bind(seq)
+        .bind(sink)
+        .bind(&e.run_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -638,6 +693,26 @@ impl Store for SqliteStore {
         Ok(r.rows_affected())
     }
 
+    async fn newer_deploy(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as(AssertSqlSafe(super::newer_deploy_query(
+                "json_extract(e.body, '$.data.checkpoint.created_at')",
+                ["?1", "?2", "?3"],
+            )))
+            .bind(sink)
+            .bind(run_id)
+            .bind(delivery_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(super::pick_newer(rows, created_at))
+    }
+
     async fn list_deliveries(
         &self,
         status: Option<DeliveryStatus>,
@@ -687,6 +762,91 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state file from before `superseded` (migrations 1 and 2) upgrades in place: the
+    /// deliveries table is rebuilt with every row and id, ids keep increasing, and the new
+    /// status is accepted.
+    #[tokio::test]
+    async fn the_superseded_migration_keeps_every_delivery_and_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old-migrations");
+        std::fs::create_dir(&old).unwrap();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for f in ["0001_initial.sql", "0002_digests.sql"] {
+            std::fs::copy(src.join(f), old.join(f)).unwrap();
+        }
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePool::connect_with(opts).await.unwrap();
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id,
+                checkpoint_target, detected_at, body)
+             VALUES ('evt_1', 'checkpoint.completed', 't', 'c1', 'step-1', 'r', 'sampler', 1, '{}')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (sink, status) in [("a", "dead"), ("b", "pending"), ("c", "delivered")] {
+            sqlx::query(
+                "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
+                    last_error, created_at, updated_at) VALUES (1, ?, 'r', ?, 5, 'why', 1, 2)",
+            )
+            .bind(sink)
+            .bind(status)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query("DELETE FROM deliveries WHERE sink = 'c'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let rows = store.list_deliveries(None, 10).await.unwrap();
+        let got: Vec<(i64, &str, DeliveryStatus, Option<&str>)> = rows
+            .iter()
+            .map(|r| (r.id, r.sink.as_str(), r.status, r.last_error.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "a", DeliveryStatus::Dead, Some("why")),
+                (2, "b", DeliveryStatus::Pending, Some("why"))
+            ]
+        );
+        store
+            .record_attempt(
+                2,
+                &AttemptOutcome::Superseded {
+                    reason: "newer".into(),
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
+                created_at, updated_at) VALUES (1, 'd', 'r', 'pending', 1, 1, 1) RETURNING id",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            id, 4,
+            "ids continue after the highest ever given (3, deleted)"
+        );
+    }
     use crate::diff::{DiffOptions, diff};
     use crate::model::{Checkpoint, CheckpointTarget};
 

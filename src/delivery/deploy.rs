@@ -1,0 +1,454 @@
+//! The `baseten_deploy` sink: for a `checkpoint.completed` of a sampler checkpoint,
+//! `POST /v1/loops/checkpoints/validate` (with `validate`), then
+//! `POST /v1/loops/checkpoints/deploy`, through the same outbox, claims and retry
+//! schedule as every sink (docs/events.md, "baseten_deploy").
+//!
+//! Delivery sits below the API client, so it states what it needs ([`LoopsDeployer`])
+//! and the wiring passes an implementation over the shared client (its token bucket,
+//! timeouts and request metrics). The deploy route is not idempotent: every successful
+//! call deploys. A delivery is marked delivered in the same transaction as the
+//! `checkpoint.deployed` event it brings about; a crash between the API's answer and that
+//! commit repeats the deploy (at most `concurrency` per sink), under the same event id.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::value::RawValue;
+
+use super::Failure;
+use crate::config::DeployConfig;
+use crate::model::{CheckpointTarget, checkpoint_uri, deployed_event_id, rfc3339};
+use crate::store::StoredEvent;
+use crate::template::{Template, compile_template};
+
+/// The body of `POST /v1/loops/checkpoints/deploy` (`DeployLoopsCheckpointRequest`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeployRequest {
+    pub checkpoint_ids: Vec<String>,
+    pub model_name: String,
+    pub instance_type_id: String,
+    pub hf_secret_name: String,
+}
+
+/// What a successful deploy answered (`DeployLoopsCheckpointResponse`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    pub model_id: String,
+    pub deployment_id: String,
+}
+
+/// A failed call to the Loops API, classified for the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallError {
+    /// Another attempt may succeed (408, 429, 5xx, a timeout, a connection error).
+    pub retryable: bool,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// `Retry-After`, when the answer carried one.
+    pub retry_after: Option<Duration>,
+    /// One line: the API's message or the transport's.
+    pub message: String,
+    /// No answer within the client's timeout.
+    pub timed_out: bool,
+}
+
+impl CallError {
+    /// An answer with a non-2xx `status`: 408, 429 and 5xx are worth another attempt; any
+    /// other 4xx is final (the request itself is wrong); 1xx/3xx are retried like 5xx
+    /// (a proxy in the way, not an answer about the checkpoint).
+    pub fn status(status: u16, retry_after: Option<Duration>, message: String) -> Self {
+        let final_ = (400..500).contains(&status) && !matches!(status, 408 | 429);
+        CallError {
+            retryable: !final_,
+            status: Some(status),
+            retry_after,
+            message,
+            timed_out: false,
+        }
+    }
+
+    /// No answer (a refused or dropped connection): worth another attempt.
+    pub fn transport(message: String) -> Self {
+        CallError {
+            retryable: true,
+            status: None,
+            retry_after: None,
+            message,
+            timed_out: false,
+        }
+    }
+
+    /// No answer in time: worth another attempt.
+    pub fn timeout(message: String) -> Self {
+        CallError {
+            timed_out: true,
+            ..CallError::transport(message)
+        }
+    }
+
+    /// A 2xx whose body is not what the route answers: final (retrying a deploy that may
+    /// have happened would deploy again).
+    pub fn invalid(status: u16, message: String) -> Self {
+        CallError {
+            retryable: false,
+            status: Some(status),
+            retry_after: None,
+            message,
+            timed_out: false,
+        }
+    }
+
+    /// The outbox's view: a final error makes the delivery dead at once.
+    fn into_failure(self, step: &'static str) -> Failure {
+        let timeout = self.timed_out;
+        match (self.retryable, self.status) {
+            (false, code) => Failure::Rejected {
+                step,
+                code,
+                reason: self.message,
+            },
+            (true, Some(code)) => Failure::Status {
+                code,
+                retry_after: self.retry_after,
+                body: format!("{step}: {}", self.message),
+            },
+            (true, None) if timeout => Failure::Timeout,
+            (true, None) => Failure::Connect(format!("{step}: {}", self.message)),
+        }
+    }
+}
+
+/// What a deploy sink needs of the Loops API; the wiring implements it over the shared
+/// client.
+#[async_trait]
+pub trait LoopsDeployer: Send + Sync {
+    /// `POST /v1/loops/checkpoints/validate` for `checkpoint_path` (a sampler `bt://` URI),
+    /// optionally for the run whose sampler would load it.
+    async fn validate(&self, checkpoint_path: &str, run_id: Option<&str>) -> Result<(), CallError>;
+    /// `POST /v1/loops/checkpoints/deploy`. Not idempotent.
+    async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, CallError>;
+}
+
+/// A configured deploy sink's settings, with its `model_name` template compiled.
+pub struct DeploySink {
+    pub cfg: DeployConfig,
+    model_name: Template,
+}
+
+/// A deploy that happened: what `checkpoint.deployed` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployed {
+    pub model_name: String,
+    pub model_id: String,
+    pub deployment_id: String,
+}
+
+impl DeploySink {
+    pub fn new(cfg: DeployConfig) -> anyhow::Result<Self> {
+        let model_name =
+            compile_template(&cfg.model_name).map_err(|e| anyhow::anyhow!("model_name: {e}"))?;
+        Ok(DeploySink { cfg, model_name })
+    }
+
+    /// The deploy request for `event` (a completed sampler checkpoint); an error is final.
+    pub fn request(&self, event: &StoredEvent) -> Result<DeployRequest, Failure> {
+        let rejected = |reason: String| Failure::Rejected {
+            step: "model_name",
+            code: None,
+            reason,
+        };
+        if event.checkpoint_target != CheckpointTarget::Sampler.as_str() {
+            return Err(Failure::Rejected {
+                step: "deploy",
+                code: None,
+                reason: format!(
+                    "checkpoint {} is a {} checkpoint; only sampler checkpoints deploy",
+                    event.checkpoint_id, event.checkpoint_target
+                ),
+            });
+        }
+        let body: serde_json::Value = serde_json::from_str(&event.body)
+            .map_err(|e| rejected(format!("stored event body is not JSON: {e}")))?;
+        let model_name = self
+            .model_name
+            .render(&body)
+            .map_err(|e| rejected(format!("cannot render: {e}")))?
+            .trim()
+            .to_string();
+        if model_name.is_empty() {
+            return Err(rejected(format!(
+                "{:?} renders empty for checkpoint {}",
+                self.cfg.model_name, event.checkpoint_id
+            )));
+        }
+        Ok(DeployRequest {
+            checkpoint_ids: vec![event.checkpoint_id.clone()],
+            model_name,
+            instance_type_id: self.cfg.instance_type_id.clone(),
+            hf_secret_name: self.cfg.hf_secret_name.clone(),
+        })
+    }
+
+    /// One attempt: validate (when configured), then deploy.
+    pub async fn attempt(
+        &self,
+        api: &dyn LoopsDeployer,
+        event: &StoredEvent,
+    ) -> Result<Deployed, Failure> {
+        let request = self.request(event)?;
+        if self.cfg.validate {
+            let path = checkpoint_uri(
+                &event.run_id,
+                &CheckpointTarget::Sampler,
+                &event.checkpoint_name,
+            )
+            .expect("a sampler checkpoint has a URI");
+            // Without `run_id`: that asks whether a run's live sampler can load it; a
+            // deploy creates its own deployment (the path names the run).
+            api.validate(&path, None)
+                .await
+                .map_err(|e| failure("validate", e))?;
+        }
+        let d = api
+            .deploy(&request)
+            .await
+            .map_err(|e| failure("deploy", e))?;
+        Ok(Deployed {
+            model_name: request.model_name,
+            model_id: d.model_id,
+            deployment_id: d.deployment_id,
+        })
+    }
+}
+
+fn failure(step: &'static str, e: CallError) -> Failure {
+    e.into_failure(step)
+}
+
+/// The `checkpoint.deployed` event `sink` announces for the completed event `completed`:
+/// its id derived from the completed event's and the sink's name, its `data` the completed
+/// event's plus `deployment`, fields in the same order.
+pub fn deployed_event(
+    completed: &StoredEvent,
+    sink: &str,
+    d: &Deployed,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<StoredEvent, String> {
+    let id = deployed_event_id(&completed.id, sink);
+    let old: Body = serde_json::from_str(&completed.body)
+        .map_err(|e| format!("stored event body is not as written: {e}"))?;
+    let deployment = serde_json::json!({
+        "sink": sink,
+        "model_name": d.model_name,
+        "model_id": d.model_id,
+        "deployment_id": d.deployment_id,
+    });
+    let mut data: Vec<(String, Box<RawValue>)> = old
+        .data
+        .0
+        .into_iter()
+        .filter(|(k, _)| k != "deployment")
+        .collect();
+    let raw = |v: &serde_json::Value| RawValue::from_string(v.to_string()).expect("valid JSON");
+    match data.iter_mut().find(|(k, _)| k == "event_id") {
+        Some((_, v)) => *v = raw(&serde_json::Value::String(id.clone())),
+        None => data.insert(0, ("event_id".into(), raw(&id.clone().into()))),
+    }
+    data.push(("deployment".into(), raw(&deployment)));
+    let body = serde_json::to_string(&OutBody {
+        kind: "checkpoint.deployed",
+        timestamp: rfc3339(now),
+        data: Ordered(data),
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(StoredEvent {
+        seq: 0,
+        id,
+        kind: "checkpoint.deployed".into(),
+        target: completed.target.clone(),
+        checkpoint_id: completed.checkpoint_id.clone(),
+        checkpoint_name: completed.checkpoint_name.clone(),
+        run_id: completed.run_id.clone(),
+        checkpoint_target: completed.checkpoint_target.clone(),
+        detected_at: now,
+        body,
+    })
+}
+
+/// The checkpoint's `created_at` from a stored standard body.
+pub fn checkpoint_created_at(event: &StoredEvent) -> Option<chrono::DateTime<chrono::Utc>> {
+    let v: serde_json::Value = serde_json::from_str(&event.body).ok()?;
+    crate::model::parse_created_at(v["data"]["checkpoint"]["created_at"].as_str()?)
+}
+
+#[derive(serde::Deserialize)]
+struct Body {
+    data: Ordered,
+}
+
+#[derive(Serialize)]
+struct OutBody {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: String,
+    data: Ordered,
+}
+
+/// A JSON object's members in their order (serde_json's map sorts them).
+struct Ordered(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Ordered, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, Box<RawValue>>()? {
+                    out.push((k, v));
+                }
+                Ok(Ordered(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Serialize for Ordered {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn completed() -> StoredEvent {
+        StoredEvent {
+            seq: 7,
+            id: "evt_c".into(),
+            kind: "checkpoint.completed".into(),
+            target: "qwen".into(),
+            checkpoint_id: "ck1".into(),
+            checkpoint_name: "step-100".into(),
+            run_id: "k4".into(),
+            checkpoint_target: "sampler".into(),
+            detected_at: Utc::now(),
+            body: r#"{"type":"checkpoint.completed","timestamp":"2026-11-26T23:01:02.345Z","data":{"event_id":"evt_c","target":"qwen","uri":"bt://loops:k4/sampler_weights/step-100","checkpoint":{"id":"ck1","created_at":"2026-11-26T23:00:00Z","z":1,"a":2}}}"#.into(),
+        }
+    }
+
+    fn sink(model_name: &str) -> DeploySink {
+        DeploySink::new(DeployConfig {
+            model_name: model_name.into(),
+            instance_type_id: "H100".into(),
+            hf_secret_name: "hf".into(),
+            latest_only: true,
+            validate: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_request_names_the_checkpoint_and_renders_the_model_name() {
+        let r = sink("{{ data.target }}-{{ data.checkpoint.id }}")
+            .request(&completed())
+            .unwrap();
+        assert_eq!(r.checkpoint_ids, vec!["ck1".to_string()]);
+        assert_eq!(r.model_name, "qwen-ck1");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"checkpoint_ids": ["ck1"], "model_name": "qwen-ck1",
+                "instance_type_id": "H100", "hf_secret_name": "hf"})
+        );
+        assert!(matches!(
+            sink("{{ data.nothing }}").request(&completed()),
+            Err(Failure::Rejected { .. })
+        ));
+        let mut trainer = completed();
+        trainer.checkpoint_target = "trainer".into();
+        assert!(sink("x").request(&trainer).is_err());
+    }
+
+    #[test]
+    fn the_deployed_event_keeps_the_data_in_order_and_adds_the_deployment() {
+        let d = Deployed {
+            model_name: "qwen".into(),
+            model_id: "m1".into(),
+            deployment_id: "d1".into(),
+        };
+        let e = deployed_event(&completed(), "deploy", &d, Utc::now()).unwrap();
+        assert_eq!(e.id, deployed_event_id("evt_c", "deploy"));
+        assert_eq!(
+            e.id,
+            deployed_event(&completed(), "deploy", &d, Utc::now())
+                .unwrap()
+                .id
+        );
+        assert_ne!(e.id, deployed_event_id("evt_c", "other"));
+        assert_eq!(e.kind, "checkpoint.deployed");
+        let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(v["type"], "checkpoint.deployed");
+        assert_eq!(v["data"]["event_id"], e.id.as_str());
+        assert_eq!(v["data"]["uri"], "bt://loops:k4/sampler_weights/step-100");
+        assert_eq!(
+            v["data"]["deployment"],
+            serde_json::json!({"sink": "deploy", "model_name": "qwen", "model_id": "m1", "deployment_id": "d1"})
+        );
+        // Members in their order, the checkpoint object as received.
+        assert!(
+            e.body.contains(r#"{"event_id":"#) && e.body.contains(r#""z":1,"a":2"#),
+            "{}",
+            e.body
+        );
+        assert_eq!(
+            checkpoint_created_at(&completed()).unwrap().to_rfc3339(),
+            "2026-11-26T23:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn api_errors_are_classified_per_status() {
+        for (code, retry) in [
+            (400, false),
+            (404, false),
+            (410, false),
+            (422, false),
+            (408, true),
+            (429, true),
+            (500, true),
+            (503, true),
+        ] {
+            assert_eq!(
+                CallError::status(code, None, String::new()).retryable,
+                retry,
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            failure("validate", CallError::status(400, None, "bad".into())),
+            Failure::Rejected {
+                step: "validate",
+                code: Some(400),
+                ..
+            }
+        ));
+        assert!(matches!(
+            failure("deploy", CallError::timeout("request timed out".into())),
+            Failure::Timeout
+        ));
+    }
+}

@@ -1,0 +1,445 @@
+//! The `baseten_deploy` sink, end to end: the real daemon, the simulated Loops API (its
+//! `validate` and `deploy` routes check the bodies as the SDK's models do and record
+//! the deploys they accept) and a real receiver for `checkpoint.deployed`, over HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, QWEN, Receiver, SECRET, hook_sink, wait_for};
+use loopwatch::signing::{self as sign, SigningKey};
+use loopwatch::sim::{Fault, Route};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A deploy sink "deploy" on every target, with `extra` TOML lines.
+fn deploy_sink(extra: &str) -> String {
+    format!(
+        "[[sinks]]\nname = \"deploy\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf_access_token\"\nmodel_name = \"{{{{ data.target }}}}-{{{{ data.checkpoint.checkpoint_id }}}}\"\nretry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\"]\n{extra}\n"
+    )
+}
+
+fn verify(r: &common::Received) -> bool {
+    let key = SigningKey::parse(SECRET).unwrap();
+    let ts: i64 = r.header("webhook-timestamp").parse().unwrap();
+    sign::verify(&key, &r.id(), ts, &r.body, &r.header("webhook-signature"))
+}
+
+fn of_status(env: &Env, cfg: &std::path::Path, status: &str) -> Vec<serde_json::Value> {
+    env.deliveries(cfg, Some(status))
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d["sink"] == "deploy")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sampler_and_a_trainer_completion_deploy_the_sampler_once_and_announce_it_signed() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let sampler = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let trainer = h.add_checkpoint("run-1", "trainer", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink(""),
+        hook_sink("hook", &rx.url, "events = [\"checkpoint.deployed\"]")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    h.set_status(&sampler, Some("COMPLETE"));
+    h.set_status(&trainer, Some("COMPLETE"));
+    wait_for("one checkpoint.deployed", T, || {
+        (rx.count() >= 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // several poll cycles: still one
+
+    let deploys = h.deploys();
+    assert_eq!(deploys.len(), 1, "{deploys:?}");
+    let dep = &deploys[0];
+    assert_eq!(dep.checkpoint_ids, vec![sampler.clone()]);
+    assert_eq!(dep.model_name, "qwen-step-100");
+    assert_eq!(dep.instance_type_id, "H100");
+    assert_eq!(dep.hf_secret_name, "hf_access_token");
+    assert_eq!(h.requests_to(Route::Validate), 1);
+
+    assert_eq!(rx.count(), 1);
+    let r = &rx.got()[0];
+    assert!(verify(r), "signature does not verify");
+    let b = r.json();
+    assert_eq!(b["type"], "checkpoint.deployed");
+    let data = &b["data"];
+    assert_eq!(data["event_id"], r.id().as_str());
+    assert_eq!(data["uri"], "bt://loops:run-1/sampler_weights/step-100");
+    assert_eq!(data["sync_status"], "COMPLETE");
+    assert_eq!(data["checkpoint"], h.checkpoint(&sampler).unwrap());
+    assert_eq!(
+        data["deployment"],
+        serde_json::json!({"sink": "deploy", "model_name": "qwen-step-100",
+            "model_id": dep.model_id, "deployment_id": dep.deployment_id})
+    );
+    // The id is the completed event's and the sink's.
+    let events = env.events().await;
+    let completed = events
+        .iter()
+        .find(|e| e.kind == "checkpoint.completed" && e.checkpoint_id == sampler)
+        .unwrap();
+    assert_eq!(
+        r.id(),
+        loopwatch::model::deployed_event_id(&completed.id, "deploy")
+    );
+    let m = common::metrics(&addr).await;
+    assert!(
+        m.contains(r#"loopwatch_deliveries_total{outcome="success",sink="deploy"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"loopwatch_events_total{target="qwen",type="checkpoint.deployed"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"loopwatch_api_requests_total{code="200",endpoint="deploy"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn three_completions_while_deploy_fails_deploy_only_the_newest() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.set_fault_on(
+        Route::Deploy,
+        Some(Fault::Status {
+            code: 503,
+            retry_after: None,
+            body: None,
+        }),
+    );
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        ids.push(h.add_checkpoint("run-1", "sampler", &format!("step-{i}00"), Some("SYNCING")));
+        // Distinct created_at (milliseconds): latest_only orders by it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cfg = env.write_config(&format!("{QWEN}{}", deploy_sink("concurrency = 2")));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    for id in &ids {
+        h.set_status(id, Some("COMPLETE"));
+        // A failed attempt or two for each before the next completes.
+        wait_for("a deploy attempt of the newest", T, || {
+            (h.requests_to(Route::Deploy) >= 1).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    wait_for("two superseded", T, || {
+        (of_status(&env, &cfg, "superseded").len() == 2).then_some(())
+    })
+    .await;
+    h.set_fault_on(Route::Deploy, None);
+    wait_for("one deploy", T, || (!h.deploys().is_empty()).then_some(())).await;
+    wait_for("the newest delivered", T, || {
+        (of_status(&env, &cfg, "delivered").len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let deploys = h.deploys();
+    assert_eq!(deploys.len(), 1, "{deploys:?}");
+    assert_eq!(deploys[0].checkpoint_ids, vec![ids[2].clone()]);
+    let superseded = of_status(&env, &cfg, "superseded");
+    assert_eq!(superseded.len(), 2, "{superseded:?}");
+    for s in &superseded {
+        assert!(
+            s["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("superseded by step-"),
+            "{s}"
+        );
+    }
+    assert!(of_status(&env, &cfg, "dead").is_empty());
+    let m = common::metrics(&addr).await;
+    assert!(
+        m.contains(r#"loopwatch_deliveries_total{outcome="superseded",sink="deploy"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"loopwatch_deliveries_dead{sink="deploy"} 0"#),
+        "{m}"
+    );
+    // Listed as such by the CLI's table too.
+    let out = env
+        .run(&cfg, &["deliveries", "list", "--status", "superseded"])
+        .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.matches("superseded").count() >= 2, "{text}");
+}
+
+#[tokio::test]
+async fn a_validate_400_is_dead_with_its_reason_and_nothing_is_deployed() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.set_fault_on(
+        Route::Validate,
+        Some(Fault::Status {
+            code: 400,
+            retry_after: None,
+            body: Some(
+                r#"{"code":"BAD_REQUEST","message":"checkpoint uses another LoRA config"}"#.into(),
+            ),
+        }),
+    );
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!("{QWEN}{}", deploy_sink("")));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    let dead = wait_for("a dead deploy", T, || {
+        let dead = of_status(&env, &cfg, "dead");
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["attempts"], 1);
+    let why = dead[0]["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("validate") && why.contains("400") && why.contains("LoRA"),
+        "{why}"
+    );
+    assert_eq!(h.requests_to(Route::Deploy), 0);
+    assert!(h.deploys().is_empty());
+    let m = common::metrics(&addr).await;
+    assert!(
+        m.contains(r#"loopwatch_deliveries_total{outcome="dead",sink="deploy"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"loopwatch_api_requests_total{code="400",endpoint="validate"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_400_is_dead_after_one_attempt_and_announces_nothing() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    h.set_fault_on(
+        Route::Deploy,
+        Some(Fault::Status {
+            code: 400,
+            retry_after: None,
+            body: Some(r#"{"code":"BAD_REQUEST","message":"unknown instance type"}"#.into()),
+        }),
+    );
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink(""),
+        hook_sink("hook", &rx.url, "events = [\"checkpoint.deployed\"]")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    let dead = wait_for("a dead deploy", T, || {
+        let dead = of_status(&env, &cfg, "dead");
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead[0]["attempts"], 1);
+    let why = dead[0]["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("deploy") && why.contains("unknown instance type"),
+        "{why}"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(h.requests_to(Route::Deploy), 1);
+    assert_eq!(rx.count(), 0);
+    assert!(
+        env.events()
+            .await
+            .iter()
+            .all(|e| e.kind != "checkpoint.deployed")
+    );
+}
+
+/// The crash bound: a SIGKILL between the API's 200 and the outcome commit repeats the
+/// deploy after the restart, at most `concurrency` times, under one `checkpoint.deployed`
+/// id. The deploy answers slowly, so the kill lands while it is in flight.
+#[tokio::test]
+async fn sigkill_around_the_deploy_call_repeats_it_at_most_concurrency_times_under_one_id() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink("concurrency = 1"),
+        hook_sink("hook", &rx.url, "events = [\"checkpoint.deployed\"]")
+    ));
+    // The slow deploy below must not time out.
+    common::edit(&cfg, |t| {
+        t.replacen("timeout = \"2s\"", "timeout = \"10s\"", 1)
+    });
+    let mut d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    // Each kill lands while a deploy is in flight (slow: the simulator answers after
+    // 5 s, the kill comes 100 ms after the request is seen): three rounds, each repeating
+    // the deploy the round before never recorded, then one that runs to the end.
+    h.set_fault_on(
+        Route::Deploy,
+        Some(Fault::Delay(Duration::from_millis(5000))),
+    );
+    h.set_status(&id, Some("COMPLETE"));
+    for round in 1..=3 {
+        // The round-th call: the first attempt, then each restart's repeat.
+        wait_for("a deploy in flight", T, || {
+            (h.requests_to(Route::Deploy) >= round).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        d.kill9();
+        d = env.spawn_daemon(&cfg);
+        d.ready().await;
+    }
+    h.set_fault_on(Route::Deploy, None);
+    wait_for("checkpoint.deployed", T, || (rx.count() >= 1).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Every kill left one deploy unrecorded that the next run repeated (concurrency 1):
+    // 3 kills, so 1 + 3 calls, whether or not the API finished the killed ones.
+    assert_eq!(h.requests_to(Route::Deploy), 4);
+    let deploys = h.deploys();
+    assert!(
+        deploys.len() <= 4 && !deploys.is_empty(),
+        "{} deploys: {deploys:?}",
+        deploys.len()
+    );
+    assert!(deploys.iter().all(|d| d.checkpoint_ids == vec![id.clone()]));
+    // One checkpoint.deployed, under one id, whatever repeated.
+    let ids: std::collections::HashSet<String> = rx.got().iter().map(|r| r.id()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let stored: Vec<_> = env
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "checkpoint.deployed")
+        .collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, *ids.iter().next().unwrap());
+    let delivered = of_status(&env, &cfg, "delivered");
+    assert_eq!(delivered.len(), 1);
+}
+
+#[tokio::test]
+async fn test_sink_validates_the_newest_complete_sampler_checkpoint_and_never_deploys() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let newest = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.add_checkpoint("run-1", "trainer", "step-300", Some("COMPLETE"));
+    h.add_checkpoint("run-1", "sampler", "step-400", Some("SYNCING"));
+    let cfg = env.write_config(&format!("{QWEN}{}", deploy_sink("")));
+    // No state yet: nothing to validate, and a clear error.
+    let out = env.run(&cfg, &["test-sink", "deploy"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no complete sampler checkpoint"),
+        "{out:?}"
+    );
+    // A baseline records them silently; then test-sink validates step-200.
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = env.run(&cfg, &["test-sink", "deploy", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        v["checkpoint_path"],
+        "bt://loops:run-1/sampler_weights/step-200"
+    );
+    assert_eq!(v["checkpoint_id"], newest.as_str());
+    assert_eq!(h.requests_to(Route::Validate), 1);
+    assert_eq!(h.requests_to(Route::Deploy), 0);
+    // A refusal is shown, with its reason, and exits 1.
+    h.push_fault_to(
+        Route::Validate,
+        Fault::Status {
+            code: 422,
+            retry_after: None,
+            body: Some(r#"{"message":"not deployable"}"#.into()),
+        },
+    );
+    let out = env.run(&cfg, &["test-sink", "deploy"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("422") && text.contains("not deployable"),
+        "{text}"
+    );
+    assert_eq!(h.requests_to(Route::Deploy), 0);
+}
+
+#[tokio::test]
+async fn once_dry_run_says_what_would_be_deployed() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
+    h.add_checkpoint("run-1", "trainer", "step-200", Some("COMPLETE"));
+    let cfg = env.write_config(&format!("{QWEN}{}", deploy_sink("")));
+    // The baseline emits what exists, so the dry run has completions to show.
+    let mut c = env.cmd(&cfg, &["once", "--dry-run"]);
+    c.env("LOOPWATCH__POLL__EMIT_EXISTING", "true");
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "sink deploy would validate and deploy bt://loops:run-1/sampler_weights/step-200"
+        ) && err.contains("\"qwen-step-200\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "would not deploy bt://loops:run-1/sampler_weights/step-100: superseded by step-200"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("bt://loops:run-1/weights/"),
+        "trainer checkpoints do not deploy: {err}"
+    );
+    assert_eq!(h.requests_to(Route::Deploy), 0);
+    assert_eq!(h.requests_to(Route::Validate), 0);
+    assert!(!env.db().exists());
+}
+
+/// A deploy sink added by a reload (SIGHUP) deploys through the daemon's API client like
+/// one present at start.
+#[tokio::test]
+async fn a_deploy_sink_added_by_a_reload_deploys() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(QWEN);
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    common::edit(&cfg, |t| format!("{t}{}", deploy_sink("")));
+    d.signal("HUP");
+    wait_for("the reload", T, || {
+        d.log_text().contains("config reloaded").then_some(())
+    })
+    .await;
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("one deploy", T, || (!h.deploys().is_empty()).then_some(())).await;
+    assert_eq!(h.deploys()[0].checkpoint_ids, vec![id]);
+    assert!(!d.log_text().contains("needs the Loops API client"));
+}
