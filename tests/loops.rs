@@ -39,7 +39,11 @@ async fn an_unknown_target_next_to_a_completing_sampler_fails_no_poll() {
     let sinks = format!(
         "{}{}",
         qwen_to(&rx.url, "events = [\"checkpoint.completed\"]"),
-        hook_sink("drafts", &drafts.url, "checkpoint_targets = [\"draft\"]"),
+        hook_sink(
+            "drafts",
+            &drafts.url,
+            "checkpoint_targets = [\"draft\"]\nordered = true"
+        ),
     );
     let cfg = env.write_config(&sinks);
 
