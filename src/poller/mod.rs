@@ -1065,4 +1065,54 @@ mod tests {
         );
         assert!(route(&events, &[]).iter().all(Vec::is_empty));
     }
+
+    /// A commit writes a memo whose files changed, forgets one whose checkpoint no longer
+    /// waits, and writes nothing for a probe that saw the same files or none.
+    #[test]
+    fn probe_changes_write_only_what_the_files_rule_needs() {
+        let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        let seen = |count, since| FilesSeen {
+            count,
+            total_bytes: 10,
+            newest: "2026-11-26T00:00:00Z".into(),
+            since: at(since),
+        };
+        let memo = |probed_at, files| ProbeMemo {
+            probed_at: at(probed_at),
+            files,
+        };
+        let map = |m: Vec<(&str, ProbeMemo)>| -> BTreeMap<CompactString, ProbeMemo> {
+            m.into_iter().map(|(k, v)| (k.into(), v)).collect()
+        };
+        let old = map(vec![
+            ("same", memo(1, Some(seen(1, 1)))),
+            ("grew", memo(1, Some(seen(1, 1)))),
+            ("done", memo(1, Some(seen(1, 1)))),
+            ("bare", memo(1, None)),
+            ("emptied", memo(1, Some(seen(1, 1)))),
+        ]);
+        let new = map(vec![
+            ("same", memo(2, Some(seen(1, 1)))),
+            ("grew", memo(2, Some(seen(2, 2)))),
+            ("bare", memo(2, None)),
+            ("emptied", memo(2, None)),
+            ("first", memo(2, Some(seen(1, 2)))),
+            ("first-bare", memo(2, None)),
+        ]);
+        let mut got: Vec<(&str, Option<u64>)> = probe_changes(&old, &new)
+            .into_iter()
+            .map(|(id, m)| (id, m.map(|m| m.files.as_ref().unwrap().count)))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("done", None),
+                ("emptied", None),
+                ("first", Some(1)),
+                ("grew", Some(2))
+            ]
+        );
+        assert!(probe_changes(&old, &old).is_empty());
+    }
 }
