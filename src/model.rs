@@ -332,8 +332,10 @@ pub struct FilesSeen {
     pub since: DateTime<Utc>,
 }
 
-/// What the poller remembers about probing one null checkpoint (in memory: a restart
-/// costs at most one more probe interval).
+/// What the poller remembers about probing one null checkpoint. The files seen are
+/// stored with the checkpoint's row (`checkpoints.probe`), so the stable-listing rule holds
+/// across processes (`loopwatch once`, a restart); a stored `probed_at` may be older than
+/// the last probe, which costs at most one early probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeMemo {
     pub probed_at: DateTime<Utc>,
@@ -484,7 +486,9 @@ pub struct TargetState {
     /// A listing known to change nothing here: see [`Settled`]. Stored with the state
     /// when a commit leaves it settled, so a restart does not decode it again.
     pub settled: Option<Settled>,
-    /// Readiness probes of null checkpoints, by id (in memory only, not stored).
+    /// Readiness probes of null checkpoints, by id. Those that saw files are stored with
+    /// the checkpoint's row (written by a poll whose probe saw other files, cleared when the
+    /// checkpoint completes or is deleted) and loaded with the state.
     pub probes: std::collections::BTreeMap<CompactString, ProbeMemo>,
 }
 

@@ -251,3 +251,81 @@ async fn probe_errors_of_every_kind_emit_nothing_and_are_probed_again() {
         "a probe failure is no poll failure"
     );
 }
+
+/// How many checkpoints of `qwen` have what a probe saw stored.
+async fn stored_probes(env: &Env) -> usize {
+    use loopwatch::store::{Access, Store};
+    let url = format!("sqlite://{}", env.db().display());
+    let store = loopwatch::store::sqlite::SqliteStore::open_with(&url, Access::ReadOnly)
+        .await
+        .unwrap();
+    store.load_target("qwen").await.unwrap().probes.len()
+}
+
+/// The stable-listing rule of a checkpoint whose `size_bytes` is 0 holds across processes:
+/// `loopwatch once` run from cron keeps what its probe saw with the checkpoint, and a run
+/// `syncing_interval` later completes it. With `null_status = "pending"` nothing is probed
+/// and nothing of a probe is written.
+#[tokio::test]
+async fn a_null_checkpoint_of_size_0_completes_across_two_once_runs() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", None);
+    h.set_size_bytes(&id, 0);
+    h.set_files(
+        &id,
+        &[
+            ("adapter_model.safetensors", 1000),
+            ("adapter_config.json", 512),
+        ],
+    );
+    let cfg = env.write_config(&qwen_to(&rx.url, ""));
+    let probe = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("syncing_interval = \"100ms\"", "syncing_interval = \"1s\"");
+    let pending = probe.replace("jitter = 0.0", "jitter = 0.0\nnull_status = \"pending\"");
+    let once = async |config: &str| {
+        std::fs::write(&cfg, config).unwrap();
+        let out = env.run(&cfg, &["once"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // Pending: the baseline, then a run more than an interval later probes and stores
+    // nothing.
+    once(&pending).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    once(&pending).await;
+    assert_eq!(h.requests_to(Route::Source), 0);
+    assert_eq!(stored_probes(&env).await, 0);
+    assert!(env.events().await.is_empty());
+
+    // Probe: the first run sees the files and keeps them; a run within the interval
+    // probes nothing; one an interval after the first completes it.
+    once(&probe).await;
+    assert_eq!(h.requests_to(Route::Files), 1);
+    assert_eq!(stored_probes(&env).await, 1, "the first probe is stored");
+    assert!(env.events().await.is_empty(), "one probe is not ready");
+    once(&probe).await;
+    assert_eq!(h.requests_to(Route::Files), 1, "not due yet");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    once(&probe).await;
+    assert_eq!(h.requests_to(Route::Files), 2);
+    let events = env.events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, "checkpoint.completed");
+    assert_eq!(events[0].checkpoint_id, id);
+    let body: Value = serde_json::from_str(&events[0].body).unwrap();
+    assert_eq!(body["data"]["ready_by"], "files");
+    assert_eq!(stored_probes(&env).await, 0, "forgotten once complete");
+
+    // Complete: later runs probe it no more.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    once(&probe).await;
+    assert_eq!(h.requests_to(Route::Files), 2);
+    assert_eq!(env.events().await.len(), 1);
+}

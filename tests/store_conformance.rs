@@ -6,10 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use loopwatch::diff::{DiffOptions, diff};
 use loopwatch::model::TargetState;
-use loopwatch::model::{Checkpoint, CheckpointTarget};
+use loopwatch::model::{Checkpoint, CheckpointTarget, FilesSeen, ProbeMemo};
 use loopwatch::store::postgres::{PgLeases, PgStore};
 use loopwatch::store::{
     AttemptOutcome, Coordinator, DeliveryStatus, Fence, PollCommit, Redeliver, Store, StoreError,
@@ -59,6 +59,7 @@ async fn poll(
             now: Utc::now(),
             fence,
             settled: None,
+            probes: Vec::new(),
         })
         .await?;
     Ok(n)
@@ -370,6 +371,7 @@ async fn conformance(store: Arc<dyn Store>) {
         now: Utc::now(),
         fence: None,
         settled,
+        probes: Vec::new(),
     };
     s.commit_poll(settle(Some(u128::MAX - 7))).await.unwrap();
     let kept = s.load_target("t").await.unwrap().settled.expect("kept");
@@ -377,6 +379,53 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(s.load_targets(&["t"]).await.unwrap()[0].settled, Some(kept));
     s.commit_poll(settle(None)).await.unwrap();
     assert_eq!(s.load_target("t").await.unwrap().settled, None);
+
+    // What a readiness probe saw is kept with its checkpoint's row, and forgotten.
+    let ids: Vec<String> = s
+        .load_target("t")
+        .await
+        .unwrap()
+        .checkpoints
+        .values()
+        .map(|c| c.id.to_string())
+        .collect();
+    let at = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let seen = ProbeMemo {
+        probed_at: at,
+        files: Some(FilesSeen {
+            count: 2,
+            total_bytes: 0,
+            newest: "2026-11-26T00:00:00.123\"Z".into(),
+            since: at - TimeDelta::seconds(5),
+        }),
+    };
+    let bare = ProbeMemo {
+        probed_at: at,
+        files: None,
+    };
+    let probe = |probes| PollCommit {
+        probes,
+        ..settle(None)
+    };
+    s.commit_poll(probe(vec![
+        (ids[0].as_str(), Some(&seen)),
+        (ids[1].as_str(), Some(&bare)),
+    ]))
+    .await
+    .unwrap();
+    let loaded = s.load_target("t").await.unwrap();
+    assert_eq!(loaded.probes.len(), 2);
+    assert_eq!(loaded.probes[ids[0].as_str()], seen);
+    assert_eq!(loaded.probes[ids[1].as_str()], bare);
+    assert_eq!(s.load_targets(&["t"]).await.unwrap()[0], loaded);
+    // A commit without probes leaves them; one with `None` forgets that one.
+    s.commit_poll(settle(None)).await.unwrap();
+    assert_eq!(s.load_target("t").await.unwrap().probes, loaded.probes);
+    s.commit_poll(probe(vec![(ids[0].as_str(), None)]))
+        .await
+        .unwrap();
+    let left = s.load_targets(&["t"]).await.unwrap().remove(0).probes;
+    assert_eq!(left.keys().collect::<Vec<_>>(), [ids[1].as_str()]);
 }
 
 /// What a `baseten_deploy` sink needs of a store: `superseded`, the `latest_only` query

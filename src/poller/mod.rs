@@ -6,12 +6,13 @@
 //! otherwise, +-`jitter`; after a transient failure, `syncing_interval` doubling up to
 //! `interval`; never sooner than a `Retry-After`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use rand::RngExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,7 @@ use crate::health::{Health, Heartbeat};
 use crate::metrics::{Metrics, PollOutcome, ProbeOutcome};
 use crate::model::{
     Checkpoint, CheckpointTarget, Event, EventType, FilesSeen, ProbeMemo, ReadyBy, SyncClass,
-    TargetState,
+    TargetState, TrackedSet,
 };
 use crate::replicas::Ownership;
 use crate::store::{Fence, PollCommit, Store, StoreError};
@@ -271,9 +272,15 @@ impl Poller {
             ready: &ready,
         };
         let mut plan = diff::plan(name, state, listed, now, &self.diff_options());
-        let wrote = plan.writes() && !dry_run;
+        // What the probes saw, kept with the rows (a new process carries on from it): a
+        // probe that saw something new writes even when the listing changed nothing.
+        let after = plan.next.as_ref().unwrap_or(state);
+        let probes = remember_probes(&state.probes, &after.checkpoints, probes);
+        let probe_writes = probe_changes(&state.probes, &probes);
+        let wrote = (plan.writes() || !probe_writes.is_empty()) && !dry_run;
         if wrote {
-            self.commit(name, &filter, &plan, now, fence, start).await?;
+            self.commit(name, &filter, &plan, probe_writes, now, fence, start)
+                .await?;
         }
         let events = if dry_run {
             plan.diff.events
@@ -288,7 +295,7 @@ impl Poller {
             }
             let events = std::mem::take(&mut plan.diff.events);
             plan.apply(state);
-            remember_probes(state, probes);
+            state.probes = probes;
             self.observe(t, state, &events, start, true);
             if !events.is_empty()
                 && let Some(w) = &self.wake
@@ -481,13 +488,15 @@ impl Poller {
         self.metrics.api_request(api::Endpoint::List.label(), code);
     }
 
-    /// Write the plan's rows, events and deliveries in one transaction (fenced by the
-    /// lease when replicas share the store).
+    /// Write the plan's rows, events and deliveries, and what the probes saw, in one
+    /// transaction (fenced by the lease when replicas share the store).
+    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
         target: &str,
         filter: &str,
         plan: &diff::Plan,
+        probes: Vec<(&str, Option<&ProbeMemo>)>,
         now: DateTime<Utc>,
         fence: Option<Fence>,
         start: Instant,
@@ -501,6 +510,7 @@ impl Poller {
             now,
             fence,
             settled: plan.settled.map(|s| s.digest),
+            probes,
         };
         if let Err(e) = self.store.commit_poll(commit).await {
             let m = self.metrics.target(target);
@@ -572,17 +582,43 @@ fn awaits_probe(state: &TargetState) -> bool {
         .any(|t| !t.completed && !t.deleted && t.sync_status.is_none())
 }
 
-/// Keep what the probes saw for checkpoints still waiting for readiness; forget the rest.
-fn remember_probes(state: &mut TargetState, probes: Vec<(String, ProbeMemo)>) {
+/// What the probes saw, kept for the checkpoints still waiting for readiness once the
+/// poll's `checkpoints` are in: `old` with this poll's `probes` over it, the rest forgotten.
+fn remember_probes(
+    old: &BTreeMap<CompactString, ProbeMemo>,
+    checkpoints: &TrackedSet,
+    probes: Vec<(String, ProbeMemo)>,
+) -> BTreeMap<CompactString, ProbeMemo> {
+    let mut next = old.clone();
     for (id, memo) in probes {
-        state.probes.insert(id.as_str().into(), memo);
+        next.insert(id.as_str().into(), memo);
     }
-    let checkpoints = &state.checkpoints;
-    state.probes.retain(|id, _| {
+    next.retain(|id, _| {
         checkpoints
             .get(id)
             .is_some_and(|t| !t.completed && !t.deleted && t.sync_status.is_none())
     });
+    next
+}
+
+/// The memos a commit writes to go from `old` to `new`: what the stable-listing rule needs
+/// (the files seen) is stored, so each memo whose files changed is written, or `None`
+/// (forgotten) when it has no files any more. A probe that saw the same files as before,
+/// or none, writes nothing: a loaded memo is then only older, which costs at most one
+/// early probe.
+fn probe_changes<'a>(
+    old: &'a BTreeMap<CompactString, ProbeMemo>,
+    new: &'a BTreeMap<CompactString, ProbeMemo>,
+) -> Vec<(&'a str, Option<&'a ProbeMemo>)> {
+    let changed = new
+        .iter()
+        .filter(|(id, m)| old.get(*id).and_then(|o| o.files.as_ref()) != m.files.as_ref())
+        .map(|(id, m)| (id.as_str(), m.files.is_some().then_some(m)));
+    let forgotten = old
+        .iter()
+        .filter(|(id, m)| m.files.is_some() && !new.contains_key(*id))
+        .map(|(id, _)| (id.as_str(), None));
+    changed.chain(forgotten).collect()
 }
 
 /// Whether `a` is a later `last_modified` than `b` (as times when both read as times).
@@ -1028,5 +1064,55 @@ mod tests {
             [vec!["all", "done-t"], vec!["all"], vec!["all", "trainer"]]
         );
         assert!(route(&events, &[]).iter().all(Vec::is_empty));
+    }
+
+    /// A commit writes a memo whose files changed, forgets one whose checkpoint no longer
+    /// waits, and writes nothing for a probe that saw the same files or none.
+    #[test]
+    fn probe_changes_write_only_what_the_files_rule_needs() {
+        let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        let seen = |count, since| FilesSeen {
+            count,
+            total_bytes: 10,
+            newest: "2026-11-26T00:00:00Z".into(),
+            since: at(since),
+        };
+        let memo = |probed_at, files| ProbeMemo {
+            probed_at: at(probed_at),
+            files,
+        };
+        let map = |m: Vec<(&str, ProbeMemo)>| -> BTreeMap<CompactString, ProbeMemo> {
+            m.into_iter().map(|(k, v)| (k.into(), v)).collect()
+        };
+        let old = map(vec![
+            ("same", memo(1, Some(seen(1, 1)))),
+            ("grew", memo(1, Some(seen(1, 1)))),
+            ("done", memo(1, Some(seen(1, 1)))),
+            ("bare", memo(1, None)),
+            ("emptied", memo(1, Some(seen(1, 1)))),
+        ]);
+        let new = map(vec![
+            ("same", memo(2, Some(seen(1, 1)))),
+            ("grew", memo(2, Some(seen(2, 2)))),
+            ("bare", memo(2, None)),
+            ("emptied", memo(2, None)),
+            ("first", memo(2, Some(seen(1, 2)))),
+            ("first-bare", memo(2, None)),
+        ]);
+        let mut got: Vec<(&str, Option<u64>)> = probe_changes(&old, &new)
+            .into_iter()
+            .map(|(id, m)| (id, m.map(|m| m.files.as_ref().unwrap().count)))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("done", None),
+                ("emptied", None),
+                ("first", Some(1)),
+                ("grew", Some(2))
+            ]
+        );
+        assert!(probe_changes(&old, &old).is_empty());
     }
 }

@@ -28,7 +28,7 @@ pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
 
 use crate::diff::Diff;
 use crate::model::TargetState;
-use crate::model::{CheckpointTarget, Event, EventType, Tracked};
+use crate::model::{CheckpointTarget, Event, EventType, ProbeMemo, Tracked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -233,6 +233,10 @@ pub struct PollCommit<'a> {
     /// (and cleared by a commit without it), so that after a restart the same listing is
     /// not decoded again.
     pub settled: Option<u128>,
+    /// What the readiness probes saw that changed, by checkpoint id: the memo to keep,
+    /// or `None` to forget it (the checkpoint completed or was deleted). Stored with the
+    /// checkpoint's row, so that a new process (`loopwatch once`, a restart) carries on.
+    pub probes: Vec<(&'a str, Option<&'a ProbeMemo>)>,
 }
 
 /// What a sink worker records after an attempt.

@@ -7,8 +7,11 @@ use chrono::{DateTime, Utc};
 use super::{
     DeliveryRow, DeliveryStatus, Result, SinkBacklog, StoreError, StoredEvent, TargetDump,
 };
-use crate::model::{CheckpointTarget, Raw, Tracked};
+use crate::model::{CheckpointTarget, FilesSeen, ProbeMemo, Raw, Tracked};
 use crate::model::{Settled, TargetState, TrackedSet};
+
+/// The probes of a target's checkpoints, by id ([`TargetState::probes`]).
+pub(crate) type Probes = std::collections::BTreeMap<compact_str::CompactString, ProbeMemo>;
 
 /// Stored times are Unix milliseconds.
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {
@@ -20,16 +23,63 @@ pub(crate) fn digest_text(d: Option<u128>) -> Option<String> {
     d.map(|d| format!("{d:032x}"))
 }
 
+/// The `checkpoints.probe` column: a [`ProbeMemo`] as JSON, times in Unix ms.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProbeJson<'a> {
+    probed_at: i64,
+    #[serde(borrow)]
+    files: Option<FilesJson<'a>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FilesJson<'a> {
+    count: u64,
+    total_bytes: i64,
+    #[serde(borrow)]
+    newest: std::borrow::Cow<'a, str>,
+    since: i64,
+}
+
+/// How a [`ProbeMemo`] is stored (`checkpoints.probe`).
+pub(crate) fn probe_text(m: &ProbeMemo) -> String {
+    let j = ProbeJson {
+        probed_at: m.probed_at.timestamp_millis(),
+        files: m.files.as_ref().map(|f| FilesJson {
+            count: f.count,
+            total_bytes: f.total_bytes,
+            newest: f.newest.as_str().into(),
+            since: f.since.timestamp_millis(),
+        }),
+    };
+    serde_json::to_string(&j).expect("plain fields serialize")
+}
+
+/// A stored [`ProbeMemo`]; one that does not read is as good as none (it only saves a
+/// probe interval).
+pub(crate) fn parse_probe(text: &str) -> Option<ProbeMemo> {
+    let j: ProbeJson = serde_json::from_str(text).ok()?;
+    Some(ProbeMemo {
+        probed_at: ms_to_time(j.probed_at),
+        files: j.files.map(|f| FilesSeen {
+            count: f.count,
+            total_bytes: f.total_bytes,
+            newest: f.newest.into_owned(),
+            since: ms_to_time(f.since),
+        }),
+    })
+}
+
 pub(crate) fn checkpoint_target(s: &str) -> Result<CheckpointTarget> {
     CheckpointTarget::parse(s)
         .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {s:?}")))
 }
 
 /// A target's state from its stored parts: the `targets` row (filter and settled
-/// listing digest, if baselined) and its checkpoints.
+/// listing digest, if baselined), its checkpoints and what the probes saw of them.
 pub(crate) fn target_state(
     target_row: Option<(String, Option<String>)>,
     checkpoints: TrackedSet,
+    probes: Probes,
 ) -> TargetState {
     let (filter, digest) = target_row.unzip();
     let settled = digest
@@ -45,7 +95,7 @@ pub(crate) fn target_state(
         filter,
         checkpoints,
         settled,
-        probes: Default::default(),
+        probes,
     }
 }
 
@@ -92,11 +142,18 @@ pub(crate) struct TrackedRecord {
     deleted: bool,
     deleted_reported: bool,
     seq: i64,
+    probe: Option<String>,
     raw_digest: Option<i64>,
     raw: Option<String>,
 }
 
 impl TrackedRecord {
+    /// What the readiness probe saw of this checkpoint, if it is remembered.
+    pub(crate) fn probe(&self) -> Option<(compact_str::CompactString, ProbeMemo)> {
+        let memo = parse_probe(self.probe.as_deref()?)?;
+        Some((self.id.as_str().into(), memo))
+    }
+
     /// The checkpoint, holding its object's text only with `keep_raw` (`state`), else
     /// its digest (the stored one, or one computed from the text).
     pub(crate) fn into_tracked(self, keep_raw: bool) -> Result<Tracked> {

@@ -121,6 +121,15 @@ where
                 .execute(&mut *tx)
                 .await?;
         }
+        // After the rows: a checkpoint first listed (and probed) in this poll exists now.
+        for (id, memo) in &c.probes {
+            sqlx::query(sql::SET_PROBE)
+                .bind(memo.map(rows::probe_text))
+                .bind(c.target)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(sql::SET_LISTING_DIGEST)
             .bind(rows::digest_text(c.settled))
             .bind(c.target)
@@ -178,11 +187,12 @@ where
         .bind(name)
         .fetch_all(pool)
         .await?;
+        let probes = rows.iter().filter_map(TrackedRecord::probe).collect();
         let checkpoints = rows
             .into_iter()
             .map(|r| r.into_tracked(false))
             .collect::<Result<_>>()?;
-        Ok(rows::target_state(target_row, checkpoints))
+        Ok(rows::target_state(target_row, checkpoints, probes))
     }
 
     /// The stored upstream object of one checkpoint.

@@ -6,7 +6,8 @@
 /// The `checkpoints` columns every [`super::rows::TrackedRecord`] reads, before the
 /// dialect's `raw_digest` and `raw`.
 pub(crate) const CHECKPOINT_FIELDS: &str = "id, name, run_id, checkpoint_target, sync_status,
-    created_at, first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq";
+    created_at, first_seen_at, completed, stalled, missing, deleted, deleted_reported, seq,
+    probe";
 
 /// The `events` columns of [`super::rows::EventRecord`], for a query that aliases
 /// `events` as `e`.
@@ -58,6 +59,11 @@ pub(crate) const UPDATE_CHECKPOINT: &str = "UPDATE checkpoints SET name = $3, ru
 /// The settled listing's digest, or NULL (`$1` digest, `$2` target).
 pub(crate) const SET_LISTING_DIGEST: &str =
     "UPDATE targets SET listing_digest = $1 WHERE name = $2";
+
+/// What the readiness probe saw of a checkpoint ([`super::rows::probe_text`]), or NULL
+/// (`$1` memo, `$2` target, `$3` id).
+pub(crate) const SET_PROBE: &str =
+    "UPDATE checkpoints SET probe = $1 WHERE target = $2 AND id = $3";
 
 /// The columns of an inserted event, in bind order.
 pub(crate) const EVENT_INSERT: &str = "INSERT INTO events (id, type, target, checkpoint_id,

@@ -22,7 +22,7 @@ use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
-use crate::model::{Event, Raw, TargetState, Tracked};
+use crate::model::{Event, ProbeMemo, Raw, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -182,8 +182,8 @@ impl SqliteStore {
     }
 }
 
-/// One checkpoints row as `load_targets` reads it: [`sql::CHECKPOINT_FIELDS`] and
-/// `raw_digest`, as a JSON array (SQLite's fast path for a whole state: see there).
+/// One checkpoints row as `load_targets` reads it: [`sql::CHECKPOINT_FIELDS`] (but
+/// `probe`), `raw_digest` and `probe`, as a JSON array (SQLite's fast path for a whole state: see there).
 #[derive(serde::Deserialize)]
 struct JsonRow<'a>(
     #[serde(borrow)] Cow<'a, str>,
@@ -200,11 +200,13 @@ struct JsonRow<'a>(
     i64,
     i64,
     Option<i64>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
 );
 
 impl JsonRow<'_> {
-    /// The row, and whether its digest had to be left out (a row from before the column).
-    fn tracked(self) -> Result<(Tracked, bool)> {
+    /// The row, whether its digest had to be left out (a row from before the column),
+    /// and what the readiness probe saw of it.
+    fn tracked(self) -> Result<(Tracked, bool, Option<ProbeMemo>)> {
         let JsonRow(
             id,
             name,
@@ -220,6 +222,7 @@ impl JsonRow<'_> {
             deleted_reported,
             seq,
             digest,
+            probe,
         ) = self;
         let tracked = Tracked {
             id: id.as_ref().into(),
@@ -237,7 +240,8 @@ impl JsonRow<'_> {
             seq: seq as u32,
             raw: Raw::Digest(digest.unwrap_or_default() as u64),
         };
-        Ok((tracked, digest.is_none()))
+        let probe = probe.as_deref().and_then(rows::parse_probe);
+        Ok((tracked, digest.is_none(), probe))
     }
 }
 
@@ -507,11 +511,12 @@ impl Store for SqliteStore {
         // a time between threads with a copy of every value (~3.5 us a row), so 500,000
         // rows cost 1.8 s, and 10,000 rows of JSON a fraction of that.
         let mut rows: Vec<Vec<Tracked>> = names.iter().map(|_| Vec::new()).collect();
+        let mut probes: Vec<rows::Probes> = names.iter().map(|_| Default::default()).collect();
         let mut undigested = false;
         let mut stream = sqlx::query(
             "SELECT target, json_group_array(json_array(id, name, run_id, checkpoint_target,
                 sync_status, created_at, first_seen_at, completed, stalled, missing, deleted,
-                deleted_reported, seq, raw_digest))
+                deleted_reported, seq, raw_digest, probe))
              FROM checkpoints GROUP BY target",
         )
         .fetch(&mut *tx);
@@ -524,8 +529,11 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Corrupt(format!("checkpoints of {}: {e}", names[i])))?;
             rows[i].reserve_exact(parsed.len());
             for row in parsed {
-                let (tracked, missing_digest) = row.tracked()?;
+                let (tracked, missing_digest, probe) = row.tracked()?;
                 undigested |= missing_digest;
+                if let Some(memo) = probe {
+                    probes[i].insert(tracked.id.clone(), memo);
+                }
                 rows[i].push(tracked);
             }
         }
@@ -562,8 +570,13 @@ impl Store for SqliteStore {
         let mut states: Vec<TargetState> = names
             .iter()
             .zip(rows)
-            .map(|(name, rows)| {
-                rows::target_state(target_rows.remove(*name), rows.into_iter().collect())
+            .zip(probes)
+            .map(|((name, rows), probes)| {
+                rows::target_state(
+                    target_rows.remove(*name),
+                    rows.into_iter().collect(),
+                    probes,
+                )
             })
             .collect();
         for (i, n) in names.iter().enumerate() {
@@ -887,6 +900,7 @@ mod tests {
                 now: Utc::now(),
                 fence: None,
                 settled: None,
+                probes: Vec::new(),
             })
             .await
             .unwrap();
