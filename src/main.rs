@@ -67,16 +67,37 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Write `text` to stdout whole; a reader that went away (`| head`) is not an error.
+fn print_all(text: &[u8]) -> u8 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => report(Err(e.into())),
+    }
+}
+
 async fn dispatch(cli: Cli) -> u8 {
+    // For `run`, SIGHUP is a reload, never the default "terminate", from the first instant:
+    // a handler installed now stays for the life of the process (a SIGHUP that comes before
+    // the daemon listens for reloads is let go: the config is being read anyway).
+    #[cfg(unix)]
+    let _hangup = matches!(cli.command, Command::Run)
+        .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()));
     // Documentation of the CLI itself: no config, no logs.
     match cli.command {
         Command::Completions { shell } => {
-            loopwatch::args::completions(shell, &mut std::io::stdout().lock());
-            return exit::OK;
+            let mut text = Vec::new();
+            loopwatch::args::completions(shell, &mut text);
+            return print_all(&text);
         }
         Command::Man => {
-            let r = loopwatch::args::man(&mut std::io::stdout().lock());
-            return report(r.map(|()| exit::OK).map_err(Into::into));
+            let mut text = Vec::new();
+            if let Err(e) = loopwatch::args::man(&mut text) {
+                return report(Err(e.into()));
+            }
+            return print_all(&text);
         }
         _ => {}
     }

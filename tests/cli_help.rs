@@ -140,3 +140,30 @@ fn completions_reject_an_unknown_shell_as_a_usage_error() {
         .expect("run loopwatch");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `loopwatch completions bash | head -1` and `loopwatch man | head -1`: a reader that
+/// goes away early is not an error (it used to panic with BrokenPipe).
+#[test]
+fn completions_and_man_exit_zero_when_their_reader_goes_away() {
+    use std::io::Read;
+    use std::process::Stdio;
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "fish"],
+        &["man"],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 1];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        // stdout is closed here, with most of the text unread.
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, Receiver, edit, gauge, metrics, sink, wait_for};
+use common::{Daemon, Env, QWEN, Receiver, edit, gauge, metrics, sink, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -328,4 +328,25 @@ async fn systemd_hears_reloading_with_the_monotonic_time_then_ready() {
     d.signal("TERM");
     next("STOPPING=1").await.unwrap();
     assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+}
+
+/// A SIGHUP in the first instants of `run` (before the daemon listens for reloads) used to
+/// end the process with the default action ("Hangup", exit 129).
+#[tokio::test]
+async fn a_sighup_at_start_never_ends_the_daemon() {
+    let env = Env::new().await;
+    env.sim
+        .handle()
+        .add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    let cfg = env.write_config(QWEN);
+    let mut d = env.spawn_daemon(&cfg);
+    // As early as a process can be signalled after exec, and again while it starts.
+    for _ in 0..5 {
+        d.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.ready().await;
+    assert!(d.running(), "{}", d.log_text());
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(10)).await, 0);
 }
