@@ -340,7 +340,12 @@ async fn a_sighup_at_start_never_ends_the_daemon() {
         .add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
     let cfg = env.write_config(QWEN);
     let mut d = env.spawn_daemon(&cfg);
-    // As early as a process can be signalled after exec, and again while it starts.
+    // From its first log line (the store not yet open, reloads not yet listened for), and
+    // again while it starts. (Before `main` runs, no process can hold a signal off.)
+    wait_for("the first log line", Duration::from_secs(20), || {
+        (!d.log_text().is_empty()).then_some(())
+    })
+    .await;
     for _ in 0..5 {
         d.signal("HUP");
         tokio::time::sleep(Duration::from_millis(10)).await;
