@@ -14,6 +14,7 @@ use crate::app::{App, BuildError};
 use crate::config::{Config, Filter};
 use crate::model::TargetState;
 use crate::model::{Tracked, rfc3339};
+use crate::poller::PollError;
 use crate::store::{
     self, Access, Coordinator, DeliveryStatus, Fence, Redeliver, Role, StoreError, StoredEvent,
     Take,
@@ -210,7 +211,12 @@ async fn poll_and_deliver(
             }
             Ok((name, Err(e))) => {
                 failed += 1;
-                eprintln!("error: target {name}: {e}");
+                match &e {
+                    PollError::Api(api) if let Some(fix) = api.fix() => {
+                        eprintln!("error: target {name}: {e}; {fix}")
+                    }
+                    _ => eprintln!("error: target {name}: {e}"),
+                }
             }
             Ok((_, Ok(report))) => {
                 if dry_run {

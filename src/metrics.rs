@@ -210,6 +210,9 @@ impl Metrics {
         for t in &cfg.targets {
             self.target(&t.name);
         }
+        // Only the configured sinks are described: a reload that removed (or re-kinded) a
+        // sink leaves no stale `sink_info` series behind.
+        self.sink_info.reset();
         for s in &cfg.sinks {
             let n = s.name.as_str();
             for o in DELIVERY_OUTCOMES {
@@ -932,5 +935,35 @@ mod tests {
         let v: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(v > 0.0 && v.fract() != 0.0, "{line}");
         assert!(text.contains("process_resident_memory_bytes"));
+    }
+
+    #[test]
+    fn sink_info_describes_only_the_sinks_of_the_last_config() {
+        let env = crate::config::Environment::from_pairs([("K", "key")]);
+        let load = |sinks: &str| {
+            let toml = format!(
+                "[api]\napi_key_env = \"K\"\n[[targets]]\nname = \"t\"\nrun_id = \"r\"\n{sinks}"
+            );
+            crate::config::load_str(&toml, crate::config::FileFormat::Toml, "test", &env).unwrap()
+        };
+        let sink = |name: &str| {
+            format!("[[sinks]]\nname = \"{name}\"\nkind = \"exec\"\ncommand = [\"true\"]\n")
+        };
+        let m = Metrics::new();
+        m.init_series(&load(&format!("{}{}", sink("kept"), sink("gone"))));
+        assert!(
+            m.render()
+                .contains(r#"loopwatch_sink_info{kind="exec",sink="gone"} 1"#)
+        );
+        m.init_series(&load(&sink("kept")));
+        let text = m.render();
+        assert!(
+            text.contains(r#"loopwatch_sink_info{kind="exec",sink="kept"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"sink_info{kind="exec",sink="gone"}"#),
+            "{text}"
+        );
     }
 }

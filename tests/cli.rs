@@ -296,6 +296,13 @@ async fn injected_faults_change_no_state_and_emit_nothing() {
             stderr(&out)
         );
         assert!(!stderr(&out).contains(API_KEY));
+        if let Fault::Status { code: 401, .. } = f {
+            assert!(
+                stderr(&out).contains("api.api_key_env"),
+                "a refused key names the keys to check: {}",
+                stderr(&out)
+            );
+        }
         let after = stdout(&env.run(&cfg, &["state", "-o", "json"]).await);
         assert_eq!(before, after, "{f:?} changed state");
         assert!(env.events().await.is_empty(), "{f:?} emitted");

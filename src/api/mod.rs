@@ -148,6 +148,25 @@ impl Error {
         )
     }
 
+    /// What the operator can do about it, for the one-line error of a command: the key,
+    /// the filter or the base URL to check.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            Error::Status {
+                code: 401 | 403, ..
+            } => Some(
+                "the API key was refused: check api.api_key_env or api.api_key_file, and api.auth_scheme",
+            ),
+            Error::Status { code: 404, .. } => {
+                Some("check the target's run_id, base_model or checkpoint_path, and api.base_url")
+            }
+            Error::Decode(_) => {
+                Some("the answer is not the Loops API's JSON (a proxy's page?): check api.base_url")
+            }
+            _ => None,
+        }
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Status { retry_after, .. } => *retry_after,
