@@ -447,13 +447,12 @@ pub(crate) fn require_current(
 /// delivery, pending or delivered, of a completed sampler checkpoint. Selects its name and
 /// `created_at` as the upstream wrote it (`CREATED_AT` is the backend's JSON path
 /// expression over `e.body`).
-pub(crate) fn newer_deploy_query(created_at_expr: &str, p: [&str; 3]) -> String {
+pub(crate) fn newer_deploy_query(created_at_expr: &str) -> String {
     format!(
         "SELECT e.checkpoint_name, {created_at_expr} FROM deliveries d JOIN events e ON e.seq = d.event_seq
-         WHERE d.sink = {} AND d.run_id = {} AND d.id <> {}
+         WHERE d.sink = $1 AND d.run_id = $2 AND d.id <> $3
            AND d.status IN ('pending', 'delivered')
-           AND e.type = 'checkpoint.completed' AND e.checkpoint_target = 'sampler'",
-        p[0], p[1], p[2]
+           AND e.type = 'checkpoint.completed' AND e.checkpoint_target = 'sampler'"
     )
 }
 

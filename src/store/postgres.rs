@@ -103,6 +103,8 @@ impl Dialect for Postgres {
         r.rows_affected()
     }
 
+    const BODY_CREATED_AT: &'static str = "(e.body::jsonb #>> '{data,checkpoint,created_at}')";
+
     /// Lock the lease row: a takeover waits for this commit, and a stale epoch (the lease
     /// was taken while this replica was paused) commits nothing.
     async fn check_fence(tx: &mut PgConnection, target: &str, fence: Option<&Fence>) -> Result<()> {
@@ -353,17 +355,7 @@ impl Store for PgStore {
         delivery_id: i64,
         created_at: DateTime<Utc>,
     ) -> Result<Option<String>> {
-        let rows: Vec<(String, Option<String>)> =
-            sqlx::query_as(AssertSqlSafe(super::newer_deploy_query(
-                "(e.body::jsonb #>> '{data,checkpoint,created_at}')",
-                ["$1", "$2", "$3"],
-            )))
-            .bind(sink)
-            .bind(run_id)
-            .bind(delivery_id)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(super::pick_newer(rows, created_at))
+        Queries::newer_deploy(&self.pool, sink, run_id, delivery_id, created_at).await
     }
 
     async fn list_deliveries(

@@ -26,6 +26,9 @@ pub(crate) trait Dialect: Database {
     /// The rows a statement changed.
     fn rows_affected(r: &Self::QueryResult) -> u64;
 
+    /// SQL of the checkpoint's `created_at` inside a stored event body `e.body` (text).
+    const BODY_CREATED_AT: &'static str;
+
     /// First in a poll's transaction: refuse the commit ([`super::StoreError::Fenced`])
     /// unless `fence` still holds, and keep a takeover waiting until the commit ends.
     async fn check_fence(
@@ -206,6 +209,27 @@ where
             .bind(id)
             .fetch_optional(pool)
             .await?)
+    }
+
+    /// The name of the newest completed sampler checkpoint of `run_id`, created after
+    /// `created_at`, that `sink` has a pending or delivered delivery for (other than
+    /// `delivery_id`): a deploy due now is superseded by it (`latest_only`).
+    pub(crate) async fn newer_deploy(
+        pool: &Pool<DB>,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>> {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(AssertSqlSafe(
+            super::newer_deploy_query(DB::BODY_CREATED_AT),
+        ))
+        .bind(sink)
+        .bind(run_id)
+        .bind(delivery_id)
+        .fetch_all(pool)
+        .await?;
+        Ok(super::pick_newer(rows, created_at))
     }
 
     /// Pending and dead deliveries per sink.

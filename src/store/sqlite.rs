@@ -265,6 +265,8 @@ impl Dialect for Sqlite {
         r.rows_affected()
     }
 
+    const BODY_CREATED_AT: &'static str = "json_extract(e.body, '$.data.checkpoint.created_at')";
+
     /// One node owns every target for good (its flock keeps a second poller out).
     async fn check_fence(
         _tx: &mut SqliteConnection,
@@ -713,17 +715,7 @@ impl Store for SqliteStore {
         delivery_id: i64,
         created_at: DateTime<Utc>,
     ) -> Result<Option<String>> {
-        let rows: Vec<(String, Option<String>)> =
-            sqlx::query_as(AssertSqlSafe(super::newer_deploy_query(
-                "json_extract(e.body, '$.data.checkpoint.created_at')",
-                ["?1", "?2", "?3"],
-            )))
-            .bind(sink)
-            .bind(run_id)
-            .bind(delivery_id)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(super::pick_newer(rows, created_at))
+        Queries::newer_deploy(&self.pool, sink, run_id, delivery_id, created_at).await
     }
 
     async fn list_deliveries(
