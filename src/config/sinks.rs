@@ -434,9 +434,9 @@ fn webhook(
     Some((kind, secret_sources))
 }
 
-/// The keys of an exec sink: a command, and none of a webhook's keys.
-fn exec(w: &mut Problems<'_>, s: &RawSink, sec: &str) -> Option<(SinkKind, Vec<(String, String)>)> {
-    for (k, set) in [
+/// The keys only a webhook sink takes, and whether each is set.
+fn webhook_keys(s: &RawSink) -> [(&'static str, bool); 13] {
+    [
         ("url", s.url.is_set()),
         ("url_env", s.url_env.is_set()),
         ("url_file", s.url_file.is_set()),
@@ -450,7 +450,12 @@ fn exec(w: &mut Problems<'_>, s: &RawSink, sec: &str) -> Option<(SinkKind, Vec<(
         ("template", s.template.is_set()),
         ("format", s.format.is_set()),
         ("content_type", s.content_type.is_set()),
-    ] {
+    ]
+}
+
+/// The keys of an exec sink: a command, and none of a webhook's keys.
+fn exec(w: &mut Problems<'_>, s: &RawSink, sec: &str) -> Option<(SinkKind, Vec<(String, String)>)> {
+    for (k, set) in webhook_keys(s) {
         if set {
             w.err(
                 &join(sec, k),
@@ -494,22 +499,8 @@ fn deploy(
     s: &RawSink,
     sec: &str,
 ) -> Option<(SinkKind, Vec<(String, String)>)> {
-    for (k, set) in [
-        ("url", s.url.is_set()),
-        ("url_env", s.url_env.is_set()),
-        ("url_file", s.url_file.is_set()),
-        ("secret_env", s.secret_env.is_set()),
-        ("secret_file", s.secret_file.is_set()),
-        ("previous_secret_env", s.previous_secret_env.is_set()),
-        ("previous_secret_file", s.previous_secret_file.is_set()),
-        ("signing_key_env", s.signing_key_env.is_set()),
-        ("signing_key_file", s.signing_key_file.is_set()),
-        ("headers", s.headers.is_set()),
-        ("template", s.template.is_set()),
-        ("format", s.format.is_set()),
-        ("content_type", s.content_type.is_set()),
-        ("command", s.command.is_set()),
-    ] {
+    let command = [("command", s.command.is_set())];
+    for (k, set) in webhook_keys(s).into_iter().chain(command) {
         if set {
             w.err(
                 &join(sec, k),
