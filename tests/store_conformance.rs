@@ -566,6 +566,81 @@ async fn deploy_conformance(store: Arc<dyn Store>) {
     );
 }
 
+/// After an outage, a claim takes half its room from deliveries never attempted: new
+/// events are not queued behind every retry that came due before them. With `ordered`,
+/// a run's new event still waits for the older ones of its run.
+async fn lanes_conformance(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let lease = Duration::from_secs(60);
+    assert_eq!(poll(s, "l", &[], None).await.unwrap(), 0);
+    let old: Vec<Checkpoint> = (1..=6)
+        .map(|i| ck(&format!("{i}"), "r1", Some("COMPLETE")))
+        .collect();
+    // Each new complete checkpoint is discovered and completed: 12 events.
+    assert_eq!(poll(s, "l", &old, None).await.unwrap(), 12);
+    // Every delivery of the backlog failed once and is due again (before the new ones).
+    let due = Utc::now() - TimeDelta::seconds(10);
+    for sink in ["a", "b"] {
+        let claimed = s
+            .claim_due(sink, Utc::now(), 100, false, lease)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 12);
+        for c in claimed {
+            let retry = AttemptOutcome::Retry {
+                next: due,
+                status: Some(503),
+                error: "HTTP 503".into(),
+            };
+            s.record_attempt(c.delivery_id, &retry, due).await.unwrap();
+        }
+    }
+    let mut listing = old.clone();
+    listing.extend([
+        ck("7", "r2", Some("COMPLETE")),
+        ck("8", "r2", Some("COMPLETE")),
+    ]);
+    assert_eq!(poll(s, "l", &listing, None).await.unwrap(), 4);
+    let now = Utc::now() + TimeDelta::seconds(1);
+    let runs = |claimed: &[loopwatch::store::Claimed]| {
+        let mut runs: Vec<(String, u32)> = claimed
+            .iter()
+            .map(|c| (c.event.run_id.clone(), c.attempts))
+            .collect();
+        runs.sort();
+        runs
+    };
+    let batch = s.claim_due("a", now, 4, false, lease).await.unwrap();
+    assert_eq!(
+        runs(&batch),
+        [
+            ("r1".to_string(), 1),
+            ("r1".to_string(), 1),
+            ("r2".to_string(), 0),
+            ("r2".to_string(), 0)
+        ],
+        "half the room for the new events, half for the oldest retries"
+    );
+    assert!(batch.windows(2).all(|w| w[0].event.seq < w[1].event.seq));
+    let batch = s.claim_due("a", now, 3, false, lease).await.unwrap();
+    assert_eq!(
+        runs(&batch),
+        [
+            ("r1".to_string(), 1),
+            ("r2".to_string(), 0),
+            ("r2".to_string(), 0)
+        ]
+    );
+    // Nothing new left: the retries fill the whole room.
+    let batch = s.claim_due("a", now, 3, false, lease).await.unwrap();
+    assert_eq!(runs(&batch), vec![("r1".to_string(), 1); 3]);
+    // Ordered: one head per run, the new run's from the first lane; r2's second event
+    // waits for its first.
+    let heads = s.claim_due("b", now, 100, true, lease).await.unwrap();
+    assert_eq!(runs(&heads), [("r1".to_string(), 1), ("r2".to_string(), 0)]);
+    assert_eq!(heads[1].event.checkpoint_id, "7");
+}
+
 #[tokio::test]
 async fn sqlite_deploy_conformance() {
     let dir = tempfile::tempdir().unwrap();
@@ -586,6 +661,20 @@ async fn sqlite_conformance() {
     let url = format!("sqlite://{}", dir.path().join("s.db").display());
     let store = loopwatch::store::open(&url).await.unwrap();
     conformance(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_lanes_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    lanes_conformance(loopwatch::store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn postgres_lanes_conformance() {
+    let url = common::pg::fresh_database().await;
+    lanes_conformance(loopwatch::store::open(&url).await.unwrap()).await;
 }
 
 #[tokio::test]

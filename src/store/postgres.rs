@@ -15,7 +15,8 @@ use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, Queries};
 use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+    sql::{self, Lane},
 };
 use crate::model::{Event, TargetState, Tracked};
 
@@ -232,31 +233,30 @@ impl Store for PgStore {
     ) -> Result<Vec<Claimed>> {
         let now_ms = now.timestamp_millis();
         let until = now_ms + lease.as_millis() as i64;
-        // SKIP LOCKED: replicas claiming at once take disjoint rows instead of waiting.
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "WITH due AS (
-                SELECT d.id FROM deliveries d
-                WHERE d.sink = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3
-                  AND (d.claimed_until IS NULL OR d.claimed_until <= $3)
-                  AND (NOT $5 OR NOT EXISTS (
-                      SELECT 1 FROM deliveries h
-                      WHERE h.sink = d.sink AND h.run_id = d.run_id AND h.status = 'pending'
-                        AND h.event_seq < d.event_seq))
-                ORDER BY d.next_attempt_at, d.id
-                LIMIT $4
-                FOR UPDATE SKIP LOCKED)
-             UPDATE deliveries d SET claimed_until = $1 FROM due, events e
-             WHERE d.id = due.id AND e.seq = d.event_seq
-             RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",
-            sql::EVENT_COLUMNS
-        )))
-        .bind(until)
-        .bind(sink)
-        .bind(now_ms)
-        .bind(limit as i64)
-        .bind(ordered)
-        .fetch_all(&self.pool)
-        .await?;
+        let mut rows = Vec::with_capacity(limit);
+        for (lane, room) in [(Lane::First, limit.div_ceil(2)), (Lane::Any, limit)] {
+            let room = room.min(limit - rows.len());
+            if room == 0 {
+                continue;
+            }
+            // SKIP LOCKED: replicas claiming at once take disjoint rows instead of waiting.
+            // A row the first lane took is claimed now, so the second cannot take it again.
+            let took = sqlx::query(AssertSqlSafe(format!(
+                "WITH due AS ({} FOR UPDATE SKIP LOCKED)
+                 UPDATE deliveries d SET claimed_until = $1 FROM due, events e
+                 WHERE d.id = due.id AND e.seq = d.event_seq
+                 RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",
+                sql::due(lane, ordered, ""),
+                sql::EVENT_COLUMNS
+            )))
+            .bind(until)
+            .bind(sink)
+            .bind(now_ms)
+            .bind(room as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.extend(took);
+        }
         let mut out = rows
             .iter()
             .map(|r| {

@@ -128,6 +128,42 @@ pub(crate) fn redeliver_event() -> String {
     )
 }
 
+/// Which due deliveries a claim takes. A sink's claim fills half its room from
+/// [`Lane::First`] and the rest from [`Lane::Any`], so that after an outage the first
+/// attempts of new events are not queued behind the whole backlog of retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Never attempted (and never failed before a `redeliver`), oldest first.
+    First,
+    /// Every due delivery, the longest due first.
+    Any,
+}
+
+/// The ids of the due deliveries of sink `$2` at `$3` (Unix ms) in `lane`, at most `$4`;
+/// with `ordered`, only the oldest pending delivery of each run. `hint` follows the table
+/// (SQLite's `INDEXED BY`); the backend adds its row locking.
+pub(crate) fn due(lane: Lane, ordered: bool, hint: &str) -> String {
+    let (first, order) = match lane {
+        Lane::First => (" AND d.attempts = 0 AND d.last_error IS NULL", "d.id"),
+        Lane::Any => ("", "d.next_attempt_at, d.id"),
+    };
+    let head = if ordered {
+        " AND NOT EXISTS (
+            SELECT 1 FROM deliveries h
+            WHERE h.sink = d.sink AND h.run_id = d.run_id AND h.status = 'pending'
+              AND h.event_seq < d.event_seq)"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT d.id FROM deliveries d{hint}
+        WHERE d.sink = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3
+          AND (d.claimed_until IS NULL OR d.claimed_until <= $3){first}{head}
+        ORDER BY {order}
+        LIMIT $4"
+    )
+}
+
 /// A failed attempt to try again: `$1` now, `$2` id, `$3` next attempt, `$4` HTTP
 /// status, `$5` error.
 pub(crate) const RECORD_RETRY: &str =

@@ -20,7 +20,8 @@ use super::rows::{self, event_from_row, ms_to_time};
 use super::shared::{Dialect, Queries};
 use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+    sql::{self, Lane},
 };
 use crate::model::{Event, ProbeMemo, Raw, TargetState, Tracked};
 
@@ -612,27 +613,32 @@ impl Store for SqliteStore {
         let now_ms = now.timestamp_millis();
         let until = now_ms + lease.as_millis() as i64;
         let turn = self.writes.lock().await;
-        let ids: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "UPDATE deliveries SET claimed_until = ?1
-             WHERE id IN (
-                SELECT d.id FROM deliveries d
-                WHERE d.sink = ?2 AND d.status = 'pending' AND d.next_attempt_at <= ?3
-                  AND (d.claimed_until IS NULL OR d.claimed_until <= ?3)
-                  AND (?5 = 0 OR NOT EXISTS (
-                      SELECT 1 FROM deliveries h
-                      WHERE h.sink = d.sink AND h.run_id = d.run_id AND h.status = 'pending'
-                        AND h.event_seq < d.event_seq))
-                ORDER BY d.next_attempt_at, d.id
-                LIMIT ?4)
-             RETURNING id, attempts, created_at",
-        )
-        .bind(until)
-        .bind(sink)
-        .bind(now_ms)
-        .bind(limit as i64)
-        .bind(ordered)
-        .fetch_all(&self.leases)
-        .await?;
+        let mut ids: Vec<(i64, i64, i64)> = Vec::with_capacity(limit);
+        for (lane, room) in [(Lane::First, limit.div_ceil(2)), (Lane::Any, limit)] {
+            let room = room.min(limit - ids.len());
+            if room == 0 {
+                continue;
+            }
+            // Without statistics (no ANALYZE) SQLite would walk `deliveries_due` over the
+            // whole backlog to find the few rows never attempted.
+            let hint = match lane {
+                Lane::First => " INDEXED BY deliveries_first",
+                Lane::Any => "",
+            };
+            // A row the first lane took is claimed now, so the second cannot take it again.
+            let took: Vec<(i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+                "UPDATE deliveries SET claimed_until = $1 WHERE id IN ({})
+                 RETURNING id, attempts, created_at",
+                sql::due(lane, ordered, hint)
+            )))
+            .bind(until)
+            .bind(sink)
+            .bind(now_ms)
+            .bind(room as i64)
+            .fetch_all(&self.leases)
+            .await?;
+            ids.extend(took);
+        }
         drop(turn);
         if ids.is_empty() {
             return Ok(Vec::new());
