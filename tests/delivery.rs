@@ -236,6 +236,75 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event_under_one_id() {
     assert_eq!(env.events().await.len(), 150);
 }
 
+/// After a sink outage and a restart, a new completion does not queue behind the whole
+/// backlog of due retries: claims keep half their room for deliveries never attempted.
+#[tokio::test]
+async fn after_an_outage_a_new_completion_goes_out_while_the_backlog_drains() {
+    const BACKLOG: usize = 200;
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    rx.set_default(Some(Answer::status(503)));
+    let h = env.sim.handle();
+    // Every retry comes due within 3 s, and none goes dead during the test.
+    let schedule = vec!["\"3s\""; 20].join(", ");
+    let cfg = env.write_config(&qwen_to(
+        &rx.url,
+        &format!(
+            "events = [\"checkpoint.completed\"]\nconcurrency = 1\nretry_schedule = [{schedule}]"
+        ),
+    ));
+    let mut d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.add_many("run-1", BACKLOG, Some("COMPLETE"));
+    wait_for("every completion refused once", T, || {
+        (distinct_ids(&rx) >= BACKLOG).then_some(())
+    })
+    .await;
+    d.signal("TERM");
+    assert_eq!(d.wait(T).await, 0);
+    // The whole backlog is due before the new completion is even seen.
+    wait_for("every retry due", T, || {
+        let v = env.deliveries(&cfg, Some("pending"))?;
+        let rows = v.as_array()?;
+        let now = chrono::Utc::now();
+        let due = rows.iter().all(|r| {
+            r["next_attempt_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t < now)
+        });
+        (rows.len() == BACKLOG && due).then_some(())
+    })
+    .await;
+    rx.set_default(Some(Answer {
+        status: 204,
+        retry_after: None,
+        delay: Duration::from_millis(10),
+    }));
+    h.add_checkpoint("run-1", "sampler", "fresh", Some("COMPLETE"));
+    let back = Instant::now();
+    let d2 = env.spawn_daemon(&cfg);
+    d2.ready().await;
+    wait_for(
+        "the backlog and the new completion",
+        Duration::from_secs(60),
+        || (distinct_ids(&rx) > BACKLOG).then_some(()),
+    )
+    .await;
+    let after: Vec<_> = rx.got().into_iter().filter(|r| r.at >= back).collect();
+    let fresh = after
+        .iter()
+        .position(|r| r.json()["data"]["checkpoint"]["checkpoint_id"] == "fresh")
+        .expect("the new completion was delivered");
+    // Strictly by due time it would come last, after all 200.
+    assert!(
+        fresh < BACKLOG / 4,
+        "the new completion went out {fresh}th of {} after the restart",
+        after.len()
+    );
+    check_exactly_one_id_each(&rx, BACKLOG + 1);
+}
+
 #[tokio::test]
 async fn an_exec_sink_gets_the_event_on_stdin_and_in_the_environment() {
     let env = Env::new().await;
