@@ -174,19 +174,25 @@ pub enum DeliveriesCommand {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Re-queue deliveries by id (or event id), or every dead one
+    /// Re-queue deliveries by id (or event id), or every dead one; or send every pending one now
     ///
     /// A running daemon (or the next `once`) sends them with their original webhook-id and
-    /// the sink's whole retry_schedule again.
+    /// the sink's whole retry_schedule again. With --pending, deliveries waiting for a
+    /// later retry (after an outage, say) are due at once and keep their place in the
+    /// schedule.
+    #[command(group(clap::ArgGroup::new("bulk").args(["dead", "pending"])))]
     Redeliver {
         /// Delivery ids, or event ids (evt_...)
-        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        #[arg(required_unless_present_any = ["dead", "pending"], conflicts_with_all = ["dead", "pending"])]
         ids: Vec<String>,
         /// Every dead delivery
-        #[arg(long)]
+        #[arg(long, conflicts_with = "pending")]
         dead: bool,
-        /// With --dead: only this sink
-        #[arg(long, requires = "dead", value_name = "NAME")]
+        /// Every pending delivery waiting for a later retry: due now, attempts kept
+        #[arg(long)]
+        pending: bool,
+        /// With --dead or --pending: only this sink
+        #[arg(long, requires = "bulk", value_name = "NAME")]
         sink: Option<String>,
         #[command(flatten)]
         output: OutputArg,

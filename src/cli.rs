@@ -488,16 +488,19 @@ pub async fn deliveries_redeliver(
     which: Redeliver,
     output: Output,
 ) -> anyhow::Result<u8> {
-    if let Redeliver::Dead { sink: Some(s) } = &which
+    if let Redeliver::Dead { sink: Some(s) } | Redeliver::Pending { sink: Some(s) } = &which
         && cfg.sink(s).is_none()
     {
         anyhow::bail!("--sink {s:?} is not a configured sink");
     }
     let store = store::open_with(&cfg.store.url, Access::Existing).await?;
     let n = store.redeliver(&which, Utc::now()).await?;
-    match output {
-        Output::Json => println!("{}", json!({ "requeued": n })),
-        Output::Table => println!(
+    match (output, &which) {
+        (Output::Json, _) => println!("{}", json!({ "requeued": n })),
+        (Output::Table, Redeliver::Pending { .. }) => println!(
+            "made {n} pending deliveries due now; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
+        ),
+        (Output::Table, _) => println!(
             "re-queued {n} deliveries; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
         ),
     }

@@ -197,12 +197,15 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Deliveries(DeliveriesCommand::Redeliver {
             ids,
             dead,
+            pending,
             sink,
             output,
         }) => {
             init_tracing("warn", cfg.log.format);
             let which = if dead {
                 Redeliver::Dead { sink }
+            } else if pending {
+                Redeliver::Pending { sink }
             } else {
                 Redeliver::Ids(ids)
             };

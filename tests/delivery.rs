@@ -192,6 +192,76 @@ async fn gone_is_dead_at_once_and_redeliver_dead_sends_it_again() {
     assert!(list("dead").as_array().unwrap().is_empty());
 }
 
+/// After an outage, `deliveries redeliver --pending` sends what waits for a later retry
+/// now, under its webhook-id, instead of at the next step of the schedule (an hour here).
+#[tokio::test]
+async fn redeliver_pending_sends_a_waiting_retry_now() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    rx.set_default(Some(Answer::status(503)));
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&qwen_to(
+        &rx.url,
+        "events = [\"checkpoint.completed\"]\nretry_schedule = [\"1h\", \"1h\"]",
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("a retry an hour away", T, || {
+        let v = env.deliveries(&cfg, Some("pending"))?;
+        (v.as_array()?.len() == 1 && v[0]["attempts"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(rx.count(), 1);
+    rx.set_default(None);
+
+    let out = env
+        .run(
+            &cfg,
+            &["deliveries", "redeliver", "--pending", "--sink", "hook"],
+        )
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("made 1 pending deliveries due now"),
+        "{stdout}"
+    );
+    wait_for("the retry, now", T, || (rx.count() >= 2).then_some(())).await;
+    let got = rx.got();
+    assert_eq!(got[0].id(), got[1].id());
+    wait_for("delivered", T, || {
+        let v = env.deliveries(&cfg, Some("delivered"))?;
+        (v.as_array()?.len() == 1 && v[0]["attempts"] == 2).then_some(())
+    })
+    .await;
+    // Nothing is waiting now: a second call changes nothing.
+    let out = env
+        .run(
+            &cfg,
+            &["deliveries", "redeliver", "--pending", "-o", "json"],
+        )
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"requeued":0}"#
+    );
+    let out = env
+        .run(
+            &cfg,
+            &["deliveries", "redeliver", "--pending", "--sink", "nope"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\" is not a configured sink"));
+}
+
 #[tokio::test]
 async fn kill_9_mid_burst_then_restart_delivers_every_event_under_one_id() {
     let env = Env::new().await;

@@ -639,6 +639,54 @@ async fn lanes_conformance(store: Arc<dyn Store>) {
     let heads = s.claim_due("b", now, 100, true, lease).await.unwrap();
     assert_eq!(runs(&heads), [("r1".to_string(), 1), ("r2".to_string(), 0)]);
     assert_eq!(heads[1].event.checkpoint_id, "7");
+
+    // `redeliver --pending`: retries waiting for later are due now, attempts kept.
+    let later = now + TimeDelta::seconds(61);
+    let all = s.claim_due("a", later, 100, false, lease).await.unwrap();
+    assert_eq!(all.len(), 16, "every claim above has lapsed");
+    let retry = AttemptOutcome::Retry {
+        next: later + TimeDelta::hours(1),
+        status: Some(503),
+        error: "HTTP 503".into(),
+    };
+    for c in &all {
+        s.record_attempt(c.delivery_id, &retry, later)
+            .await
+            .unwrap();
+    }
+    assert!(
+        s.claim_due("a", later, 100, false, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let sink_b = Redeliver::Pending {
+        sink: Some("b".into()),
+    };
+    assert_eq!(
+        s.redeliver(&sink_b, later).await.unwrap(),
+        0,
+        "b's are due already"
+    );
+    let sink_a = Redeliver::Pending {
+        sink: Some("a".into()),
+    };
+    assert_eq!(s.redeliver(&sink_a, later).await.unwrap(), 16);
+    let again = s.claim_due("a", later, 100, false, lease).await.unwrap();
+    assert_eq!(again.len(), 16);
+    assert!(
+        again
+            .iter()
+            .all(|c| c.attempts == if c.event.run_id == "r1" { 2 } else { 1 }),
+        "attempts are kept"
+    );
+    // Claimed (being attempted): left alone.
+    assert_eq!(
+        s.redeliver(&Redeliver::Pending { sink: None }, later)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]

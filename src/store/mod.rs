@@ -279,6 +279,11 @@ pub enum Redeliver {
     Dead {
         sink: Option<String>,
     },
+    /// Every pending delivery (of `sink` only, when given) waiting for a later retry: due
+    /// now, the retry schedule going on where it was (after an outage, not to wait for it).
+    Pending {
+        sink: Option<String>,
+    },
 }
 
 #[async_trait]

@@ -300,6 +300,14 @@ where
                     .await?;
                 Ok(DB::rows_affected(&done))
             }
+            Redeliver::Pending { sink } => {
+                let done = sqlx::query(AssertSqlSafe(sql::retry_pending_now()))
+                    .bind(now)
+                    .bind(sink.as_deref())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(DB::rows_affected(&done))
+            }
             Redeliver::Ids(ids) => {
                 let mut tx = conn.begin().await?;
                 let mut n = 0;

@@ -116,6 +116,16 @@ pub(crate) fn redeliver_dead() -> String {
     format!("{REDELIVER} WHERE status = 'dead' AND (CAST($2 AS TEXT) IS NULL OR sink = $2)")
 }
 
+/// Make every pending delivery not due yet (of sink `$2` only unless NULL) due at `$1`,
+/// keeping its attempts: the retry schedule goes on where it was.
+pub(crate) fn retry_pending_now() -> String {
+    format!(
+        "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1
+        WHERE status = 'pending' AND next_attempt_at > $1 AND {NOT_IN_FLIGHT}
+          AND (CAST($2 AS TEXT) IS NULL OR sink = $2)"
+    )
+}
+
 /// Re-queue the delivery with id `$2`.
 pub(crate) fn redeliver_delivery() -> String {
     format!("{REDELIVER} WHERE id = $2 AND {NOT_IN_FLIGHT}")
