@@ -749,6 +749,10 @@ async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
     let ra = a.round(&targets).await.unwrap();
     let rb = b.round(&targets).await.unwrap();
     assert_eq!((ra.owned.len(), rb.owned.len()), (5, 5), "{ra:?} {rb:?}");
+    assert_eq!(
+        rb.takeovers, 0,
+        "leases a gave up are handed over, not taken over"
+    );
     let (t, epoch) = ra.owned[0].clone();
 
     // a's commit under its lease works.
@@ -776,6 +780,11 @@ async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
     let rb = b.round(&targets).await.unwrap();
     assert_eq!(rb.owned.len(), 10, "{rb:?}");
     assert_eq!(rb.takeovers, 5);
+    // Alone, a replica whose own leases lapsed (a store outage) takes them back: no
+    // takeover.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let rb = b.round(&targets).await.unwrap();
+    assert_eq!((rb.owned.len(), rb.takeovers), (10, 0), "{rb:?}");
     let new_epoch = rb.owned.iter().find(|(x, _)| *x == t).unwrap().1;
     assert!(new_epoch > epoch);
 

@@ -22,6 +22,12 @@ use crate::model::{Event, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// How long an operation waits for a connection, which is also how long a database that
+/// went away takes to show as an error (`/readyz` 503): sqlx keeps trying to connect until
+/// then. A query takes milliseconds and a pool of 8 is rarely all busy, so a longer wait
+/// means the server is gone or overloaded, not that the pool is short.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The database clock in Unix milliseconds.
 const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -43,7 +49,7 @@ impl PgStore {
         let read_only = access == Access::ReadOnly;
         let mut pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(ACQUIRE_TIMEOUT);
         if read_only {
             // Read-only sessions by a statement, not a startup option: PgBouncer refuses
             // unknown startup parameters.
@@ -532,10 +538,8 @@ impl PgLeases {
                 if owned.len() as i64 >= fair {
                     break;
                 }
-                if let Some(epoch) = self.try_take(t).await? {
-                    if epoch > 1 {
-                        takeovers += 1;
-                    }
+                if let Some((epoch, takeover)) = self.try_take(t).await? {
+                    takeovers += u64::from(takeover);
                     owned.push((t.clone(), epoch));
                 }
             }
@@ -567,19 +571,28 @@ impl PgLeases {
 
     /// Take `target`'s lease if it is free or expired: its new epoch, or None while
     /// someone else holds it.
-    async fn try_take(&self, target: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(AssertSqlSafe(format!(
-            "INSERT INTO leases (target, owner, epoch, expires_at) VALUES ($1, $2, 1, {DB_NOW} + $3)
+    /// Take `target` if it is free, released or expired: its new epoch, and whether that
+    /// was a takeover (a lease another replica held until it expired; not one it gave up,
+    /// and not this replica's own, lapsed during an outage).
+    async fn try_take(&self, target: &str) -> Result<Option<(i64, bool)>> {
+        // `prev` reads the row as it was before this statement.
+        let taken: Option<(i64, Option<String>, Option<i64>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "WITH prev AS (SELECT owner, expires_at FROM leases WHERE target = $1)
+             INSERT INTO leases (target, owner, epoch, expires_at) VALUES ($1, $2, 1, {DB_NOW} + $3)
              ON CONFLICT (target) DO UPDATE
                 SET owner = excluded.owner, epoch = leases.epoch + 1, expires_at = excluded.expires_at
                 WHERE leases.expires_at <= {DB_NOW}
-             RETURNING epoch"
+             RETURNING epoch, (SELECT owner FROM prev), (SELECT expires_at FROM prev)"
         )))
         .bind(target)
         .bind(&self.replica)
         .bind(self.ttl.as_millis() as i64)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        Ok(taken.map(|(epoch, owner, expires)| {
+            let takeover = owner.is_some_and(|o| o != self.replica) && expires != Some(0);
+            (epoch, takeover)
+        }))
     }
 }
 
@@ -610,7 +623,7 @@ impl Coordinator for PgLeases {
         let mut out = Vec::with_capacity(targets.len());
         for t in targets {
             let got = match self.try_take(t).await? {
-                Some(epoch) => Take::Taken(epoch),
+                Some((epoch, _)) => Take::Taken(epoch),
                 None => Take::HeldBy(
                     sqlx::query_scalar("SELECT owner FROM leases WHERE target = $1")
                         .bind(t)
