@@ -31,8 +31,9 @@ struct Sink {
     /// Acknowledged requests, and the distinct ids among them.
     acked: AtomicU64,
     ids: Mutex<HashSet<String>>,
-    /// When each "fresh-" checkpoint's completion arrived.
-    fresh: Mutex<HashMap<String, Instant>>,
+    /// When each "fresh-" checkpoint's completion arrived, and when it was detected (its
+    /// body's `timestamp`).
+    fresh: Mutex<HashMap<String, (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>>,
 }
 
 async fn receive(State(s): State<Arc<Sink>>, headers: HeaderMap, body: String) -> StatusCode {
@@ -53,11 +54,16 @@ async fn receive(State(s): State<Arc<Sink>>, headers: HeaderMap, body: String) -
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let detected = v["timestamp"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.to_utc())
+            .unwrap_or_default();
         s.fresh
             .lock()
             .unwrap()
             .entry(name)
-            .or_insert_with(Instant::now);
+            .or_insert_with(|| (chrono::Utc::now(), detected));
     }
     StatusCode::NO_CONTENT
 }
@@ -167,6 +173,7 @@ async fn long_sink_outage_memory_database_and_drain() {
     // Back up; meanwhile new completions arrive.
     sink.up.store(true, Ordering::SeqCst);
     let up = Instant::now();
+    let up_wall = chrono::Utc::now();
     let up_at = samples.last().unwrap().t_s;
     for i in 0..FRESH {
         h.add_checkpoint(
@@ -190,11 +197,15 @@ async fn long_sink_outage_memory_database_and_drain() {
         );
     }
     let drained_s = up.elapsed().as_secs_f64();
-    let fresh: Vec<f64> = {
+    // Seconds after the return: when each new completion was detected, and delivered.
+    let (detected, fresh): (Vec<f64>, Vec<f64>) = {
         let f = sink.fresh.lock().unwrap();
-        let mut v: Vec<f64> = f.values().map(|t| (*t - up).as_secs_f64()).collect();
+        let secs = |t: chrono::DateTime<chrono::Utc>| (t - up_wall).as_seconds_f64();
+        let mut d: Vec<f64> = f.values().map(|(_, det)| secs(*det)).collect();
+        let mut v: Vec<f64> = f.values().map(|(at, _)| secs(*at)).collect();
+        d.sort_by(f64::total_cmp);
         v.sort_by(f64::total_cmp);
-        v
+        (d, v)
     };
     let peak_rss = proc_kib(pid, "VmHWM:") as f64 / 1024.0;
     let max_db = samples.iter().map(|s| s.db_mib).fold(0.0, f64::max);
@@ -213,10 +224,15 @@ async fn long_sink_outage_memory_database_and_drain() {
         sink.refused.load(Ordering::Relaxed)
     );
     println!(
-        "receiver back at {up_at:.0} s: {total} delivered in {drained_s:.1} s ({:.0}/s); {} acknowledged (repeats {}); {FRESH} new completions delivered {:.1} s (median) / {:.1} s (last) after the return",
+        "receiver back at {up_at:.0} s: {total} delivered in {drained_s:.1} s ({:.0}/s); {} acknowledged (repeats {}); {FRESH} new completions detected {:.1} s (median) / {:.1} s (last) and delivered {:.1} s / {:.1} s after the return",
         total as f64 / drained_s,
         sink.acked.load(Ordering::Relaxed),
         sink.acked.load(Ordering::Relaxed) as usize - total,
+        detected
+            .get(detected.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN),
+        detected.last().copied().unwrap_or(f64::NAN),
         fresh.get(fresh.len() / 2).copied().unwrap_or(f64::NAN),
         fresh.last().copied().unwrap_or(f64::NAN),
     );
