@@ -580,6 +580,9 @@ async fn open_store(
     wait: bool,
 ) -> Result<(Arc<dyn Store>, Arc<dyn Coordinator>), StoreError> {
     let shown = crate::config::redact_url(&cfg.url);
+    if cfg.group_readable && access == Access::ReadWrite {
+        store::sqlite::create_group_readable(&cfg.url);
+    }
     if wait {
         health.store_unavailable(format!("opening {shown}"), Instant::now());
     }

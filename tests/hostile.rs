@@ -418,17 +418,41 @@ secret_file = "{}"
 async fn state_files_are_created_owner_only_whatever_the_umask() {
     let env = Env::new().await;
     let cfg = env.write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n");
+    for (f, mode) in state_file_modes(&env, &cfg, "000").await {
+        assert_eq!(mode, 0o600, "{f} is {mode:04o}");
+    }
+}
+
+/// With `store.group_readable` the same files are 0640, whatever the umask (077 would
+/// have made them 0600): the group may read the state, nobody else.
+#[tokio::test]
+async fn state_files_are_created_group_readable_when_configured() {
+    let env = Env::new().await;
+    let cfg = env.write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n");
+    common::set_store_url(
+        &cfg,
+        &format!("sqlite://{}", env.db().display()),
+        "\ngroup_readable = true",
+    );
+    for (f, mode) in state_file_modes(&env, &cfg, "077").await {
+        assert_eq!(mode, 0o640, "{f} is {mode:04o}");
+    }
+}
+
+/// Start the daemon under `umask`, wait for the state file, its `-wal`, `-shm` and
+/// `.lock` files, stop it, and return each file with its mode.
+async fn state_file_modes(env: &Env, cfg: &std::path::Path, umask: &str) -> Vec<(String, u32)> {
     let log = std::fs::File::create(env.dir.path().join("umask.log")).unwrap();
     let mut child = std::process::Command::new("sh")
         .args([
             "-c",
-            "umask 000 && exec \"$@\"",
+            &format!("umask {umask} && exec \"$@\""),
             "sh",
             common::bin(),
             "run",
             "-c",
         ])
-        .arg(&cfg)
+        .arg(cfg)
         .env("BASETEN_API_KEY", common::API_KEY)
         .env_remove("RUST_LOG")
         .env_remove("LOOPWATCH_CONFIG")
@@ -448,13 +472,11 @@ async fn state_files_are_created_owner_only_whatever_the_umask() {
         files.iter().all(|f| f.exists()).then_some(())
     })
     .await;
-    let modes: Vec<(String, u32)> = files
+    let modes = files
         .iter()
         .map(|f| (f.display().to_string(), mode_of(f)))
         .collect();
     let _ = child.kill();
     let _ = child.wait();
-    for (f, mode) in modes {
-        assert_eq!(mode, 0o600, "{f} is {mode:04o}");
-    }
+    modes
 }

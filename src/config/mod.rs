@@ -120,6 +120,8 @@ pub struct StoreConfig {
     /// Delivered deliveries (and events with none left) older than this are pruned;
     /// `None` keeps everything.
     pub retention: Option<Duration>,
+    /// SQLite only: state files are created 0640 (the group may read them), not 0600.
+    pub group_readable: bool,
 }
 
 impl StoreConfig {

@@ -86,6 +86,9 @@ struct Poll {
 struct Store<'a> {
     url: String,
     retention: String,
+    /// SQLite only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_readable: Option<bool>,
     /// PostgreSQL only.
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_ttl: Option<String>,
@@ -194,6 +197,7 @@ impl<'a> From<&'a Config> for Redacted<'a> {
             store: Store {
                 url: redact_url(&c.store.url),
                 retention: human_or_off(c.store.retention),
+                group_readable: (!postgres).then_some(c.store.group_readable),
                 lease_ttl: postgres.then(|| human(c.store.lease_ttl)),
                 replica_id: postgres.then_some(c.store.replica_id.as_str()),
             },
