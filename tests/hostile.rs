@@ -411,6 +411,43 @@ secret_file = "{}"
     assert!(warns[1].contains("server.listen"), "{log}");
 }
 
+/// `checkpoints` loads the config its own way (targets optional) and warned about
+/// nothing: it names a config file others may write and a key file others may read at
+/// WARN on stderr, as `run` and `once` do, and still lists.
+#[tokio::test]
+async fn checkpoints_warns_about_an_unsafe_config_file_and_key_file() {
+    let env = Env::new().await;
+    let key = env.dir.path().join("api.key");
+    std::fs::write(&key, common::API_KEY).unwrap();
+    chmod(&key, 0o644);
+    let cfg = env.write_config("");
+    common::edit(&cfg, |t| {
+        t.replacen(
+            "[api]\n",
+            &format!("[api]\napi_key_file = \"{}\"\n", key.display()),
+            1,
+        )
+    });
+    chmod(&cfg, 0o666);
+    let out = env.run(&cfg, &["checkpoints", "--run-id", "run-1"]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let warns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("unsafe setting"))
+        .collect();
+    assert_eq!(warns.len(), 2, "{log}");
+    assert!(
+        warns[0].contains("writable by group and others (mode 0666)"),
+        "{log}"
+    );
+    assert!(
+        warns[1].contains("api.api_key_file")
+            && warns[1].contains("readable by others (mode 0644)"),
+        "{log}"
+    );
+}
+
 /// The state file, its `-wal` and `-shm` files and its lock file are owner-only (0600)
 /// whatever the umask: they hold checkpoint names, payloads and receivers' error bodies,
 /// and were created 0644.

@@ -327,12 +327,18 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| one(format!("cannot read the config file: {e}")))?;
     let mut cfg = load_str(&text, format, &name, env)?;
+    warn_if_writable(&mut cfg, path);
+    Ok(cfg)
+}
+
+/// First among `cfg.warnings`: the config file at `path` is writable by others.
+fn warn_if_writable(cfg: &mut Config, path: &Path) {
+    let name = path.display();
     if let Some(w) = writable_by_others(path) {
         cfg.warnings.insert(0, printable(&format!(
             "{name}: the config file is {w}: whoever can change it can run commands as this daemon (an exec sink's command) and redirect its webhooks; chmod go-w {name}"
         )));
     }
-    Ok(cfg)
 }
 
 /// `Some("writable by group and others (mode 0666)")` when a file's mode lets anyone but
@@ -360,7 +366,8 @@ pub fn load_str(
 }
 
 /// The config for commands that only talk to the API (`checkpoints`): targets are not
-/// required, and without a file the defaults plus `LOOPWATCH__*` overrides apply.
+/// required, and without a file the defaults plus `LOOPWATCH__*` overrides apply. The
+/// same warnings as [`load`] (a config file others may write, a secret others may read).
 pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
     match path {
         Some(p) => {
@@ -372,7 +379,9 @@ pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, Co
             let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
                 problems: vec![format!("{name}: cannot read the config file: {e}")],
             })?;
-            load_str_with(&text, format, &name, env, false)
+            let mut cfg = load_str_with(&text, format, &name, env, false)?;
+            warn_if_writable(&mut cfg, p);
+            Ok(cfg)
         }
         None => load_str_with("", FileFormat::Toml, "(defaults)", env, false),
     }
