@@ -66,7 +66,8 @@ pub enum AuthScheme {
     ApiKey,
 }
 
-#[derive(Clone, Debug)]
+/// `Debug` hides a password in `base_url` (`https://user:pass@host`).
+#[derive(Clone)]
 pub struct ApiConfig {
     pub base_url: Url,
     pub api_key: Secret,
@@ -75,6 +76,29 @@ pub struct ApiConfig {
     pub timeout: Duration,
     pub max_requests_per_second: f64,
     pub max_response_bytes: u64,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ApiConfig {
+            base_url,
+            api_key,
+            api_key_source,
+            auth_scheme,
+            timeout,
+            max_requests_per_second,
+            max_response_bytes,
+        } = self;
+        f.debug_struct("ApiConfig")
+            .field("base_url", &redact_url(base_url.as_str()))
+            .field("api_key", api_key)
+            .field("api_key_source", api_key_source)
+            .field("auth_scheme", auth_scheme)
+            .field("timeout", timeout)
+            .field("max_requests_per_second", max_requests_per_second)
+            .field("max_response_bytes", max_response_bytes)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -590,3 +590,21 @@ fn group_readable_state_files_are_off_by_default_and_for_sqlite_only() {
         "{p:?}"
     );
 }
+
+#[test]
+fn api_config_debug_hides_a_password_in_base_url() {
+    let c = toml_cfg(&format!(
+        "[api]\nbase_url = \"https://lw:apipw-7c1e@api.example.com/?token=qtok-9\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    for dump in [format!("{:?}", c.api), format!("{c:?}")] {
+        assert!(
+            !dump.contains("apipw-7c1e") && !dump.contains("qtok-9") && !dump.contains("k-123"),
+            "{dump}"
+        );
+        assert!(
+            dump.contains("https://lw:redacted@api.example.com/"),
+            "{dump}"
+        );
+    }
+}
