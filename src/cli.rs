@@ -39,14 +39,18 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
 }
 
-/// The effective config on stdout; a `warning: ` line on stderr per unsafe setting it
-/// was accepted with (it still exits 0: they are warnings).
+/// The effective config on stdout, as TOML that loads again (each secret as the
+/// `*_env`/`*_file` key it is read from); a `warning: ` line on stderr per unsafe setting
+/// it was accepted with (it still exits 0: they are warnings).
 pub fn check_config(cfg: &Config) -> u8 {
     for w in &cfg.warnings {
         eprintln!("warning: {w}");
     }
-    println!("# effective config of {} (secrets redacted)", cfg.source);
-    print!("{}", cfg.to_redacted_toml());
+    println!(
+        "# effective config of {}; secrets [redacted]: each is shown by the *_env or *_file key it is read from, a URL's password and query as \"redacted\"",
+        cfg.source
+    );
+    print!("{}", cfg.to_loadable_toml());
     exit::OK
 }
 

@@ -40,6 +40,106 @@ async fn example_configs_pass_check_config_and_redact_secrets() {
     }
 }
 
+/// What `check-config` prints loads again as a config: each secret as the `*_env` or
+/// `*_file` key it is read from (it printed `api_key = "[redacted] (...)"`, not a key),
+/// and the reloaded config prints the same. `-o json` still describes each secret.
+#[tokio::test]
+async fn check_config_output_loads_again_as_a_config() {
+    let env = Env::new().await;
+    let dir = env.dir.path();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    let api_key = file("api.key", API_KEY);
+    let old = file("old.secret", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+    let ed = file(
+        "ed.key",
+        "whsk_6Xb/dCcHpPea21PS1N9VY/NZW723CEc77N4rJCubMbfVKIDij2HKpMKkioLlX0dRqSKJp4AJ6p9lMicMFs6Kvg==",
+    );
+    let cfg = env.write_config(&format!(
+        r#"{QWEN}
+[[sinks]]
+name = "hook"
+url_env = "HOOK_URL"
+secret_env = "HOOK_SECRET"
+previous_secret_file = "{old}"
+signing_key_file = "{ed}"
+headers = {{ Authorization = "Bearer ${{HOOK_TOKEN}}" }}
+[[sinks]]
+name = "script"
+kind = "exec"
+command = ["/bin/true"]
+"#
+    ));
+    edit(&cfg, |t| {
+        t.replacen(
+            "[api]\n",
+            &format!("[api]\napi_key_file = \"{api_key}\"\n"),
+            1,
+        )
+        .replace(
+            "url = \"sqlite://",
+            "url = \"postgres://lw:pgpw-3f9a@db.example.com/lw\"\n# was sqlite://",
+        )
+    });
+    let check = |path: &std::path::Path, json: bool| {
+        let mut c = env.cmd(path, &["check-config"]);
+        if json {
+            c.args(["-o", "json"]);
+        }
+        let out = c
+            .env("HOOK_URL", "https://hooks.example.com/h?token=qtok-9")
+            .env("HOOK_TOKEN", "tok-xyz")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let printed = check(&cfg, false);
+    for (key, value) in [
+        ("api_key_file", api_key.as_str()),
+        ("url_env", "HOOK_URL"),
+        ("secret_env", "HOOK_SECRET"),
+        ("previous_secret_file", old.as_str()),
+        ("signing_key_file", ed.as_str()),
+    ] {
+        assert!(
+            printed.contains(&format!("\n{key} = \"{value}\"\n")),
+            "{key}: {printed}"
+        );
+    }
+    for secret in [
+        API_KEY,
+        SECRET,
+        "qtok-9",
+        "tok-xyz",
+        "pgpw-3f9a",
+        "C2FVsBQ",
+        "6Xb/dC",
+    ] {
+        assert!(!printed.contains(secret), "leaks {secret}: {printed}");
+    }
+    let again = dir.join("printed.toml");
+    std::fs::write(&again, &printed).unwrap();
+    let reprinted = check(&again, false);
+    let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&reprinted), body(&printed));
+
+    let json: serde_json::Value = serde_json::from_str(&check(&cfg, true)).unwrap();
+    assert_eq!(
+        json["config"]["api"]["api_key"].as_str(),
+        Some(format!("[redacted] (api_key_file = {api_key})").as_str())
+    );
+    assert_eq!(
+        json["config"]["sinks"][0]["secret"].as_str(),
+        Some("[redacted] (secret_env = HOOK_SECRET)")
+    );
+}
+
 #[tokio::test]
 async fn bad_config_exits_78_listing_every_problem() {
     let env = Env::new().await;
