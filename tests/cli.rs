@@ -140,6 +140,30 @@ command = ["/bin/true"]
     );
 }
 
+/// `test-sink` of a name no sink has is a usage error (exit 2, it was 1 like a failed
+/// send), one line naming the sinks there are.
+#[tokio::test]
+async fn test_sink_of_an_unknown_name_is_a_usage_error_naming_the_sinks() {
+    let env = Env::new().await;
+    let cfg = env.write_config(&format!(
+        "{QWEN}[[sinks]]\nname = \"hook\"\nurl = \"http://127.0.0.1:9/h\"\n[[sinks]]\nname = \"script\"\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n"
+    ));
+    let out = env.run(&cfg, &["test-sink", "nope"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "error: no sink named \"nope\"; configured: hook, script; see `loopwatch test-sink --help`\n"
+    );
+    assert_eq!(stdout(&out), "");
+
+    let cfg = env.write_config(QWEN);
+    let out = env.run(&cfg, &["test-sink", "nope"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("configures no sink"), "{err}");
+}
+
 #[tokio::test]
 async fn bad_config_exits_78_listing_every_problem() {
     let env = Env::new().await;
