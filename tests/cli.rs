@@ -164,6 +164,34 @@ async fn test_sink_of_an_unknown_name_is_a_usage_error_naming_the_sinks() {
     assert!(err.contains("configures no sink"), "{err}");
 }
 
+/// `demo --listen ADDR` on a port in use fails at once naming `--listen` (the demo has no
+/// config file: the daemon's `server.listen` meant nothing to its user).
+#[test]
+fn demo_on_a_busy_port_names_its_listen_flag() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(bin())
+        .args(["demo", "--duration", "30s", "--listen", &addr])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("error: cannot listen on --listen {addr}: ")),
+        "{err}"
+    );
+    assert!(!err.contains("server.listen"), "{err}");
+    drop(busy);
+}
+
 #[tokio::test]
 async fn bad_config_exits_78_listing_every_problem() {
     let env = Env::new().await;
