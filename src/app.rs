@@ -43,6 +43,16 @@ pub enum BuildError {
     Other(#[from] anyhow::Error),
 }
 
+/// `server.listen` cannot be bound (in use, not an address of this host). Typed so that
+/// the demo, whose address is its `--listen`, can name that instead.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on server.listen {addr}")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Everything one daemon needs, built and bound but not yet running.
 pub struct App {
     cfg: Config,
@@ -580,6 +590,9 @@ async fn open_store(
     wait: bool,
 ) -> Result<(Arc<dyn Store>, Arc<dyn Coordinator>), StoreError> {
     let shown = crate::config::redact_url(&cfg.url);
+    if cfg.group_readable && access == Access::ReadWrite {
+        store::sqlite::create_group_readable(&cfg.url);
+    }
     if wait {
         health.store_unavailable(format!("opening {shown}"), Instant::now());
     }
@@ -633,7 +646,10 @@ impl Early {
     ) -> anyhow::Result<Early> {
         let l = TcpListener::bind(cfg.server.listen)
             .await
-            .with_context(|| format!("cannot listen on server.listen {}", cfg.server.listen))?;
+            .map_err(|source| ListenError {
+                addr: cfg.server.listen,
+                source,
+            })?;
         let addr = l.local_addr()?;
         // Two handles on one socket: the interim server's, closed when it stops, and ours.
         let std = l.into_std()?;

@@ -39,14 +39,18 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
 }
 
-/// The effective config on stdout; a `warning: ` line on stderr per unsafe setting it
-/// was accepted with (it still exits 0: they are warnings).
+/// The effective config on stdout, as TOML that loads again (each secret as the
+/// `*_env`/`*_file` key it is read from); a `warning: ` line on stderr per unsafe setting
+/// it was accepted with (it still exits 0: they are warnings).
 pub fn check_config(cfg: &Config) -> u8 {
     for w in &cfg.warnings {
         eprintln!("warning: {w}");
     }
-    println!("# effective config of {} (secrets redacted)", cfg.source);
-    print!("{}", cfg.to_redacted_toml());
+    println!(
+        "# effective config of {}; secrets [redacted]: each is shown by the *_env or *_file key it is read from, a URL's password and query as \"redacted\"",
+        cfg.source
+    );
+    print!("{}", cfg.to_loadable_toml());
     exit::OK
 }
 
@@ -515,17 +519,20 @@ pub async fn deliveries_redeliver(
 /// `test-sink NAME`: one sample signed event, and the response.
 /// With `-o json`, one object: `sink`, `event_id`, `type`, `ok`, `status` (the HTTP status,
 /// or 0 for a command that exited 0), `elapsed_ms` and `error`.
+/// A name no sink has is a usage error (exit 2), one line naming the configured sinks.
 pub async fn test_sink(cfg: &Config, name: &str, output: Output) -> anyhow::Result<u8> {
-    let sink_cfg = cfg.sink(name).with_context(|| {
-        format!(
-            "no sink named {name:?}; configured: {}",
-            cfg.sinks
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
+    let Some(sink_cfg) = cfg.sink(name) else {
+        let names: Vec<&str> = cfg.sinks.iter().map(|s| s.name.as_str()).collect();
+        let configured = if names.is_empty() {
+            format!("{} configures no sink", cfg.source)
+        } else {
+            format!("configured: {}", names.join(", "))
+        };
+        let line =
+            format!("no sink named {name:?}; {configured}; see `loopwatch test-sink --help`");
+        eprintln!("error: {}", text::escape(&line));
+        return Ok(exit::USAGE);
+    };
     if sink_cfg.deploy().is_some() {
         return test_deploy_sink(cfg, sink_cfg, output).await;
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use rand::RngExt;
 
-use crate::app::App;
+use crate::app::{App, BuildError, ListenError};
 use crate::config::{self, Environment};
 use crate::signing::SigningKey;
 use crate::sim::{Fault, Received, Receiver, Route, Signature, SimApi};
@@ -196,7 +196,19 @@ pub async fn run(
     let cfg = config::load_str(&text, config::FileFormat::Toml, "demo.toml", &env)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let app = App::build(cfg, true).await?;
+    let app = match App::build(cfg, true).await {
+        Ok(app) => app,
+        // The daemon's message names server.listen: here the address is the flag's.
+        Err(BuildError::Other(e)) => match e.downcast::<ListenError>() {
+            Ok(l) => anyhow::bail!(
+                "cannot listen on --listen {}: {}; pass another address, or port 0 for any free one",
+                l.addr,
+                l.source
+            ),
+            Err(e) => return Err(e),
+        },
+        Err(e) => return Err(e.into()),
+    };
     let store = app.store.clone();
     let addr = app.local_addr().expect("bound");
     println!(

@@ -132,6 +132,7 @@ async fn dispatch(cli: Cli) -> u8 {
             }
         };
         init_tracing("warn", cfg.log.format);
+        warn_unsafe(&cfg);
         let f = match (filter.run_id, filter.base_model, filter.checkpoint_path) {
             (Some(r), _, _) => Filter::RunId(r),
             (_, Some(b), _) => Filter::BaseModel(b),

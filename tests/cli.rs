@@ -40,6 +40,158 @@ async fn example_configs_pass_check_config_and_redact_secrets() {
     }
 }
 
+/// What `check-config` prints loads again as a config: each secret as the `*_env` or
+/// `*_file` key it is read from (it printed `api_key = "[redacted] (...)"`, not a key),
+/// and the reloaded config prints the same. `-o json` still describes each secret.
+#[tokio::test]
+async fn check_config_output_loads_again_as_a_config() {
+    let env = Env::new().await;
+    let dir = env.dir.path();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    let api_key = file("api.key", API_KEY);
+    let old = file("old.secret", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+    let ed = file(
+        "ed.key",
+        "whsk_6Xb/dCcHpPea21PS1N9VY/NZW723CEc77N4rJCubMbfVKIDij2HKpMKkioLlX0dRqSKJp4AJ6p9lMicMFs6Kvg==",
+    );
+    let cfg = env.write_config(&format!(
+        r#"{QWEN}
+[[sinks]]
+name = "hook"
+url_env = "HOOK_URL"
+secret_env = "HOOK_SECRET"
+previous_secret_file = "{old}"
+signing_key_file = "{ed}"
+headers = {{ Authorization = "Bearer ${{HOOK_TOKEN}}" }}
+[[sinks]]
+name = "script"
+kind = "exec"
+command = ["/bin/true"]
+"#
+    ));
+    edit(&cfg, |t| {
+        t.replacen(
+            "[api]\n",
+            &format!("[api]\napi_key_file = \"{api_key}\"\n"),
+            1,
+        )
+        .replace(
+            "url = \"sqlite://",
+            "url = \"postgres://lw:pgpw-3f9a@db.example.com/lw\"\n# was sqlite://",
+        )
+    });
+    let check = |path: &std::path::Path, json: bool| {
+        let mut c = env.cmd(path, &["check-config"]);
+        if json {
+            c.args(["-o", "json"]);
+        }
+        let out = c
+            .env("HOOK_URL", "https://hooks.example.com/h?token=qtok-9")
+            .env("HOOK_TOKEN", "tok-xyz")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let printed = check(&cfg, false);
+    for (key, value) in [
+        ("api_key_file", api_key.as_str()),
+        ("url_env", "HOOK_URL"),
+        ("secret_env", "HOOK_SECRET"),
+        ("previous_secret_file", old.as_str()),
+        ("signing_key_file", ed.as_str()),
+    ] {
+        assert!(
+            printed.contains(&format!("\n{key} = \"{value}\"\n")),
+            "{key}: {printed}"
+        );
+    }
+    for secret in [
+        API_KEY,
+        SECRET,
+        "qtok-9",
+        "tok-xyz",
+        "pgpw-3f9a",
+        "C2FVsBQ",
+        "6Xb/dC",
+    ] {
+        assert!(!printed.contains(secret), "leaks {secret}: {printed}");
+    }
+    let again = dir.join("printed.toml");
+    std::fs::write(&again, &printed).unwrap();
+    let reprinted = check(&again, false);
+    let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&reprinted), body(&printed));
+
+    let json: serde_json::Value = serde_json::from_str(&check(&cfg, true)).unwrap();
+    assert_eq!(
+        json["config"]["api"]["api_key"].as_str(),
+        Some(format!("[redacted] (api_key_file = {api_key})").as_str())
+    );
+    assert_eq!(
+        json["config"]["sinks"][0]["secret"].as_str(),
+        Some("[redacted] (secret_env = HOOK_SECRET)")
+    );
+}
+
+/// `test-sink` of a name no sink has is a usage error (exit 2, it was 1 like a failed
+/// send), one line naming the sinks there are.
+#[tokio::test]
+async fn test_sink_of_an_unknown_name_is_a_usage_error_naming_the_sinks() {
+    let env = Env::new().await;
+    let cfg = env.write_config(&format!(
+        "{QWEN}[[sinks]]\nname = \"hook\"\nurl = \"http://127.0.0.1:9/h\"\n[[sinks]]\nname = \"script\"\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n"
+    ));
+    let out = env.run(&cfg, &["test-sink", "nope"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "error: no sink named \"nope\"; configured: hook, script; see `loopwatch test-sink --help`\n"
+    );
+    assert_eq!(stdout(&out), "");
+
+    let cfg = env.write_config(QWEN);
+    let out = env.run(&cfg, &["test-sink", "nope"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("configures no sink"), "{err}");
+}
+
+/// `demo --listen ADDR` on a port in use fails at once naming `--listen` (the demo has no
+/// config file: the daemon's `server.listen` meant nothing to its user).
+#[test]
+fn demo_on_a_busy_port_names_its_listen_flag() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(bin())
+        .args(["demo", "--duration", "30s", "--listen", &addr])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("error: cannot listen on --listen {addr}: ")),
+        "{err}"
+    );
+    assert!(!err.contains("server.listen"), "{err}");
+    drop(busy);
+}
+
 #[tokio::test]
 async fn bad_config_exits_78_listing_every_problem() {
     let env = Env::new().await;

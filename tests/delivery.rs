@@ -567,7 +567,7 @@ async fn test_sink_sends_a_signed_sample_and_reports_failure() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 500"));
     let out = env.run(&cfg, &["test-sink", "nope"]).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[tokio::test]

@@ -411,6 +411,43 @@ secret_file = "{}"
     assert!(warns[1].contains("server.listen"), "{log}");
 }
 
+/// `checkpoints` loads the config its own way (targets optional) and warned about
+/// nothing: it names a config file others may write and a key file others may read at
+/// WARN on stderr, as `run` and `once` do, and still lists.
+#[tokio::test]
+async fn checkpoints_warns_about_an_unsafe_config_file_and_key_file() {
+    let env = Env::new().await;
+    let key = env.dir.path().join("api.key");
+    std::fs::write(&key, common::API_KEY).unwrap();
+    chmod(&key, 0o644);
+    let cfg = env.write_config("");
+    common::edit(&cfg, |t| {
+        t.replacen(
+            "[api]\n",
+            &format!("[api]\napi_key_file = \"{}\"\n", key.display()),
+            1,
+        )
+    });
+    chmod(&cfg, 0o666);
+    let out = env.run(&cfg, &["checkpoints", "--run-id", "run-1"]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let warns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("unsafe setting"))
+        .collect();
+    assert_eq!(warns.len(), 2, "{log}");
+    assert!(
+        warns[0].contains("writable by group and others (mode 0666)"),
+        "{log}"
+    );
+    assert!(
+        warns[1].contains("api.api_key_file")
+            && warns[1].contains("readable by others (mode 0644)"),
+        "{log}"
+    );
+}
+
 /// The state file, its `-wal` and `-shm` files and its lock file are owner-only (0600)
 /// whatever the umask: they hold checkpoint names, payloads and receivers' error bodies,
 /// and were created 0644.
@@ -418,17 +455,41 @@ secret_file = "{}"
 async fn state_files_are_created_owner_only_whatever_the_umask() {
     let env = Env::new().await;
     let cfg = env.write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n");
+    for (f, mode) in state_file_modes(&env, &cfg, "000").await {
+        assert_eq!(mode, 0o600, "{f} is {mode:04o}");
+    }
+}
+
+/// With `store.group_readable` the same files are 0640, whatever the umask (077 would
+/// have made them 0600): the group may read the state, nobody else.
+#[tokio::test]
+async fn state_files_are_created_group_readable_when_configured() {
+    let env = Env::new().await;
+    let cfg = env.write_config("[[targets]]\nname = \"qwen\"\nrun_id = \"run-1\"\n");
+    common::set_store_url(
+        &cfg,
+        &format!("sqlite://{}", env.db().display()),
+        "\ngroup_readable = true",
+    );
+    for (f, mode) in state_file_modes(&env, &cfg, "077").await {
+        assert_eq!(mode, 0o640, "{f} is {mode:04o}");
+    }
+}
+
+/// Start the daemon under `umask`, wait for the state file, its `-wal`, `-shm` and
+/// `.lock` files, stop it, and return each file with its mode.
+async fn state_file_modes(env: &Env, cfg: &std::path::Path, umask: &str) -> Vec<(String, u32)> {
     let log = std::fs::File::create(env.dir.path().join("umask.log")).unwrap();
     let mut child = std::process::Command::new("sh")
         .args([
             "-c",
-            "umask 000 && exec \"$@\"",
+            &format!("umask {umask} && exec \"$@\""),
             "sh",
             common::bin(),
             "run",
             "-c",
         ])
-        .arg(&cfg)
+        .arg(cfg)
         .env("BASETEN_API_KEY", common::API_KEY)
         .env_remove("RUST_LOG")
         .env_remove("LOOPWATCH_CONFIG")
@@ -448,13 +509,11 @@ async fn state_files_are_created_owner_only_whatever_the_umask() {
         files.iter().all(|f| f.exists()).then_some(())
     })
     .await;
-    let modes: Vec<(String, u32)> = files
+    let modes = files
         .iter()
         .map(|f| (f.display().to_string(), mode_of(f)))
         .collect();
     let _ = child.kill();
     let _ = child.wait();
-    for (f, mode) in modes {
-        assert_eq!(mode, 0o600, "{f} is {mode:04o}");
-    }
+    modes
 }

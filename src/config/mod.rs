@@ -66,7 +66,8 @@ pub enum AuthScheme {
     ApiKey,
 }
 
-#[derive(Clone, Debug)]
+/// `Debug` hides a password in `base_url` (`https://user:pass@host`).
+#[derive(Clone)]
 pub struct ApiConfig {
     pub base_url: Url,
     pub api_key: Secret,
@@ -75,6 +76,29 @@ pub struct ApiConfig {
     pub timeout: Duration,
     pub max_requests_per_second: f64,
     pub max_response_bytes: u64,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ApiConfig {
+            base_url,
+            api_key,
+            api_key_source,
+            auth_scheme,
+            timeout,
+            max_requests_per_second,
+            max_response_bytes,
+        } = self;
+        f.debug_struct("ApiConfig")
+            .field("base_url", &redact_url(base_url.as_str()))
+            .field("api_key", api_key)
+            .field("api_key_source", api_key_source)
+            .field("auth_scheme", auth_scheme)
+            .field("timeout", timeout)
+            .field("max_requests_per_second", max_requests_per_second)
+            .field("max_response_bytes", max_response_bytes)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +144,8 @@ pub struct StoreConfig {
     /// Delivered deliveries (and events with none left) older than this are pruned;
     /// `None` keeps everything.
     pub retention: Option<Duration>,
+    /// SQLite only: state files are created 0640 (the group may read them), not 0600.
+    pub group_readable: bool,
 }
 
 impl StoreConfig {
@@ -325,12 +351,18 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| one(format!("cannot read the config file: {e}")))?;
     let mut cfg = load_str(&text, format, &name, env)?;
+    warn_if_writable(&mut cfg, path);
+    Ok(cfg)
+}
+
+/// First among `cfg.warnings`: the config file at `path` is writable by others.
+fn warn_if_writable(cfg: &mut Config, path: &Path) {
+    let name = path.display();
     if let Some(w) = writable_by_others(path) {
         cfg.warnings.insert(0, printable(&format!(
             "{name}: the config file is {w}: whoever can change it can run commands as this daemon (an exec sink's command) and redirect its webhooks; chmod go-w {name}"
         )));
     }
-    Ok(cfg)
 }
 
 /// `Some("writable by group and others (mode 0666)")` when a file's mode lets anyone but
@@ -358,7 +390,8 @@ pub fn load_str(
 }
 
 /// The config for commands that only talk to the API (`checkpoints`): targets are not
-/// required, and without a file the defaults plus `LOOPWATCH__*` overrides apply.
+/// required, and without a file the defaults plus `LOOPWATCH__*` overrides apply. The
+/// same warnings as [`load`] (a config file others may write, a secret others may read).
 pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
     match path {
         Some(p) => {
@@ -370,7 +403,9 @@ pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, Co
             let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
                 problems: vec![format!("{name}: cannot read the config file: {e}")],
             })?;
-            load_str_with(&text, format, &name, env, false)
+            let mut cfg = load_str_with(&text, format, &name, env, false)?;
+            warn_if_writable(&mut cfg, p);
+            Ok(cfg)
         }
         None => load_str_with("", FileFormat::Toml, "(defaults)", env, false),
     }

@@ -224,6 +224,7 @@ raw_table!(
         lease_ttl: Field<RawDuration>,
         replica_id: Field<String>,
         retention: Field<RawDuration>,
+        group_readable: Field<Flag>,
     }
 );
 

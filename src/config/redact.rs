@@ -1,6 +1,9 @@
 //! The effective config as `check-config` prints it: a serializable view of [`Config`]
-//! in the file's own keys, with every secret shown only by where it came from
-//! (`[redacted] (secret_env = HOOK_SECRET)`) and URL passwords and queries hidden.
+//! in the file's own keys, with every secret shown only by where it came from and URL
+//! passwords and queries hidden. Two forms: [`Config::to_redacted_toml`] describes each
+//! secret (`secret = "[redacted] (secret_env = HOOK_SECRET)"`), for `-o json` and the
+//! reload's comparison; [`Config::to_loadable_toml`] writes the key it is read from
+//! (`secret_env = "HOOK_SECRET"`), so that the printed config loads again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use url::Url;
 
+use super::sinks::PUBLIC_KEY_NOTE;
 use super::{AuthScheme, Config, Filter, LogFormat, SinkConfig, SinkKind};
 
 /// Hide a password or query token in a URL.
@@ -27,9 +31,42 @@ pub fn redact_url(s: &str) -> String {
 }
 
 impl Config {
-    /// The effective config as TOML, secrets shown only by where they come from.
+    /// The effective config as TOML, secrets shown only by where they come from:
+    /// `api_key = "[redacted] (api_key_env = BASETEN_API_KEY)"`.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string(&Redacted::from(self)).unwrap_or_default()
+        toml::to_string(&Redacted::new(self, Secrets::Described)).unwrap_or_default()
+    }
+
+    /// The effective config as TOML that loads again: each secret as the key it is read
+    /// from, `api_key_env = "BASETEN_API_KEY"` (what `check-config` prints).
+    pub fn to_loadable_toml(&self) -> String {
+        toml::to_string(&Redacted::new(self, Secrets::BySource)).unwrap_or_default()
+    }
+}
+
+/// How a secret is shown; never by its value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    /// `secret = "[redacted] (secret_env = HOOK_SECRET)"`: not a valid config.
+    Described,
+    /// `secret_env = "HOOK_SECRET"`: the config key naming its source.
+    BySource,
+}
+
+impl Secrets {
+    /// The entry of secret `key`, read from `source` (`"secret_env = HOOK_SECRET"`; a
+    /// signing key's adds its public key, which the loadable form leaves out).
+    fn entry(self, key: &str, source: &str) -> (String, String) {
+        match (self, source.split_once(" = ")) {
+            (Secrets::BySource, Some((k, v))) => {
+                let v = match v.rsplit_once(PUBLIC_KEY_NOTE) {
+                    Some((v, _)) if key == "signing_key" => v,
+                    _ => v,
+                };
+                (k.to_string(), v.to_string())
+            }
+            _ => (key.to_string(), redacted(source)),
+        }
     }
 }
 
@@ -62,7 +99,9 @@ struct Redacted<'a> {
 #[derive(Serialize)]
 struct Api {
     base_url: String,
-    api_key: String,
+    /// `api_key` or `api_key_env`/`api_key_file` ([`Secrets`]).
+    #[serde(flatten)]
+    api_key: BTreeMap<String, String>,
     auth_scheme: &'static str,
     timeout: String,
     max_requests_per_second: f64,
@@ -86,6 +125,9 @@ struct Poll {
 struct Store<'a> {
     url: String,
     retention: String,
+    /// SQLite only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_readable: Option<bool>,
     /// PostgreSQL only.
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_ttl: Option<String>,
@@ -143,9 +185,10 @@ enum Kind<'a> {
         /// `secrets`, by where it came from.
         #[serde(skip_serializing_if = "Option::is_none")]
         url: Option<String>,
-        /// `secret`, `previous_secret`, `url`, `signing_key`: where each came from.
+        /// `secret`, `previous_secret`, `url`, `signing_key`: where each came from
+        /// ([`Secrets`]).
         #[serde(flatten)]
-        secrets: BTreeMap<&'a str, String>,
+        secrets: BTreeMap<String, String>,
         format: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
         template: Option<&'a str>,
@@ -165,13 +208,13 @@ enum Kind<'a> {
     },
 }
 
-impl<'a> From<&'a Config> for Redacted<'a> {
-    fn from(c: &'a Config) -> Self {
+impl<'a> Redacted<'a> {
+    fn new(c: &'a Config, secrets: Secrets) -> Self {
         let postgres = c.store.is_postgres();
         Redacted {
             api: Api {
                 base_url: redact_url(c.api.base_url.as_str()),
-                api_key: redacted(&c.api.api_key_source),
+                api_key: BTreeMap::from([secrets.entry("api_key", &c.api.api_key_source)]),
                 auth_scheme: match c.api.auth_scheme {
                     AuthScheme::Bearer => "bearer",
                     AuthScheme::ApiKey => "api-key",
@@ -194,6 +237,7 @@ impl<'a> From<&'a Config> for Redacted<'a> {
             store: Store {
                 url: redact_url(&c.store.url),
                 retention: human_or_off(c.store.retention),
+                group_readable: (!postgres).then_some(c.store.group_readable),
                 lease_ttl: postgres.then(|| human(c.store.lease_ttl)),
                 replica_id: postgres.then_some(c.store.replica_id.as_str()),
             },
@@ -221,7 +265,7 @@ impl<'a> From<&'a Config> for Redacted<'a> {
                     syncing_interval: human(t.syncing_interval),
                 })
                 .collect(),
-            sinks: c.sinks.iter().map(Sink::from).collect(),
+            sinks: c.sinks.iter().map(|s| Sink::new(s, secrets)).collect(),
         }
     }
 }
@@ -230,8 +274,8 @@ fn filter(f: &Filter) -> BTreeMap<&'static str, &str> {
     BTreeMap::from([(f.query_key(), f.value())])
 }
 
-impl<'a> From<&'a SinkConfig> for Sink<'a> {
-    fn from(s: &'a SinkConfig) -> Self {
+impl<'a> Sink<'a> {
+    fn new(s: &'a SinkConfig, shown: Secrets) -> Self {
         let kind = match &s.kind {
             SinkKind::Webhook {
                 url,
@@ -246,7 +290,7 @@ impl<'a> From<&'a SinkConfig> for Sink<'a> {
                 secrets: s
                     .secret_sources
                     .iter()
-                    .map(|(k, src)| (k.as_str(), redacted(src)))
+                    .map(|(k, src)| shown.entry(k, src))
                     .collect(),
                 format: format.as_str(),
                 template: template.as_deref(),

@@ -20,6 +20,9 @@ use crate::model::{CheckpointTarget, EventType};
 use crate::signing::{Ed25519Key, SigningKey};
 use crate::template::compile_template;
 
+/// Follows where a `signing_key` came from in its source: `signing_key_file = PATH; public key whpk_...`.
+pub(super) const PUBLIC_KEY_NOTE: &str = "; public key ";
+
 /// One sink; `None` when a problem leaves nothing to build (already reported).
 pub(super) fn sink(
     w: &mut Problems<'_>,
@@ -277,7 +280,7 @@ fn webhook(
         )
         .and_then(|(key, source)| match Ed25519Key::parse(key.expose()) {
             Ok(k) => {
-                let source = format!("{source}; public key {}", k.public_key());
+                let source = format!("{source}{PUBLIC_KEY_NOTE}{}", k.public_key());
                 Some((k, source))
             }
             Err(e) => {

@@ -574,3 +574,37 @@ fn a_deploy_sink_gets_its_documented_defaults_and_every_rule_at_once() {
         assert!(p.iter().any(|l| l.contains(key)), "{key} not in {p:#?}");
     }
 }
+
+#[test]
+fn group_readable_state_files_are_off_by_default_and_for_sqlite_only() {
+    assert!(!toml_cfg(MINIMAL).unwrap().store.group_readable);
+    let on = toml_cfg(&format!("[store]\ngroup_readable = true\n{MINIMAL}")).unwrap();
+    assert!(on.store.group_readable);
+    assert!(on.to_redacted_toml().contains("group_readable = true"));
+    let p = problems(&format!(
+        "[store]\nurl = \"postgres://lw@db/lw\"\ngroup_readable = true\n{MINIMAL}"
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("test.toml: store.group_readable: ") && p[0].contains("SQLite"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn api_config_debug_hides_a_password_in_base_url() {
+    let c = toml_cfg(&format!(
+        "[api]\nbase_url = \"https://lw:apipw-7c1e@api.example.com/?token=qtok-9\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    for dump in [format!("{:?}", c.api), format!("{c:?}")] {
+        assert!(
+            !dump.contains("apipw-7c1e") && !dump.contains("qtok-9") && !dump.contains("k-123"),
+            "{dump}"
+        );
+        assert!(
+            dump.contains("https://lw:redacted@api.example.com/"),
+            "{dump}"
+        );
+    }
+}

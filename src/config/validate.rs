@@ -403,6 +403,13 @@ pub(super) fn validate(
     if let Err(e) = check_store_url(&store_url) {
         w.err("store.url", e);
     }
+    let group_readable = w.bool(&store.group_readable, "store.group_readable", false);
+    if group_readable && !store_url.starts_with("sqlite:") {
+        w.err(
+            "store.group_readable",
+            "sets the mode of SQLite state files; PostgreSQL keeps no files here: remove it, or grant read access in the database",
+        );
+    }
 
     // [server]
     let server = w.table(raw.server, "server");
@@ -547,6 +554,7 @@ pub(super) fn validate(
             lease_ttl,
             replica_id,
             retention: (!retention.is_zero()).then_some(retention),
+            group_readable,
         },
         server: ServerConfig {
             listen: listen.expect("checked"),

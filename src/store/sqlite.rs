@@ -87,15 +87,37 @@ fn lock_exclusive(db: &std::path::Path) -> Result<std::fs::File> {
 /// names, payloads and error bodies readable by every user). Failures are left for the
 /// open that follows to report.
 fn create_private(path: &std::path::Path) {
+    create_with_mode(path, 0o600);
+}
+
+fn create_with_mode(path: &std::path::Path, mode: u32) {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Ok(f) = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
     {
-        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
     }
+}
+
+/// `store.group_readable`: create the state file of `url` and its lock file 0640 (the
+/// group may read them) when they do not exist. Called before [`SqliteStore::open`], which
+/// creates only missing files (0600) and leaves existing ones as they are; SQLite gives the
+/// `-wal` and `-shm` files the database file's mode. A store in memory has no files.
+pub fn create_group_readable(url: &str) {
+    let Ok(opts) = SqliteConnectOptions::from_str(url) else {
+        return;
+    };
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return;
+    }
+    let db = opts.get_filename();
+    let mut lock = db.as_os_str().to_owned();
+    lock.push(".lock");
+    create_with_mode(std::path::Path::new(&lock), 0o640);
+    create_with_mode(db, 0o640);
 }
 
 impl SqliteStore {
