@@ -134,7 +134,8 @@ impl NullStatus {
     }
 }
 
-#[derive(Clone, Debug)]
+/// `Debug` by hand: a `postgres://` URL may carry a password.
+#[derive(Clone)]
 pub struct StoreConfig {
     pub url: String,
     /// PostgreSQL only: how long a target's lease lasts without renewal.
@@ -146,6 +147,25 @@ pub struct StoreConfig {
     pub retention: Option<Duration>,
     /// SQLite only: state files are created 0640 (the group may read them), not 0600.
     pub group_readable: bool,
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let StoreConfig {
+            url,
+            lease_ttl,
+            replica_id,
+            retention,
+            group_readable,
+        } = self;
+        f.debug_struct("StoreConfig")
+            .field("url", &redact_url(url))
+            .field("lease_ttl", lease_ttl)
+            .field("replica_id", replica_id)
+            .field("retention", retention)
+            .field("group_readable", group_readable)
+            .finish()
+    }
 }
 
 impl StoreConfig {
@@ -245,7 +265,8 @@ pub struct HeaderConfig {
     pub value: Secret,
 }
 
-#[derive(Clone, Debug)]
+/// `Debug` by hand: a webhook `url` may carry a password or a token in its query.
+#[derive(Clone)]
 pub enum SinkKind {
     Webhook {
         url: Url,
@@ -263,6 +284,35 @@ pub enum SinkKind {
     },
     /// Deploys completed sampler checkpoints through the Loops API (`[api]`).
     BasetenDeploy(DeployConfig),
+}
+
+impl fmt::Debug for SinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkKind::Webhook {
+                url,
+                secret,
+                previous_secret,
+                signing_key,
+                format,
+                template,
+                content_type,
+                headers,
+            } => f
+                .debug_struct("Webhook")
+                .field("url", &redact_url(url.as_str()))
+                .field("secret", secret)
+                .field("previous_secret", previous_secret)
+                .field("signing_key", signing_key)
+                .field("format", format)
+                .field("template", template)
+                .field("content_type", content_type)
+                .field("headers", headers)
+                .finish(),
+            SinkKind::Exec { command } => f.debug_struct("Exec").field("command", command).finish(),
+            SinkKind::BasetenDeploy(d) => f.debug_tuple("BasetenDeploy").field(d).finish(),
+        }
+    }
 }
 
 impl SinkKind {

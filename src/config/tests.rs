@@ -592,6 +592,26 @@ fn group_readable_state_files_are_off_by_default_and_for_sqlite_only() {
 }
 
 #[test]
+fn debug_hides_passwords_in_the_store_and_sink_urls() {
+    let c = toml_cfg(&format!(
+        "[store]\nurl = \"postgres://lw:pgpw-41d2@db.example.com/lw\"\n{MINIMAL}\
+         [[sinks]]\nname = \"h\"\nurl = \"https://u:hookpw-5b7a@hooks.example.com/x?token=htok-3\"\n\
+         [[sinks]]\nname = \"e\"\nkind = \"exec\"\ncommand = [\"/bin/true\"]\n"
+    ))
+    .unwrap();
+    let dump = format!("{c:?}");
+    for secret in ["pgpw-41d2", "hookpw-5b7a", "htok-3"] {
+        assert!(!dump.contains(secret), "{secret} in {dump}");
+    }
+    assert!(
+        dump.contains("postgres://lw:redacted@db.example.com/lw"),
+        "{dump}"
+    );
+    assert!(dump.contains("hooks.example.com"), "{dump}");
+    assert!(dump.contains("/bin/true"), "{dump}");
+}
+
+#[test]
 fn api_config_debug_hides_a_password_in_base_url() {
     let c = toml_cfg(&format!(
         "[api]\nbase_url = \"https://lw:apipw-7c1e@api.example.com/?token=qtok-9\"\n{MINIMAL}"
