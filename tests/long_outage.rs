@@ -24,6 +24,8 @@ use common::{COMPLETED_ONLY, Env, metrics};
 const TARGETS: usize = 100;
 const FRESH: usize = TARGETS;
 
+type Time = chrono::DateTime<chrono::Utc>;
+
 /// A receiver that keeps counts, not bodies: down (503) or up (204).
 #[derive(Default)]
 struct Sink {
@@ -36,7 +38,7 @@ struct Sink {
     ids: Mutex<HashSet<String>>,
     /// When each "fresh-" checkpoint's completion arrived, and when it was detected (its
     /// body's `timestamp`).
-    fresh: Mutex<HashMap<String, (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>>,
+    fresh: Mutex<HashMap<String, (Time, Time)>>,
 }
 
 async fn receive(State(s): State<Arc<Sink>>, headers: HeaderMap, body: String) -> StatusCode {
@@ -216,7 +218,7 @@ async fn long_sink_outage_memory_database_and_drain() {
     // Seconds after the return: when each new completion was detected, and delivered.
     let (detected, fresh): (Vec<f64>, Vec<f64>) = {
         let f = sink.fresh.lock().unwrap();
-        let secs = |t: chrono::DateTime<chrono::Utc>| (t - up_wall).as_seconds_f64();
+        let secs = |t: Time| (t - up_wall).as_seconds_f64();
         let mut d: Vec<f64> = f.values().map(|(_, det)| secs(*det)).collect();
         let mut v: Vec<f64> = f.values().map(|(at, _)| secs(*at)).collect();
         d.sort_by(f64::total_cmp);
