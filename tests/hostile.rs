@@ -399,10 +399,7 @@ secret_file = "{}"
     let out = env.run(&safe, &["once"]).await;
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    let warns: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" WARN ") && l.contains("unsafe setting"))
-        .collect();
+    let warns = unsafe_setting_warnings(&log);
     assert_eq!(warns.len(), 2, "{log}");
     assert!(
         warns[0].contains("writable by its group (mode 0664)"),
@@ -432,10 +429,7 @@ async fn checkpoints_warns_about_an_unsafe_config_file_and_key_file() {
     let out = env.run(&cfg, &["checkpoints", "--run-id", "run-1"]).await;
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    let warns: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" WARN ") && l.contains("unsafe setting"))
-        .collect();
+    let warns = unsafe_setting_warnings(&log);
     assert_eq!(warns.len(), 2, "{log}");
     assert!(
         warns[0].contains("writable by group and others (mode 0666)"),
@@ -516,4 +510,11 @@ async fn state_file_modes(env: &Env, cfg: &std::path::Path, umask: &str) -> Vec<
     let _ = child.kill();
     let _ = child.wait();
     modes
+}
+
+/// The WARN lines of `log` that name an unsafe setting.
+fn unsafe_setting_warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("unsafe setting"))
+        .collect()
 }

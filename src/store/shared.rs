@@ -292,16 +292,12 @@ where
         now: i64,
     ) -> Result<u64> {
         match which {
-            Redeliver::Dead { sink } => {
-                let done = sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
-                    .bind(now)
-                    .bind(sink.as_deref())
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(DB::rows_affected(&done))
-            }
-            Redeliver::Pending { sink } => {
-                let done = sqlx::query(AssertSqlSafe(sql::retry_pending_now()))
+            Redeliver::Dead { sink } | Redeliver::Pending { sink } => {
+                let q = match which {
+                    Redeliver::Dead { .. } => sql::redeliver_dead(),
+                    _ => sql::retry_pending_now(),
+                };
+                let done = sqlx::query(AssertSqlSafe(q))
                     .bind(now)
                     .bind(sink.as_deref())
                     .execute(&mut *conn)
