@@ -194,6 +194,12 @@ impl App {
         &self.coordinator
     }
 
+    /// Take `1 / processes` of `api.max_requests_per_second` from now on (a lease round
+    /// counts the processes polling the shared store).
+    pub fn share_api_budget(&self, processes: i64) {
+        self.client.share_budget(processes);
+    }
+
     /// The targets this process may poll now, and the fence of each.
     pub fn ownership(&self) -> &Arc<Ownership> {
         &self.ownership
@@ -258,14 +264,18 @@ impl App {
 
         let targets: Vec<String> = self.cfg.targets.iter().map(|t| t.name.clone()).collect();
         let (names, names_rx) = watch::channel(targets);
-        let client = self.client.clone();
+        let (client, metrics) = (self.client.clone(), self.metrics.clone());
+        metrics.api_budget.set(client.rate());
         tracker.spawn(crate::replicas::run(
             self.coordinator.clone(),
             self.ownership.clone(),
             names_rx,
             self.metrics.clone(),
             self.health.clone(),
-            move |live| client.share_budget(live),
+            move |sharers| {
+                client.share_budget(sharers);
+                metrics.api_budget.set(client.rate());
+            },
             token.clone(),
         ));
         if let Some(retention) = self.cfg.store.retention {

@@ -144,13 +144,15 @@ pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
         .map(|t| t.name.clone())
         .collect();
     let token = tokio_util::sync::CancellationToken::new();
-    let keeping = crate::replicas::keep_leases(&*coordinator, &names, &token, |round| {
-        if let Err(e) = round {
-            eprintln!("warning: cannot renew the target leases: {e}");
-        }
-    });
+    // Beside running replicas, this run takes its share of the API budget, not all of it.
+    let keeping =
+        crate::replicas::keep_leases(&*coordinator, &names, &token, |round| match round {
+            Ok(round) => app.share_api_budget(round.api_sharers),
+            Err(e) => eprintln!("warning: cannot renew the target leases: {e}"),
+        });
     let run = async {
         let outcome = async {
+            app.share_api_budget(coordinator.round(&names).await?.api_sharers);
             let fences = take_free(&*coordinator, &names).await?;
             let mut targets = app.config().targets.clone();
             targets.retain(|t| fences.contains_key(&t.name));

@@ -33,6 +33,8 @@ pub struct Metrics {
     /// 1 per configured sink, by kind: lets dashboards and alerts select deploy sinks.
     pub sink_info: IntGaugeVec,
     pub targets_owned: IntGauge,
+    /// `loopwatch_api_budget_requests_per_second`.
+    pub api_budget: prometheus::Gauge,
     pub lease_takeovers: prometheus::IntCounter,
     /// 1 when the last reload (or the start) applied the config, 0 when it was refused.
     pub reload_successful: IntGauge,
@@ -106,6 +108,15 @@ impl Metrics {
             .register(Box::new(PreciseProcessCollector(
                 prometheus::process_collector::ProcessCollector::for_self(),
             )))
+            .expect("unique metric");
+
+        let api_budget = prometheus::Gauge::new(
+            "loopwatch_api_budget_requests_per_second",
+            "This process's share of api.max_requests_per_second: the budget divided among the live replicas and the `once` runs beside them.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(api_budget.clone()))
             .expect("unique metric");
 
         let targets_owned = IntGauge::new(
@@ -201,6 +212,7 @@ impl Metrics {
                 c
             },
             targets_owned,
+            api_budget,
             registry,
         }
     }

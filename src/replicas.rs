@@ -119,8 +119,8 @@ pub async fn keep_leases_of(
 
 /// The daemon's lease loop: keeps `own`, the `targets_owned` gauge, readiness and which
 /// replica reports the database-wide backlog up to date with each round until cancelled,
-/// then releases every lease; `on_live` hears the number of live replicas after each
-/// round (the API budget is shared among them). `targets` is the configured set, which a
+/// then releases every lease; `on_live` hears the number of processes sharing the API
+/// budget after each round (the live replicas and the `once` runs beside them). `targets` is the configured set, which a
 /// reload may change. Returns at once on a single node, which owns every target for good.
 pub async fn run(
     coordinator: Arc<dyn Coordinator>,
@@ -155,7 +155,7 @@ pub async fn run(
                 }
                 metrics.targets_owned.set(round.owned.len() as i64);
                 metrics.set_reports_backlog(round.reports_backlog);
-                on_live(round.live_replicas);
+                on_live(round.api_sharers);
                 health.set_owned(
                     &own.replica,
                     round.owned.iter().map(|(t, _)| t.clone()),

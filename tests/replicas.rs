@@ -447,6 +447,77 @@ async fn three_replicas_share_one_api_budget() {
     drop(ds);
 }
 
+/// A `once` beside running replicas polls the targets nobody holds with its share of the
+/// API budget, and the replicas make room for it while it runs (without moving the fair
+/// shares of the targets).
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn once_beside_replicas_takes_its_share_of_the_api_budget() {
+    const BUDGET: f64 = 6.0;
+    const GAUGE: &str = "loopwatch_api_budget_requests_per_second";
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let cfg = pg_config(&env, &rx, 2).await;
+    edit(&cfg, |text| {
+        text.replace(
+            "max_requests_per_second = 200",
+            &format!("max_requests_per_second = {BUDGET}"),
+        )
+        .replace("timeout = \"2s\"", "timeout = \"10s\"")
+    });
+    // `once` has two more targets, which no replica holds.
+    let cfg_once = env.dir.path().join("once.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg_once, text.replace(&targets(2), &targets(4))).unwrap();
+    let ds: Vec<Daemon> = ["r1", "r2"]
+        .iter()
+        .map(|id| replica(&env, &cfg, id))
+        .collect();
+    let mut addrs = Vec::new();
+    for d in &ds {
+        addrs.push(d.addr().await);
+    }
+    wait_balanced(&addrs, 2.0).await;
+    let halves = until(T, Duration::from_millis(300), async || {
+        per_replica(&addrs, GAUGE).await == [BUDGET / 2.0; 2]
+    })
+    .await;
+    assert!(halves, "{:?}", per_replica(&addrs, GAUGE).await);
+
+    // The API answers slowly, so that the run outlasts a few lease rounds.
+    h.set_fault(Some(Fault::Delay(TTL + Duration::from_secs(1))));
+    let once = env.run(&cfg_once, &["once"]);
+    let thirds = until(T, Duration::from_millis(200), async || {
+        per_replica(&addrs, GAUGE).await == [BUDGET / 3.0; 2]
+    });
+    let (out, thirds) = tokio::join!(once, thirds);
+    h.set_fault(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(thirds, "the replicas never made room for `once`");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("sharing the API budget") && l.contains("processes=3")),
+        "{stderr}"
+    );
+    for t in ["t0", "t1"] {
+        assert!(stderr.contains(&format!("target {t}: skipped")), "{stderr}");
+    }
+    assert_eq!(
+        owned(&addrs).await.iter().sum::<f64>(),
+        2.0,
+        "`once` moved the shares"
+    );
+    // Gone, its heartbeat goes with it: the replicas take their halves back.
+    let back = until(T, Duration::from_millis(300), async || {
+        per_replica(&addrs, GAUGE).await == [BUDGET / 2.0; 2]
+    })
+    .await;
+    assert!(back, "{:?}", per_replica(&addrs, GAUGE).await);
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn a_reload_shares_the_new_target_set_among_the_replicas() {

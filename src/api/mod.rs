@@ -264,9 +264,16 @@ impl Client {
     /// budget whatever its size. A change of count rebuilds the token bucket.
     pub fn share_budget(&self, replicas: i64) {
         let n = replicas.max(1);
-        if self.sharing.swap(n, Ordering::Relaxed) != n {
-            let limiter = RateLimiter::direct(quota(self.budget / n as f64));
+        let was = self.sharing.swap(n, Ordering::Relaxed);
+        if was != n {
+            let rate = self.budget / n as f64;
+            let limiter = RateLimiter::direct(quota(rate));
             *self.limiter.write().expect("not poisoned") = Arc::new(limiter);
+            tracing::info!(
+                processes = n,
+                requests_per_second = rate,
+                "sharing the API budget"
+            );
         }
     }
 

@@ -397,6 +397,12 @@ pub(super) fn validate(
     let replica_id = w
         .string(&store.replica_id, "store.replica_id")
         .unwrap_or_else(default_replica_id);
+    if replica_id.is_empty() || replica_id.contains('/') {
+        w.err(
+            "store.replica_id",
+            "must be non-empty and without '/' (owner names with '/' are `loopwatch once` runs); use the pod or host name",
+        );
+    }
     let store_url = w
         .string(&store.url, "store.url")
         .unwrap_or_else(|| "sqlite://loopwatch.db".into());

@@ -36,10 +36,13 @@ pub enum Role {
 pub struct LeaseRound {
     /// Target -> epoch, for every lease this process holds after the round.
     pub owned: Vec<(String, i64)>,
-    /// Leases taken from a replica whose lease had expired (epoch > 1).
+    /// Leases taken from another replica whose lease had expired.
     pub takeovers: u64,
-    /// Replicas with a recent heartbeat (0 for a one-shot run, which does not count them).
+    /// Replicas with a recent heartbeat, among which the targets are shared.
     pub live_replicas: i64,
+    /// The processes sharing the API budget: the live replicas and the `once` runs beside
+    /// them (which poll only targets nobody holds, so they do not move the fair shares).
+    pub api_sharers: i64,
     /// This replica is the one of the live replicas (the lowest id) that exports the
     /// database-wide figures (the delivery backlog); the others export 0.
     pub reports_backlog: bool,
@@ -121,6 +124,7 @@ impl Coordinator for SingleNode {
             owned: Self::all(targets),
             takeovers: 0,
             live_replicas: 1,
+            api_sharers: 1,
             reports_backlog: true,
         })
     }

@@ -28,6 +28,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// means the server is gone or overloaded, not that the pool is short.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a one-shot run's owner name has after the replica id (`r1/once-4242`); a
+/// replica id never has a `/`.
+const ONE_SHOT: &str = "/once-";
+/// [`ONE_SHOT`] as a LIKE pattern.
+const ONE_SHOT_LIKE: &str = "%/once-%";
+
 /// The database clock in Unix milliseconds.
 const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -470,7 +476,7 @@ impl PgLeases {
     pub fn for_role(store: &PgStore, replica_id: &str, ttl: Duration, role: Role) -> Self {
         let replica = match role {
             Role::Replica => replica_id.to_string(),
-            Role::OneShot => format!("{replica_id}/once-{}", std::process::id()),
+            Role::OneShot => format!("{replica_id}{ONE_SHOT}{}", std::process::id()),
         };
         PgLeases {
             role,
@@ -478,10 +484,8 @@ impl PgLeases {
         }
     }
 
-    /// Heartbeat, renew what is held, give up what is above a fair share, and take
-    /// free or expired targets up to it.
-    async fn replica_round(&self, targets: &[String]) -> Result<LeaseRound> {
-        let ttl = self.ttl.as_millis() as i64;
+    /// Record that this process is alive now.
+    async fn heartbeat(&self) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO replicas (id, heartbeat_at, started_at) VALUES ($1, {DB_NOW}, {DB_NOW})
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
@@ -489,12 +493,24 @@ impl PgLeases {
         .bind(&self.replica)
         .execute(&self.pool)
         .await?;
-        let (live, first): (i64, Option<String>) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT COUNT(*), MIN(id) FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
-        )))
-        .bind(ttl)
-        .fetch_one(&self.pool)
-        .await?;
+        Ok(())
+    }
+
+    /// Heartbeat, renew what is held, give up what is above a fair share, and take
+    /// free or expired targets up to it.
+    async fn replica_round(&self, targets: &[String]) -> Result<LeaseRound> {
+        let ttl = self.ttl.as_millis() as i64;
+        self.heartbeat().await?;
+        let (live, sharers, first): (i64, i64, Option<String>) =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT COUNT(*) FILTER (WHERE id NOT LIKE $2), COUNT(*),
+                    MIN(id) FILTER (WHERE id NOT LIKE $2)
+                 FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
+            )))
+            .bind(ttl)
+            .bind(ONE_SHOT_LIKE)
+            .fetch_one(&self.pool)
+            .await?;
         let live = live.max(1);
         let fair = (targets.len() as i64 + live - 1) / live;
 
@@ -548,11 +564,13 @@ impl PgLeases {
             owned,
             takeovers,
             live_replicas: live,
+            api_sharers: sharers.max(live),
             reports_backlog: first.as_deref() == Some(self.replica.as_str()),
         })
     }
 
-    /// Extend every lease this owner still holds by `ttl` (a one-shot run's round).
+    /// Extend every lease this owner still holds by `ttl` (a one-shot run's round); with
+    /// the live replicas plus this run as `live_replicas`.
     async fn renew(&self) -> Result<LeaseRound> {
         let mut owned: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE leases SET expires_at = {DB_NOW} + $2 WHERE owner = $1 AND expires_at > {DB_NOW}
@@ -563,8 +581,21 @@ impl PgLeases {
         .fetch_all(&self.pool)
         .await?;
         owned.sort();
+        // A heartbeat of its own, so that the replicas make room for it in the API budget
+        // (not in the fair shares: they leave out one-shot ids).
+        self.heartbeat().await?;
+        let (live, sharers): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FILTER (WHERE id NOT LIKE $2), COUNT(*)
+             FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
+        )))
+        .bind(self.ttl.as_millis() as i64)
+        .bind(ONE_SHOT_LIKE)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(LeaseRound {
             owned,
+            live_replicas: live,
+            api_sharers: sharers.max(1),
             ..LeaseRound::default()
         })
     }
