@@ -50,6 +50,19 @@ pub fn check_config(cfg: &Config) -> u8 {
         "# effective config of {}; secrets [redacted]: each is shown by the *_env or *_file key it is read from, a URL's password and query as \"redacted\"",
         cfg.source
     );
+    for sink in &cfg.sinks {
+        if let crate::config::SinkKind::Webhook {
+            signing_key: Some(k),
+            ..
+        } = &sink.kind
+        {
+            println!(
+                "# sink {:?}: receivers verify its v1a signatures with the public key {}",
+                sink.name,
+                k.public_key()
+            );
+        }
+    }
     print!("{}", cfg.to_loadable_toml());
     exit::OK
 }
