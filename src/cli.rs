@@ -13,7 +13,7 @@ use crate::api;
 use crate::app::{App, BuildError};
 use crate::config::{Config, Filter};
 use crate::model::TargetState;
-use crate::model::{Tracked, rfc3339};
+use crate::model::{SyncClass, Tracked, rfc3339};
 use crate::poller::PollError;
 use crate::store::{
     self, Access, Coordinator, DeliveryStatus, Fence, Redeliver, Role, StoreError, StoredEvent,
@@ -385,6 +385,11 @@ pub async fn state(cfg: &Config, target: Option<&str>, output: Output) -> anyhow
                     }
                     if c.deleted {
                         flags.push("deleted");
+                    }
+                    // Completed by the readiness probe while the API still says null.
+                    if c.completed && SyncClass::of(c.sync_status.as_deref()) != SyncClass::Complete
+                    {
+                        flags.push("ready(probe)");
                     }
                     rows.push(vec![
                         d.name.clone(),

@@ -123,6 +123,14 @@ async fn a_null_checkpoint_completes_once_by_files_and_a_later_complete_fires_no
     assert_eq!(b["data"]["ready_by"], "files");
     assert_eq!(b["data"]["sync_status"], Value::Null);
     assert_eq!(b["data"]["checkpoint"], h.checkpoint(&id).unwrap());
+    // `state` says so while the API still says null.
+    let state = env.run(&cfg, &["state"]).await;
+    let table = String::from_utf8_lossy(&state.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.contains("step-100"))
+        .unwrap_or_default();
+    assert!(row.contains("ready(probe)"), "{table}");
     let probes = h.requests_to(Route::Source);
     a_few_polls().await;
     assert_eq!(
