@@ -12,11 +12,10 @@ use sqlx::{AssertSqlSafe, Postgres, Row};
 
 use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
 use super::rows::{event_from_row, ms_to_time};
-use super::shared::{Dialect, Queries};
+use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
-    sql::{self, Lane},
+    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
 use crate::model::{Event, TargetState, Tracked};
 
@@ -39,6 +38,8 @@ const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 pub struct PgStore {
     pool: PgPool,
+    /// How each claim splits between first attempts and retries.
+    lanes: LaneTurns,
 }
 
 impl PgStore {
@@ -93,7 +94,10 @@ impl PgStore {
         } else {
             MIGRATOR.run(&pool).await?;
         }
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            lanes: LaneTurns::default(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -246,7 +250,9 @@ impl Store for PgStore {
         let now_ms = now.timestamp_millis();
         let until = now_ms + lease.as_millis() as i64;
         let mut rows = Vec::with_capacity(limit);
-        for (lane, room) in [(Lane::First, limit.div_ceil(2)), (Lane::Any, limit)] {
+        // One transaction: the lanes' claims stand or fall together.
+        let mut tx = self.pool.begin().await?;
+        for (lane, room) in self.lanes.split(sink, limit) {
             let room = room.min(limit - rows.len());
             if room == 0 {
                 continue;
@@ -265,10 +271,11 @@ impl Store for PgStore {
             .bind(sink)
             .bind(now_ms)
             .bind(room as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
             rows.extend(took);
         }
+        tx.commit().await?;
         let mut out = rows
             .iter()
             .map(|r| {
@@ -606,22 +613,29 @@ impl PgLeases {
     /// was a takeover (a lease another replica held until it expired; not one it gave up,
     /// and not this replica's own, lapsed during an outage).
     async fn try_take(&self, target: &str) -> Result<Option<(i64, bool)>> {
-        // `prev` reads the row as it was before this statement.
-        let taken: Option<(i64, Option<String>, Option<i64>)> = sqlx::query_as(AssertSqlSafe(format!(
-            "WITH prev AS (SELECT owner, expires_at FROM leases WHERE target = $1)
-             INSERT INTO leases (target, owner, epoch, expires_at) VALUES ($1, $2, 1, {DB_NOW} + $3)
+        // The row as it is before the take, locked so that nobody changes it in between
+        // (a replica giving it up, another taking it).
+        let mut tx = self.pool.begin().await?;
+        let prev: Option<(String, i64)> =
+            sqlx::query_as("SELECT owner, expires_at FROM leases WHERE target = $1 FOR UPDATE")
+                .bind(target)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let epoch: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "INSERT INTO leases (target, owner, epoch, expires_at) VALUES ($1, $2, 1, {DB_NOW} + $3)
              ON CONFLICT (target) DO UPDATE
                 SET owner = excluded.owner, epoch = leases.epoch + 1, expires_at = excluded.expires_at
                 WHERE leases.expires_at <= {DB_NOW}
-             RETURNING epoch, (SELECT owner FROM prev), (SELECT expires_at FROM prev)"
+             RETURNING epoch"
         )))
         .bind(target)
         .bind(&self.replica)
         .bind(self.ttl.as_millis() as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(taken.map(|(epoch, owner, expires)| {
-            let takeover = owner.is_some_and(|o| o != self.replica) && expires != Some(0);
+        tx.commit().await?;
+        Ok(epoch.map(|epoch| {
+            let takeover = prev.is_some_and(|(o, expires)| o != self.replica && expires != 0);
             (epoch, takeover)
         }))
     }

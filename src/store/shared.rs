@@ -1,8 +1,10 @@
 //! The store operations both backends run the same way, written once and generic over
 //! the sqlx database: a poll's commit, reads of state and events, the backlog,
-//! re-queueing and pruning. A backend's
+//! re-queueing and pruning; and how a claim splits between lanes ([`LaneTurns`]). A backend's
 //! [`Dialect`] supplies the little that differs; `sqlite.rs` and `postgres.rs` call these
 //! from their [`super::Store`] methods (SQLite inside its write turn where it writes).
+
+use std::collections::HashMap;
 
 use sqlx::{
     AssertSqlSafe, Connection, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type,
@@ -11,7 +13,7 @@ use sqlx::{
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
     DeliveryRow, DeliveryStatus, Fence, PollCommit, Redeliver, Result, SinkBacklog, StoredEvent,
-    TargetDump, sql,
+    TargetDump, sql, sql::Lane,
 };
 use crate::model::TargetState;
 use crate::model::{Event, Tracked};
@@ -339,5 +341,47 @@ where
             .await?;
         tx.commit().await?;
         Ok((DB::rows_affected(&deliveries), DB::rows_affected(&events)))
+    }
+}
+
+/// How each claim splits its room between the lanes: half to first attempts
+/// ([`Lane::First`]), the rest to every due delivery ([`Lane::Any`]), the first lane taking
+/// what the second leaves. An odd room's extra slot goes to each lane in turn, per sink:
+/// a sink claiming one delivery at a time (`concurrency` 1) starves neither new events
+/// nor retries.
+#[derive(Default)]
+pub(crate) struct LaneTurns(std::sync::Mutex<HashMap<String, bool>>);
+
+impl LaneTurns {
+    /// The lanes of one claim of `room` for `sink`, in the order to claim them, each
+    /// with at most how many to take.
+    pub(crate) fn split(&self, sink: &str, room: usize) -> [(Lane, usize); 2] {
+        let extra = if room % 2 == 1 {
+            let mut turns = self.0.lock().expect("not poisoned");
+            let first_now = turns.entry(sink.to_string()).or_insert(true);
+            let took = *first_now;
+            *first_now = !took;
+            usize::from(took)
+        } else {
+            0
+        };
+        [(Lane::First, room / 2 + extra), (Lane::Any, room)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_odd_slot_goes_to_each_lane_in_turn_per_sink() {
+        let turns = LaneTurns::default();
+        let first = |sink: &str, room: usize| turns.split(sink, room)[0].1;
+        assert_eq!(first("a", 4), 2);
+        assert_eq!([first("a", 1), first("a", 1), first("a", 1)], [1, 0, 1]);
+        assert_eq!(first("b", 3), 2, "each sink has its own turn");
+        assert_eq!(first("a", 3), 1);
+        assert_eq!(first("a", 0), 0);
+        assert_eq!(turns.split("a", 5)[1], (Lane::Any, 5));
     }
 }

@@ -139,8 +139,9 @@ pub(crate) fn redeliver_event() -> String {
 }
 
 /// Which due deliveries a claim takes. A sink's claim fills half its room from
-/// [`Lane::First`] and the rest from [`Lane::Any`], so that after an outage the first
-/// attempts of new events are not queued behind the whole backlog of retries.
+/// [`Lane::First`] and the rest from [`Lane::Any`] ([`super::shared::LaneTurns`]), so
+/// that after an outage the first attempts of new events are not queued behind the whole
+/// backlog of retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lane {
     /// Never attempted (and never failed before a `redeliver`), oldest first.

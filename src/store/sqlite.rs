@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
 use super::coordination::Fence;
 use super::rows::{self, event_from_row, ms_to_time};
-use super::shared::{Dialect, Queries};
+use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
     Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
@@ -44,6 +44,8 @@ pub struct SqliteStore {
     leases: SqlitePool,
     /// Opened with [`Access::ReadOnly`]: loading computes missing digests, keeps none.
     read_only: bool,
+    /// How each claim splits between first attempts and retries.
+    lanes: LaneTurns,
     /// With [`Access::ReadWrite`]: the exclusive lock on `<file>.lock`, held while open.
     _lock: Option<std::fs::File>,
 }
@@ -200,6 +202,7 @@ impl SqliteStore {
             leases,
             writes: tokio::sync::Mutex::new(()),
             read_only,
+            lanes: LaneTurns::default(),
             _lock: lock,
         })
     }
@@ -502,6 +505,48 @@ async fn insert_follow_up(
 /// SAVEPOINT, whose rollback leaves a transaction, and the write lock, open for good
 /// (every other writer then fails with "database is locked"). A fresh connection has
 /// no such history.
+/// Claim in `lanes` (one transaction: the lanes' claims stand or fall together):
+/// (id, attempts, created_at) of each delivery claimed until `until`.
+async fn claim_lanes(
+    conn: &mut SqliteConnection,
+    lanes: [(Lane, usize); 2],
+    sink: &str,
+    now_ms: i64,
+    until: i64,
+    ordered: bool,
+) -> Result<Vec<(i64, i64, i64)>> {
+    let limit = lanes[1].1;
+    let mut tx = conn.begin().await?;
+    let mut ids: Vec<(i64, i64, i64)> = Vec::with_capacity(limit);
+    for (lane, room) in lanes {
+        let room = room.min(limit - ids.len());
+        if room == 0 {
+            continue;
+        }
+        // Without statistics (no ANALYZE) SQLite would walk `deliveries_due` over the
+        // whole backlog to find the few rows never attempted.
+        let hint = match lane {
+            Lane::First => " INDEXED BY deliveries_first",
+            Lane::Any => "",
+        };
+        // A row the first lane took is claimed now, so the second cannot take it again.
+        let took: Vec<(i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE deliveries SET claimed_until = $1 WHERE id IN ({})
+             RETURNING id, attempts, created_at",
+            sql::due(lane, ordered, hint)
+        )))
+        .bind(until)
+        .bind(sink)
+        .bind(now_ms)
+        .bind(room as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        ids.extend(took);
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
 fn discard_after_error<T>(conn: &mut PoolConnection<Sqlite>, r: &Result<T>) {
     if r.is_err() {
         conn.close_on_drop();
@@ -635,45 +680,32 @@ impl Store for SqliteStore {
         let now_ms = now.timestamp_millis();
         let until = now_ms + lease.as_millis() as i64;
         let turn = self.writes.lock().await;
-        let mut ids: Vec<(i64, i64, i64)> = Vec::with_capacity(limit);
-        for (lane, room) in [(Lane::First, limit.div_ceil(2)), (Lane::Any, limit)] {
-            let room = room.min(limit - ids.len());
-            if room == 0 {
-                continue;
-            }
-            // Without statistics (no ANALYZE) SQLite would walk `deliveries_due` over the
-            // whole backlog to find the few rows never attempted.
-            let hint = match lane {
-                Lane::First => " INDEXED BY deliveries_first",
-                Lane::Any => "",
-            };
-            // A row the first lane took is claimed now, so the second cannot take it again.
-            let took: Vec<(i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-                "UPDATE deliveries SET claimed_until = $1 WHERE id IN ({})
-                 RETURNING id, attempts, created_at",
-                sql::due(lane, ordered, hint)
-            )))
-            .bind(until)
-            .bind(sink)
-            .bind(now_ms)
-            .bind(room as i64)
-            .fetch_all(&self.leases)
-            .await?;
-            ids.extend(took);
-        }
-        drop(turn);
+        let mut conn = self.leases.acquire().await?;
+        let lanes = self.lanes.split(sink, limit);
+        let r = claim_lanes(&mut conn, lanes, sink, now_ms, until, ordered).await;
+        discard_after_error(&mut conn, &r);
+        let ids = r?;
+        drop((conn, turn));
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let list: Vec<i64> = ids.iter().map(|(id, _, _)| *id).collect();
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let read = sqlx::query(AssertSqlSafe(format!(
             "SELECT d.id AS delivery_id, {} FROM deliveries d JOIN events e ON e.seq = d.event_seq
              WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY e.seq",
             sql::EVENT_COLUMNS
         )))
         .bind(serde_json::to_string(&list).expect("integers serialize"))
         .fetch_all(&self.pool)
-        .await?;
+        .await;
+        let rows = match read {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Not handed out: give the claims back rather than let them wait to lapse.
+                let _ = self.release(&list).await;
+                return Err(e.into());
+            }
+        };
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let delivery_id: i64 = r.try_get("delivery_id")?;
