@@ -21,11 +21,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::api;
 use crate::config::{self, Config, Environment, StoreConfig, TargetConfig};
-use crate::delivery::deploy::{CallError, DeployRequest, Deployment, LoopsDeployer};
+use crate::delivery::deploy::{CallError, LoopsDeployer};
 use crate::delivery::{Outbox, Sink};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 use crate::model::TargetState;
+use crate::model::{DeployRequest, Deployment};
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
@@ -736,20 +737,10 @@ impl LoopsDeployer for ApiDeployer {
         r.map_err(call_error)
     }
 
-    async fn deploy(&self, r: &DeployRequest) -> Result<Deployment, CallError> {
-        let request = api::DeployRequest {
-            checkpoint_ids: r.checkpoint_ids.clone(),
-            model_name: r.model_name.clone(),
-            instance_type_id: r.instance_type_id.clone(),
-            hf_secret_name: r.hf_secret_name.clone(),
-        };
-        let r = self.client.deploy(&request).await;
+    async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, CallError> {
+        let r = self.client.deploy(request).await;
         self.count(api::Endpoint::Deploy, &r);
-        let d = r.map_err(call_error)?;
-        Ok(Deployment {
-            model_id: d.model_id,
-            deployment_id: d.deployment_id,
-        })
+        r.map_err(call_error)
     }
 }
 

@@ -455,6 +455,24 @@ pub fn event_id(target: &str, checkpoint_id: &str, first_seen: DateTime<Utc>, se
     id
 }
 
+/// A deploy of sampler checkpoints (`POST .../deploy`, `DeployLoopsCheckpointRequest`):
+/// what a `baseten_deploy` sink asks for and the API client sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeployRequest {
+    /// Sampler checkpoint ids (`id`, not the name); at least one.
+    pub checkpoint_ids: Vec<String>,
+    pub model_name: String,
+    pub instance_type_id: String,
+    pub hf_secret_name: String,
+}
+
+/// What a successful deploy created (`DeployLoopsCheckpointResponse`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    pub model_id: String,
+    pub deployment_id: String,
+}
+
 /// The id of the `checkpoint.deployed` event that `sink` announces for the completed event
 /// `completed_id`: the same whatever repeats (a retry, a crash, a second replica).
 pub fn deployed_event_id(completed_id: &str, sink: &str) -> String {

@@ -614,7 +614,8 @@ async fn the_reference_receiver_verifies_deduplicates_and_prints_one_line_per_ev
 #[tokio::test]
 #[ignore = "needs the Python venv: run scripts/interop"]
 async fn the_simulated_api_and_loopwatchs_requests_match_baseten_models() {
-    use loopwatch::api::{Client, DeployRequest, Source};
+    use loopwatch::api::{Client, Source};
+    use loopwatch::model::DeployRequest;
     let python = interop_python();
     let sim = loopwatch::sim::SimApi::start(Some("k".into()))
         .await

@@ -44,6 +44,26 @@ fn replica(env: &Env, cfg: &std::path::Path, id: &str) -> Daemon {
     env.spawn_daemon_env(cfg, &[("LOOPWATCH__STORE__REPLICA_ID", id)])
 }
 
+/// Replicas named `ids` on `cfg`, with the address each serves on.
+async fn replicas(env: &Env, cfg: &std::path::Path, ids: &[&str]) -> (Vec<Daemon>, Vec<String>) {
+    let ds: Vec<Daemon> = ids.iter().map(|id| replica(env, cfg, id)).collect();
+    let mut addrs = Vec::new();
+    for d in &ds {
+        addrs.push(d.addr().await);
+    }
+    (ds, addrs)
+}
+
+/// Set `api.max_requests_per_second` of the config at `cfg` to `budget`.
+fn set_budget(cfg: &std::path::Path, budget: f64) {
+    edit(cfg, |text| {
+        text.replace(
+            "max_requests_per_second = 200",
+            &format!("max_requests_per_second = {budget}"),
+        )
+    });
+}
+
 async fn owned(addrs: &[String]) -> Vec<f64> {
     let mut out = Vec::new();
     for a in addrs {
@@ -83,14 +103,7 @@ async fn three_replicas_share_thirty_targets_fairly() {
         h.add_checkpoint(&format!("run-{i}"), "sampler", "step-100", Some("COMPLETE"));
     }
     let cfg = pg_config(&env, &rx, 30).await;
-    let ds: Vec<Daemon> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|id| replica(&env, &cfg, id))
-        .collect();
-    let mut addrs = Vec::new();
-    for d in &ds {
-        addrs.push(d.addr().await);
-    }
+    let (_ds, addrs) = replicas(&env, &cfg, &["r1", "r2", "r3"]).await;
     let o = wait_balanced(&addrs, 30.0).await;
     assert!(o.iter().all(|&n| n <= 12.0), "unfair split {o:?}");
     let (_, ready) = http_get(&format!("http://{}/readyz", addrs[0])).await;
@@ -126,14 +139,7 @@ async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled
         first.push(h.add_checkpoint(&format!("run-{i}"), "sampler", "step-100", Some("SYNCING")));
     }
     let cfg = pg_config(&env, &rx, 30).await;
-    let mut ds: Vec<Daemon> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|id| replica(&env, &cfg, id))
-        .collect();
-    let mut addrs = Vec::new();
-    for d in &ds {
-        addrs.push(d.addr().await);
-    }
+    let (mut ds, addrs) = replicas(&env, &cfg, &["r1", "r2", "r3"]).await;
     let before = wait_balanced(&addrs, 30.0).await;
 
     // The burst: every target completes; kill a replica while deliveries flow.
@@ -344,14 +350,7 @@ async fn three_replicas_backlog_gauges_sum_to_the_database_wide_count() {
         let text = text.replace("retry_schedule = [\"200ms\"]", "retry_schedule = [\"1h\"]");
         format!("{text}{}", common::sink("gone", &gone.url, COMPLETED_ONLY))
     });
-    let ds: Vec<Daemon> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|id| replica(&env, &cfg, id))
-        .collect();
-    let mut addrs = Vec::new();
-    for d in &ds {
-        addrs.push(d.addr().await);
-    }
+    let (ds, addrs) = replicas(&env, &cfg, &["r1", "r2", "r3"]).await;
     wait_balanced(&addrs, 6.0).await;
     let ids: Vec<String> = (0..6)
         .map(|i| h.add_checkpoint(&format!("run-{i}"), "sampler", "step-1", Some("SYNCING")))
@@ -416,20 +415,8 @@ async fn three_replicas_share_one_api_budget() {
     // 30 targets polled every second want 30 requests a second: far above the budget, so
     // the budget alone sets the pace. Without sharing it, three replicas would send 3x.
     let cfg = pg_config(&env, &rx, 30).await;
-    edit(&cfg, |text| {
-        text.replace(
-            "max_requests_per_second = 200",
-            &format!("max_requests_per_second = {BUDGET}"),
-        )
-    });
-    let ds: Vec<Daemon> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|id| replica(&env, &cfg, id))
-        .collect();
-    let mut addrs = Vec::new();
-    for d in &ds {
-        addrs.push(d.addr().await);
-    }
+    set_budget(&cfg, BUDGET);
+    let (ds, addrs) = replicas(&env, &cfg, &["r1", "r2", "r3"]).await;
     // Every replica has seen the others (the fair shares hold for a round or more).
     wait_balanced(&addrs, 30.0).await;
     let window = Duration::from_secs(8);
@@ -459,25 +446,15 @@ async fn once_beside_replicas_takes_its_share_of_the_api_budget() {
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let cfg = pg_config(&env, &rx, 2).await;
+    set_budget(&cfg, BUDGET);
     edit(&cfg, |text| {
-        text.replace(
-            "max_requests_per_second = 200",
-            &format!("max_requests_per_second = {BUDGET}"),
-        )
-        .replace("timeout = \"2s\"", "timeout = \"10s\"")
+        text.replace("timeout = \"2s\"", "timeout = \"10s\"")
     });
     // `once` has two more targets, which no replica holds.
     let cfg_once = env.dir.path().join("once.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg_once, text.replace(&targets(2), &targets(4))).unwrap();
-    let ds: Vec<Daemon> = ["r1", "r2"]
-        .iter()
-        .map(|id| replica(&env, &cfg, id))
-        .collect();
-    let mut addrs = Vec::new();
-    for d in &ds {
-        addrs.push(d.addr().await);
-    }
+    let (_ds, addrs) = replicas(&env, &cfg, &["r1", "r2"]).await;
     wait_balanced(&addrs, 2.0).await;
     let halves = until(T, Duration::from_millis(300), async || {
         per_replica(&addrs, GAUGE).await == [BUDGET / 2.0; 2]
@@ -524,14 +501,7 @@ async fn a_reload_shares_the_new_target_set_among_the_replicas() {
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let cfg = pg_config(&env, &rx, 4).await;
-    let ds: Vec<Daemon> = ["r1", "r2"]
-        .iter()
-        .map(|id| replica(&env, &cfg, id))
-        .collect();
-    let mut addrs = Vec::new();
-    for d in &ds {
-        addrs.push(d.addr().await);
-    }
+    let (ds, addrs) = replicas(&env, &cfg, &["r1", "r2"]).await;
     wait_balanced(&addrs, 4.0).await;
     // Six targets instead of four (t0..t5), then two (t0, t1): every replica reloads.
     edit(&cfg, |text| text.replace(&targets(4), &targets(6)));

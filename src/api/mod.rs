@@ -18,7 +18,7 @@ use url::Url;
 
 use crate::config::{ApiConfig, AuthScheme, Filter};
 use crate::http::{self, root_cause};
-use crate::model::Checkpoint;
+use crate::model::{Checkpoint, DeployRequest, Deployment};
 
 /// The routes of the Loops API loopwatch calls: the `endpoint` label of
 /// `loopwatch_api_requests_total`.
@@ -86,23 +86,6 @@ pub struct CheckpointFile {
     pub node_rank: i64,
     pub size_bytes: i64,
     pub last_modified: String,
-}
-
-/// A deploy of sampler checkpoints (`POST .../deploy`, `DeployLoopsCheckpointRequest`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeployRequest {
-    /// Sampler checkpoint ids (`id`, not the name); at least one.
-    pub checkpoint_ids: Vec<String>,
-    pub model_name: String,
-    pub instance_type_id: String,
-    pub hf_secret_name: String,
-}
-
-/// What a successful deploy created (`DeployLoopsCheckpointResponse`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Deployed {
-    pub model_id: String,
-    pub deployment_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -340,7 +323,7 @@ impl Client {
     }
 
     /// Deploy sampler checkpoints. Not idempotent: every successful call deploys.
-    pub async fn deploy(&self, request: &DeployRequest) -> Result<Deployed, Error> {
+    pub async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, Error> {
         let body = wire::deploy_request(request);
         let url = self.action_url("deploy");
         let bytes = self.send(post_json(self.http.post(url), &body)).await?;

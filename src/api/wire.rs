@@ -11,8 +11,8 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{CheckpointFile, DeployRequest, Deployed, FilesPage, Source};
-use crate::model::{Checkpoint, CheckpointTarget};
+use super::{CheckpointFile, FilesPage, Source};
+use crate::model::{Checkpoint, CheckpointTarget, DeployRequest, Deployment};
 
 /// The listing's envelope. Each checkpoint is first taken as its raw text (a slice of the
 /// body, no copy), then decoded from that text: the raw object is kept exactly as
@@ -199,9 +199,9 @@ struct WireDeployed {
 }
 
 /// Decode a `deploy` answer.
-pub fn decode_deployed(body: &[u8]) -> Result<Deployed, String> {
+pub fn decode_deployed(body: &[u8]) -> Result<Deployment, String> {
     let w: WireDeployed = serde_json::from_slice(body).map_err(|e| format!("deploy: {e}"))?;
-    Ok(Deployed {
+    Ok(Deployment {
         model_id: w.model_id,
         deployment_id: w.deployment_id,
     })

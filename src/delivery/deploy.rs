@@ -20,25 +20,11 @@ use serde_json::value::RawValue;
 
 use super::Failure;
 use crate::config::DeployConfig;
-use crate::model::{CheckpointTarget, checkpoint_uri, deployed_event_id, rfc3339};
+use crate::model::{
+    CheckpointTarget, DeployRequest, Deployment, checkpoint_uri, deployed_event_id, rfc3339,
+};
 use crate::store::StoredEvent;
 use crate::template::{Template, compile_template};
-
-/// The body of `POST /v1/loops/checkpoints/deploy` (`DeployLoopsCheckpointRequest`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DeployRequest {
-    pub checkpoint_ids: Vec<String>,
-    pub model_name: String,
-    pub instance_type_id: String,
-    pub hf_secret_name: String,
-}
-
-/// What a successful deploy answered (`DeployLoopsCheckpointResponse`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Deployment {
-    pub model_id: String,
-    pub deployment_id: String,
-}
 
 /// A failed call to the Loops API, classified for the outbox.
 #[derive(Clone, Debug, PartialEq, Eq)]

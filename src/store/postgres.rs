@@ -312,7 +312,7 @@ impl Store for PgStore {
             let id = *id;
             let q = match outcome {
                 AttemptOutcome::DeliveredWith(f) => {
-                    insert_follow_up(&mut tx, f, now).await?;
+                    Queries::<Postgres>::insert_follow_up(&mut tx, f, now).await?;
                     sqlx::query(
                         "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
                         last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
@@ -417,47 +417,6 @@ impl Store for PgStore {
     }
 }
 
-/// Records a follow-up event and its deliveries, unless an event of its id is already
-/// there (a repeated deploy: the event was announced once).
-async fn insert_follow_up(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    f: &super::FollowUp,
-    now: i64,
-) -> Result<()> {
-    let e = &f.event;
-    let seq: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING seq",
-    )
-    .bind(&e.id)
-    .bind(&e.kind)
-    .bind(&e.target)
-    .bind(&e.checkpoint_id)
-    .bind(&e.checkpoint_name)
-    .bind(&e.run_id)
-    .bind(&e.checkpoint_target)
-    .bind(e.detected_at.timestamp_millis())
-    .bind(&e.body)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(seq) = seq else {
-        return Ok(());
-    };
-    for sink in &f.sinks {
-        sqlx::query(
-            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at, created_at, updated_at)
-             VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
-        )
-        .bind(seq)
-        .bind(sink)
-        .bind(&e.run_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
 /// Replica membership and target leases on the shared database: the PostgreSQL
 /// [`Coordinator`].
 pub struct PgLeases {
@@ -491,8 +450,10 @@ impl PgLeases {
         }
     }
 
-    /// Record that this process is alive now.
-    async fn heartbeat(&self) -> Result<()> {
+    /// Record that this process is alive now; then who is: (live replicas, processes
+    /// sharing the API budget, the lowest replica id). One-shot runs count only among the
+    /// sharers.
+    async fn heartbeat(&self) -> Result<(i64, i64, Option<String>)> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO replicas (id, heartbeat_at, started_at) VALUES ($1, {DB_NOW}, {DB_NOW})
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
@@ -500,24 +461,22 @@ impl PgLeases {
         .bind(&self.replica)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FILTER (WHERE id NOT LIKE $2), COUNT(*),
+                MIN(id) FILTER (WHERE id NOT LIKE $2)
+             FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
+        )))
+        .bind(self.ttl.as_millis() as i64)
+        .bind(ONE_SHOT_LIKE)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Heartbeat, renew what is held, give up what is above a fair share, and take
     /// free or expired targets up to it.
     async fn replica_round(&self, targets: &[String]) -> Result<LeaseRound> {
         let ttl = self.ttl.as_millis() as i64;
-        self.heartbeat().await?;
-        let (live, sharers, first): (i64, i64, Option<String>) =
-            sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT COUNT(*) FILTER (WHERE id NOT LIKE $2), COUNT(*),
-                    MIN(id) FILTER (WHERE id NOT LIKE $2)
-                 FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
-            )))
-            .bind(ttl)
-            .bind(ONE_SHOT_LIKE)
-            .fetch_one(&self.pool)
-            .await?;
+        let (live, sharers, first) = self.heartbeat().await?;
         let live = live.max(1);
         let fair = (targets.len() as i64 + live - 1) / live;
 
@@ -590,15 +549,7 @@ impl PgLeases {
         owned.sort();
         // A heartbeat of its own, so that the replicas make room for it in the API budget
         // (not in the fair shares: they leave out one-shot ids).
-        self.heartbeat().await?;
-        let (live, sharers): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT COUNT(*) FILTER (WHERE id NOT LIKE $2), COUNT(*)
-             FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
-        )))
-        .bind(self.ttl.as_millis() as i64)
-        .bind(ONE_SHOT_LIKE)
-        .fetch_one(&self.pool)
-        .await?;
+        let (live, sharers, _) = self.heartbeat().await?;
         Ok(LeaseRound {
             owned,
             live_replicas: live,

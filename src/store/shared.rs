@@ -12,8 +12,8 @@ use sqlx::{
 
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
-    DeliveryRow, DeliveryStatus, Fence, PollCommit, Redeliver, Result, SinkBacklog, StoredEvent,
-    TargetDump, sql, sql::Lane,
+    DeliveryRow, DeliveryStatus, Fence, FollowUp, PollCommit, Redeliver, Result, SinkBacklog,
+    StoredEvent, TargetDump, sql, sql::Lane,
 };
 use crate::model::TargetState;
 use crate::model::{Event, Tracked};
@@ -74,6 +74,7 @@ where
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
     for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
     for<'r> TrackedRecord: FromRow<'r, DB::Row>,
@@ -325,6 +326,41 @@ where
                 Ok(n)
             }
         }
+    }
+
+    /// Record a follow-up event and its deliveries on `tx`, unless an event of its id is
+    /// already there (a repeated deploy: the event was announced once).
+    pub(crate) async fn insert_follow_up(
+        tx: &mut DB::Connection,
+        f: &FollowUp,
+        now: i64,
+    ) -> Result<()> {
+        let e = &f.event;
+        let seq: Option<i64> = sqlx::query_scalar(sql::INSERT_FOLLOW_UP_EVENT)
+            .bind(e.id.as_str())
+            .bind(e.kind.as_str())
+            .bind(e.target.as_str())
+            .bind(e.checkpoint_id.as_str())
+            .bind(e.checkpoint_name.as_str())
+            .bind(e.run_id.as_str())
+            .bind(e.checkpoint_target.as_str())
+            .bind(e.detected_at.timestamp_millis())
+            .bind(e.body.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(seq) = seq else {
+            return Ok(());
+        };
+        for sink in &f.sinks {
+            sqlx::query(sql::INSERT_DELIVERY)
+                .bind(seq)
+                .bind(sink.as_str())
+                .bind(e.run_id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Forget delivered deliveries updated before `cutoff` (Unix ms), then the events left

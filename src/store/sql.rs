@@ -175,6 +175,16 @@ pub(crate) fn due(lane: Lane, ordered: bool, hint: &str) -> String {
     )
 }
 
+/// A follow-up event (`$1`-`$9`: id, type, target, checkpoint id and name, run id,
+/// checkpoint target, detected at, body), unless one of its id exists: its `seq` or no row.
+pub(crate) const INSERT_FOLLOW_UP_EVENT: &str = "INSERT INTO events (id, type, target,
+    checkpoint_id, checkpoint_name, run_id, checkpoint_target, detected_at, body)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING seq";
+
+/// One pending delivery: `$1` event seq, `$2` sink, `$3` run id, `$4` now.
+pub(crate) const INSERT_DELIVERY: &str = "INSERT INTO deliveries (event_seq, sink, run_id, status,
+    next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, 'pending', $4, $4, $4)";
+
 /// A failed attempt to try again: `$1` now, `$2` id, `$3` next attempt, `$4` HTTP
 /// status, `$5` error.
 pub(crate) const RECORD_RETRY: &str =

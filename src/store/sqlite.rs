@@ -428,7 +428,7 @@ async fn record_attempts_on(
         let q = match outcome {
             AttemptOutcome::Delivered => continue,
             AttemptOutcome::DeliveredWith(f) => {
-                insert_follow_up(&mut tx, f, now).await?;
+                Queries::<Sqlite>::insert_follow_up(&mut tx, f, now).await?;
                 continue;
             }
             AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
@@ -454,48 +454,6 @@ async fn record_attempts_on(
         q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(())
-}
-
-/// Records a follow-up event and its deliveries, unless an event of its id is already
-/// there (a repeated deploy: the event was announced once).
-async fn insert_follow_up(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    f: &super::FollowUp,
-    now: i64,
-) -> Result<()> {
-    let e = &f.event;
-    let seq: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO events (id, type, target, checkpoint_id, checkpoint_name, run_id,
-            checkpoint_target, detected_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (id) DO NOTHING RETURNING seq",
-    )
-    .bind(&e.id)
-    .bind(&e.kind)
-    .bind(&e.target)
-    .bind(&e.checkpoint_id)
-    .bind(&e.checkpoint_name)
-    .bind(&e.run_id)
-    .bind(&e.checkpoint_target)
-    .bind(e.detected_at.timestamp_millis())
-    .bind(&e.body)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(seq) = seq else {
-        return Ok(());
-    };
-    for sink in &f.sinks {
-        sqlx::query(
-            "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
-                created_at, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
-        )
-        .bind(seq)
-        .bind(sink)
-        .bind(&e.run_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
     Ok(())
 }
 
