@@ -400,6 +400,11 @@ impl TargetMetrics {
         self.polls[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Polls of this target so far that ended with `outcome`.
+    pub fn polls(&self, outcome: PollOutcome) -> u64 {
+        self.polls[outcome as usize].load(Ordering::Relaxed)
+    }
+
     pub fn poll_duration(&self, seconds: f64) {
         self.poll_duration.observe(seconds);
     }

@@ -103,6 +103,8 @@ pub enum Error {
         message: String,
         /// The error body's `details.reason` (e.g. `NOT_PRESIGNABLE`), when it has one.
         reason: Option<String>,
+        /// The body was a JSON object, as the API's own errors are (a proxy's page is not).
+        from_api: bool,
     },
     #[error("response is not valid: {0}")]
     Decode(String),
@@ -278,15 +280,26 @@ impl Client {
 
     /// The listing's body for one filter, not yet decoded: a poller that has seen the same
     /// body before ([`Body::digest`]) need not decode it again.
+    ///
+    /// A `checkpoint_path` answered 404 by the API (its JSON error, not a proxy's page) is
+    /// an empty listing ([`Body::path_not_found`]): Baseten's "missing and inaccessible
+    /// checkpoints share one public error", and the Loops SDK reads it as "no such
+    /// checkpoint". For `run_id` and `base_model` a 404 stays an error.
     pub async fn fetch(&self, filter: &Filter) -> Result<Body, Error> {
         let mut url = self.endpoint.clone();
         url.query_pairs_mut()
             .append_pair(filter.query_key(), filter.value());
-        let bytes = self.send(self.http.get(url)).await?;
-        Ok(Body {
-            digest: xxhash_rust::xxh3::xxh3_128(&bytes),
-            bytes,
-        })
+        match self.send(self.http.get(url)).await {
+            Ok(bytes) => Ok(Body::new(bytes, false)),
+            Err(Error::Status {
+                code: 404,
+                from_api: true,
+                ..
+            }) if matches!(filter, Filter::CheckpointPath(..)) => {
+                Ok(Body::new(EMPTY_LISTING.to_vec(), true))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Where the files of checkpoint `id` (its `id`, not its name) come from.
@@ -368,6 +381,10 @@ impl Client {
                 retry_after,
                 message: error_message(&body),
                 reason: error_reason(&body),
+                from_api: serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+                    &body,
+                )
+                .is_ok(),
             });
         }
         self.read_body(resp).await
@@ -390,13 +407,30 @@ impl Client {
     }
 }
 
-/// A successful (2xx) listing body.
+/// What a `checkpoint_path` listing answered 404 stands for.
+const EMPTY_LISTING: &[u8] = br#"{"checkpoints":[]}"#;
+
+/// A successful (2xx) listing body, or the empty listing a missing `checkpoint_path` is.
 pub struct Body {
     bytes: Vec<u8>,
     digest: u128,
+    path_not_found: bool,
 }
 
 impl Body {
+    fn new(bytes: Vec<u8>, path_not_found: bool) -> Body {
+        Body {
+            digest: xxhash_rust::xxh3::xxh3_128(&bytes),
+            bytes,
+            path_not_found,
+        }
+    }
+
+    /// The `checkpoint_path` was answered 404: no such checkpoint, an empty listing.
+    pub fn path_not_found(&self) -> bool {
+        self.path_not_found
+    }
+
     /// A 128-bit digest (XXH3) of the exact bytes: equal digests mean the same listing.
     pub fn digest(&self) -> u128 {
         self.digest
@@ -449,13 +483,28 @@ fn error_reason(body: &[u8]) -> Option<String> {
     Some(reason.chars().take(200).collect())
 }
 
-/// A short, single-line description of an error body: the JSON `message` when there is
-/// one, otherwise the first 200 characters of text.
+/// A short, single-line description of an error body: its JSON `message`, `detail` or
+/// `error` (the keys the Loops SDK reads, in its order; a non-string one as compact JSON,
+/// e.g. FastAPI's list of validation errors, or an `error` object's own `message`),
+/// otherwise the first 200 characters of text.
 fn error_message(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
-        && let Some(m) = v.get("message").and_then(|m| m.as_str())
-    {
-        return http::one_line_snippet(m.as_bytes(), 200);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            serde_json::Value::Object(o) => Some(match o.get("message") {
+                Some(serde_json::Value::String(m)) => m.clone(),
+                _ => v.to_string(),
+            }),
+            other => Some(other.to_string()),
+        };
+        if let Some(m) = ["message", "detail", "error"]
+            .iter()
+            .find_map(|k| v.get(k).and_then(text))
+            .filter(|m| !m.trim().is_empty())
+        {
+            return http::one_line_snippet(m.as_bytes(), 200);
+        }
     }
     let flat = http::one_line_snippet(body, 200);
     if flat.is_empty() {
@@ -517,6 +566,25 @@ mod tests {
             "<html> <body>502 Bad Gateway</body> </html>"
         );
         assert_eq!(error_message(b""), "(empty body)");
+        // The keys the Loops SDK reads, in its order, and the shapes they come in.
+        assert_eq!(error_message(br#"{"detail":"Not found"}"#), "Not found");
+        assert_eq!(
+            error_message(br#"{"error":"rate limited"}"#),
+            "rate limited"
+        );
+        assert_eq!(
+            error_message(br#"{"error":{"message":"quota","type":"x"}}"#),
+            "quota"
+        );
+        assert_eq!(
+            error_message(br#"{"message":null,"detail":[{"loc":["q"],"msg":"bad"}]}"#),
+            r#"[{"loc":["q"],"msg":"bad"}]"#
+        );
+        assert_eq!(
+            error_message(br#"{"message":"first","detail":"second"}"#),
+            "first"
+        );
+        assert_eq!(error_message(br#"{"code":"X"}"#), r#"{"code":"X"}"#);
         assert_eq!(
             error_reason(br#"{"code":"BAD_REQUEST","details":{"reason":"NOT_PRESIGNABLE"}}"#)
                 .as_deref(),
@@ -555,6 +623,7 @@ mod tests {
             retry_after: None,
             message: String::new(),
             reason: None,
+            from_api: true,
         };
         assert!(s(503).is_transient() && s(429).is_transient() && Error::Timeout.is_transient());
         assert!(!s(401).is_transient() && s(401).needs_operator() && s(403).needs_operator());

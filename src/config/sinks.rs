@@ -117,14 +117,14 @@ pub(super) fn sink(
             );
         }
         if s.checkpoint_targets.is_set()
-            && checkpoint_targets != BTreeSet::from([CheckpointTarget::Sampler])
+            && checkpoint_targets != Some(BTreeSet::from([CheckpointTarget::Sampler]))
         {
             w.err(
                 &join(sec, "checkpoint_targets"),
                 "a baseten_deploy sink deploys sampler checkpoints only; omit checkpoint_targets or set [\"sampler\"]",
             );
         }
-        checkpoint_targets = BTreeSet::from([CheckpointTarget::Sampler]);
+        checkpoint_targets = Some(BTreeSet::from([CheckpointTarget::Sampler]));
     }
     let timeout = w.positive_duration(&s.timeout, &join(sec, "timeout"), Duration::from_secs(15));
     let retry_schedule = match &s.retry_schedule {

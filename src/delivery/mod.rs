@@ -398,7 +398,7 @@ impl Outbox {
     /// The sinks a `checkpoint.deployed` event goes to: those whose `events` include it,
     /// never a deploy sink.
     fn deployed_routes(&self, e: &StoredEvent) -> Vec<String> {
-        let ct = CheckpointTarget::parse(&e.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
+        let ct = CheckpointTarget::parse(&e.checkpoint_target);
         self.sinks()
             .iter()
             .filter(|s| s.deploy.is_none() && s.cfg.wants(EventType::Deployed, &e.target, &ct))

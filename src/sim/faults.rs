@@ -57,6 +57,20 @@ pub enum Fault {
     CloseConnection,
     /// 200 with the body `[]`.
     NotJsonObject,
+    /// The files route pages without end (the listing route ignores it).
+    Paging(Paging),
+}
+
+/// Paging a client must not follow for ever: `next_page_token` is never null.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paging {
+    /// The tokens cycle: 0 -> 1 -> 2 -> 1 -> 2 ... (never the page's own token, so a
+    /// client that only checks for that pages for ever).
+    Cycle,
+    /// Each page points to a new one, and `total_count` grows to stay a page ahead.
+    Growing,
+    /// Pages with no files, each pointing to a new one; `total_count` stays as it is.
+    EmptyPages,
 }
 
 /// The faults waiting for each route's requests.
@@ -125,7 +139,8 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
         | Fault::MissingField(_)
         | Fault::WrongType(_)
         | Fault::UnknownFields
-        | Fault::DuplicateId) => return Effect::Alter(fault),
+        | Fault::DuplicateId
+        | Fault::Paging(_)) => return Effect::Alter(fault),
     };
     Effect::Respond(response)
 }
@@ -134,6 +149,10 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
 /// JSON. Field faults hit the first item (the first checkpoint, the first file, the
 /// `source` object) when it has the key, else the top-level object.
 pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
+    if let Fault::Paging(_) = fault {
+        // Applied by the files route itself, which knows the page asked for.
+        return json_body(serde_json::to_vec(&answer).expect("json serializes"));
+    }
     if let Fault::Truncated = fault {
         let mut body = serde_json::to_vec(&answer).expect("json serializes");
         body.truncate(body.len() / 2);

@@ -13,9 +13,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Route;
+use super::answers::Refusal;
 use super::faults::{self, Effect};
 use super::json::{ApiError, json_body, refusal_body};
-use super::state::{Filter, Refusal, SimHandle, State};
+use super::state::{Filter, SimHandle, State};
 
 /// The path of [`Route::Checkpoints`].
 pub const CHECKPOINTS_PATH: &str = "/v1/loops/checkpoints";
@@ -68,6 +69,7 @@ async fn list(
         Effect::Pass => {
             let mut st = server.handle.lock();
             match accept(&mut st, &headers, query) {
+                Ok(filter) if st.path_missing(&filter) => ApiError::NO_CHECKPOINT.into_response(),
                 Ok(filter) => {
                     let body = st.listing_body(filter);
                     st.log_body(Route::Checkpoints, "response", &body);
@@ -79,10 +81,12 @@ async fn list(
         Effect::Alter(fault) => {
             let listing = {
                 let mut st = server.handle.lock();
-                accept(&mut st, &headers, query).map(|filter| st.listing(&filter))
+                accept(&mut st, &headers, query)
+                    .map(|filter| (!st.path_missing(&filter)).then(|| st.listing(&filter)))
             };
             match listing {
-                Ok(listing) => faults::alter(fault, listing),
+                Ok(Some(listing)) => faults::alter(fault, listing),
+                Ok(None) => ApiError::NO_CHECKPOINT.into_response(),
                 Err(error) => error.into_response(),
             }
         }
@@ -95,7 +99,10 @@ async fn source(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    answer(&server, Route::Source, &headers, None, |st| st.source(&id)).await
+    answer(&server, Route::Source, &headers, None, |st, _| {
+        st.source(&id)
+    })
+    .await
 }
 
 /// `GET /v1/loops/checkpoints/{id}/files?page_size=N&page_token=T`.
@@ -106,8 +113,12 @@ async fn files(
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
-    answer(&server, Route::Files, &headers, None, |st| {
-        st.files_page(&id, &query)
+    answer(&server, Route::Files, &headers, None, |st, fault| {
+        let paging = match fault {
+            Some(faults::Fault::Paging(p)) => Some(*p),
+            _ => None,
+        };
+        st.files_page(&id, &query, paging)
     })
     .await
 }
@@ -118,7 +129,7 @@ async fn validate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer(&server, Route::Validate, &headers, Some(&body), |st| {
+    answer(&server, Route::Validate, &headers, Some(&body), |st, _| {
         st.validate(&body)
     })
     .await
@@ -126,7 +137,7 @@ async fn validate(
 
 /// `POST /v1/loops/checkpoints/deploy`.
 async fn deploy(AxumState(server): AxumState<Server>, headers: HeaderMap, body: Bytes) -> Response {
-    answer(&server, Route::Deploy, &headers, Some(&body), |st| {
+    answer(&server, Route::Deploy, &headers, Some(&body), |st, _| {
         st.deploy(&body)
     })
     .await
@@ -140,7 +151,7 @@ async fn answer(
     route: Route,
     headers: &HeaderMap,
     body: Option<&[u8]>,
-    serve: impl FnOnce(&mut State) -> Result<Value, Refusal>,
+    serve: impl FnOnce(&mut State, Option<&faults::Fault>) -> Result<Value, Refusal>,
 ) -> Response {
     let fault = {
         let mut st = server.handle.lock();
@@ -162,7 +173,7 @@ async fn answer(
         return ApiError::UNAUTHORIZED.into_response();
     }
     st.tick();
-    match serve(&mut st) {
+    match serve(&mut st, fault.as_ref()) {
         Ok(value) => match fault {
             Some(fault) => faults::alter(fault, value),
             None => {
