@@ -178,12 +178,14 @@ impl Poller {
         fence: Option<Fence>,
     ) -> Result<PollReport, PollError> {
         let never = CancellationToken::new();
-        self.poll_until(t, state, dry_run, fence, &never).await
+        self.poll_until(t, state, dry_run, fence, &never, None)
+            .await
     }
 
     /// [`Poller::poll_target`], given up ([`PollError::Cancelled`], nothing written) when
     /// `cancel` fires while the poll waits for a slot, a rate-limit token or the API. Once
-    /// the listing is in, the poll runs to its end: a commit is never cut.
+    /// the listing is in, the poll runs to its end: a commit is never cut. `beat` beats
+    /// while the poll waits for a slot (a target's turn may be long in coming).
     pub async fn poll_until(
         &self,
         t: &TargetConfig,
@@ -191,11 +193,18 @@ impl Poller {
         dry_run: bool,
         fence: Option<Fence>,
         cancel: &CancellationToken,
+        beat: Option<&Heartbeat>,
     ) -> Result<PollReport, PollError> {
+        let acquire = async {
+            match beat {
+                Some(b) => b.while_waiting(self.permits.acquire()).await,
+                None => self.permits.acquire().await,
+            }
+        };
         let permit = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(PollError::Cancelled),
-            p = self.permits.acquire() => p.expect("never closed"),
+            p = acquire => p.expect("never closed"),
         };
         // Boxed: the poll's future (HTTP, decode, store) exists only while it runs, so a
         // waiting target costs a small future, not a poll's worth, times 10,000 targets.
@@ -527,7 +536,10 @@ impl Poller {
                         t.syncing_interval
                     }
                 },
-                Some(s) => match self.poll_until(&t, s, false, held.clone(), &token).await {
+                Some(s) => match self
+                    .poll_until(&t, s, false, held.clone(), &token, Some(&beat))
+                    .await
+                {
                     Ok(report) => {
                         failures = 0;
                         unchanged = if report.wrote {
@@ -574,7 +586,7 @@ impl Poller {
             };
             tokio::select! {
                 _ = token.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = beat.while_waiting(tokio::time::sleep(wait)) => {}
             }
         }
     }

@@ -198,7 +198,7 @@ async fn a_cancelled_poll_writes_nothing() {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let e = p
-        .poll_until(&t, &mut state, false, None, &cancel)
+        .poll_until(&t, &mut state, false, None, &cancel, None)
         .await
         .unwrap_err();
     assert!(matches!(e, PollError::Cancelled));
