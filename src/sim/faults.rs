@@ -43,7 +43,8 @@ pub enum Fault {
     Truncated,
     /// 200; the first checkpoint lacks this key.
     MissingField(String),
-    /// 200; this key of the first checkpoint has a JSON type the schema does not allow.
+    /// 200; this key of the first checkpoint has a JSON type the schema does not allow
+    /// (even in the lax mode of Baseten's models: a number becomes `"123 units"`).
     WrongType(String),
     /// 200; the top-level object and every checkpoint carry extra fields.
     UnknownFields,
@@ -185,7 +186,8 @@ pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
             if let Some(target) = target {
                 let wrong = match target.get(&key) {
                     Some(Value::String(_) | Value::Null) | None => json!(42),
-                    Some(Value::Number(n)) => json!(n.to_string()),
+                    // Not "123": the SDK's models read a string of digits as an integer.
+                    Some(Value::Number(n)) => json!(format!("{n} units")),
                     Some(_) => json!("not-the-right-type"),
                 };
                 target.insert(key, wrong);
