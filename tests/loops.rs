@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Env, Receiver, hook_sink, metric, never_until, qwen_to, wait_for};
-use loopwatch::sim::{Fault, Route, SimHandle};
+use common::{Env, Receiver, hook_sink, metric, never_in_polls, qwen_to, wait_for};
+use loopwatch::sim::{Fault, Route};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -15,15 +15,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Size of a simulated sampler checkpoint, and of its config file (sim/state.rs).
 const SAMPLER_BYTES: u64 = 1 << 27;
 const CONFIG_BYTES: u64 = 512;
-
-/// Check that `bad` never holds while the daemon lists the API five more times (each
-/// listing is a poll, with its probes): what did not happen then did not happen in five
-/// polls, however long they took.
-async fn never_in_five_polls(h: &SimHandle, what: &str, bad: impl AsyncFnMut() -> bool) {
-    let polls = h.requests_to(Route::Checkpoints);
-    let five_more = async || h.requests_to(Route::Checkpoints) >= polls + 5;
-    never_until(what, bad, "five more polls", T, five_more).await;
-}
 
 fn completions(rx: &Receiver) -> Vec<Value> {
     rx.got()
@@ -84,7 +75,7 @@ async fn an_unknown_target_next_to_a_completing_sampler_fails_no_poll() {
         (!completions(&known).is_empty()).then_some(())
     })
     .await;
-    never_in_five_polls(&h, "a sink got more than its events", async || {
+    never_in_polls(&env, 5, "a sink got more than its events", async || {
         completions(&rx).len() > 2 || drafts.count() > 2 || known.count() > 1
     })
     .await;
@@ -158,16 +149,22 @@ async fn a_null_checkpoint_completes_once_by_files_and_a_later_complete_fires_no
         .unwrap_or_default();
     assert!(row.contains("ready(probe)"), "{table}");
     let probes = h.requests_to(Route::Source);
-    never_in_five_polls(&h, "a complete checkpoint was probed again", async || {
-        h.requests_to(Route::Source) > probes
-    })
+    never_in_polls(
+        &env,
+        5,
+        "a complete checkpoint was probed again",
+        async || h.requests_to(Route::Source) > probes,
+    )
     .await;
 
     // The API catches up: nothing more, neither completed nor status_changed.
     h.set_status(&id, Some("COMPLETE"));
-    never_in_five_polls(&h, "a second event for a complete checkpoint", async || {
-        rx.count() > 1
-    })
+    never_in_polls(
+        &env,
+        5,
+        "a second event for a complete checkpoint",
+        async || rx.count() > 1,
+    )
     .await;
     let ready = r#"loopwatch_readiness_probes_total{outcome="ready",target="qwen"}"#;
     assert_eq!(metric(&addr, ready).await, 1.0);
@@ -207,7 +204,7 @@ async fn null_status_pending_sends_no_probe_at_all() {
     d.ready().await;
     h.add_checkpoint("run-1", "sampler", "step-200", None);
     wait_for("the discovery", T, || (rx.count() >= 1).then_some(())).await;
-    never_in_five_polls(&h, "a request other than the listing", async || {
+    never_in_polls(&env, 5, "a request other than the listing", async || {
         [Route::Source, Route::Files, Route::Validate, Route::Deploy]
             .iter()
             .any(|r| h.requests_to(*r) > 0)
@@ -270,7 +267,7 @@ async fn probe_errors_of_every_kind_emit_nothing_and_are_probed_again() {
     assert_eq!(h.requests_to(Route::Files) as f64, 7.0 + 1.0);
     let errors = r#"loopwatch_readiness_probes_total{outcome="error",target="qwen"}"#;
     assert_eq!(metric(&addr, errors).await, failures);
-    never_in_five_polls(&h, "a second completion", async || rx.count() > 1).await;
+    never_in_polls(&env, 5, "a second completion", async || rx.count() > 1).await;
     let got: Vec<Value> = rx.got().iter().map(|r| r.json()).collect();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["data"]["ready_by"], "files");

@@ -71,3 +71,21 @@ pub async fn never_until(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// [`never_until`] with the daemon's own cadence as the progress: check that `bad`
+/// (described by `what`) never holds while the daemon lists `env`'s simulated API `polls`
+/// more times. Each listing is a poll (with what its commit wakes); the sinks' retries of
+/// the test configs (100 ms) fall many times within five polls.
+pub async fn never_in_polls(
+    env: &super::Env,
+    polls: u64,
+    what: &str,
+    bad: impl AsyncFnMut() -> bool,
+) {
+    use loopwatch::sim::Route;
+    let h = env.sim.handle();
+    let from = h.requests_to(Route::Checkpoints);
+    let more = async || h.requests_to(Route::Checkpoints) >= from + polls;
+    let progress = format!("{polls} more polls");
+    never_until(what, bad, &progress, Duration::from_secs(60), more).await;
+}
