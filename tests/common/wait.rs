@@ -89,3 +89,36 @@ pub async fn never_in_polls(
     let progress = format!("{polls} more polls");
     never_until(what, bad, &progress, Duration::from_secs(60), more).await;
 }
+
+/// [`wait_for`] for a test without a runtime (a child process's exit): polls `f` every
+/// `every` until it returns Some, or `timeout` passes (None).
+pub fn wait_blocking<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Wait until the daemon of `env` has listed the simulated API `polls` more times (it
+/// has seen whatever changed before this call).
+pub async fn polls_later(env: &super::Env, polls: u64) {
+    use loopwatch::sim::Route;
+    let h = env.sim.handle();
+    let from = h.requests_to(Route::Checkpoints);
+    wait_for(
+        &format!("{polls} more polls"),
+        Duration::from_secs(60),
+        || (h.requests_to(Route::Checkpoints) >= from + polls).then_some(()),
+    )
+    .await;
+}
