@@ -349,7 +349,7 @@ impl Py {
                 Instant::now() < deadline,
                 "the Python receiver did not start"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await; // waiting for its port line
         }
     }
 }
@@ -459,7 +459,7 @@ async fn python_receivers_libraries_verify_every_format_and_reject_tampering() {
             "not every sink got {EVENTS} events: {got:#?}\n{}",
             py.stderr().join("\n")
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // waiting for every sink's events
     };
     let events = stored_events(&env).await;
     for r in &got {
