@@ -502,6 +502,32 @@ mod tests {
         );
     }
 
+    /// A loop waiting its turn (for a long interval, a poll slot, a `Retry-After`) beats
+    /// meanwhile: two minutes of waiting never read as two minutes of silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_waits_keeps_beating() {
+        let clock = Arc::new(Hand(Instant::now(), Mutex::default()));
+        let h = Health::with_clock([], clock.clone());
+        let hb = h.heartbeat("target t", Duration::from_secs(30));
+        // The monotonic clock moves with tokio's (paused) one.
+        let c = clock.clone();
+        let two_minutes = async {
+            for _ in 0..120 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                c.advance(Duration::from_secs(1));
+                assert!(h.live().is_ok(), "{:?}", h.live());
+            }
+        };
+        hb.while_waiting(two_minutes).await;
+        clock.advance(Duration::from_secs(31));
+        assert!(
+            h.live()
+                .unwrap_err()
+                .to_string()
+                .contains("target t silent")
+        );
+    }
+
     #[tokio::test]
     async fn a_panicking_or_returning_loop_is_reported_stopped_at_once() {
         let h = Health::new([]);
