@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Env, http_get, never_until, targets, wait_for};
+use common::{Env, http_get, never_within, targets, wait_for};
 use loopwatch::sim::Route;
 
 const T: Duration = Duration::from_secs(30);
@@ -93,7 +93,7 @@ async fn a_wall_clock_step_does_not_fail_healthz() {
     for step in ["+2h", "-2h"] {
         std::fs::write(&offset, format!("{step}\n")).unwrap();
         let before = h.requests_to(Route::Checkpoints);
-        never_until(
+        never_within(
             &format!("/healthz failed after a wall-clock step of {step}"),
             async || http_get(&healthz).await.0 != 200,
             "five more polls",

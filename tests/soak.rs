@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{
-    Answer, COMPLETED_ONLY, Env, Receiver, distinct_ids, never_until, pg, qwen_to, set_store_url,
+    Answer, COMPLETED_ONLY, Env, Receiver, distinct_ids, never_within, pg, qwen_to, set_store_url,
 };
 use loopwatch::sim::{Fault, Route};
 
@@ -136,7 +136,7 @@ async fn one_run(rng: &mut Mix, postgres: bool, action: &str) -> Outcome {
     .await;
     // Settled: nothing arrives under a new id while the daemon polls five more times.
     let polls = h.requests_to(Route::Checkpoints);
-    never_until(
+    never_within(
         "a delivery under an id beyond the completions",
         async || distinct_ids(&rx) > N,
         "five more polls",

@@ -19,7 +19,7 @@ pub use config::*;
 pub use env::{Daemon, Env};
 pub use loopwatch::sim::{Answer, Received, Receiver};
 pub use metrics::{gauge, metric, metrics};
-pub use wait::{never_in_polls, never_until, until, wait_for};
+pub use wait::{never_in_polls, never_within, until, wait_for};
 
 /// The API key the simulated API of [`Env`] requires; `BASETEN_API_KEY` of every command.
 pub const API_KEY: &str = "test-api-key-5f1b";

@@ -4,7 +4,7 @@
 //!   (or `every`) and return as soon as it holds; the timeout is only how long a broken
 //!   build may hang before the test fails, never part of what is tested, so it is
 //!   generous (a slow machine passes, only a wrong answer fails).
-//! - [`never_until`]: "this does not happen while that does". It checks `bad` throughout
+//! - [`never_within`]: "this does not happen while that does". It checks `bad` throughout
 //!   and fails the moment it holds, until `progress` holds: evidence that something did
 //!   not happen only counts once the daemon demonstrably did the work in which it would
 //!   have happened (N more polls, claims, attempts), however long that took. A fixed
@@ -50,7 +50,7 @@ pub async fn until(timeout: Duration, every: Duration, mut f: impl AsyncFnMut() 
 /// Check every 20 ms that `bad` (described by `what`) does not hold, until `progress`
 /// (described by `progress_what`) does; fails as soon as `bad` holds, or when `progress`
 /// is not reached within `timeout`. `bad` is checked once more after `progress` holds.
-pub async fn never_until(
+pub async fn never_within(
     what: &str,
     mut bad: impl AsyncFnMut() -> bool,
     progress_what: &str,
@@ -72,7 +72,7 @@ pub async fn never_until(
     }
 }
 
-/// [`never_until`] with the daemon's own cadence as the progress: check that `bad`
+/// [`never_within`] with the daemon's own cadence as the progress: check that `bad`
 /// (described by `what`) never holds while the daemon lists `env`'s simulated API `polls`
 /// more times. Each listing is a poll (with what its commit wakes); the sinks' retries of
 /// the test configs (100 ms) fall many times within five polls.
@@ -87,7 +87,7 @@ pub async fn never_in_polls(
     let from = h.requests_to(Route::Checkpoints);
     let more = async || h.requests_to(Route::Checkpoints) >= from + polls;
     let progress = format!("{polls} more polls");
-    never_until(what, bad, &progress, Duration::from_secs(60), more).await;
+    never_within(what, bad, &progress, Duration::from_secs(60), more).await;
 }
 
 /// [`wait_for`] for a test without a runtime (a child process's exit): polls `f` every
