@@ -328,9 +328,12 @@ async fn a_null_checkpoint_of_size_0_completes_across_two_once_runs() {
         ],
     );
     let cfg = env.write_config(&qwen_to(&rx.url, ""));
+    // An hour between probes (syncing_interval is capped at interval, so both).
     let probe = std::fs::read_to_string(&cfg)
         .unwrap()
+        .replace("\ninterval = \"200ms\"", "\ninterval = \"1h\"")
         .replace("syncing_interval = \"100ms\"", "syncing_interval = \"1h\"");
+    assert!(probe.contains("\ninterval = \"1h\"") && probe.contains("syncing_interval = \"1h\""));
     let pending = probe.replace("jitter = 0.0", "jitter = 0.0\nnull_status = \"pending\"");
     let once = async |config: &str| {
         std::fs::write(&cfg, config).unwrap();
