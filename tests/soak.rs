@@ -24,8 +24,9 @@ use loopwatch::sim::{Fault, Route};
 
 /// Completions per run.
 const N: usize = 30;
-/// The seed of the default suite's soak.
-const DEFAULT_SEED: u64 = 20_261_204;
+/// The seed of the default suite's soak: its four runs are one of each action (kill,
+/// pause, fault, kill+fault), on SQLite.
+const DEFAULT_SEED: u64 = 45_020;
 const CONCURRENCY: usize = 4;
 
 /// splitmix64: a seeded sequence, the same on every machine.
