@@ -706,5 +706,20 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.is_transient() && e.retry_after() == Some(Duration::from_secs(3)));
+        // FastAPI's `detail` (no `message`): the message is read from it, as the SDK does.
+        h.push_fault_to(
+            crate::sim::Route::Files,
+            crate::sim::Fault::Status {
+                code: 422,
+                retry_after: None,
+                body: Some(
+                    r#"{"detail":"page_size must be at most 1000","details":{"reason":"INVALID"}}"#
+                        .into(),
+                ),
+            },
+        );
+        let e = c.files_page(&id, 1000, 0).await.unwrap_err();
+        assert_eq!(e.to_string(), "HTTP 422: page_size must be at most 1000");
+        assert_eq!(e.reason(), Some("INVALID"));
     }
 }

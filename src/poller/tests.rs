@@ -562,3 +562,33 @@ async fn another_target_keeps_its_cadence_while_one_pages_without_end() {
         "{files} files requests for {hostile_total} polls (and one cut by the end)"
     );
 }
+
+/// Integers sent as strings or whole floats (accepted by the SDK's lax models) decode, in
+/// the listing and in the files pages: the poll and the probe work as with plain ones.
+#[tokio::test]
+async fn integers_as_strings_or_floats_decode_in_listings_and_files() {
+    use crate::sim::{Fault, Route};
+    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let h = sim.handle();
+    let id = h.add_checkpoint("r1", "sampler", "step-1", None);
+    h.set_files(&id, &[("adapter_config.json", 512), ("weights", 1000)]);
+    h.set_size_bytes(&id, 1512);
+    let (p, t) = poller(&sim, "").await;
+    let mut plain = TargetState::default();
+    p.poll_target(&t, &mut plain, false, None).await.unwrap();
+    h.set_fault_on(Route::Checkpoints, Some(Fault::LaxNumbers));
+    h.set_fault_on(Route::Files, Some(Fault::LaxNumbers));
+    let (p, t) = poller(&sim, "").await;
+    let mut state = TargetState::default();
+    let first = p.poll_target(&t, &mut state, false, None).await.unwrap();
+    assert_eq!(first.checkpoints, 1);
+    assert_eq!(summary(&state), summary(&plain));
+    // The probe reads the lax files pages and finds the 1,512 bytes whole.
+    let report = p.poll_target(&t, &mut state, false, None).await.unwrap();
+    let kinds: Vec<_> = report.events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventType::Completed]);
+    assert_eq!(
+        report.events[0].ready_by,
+        Some(crate::model::ReadyBy::Files)
+    );
+}

@@ -60,6 +60,9 @@ pub enum Fault {
     NotJsonObject,
     /// The files route pages without end (the listing route ignores it).
     Paging(Paging),
+    /// 200; every integer of the answer is sent as Baseten's pydantic models still accept
+    /// it: as a string (`"123"`) or a whole float (`123.0`), in turn.
+    LaxNumbers,
 }
 
 /// Paging a client must not follow for ever: `next_page_token` is never null.
@@ -141,7 +144,8 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
         | Fault::WrongType(_)
         | Fault::UnknownFields
         | Fault::DuplicateId
-        | Fault::Paging(_)) => return Effect::Alter(fault),
+        | Fault::Paging(_)
+        | Fault::LaxNumbers) => return Effect::Alter(fault),
     };
     Effect::Respond(response)
 }
@@ -152,6 +156,11 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
 pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
     if let Fault::Paging(_) = fault {
         // Applied by the files route itself, which knows the page asked for.
+        return json_body(serde_json::to_vec(&answer).expect("json serializes"));
+    }
+    if let Fault::LaxNumbers = fault {
+        let mut turn = false;
+        laxen(&mut answer, &mut turn);
         return json_body(serde_json::to_vec(&answer).expect("json serializes"));
     }
     if let Fault::Truncated = fault {
@@ -211,6 +220,23 @@ pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
         _ => unreachable!("faults that answer on their own never reach alter"),
     }
     json_body(serde_json::to_vec(&answer).expect("json serializes"))
+}
+
+/// Every integer under `v` as a string or a whole float, alternately.
+fn laxen(v: &mut Value, turn: &mut bool) {
+    match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            *turn = !*turn;
+            let text = n.to_string();
+            *v = match *turn {
+                true => Value::String(text),
+                false => json!(text.parse::<f64>().expect("an integer reads as a float")),
+            };
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| laxen(i, turn)),
+        Value::Object(map) => map.values_mut().for_each(|i| laxen(i, turn)),
+        _ => {}
+    }
 }
 
 /// The first element of the answer's list, or its `source` object.
