@@ -773,8 +773,11 @@ impl LoopsDeployer for ApiDeployer {
     }
 
     async fn deployments(&self, model_id: &str) -> Result<Vec<ModelDeployment>, CallError> {
-        self.call(api::Endpoint::Deployments, self.client.deployments(model_id))
-            .await
+        self.call(
+            api::Endpoint::Deployments,
+            self.client.deployments(model_id),
+        )
+        .await
     }
 
     async fn deployment(

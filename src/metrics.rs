@@ -212,8 +212,8 @@ impl Metrics {
                 "Time from a checkpoint's completion to its deployment being ACTIVE.",
                 &["sink"],
                 vec![
-                    30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
-                    7200.0, 14400.0,
+                    30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0, 7200.0,
+                    14400.0,
                 ],
             ),
             deployments_deactivated: counter(

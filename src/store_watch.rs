@@ -16,8 +16,7 @@ use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
     Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, PollCommit,
-    Recorded, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+    Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -123,11 +122,7 @@ impl Store for Watched {
         watched!(self, "claim", self.inner.next_due(sink))
     }
 
-    async fn record_attempts(
-        &self,
-        outcomes: &[Recorded],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<i64>> {
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
         watched!(self, "record", self.inner.record_attempts(outcomes, now))
     }
 
@@ -150,7 +145,11 @@ impl Store for Watched {
         created_at: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Option<DeployRow>> {
-        watched!(self, "deploy", self.inner.deploy_begin(c, sink, created_at, now))
+        watched!(
+            self,
+            "deploy",
+            self.inner.deploy_begin(c, sink, created_at, now)
+        )
     }
 
     async fn deploy_intent(

@@ -85,7 +85,10 @@ async fn a_deploy_answered_after_the_sink_timeout_is_adopted_by_reconciliation_n
     assert_eq!(made.len(), 1, "{made:?}");
     let b = &received_of(&rx, "checkpoint.deployed")[0];
     assert_eq!(b["data"]["deployment"]["reconciled"], true);
-    assert_eq!(b["data"]["deployment"]["deployment_id"], made[0].id.as_str());
+    assert_eq!(
+        b["data"]["deployment"]["deployment_id"],
+        made[0].id.as_str()
+    );
     let rows = deploys(&env, &cfg).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["stage"], "deployed");
@@ -237,7 +240,9 @@ async fn followed_deployments_end_active_or_failed_with_one_event_each() {
     h.set_status(&ok, Some("COMPLETE"));
     h.set_status(&bad, Some("COMPLETE"));
     let failing = wait_for("run-2's deployment", T, || {
-        h.deployments_of("other-step-100").first().map(|d| d.id.clone())
+        h.deployments_of("other-step-100")
+            .first()
+            .map(|d| d.id.clone())
     })
     .await;
     h.set_deployment_status(&failing, Some("DEPLOY_FAILED"));
@@ -252,7 +257,10 @@ async fn followed_deployments_end_active_or_failed_with_one_event_each() {
     assert_eq!(active["data"]["checkpoint"]["id"], ok.as_str());
     let failed = &received_of(&rx, "checkpoint.deployment_failed")[0];
     assert_eq!(failed["data"]["deployment"]["status"], "DEPLOY_FAILED");
-    assert_eq!(failed["data"]["deployment"]["deployment_id"], failing.as_str());
+    assert_eq!(
+        failed["data"]["deployment"]["deployment_id"],
+        failing.as_str()
+    );
     let rows = deploys(&env, &cfg).await;
     let stage = |ck: &str| {
         rows.iter()
@@ -264,9 +272,11 @@ async fn followed_deployments_end_active_or_failed_with_one_event_each() {
     assert_eq!(stage(&bad), "failed");
     // Settled: read no more, announced once.
     let reads = h.requests_to(Route::Deployment);
-    never_within("more reads of settled deployments", Duration::from_secs(1), || {
-        h.requests_to(Route::Deployment) > reads
-    })
+    never_within(
+        "more reads of settled deployments",
+        Duration::from_secs(1),
+        || h.requests_to(Route::Deployment) > reads,
+    )
     .await;
     assert_eq!(received_of(&rx, "checkpoint.deployment_active").len(), 1);
     let m = common::metrics(&d.addr().await).await;

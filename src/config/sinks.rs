@@ -13,8 +13,8 @@ use url::Url;
 use super::raw::{Field, RawSink};
 use super::validate::{Problems, kind};
 use super::{
-    Approval, DEFAULT_MODEL_NAME, DEFAULT_RETRY_SCHEDULE, DeployConfig, HeaderConfig, PayloadFormat, Secret,
-    SinkConfig, SinkKind, join, one_line, parse_duration, redact_url,
+    Approval, DEFAULT_MODEL_NAME, DEFAULT_RETRY_SCHEDULE, DeployConfig, HeaderConfig,
+    PayloadFormat, Secret, SinkConfig, SinkKind, join, one_line, parse_duration, redact_url,
 };
 use crate::model::{CheckpointTarget, EventType};
 use crate::signing::{Ed25519Key, SigningKey};
@@ -621,8 +621,11 @@ fn deploy(
             "\"before_promote\" needs promote_to (the environment to promote to)",
         );
     }
-    let deactivate_superseded =
-        w.bool(&s.deactivate_superseded, &join(sec, "deactivate_superseded"), false);
+    let deactivate_superseded = w.bool(
+        &s.deactivate_superseded,
+        &join(sec, "deactivate_superseded"),
+        false,
+    );
     if deactivate_superseded && !follow {
         w.err(
             &join(sec, "deactivate_superseded"),

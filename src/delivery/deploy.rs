@@ -277,7 +277,12 @@ impl DeploySink {
         let in_doubt = row.in_doubt_before.is_some();
         let request = match self.request(&c.event) {
             Ok(r) => r,
-            Err(f) => return DeployAttempt { result: Err(f), in_doubt },
+            Err(f) => {
+                return DeployAttempt {
+                    result: Err(f),
+                    in_doubt,
+                };
+            }
         };
         if let Some(before) = &row.in_doubt_before {
             let model = row.model_name.as_deref().unwrap_or(&request.model_name);
@@ -302,7 +307,12 @@ impl DeploySink {
                         };
                     }
                 },
-                Err(f) => return DeployAttempt { result: Err(f), in_doubt },
+                Err(f) => {
+                    return DeployAttempt {
+                        result: Err(f),
+                        in_doubt,
+                    };
+                }
             }
         }
         if self.cfg.latest_only

@@ -134,8 +134,11 @@ impl Outbox {
                     }
                 }
                 Ok(false) => {
-                    debug!(sink = sink.name(), delivery_id = claim.deploy.delivery_id,
-                        "another follower took this deployment; its read is discarded");
+                    debug!(
+                        sink = sink.name(),
+                        delivery_id = claim.deploy.delivery_id,
+                        "another follower took this deployment; its read is discarded"
+                    );
                 }
                 Err(e) => {
                     warn!(sink = sink.name(), error = %e, "cannot record a followed deployment; it is read again when its claim lapses");
@@ -187,16 +190,19 @@ impl Outbox {
             reconciled: row.reconciled,
             approved_by: row.decided_by.clone(),
         };
-        let event = |kind: EventType, status: &str| {
-            match lifecycle_event(&claim.completed, kind, &data(status), now) {
-                Ok(event) => {
-                    let sinks = self.lifecycle_routes(&event);
-                    Some(FollowUp { event, sinks })
-                }
-                Err(e) => {
-                    warn!(sink = sink.name(), error = %e, "cannot build the lifecycle event");
-                    None
-                }
+        let event = |kind: EventType, status: &str| match lifecycle_event(
+            &claim.completed,
+            kind,
+            &data(status),
+            now,
+        ) {
+            Ok(event) => {
+                let sinks = self.lifecycle_routes(&event);
+                Some(FollowUp { event, sinks })
+            }
+            Err(e) => {
+                warn!(sink = sink.name(), error = %e, "cannot build the lifecycle event");
+                None
             }
         };
         let base = FollowOutcome {
@@ -257,9 +263,19 @@ mod tests {
         for s in FAILED {
             assert_eq!(judge(Ok(s), false), Seen::Failed(s.into()), "{s}");
         }
-        assert_eq!(judge(Err(Some(404)), false), Seen::Failed("NOT_FOUND".into()));
+        assert_eq!(
+            judge(Err(Some(404)), false),
+            Seen::Failed("NOT_FOUND".into())
+        );
         // Unknown and transitional statuses keep following, as do failed reads.
-        for s in ["BUILDING", "DEPLOYING", "LOADING_MODEL", "UNHEALTHY", "SCALED_TO_ZERO", "NEW"] {
+        for s in [
+            "BUILDING",
+            "DEPLOYING",
+            "LOADING_MODEL",
+            "UNHEALTHY",
+            "SCALED_TO_ZERO",
+            "NEW",
+        ] {
             assert_eq!(judge(Ok(s), false), Seen::Pending(Some(s.into())), "{s}");
         }
         assert_eq!(judge(Err(Some(503)), false), Seen::Pending(None));

@@ -18,9 +18,9 @@ pub mod deploy;
 pub mod exec;
 mod follow;
 pub mod payload;
-mod worker;
 /// Signing moved below config and delivery (`crate::signing`); the old path still works.
 pub mod webhook;
+mod worker;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -42,7 +42,6 @@ use crate::wake::Wake;
 use deploy::{DeploySink, Deployed, LoopsDeployer};
 
 // `Deployed` is what `Sent::Deployed` carries; re-exported for the wiring and tests.
-
 
 /// Why an attempt failed.
 #[derive(Clone, Debug)]
@@ -478,8 +477,11 @@ impl Outbox {
             }
         };
         for id in &stale {
-            warn!(sink = sink.name(), delivery_id = id,
-                "an attempt's outcome was discarded: its claim had lapsed and was taken again");
+            warn!(
+                sink = sink.name(),
+                delivery_id = id,
+                "an attempt's outcome was discarded: its claim had lapsed and was taken again"
+            );
         }
         let mut routed = false;
         for r in outcomes.iter().filter(|r| !stale.contains(&r.delivery_id)) {
@@ -543,8 +545,7 @@ impl Outbox {
                     settled: true,
                     follow: deploy_cfg.filter(|c| c.follow).map(|c| {
                         (
-                            now + chrono::Duration::from_std(c.follow_interval)
-                                .unwrap_or_default(),
+                            now + chrono::Duration::from_std(c.follow_interval).unwrap_or_default(),
                             now + chrono::Duration::from_std(c.follow_timeout).unwrap_or_default(),
                         )
                     }),
@@ -713,7 +714,10 @@ impl Outbox {
                 {
                     Ok(r) => s.add(r),
                     Err(_) => {
-                        warn!(sink = sink.name(), "cannot record delivery outcomes; they will be attempted again");
+                        warn!(
+                            sink = sink.name(),
+                            "cannot record delivery outcomes; they will be attempted again"
+                        );
                         break;
                     }
                 }
@@ -781,7 +785,9 @@ impl Outbox {
         gauge.reset();
         for sink in self.sinks().iter().filter(|s| s.deploy.is_some()) {
             for stage in DeployStage::ALL {
-                gauge.with_label_values(&[sink.name(), stage.as_str()]).set(0);
+                gauge
+                    .with_label_values(&[sink.name(), stage.as_str()])
+                    .set(0);
             }
         }
         for (sink, stage, n) in rows {

@@ -29,6 +29,9 @@ use crate::store::Claimed;
 /// outcome write, and clock rates that differ a little.
 const MARGIN: Duration = Duration::from_secs(5);
 
+/// What a renewal reports: the claims lost, and when it was asked.
+type Renewed = Option<(Vec<i64>, Instant)>;
+
 /// A claim waiting for a slot, valid (at least) until `until` by this worker's clock.
 struct Held {
     claimed: Claimed,
@@ -79,7 +82,7 @@ impl Outbox {
 
     /// Renew `claims` (id, token); the ids that were lost (taken again, or released),
     /// and when the renewal was asked (the new leases run from no earlier than that).
-    async fn renew(&self, sink: &Sink, claims: Vec<(i64, i64)>) -> Option<(Vec<i64>, Instant)> {
+    async fn renew(&self, sink: &Sink, claims: Vec<(i64, i64)>) -> Renewed {
         let asked = Instant::now();
         match self.store.renew_claims(&claims, Self::lease(sink)).await {
             Ok(kept) => {
@@ -145,7 +148,7 @@ impl Outbox {
         let mut writing: Option<BoxFuture<'_, Vec<i64>>> = None;
         let mut writing_len = 0;
         let mut claiming: Option<BoxFuture<'_, (Vec<Held>, Duration)>> = None;
-        let mut renewing: Option<BoxFuture<'_, Option<(Vec<i64>, Instant)>>> = None;
+        let mut renewing: Option<BoxFuture<'_, Renewed>> = None;
         let mut next_claim = Instant::now();
         let mut next_renew = Instant::now() + renew_every;
         // New deliveries were announced while a claim was under way (it may have missed

@@ -21,8 +21,8 @@
 //! simulator never spawns anything but its server task.
 
 pub mod faults;
-pub mod models;
 mod json;
+pub mod models;
 pub mod receiver;
 pub mod routes;
 pub mod state;

@@ -13,9 +13,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Route;
+use super::faults::Fault;
 use super::faults::{self, Effect};
 use super::json::{ApiError, json_body, refusal_body};
-use super::faults::Fault;
 use super::state::{Filter, Refusal, SimHandle, State};
 
 /// The path of [`Route::Checkpoints`].
@@ -43,7 +43,10 @@ pub(super) fn router(handle: SimHandle, stop: CancellationToken) -> Router {
         .route(Route::Files.path(), get(files).fallback(method_not_allowed))
         .route(Route::Validate.path(), post(validate).fallback(post_only))
         .route(Route::Deploy.path(), post(deploy).fallback(post_only))
-        .route(Route::Models.path(), get(models).fallback(method_not_allowed))
+        .route(
+            Route::Models.path(),
+            get(models).fallback(method_not_allowed),
+        )
         .route(
             Route::Deployments.path(),
             get(deployments).fallback(method_not_allowed),
@@ -53,7 +56,10 @@ pub(super) fn router(handle: SimHandle, stop: CancellationToken) -> Router {
             get(deployment).fallback(method_not_allowed),
         )
         .route(Route::Promote.path(), post(promote).fallback(post_only))
-        .route(Route::Deactivate.path(), post(deactivate).fallback(post_only))
+        .route(
+            Route::Deactivate.path(),
+            post(deactivate).fallback(post_only),
+        )
         .fallback(not_found)
         .with_state(Server { handle, stop })
 }

@@ -263,8 +263,7 @@ const CLEAR_INTENT: &str =
     "UPDATE deploys SET before_ids = NULL, updated_at = $2 WHERE delivery_id = $1";
 
 /// Every deployment id recorded for model `$1`, with its delivery.
-const RECORDED: &str =
-    "SELECT delivery_id, deployment_id FROM deploys WHERE model_id = $1 AND deployment_id IS NOT NULL";
+const RECORDED: &str = "SELECT delivery_id, deployment_id FROM deploys WHERE model_id = $1 AND deployment_id IS NOT NULL";
 
 impl<DB: Dialect> Queries<DB>
 where

@@ -373,8 +373,7 @@ pub trait Store: Send + Sync + 'static {
     /// The outcomes of several attempts, written together (one transaction). An outcome
     /// whose claim is no longer held (its token changed) is discarded: returns the ids of
     /// those.
-    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>)
-    -> Result<Vec<i64>>;
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>>;
 
     /// One outcome; false when it was discarded (a stale claim).
     async fn record_attempt(

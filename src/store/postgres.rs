@@ -15,8 +15,8 @@ use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
     Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome,
-    PollCommit, Recorded, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
+    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
+    TargetDump, sql,
 };
 use crate::model::{Event, TargetState, Tracked};
 
@@ -317,11 +317,7 @@ impl Store for PgStore {
         Ok(ms.map(ms_to_time))
     }
 
-    async fn record_attempts(
-        &self,
-        outcomes: &[Recorded],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<i64>> {
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
         let mut conn = self.pool.acquire().await?;
         Queries::<Postgres>::record_attempts(&mut conn, outcomes, now.timestamp_millis()).await
     }

@@ -670,11 +670,7 @@ impl Store for SqliteStore {
         Ok(ms.map(ms_to_time))
     }
 
-    async fn record_attempts(
-        &self,
-        outcomes: &[Recorded],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<i64>> {
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
         let _turn = self.writes.lock().await;
         let mut conn = self.leases.acquire().await?;
         let r =
@@ -688,8 +684,7 @@ impl Store for SqliteStore {
         let mut conn = self.leases.acquire().await?;
         let clock = self.clock.now_ms();
         let r =
-            Queries::<Sqlite>::renew_claims(&mut conn, held, clock, lease.as_millis() as i64)
-                .await;
+            Queries::<Sqlite>::renew_claims(&mut conn, held, clock, lease.as_millis() as i64).await;
         discard_after_error(&mut conn, &r);
         r
     }
@@ -711,14 +706,9 @@ impl Store for SqliteStore {
     ) -> Result<Option<DeployRow>> {
         let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::deploy_begin(
-            &mut conn,
-            c,
-            sink,
-            created_at,
-            now.timestamp_millis(),
-        )
-        .await;
+        let r =
+            Queries::<Sqlite>::deploy_begin(&mut conn, c, sink, created_at, now.timestamp_millis())
+                .await;
         discard_after_error(&mut conn, &r);
         r
     }
