@@ -684,7 +684,7 @@ async fn lanes_conformance(store: Arc<dyn Store>) {
         error: "HTTP 503".into(),
     };
     for c in &all {
-        s.record_attempt(&c, &retry, later).await.unwrap();
+        s.record_attempt(c, &retry, later).await.unwrap();
     }
     assert!(
         s.claim_due("a", later, 100, false, lease)
