@@ -15,8 +15,9 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
-    Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, PollCommit,
-    Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+    Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
+    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
+    TargetDump,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -159,7 +160,7 @@ impl Store for Watched {
         model_id: Option<&str>,
         before: &[String],
         now: DateTime<Utc>,
-    ) -> Result<bool> {
+    ) -> Result<Intent> {
         watched!(
             self,
             "deploy",

@@ -361,3 +361,59 @@ async fn sigkill_after_the_api_acted_is_reconciled_at_restart_not_deployed_again
     assert_eq!(b["data"]["deployment"]["reconciled"], true);
     drop(d);
 }
+
+#[tokio::test]
+async fn a_second_deploy_to_the_same_model_waits_until_the_first_is_reconciled() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let first = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let second = h.add_checkpoint("run-1", "sampler", "step-200", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink("timeout = \"1s\"\nfollow = false\nlatest_only = false\nconcurrency = 2"),
+        lifecycle_hook(&rx.url)
+    ));
+    // One model for both: a call in doubt and a second call would leave two new
+    // deployments that reconciliation could not tell apart.
+    common::edit(&cfg, |t| {
+        t.lines()
+            .map(|l| {
+                if l.starts_with("model_name") {
+                    "model_name = \"qwen\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    // The first call deploys but its answer comes after the sink gave up.
+    h.push_fault_to(Route::Deploy, Fault::ActThenDelay(Duration::from_secs(4)));
+    h.set_status(&first, Some("COMPLETE"));
+    wait_for("the first call", T, || {
+        (h.requests_to(Route::Deploy) == 1).then_some(())
+    })
+    .await;
+    h.set_status(&second, Some("COMPLETE"));
+    wait_for("two checkpoint.deployed", T, || {
+        (rx.count() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(h.requests_to(Route::Deploy), 2, "one call per checkpoint");
+    let made = h.deployments_of("qwen");
+    assert_eq!(made.len(), 2, "{made:?}");
+    let rows = deploys(&env, &cfg).await;
+    let mut ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["deployment_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want: Vec<&str> = made.iter().map(|d| d.id.as_str()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each pipeline has its own deployment");
+    assert!(rows.iter().all(|r| r["stage"] == "deployed"), "{rows:?}");
+    drop(d);
+}

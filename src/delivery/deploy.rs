@@ -29,7 +29,7 @@ use crate::model::{
     CheckpointTarget, DeployRequest, Deployment, EventType, ModelDeployment, checkpoint_uri,
     lifecycle_event_id, rfc3339,
 };
-use crate::store::{Claimed, Store, StoredEvent};
+use crate::store::{Claimed, Intent, Store, StoredEvent};
 use crate::template::{Template, compile_template};
 
 /// A failed call to the Loops API, classified for the outbox.
@@ -355,8 +355,14 @@ impl DeploySink {
             .deploy_intent(c, &request.model_name, model_id.as_deref(), &before, now)
             .await
         {
-            Ok(true) => {}
-            Ok(false) => return DeployAttempt::known(Err(Failure::Stale)),
+            Ok(Intent::Recorded) => {}
+            Ok(Intent::Stale) => return DeployAttempt::known(Err(Failure::Stale)),
+            Ok(Intent::Blocked { checkpoint, .. }) => {
+                return DeployAttempt::known(Err(Failure::Deferred(format!(
+                    "waiting: the deploy of {checkpoint} to model {} is being reconciled",
+                    request.model_name
+                ))));
+            }
             Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
         }
         match api.deploy(&request).await {
@@ -369,12 +375,13 @@ impl DeploySink {
             // A final 4xx: the request was refused, nothing was deployed.
             Err(e) if !e.retryable => DeployAttempt::known(Err(failure("deploy", e))),
             // 408, 429, 5xx, a timeout, a lost connection, a cut-off answer: reconciled
-            // at the next attempt before anything else.
+            // at the next attempt before anything else (which waits as any retry does,
+            // `Retry-After` included).
             Err(e) => DeployAttempt {
-                result: Err(Failure::Unknown(format!(
-                    "deploy outcome unknown ({}); the model's deployments are read again before any retry",
-                    failure("deploy", e)
-                ))),
+                result: Err(failure(
+                    "deploy (outcome unknown, reconciled before any retry)",
+                    e,
+                )),
                 in_doubt: true,
             },
         }

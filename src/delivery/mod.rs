@@ -75,6 +75,9 @@ pub enum Failure {
     /// The claim was taken again (it lapsed): the attempt stopped before acting, and its
     /// outcome is not recorded; whoever holds the claim now carries on.
     Stale,
+    /// Not attempted now (another deploy to the same model is in doubt): due again
+    /// shortly, the attempt not counted.
+    Deferred(String),
 }
 
 impl Failure {
@@ -110,6 +113,7 @@ impl std::fmt::Display for Failure {
             Failure::Store(e) => write!(f, "cannot read the store: {e}"),
             Failure::Unknown(e) => f.write_str(e),
             Failure::Stale => f.write_str("the claim was taken again; this attempt stopped"),
+            Failure::Deferred(e) => f.write_str(e),
         }
     }
 }
@@ -448,6 +452,7 @@ impl Outbox {
                 AttemptOutcome::Retry { .. } => summary.retrying += 1,
                 AttemptOutcome::Dead { .. } | AttemptOutcome::Unknown { .. } => summary.dead += 1,
                 AttemptOutcome::Superseded { .. } => summary.superseded += 1,
+                AttemptOutcome::Deferred { .. } => summary.retrying += 1,
             }
         }
         if outcomes.is_empty() {
@@ -512,6 +517,18 @@ impl Outbox {
             Err(Failure::Stale) => {
                 warn!(sink = name, event_id = %ev.id, "claim taken again; this attempt stopped before acting");
                 return None;
+            }
+            Err(Failure::Deferred(reason)) => {
+                debug!(sink = name, event_id = %ev.id, %reason, "deploy put off");
+                return Some(Recorded {
+                    delivery_id: c.delivery_id,
+                    token: c.token,
+                    outcome: AttemptOutcome::Deferred {
+                        next: now + chrono::Duration::seconds(2),
+                        reason,
+                    },
+                    deploy: None,
+                });
             }
             Ok(Sent::Superseded(reason)) => {
                 update = Some(DeployUpdate {
@@ -640,6 +657,7 @@ impl Outbox {
                     "delivery failed for good; kept as dead, replay with `loopwatch deliveries redeliver`");
                 "dead"
             }
+            AttemptOutcome::Deferred { .. } => "retry",
             AttemptOutcome::Unknown { error } => {
                 error!(sink = name, event_id = %ev.id, attempt, %error,
                     "deploy outcome unknown; kept with status unknown and never deployed again by itself: check the model's deployments, then `loopwatch deliveries redeliver` to reconcile again");

@@ -114,6 +114,22 @@ pub struct DeployRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What [`super::Store::deploy_intent`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// Recorded: the call may be sent.
+    Recorded,
+    /// The claim is no longer held: the call must not be sent.
+    Stale,
+    /// Another pipeline's call to the same model is in doubt (not reconciled yet): two
+    /// calls in doubt at once could not be told apart, so this one waits. That
+    /// delivery was made due now, so it reconciles soon.
+    Blocked {
+        delivery_id: i64,
+        checkpoint: String,
+    },
+}
+
 /// What an attempt's outcome does to its deploy pipeline, written in the same
 /// transaction as the delivery's outcome.
 #[derive(Clone, Debug, Default)]
@@ -330,9 +346,12 @@ where
         row.into_row().map(Some)
     }
 
-    /// Record, before a deploy call is sent, what the model had before it; false (and
-    /// nothing written) when the claim is no longer held: the call must not be sent.
-    /// `before` empty and `model_id` None: the model does not exist yet.
+    /// Record, before a deploy call is sent, what the model had before it. Nothing is
+    /// written when the claim is no longer held, or when another pipeline's call to the
+    /// same model is in doubt (at most one call in doubt per model: reconciliation can
+    /// tell whose a new deployment is). `before` empty and `model_id` None: the model
+    /// does not exist yet.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn deploy_intent(
         conn: &mut DB::Connection,
         delivery_id: i64,
@@ -341,7 +360,7 @@ where
         model_id: Option<&str>,
         before: &[String],
         now: i64,
-    ) -> Result<bool> {
+    ) -> Result<Intent> {
         let mut tx = conn.begin().await?;
         let held: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(held(DB::LOCK_ROW)))
             .bind(delivery_id)
@@ -349,7 +368,35 @@ where
             .fetch_optional(&mut *tx)
             .await?;
         if held.is_none() {
-            return Ok(false);
+            return Ok(Intent::Stale);
+        }
+        // One intent per model at a time, across replicas (SQLite has one writer).
+        if let Some(lock) = DB::MODEL_LOCK {
+            sqlx::query(lock).bind(model_name).execute(&mut *tx).await?;
+        }
+        let other: Option<(i64, String)> = sqlx::query_as(
+            "SELECT delivery_id, checkpoint_name FROM deploys
+             WHERE model_name = $1 AND before_ids IS NOT NULL AND stage = 'deploying'
+               AND delivery_id <> $2 LIMIT 1",
+        )
+        .bind(model_name)
+        .bind(delivery_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((other, checkpoint)) = other {
+            sqlx::query(
+                "UPDATE deliveries SET next_attempt_at = $2 WHERE id = $1 AND status = 'pending'
+                   AND next_attempt_at > $2",
+            )
+            .bind(other)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Intent::Blocked {
+                delivery_id: other,
+                checkpoint,
+            });
         }
         sqlx::query(INTENT)
             .bind(delivery_id)
@@ -360,7 +407,7 @@ where
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Intent::Recorded)
     }
 
     /// Reconciliation found no new deployment: the call in doubt did not deploy.

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
-pub use deploys::{DeployRow, DeployStage, DeployUpdate, FollowClaim, FollowOutcome};
+pub use deploys::{DeployRow, DeployStage, DeployUpdate, FollowClaim, FollowOutcome, Intent};
 
 use crate::diff::Diff;
 use crate::model::TargetState;
@@ -287,6 +287,12 @@ pub enum AttemptOutcome {
     Unknown {
         error: String,
     },
+    /// Not attempted now, for `reason`: due again at `next`, the attempt not counted (a
+    /// deploy waiting for another call to the same model to be reconciled).
+    Deferred {
+        next: DateTime<Utc>,
+        reason: String,
+    },
 }
 
 /// One attempt's outcome to record: fenced by the token of the claim that made it, with
@@ -408,8 +414,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<DeployRow>>;
 
     /// Before a deploy call is sent: the deployments `model_name` (`model_id`, when it
-    /// exists) had before it. False, with nothing written, when the claim is no longer
-    /// held: the call must not be sent.
+    /// exists) had before it. Nothing is written when the claim is no longer held, or
+    /// another pipeline's call to the model is in doubt ([`Intent`]): the call must not be
+    /// sent then.
     async fn deploy_intent(
         &self,
         c: &Claimed,
@@ -417,7 +424,7 @@ pub trait Store: Send + Sync + 'static {
         model_id: Option<&str>,
         before: &[String],
         now: DateTime<Utc>,
-    ) -> Result<bool>;
+    ) -> Result<Intent>;
 
     /// Reconciliation found that the call in doubt deployed nothing. False when the
     /// claim is no longer held.

@@ -14,7 +14,7 @@ use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
 use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
-    Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome,
+    Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
     PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
     TargetDump, sql,
 };
@@ -123,6 +123,8 @@ impl Dialect for Postgres {
 
     const BODY_CREATED_AT: &'static str = "(e.body::jsonb #>> '{data,checkpoint,created_at}')";
     const LOCK_ROW: &'static str = " FOR UPDATE";
+    const MODEL_LOCK: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(7474, hashtext($1))");
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     /// The database's clock: replicas' clocks may disagree, and a claim that lapsed by
@@ -351,7 +353,7 @@ impl Store for PgStore {
         model_id: Option<&str>,
         before: &[String],
         now: DateTime<Utc>,
-    ) -> Result<bool> {
+    ) -> Result<Intent> {
         let mut conn = self.pool.acquire().await?;
         Queries::<Postgres>::deploy_intent(
             &mut conn,

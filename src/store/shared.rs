@@ -55,6 +55,10 @@ pub(crate) trait Dialect: Database {
     /// A row lock for a `SELECT` that fences a write (`FOR UPDATE`; SQLite has one writer).
     const LOCK_ROW: &'static str;
 
+    /// A statement taking a transaction-scoped lock on a model's name (`$1`), where
+    /// replicas write at once (PostgreSQL's advisory locks); none for SQLite's one writer.
+    const MODEL_LOCK: Option<&'static str>;
+
     /// `FOR UPDATE SKIP LOCKED` where replicas claim at once; nothing for SQLite.
     const SKIP_LOCKED: &'static str;
 
@@ -388,6 +392,12 @@ where
                     .bind(error.as_str())
                     .bind(1_i64)
                     .bind(DeliveryStatus::Dead.as_str()),
+                AttemptOutcome::Deferred { next, reason } => sqlx::query(sql::RECORD_DEFERRED)
+                    .bind(now)
+                    .bind(id)
+                    .bind(token)
+                    .bind(next.timestamp_millis())
+                    .bind(reason.as_str()),
                 AttemptOutcome::Unknown { error } => sqlx::query(sql::RECORD_DEAD)
                     .bind(now)
                     .bind(id)

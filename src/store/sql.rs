@@ -210,6 +210,11 @@ pub(crate) const RECORD_DEAD: &str =
     claim_token = NULL, last_status = $4, last_error = $5, updated_at = $1
     WHERE id = $2 AND claim_token = $3";
 
+/// An attempt put off, not counted: `$4` next attempt, `$5` why.
+pub(crate) const RECORD_DEFERRED: &str =
+    "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL, next_attempt_at = $4,
+    last_error = $5, updated_at = $1 WHERE id = $2 AND claim_token = $3";
+
 /// A deploy made moot by a newer one (`latest_only`), never attempted: `$4` why.
 pub(crate) const RECORD_SUPERSEDED: &str =
     "UPDATE deliveries SET status = 'superseded', claimed_until = NULL, claim_token = NULL,

@@ -19,7 +19,7 @@ use super::coordination::Fence;
 use super::rows::{self, event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
-    Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome,
+    Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
     PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
     TargetDump,
     sql::{self, Lane},
@@ -317,6 +317,7 @@ impl Dialect for Sqlite {
 
     const BODY_CREATED_AT: &'static str = "json_extract(e.body, '$.data.checkpoint.created_at')";
     const LOCK_ROW: &'static str = "";
+    const MODEL_LOCK: Option<&'static str> = None;
     const SKIP_LOCKED: &'static str = "";
 
     fn claim_clock(param: &str) -> String {
@@ -720,7 +721,7 @@ impl Store for SqliteStore {
         model_id: Option<&str>,
         before: &[String],
         now: DateTime<Utc>,
-    ) -> Result<bool> {
+    ) -> Result<Intent> {
         // Synced to disk before the call is sent: a power cut after it must not forget
         // that a deploy may have happened.
         let _turn = self.writes.lock().await;
