@@ -417,3 +417,55 @@ async fn a_second_deploy_to_the_same_model_waits_until_the_first_is_reconciled()
     assert!(rows.iter().all(|r| r["stage"] == "deployed"), "{rows:?}");
     drop(d);
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn postgres_replicas_deploy_once_and_a_follow_survives_their_deaths() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    h.set_deploy_script(&[("BUILDING", Duration::ZERO)]);
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink("timeout = \"1s\""),
+        lifecycle_hook(&rx.url)
+    ));
+    let url = common::pg::fresh_database().await;
+    common::set_store_url(&cfg, &url, "\nlease_ttl = \"3s\"");
+    let replica =
+        |name: &str| env.spawn_daemon_env(&cfg, &[("LOOPWATCH__STORE__REPLICA_ID", name)]);
+    let (mut a, mut b) = (replica("a"), replica("b"));
+    a.ready().await;
+    b.addr().await;
+    // The first call deploys and answers too late: whichever replica retries reconciles.
+    h.push_fault_to(Route::Deploy, Fault::ActThenDelay(Duration::from_secs(4)));
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("checkpoint.deployed", T, || (rx.count() >= 1).then_some(())).await;
+    assert_eq!(h.requests_to(Route::Deploy), 1);
+    let dep = h.deployments_of("qwen-step-100");
+    assert_eq!(dep.len(), 1);
+    let reads = h.requests_to(Route::Deployment);
+    wait_for("the deployment followed", T, || {
+        (h.requests_to(Route::Deployment) > reads + 2).then_some(())
+    })
+    .await;
+    // Both replicas die mid-follow; a third takes the follow over once its claim lapses.
+    a.kill9();
+    b.kill9();
+    h.set_deployment_status(&dep[0].id, Some("ACTIVE"));
+    let c = replica("c");
+    c.ready().await;
+    wait_for(
+        "checkpoint.deployment_active",
+        Duration::from_secs(90),
+        || (!received_of(&rx, "checkpoint.deployment_active").is_empty()).then_some(()),
+    )
+    .await;
+    never_within("a second deployment_active", Duration::from_secs(2), || {
+        received_of(&rx, "checkpoint.deployment_active").len() > 1
+    })
+    .await;
+    assert_eq!(h.deploys().len(), 1);
+    drop(c);
+}

@@ -93,8 +93,9 @@ impl Outbox {
             return false;
         };
         let now = Utc::now();
-        // Long enough for a batch of reads at the API's pace; renewed by nobody.
-        let lease = Duration::from_secs(60) + sink.cfg.timeout;
+        // Long enough for a batch of reads (each within the sink's timeout at worst);
+        // renewed by nobody: a follower that dies frees its batch after this.
+        let lease = Duration::from_secs(30) + sink.cfg.timeout;
         let claims = match self
             .store
             .claim_follows(sink.name(), now, BATCH, lease)
