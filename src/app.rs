@@ -21,18 +21,19 @@ use tracing::{error, info, warn};
 
 use crate::api;
 use crate::config::{self, Config, Environment, TargetConfig};
-use crate::delivery::deploy::{CallError, LoopsDeployer};
 use crate::delivery::{Outbox, Sink};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 use crate::model::TargetState;
-use crate::model::{DeployRequest, Deployment};
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
 use crate::store::{Access, Coordinator, Role, Store, StoreError};
 use crate::store_watch::{StoreWatch, Watched};
 use crate::wake::Wake;
+
+mod deployer;
+pub use deployer::deployer;
 
 /// Why an [`App`] could not be built: callers branch on a store that is missing (a dry
 /// run then starts from an empty state) or unreachable.
@@ -672,61 +673,6 @@ impl Early {
             Err(_) => server.abort(),
         }
         listener
-    }
-}
-
-/// The Loops API as `baseten_deploy` sinks need it, over the shared client (its token
-/// bucket, timeout and `loopwatch_api_requests_total`).
-pub fn deployer(client: Arc<api::Client>, metrics: Arc<Metrics>) -> Arc<dyn LoopsDeployer> {
-    Arc::new(ApiDeployer { client, metrics })
-}
-
-struct ApiDeployer {
-    client: Arc<api::Client>,
-    metrics: Arc<Metrics>,
-}
-
-impl ApiDeployer {
-    fn count<T>(&self, endpoint: api::Endpoint, r: &Result<T, api::Error>) {
-        let code = match r {
-            Ok(_) => "200".to_string(),
-            Err(e) => e.code_label(),
-        };
-        self.metrics.api_request(endpoint.label(), &code);
-    }
-}
-
-#[async_trait::async_trait]
-impl LoopsDeployer for ApiDeployer {
-    async fn validate(&self, path: &str, run_id: Option<&str>) -> Result<(), CallError> {
-        let r = self.client.validate(path, run_id).await;
-        self.count(api::Endpoint::Validate, &r);
-        r.map_err(call_error)
-    }
-
-    async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, CallError> {
-        let r = self.client.deploy(request).await;
-        self.count(api::Endpoint::Deploy, &r);
-        r.map_err(call_error)
-    }
-}
-
-/// The outbox's classification of a client error (docs/events.md, "baseten_deploy").
-fn call_error(e: api::Error) -> CallError {
-    match e {
-        api::Error::Status {
-            code,
-            retry_after,
-            message,
-            ..
-        } => CallError::status(code, retry_after, message),
-        api::Error::Timeout => CallError::timeout(e.to_string()),
-        api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
-        // A 2xx that is not the documented answer: the deploy may have happened, so it
-        // is not retried (that would deploy again).
-        api::Error::Decode(_) | api::Error::TooLarge(_) => {
-            CallError::invalid(200, format!("the answer is not as documented: {e}"))
-        }
     }
 }
 

@@ -108,6 +108,15 @@ pub enum Command {
     /// Inspect and re-queue deliveries
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+    /// Show each deploy pipeline: checkpoint, stage, model and deployment, approvals
+    /// (read-only; safe while it runs)
+    Deploys {
+        /// Only this sink's deploys (a `baseten_deploy` sink's `name`)
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Send a sample signed event to one sink and show the response
     TestSink {
         /// The sink's `name` in [[sinks]]
@@ -162,7 +171,7 @@ pub enum DeliveriesCommand {
     /// List deliveries (newest last; the newest --limit of them, stated on stderr when more match)
     List {
         /// Only deliveries in this state
-        #[arg(long, value_parser = ["pending", "dead", "delivered", "superseded"])]
+        #[arg(long, value_parser = ["pending", "dead", "delivered", "superseded", "awaiting_approval", "rejected", "expired", "unknown"])]
         status: Option<String>,
         /// Only deliveries to this sink (also one no longer configured)
         #[arg(long, value_name = "NAME")]

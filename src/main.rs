@@ -184,6 +184,10 @@ async fn dispatch(cli: Cli) -> u8 {
             init_tracing("warn", cfg.log.format);
             report(cli::state(&cfg, target.as_deref(), output.output).await)
         }
+        Command::Deploys { sink, output } => {
+            init_tracing("warn", cfg.log.format);
+            report(cli::deploys(&cfg, sink.as_deref(), output.output).await)
+        }
         Command::Deliveries(DeliveriesCommand::List {
             status,
             sink,

@@ -20,7 +20,7 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
         Refusal {
             status,
             message: message.into(),
@@ -229,13 +229,9 @@ impl State {
                 ));
             }
         }
-        let model_id = self
-            .deploys
-            .iter()
-            .find(|d| d.model_name == model_name)
-            .map(|d| d.model_id.clone())
-            .unwrap_or_else(|| format!("model_{}{:04}", self.id_prefix, self.deploys.len() + 1));
-        let deployment_id = format!("dep_{}{:04}", self.id_prefix, self.deploys.len() + 1);
+        let now = self.now();
+        let model_id = self.models.model(&model_name, &self.id_prefix, now);
+        let deployment_id = self.models.deploy(&model_id, &self.id_prefix, false, now);
         self.deploys.push(Deploy {
             checkpoint_ids: ids,
             model_name,

@@ -58,6 +58,11 @@ pub enum Fault {
     CloseConnection,
     /// 200 with the body `[]`.
     NotJsonObject,
+    /// Act (a deploy deploys, a promotion promotes), then answer only after this long:
+    /// a client that gives up first does not know the outcome.
+    ActThenDelay(Duration),
+    /// Act, then send `200` and drop the connection before the body.
+    ActThenClose,
     /// The files route pages without end (the listing route ignores it).
     Paging(Paging),
     /// 200; every integer of the answer is sent as Baseten's pydantic models still accept
@@ -145,7 +150,9 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
         | Fault::UnknownFields
         | Fault::DuplicateId
         | Fault::Paging(_)
-        | Fault::LaxNumbers) => return Effect::Alter(fault),
+        | Fault::LaxNumbers
+        | Fault::ActThenDelay(_)
+        | Fault::ActThenClose) => return Effect::Alter(fault),
     };
     Effect::Respond(response)
 }
@@ -162,6 +169,9 @@ pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
         let mut turn = false;
         laxen(&mut answer, &mut turn);
         return json_body(serde_json::to_vec(&answer).expect("json serializes"));
+    }
+    if let Fault::ActThenClose = fault {
+        return close_connection();
     }
     if let Fault::Truncated = fault {
         let mut body = serde_json::to_vec(&answer).expect("json serializes");
