@@ -37,6 +37,7 @@ pub mod poller;
 pub mod reload;
 pub mod replicas;
 pub mod server;
+pub mod status;
 pub mod signing;
 pub mod sim;
 pub mod store;

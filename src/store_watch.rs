@@ -15,7 +15,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
-    AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    AttemptFacts, AttemptOutcome, Claimed, DetailQuery, Overview, OverviewQuery, TargetDetail, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
 };
 
@@ -122,12 +122,17 @@ impl Store for Watched {
         watched!(self, "claim", self.inner.next_due(sink))
     }
 
-    async fn record_attempts(
+    async fn record_attempts_with(
         &self,
         outcomes: &[(i64, AttemptOutcome)],
+        facts: &[AttemptFacts],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        watched!(self, "record", self.inner.record_attempts(outcomes, now))
+        watched!(
+            self,
+            "record",
+            self.inner.record_attempts_with(outcomes, facts, now)
+        )
     }
 
     async fn release(&self, delivery_ids: &[i64]) -> Result<()> {
@@ -188,6 +193,14 @@ impl Store for Watched {
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
         watched!(self, "read", self.inner.events(target))
+    }
+
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
+        watched!(self, "read", self.inner.overview(q))
+    }
+
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
+        watched!(self, "read", self.inner.target_detail(q))
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {

@@ -32,7 +32,7 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::health::Heartbeat;
 use crate::metrics::Metrics;
 use crate::model::{CheckpointTarget, EventType};
-use crate::store::{AttemptOutcome, Claimed, FollowUp, Store, StoredEvent};
+use crate::store::{AttemptFacts, AttemptOutcome, Claimed, FollowUp, Store, StoredEvent};
 use crate::template::{Template, compile_template};
 use crate::wake::Wake;
 use deploy::{DeploySink, Deployed, LoopsDeployer};
@@ -284,6 +284,20 @@ fn make_sink(
 /// An attempt that has finished: its delivery, result and duration.
 type Finished = (Claimed, Result<Sent, Failure>, Duration);
 
+/// What the attempts log keeps of an attempt beyond its outcome: the HTTP status it got
+/// (an exec sink's `Status(0)` is none) and how long it took.
+fn facts(r: &Result<Sent, Failure>, took: Duration) -> AttemptFacts {
+    let status = match r {
+        Ok(Sent::Status(code)) => Some(*code).filter(|c| *c != 0),
+        Err(f) => f.status(),
+        Ok(_) => None,
+    };
+    AttemptFacts {
+        status,
+        took: Some(took),
+    }
+}
+
 /// The sinks and what they share.
 pub struct Outbox {
     store: Arc<dyn Store>,
@@ -409,6 +423,7 @@ impl Outbox {
     /// Record the outcomes of finished attempts, in one write; returns what they were.
     async fn record(&self, sink: &Sink, done: Vec<Finished>) -> DeliverySummary {
         let now = Utc::now();
+        let facts: Vec<AttemptFacts> = done.iter().map(|(_, r, took)| facts(r, *took)).collect();
         let outcomes: Vec<(i64, AttemptOutcome)> = done
             .into_iter()
             .map(|(c, r, took)| (c.delivery_id, self.outcome(sink, &c, r, took, now)))
@@ -426,7 +441,7 @@ impl Outbox {
                 AttemptOutcome::Superseded { .. } => summary.superseded += 1,
             }
         }
-        match self.store.record_attempts(&outcomes, now).await {
+        match self.store.record_attempts_with(&outcomes, &facts, now).await {
             Ok(()) => {
                 let mut routed = false;
                 for (_, o) in &outcomes {

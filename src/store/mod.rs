@@ -10,7 +10,9 @@
 //! differently. Who polls which target is [`coordination`]'s [`Coordinator`]: nothing
 //! outside `store/` asks which backend it has.
 
+pub mod attempts;
 pub mod coordination;
+pub mod inspect;
 pub mod postgres;
 mod rows;
 mod shared;
@@ -24,7 +26,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use attempts::AttemptFacts;
 pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
+pub use inspect::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 
 use crate::diff::Diff;
 use crate::model::TargetState;
@@ -320,12 +324,25 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest `next_attempt_at` of a pending delivery of `sink`.
     async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>>;
 
-    /// The outcomes of several attempts, written together (one transaction).
+    /// The outcomes of several attempts, written together (one transaction), each
+    /// attempt logged with what `facts` says of it (`facts[i]` for `outcomes[i]`; missing
+    /// ones are unknown) in the same transaction ([`attempts`]).
+    async fn record_attempts_with(
+        &self,
+        outcomes: &[(i64, AttemptOutcome)],
+        facts: &[AttemptFacts],
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// [`Store::record_attempts_with`] knowing nothing more of the attempts than their
+    /// outcomes.
     async fn record_attempts(
         &self,
         outcomes: &[(i64, AttemptOutcome)],
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.record_attempts_with(outcomes, &[], now).await
+    }
 
     async fn record_attempt(
         &self,
@@ -378,6 +395,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events in detection order, for tests and `state`.
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>>;
+
+    /// The database-wide picture for the status page ([`inspect`]): read-only, bounded
+    /// by the names and limits of `q`.
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview>;
+
+    /// One target's page of checkpoints with their events, deliveries and attempts
+    /// ([`inspect`]): read-only, bounded by `q`.
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail>;
 
     /// Forget delivered deliveries last updated before `cutoff`, then events detected
     /// before it that have no delivery left. Pending and dead deliveries are kept.

@@ -12,9 +12,11 @@ use sqlx::{AssertSqlSafe, Postgres, Row};
 
 use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
 use super::rows::{event_from_row, ms_to_time};
+use super::inspect::Inspect;
 use super::shared::{Dialect, LaneTurns, Queries};
+use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use super::{
-    Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    Access, AttemptFacts, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
 use crate::model::{Event, TargetState, Tracked};
@@ -301,9 +303,10 @@ impl Store for PgStore {
         Ok(ms.map(ms_to_time))
     }
 
-    async fn record_attempts(
+    async fn record_attempts_with(
         &self,
         outcomes: &[(i64, AttemptOutcome)],
+        facts: &[AttemptFacts],
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now = now.timestamp_millis();
@@ -348,6 +351,7 @@ impl Store for PgStore {
             };
             q.execute(&mut *tx).await?;
         }
+        super::attempts::log::<Postgres>(&mut tx, outcomes, facts, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -409,6 +413,14 @@ impl Store for PgStore {
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
         Queries::events(&self.pool, target).await
+    }
+
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
+        Inspect::<Postgres>::overview(&self.pool, q).await
+    }
+
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
+        Inspect::<Postgres>::target_detail(&self.pool, q).await
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {

@@ -17,9 +17,11 @@ use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
 use super::coordination::Fence;
 use super::rows::{self, event_from_row, ms_to_time};
+use super::inspect::Inspect;
 use super::shared::{Dialect, LaneTurns, Queries};
+use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use super::{
-    Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
+    Access, AttemptFacts, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
     SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
     sql::{self, Lane},
 };
@@ -397,6 +399,7 @@ impl Dialect for Sqlite {
 async fn record_attempts_on(
     conn: &mut SqliteConnection,
     outcomes: &[(i64, AttemptOutcome)],
+    facts: &[AttemptFacts],
     now: i64,
 ) -> Result<()> {
     let mut tx = conn.begin().await?;
@@ -453,6 +456,7 @@ async fn record_attempts_on(
         };
         q.execute(&mut *tx).await?;
     }
+    super::attempts::log::<Sqlite>(&mut tx, outcomes, facts, now).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -692,14 +696,15 @@ impl Store for SqliteStore {
         Ok(ms.map(ms_to_time))
     }
 
-    async fn record_attempts(
+    async fn record_attempts_with(
         &self,
         outcomes: &[(i64, AttemptOutcome)],
+        facts: &[AttemptFacts],
         now: DateTime<Utc>,
     ) -> Result<()> {
         let _turn = self.writes.lock().await;
         let mut conn = self.leases.acquire().await?;
-        let r = record_attempts_on(&mut conn, outcomes, now.timestamp_millis()).await;
+        let r = record_attempts_on(&mut conn, outcomes, facts, now.timestamp_millis()).await;
         discard_after_error(&mut conn, &r);
         r
     }
@@ -771,6 +776,14 @@ impl Store for SqliteStore {
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
         Queries::events(&self.pool, target).await
+    }
+
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
+        Inspect::<Sqlite>::overview(&self.pool, q).await
+    }
+
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
+        Inspect::<Sqlite>::target_detail(&self.pool, q).await
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
