@@ -138,7 +138,11 @@ impl Health {
 
     /// How the polls of `target` went here; None if this process never polled it.
     pub fn poll_seen(&self, target: &str) -> Option<PollSeen> {
-        self.polls.lock().expect("not poisoned").get(target).cloned()
+        self.polls
+            .lock()
+            .expect("not poisoned")
+            .get(target)
+            .cloned()
     }
 
     /// [`Health::poll_seen`] of every target polled here.

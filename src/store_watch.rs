@@ -15,8 +15,9 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
-    AttemptFacts, AttemptOutcome, Claimed, DetailQuery, Overview, OverviewQuery, TargetDetail, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+    AttemptFacts, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, DetailQuery, Overview,
+    OverviewQuery, PollCommit, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
+    TargetDetail, TargetDump,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.

@@ -441,7 +441,11 @@ impl Outbox {
                 AttemptOutcome::Superseded { .. } => summary.superseded += 1,
             }
         }
-        match self.store.record_attempts_with(&outcomes, &facts, now).await {
+        match self
+            .store
+            .record_attempts_with(&outcomes, &facts, now)
+            .await
+        {
             Ok(()) => {
                 let mut routed = false;
                 for (_, o) in &outcomes {

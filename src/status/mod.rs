@@ -280,9 +280,7 @@ impl Status {
             .filter(|t| needle.is_empty() || t.name.contains(needle))
             .collect();
         // Failing first: on page one with 10,000 targets.
-        order.sort_by(|a, b| {
-            (!failing(&a.name), &a.name).cmp(&(!failing(&b.name), &b.name))
-        });
+        order.sort_by(|a, b| (!failing(&a.name), &a.name).cmp(&(!failing(&b.name), &b.name)));
         let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
         let offset = q.offset.unwrap_or(0).min(order.len());
         let page: Vec<&TargetView> = order.iter().skip(offset).take(limit).copied().collect();
@@ -402,7 +400,10 @@ mod tests {
     fn clean_shows_controls_cuts_and_redacts() {
         let secrets = vec!["tok-123456".to_string()];
         assert_eq!(
-            clean("bad\u{1b}[31m tok-123456 at https://u:pw@h.example/x?y", &secrets),
+            clean(
+                "bad\u{1b}[31m tok-123456 at https://u:pw@h.example/x?y",
+                &secrets
+            ),
             "bad\\u{1b}[31m [redacted] at https://[redacted]@h.example/x?y"
         );
         assert_eq!(clean(&"x".repeat(600), &[]).chars().count(), MAX_TEXT + 1);

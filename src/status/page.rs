@@ -100,12 +100,11 @@ fn head(
     path: &str,
 ) -> Head {
     let refresh = q.refresh.map(|r| r.clamp(5, 3600));
-    let keep = q
-        .q
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|s| format!("q={}&", path_segment(s)))
-        .unwrap_or_default();
+    let keep =
+        q.q.as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("q={}&", path_segment(s)))
+            .unwrap_or_default();
     let link = |n: Option<u32>| match n {
         Some(n) => format!("{path}?{keep}refresh={n}"),
         None if keep.is_empty() => path.to_string(),
@@ -171,6 +170,8 @@ pub struct DeliveryRowView {
     pub when: When,
     pub next: When,
     pub replay: Option<String>,
+    /// One successful attempt, said in a line (`HTTP 204 in 5 ms`) instead of a table.
+    pub single: Option<String>,
     pub log: Vec<AttemptRow>,
 }
 
@@ -312,8 +313,14 @@ fn attempt_row(now: DateTime<Utc>, a: &AttemptItem) -> AttemptRow {
             other => badge("idle", "?", other.to_string()),
         },
         when: When::at(now, Some(a.at)),
-        status: a.status.map(|s| s.to_string()).unwrap_or_else(|| "–".into()),
-        duration: a.duration_ms.map(duration_text).unwrap_or_else(|| "–".into()),
+        status: a
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "–".into()),
+        duration: a
+            .duration_ms
+            .map(duration_text)
+            .unwrap_or_else(|| "–".into()),
         error: a.error.clone().unwrap_or_default(),
     }
 }
@@ -335,7 +342,11 @@ fn delivery_row(now: DateTime<Utc>, d: &DeliveryItem, log: &[AttemptItem]) -> De
         id: d.id,
         badge: delivery_badge(d.status),
         sink: d.sink.clone(),
-        kind: d.kind.strip_prefix("checkpoint.").unwrap_or(&d.kind).to_string(),
+        kind: d
+            .kind
+            .strip_prefix("checkpoint.")
+            .unwrap_or(&d.kind)
+            .to_string(),
         target: d.target.clone(),
         target_href: target_href(&d.target),
         checkpoint: d.checkpoint_name.clone(),
@@ -345,6 +356,15 @@ fn delivery_row(now: DateTime<Utc>, d: &DeliveryItem, log: &[AttemptItem]) -> De
         when: When::at(now, Some(d.updated_at)),
         next: When::at(now, d.next_attempt_at),
         replay: d.replay_command.clone(),
+        single: match log {
+            [a] if a.outcome == "delivered" => Some(match (a.status, a.duration_ms) {
+                (Some(s), Some(ms)) => format!("HTTP {s} in {}", duration_text(ms)),
+                (None, Some(ms)) => format!("in {}", duration_text(ms)),
+                (Some(s), None) => format!("HTTP {s}"),
+                (None, None) => String::new(),
+            }),
+            _ => None,
+        },
         log: log.iter().map(|a| attempt_row(now, a)).collect(),
     }
 }
@@ -385,7 +405,14 @@ fn newest(now: DateTime<Utc>, c: &CheckpointItem) -> (String, String, When) {
     )
 }
 
-fn pager(path: &str, q: &PageQuery, offset: usize, limit: usize, total: usize, what: &str) -> Pager {
+fn pager(
+    path: &str,
+    q: &PageQuery,
+    offset: usize,
+    limit: usize,
+    total: usize,
+    what: &str,
+) -> Pager {
     let mut keep = String::new();
     if let Some(s) = q.q.as_deref().filter(|s| !s.is_empty()) {
         keep.push_str(&format!("q={}&", path_segment(s)));
@@ -532,7 +559,8 @@ impl IndexPage {
                 .replicas
                 .iter()
                 .map(|x| {
-                    let beat = chrono::Duration::milliseconds((x.heartbeat_age_seconds * 1000.0) as i64);
+                    let beat =
+                        chrono::Duration::milliseconds((x.heartbeat_age_seconds * 1000.0) as i64);
                     (
                         x.id.clone(),
                         ago(now, now - beat),

@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use super::{Facts, TargetFacts, clean, leases, shell_word};
 use crate::health::PollSeen;
-use crate::store::DeliveryRow;
-use crate::store::inspect::{AttemptLine, CheckpointCounts, CheckpointLine, EventLine};
+use crate::store::inspect::{
+    AttemptLine, CheckpointCounts, CheckpointLine, DeliveryLine, EventLine,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
@@ -288,14 +289,14 @@ fn event_item(e: &EventLine, secrets: &[String]) -> EventItem {
     }
 }
 
-/// `checkpoint_name` is not in [`DeliveryRow`]: its URI's last segment, else the event's.
-fn delivery_item(d: &DeliveryRow, checkpoint_name: &str, secrets: &[String]) -> DeliveryItem {
+fn delivery_item(line: &DeliveryLine, secrets: &[String]) -> DeliveryItem {
+    let d = &line.row;
     DeliveryItem {
         id: d.id,
         event_id: d.event_id.clone(),
         kind: d.kind.clone(),
         target: clean(&d.target, secrets),
-        checkpoint_name: clean(checkpoint_name, secrets),
+        checkpoint_name: clean(&line.checkpoint_name, secrets),
         uri: d.uri.as_deref().map(|u| clean(u, secrets)),
         sink: d.sink.clone(),
         status: d.status.as_str(),
@@ -410,23 +411,10 @@ impl StatusReport {
                 items,
             },
             sinks,
-            dead_deliveries: o
-                .dead
-                .iter()
-                .map(|d| delivery_item(d, &uri_name(d), s))
-                .collect(),
+            dead_deliveries: o.dead.iter().map(|d| delivery_item(d, s)).collect(),
             events: o.events.iter().map(|e| event_item(e, s)).collect(),
         }
     }
-}
-
-/// A delivery row's checkpoint name, from the last segment of its URI.
-fn uri_name(d: &DeliveryRow) -> String {
-    d.uri
-        .as_deref()
-        .and_then(|u| u.rsplit('/').next())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// `name` as one URL path segment (percent-encoded where needed).
@@ -467,10 +455,10 @@ impl TargetReport {
                         deliveries: d
                             .deliveries
                             .iter()
-                            .filter(|r| r.event_id == e.id)
+                            .filter(|r| r.row.event_id == e.id)
                             .map(|r| DeliveryHistory {
-                                delivery: delivery_item(r, &e.checkpoint_name, s),
-                                attempts: attempts_of(r.id),
+                                delivery: delivery_item(r, s),
+                                attempts: attempts_of(r.row.id),
                             })
                             .collect(),
                     })

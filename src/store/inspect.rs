@@ -43,7 +43,7 @@ pub struct Overview {
     /// Each asked-for sink's last failed attempt, if any is logged.
     pub last_errors: Vec<AttemptLine>,
     /// Each asked-for sink's newest dead deliveries, newest first.
-    pub dead: Vec<DeliveryRow>,
+    pub dead: Vec<DeliveryLine>,
     /// The newest events, newest first.
     pub events: Vec<EventLine>,
     /// Who holds the lease of each asked-for target (PostgreSQL replicas; none on SQLite,
@@ -130,6 +130,14 @@ pub struct AttemptLine {
     pub error: Option<String>,
 }
 
+/// A delivery as `deliveries list` shows it, with its checkpoint's name.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeliveryLine {
+    #[serde(flatten)]
+    pub row: DeliveryRow,
+    pub checkpoint_name: String,
+}
+
 /// Who holds a target's lease.
 #[derive(Clone, Debug, Serialize)]
 pub struct LeaseLine {
@@ -169,7 +177,7 @@ pub struct TargetDetail {
     /// The events of those checkpoints, newest first.
     pub events: Vec<EventLine>,
     /// The deliveries of those events, oldest first.
-    pub deliveries: Vec<DeliveryRow>,
+    pub deliveries: Vec<DeliveryLine>,
     /// The logged attempts of those deliveries, oldest first.
     pub attempts: Vec<AttemptLine>,
 }
@@ -306,6 +314,11 @@ impl From<EventRecord> for EventLine {
 }
 
 #[derive(FromRow)]
+pub(crate) struct NameRecord {
+    checkpoint_name: String,
+}
+
+#[derive(FromRow)]
 pub(crate) struct AttemptRecord {
     delivery_id: i64,
     sink: String,
@@ -350,8 +363,7 @@ const CHECKPOINT_LINE_COLUMNS: &str = "target, id, name, run_id, checkpoint_targ
     sync_status, created_at, first_seen_at, completed, stalled, deleted";
 
 /// The columns of an [`AttemptRecord`].
-const ATTEMPT_COLUMNS: &str =
-    "delivery_id, sink, attempt, at, duration_ms, status, outcome, error";
+const ATTEMPT_COLUMNS: &str = "delivery_id, sink, attempt, at, duration_ms, status, outcome, error";
 
 /// The reads, for the dialect `DB` (bounds as in `shared.rs`).
 pub(crate) struct Inspect<DB>(std::marker::PhantomData<DB>);
@@ -373,7 +385,38 @@ where
     for<'r> EventRecord: FromRow<'r, DB::Row>,
     for<'r> AttemptRecord: FromRow<'r, DB::Row>,
     for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+    for<'r> NameRecord: FromRow<'r, DB::Row>,
 {
+    /// Deliveries joined with their events ([`sql::DELIVERY_LIST_COLUMNS`]) by `query`,
+    /// which binds `text`, `int` and `list` in that order (those given).
+    async fn deliveries(
+        pool: &Pool<DB>,
+        query: String,
+        text: Option<&str>,
+        int: Option<i64>,
+        list: Option<String>,
+    ) -> Result<Vec<DeliveryLine>> {
+        let mut q = sqlx::query(AssertSqlSafe(query));
+        if let Some(t) = text {
+            q = q.bind(t);
+        }
+        if let Some(i) = int {
+            q = q.bind(i);
+        }
+        if let Some(l) = list {
+            q = q.bind(l);
+        }
+        let rows = q.fetch_all(pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliveryLine {
+                    row: DeliveryRow::try_from(DeliveryRecord::from_row(r)?)?,
+                    checkpoint_name: NameRecord::from_row(r)?.checkpoint_name,
+                })
+            })
+            .collect()
+    }
+
     pub(crate) async fn overview(pool: &Pool<DB>, q: &OverviewQuery) -> Result<Overview> {
         let targets = Self::targets(pool, &q.targets).await?;
         let (stored_targets,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM targets")
@@ -392,19 +435,15 @@ where
             .fetch_optional(pool)
             .await?;
             last_errors.extend(last.map(AttemptLine::from));
-            let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            let query = format!(
                 "SELECT {} FROM deliveries d JOIN events e ON e.seq = d.event_seq
                  WHERE d.status = 'dead' AND d.sink = $1
                  ORDER BY d.created_at DESC, d.id DESC LIMIT $2",
                 sql::DELIVERY_LIST_COLUMNS
-            )))
-            .bind(sink.as_str())
-            .bind(q.dead_per_sink)
-            .fetch_all(pool)
-            .await?;
-            for r in rows {
-                dead.push(DeliveryRow::try_from(r)?);
-            }
+            );
+            dead.extend(
+                Self::deliveries(pool, query, Some(sink), Some(q.dead_per_sink), None).await?,
+            );
         }
         let events: Vec<EventRecord> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {EVENT_LINE_COLUMNS} FROM events e ORDER BY e.seq DESC LIMIT $1"
@@ -562,23 +601,18 @@ where
             return Ok(detail);
         }
         let seqs: Vec<i64> = detail.events.iter().map(|e| e.seq).collect();
-        let rows: Vec<DeliveryRecord> = sqlx::query_as(AssertSqlSafe(format!(
+        let query = format!(
             "SELECT {} FROM deliveries d JOIN events e ON e.seq = d.event_seq
              WHERE d.event_seq IN {} ORDER BY d.id",
             sql::DELIVERY_LIST_COLUMNS,
             DB::INT_LIST
-        )))
-        .bind(json_list(&seqs))
-        .fetch_all(pool)
-        .await?;
-        detail.deliveries = rows
-            .into_iter()
-            .map(DeliveryRow::try_from)
-            .collect::<Result<_>>()?;
+        );
+        detail.deliveries =
+            Self::deliveries(pool, query, None, None, Some(json_list(&seqs))).await?;
         if detail.deliveries.is_empty() {
             return Ok(detail);
         }
-        let ids: Vec<i64> = detail.deliveries.iter().map(|d| d.id).collect();
+        let ids: Vec<i64> = detail.deliveries.iter().map(|d| d.row.id).collect();
         let attempts: Vec<AttemptRecord> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id IN {} ORDER BY seq",
             DB::INT_LIST

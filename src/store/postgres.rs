@@ -11,14 +11,14 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQu
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
 use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
-use super::rows::{event_from_row, ms_to_time};
 use super::inspect::Inspect;
+use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
-use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use super::{
-    Access, AttemptFacts, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
+    Access, AttemptFacts, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit,
+    Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
 };
+use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use crate::model::{Event, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

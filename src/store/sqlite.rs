@@ -16,15 +16,15 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
 use super::coordination::Fence;
-use super::rows::{self, event_from_row, ms_to_time};
 use super::inspect::Inspect;
+use super::rows::{self, event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
-use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use super::{
-    Access, AttemptFacts, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+    Access, AttemptFacts, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit,
+    Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
     sql::{self, Lane},
 };
+use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use crate::model::{Event, ProbeMemo, Raw, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
