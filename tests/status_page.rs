@@ -432,3 +432,34 @@ async fn on_postgres_every_replica_shows_the_whole_database_and_which_targets_it
     assert_eq!(owners, ["llama", "qwen"]);
     drop((a, b, rx));
 }
+
+/// The page in Debian's headless Chromium over WebDriver: `tests/browser/status_page.py`
+/// checks the targets, the dead delivery and its replay line, the hostile name as text and
+/// no secret in the DOM, and saves screenshots under `target/browser/`. Run by
+/// `scripts/browser`, which installs Chromium, chromedriver and Selenium.
+#[tokio::test]
+#[ignore = "needs Chromium, chromedriver and Selenium: run scripts/browser"]
+async fn browser_status_page() {
+    let python = std::env::var("LOOPWATCH_BROWSER_PYTHON")
+        .expect("LOOPWATCH_BROWSER_PYTHON: run scripts/browser, which sets it up");
+    let w = sqlite_world().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("tests/browser/status_page.py"))
+        .args(["--url", &format!("http://{}", w.addr)])
+        .args(["--hostile", HOSTILE])
+        .arg("--screenshot")
+        .arg(root.join("target/browser"))
+        .env("LOOPWATCH_BROWSER_SECRETS", secrets().join("\n"))
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "the browser checks failed:\n{text}");
+    assert!(text.contains("every check passed"));
+}
