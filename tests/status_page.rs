@@ -267,7 +267,8 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     };
     let dead = to("dead-end");
     assert_eq!(dead["status"], "dead");
-    let attempts = dead["attempts"].as_array().unwrap();
+    assert_eq!(dead["attempts"], 1);
+    let attempts = dead["attempt_log"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "{dead}");
     assert_eq!(attempts[0]["attempt"], 1);
     assert_eq!(attempts[0]["status"], 410);
@@ -281,7 +282,7 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     );
     let ok = to("hook");
     assert_eq!(ok["status"], "delivered");
-    assert_eq!(ok["attempts"][0]["status"], 204);
+    assert_eq!(ok["attempt_log"][0]["status"], 204);
     let page = http_get(&format!("{base}/targets/qwen")).await;
     assert_eq!(page.0, 200);
     assert_no_secret("/targets/qwen", &page.1);
@@ -424,7 +425,7 @@ async fn on_postgres_every_replica_shows_the_whole_database_and_which_targets_it
             .iter()
             .flat_map(|e| e["deliveries"].as_array().unwrap())
             .find(|x| x["sink"] == "dead-end")
-            .unwrap()["attempts"]
+            .unwrap()["attempt_log"]
             .clone();
         assert_eq!(dead_attempts[0]["status"], 410, "{d}");
     }

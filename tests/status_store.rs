@@ -126,13 +126,13 @@ async fn attempts_and_views(store: Arc<dyn Store>) {
         (26, Some(410), "dead")
     );
     assert_eq!(last.duration_ms, None);
-    assert_eq!(log[0].status, Some(503), "a failure's status from its outcome");
+    assert_eq!(
+        log[0].status,
+        Some(503),
+        "a failure's status from its outcome"
+    );
     assert_eq!(log[0].duration_ms, Some(7));
-    let dead = detail
-        .deliveries
-        .iter()
-        .find(|d| d.row.id == id)
-        .unwrap();
+    let dead = detail.deliveries.iter().find(|d| d.row.id == id).unwrap();
     assert_eq!(dead.checkpoint_name, "a/b <c>");
 
     // The overview: a sink's last error, its dead delivery, the stored target's counts.

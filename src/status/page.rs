@@ -595,7 +595,7 @@ impl TargetPage {
                         let deliveries = e
                             .deliveries
                             .iter()
-                            .map(|d| delivery_row(now, &d.delivery, &d.attempts))
+                            .map(|d| delivery_row(now, &d.delivery, &d.attempt_log))
                             .collect();
                         event_row(now, &e.event, deliveries)
                     })

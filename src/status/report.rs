@@ -217,8 +217,9 @@ pub struct EventHistory {
 pub struct DeliveryHistory {
     #[serde(flatten)]
     pub delivery: DeliveryItem,
-    /// Its logged attempts (the newest 20), oldest first.
-    pub attempts: Vec<AttemptItem>,
+    /// Its logged attempts (the newest 20), oldest first (`attempts` is their count
+    /// since it was last queued).
+    pub attempt_log: Vec<AttemptItem>,
 }
 
 fn secs(ms: i64) -> f64 {
@@ -458,7 +459,7 @@ impl TargetReport {
                             .filter(|r| r.row.event_id == e.id)
                             .map(|r| DeliveryHistory {
                                 delivery: delivery_item(r, s),
-                                attempts: attempts_of(r.row.id),
+                                attempt_log: attempts_of(r.row.id),
                             })
                             .collect(),
                     })
