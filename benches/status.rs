@@ -109,9 +109,9 @@ fn fill(targets: usize, per_target: usize) -> Vec<String> {
                 ms = t0 + seq as i64
             ));
             let sink = SINKS[seq % SINKS.len()];
-            let (st, attempts, last_status, err) = if seq % 50 == 0 {
+            let (st, attempts, last_status, err) = if seq.is_multiple_of(50) {
                 ("dead", 1, "410", "'HTTP 410: gone'")
-            } else if seq % 10 == 0 {
+            } else if seq.is_multiple_of(10) {
                 ("pending", 0, "NULL", "NULL")
             } else {
                 ("delivered", 1, "NULL", "NULL")

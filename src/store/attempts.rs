@@ -159,7 +159,8 @@ mod tests {
             },
             AttemptFacts::default(),
         ];
-        let got: Vec<(i64, Option<i64>, Option<i64>, &str, Option<&str>)> = rows(&outcomes, &facts)
+        type Logged<'a> = (i64, Option<i64>, Option<i64>, &'a str, Option<&'a str>);
+        let got: Vec<Logged> = rows(&outcomes, &facts)
             .iter()
             .map(|r| (r.id, r.duration_ms, r.status, r.outcome, r.error))
             .collect();
