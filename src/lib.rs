@@ -39,6 +39,7 @@ pub mod replicas;
 pub mod server;
 pub mod signing;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod store_watch;
 pub mod template;
