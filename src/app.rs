@@ -371,7 +371,16 @@ impl App {
             let hup = std::future::pending::<Option<()>>();
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(()) = hup => self.reload(&mut running).await,
+                Some(()) = hup => {
+                    // The read runs on a thread of its own and SIGTERM wins over it: a
+                    // config path on a hung mount must not keep the daemon from stopping.
+                    let Some(read) = self.read_for_reload() else { continue };
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        loaded = read => self.reload(&mut running, loaded),
+                    }
+                }
             }
         }
         notify(&[NotifyState::Stopping]);
@@ -459,12 +468,13 @@ impl App {
         Some(lp.handle)
     }
 
-    /// SIGHUP: tell systemd, read the config file again, apply it or refuse it whole,
-    /// record the outcome in the reload metrics, tell systemd again. Never fails.
-    async fn reload(&mut self, run: &mut Running) {
-        let Some(path) = self.reload_from.clone() else {
-            return;
-        };
+    /// SIGHUP: tell systemd, and read the config file again on a thread of its own (the
+    /// read is bounded and never opens a FIFO for good, but a hung network mount can still
+    /// block it); the answer comes to [`App::reload`]. None without a file to read.
+    fn read_for_reload(
+        &self,
+    ) -> Option<impl Future<Output = Result<Config, config::ConfigError>> + use<>> {
+        let path = self.reload_from.clone()?;
         // Type=notify-reload: RELOADING=1 with the monotonic time, then READY=1 when done.
         let mut reloading = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
@@ -472,7 +482,33 @@ impl App {
         }
         notify(&reloading);
         info!(config = %path.display(), "SIGHUP: reloading the config");
-        let outcome = match config::load(&path, &Environment::from_process()) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shown = path.display().to_string();
+        // A plain thread, not spawn_blocking: the runtime waits for those when it shuts
+        // down, and this one may never return.
+        let spawned = std::thread::Builder::new()
+            .name("config-reload".into())
+            .spawn(move || {
+                let _ = tx.send(config::load(&path, &Environment::from_process()));
+            });
+        Some(async move {
+            match spawned {
+                Ok(_) => rx.await.unwrap_or_else(|_| {
+                    Err(config::ConfigError {
+                        problems: vec![format!("{shown}: the config read failed")],
+                    })
+                }),
+                Err(e) => Err(config::ConfigError {
+                    problems: vec![format!("{shown}: cannot start reading the config: {e}")],
+                }),
+            }
+        })
+    }
+
+    /// Apply a reloaded config or refuse it whole, record the outcome in the reload
+    /// metrics, tell systemd the reload is over. Never fails.
+    fn reload(&mut self, run: &mut Running, loaded: Result<Config, config::ConfigError>) {
+        let outcome = match loaded {
             Ok(new) => self.apply(run, new),
             Err(e) => Err(e.problems),
         };

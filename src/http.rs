@@ -45,17 +45,23 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// by chunk for at most [`ERROR_BODY_TIME`] (what arrived by then). Never `bytes()`: that
 /// buffers whatever the peer sends. The response is dropped unread after, which closes its
 /// connection instead of draining it into the pool.
+///
+/// Every secret this process knows is redacted from it ([`crate::redact`]) before anyone
+/// sees it: a peer may echo the request's `Authorization` header. A secret cut in half by
+/// the limit would escape that, so the read goes on for the longest secret's length,
+/// and the cut is made after.
 pub async fn error_body(resp: reqwest::Response) -> Vec<u8> {
     error_body_within(resp, ERROR_BODY_LIMIT, ERROR_BODY_TIME).await
 }
 
 async fn error_body_within(mut resp: reqwest::Response, limit: usize, time: Duration) -> Vec<u8> {
     let mut buf = Vec::new();
+    let read_to = limit + crate::redact::longest();
     let read = async {
-        while buf.len() < limit {
+        while buf.len() < read_to {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
-                    let room = limit - buf.len();
+                    let room = read_to - buf.len();
                     buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 }
                 Ok(None) | Err(_) => break,
@@ -63,27 +69,31 @@ async fn error_body_within(mut resp: reqwest::Response, limit: usize, time: Dura
         }
     };
     let _ = tokio::time::timeout(time, read).await;
-    buf
+    let mut body = crate::redact::secrets_in(&buf).into_owned();
+    body.truncate(limit);
+    body
 }
 
-/// An error body as one short line for a log or `deliveries list`: lossy UTF-8,
-/// whitespace collapsed, control characters escaped, at most `max` characters.
+/// An error body as one short line for a log or `deliveries list`: lossy UTF-8, known
+/// secrets redacted, whitespace collapsed, control characters escaped, at most `max`
+/// characters.
 pub fn one_line_snippet(body: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(body);
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = crate::redact::secrets(&flat);
     let short: String = flat.chars().take(max).collect();
     crate::text::escape(&short).into_owned()
 }
 
 /// The innermost cause of an error, which names the actual failure (refused, reset,
 /// TLS). reqwest's outer messages include the URL, which may carry a token: only the
-/// cause is kept.
+/// cause is kept, known secrets redacted.
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    crate::redact::secrets(&cur.to_string()).into_owned()
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //! - [`args`], [`cli`]: the command line (clap types) and its commands.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
-//! - [`text`]: outside text made safe to print (control characters escaped, cells cut).
+//! - [`text`]: outside text made safe to print (control characters escaped, cells cut);
+//!   [`redact`]: every secret this process knows, redacted from a peer's text.
 
 pub mod api;
 pub mod app;
@@ -34,6 +35,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod poller;
+pub mod redact;
 pub mod reload;
 pub mod replicas;
 pub mod server;

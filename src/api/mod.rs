@@ -293,7 +293,7 @@ impl Client {
     pub async fn source(&self, id: &str) -> Result<Source, Error> {
         let url = self.checkpoint_url(id, "source");
         let bytes = self.send(self.http.get(url)).await?;
-        wire::decode_source(&bytes).map_err(Error::Decode)
+        wire::decode_source(&bytes).map_err(decode_error)
     }
 
     /// One page of the files of checkpoint `id`; the first page is `page_token` 0. A
@@ -309,7 +309,7 @@ impl Client {
             .append_pair("page_size", &page_size.to_string())
             .append_pair("page_token", &page_token.to_string());
         let bytes = self.send(self.http.get(url)).await?;
-        wire::decode_files(&bytes).map_err(Error::Decode)
+        wire::decode_files(&bytes).map_err(decode_error)
     }
 
     /// Ask whether the sampler checkpoint at `checkpoint_path`
@@ -327,7 +327,7 @@ impl Client {
         let body = wire::deploy_request(request);
         let url = self.action_url("deploy");
         let bytes = self.send(post_json(self.http.post(url), &body)).await?;
-        wire::decode_deployed(&bytes).map_err(Error::Decode)
+        wire::decode_deployed(&bytes).map_err(decode_error)
     }
 
     /// `.../checkpoints/{id}/{leaf}`, the id percent-encoded as one path segment.
@@ -404,7 +404,7 @@ impl Body {
 
     /// Decode the listing; a body that does not decode fails the poll as a whole.
     pub fn decode(&self) -> Result<Vec<Checkpoint>, Error> {
-        wire::decode_listing(&self.bytes).map_err(Error::Decode)
+        wire::decode_listing(&self.bytes).map_err(decode_error)
     }
 }
 
@@ -430,6 +430,12 @@ fn post_json(
     request
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(bytes)
+}
+
+/// An answer that does not decode. serde quotes what it found (`invalid type: string
+/// "..."`), which may be a secret a hostile peer echoed: redacted like an error body.
+fn decode_error(message: String) -> Error {
+    Error::Decode(crate::redact::secrets(&message).into_owned())
 }
 
 fn transport(e: reqwest::Error) -> Error {

@@ -12,6 +12,7 @@
 //! Secrets never come from the file: `*_env` names a variable, `*_file` a path. Resolved
 //! secrets live in [`Secret`], whose `Debug` and `Display` print `[redacted]`.
 
+mod file;
 pub mod raw;
 mod redact;
 mod secrets;
@@ -31,6 +32,7 @@ use crate::model::{CheckpointTarget, EventType};
 use crate::signing::{Ed25519Key, SigningKey};
 
 pub use ::config::FileFormat;
+pub use file::MAX_CONFIG_BYTES;
 pub use raw::{Environment, RawConfig};
 pub use redact::redact_url;
 pub use secrets::Secret;
@@ -398,11 +400,18 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
             ));
         }
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| one(format!("cannot read the config file: {e}")))?;
+    let text = read_config_file(path).map_err(one)?;
     let mut cfg = load_str(&text, format, &name, env)?;
     warn_if_writable(&mut cfg, path);
     Ok(cfg)
+}
+
+/// The config file's text: a regular file of at most [`MAX_CONFIG_BYTES`], read without
+/// ever blocking on a FIFO or reading a device (docs/configuration.md, "The file").
+fn read_config_file(path: &Path) -> Result<String, String> {
+    file::read_regular(path, MAX_CONFIG_BYTES).map_err(|e| {
+        format!("cannot read the config file: {e}; point -c or LOOPWATCH_CONFIG at a regular file")
+    })
 }
 
 /// First among `cfg.warnings`: the config file at `path` is writable by others.
@@ -450,8 +459,8 @@ pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, Co
                 _ => FileFormat::Toml,
             };
             let name = p.display().to_string();
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                problems: vec![format!("{name}: cannot read the config file: {e}")],
+            let text = read_config_file(p).map_err(|e| ConfigError {
+                problems: vec![printable(&format!("{name}: {e}"))],
             })?;
             let mut cfg = load_str_with(&text, format, &name, env, false)?;
             warn_if_writable(&mut cfg, p);

@@ -287,6 +287,22 @@ pub(super) fn validate(
             None
         }
     };
+    // `https://user:pass@host` made reqwest send `Authorization: Basic` beside the key's
+    // `Bearer`: two headers, and a proxy or the API picks one. The password never shows.
+    let base_url = match base_url {
+        Some(u) if !u.username().is_empty() || u.password().is_some() => {
+            super::secrets::register_url(&u);
+            w.err(
+                "api.base_url",
+                format!(
+                    "{:?} carries a user or password; the API key is the one credential sent (api.api_key_env or api.api_key_file): remove the user:password@ part",
+                    redact_url(u.as_str())
+                ),
+            );
+            None
+        }
+        other => other,
+    };
     if let Some(u) = &base_url
         && let Some(host) = cleartext_to_remote(u)
     {
@@ -672,6 +688,9 @@ fn target(
 /// and not a failure at start. sqlx's messages name the parameter, never the password.
 fn check_store_url(url: &str) -> Result<(), String> {
     use std::str::FromStr;
+    if let Ok(u) = Url::parse(url) {
+        super::secrets::register_url(&u);
+    }
     let scrub = |e: sqlx::Error| {
         let mut msg = one_line(&e.to_string());
         if let Some(pw) = Url::parse(url)
