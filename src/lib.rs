@@ -32,6 +32,7 @@ pub mod demo;
 pub mod diff;
 pub mod health;
 pub mod http;
+pub mod json;
 pub mod metrics;
 pub mod model;
 pub mod poller;

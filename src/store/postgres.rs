@@ -121,6 +121,7 @@ impl Dialect for Postgres {
     }
 
     const BODY_CREATED_AT: &'static str = "(e.body::jsonb #>> '{data,checkpoint,created_at}')";
+    const BODY_FIRST_SEEN_AT: &'static str = "(e.body::jsonb #>> '{data,first_seen_at}')";
 
     /// Lock the lease row: a takeover waits for this commit, and a stale epoch (the lease
     /// was taken while this replica was paused) commits nothing.

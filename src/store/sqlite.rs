@@ -292,6 +292,7 @@ impl Dialect for Sqlite {
     }
 
     const BODY_CREATED_AT: &'static str = "json_extract(e.body, '$.data.checkpoint.created_at')";
+    const BODY_FIRST_SEEN_AT: &'static str = "json_extract(e.body, '$.data.first_seen_at')";
 
     /// One node owns every target for good (its flock keeps a second poller out).
     async fn check_fence(
