@@ -214,20 +214,19 @@ impl App {
 
         if let Some(early) = self.early.take() {
             let addr = early.addr;
+            let limits = early.limits;
             let listener = early.finish().await;
             let router = server::router(ServerState {
                 metrics: self.metrics.clone(),
                 health: self.health.clone(),
                 outbox: Some(self.outbox.clone()),
             });
-            let stop = token.clone();
-            tracker.spawn(async move {
-                let serve =
-                    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(e) = serve.await {
-                    warn!(error = %e, "HTTP server stopped");
-                }
-            });
+            tracker.spawn(crate::listener::serve(
+                listener,
+                router,
+                limits,
+                token.clone(),
+            ));
             info!(%addr, "serving /metrics /healthz /readyz");
         }
 
@@ -680,6 +679,8 @@ async fn open_store(
 struct Early {
     listener: TcpListener,
     addr: SocketAddr,
+    /// `[server]`'s bounds, fitted to the descriptor limit.
+    limits: crate::listener::Limits,
     /// Stops the interim server when finished or dropped (a failed build).
     stop: tokio_util::sync::DropGuard,
     server: tokio::task::JoinHandle<()>,
@@ -707,18 +708,24 @@ impl Early {
             health: health.clone(),
             outbox: None,
         });
+        let limits = crate::listener::Limits {
+            max_connections: cfg.server.max_connections,
+            header_read_timeout: cfg.server.header_read_timeout,
+            idle_timeout: cfg.server.idle_timeout,
+        }
+        .fit_descriptors();
         let token = CancellationToken::new();
-        let stop = token.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(interim, router).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                warn!(error = %e, "HTTP server stopped");
-            }
-        });
+        let server = tokio::spawn(crate::listener::serve(
+            interim,
+            router,
+            limits,
+            token.clone(),
+        ));
         info!(%addr, "serving /healthz /readyz /metrics while the store opens");
         Ok(Early {
             listener,
             addr,
+            limits,
             stop: token.drop_guard(),
             server,
         })
@@ -793,7 +800,9 @@ fn call_error(e: api::Error) -> CallError {
         api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
         // A 2xx that is not the documented answer: the deploy may have happened, so it
         // is not retried (that would deploy again).
-        api::Error::Decode(_) | api::Error::TooLarge(_) => {
+        // Not read for want of room: as unknown as a body cut short (a deploy's answer is
+        // small and never waits for room, so this is for completeness).
+        api::Error::Decode(_) | api::Error::TooLarge(_) | api::Error::OverBudget(_) => {
             CallError::invalid(200, format!("the answer is not as documented: {e}"))
         }
     }

@@ -1,8 +1,13 @@
 //! HTTP helpers shared by the Loops client (`api`) and the sinks (`delivery`), below
-//! both: `Retry-After`, root causes of transport errors, and the short, bounded look at
-//! an error body that goes into a log line or `deliveries list`.
+//! both: `Retry-After`, root causes of transport errors, the short, bounded look at an
+//! error body that goes into a log line or `deliveries list`, and the process-wide
+//! budget of response bytes held in memory ([`budget`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
@@ -13,6 +18,96 @@ pub const ERROR_BODY_LIMIT: usize = 4 * 1024;
 /// And for at most this long: a body dripped a byte a second, or one that never ends,
 /// must not hold the attempt (or the poll) past this.
 pub const ERROR_BODY_TIME: Duration = Duration::from_secs(2);
+
+/// Bodies up to this size are read without asking the [`budget`]: every answer but a
+/// listing or a files page is this small (a deploy's, a source's, an error's), and one
+/// must never wait for memory once its request has done its work upstream.
+pub const UNBUDGETED: usize = 64 * 1024;
+
+/// The bytes of response bodies the process holds at once (`api.max_buffered_bytes`),
+/// across every target's listing, every probe's files pages and every deploy sink's
+/// answer: N hostile targets answering the largest allowed body cost this, not N times
+/// it. A body takes its share as it arrives and keeps it for as long as it is held (a
+/// listing: until its poll ends); a body over the rest waits for room.
+pub struct Budget {
+    room: Arc<Semaphore>,
+    total: AtomicUsize,
+}
+
+/// The process's one [`Budget`]; 128 MiB until [`Budget::resize`]d by the API client.
+pub fn budget() -> &'static Budget {
+    static BUDGET: OnceLock<Budget> = OnceLock::new();
+    BUDGET.get_or_init(|| Budget {
+        room: Arc::new(Semaphore::new(128 << 20)),
+        total: AtomicUsize::new(128 << 20),
+    })
+}
+
+impl Budget {
+    /// Set the total to `bytes` (what is held now stays held; a shrink takes effect as
+    /// it comes back, as far as it can).
+    pub fn resize(&self, bytes: u64) {
+        let bytes = usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS / 2);
+        let was = self.total.swap(bytes, Ordering::SeqCst);
+        if bytes > was {
+            self.room.add_permits(bytes - was);
+        } else {
+            self.room.forget_permits(was - bytes);
+        }
+    }
+
+    /// The total, in bytes.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.room.available_permits()
+    }
+
+    /// Wait for `bytes` of room, taken in one go: a body whose size is not announced
+    /// takes room for the largest allowed one and gives back the rest once read
+    /// ([`Share::shrink_to`]). Two bodies each holding part and waiting for more would
+    /// wait for each other; one acquisition each cannot.
+    pub async fn take(&self, bytes: usize) -> Share {
+        let bytes = u32::try_from(bytes.min(self.total())).unwrap_or(u32::MAX);
+        let held = (self.room.clone().acquire_many_owned(bytes).await)
+            .expect("the budget's semaphore is never closed");
+        Share { held: Some(held) }
+    }
+}
+
+/// Bytes of the [`budget`] held by one body, given back when dropped.
+pub struct Share {
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Share {
+    /// Nothing held (a small body, [`UNBUDGETED`]).
+    pub fn none() -> Share {
+        Share { held: None }
+    }
+
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.held
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Give back all but `bytes`.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let excess = self.bytes().saturating_sub(bytes);
+        if let Some(held) = self.held.as_mut()
+            && excess > 0
+        {
+            drop(held.split(excess));
+        }
+    }
+}
 
 /// The longest wait a `Retry-After` may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);

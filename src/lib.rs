@@ -13,7 +13,8 @@
 //! - [`poller`]: per-target schedule: fetch -> probe null checkpoints -> diff -> commit.
 //! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
-//! - [`metrics`], [`health`], [`server`]: what operators see.
+//! - [`metrics`], [`health`], [`server`]: what operators see; [`listener`]: how the
+//!   server's connections are accepted and bounded.
 //! - [`app`]: wiring; the only place that spawns tasks. [`reload`]: what a SIGHUP
 //!   reload changes, which `app` applies.
 //! - [`args`], [`cli`]: the command line (clap types) and its commands.
@@ -33,6 +34,7 @@ pub mod diff;
 pub mod health;
 pub mod http;
 pub mod json;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod poller;

@@ -78,6 +78,8 @@ pub struct ApiConfig {
     pub timeout: Duration,
     pub max_requests_per_second: f64,
     pub max_response_bytes: u64,
+    /// Response bodies held in memory at once, across targets, probes and sinks.
+    pub max_buffered_bytes: u64,
 }
 
 impl fmt::Debug for ApiConfig {
@@ -90,6 +92,7 @@ impl fmt::Debug for ApiConfig {
             timeout,
             max_requests_per_second,
             max_response_bytes,
+            max_buffered_bytes,
         } = self;
         f.debug_struct("ApiConfig")
             .field("base_url", &redact_url(base_url.as_str()))
@@ -99,6 +102,7 @@ impl fmt::Debug for ApiConfig {
             .field("timeout", timeout)
             .field("max_requests_per_second", max_requests_per_second)
             .field("max_response_bytes", max_response_bytes)
+            .field("max_buffered_bytes", max_buffered_bytes)
             .finish()
     }
 }
@@ -179,6 +183,13 @@ impl StoreConfig {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Open connections at most (lowered at start to half the descriptor limit).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, from the connection's start or the
+    /// end of the previous response.
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -358,6 +358,20 @@ pub(super) fn validate(
         1024,
         1 << 40,
     );
+    // Room for two of the largest responses at once by default; never less than one.
+    let max_buffered_bytes = w.integer(
+        &api.max_buffered_bytes,
+        "api.max_buffered_bytes",
+        max_response_bytes.saturating_mul(2),
+        1024,
+        1 << 42,
+    );
+    if max_buffered_bytes < max_response_bytes {
+        w.err(
+            "api.max_buffered_bytes",
+            format!("is {max_buffered_bytes}, below api.max_response_bytes ({max_response_bytes}): a response of the largest allowed size could never be read; raise it or lower api.max_response_bytes"),
+        );
+    }
 
     // [poll]
     let poll = w.table(raw.poll, "poll");
@@ -445,6 +459,24 @@ pub(super) fn validate(
             None
         }
     };
+
+    let max_connections = w.integer(
+        &server.max_connections,
+        "server.max_connections",
+        512,
+        4,
+        1 << 20,
+    ) as usize;
+    let header_read_timeout = w.positive_duration(
+        &server.header_read_timeout,
+        "server.header_read_timeout",
+        Duration::from_secs(10),
+    );
+    let idle_timeout = w.positive_duration(
+        &server.idle_timeout,
+        "server.idle_timeout",
+        Duration::from_secs(60),
+    );
 
     if let Some(a) = listen
         && !a.ip().is_loopback()
@@ -559,6 +591,7 @@ pub(super) fn validate(
             timeout: api_timeout,
             max_requests_per_second: rps,
             max_response_bytes,
+            max_buffered_bytes,
         },
         poll: PollConfig {
             interval,
@@ -580,6 +613,9 @@ pub(super) fn validate(
         },
         server: ServerConfig {
             listen: listen.expect("checked"),
+            max_connections,
+            header_read_timeout,
+            idle_timeout,
         },
         log: LogConfig {
             format: log_format,
