@@ -476,13 +476,14 @@ mod target_tests {
         )
         .unwrap();
         reg.register(Box::new(cks.clone())).unwrap();
-        let events = counter(f[2].name, f[2].help, &["target", "type"]);
-        let fencing = counter(f[3].name, f[3].help, &["target"]);
-        let last = gauge(f[4].name, f[4].help, &["target"]);
-        let latest = gauge(f[5].name, f[5].help, &["target", "checkpoint_target"]);
-        let poll = hist(f[6].name, f[6].help, POLL_BUCKETS);
-        let polls = counter(f[7].name, f[7].help, &["target", "outcome"]);
-        let probes = counter(f[8].name, f[8].help, &["target", "outcome"]);
+        let ahead = counter(f[2].name, f[2].help, &["target"]);
+        let events = counter(f[3].name, f[3].help, &["target", "type"]);
+        let fencing = counter(f[4].name, f[4].help, &["target"]);
+        let last = gauge(f[5].name, f[5].help, &["target"]);
+        let latest = gauge(f[6].name, f[6].help, &["target", "checkpoint_target"]);
+        let poll = hist(f[7].name, f[7].help, POLL_BUCKETS);
+        let polls = counter(f[8].name, f[8].help, &["target", "outcome"]);
+        let probes = counter(f[9].name, f[9].help, &["target", "outcome"]);
 
         let m = Metrics::new();
         let names = ["qwen-b", "a \"quoted\" \\ name", "qwen-a"];
@@ -504,6 +505,7 @@ mod target_tests {
                 events.with_label_values(&[n, e.as_str()]);
             }
             fencing.with_label_values(&[n]);
+            ahead.with_label_values(&[n]);
             for o in ProbeOutcome::ALL {
                 probes.with_label_values(&[n, o.label()]);
             }
@@ -533,6 +535,8 @@ mod target_tests {
             t.sync_duration(82.3);
             fencing.with_label_values(&[n]).inc();
             t.fencing_rejection();
+            ahead.with_label_values(&[n]).inc();
+            t.created_ahead();
             let live = [
                 (
                     CheckpointTarget::Sampler,
@@ -551,7 +555,10 @@ mod target_tests {
                     "not a time either",
                 ),
             ];
-            t.set_checkpoints(live.iter().cloned());
+            t.set_checkpoints(
+                (live.iter().cloned())
+                    .map(|(ct, c, at)| (ct, c, crate::model::parse_created_at(at))),
+            );
             let mut counts = std::collections::HashMap::new();
             for (ct, c, _) in &live {
                 *counts.entry((ct.label(), c.label())).or_insert(0) += 1;

@@ -131,13 +131,19 @@ pub enum Error {
     Decode(String),
     #[error("response is larger than api.max_response_bytes ({0} bytes)")]
     TooLarge(u64),
+    /// The process's response bodies filled `api.max_buffered_bytes` for the whole
+    /// request timeout: this body was not read (the poll waits for its turn next time).
+    #[error(
+        "no room for the response within api.timeout: responses held at once fill api.max_buffered_bytes ({0} bytes)"
+    )]
+    OverBudget(u64),
 }
 
 impl Error {
     /// Worth trying again soon: the fault is likely on the way or upstream.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout | Error::Connect(_) | Error::Transport(_) => true,
+            Error::Timeout | Error::Connect(_) | Error::Transport(_) | Error::OverBudget(_) => true,
             Error::Status { code, .. } => *code == 408 || *code == 429 || *code >= 500,
             Error::Decode(_) | Error::TooLarge(_) => false,
         }
@@ -204,6 +210,7 @@ impl Error {
             Error::Connect(_) | Error::Transport(_) => "connect".into(),
             Error::Status { code, .. } => code.to_string(),
             Error::Decode(_) | Error::TooLarge(_) => "decode".into(),
+            Error::OverBudget(_) => "budget".into(),
         }
     }
 }
@@ -224,6 +231,8 @@ pub struct Client {
     /// How many processes share the budget now.
     sharing: AtomicI64,
     max_bytes: u64,
+    /// `api.timeout`: also how long a body waits for room in the [`http::budget`].
+    timeout: Duration,
 }
 
 /// The listing endpoint under `base`: a path prefix (a gateway's `/loops-proxy`) is
@@ -264,6 +273,9 @@ impl Client {
                 anyhow::anyhow!("the API key contains characters not allowed in a header")
             })?;
         auth.set_sensitive(true);
+        // One client per process (the pollers' and the deploy sinks'): its config sets
+        // the process's budget of response bytes.
+        http::budget().resize(cfg.max_buffered_bytes);
         Ok(Client {
             http,
             endpoint,
@@ -275,6 +287,7 @@ impl Client {
             budget: cfg.max_requests_per_second,
             sharing: AtomicI64::new(1),
             max_bytes: cfg.max_response_bytes,
+            timeout: cfg.timeout,
         })
     }
 
@@ -324,13 +337,13 @@ impl Client {
         url.query_pairs_mut()
             .append_pair(filter.query_key(), filter.value());
         match self.send(self.http.get(url)).await {
-            Ok(bytes) => Ok(Body::new(bytes, false)),
+            Ok((bytes, share)) => Ok(Body::new(bytes, share, false)),
             Err(Error::Status {
                 code: 404,
                 from_api: true,
                 ..
             }) if matches!(filter, Filter::CheckpointPath(..)) => {
-                Ok(Body::new(EMPTY_LISTING.to_vec(), true))
+                Ok(Body::new(EMPTY_LISTING.to_vec(), http::Share::none(), true))
             }
             Err(e) => Err(e),
         }
@@ -339,8 +352,8 @@ impl Client {
     /// Where the files of checkpoint `id` (its `id`, not its name) come from.
     pub async fn source(&self, id: &str) -> Result<Source, Error> {
         let url = self.checkpoint_url(id, "source");
-        let bytes = self.send(self.http.get(url)).await?;
-        wire::decode_source(&bytes).map_err(Error::Decode)
+        let (bytes, _share) = self.send(self.http.get(url)).await?;
+        wire::decode_source(&bytes).map_err(decode_error)
     }
 
     /// One page of the files of checkpoint `id`; the first page is `page_token` 0. A
@@ -355,8 +368,8 @@ impl Client {
         url.query_pairs_mut()
             .append_pair("page_size", &page_size.to_string())
             .append_pair("page_token", &page_token.to_string());
-        let bytes = self.send(self.http.get(url)).await?;
-        wire::decode_files(&bytes).map_err(Error::Decode)
+        let (bytes, _share) = self.send(self.http.get(url)).await?;
+        wire::decode_files(&bytes).map_err(decode_error)
     }
 
     /// Ask whether the sampler checkpoint at `checkpoint_path`
@@ -373,8 +386,8 @@ impl Client {
     pub async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, Error> {
         let body = wire::deploy_request(request);
         let url = self.action_url("deploy");
-        let bytes = self.send(post_json(self.http.post(url), &body)).await?;
-        wire::decode_deployed(&bytes).map_err(Error::Decode)
+        let (bytes, _share) = self.send(post_json(self.http.post(url), &body)).await?;
+        wire::decode_deployed(&bytes).map_err(decode_error)
     }
 
     /// `.../checkpoints/{id}/{leaf}`, the id percent-encoded as one path segment.
@@ -397,8 +410,12 @@ impl Client {
     }
 
     /// The one request path of every route: wait for a token, send with the key, read a
-    /// bounded body; a non-2xx answer becomes [`Error::Status`].
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
+    /// bounded body (and its share of the process's [`http::budget`], held as long as the
+    /// caller keeps it); a non-2xx answer becomes [`Error::Status`].
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(Vec<u8>, http::Share), Error> {
         self.until_ready().await;
         let resp = request
             .header(AUTHORIZATION, self.auth.clone())
@@ -425,37 +442,65 @@ impl Client {
     }
 
     /// Read at most `max_bytes`, chunk by chunk: an endless body costs a bounded buffer.
-    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, Error> {
-        if resp.content_length().is_some_and(|n| n > self.max_bytes) {
+    /// A body larger than [`http::UNBUDGETED`] (or of unannounced size) first takes its
+    /// room in the process's budget, waiting at most `api.timeout`; its buffer never grows
+    /// past that room.
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+    ) -> Result<(Vec<u8>, http::Share), Error> {
+        let announced = resp.content_length();
+        if announced.is_some_and(|n| n > self.max_bytes) {
             return Err(Error::TooLarge(self.max_bytes));
         }
-        let mut buf =
-            Vec::with_capacity(resp.content_length().unwrap_or(8192).min(1 << 20) as usize);
+        let max = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        let expect = announced.map_or(max, |n| usize::try_from(n).unwrap_or(max));
+        let budget = http::budget();
+        let mut share = if expect <= http::UNBUDGETED {
+            http::Share::none()
+        } else {
+            tokio::time::timeout(self.timeout, budget.take(expect))
+                .await
+                .map_err(|_| Error::OverBudget(budget.total() as u64))?
+        };
+        // Never more than the room held (or the small size), whatever the peer sends.
+        let room = share.bytes().max(expect.min(http::UNBUDGETED));
+        let mut buf = Vec::with_capacity(expect.min(room).min(1 << 20));
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if (buf.len() + chunk.len()) as u64 > self.max_bytes {
-                return Err(Error::TooLarge(self.max_bytes));
+            if buf.len() + chunk.len() > room {
+                return Err(Error::TooLarge(self.max_bytes.min(room as u64)));
+            }
+            if buf.len() + chunk.len() > buf.capacity() {
+                // Doubling, but within the room: the buffer is what the budget counts.
+                let want = (buf.capacity() * 2).max(buf.len() + chunk.len()).min(room);
+                buf.reserve_exact(want - buf.len());
             }
             buf.extend_from_slice(&chunk);
         }
-        Ok(buf)
+        share.shrink_to(buf.capacity());
+        Ok((buf, share))
     }
 }
 
 /// What a `checkpoint_path` listing answered 404 stands for.
 const EMPTY_LISTING: &[u8] = br#"{"checkpoints":[]}"#;
 
-/// A successful (2xx) listing body, or the empty listing a missing `checkpoint_path` is.
+/// A successful (2xx) listing body, or the empty listing a missing `checkpoint_path` is,
+/// holding its share of the process's response budget for as long as it lives (a poll
+/// keeps it to the end: the decoded listing is as large).
 pub struct Body {
     bytes: Vec<u8>,
     digest: u128,
+    _share: http::Share,
     path_not_found: bool,
 }
 
 impl Body {
-    fn new(bytes: Vec<u8>, path_not_found: bool) -> Body {
+    fn new(bytes: Vec<u8>, share: http::Share, path_not_found: bool) -> Body {
         Body {
             digest: xxhash_rust::xxh3::xxh3_128(&bytes),
             bytes,
+            _share: share,
             path_not_found,
         }
     }
@@ -472,7 +517,7 @@ impl Body {
 
     /// Decode the listing; a body that does not decode fails the poll as a whole.
     pub fn decode(&self) -> Result<Vec<Checkpoint>, Error> {
-        wire::decode_listing(&self.bytes).map_err(Error::Decode)
+        wire::decode_listing(&self.bytes).map_err(decode_error)
     }
 }
 
@@ -498,6 +543,12 @@ fn post_json(
     request
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(bytes)
+}
+
+/// An answer that does not decode. serde quotes what it found (`invalid type: string
+/// "..."`), which may be a secret a hostile peer echoed: redacted like an error body.
+fn decode_error(message: String) -> Error {
+    Error::Decode(crate::redact::secrets(&message).into_owned())
 }
 
 fn transport(e: reqwest::Error) -> Error {
@@ -549,211 +600,4 @@ fn error_message(body: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rate_limit_holds_in_every_second_even_the_first() {
-        use governor::clock::FakeRelativeClock;
-        for rps in [0.5, 1.0, 10.0, 200.0] {
-            let clock = FakeRelativeClock::default();
-            let limiter = RateLimiter::direct_with_clock(quota(rps), clock.clone());
-            // Requests as fast as allowed, counted per one-second window, 1 ms steps.
-            let mut per_second = vec![0u32; 5];
-            for ms in 0..5000 {
-                while limiter.check().is_ok() {
-                    per_second[ms / 1000] += 1;
-                }
-                clock.advance(Duration::from_millis(1));
-            }
-            let ceiling = (rps * 1.1).ceil().max(1.0) as u32;
-            assert!(
-                per_second.iter().all(|&n| n <= ceiling),
-                "{rps} rps: {per_second:?}"
-            );
-            let total: u32 = per_second.iter().sum();
-            assert!(
-                f64::from(total) >= rps * 5.0 - 1.0,
-                "{rps} rps: {per_second:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_base_url_path_prefix_is_kept_with_or_without_its_slash() {
-        for base in ["http://gw/loops-proxy", "http://gw/loops-proxy/"] {
-            let url = endpoint(&Url::parse(base).unwrap()).unwrap();
-            assert_eq!(url.as_str(), "http://gw/loops-proxy/v1/loops/checkpoints");
-        }
-        let url = endpoint(&Url::parse("https://api.baseten.co").unwrap()).unwrap();
-        assert_eq!(url.as_str(), "https://api.baseten.co/v1/loops/checkpoints");
-    }
-
-    #[test]
-    fn error_bodies_become_one_line() {
-        assert_eq!(
-            error_message(br#"{"code":"UNAUTHORIZED","message":"bad key","details":null}"#),
-            "bad key"
-        );
-        assert_eq!(
-            error_message(b"<html>\n<body>502 Bad Gateway</body>\n</html>"),
-            "<html> <body>502 Bad Gateway</body> </html>"
-        );
-        assert_eq!(error_message(b""), "(empty body)");
-        // The keys the Loops SDK reads, in its order, and the shapes they come in.
-        assert_eq!(error_message(br#"{"detail":"Not found"}"#), "Not found");
-        assert_eq!(
-            error_message(br#"{"error":"rate limited"}"#),
-            "rate limited"
-        );
-        assert_eq!(
-            error_message(br#"{"error":{"message":"quota","type":"x"}}"#),
-            "quota"
-        );
-        assert_eq!(
-            error_message(br#"{"message":null,"detail":[{"loc":["q"],"msg":"bad"}]}"#),
-            r#"[{"loc":["q"],"msg":"bad"}]"#
-        );
-        assert_eq!(
-            error_message(br#"{"message":"first","detail":"second"}"#),
-            "first"
-        );
-        assert_eq!(error_message(br#"{"code":"X"}"#), r#"{"code":"X"}"#);
-        assert_eq!(
-            error_reason(br#"{"code":"BAD_REQUEST","details":{"reason":"NOT_PRESIGNABLE"}}"#)
-                .as_deref(),
-            Some(NOT_PRESIGNABLE)
-        );
-        assert_eq!(error_reason(br#"{"details":null}"#), None);
-        assert_eq!(error_reason(b"<html></html>"), None);
-    }
-
-    #[test]
-    fn checkpoint_routes_sit_under_the_listing_with_the_id_encoded() {
-        let cfg = ApiConfig {
-            base_url: Url::parse("http://gw/loops-proxy").unwrap(),
-            api_key: crate::config::Secret::new("k"),
-            api_key_source: "test".into(),
-            auth_scheme: AuthScheme::Bearer,
-            timeout: Duration::from_secs(1),
-            max_requests_per_second: 1.0,
-            max_response_bytes: 1 << 20,
-        };
-        let c = Client::new(&cfg).unwrap();
-        assert_eq!(
-            c.checkpoint_url("ck 1/x", "files").as_str(),
-            "http://gw/loops-proxy/v1/loops/checkpoints/ck%201%2Fx/files"
-        );
-        assert_eq!(
-            c.action_url("deploy").as_str(),
-            "http://gw/loops-proxy/v1/loops/checkpoints/deploy"
-        );
-    }
-
-    #[test]
-    fn classification() {
-        let s = |code| Error::Status {
-            code,
-            retry_after: None,
-            message: String::new(),
-            reason: None,
-            from_api: true,
-        };
-        assert!(s(503).is_transient() && s(429).is_transient() && Error::Timeout.is_transient());
-        assert!(!s(401).is_transient() && s(401).needs_operator() && s(403).needs_operator());
-        assert!(!Error::Decode(String::new()).is_transient());
-        assert!(s(408).is_transient() && !s(400).is_transient() && !s(422).needs_operator());
-        assert_eq!(Error::Timeout.code_label(), "timeout");
-        assert_eq!(s(502).code_label(), "502");
-        assert_eq!(Error::TooLarge(1).code_label(), "decode");
-    }
-
-    fn sim_config(sim: &crate::sim::SimApi) -> ApiConfig {
-        ApiConfig {
-            base_url: Url::parse(&sim.base_url()).unwrap(),
-            api_key: crate::config::Secret::new("k"),
-            api_key_source: "test".into(),
-            auth_scheme: AuthScheme::Bearer,
-            timeout: Duration::from_secs(5),
-            max_requests_per_second: 1000.0,
-            max_response_bytes: 1 << 20,
-        }
-    }
-
-    #[tokio::test]
-    async fn every_route_against_the_simulator() {
-        let sim = crate::sim::SimApi::start(Some("k".into())).await.unwrap();
-        let h = sim.handle();
-        let c = Client::new(&sim_config(&sim)).unwrap();
-        let id = h.add_checkpoint("r", "sampler", "step-1", Some("COMPLETE"));
-        assert_eq!(c.source(&id).await.unwrap(), Source::S3);
-        h.set_files(&id, &[("a", 1), ("b", 2), ("c", 3)]);
-        let first = c.files_page(&id, 2, 0).await.unwrap();
-        assert_eq!(
-            (first.files.len(), first.next_page_token, first.total_count),
-            (2, Some(1), 3)
-        );
-        let second = c.files_page(&id, 2, 1).await.unwrap();
-        assert_eq!((second.files.len(), second.next_page_token), (1, None));
-        c.validate("bt://loops:r/sampler_weights/step-1", Some("r"))
-            .await
-            .unwrap();
-        let e = c
-            .validate("bt://loops:r/weights/step-1", None)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(e, Error::Status { code: 400, .. }) && !e.is_transient(),
-            "{e}"
-        );
-        assert_eq!(e.reason(), Some("NOT_A_SAMPLER_CHECKPOINT"));
-        let request = DeployRequest {
-            checkpoint_ids: vec![id.clone()],
-            model_name: "m".into(),
-            instance_type_id: "H100".into(),
-            hf_secret_name: "hf".into(),
-        };
-        let deployed = c.deploy(&request).await.unwrap();
-        assert_eq!(h.deploys()[0].deployment_id, deployed.deployment_id);
-        h.set_volume(&id, "bdn:ns/v:t", "p");
-        assert_eq!(
-            c.source(&id).await.unwrap(),
-            Source::Volume {
-                volume_ref: "bdn:ns/v:t".into(),
-                path: "p".into()
-            }
-        );
-        let e = c.files_page(&id, 1000, 0).await.unwrap_err();
-        assert!(e.is_not_presignable() && !e.is_transient(), "{e}");
-        h.push_fault_to(crate::sim::Route::Deploy, crate::sim::Fault::Truncated);
-        assert!(matches!(c.deploy(&request).await, Err(Error::Decode(_))));
-        h.push_fault_to(
-            crate::sim::Route::Validate,
-            crate::sim::Fault::Status {
-                code: 503,
-                retry_after: Some("3".into()),
-                body: None,
-            },
-        );
-        let e = c
-            .validate("bt://loops:r/sampler_weights/step-1", None)
-            .await
-            .unwrap_err();
-        assert!(e.is_transient() && e.retry_after() == Some(Duration::from_secs(3)));
-        // FastAPI's `detail` (no `message`): the message is read from it, as the SDK does.
-        h.push_fault_to(
-            crate::sim::Route::Files,
-            crate::sim::Fault::Status {
-                code: 422,
-                retry_after: None,
-                body: Some(
-                    r#"{"detail":"page_size must be at most 1000","details":{"reason":"INVALID"}}"#
-                        .into(),
-                ),
-            },
-        );
-        let e = c.files_page(&id, 1000, 0).await.unwrap_err();
-        assert_eq!(e.to_string(), "HTTP 422: page_size must be at most 1000");
-        assert_eq!(e.reason(), Some("INVALID"));
-    }
-}
+mod tests;

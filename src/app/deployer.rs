@@ -128,9 +128,10 @@ fn call_error(e: api::Error) -> CallError {
         } => CallError::status(code, retry_after, message),
         api::Error::Timeout => CallError::timeout(e.to_string()),
         api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
-        // A 2xx that is not the documented answer: the call may have acted; a deploy
-        // reconciles before anything else is sent.
-        api::Error::Decode(_) | api::Error::TooLarge(_) => {
+        // A 2xx that is not the documented answer (or one not read for want of room: a
+        // deploy's answer is small and never waits for room): the call may have acted; a
+        // deploy reconciles before anything else is sent.
+        api::Error::Decode(_) | api::Error::TooLarge(_) | api::Error::OverBudget(_) => {
             CallError::invalid(200, format!("the answer is not as documented: {e}"))
         }
     }

@@ -32,6 +32,8 @@ pub struct TargetMetrics {
     events: [AtomicU64; EventType::ALL.len()],
     sync_duration: Histogram,
     fencing_rejections: AtomicU64,
+    /// Checkpoints whose `created_at` lay past the horizon when first seen.
+    created_ahead: AtomicU64,
     /// By [`ProbeOutcome::ALL`] order.
     probes: [AtomicU64; 3],
 }
@@ -47,6 +49,7 @@ impl Default for TargetMetrics {
             events: Default::default(),
             sync_duration: Histogram::new(SYNC_BUCKETS),
             fencing_rejections: AtomicU64::new(0),
+            created_ahead: AtomicU64::new(0),
             probes: Default::default(),
         }
     }
@@ -83,14 +86,26 @@ impl TargetMetrics {
         self.probes[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A checkpoint whose `created_at` lies more than a day past the daemon's clock.
+    pub fn created_ahead(&self) {
+        self.created_ahead.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn fencing_rejection(&self) {
         self.fencing_rejections.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Set the per-status checkpoint gauges from the target's live checkpoints.
-    pub fn set_checkpoints<'a>(
+    /// Set the per-status checkpoint gauges from the target's live checkpoints, each with
+    /// the time it is ordered by (`crate::model::ordering_time`), when it has one.
+    pub fn set_checkpoints(
         &self,
-        live: impl Iterator<Item = (CheckpointTarget, SyncClass, &'a str)>,
+        live: impl Iterator<
+            Item = (
+                CheckpointTarget,
+                SyncClass,
+                Option<chrono::DateTime<chrono::Utc>>,
+            ),
+        >,
     ) {
         let mut counts = [[0i64; 4]; 3];
         let mut latest: [Option<f64>; 3] = [None; 3];
@@ -98,7 +113,7 @@ impl TargetMetrics {
             let i = ct.label_index();
             let j = SYNC_CLASSES.iter().position(|c| *c == class).unwrap_or(3);
             counts[i][j] += 1;
-            if let Some(t) = crate::model::parse_created_at(created) {
+            if let Some(t) = created {
                 let ts = t.timestamp_millis() as f64 / 1000.0;
                 latest[i] = Some(latest[i].map_or(ts, |l: f64| l.max(ts)));
             }
@@ -173,6 +188,7 @@ enum Sample {
     Events(EventType),
     SyncDuration,
     FencingRejections,
+    CreatedAhead,
     Probes(ProbeOutcome),
 }
 
@@ -190,7 +206,7 @@ pub(super) struct Family {
 type Series = (Labels, Labels, Sample);
 type Labels = Vec<(&'static str, &'static str)>;
 
-pub(super) const TARGET_FAMILIES: [Family; 9] = [
+pub(super) const TARGET_FAMILIES: [Family; 10] = [
     Family {
         name: "loopwatch_checkpoint_sync_duration_seconds",
         help: "Time from first sight to COMPLETE of a checkpoint.",
@@ -216,6 +232,12 @@ pub(super) const TARGET_FAMILIES: [Family; 9] = [
                 })
                 .collect()
         },
+    },
+    Family {
+        name: "loopwatch_created_at_ahead_total",
+        help: "Checkpoints whose created_at lay more than a day past the daemon's clock when first seen: ordered as if created then (logged once each).",
+        kind: "counter",
+        series: || vec![(vec![], vec![], Sample::CreatedAhead)],
     },
     Family {
         name: "loopwatch_events_total",
@@ -383,6 +405,7 @@ impl TargetMetrics {
                 load(&self.events[i])
             }
             Sample::FencingRejections => load(&self.fencing_rejections),
+            Sample::CreatedAhead => load(&self.created_ahead),
             Sample::Probes(o) => load(&self.probes[*o as usize]),
             Sample::PollDuration | Sample::SyncDuration => f64::NAN,
         }
