@@ -24,7 +24,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
 use super::{Failure, Sent};
-use crate::config::DeployConfig;
+use crate::config::{Approval, DeployConfig};
 use crate::model::{
     CheckpointTarget, DeployRequest, Deployment, EventType, ModelDeployment, checkpoint_uri,
     lifecycle_event_id, rfc3339,
@@ -332,6 +332,12 @@ impl DeploySink {
                 Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
             }
         }
+        // The gate: nothing is validated or deployed before a person approves (a rejected
+        // deploy re-queued with `deliveries redeliver` asks again).
+        if self.cfg.approval == Approval::BeforeDeploy && row.decision.as_deref() != Some("approved")
+        {
+            return DeployAttempt::known(Ok(Sent::AwaitingApproval(request.model_name)));
+        }
         if self.cfg.validate {
             let path = checkpoint_uri(
                 &c.event.run_id,
@@ -449,11 +455,11 @@ async fn reconcile(
 
 /// A read of the models API that failed: never final (an attempt that cannot read the
 /// model's deployments sends nothing, and tries again per the schedule).
-fn read_failure(step: &'static str, e: CallError) -> Failure {
+pub(super) fn read_failure(step: &'static str, e: CallError) -> Failure {
     Failure::Unknown(format!("cannot read the model's {step}: {}", e.message))
 }
 
-fn failure(step: &'static str, e: CallError) -> Failure {
+pub(super) fn failure(step: &'static str, e: CallError) -> Failure {
     e.into_failure(step)
 }
 
@@ -481,6 +487,18 @@ pub fn lifecycle_event(
     deployment: &DeploymentData,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<StoredEvent, String> {
+    lifecycle_event_with(completed, kind, deployment, Vec::new(), now)
+}
+
+/// [`lifecycle_event`] with `extra` members of `data` after `deployment` (an approval's
+/// commands and deadline).
+pub fn lifecycle_event_with(
+    completed: &StoredEvent,
+    kind: EventType,
+    deployment: &DeploymentData,
+    extra: Vec<(&str, serde_json::Value)>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<StoredEvent, String> {
     let id = lifecycle_event_id(&completed.id, &deployment.sink, kind);
     let old: Body = serde_json::from_str(&completed.body)
         .map_err(|e| format!("stored event body is not as written: {e}"))?;
@@ -497,6 +515,10 @@ pub fn lifecycle_event(
         None => data.insert(0, ("event_id".into(), raw(&id.clone().into()))),
     }
     data.push(("deployment".into(), raw(&deployment)));
+    for (k, v) in extra {
+        data.retain(|(have, _)| have != k);
+        data.push((k.to_string(), raw(&v)));
+    }
     let body = serde_json::to_string(&OutBody {
         kind: kind.as_str(),
         timestamp: rfc3339(now),
