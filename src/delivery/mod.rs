@@ -308,6 +308,8 @@ struct Finished {
     took: Duration,
     /// A deploy call may have acted without its outcome being known.
     in_doubt: bool,
+    /// Who approved a deploy.
+    approved_by: Option<String>,
 }
 
 /// The sinks and what they share.
@@ -395,11 +397,15 @@ impl Outbox {
 
     async fn attempt(&self, sink: &Sink, c: Claimed) -> Finished {
         let start = Instant::now();
+        let mut approved_by = None;
         let (result, in_doubt) = match (&sink.deploy, &sink.deployer) {
             (Some(d), Some(api)) => {
                 let attempt = d.attempt(api.as_ref(), self.store.as_ref(), sink.name(), &c);
                 match tokio::time::timeout(sink.cfg.timeout, attempt).await {
-                    Ok(a) => (a.result, a.in_doubt),
+                    Ok(a) => {
+                        approved_by = a.approved_by;
+                        (a.result, a.in_doubt)
+                    }
                     // Cut short, perhaps mid-call: the next attempt reconciles if a call
                     // was recorded as sent.
                     Err(_) => (Err(Failure::Timeout), true),
@@ -419,6 +425,7 @@ impl Outbox {
             result,
             took: start.elapsed(),
             in_doubt,
+            approved_by,
         }
     }
 
@@ -587,7 +594,7 @@ impl Outbox {
                     }),
                     ..Default::default()
                 });
-                match deploy::deployed_event(ev, name, &d, now) {
+                match deploy::deployed_event_by(ev, name, &d, f.approved_by.clone(), now) {
                     Ok(event) => {
                         info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), model_name = %d.model_name,
                             model_id = %d.model_id, deployment_id = %d.deployment_id, reconciled = d.reconciled, "checkpoint deployed");

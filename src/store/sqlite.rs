@@ -190,9 +190,12 @@ impl SqliteStore {
         } else {
             MIGRATOR.run(&pool).await?;
             // A write probe: a read-only directory or file fails here, at start, not mid-poll.
-            sqlx::query(
-                "CREATE TABLE IF NOT EXISTS write_probe (x INTEGER); DROP TABLE write_probe;",
-            )
+            // Its own table: two commands opening at once (two shells approving) must not
+            // drop each other's.
+            let probe = format!("write_probe_{:x}", super::claim_token());
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE {probe} (x INTEGER); DROP TABLE {probe};"
+            )))
             .execute(&pool)
             .await
             .map_err(|e| StoreError::Open(format!("cannot write to {url}: {e}")))?;
