@@ -643,16 +643,27 @@ async fn a_promote_answered_503_is_retried_and_a_400_fails_it() {
     drop(d);
 }
 
+/// The sum of `loopwatch_store_errors_total` over its `op`s: a query a dialect rejects
+/// shows here.
+fn store_errors(page: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with("loopwatch_store_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
-async fn postgres_two_hosts_approving_at_once_and_two_replicas_deploy_once() {
+async fn postgres_two_hosts_approving_at_once_and_two_replicas_deploy_promote_and_clean_up_once() {
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
-    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    h.set_deploy_script(&[("BUILDING", Duration::ZERO), ("ACTIVE", Duration::from_millis(400))]);
     let cfg = env.write_config(&format!(
         "{QWEN}{}{}",
-        deploy_sink("approval = \"before_deploy\"\nfollow = false"),
+        one_model_sink(
+            "approval = \"before_deploy\"\npromote_to = \"production\"\ndeactivate_superseded = true"
+        ),
         lifecycle_hook(&rx.url)
     ));
     let url = common::pg::fresh_database().await;
@@ -660,33 +671,65 @@ async fn postgres_two_hosts_approving_at_once_and_two_replicas_deploy_once() {
     let replica =
         |name: &str| env.spawn_daemon_env(&cfg, &[("LOOPWATCH__STORE__REPLICA_ID", name)]);
     let (a, b) = (replica("a"), replica("b"));
-    a.ready().await;
-    b.addr().await;
-    h.set_status(&id, Some("COMPLETE"));
-    event_of(&rx, "checkpoint.awaiting_approval", &id).await;
+    let addr_a = a.ready().await;
+    let addr_b = b.addr().await;
     // Each host decides with its own process (and replica id), both at once.
-    let host = |name: &str| {
-        env.cmd(&cfg, &["deliveries", "approve", &id, "--by", name])
-            .env("LOOPWATCH__STORE__REPLICA_ID", name)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+    let approve_from_two_hosts = async |id: &str| {
+        let host = |name: &str| {
+            env.cmd(&cfg, &["deliveries", "approve", id, "--by", name])
+                .env("LOOPWATCH__STORE__REPLICA_ID", name)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (x, y) = (host("host-a"), host("host-b"));
+        let (x, y) = tokio::task::spawn_blocking(move || {
+            (x.wait_with_output().unwrap(), y.wait_with_output().unwrap())
+        })
+        .await
+        .unwrap();
+        let mut codes = [x.status.code(), y.status.code()];
+        codes.sort();
+        assert_eq!(codes, [Some(0), Some(1)], "{} | {}", text(&x).1, text(&y).1);
     };
-    let (x, y) = (host("host-a"), host("host-b"));
-    let (x, y) = tokio::task::spawn_blocking(move || {
-        (x.wait_with_output().unwrap(), y.wait_with_output().unwrap())
-    })
-    .await
-    .unwrap();
-    let mut codes = [x.status.code(), y.status.code()];
-    codes.sort();
-    assert_eq!(codes, [Some(0), Some(1)], "{} | {}", text(&x).1, text(&y).1);
-    event_of(&rx, "checkpoint.deployed", &id).await;
-    never_within("a second deploy", Duration::from_secs(2), || {
-        h.requests_to(Route::Deploy) > 1
+    let first = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    event_of(&rx, "checkpoint.awaiting_approval", &first).await;
+    approve_from_two_hosts(&first).await;
+    event_of(&rx, "checkpoint.promoted", &first).await;
+    assert_eq!(h.deploys().len(), 1);
+
+    // A second checkpoint waits, a third supersedes it while it waits; the third is
+    // approved, promoted, and the first one's deployment deactivated.
+    h.advance_clock(Duration::from_secs(1));
+    let second = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
+    event_of(&rx, "checkpoint.awaiting_approval", &second).await;
+    h.advance_clock(Duration::from_secs(1));
+    let third = h.add_checkpoint("run-1", "sampler", "step-300", Some("COMPLETE"));
+    event_of(&rx, "checkpoint.awaiting_approval", &third).await;
+    wait_stage(&env, &cfg, &second, "superseded").await;
+    approve_from_two_hosts(&third).await;
+    event_of(&rx, "checkpoint.promoted", &third).await;
+    wait_for("the first deployment deactivated", T, || {
+        (!h.deactivations().is_empty()).then_some(())
     })
     .await;
-    assert_eq!(h.deploys().len(), 1);
+    never_within("a second deploy, promotion or deactivation", Duration::from_secs(2), || {
+        h.requests_to(Route::Deploy) > 2
+            || h.requests_to(Route::Promote) > 2
+            || h.deactivations().len() > 1
+    })
+    .await;
+    assert_eq!(h.deploys().len(), 2);
+    assert_eq!(h.promotions().len(), 2);
+    let old = pipeline(&env, &cfg, &first).await;
+    assert_eq!(
+        h.deactivations()[0].1,
+        old["deployment_id"].as_str().unwrap()
+    );
+    for addr in [&addr_a, &addr_b] {
+        let m = common::metrics(addr).await;
+        assert_eq!(store_errors(&m), 0.0, "{m}");
+    }
     drop((a, b));
 }

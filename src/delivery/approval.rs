@@ -18,7 +18,7 @@ use crate::store::{Claimed, DeployStage, DeployUpdate, FollowUp, StoredEvent};
 /// `checkpoint.awaiting_approval` for pipeline `delivery_id` of the completed event
 /// `completed`: `data.deployment` as known, plus `approval` (which gate), `approve_command`,
 /// `reject_command` and `approval_deadline`.
-pub(super) fn waiting_event(
+pub fn waiting_event(
     completed: &StoredEvent,
     delivery_id: i64,
     deployment: &DeploymentData,

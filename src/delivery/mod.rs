@@ -14,7 +14,7 @@
 //! attempt's outcome is discarded), and the worker renews what it holds
 //! (`worker.rs`), so a claim never lapses under a live attempt or one waiting for a slot.
 
-mod approval;
+pub mod approval;
 pub mod deploy;
 pub mod exec;
 mod follow;
