@@ -40,13 +40,14 @@ pub fn check_args(by: &str, reason: Option<&str>) -> Option<String> {
 /// One line saying what a decision did to pipeline `d`.
 pub fn describe(d: &Decided) -> String {
     let row = &d.deploy;
-    let what = checkpoint_uri(&row.run_id, &CheckpointTarget::Sampler, &row.checkpoint_name)
-        .unwrap_or_else(|| row.checkpoint_name.clone());
+    let what = checkpoint_uri(
+        &row.run_id,
+        &CheckpointTarget::Sampler,
+        &row.checkpoint_name,
+    )
+    .unwrap_or_else(|| row.checkpoint_name.clone());
     let by = row.decided_by.as_deref().unwrap_or("?");
-    let head = format!(
-        "delivery {} ({what}, sink {})",
-        row.delivery_id, row.sink
-    );
+    let head = format!("delivery {} ({what}, sink {})", row.delivery_id, row.sink);
     match row.stage {
         DeployStage::Deploying => format!(
             "approved {head} by {by}: a running daemon (or the next `loopwatch once`) deploys it now"
@@ -75,7 +76,9 @@ pub async fn decide(
     let decision = Decision {
         verdict,
         by: by.trim().to_string(),
-        reason: reason.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()),
+        reason: reason
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty()),
         at: Utc::now(),
     };
     decide_in(store.as_ref(), &ids, &decision, output).await

@@ -477,7 +477,10 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
                     let approval = match (&d.decision, &d.decided_by, d.approval_deadline) {
                         (Some(v), Some(by), _) => format!("{v} by {by}"),
                         _ if d.stage == store::DeployStage::AwaitingApproval => {
-                            format!("waiting until {}", d.approval_deadline.map(rfc3339).unwrap_or_default())
+                            format!(
+                                "waiting until {}",
+                                d.approval_deadline.map(rfc3339).unwrap_or_default()
+                            )
                         }
                         _ => String::new(),
                     };

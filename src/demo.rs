@@ -23,7 +23,7 @@ use crate::app::{App, BuildError, ListenError};
 use crate::config::{self, Environment};
 use crate::signing::SigningKey;
 use crate::sim::{Fault, Received, Receiver, Route, Signature, SimApi};
-use crate::store::{DeliveryStatus, Decision, DeployStage, Store, Verdict};
+use crate::store::{Decision, DeliveryStatus, DeployStage, Store, Verdict};
 
 pub struct DemoOptions {
     /// Stop after this long; `None` runs until Ctrl-C.
@@ -51,21 +51,23 @@ fn print_received(r: &Received) {
                     "  approve with: {}",
                     d["approve_command"].as_str().unwrap_or("?")
                 ),
-                _ if dep.is_object() => format!(
-                    "  model {} deployment {}{}",
-                    dep["model_name"].as_str().unwrap_or("?"),
-                    dep["deployment_id"].as_str().unwrap_or("?"),
-                    match (dep["status"].as_str(), dep["reconciled"].as_bool()) {
-                        (Some(status), _) => format!(" {status}"),
-                        (None, Some(true)) =>
-                            " (its answer was lost: found by reading the model's deployments)"
-                                .into(),
-                        _ => String::new(),
-                    },
-                ) + &dep["environment"]
-                    .as_str()
-                    .map(|e| format!(" in {e}"))
-                    .unwrap_or_default(),
+                _ if dep.is_object() => {
+                    format!(
+                        "  model {} deployment {}{}",
+                        dep["model_name"].as_str().unwrap_or("?"),
+                        dep["deployment_id"].as_str().unwrap_or("?"),
+                        match (dep["status"].as_str(), dep["reconciled"].as_bool()) {
+                            (Some(status), _) => format!(" {status}"),
+                            (None, Some(true)) =>
+                                " (its answer was lost: found by reading the model's deployments)"
+                                    .into(),
+                            _ => String::new(),
+                        },
+                    ) + &dep["environment"]
+                        .as_str()
+                        .map(|e| format!(" in {e}"))
+                        .unwrap_or_default()
+                }
                 Some(s) => format!("  synced in {s:.1}s"),
                 None => String::new(),
             };
@@ -149,11 +151,14 @@ async fn approve_waiting(store: std::sync::Arc<dyn Store>, pause: Duration) {
             if d.stage != DeployStage::AwaitingApproval {
                 continue;
             }
-            let since = *asked.entry(d.delivery_id).or_insert_with(std::time::Instant::now);
+            let since = *asked
+                .entry(d.delivery_id)
+                .or_insert_with(std::time::Instant::now);
             if since.elapsed() < pause {
                 continue;
             }
-            let line = crate::store::deploys::approve_command(d.delivery_id).replace("\"$USER\"", "demo");
+            let line =
+                crate::store::deploys::approve_command(d.delivery_id).replace("\"$USER\"", "demo");
             println!("  approver: $ {line}   (run in-process)");
             let decision = Decision {
                 verdict: Verdict::Approved,
@@ -394,7 +399,10 @@ pub async fn run(
     );
     println!(
         "  promotions           {} approved by the demo, {} promoted to production, {} older deployments deactivated",
-        pipelines.iter().filter(|d| d.decision.as_deref() == Some("approved")).count(),
+        pipelines
+            .iter()
+            .filter(|d| d.decision.as_deref() == Some("approved"))
+            .count(),
         sim.handle().promotions().len(),
         sim.handle().deactivations().len(),
     );

@@ -219,12 +219,16 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Deliveries(DeliveriesCommand::Approve(a)) => {
             init_tracing("warn", cfg.log.format);
             let v = Verdict::Approved;
-            report(loopwatch::approvals::decide(&cfg, v, a.ids, a.by, a.reason, a.output.output).await)
+            report(
+                loopwatch::approvals::decide(&cfg, v, a.ids, a.by, a.reason, a.output.output).await,
+            )
         }
         Command::Deliveries(DeliveriesCommand::Reject(a)) => {
             init_tracing("warn", cfg.log.format);
             let v = Verdict::Rejected;
-            report(loopwatch::approvals::decide(&cfg, v, a.ids, a.by, a.reason, a.output.output).await)
+            report(
+                loopwatch::approvals::decide(&cfg, v, a.ids, a.by, a.reason, a.output.output).await,
+            )
         }
         Command::TestSink { name, output } => {
             init_tracing("warn", cfg.log.format);

@@ -15,8 +15,8 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
-    Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
-    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
+    Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome,
+    Intent, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
     TargetDump, Undecided,
 };
 

@@ -170,10 +170,7 @@ async fn before_deploy_nothing_is_called_until_the_printed_command_approves_it()
         format!("loopwatch deliveries reject {delivery} --by \"$USER\"").as_str()
     );
     assert_eq!(waiting["data"]["approval"], "before_deploy");
-    assert_eq!(
-        waiting["data"]["deployment"]["model_name"],
-        "qwen-step-100"
-    );
+    assert_eq!(waiting["data"]["deployment"]["model_name"], "qwen-step-100");
     assert_eq!(row["stage"], "awaiting_approval");
     assert_eq!(row["approve_command"], line.as_str());
     assert!(row["approval_deadline"].is_string(), "{row}");
@@ -182,7 +179,11 @@ async fn before_deploy_nothing_is_called_until_the_printed_command_approves_it()
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     let pending = env.deliveries(&cfg, Some("pending")).unwrap();
     assert!(
-        pending.as_array().unwrap().iter().all(|d| d["sink"] != "deploy"),
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["sink"] != "deploy"),
         "{pending}"
     );
     never_within("a call before approval", Duration::from_secs(1), || {
@@ -210,7 +211,16 @@ async fn before_deploy_nothing_is_called_until_the_printed_command_approves_it()
 
     // Deciding it again: exit 1 naming its stage and who decided, nothing changes.
     let again = env
-        .run(&cfg, &["deliveries", "approve", &delivery.to_string(), "--by", "mallory"])
+        .run(
+            &cfg,
+            &[
+                "deliveries",
+                "approve",
+                &delivery.to_string(),
+                "--by",
+                "mallory",
+            ],
+        )
         .await;
     let (_, stderr) = text(&again);
     assert_eq!(again.status.code(), Some(1), "{stderr}");
@@ -241,18 +251,35 @@ async fn a_rejected_deploy_is_never_deployed_and_anything_not_waiting_exits_1() 
 
     // An id that names nothing, beside one that waits: nothing is decided.
     let out = env
-        .run(&cfg, &["deliveries", "reject", &id, "no-such-id", "--by", "bob"])
+        .run(
+            &cfg,
+            &["deliveries", "reject", &id, "no-such-id", "--by", "bob"],
+        )
         .await;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("no-such-id: no deploy pipeline"), "{stderr}");
-    assert_eq!(pipeline(&env, &cfg, &id).await["stage"], "awaiting_approval");
+    assert!(
+        stderr.contains("no-such-id: no deploy pipeline"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pipeline(&env, &cfg, &id).await["stage"],
+        "awaiting_approval"
+    );
 
     // By checkpoint id, with a reason.
     let out = env
         .run(
             &cfg,
-            &["deliveries", "reject", &id, "--by", "bob", "--reason", "eval regressed"],
+            &[
+                "deliveries",
+                "reject",
+                &id,
+                "--by",
+                "bob",
+                "--reason",
+                "eval regressed",
+            ],
         )
         .await;
     let (stdout, stderr) = text(&out);
@@ -268,17 +295,25 @@ async fn a_rejected_deploy_is_never_deployed_and_anything_not_waiting_exits_1() 
         rejected[0]["last_error"], "rejected by bob: eval regressed",
         "{rejected}"
     );
-    never_within("a deploy call after rejection", Duration::from_secs(1), || {
-        deploy_calls(&h) > 0
-    })
+    never_within(
+        "a deploy call after rejection",
+        Duration::from_secs(1),
+        || deploy_calls(&h) > 0,
+    )
     .await;
     let out = env
-        .run(&cfg, &["deliveries", "approve", &id, "--by", "alice", "-o", "json"])
+        .run(
+            &cfg,
+            &["deliveries", "approve", &id, "--by", "alice", "-o", "json"],
+        )
         .await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
-    assert!(stderr.contains("its stage is rejected, rejected by bob"), "{stderr}");
+    assert!(
+        stderr.contains("its stage is rejected, rejected by bob"),
+        "{stderr}"
+    );
     // A bad --by is a usage error, nothing opened.
     let out = env
         .run(&cfg, &["deliveries", "approve", &id, "--by", " "])
@@ -303,10 +338,15 @@ async fn an_approval_nobody_gives_expires_at_its_deadline() {
     let addr = d.ready().await;
     h.set_status(&id, Some("COMPLETE"));
     let waiting = event_of(&rx, "checkpoint.awaiting_approval", &id).await;
-    let deadline = waiting["data"]["approval_deadline"].as_str().unwrap().to_string();
+    let deadline = waiting["data"]["approval_deadline"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // The gauge an alert reads: the soonest deadline, as a Unix time.
     let series = r#"loopwatch_deploy_approval_deadline_timestamp_seconds{sink="deploy"}"#;
-    let at = chrono::DateTime::parse_from_rfc3339(&deadline).unwrap().timestamp() as f64;
+    let at = chrono::DateTime::parse_from_rfc3339(&deadline)
+        .unwrap()
+        .timestamp() as f64;
     let g = common::gauge(&addr, series).await.unwrap();
     assert!((g - at).abs() < 1.0, "{g} vs {deadline}");
     let row = wait_stage(&env, &cfg, &id, "expired").await;
@@ -333,7 +373,10 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
-    h.set_deploy_script(&[("BUILDING", Duration::ZERO), ("ACTIVE", Duration::from_millis(400))]);
+    h.set_deploy_script(&[
+        ("BUILDING", Duration::ZERO),
+        ("ACTIVE", Duration::from_millis(400)),
+    ]);
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&format!(
         "{QWEN}{}{}",
@@ -350,10 +393,15 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
     assert_eq!(waiting["data"]["deployment"]["status"], "ACTIVE");
     let dep = h.deployments_of("qwen-step-100")[0].id.clone();
     assert_eq!(waiting["data"]["deployment"]["deployment_id"], dep.as_str());
-    assert_eq!(pipeline(&env, &cfg, &id).await["stage"], "awaiting_approval");
-    never_within("a promotion before approval", Duration::from_secs(1), || {
-        h.requests_to(Route::Promote) > 0
-    })
+    assert_eq!(
+        pipeline(&env, &cfg, &id).await["stage"],
+        "awaiting_approval"
+    );
+    never_within(
+        "a promotion before approval",
+        Duration::from_secs(1),
+        || h.requests_to(Route::Promote) > 0,
+    )
     .await;
 
     let out = env
@@ -390,7 +438,10 @@ async fn a_newer_live_deployment_is_promoted_and_the_older_one_deactivated_never
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
-    h.set_deploy_script(&[("BUILDING", Duration::ZERO), ("ACTIVE", Duration::from_millis(400))]);
+    h.set_deploy_script(&[
+        ("BUILDING", Duration::ZERO),
+        ("ACTIVE", Duration::from_millis(400)),
+    ]);
     // Someone else's deployment of the same model, in no environment.
     let foreign = h.add_foreign_deployment("qwen");
     let first = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
@@ -408,9 +459,11 @@ async fn a_newer_live_deployment_is_promoted_and_the_older_one_deactivated_never
         .unwrap()
         .to_string();
     // Nothing older of this sink to clean up yet; the foreign one stays.
-    never_within("a deactivation with nothing older", Duration::from_secs(1), || {
-        !h.deactivations().is_empty()
-    })
+    never_within(
+        "a deactivation with nothing older",
+        Duration::from_secs(1),
+        || !h.deactivations().is_empty(),
+    )
     .await;
 
     h.advance_clock(Duration::from_secs(1));
@@ -436,7 +489,10 @@ async fn a_newer_live_deployment_is_promoted_and_the_older_one_deactivated_never
     assert_eq!(h.deactivations(), vec![(model, old.clone())]);
     let deps = h.deployments_of("qwen");
     let of = |id: &str| deps.iter().find(|d| d.id == id).unwrap().clone();
-    assert!(!of(&foreign).deactivated, "a foreign deployment is never touched");
+    assert!(
+        !of(&foreign).deactivated,
+        "a foreign deployment is never touched"
+    );
     assert!(of(&old).deactivated);
     assert_eq!(of(&new).environment.as_deref(), Some("production"));
     let row = pipeline(&env, &cfg, &first).await;
@@ -476,7 +532,10 @@ async fn a_newer_checkpoint_supersedes_an_older_one_still_waiting_for_approval()
     event_of(&rx, "checkpoint.awaiting_approval", &newer).await;
     let row = wait_stage(&env, &cfg, &older, "superseded").await;
     assert!(
-        row["error"].as_str().unwrap().contains("superseded by step-200"),
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("superseded by step-200"),
         "{row}"
     );
     let superseded = env.deliveries(&cfg, Some("superseded")).unwrap();
@@ -512,7 +571,9 @@ async fn two_shells_approving_one_deploy_at_once_deploy_it_once() {
         .collect();
     let cfg = env.write_config(&format!(
         "{QWEN}{}{}",
-        deploy_sink("approval = \"before_deploy\"\nfollow = false\nlatest_only = false\nconcurrency = 3"),
+        deploy_sink(
+            "approval = \"before_deploy\"\nfollow = false\nlatest_only = false\nconcurrency = 3"
+        ),
         lifecycle_hook(&rx.url)
     ));
     let d = env.spawn_daemon(&cfg);
@@ -575,7 +636,10 @@ async fn a_promote_whose_answer_is_lost_is_found_by_reading_and_never_sent_again
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
-    h.set_deploy_script(&[("BUILDING", Duration::ZERO), ("ACTIVE", Duration::from_millis(400))]);
+    h.set_deploy_script(&[
+        ("BUILDING", Duration::ZERO),
+        ("ACTIVE", Duration::from_millis(400)),
+    ]);
     let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     let cfg = env.write_config(&format!(
         "{QWEN}{}{}",
@@ -589,7 +653,11 @@ async fn a_promote_whose_answer_is_lost_is_found_by_reading_and_never_sent_again
     h.set_status(&id, Some("COMPLETE"));
     let promoted = event_of(&rx, "checkpoint.promoted", &id).await;
     assert_eq!(promoted["data"]["deployment"]["environment"], "production");
-    assert_eq!(h.requests_to(Route::Promote), 1, "never promoted blindly again");
+    assert_eq!(
+        h.requests_to(Route::Promote),
+        1,
+        "never promoted blindly again"
+    );
     assert_eq!(h.promotions().len(), 1);
     let row = wait_stage(&env, &cfg, &id, "promoted").await;
     assert_eq!(row["promote_in_doubt"], false);
@@ -606,7 +674,10 @@ async fn a_promote_answered_503_is_retried_and_a_400_fails_it() {
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
-    h.set_deploy_script(&[("BUILDING", Duration::ZERO), ("ACTIVE", Duration::from_millis(400))]);
+    h.set_deploy_script(&[
+        ("BUILDING", Duration::ZERO),
+        ("ACTIVE", Duration::from_millis(400)),
+    ]);
     let cfg = env.write_config(&format!(
         "{QWEN}{}{}",
         deploy_sink("promote_to = \"production\"\nlatest_only = false"),
@@ -631,7 +702,10 @@ async fn a_promote_answered_503_is_retried_and_a_400_fails_it() {
     let bad = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
     let row = wait_stage(&env, &cfg, &bad, "failed").await;
     assert!(
-        row["error"].as_str().unwrap().starts_with("promote refused (HTTP 400)"),
+        row["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("promote refused (HTTP 400)"),
         "{row}"
     );
     assert_eq!(h.requests_to(Route::Promote), 3);
@@ -658,7 +732,10 @@ async fn postgres_two_hosts_approving_at_once_and_two_replicas_deploy_promote_an
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
-    h.set_deploy_script(&[("BUILDING", Duration::ZERO), ("ACTIVE", Duration::from_millis(400))]);
+    h.set_deploy_script(&[
+        ("BUILDING", Duration::ZERO),
+        ("ACTIVE", Duration::from_millis(400)),
+    ]);
     let cfg = env.write_config(&format!(
         "{QWEN}{}{}",
         one_model_sink(
@@ -714,11 +791,15 @@ async fn postgres_two_hosts_approving_at_once_and_two_replicas_deploy_promote_an
         (!h.deactivations().is_empty()).then_some(())
     })
     .await;
-    never_within("a second deploy, promotion or deactivation", Duration::from_secs(2), || {
-        h.requests_to(Route::Deploy) > 2
-            || h.requests_to(Route::Promote) > 2
-            || h.deactivations().len() > 1
-    })
+    never_within(
+        "a second deploy, promotion or deactivation",
+        Duration::from_secs(2),
+        || {
+            h.requests_to(Route::Deploy) > 2
+                || h.requests_to(Route::Promote) > 2
+                || h.deactivations().len() > 1
+        },
+    )
     .await;
     assert_eq!(h.deploys().len(), 2);
     assert_eq!(h.promotions().len(), 2);

@@ -307,13 +307,24 @@ fn the_approve_in_slack_recipe_shows_the_approve_command_and_announces_the_promo
         &Environment::from_pairs(vars_of(file).iter().copied()),
     )
     .unwrap();
-    let d = cfg.sink("deploy").unwrap().deploy().expect("a baseten_deploy sink");
+    let d = cfg
+        .sink("deploy")
+        .unwrap()
+        .deploy()
+        .expect("a baseten_deploy sink");
     assert_eq!(d.approval, Approval::BeforePromote);
     assert_eq!(d.promote_to.as_deref(), Some("production"));
     assert!(d.deactivate_superseded && d.follow && d.latest_only);
     let slack_cfg = cfg.sink("slack").unwrap();
-    for kind in [EventType::AwaitingApproval, EventType::Promoted, EventType::DeploymentFailed] {
-        assert!(slack_cfg.wants(kind, "qwen-sft", &CheckpointTarget::Sampler), "{kind:?}");
+    for kind in [
+        EventType::AwaitingApproval,
+        EventType::Promoted,
+        EventType::DeploymentFailed,
+    ] {
+        assert!(
+            slack_cfg.wants(kind, "qwen-sft", &CheckpointTarget::Sampler),
+            "{kind:?}"
+        );
     }
     assert!(!slack_cfg.wants(EventType::Completed, "qwen-sft", &CheckpointTarget::Sampler));
     let slack = Sink::new(slack_cfg.clone(), loopwatch::delivery::webhook::client()).unwrap();

@@ -63,8 +63,7 @@ impl Outbox {
             model_name: Some(model_name.clone()),
             ..Default::default()
         };
-        let event = match waiting_event(&c.event, c.delivery_id, &data, cfg.approval, until, now)
-        {
+        let event = match waiting_event(&c.event, c.delivery_id, &data, cfg.approval, until, now) {
             Ok(event) => {
                 let sinks = self.lifecycle_routes(&event);
                 Some(FollowUp { event, sinks })

@@ -352,7 +352,8 @@ impl DeploySink {
         }
         // The gate: nothing is validated or deployed before a person approves (a rejected
         // deploy re-queued with `deliveries redeliver` asks again).
-        if self.cfg.approval == Approval::BeforeDeploy && row.decision.as_deref() != Some("approved")
+        if self.cfg.approval == Approval::BeforeDeploy
+            && row.decision.as_deref() != Some("approved")
         {
             return DeployAttempt::known(Ok(Sent::AwaitingApproval(request.model_name)));
         }

@@ -143,7 +143,13 @@ impl Outbox {
                     deployment_status: Some("NOT_FOUND".into()),
                     promote_settled: true,
                     error: Some(format!("NOT_FOUND: {}", e.message)),
-                    event: self.pipeline_event(sink, claim, EventType::DeploymentFailed, &data, now),
+                    event: self.pipeline_event(
+                        sink,
+                        claim,
+                        EventType::DeploymentFailed,
+                        &data,
+                        now,
+                    ),
                     ..base
                 };
             }
@@ -177,7 +183,10 @@ impl Outbox {
             };
         }
         if cfg.latest_only
-            && let Some(created) = row.checkpoint_created_at.as_deref().and_then(parse_created_at)
+            && let Some(created) = row
+                .checkpoint_created_at
+                .as_deref()
+                .and_then(parse_created_at)
         {
             match self
                 .store
@@ -205,8 +214,7 @@ impl Outbox {
                 }
             }
         }
-        if cfg.approval == Approval::BeforePromote && row.decision.as_deref() != Some("approved")
-        {
+        if cfg.approval == Approval::BeforePromote && row.decision.as_deref() != Some("approved") {
             let until = deadline(cfg, now);
             let data = Self::data_of(sink, claim, Some(&dep.status), dep.environment.as_deref());
             let event = waiting_event(
@@ -254,13 +262,8 @@ impl Outbox {
             }
             Err(e) => {
                 let known = !e.retryable;
-                let mut out = Self::step_failed(
-                    sink,
-                    claim,
-                    failure("promote", e),
-                    DeployStage::Failed,
-                    now,
-                );
+                let mut out =
+                    Self::step_failed(sink, claim, failure("promote", e), DeployStage::Failed, now);
                 // A refusal is an answer: nothing was promoted.
                 out.promote_settled |= known;
                 out
@@ -363,7 +366,11 @@ impl Outbox {
                     }
                 }
             }
-            match self.store.mark_deactivated(old.delivery_id, &why, now).await {
+            match self
+                .store
+                .mark_deactivated(old.delivery_id, &why, now)
+                .await
+            {
                 Ok(true) if !gone => {
                     info!(sink = sink.name(), model_id, deployment_id = dep_id,
                         checkpoint = %old.checkpoint_name, superseded_by = %row.checkpoint_name,

@@ -163,7 +163,6 @@ where
         }
         Ok(())
     }
-
 }
 
 impl<DB: Dialect> Queries<DB>
@@ -183,11 +182,10 @@ where
     async fn resolve(conn: &mut DB::Connection, id: &str) -> Result<Vec<DeployRow>> {
         let select = |by: &str| format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE {by}");
         if let Ok(n) = id.parse::<i64>() {
-            let rows: Vec<DeployRecord> =
-                sqlx::query_as(AssertSqlSafe(select("delivery_id = $1")))
-                    .bind(n)
-                    .fetch_all(&mut *conn)
-                    .await?;
+            let rows: Vec<DeployRecord> = sqlx::query_as(AssertSqlSafe(select("delivery_id = $1")))
+                .bind(n)
+                .fetch_all(&mut *conn)
+                .await?;
             if !rows.is_empty() {
                 return rows.into_iter().map(DeployRecord::into_row).collect();
             }

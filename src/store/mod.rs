@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
 pub use approvals::{Decided, Decision, Undecided, Verdict};
+pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
 pub use deploys::{DeployRow, DeployStage, DeployUpdate, FollowClaim, FollowOutcome, Intent};
 
 use crate::diff::Diff;
@@ -503,8 +503,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pipeline `delivery_id`'s deployment was deactivated (`why`); false when another
     /// clean-up marked it first.
-    async fn mark_deactivated(&self, delivery_id: i64, why: &str, now: DateTime<Utc>)
-    -> Result<bool>;
+    async fn mark_deactivated(
+        &self,
+        delivery_id: i64,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// Release every claim (a single-instance store does this at start: nobody else holds them).
     async fn release_claims(&self) -> Result<u64>;

@@ -15,9 +15,8 @@ use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
     Access, Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim,
-    FollowOutcome, Intent, Undecided,
-    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
-    TargetDump, sql,
+    FollowOutcome, Intent, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError,
+    StoredEvent, TargetDump, Undecided, sql,
 };
 use crate::model::{Event, TargetState, Tracked};
 
@@ -432,7 +431,10 @@ impl Store for PgStore {
 
     async fn approval_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
         let rows = Queries::approval_deadlines(&self.pool).await?;
-        Ok(rows.into_iter().map(|(s, ms)| (s, super::rows::ms_to_time(ms))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(s, ms)| (s, super::rows::ms_to_time(ms)))
+            .collect())
     }
 
     async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool> {

@@ -20,9 +20,8 @@ use super::rows::{self, event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
     Access, Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim,
-    FollowOutcome, Intent, Undecided,
-    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
-    TargetDump,
+    FollowOutcome, Intent, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError,
+    StoredEvent, TargetDump, Undecided,
     sql::{self, Lane},
 };
 use crate::model::{Event, ProbeMemo, Raw, TargetState, Tracked};
@@ -823,7 +822,10 @@ impl Store for SqliteStore {
 
     async fn approval_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
         let rows = Queries::approval_deadlines(&self.pool).await?;
-        Ok(rows.into_iter().map(|(s, ms)| (s, super::rows::ms_to_time(ms))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(s, ms)| (s, super::rows::ms_to_time(ms)))
+            .collect())
     }
 
     async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool> {
@@ -869,8 +871,13 @@ impl Store for SqliteStore {
     ) -> Result<bool> {
         let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::mark_deactivated(&mut conn, delivery_id, why, now.timestamp_millis())
-            .await;
+        let r = Queries::<Sqlite>::mark_deactivated(
+            &mut conn,
+            delivery_id,
+            why,
+            now.timestamp_millis(),
+        )
+        .await;
         discard_after_error(&mut conn, &r);
         r
     }
