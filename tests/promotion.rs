@@ -404,11 +404,17 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
     )
     .await;
 
+    // Named twice (checkpoint id and delivery id): decided once.
+    let delivery = pipeline(&env, &cfg, &id).await["delivery_id"].to_string();
     let out = env
-        .run(&cfg, &["deliveries", "approve", &id, "--by", "carol"])
+        .run(
+            &cfg,
+            &["deliveries", "approve", &id, &delivery, "--by", "carol"],
+        )
         .await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains("promotes it now"), "{stdout}");
     let promoted = event_of(&rx, "checkpoint.promoted", &id).await;
     let deployment = &promoted["data"]["deployment"];

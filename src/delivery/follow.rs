@@ -97,9 +97,7 @@ impl Outbox {
         let (Some(d), Some(api)) = (sink.deploy.as_ref(), sink.deployer.as_ref()) else {
             return false;
         };
-        if d.cfg.approval != crate::config::Approval::None {
-            self.expire_round(sink).await;
-        }
+        self.expire_round(sink).await;
         let now = Utc::now();
         // Long enough for a batch of reads (each within the sink's timeout at worst);
         // renewed by nobody: a follower that dies frees its batch after this.

@@ -278,12 +278,6 @@ impl Sink {
     }
 }
 
-/// A deploy sink's pipelines have work after their deploy attempts: following
-/// deployments (and promoting, cleaning up), or approvals whose deadline can pass.
-fn follows(d: &DeploySink) -> bool {
-    d.cfg.follow || d.cfg.approval != crate::config::Approval::None
-}
-
 /// A sink from its config; a `baseten_deploy` one gets the API it deploys through.
 fn make_sink(
     cfg: &SinkConfig,
@@ -715,7 +709,9 @@ impl Outbox {
     pub async fn deliver_due(&self) -> DeliverySummary {
         let mut summary = self.deliver_round().await;
         for sink in self.sinks() {
-            if sink.deploy.as_ref().is_some_and(follows) {
+            // Every deploy sink: following deployments (promoting, cleaning up), and ending
+            // waits for approval past their deadline (a reload may have turned approval off).
+            if sink.deploy.is_some() {
                 // A step may make the next due at once (active -> promote -> clean up).
                 for _ in 0..4 {
                     if !self.follow_round(&sink).await {

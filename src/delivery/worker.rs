@@ -110,7 +110,7 @@ impl Outbox {
         grace: Duration,
         beat: Heartbeat,
     ) {
-        if sink.deploy.as_ref().is_some_and(super::follows) {
+        if sink.deploy.is_some() {
             tokio::join!(
                 self.run_outbox(sink.clone(), token.clone(), grace, beat.clone()),
                 self.run_follow(sink, token, beat),

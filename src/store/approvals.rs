@@ -215,6 +215,8 @@ where
         }
         let mut undecided = Vec::new();
         let mut decided_ids = Vec::new();
+        // A pipeline named twice (its delivery id and its checkpoint id) is decided once.
+        let mut seen = std::collections::HashSet::new();
         let mut tx = conn.begin().await?;
         for (id, rows) in &named {
             if rows.is_empty() {
@@ -227,7 +229,12 @@ where
                 continue;
             }
             let mut took = Vec::new();
+            let mut again = false;
             for row in rows {
+                if !seen.insert(row.delivery_id) {
+                    again = true;
+                    continue;
+                }
                 let r = sqlx::query(DECIDE)
                     .bind(row.delivery_id)
                     .bind(now)
@@ -251,7 +258,7 @@ where
                     took.push(row.delivery_id);
                 }
             }
-            if took.is_empty() {
+            if took.is_empty() && !again {
                 // Read again inside the transaction: what a concurrent decision left.
                 for row in rows {
                     let now_row: DeployRecord = sqlx::query_as(AssertSqlSafe(format!(
