@@ -28,7 +28,7 @@ use crate::store::{Decision, DeliveryStatus, DeployStage, Store, Verdict};
 pub struct DemoOptions {
     /// Stop after this long; `None` runs until Ctrl-C.
     pub duration: Option<Duration>,
-    /// Address of `/metrics` `/healthz` `/readyz`.
+    /// Address of the status page, `/metrics`, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
     /// How often the simulated run saves checkpoints, and how long each syncs.
     pub every: Duration,
@@ -340,6 +340,7 @@ pub async fn run(
     println!("production, and the deployment it replaces is deactivated.");
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {}", receiver.url);
+    println!("  status page          http://{addr}/?refresh=10   (JSON: /api/v1/status)");
     println!("  metrics              http://{addr}/metrics   (also /healthz, /readyz)");
     println!(
         "  state                {}   (removed on exit)",

@@ -13,14 +13,16 @@
 //! - [`poller`]: per-target schedule: fetch -> probe null checkpoints -> diff -> commit.
 //! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
-//! - [`metrics`], [`health`], [`server`]: what operators see.
+//! - [`metrics`], [`health`], [`server`]: what operators see; [`listener`]: how the
+//!   server's connections are accepted and bounded.
 //! - [`app`]: wiring; the only place that spawns tasks. [`reload`]: what a SIGHUP
 //!   reload changes, which `app` applies.
 //! - [`args`], [`cli`]: the command line (clap types) and its commands; [`approvals`]:
 //!   `deliveries approve` / `reject`.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
-//! - [`text`]: outside text made safe to print (control characters escaped, cells cut).
+//! - [`text`]: outside text made safe to print (control characters escaped, cells cut);
+//!   [`redact`]: every secret this process knows, redacted from a peer's text.
 
 pub mod api;
 pub mod app;
@@ -33,14 +35,18 @@ pub mod demo;
 pub mod diff;
 pub mod health;
 pub mod http;
+pub mod json;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod poller;
+pub mod redact;
 pub mod reload;
 pub mod replicas;
 pub mod server;
 pub mod signing;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod store_watch;
 pub mod template;

@@ -543,7 +543,27 @@ fn a_deploy_sink_gets_its_documented_defaults_and_every_rule_at_once() {
     let s = &c.sinks[0];
     let d = s.deploy().unwrap();
     assert_eq!(d.model_name, "{{ data.target }}");
-    assert!(d.latest_only && d.validate);
+    assert!(d.latest_only && d.validate && d.follow);
+    assert_eq!(
+        (d.follow_interval, d.follow_timeout, d.approval_deadline),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(7200),
+            Duration::from_secs(86400)
+        )
+    );
+    assert_eq!(
+        (d.promote_to.as_deref(), d.deactivate_superseded),
+        (None, false)
+    );
+    // The whole attempt (validate, two reads, the deploy) within the sink's timeout: four
+    // times api.timeout by default, never shorter than one API call.
+    assert_eq!(s.timeout, c.api.timeout * 4);
+    let slow = toml_cfg(&format!(
+        "{MINIMAL}[api]\ntimeout = \"50s\"\n[[sinks]]\nname = \"d\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf\"\n"
+    ))
+    .unwrap();
+    assert_eq!(slow.sinks[0].timeout, Duration::from_secs(200));
     assert_eq!(s.events, BTreeSet::from([EventType::Completed]));
     assert_eq!(
         s.checkpoint_targets,
@@ -612,19 +632,34 @@ fn debug_hides_passwords_in_the_store_and_sink_urls() {
 }
 
 #[test]
-fn api_config_debug_hides_a_password_in_base_url() {
+fn api_config_debug_hides_a_query_token_in_base_url() {
     let c = toml_cfg(&format!(
-        "[api]\nbase_url = \"https://lw:apipw-7c1e@api.example.com/?token=qtok-9\"\n{MINIMAL}"
+        "[api]\nbase_url = \"https://api.example.com/?token=qtok-9\"\n{MINIMAL}"
     ))
     .unwrap();
     for dump in [format!("{:?}", c.api), format!("{c:?}")] {
         assert!(
-            !dump.contains("apipw-7c1e") && !dump.contains("qtok-9") && !dump.contains("k-123"),
+            !dump.contains("qtok-9") && !dump.contains("k-123"),
             "{dump}"
         );
+        assert!(dump.contains("https://api.example.com/"), "{dump}");
+    }
+}
+
+/// A user or password in `api.base_url` sent `Authorization: Basic` beside the key's
+/// `Bearer`: refused, without echoing the password.
+#[test]
+fn a_base_url_with_userinfo_is_refused_without_its_password() {
+    for base in [
+        "https://lw:apipw-7c1e@api.example.com/",
+        "https://lw@api.example.com/",
+    ] {
+        let p = problems(&format!("[api]\nbase_url = \"{base}\"\n{MINIMAL}"));
+        assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            dump.contains("https://lw:redacted@api.example.com/"),
-            "{dump}"
+            p[0].contains("api.base_url") && p[0].contains("remove the user:password@ part"),
+            "{p:?}"
         );
+        assert!(!p[0].contains("apipw-7c1e"), "{p:?}");
     }
 }

@@ -37,7 +37,8 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::Metrics;
 use crate::model::CheckpointTarget;
 use crate::store::{
-    AttemptOutcome, Claimed, DeployStage, DeployUpdate, FollowUp, Recorded, Store, StoredEvent,
+    AttemptFacts, AttemptOutcome, Claimed, DeployStage, DeployUpdate, FollowUp, Recorded, Store,
+    StoredEvent,
 };
 use crate::template::{Template, compile_template};
 use crate::wake::Wake;
@@ -134,7 +135,9 @@ pub fn decide(
         Err(f) => f,
     };
     let status = failure.status();
-    let error = failure.to_string();
+    // What is kept and logged: a peer's text in it is redacted at its source; this also
+    // covers every failure kind added later.
+    let error = crate::redact::secrets(&failure.to_string()).into_owned();
     if status == Some(410) || failure.is_permanent() {
         return AttemptOutcome::Dead { status, error };
     }
@@ -304,6 +307,20 @@ struct Finished {
     in_doubt: bool,
     /// Who approved a deploy.
     approved_by: Option<String>,
+}
+
+/// What the attempts log keeps of an attempt beyond its outcome: the HTTP status it got
+/// (an exec sink's `Status(0)` is none) and how long it took.
+fn facts(r: &Result<Sent, Failure>, took: Duration) -> AttemptFacts {
+    let status = match r {
+        Ok(Sent::Status(code)) => Some(*code).filter(|c| *c != 0),
+        Err(f) => f.status(),
+        Ok(_) => None,
+    };
+    AttemptFacts {
+        status,
+        took: Some(took),
+    }
 }
 
 /// The sinks and what they share.
@@ -526,6 +543,7 @@ impl Outbox {
         let attempt = c.attempts + 1;
         let ev = &c.event;
         let deploy_cfg = sink.deploy.as_ref().map(|d| &d.cfg);
+        let facts = facts(&f.result, f.took);
         let mut update: Option<DeployUpdate> = None;
         let outcome = match f.result {
             Err(Failure::Stale) => {
@@ -542,6 +560,7 @@ impl Outbox {
                         reason,
                     },
                     deploy: None,
+                    facts,
                 });
             }
             Ok(Sent::Superseded(reason)) => {
@@ -700,6 +719,7 @@ impl Outbox {
             token: c.token,
             outcome,
             deploy: update,
+            facts,
         })
     }
 

@@ -23,7 +23,7 @@ use super::deploy::{DeploymentData, LoopsDeployer, failure, read_failure};
 use super::follow::{Seen, judge};
 use super::{Failure, Outbox, Sink, decide};
 use crate::config::{Approval, DeployConfig};
-use crate::model::{EventType, parse_created_at};
+use crate::model::EventType;
 use crate::store::{AttemptOutcome, DeployStage, FollowClaim, FollowOutcome, FollowUp};
 
 impl Outbox {
@@ -183,10 +183,7 @@ impl Outbox {
             };
         }
         if cfg.latest_only
-            && let Some(created) = row
-                .checkpoint_created_at
-                .as_deref()
-                .and_then(parse_created_at)
+            && let Some(created) = row.ordering_time()
         {
             match self
                 .store
@@ -311,10 +308,7 @@ impl Outbox {
             step_attempts: 0,
             ..FollowOutcome::of(claim)
         };
-        let created = row
-            .checkpoint_created_at
-            .as_deref()
-            .and_then(parse_created_at);
+        let created = row.ordering_time();
         let (true, Some(model_id), Some(created)) =
             (cfg.deactivate_superseded, row.model_id.as_deref(), created)
         else {

@@ -111,11 +111,7 @@ where
         let Some(me) = me.map(DeployRecord::into_row).transpose()? else {
             return Ok(());
         };
-        let Some(mine) = me
-            .checkpoint_created_at
-            .as_deref()
-            .and_then(crate::model::parse_created_at)
-        else {
+        let Some(mine) = me.ordering_time() else {
             return Ok(());
         };
         let waiting: Vec<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
@@ -134,11 +130,7 @@ where
         for other in waiting {
             let other = other.into_row()?;
             let id = other.delivery_id;
-            let older = other
-                .checkpoint_created_at
-                .as_deref()
-                .and_then(crate::model::parse_created_at)
-                .is_some_and(|t| t < mine);
+            let older = other.ordering_time().is_some_and(|t| t < mine);
             if !older {
                 continue;
             }

@@ -128,6 +128,16 @@ pub struct DeployRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl DeployRow {
+    /// The time this pipeline's checkpoint is ordered by (`latest_only`, clean-up): its
+    /// `created_at`, or its completion when `created_at` lies beyond the horizon
+    /// ([`crate::model::ordering_time`]). `None` when `created_at` cannot be read.
+    pub fn ordering_time(&self) -> Option<DateTime<Utc>> {
+        let created = crate::model::parse_created_at(self.checkpoint_created_at.as_deref()?)?;
+        Some(crate::model::ordering_time(created, self.completed_at))
+    }
+}
+
 /// The exact command line that approves the deploy pipeline of delivery `delivery_id`
 /// (`checkpoint.awaiting_approval`'s `data.approve_command`): `$USER` is the shell's,
 /// so pasted as is it records who ran it.
@@ -378,6 +388,7 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
     for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
     for<'r> TrackedRecord: FromRow<'r, DB::Row>,
     for<'r> TargetRecord: FromRow<'r, DB::Row>,

@@ -11,8 +11,10 @@
 //! outside `store/` asks which backend it has.
 
 pub mod approvals;
+pub mod attempts;
 pub mod coordination;
 pub mod deploys;
+pub mod inspect;
 pub mod postgres;
 mod promotions;
 mod rows;
@@ -28,8 +30,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use approvals::{Decided, Decision, Undecided, Verdict};
+pub use attempts::AttemptFacts;
 pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
 pub use deploys::{DeployRow, DeployStage, DeployUpdate, FollowClaim, FollowOutcome, Intent};
+pub use inspect::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 
 use crate::diff::Diff;
 use crate::model::TargetState;
@@ -311,6 +315,8 @@ pub struct Recorded {
     pub token: i64,
     pub outcome: AttemptOutcome,
     pub deploy: Option<DeployUpdate>,
+    /// What the attempts log keeps beyond the outcome ([`attempts`]).
+    pub facts: AttemptFacts,
 }
 
 impl Recorded {
@@ -320,6 +326,7 @@ impl Recorded {
             token: c.token,
             outcome,
             deploy: None,
+            facts: AttemptFacts::default(),
         }
     }
 }
@@ -384,9 +391,10 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest `next_attempt_at` of a pending delivery of `sink`.
     async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>>;
 
-    /// The outcomes of several attempts, written together (one transaction). An outcome
-    /// whose claim is no longer held (its token changed) is discarded: returns the ids of
-    /// those.
+    /// The outcomes of several attempts, written together (one transaction), each
+    /// attempt logged with its facts in the same transaction ([`attempts`]). An outcome
+    /// whose claim is no longer held (its token changed) is discarded, and not logged:
+    /// returns the ids of those.
     async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>>;
 
     /// One outcome; false when it was discarded (a stale claim).
@@ -549,6 +557,14 @@ pub trait Store: Send + Sync + 'static {
     /// Events in detection order, for tests and `state`.
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>>;
 
+    /// The database-wide picture for the status page ([`inspect`]): read-only, bounded
+    /// by the names and limits of `q`.
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview>;
+
+    /// One target's page of checkpoints with their events, deliveries and attempts
+    /// ([`inspect`]): read-only, bounded by `q`.
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail>;
+
     /// Forget delivered deliveries last updated before `cutoff`, then events detected
     /// before it that have no delivery left. Pending and dead deliveries are kept.
     /// Returns (deliveries, events) removed.
@@ -635,24 +651,34 @@ pub(crate) fn require_current(
 }
 /// The checkpoint deliveries [`Store::newer_deploy`] weighs: same sink and run, another
 /// delivery, pending, delivered or waiting for approval, of a completed sampler
-/// checkpoint. Selects its name and `created_at` as the upstream wrote it (`CREATED_AT`
-/// is the backend's JSON path expression over `e.body`).
-pub(crate) fn newer_deploy_query(created_at_expr: &str) -> String {
+/// checkpoint. Selects its name, `created_at` as the upstream wrote it and its first sight
+/// (the backend's JSON path expressions over `e.body`).
+pub(crate) fn newer_deploy_query(created_at_expr: &str, first_seen_expr: &str) -> String {
     format!(
-        "SELECT e.checkpoint_name, {created_at_expr} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+        "SELECT e.checkpoint_name, {created_at_expr}, {first_seen_expr} FROM deliveries d JOIN events e ON e.seq = d.event_seq
          WHERE d.sink = $1 AND d.run_id = $2 AND d.id <> $3
            AND d.status IN ('pending', 'delivered', 'awaiting_approval')
            AND e.type = 'checkpoint.completed' AND e.checkpoint_target = 'sampler'"
     )
 }
 
-/// The newest of `rows` (name, created_at) created after `than`.
+/// The newest of `rows` (name, created_at, first seen) created after `than`, each ordered
+/// by [`crate::model::ordering_time`]: a `created_at` a day or more past its first sight
+/// counts as that first sight, so it cannot supersede the run's later checkpoints.
 pub(crate) fn pick_newer(
-    rows: Vec<(String, Option<String>)>,
+    rows: Vec<(String, Option<String>, Option<String>)>,
     than: DateTime<Utc>,
 ) -> Option<String> {
+    use crate::model::{ordering_time, parse_created_at};
     rows.into_iter()
-        .filter_map(|(name, at)| Some((crate::model::parse_created_at(&at?)?, name)))
+        .filter_map(|(name, at, seen)| {
+            let at = parse_created_at(&at?)?;
+            let at = match seen.as_deref().and_then(parse_created_at) {
+                Some(seen) => ordering_time(at, seen),
+                None => at,
+            };
+            Some((at, name))
+        })
         .filter(|(at, _)| *at > than)
         .max()
         .map(|(_, name)| name)

@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQu
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
 use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
+use super::inspect::Inspect;
 use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
@@ -18,6 +19,7 @@ use super::{
     FollowOutcome, Intent, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError,
     StoredEvent, TargetDump, Undecided, sql,
 };
+use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use crate::model::{Event, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -133,6 +135,7 @@ impl Dialect for Postgres {
     fn claim_clock(param: &str) -> String {
         format!("(CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + {param})")
     }
+    const BODY_FIRST_SEEN_AT: &'static str = "(e.body::jsonb #>> '{data,first_seen_at}')";
 
     /// Lock the lease row: a takeover waits for this commit, and a stale epoch (the lease
     /// was taken while this replica was paused) commits nothing.
@@ -526,6 +529,14 @@ impl Store for PgStore {
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
         Queries::events(&self.pool, target).await
+    }
+
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
+        Inspect::<Postgres>::overview(&self.pool, q).await
+    }
+
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
+        Inspect::<Postgres>::target_detail(&self.pool, q).await
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {

@@ -19,7 +19,6 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
     for<'r> DeployRecord: FromRow<'r, DB::Row>,
 {
     /// Before a promote call of pipeline `delivery_id` is sent: it may act without its
@@ -53,18 +52,27 @@ where
         delivery_id: i64,
         created_at: DateTime<Utc>,
     ) -> Result<Option<String>> {
-        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT checkpoint_name, checkpoint_created_at FROM deploys
+        let rows: Vec<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {DEPLOY_COLUMNS} FROM deploys
              WHERE sink = $1 AND run_id = $2 AND delivery_id <> $3
                AND (stage IN ('active', 'promoted')
-                    OR (stage = 'awaiting_approval' AND deployment_status = 'ACTIVE'))",
-        )
+                    OR (stage = 'awaiting_approval' AND deployment_status = 'ACTIVE'))"
+        )))
         .bind(sink)
         .bind(run_id)
         .bind(delivery_id)
         .fetch_all(pool)
         .await?;
-        Ok(super::pick_newer(rows, created_at))
+        let mut newest: Option<(DateTime<Utc>, String)> = None;
+        for r in rows {
+            let row = r.into_row()?;
+            if let Some(at) = row.ordering_time().filter(|at| *at > created_at)
+                && newest.as_ref().is_none_or(|(n, _)| at > *n)
+            {
+                newest = Some((at, row.checkpoint_name));
+            }
+        }
+        Ok(newest.map(|(_, name)| name))
     }
 
     /// The pipelines of `sink` whose deployments of model `model_id` loopwatch recorded and
@@ -92,12 +100,7 @@ where
         for r in rows {
             let row = r.into_row()?;
             // A checkpoint whose age cannot be told is never taken for an older one.
-            if let Some(at) = row
-                .checkpoint_created_at
-                .as_deref()
-                .and_then(crate::model::parse_created_at)
-                .filter(|at| *at < created_at)
-            {
+            if let Some(at) = row.ordering_time().filter(|at| *at < created_at) {
                 out.push((at, row));
             }
         }

@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{
-    AssertSqlSafe, Connection, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type,
-};
+use sqlx::{AssertSqlSafe, Connection, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
@@ -20,7 +18,7 @@ use crate::model::{Event, Tracked};
 
 /// What differs between the dialects, for the shared operations: implemented beside
 /// each backend (`sqlite.rs`, `postgres.rs`).
-pub(crate) trait Dialect: Database {
+pub(crate) trait Dialect: super::attempts::LogDialect {
     /// The `checkpoints` columns a [`TrackedRecord`] reads; with `with_raw`, the object's
     /// text always (for `state`), else only where no digest is stored.
     fn tracked_columns(with_raw: bool) -> String;
@@ -30,6 +28,10 @@ pub(crate) trait Dialect: Database {
 
     /// SQL of the checkpoint's `created_at` inside a stored event body `e.body` (text).
     const BODY_CREATED_AT: &'static str;
+
+    /// SQL of the checkpoint's first sight (`data.first_seen_at`) inside `e.body`: what a
+    /// `created_at` past the horizon is ordered as (`crate::model::ordering_time`).
+    const BODY_FIRST_SEEN_AT: &'static str;
 
     /// First in a poll's transaction: refuse the commit ([`super::StoreError::Fenced`])
     /// unless `fence` still holds, and keep a takeover waiting until the commit ends.
@@ -92,6 +94,7 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
     for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
     for<'r> TrackedRecord: FromRow<'r, DB::Row>,
     for<'r> TargetRecord: FromRow<'r, DB::Row>,
@@ -245,8 +248,8 @@ where
         delivery_id: i64,
         created_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<String>> {
-        let rows: Vec<(String, Option<String>)> = sqlx::query_as(AssertSqlSafe(
-            super::newer_deploy_query(DB::BODY_CREATED_AT),
+        let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(AssertSqlSafe(
+            super::newer_deploy_query(DB::BODY_CREATED_AT, DB::BODY_FIRST_SEEN_AT),
         ))
         .bind(sink)
         .bind(run_id)
@@ -359,6 +362,7 @@ where
     ) -> Result<Vec<i64>> {
         let mut tx = conn.begin().await?;
         let mut stale = Vec::new();
+        let mut applied: Vec<&Recorded> = Vec::with_capacity(outcomes.len());
         for r in outcomes {
             let (id, token) = (r.delivery_id, r.token);
             let q = match &r.outcome {
@@ -424,7 +428,9 @@ where
             if let Some(u) = &r.deploy {
                 Self::apply_deploy_update(&mut tx, id, u, now).await?;
             }
+            applied.push(r);
         }
+        super::attempts::log::<DB>(&mut tx, &applied, now).await?;
         tx.commit().await?;
         Ok(stale)
     }
