@@ -273,6 +273,12 @@ async fn poll_and_deliver(
                 s.superseded
             );
         }
+        if s.awaiting_approval > 0 {
+            eprintln!(
+                "deploys: {} awaiting approval (`loopwatch deploys` lists them; `loopwatch deliveries approve ID --by NAME`)",
+                s.awaiting_approval
+            );
+        }
     }
     Ok(if failed > 0 { exit::FAILURE } else { exit::OK })
 }
@@ -468,6 +474,16 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
                         &crate::model::CheckpointTarget::Sampler,
                         &d.checkpoint_name,
                     );
+                    let approval = match (&d.decision, &d.decided_by, d.approval_deadline) {
+                        (Some(v), Some(by), _) => format!("{v} by {by}"),
+                        _ if d.stage == store::DeployStage::AwaitingApproval => {
+                            format!(
+                                "waiting until {}",
+                                d.approval_deadline.map(rfc3339).unwrap_or_default()
+                            )
+                        }
+                        _ => String::new(),
+                    };
                     vec![
                         d.delivery_id.to_string(),
                         d.sink,
@@ -477,6 +493,7 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
                         d.deployment_id.unwrap_or_else(|| "-".into()),
                         d.deployment_status.unwrap_or_else(|| "-".into()),
                         if d.reconciled { "yes" } else { "" }.into(),
+                        approval,
                         rfc3339(d.updated_at),
                         d.error.unwrap_or_default(),
                     ]
@@ -492,6 +509,7 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
                     "DEPLOYMENT",
                     "STATUS",
                     "RECONCILED",
+                    "APPROVAL",
                     "UPDATED",
                     "ERROR",
                 ],
