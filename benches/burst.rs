@@ -8,6 +8,12 @@
 //! until every outcome is recorded). Floor: the same E bodies POSTed by a bare client,
 //! unsigned, no store, same concurrency, same receiver.
 //!
+//! On PostgreSQL (`LOOPWATCH_BENCH_STORE=postgres LOOPWATCH_PG_FSYNC=on scripts/with-postgres
+//! cargo bench --bench burst`, a fresh database per run) the commit also has a database
+//! floor: the rows the cycle wrote (each target's checkpoints, events and deliveries),
+//! inserted again into empty copies of their tables, one transaction per target of one
+//! `INSERT ... SELECT * FROM unnest(...)` per table, as many in flight as the store's pool.
+//!
 //! `cargo bench --bench burst [-- --quick]` (`--events-only` stops after the cycle, for
 //! profiling the commit path alone).
 
@@ -20,11 +26,13 @@ use futures_util::StreamExt;
 use loopwatch::app::App;
 use loopwatch::model::TargetState;
 use loopwatch::sim::{CHECKPOINTS_PATH, SimApi};
-use support::{API_KEY, Opts, Receiver, median, n, ratio, run_id};
+use support::{API_KEY, BenchDb, Opts, Receiver, median, n, ratio, run_id};
 use tokio_util::sync::CancellationToken;
 
 const POLLS_IN_FLIGHT: usize = 16;
 const SENDS_IN_FLIGHT: usize = 16;
+/// The PostgreSQL store's pool size (`PgStore`): the database floor's connections.
+const PG_CONNECTIONS: u32 = 8;
 
 fn main() {
     let Some(o) = support::opts() else { return };
@@ -34,6 +42,8 @@ fn main() {
 struct Run {
     events: usize,
     commit_s: f64,
+    /// PostgreSQL: the same rows by bare `INSERT ... SELECT unnest(...)` (NaN on SQLite).
+    db_floor_s: f64,
     fetch_floor_s: f64,
     deliver_s: f64,
     post_floor_s: f64,
@@ -46,16 +56,10 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     for i in 0..targets {
         ids.extend(h.add_many(&run_id(i), per, Some("SYNCING")));
     }
-    let dir = tempfile::tempdir().unwrap();
+    let db = BenchDb::new().await;
     let poll = format!("interval = \"60s\"\njitter = 0.0\nconcurrency = {POLLS_IN_FLIGHT}");
     let sinks = support::completed_sink(&receiver.url, SENDS_IN_FLIGHT);
-    let cfg = support::config(
-        &sim.base_url(),
-        &dir.path().join("state.db"),
-        &poll,
-        targets,
-        &sinks,
-    );
+    let cfg = support::config(&sim.base_url(), &db.url, &poll, targets, &sinks);
     let app = App::build(cfg, false).await.unwrap();
     let cfg = app.config().clone();
     let mut states: Vec<TargetState> = Vec::new();
@@ -88,10 +92,19 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     let events = cycle(&mut states).await;
     let commit_s = t0.elapsed().as_secs_f64();
     assert_eq!(events, targets * per, "one completed per checkpoint");
+    let db_floor_s = if db.is_postgres() {
+        let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
+        db_floor(&db.url, &names).await
+    } else {
+        f64::NAN
+    };
     if events_only {
+        drop(app);
+        db.drop_db().await;
         return Run {
             events,
             commit_s,
+            db_floor_s,
             fetch_floor_s: f64::NAN,
             deliver_s: f64::NAN,
             post_floor_s: f64::NAN,
@@ -193,9 +206,13 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     assert!(done, "deliveries did not finish");
     token.cancel();
     worker.await.unwrap();
+    drop(store);
+    drop(app);
+    db.drop_db().await;
     Run {
         events,
         commit_s,
+        db_floor_s,
         fetch_floor_s,
         deliver_s,
         post_floor_s,
@@ -218,6 +235,7 @@ async fn bench(o: Opts) {
         ),
         &o,
     );
+    support::store_header().await;
     let receiver = support::receiver().start().await.unwrap();
     let events_only = std::env::args().any(|a| a == "--events-only");
     let mut runs = Vec::new();
@@ -228,6 +246,7 @@ async fn bench(o: Opts) {
     let e = runs[0].events as f64;
     let med = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let committed = e / med(|r| r.commit_s);
+    let db_floor = e / med(|r| r.db_floor_s);
     let fetch = targets as f64 / med(|r| r.fetch_floor_s);
     let polls = targets as f64 / med(|r| r.commit_s);
     let delivered = e / med(|r| r.deliver_s);
@@ -244,6 +263,18 @@ async fn bench(o: Opts) {
                 String::new(),
             ],
             vec![
+                "events committed/s vs. the same rows by bare INSERT ... SELECT unnest(...), \
+                 one transaction per target (PostgreSQL)"
+                    .into(),
+                n(committed),
+                n(db_floor),
+                if db_floor.is_finite() {
+                    ratio(committed, db_floor)
+                } else {
+                    String::new()
+                },
+            ],
+            vec![
                 "polls/s in that cycle vs. the same GETs, body discarded".into(),
                 n(polls),
                 n(fetch),
@@ -257,4 +288,105 @@ async fn bench(o: Opts) {
             ],
         ],
     );
+}
+
+/// The database floor of the commit (PostgreSQL): seconds to insert the rows this cycle
+/// wrote (each target's checkpoints, events and deliveries) again, into empty copies of
+/// their tables (`LIKE ... INCLUDING ALL`: the same columns, defaults and indexes; no
+/// foreign keys, no conflicts), one transaction per target of one
+/// `INSERT ... SELECT * FROM unnest(...)` per table, [`PG_CONNECTIONS`] in flight. Every
+/// column travels as a text array cast to its type, as loopwatch's binds are parsed by the
+/// server too. The rows are read before the clock starts.
+async fn db_floor(url: &str, targets: &[String]) -> f64 {
+    use sqlx::{AssertSqlSafe, Row};
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(PG_CONNECTIONS)
+        .connect(url)
+        .await
+        .unwrap();
+    let tables = [
+        ("checkpoints", "target = $1"),
+        ("events", "target = $1"),
+        (
+            "deliveries",
+            "event_seq IN (SELECT seq FROM events WHERE target = $1)",
+        ),
+    ];
+    let mut plans = Vec::new();
+    for (table, filter) in tables {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE TABLE {table}_floor (LIKE {table} INCLUDING ALL)"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let cols: Vec<(String, String)> = sqlx::query_as(
+            "SELECT column_name::text, udt_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let names: Vec<String> = cols.iter().map(|(c, _)| format!("\"{c}\"")).collect();
+        let select = format!(
+            "SELECT {} FROM {table} WHERE {filter}",
+            names
+                .iter()
+                .map(|c| format!("{c}::text"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let arrays: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| format!("${}::text[]::{ty}[]", i + 1))
+            .collect();
+        let insert = format!(
+            "INSERT INTO {table}_floor ({}) SELECT * FROM unnest({})",
+            names.join(", "),
+            arrays.join(", ")
+        );
+        plans.push((select, insert, cols.len()));
+    }
+    // Per target, per table, per column: the values as text.
+    let mut data: Vec<Vec<Vec<Vec<Option<String>>>>> = Vec::with_capacity(targets.len());
+    for t in targets {
+        let mut per_table = Vec::new();
+        for (select, _, k) in &plans {
+            let rows = sqlx::query(AssertSqlSafe(select.as_str()))
+                .bind(t)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); *k];
+            for r in &rows {
+                for (i, col) in cols.iter_mut().enumerate() {
+                    col.push(r.try_get::<Option<String>, _>(i).unwrap());
+                }
+            }
+            per_table.push(cols);
+        }
+        data.push(per_table);
+    }
+    let t0 = Instant::now();
+    futures_util::stream::iter(data)
+        .for_each_concurrent(PG_CONNECTIONS as usize, |per_table| {
+            let (pool, plans) = (&pool, &plans);
+            async move {
+                let mut tx = pool.begin().await.unwrap();
+                for ((_, insert, _), cols) in plans.iter().zip(per_table) {
+                    let mut q = sqlx::query(AssertSqlSafe(insert.as_str()));
+                    for c in cols {
+                        q = q.bind(c);
+                    }
+                    q.execute(&mut *tx).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        })
+        .await;
+    let s = t0.elapsed().as_secs_f64();
+    pool.close().await;
+    s
 }

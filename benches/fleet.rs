@@ -5,7 +5,11 @@
 //! concurrency, same server) with the body read and discarded. The simulator runs in a
 //! child process, so this process's peak RSS is loopwatch's (plus the floor's client).
 //!
-//! `cargo bench --bench fleet [-- --quick]`
+//! `cargo bench --bench fleet [-- --quick]`; on PostgreSQL (a fresh database per size):
+//! `LOOPWATCH_BENCH_STORE=postgres LOOPWATCH_PG_FSYNC=on scripts/with-postgres cargo bench --bench fleet`.
+//! Writes during the measured cycles are the database files' sizes and times on SQLite,
+//! and on PostgreSQL the transaction ids assigned and WAL bytes written (after a
+//! `VACUUM ANALYZE` of the baseline, so autovacuum has nothing left to do).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -24,8 +28,7 @@ use loopwatch::model::TargetState;
 use loopwatch::poller::Poller;
 use loopwatch::sim::{CHECKPOINTS_PATH, SimApi};
 use loopwatch::store::Store;
-use loopwatch::store::sqlite::SqliteStore;
-use support::{API_KEY, Opts, median, n, ratio, run_id};
+use support::{API_KEY, BenchDb, Opts, median, n, ratio, run_id};
 
 /// Polls in flight, for loopwatch (`poll.concurrency`) and the floor alike.
 const CONCURRENCY: usize = 16;
@@ -138,15 +141,33 @@ struct Scenario {
     floor: Vec<Pass>,
     writes: u64,
     db_untouched: bool,
+    /// PostgreSQL: transaction ids assigned and WAL bytes written during the measured cycles.
+    pg_xids: i64,
+    pg_wal: i64,
     rss_peak: f64,
 }
 
-fn db_files(dir: &std::path::Path) -> Vec<(u64, std::time::SystemTime)> {
-    ["state.db", "state.db-wal"]
+/// What shows a write: the SQLite files' sizes and times; PostgreSQL's next transaction
+/// id and WAL position (taking the mark assigns one id itself).
+async fn write_mark(db: &BenchDb) -> (Vec<(u64, std::time::SystemTime)>, i64, i64) {
+    if db.is_postgres() {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let (xid, wal): (i64, i64) = sqlx::query_as(
+            "SELECT pg_current_xact_id()::text::bigint, \
+             pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        return (Vec::new(), xid, wal);
+    }
+    let files = ["state.db", "state.db-wal"]
         .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .filter_map(|f| std::fs::metadata(db.dir.path().join(f)).ok())
         .map(|m| (m.len(), m.modified().unwrap()))
-        .collect()
+        .collect();
+    (files, 0, 0)
 }
 
 async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
@@ -154,15 +175,10 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
     // allocator kept from an earlier scenario still counts, so the headline size runs first.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let sim = SimChild::start(n, m);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("state.db");
+    let db = BenchDb::new().await;
     let poll = format!("interval = \"60s\"\njitter = 0.0\nconcurrency = {CONCURRENCY}");
-    let cfg = support::config(&sim.url, &db, &poll, n, "");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap(),
-    );
+    let cfg = support::config(&sim.url, &db.url, &poll, n, "");
+    let store: Arc<dyn Store> = loopwatch::store::open(&db.url).await.unwrap();
     let metrics = Arc::new(Metrics::new());
     metrics.init_series(&cfg);
     let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));
@@ -211,6 +227,14 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
     assert_eq!(baselined as usize, n, "every target records its baseline");
     cycle(&mut states, true).await; // warm: connections, caches
     cycle(&mut states, false).await; // every state settles
+    if db.is_postgres() {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql("VACUUM ANALYZE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
 
     // The floor: the same requests, the body read and thrown away.
     let http = reqwest::Client::builder()
@@ -245,7 +269,7 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
     let per_run: usize = if o.quick { 2_000 } else { 10_000 };
     let cycles = per_run.div_ceil(n).max(1);
     let polls = cycles * n;
-    let before = db_files(dir.path());
+    let before = write_mark(&db).await;
     let mut writes = 0;
     let (mut lw, mut floor, mut decoded) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.runs {
@@ -274,8 +298,16 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
             .await,
         );
     }
-    let db_untouched = before == db_files(dir.path());
+    let after = write_mark(&db).await;
+    // On PostgreSQL the second mark's own transaction id is the only one expected.
+    let db_untouched = before.0 == after.0 && after.1 - before.1 <= 1 && after.2 == before.2;
+    let (pg_xids, pg_wal) = (after.1 - before.1 - 1, after.2 - before.2);
+    drop(poller);
+    drop(store);
+    db.drop_db().await;
     Scenario {
+        pg_xids,
+        pg_wal,
         n,
         m,
         baseline_s,
@@ -306,6 +338,7 @@ async fn bench(o: Opts) {
         ),
         &o,
     );
+    support::store_header().await;
     let mut results = Vec::new();
     for (n, m) in sizes {
         eprintln!("fleet: {n} x {m} ...");
@@ -352,6 +385,16 @@ async fn bench(o: Opts) {
                     if head.db_untouched { "yes" } else { "NO" }
                 ),
                 "0".into(),
+                String::new(),
+            ],
+            vec![
+                "PostgreSQL: transactions that wrote / WAL bytes, all measured cycles".into(),
+                if support::postgres_admin_url().is_some() {
+                    format!("{} / {}", head.pg_xids, head.pg_wal)
+                } else {
+                    "-".into()
+                },
+                "0 / 0".into(),
                 String::new(),
             ],
             vec![

@@ -8,7 +8,9 @@
 //! alone, a completion waits for the next poll, uniform in [0, syncing_interval]: p50 =
 //! 0.5 s, p99 = 0.99 s; loopwatch's own part is reported as detection -> received.
 //!
-//! `cargo bench --bench latency [-- --quick]`
+//! `cargo bench --bench latency [-- --quick]`; on PostgreSQL (one replica, a fresh database
+//! per run): `LOOPWATCH_BENCH_STORE=postgres LOOPWATCH_PG_FSYNC=on scripts/with-postgres
+//! cargo bench --bench latency`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use loopwatch::app::App;
 use loopwatch::sim::SimApi;
 use rand::RngExt;
-use support::{API_KEY, Opts, median, percentile, run_id};
+use support::{API_KEY, BenchDb, Opts, median, percentile, run_id};
 
 const SYNCING_INTERVAL: Duration = Duration::from_secs(1);
 const COMPLETIONS_PER_SECOND: u64 = 100;
@@ -68,19 +70,13 @@ async fn one(targets: usize, window: Duration) -> Run {
         h.add_many(&run_id(i), 4, Some("COMPLETE"));
         pending.push(h.add_many(&run_id(i), 1, Some("SYNCING")).remove(0));
     }
-    let dir = tempfile::tempdir().unwrap();
+    let db = BenchDb::new().await;
     let poll = format!(
         "interval = \"10s\"\nsyncing_interval = \"{}ms\"\njitter = 0.0\nconcurrency = 16",
         SYNCING_INTERVAL.as_millis()
     );
     let sinks = support::completed_sink(&receiver.url, 16);
-    let cfg = support::config(
-        &sim.base_url(),
-        &dir.path().join("state.db"),
-        &poll,
-        targets,
-        &sinks,
-    );
+    let cfg = support::config(&sim.base_url(), &db.url, &poll, targets, &sinks);
     let app = App::build(cfg, false).await.unwrap();
     let health = app.health.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -122,6 +118,7 @@ async fn one(targets: usize, window: Duration) -> Run {
     .await;
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
+    db.drop_db().await;
 
     let got = arrivals.lock().unwrap();
     let by_id: HashMap<&str, &(String, Instant, i64, i64)> =
@@ -159,6 +156,7 @@ async fn bench(o: Opts) {
         ),
         &o,
     );
+    support::store_header().await;
     let mut runs = Vec::new();
     for i in 0..o.runs {
         eprintln!("latency: run {}/{} ...", i + 1, o.runs);

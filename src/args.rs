@@ -206,6 +206,32 @@ pub enum DeliveriesCommand {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Approve deploys waiting for approval: they deploy (or are promoted) now
+    ///
+    /// Each ID is a delivery id or a checkpoint id (`loopwatch deploys` lists them; a
+    /// checkpoint.awaiting_approval event carries the exact command). All are approved, or,
+    /// when any is not awaiting approval, none is: exit 1 naming its stage.
+    Approve(DecideArgs),
+    /// Reject deploys waiting for approval: they end `rejected`, nothing is deployed
+    ///
+    /// As approve; `deliveries redeliver` of a rejected deploy asks for approval again.
+    Reject(DecideArgs),
+}
+
+/// The arguments of `deliveries approve` and `reject`.
+#[derive(Args)]
+pub struct DecideArgs {
+    /// Delivery ids or checkpoint ids of deploys awaiting approval
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Who decides (kept, and shown by `deploys` and in data.deployment.approved_by)
+    #[arg(long, value_name = "NAME")]
+    pub by: String,
+    /// Why (kept, and shown by `deploys -o json`)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
 /// The shells `completions` writes scripts for.

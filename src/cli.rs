@@ -273,6 +273,12 @@ async fn poll_and_deliver(
                 s.superseded
             );
         }
+        if s.awaiting_approval > 0 {
+            eprintln!(
+                "deploys: {} awaiting approval (`loopwatch deploys` lists them; `loopwatch deliveries approve ID --by NAME`)",
+                s.awaiting_approval
+            );
+        }
     }
     Ok(if failed > 0 { exit::FAILURE } else { exit::OK })
 }
@@ -468,6 +474,16 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
                         &crate::model::CheckpointTarget::Sampler,
                         &d.checkpoint_name,
                     );
+                    let approval = match (&d.decision, &d.decided_by, d.approval_deadline) {
+                        (Some(v), Some(by), _) => format!("{v} by {by}"),
+                        _ if d.stage == store::DeployStage::AwaitingApproval => {
+                            format!(
+                                "waiting until {}",
+                                d.approval_deadline.map(rfc3339).unwrap_or_default()
+                            )
+                        }
+                        _ => String::new(),
+                    };
                     vec![
                         d.delivery_id.to_string(),
                         d.sink,
@@ -477,6 +493,7 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
                         d.deployment_id.unwrap_or_else(|| "-".into()),
                         d.deployment_status.unwrap_or_else(|| "-".into()),
                         if d.reconciled { "yes" } else { "" }.into(),
+                        approval,
                         rfc3339(d.updated_at),
                         d.error.unwrap_or_default(),
                     ]
@@ -492,6 +509,7 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
                     "DEPLOYMENT",
                     "STATUS",
                     "RECONCILED",
+                    "APPROVAL",
                     "UPDATED",
                     "ERROR",
                 ],
@@ -743,55 +761,9 @@ fn sample_event() -> StoredEvent {
     StoredEvent::from_event(0, &e)
 }
 
-fn human_size(bytes: i64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < units.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
-}
-
-/// Left-aligned columns, two spaces apart. Cells are upstream text: each is escaped and
-/// cut to [`text::MAX_CELL`] characters (JSON output keeps every byte).
-pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
-    print!("{}", format_table(headers, &rows));
-}
-
-pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| text::cell(c)).collect())
-        .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
-        }
-        s.trim_end().to_string() + "\n"
-    };
-    let mut out = line(headers.to_vec());
-    for r in &rows {
-        out.push_str(&line(r.iter().map(|c| c.as_ref()).collect()));
-    }
-    out
-}
+mod table;
+use table::human_size;
+pub use table::{format_table, print_table};
 
 #[cfg(test)]
 mod tests;

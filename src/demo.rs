@@ -5,8 +5,10 @@
 //! an embedded receiver verifies each webhook's signature and prints one line per event;
 //! a `baseten_deploy` sink deploys each completed sampler checkpoint on the simulated
 //! API, whose deploy route is unavailable at first (503 with `Retry-After`), so saves
-//! outpace deploys and `latest_only` supersedes the older ones; the daemon runs on a
-//! throw-away SQLite file.
+//! outpace deploys and `latest_only` supersedes the older ones; each deploy waits for
+//! approval, which the demo gives in-process with the very command its event prints, then
+//! the live deployment is promoted to `production` and the one it replaces deactivated;
+//! the daemon runs on a throw-away SQLite file.
 //!
 //! The demo is its own wiring (like `app.rs`, it spawns): the simulator and the receiver
 //! are test fixtures, not parts of the daemon.
@@ -21,7 +23,7 @@ use crate::app::{App, BuildError, ListenError};
 use crate::config::{self, Environment};
 use crate::signing::SigningKey;
 use crate::sim::{Fault, Received, Receiver, Route, Signature, SimApi};
-use crate::store::{DeliveryStatus, Store};
+use crate::store::{Decision, DeliveryStatus, DeployStage, Store, Verdict};
 
 pub struct DemoOptions {
     /// Stop after this long; `None` runs until Ctrl-C.
@@ -45,18 +47,27 @@ fn print_received(r: &Received) {
             let d = &v["data"];
             let dep = &d["deployment"];
             let mut sync = match d["sync_seconds"].as_f64() {
-                _ if dep.is_object() => format!(
-                    "  model {} deployment {}{}",
-                    dep["model_name"].as_str().unwrap_or("?"),
-                    dep["deployment_id"].as_str().unwrap_or("?"),
-                    match (dep["status"].as_str(), dep["reconciled"].as_bool()) {
-                        (Some(status), _) => format!(" {status}"),
-                        (None, Some(true)) =>
-                            " (its answer was lost: found by reading the model's deployments)"
-                                .into(),
-                        _ => String::new(),
-                    }
+                _ if v["type"] == "checkpoint.awaiting_approval" => format!(
+                    "  approve with: {}",
+                    d["approve_command"].as_str().unwrap_or("?")
                 ),
+                _ if dep.is_object() => {
+                    format!(
+                        "  model {} deployment {}{}",
+                        dep["model_name"].as_str().unwrap_or("?"),
+                        dep["deployment_id"].as_str().unwrap_or("?"),
+                        match (dep["status"].as_str(), dep["reconciled"].as_bool()) {
+                            (Some(status), _) => format!(" {status}"),
+                            (None, Some(true)) =>
+                                " (its answer was lost: found by reading the model's deployments)"
+                                    .into(),
+                            _ => String::new(),
+                        },
+                    ) + &dep["environment"]
+                        .as_str()
+                        .map(|e| format!(" in {e}"))
+                        .unwrap_or_default()
+                }
                 Some(s) => format!("  synced in {s:.1}s"),
                 None => String::new(),
             };
@@ -124,33 +135,100 @@ hf_secret_name = "hf_access_token"
 concurrency = 1
 retry_schedule = ["1s", "2s", "5s", "10s", "30s", "1m"]
 follow_interval = "500ms"
+approval = "before_deploy"
+promote_to = "production"
+deactivate_superseded = true
 "#;
 
-/// One line per deploy that `latest_only` superseded, and one per status a followed
-/// deployment shows, as the store records them.
+/// The demo's approver: each deploy waiting for approval is approved, after a moment, by
+/// the command its event printed (`$USER` as "demo"), run in-process: the same decision,
+/// in the store, that `loopwatch deliveries approve` makes.
+async fn approve_waiting(store: std::sync::Arc<dyn Store>, pause: Duration) {
+    let mut asked = std::collections::HashMap::<i64, std::time::Instant>::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for d in store.list_deploys(None, 100).await.unwrap_or_default() {
+            if d.stage != DeployStage::AwaitingApproval {
+                continue;
+            }
+            let since = *asked
+                .entry(d.delivery_id)
+                .or_insert_with(std::time::Instant::now);
+            if since.elapsed() < pause {
+                continue;
+            }
+            let line =
+                crate::store::deploys::approve_command(d.delivery_id).replace("\"$USER\"", "demo");
+            println!("  approver: $ {line}   (run in-process)");
+            let decision = Decision {
+                verdict: Verdict::Approved,
+                by: "demo".into(),
+                reason: Some("approved by the demo".into()),
+                at: chrono::Utc::now(),
+            };
+            match store.decide(&[d.delivery_id.to_string()], &decision).await {
+                Ok(Ok(decided)) => {
+                    for d in &decided {
+                        println!("  approver: {}", crate::approvals::describe(d));
+                    }
+                }
+                Ok(Err(undecided)) => {
+                    for u in undecided {
+                        println!("  approver: {}", u.why);
+                    }
+                }
+                Err(e) => println!("  approver: cannot decide: {e}"),
+            }
+        }
+    }
+}
+
+/// One line per deploy that `latest_only` superseded, one per status a followed
+/// deployment shows, and one per deployment promoted or deactivated, as the store records
+/// them.
 async fn print_deploys(store: std::sync::Arc<dyn Store>, every: Duration) {
     let mut seen = std::collections::HashSet::new();
     let mut statuses = std::collections::HashMap::<i64, String>::new();
+    let mut promoted = std::collections::HashSet::new();
+    let mut deactivated = std::collections::HashSet::new();
     loop {
         tokio::time::sleep(every.max(Duration::from_millis(250))).await;
         for d in store.list_deploys(None, 100).await.unwrap_or_default() {
+            let uri = crate::model::checkpoint_uri(
+                &d.run_id,
+                &crate::model::CheckpointTarget::Sampler,
+                &d.checkpoint_name,
+            )
+            .unwrap_or_default();
+            if d.stage == DeployStage::Promoted && promoted.insert(d.delivery_id) {
+                println!(
+                    "  deployer: {:<26} {uri:<48} deployment {} is in {}",
+                    "deploy promoted",
+                    d.deployment_id.as_deref().unwrap_or("?"),
+                    d.environment.as_deref().unwrap_or("?"),
+                );
+            }
+            if d.deactivated_at.is_some() && deactivated.insert(d.delivery_id) {
+                println!(
+                    "  deployer: {:<26} {uri:<48} deployment {} {}",
+                    format!("deploy {}", d.stage.as_str()),
+                    d.deployment_id.as_deref().unwrap_or("?"),
+                    d.error.as_deref().unwrap_or_default(),
+                );
+            }
             let Some(status) = d.deployment_status.clone() else {
                 continue;
             };
-            if statuses.get(&d.delivery_id) != Some(&status) {
+            // Once promoted (or deactivated), the lines above say it.
+            let settled = d.stage == DeployStage::Promoted || d.deactivated_at.is_some();
+            if statuses.get(&d.delivery_id) != Some(&status) && !settled {
                 println!(
-                    "  deployer: {:<26} {:<48} deployment {} is {status}",
+                    "  deployer: {:<26} {uri:<48} deployment {} is {status}",
                     format!("deploy {}", d.stage.as_str()),
-                    crate::model::checkpoint_uri(
-                        &d.run_id,
-                        &crate::model::CheckpointTarget::Sampler,
-                        &d.checkpoint_name
-                    )
-                    .unwrap_or_default(),
                     d.deployment_id.as_deref().unwrap_or("?"),
                 );
-                statuses.insert(d.delivery_id, status);
             }
+            statuses.insert(d.delivery_id, status);
         }
         let Ok(rows) = store
             .list_deliveries(Some(DeliveryStatus::Superseded), 1000)
@@ -256,8 +334,10 @@ pub async fn run(
     println!(
         "Events arrive below as signed webhooks; each completed sampler checkpoint is deployed"
     );
-    println!("(the simulated deploy route is down at first, so newer checkpoints supersede older;");
-    println!("then one deploy's answer is lost and reconciled), and followed until ACTIVE.");
+    println!("once approved (the demo approves each with the command its event prints; the");
+    println!("simulated deploy route is down at first, so newer checkpoints supersede older; then");
+    println!("one deploy's answer is lost and reconciled), followed until ACTIVE, promoted to");
+    println!("production, and the deployment it replaces is deactivated.");
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {}", receiver.url);
     println!("  status page          http://{addr}/?refresh=10   (JSON: /api/v1/status)");
@@ -277,8 +357,10 @@ pub async fn run(
         }
     };
     let watch = tokio::spawn(print_deploys(store.clone(), opts.every / 8));
+    let approver = tokio::spawn(approve_waiting(store.clone(), opts.every / 4));
     app.run(stop).await?;
     watch.abort();
+    approver.abort();
 
     let events = store.events(None).await?;
     let deliveries = store.list_deliveries(None, i64::MAX).await?;
@@ -315,6 +397,15 @@ pub async fn run(
         pipelines.iter().filter(|d| d.reconciled).count(),
         stage(crate::store::DeployStage::Active),
         count(DeliveryStatus::Superseded)
+    );
+    println!(
+        "  promotions           {} approved by the demo, {} promoted to production, {} older deployments deactivated",
+        pipelines
+            .iter()
+            .filter(|d| d.decision.as_deref() == Some("approved"))
+            .count(),
+        sim.handle().promotions().len(),
+        sim.handle().deactivations().len(),
     );
     println!(
         "  receiver             {} verified, {} rejected signatures, {} duplicates",

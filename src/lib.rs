@@ -17,7 +17,8 @@
 //!   server's connections are accepted and bounded.
 //! - [`app`]: wiring; the only place that spawns tasks. [`reload`]: what a SIGHUP
 //!   reload changes, which `app` applies.
-//! - [`args`], [`cli`]: the command line (clap types) and its commands.
+//! - [`args`], [`cli`]: the command line (clap types) and its commands; [`approvals`]:
+//!   `deliveries approve` / `reject`.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
 //! - [`text`]: outside text made safe to print (control characters escaped, cells cut);
@@ -25,6 +26,7 @@
 
 pub mod api;
 pub mod app;
+pub mod approvals;
 pub mod args;
 pub mod cli;
 pub mod config;

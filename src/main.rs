@@ -10,7 +10,7 @@ use clap::Parser;
 use loopwatch::args::{Cli, Command, DeliveriesCommand};
 use loopwatch::cli::{self, Output, exit};
 use loopwatch::config::{self, Config, Environment, Filter, LogFormat};
-use loopwatch::store::{DeliveryStatus, Redeliver};
+use loopwatch::store::{DeliveryStatus, Redeliver, Verdict};
 
 /// clap's usage error (message, tips, usage, a pointer to --help on several lines) as
 /// the one line every loopwatch error is.
@@ -215,6 +215,20 @@ async fn dispatch(cli: Cli) -> u8 {
                 Redeliver::Ids(ids)
             };
             report(cli::deliveries_redeliver(&cfg, which, output.output).await)
+        }
+        Command::Deliveries(DeliveriesCommand::Approve(a)) => {
+            init_tracing("warn", cfg.log.format);
+            let v = Verdict::Approved;
+            report(
+                loopwatch::approvals::decide(&cfg, v, a.ids, a.by, a.reason, a.output.output).await,
+            )
+        }
+        Command::Deliveries(DeliveriesCommand::Reject(a)) => {
+            init_tracing("warn", cfg.log.format);
+            let v = Verdict::Rejected;
+            report(
+                loopwatch::approvals::decide(&cfg, v, a.ids, a.by, a.reason, a.output.output).await,
+            )
         }
         Command::TestSink { name, output } => {
             init_tracing("warn", cfg.log.format);

@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Checkpoint completed -> deployment ACTIVE.
     pub deploy_to_active: HistogramVec,
     pub deployments_deactivated: IntCounterVec,
+    /// The soonest approval deadline of a sink's waiting deploys (Unix seconds, 0 when
+    /// none waits); on the backlog reporter only, as `deploys`.
+    pub approval_deadline: GaugeVec,
     /// 1 per configured sink, by kind: lets dashboards and alerts select deploy sinks.
     pub sink_info: IntGaugeVec,
     pub targets_owned: IntGauge,
@@ -223,6 +226,11 @@ impl Metrics {
                 "Deployments a baseten_deploy sink deactivated because a newer one is live.",
                 &["sink"],
             ),
+            approval_deadline: gauge(
+                "loopwatch_deploy_approval_deadline_timestamp_seconds",
+                "The soonest approval_deadline among a deploy sink's pipelines awaiting approval, as a Unix time (0 when none waits).",
+                &["sink"],
+            ),
             sink_info: int_gauge(
                 "loopwatch_sink_info",
                 "Configured sinks, 1 each, by kind (webhook, exec, baseten_deploy).",
@@ -269,6 +277,7 @@ impl Metrics {
                 }
                 self.deploy_to_active.with_label_values(&[n]);
                 self.deployments_deactivated.with_label_values(&[n]);
+                self.approval_deadline.with_label_values(&[n]);
             }
         }
         self.targets_owned.set(cfg.targets.len() as i64);

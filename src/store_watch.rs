@@ -17,9 +17,10 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
-    self, Access, Claimed, Coordinator, DeliveryRow, DeliveryStatus, DeployRow, DetailQuery,
-    FollowClaim, FollowOutcome, Intent, Overview, OverviewQuery, PollCommit, Recorded, Redeliver,
-    Result, Role, SinkBacklog, Store, StoreError, StoredEvent, TargetDetail, TargetDump,
+    self, Access, Claimed, Coordinator, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow,
+    DetailQuery, FollowClaim, FollowOutcome, Intent, Overview, OverviewQuery, PollCommit, Recorded,
+    Redeliver, Result, Role, SinkBacklog, Store, StoreError, StoredEvent, TargetDetail, TargetDump,
+    Undecided,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -203,6 +204,68 @@ impl Store for Watched {
 
     async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
         watched!(self, "read", self.inner.deploy_stages())
+    }
+
+    async fn decide(
+        &self,
+        ids: &[String],
+        decision: &Decision,
+    ) -> Result<std::result::Result<Vec<Decided>, Vec<Undecided>>> {
+        watched!(self, "deploy", self.inner.decide(ids, decision))
+    }
+
+    async fn expire_approvals(&self, sink: &str, now: DateTime<Utc>) -> Result<Vec<i64>> {
+        watched!(self, "follow", self.inner.expire_approvals(sink, now))
+    }
+
+    async fn approval_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        watched!(self, "read", self.inner.approval_deadlines())
+    }
+
+    async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool> {
+        watched!(self, "follow", self.inner.promote_intent(claim, now))
+    }
+
+    async fn newer_live(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        watched!(
+            self,
+            "read",
+            self.inner.newer_live(sink, run_id, delivery_id, created_at)
+        )
+    }
+
+    async fn cleanup_candidates(
+        &self,
+        sink: &str,
+        model_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<DeployRow>> {
+        watched!(
+            self,
+            "read",
+            self.inner
+                .cleanup_candidates(sink, model_id, delivery_id, created_at)
+        )
+    }
+
+    async fn mark_deactivated(
+        &self,
+        delivery_id: i64,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        watched!(
+            self,
+            "follow",
+            self.inner.mark_deactivated(delivery_id, why, now)
+        )
     }
 
     async fn release_claims(&self) -> Result<u64> {

@@ -55,6 +55,16 @@ const RECIPES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "approve-in-slack.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/T0000/B0000/slacksecret42",
+            ),
+        ],
+    ),
+    (
         "baseten-deploy.toml",
         &[
             ("BASETEN_API_KEY", "bt-key-recipe-1"),
@@ -281,6 +291,92 @@ fn the_native_deploy_recipe_deploys_samplers_and_announces_them_on_slack() {
     )
     .unwrap();
     assert_eq!(got, want, "{file} renders:\n{rendered}");
+}
+
+/// "Deploy every checkpoint, approve in Slack, promote to production": the deploy sink
+/// waits before promoting, and its Slack note for a fixed `checkpoint.awaiting_approval`
+/// is the saved one, with the exact approve and reject commands; the promotion's note
+/// names who approved.
+#[test]
+fn the_approve_in_slack_recipe_shows_the_approve_command_and_announces_the_promotion() {
+    use loopwatch::config::Approval;
+    use loopwatch::delivery::deploy::{DeploymentData, lifecycle_event};
+    let file = "approve-in-slack.toml";
+    let cfg = load(
+        &examples().join(file),
+        &Environment::from_pairs(vars_of(file).iter().copied()),
+    )
+    .unwrap();
+    let d = cfg
+        .sink("deploy")
+        .unwrap()
+        .deploy()
+        .expect("a baseten_deploy sink");
+    assert_eq!(d.approval, Approval::BeforePromote);
+    assert_eq!(d.promote_to.as_deref(), Some("production"));
+    assert!(d.deactivate_superseded && d.follow && d.latest_only);
+    let slack_cfg = cfg.sink("slack").unwrap();
+    for kind in [
+        EventType::AwaitingApproval,
+        EventType::Promoted,
+        EventType::DeploymentFailed,
+    ] {
+        assert!(
+            slack_cfg.wants(kind, "qwen-sft", &CheckpointTarget::Sampler),
+            "{kind:?}"
+        );
+    }
+    assert!(!slack_cfg.wants(EventType::Completed, "qwen-sft", &CheckpointTarget::Sampler));
+    let slack = Sink::new(slack_cfg.clone(), loopwatch::delivery::webhook::client()).unwrap();
+
+    let completed = sample_event(EventType::Completed);
+    let mut data = DeploymentData {
+        sink: "deploy".into(),
+        model_name: Some("qwen-sft".into()),
+        model_id: Some("mdl_4q7x2".into()),
+        deployment_id: Some("dep_9k3m1".into()),
+        status: Some("ACTIVE".into()),
+        ..Default::default()
+    };
+    let waiting = loopwatch::delivery::approval::waiting_event(
+        &completed,
+        12,
+        &data,
+        Approval::BeforePromote,
+        at("2026-11-27T23:09:41.000Z"),
+        at("2026-11-26T23:09:41.000Z"),
+    )
+    .unwrap();
+    let rendered = String::from_utf8(slack.payload(&waiting).unwrap().body).unwrap();
+    let got: Value = serde_json::from_str(&rendered)
+        .unwrap_or_else(|e| panic!("{file} renders invalid JSON ({e}):\n{rendered}"));
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(examples().join("expected/approve-in-slack.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got, want, "{file} renders:\n{rendered}");
+    assert!(
+        got["text"]
+            .as_str()
+            .unwrap()
+            .contains("`loopwatch deliveries approve 12 --by \"$USER\"`"),
+        "{got}"
+    );
+
+    data.environment = Some("production".into());
+    data.approved_by = Some("alice".into());
+    let promoted = lifecycle_event(
+        &completed,
+        EventType::Promoted,
+        &data,
+        at("2026-11-26T23:30:00.000Z"),
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&slack.payload(&promoted).unwrap().body).unwrap();
+    assert_eq!(
+        v["text"],
+        ":rocket: *qwen-sft*: checkpoint `step-100` is in production (deployment dep_9k3m1, approved by alice)\n`bt://loops:k4q95w5/sampler_weights/step-100`"
+    );
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

@@ -189,7 +189,7 @@ pub fn completed_sink(url: &str, concurrency: usize) -> String {
 /// [`completed_sink`]).
 /// Targets are added after validation when there are many: the config crate's parser is
 /// not what these benchmarks measure (the startup benchmark parses a real file).
-pub fn config(api: &str, db: &std::path::Path, poll: &str, targets: usize, sinks: &str) -> Config {
+pub fn config(api: &str, store_url: &str, poll: &str, targets: usize, sinks: &str) -> Config {
     let text = format!(
         r#"
 [api]
@@ -200,7 +200,7 @@ max_requests_per_second = 1000000
 [poll]
 {poll}
 [store]
-url = "sqlite://{db}"
+url = "{store_url}"
 [server]
 listen = "127.0.0.1:0"
 [log]
@@ -210,7 +210,6 @@ name = "{t0}"
 run_id = "{t0}"
 {sinks}
 "#,
-        db = db.display(),
         t0 = run_id(0),
     );
     let env = Environment::from_pairs([("BENCH_API_KEY", API_KEY), ("BENCH_SECRET", SECRET)]);
@@ -258,4 +257,136 @@ pub fn header(name: &str, what: &str, o: &Opts) {
     println!();
     println!("machine: {}; medians of {} runs", machine(), o.runs);
     println!();
+}
+
+/// Which store the macro benchmarks run on: SQLite (default) or, with
+/// `LOOPWATCH_BENCH_STORE=postgres`, the PostgreSQL server named by `LOOPWATCH_TEST_PG_URL`
+/// (`LOOPWATCH_BENCH_STORE=postgres scripts/with-postgres cargo bench --bench NAME`).
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("LOOPWATCH_BENCH_STORE").as_deref() {
+        Ok("postgres") => Some(std::env::var("LOOPWATCH_TEST_PG_URL").unwrap_or_else(|_| {
+            panic!(
+                "LOOPWATCH_BENCH_STORE=postgres needs LOOPWATCH_TEST_PG_URL: run the bench \
+                 under scripts/with-postgres"
+            )
+        })),
+        Ok("sqlite") | Err(_) => None,
+        Ok(other) => panic!("LOOPWATCH_BENCH_STORE={other}: use sqlite or postgres"),
+    }
+}
+
+/// "sqlite" or "postgres", for report headers.
+pub fn store_kind() -> &'static str {
+    if postgres_admin_url().is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+/// A fresh, empty store for one run: a SQLite file in a temporary directory, or a new
+/// database on the PostgreSQL server (dropped by [`BenchDb::drop_db`]).
+pub struct BenchDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    /// (server URL, database name) on PostgreSQL.
+    pg: Option<(String, String)>,
+}
+
+impl BenchDb {
+    pub async fn new() -> BenchDb {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(admin) = postgres_admin_url() else {
+            let url = format!("sqlite://{}", dir.path().join("state.db").display());
+            return BenchDb { url, dir, pg: None };
+        };
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "lwbench_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut conn = admin_conn(&admin).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let url = database_url(&admin, &name);
+        BenchDb {
+            url,
+            dir,
+            pg: Some((admin, name)),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// Drop the PostgreSQL database (closing whatever still uses it); the SQLite file goes
+    /// with the temporary directory.
+    pub async fn drop_db(self) {
+        if let Some((admin, name)) = &self.pg {
+            let mut conn = admin_conn(admin).await;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+async fn admin_conn(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await.unwrap()
+}
+
+/// `postgres://user@host:port/db?x` with its database replaced by `name`.
+fn database_url(admin: &str, name: &str) -> String {
+    let (base, query) = admin.split_once('?').map_or((admin, ""), |(b, q)| (b, q));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{name}", &base[..host_end]);
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+/// The PostgreSQL server's version and the settings the figures depend on.
+pub async fn postgres_settings(url: &str) -> String {
+    let mut conn = admin_conn(url).await;
+    let mut out = Vec::new();
+    for s in [
+        "server_version",
+        "fsync",
+        "synchronous_commit",
+        "wal_level",
+        "shared_buffers",
+        "max_wal_size",
+        "checkpoint_timeout",
+    ] {
+        let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {s}")))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        out.push(format!("{s} = {v}"));
+    }
+    out.join(", ")
+}
+
+/// Print which store a benchmark runs on (and PostgreSQL's settings).
+pub async fn store_header() {
+    match postgres_admin_url() {
+        None => println!("store: SQLite (a file in a temporary directory)\n"),
+        Some(url) => println!(
+            "store: PostgreSQL, a fresh database per run ({})\n",
+            postgres_settings(&url).await
+        ),
+    }
 }

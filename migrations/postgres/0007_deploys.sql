@@ -37,6 +37,15 @@ CREATE TABLE deploys (
     follow_claimed_until  BIGINT,
     follow_token          BIGINT,
     active_at             BIGINT,
+    -- Approval (docs/events.md, "Approval"): when an undecided wait ends `expired`.
+    approval_deadline     BIGINT,
+    -- The step after the deploy (promote, clean-up): attempts of it so far, and a promote
+    -- call sent whose outcome is not known (the deployment is read before another).
+    step_attempts         BIGINT NOT NULL DEFAULT 0,
+    promote_in_doubt      BIGINT NOT NULL DEFAULT 0,
+    promoted_at           BIGINT,
+    -- This pipeline's deployment was deactivated by the clean-up of a newer one.
+    deactivated_at        BIGINT,
     decided_by            TEXT,
     decided_at            BIGINT,
     decision              TEXT,

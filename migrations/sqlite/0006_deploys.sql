@@ -70,6 +70,15 @@ CREATE TABLE deploys (
     follow_claimed_until  INTEGER,
     follow_token          INTEGER,
     active_at             INTEGER,
+    -- Approval (docs/events.md, "Approval"): when an undecided wait ends `expired`.
+    approval_deadline     INTEGER,
+    -- The step after the deploy (promote, clean-up): attempts of it so far, and a promote
+    -- call sent whose outcome is not known (the deployment is read before another).
+    step_attempts         INTEGER NOT NULL DEFAULT 0,
+    promote_in_doubt      INTEGER NOT NULL DEFAULT 0,
+    promoted_at           INTEGER,
+    -- This pipeline's deployment was deactivated by the clean-up of a newer one.
+    deactivated_at        INTEGER,
     decided_by            TEXT,
     decided_at            INTEGER,
     decision              TEXT,

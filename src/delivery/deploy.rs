@@ -24,12 +24,12 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
 use super::{Failure, Sent};
-use crate::config::DeployConfig;
+use crate::config::{Approval, DeployConfig};
 use crate::model::{
     CheckpointTarget, DeployRequest, Deployment, EventType, ModelDeployment, checkpoint_uri,
     lifecycle_event_id, rfc3339,
 };
-use crate::store::{Claimed, Intent, Store, StoredEvent};
+use crate::store::{Claimed, DeployRow, Intent, Store, StoredEvent};
 use crate::template::{Template, compile_template};
 
 /// A failed call to the Loops API, classified for the outbox.
@@ -190,6 +190,8 @@ impl DeploymentData {
 pub struct DeployAttempt {
     pub result: Result<Sent, Failure>,
     pub in_doubt: bool,
+    /// Who approved the deploy (`approval = "before_deploy"`), for `checkpoint.deployed`.
+    pub approved_by: Option<String>,
 }
 
 impl DeployAttempt {
@@ -197,6 +199,18 @@ impl DeployAttempt {
         DeployAttempt {
             result,
             in_doubt: false,
+            approved_by: None,
+        }
+    }
+
+    /// Deployed (by the call, or found by reconciliation) for pipeline `row`.
+    fn deployed(d: Deployed, row: &DeployRow) -> Self {
+        DeployAttempt {
+            approved_by: row
+                .decided_by
+                .clone()
+                .filter(|_| row.decision.as_deref() == Some("approved")),
+            ..DeployAttempt::known(Ok(Sent::Deployed(d)))
         }
     }
 }
@@ -281,6 +295,7 @@ impl DeploySink {
                 return DeployAttempt {
                     result: Err(f),
                     in_doubt,
+                    approved_by: None,
                 };
             }
         };
@@ -288,12 +303,13 @@ impl DeploySink {
             let model = row.model_name.as_deref().unwrap_or(&request.model_name);
             match reconcile(api, store, c.delivery_id, model, before).await {
                 Ok(Reconciled::Adopt(d)) => {
-                    return DeployAttempt::known(Ok(Sent::Deployed(d)));
+                    return DeployAttempt::deployed(d, &row);
                 }
                 Ok(Reconciled::Ambiguous(why)) => {
                     return DeployAttempt {
                         result: Ok(Sent::Ambiguous(why)),
                         in_doubt: true,
+                        approved_by: None,
                     };
                 }
                 // Nothing was deployed: from here on this attempt is a first one.
@@ -304,6 +320,7 @@ impl DeploySink {
                         return DeployAttempt {
                             result: Err(Failure::Store(e.to_string())),
                             in_doubt,
+                            approved_by: None,
                         };
                     }
                 },
@@ -311,6 +328,7 @@ impl DeploySink {
                     return DeployAttempt {
                         result: Err(f),
                         in_doubt,
+                        approved_by: None,
                     };
                 }
             }
@@ -331,6 +349,13 @@ impl DeploySink {
                 Ok(None) => {}
                 Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
             }
+        }
+        // The gate: nothing is validated or deployed before a person approves (a rejected
+        // deploy re-queued with `deliveries redeliver` asks again).
+        if self.cfg.approval == Approval::BeforeDeploy
+            && row.decision.as_deref() != Some("approved")
+        {
+            return DeployAttempt::known(Ok(Sent::AwaitingApproval(request.model_name)));
         }
         if self.cfg.validate {
             let path = checkpoint_uri(
@@ -366,12 +391,15 @@ impl DeploySink {
             Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
         }
         match api.deploy(&request).await {
-            Ok(d) => DeployAttempt::known(Ok(Sent::Deployed(Deployed {
-                model_name: request.model_name,
-                model_id: d.model_id,
-                deployment_id: d.deployment_id,
-                reconciled: false,
-            }))),
+            Ok(d) => DeployAttempt::deployed(
+                Deployed {
+                    model_name: request.model_name,
+                    model_id: d.model_id,
+                    deployment_id: d.deployment_id,
+                    reconciled: false,
+                },
+                &row,
+            ),
             // A final 4xx: the request was refused, nothing was deployed.
             Err(e) if !e.retryable => DeployAttempt::known(Err(failure("deploy", e))),
             // 408, 429, 5xx, a timeout, a lost connection, a cut-off answer: reconciled
@@ -383,6 +411,7 @@ impl DeploySink {
                     e,
                 )),
                 in_doubt: true,
+                approved_by: None,
             },
         }
     }
@@ -449,11 +478,11 @@ async fn reconcile(
 
 /// A read of the models API that failed: never final (an attempt that cannot read the
 /// model's deployments sends nothing, and tries again per the schedule).
-fn read_failure(step: &'static str, e: CallError) -> Failure {
+pub(super) fn read_failure(step: &'static str, e: CallError) -> Failure {
     Failure::Unknown(format!("cannot read the model's {step}: {}", e.message))
 }
 
-fn failure(step: &'static str, e: CallError) -> Failure {
+pub(super) fn failure(step: &'static str, e: CallError) -> Failure {
     e.into_failure(step)
 }
 
@@ -464,12 +493,22 @@ pub fn deployed_event(
     d: &Deployed,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<StoredEvent, String> {
-    lifecycle_event(
-        completed,
-        EventType::Deployed,
-        &DeploymentData::deployed(sink, d),
-        now,
-    )
+    deployed_event_by(completed, sink, d, None, now)
+}
+
+/// [`deployed_event`] of a deploy `approved_by` someone.
+pub fn deployed_event_by(
+    completed: &StoredEvent,
+    sink: &str,
+    d: &Deployed,
+    approved_by: Option<String>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<StoredEvent, String> {
+    let data = DeploymentData {
+        approved_by,
+        ..DeploymentData::deployed(sink, d)
+    };
+    lifecycle_event(completed, EventType::Deployed, &data, now)
 }
 
 /// A deploy lifecycle event of `kind` for the completed event `completed`: its id
@@ -479,6 +518,18 @@ pub fn lifecycle_event(
     completed: &StoredEvent,
     kind: EventType,
     deployment: &DeploymentData,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<StoredEvent, String> {
+    lifecycle_event_with(completed, kind, deployment, Vec::new(), now)
+}
+
+/// [`lifecycle_event`] with `extra` members of `data` after `deployment` (an approval's
+/// commands and deadline).
+pub fn lifecycle_event_with(
+    completed: &StoredEvent,
+    kind: EventType,
+    deployment: &DeploymentData,
+    extra: Vec<(&str, serde_json::Value)>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<StoredEvent, String> {
     let id = lifecycle_event_id(&completed.id, &deployment.sink, kind);
@@ -497,6 +548,10 @@ pub fn lifecycle_event(
         None => data.insert(0, ("event_id".into(), raw(&id.clone().into()))),
     }
     data.push(("deployment".into(), raw(&deployment)));
+    for (k, v) in extra {
+        data.retain(|(have, _)| have != k);
+        data.push((k.to_string(), raw(&v)));
+    }
     let body = serde_json::to_string(&OutBody {
         kind: kind.as_str(),
         timestamp: rfc3339(now),

@@ -7,6 +7,10 @@
 //! anything else, unknown statuses and failed reads included, -> read again after
 //! `follow_interval`. The stage and the claim are in the store, so a restart, a crash or
 //! another replica carries on; the outcome write is fenced by the follow claim's token.
+//!
+//! The same claims carry a pipeline on once its deployment is live (`promote.rs`:
+//! promotion, clean-up of older deployments), one step per claim, each step making the
+//! next due; and each round first ends the sink's waits for approval past their deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,12 +90,14 @@ impl Outbox {
         }
     }
 
-    /// One round: claim due follows, read each, record; whether a whole batch was due
-    /// (there may be more now).
+    /// One round: end overdue waits for approval, claim due pipelines, take one step of
+    /// each (read, promote, clean up), record; whether there may be more due now (a whole
+    /// batch was, or a step made the next one due at once).
     pub(super) async fn follow_round(&self, sink: &Sink) -> bool {
         let (Some(d), Some(api)) = (sink.deploy.as_ref(), sink.deployer.as_ref()) else {
             return false;
         };
+        self.expire_round(sink).await;
         let now = Utc::now();
         // Long enough for a batch of reads (each within the sink's timeout at worst);
         // renewed by nobody: a follower that dies frees its batch after this.
@@ -107,14 +113,16 @@ impl Outbox {
                 return false;
             }
         };
-        let full = claims.len() == BATCH;
+        let mut again = claims.len() == BATCH;
         for claim in claims {
             let outcome = self
                 .follow_one(sink, &d.cfg, api.as_ref(), &claim, Utc::now())
                 .await;
-            let active = outcome.stage == DeployStage::Active;
+            let active =
+                outcome.claimed == DeployStage::Following && outcome.stage == DeployStage::Active;
             match self.store.record_follow(&outcome, Utc::now()).await {
                 Ok(true) => {
+                    again |= outcome.next_at.is_some_and(|at| at <= Utc::now());
                     if let Some(f) = &outcome.event {
                         if let Some(kind) = f.event.event_type() {
                             self.metrics.target(&f.event.target).event(kind);
@@ -146,11 +154,51 @@ impl Outbox {
                 }
             }
         }
-        full
+        again
+    }
+
+    /// One step of a claimed pipeline, by its stage.
+    async fn follow_one(
+        &self,
+        sink: &Sink,
+        cfg: &crate::config::DeployConfig,
+        api: &dyn LoopsDeployer,
+        claim: &FollowClaim,
+        now: DateTime<Utc>,
+    ) -> FollowOutcome {
+        match claim.deploy.stage {
+            DeployStage::Following => self.read_followed(sink, cfg, api, claim, now).await,
+            DeployStage::Active | DeployStage::Promoted => {
+                self.after_live(sink, cfg, api, claim, now).await
+            }
+            // Not claimable in other stages; nothing to do.
+            _ => FollowOutcome::of(claim),
+        }
+    }
+
+    /// The lifecycle event `kind` of a claimed pipeline, with its deliveries.
+    pub(super) fn pipeline_event(
+        &self,
+        sink: &Sink,
+        claim: &FollowClaim,
+        kind: EventType,
+        data: &DeploymentData,
+        now: DateTime<Utc>,
+    ) -> Option<FollowUp> {
+        match lifecycle_event(&claim.completed, kind, data, now) {
+            Ok(event) => {
+                let sinks = self.lifecycle_routes(&event);
+                Some(FollowUp { event, sinks })
+            }
+            Err(e) => {
+                warn!(sink = sink.name(), error = %e, "cannot build the lifecycle event");
+                None
+            }
+        }
     }
 
     /// Read one followed deployment and decide.
-    async fn follow_one(
+    async fn read_followed(
         &self,
         sink: &Sink,
         cfg: &crate::config::DeployConfig,
@@ -163,14 +211,9 @@ impl Outbox {
             (row.model_id.as_deref(), row.deployment_id.as_deref())
         else {
             return FollowOutcome {
-                delivery_id: row.delivery_id,
-                token: claim.token,
                 stage: DeployStage::Deployed,
-                deployment_status: None,
-                next_at: None,
-                active_at: None,
                 error: Some("nothing to follow: no deployment id was recorded".into()),
-                event: None,
+                ..FollowOutcome::of(claim)
             };
         };
         let read = api.deployment(model_id, deployment_id).await;
@@ -191,39 +234,24 @@ impl Outbox {
             reconciled: row.reconciled,
             approved_by: row.decided_by.clone(),
         };
-        let event = |kind: EventType, status: &str| match lifecycle_event(
-            &claim.completed,
-            kind,
-            &data(status),
-            now,
-        ) {
-            Ok(event) => {
-                let sinks = self.lifecycle_routes(&event);
-                Some(FollowUp { event, sinks })
-            }
-            Err(e) => {
-                warn!(sink = sink.name(), error = %e, "cannot build the lifecycle event");
-                None
-            }
+        let event = |kind: EventType, status: &str| {
+            self.pipeline_event(sink, claim, kind, &data(status), now)
         };
         let base = FollowOutcome {
-            delivery_id: row.delivery_id,
-            token: claim.token,
-            stage: DeployStage::Following,
-            deployment_status: None,
-            next_at: None,
-            active_at: None,
-            error: None,
-            event: None,
+            environment: environment.clone(),
+            ..FollowOutcome::of(claim)
         };
         match seen {
             Seen::Active => {
                 info!(sink = sink.name(), model_id, deployment_id, uri = %claim.completed.uri().unwrap_or_default(),
                     "deployment active");
+                // Live: promote it, or (without promote_to) clean up after it, at once.
+                let more = cfg.promote_to.is_some() || cfg.deactivate_superseded;
                 FollowOutcome {
                     stage: DeployStage::Active,
                     deployment_status: Some("ACTIVE".into()),
                     active_at: Some(now),
+                    next_at: more.then_some(now),
                     event: event(EventType::DeploymentActive, "ACTIVE"),
                     ..base
                 }

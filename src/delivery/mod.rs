@@ -14,10 +14,12 @@
 //! attempt's outcome is discarded), and the worker renews what it holds
 //! (`worker.rs`), so a claim never lapses under a live attempt or one waiting for a slot.
 
+pub mod approval;
 pub mod deploy;
 pub mod exec;
 mod follow;
 pub mod payload;
+mod promote;
 /// Signing moved below config and delivery (`crate::signing`); the old path still works.
 pub mod webhook;
 mod worker;
@@ -170,6 +172,8 @@ pub enum Sent {
     Superseded(String),
     /// A deploy whose outcome cannot be told (several new deployments of its model): why.
     Ambiguous(String),
+    /// Not attempted: the deploy (of this model name) waits for `deliveries approve`.
+    AwaitingApproval(String),
 }
 
 /// A configured sink, ready to send.
@@ -301,6 +305,8 @@ struct Finished {
     took: Duration,
     /// A deploy call may have acted without its outcome being known.
     in_doubt: bool,
+    /// Who approved a deploy.
+    approved_by: Option<String>,
 }
 
 /// What the attempts log keeps of an attempt beyond its outcome: the HTTP status it got
@@ -402,11 +408,15 @@ impl Outbox {
 
     async fn attempt(&self, sink: &Sink, c: Claimed) -> Finished {
         let start = Instant::now();
+        let mut approved_by = None;
         let (result, in_doubt) = match (&sink.deploy, &sink.deployer) {
             (Some(d), Some(api)) => {
                 let attempt = d.attempt(api.as_ref(), self.store.as_ref(), sink.name(), &c);
                 match tokio::time::timeout(sink.cfg.timeout, attempt).await {
-                    Ok(a) => (a.result, a.in_doubt),
+                    Ok(a) => {
+                        approved_by = a.approved_by;
+                        (a.result, a.in_doubt)
+                    }
                     // Cut short, perhaps mid-call: the next attempt reconciles if a call
                     // was recorded as sent.
                     Err(_) => (Err(Failure::Timeout), true),
@@ -426,6 +436,7 @@ impl Outbox {
             result,
             took: start.elapsed(),
             in_doubt,
+            approved_by,
         }
     }
 
@@ -470,6 +481,7 @@ impl Outbox {
                 AttemptOutcome::Dead { .. } | AttemptOutcome::Unknown { .. } => summary.dead += 1,
                 AttemptOutcome::Superseded { .. } => summary.superseded += 1,
                 AttemptOutcome::Deferred { .. } => summary.retrying += 1,
+                AttemptOutcome::AwaitingApproval(_) => summary.awaiting_approval += 1,
             }
         }
         if outcomes.is_empty() {
@@ -507,7 +519,9 @@ impl Outbox {
         }
         let mut routed = false;
         for r in outcomes.iter().filter(|r| !stale.contains(&r.delivery_id)) {
-            if let AttemptOutcome::DeliveredWith(f) = &r.outcome {
+            if let AttemptOutcome::DeliveredWith(f) | AttemptOutcome::AwaitingApproval(Some(f)) =
+                &r.outcome
+            {
                 if let Some(kind) = f.event.event_type() {
                     self.metrics.target(&f.event.target).event(kind);
                 }
@@ -558,6 +572,12 @@ impl Outbox {
                 });
                 AttemptOutcome::Superseded { reason }
             }
+            Ok(Sent::AwaitingApproval(model_name)) => {
+                let cfg = deploy_cfg.expect("only a deploy sink waits for approval");
+                let (deploy, event) = self.waiting(sink, cfg, c, model_name, now);
+                update = Some(deploy);
+                AttemptOutcome::AwaitingApproval(event.map(Box::new))
+            }
             Ok(Sent::Ambiguous(error)) => {
                 update = Some(DeployUpdate {
                     stage: Some(DeployStage::Unknown),
@@ -587,7 +607,7 @@ impl Outbox {
                     }),
                     ..Default::default()
                 });
-                match deploy::deployed_event(ev, name, &d, now) {
+                match deploy::deployed_event_by(ev, name, &d, f.approved_by.clone(), now) {
                     Ok(event) => {
                         info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), model_name = %d.model_name,
                             model_id = %d.model_id, deployment_id = %d.deployment_id, reconciled = d.reconciled, "checkpoint deployed");
@@ -651,42 +671,49 @@ impl Outbox {
                 }
             }
         };
-        if !matches!(outcome, AttemptOutcome::Superseded { .. }) {
+        if !matches!(
+            outcome,
+            AttemptOutcome::Superseded { .. } | AttemptOutcome::AwaitingApproval(_)
+        ) {
             self.metrics
                 .delivery_duration
                 .with_label_values(&[name])
                 .observe(f.took.as_secs_f64());
         }
         let label = match &outcome {
+            // Not an attempt: nothing was sent (logged by `waiting`).
+            AttemptOutcome::AwaitingApproval(_) => None,
             AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_) => {
                 debug!(sink = name, event_id = %ev.id, attempt, "delivered");
-                "success"
+                Some("success")
             }
             AttemptOutcome::Superseded { reason } => {
                 info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), %reason, "deploy superseded");
-                "superseded"
+                Some("superseded")
             }
             AttemptOutcome::Retry { next, error, .. } => {
                 let in_secs = (*next - now).num_milliseconds() as f64 / 1000.0;
                 warn!(sink = name, event_id = %ev.id, attempt, %error, retry_in_s = in_secs, "delivery failed, will retry");
-                "retry"
+                Some("retry")
             }
             AttemptOutcome::Dead { error, .. } => {
                 error!(sink = name, event_id = %ev.id, attempt, %error,
                     "delivery failed for good; kept as dead, replay with `loopwatch deliveries redeliver`");
-                "dead"
+                Some("dead")
             }
-            AttemptOutcome::Deferred { .. } => "retry",
+            AttemptOutcome::Deferred { .. } => Some("retry"),
             AttemptOutcome::Unknown { error } => {
                 error!(sink = name, event_id = %ev.id, attempt, %error,
                     "deploy outcome unknown; kept with status unknown and never deployed again by itself: check the model's deployments, then `loopwatch deliveries redeliver` to reconcile again");
-                "dead"
+                Some("dead")
             }
         };
-        self.metrics
-            .deliveries
-            .with_label_values(&[name, label])
-            .inc();
+        if let Some(label) = label {
+            self.metrics
+                .deliveries
+                .with_label_values(&[name, label])
+                .inc();
+        }
         Some(Recorded {
             delivery_id: c.delivery_id,
             token: c.token,
@@ -702,8 +729,15 @@ impl Outbox {
     pub async fn deliver_due(&self) -> DeliverySummary {
         let mut summary = self.deliver_round().await;
         for sink in self.sinks() {
-            if sink.deploy.as_ref().is_some_and(|d| d.cfg.follow) {
-                self.follow_round(&sink).await;
+            // Every deploy sink: following deployments (promoting, cleaning up), and ending
+            // waits for approval past their deadline (a reload may have turned approval off).
+            if sink.deploy.is_some() {
+                // A step may make the next due at once (active -> promote -> clean up).
+                for _ in 0..4 {
+                    if !self.follow_round(&sink).await {
+                        break;
+                    }
+                }
                 summary.follow_ups += 1;
             }
         }
@@ -831,6 +865,7 @@ impl Outbox {
         for (sink, stage, n) in rows {
             gauge.with_label_values(&[&sink, &stage]).set(n);
         }
+        self.refresh_approvals().await;
     }
 }
 
@@ -845,6 +880,8 @@ pub struct DeliverySummary {
     pub superseded: u64,
     /// Deliveries that brought about an event (`checkpoint.deployed`).
     pub follow_ups: u64,
+    /// Deploys that now wait for `deliveries approve`.
+    pub awaiting_approval: u64,
 }
 
 impl DeliverySummary {
@@ -854,6 +891,7 @@ impl DeliverySummary {
         self.dead += o.dead;
         self.superseded += o.superseded;
         self.follow_ups += o.follow_ups;
+        self.awaiting_approval += o.awaiting_approval;
     }
 }
 

@@ -102,7 +102,7 @@ impl Outbox {
 
     /// The worker of one sink, until `token` is cancelled; then in-flight attempts get
     /// `grace` to finish and the rest stay pending. A `baseten_deploy` sink's worker also
-    /// follows its deployments ([`Outbox::run_follow`]).
+    /// carries its pipelines on after their deploys ([`Outbox::run_follow`]).
     pub async fn run_sink(
         &self,
         sink: Arc<Sink>,
@@ -110,7 +110,7 @@ impl Outbox {
         grace: Duration,
         beat: Heartbeat,
     ) {
-        if sink.deploy.as_ref().is_some_and(|d| d.cfg.follow) {
+        if sink.deploy.is_some() {
             tokio::join!(
                 self.run_outbox(sink.clone(), token.clone(), grace, beat.clone()),
                 self.run_follow(sink, token, beat),

@@ -305,11 +305,13 @@ impl Models {
                 "Only an active deployment can be promoted.",
             ));
         }
-        for d in self
-            .deployments
-            .iter_mut()
-            .filter(|d| d.model_id == model_id && d.environment.as_deref() == Some(environment))
-        {
+        // The one that held the environment loses it (promoting the holder again moves
+        // nothing).
+        for d in self.deployments.iter_mut().filter(|d| {
+            d.model_id == model_id
+                && d.id != deployment_id
+                && d.environment.as_deref() == Some(environment)
+        }) {
             d.environment = None;
             d.is_production = false;
             if scale_down {

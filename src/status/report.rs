@@ -58,11 +58,6 @@ pub struct DeployItem {
     pub approve_command: Option<String>,
 }
 
-/// The command that approves the deploy pipeline of delivery `id`.
-pub fn approve_command(id: i64) -> String {
-    format!("loopwatch deliveries approve {id} --by NAME")
-}
-
 fn deploy_item(d: &crate::store::DeployRow, secrets: &[String]) -> DeployItem {
     let c = |s: &Option<String>| s.as_deref().map(|v| clean(v, secrets));
     DeployItem {
@@ -89,8 +84,8 @@ fn deploy_item(d: &crate::store::DeployRow, secrets: &[String]) -> DeployItem {
         completed_at: d.completed_at,
         updated_at: d.updated_at,
         error: c(&d.error),
-        approve_command: (d.stage == crate::store::DeployStage::AwaitingApproval)
-            .then(|| approve_command(d.delivery_id)),
+        // The line `checkpoint.awaiting_approval` carries, set while the pipeline waits.
+        approve_command: d.approve_command.clone(),
     }
 }
 

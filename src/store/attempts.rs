@@ -38,8 +38,8 @@ struct Row<'a> {
     error: Option<&'a str>,
 }
 
-/// The rows to log for `outcomes`. A superseded or deferred delivery was not attempted:
-/// nothing to log.
+/// The rows to log for `outcomes`. A superseded or deferred delivery, or one that now waits
+/// for approval, was not attempted: nothing to log.
 fn rows<'a>(outcomes: &[&'a Recorded]) -> Vec<Row<'a>> {
     outcomes
         .iter()
@@ -54,7 +54,9 @@ fn rows<'a>(outcomes: &[&'a Recorded]) -> Vec<Row<'a>> {
                 }
                 AttemptOutcome::Dead { status, error } => ("dead", *status, Some(error.as_str())),
                 AttemptOutcome::Unknown { error } => ("unknown", None, Some(error.as_str())),
-                AttemptOutcome::Superseded { .. } | AttemptOutcome::Deferred { .. } => {
+                AttemptOutcome::Superseded { .. }
+                | AttemptOutcome::Deferred { .. }
+                | AttemptOutcome::AwaitingApproval(_) => {
                     return None;
                 }
             };

@@ -105,13 +105,49 @@ pub struct DeployRow {
     pub follow_next_at: Option<DateTime<Utc>>,
     pub follow_deadline: Option<DateTime<Utc>>,
     pub active_at: Option<DateTime<Utc>>,
+    /// Waiting for approval: when the wait ends `expired` unless decided.
+    pub approval_deadline: Option<DateTime<Utc>>,
+    /// Waiting for approval: the command that approves it (`reject` ends it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approve_command: Option<String>,
+    /// Who decided (`approved` or `rejected`), when and why.
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
     pub decision: Option<String>,
     pub decision_reason: Option<String>,
+    /// Attempts of the step after the deploy (promote, clean-up) that did not settle it.
+    pub step_attempts: i64,
+    /// A promote call was sent and its outcome is not known yet: the deployment is read
+    /// before another is sent.
+    pub promote_in_doubt: bool,
+    pub promoted_at: Option<DateTime<Utc>>,
+    /// The deployment was deactivated by the clean-up of a newer one (`deactivate_superseded`).
+    pub deactivated_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl DeployRow {
+    /// The time this pipeline's checkpoint is ordered by (`latest_only`, clean-up): its
+    /// `created_at`, or its completion when `created_at` lies beyond the horizon
+    /// ([`crate::model::ordering_time`]). `None` when `created_at` cannot be read.
+    pub fn ordering_time(&self) -> Option<DateTime<Utc>> {
+        let created = crate::model::parse_created_at(self.checkpoint_created_at.as_deref()?)?;
+        Some(crate::model::ordering_time(created, self.completed_at))
+    }
+}
+
+/// The exact command line that approves the deploy pipeline of delivery `delivery_id`
+/// (`checkpoint.awaiting_approval`'s `data.approve_command`): `$USER` is the shell's,
+/// so pasted as is it records who ran it.
+pub fn approve_command(delivery_id: i64) -> String {
+    format!("loopwatch deliveries approve {delivery_id} --by \"$USER\"")
+}
+
+/// The command line that rejects it (`data.reject_command`).
+pub fn reject_command(delivery_id: i64) -> String {
+    format!("loopwatch deliveries reject {delivery_id} --by \"$USER\"")
 }
 
 /// What [`super::Store::deploy_intent`] did.
@@ -144,6 +180,12 @@ pub struct DeployUpdate {
     pub settled: bool,
     /// Follow from `.0` until `.1`.
     pub follow: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// With stage `awaiting_approval`: when the wait expires. Entering the wait forgets
+    /// an earlier decision (a rejected deploy re-queued asks again).
+    pub approval_deadline: Option<DateTime<Utc>>,
+    /// With stage `awaiting_approval` and `latest_only`: older pipelines of the same run
+    /// and sink still waiting are superseded in the same transaction.
+    pub supersede_waiting: bool,
     pub error: Option<String>,
 }
 
@@ -156,27 +198,66 @@ pub struct FollowClaim {
     pub token: i64,
 }
 
-/// What one read of a followed deployment changed.
+/// What one step of a pipeline after its deploy (a read of a followed deployment, a
+/// promotion, a clean-up) changed. Recorded only while the claim's token and the stage it
+/// was claimed in (`claimed`) still hold.
 #[derive(Clone, Debug)]
 pub struct FollowOutcome {
     pub delivery_id: i64,
     pub token: i64,
+    /// The stage the pipeline was claimed in.
+    pub claimed: DeployStage,
     pub stage: DeployStage,
     pub deployment_status: Option<String>,
-    /// Still following: read again at this time.
+    /// More to do (read again, promote, clean up): at this time; `None`: nothing more.
     pub next_at: Option<DateTime<Utc>>,
     pub active_at: Option<DateTime<Utc>>,
+    pub environment: Option<String>,
+    /// Entering `awaiting_approval` (before a promotion): when the wait expires.
+    pub approval_deadline: Option<DateTime<Utc>>,
+    /// Older pipelines of the run still waiting for approval are superseded (`latest_only`).
+    pub supersede_waiting: bool,
+    /// The step's attempts so far (0 when it settled).
+    pub step_attempts: i64,
+    /// A promotion's outcome is known (promoted, refused, or found by a read).
+    pub promote_settled: bool,
+    pub promoted_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     /// The lifecycle event this brings about, with its deliveries.
     pub event: Option<FollowUp>,
+}
+
+impl FollowOutcome {
+    /// Nothing changed yet: the claim's pipeline as it stands, nothing more to do.
+    pub fn of(claim: &FollowClaim) -> Self {
+        let row = &claim.deploy;
+        FollowOutcome {
+            delivery_id: row.delivery_id,
+            token: claim.token,
+            claimed: row.stage,
+            stage: row.stage,
+            deployment_status: None,
+            next_at: None,
+            active_at: None,
+            environment: None,
+            approval_deadline: None,
+            supersede_waiting: false,
+            step_attempts: row.step_attempts,
+            promote_settled: false,
+            promoted_at: None,
+            error: None,
+            event: None,
+        }
+    }
 }
 
 /// The `deploys` columns of [`DeployRecord`].
 pub(crate) const DEPLOY_COLUMNS: &str = "delivery_id, sink, target, run_id, checkpoint_id,
     checkpoint_name, event_id, checkpoint_created_at, completed_at, stage, model_name,
     model_id, deployment_id, deployment_status, environment, reconciled, before_ids,
-    deploy_calls, follow_next_at, follow_deadline, active_at, decided_by, decided_at, decision,
-    decision_reason, error, created_at, updated_at";
+    deploy_calls, follow_next_at, follow_deadline, active_at, approval_deadline, decided_by,
+    decided_at, decision, decision_reason, step_attempts, promote_in_doubt, promoted_at,
+    deactivated_at, error, created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct DeployRecord {
@@ -201,10 +282,15 @@ pub(crate) struct DeployRecord {
     follow_next_at: Option<i64>,
     follow_deadline: Option<i64>,
     active_at: Option<i64>,
+    approval_deadline: Option<i64>,
     decided_by: Option<String>,
     decided_at: Option<i64>,
     decision: Option<String>,
     decision_reason: Option<String>,
+    step_attempts: i64,
+    promote_in_doubt: i64,
+    promoted_at: Option<i64>,
+    deactivated_at: Option<i64>,
     error: Option<String>,
     created_at: i64,
     updated_at: i64,
@@ -239,10 +325,17 @@ impl DeployRecord {
             follow_next_at: self.follow_next_at.map(ms_to_time),
             follow_deadline: self.follow_deadline.map(ms_to_time),
             active_at: self.active_at.map(ms_to_time),
+            approval_deadline: self.approval_deadline.map(ms_to_time),
+            approve_command: (stage == DeployStage::AwaitingApproval)
+                .then(|| approve_command(self.delivery_id)),
             decided_by: self.decided_by,
             decided_at: self.decided_at.map(ms_to_time),
             decision: self.decision,
             decision_reason: self.decision_reason,
+            step_attempts: self.step_attempts,
+            promote_in_doubt: self.promote_in_doubt != 0,
+            promoted_at: self.promoted_at.map(ms_to_time),
+            deactivated_at: self.deactivated_at.map(ms_to_time),
             error: self.error,
             created_at: ms_to_time(self.created_at),
             updated_at: ms_to_time(self.updated_at),
@@ -470,7 +563,13 @@ where
                 before_ids = CASE WHEN $8 = 1 THEN NULL ELSE before_ids END,
                 follow_next_at = COALESCE($9, follow_next_at),
                 follow_deadline = COALESCE($10, follow_deadline),
-                error = $11, updated_at = $12
+                error = $11, updated_at = $12,
+                approval_deadline = COALESCE($13, approval_deadline),
+                decision = CASE WHEN $2 = 'awaiting_approval' THEN NULL ELSE decision END,
+                decided_by = CASE WHEN $2 = 'awaiting_approval' THEN NULL ELSE decided_by END,
+                decided_at = CASE WHEN $2 = 'awaiting_approval' THEN NULL ELSE decided_at END,
+                decision_reason = CASE WHEN $2 = 'awaiting_approval' THEN NULL
+                    ELSE decision_reason END
              WHERE delivery_id = $1",
         )
         .bind(delivery_id)
@@ -485,8 +584,12 @@ where
         .bind(deadline)
         .bind(u.error.clone())
         .bind(now)
+        .bind(u.approval_deadline.map(|t| t.timestamp_millis()))
         .execute(&mut *tx)
         .await?;
+        if u.supersede_waiting {
+            Self::supersede_waiting(tx, delivery_id, now).await?;
+        }
         Ok(())
     }
 
@@ -508,7 +611,8 @@ where
             "UPDATE deploys SET follow_claimed_until = {clock} + $3, follow_token = $4
              WHERE delivery_id IN (
                 SELECT delivery_id FROM deploys
-                WHERE sink = $1 AND stage = 'following' AND follow_next_at <= $2
+                WHERE sink = $1 AND stage IN ('following', 'active', 'promoted')
+                  AND follow_next_at <= $2
                   AND (follow_claimed_until IS NULL OR follow_claimed_until <= {clock})
                 ORDER BY follow_next_at LIMIT $6{skip})
              RETURNING {DEPLOY_COLUMNS}",
@@ -539,11 +643,13 @@ where
                     token,
                 }),
                 // The completed event was pruned (after `store.retention`): nothing to
-                // announce from; the follow ends as it stands.
+                // announce from; the follow ends as it stands (a deployment still being
+                // followed as `deployed`), nothing more is done.
                 None => {
                     sqlx::query(
-                        "UPDATE deploys SET stage = 'deployed', follow_claimed_until = NULL,
-                         error = 'the completed event was pruned before the deployment settled'
+                        "UPDATE deploys SET follow_claimed_until = NULL, follow_next_at = NULL,
+                         stage = CASE WHEN stage = 'following' THEN 'deployed' ELSE stage END,
+                         error = 'the completed event was pruned before the pipeline settled'
                          WHERE delivery_id = $1",
                     )
                     .bind(deploy.delivery_id)
@@ -566,9 +672,14 @@ where
         let mut tx = conn.begin().await?;
         let r = sqlx::query(
             "UPDATE deploys SET stage = $3, deployment_status = COALESCE($4, deployment_status),
-                follow_next_at = COALESCE($5, follow_next_at), active_at = COALESCE($6, active_at),
-                error = $7, follow_claimed_until = NULL, updated_at = $8
-             WHERE delivery_id = $1 AND follow_token = $2 AND stage = 'following'",
+                follow_next_at = $5, active_at = COALESCE($6, active_at),
+                error = $7, follow_claimed_until = NULL, updated_at = $8,
+                environment = COALESCE($10, environment),
+                approval_deadline = COALESCE($11, approval_deadline),
+                step_attempts = $12,
+                promote_in_doubt = CASE WHEN $13 = 1 THEN 0 ELSE promote_in_doubt END,
+                promoted_at = COALESCE($14, promoted_at)
+             WHERE delivery_id = $1 AND follow_token = $2 AND stage = $9",
         )
         .bind(o.delivery_id)
         .bind(o.token)
@@ -578,10 +689,19 @@ where
         .bind(o.active_at.map(|t| t.timestamp_millis()))
         .bind(o.error.clone())
         .bind(now)
+        .bind(o.claimed.as_str())
+        .bind(o.environment.clone())
+        .bind(o.approval_deadline.map(|t| t.timestamp_millis()))
+        .bind(o.step_attempts)
+        .bind(i64::from(o.promote_settled))
+        .bind(o.promoted_at.map(|t| t.timestamp_millis()))
         .execute(&mut *tx)
         .await?;
         if DB::rows_affected(&r) == 0 {
             return Ok(false);
+        }
+        if o.supersede_waiting {
+            Self::supersede_waiting(&mut tx, o.delivery_id, now).await?;
         }
         if let Some(f) = &o.event {
             Self::insert_follow_up(&mut tx, f, now).await?;

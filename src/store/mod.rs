@@ -10,11 +10,13 @@
 //! differently. Who polls which target is [`coordination`]'s [`Coordinator`]: nothing
 //! outside `store/` asks which backend it has.
 
+pub mod approvals;
 pub mod attempts;
 pub mod coordination;
 pub mod deploys;
 pub mod inspect;
 pub mod postgres;
+mod promotions;
 mod rows;
 mod shared;
 mod sql;
@@ -27,6 +29,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use approvals::{Decided, Decision, Undecided, Verdict};
 pub use attempts::AttemptFacts;
 pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
 pub use deploys::{DeployRow, DeployStage, DeployUpdate, FollowClaim, FollowOutcome, Intent};
@@ -296,6 +299,11 @@ pub enum AttemptOutcome {
         next: DateTime<Utc>,
         reason: String,
     },
+    /// Not attempted: the deploy waits for `deliveries approve` (status
+    /// `awaiting_approval`, never claimed until decided), and its
+    /// `checkpoint.awaiting_approval` event (when it could be built) is committed in the
+    /// same transaction.
+    AwaitingApproval(Option<Box<FollowUp>>),
 }
 
 /// One attempt's outcome to record: fenced by the token of the claim that made it, with
@@ -459,12 +467,63 @@ pub trait Store: Send + Sync + 'static {
     /// How many pipelines each sink has in each stage: (sink, stage, count).
     async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>>;
 
+    /// `deliveries approve` / `reject`: decide every pipeline `ids` (delivery ids or
+    /// checkpoint ids) name that waits for approval, all in one transaction; when any id
+    /// names nothing waiting, nothing changes and each such id comes back with why.
+    /// Concurrent decisions of one pipeline: exactly one takes effect.
+    async fn decide(
+        &self,
+        ids: &[String],
+        decision: &Decision,
+    ) -> Result<std::result::Result<Vec<Decided>, Vec<Undecided>>>;
+
+    /// End the waits of `sink` whose `approval_deadline` passed by `now` (`expired`):
+    /// their delivery ids.
+    async fn expire_approvals(&self, sink: &str, now: DateTime<Utc>) -> Result<Vec<i64>>;
+
+    /// The soonest approval deadline of each sink with a pipeline waiting.
+    async fn approval_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>>;
+
+    /// Before a promote call: record that one may be in doubt, fenced by the follow claim
+    /// (`claim`'s token). False when another follower holds the pipeline now.
+    async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool>;
+
+    /// With `latest_only`: a newer checkpoint of `run_id` whose pipeline at `sink` is live
+    /// (active or promoted), other than `delivery_id`: its name.
+    async fn newer_live(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>>;
+
+    /// `sink`'s recorded, not yet deactivated deployments of `model_id` for checkpoints
+    /// older than `created_at` (other than `delivery_id`'s pipeline), oldest first.
+    async fn cleanup_candidates(
+        &self,
+        sink: &str,
+        model_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<DeployRow>>;
+
+    /// Pipeline `delivery_id`'s deployment was deactivated (`why`); false when another
+    /// clean-up marked it first.
+    async fn mark_deactivated(
+        &self,
+        delivery_id: i64,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
     /// Release every claim (a single-instance store does this at start: nobody else holds them).
     async fn release_claims(&self) -> Result<u64>;
 
     /// With `latest_only`: the name of a checkpoint of `run_id` newer (by `created_at`)
     /// than `created_at` that `sink` has a `checkpoint.completed` sampler delivery for,
-    /// pending (in flight included) or delivered, other than `delivery_id`; `None` if none.
+    /// pending (in flight included), delivered or waiting for approval, other than
+    /// `delivery_id`; `None` if none.
     async fn newer_deploy(
         &self,
         sink: &str,
@@ -590,14 +649,14 @@ pub(crate) fn require_current(
     Ok(())
 }
 /// The checkpoint deliveries [`Store::newer_deploy`] weighs: same sink and run, another
-/// delivery, pending or delivered, of a completed sampler checkpoint. Selects its name,
-/// `created_at` as the upstream wrote it and its first sight (the backend's JSON path
-/// expressions over `e.body`).
+/// delivery, pending, delivered or waiting for approval, of a completed sampler
+/// checkpoint. Selects its name, `created_at` as the upstream wrote it and its first sight
+/// (the backend's JSON path expressions over `e.body`).
 pub(crate) fn newer_deploy_query(created_at_expr: &str, first_seen_expr: &str) -> String {
     format!(
         "SELECT e.checkpoint_name, {created_at_expr}, {first_seen_expr} FROM deliveries d JOIN events e ON e.seq = d.event_seq
          WHERE d.sink = $1 AND d.run_id = $2 AND d.id <> $3
-           AND d.status IN ('pending', 'delivered')
+           AND d.status IN ('pending', 'delivered', 'awaiting_approval')
            AND e.type = 'checkpoint.completed' AND e.checkpoint_target = 'sampler'"
     )
 }

@@ -15,9 +15,9 @@ use super::inspect::Inspect;
 use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
-    Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
-    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
-    TargetDump, sql,
+    Access, Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim,
+    FollowOutcome, Intent, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError,
+    StoredEvent, TargetDump, Undecided, sql,
 };
 use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use crate::model::{Event, TargetState, Tracked};
@@ -416,6 +416,70 @@ impl Store for PgStore {
 
     async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
         Queries::deploy_stages(&self.pool).await
+    }
+
+    async fn decide(
+        &self,
+        ids: &[String],
+        decision: &Decision,
+    ) -> Result<std::result::Result<Vec<Decided>, Vec<Undecided>>> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::decide(&mut conn, ids, decision).await
+    }
+
+    async fn expire_approvals(&self, sink: &str, now: DateTime<Utc>) -> Result<Vec<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::expire_approvals(&mut conn, sink, now.timestamp_millis()).await
+    }
+
+    async fn approval_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let rows = Queries::approval_deadlines(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, ms)| (s, super::rows::ms_to_time(ms)))
+            .collect())
+    }
+
+    async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::promote_intent(
+            &mut conn,
+            claim.deploy.delivery_id,
+            claim.token,
+            now.timestamp_millis(),
+        )
+        .await
+    }
+
+    async fn newer_live(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        Queries::newer_live(&self.pool, sink, run_id, delivery_id, created_at).await
+    }
+
+    async fn cleanup_candidates(
+        &self,
+        sink: &str,
+        model_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<DeployRow>> {
+        Queries::cleanup_candidates(&self.pool, sink, model_id, delivery_id, created_at).await
+    }
+
+    async fn mark_deactivated(
+        &self,
+        delivery_id: i64,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::mark_deactivated(&mut conn, delivery_id, why, now.timestamp_millis())
+            .await
     }
 
     /// Other replicas may hold claims: they expire on their own.

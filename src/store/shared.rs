@@ -402,6 +402,10 @@ where
                     .bind(token)
                     .bind(next.timestamp_millis())
                     .bind(reason.as_str()),
+                AttemptOutcome::AwaitingApproval(_) => sqlx::query(sql::RECORD_AWAITING)
+                    .bind(now)
+                    .bind(id)
+                    .bind(token),
                 AttemptOutcome::Unknown { error } => sqlx::query(sql::RECORD_DEAD)
                     .bind(now)
                     .bind(id)
@@ -416,7 +420,9 @@ where
                 stale.push(id);
                 continue;
             }
-            if let AttemptOutcome::DeliveredWith(f) = &r.outcome {
+            if let AttemptOutcome::DeliveredWith(f) | AttemptOutcome::AwaitingApproval(Some(f)) =
+                &r.outcome
+            {
                 Self::insert_follow_up(&mut tx, f, now).await?;
             }
             if let Some(u) = &r.deploy {

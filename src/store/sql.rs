@@ -215,6 +215,13 @@ pub(crate) const RECORD_DEFERRED: &str =
     "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL, next_attempt_at = $4,
     last_error = $5, updated_at = $1 WHERE id = $2 AND claim_token = $3";
 
+/// A deploy that waits for `deliveries approve`, not attempted and not counted: no longer
+/// pending, so never claimed until someone decides.
+pub(crate) const RECORD_AWAITING: &str =
+    "UPDATE deliveries SET status = 'awaiting_approval', claimed_until = NULL,
+    claim_token = NULL, last_status = NULL, last_error = NULL, updated_at = $1
+    WHERE id = $2 AND claim_token = $3";
+
 /// A deploy made moot by a newer one (`latest_only`), never attempted: `$4` why.
 pub(crate) const RECORD_SUPERSEDED: &str =
     "UPDATE deliveries SET status = 'superseded', claimed_until = NULL, claim_token = NULL,

@@ -20,9 +20,9 @@ use super::inspect::Inspect;
 use super::rows::{self, event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
-    Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
-    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
-    TargetDump,
+    Access, Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim,
+    FollowOutcome, Intent, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError,
+    StoredEvent, TargetDump, Undecided,
     sql::{self, Lane},
 };
 use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
@@ -191,9 +191,12 @@ impl SqliteStore {
         } else {
             MIGRATOR.run(&pool).await?;
             // A write probe: a read-only directory or file fails here, at start, not mid-poll.
-            sqlx::query(
-                "CREATE TABLE IF NOT EXISTS write_probe (x INTEGER); DROP TABLE write_probe;",
-            )
+            // Its own table: two commands opening at once (two shells approving) must not
+            // drop each other's.
+            let probe = format!("write_probe_{:x}", super::claim_token());
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE {probe} (x INTEGER); DROP TABLE {probe};"
+            )))
             .execute(&pool)
             .await
             .map_err(|e| StoreError::Open(format!("cannot write to {url}: {e}")))?;
@@ -798,6 +801,88 @@ impl Store for SqliteStore {
 
     async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
         Queries::deploy_stages(&self.pool).await
+    }
+
+    async fn decide(
+        &self,
+        ids: &[String],
+        decision: &Decision,
+    ) -> Result<std::result::Result<Vec<Decided>, Vec<Undecided>>> {
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::decide(&mut conn, ids, decision).await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn expire_approvals(&self, sink: &str, now: DateTime<Utc>) -> Result<Vec<i64>> {
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::expire_approvals(&mut conn, sink, now.timestamp_millis()).await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn approval_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let rows = Queries::approval_deadlines(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, ms)| (s, super::rows::ms_to_time(ms)))
+            .collect())
+    }
+
+    async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool> {
+        // Synced to disk before the call is sent, as a deploy's intent.
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::promote_intent(
+            &mut conn,
+            claim.deploy.delivery_id,
+            claim.token,
+            now.timestamp_millis(),
+        )
+        .await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn newer_live(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        Queries::newer_live(&self.pool, sink, run_id, delivery_id, created_at).await
+    }
+
+    async fn cleanup_candidates(
+        &self,
+        sink: &str,
+        model_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Vec<DeployRow>> {
+        Queries::cleanup_candidates(&self.pool, sink, model_id, delivery_id, created_at).await
+    }
+
+    async fn mark_deactivated(
+        &self,
+        delivery_id: i64,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::mark_deactivated(
+            &mut conn,
+            delivery_id,
+            why,
+            now.timestamp_millis(),
+        )
+        .await;
+        discard_after_error(&mut conn, &r);
+        r
     }
 
     async fn release_claims(&self) -> Result<u64> {
