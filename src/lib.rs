@@ -19,7 +19,9 @@
 //! - [`args`], [`cli`]: the command line (clap types) and its commands.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
-//! - [`text`]: outside text made safe to print (control characters escaped, cells cut).
+//! - [`text`]: outside text made safe to print (control characters escaped, cells cut);
+//!   [`jsonlog`]: the `log.format = "json"` line.
+//! - [`init`]: `loopwatch init`, a first config and its signing secret.
 
 pub mod api;
 pub mod app;
@@ -31,6 +33,8 @@ pub mod demo;
 pub mod diff;
 pub mod health;
 pub mod http;
+pub mod init;
+pub mod jsonlog;
 pub mod metrics;
 pub mod model;
 pub mod poller;
