@@ -209,10 +209,17 @@ fn relative_links(text: &str) -> Vec<String> {
 #[test]
 fn the_documents_link_only_to_files_inside_the_repository() {
     let root = root().canonicalize().expect("the repository");
-    let mut docs: Vec<PathBuf> = ["README.md", "ARCHITECTURE.md", "BENCHMARKS.md"]
-        .iter()
-        .map(|p| root.join(p))
-        .collect();
+    let mut docs: Vec<PathBuf> = [
+        "README.md",
+        "ARCHITECTURE.md",
+        "BENCHMARKS.md",
+        "CONTRIBUTING.md",
+        "SECURITY.md",
+        "CHANGELOG.md",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .collect();
     for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
         docs.push(entry.expect("entry").path());
     }
