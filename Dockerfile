@@ -22,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="loopwatch" \
-      org.opencontainers.image.description="Watches Baseten Loops checkpoints and delivers signed webhooks when one is ready" \
+      org.opencontainers.image.description="Watches Baseten Loops checkpoints and sends signed webhooks when one is ready" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0" \
       org.opencontainers.image.source="https://github.com/loopwatch/loopwatch" \
