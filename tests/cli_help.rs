@@ -189,13 +189,26 @@ fn flags_are_offered_where_they_do_something() {
         );
         if let Some(o) = cmd.get_arguments().find(|a| a.get_id() == "output") {
             let help = o.get_help().map(|h| h.to_string()).unwrap_or_default();
-            let toml = o.get_possible_values().iter().any(|v| v.get_name() == "toml");
-            assert_eq!(help.contains("toml") || help.contains("TOML"), toml, "`{path}`: {help}");
+            let toml = o
+                .get_possible_values()
+                .iter()
+                .any(|v| v.get_name() == "toml");
+            assert_eq!(
+                help.contains("toml") || help.contains("TOML"),
+                toml,
+                "`{path}`: {help}"
+            );
         }
     }
     let page = run(&["man"]);
-    assert!(page.contains(".SH \"EXIT STATUS\""), "no EXIT STATUS section");
+    assert!(
+        page.contains(".SH \"EXIT STATUS\""),
+        "no EXIT STATUS section"
+    );
     assert!(page.contains(".SH ENVIRONMENT"), "no ENVIRONMENT section");
     assert!(!page.contains(".SH EXTRA"), "an EXTRA section");
-    assert!(page.contains("LOOPWATCH_CONFIG") && page.contains("\\fB78\\fR"), "{page}");
+    assert!(
+        page.contains("LOOPWATCH_CONFIG") && page.contains("\\fB78\\fR"),
+        "{page}"
+    );
 }
