@@ -285,6 +285,30 @@ mod tests {
         assert_eq!(signature_header(&[], None, "msg", 1, b"{}"), None);
     }
 
+    /// `verify` compares through the MAC's `verify_slice`: a signature cut short, one bit
+    /// off, without its `v1,` label or of another key is refused; the right one anywhere
+    /// in the header verifies.
+    #[test]
+    fn verify_refuses_altered_signatures() {
+        let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let other = SigningKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let good = sign(key.bytes(), "msg", 1, b"{}");
+        let raw = B64.decode(good.strip_prefix("v1,").unwrap()).unwrap();
+        let mut flipped = raw.clone();
+        flipped[31] ^= 1;
+        for bad in [
+            format!("v1,{}", B64.encode(&raw[..16])),
+            format!("v1,{}", B64.encode(&flipped)),
+            B64.encode(&raw),
+            format!("v1a,{}", B64.encode(&raw)),
+            sign(other.bytes(), "msg", 1, b"{}"),
+            String::new(),
+        ] {
+            assert!(!verify(&key, "msg", 1, b"{}", &bad), "{bad:?} verified");
+        }
+        assert!(verify(&key, "msg", 1, b"{}", &format!("v1,AAAA {good}")));
+    }
+
     #[test]
     fn signing_key_bounds() {
         assert!(SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
