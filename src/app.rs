@@ -26,7 +26,7 @@ use crate::delivery::{Outbox, Sink};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 use crate::model::TargetState;
-use crate::model::{DeployRequest, Deployment};
+use crate::model::{DeployRequest, Deployment, ModelDeployment};
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
@@ -728,28 +728,98 @@ struct ApiDeployer {
     metrics: Arc<Metrics>,
 }
 
+/// Counts one request in `loopwatch_api_requests_total` when it ends, and as `timeout`
+/// when it never does (the sink's timeout dropped it mid-call): every call is counted.
+struct Counted<'a> {
+    metrics: &'a Metrics,
+    endpoint: api::Endpoint,
+    code: Option<String>,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let code = self.code.take().unwrap_or_else(|| "timeout".into());
+        self.metrics.api_request(self.endpoint.label(), &code);
+    }
+}
+
 impl ApiDeployer {
-    fn count<T>(&self, endpoint: api::Endpoint, r: &Result<T, api::Error>) {
-        let code = match r {
+    /// Run one call of `endpoint`, counted whatever becomes of it.
+    async fn call<T>(
+        &self,
+        endpoint: api::Endpoint,
+        request: impl Future<Output = Result<T, api::Error>>,
+    ) -> Result<T, CallError> {
+        let mut counted = Counted {
+            metrics: &self.metrics,
+            endpoint,
+            code: None,
+        };
+        let r = request.await;
+        counted.code = Some(match &r {
             Ok(_) => "200".to_string(),
             Err(e) => e.code_label(),
-        };
-        self.metrics.api_request(endpoint.label(), &code);
+        });
+        r.map_err(call_error)
     }
 }
 
 #[async_trait::async_trait]
 impl LoopsDeployer for ApiDeployer {
     async fn validate(&self, path: &str, run_id: Option<&str>) -> Result<(), CallError> {
-        let r = self.client.validate(path, run_id).await;
-        self.count(api::Endpoint::Validate, &r);
-        r.map_err(call_error)
+        self.call(api::Endpoint::Validate, self.client.validate(path, run_id))
+            .await
     }
 
     async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, CallError> {
-        let r = self.client.deploy(request).await;
-        self.count(api::Endpoint::Deploy, &r);
-        r.map_err(call_error)
+        self.call(api::Endpoint::Deploy, self.client.deploy(request))
+            .await
+    }
+
+    async fn find_model(&self, name: &str) -> Result<Option<String>, CallError> {
+        self.call(api::Endpoint::Models, self.client.find_model(name))
+            .await
+    }
+
+    async fn deployments(&self, model_id: &str) -> Result<Vec<ModelDeployment>, CallError> {
+        self.call(
+            api::Endpoint::Deployments,
+            self.client.deployments(model_id),
+        )
+        .await
+    }
+
+    async fn deployment(
+        &self,
+        model_id: &str,
+        deployment_id: &str,
+    ) -> Result<ModelDeployment, CallError> {
+        self.call(
+            api::Endpoint::Deployment,
+            self.client.deployment(model_id, deployment_id),
+        )
+        .await
+    }
+
+    async fn promote(
+        &self,
+        model_id: &str,
+        environment: &str,
+        deployment_id: &str,
+    ) -> Result<ModelDeployment, CallError> {
+        self.call(
+            api::Endpoint::Promote,
+            self.client.promote(model_id, environment, deployment_id),
+        )
+        .await
+    }
+
+    async fn deactivate(&self, model_id: &str, deployment_id: &str) -> Result<(), CallError> {
+        self.call(
+            api::Endpoint::Deactivate,
+            self.client.deactivate(model_id, deployment_id),
+        )
+        .await
     }
 }
 
@@ -764,8 +834,8 @@ fn call_error(e: api::Error) -> CallError {
         } => CallError::status(code, retry_after, message),
         api::Error::Timeout => CallError::timeout(e.to_string()),
         api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
-        // A 2xx that is not the documented answer: the deploy may have happened, so it
-        // is not retried (that would deploy again).
+        // A 2xx that is not the documented answer: the call may have acted; a deploy
+        // reconciles before anything else is sent.
         api::Error::Decode(_) | api::Error::TooLarge(_) => {
             CallError::invalid(200, format!("the answer is not as documented: {e}"))
         }

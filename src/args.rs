@@ -55,6 +55,7 @@ impl Cli {
             | Command::Once { config, .. }
             | Command::Checkpoints { config, .. }
             | Command::State { config, .. }
+            | Command::Deploys { config, .. }
             | Command::TestSink { config, .. }
             | Command::Deliveries(DeliveriesCommand::List { config, .. })
             | Command::Deliveries(DeliveriesCommand::Redeliver { config, .. }) => {
@@ -189,6 +190,17 @@ pub enum Command {
     /// Inspect and re-queue deliveries (reads no secret)
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+    /// Show each deploy pipeline: checkpoint, stage, model and deployment, approvals
+    /// (read-only; safe while it runs; reads no secret)
+    Deploys {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this sink's deploys (a `baseten_deploy` sink's `name`)
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Send a sample signed event to one sink and show the response
     TestSink {
         #[command(flatten)]
@@ -255,7 +267,7 @@ pub enum DeliveriesCommand {
     /// List deliveries (newest last; the newest --limit of them, stated on stderr when more match)
     List {
         /// Only deliveries in this state
-        #[arg(long, value_parser = ["pending", "dead", "delivered", "superseded"])]
+        #[arg(long, value_parser = ["pending", "dead", "delivered", "superseded", "awaiting_approval", "rejected", "expired", "unknown"])]
         status: Option<String>,
         /// Only deliveries to this sink (also one no longer configured)
         #[arg(long, value_name = "NAME")]

@@ -482,6 +482,57 @@ fn tracked_json(c: &Tracked) -> serde_json::Value {
 
 /// The newest `limit` deliveries (in `status`, to `sink`), oldest first; when more match,
 /// a line on stderr says so (the output itself stays a plain table or JSON array).
+/// `deploys`: each deploy pipeline, newest first (the newest 10,000).
+pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow::Result<u8> {
+    let rows = match read_only_store(cfg).await? {
+        Some(store) => store.list_deploys(sink, 10_000).await?,
+        None => Vec::new(),
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            let rows = rows
+                .into_iter()
+                .map(|d| {
+                    let uri = crate::model::checkpoint_uri(
+                        &d.run_id,
+                        &crate::model::CheckpointTarget::Sampler,
+                        &d.checkpoint_name,
+                    );
+                    vec![
+                        d.delivery_id.to_string(),
+                        d.sink,
+                        uri.unwrap_or(d.checkpoint_name),
+                        d.stage.as_str().into(),
+                        d.model_id.unwrap_or_else(|| "-".into()),
+                        d.deployment_id.unwrap_or_else(|| "-".into()),
+                        d.deployment_status.unwrap_or_else(|| "-".into()),
+                        if d.reconciled { "yes" } else { "" }.into(),
+                        rfc3339(d.updated_at),
+                        d.error.unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "DELIVERY",
+                    "SINK",
+                    "CHECKPOINT",
+                    "STAGE",
+                    "MODEL",
+                    "DEPLOYMENT",
+                    "STATUS",
+                    "RECONCILED",
+                    "UPDATED",
+                    "ERROR",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(0)
+}
+
 pub async fn deliveries_list(
     cfg: &Config,
     status: Option<DeliveryStatus>,

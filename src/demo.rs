@@ -46,9 +46,16 @@ fn print_received(r: &Received) {
             let dep = &d["deployment"];
             let mut sync = match d["sync_seconds"].as_f64() {
                 _ if dep.is_object() => format!(
-                    "  live as model {} deployment {}",
+                    "  model {} deployment {}{}",
                     dep["model_name"].as_str().unwrap_or("?"),
-                    dep["deployment_id"].as_str().unwrap_or("?")
+                    dep["deployment_id"].as_str().unwrap_or("?"),
+                    match (dep["status"].as_str(), dep["reconciled"].as_bool()) {
+                        (Some(status), _) => format!(" {status}"),
+                        (None, Some(true)) =>
+                            " (its answer was lost: found by reading the model's deployments)"
+                                .into(),
+                        _ => String::new(),
+                    }
                 ),
                 Some(s) => format!("  synced in {s:.1}s"),
                 None => String::new(),
@@ -116,13 +123,35 @@ instance_type_id = "H100"
 hf_secret_name = "hf_access_token"
 concurrency = 1
 retry_schedule = ["1s", "2s", "5s", "10s", "30s", "1m"]
+follow_interval = "500ms"
 "#;
 
-/// One line per deploy that `latest_only` superseded, as the store records them.
-async fn print_superseded(store: std::sync::Arc<dyn Store>, every: Duration) {
+/// One line per deploy that `latest_only` superseded, and one per status a followed
+/// deployment shows, as the store records them.
+async fn print_deploys(store: std::sync::Arc<dyn Store>, every: Duration) {
     let mut seen = std::collections::HashSet::new();
+    let mut statuses = std::collections::HashMap::<i64, String>::new();
     loop {
         tokio::time::sleep(every.max(Duration::from_millis(250))).await;
+        for d in store.list_deploys(None, 100).await.unwrap_or_default() {
+            let Some(status) = d.deployment_status.clone() else {
+                continue;
+            };
+            if statuses.get(&d.delivery_id) != Some(&status) {
+                println!(
+                    "  deployer: {:<26} {:<48} deployment {} is {status}",
+                    format!("deploy {}", d.stage.as_str()),
+                    crate::model::checkpoint_uri(
+                        &d.run_id,
+                        &crate::model::CheckpointTarget::Sampler,
+                        &d.checkpoint_name
+                    )
+                    .unwrap_or_default(),
+                    d.deployment_id.as_deref().unwrap_or("?"),
+                );
+                statuses.insert(d.delivery_id, status);
+            }
+        }
         let Ok(rows) = store
             .list_deliveries(Some(DeliveryStatus::Superseded), 1000)
             .await
@@ -163,6 +192,10 @@ pub async fn run(
             },
         );
     }
+    // Then one deploy acts but its answer is lost (the connection drops): loopwatch reads
+    // the model's deployments, finds the one it made, and never deploys twice.
+    sim.handle()
+        .push_fault_to(Route::Deploy, Fault::ActThenClose);
     // One save whose sync_status stays null: only its files say when it is ready.
     sim.handle().start_null_status_run(
         "demo-null-run",
@@ -223,9 +256,8 @@ pub async fn run(
     println!(
         "Events arrive below as signed webhooks; each completed sampler checkpoint is deployed"
     );
-    println!(
-        "(the simulated deploy route is down at first, so newer checkpoints supersede older)."
-    );
+    println!("(the simulated deploy route is down at first, so newer checkpoints supersede older;");
+    println!("then one deploy's answer is lost and reconciled), and followed until ACTIVE.");
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {}", receiver.url);
     println!("  metrics              http://{addr}/metrics   (also /healthz, /readyz)");
@@ -243,7 +275,7 @@ pub async fn run(
             None => shutdown.await,
         }
     };
-    let watch = tokio::spawn(print_superseded(store.clone(), opts.every / 4));
+    let watch = tokio::spawn(print_deploys(store.clone(), opts.every / 8));
     app.run(stop).await?;
     watch.abort();
 
@@ -274,9 +306,13 @@ pub async fn run(
         count(DeliveryStatus::Dead),
         count(DeliveryStatus::Superseded)
     );
+    let pipelines = store.list_deploys(None, i64::MAX).await?;
+    let stage = |s| pipelines.iter().filter(|d| d.stage == s).count();
     println!(
-        "  deploys              {} made on the simulated API, {} superseded by a newer checkpoint (latest_only)",
+        "  deploys              {} made on the simulated API ({} reconciled after a lost answer), {} active, {} superseded by a newer checkpoint (latest_only)",
         sim.handle().deploys().len(),
+        pipelines.iter().filter(|d| d.reconciled).count(),
+        stage(crate::store::DeployStage::Active),
         count(DeliveryStatus::Superseded)
     );
     println!(

@@ -157,7 +157,9 @@ async fn dispatch(cli: Cli) -> u8 {
     // Each command reads only the secrets it uses: the store's readers none at all, so
     // that an operator can look at a daemon's outbox without its keys.
     let secrets = match &cli.command {
-        Command::State { .. } | Command::Deliveries(_) => ReadSecrets::None,
+        Command::State { .. } | Command::Deploys { .. } | Command::Deliveries(_) => {
+            ReadSecrets::None
+        }
         Command::CheckConfig {
             no_secrets: true, ..
         } => ReadSecrets::None,
@@ -208,6 +210,10 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::State { target, output, .. } => {
             init_tracing("warn", cfg.log.format);
             report(cli::state(&cfg, target.as_deref(), output.output).await)
+        }
+        Command::Deploys { sink, output, .. } => {
+            init_tracing("warn", cfg.log.format);
+            report(cli::deploys(&cfg, sink.as_deref(), output.output).await)
         }
         Command::Deliveries(DeliveriesCommand::List {
             status,

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub pending: IntGaugeVec,
     pub dead: IntGaugeVec,
     pub oldest_pending: GaugeVec,
+    /// `loopwatch_deploys{sink,stage}`: deploy pipelines per stage, database-wide (on the
+    /// backlog reporter only, as the backlog gauges).
+    pub deploys: IntGaugeVec,
+    /// Checkpoint completed -> deployment ACTIVE.
+    pub deploy_to_active: HistogramVec,
+    pub deployments_deactivated: IntCounterVec,
     /// 1 per configured sink, by kind: lets dashboards and alerts select deploy sinks.
     pub sink_info: IntGaugeVec,
     pub targets_owned: IntGauge,
@@ -48,8 +54,9 @@ pub struct Metrics {
 }
 
 /// The `op` label of `loopwatch_store_errors_total`.
-pub const STORE_OPS: [&str; 9] = [
-    "open", "load", "commit", "claim", "record", "release", "read", "prune", "leases",
+pub const STORE_OPS: [&str; 11] = [
+    "open", "load", "commit", "claim", "record", "release", "read", "prune", "leases", "deploy",
+    "follow",
 ];
 
 const DELIVERY_OUTCOMES: [&str; 4] = ["success", "retry", "dead", "superseded"];
@@ -195,6 +202,25 @@ impl Metrics {
                 "Age of the oldest pending delivery (0 when none).",
                 &["sink"],
             ),
+            deploys: int_gauge(
+                "loopwatch_deploys",
+                "Deploy pipelines by sink and stage (awaiting_approval, deploying, following, deployed, active, promoted, failed, rejected, expired, superseded, unknown).",
+                &["sink", "stage"],
+            ),
+            deploy_to_active: histogram(
+                "loopwatch_deploy_to_active_seconds",
+                "Time from a checkpoint's completion to its deployment being ACTIVE.",
+                &["sink"],
+                vec![
+                    30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0, 7200.0,
+                    14400.0,
+                ],
+            ),
+            deployments_deactivated: counter(
+                "loopwatch_deployments_deactivated_total",
+                "Deployments a baseten_deploy sink deactivated because a newer one is live.",
+                &["sink"],
+            ),
             sink_info: int_gauge(
                 "loopwatch_sink_info",
                 "Configured sinks, 1 each, by kind (webhook, exec, baseten_deploy).",
@@ -235,6 +261,13 @@ impl Metrics {
             self.dead.with_label_values(&[n]);
             self.oldest_pending.with_label_values(&[n]);
             self.sink_info.with_label_values(&[n, s.kind.name()]).set(1);
+            if s.deploy().is_some() {
+                for stage in crate::store::DeployStage::ALL {
+                    self.deploys.with_label_values(&[n, stage.as_str()]);
+                }
+                self.deploy_to_active.with_label_values(&[n]);
+                self.deployments_deactivated.with_label_values(&[n]);
+            }
         }
         self.targets_owned.set(cfg.targets.len() as i64);
     }

@@ -265,17 +265,37 @@ pub enum EventType {
     Stalled,
     Deleted,
     Deployed,
+    AwaitingApproval,
+    DeploymentActive,
+    DeploymentFailed,
+    Promoted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 10] = [
         EventType::Discovered,
         EventType::Completed,
         EventType::StatusChanged,
         EventType::Stalled,
         EventType::Deleted,
         EventType::Deployed,
+        EventType::AwaitingApproval,
+        EventType::DeploymentActive,
+        EventType::DeploymentFailed,
+        EventType::Promoted,
     ];
+
+    /// Brought about by a `baseten_deploy` sink (never routed to one).
+    pub fn is_lifecycle(self) -> bool {
+        matches!(
+            self,
+            EventType::Deployed
+                | EventType::AwaitingApproval
+                | EventType::DeploymentActive
+                | EventType::DeploymentFailed
+                | EventType::Promoted
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -285,6 +305,10 @@ impl EventType {
             EventType::Stalled => "checkpoint.stalled",
             EventType::Deleted => "checkpoint.deleted",
             EventType::Deployed => "checkpoint.deployed",
+            EventType::AwaitingApproval => "checkpoint.awaiting_approval",
+            EventType::DeploymentActive => "checkpoint.deployment_active",
+            EventType::DeploymentFailed => "checkpoint.deployment_failed",
+            EventType::Promoted => "checkpoint.promoted",
         }
     }
 
@@ -491,6 +515,44 @@ pub fn deployed_event_id(completed_id: &str, sink: &str) -> String {
         let _ = write!(id, "{b:02x}");
     }
     id
+}
+
+/// The id of a deploy lifecycle event of `kind` (`checkpoint.deployment_active`, ...)
+/// that `sink` announces for the completed event `completed_id`: derived from the
+/// completed event's id, the sink and the stage, so the same whatever repeats.
+/// `checkpoint.deployed` keeps [`deployed_event_id`].
+pub fn lifecycle_event_id(completed_id: &str, sink: &str, kind: EventType) -> String {
+    if kind == EventType::Deployed {
+        return deployed_event_id(completed_id, sink);
+    }
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(kind.as_str().as_bytes());
+    h.update([0]);
+    h.update(completed_id.as_bytes());
+    h.update([0]);
+    h.update(sink.as_bytes());
+    let digest = h.finalize();
+    let mut id = String::with_capacity(30);
+    id.push_str("evt_");
+    for b in &digest[..13] {
+        use std::fmt::Write;
+        let _ = write!(id, "{b:02x}");
+    }
+    id
+}
+
+/// A deployment as the models API shows it (`Deployment` of the `baseten` package):
+/// what reconciliation, follow and clean-up read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelDeployment {
+    pub id: String,
+    pub model_id: String,
+    /// `BUILDING`, `ACTIVE`, ... or any new string.
+    pub status: String,
+    pub environment: Option<String>,
+    pub is_production: bool,
+    pub created_at: String,
 }
 
 /// Everything known about one target between polls.

@@ -15,8 +15,9 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
-    AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+    Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
+    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
+    TargetDump,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -122,16 +123,84 @@ impl Store for Watched {
         watched!(self, "claim", self.inner.next_due(sink))
     }
 
-    async fn record_attempts(
-        &self,
-        outcomes: &[(i64, AttemptOutcome)],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
         watched!(self, "record", self.inner.record_attempts(outcomes, now))
     }
 
-    async fn release(&self, delivery_ids: &[i64]) -> Result<()> {
-        watched!(self, "release", self.inner.release(delivery_ids))
+    async fn renew_claims(
+        &self,
+        held: &[(i64, i64)],
+        lease: std::time::Duration,
+    ) -> Result<Vec<i64>> {
+        watched!(self, "claim", self.inner.renew_claims(held, lease))
+    }
+
+    async fn release(&self, claims: &[(i64, i64)]) -> Result<()> {
+        watched!(self, "release", self.inner.release(claims))
+    }
+
+    async fn deploy_begin(
+        &self,
+        c: &Claimed,
+        sink: &str,
+        created_at: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DeployRow>> {
+        watched!(
+            self,
+            "deploy",
+            self.inner.deploy_begin(c, sink, created_at, now)
+        )
+    }
+
+    async fn deploy_intent(
+        &self,
+        c: &Claimed,
+        model_name: &str,
+        model_id: Option<&str>,
+        before: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Intent> {
+        watched!(
+            self,
+            "deploy",
+            self.inner
+                .deploy_intent(c, model_name, model_id, before, now)
+        )
+    }
+
+    async fn deploy_clear_intent(&self, c: &Claimed, now: DateTime<Utc>) -> Result<bool> {
+        watched!(self, "deploy", self.inner.deploy_clear_intent(c, now))
+    }
+
+    async fn recorded_deployments(&self, model_id: &str) -> Result<Vec<(i64, String)>> {
+        watched!(self, "deploy", self.inner.recorded_deployments(model_id))
+    }
+
+    async fn claim_follows(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<FollowClaim>> {
+        watched!(
+            self,
+            "follow",
+            self.inner.claim_follows(sink, now, limit, lease)
+        )
+    }
+
+    async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool> {
+        watched!(self, "follow", self.inner.record_follow(outcome, now))
+    }
+
+    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>> {
+        watched!(self, "read", self.inner.list_deploys(sink, limit))
+    }
+
+    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
+        watched!(self, "read", self.inner.deploy_stages())
     }
 
     async fn release_claims(&self) -> Result<u64> {

@@ -206,6 +206,14 @@ async fn read_only_commands_work_with_only_the_api_key_beside_the_shipped_config
         assert_eq!(v[0]["target"], "qwen", "{file}: {v}");
         assert_eq!(v[0]["checkpoints"][0]["name"], "step-100", "{file}: {v}");
 
+        let out = run(cwd, &["deploys", "-o", "json", "-c", p], &vars).await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{file}: deploys: {stderr}");
+        assert!(
+            serde_json::from_str::<Value>(&stdout).unwrap().is_array(),
+            "{stdout}"
+        );
+
         let out = run(cwd, &["deliveries", "list", "-o", "json", "-c", p], &vars).await;
         let (stdout, stderr) = text(&out);
         assert_eq!(

@@ -305,6 +305,7 @@ fn the_native_deploy_recipe_deploys_samplers_and_announces_them_on_slack() {
             model_name: request.model_name,
             model_id: "mdl_4q7x2".into(),
             deployment_id: "dep_9k3m1".into(),
+            reconciled: false,
         },
         at("2026-11-26T23:04:10.500Z"),
     )

@@ -3,6 +3,9 @@
 //! answering 503 for a while), or a kill with faults; on SQLite, and on PostgreSQL when
 //! `LOOPWATCH_TEST_PG_URL` is set (`scripts/soak` starts a server). Every run must deliver
 //! every completion under exactly one id; duplicates (the same id again) are counted.
+//! A `baseten_deploy` sink deploys every sampler completion of the run beside it, through
+//! random slow, lost and refused deploy answers: every checkpoint must end with exactly
+//! one deployment on the simulated API (`0 duplicate deploys`).
 //!
 //! `LOOPWATCH_SOAK_RUNS` (default 4, what `cargo test` runs) and `LOOPWATCH_SOAK_SEED`
 //! (default: from the clock; printed, so a failing mix can be replayed). Prints
@@ -44,6 +47,24 @@ struct Outcome {
     lost: usize,
     doubled: usize,
     duplicates: usize,
+    /// Checkpoints deployed more than once.
+    double_deploys: usize,
+    /// Checkpoints never deployed.
+    undeployed: usize,
+}
+
+/// A deploy answer that leaves the outcome unknown, or refuses before acting.
+fn deploy_fault(rng: &mut Mix) -> Fault {
+    match rng.below(4) {
+        0 => Fault::ActThenDelay(rng.millis(1200, 3000)),
+        1 => Fault::ActThenClose,
+        2 => Fault::Delay(rng.millis(100, 1500)),
+        _ => Fault::Status {
+            code: 503,
+            retry_after: None,
+            body: None,
+        },
+    }
 }
 
 fn answer(status: u16) -> Option<Answer> {
@@ -79,11 +100,15 @@ async fn one_run(rng: &mut Mix, postgres: bool, action: &str) -> Outcome {
     rx.set_default(answer(204));
     let h = env.sim.handle();
     let ids = h.add_many("run-1", N, Some("SYNCING"));
-    let cfg = env.write_config(&qwen_to(
-        &rx.url,
-        &format!(
-            "{COMPLETED_ONLY}\nconcurrency = {CONCURRENCY}\nretry_schedule = [\"100ms\", \"200ms\", \"400ms\", \"800ms\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]"
-        ),
+    let deploy = "[[sinks]]\nname = \"deploy\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf\"\nmodel_name = \"{{ data.checkpoint.checkpoint_id }}\"\nlatest_only = false\nvalidate = false\nfollow = false\ntimeout = \"1s\"\nconcurrency = 2\nretry_schedule = [\"100ms\", \"200ms\", \"400ms\", \"800ms\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]\n";
+    let cfg = env.write_config(&format!(
+        "{}{deploy}",
+        qwen_to(
+            &rx.url,
+            &format!(
+                "{COMPLETED_ONLY}\nconcurrency = {CONCURRENCY}\nretry_schedule = [\"100ms\", \"200ms\", \"400ms\", \"800ms\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]"
+            ),
+        )
     ));
     if postgres {
         set_store_url(&cfg, &pg::fresh_database().await, "\nlease_ttl = \"3s\"");
@@ -93,6 +118,10 @@ async fn one_run(rng: &mut Mix, postgres: bool, action: &str) -> Outcome {
     let faults = action.contains("fault");
     // The requests the receiver refused (503): [from, to) in arrival order.
     let mut refused = 0..0;
+    // Slow, lost and refused deploy answers in every run.
+    for _ in 0..1 + rng.below(6) {
+        h.push_fault_to(loopwatch::sim::Route::Deploy, deploy_fault(rng));
+    }
     if faults {
         for _ in 0..1 + rng.below(5) {
             h.push_fault(upstream_fault(rng));
@@ -120,7 +149,16 @@ async fn one_run(rng: &mut Mix, postgres: bool, action: &str) -> Outcome {
         refused.end = refused.end.min(rx.count());
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while distinct_ids(&rx) < N && Instant::now() < deadline {
+    let deployed = |h: &loopwatch::sim::SimHandle| {
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for d in h.deploys() {
+            for ck in d.checkpoint_ids {
+                *per.entry(ck).or_default() += 1;
+            }
+        }
+        per
+    };
+    while (distinct_ids(&rx) < N || deployed(&h).len() < N) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let it settle: nothing more may arrive under a new id.
@@ -141,12 +179,15 @@ async fn one_run(rng: &mut Mix, postgres: bool, action: &str) -> Outcome {
         .map(|(_, r)| r.id())
         .collect();
     let distinct_acked = acked.iter().collect::<HashSet<_>>().len();
+    let per = deployed(&h);
     let out = Outcome {
         lost: N.saturating_sub(ids_of.len()),
         doubled: ids_of.values().filter(|ids| ids.len() > 1).count(),
         duplicates: acked.len() - distinct_acked,
+        double_deploys: per.values().filter(|&&n| n > 1).count(),
+        undeployed: N.saturating_sub(per.len()),
     };
-    if out.lost > 0 || out.doubled > 0 {
+    if out.lost > 0 || out.doubled > 0 || out.double_deploys > 0 || out.undeployed > 0 {
         eprintln!("{}", d.log_text());
     }
     out
@@ -171,6 +212,7 @@ async fn soak_randomized_kill_pause_and_fault_runs_lose_nothing_and_never_double
     let mut rng = Mix(seed);
     let started = Instant::now();
     let (mut lost, mut doubled, mut max_dup) = (0, 0, 0);
+    let (mut double_deploys, mut undeployed) = (0, 0);
     let mut mix: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..runs {
         let postgres = with_pg && rng.below(2) == 0;
@@ -178,24 +220,31 @@ async fn soak_randomized_kill_pause_and_fault_runs_lose_nothing_and_never_double
         let backend = if postgres { "postgres" } else { "sqlite" };
         *mix.entry(format!("{backend} {action}")).or_default() += 1;
         let o = one_run(&mut rng, postgres, action).await;
-        if o.lost > 0 || o.doubled > 0 {
+        if o.lost > 0 || o.doubled > 0 || o.double_deploys > 0 || o.undeployed > 0 {
             eprintln!("run {i} ({backend}, {action}): {o:?}");
         }
+        double_deploys += o.double_deploys;
+        undeployed += o.undeployed;
         lost += o.lost;
         doubled += o.doubled;
         max_dup = max_dup.max(o.duplicates);
         if (i + 1) % 25 == 0 {
             eprintln!(
-                "soak: {} runs in {:.0} s, {lost} lost, {doubled} double ids, max duplicates {max_dup}",
+                "soak: {} runs in {:.0} s, {lost} lost, {doubled} double ids, max duplicates {max_dup}, {double_deploys} duplicate deploys, {undeployed} not deployed",
                 i + 1,
                 started.elapsed().as_secs_f64()
             );
         }
     }
     eprintln!(
-        "{runs} runs, {lost} lost, {doubled} double ids, max duplicates {max_dup} (seed {seed}, {:.0} s, {N} completions per run; {mix:?})",
+        "{runs} runs, {lost} lost, {doubled} double ids, max duplicates {max_dup}, {double_deploys} duplicate deploys, {undeployed} not deployed (seed {seed}, {:.0} s, {N} completions per run; {mix:?})",
         started.elapsed().as_secs_f64()
     );
     assert_eq!((lost, doubled), (0, 0), "seed {seed}");
+    assert_eq!(
+        (double_deploys, undeployed),
+        (0, 0),
+        "seed {seed}: checkpoints deployed twice, or never"
+    );
     assert!(max_dup <= CONCURRENCY, "seed {seed}: {max_dup} duplicates");
 }

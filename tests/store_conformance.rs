@@ -12,7 +12,8 @@ use loopwatch::model::TargetState;
 use loopwatch::model::{Checkpoint, CheckpointTarget, FilesSeen, ProbeMemo};
 use loopwatch::store::postgres::{PgLeases, PgStore};
 use loopwatch::store::{
-    AttemptOutcome, Coordinator, DeliveryStatus, Fence, PollCommit, Redeliver, Store, StoreError,
+    AttemptOutcome, Claimed, Coordinator, DeliveryStatus, Fence, PollCommit, Recorded, Redeliver,
+    Store, StoreError,
 };
 
 fn ck(id: &str, run: &str, status: Option<&str>) -> Checkpoint {
@@ -144,24 +145,51 @@ async fn conformance(store: Arc<dyn Store>) {
             .is_empty()
     );
     let later = now + TimeDelta::seconds(61);
+    let again = s.claim_due("a", later, 10, false, lease).await.unwrap();
+    assert_eq!(again.len(), 3, "expired claims return");
+    let by_id = |id: i64| again.iter().find(|c| c.delivery_id == id).unwrap().clone();
+
+    // Outcomes. One from the lapsed claim is discarded (fenced by its token): the
+    // delivery is another claim's now.
+    assert!(
+        !s.record_attempt(&first[0], &AttemptOutcome::Delivered, now)
+            .await
+            .unwrap(),
+        "a stale claim's outcome is discarded"
+    );
     assert_eq!(
-        s.claim_due("a", later, 10, false, lease)
+        s.list_deliveries(Some(DeliveryStatus::Pending), 100)
             .await
             .unwrap()
             .len(),
-        3,
-        "expired claims return"
+        6,
+        "the stale outcome changed nothing"
     );
-
-    // Outcomes.
+    // Renewing keeps what is held, and only that.
+    let held: Vec<(i64, i64)> = again.iter().map(|c| (c.delivery_id, c.token)).collect();
+    let mut kept = s.renew_claims(&held, lease).await.unwrap();
+    kept.sort();
+    let mut want: Vec<i64> = again.iter().map(|c| c.delivery_id).collect();
+    want.sort();
+    assert_eq!(kept, want);
+    assert!(
+        s.renew_claims(&[(first[0].delivery_id, first[0].token)], lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a lapsed claim taken again is not renewed"
+    );
     let (x, y, z) = (
-        first[0].delivery_id,
-        first[1].delivery_id,
-        rest[0].delivery_id,
+        by_id(first[0].delivery_id),
+        by_id(first[1].delivery_id),
+        by_id(rest[0].delivery_id),
     );
-    s.record_attempt(x, &AttemptOutcome::Delivered, now)
-        .await
-        .unwrap();
+    let (x, y, z) = (&x, &y, &z);
+    assert!(
+        s.record_attempt(x, &AttemptOutcome::Delivered, now)
+            .await
+            .unwrap()
+    );
     let next = now + TimeDelta::seconds(30);
     s.record_attempt(
         y,
@@ -185,7 +213,7 @@ async fn conformance(store: Arc<dyn Store>) {
     .await
     .unwrap();
     let rows = s.list_deliveries(None, 100).await.unwrap();
-    let row = |id| rows.iter().find(|r| r.id == id).unwrap().clone();
+    let row = |c: &Claimed| rows.iter().find(|r| r.id == c.delivery_id).unwrap().clone();
     assert_eq!(row(x).status, DeliveryStatus::Delivered);
     assert_eq!(
         (row(y).status, row(y).attempts, row(y).last_status),
@@ -228,7 +256,7 @@ async fn conformance(store: Arc<dyn Store>) {
         1
     );
     assert_eq!(
-        s.redeliver(&Redeliver::Ids(vec![x.to_string()]), now)
+        s.redeliver(&Redeliver::Ids(vec![x.delivery_id.to_string()]), now)
             .await
             .unwrap(),
         1
@@ -244,9 +272,9 @@ async fn conformance(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(busy.len(), 1);
-    let busy = busy[0].delivery_id;
+    let busy = (busy[0].delivery_id, busy[0].token);
     assert_eq!(
-        s.redeliver(&Redeliver::Ids(vec![busy.to_string()]), now)
+        s.redeliver(&Redeliver::Ids(vec![busy.0.to_string()]), now)
             .await
             .unwrap(),
         0
@@ -282,7 +310,12 @@ async fn conformance(store: Arc<dyn Store>) {
         .filter(|c| c.event.target == "o")
         .map(|c| c.delivery_id)
         .collect();
-    s.release(&ids).await.unwrap();
+    let claims: Vec<(i64, i64)> = heads
+        .iter()
+        .filter(|c| c.event.target == "o")
+        .map(|c| (c.delivery_id, c.token))
+        .collect();
+    s.release(&claims).await.unwrap();
     let again: Vec<i64> = s
         .claim_due("b", later, 100, true, lease)
         .await
@@ -294,7 +327,7 @@ async fn conformance(store: Arc<dyn Store>) {
 
     // Retention: delivered rows go, then events with no delivery left; pending stays.
     for c in s.claim_due("a", later, 100, false, lease).await.unwrap() {
-        s.record_attempt(c.delivery_id, &AttemptOutcome::Delivered, now)
+        s.record_attempt(&c, &AttemptOutcome::Delivered, now)
             .await
             .unwrap();
     }
@@ -477,7 +510,7 @@ async fn deploy_conformance(store: Arc<dyn Store>) {
 
     let at = Utc::now();
     s.record_attempt(
-        claimed[0].delivery_id,
+        &claimed[0],
         &AttemptOutcome::Superseded {
             reason: "superseded by step-3".into(),
         },
@@ -499,7 +532,7 @@ async fn deploy_conformance(store: Arc<dyn Store>) {
     assert_eq!(a.dead, 0, "superseded is not dead");
     // Dead and superseded deliveries are not newer deploys.
     s.record_attempt(
-        claimed[2].delivery_id,
+        &claimed[2],
         &AttemptOutcome::Dead {
             status: Some(400),
             error: "deploy refused (HTTP 400): bad".into(),
@@ -516,6 +549,7 @@ async fn deploy_conformance(store: Arc<dyn Store>) {
         model_name: "m".into(),
         model_id: "mdl_1".into(),
         deployment_id: "dep_1".into(),
+        reconciled: false,
     };
     let event = deployed_event(&claimed[1].event, "a", &d, at).unwrap();
     let follow = AttemptOutcome::DeliveredWith(Box::new(FollowUp {
@@ -523,10 +557,10 @@ async fn deploy_conformance(store: Arc<dyn Store>) {
         sinks: vec!["b".into()],
     }));
     let before = s.events(None).await.unwrap().len();
-    s.record_attempts(&[(claimed[1].delivery_id, follow.clone())], at)
+    s.record_attempts(&[Recorded::new(&claimed[1], follow.clone())], at)
         .await
         .unwrap();
-    s.record_attempts(&[(claimed[3].delivery_id, follow)], at)
+    s.record_attempts(&[Recorded::new(&claimed[3], follow)], at)
         .await
         .unwrap();
     let events = s.events(None).await.unwrap();
@@ -592,7 +626,7 @@ async fn lanes_conformance(store: Arc<dyn Store>) {
                 status: Some(503),
                 error: "HTTP 503".into(),
             };
-            s.record_attempt(c.delivery_id, &retry, due).await.unwrap();
+            s.record_attempt(&c, &retry, due).await.unwrap();
         }
     }
     let mut listing = old.clone();
@@ -650,9 +684,7 @@ async fn lanes_conformance(store: Arc<dyn Store>) {
         error: "HTTP 503".into(),
     };
     for c in &all {
-        s.record_attempt(c.delivery_id, &retry, later)
-            .await
-            .unwrap();
+        s.record_attempt(c, &retry, later).await.unwrap();
     }
     assert!(
         s.claim_due("a", later, 100, false, lease)

@@ -5,6 +5,7 @@
 //! server's `Retry-After` and the error body's `details.reason`. Callers count each
 //! request in `loopwatch_api_requests_total` under its [`Endpoint`] label.
 
+pub mod models;
 pub mod wire;
 
 use std::num::NonZeroU32;
@@ -34,15 +35,30 @@ pub enum Endpoint {
     Validate,
     /// `POST /v1/loops/checkpoints/deploy`
     Deploy,
+    /// `GET /v1/models?name=`
+    Models,
+    /// `GET /v1/models/{id}/deployments`
+    Deployments,
+    /// `GET /v1/models/{id}/deployments/{id}`
+    Deployment,
+    /// `POST /v1/models/{id}/environments/{env}/promote`
+    Promote,
+    /// `POST /v1/models/{id}/deployments/{id}/deactivate`
+    Deactivate,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::List,
         Endpoint::Source,
         Endpoint::Files,
         Endpoint::Validate,
         Endpoint::Deploy,
+        Endpoint::Models,
+        Endpoint::Deployments,
+        Endpoint::Deployment,
+        Endpoint::Promote,
+        Endpoint::Deactivate,
     ];
 
     /// The metric label.
@@ -53,6 +69,11 @@ impl Endpoint {
             Endpoint::Files => "files",
             Endpoint::Validate => "validate",
             Endpoint::Deploy => "deploy",
+            Endpoint::Models => "models",
+            Endpoint::Deployments => "deployments",
+            Endpoint::Deployment => "deployment",
+            Endpoint::Promote => "promote",
+            Endpoint::Deactivate => "deactivate",
         }
     }
 }
@@ -191,6 +212,8 @@ pub const NOT_PRESIGNABLE: &str = "NOT_PRESIGNABLE";
 pub struct Client {
     http: reqwest::Client,
     endpoint: Url,
+    /// `.../v1/models` under the same base.
+    models: Url,
     auth: HeaderValue,
     /// This process's share of `api.max_requests_per_second` ([`Client::share_budget`]).
     limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
@@ -211,6 +234,15 @@ fn endpoint(base: &Url) -> Result<Url, url::ParseError> {
     base.join("v1/loops/checkpoints")
 }
 
+/// The models API under `base` (`.../v1/models`), a path prefix kept as for [`endpoint`].
+fn models_endpoint(base: &Url) -> Result<Url, url::ParseError> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    base.join("v1/models")
+}
+
 impl Client {
     pub fn new(cfg: &ApiConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
@@ -220,6 +252,7 @@ impl Client {
             .user_agent(concat!("loopwatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let endpoint = endpoint(&cfg.base_url)?;
+        let models = models_endpoint(&cfg.base_url)?;
         let scheme = match cfg.auth_scheme {
             AuthScheme::Bearer => "Bearer",
             AuthScheme::ApiKey => "Api-Key",
@@ -232,6 +265,7 @@ impl Client {
         Ok(Client {
             http,
             endpoint,
+            models,
             auth,
             limiter: RwLock::new(Arc::new(RateLimiter::direct(quota(
                 cfg.max_requests_per_second,

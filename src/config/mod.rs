@@ -341,6 +341,57 @@ pub struct DeployConfig {
     pub latest_only: bool,
     /// `POST .../validate` before each deploy attempt.
     pub validate: bool,
+    /// Follow each deployment until ACTIVE or failed (`follow_interval`, `follow_timeout`).
+    pub follow: bool,
+    pub follow_interval: std::time::Duration,
+    pub follow_timeout: std::time::Duration,
+    /// Where a human decides (`deliveries approve`).
+    pub approval: Approval,
+    pub approval_deadline: std::time::Duration,
+    /// An environment to promote an ACTIVE deployment to (`None`: no promotion).
+    pub promote_to: Option<String>,
+    /// Deactivate this sink's older deployments of the model once a newer one is live.
+    pub deactivate_superseded: bool,
+}
+
+/// `approval` of a `baseten_deploy` sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    #[default]
+    None,
+    BeforeDeploy,
+    BeforePromote,
+}
+
+impl Approval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approval::None => "none",
+            Approval::BeforeDeploy => "before_deploy",
+            Approval::BeforePromote => "before_promote",
+        }
+    }
+}
+
+impl DeployConfig {
+    /// A config with every lifecycle key at its default (tests, tools).
+    pub fn new(model_name: &str, instance_type_id: &str, hf_secret_name: &str) -> Self {
+        DeployConfig {
+            model_name: model_name.into(),
+            instance_type_id: instance_type_id.into(),
+            hf_secret_name: hf_secret_name.into(),
+            latest_only: true,
+            validate: true,
+            follow: true,
+            follow_interval: std::time::Duration::from_secs(30),
+            follow_timeout: std::time::Duration::from_secs(2 * 3600),
+            approval: Approval::None,
+            approval_deadline: std::time::Duration::from_secs(24 * 3600),
+            promote_to: None,
+            deactivate_superseded: false,
+        }
+    }
 }
 
 /// The default `model_name` of a `baseten_deploy` sink.

@@ -294,6 +294,13 @@ raw_table!(
         hf_secret_name: Field<String>,
         latest_only: Field<Flag>,
         validate: Field<Flag>,
+        follow: Field<Flag>,
+        follow_interval: Field<RawDuration>,
+        follow_timeout: Field<RawDuration>,
+        approval: Field<String>,
+        approval_deadline: Field<RawDuration>,
+        promote_to: Field<String>,
+        deactivate_superseded: Field<Flag>,
     }
 );
 

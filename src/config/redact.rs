@@ -205,6 +205,14 @@ enum Kind<'a> {
         hf_secret_name: &'a str,
         latest_only: bool,
         validate: bool,
+        follow: bool,
+        follow_interval: String,
+        follow_timeout: String,
+        approval: &'a str,
+        approval_deadline: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        promote_to: Option<&'a str>,
+        deactivate_superseded: bool,
     },
 }
 
@@ -307,6 +315,13 @@ impl<'a> Sink<'a> {
                 hf_secret_name: &d.hf_secret_name,
                 latest_only: d.latest_only,
                 validate: d.validate,
+                follow: d.follow,
+                follow_interval: human(d.follow_interval),
+                follow_timeout: human(d.follow_timeout),
+                approval: d.approval.as_str(),
+                approval_deadline: human(d.approval_deadline),
+                promote_to: d.promote_to.as_deref(),
+                deactivate_superseded: d.deactivate_superseded,
             },
         };
         Sink {

@@ -13,8 +13,8 @@ use url::Url;
 use super::raw::{Field, RawSink};
 use super::validate::{Problems, kind};
 use super::{
-    DEFAULT_MODEL_NAME, DEFAULT_RETRY_SCHEDULE, DeployConfig, HeaderConfig, PayloadFormat, Secret,
-    SinkConfig, SinkKind, join, one_line, parse_duration, redact_url,
+    Approval, DEFAULT_MODEL_NAME, DEFAULT_RETRY_SCHEDULE, DeployConfig, HeaderConfig,
+    PayloadFormat, Secret, SinkConfig, SinkKind, join, one_line, parse_duration, redact_url,
 };
 use crate::model::{CheckpointTarget, EventType};
 use crate::signing::{Ed25519Key, SigningKey};
@@ -30,6 +30,7 @@ pub(super) fn sink(
     sec: &str,
     target_names: &BTreeSet<String>,
     sink_names: &mut BTreeSet<String>,
+    api_timeout: Duration,
 ) -> Option<SinkConfig> {
     let name = w.string(&s.name, &join(sec, "name")).unwrap_or_default();
     if name.trim().is_empty() {
@@ -126,7 +127,16 @@ pub(super) fn sink(
         }
         checkpoint_targets = BTreeSet::from([CheckpointTarget::Sampler]);
     }
-    let timeout = w.positive_duration(&s.timeout, &join(sec, "timeout"), Duration::from_secs(15));
+    // A deploy attempt is up to four API calls (validate, two reads of the model, the
+    // deploy), each bounded by `api.timeout`; a sink timeout shorter than one of them cut
+    // answers short and made unknown outcomes of plain slow ones: the default is four
+    // times `api.timeout`.
+    let default_timeout = if deploying {
+        api_timeout.saturating_mul(4)
+    } else {
+        Duration::from_secs(15)
+    };
+    let timeout = w.positive_duration(&s.timeout, &join(sec, "timeout"), default_timeout);
     let retry_schedule = match &s.retry_schedule {
         Field::Missing => DEFAULT_RETRY_SCHEDULE
             .iter()
@@ -499,6 +509,13 @@ fn not_for_webhook_or_exec(w: &mut Problems<'_>, s: &RawSink, sec: &str) {
         ("hf_secret_name", s.hf_secret_name.is_set()),
         ("latest_only", s.latest_only.is_set()),
         ("validate", s.validate.is_set()),
+        ("follow", s.follow.is_set()),
+        ("follow_interval", s.follow_interval.is_set()),
+        ("follow_timeout", s.follow_timeout.is_set()),
+        ("approval", s.approval.is_set()),
+        ("approval_deadline", s.approval_deadline.is_set()),
+        ("promote_to", s.promote_to.is_set()),
+        ("deactivate_superseded", s.deactivate_superseded.is_set()),
     ] {
         if set {
             w.err(&join(sec, k), "is for kind = \"baseten_deploy\"");
@@ -563,12 +580,82 @@ fn deploy(
     );
     let latest_only = w.bool(&s.latest_only, &join(sec, "latest_only"), true);
     let validate = w.bool(&s.validate, &join(sec, "validate"), true);
+    let follow = w.bool(&s.follow, &join(sec, "follow"), true);
+    let follow_interval = w.positive_duration(
+        &s.follow_interval,
+        &join(sec, "follow_interval"),
+        Duration::from_secs(30),
+    );
+    let follow_timeout = w.positive_duration(
+        &s.follow_timeout,
+        &join(sec, "follow_timeout"),
+        Duration::from_secs(2 * 3600),
+    );
+    let approval = match w.string(&s.approval, &join(sec, "approval")).as_deref() {
+        None | Some("none") => Approval::None,
+        Some("before_deploy") => Approval::BeforeDeploy,
+        Some("before_promote") => Approval::BeforePromote,
+        Some(other) => {
+            w.err(
+                &join(sec, "approval"),
+                format!("{other:?} is not an approval; use \"none\", \"before_deploy\" or \"before_promote\""),
+            );
+            Approval::None
+        }
+    };
+    let approval_deadline = w.positive_duration(
+        &s.approval_deadline,
+        &join(sec, "approval_deadline"),
+        Duration::from_secs(24 * 3600),
+    );
+    let promote_to = w
+        .string(&s.promote_to, &join(sec, "promote_to"))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty());
+    if let Some(env) = &promote_to {
+        if !follow {
+            w.err(
+                &join(sec, "promote_to"),
+                "needs follow = true: a deployment is promoted once it is ACTIVE",
+            );
+        }
+        if env.contains(['/', '?', '#']) || env.chars().any(char::is_control) {
+            w.err(
+                &join(sec, "promote_to"),
+                format!("{env:?} is not an environment name (e.g. \"production\")"),
+            );
+        }
+    }
+    if approval == Approval::BeforePromote && promote_to.is_none() {
+        w.err(
+            &join(sec, "approval"),
+            "\"before_promote\" needs promote_to (the environment to promote to)",
+        );
+    }
+    let deactivate_superseded = w.bool(
+        &s.deactivate_superseded,
+        &join(sec, "deactivate_superseded"),
+        false,
+    );
+    if deactivate_superseded && !follow {
+        w.err(
+            &join(sec, "deactivate_superseded"),
+            "needs follow = true: older deployments are deactivated once a newer one is live",
+        );
+    }
     let cfg = DeployConfig {
         model_name,
         instance_type_id: instance_type_id?,
         hf_secret_name: hf_secret_name?,
         latest_only,
         validate,
+        follow,
+        follow_interval,
+        follow_timeout,
+        approval,
+        approval_deadline,
+        promote_to,
+        deactivate_superseded,
     };
     ok.then_some((SinkKind::BasetenDeploy(cfg), Vec::new()))
 }

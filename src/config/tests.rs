@@ -543,7 +543,27 @@ fn a_deploy_sink_gets_its_documented_defaults_and_every_rule_at_once() {
     let s = &c.sinks[0];
     let d = s.deploy().unwrap();
     assert_eq!(d.model_name, "{{ data.target }}");
-    assert!(d.latest_only && d.validate);
+    assert!(d.latest_only && d.validate && d.follow);
+    assert_eq!(
+        (d.follow_interval, d.follow_timeout, d.approval_deadline),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(7200),
+            Duration::from_secs(86400)
+        )
+    );
+    assert_eq!(
+        (d.promote_to.as_deref(), d.deactivate_superseded),
+        (None, false)
+    );
+    // The whole attempt (validate, two reads, the deploy) within the sink's timeout: four
+    // times api.timeout by default, never shorter than one API call.
+    assert_eq!(s.timeout, c.api.timeout * 4);
+    let slow = toml_cfg(&format!(
+        "{MINIMAL}[api]\ntimeout = \"50s\"\n[[sinks]]\nname = \"d\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf\"\n"
+    ))
+    .unwrap();
+    assert_eq!(slow.sinks[0].timeout, Duration::from_secs(200));
     assert_eq!(s.events, BTreeSet::from([EventType::Completed]));
     assert_eq!(
         s.checkpoint_targets,

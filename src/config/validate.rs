@@ -520,7 +520,9 @@ pub(super) fn validate(
                 let Some(s) = w.item(item, &sec, "[[sinks]]") else {
                     continue;
                 };
-                if let Some(sink) = super::sinks::sink(&mut w, s, &sec, &names, &mut sink_names) {
+                if let Some(sink) =
+                    super::sinks::sink(&mut w, s, &sec, &names, &mut sink_names, api_timeout)
+                {
                     sinks.push(sink);
                 }
             }

@@ -1,14 +1,19 @@
 //! The `baseten_deploy` sink: for a `checkpoint.completed` of a sampler checkpoint,
 //! `POST /v1/loops/checkpoints/validate` (with `validate`), then
 //! `POST /v1/loops/checkpoints/deploy`, through the same outbox, claims and retry
-//! schedule as every sink (docs/events.md, "baseten_deploy").
+//! schedule as every sink (docs/events.md, "Deploys").
 //!
 //! Delivery sits below the API client, so it states what it needs ([`LoopsDeployer`])
 //! and the wiring passes an implementation over the shared client (its token bucket,
-//! timeouts and request metrics). The deploy route is not idempotent: every successful
-//! call deploys. A delivery is marked delivered in the same transaction as the
-//! `checkpoint.deployed` event it brings about; a crash between the API's answer and that
-//! commit repeats the deploy (at most `concurrency` per sink), under the same event id.
+//! timeouts and request metrics).
+//!
+//! The deploy route is not idempotent, and a lost answer is not a failure: so each
+//! attempt reads the model's deployments and writes them to the deploy's pipeline row
+//! *before* it sends the call (fenced by the delivery's claim token), and an attempt that
+//! finds such a record left by an earlier one (a timeout, a 5xx, a cut-off body, a
+//! crash) reconciles before anything else: exactly one new deployment that no other
+//! pipeline recorded is the deploy (adopted, `reconciled`); none -> deploy again; several
+//! -> `unknown`, never sent again by itself. A failing read is retried, never a blind deploy.
 
 use std::time::Duration;
 
@@ -18,12 +23,13 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
-use super::Failure;
+use super::{Failure, Sent};
 use crate::config::DeployConfig;
 use crate::model::{
-    CheckpointTarget, DeployRequest, Deployment, checkpoint_uri, deployed_event_id, rfc3339,
+    CheckpointTarget, DeployRequest, Deployment, EventType, ModelDeployment, checkpoint_uri,
+    lifecycle_event_id, rfc3339,
 };
-use crate::store::StoredEvent;
+use crate::store::{Claimed, Intent, Store, StoredEvent};
 use crate::template::{Template, compile_template};
 
 /// A failed call to the Loops API, classified for the outbox.
@@ -75,11 +81,11 @@ impl CallError {
         }
     }
 
-    /// A 2xx whose body is not what the route answers: final (retrying a deploy that may
-    /// have happened would deploy again).
+    /// A 2xx whose body is not what the route answers (cut off, unreadable): the call may
+    /// have acted, so its outcome is unknown; a deploy reconciles before anything else.
     pub fn invalid(status: u16, message: String) -> Self {
         CallError {
-            retryable: false,
+            retryable: true,
             status: Some(status),
             retry_after: None,
             message,
@@ -116,6 +122,25 @@ pub trait LoopsDeployer: Send + Sync {
     async fn validate(&self, checkpoint_path: &str, run_id: Option<&str>) -> Result<(), CallError>;
     /// `POST /v1/loops/checkpoints/deploy`. Not idempotent.
     async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, CallError>;
+    /// `GET /v1/models?name=`: the id of the model named exactly `name`, if it exists.
+    async fn find_model(&self, name: &str) -> Result<Option<String>, CallError>;
+    /// `GET /v1/models/{model_id}/deployments`.
+    async fn deployments(&self, model_id: &str) -> Result<Vec<ModelDeployment>, CallError>;
+    /// `GET /v1/models/{model_id}/deployments/{deployment_id}` (404 when it vanished).
+    async fn deployment(
+        &self,
+        model_id: &str,
+        deployment_id: &str,
+    ) -> Result<ModelDeployment, CallError>;
+    /// `POST /v1/models/{model_id}/environments/{environment}/promote`.
+    async fn promote(
+        &self,
+        model_id: &str,
+        environment: &str,
+        deployment_id: &str,
+    ) -> Result<ModelDeployment, CallError>;
+    /// `POST /v1/models/{model_id}/deployments/{deployment_id}/deactivate`.
+    async fn deactivate(&self, model_id: &str, deployment_id: &str) -> Result<(), CallError>;
 }
 
 /// A configured deploy sink's settings, with its `model_name` template compiled.
@@ -130,6 +155,60 @@ pub struct Deployed {
     pub model_name: String,
     pub model_id: String,
     pub deployment_id: String,
+    /// Found by reconciliation after an unknown outcome, not from the call's answer.
+    pub reconciled: bool,
+}
+
+/// `data.deployment` of a lifecycle event (null where not known yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeploymentData {
+    pub sink: String,
+    pub model_name: Option<String>,
+    pub model_id: Option<String>,
+    pub deployment_id: Option<String>,
+    pub status: Option<String>,
+    pub environment: Option<String>,
+    pub reconciled: bool,
+    pub approved_by: Option<String>,
+}
+
+impl DeploymentData {
+    pub fn deployed(sink: &str, d: &Deployed) -> Self {
+        DeploymentData {
+            sink: sink.into(),
+            model_name: Some(d.model_name.clone()),
+            model_id: Some(d.model_id.clone()),
+            deployment_id: Some(d.deployment_id.clone()),
+            reconciled: d.reconciled,
+            ..Default::default()
+        }
+    }
+}
+
+/// How a deploy attempt ended, and whether a deploy call may have acted without its
+/// outcome being known (a dead end then is `unknown`, not `failed`).
+pub struct DeployAttempt {
+    pub result: Result<Sent, Failure>,
+    pub in_doubt: bool,
+}
+
+impl DeployAttempt {
+    fn known(result: Result<Sent, Failure>) -> Self {
+        DeployAttempt {
+            result,
+            in_doubt: false,
+        }
+    }
+}
+
+/// What reconciliation found after a call whose outcome is unknown.
+enum Reconciled {
+    /// Exactly one new deployment: the call deployed it.
+    Adopt(Deployed),
+    /// No new deployment: the call did not deploy.
+    Nothing,
+    /// Several: which one is ours cannot be told.
+    Ambiguous(String),
 }
 
 impl DeploySink {
@@ -178,60 +257,234 @@ impl DeploySink {
         })
     }
 
-    /// One attempt: validate (when configured), then deploy.
+    /// One attempt of the claimed delivery `c` at sink `sink`: reconcile a call left in
+    /// doubt, then supersede (`latest_only`), validate, read the model's deployments,
+    /// record them, and only then deploy.
     pub async fn attempt(
         &self,
         api: &dyn LoopsDeployer,
-        event: &StoredEvent,
-    ) -> Result<Deployed, Failure> {
-        let request = self.request(event)?;
+        store: &dyn Store,
+        sink: &str,
+        c: &Claimed,
+    ) -> DeployAttempt {
+        let now = chrono::Utc::now();
+        let created = checkpoint_created_at_text(&c.event);
+        let row = match store.deploy_begin(c, sink, created.as_deref(), now).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return DeployAttempt::known(Err(Failure::Stale)),
+            Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
+        };
+        let in_doubt = row.in_doubt_before.is_some();
+        let request = match self.request(&c.event) {
+            Ok(r) => r,
+            Err(f) => {
+                return DeployAttempt {
+                    result: Err(f),
+                    in_doubt,
+                };
+            }
+        };
+        if let Some(before) = &row.in_doubt_before {
+            let model = row.model_name.as_deref().unwrap_or(&request.model_name);
+            match reconcile(api, store, c.delivery_id, model, before).await {
+                Ok(Reconciled::Adopt(d)) => {
+                    return DeployAttempt::known(Ok(Sent::Deployed(d)));
+                }
+                Ok(Reconciled::Ambiguous(why)) => {
+                    return DeployAttempt {
+                        result: Ok(Sent::Ambiguous(why)),
+                        in_doubt: true,
+                    };
+                }
+                // Nothing was deployed: from here on this attempt is a first one.
+                Ok(Reconciled::Nothing) => match store.deploy_clear_intent(c, now).await {
+                    Ok(true) => {}
+                    Ok(false) => return DeployAttempt::known(Err(Failure::Stale)),
+                    Err(e) => {
+                        return DeployAttempt {
+                            result: Err(Failure::Store(e.to_string())),
+                            in_doubt,
+                        };
+                    }
+                },
+                Err(f) => {
+                    return DeployAttempt {
+                        result: Err(f),
+                        in_doubt,
+                    };
+                }
+            }
+        }
+        if self.cfg.latest_only
+            && let Some(created) = checkpoint_created_at(&c.event)
+        {
+            match store
+                .newer_deploy(sink, &c.event.run_id, c.delivery_id, created)
+                .await
+            {
+                Ok(Some(name)) => {
+                    return DeployAttempt::known(Ok(Sent::Superseded(format!(
+                        "superseded by {name}, a newer checkpoint of run {}",
+                        c.event.run_id
+                    ))));
+                }
+                Ok(None) => {}
+                Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
+            }
+        }
         if self.cfg.validate {
             let path = checkpoint_uri(
-                &event.run_id,
+                &c.event.run_id,
                 &CheckpointTarget::Sampler,
-                &event.checkpoint_name,
+                &c.event.checkpoint_name,
             )
             .expect("a sampler checkpoint has a URI");
             // Without `run_id`: that asks whether a run's live sampler can load it; a
             // deploy creates its own deployment (the path names the run).
-            api.validate(&path, None)
-                .await
-                .map_err(|e| failure("validate", e))?;
+            if let Err(e) = api.validate(&path, None).await {
+                return DeployAttempt::known(Err(failure("validate", e)));
+            }
         }
-        let d = api
-            .deploy(&request)
+        // What the model has before the call, written before the call is sent.
+        let (model_id, before) = match model_deployments(api, &request.model_name).await {
+            Ok(found) => found,
+            Err(f) => return DeployAttempt::known(Err(f)),
+        };
+        let before: Vec<String> = before.into_iter().map(|d| d.id).collect();
+        match store
+            .deploy_intent(c, &request.model_name, model_id.as_deref(), &before, now)
             .await
-            .map_err(|e| failure("deploy", e))?;
-        Ok(Deployed {
-            model_name: request.model_name,
-            model_id: d.model_id,
-            deployment_id: d.deployment_id,
-        })
+        {
+            Ok(Intent::Recorded) => {}
+            Ok(Intent::Stale) => return DeployAttempt::known(Err(Failure::Stale)),
+            Ok(Intent::Blocked { checkpoint, .. }) => {
+                return DeployAttempt::known(Err(Failure::Deferred(format!(
+                    "waiting: the deploy of {checkpoint} to model {} is being reconciled",
+                    request.model_name
+                ))));
+            }
+            Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
+        }
+        match api.deploy(&request).await {
+            Ok(d) => DeployAttempt::known(Ok(Sent::Deployed(Deployed {
+                model_name: request.model_name,
+                model_id: d.model_id,
+                deployment_id: d.deployment_id,
+                reconciled: false,
+            }))),
+            // A final 4xx: the request was refused, nothing was deployed.
+            Err(e) if !e.retryable => DeployAttempt::known(Err(failure("deploy", e))),
+            // 408, 429, 5xx, a timeout, a lost connection, a cut-off answer: reconciled
+            // at the next attempt before anything else (which waits as any retry does,
+            // `Retry-After` included).
+            Err(e) => DeployAttempt {
+                result: Err(failure(
+                    "deploy (outcome unknown, reconciled before any retry)",
+                    e,
+                )),
+                in_doubt: true,
+            },
+        }
     }
+}
+
+/// The id of the model named `name` and its deployments (none when it does not exist).
+async fn model_deployments(
+    api: &dyn LoopsDeployer,
+    name: &str,
+) -> Result<(Option<String>, Vec<ModelDeployment>), Failure> {
+    let model_id = api
+        .find_model(name)
+        .await
+        .map_err(|e| read_failure("models", e))?;
+    let Some(id) = model_id else {
+        return Ok((None, Vec::new()));
+    };
+    let deployments = api
+        .deployments(&id)
+        .await
+        .map_err(|e| read_failure("deployments", e))?;
+    Ok((Some(id), deployments))
+}
+
+/// After a call whose outcome is unknown: which deployments of `model_name` are new
+/// since `before`, leaving out those another pipeline recorded.
+async fn reconcile(
+    api: &dyn LoopsDeployer,
+    store: &dyn Store,
+    delivery_id: i64,
+    model_name: &str,
+    before: &[String],
+) -> Result<Reconciled, Failure> {
+    let (Some(model_id), now) = model_deployments(api, model_name).await? else {
+        return Ok(Reconciled::Nothing);
+    };
+    let recorded = store
+        .recorded_deployments(&model_id)
+        .await
+        .map_err(|e| Failure::Store(e.to_string()))?;
+    let others: std::collections::HashSet<&str> = recorded
+        .iter()
+        .filter(|(d, _)| *d != delivery_id)
+        .map(|(_, id)| id.as_str())
+        .collect();
+    let new: Vec<&ModelDeployment> = now
+        .iter()
+        .filter(|d| !before.contains(&d.id) && !others.contains(d.id.as_str()))
+        .collect();
+    Ok(match new.as_slice() {
+        [] => Reconciled::Nothing,
+        [one] => Reconciled::Adopt(Deployed {
+            model_name: model_name.into(),
+            model_id,
+            deployment_id: one.id.clone(),
+            reconciled: true,
+        }),
+        many => Reconciled::Ambiguous(format!(
+            "ambiguous: {} new deployments of {model_name}",
+            many.len()
+        )),
+    })
+}
+
+/// A read of the models API that failed: never final (an attempt that cannot read the
+/// model's deployments sends nothing, and tries again per the schedule).
+fn read_failure(step: &'static str, e: CallError) -> Failure {
+    Failure::Unknown(format!("cannot read the model's {step}: {}", e.message))
 }
 
 fn failure(step: &'static str, e: CallError) -> Failure {
     e.into_failure(step)
 }
 
-/// The `checkpoint.deployed` event `sink` announces for the completed event `completed`:
-/// its id derived from the completed event's and the sink's name, its `data` the completed
-/// event's plus `deployment`, fields in the same order.
+/// The `checkpoint.deployed` event `sink` announces for the completed event `completed`.
 pub fn deployed_event(
     completed: &StoredEvent,
     sink: &str,
     d: &Deployed,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<StoredEvent, String> {
-    let id = deployed_event_id(&completed.id, sink);
+    lifecycle_event(
+        completed,
+        EventType::Deployed,
+        &DeploymentData::deployed(sink, d),
+        now,
+    )
+}
+
+/// A deploy lifecycle event of `kind` for the completed event `completed`: its id
+/// derived from the completed event's, the sink and the kind, its `data` the completed
+/// event's plus `deployment`, fields in the same order.
+pub fn lifecycle_event(
+    completed: &StoredEvent,
+    kind: EventType,
+    deployment: &DeploymentData,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<StoredEvent, String> {
+    let id = lifecycle_event_id(&completed.id, &deployment.sink, kind);
     let old: Body = serde_json::from_str(&completed.body)
         .map_err(|e| format!("stored event body is not as written: {e}"))?;
-    let deployment = serde_json::json!({
-        "sink": sink,
-        "model_name": d.model_name,
-        "model_id": d.model_id,
-        "deployment_id": d.deployment_id,
-    });
+    let deployment = serde_json::to_value(deployment).expect("plain fields serialize");
     let mut data: Vec<(String, Box<RawValue>)> = old
         .data
         .0
@@ -245,7 +498,7 @@ pub fn deployed_event(
     }
     data.push(("deployment".into(), raw(&deployment)));
     let body = serde_json::to_string(&OutBody {
-        kind: "checkpoint.deployed",
+        kind: kind.as_str(),
         timestamp: rfc3339(now),
         data: Ordered(data),
     })
@@ -253,7 +506,7 @@ pub fn deployed_event(
     Ok(StoredEvent {
         seq: 0,
         id,
-        kind: "checkpoint.deployed".into(),
+        kind: kind.as_str().into(),
         target: completed.target.clone(),
         checkpoint_id: completed.checkpoint_id.clone(),
         checkpoint_name: completed.checkpoint_name.clone(),
@@ -262,6 +515,14 @@ pub fn deployed_event(
         detected_at: now,
         body,
     })
+}
+
+/// The checkpoint's `created_at` as the upstream wrote it, from a stored standard body.
+pub fn checkpoint_created_at_text(event: &StoredEvent) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&event.body).ok()?;
+    v["data"]["checkpoint"]["created_at"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// The checkpoint's `created_at` from a stored standard body.
@@ -337,14 +598,7 @@ mod tests {
     }
 
     fn sink(model_name: &str) -> DeploySink {
-        DeploySink::new(DeployConfig {
-            model_name: model_name.into(),
-            instance_type_id: "H100".into(),
-            hf_secret_name: "hf".into(),
-            latest_only: true,
-            validate: true,
-        })
-        .unwrap()
+        DeploySink::new(DeployConfig::new(model_name, "H100", "hf")).unwrap()
     }
 
     #[test]
@@ -375,16 +629,17 @@ mod tests {
             model_name: "qwen".into(),
             model_id: "m1".into(),
             deployment_id: "d1".into(),
+            reconciled: false,
         };
         let e = deployed_event(&completed(), "deploy", &d, Utc::now()).unwrap();
-        assert_eq!(e.id, deployed_event_id("evt_c", "deploy"));
+        assert_eq!(e.id, crate::model::deployed_event_id("evt_c", "deploy"));
         assert_eq!(
             e.id,
             deployed_event(&completed(), "deploy", &d, Utc::now())
                 .unwrap()
                 .id
         );
-        assert_ne!(e.id, deployed_event_id("evt_c", "other"));
+        assert_ne!(e.id, crate::model::deployed_event_id("evt_c", "other"));
         assert_eq!(e.kind, "checkpoint.deployed");
         let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
         assert_eq!(v["type"], "checkpoint.deployed");
@@ -392,7 +647,9 @@ mod tests {
         assert_eq!(v["data"]["uri"], "bt://loops:k4/sampler_weights/step-100");
         assert_eq!(
             v["data"]["deployment"],
-            serde_json::json!({"sink": "deploy", "model_name": "qwen", "model_id": "m1", "deployment_id": "d1"})
+            serde_json::json!({"sink": "deploy", "model_name": "qwen", "model_id": "m1",
+                "deployment_id": "d1", "status": null, "environment": null, "reconciled": false,
+                "approved_by": null})
         );
         // Members in their order, the checkpoint object as received.
         assert!(

@@ -9,33 +9,39 @@
 //! `Retry-After` when given) and is dead after 1 + len(retry_schedule) attempts. A deploy
 //! made moot by a newer one of the same run (`latest_only`) is `superseded` without an
 //! attempt.
+//!
+//! Claims are fenced: each carries a token, every outcome write checks it (a stale
+//! attempt's outcome is discarded), and the worker renews what it holds
+//! (`worker.rs`), so a claim never lapses under a live attempt or one waiting for a slot.
 
 pub mod deploy;
 pub mod exec;
+mod follow;
 pub mod payload;
 /// Signing moved below config and delivery (`crate::signing`); the old path still works.
 pub mod webhook;
+mod worker;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{SinkConfig, SinkKind};
-use crate::health::Heartbeat;
 use crate::metrics::Metrics;
-use crate::model::{CheckpointTarget, EventType};
-use crate::store::{AttemptOutcome, Claimed, FollowUp, Store, StoredEvent};
+use crate::model::CheckpointTarget;
+use crate::store::{
+    AttemptOutcome, Claimed, DeployStage, DeployUpdate, FollowUp, Recorded, Store, StoredEvent,
+};
 use crate::template::{Template, compile_template};
 use crate::wake::Wake;
 use deploy::{DeploySink, Deployed, LoopsDeployer};
+
+// `Deployed` is what `Sent::Deployed` carries; re-exported for the wiring and tests.
 
 /// Why an attempt failed.
 #[derive(Clone, Debug)]
@@ -63,6 +69,15 @@ pub enum Failure {
     },
     /// The store could not be asked (a deploy's `latest_only` check): follows the schedule.
     Store(String),
+    /// A deploy whose outcome is not known (the call's answer was lost, or the model's
+    /// deployments could not be read): the next attempt reconciles before anything else.
+    Unknown(String),
+    /// The claim was taken again (it lapsed): the attempt stopped before acting, and its
+    /// outcome is not recorded; whoever holds the claim now carries on.
+    Stale,
+    /// Not attempted now (another deploy to the same model is in doubt): due again
+    /// shortly, the attempt not counted.
+    Deferred(String),
 }
 
 impl Failure {
@@ -96,6 +111,9 @@ impl std::fmt::Display for Failure {
             } => write!(f, "{step} refused (HTTP {code}): {reason}"),
             Failure::Rejected { step, reason, .. } => write!(f, "{step}: {reason}"),
             Failure::Store(e) => write!(f, "cannot read the store: {e}"),
+            Failure::Unknown(e) => f.write_str(e),
+            Failure::Stale => f.write_str("the claim was taken again; this attempt stopped"),
+            Failure::Deferred(e) => f.write_str(e),
         }
     }
 }
@@ -147,6 +165,8 @@ pub enum Sent {
     Deployed(Deployed),
     /// Not attempted: a newer deploy of the same run makes it moot; why.
     Superseded(String),
+    /// A deploy whose outcome cannot be told (several new deployments of its model): why.
+    Ambiguous(String),
 }
 
 /// A configured sink, ready to send.
@@ -245,22 +265,12 @@ impl Sink {
                 webhook::send(&self.http, &to, &event.id, payload).await
             }
             SinkKind::Exec { command } => exec::run(command, event, self.cfg.timeout).await,
-            SinkKind::BasetenDeploy(_) => self.deploy(event).await.map(|_| 200),
+            // Deploys go through the outbox's attempt ([`deploy::DeploySink::attempt`]),
+            // which needs the store; a sample send of a deploy sink is `test-sink`'s validate.
+            SinkKind::BasetenDeploy(_) => Err(Failure::Payload(
+                "a baseten_deploy sink deploys through the outbox".into(),
+            )),
         }
-    }
-
-    /// A `baseten_deploy` sink's attempt: validate (when configured), then deploy. Bounded
-    /// by the sink's `timeout` as a whole (the API client has its own per request).
-    pub async fn deploy(&self, event: &StoredEvent) -> Result<Deployed, Failure> {
-        let (Some(d), Some(api)) = (&self.deploy, &self.deployer) else {
-            return Err(Failure::Payload(format!(
-                "sink {} is not a baseten_deploy sink with an API client",
-                self.cfg.name
-            )));
-        };
-        tokio::time::timeout(self.cfg.timeout, d.attempt(api.as_ref(), event))
-            .await
-            .unwrap_or(Err(Failure::Timeout))
     }
 }
 
@@ -281,8 +291,14 @@ fn make_sink(
     }
 }
 
-/// An attempt that has finished: its delivery, result and duration.
-type Finished = (Claimed, Result<Sent, Failure>, Duration);
+/// An attempt that has finished.
+struct Finished {
+    claimed: Claimed,
+    result: Result<Sent, Failure>,
+    took: Duration,
+    /// A deploy call may have acted without its outcome being known.
+    in_doubt: bool,
+}
 
 /// The sinks and what they share.
 pub struct Outbox {
@@ -360,133 +376,267 @@ impl Outbox {
         &self.wake
     }
 
-    /// How long a claim lasts: a worker that dies mid-attempt frees it after this.
+    /// How long a claim lasts without renewal: a worker that dies mid-attempt frees it
+    /// after this. A live worker renews it ([`worker`]), so an attempt started on a fresh
+    /// claim always finishes (its `timeout`) before the claim could lapse.
     fn lease(sink: &Sink) -> Duration {
         sink.cfg.timeout + Duration::from_secs(30)
     }
 
     async fn attempt(&self, sink: &Sink, c: Claimed) -> Finished {
         let start = Instant::now();
-        let r = match &sink.deploy {
-            Some(d) => self.deploy(sink, d, &c).await,
-            None => sink.send(&c.event).await.map(Sent::Status),
-        };
-        (c, r, start.elapsed())
-    }
-
-    /// A deploy sink's attempt: superseded without a call when `latest_only` finds a
-    /// newer deploy of the same run (pending, in flight or delivered) at this sink.
-    async fn deploy(&self, sink: &Sink, d: &DeploySink, c: &Claimed) -> Result<Sent, Failure> {
-        if d.cfg.latest_only
-            && let Some(created) = deploy::checkpoint_created_at(&c.event)
-        {
-            let newer = self
-                .store
-                .newer_deploy(sink.name(), &c.event.run_id, c.delivery_id, created)
-                .await
-                .map_err(|e| Failure::Store(e.to_string()))?;
-            if let Some(name) = newer {
-                return Ok(Sent::Superseded(format!(
-                    "superseded by {name}, a newer checkpoint of run {}",
-                    c.event.run_id
-                )));
+        let (result, in_doubt) = match (&sink.deploy, &sink.deployer) {
+            (Some(d), Some(api)) => {
+                let attempt = d.attempt(api.as_ref(), self.store.as_ref(), sink.name(), &c);
+                match tokio::time::timeout(sink.cfg.timeout, attempt).await {
+                    Ok(a) => (a.result, a.in_doubt),
+                    // Cut short, perhaps mid-call: the next attempt reconciles if a call
+                    // was recorded as sent.
+                    Err(_) => (Err(Failure::Timeout), true),
+                }
             }
+            (Some(_), None) => (
+                Err(Failure::Payload(format!(
+                    "sink {} is not a baseten_deploy sink with an API client",
+                    sink.name()
+                ))),
+                false,
+            ),
+            (None, _) => (sink.send(&c.event).await.map(Sent::Status), false),
+        };
+        Finished {
+            claimed: c,
+            result,
+            took: start.elapsed(),
+            in_doubt,
         }
-        sink.deploy(&c.event).await.map(Sent::Deployed)
     }
 
-    /// The sinks a `checkpoint.deployed` event goes to: those whose `events` include it,
-    /// never a deploy sink.
-    fn deployed_routes(&self, e: &StoredEvent) -> Vec<String> {
+    /// The sinks a lifecycle event (`checkpoint.deployed`, ...) goes to: those whose
+    /// `events` include it, never a deploy sink.
+    fn lifecycle_routes(&self, e: &StoredEvent) -> Vec<String> {
         let ct = CheckpointTarget::parse(&e.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
+        let Some(kind) = e.event_type() else {
+            return Vec::new();
+        };
         self.sinks()
             .iter()
-            .filter(|s| s.deploy.is_none() && s.cfg.wants(EventType::Deployed, &e.target, &ct))
+            .filter(|s| s.deploy.is_none() && s.cfg.wants(kind, &e.target, &ct))
             .map(|s| s.name().to_string())
             .collect()
     }
 
     /// Record the outcomes of finished attempts, in one write; returns what they were.
-    async fn record(&self, sink: &Sink, done: Vec<Finished>) -> DeliverySummary {
+    /// A write that fails is tried again (the claims are renewed meanwhile) until it
+    /// succeeds or `stop` is cancelled: the slots stay busy until then, so nothing is
+    /// attempted twice because an outcome was lost.
+    async fn record(
+        &self,
+        sink: &Sink,
+        done: Vec<Finished>,
+        stop: &CancellationToken,
+    ) -> DeliverySummary {
         let now = Utc::now();
-        let outcomes: Vec<(i64, AttemptOutcome)> = done
+        let outcomes: Vec<Recorded> = done
             .into_iter()
-            .map(|(c, r, took)| (c.delivery_id, self.outcome(sink, &c, r, took, now)))
+            .filter_map(|f| self.outcome(sink, f, now))
             .collect();
         let mut summary = DeliverySummary::default();
-        for (_, o) in &outcomes {
-            match o {
+        for r in &outcomes {
+            match &r.outcome {
                 AttemptOutcome::Delivered => summary.delivered += 1,
                 AttemptOutcome::DeliveredWith(_) => {
                     summary.delivered += 1;
                     summary.follow_ups += 1;
                 }
                 AttemptOutcome::Retry { .. } => summary.retrying += 1,
-                AttemptOutcome::Dead { .. } => summary.dead += 1,
+                AttemptOutcome::Dead { .. } | AttemptOutcome::Unknown { .. } => summary.dead += 1,
                 AttemptOutcome::Superseded { .. } => summary.superseded += 1,
+                AttemptOutcome::Deferred { .. } => summary.retrying += 1,
             }
         }
-        match self.store.record_attempts(&outcomes, now).await {
-            Ok(()) => {
-                let mut routed = false;
-                for (_, o) in &outcomes {
-                    if let AttemptOutcome::DeliveredWith(f) = o {
-                        if let Some(kind) = f.event.event_type() {
-                            self.metrics.target(&f.event.target).event(kind);
-                        }
-                        routed |= !f.sinks.is_empty();
+        if outcomes.is_empty() {
+            return summary;
+        }
+        let mut wait = Duration::from_millis(250);
+        let stale = loop {
+            match self.store.record_attempts(&outcomes, now).await {
+                Ok(stale) => break stale,
+                Err(e) => {
+                    if !e.is_unavailable() {
+                        error!(sink = sink.name(), deliveries = outcomes.len(), error = %e,
+                            "cannot record delivery outcomes; will try again");
                     }
-                }
-                if routed {
-                    self.wake.notify();
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => {
+                            // Not written: the claims lapse and the deliveries are sent
+                            // again under the same ids (at-least-once holds).
+                            warn!(sink = sink.name(), deliveries = outcomes.len(),
+                                "stopping before delivery outcomes could be recorded; they will be attempted again");
+                            return summary;
+                        }
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
-            Err(e) => {
-                // The claims expire and the deliveries are retried: at-least-once holds.
-                error!(sink = sink.name(), deliveries = outcomes.len(), error = %e, "cannot record delivery outcomes");
+        };
+        for id in &stale {
+            warn!(
+                sink = sink.name(),
+                delivery_id = id,
+                "an attempt's outcome was discarded: its claim had lapsed and was taken again"
+            );
+        }
+        let mut routed = false;
+        for r in outcomes.iter().filter(|r| !stale.contains(&r.delivery_id)) {
+            if let AttemptOutcome::DeliveredWith(f) = &r.outcome {
+                if let Some(kind) = f.event.event_type() {
+                    self.metrics.target(&f.event.target).event(kind);
+                }
+                routed |= !f.sinks.is_empty();
             }
+        }
+        if routed {
+            self.wake.notify();
         }
         summary
     }
 
-    /// What an attempt's result means, counted and logged.
-    fn outcome(
-        &self,
-        sink: &Sink,
-        c: &Claimed,
-        result: Result<Sent, Failure>,
-        took: Duration,
-        now: DateTime<Utc>,
-    ) -> AttemptOutcome {
+    /// What an attempt's result means, counted and logged; `None` for an attempt that
+    /// stopped because its claim was taken again (nothing to record).
+    fn outcome(&self, sink: &Sink, f: Finished, now: DateTime<Utc>) -> Option<Recorded> {
         let name = sink.name();
         let jitter = rand::rng().random_range(-1.0..=1.0);
+        let c = &f.claimed;
         let attempt = c.attempts + 1;
         let ev = &c.event;
-        let outcome = match result {
-            Ok(Sent::Superseded(reason)) => AttemptOutcome::Superseded { reason },
-            Ok(Sent::Deployed(d)) => match deploy::deployed_event(ev, name, &d, now) {
-                Ok(event) => {
-                    info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), model_name = %d.model_name,
-                        model_id = %d.model_id, deployment_id = %d.deployment_id, "checkpoint deployed");
-                    let sinks = self.deployed_routes(&event);
-                    AttemptOutcome::DeliveredWith(Box::new(FollowUp { event, sinks }))
+        let deploy_cfg = sink.deploy.as_ref().map(|d| &d.cfg);
+        let mut update: Option<DeployUpdate> = None;
+        let outcome = match f.result {
+            Err(Failure::Stale) => {
+                warn!(sink = name, event_id = %ev.id, "claim taken again; this attempt stopped before acting");
+                return None;
+            }
+            Err(Failure::Deferred(reason)) => {
+                debug!(sink = name, event_id = %ev.id, %reason, "deploy put off");
+                return Some(Recorded {
+                    delivery_id: c.delivery_id,
+                    token: c.token,
+                    outcome: AttemptOutcome::Deferred {
+                        next: now + chrono::Duration::seconds(2),
+                        reason,
+                    },
+                    deploy: None,
+                });
+            }
+            Ok(Sent::Superseded(reason)) => {
+                update = Some(DeployUpdate {
+                    stage: Some(DeployStage::Superseded),
+                    settled: true,
+                    error: Some(reason.clone()),
+                    ..Default::default()
+                });
+                AttemptOutcome::Superseded { reason }
+            }
+            Ok(Sent::Ambiguous(error)) => {
+                update = Some(DeployUpdate {
+                    stage: Some(DeployStage::Unknown),
+                    error: Some(error.clone()),
+                    ..Default::default()
+                });
+                AttemptOutcome::Unknown { error }
+            }
+            Ok(Sent::Deployed(d)) => {
+                let follow = deploy_cfg.is_some_and(|c| c.follow);
+                update = Some(DeployUpdate {
+                    stage: Some(if follow {
+                        DeployStage::Following
+                    } else {
+                        DeployStage::Deployed
+                    }),
+                    model_name: Some(d.model_name.clone()),
+                    model_id: Some(d.model_id.clone()),
+                    deployment_id: Some(d.deployment_id.clone()),
+                    reconciled: d.reconciled,
+                    settled: true,
+                    follow: deploy_cfg.filter(|c| c.follow).map(|c| {
+                        (
+                            now + chrono::Duration::from_std(c.follow_interval).unwrap_or_default(),
+                            now + chrono::Duration::from_std(c.follow_timeout).unwrap_or_default(),
+                        )
+                    }),
+                    ..Default::default()
+                });
+                match deploy::deployed_event(ev, name, &d, now) {
+                    Ok(event) => {
+                        info!(sink = name, event_id = %ev.id, uri = %ev.uri().unwrap_or_default(), model_name = %d.model_name,
+                            model_id = %d.model_id, deployment_id = %d.deployment_id, reconciled = d.reconciled, "checkpoint deployed");
+                        let sinks = self.lifecycle_routes(&event);
+                        AttemptOutcome::DeliveredWith(Box::new(FollowUp { event, sinks }))
+                    }
+                    Err(e) => {
+                        error!(sink = name, event_id = %ev.id, error = %e,
+                            "deployed, but cannot build the checkpoint.deployed event");
+                        AttemptOutcome::Delivered
+                    }
                 }
-                Err(e) => {
-                    error!(sink = name, event_id = %ev.id, error = %e,
-                        "deployed, but cannot build the checkpoint.deployed event");
-                    AttemptOutcome::Delivered
-                }
-            },
+            }
             Ok(Sent::Status(code)) => {
                 decide(&Ok(code), c.attempts, &sink.cfg.retry_schedule, now, jitter)
             }
-            Err(f) => decide(&Err(f), c.attempts, &sink.cfg.retry_schedule, now, jitter),
+            Err(failure) => {
+                let o = decide(
+                    &Err(failure),
+                    c.attempts,
+                    &sink.cfg.retry_schedule,
+                    now,
+                    jitter,
+                );
+                match o {
+                    AttemptOutcome::Dead { error, .. } if deploy_cfg.is_some() && f.in_doubt => {
+                        // A call may have deployed and nobody could tell: never sent again
+                        // by itself (`deliveries redeliver` reconciles first).
+                        update = Some(DeployUpdate {
+                            stage: Some(DeployStage::Unknown),
+                            error: Some(error.clone()),
+                            ..Default::default()
+                        });
+                        AttemptOutcome::Unknown { error }
+                    }
+                    AttemptOutcome::Dead { status, error } if deploy_cfg.is_some() => {
+                        update = Some(DeployUpdate {
+                            stage: Some(DeployStage::Failed),
+                            settled: true,
+                            error: Some(error.clone()),
+                            ..Default::default()
+                        });
+                        AttemptOutcome::Dead { status, error }
+                    }
+                    AttemptOutcome::Retry {
+                        next,
+                        status,
+                        error,
+                    } if deploy_cfg.is_some() => {
+                        update = Some(DeployUpdate {
+                            error: Some(error.clone()),
+                            ..Default::default()
+                        });
+                        AttemptOutcome::Retry {
+                            next,
+                            status,
+                            error,
+                        }
+                    }
+                    other => other,
+                }
+            }
         };
         if !matches!(outcome, AttemptOutcome::Superseded { .. }) {
             self.metrics
                 .delivery_duration
                 .with_label_values(&[name])
-                .observe(took.as_secs_f64());
+                .observe(f.took.as_secs_f64());
         }
         let label = match &outcome {
             AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_) => {
@@ -507,175 +657,36 @@ impl Outbox {
                     "delivery failed for good; kept as dead, replay with `loopwatch deliveries redeliver`");
                 "dead"
             }
+            AttemptOutcome::Deferred { .. } => "retry",
+            AttemptOutcome::Unknown { error } => {
+                error!(sink = name, event_id = %ev.id, attempt, %error,
+                    "deploy outcome unknown; kept with status unknown and never deployed again by itself: check the model's deployments, then `loopwatch deliveries redeliver` to reconcile again");
+                "dead"
+            }
         };
         self.metrics
             .deliveries
             .with_label_values(&[name, label])
             .inc();
-        outcome
-    }
-
-    /// Claim up to `room` due deliveries; with the wait before the next claim (none when
-    /// there may be more due now).
-    async fn claim(&self, sink: &Sink, room: usize) -> (Vec<Claimed>, Duration) {
-        let now = Utc::now();
-        let idle = Duration::from_secs(1);
-        match self
-            .store
-            .claim_due(sink.name(), now, room, sink.cfg.ordered, Self::lease(sink))
-            .await
-        {
-            Ok(batch) if batch.len() == room => (batch, Duration::ZERO),
-            Ok(batch) => {
-                let wait = match self.store.next_due(sink.name()).await {
-                    Ok(Some(due)) if due > now => (due - now).to_std().unwrap_or(idle).min(idle),
-                    _ => idle,
-                };
-                (batch, wait)
-            }
-            Err(e) if e.is_unavailable() => {
-                // Logged once for every loop by the store watch.
-                debug!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry");
-                (Vec::new(), idle)
-            }
-            Err(e) => {
-                warn!(sink = sink.name(), error = %e, "cannot claim deliveries; will retry");
-                (Vec::new(), idle)
-            }
-        }
-    }
-
-    /// The worker of one sink, until `token` is cancelled; then in-flight attempts get
-    /// `grace` to finish and the rest stay pending.
-    ///
-    /// Three things overlap: attempts; one claim at a time, which keeps up to one more
-    /// slot-full of deliveries claimed ahead (a slot that frees starts its next attempt at
-    /// once); and one write at a time of the outcomes of finished attempts (every attempt
-    /// that finishes while a write is under way goes into the next: group commit without
-    /// a timer). A slot is busy from the start of an attempt until its outcome is written,
-    /// so at most `concurrency` attempts are ever unrecorded: what a crash can repeat
-    /// (under the same id, never lost).
-    pub async fn run_sink(
-        &self,
-        sink: Arc<Sink>,
-        token: CancellationToken,
-        grace: Duration,
-        beat: Heartbeat,
-    ) {
-        let limit = sink.cfg.concurrency.get();
-        let ahead = limit;
-        let mut ready: VecDeque<Claimed> = VecDeque::new();
-        let mut inflight = FuturesUnordered::new();
-        let mut finished: Vec<Finished> = Vec::new();
-        let mut writing: Option<BoxFuture<'_, ()>> = None;
-        let mut writing_len = 0;
-        let mut claiming: Option<BoxFuture<'_, (Vec<Claimed>, Duration)>> = None;
-        let mut next_claim = tokio::time::Instant::now();
-        // New deliveries were announced while a claim was under way (it may have missed
-        // them): claim again at once when it returns.
-        let mut poked = false;
-        let mut waiter = self.wake.subscribe();
-        loop {
-            beat.beat();
-            while inflight.len() + finished.len() + writing_len < limit
-                && let Some(c) = ready.pop_front()
-            {
-                inflight.push(self.attempt(&sink, c));
-            }
-            if writing.is_none() && !finished.is_empty() {
-                writing_len = finished.len();
-                let batch = std::mem::take(&mut finished);
-                writing = Some(Box::pin(async {
-                    self.record(&sink, batch).await;
-                }));
-            }
-            // Claims in batches: once at most half a slot-full is left claimed ahead.
-            let busy = inflight.len() + finished.len() + writing_len;
-            let room = if ready.len() <= limit / 2 {
-                (limit + ahead).saturating_sub(busy + ready.len())
-            } else {
-                0
-            };
-            if claiming.is_none() && room > 0 && tokio::time::Instant::now() >= next_claim {
-                claiming = Some(Box::pin(self.claim(&sink, room)));
-            }
-            tokio::select! {
-                Some(done) = inflight.next() => {
-                    finished.push(done);
-                    while let Some(Some(more)) = inflight.next().now_or_never() {
-                        finished.push(more);
-                    }
-                }
-                () = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
-                    writing = None;
-                    writing_len = 0;
-                    // What was just written may be due soon (a retry after a short wait)
-                    // or now (with `ordered`, the next event of a run whose head was
-                    // delivered): look again instead of sleeping out the idle wait.
-                    next_claim = tokio::time::Instant::now();
-                    poked |= claiming.is_some();
-                }
-                (batch, wait) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
-                    claiming = None;
-                    ready.extend(batch);
-                    next_claim = tokio::time::Instant::now() + if poked { Duration::ZERO } else { wait };
-                    poked = false;
-                }
-                () = waiter.wait() => {
-                    next_claim = tokio::time::Instant::now();
-                    poked = claiming.is_some();
-                }
-                _ = tokio::time::sleep_until(next_claim), if claiming.is_none() && room > 0 => {}
-                _ = token.cancelled() => break,
-            }
-        }
-        // Claimed but not attempted: give them back, so that another replica (or the next
-        // start) need not wait for the claims to expire.
-        if let Some(c) = claiming.take() {
-            ready.extend(c.await.0);
-        }
-        if !ready.is_empty() {
-            let ids: Vec<i64> = ready.iter().map(|c| c.delivery_id).collect();
-            if let Err(e) = self.store.release(&ids).await {
-                warn!(sink = sink.name(), error = %e, "cannot give back claims; they expire on their own");
-            }
-        }
-        if inflight.is_empty() && finished.is_empty() && writing.is_none() {
-            return;
-        }
-        info!(
-            sink = sink.name(),
-            in_flight = inflight.len(),
-            grace_s = grace.as_secs_f64(),
-            "waiting for in-flight deliveries"
-        );
-        let drain = async {
-            if let Some(w) = writing.take() {
-                w.await;
-            }
-            while let Some(done) = inflight.next().await {
-                finished.push(done);
-                while let Some(Some(more)) = inflight.next().now_or_never() {
-                    finished.push(more);
-                }
-                self.record(&sink, std::mem::take(&mut finished)).await;
-            }
-            if !finished.is_empty() {
-                self.record(&sink, finished).await;
-            }
-        };
-        if tokio::time::timeout(grace, drain).await.is_err() {
-            warn!(
-                sink = sink.name(),
-                "grace period over; unfinished deliveries stay pending"
-            );
-        }
+        Some(Recorded {
+            delivery_id: c.delivery_id,
+            token: c.token,
+            outcome,
+            deploy: update,
+        })
     }
 
     /// Send everything due now, once (for `loopwatch once`). Failures are rescheduled.
-    /// Events a round brought about (`checkpoint.deployed`) are sent in a second round.
+    /// Followed deployments due now are read once. Events a round brought about
+    /// (`checkpoint.deployed`, ...) are sent in a second round.
     pub async fn deliver_due(&self) -> DeliverySummary {
         let mut summary = self.deliver_round().await;
+        for sink in self.sinks() {
+            if sink.deploy.as_ref().is_some_and(|d| d.cfg.follow) {
+                self.follow_round(&sink).await;
+                summary.follow_ups += 1;
+            }
+        }
         if summary.follow_ups > 0 {
             summary.add(self.deliver_round().await);
         }
@@ -711,7 +722,23 @@ impl Outbox {
                     batch.into_iter().map(|c| self.attempt(sink, c)),
                 )
                 .await;
-                s.add(self.record(sink, results).await);
+                // A one-shot run gives a store that stays out of reach 30 s to record.
+                let stop = CancellationToken::new();
+                match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    self.record(sink, results, &stop),
+                )
+                .await
+                {
+                    Ok(r) => s.add(r),
+                    Err(_) => {
+                        warn!(
+                            sink = sink.name(),
+                            "cannot record delivery outcomes; they will be attempted again"
+                        );
+                        break;
+                    }
+                }
             }
             s
         });
@@ -757,6 +784,32 @@ impl Outbox {
                 ((now - t).num_milliseconds() as f64 / 1000.0).max(0.0)
             });
             self.metrics.oldest_pending.with_label_values(&[n]).set(age);
+        }
+        self.refresh_deploys().await;
+    }
+
+    /// `loopwatch_deploys{sink,stage}` from the store, as the backlog gauges: on the
+    /// backlog reporter the database-wide counts, elsewhere 0.
+    async fn refresh_deploys(&self) {
+        let rows = if self.metrics.reports_backlog() {
+            match self.store.deploy_stages().await {
+                Ok(rows) => rows,
+                Err(_) => return,
+            }
+        } else {
+            Vec::new()
+        };
+        let gauge = &self.metrics.deploys;
+        gauge.reset();
+        for sink in self.sinks().iter().filter(|s| s.deploy.is_some()) {
+            for stage in DeployStage::ALL {
+                gauge
+                    .with_label_values(&[sink.name(), stage.as_str()])
+                    .set(0);
+            }
+        }
+        for (sink, stage, n) in rows {
+            gauge.with_label_values(&[&sink, &stage]).set(n);
         }
     }
 }

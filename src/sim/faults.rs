@@ -57,6 +57,11 @@ pub enum Fault {
     CloseConnection,
     /// 200 with the body `[]`.
     NotJsonObject,
+    /// Act (a deploy deploys, a promotion promotes), then answer only after this long:
+    /// a client that gives up first does not know the outcome.
+    ActThenDelay(Duration),
+    /// Act, then send `200` and drop the connection before the body.
+    ActThenClose,
 }
 
 /// The faults waiting for each route's requests.
@@ -125,7 +130,9 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
         | Fault::MissingField(_)
         | Fault::WrongType(_)
         | Fault::UnknownFields
-        | Fault::DuplicateId) => return Effect::Alter(fault),
+        | Fault::DuplicateId
+        | Fault::ActThenDelay(_)
+        | Fault::ActThenClose) => return Effect::Alter(fault),
     };
     Effect::Respond(response)
 }
@@ -134,6 +141,9 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
 /// JSON. Field faults hit the first item (the first checkpoint, the first file, the
 /// `source` object) when it has the key, else the top-level object.
 pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
+    if let Fault::ActThenClose = fault {
+        return close_connection();
+    }
     if let Fault::Truncated = fault {
         let mut body = serde_json::to_vec(&answer).expect("json serializes");
         body.truncate(body.len() / 2);

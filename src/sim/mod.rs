@@ -22,6 +22,7 @@
 
 pub mod faults;
 mod json;
+pub mod models;
 pub mod receiver;
 pub mod routes;
 pub mod state;
@@ -38,6 +39,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::Fault;
+pub use models::{Promotion, SimDeployment};
 pub use receiver::{Answer, Received, Receiver, ReceiverBuilder, Signature};
 pub use routes::CHECKPOINTS_PATH;
 pub use state::{DEFAULT_BASE_MODEL, Deploy, LOG_ENV, STEPS_PER_SAVE, SimFile, SimHandle};
@@ -59,15 +61,30 @@ pub enum Route {
     Validate,
     /// `POST /v1/loops/checkpoints/deploy`.
     Deploy,
+    /// `GET /v1/models?name=`.
+    Models,
+    /// `GET /v1/models/{model_id}/deployments`.
+    Deployments,
+    /// `GET /v1/models/{model_id}/deployments/{deployment_id}`.
+    Deployment,
+    /// `POST /v1/models/{model_id}/environments/{env}/promote`.
+    Promote,
+    /// `POST /v1/models/{model_id}/deployments/{deployment_id}/deactivate`.
+    Deactivate,
 }
 
 impl Route {
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 10] = [
         Route::Checkpoints,
         Route::Source,
         Route::Files,
         Route::Validate,
         Route::Deploy,
+        Route::Models,
+        Route::Deployments,
+        Route::Deployment,
+        Route::Promote,
+        Route::Deactivate,
     ];
 
     /// The route's path, as the router matches it.
@@ -78,6 +95,11 @@ impl Route {
             Route::Files => "/v1/loops/checkpoints/{id}/files",
             Route::Validate => "/v1/loops/checkpoints/validate",
             Route::Deploy => "/v1/loops/checkpoints/deploy",
+            Route::Models => "/v1/models",
+            Route::Deployments => "/v1/models/{model_id}/deployments",
+            Route::Deployment => "/v1/models/{model_id}/deployments/{deployment_id}",
+            Route::Promote => "/v1/models/{model_id}/environments/{environment}/promote",
+            Route::Deactivate => "/v1/models/{model_id}/deployments/{deployment_id}/deactivate",
         }
     }
 
@@ -90,6 +112,11 @@ impl Route {
             Route::Files => "files",
             Route::Validate => "validate",
             Route::Deploy => "deploy",
+            Route::Models => "models",
+            Route::Deployments => "deployments",
+            Route::Deployment => "deployment",
+            Route::Promote => "promote",
+            Route::Deactivate => "deactivate",
         }
     }
 }

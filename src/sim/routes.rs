@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Route;
+use super::faults::Fault;
 use super::faults::{self, Effect};
 use super::json::{ApiError, json_body, refusal_body};
 use super::state::{Filter, Refusal, SimHandle, State};
@@ -42,6 +43,23 @@ pub(super) fn router(handle: SimHandle, stop: CancellationToken) -> Router {
         .route(Route::Files.path(), get(files).fallback(method_not_allowed))
         .route(Route::Validate.path(), post(validate).fallback(post_only))
         .route(Route::Deploy.path(), post(deploy).fallback(post_only))
+        .route(
+            Route::Models.path(),
+            get(models).fallback(method_not_allowed),
+        )
+        .route(
+            Route::Deployments.path(),
+            get(deployments).fallback(method_not_allowed),
+        )
+        .route(
+            Route::Deployment.path(),
+            get(deployment).fallback(method_not_allowed),
+        )
+        .route(Route::Promote.path(), post(promote).fallback(post_only))
+        .route(
+            Route::Deactivate.path(),
+            post(deactivate).fallback(post_only),
+        )
         .fallback(not_found)
         .with_state(Server { handle, stop })
 }
@@ -132,6 +150,71 @@ async fn deploy(AxumState(server): AxumState<Server>, headers: HeaderMap, body: 
     .await
 }
 
+/// `GET /v1/models?name=`.
+async fn models(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    answer(&server, Route::Models, &headers, None, |st| {
+        st.models.list(&query)
+    })
+    .await
+}
+
+/// `GET /v1/models/{model_id}/deployments`.
+async fn deployments(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    Path(model_id): Path<String>,
+) -> Response {
+    answer(&server, Route::Deployments, &headers, None, |st| {
+        let now = st.now();
+        st.models.deployments_of(&model_id, now)
+    })
+    .await
+}
+
+/// `GET /v1/models/{model_id}/deployments/{deployment_id}`.
+async fn deployment(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    Path((model_id, deployment_id)): Path<(String, String)>,
+) -> Response {
+    answer(&server, Route::Deployment, &headers, None, |st| {
+        let now = st.now();
+        st.models.deployment(&model_id, &deployment_id, now)
+    })
+    .await
+}
+
+/// `POST /v1/models/{model_id}/environments/{environment}/promote`.
+async fn promote(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    Path((model_id, environment)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    answer(&server, Route::Promote, &headers, Some(&body), |st| {
+        let now = st.now();
+        st.models.promote(&model_id, &environment, &body, now)
+    })
+    .await
+}
+
+/// `POST /v1/models/{model_id}/deployments/{deployment_id}/deactivate`.
+async fn deactivate(
+    AxumState(server): AxumState<Server>,
+    headers: HeaderMap,
+    Path((model_id, deployment_id)): Path<(String, String)>,
+) -> Response {
+    answer(&server, Route::Deactivate, &headers, None, |st| {
+        st.models.deactivate(&model_id, &deployment_id)
+    })
+    .await
+}
+
 /// The shared path of the routes beside the listing: count the request (and log its
 /// body), take its fault, authenticate, bring training runs up to now, then answer with
 /// `serve`'s JSON or its refusal.
@@ -155,14 +238,29 @@ async fn answer(
         Effect::Pass => None,
         Effect::Alter(fault) => Some(fault),
     };
-    let mut st = server.handle.lock();
-    if let Some(key) = &st.api_key
-        && !authorized(headers, key)
-    {
-        return ApiError::UNAUTHORIZED.into_response();
-    }
-    st.tick();
-    match serve(&mut st) {
+    let served = {
+        let mut st = server.handle.lock();
+        if let Some(key) = &st.api_key
+            && !authorized(headers, key)
+        {
+            return ApiError::UNAUTHORIZED.into_response();
+        }
+        st.tick();
+        serve(&mut st)
+    };
+    let fault = match fault {
+        // Acted: now the answer waits.
+        Some(Fault::ActThenDelay(wait)) => {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = server.stop.cancelled() => {}
+            }
+            None
+        }
+        other => other,
+    };
+    let st = server.handle.lock();
+    match served {
         Ok(value) => match fault {
             Some(fault) => faults::alter(fault, value),
             None => {

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::Route;
 use super::faults::{Fault, Faults};
+use super::models::{Models, Promotion, SimDeployment};
 
 /// Base model of checkpoints whose run was never given one.
 pub const DEFAULT_BASE_MODEL: &str = "Qwen/Qwen3-8B";
@@ -48,6 +49,8 @@ pub(super) struct State {
     pub(super) requests_by_route: HashMap<Route, u64>,
     /// Deploys accepted, in order.
     pub(super) deploys: Vec<Deploy>,
+    /// The models API: models, deployments, promotions, deactivations.
+    pub(super) models: Models,
     /// Where to append request and response bodies ([`LOG_ENV`]), if anywhere.
     pub(super) log: Option<std::path::PathBuf>,
     pub(super) last_query: Option<String>,
@@ -340,6 +343,68 @@ impl SimHandle {
         self.lock().log = path;
     }
 
+    /// The statuses each new deployment moves through, from its offset after creation
+    /// (on the simulated clock); the default is `BUILDING`, `DEPLOYING`, then `ACTIVE`
+    /// after 3 s ([`super::models::DEFAULT_SCRIPT`]).
+    pub fn set_deploy_script(&self, script: &[(&str, Duration)]) {
+        self.lock().models.script = script.iter().map(|(s, d)| (s.to_string(), *d)).collect();
+    }
+
+    /// A deployment someone else made of the model `model_name` (created if missing),
+    /// outside loopwatch: its id.
+    pub fn add_foreign_deployment(&self, model_name: &str) -> String {
+        let mut st = self.lock();
+        let now = st.now();
+        let prefix = st.id_prefix.clone();
+        let model_id = st.models.model(model_name, &prefix, now);
+        st.models.deploy(&model_id, &prefix, true, now)
+    }
+
+    /// Force a deployment's status (`None`: back to its script).
+    pub fn set_deployment_status(&self, deployment_id: &str, status: Option<&str>) {
+        self.lock().models.force(deployment_id, status);
+    }
+
+    /// Delete a deployment: reads of it answer 404.
+    pub fn remove_deployment(&self, deployment_id: &str) {
+        self.lock().models.remove(deployment_id);
+    }
+
+    /// Every deployment of the model named `model_name`, oldest first.
+    pub fn deployments_of(&self, model_name: &str) -> Vec<SimDeployment> {
+        let st = self.lock();
+        let Some(m) = st.models.models.iter().find(|m| m.name == model_name) else {
+            return Vec::new();
+        };
+        st.models
+            .deployments
+            .iter()
+            .filter(|d| d.model_id == m.id)
+            .cloned()
+            .collect()
+    }
+
+    /// The status of a deployment now, by its script (or forced).
+    pub fn deployment_status(&self, deployment_id: &str) -> Option<String> {
+        let st = self.lock();
+        let now = st.now();
+        st.models
+            .deployments
+            .iter()
+            .find(|d| d.id == deployment_id)
+            .map(|d| d.status_at(now))
+    }
+
+    /// The promotions the API accepted, oldest first.
+    pub fn promotions(&self) -> Vec<Promotion> {
+        self.lock().models.promotions.clone()
+    }
+
+    /// The deactivations the API accepted (model id, deployment id), oldest first.
+    pub fn deactivations(&self) -> Vec<(String, String)> {
+        self.lock().models.deactivations.clone()
+    }
+
     /// The deploys the API accepted, oldest first.
     pub fn deploys(&self) -> Vec<Deploy> {
         self.lock().deploys.clone()
@@ -525,7 +590,7 @@ fn delta(d: Duration) -> TimeDelta {
 }
 
 impl State {
-    fn now(&self) -> DateTime<Utc> {
+    pub(super) fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.clock_offset
     }
 
@@ -709,7 +774,7 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
         Refusal {
             status,
             message: message.into(),
@@ -900,13 +965,9 @@ impl State {
                 ));
             }
         }
-        let model_id = self
-            .deploys
-            .iter()
-            .find(|d| d.model_name == model_name)
-            .map(|d| d.model_id.clone())
-            .unwrap_or_else(|| format!("model_{}{:04}", self.id_prefix, self.deploys.len() + 1));
-        let deployment_id = format!("dep_{}{:04}", self.id_prefix, self.deploys.len() + 1);
+        let now = self.now();
+        let model_id = self.models.model(&model_name, &self.id_prefix, now);
+        let deployment_id = self.models.deploy(&model_id, &self.id_prefix, false, now);
         self.deploys.push(Deploy {
             checkpoint_ids: ids,
             model_name,

@@ -11,6 +11,7 @@
 //! outside `store/` asks which backend it has.
 
 pub mod coordination;
+pub mod deploys;
 pub mod postgres;
 mod rows;
 mod shared;
@@ -25,6 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
+pub use deploys::{DeployRow, DeployStage, DeployUpdate, FollowClaim, FollowOutcome, Intent};
 
 use crate::diff::Diff;
 use crate::model::TargetState;
@@ -90,13 +92,22 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The lifecycle of one (event, sink) delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Pending,
     Delivered,
     Dead,
     /// Never attempted: a deploy made moot by a newer one of the same run (`latest_only`).
     Superseded,
+    /// A deploy waiting for `deliveries approve` (not pending: nothing is due).
+    AwaitingApproval,
+    /// A deploy someone rejected: terminal, nothing done.
+    Rejected,
+    /// A deploy nobody decided before `approval_deadline`: terminal, nothing done.
+    Expired,
+    /// A deploy whose outcome cannot be told (several new deployments of its model after
+    /// an unknown outcome): terminal, never sent again by itself.
+    Unknown,
 }
 
 impl DeliveryStatus {
@@ -106,6 +117,10 @@ impl DeliveryStatus {
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::Dead => "dead",
             DeliveryStatus::Superseded => "superseded",
+            DeliveryStatus::AwaitingApproval => "awaiting_approval",
+            DeliveryStatus::Rejected => "rejected",
+            DeliveryStatus::Expired => "expired",
+            DeliveryStatus::Unknown => "unknown",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -114,6 +129,10 @@ impl DeliveryStatus {
             "delivered" => Some(DeliveryStatus::Delivered),
             "dead" => Some(DeliveryStatus::Dead),
             "superseded" => Some(DeliveryStatus::Superseded),
+            "awaiting_approval" => Some(DeliveryStatus::AwaitingApproval),
+            "rejected" => Some(DeliveryStatus::Rejected),
+            "expired" => Some(DeliveryStatus::Expired),
+            "unknown" => Some(DeliveryStatus::Unknown),
             _ => None,
         }
     }
@@ -173,6 +192,9 @@ impl StoredEvent {
 #[derive(Clone, Debug)]
 pub struct Claimed {
     pub delivery_id: i64,
+    /// The fencing token of this claim: every write the attempt makes carries it, and is
+    /// discarded once the delivery was claimed again (its claim lapsed).
+    pub token: i64,
     /// Attempts made before this one.
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
@@ -260,6 +282,38 @@ pub enum AttemptOutcome {
     Superseded {
         reason: String,
     },
+    /// Terminal: a deploy whose outcome cannot be told (status `unknown`); never sent
+    /// again by itself.
+    Unknown {
+        error: String,
+    },
+    /// Not attempted now, for `reason`: due again at `next`, the attempt not counted (a
+    /// deploy waiting for another call to the same model to be reconciled).
+    Deferred {
+        next: DateTime<Utc>,
+        reason: String,
+    },
+}
+
+/// One attempt's outcome to record: fenced by the token of the claim that made it, with
+/// what it does to the delivery's deploy pipeline (a `baseten_deploy` sink's).
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub delivery_id: i64,
+    pub token: i64,
+    pub outcome: AttemptOutcome,
+    pub deploy: Option<DeployUpdate>,
+}
+
+impl Recorded {
+    pub fn new(c: &Claimed, outcome: AttemptOutcome) -> Self {
+        Recorded {
+            delivery_id: c.delivery_id,
+            token: c.token,
+            outcome,
+            deploy: None,
+        }
+    }
 }
 
 /// An event a delivery's outcome brings about, with one pending delivery per sink of
@@ -306,8 +360,10 @@ pub trait Store: Send + Sync + 'static {
     /// the stored events (with their sequence numbers).
     async fn commit_poll(&self, commit: PollCommit<'_>) -> Result<Vec<StoredEvent>>;
 
-    /// Claim up to `limit` due deliveries of `sink` for `lease`. With `ordered`, only the
-    /// oldest pending delivery of each run is eligible.
+    /// Claim up to `limit` due deliveries of `sink` for `lease`, each with a fresh fencing
+    /// token. With `ordered`, only the oldest pending delivery of each run is eligible.
+    /// The claim's clock is the database's (PostgreSQL) or the process's monotonic one
+    /// (SQLite): a step of the replica's wall clock never expires a claim early.
     async fn claim_due(
         &self,
         sink: &str,
@@ -320,26 +376,81 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest `next_attempt_at` of a pending delivery of `sink`.
     async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>>;
 
-    /// The outcomes of several attempts, written together (one transaction).
-    async fn record_attempts(
-        &self,
-        outcomes: &[(i64, AttemptOutcome)],
-        now: DateTime<Utc>,
-    ) -> Result<()>;
+    /// The outcomes of several attempts, written together (one transaction). An outcome
+    /// whose claim is no longer held (its token changed) is discarded: returns the ids of
+    /// those.
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>>;
 
+    /// One outcome; false when it was discarded (a stale claim).
     async fn record_attempt(
         &self,
-        delivery_id: i64,
+        c: &Claimed,
         outcome: &AttemptOutcome,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        self.record_attempts(&[(delivery_id, outcome.clone())], now)
-            .await
+    ) -> Result<bool> {
+        let stale = self
+            .record_attempts(&[Recorded::new(c, outcome.clone())], now)
+            .await?;
+        Ok(stale.is_empty())
     }
 
-    /// Give back claims that were never attempted (a sink worker stopping): the deliveries
-    /// are due again at once instead of when the claims expire.
-    async fn release(&self, delivery_ids: &[i64]) -> Result<()>;
+    /// Make held claims (delivery id, token) last `lease` from now; returns the ids still
+    /// held (the others were taken again after they lapsed, or released).
+    async fn renew_claims(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>>;
+
+    /// Give back claims (delivery id, token) that were never attempted (a sink worker
+    /// stopping): the deliveries are due again at once instead of when the claims expire.
+    async fn release(&self, claims: &[(i64, i64)]) -> Result<()>;
+
+    /// The deploy pipeline of the claimed deploy delivery `c` at `sink`, created at its
+    /// first attempt (stage `deploying`); `None` when the claim is no longer held.
+    /// `created_at` is the checkpoint's, as the upstream wrote it.
+    async fn deploy_begin(
+        &self,
+        c: &Claimed,
+        sink: &str,
+        created_at: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DeployRow>>;
+
+    /// Before a deploy call is sent: the deployments `model_name` (`model_id`, when it
+    /// exists) had before it. Nothing is written when the claim is no longer held, or
+    /// another pipeline's call to the model is in doubt ([`Intent`]): the call must not be
+    /// sent then.
+    async fn deploy_intent(
+        &self,
+        c: &Claimed,
+        model_name: &str,
+        model_id: Option<&str>,
+        before: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Intent>;
+
+    /// Reconciliation found that the call in doubt deployed nothing. False when the
+    /// claim is no longer held.
+    async fn deploy_clear_intent(&self, c: &Claimed, now: DateTime<Utc>) -> Result<bool>;
+
+    /// Every deployment id of `model_id` some pipeline recorded, with its delivery id.
+    async fn recorded_deployments(&self, model_id: &str) -> Result<Vec<(i64, String)>>;
+
+    /// Claim up to `limit` followed deployments of `sink` due at `now`, for `lease`.
+    async fn claim_follows(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<FollowClaim>>;
+
+    /// A follow's outcome and the event it brings about; false when it was discarded
+    /// (another follower holds the deployment now).
+    async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool>;
+
+    /// The deploy pipelines (of `sink`, when given), newest first, at most `limit`.
+    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>>;
+
+    /// How many pipelines each sink has in each stage: (sink, stage, count).
+    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>>;
 
     /// Release every claim (a single-instance store does this at start: nobody else holds them).
     async fn release_claims(&self) -> Result<u64>;
@@ -428,6 +539,21 @@ pub async fn open_coordinated(
         let leases = postgres::PgLeases::for_role(&store, &cfg.replica_id, cfg.lease_ttl, role);
         Ok((Arc::new(store), Arc::new(leases)))
     }
+}
+
+/// How far `now`, a wall-clock reading a caller passed, is from this process's present:
+/// about 0 in the daemon, which passes `Utc::now()`. Claims measure time on the store's
+/// own clock (the database's, or the process's monotonic one), shifted by this offset,
+/// so a test can pass a later `now` to see claims expire, while a step of the wall clock
+/// between two claims moves nothing.
+pub(crate) fn clock_skew(now: DateTime<Utc>) -> i64 {
+    now.timestamp_millis() - Utc::now().timestamp_millis()
+}
+
+/// A fresh fencing token for a claim (random: unique enough among the claims of one row).
+pub(crate) fn claim_token() -> i64 {
+    use rand::RngExt;
+    rand::rng().random_range(1..i64::MAX)
 }
 
 fn is_sqlite(url: &str) -> bool {

@@ -14,8 +14,9 @@ use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
 use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
-    Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump, sql,
+    Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
+    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
+    TargetDump, sql,
 };
 use crate::model::{Event, TargetState, Tracked};
 
@@ -121,6 +122,17 @@ impl Dialect for Postgres {
     }
 
     const BODY_CREATED_AT: &'static str = "(e.body::jsonb #>> '{data,checkpoint,created_at}')";
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+    const MODEL_LOCK: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(7474, hashtext($1))");
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
+    /// The database's clock: replicas' clocks may disagree, and a claim that lapsed by
+    /// one replica's clock must not be taken by another's while its holder still works.
+    /// `param` is the caller's offset from the present ([`super::clock_skew`]).
+    fn claim_clock(param: &str) -> String {
+        format!("(CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + {param})")
+    }
 
     /// Lock the lease row: a takeover waits for this commit, and a stale epoch (the lease
     /// was taken while this replica was paused) commits nothing.
@@ -248,7 +260,9 @@ impl Store for PgStore {
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
         let now_ms = now.timestamp_millis();
-        let until = now_ms + lease.as_millis() as i64;
+        let lease_ms = lease.as_millis() as i64;
+        let token = super::claim_token();
+        let clock = <Postgres as Dialect>::claim_clock("$5");
         let mut rows = Vec::with_capacity(limit);
         // One transaction: the lanes' claims stand or fall together.
         let mut tx = self.pool.begin().await?;
@@ -261,16 +275,19 @@ impl Store for PgStore {
             // A row the first lane took is claimed now, so the second cannot take it again.
             let took = sqlx::query(AssertSqlSafe(format!(
                 "WITH due AS ({} FOR UPDATE SKIP LOCKED)
-                 UPDATE deliveries d SET claimed_until = $1 FROM due, events e
+                 UPDATE deliveries d SET claimed_until = {clock} + $1, claim_token = $6
+                 FROM due, events e
                  WHERE d.id = due.id AND e.seq = d.event_seq
                  RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",
-                sql::due(lane, ordered, ""),
+                sql::due(lane, ordered, "", &clock),
                 sql::EVENT_COLUMNS
             )))
-            .bind(until)
+            .bind(lease_ms)
             .bind(sink)
             .bind(now_ms)
             .bind(room as i64)
+            .bind(super::clock_skew(now))
+            .bind(token)
             .fetch_all(&mut *tx)
             .await?;
             rows.extend(took);
@@ -281,6 +298,7 @@ impl Store for PgStore {
             .map(|r| {
                 Ok(Claimed {
                     delivery_id: r.try_get("delivery_id")?,
+                    token,
                     attempts: r.try_get::<i32, _>("attempts")? as u32,
                     created_at: ms_to_time(r.try_get("delivery_created")?),
                     event: event_from_row(r)?,
@@ -301,65 +319,100 @@ impl Store for PgStore {
         Ok(ms.map(ms_to_time))
     }
 
-    async fn record_attempts(
-        &self,
-        outcomes: &[(i64, AttemptOutcome)],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let now = now.timestamp_millis();
-        let mut tx = self.pool.begin().await?;
-        for (id, outcome) in outcomes {
-            let id = *id;
-            let q = match outcome {
-                AttemptOutcome::DeliveredWith(f) => {
-                    Queries::<Postgres>::insert_follow_up(&mut tx, f, now).await?;
-                    sqlx::query(
-                        "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
-                        last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
-                    )
-                    .bind(now)
-                    .bind(id)
-                }
-                AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
-                    .bind(now)
-                    .bind(id)
-                    .bind(reason.clone()),
-                AttemptOutcome::Delivered => sqlx::query(
-                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
-                        last_status = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
-                )
-                .bind(now)
-                .bind(id),
-                AttemptOutcome::Retry {
-                    next,
-                    status,
-                    error,
-                } => sqlx::query(sql::RECORD_RETRY)
-                    .bind(now)
-                    .bind(id)
-                    .bind(next.timestamp_millis())
-                    .bind(status.map(i32::from))
-                    .bind(error.clone()),
-                AttemptOutcome::Dead { status, error } => sqlx::query(sql::RECORD_DEAD)
-                    .bind(now)
-                    .bind(id)
-                    .bind(status.map(i32::from))
-                    .bind(error.clone()),
-            };
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::record_attempts(&mut conn, outcomes, now.timestamp_millis()).await
     }
 
-    async fn release(&self, delivery_ids: &[i64]) -> Result<()> {
-        sqlx::query(
-            "UPDATE deliveries SET claimed_until = NULL WHERE id = ANY($1) AND status = 'pending'",
+    async fn renew_claims(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::renew_claims(&mut conn, held, 0, lease.as_millis() as i64).await
+    }
+
+    async fn release(&self, claims: &[(i64, i64)]) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::release(&mut conn, claims).await
+    }
+
+    async fn deploy_begin(
+        &self,
+        c: &Claimed,
+        sink: &str,
+        created_at: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DeployRow>> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::deploy_begin(&mut conn, c, sink, created_at, now.timestamp_millis())
+            .await
+    }
+
+    async fn deploy_intent(
+        &self,
+        c: &Claimed,
+        model_name: &str,
+        model_id: Option<&str>,
+        before: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Intent> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::deploy_intent(
+            &mut conn,
+            c.delivery_id,
+            c.token,
+            model_name,
+            model_id,
+            before,
+            now.timestamp_millis(),
         )
-        .bind(delivery_ids)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
+    }
+
+    async fn deploy_clear_intent(&self, c: &Claimed, now: DateTime<Utc>) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::deploy_clear_intent(
+            &mut conn,
+            c.delivery_id,
+            c.token,
+            now.timestamp_millis(),
+        )
+        .await
+    }
+
+    async fn recorded_deployments(&self, model_id: &str) -> Result<Vec<(i64, String)>> {
+        Queries::recorded_deployments(&self.pool, model_id).await
+    }
+
+    async fn claim_follows(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<FollowClaim>> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::claim_follows(
+            &mut conn,
+            sink,
+            now.timestamp_millis(),
+            super::clock_skew(now),
+            lease.as_millis() as i64,
+            limit as i64,
+            super::claim_token(),
+        )
+        .await
+    }
+
+    async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Queries::<Postgres>::record_follow(&mut conn, outcome, now.timestamp_millis()).await
+    }
+
+    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>> {
+        Queries::list_deploys(&self.pool, sink, limit).await
+    }
+
+    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
+        Queries::deploy_stages(&self.pool).await
     }
 
     /// Other replicas may hold claims: they expire on their own.

@@ -12,8 +12,8 @@ use sqlx::{
 
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
-    DeliveryRow, DeliveryStatus, Fence, FollowUp, PollCommit, Redeliver, Result, SinkBacklog,
-    StoredEvent, TargetDump, sql, sql::Lane,
+    AttemptOutcome, DeliveryRow, DeliveryStatus, Fence, FollowUp, PollCommit, Recorded, Redeliver,
+    Result, SinkBacklog, StoredEvent, TargetDump, sql, sql::Lane,
 };
 use crate::model::TargetState;
 use crate::model::{Event, Tracked};
@@ -52,6 +52,22 @@ pub(crate) trait Dialect: Database {
         events: &[(&Event, &str)],
     ) -> Result<Vec<i64>>;
 
+    /// A row lock for a `SELECT` that fences a write (`FOR UPDATE`; SQLite has one writer).
+    const LOCK_ROW: &'static str;
+
+    /// A statement taking a transaction-scoped lock on a model's name (`$1`), where
+    /// replicas write at once (PostgreSQL's advisory locks); none for SQLite's one writer.
+    const MODEL_LOCK: Option<&'static str>;
+
+    /// `FOR UPDATE SKIP LOCKED` where replicas claim at once; nothing for SQLite.
+    const SKIP_LOCKED: &'static str;
+
+    /// The SQL of "now" for claim expiries (Unix ms), given a placeholder: SQLite binds
+    /// its process's claim clock there (one process per file), PostgreSQL the caller's
+    /// offset ([`super::clock_skew`]) to add to the database's clock (one clock for every
+    /// replica).
+    fn claim_clock(param: &str) -> String;
+
     /// Insert pending deliveries (event seq, sink, run id), due at `now`.
     async fn insert_deliveries(
         tx: &mut Self::Connection,
@@ -81,6 +97,11 @@ where
     for<'r> TargetRecord: FromRow<'r, DB::Row>,
     for<'r> EventRecord: FromRow<'r, DB::Row>,
     for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64): FromRow<'r, DB::Row>,
+    for<'r> super::deploys::DeployRecord: FromRow<'r, DB::Row>,
 {
     /// One poll's state changes, events and deliveries in one transaction on `conn`
     /// (the rule of [`super::Store::commit_poll`]).
@@ -326,6 +347,124 @@ where
                 Ok(n)
             }
         }
+    }
+
+    /// Attempts' outcomes in one transaction on `conn`, each fenced by its claim's token
+    /// (a stale one changes nothing: its id is returned); a delivered deploy's follow-up
+    /// event and a deploy pipeline's new stage go with their delivery's outcome.
+    pub(crate) async fn record_attempts(
+        conn: &mut DB::Connection,
+        outcomes: &[Recorded],
+        now: i64,
+    ) -> Result<Vec<i64>> {
+        let mut tx = conn.begin().await?;
+        let mut stale = Vec::new();
+        for r in outcomes {
+            let (id, token) = (r.delivery_id, r.token);
+            let q = match &r.outcome {
+                AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_) => {
+                    sqlx::query(sql::RECORD_DELIVERED)
+                        .bind(now)
+                        .bind(id)
+                        .bind(token)
+                }
+                AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
+                    .bind(now)
+                    .bind(id)
+                    .bind(token)
+                    .bind(reason.as_str()),
+                AttemptOutcome::Retry {
+                    next,
+                    status,
+                    error,
+                } => sqlx::query(sql::RECORD_RETRY)
+                    .bind(now)
+                    .bind(id)
+                    .bind(token)
+                    .bind(next.timestamp_millis())
+                    .bind(status.map(i64::from))
+                    .bind(error.as_str()),
+                AttemptOutcome::Dead { status, error } => sqlx::query(sql::RECORD_DEAD)
+                    .bind(now)
+                    .bind(id)
+                    .bind(token)
+                    .bind(status.map(i64::from))
+                    .bind(error.as_str())
+                    .bind(1_i64)
+                    .bind(DeliveryStatus::Dead.as_str()),
+                AttemptOutcome::Deferred { next, reason } => sqlx::query(sql::RECORD_DEFERRED)
+                    .bind(now)
+                    .bind(id)
+                    .bind(token)
+                    .bind(next.timestamp_millis())
+                    .bind(reason.as_str()),
+                AttemptOutcome::Unknown { error } => sqlx::query(sql::RECORD_DEAD)
+                    .bind(now)
+                    .bind(id)
+                    .bind(token)
+                    .bind(None::<i64>)
+                    .bind(error.as_str())
+                    .bind(1_i64)
+                    .bind(DeliveryStatus::Unknown.as_str()),
+            };
+            let done = q.execute(&mut *tx).await?;
+            if DB::rows_affected(&done) == 0 {
+                stale.push(id);
+                continue;
+            }
+            if let AttemptOutcome::DeliveredWith(f) = &r.outcome {
+                Self::insert_follow_up(&mut tx, f, now).await?;
+            }
+            if let Some(u) = &r.deploy {
+                Self::apply_deploy_update(&mut tx, id, u, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(stale)
+    }
+
+    /// Renew held claims (id, token) to `clock_now + lease_ms` on the dialect's claim
+    /// clock; the ids still held.
+    pub(crate) async fn renew_claims(
+        conn: &mut DB::Connection,
+        held: &[(i64, i64)],
+        clock_now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<i64>> {
+        let mut tx = conn.begin().await?;
+        let renew = sql::renew_claim(&DB::claim_clock("$2"));
+        let mut kept = Vec::with_capacity(held.len());
+        for (id, token) in held {
+            let r = sqlx::query(AssertSqlSafe(renew.as_str()))
+                .bind(lease_ms)
+                .bind(clock_now)
+                .bind(*id)
+                .bind(*token)
+                .execute(&mut *tx)
+                .await?;
+            if DB::rows_affected(&r) > 0 {
+                kept.push(*id);
+            }
+        }
+        tx.commit().await?;
+        Ok(kept)
+    }
+
+    /// Give back claims (id, token) never attempted.
+    pub(crate) async fn release(conn: &mut DB::Connection, claims: &[(i64, i64)]) -> Result<()> {
+        let mut tx = conn.begin().await?;
+        for (id, token) in claims {
+            sqlx::query(
+                "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL
+                 WHERE id = $1 AND claim_token = $2 AND status = 'pending'",
+            )
+            .bind(*id)
+            .bind(*token)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Record a follow-up event and its deliveries on `tx`, unless an event of its id is

@@ -109,7 +109,7 @@ pub(crate) fn events() -> String {
 pub(crate) const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until <= $1)";
 
 /// Makes a delivery pending again, due now (`$1` = now), with the retry schedule afresh.
-pub(crate) const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, updated_at = $1";
+pub(crate) const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, claim_token = NULL, updated_at = $1";
 
 /// Re-queue every dead delivery, of sink `$2` only unless NULL.
 pub(crate) fn redeliver_dead() -> String {
@@ -150,10 +150,11 @@ pub(crate) enum Lane {
     Any,
 }
 
-/// The ids of the due deliveries of sink `$2` at `$3` (Unix ms) in `lane`, at most `$4`;
+/// The ids of the due deliveries of sink `$2` at `$3` (Unix ms) in `lane`, at most `$4`,
+/// whose claim (if any) lapsed by `clock` (the dialect's claim clock over `$5`);
 /// with `ordered`, only the oldest pending delivery of each run. `hint` follows the table
 /// (SQLite's `INDEXED BY`); the backend adds its row locking.
-pub(crate) fn due(lane: Lane, ordered: bool, hint: &str) -> String {
+pub(crate) fn due(lane: Lane, ordered: bool, hint: &str, clock: &str) -> String {
     let (first, order) = match lane {
         Lane::First => (" AND d.attempts = 0 AND d.last_error IS NULL", "d.id"),
         Lane::Any => ("", "d.next_attempt_at, d.id"),
@@ -169,7 +170,7 @@ pub(crate) fn due(lane: Lane, ordered: bool, hint: &str) -> String {
     format!(
         "SELECT d.id FROM deliveries d{hint}
         WHERE d.sink = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3
-          AND (d.claimed_until IS NULL OR d.claimed_until <= $3){first}{head}
+          AND (d.claimed_until IS NULL OR d.claimed_until <= {clock}){first}{head}
         ORDER BY {order}
         LIMIT $4"
     )
@@ -185,22 +186,49 @@ pub(crate) const INSERT_FOLLOW_UP_EVENT: &str = "INSERT INTO events (id, type, t
 pub(crate) const INSERT_DELIVERY: &str = "INSERT INTO deliveries (event_seq, sink, run_id, status,
     next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, 'pending', $4, $4, $4)";
 
-/// A failed attempt to try again: `$1` now, `$2` id, `$3` next attempt, `$4` HTTP
-/// status, `$5` error.
+// Every outcome is fenced: `$1` now, `$2` id, `$3` the token of the claim that made the
+// attempt. A claim taken again since (it lapsed) carries another token, and a stale
+// attempt's outcome then changes nothing.
+
+/// A delivered attempt.
+pub(crate) const RECORD_DELIVERED: &str =
+    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
+    claim_token = NULL, last_status = NULL, last_error = NULL, updated_at = $1
+    WHERE id = $2 AND claim_token = $3";
+
+/// A failed attempt to try again: `$4` next attempt, `$5` HTTP status, `$6` error.
 pub(crate) const RECORD_RETRY: &str =
-    "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, next_attempt_at = $3,
-    last_status = $4, last_error = $5, updated_at = $1 WHERE id = $2";
+    "UPDATE deliveries SET attempts = attempts + 1, claimed_until = NULL, claim_token = NULL,
+    next_attempt_at = $4, last_status = $5, last_error = $6, updated_at = $1
+    WHERE id = $2 AND claim_token = $3";
 
-/// A failed attempt that ends the delivery: `$1` now, `$2` id, `$3` HTTP status, `$4` error.
+/// A failed attempt that ends the delivery in status `$7` (`dead`, or `unknown` for a
+/// deploy whose outcome cannot be told): `$4` HTTP status, `$5` error. `$6` counts the
+/// attempt (1) or not (0: nothing was sent, e.g. a deploy rejected by its template).
 pub(crate) const RECORD_DEAD: &str =
-    "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, claimed_until = NULL,
-    last_status = $3, last_error = $4, updated_at = $1 WHERE id = $2";
+    "UPDATE deliveries SET status = $7, attempts = attempts + $6, claimed_until = NULL,
+    claim_token = NULL, last_status = $4, last_error = $5, updated_at = $1
+    WHERE id = $2 AND claim_token = $3";
 
-/// A deploy made moot by a newer one (`latest_only`), never attempted: `$1` now, `$2` id,
-/// `$3` why.
+/// An attempt put off, not counted: `$4` next attempt, `$5` why.
+pub(crate) const RECORD_DEFERRED: &str =
+    "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL, next_attempt_at = $4,
+    last_error = $5, updated_at = $1 WHERE id = $2 AND claim_token = $3";
+
+/// A deploy made moot by a newer one (`latest_only`), never attempted: `$4` why.
 pub(crate) const RECORD_SUPERSEDED: &str =
-    "UPDATE deliveries SET status = 'superseded', claimed_until = NULL, last_status = NULL,
-    last_error = $3, updated_at = $1 WHERE id = $2";
+    "UPDATE deliveries SET status = 'superseded', claimed_until = NULL, claim_token = NULL,
+    last_status = NULL, last_error = $4, updated_at = $1 WHERE id = $2 AND claim_token = $3";
+
+/// Claims still held (`$1` lease in ms, `$2` the claim clock's now, `$3` id, `$4` token)
+/// last `$1` longer: a worker renews what it holds, so a claim never lapses under a live
+/// attempt or one waiting for a slot. `{clock}` is the dialect's claim clock.
+pub(crate) fn renew_claim(clock: &str) -> String {
+    format!(
+        "UPDATE deliveries SET claimed_until = {clock} + $1
+        WHERE id = $3 AND claim_token = $4 AND status = 'pending'"
+    )
+}
 
 /// Forget delivered (and superseded) deliveries last updated before `$1`.
 pub(crate) const PRUNE_DELIVERIES: &str =

@@ -19,8 +19,9 @@ use super::coordination::Fence;
 use super::rows::{self, event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
-    Access, AttemptOutcome, Claimed, DeliveryRow, DeliveryStatus, PollCommit, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDump,
+    Access, Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
+    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
+    TargetDump,
     sql::{self, Lane},
 };
 use crate::model::{Event, ProbeMemo, Raw, TargetState, Tracked};
@@ -46,6 +47,9 @@ pub struct SqliteStore {
     read_only: bool,
     /// How each claim splits between first attempts and retries.
     lanes: LaneTurns,
+    /// The clock of claims: one process per file, so its own monotonic clock (a step of
+    /// the wall clock neither expires a claim early nor keeps one forever).
+    clock: ClaimClock,
     /// With [`Access::ReadWrite`]: the exclusive lock on `<file>.lock`, held while open.
     _lock: Option<std::fs::File>,
 }
@@ -203,8 +207,28 @@ impl SqliteStore {
             writes: tokio::sync::Mutex::new(()),
             read_only,
             lanes: LaneTurns::default(),
+            clock: ClaimClock::new(),
             _lock: lock,
         })
+    }
+}
+
+/// Unix ms at open, then monotonic time since: the claim clock of one process.
+struct ClaimClock {
+    wall0: i64,
+    t0: std::time::Instant,
+}
+
+impl ClaimClock {
+    fn new() -> Self {
+        ClaimClock {
+            wall0: Utc::now().timestamp_millis(),
+            t0: std::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.wall0 + self.t0.elapsed().as_millis() as i64
     }
 }
 
@@ -292,6 +316,13 @@ impl Dialect for Sqlite {
     }
 
     const BODY_CREATED_AT: &'static str = "json_extract(e.body, '$.data.checkpoint.created_at')";
+    const LOCK_ROW: &'static str = "";
+    const MODEL_LOCK: Option<&'static str> = None;
+    const SKIP_LOCKED: &'static str = "";
+
+    fn claim_clock(param: &str) -> String {
+        param.to_string()
+    }
 
     /// One node owns every target for good (its flock keeps a second poller out).
     async fn check_fence(
@@ -393,70 +424,6 @@ impl Dialect for Sqlite {
     }
 }
 
-/// Every outcome in one transaction: one sync of the log for a batch, not one per delivery.
-async fn record_attempts_on(
-    conn: &mut SqliteConnection,
-    outcomes: &[(i64, AttemptOutcome)],
-    now: i64,
-) -> Result<()> {
-    let mut tx = conn.begin().await?;
-    // The common outcome, delivered, for the whole batch in one statement (its ids as one
-    // JSON array: the statement's text stays the same, so it is prepared once).
-    let delivered: Vec<i64> = outcomes
-        .iter()
-        .filter(|(_, o)| {
-            matches!(
-                o,
-                AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_)
-            )
-        })
-        .map(|(id, _)| *id)
-        .collect();
-    if !delivered.is_empty() {
-        sqlx::query(
-            "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, claimed_until = NULL,
-                last_status = NULL, last_error = NULL, updated_at = ?1
-             WHERE id IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(now)
-        .bind(serde_json::to_string(&delivered).expect("integers serialize"))
-        .execute(&mut *tx)
-        .await?;
-    }
-    for (id, outcome) in outcomes {
-        let id = *id;
-        let q = match outcome {
-            AttemptOutcome::Delivered => continue,
-            AttemptOutcome::DeliveredWith(f) => {
-                Queries::<Sqlite>::insert_follow_up(&mut tx, f, now).await?;
-                continue;
-            }
-            AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
-                .bind(now)
-                .bind(id)
-                .bind(reason.clone()),
-            AttemptOutcome::Retry {
-                next,
-                status,
-                error,
-            } => sqlx::query(sql::RECORD_RETRY)
-                .bind(now)
-                .bind(id)
-                .bind(next.timestamp_millis())
-                .bind(status.map(i64::from))
-                .bind(error.clone()),
-            AttemptOutcome::Dead { status, error } => sqlx::query(sql::RECORD_DEAD)
-                .bind(now)
-                .bind(id)
-                .bind(status.map(i64::from))
-                .bind(error.clone()),
-        };
-        q.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
 /// Closes `conn` instead of returning it to the pool when a transaction on it failed.
 /// SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, SQLITE_IOERR),
 /// and sqlx then still counts it as open: its next BEGIN on that connection would be a
@@ -465,12 +432,15 @@ async fn record_attempts_on(
 /// no such history.
 /// Claim in `lanes` (one transaction: the lanes' claims stand or fall together):
 /// (id, attempts, created_at) of each delivery claimed until `until`.
+#[allow(clippy::too_many_arguments)]
 async fn claim_lanes(
     conn: &mut SqliteConnection,
     lanes: [(Lane, usize); 2],
     sink: &str,
     now_ms: i64,
-    until: i64,
+    clock_ms: i64,
+    lease_ms: i64,
+    token: i64,
     ordered: bool,
 ) -> Result<Vec<(i64, i64, i64)>> {
     let limit = lanes[1].1;
@@ -489,14 +459,16 @@ async fn claim_lanes(
         };
         // A row the first lane took is claimed now, so the second cannot take it again.
         let took: Vec<(i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE deliveries SET claimed_until = $1 WHERE id IN ({})
+            "UPDATE deliveries SET claimed_until = $5 + $1, claim_token = $6 WHERE id IN ({})
              RETURNING id, attempts, created_at",
-            sql::due(lane, ordered, hint)
+            sql::due(lane, ordered, hint, "$5")
         )))
-        .bind(until)
+        .bind(lease_ms)
         .bind(sink)
         .bind(now_ms)
         .bind(room as i64)
+        .bind(clock_ms)
+        .bind(token)
         .fetch_all(&mut *tx)
         .await?;
         ids.extend(took);
@@ -636,11 +608,16 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
         let now_ms = now.timestamp_millis();
-        let until = now_ms + lease.as_millis() as i64;
+        let lease_ms = lease.as_millis() as i64;
+        let token = super::claim_token();
         let turn = self.writes.lock().await;
         let mut conn = self.leases.acquire().await?;
         let lanes = self.lanes.split(sink, limit);
-        let r = claim_lanes(&mut conn, lanes, sink, now_ms, until, ordered).await;
+        let clock = self.clock.now_ms() + super::clock_skew(now);
+        let r = claim_lanes(
+            &mut conn, lanes, sink, now_ms, clock, lease_ms, token, ordered,
+        )
+        .await;
         discard_after_error(&mut conn, &r);
         let ids = r?;
         drop((conn, turn));
@@ -660,7 +637,8 @@ impl Store for SqliteStore {
             Ok(rows) => rows,
             Err(e) => {
                 // Not handed out: give the claims back rather than let them wait to lapse.
-                let _ = self.release(&list).await;
+                let back: Vec<(i64, i64)> = list.iter().map(|id| (*id, token)).collect();
+                let _ = self.release(&back).await;
                 return Err(e.into());
             }
         };
@@ -674,6 +652,7 @@ impl Store for SqliteStore {
                 .unwrap_or_default();
             out.push(Claimed {
                 delivery_id,
+                token,
                 attempts: attempts as u32,
                 created_at: ms_to_time(created),
                 event: event_from_row(r)?,
@@ -692,34 +671,142 @@ impl Store for SqliteStore {
         Ok(ms.map(ms_to_time))
     }
 
-    async fn record_attempts(
-        &self,
-        outcomes: &[(i64, AttemptOutcome)],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
         let _turn = self.writes.lock().await;
         let mut conn = self.leases.acquire().await?;
-        let r = record_attempts_on(&mut conn, outcomes, now.timestamp_millis()).await;
+        let r =
+            Queries::<Sqlite>::record_attempts(&mut conn, outcomes, now.timestamp_millis()).await;
         discard_after_error(&mut conn, &r);
         r
     }
 
-    async fn release(&self, delivery_ids: &[i64]) -> Result<()> {
+    async fn renew_claims(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>> {
         let _turn = self.writes.lock().await;
-        sqlx::query(
-            "UPDATE deliveries SET claimed_until = NULL
-             WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+        let mut conn = self.leases.acquire().await?;
+        let clock = self.clock.now_ms();
+        let r =
+            Queries::<Sqlite>::renew_claims(&mut conn, held, clock, lease.as_millis() as i64).await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn release(&self, claims: &[(i64, i64)]) -> Result<()> {
+        let _turn = self.writes.lock().await;
+        let mut conn = self.leases.acquire().await?;
+        let r = Queries::<Sqlite>::release(&mut conn, claims).await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn deploy_begin(
+        &self,
+        c: &Claimed,
+        sink: &str,
+        created_at: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DeployRow>> {
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r =
+            Queries::<Sqlite>::deploy_begin(&mut conn, c, sink, created_at, now.timestamp_millis())
+                .await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn deploy_intent(
+        &self,
+        c: &Claimed,
+        model_name: &str,
+        model_id: Option<&str>,
+        before: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Intent> {
+        // Synced to disk before the call is sent: a power cut after it must not forget
+        // that a deploy may have happened.
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::deploy_intent(
+            &mut conn,
+            c.delivery_id,
+            c.token,
+            model_name,
+            model_id,
+            before,
+            now.timestamp_millis(),
         )
-        .bind(serde_json::to_string(delivery_ids).expect("integers serialize"))
-        .execute(&self.leases)
-        .await?;
-        Ok(())
+        .await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn deploy_clear_intent(&self, c: &Claimed, now: DateTime<Utc>) -> Result<bool> {
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::deploy_clear_intent(
+            &mut conn,
+            c.delivery_id,
+            c.token,
+            now.timestamp_millis(),
+        )
+        .await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn recorded_deployments(&self, model_id: &str) -> Result<Vec<(i64, String)>> {
+        Queries::recorded_deployments(&self.pool, model_id).await
+    }
+
+    async fn claim_follows(
+        &self,
+        sink: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<FollowClaim>> {
+        let _turn = self.writes.lock().await;
+        let mut conn = self.leases.acquire().await?;
+        let r = Queries::<Sqlite>::claim_follows(
+            &mut conn,
+            sink,
+            now.timestamp_millis(),
+            self.clock.now_ms() + super::clock_skew(now),
+            lease.as_millis() as i64,
+            limit as i64,
+            super::claim_token(),
+        )
+        .await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool> {
+        let _turn = self.writes.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let r = Queries::<Sqlite>::record_follow(&mut conn, outcome, now.timestamp_millis()).await;
+        discard_after_error(&mut conn, &r);
+        r
+    }
+
+    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>> {
+        Queries::list_deploys(&self.pool, sink, limit).await
+    }
+
+    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
+        Queries::deploy_stages(&self.pool).await
     }
 
     async fn release_claims(&self) -> Result<u64> {
         let _turn = self.writes.lock().await;
         let r = sqlx::query(
-            "UPDATE deliveries SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
+            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL WHERE claimed_until IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
+        // The follows a crashed process held, too: nobody else follows on this file.
+        sqlx::query(
+            "UPDATE deploys SET follow_claimed_until = NULL WHERE follow_claimed_until IS NOT NULL",
         )
         .execute(&self.pool)
         .await?;
@@ -848,16 +935,24 @@ mod tests {
                 (2, "b", DeliveryStatus::Pending, Some("why"))
             ]
         );
-        store
-            .record_attempt(
-                2,
-                &AttemptOutcome::Superseded {
-                    reason: "newer".into(),
-                },
-                Utc::now(),
-            )
+        // Claimed (token 7), then superseded: the new status fits the rebuilt table.
+        sqlx::query("UPDATE deliveries SET claim_token = 7 WHERE id = 2")
+            .execute(&store.pool)
             .await
             .unwrap();
+        let superseded = crate::store::Recorded {
+            delivery_id: 2,
+            token: 7,
+            outcome: crate::store::AttemptOutcome::Superseded {
+                reason: "newer".into(),
+            },
+            deploy: None,
+        };
+        let stale = store
+            .record_attempts(&[superseded], Utc::now())
+            .await
+            .unwrap();
+        assert!(stale.is_empty());
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
                 created_at, updated_at) VALUES (1, 'd', 'r', 'pending', 1, 1, 1) RETURNING id",

@@ -2,7 +2,8 @@
 Baseten's own pydantic models (the `baseten` package, `client.managementapi._models`).
 
 Reads the JSON lines the simulator appends to $LOOPWATCH_SIM_LOG (src/sim/state.rs,
-`LOG_ENV`): {"route": "list"|"source"|"files"|"validate"|"deploy",
+`LOG_ENV`): {"route": "list"|"source"|"files"|"validate"|"deploy"|"models"|"deployments"|
+"deployment"|"promote"|"deactivate",
 "kind": "response"|"request", "body": ...}. Each body is validated in strict JSON mode
 (no "123" for 123); unknown fields pass, as the models allow. Exits 1 on any mismatch,
 or when a route named by --require has no sample.
@@ -27,10 +28,16 @@ RESPONSES = {
     "files": m.LoopsCheckpointFilesResponse,
     "validate": m.ValidateLoopsCheckpointResponse,
     "deploy": m.DeployLoopsCheckpointResponse,
+    "models": m.Models,
+    "deployments": m.Deployments,
+    "deployment": m.Deployment,
+    "promote": m.Deployment,
+    "deactivate": m.DeactivateResponse,
 }
 REQUESTS = {
     "validate": m.ValidateLoopsCheckpointRequest,
     "deploy": m.DeployLoopsCheckpointRequest,
+    "promote": m.PromoteToEnvironmentRequest,
 }
 # LoopsCheckpointSourceResponse falls back to any object (`| dict[str, Any]`): hold the
 # simulator to the two sources it means to serve.
