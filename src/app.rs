@@ -30,6 +30,7 @@ use crate::model::{DeployRequest, Deployment, ModelDeployment};
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
+use crate::status::Status;
 use crate::store::{self, Access, Coordinator, Role, Store, StoreError};
 use crate::store_watch::{StoreWatch, Watched};
 use crate::wake::Wake;
@@ -69,6 +70,8 @@ pub struct App {
     coordinator: Arc<dyn Coordinator>,
     ownership: Arc<Ownership>,
     client: Arc<api::Client>,
+    /// The status page's view of this process and the store; told of reloads.
+    status: Arc<Status>,
     /// The file SIGHUP reloads the config from ([`App::reload_on_sighup`]).
     reload_from: Option<PathBuf>,
 }
@@ -167,6 +170,12 @@ impl App {
         .with_ownership(ownership.clone());
         let poller = Arc::new(poller);
         let addr = early.as_ref().map(|e| e.addr);
+        let status = Arc::new(Status::new(
+            store.clone(),
+            health.clone(),
+            ownership.clone(),
+            &cfg,
+        ));
         Ok(App {
             cfg,
             store,
@@ -179,6 +188,7 @@ impl App {
             coordinator,
             ownership,
             client,
+            status,
             reload_from: None,
         })
     }
@@ -228,6 +238,7 @@ impl App {
                 metrics: self.metrics.clone(),
                 health: self.health.clone(),
                 outbox: Some(self.outbox.clone()),
+                status: Some(self.status.clone()),
             });
             let stop = token.clone();
             tracker.spawn(async move {
@@ -237,7 +248,7 @@ impl App {
                     warn!(error = %e, "HTTP server stopped");
                 }
             });
-            info!(%addr, "serving /metrics /healthz /readyz");
+            info!(%addr, "serving /metrics /healthz /readyz and the status page at /");
         }
 
         // The targets owned before any lease round (every target on a single node) read
@@ -486,7 +497,10 @@ impl App {
             Err(e) => Err(e.problems),
         };
         match outcome {
-            Ok(()) => self.metrics.config_applied(true),
+            Ok(()) => {
+                self.metrics.config_applied(true);
+                self.status.configure(&self.cfg);
+            }
             Err(problems) => {
                 for problem in &problems {
                     error!(%problem, "problem in the reloaded config");
@@ -679,6 +693,7 @@ impl Early {
             metrics: metrics.clone(),
             health: health.clone(),
             outbox: None,
+            status: None,
         });
         let token = CancellationToken::new();
         let stop = token.clone();

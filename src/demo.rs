@@ -26,7 +26,7 @@ use crate::store::{DeliveryStatus, Store};
 pub struct DemoOptions {
     /// Stop after this long; `None` runs until Ctrl-C.
     pub duration: Option<Duration>,
-    /// Address of `/metrics` `/healthz` `/readyz`.
+    /// Address of the status page, `/metrics`, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
     /// How often the simulated run saves checkpoints, and how long each syncs.
     pub every: Duration,
@@ -260,6 +260,7 @@ pub async fn run(
     println!("then one deploy's answer is lost and reconciled), and followed until ACTIVE.");
     println!("  simulated Loops API  {}", sim.base_url());
     println!("  webhook receiver     {}", receiver.url);
+    println!("  status page          http://{addr}/?refresh=10   (JSON: /api/v1/status)");
     println!("  metrics              http://{addr}/metrics   (also /healthz, /readyz)");
     println!(
         "  state                {}   (removed on exit)",

@@ -3,9 +3,10 @@
 //! Liveness: every long-running loop owns a [`Heartbeat`] with the longest silence that is
 //! still healthy; `/healthz` fails when any loop has been silent longer (a wedged poll or
 //! delivery loop). Readiness: the store is open and reachable, and every target has been
-//! polled once.
+//! polled once. And the last poll of each target this process polls ([`PollSeen`]), for
+//! the status page: when it last succeeded, and whether it fails now and why.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +40,17 @@ pub struct Health {
     polled: Mutex<BTreeSet<String>>,
     role: Mutex<String>,
     store: Mutex<StoreReach>,
+    polls: Mutex<HashMap<String, PollSeen>>,
+}
+
+/// How the polls of one target went, as this process saw them (times in Unix ms).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PollSeen {
+    pub last_success_ms: Option<i64>,
+    /// Failed polls since the last success (0: not failing).
+    pub failures: u32,
+    /// The last failure: when, and why (one line, as the log has it).
+    pub last_error: Option<(i64, String)>,
 }
 
 /// Whether the store answers, as the last operations found.
@@ -58,6 +70,7 @@ impl Health {
             polled: Mutex::default(),
             role: Mutex::new("single instance, owns every target".into()),
             store: Mutex::default(),
+            polls: Mutex::default(),
         }
     }
 
@@ -93,18 +106,48 @@ impl Health {
     pub fn retarget(&self, removed: &[String], added: impl IntoIterator<Item = String>) {
         let mut expected = self.expected.lock().expect("not poisoned");
         let mut polled = self.polled.lock().expect("not poisoned");
+        let mut polls = self.polls.lock().expect("not poisoned");
         for t in removed {
             expected.remove(t);
             polled.remove(t);
+            polls.remove(t);
         }
         expected.extend(added);
     }
 
+    /// A poll of `target` succeeded.
     pub fn target_polled(&self, target: &str) {
         self.polled
             .lock()
             .expect("not poisoned")
             .insert(target.to_string());
+        let mut polls = self.polls.lock().expect("not poisoned");
+        let seen = polls.entry(target.to_string()).or_default();
+        seen.last_success_ms = Some(now_ms());
+        seen.failures = 0;
+    }
+
+    /// A poll of `target` failed with `error` (one line; the store, the API or the
+    /// listing). Kept until the target is removed; a success clears `failures` only.
+    pub fn poll_failed(&self, target: &str, error: &str) {
+        let mut polls = self.polls.lock().expect("not poisoned");
+        let seen = polls.entry(target.to_string()).or_default();
+        seen.failures = seen.failures.saturating_add(1);
+        seen.last_error = Some((now_ms(), error.to_string()));
+    }
+
+    /// How the polls of `target` went here; None if this process never polled it.
+    pub fn poll_seen(&self, target: &str) -> Option<PollSeen> {
+        self.polls
+            .lock()
+            .expect("not poisoned")
+            .get(target)
+            .cloned()
+    }
+
+    /// [`Health::poll_seen`] of every target polled here.
+    pub fn polls(&self) -> HashMap<String, PollSeen> {
+        self.polls.lock().expect("not poisoned").clone()
     }
 
     /// With several replicas: readiness covers the targets this replica owns.
@@ -262,6 +305,23 @@ mod tests {
         assert!(!h.store_unavailable("timed out".into(), before));
         assert!(h.ready().is_ok());
         assert!(h.store_unavailable("refused".into(), Instant::now()));
+    }
+
+    #[test]
+    fn a_failing_target_keeps_its_last_error_and_a_success_ends_the_failures() {
+        let h = Health::new(["a".to_string()]);
+        assert_eq!(h.poll_seen("a"), None);
+        h.poll_failed("a", "HTTP 503");
+        h.poll_failed("a", "timed out");
+        let seen = h.poll_seen("a").unwrap();
+        assert_eq!((seen.failures, seen.last_success_ms), (2, None));
+        assert_eq!(seen.last_error.unwrap().1, "timed out");
+        h.target_polled("a");
+        let seen = h.poll_seen("a").unwrap();
+        assert_eq!(seen.failures, 0);
+        assert!(seen.last_success_ms.is_some() && seen.last_error.is_some());
+        h.retarget(&["a".to_string()], []);
+        assert_eq!(h.poll_seen("a"), None);
     }
 
     #[test]

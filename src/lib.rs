@@ -43,6 +43,7 @@ pub mod replicas;
 pub mod server;
 pub mod signing;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod store_watch;
 pub mod template;

@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz` and `/readyz` over axum.
+//! `/metrics`, `/healthz` and `/readyz` over axum, and the status page's routes
+//! ([`crate::status::routes`]).
 
 use std::sync::Arc;
 
@@ -18,14 +19,18 @@ pub struct ServerState {
     pub health: Arc<Health>,
     /// `None` while the store opens (the backlog gauges are not read then).
     pub outbox: Option<Arc<Outbox>>,
+    /// The status page's facts; `None` while the store opens (it answers 503 then).
+    pub status: Option<Arc<crate::status::Status>>,
 }
 
 pub fn router(state: ServerState) -> Router {
+    let status = crate::status::routes::router(state.status.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(status)
 }
 
 async fn metrics(State(s): State<ServerState>) -> Response {

@@ -15,9 +15,9 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
-    Claimed, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim, FollowOutcome, Intent,
-    PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
-    TargetDump,
+    Claimed, DeliveryRow, DeliveryStatus, DeployRow, DetailQuery, FollowClaim, FollowOutcome,
+    Intent, Overview, OverviewQuery, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store,
+    StoreError, StoredEvent, TargetDetail, TargetDump,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -257,6 +257,14 @@ impl Store for Watched {
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
         watched!(self, "read", self.inner.events(target))
+    }
+
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
+        watched!(self, "read", self.inner.overview(q))
+    }
+
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
+        watched!(self, "read", self.inner.target_detail(q))
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {

@@ -35,7 +35,8 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::Metrics;
 use crate::model::CheckpointTarget;
 use crate::store::{
-    AttemptOutcome, Claimed, DeployStage, DeployUpdate, FollowUp, Recorded, Store, StoredEvent,
+    AttemptFacts, AttemptOutcome, Claimed, DeployStage, DeployUpdate, FollowUp, Recorded, Store,
+    StoredEvent,
 };
 use crate::template::{Template, compile_template};
 use crate::wake::Wake;
@@ -300,6 +301,20 @@ struct Finished {
     in_doubt: bool,
 }
 
+/// What the attempts log keeps of an attempt beyond its outcome: the HTTP status it got
+/// (an exec sink's `Status(0)` is none) and how long it took.
+fn facts(r: &Result<Sent, Failure>, took: Duration) -> AttemptFacts {
+    let status = match r {
+        Ok(Sent::Status(code)) => Some(*code).filter(|c| *c != 0),
+        Err(f) => f.status(),
+        Ok(_) => None,
+    };
+    AttemptFacts {
+        status,
+        took: Some(took),
+    }
+}
+
 /// The sinks and what they share.
 pub struct Outbox {
     store: Arc<dyn Store>,
@@ -512,6 +527,7 @@ impl Outbox {
         let attempt = c.attempts + 1;
         let ev = &c.event;
         let deploy_cfg = sink.deploy.as_ref().map(|d| &d.cfg);
+        let facts = facts(&f.result, f.took);
         let mut update: Option<DeployUpdate> = None;
         let outcome = match f.result {
             Err(Failure::Stale) => {
@@ -528,6 +544,7 @@ impl Outbox {
                         reason,
                     },
                     deploy: None,
+                    facts,
                 });
             }
             Ok(Sent::Superseded(reason)) => {
@@ -673,6 +690,7 @@ impl Outbox {
             token: c.token,
             outcome,
             deploy: update,
+            facts,
         })
     }
 

@@ -787,6 +787,7 @@ impl Poller {
 
     fn failure_wait(&self, t: &TargetConfig, e: &PollError, failures: u32) -> Duration {
         let name = t.name.as_str();
+        self.health.poll_failed(name, &e.to_string());
         match e {
             PollError::Api(api) if api.needs_operator() => {
                 error!(target = name, error = %api, filter = %t.filter,

@@ -10,8 +10,10 @@
 //! differently. Who polls which target is [`coordination`]'s [`Coordinator`]: nothing
 //! outside `store/` asks which backend it has.
 
+pub mod attempts;
 pub mod coordination;
 pub mod deploys;
+pub mod inspect;
 pub mod postgres;
 mod rows;
 mod shared;
@@ -25,8 +27,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use attempts::AttemptFacts;
 pub use coordination::{Coordinator, Fence, LeaseRound, Role, SingleNode, Take};
 pub use deploys::{DeployRow, DeployStage, DeployUpdate, FollowClaim, FollowOutcome, Intent};
+pub use inspect::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 
 use crate::diff::Diff;
 use crate::model::TargetState;
@@ -303,6 +307,8 @@ pub struct Recorded {
     pub token: i64,
     pub outcome: AttemptOutcome,
     pub deploy: Option<DeployUpdate>,
+    /// What the attempts log keeps beyond the outcome ([`attempts`]).
+    pub facts: AttemptFacts,
 }
 
 impl Recorded {
@@ -312,6 +318,7 @@ impl Recorded {
             token: c.token,
             outcome,
             deploy: None,
+            facts: AttemptFacts::default(),
         }
     }
 }
@@ -376,9 +383,10 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest `next_attempt_at` of a pending delivery of `sink`.
     async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>>;
 
-    /// The outcomes of several attempts, written together (one transaction). An outcome
-    /// whose claim is no longer held (its token changed) is discarded: returns the ids of
-    /// those.
+    /// The outcomes of several attempts, written together (one transaction), each
+    /// attempt logged with its facts in the same transaction ([`attempts`]). An outcome
+    /// whose claim is no longer held (its token changed) is discarded, and not logged:
+    /// returns the ids of those.
     async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>>;
 
     /// One outcome; false when it was discarded (a stale claim).
@@ -489,6 +497,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events in detection order, for tests and `state`.
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>>;
+
+    /// The database-wide picture for the status page ([`inspect`]): read-only, bounded
+    /// by the names and limits of `q`.
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview>;
+
+    /// One target's page of checkpoints with their events, deliveries and attempts
+    /// ([`inspect`]): read-only, bounded by `q`.
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail>;
 
     /// Forget delivered deliveries last updated before `cutoff`, then events detected
     /// before it that have no delivery left. Pending and dead deliveries are kept.

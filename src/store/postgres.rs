@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQu
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
 use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
+use super::inspect::Inspect;
 use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
@@ -18,6 +19,7 @@ use super::{
     PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError, StoredEvent,
     TargetDump, sql,
 };
+use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use crate::model::{Event, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -462,6 +464,14 @@ impl Store for PgStore {
 
     async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
         Queries::events(&self.pool, target).await
+    }
+
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
+        Inspect::<Postgres>::overview(&self.pool, q).await
+    }
+
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
+        Inspect::<Postgres>::target_detail(&self.pool, q).await
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {

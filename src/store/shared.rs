@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{
-    AssertSqlSafe, Connection, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type,
-};
+use sqlx::{AssertSqlSafe, Connection, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
@@ -20,7 +18,7 @@ use crate::model::{Event, Tracked};
 
 /// What differs between the dialects, for the shared operations: implemented beside
 /// each backend (`sqlite.rs`, `postgres.rs`).
-pub(crate) trait Dialect: Database {
+pub(crate) trait Dialect: super::attempts::LogDialect {
     /// The `checkpoints` columns a [`TrackedRecord`] reads; with `with_raw`, the object's
     /// text always (for `state`), else only where no digest is stored.
     fn tracked_columns(with_raw: bool) -> String;
@@ -359,6 +357,7 @@ where
     ) -> Result<Vec<i64>> {
         let mut tx = conn.begin().await?;
         let mut stale = Vec::new();
+        let mut applied: Vec<&Recorded> = Vec::with_capacity(outcomes.len());
         for r in outcomes {
             let (id, token) = (r.delivery_id, r.token);
             let q = match &r.outcome {
@@ -418,7 +417,9 @@ where
             if let Some(u) = &r.deploy {
                 Self::apply_deploy_update(&mut tx, id, u, now).await?;
             }
+            applied.push(r);
         }
+        super::attempts::log::<DB>(&mut tx, &applied, now).await?;
         tx.commit().await?;
         Ok(stale)
     }

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
 use super::coordination::Fence;
+use super::inspect::Inspect;
 use super::rows::{self, event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
 use super::{
@@ -24,6 +25,7 @@ use super::{
     TargetDump,
     sql::{self, Lane},
 };
+use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use crate::model::{Event, ProbeMemo, Raw, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -860,6 +862,14 @@ impl Store for SqliteStore {
         Queries::events(&self.pool, target).await
     }
 
+    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
+        Inspect::<Sqlite>::overview(&self.pool, q).await
+    }
+
+    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
+        Inspect::<Sqlite>::target_detail(&self.pool, q).await
+    }
+
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
         let _turn = self.writes.lock().await;
         let mut conn = self.pool.acquire().await?;
@@ -947,6 +957,7 @@ mod tests {
                 reason: "newer".into(),
             },
             deploy: None,
+            facts: Default::default(),
         };
         let stale = store
             .record_attempts(&[superseded], Utc::now())

@@ -1,0 +1,189 @@
+//! The attempts log: one row per attempt of a delivery (when it ended, how long it took,
+//! the HTTP status it got, its outcome and error), for the status page's per-delivery
+//! history (`/targets/NAME`, docs/status.md).
+//!
+//! Written by [`log`] inside the transaction that records the attempts' outcomes
+//! ([`super::Store::record_attempts_with`]), so the log and the outbox never disagree, and
+//! bounded: the newest [`KEPT_PER_DELIVERY`] attempts of a delivery are kept (a delivery
+//! re-queued again and again cannot grow it without end), and a pruned delivery takes its
+//! attempts with it (`ON DELETE CASCADE`). The deliveries' own columns (`attempts`,
+//! `last_status`, `last_error`) stay what the outbox reads; this log is only read.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{AttemptOutcome, Recorded, Result};
+
+/// How many attempts of one delivery the log keeps (the default retry schedule makes
+/// ten per round).
+pub const KEPT_PER_DELIVERY: i64 = 20;
+
+/// What an attempt was beyond its outcome, as the sink worker saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttemptFacts {
+    /// The HTTP status it got, a success's too (a failure's is in its outcome as well).
+    pub status: Option<u16>,
+    /// How long the attempt took.
+    pub took: Option<Duration>,
+}
+
+/// One logged attempt as the JSON the insert reads (`$1`, an array of these).
+#[derive(Serialize)]
+struct Row<'a> {
+    id: i64,
+    duration_ms: Option<i64>,
+    status: Option<i64>,
+    outcome: &'static str,
+    error: Option<&'a str>,
+}
+
+/// The rows to log for `outcomes`. A superseded or deferred delivery was not attempted:
+/// nothing to log.
+fn rows<'a>(outcomes: &[&'a Recorded]) -> Vec<Row<'a>> {
+    outcomes
+        .iter()
+        .filter_map(|r| {
+            let (id, o, f) = (&r.delivery_id, &r.outcome, r.facts);
+            let (outcome, status, error) = match o {
+                AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_) => {
+                    ("delivered", None, None)
+                }
+                AttemptOutcome::Retry { status, error, .. } => {
+                    ("retry", *status, Some(error.as_str()))
+                }
+                AttemptOutcome::Dead { status, error } => ("dead", *status, Some(error.as_str())),
+                AttemptOutcome::Unknown { error } => ("unknown", None, Some(error.as_str())),
+                AttemptOutcome::Superseded { .. } | AttemptOutcome::Deferred { .. } => {
+                    return None;
+                }
+            };
+            Some(Row {
+                id: *id,
+                duration_ms: f.took.map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+                status: f.status.or(status).map(i64::from),
+                outcome,
+                error,
+            })
+        })
+        .collect()
+}
+
+/// The SQL of the log that differs between the dialects: how the JSON array of rows is
+/// read as a table.
+pub(crate) trait LogDialect: sqlx::Database {
+    /// `j(id, duration_ms, status, outcome, error)` from the JSON text `$2`.
+    const ROWS: &'static str;
+}
+
+impl LogDialect for sqlx::Sqlite {
+    const ROWS: &'static str = "(SELECT json_extract(value, '$.id') AS id,
+        json_extract(value, '$.duration_ms') AS duration_ms,
+        json_extract(value, '$.status') AS status,
+        json_extract(value, '$.outcome') AS outcome,
+        json_extract(value, '$.error') AS error FROM json_each($2)) j";
+}
+
+impl LogDialect for sqlx::Postgres {
+    const ROWS: &'static str = "jsonb_to_recordset(CAST($2 AS jsonb))
+        AS j(id BIGINT, duration_ms BIGINT, status INTEGER, outcome TEXT, error TEXT)";
+}
+
+/// Log the attempts of `outcomes` on `tx`, after their outcomes were written (the attempt
+/// number is the delivery's count after this attempt), and trim each delivery's log.
+pub(crate) async fn log<DB: LogDialect>(
+    tx: &mut DB::Connection,
+    outcomes: &[&Recorded],
+    now: i64,
+) -> Result<()>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let rows = rows(outcomes);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_string(&rows).expect("plain fields serialize");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO attempts (delivery_id, sink, attempt, at, duration_ms, status, outcome, error)
+         SELECT d.id, d.sink, d.attempts, $1, j.duration_ms, j.status, j.outcome, j.error
+         FROM {} JOIN deliveries d ON d.id = j.id",
+        DB::ROWS
+    )))
+    .bind(now)
+    .bind(json.clone())
+    .execute(&mut *tx)
+    .await?;
+    // Only the deliveries just logged can have gone past the bound.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT j.id FROM {})
+           AND seq < (SELECT b.seq FROM attempts b WHERE b.delivery_id = attempts.delivery_id
+                      ORDER BY b.seq DESC LIMIT 1 OFFSET $1)",
+        DB::ROWS
+    )))
+    .bind(KEPT_PER_DELIVERY - 1)
+    .bind(json)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(id: i64, outcome: AttemptOutcome, facts: AttemptFacts) -> Recorded {
+        Recorded {
+            delivery_id: id,
+            token: 1,
+            outcome,
+            deploy: None,
+            facts,
+        }
+    }
+
+    #[test]
+    fn a_superseded_delivery_logs_nothing_and_facts_fill_in_what_the_outcome_lacks() {
+        let outcomes = [
+            recorded(
+                1,
+                AttemptOutcome::Delivered,
+                AttemptFacts {
+                    status: Some(204),
+                    took: Some(Duration::from_millis(12)),
+                },
+            ),
+            recorded(
+                2,
+                AttemptOutcome::Superseded {
+                    reason: "newer".into(),
+                },
+                AttemptFacts::default(),
+            ),
+            recorded(
+                3,
+                AttemptOutcome::Dead {
+                    status: Some(410),
+                    error: "HTTP 410".into(),
+                },
+                AttemptFacts::default(),
+            ),
+        ];
+        let refs: Vec<&Recorded> = outcomes.iter().collect();
+        type Logged<'a> = (i64, Option<i64>, Option<i64>, &'a str, Option<&'a str>);
+        let got: Vec<Logged> = rows(&refs)
+            .iter()
+            .map(|r| (r.id, r.duration_ms, r.status, r.outcome, r.error))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Some(12), Some(204), "delivered", None),
+                (3, None, Some(410), "dead", Some("HTTP 410")),
+            ]
+        );
+    }
+}
