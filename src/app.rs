@@ -233,6 +233,7 @@ impl App {
 
         if let Some(early) = self.early.take() {
             let addr = early.addr;
+            let limits = early.limits;
             let listener = early.finish().await;
             let router = server::router(ServerState {
                 metrics: self.metrics.clone(),
@@ -240,14 +241,12 @@ impl App {
                 outbox: Some(self.outbox.clone()),
                 status: Some(self.status.clone()),
             });
-            let stop = token.clone();
-            tracker.spawn(async move {
-                let serve =
-                    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(e) = serve.await {
-                    warn!(error = %e, "HTTP server stopped");
-                }
-            });
+            tracker.spawn(crate::listener::serve(
+                listener,
+                router,
+                limits,
+                token.clone(),
+            ));
             info!(%addr, "serving /metrics /healthz /readyz and the status page at /");
         }
 
@@ -391,7 +390,16 @@ impl App {
             let hup = std::future::pending::<Option<()>>();
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(()) = hup => self.reload(&mut running).await,
+                Some(()) = hup => {
+                    // The read runs on a thread of its own and SIGTERM wins over it: a
+                    // config path on a hung mount must not keep the daemon from stopping.
+                    let Some(read) = self.read_for_reload() else { continue };
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        loaded = read => self.reload(&mut running, loaded),
+                    }
+                }
             }
         }
         notify(&[NotifyState::Stopping]);
@@ -479,12 +487,13 @@ impl App {
         Some(lp.handle)
     }
 
-    /// SIGHUP: tell systemd, read the config file again, apply it or refuse it whole,
-    /// record the outcome in the reload metrics, tell systemd again. Never fails.
-    async fn reload(&mut self, run: &mut Running) {
-        let Some(path) = self.reload_from.clone() else {
-            return;
-        };
+    /// SIGHUP: tell systemd, and read the config file again on a thread of its own (the
+    /// read is bounded and never opens a FIFO for good, but a hung network mount can still
+    /// block it); the answer comes to [`App::reload`]. None without a file to read.
+    fn read_for_reload(
+        &self,
+    ) -> Option<impl Future<Output = Result<Config, config::ConfigError>> + use<>> {
+        let path = self.reload_from.clone()?;
         // Type=notify-reload: RELOADING=1 with the monotonic time, then READY=1 when done.
         let mut reloading = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
@@ -492,7 +501,33 @@ impl App {
         }
         notify(&reloading);
         info!(config = %path.display(), "SIGHUP: reloading the config");
-        let outcome = match config::load(&path, &Environment::from_process()) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shown = path.display().to_string();
+        // A plain thread, not spawn_blocking: the runtime waits for those when it shuts
+        // down, and this one may never return.
+        let spawned = std::thread::Builder::new()
+            .name("config-reload".into())
+            .spawn(move || {
+                let _ = tx.send(config::load(&path, &Environment::from_process()));
+            });
+        Some(async move {
+            match spawned {
+                Ok(_) => rx.await.unwrap_or_else(|_| {
+                    Err(config::ConfigError {
+                        problems: vec![format!("{shown}: the config read failed")],
+                    })
+                }),
+                Err(e) => Err(config::ConfigError {
+                    problems: vec![format!("{shown}: cannot start reading the config: {e}")],
+                }),
+            }
+        })
+    }
+
+    /// Apply a reloaded config or refuse it whole, record the outcome in the reload
+    /// metrics, tell systemd the reload is over. Never fails.
+    fn reload(&mut self, run: &mut Running, loaded: Result<Config, config::ConfigError>) {
+        let outcome = match loaded {
             Ok(new) => self.apply(run, new),
             Err(e) => Err(e.problems),
         };
@@ -667,6 +702,8 @@ async fn open_store(
 struct Early {
     listener: TcpListener,
     addr: SocketAddr,
+    /// `[server]`'s bounds, fitted to the descriptor limit.
+    limits: crate::listener::Limits,
     /// Stops the interim server when finished or dropped (a failed build).
     stop: tokio_util::sync::DropGuard,
     server: tokio::task::JoinHandle<()>,
@@ -695,18 +732,24 @@ impl Early {
             outbox: None,
             status: None,
         });
+        let limits = crate::listener::Limits {
+            max_connections: cfg.server.max_connections,
+            header_read_timeout: cfg.server.header_read_timeout,
+            idle_timeout: cfg.server.idle_timeout,
+        }
+        .fit_descriptors();
         let token = CancellationToken::new();
-        let stop = token.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(interim, router).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                warn!(error = %e, "HTTP server stopped");
-            }
-        });
+        let server = tokio::spawn(crate::listener::serve(
+            interim,
+            router,
+            limits,
+            token.clone(),
+        ));
         info!(%addr, "serving /healthz /readyz /metrics while the store opens");
         Ok(Early {
             listener,
             addr,
+            limits,
             stop: token.drop_guard(),
             server,
         })
@@ -849,9 +892,10 @@ fn call_error(e: api::Error) -> CallError {
         } => CallError::status(code, retry_after, message),
         api::Error::Timeout => CallError::timeout(e.to_string()),
         api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
-        // A 2xx that is not the documented answer: the call may have acted; a deploy
-        // reconciles before anything else is sent.
-        api::Error::Decode(_) | api::Error::TooLarge(_) => {
+        // A 2xx that is not the documented answer (or one not read for want of room: a
+        // deploy's answer is small and never waits for room): the call may have acted; a
+        // deploy reconciles before anything else is sent.
+        api::Error::Decode(_) | api::Error::TooLarge(_) | api::Error::OverBudget(_) => {
             CallError::invalid(200, format!("the answer is not as documented: {e}"))
         }
     }

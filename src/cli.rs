@@ -545,6 +545,12 @@ pub async fn deliveries_list(
         Some(store) => (store.list_sink_deliveries(status, sink, i64::from(limit) + 1)).await?,
         None => Vec::new(),
     };
+    // Redacted at the source when stored; again here for rows an older version stored.
+    for d in &mut rows {
+        if let Some(e) = d.last_error.as_mut() {
+            *e = crate::redact::secrets(e).into_owned();
+        }
+    }
     if rows.len() > limit as usize {
         rows.drain(..rows.len() - limit as usize);
         eprintln!(

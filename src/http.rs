@@ -1,8 +1,13 @@
 //! HTTP helpers shared by the Loops client (`api`) and the sinks (`delivery`), below
-//! both: `Retry-After`, root causes of transport errors, and the short, bounded look at
-//! an error body that goes into a log line or `deliveries list`.
+//! both: `Retry-After`, root causes of transport errors, the short, bounded look at an
+//! error body that goes into a log line or `deliveries list`, and the process-wide
+//! budget of response bytes held in memory ([`budget`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
@@ -13,6 +18,96 @@ pub const ERROR_BODY_LIMIT: usize = 4 * 1024;
 /// And for at most this long: a body dripped a byte a second, or one that never ends,
 /// must not hold the attempt (or the poll) past this.
 pub const ERROR_BODY_TIME: Duration = Duration::from_secs(2);
+
+/// Bodies up to this size are read without asking the [`budget`]: every answer but a
+/// listing or a files page is this small (a deploy's, a source's, an error's), and one
+/// must never wait for memory once its request has done its work upstream.
+pub const UNBUDGETED: usize = 64 * 1024;
+
+/// The bytes of response bodies the process holds at once (`api.max_buffered_bytes`),
+/// across every target's listing, every probe's files pages and every deploy sink's
+/// answer: N hostile targets answering the largest allowed body cost this, not N times
+/// it. A body takes its share as it arrives and keeps it for as long as it is held (a
+/// listing: until its poll ends); a body over the rest waits for room.
+pub struct Budget {
+    room: Arc<Semaphore>,
+    total: AtomicUsize,
+}
+
+/// The process's one [`Budget`]; 128 MiB until [`Budget::resize`]d by the API client.
+pub fn budget() -> &'static Budget {
+    static BUDGET: OnceLock<Budget> = OnceLock::new();
+    BUDGET.get_or_init(|| Budget {
+        room: Arc::new(Semaphore::new(128 << 20)),
+        total: AtomicUsize::new(128 << 20),
+    })
+}
+
+impl Budget {
+    /// Set the total to `bytes` (what is held now stays held; a shrink takes effect as
+    /// it comes back, as far as it can).
+    pub fn resize(&self, bytes: u64) {
+        let bytes = usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS / 2);
+        let was = self.total.swap(bytes, Ordering::SeqCst);
+        if bytes > was {
+            self.room.add_permits(bytes - was);
+        } else {
+            self.room.forget_permits(was - bytes);
+        }
+    }
+
+    /// The total, in bytes.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.room.available_permits()
+    }
+
+    /// Wait for `bytes` of room, taken in one go: a body whose size is not announced
+    /// takes room for the largest allowed one and gives back the rest once read
+    /// ([`Share::shrink_to`]). Two bodies each holding part and waiting for more would
+    /// wait for each other; one acquisition each cannot.
+    pub async fn take(&self, bytes: usize) -> Share {
+        let bytes = u32::try_from(bytes.min(self.total())).unwrap_or(u32::MAX);
+        let held = (self.room.clone().acquire_many_owned(bytes).await)
+            .expect("the budget's semaphore is never closed");
+        Share { held: Some(held) }
+    }
+}
+
+/// Bytes of the [`budget`] held by one body, given back when dropped.
+pub struct Share {
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Share {
+    /// Nothing held (a small body, [`UNBUDGETED`]).
+    pub fn none() -> Share {
+        Share { held: None }
+    }
+
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.held
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Give back all but `bytes`.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let excess = self.bytes().saturating_sub(bytes);
+        if let Some(held) = self.held.as_mut()
+            && excess > 0
+        {
+            drop(held.split(excess));
+        }
+    }
+}
 
 /// The longest wait a `Retry-After` may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -45,17 +140,23 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// by chunk for at most [`ERROR_BODY_TIME`] (what arrived by then). Never `bytes()`: that
 /// buffers whatever the peer sends. The response is dropped unread after, which closes its
 /// connection instead of draining it into the pool.
+///
+/// Every secret this process knows is redacted from it ([`crate::redact`]) before anyone
+/// sees it: a peer may echo the request's `Authorization` header. A secret cut in half by
+/// the limit would escape that, so the read goes on for the longest secret's length,
+/// and the cut is made after.
 pub async fn error_body(resp: reqwest::Response) -> Vec<u8> {
     error_body_within(resp, ERROR_BODY_LIMIT, ERROR_BODY_TIME).await
 }
 
 async fn error_body_within(mut resp: reqwest::Response, limit: usize, time: Duration) -> Vec<u8> {
     let mut buf = Vec::new();
+    let read_to = limit + crate::redact::longest();
     let read = async {
-        while buf.len() < limit {
+        while buf.len() < read_to {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
-                    let room = limit - buf.len();
+                    let room = read_to - buf.len();
                     buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 }
                 Ok(None) | Err(_) => break,
@@ -63,27 +164,31 @@ async fn error_body_within(mut resp: reqwest::Response, limit: usize, time: Dura
         }
     };
     let _ = tokio::time::timeout(time, read).await;
-    buf
+    let mut body = crate::redact::secrets_in(&buf).into_owned();
+    body.truncate(limit);
+    body
 }
 
-/// An error body as one short line for a log or `deliveries list`: lossy UTF-8,
-/// whitespace collapsed, control characters escaped, at most `max` characters.
+/// An error body as one short line for a log or `deliveries list`: lossy UTF-8, known
+/// secrets redacted, whitespace collapsed, control characters escaped, at most `max`
+/// characters.
 pub fn one_line_snippet(body: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(body);
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = crate::redact::secrets(&flat);
     let short: String = flat.chars().take(max).collect();
     crate::text::escape(&short).into_owned()
 }
 
 /// The innermost cause of an error, which names the actual failure (refused, reset,
 /// TLS). reqwest's outer messages include the URL, which may carry a token: only the
-/// cause is kept.
+/// cause is kept, known secrets redacted.
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    crate::redact::secrets(&cur.to_string()).into_owned()
 }
 
 #[cfg(test)]

@@ -13,13 +13,15 @@
 //! - [`poller`]: per-target schedule: fetch -> probe null checkpoints -> diff -> commit.
 //! - [`replicas`]: target leases when several replicas share PostgreSQL.
 //! - [`delivery`]: outbox workers: claim -> sign -> send -> record, with retries.
-//! - [`metrics`], [`health`], [`server`]: what operators see.
+//! - [`metrics`], [`health`], [`server`]: what operators see; [`listener`]: how the
+//!   server's connections are accepted and bounded.
 //! - [`app`]: wiring; the only place that spawns tasks. [`reload`]: what a SIGHUP
 //!   reload changes, which `app` applies.
 //! - [`args`], [`cli`]: the command line (clap types) and its commands.
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
 //! - [`text`]: outside text made safe to print (control characters escaped, cells cut);
+//!   [`redact`]: every secret this process knows, redacted from a peer's text;
 //!   [`jsonlog`]: the `log.format = "json"` line.
 //! - [`init`]: `loopwatch init`, a first config and its signing secret.
 
@@ -34,10 +36,13 @@ pub mod diff;
 pub mod health;
 pub mod http;
 pub mod init;
+pub mod json;
 pub mod jsonlog;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod poller;
+pub mod redact;
 pub mod reload;
 pub mod replicas;
 pub mod server;

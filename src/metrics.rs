@@ -408,6 +408,8 @@ pub struct TargetMetrics {
     events: [AtomicU64; EventType::ALL.len()],
     sync_duration: Histogram,
     fencing_rejections: AtomicU64,
+    /// Checkpoints whose `created_at` lay past the horizon when first seen.
+    created_ahead: AtomicU64,
     /// By [`ProbeOutcome::ALL`] order.
     probes: [AtomicU64; 3],
 }
@@ -423,6 +425,7 @@ impl Default for TargetMetrics {
             events: Default::default(),
             sync_duration: Histogram::new(SYNC_BUCKETS),
             fencing_rejections: AtomicU64::new(0),
+            created_ahead: AtomicU64::new(0),
             probes: Default::default(),
         }
     }
@@ -454,14 +457,26 @@ impl TargetMetrics {
         self.probes[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A checkpoint whose `created_at` lies more than a day past the daemon's clock.
+    pub fn created_ahead(&self) {
+        self.created_ahead.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn fencing_rejection(&self) {
         self.fencing_rejections.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Set the per-status checkpoint gauges from the target's live checkpoints.
-    pub fn set_checkpoints<'a>(
+    /// Set the per-status checkpoint gauges from the target's live checkpoints, each with
+    /// the time it is ordered by (`crate::model::ordering_time`), when it has one.
+    pub fn set_checkpoints(
         &self,
-        live: impl Iterator<Item = (CheckpointTarget, SyncClass, &'a str)>,
+        live: impl Iterator<
+            Item = (
+                CheckpointTarget,
+                SyncClass,
+                Option<chrono::DateTime<chrono::Utc>>,
+            ),
+        >,
     ) {
         let mut counts = [[0i64; 4]; 3];
         let mut latest: [Option<f64>; 3] = [None; 3];
@@ -469,7 +484,7 @@ impl TargetMetrics {
             let i = ct.label_index();
             let j = SYNC_CLASSES.iter().position(|c| *c == class).unwrap_or(3);
             counts[i][j] += 1;
-            if let Some(t) = crate::model::parse_created_at(created) {
+            if let Some(t) = created {
                 let ts = t.timestamp_millis() as f64 / 1000.0;
                 latest[i] = Some(latest[i].map_or(ts, |l: f64| l.max(ts)));
             }
@@ -544,6 +559,7 @@ enum Sample {
     Events(EventType),
     SyncDuration,
     FencingRejections,
+    CreatedAhead,
     Probes(ProbeOutcome),
 }
 
@@ -561,7 +577,7 @@ struct Family {
 type Series = (Labels, Labels, Sample);
 type Labels = Vec<(&'static str, &'static str)>;
 
-const TARGET_FAMILIES: [Family; 9] = [
+const TARGET_FAMILIES: [Family; 10] = [
     Family {
         name: "loopwatch_checkpoint_sync_duration_seconds",
         help: "Time from first sight to COMPLETE of a checkpoint.",
@@ -587,6 +603,12 @@ const TARGET_FAMILIES: [Family; 9] = [
                 })
                 .collect()
         },
+    },
+    Family {
+        name: "loopwatch_created_at_ahead_total",
+        help: "Checkpoints whose created_at lay more than a day past the daemon's clock when first seen: ordered as if created then (logged once each).",
+        kind: "counter",
+        series: || vec![(vec![], vec![], Sample::CreatedAhead)],
     },
     Family {
         name: "loopwatch_events_total",
@@ -754,6 +776,7 @@ impl TargetMetrics {
                 load(&self.events[i])
             }
             Sample::FencingRejections => load(&self.fencing_rejections),
+            Sample::CreatedAhead => load(&self.created_ahead),
             Sample::Probes(o) => load(&self.probes[*o as usize]),
             Sample::PollDuration | Sample::SyncDuration => f64::NAN,
         }
@@ -855,13 +878,14 @@ mod target_tests {
         )
         .unwrap();
         reg.register(Box::new(cks.clone())).unwrap();
-        let events = counter(f[2].name, f[2].help, &["target", "type"]);
-        let fencing = counter(f[3].name, f[3].help, &["target"]);
-        let last = gauge(f[4].name, f[4].help, &["target"]);
-        let latest = gauge(f[5].name, f[5].help, &["target", "checkpoint_target"]);
-        let poll = hist(f[6].name, f[6].help, POLL_BUCKETS);
-        let polls = counter(f[7].name, f[7].help, &["target", "outcome"]);
-        let probes = counter(f[8].name, f[8].help, &["target", "outcome"]);
+        let ahead = counter(f[2].name, f[2].help, &["target"]);
+        let events = counter(f[3].name, f[3].help, &["target", "type"]);
+        let fencing = counter(f[4].name, f[4].help, &["target"]);
+        let last = gauge(f[5].name, f[5].help, &["target"]);
+        let latest = gauge(f[6].name, f[6].help, &["target", "checkpoint_target"]);
+        let poll = hist(f[7].name, f[7].help, POLL_BUCKETS);
+        let polls = counter(f[8].name, f[8].help, &["target", "outcome"]);
+        let probes = counter(f[9].name, f[9].help, &["target", "outcome"]);
 
         let m = Metrics::new();
         let names = ["qwen-b", "a \"quoted\" \\ name", "qwen-a"];
@@ -883,6 +907,7 @@ mod target_tests {
                 events.with_label_values(&[n, e.as_str()]);
             }
             fencing.with_label_values(&[n]);
+            ahead.with_label_values(&[n]);
             for o in ProbeOutcome::ALL {
                 probes.with_label_values(&[n, o.label()]);
             }
@@ -912,6 +937,8 @@ mod target_tests {
             t.sync_duration(82.3);
             fencing.with_label_values(&[n]).inc();
             t.fencing_rejection();
+            ahead.with_label_values(&[n]).inc();
+            t.created_ahead();
             let live = [
                 (
                     CheckpointTarget::Sampler,
@@ -930,7 +957,10 @@ mod target_tests {
                     "not a time either",
                 ),
             ];
-            t.set_checkpoints(live.iter().cloned());
+            t.set_checkpoints(
+                (live.iter().cloned())
+                    .map(|(ct, c, at)| (ct, c, crate::model::parse_created_at(at))),
+            );
             let mut counts = std::collections::HashMap::new();
             for (ct, c, _) in &live {
                 *counts.entry((ct.label(), c.label())).or_insert(0) += 1;

@@ -454,6 +454,30 @@ pub fn parse_created_at(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// How far past the daemon's clock an upstream `created_at` is trusted for ordering
+/// ("newer", `latest_only`, the newest-checkpoint gauge): one day, for clock skew.
+pub fn created_at_horizon() -> chrono::TimeDelta {
+    chrono::TimeDelta::days(1)
+}
+
+/// Whether `created` lies beyond [`created_at_horizon`] of `seen`, the daemon's clock
+/// when it read the value.
+pub fn beyond_horizon(created: DateTime<Utc>, seen: DateTime<Utc>) -> bool {
+    created > seen + created_at_horizon()
+}
+
+/// The time a checkpoint created at `created` and first seen at `seen` is ordered by: its
+/// `created_at`, unless that lies beyond the horizon, when it is ordered as if created when
+/// first seen. One checkpoint dated 9999-12-31 once superseded every later deploy of its
+/// run, for good.
+pub fn ordering_time(created: DateTime<Utc>, seen: DateTime<Utc>) -> DateTime<Utc> {
+    if beyond_horizon(created, seen) {
+        seen
+    } else {
+        created
+    }
+}
+
 /// RFC 3339 with milliseconds and `Z`, the one timestamp format loopwatch writes.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -677,6 +701,21 @@ impl Index<&str> for TrackedSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_created_at_past_the_horizon_is_ordered_as_its_first_sight() {
+        let t = |s: &str| parse_created_at(s).unwrap();
+        let seen = t("2026-12-01T00:00:00Z");
+        let poisoned = t("9999-12-31T23:59:59Z");
+        assert!(beyond_horizon(poisoned, seen));
+        assert_eq!(ordering_time(poisoned, seen), seen);
+        // Clock skew up to a day is trusted as written.
+        let skewed = t("2026-12-01T23:00:00Z");
+        assert!(!beyond_horizon(skewed, seen));
+        assert_eq!(ordering_time(skewed, seen), skewed);
+        // So a checkpoint created after the poisoned one's first sight is newer.
+        assert!(t("2026-12-01T00:05:00Z") > ordering_time(poisoned, seen));
+    }
 
     #[test]
     fn created_at_without_an_offset_is_utc() {

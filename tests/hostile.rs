@@ -316,7 +316,7 @@ async fn unsafe_settings_are_warned_about_and_url_passwords_redacted() {
         format!(
             r#"
 [api]
-base_url = "http://lw:apipw-7c1e@api.example.com/"
+base_url = "http://api.example.com/?token=apipw-7c1e"
 [store]
 url = "postgres://lw:pgpw-3f9a@db.example.com/loopwatch"
 [server]
@@ -381,7 +381,7 @@ secret_file = "{}"
         );
     }
     assert!(
-        stdout.contains("http://lw:redacted@api.example.com/"),
+        stdout.contains("postgres://lw:redacted@db.example.com/loopwatch"),
         "{stdout}"
     );
 

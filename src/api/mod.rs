@@ -129,13 +129,19 @@ pub enum Error {
     Decode(String),
     #[error("response is larger than api.max_response_bytes ({0} bytes)")]
     TooLarge(u64),
+    /// The process's response bodies filled `api.max_buffered_bytes` for the whole
+    /// request timeout: this body was not read (the poll waits for its turn next time).
+    #[error(
+        "no room for the response within api.timeout: responses held at once fill api.max_buffered_bytes ({0} bytes)"
+    )]
+    OverBudget(u64),
 }
 
 impl Error {
     /// Worth trying again soon: the fault is likely on the way or upstream.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout | Error::Connect(_) | Error::Transport(_) => true,
+            Error::Timeout | Error::Connect(_) | Error::Transport(_) | Error::OverBudget(_) => true,
             Error::Status { code, .. } => *code == 408 || *code == 429 || *code >= 500,
             Error::Decode(_) | Error::TooLarge(_) => false,
         }
@@ -202,6 +208,7 @@ impl Error {
             Error::Connect(_) | Error::Transport(_) => "connect".into(),
             Error::Status { code, .. } => code.to_string(),
             Error::Decode(_) | Error::TooLarge(_) => "decode".into(),
+            Error::OverBudget(_) => "budget".into(),
         }
     }
 }
@@ -222,6 +229,8 @@ pub struct Client {
     /// How many processes share the budget now.
     sharing: AtomicI64,
     max_bytes: u64,
+    /// `api.timeout`: also how long a body waits for room in the [`http::budget`].
+    timeout: Duration,
 }
 
 /// The listing endpoint under `base`: a path prefix (a gateway's `/loops-proxy`) is
@@ -262,6 +271,9 @@ impl Client {
                 anyhow::anyhow!("the API key contains characters not allowed in a header")
             })?;
         auth.set_sensitive(true);
+        // One client per process (the pollers' and the deploy sinks'): its config sets
+        // the process's budget of response bytes.
+        http::budget().resize(cfg.max_buffered_bytes);
         Ok(Client {
             http,
             endpoint,
@@ -273,6 +285,7 @@ impl Client {
             budget: cfg.max_requests_per_second,
             sharing: AtomicI64::new(1),
             max_bytes: cfg.max_response_bytes,
+            timeout: cfg.timeout,
         })
     }
 
@@ -316,18 +329,19 @@ impl Client {
         let mut url = self.endpoint.clone();
         url.query_pairs_mut()
             .append_pair(filter.query_key(), filter.value());
-        let bytes = self.send(self.http.get(url)).await?;
+        let (bytes, share) = self.send(self.http.get(url)).await?;
         Ok(Body {
             digest: xxhash_rust::xxh3::xxh3_128(&bytes),
             bytes,
+            _share: share,
         })
     }
 
     /// Where the files of checkpoint `id` (its `id`, not its name) come from.
     pub async fn source(&self, id: &str) -> Result<Source, Error> {
         let url = self.checkpoint_url(id, "source");
-        let bytes = self.send(self.http.get(url)).await?;
-        wire::decode_source(&bytes).map_err(Error::Decode)
+        let (bytes, _share) = self.send(self.http.get(url)).await?;
+        wire::decode_source(&bytes).map_err(decode_error)
     }
 
     /// One page of the files of checkpoint `id`; the first page is `page_token` 0. A
@@ -342,8 +356,8 @@ impl Client {
         url.query_pairs_mut()
             .append_pair("page_size", &page_size.to_string())
             .append_pair("page_token", &page_token.to_string());
-        let bytes = self.send(self.http.get(url)).await?;
-        wire::decode_files(&bytes).map_err(Error::Decode)
+        let (bytes, _share) = self.send(self.http.get(url)).await?;
+        wire::decode_files(&bytes).map_err(decode_error)
     }
 
     /// Ask whether the sampler checkpoint at `checkpoint_path`
@@ -360,8 +374,8 @@ impl Client {
     pub async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, Error> {
         let body = wire::deploy_request(request);
         let url = self.action_url("deploy");
-        let bytes = self.send(post_json(self.http.post(url), &body)).await?;
-        wire::decode_deployed(&bytes).map_err(Error::Decode)
+        let (bytes, _share) = self.send(post_json(self.http.post(url), &body)).await?;
+        wire::decode_deployed(&bytes).map_err(decode_error)
     }
 
     /// `.../checkpoints/{id}/{leaf}`, the id percent-encoded as one path segment.
@@ -384,8 +398,12 @@ impl Client {
     }
 
     /// The one request path of every route: wait for a token, send with the key, read a
-    /// bounded body; a non-2xx answer becomes [`Error::Status`].
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
+    /// bounded body (and its share of the process's [`http::budget`], held as long as the
+    /// caller keeps it); a non-2xx answer becomes [`Error::Status`].
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(Vec<u8>, http::Share), Error> {
         self.until_ready().await;
         let resp = request
             .header(AUTHORIZATION, self.auth.clone())
@@ -408,26 +426,52 @@ impl Client {
     }
 
     /// Read at most `max_bytes`, chunk by chunk: an endless body costs a bounded buffer.
-    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, Error> {
-        if resp.content_length().is_some_and(|n| n > self.max_bytes) {
+    /// A body larger than [`http::UNBUDGETED`] (or of unannounced size) first takes its
+    /// room in the process's budget, waiting at most `api.timeout`; its buffer never grows
+    /// past that room.
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+    ) -> Result<(Vec<u8>, http::Share), Error> {
+        let announced = resp.content_length();
+        if announced.is_some_and(|n| n > self.max_bytes) {
             return Err(Error::TooLarge(self.max_bytes));
         }
-        let mut buf =
-            Vec::with_capacity(resp.content_length().unwrap_or(8192).min(1 << 20) as usize);
+        let max = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
+        let expect = announced.map_or(max, |n| usize::try_from(n).unwrap_or(max));
+        let budget = http::budget();
+        let mut share = if expect <= http::UNBUDGETED {
+            http::Share::none()
+        } else {
+            tokio::time::timeout(self.timeout, budget.take(expect))
+                .await
+                .map_err(|_| Error::OverBudget(budget.total() as u64))?
+        };
+        // Never more than the room held (or the small size), whatever the peer sends.
+        let room = share.bytes().max(expect.min(http::UNBUDGETED));
+        let mut buf = Vec::with_capacity(expect.min(room).min(1 << 20));
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if (buf.len() + chunk.len()) as u64 > self.max_bytes {
-                return Err(Error::TooLarge(self.max_bytes));
+            if buf.len() + chunk.len() > room {
+                return Err(Error::TooLarge(self.max_bytes.min(room as u64)));
+            }
+            if buf.len() + chunk.len() > buf.capacity() {
+                // Doubling, but within the room: the buffer is what the budget counts.
+                let want = (buf.capacity() * 2).max(buf.len() + chunk.len()).min(room);
+                buf.reserve_exact(want - buf.len());
             }
             buf.extend_from_slice(&chunk);
         }
-        Ok(buf)
+        share.shrink_to(buf.capacity());
+        Ok((buf, share))
     }
 }
 
-/// A successful (2xx) listing body.
+/// A successful (2xx) listing body, holding its share of the process's response budget
+/// for as long as it lives (a poll keeps it to the end: the decoded listing is as large).
 pub struct Body {
     bytes: Vec<u8>,
     digest: u128,
+    _share: http::Share,
 }
 
 impl Body {
@@ -438,7 +482,7 @@ impl Body {
 
     /// Decode the listing; a body that does not decode fails the poll as a whole.
     pub fn decode(&self) -> Result<Vec<Checkpoint>, Error> {
-        wire::decode_listing(&self.bytes).map_err(Error::Decode)
+        wire::decode_listing(&self.bytes).map_err(decode_error)
     }
 }
 
@@ -464,6 +508,12 @@ fn post_json(
     request
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(bytes)
+}
+
+/// An answer that does not decode. serde quotes what it found (`invalid type: string
+/// "..."`), which may be a secret a hostile peer echoed: redacted like an error body.
+fn decode_error(message: String) -> Error {
+    Error::Decode(crate::redact::secrets(&message).into_owned())
 }
 
 fn transport(e: reqwest::Error) -> Error {
@@ -570,6 +620,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_requests_per_second: 1.0,
             max_response_bytes: 1 << 20,
+            max_buffered_bytes: 2 << 20,
         };
         let c = Client::new(&cfg).unwrap();
         assert_eq!(
@@ -608,6 +659,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_requests_per_second: 1000.0,
             max_response_bytes: 1 << 20,
+            max_buffered_bytes: 2 << 20,
         }
     }
 

@@ -96,14 +96,14 @@ impl Client {
     pub async fn find_model(&self, name: &str) -> Result<Option<String>, Error> {
         let mut url = self.models_url(&[]);
         url.query_pairs_mut().append_pair("name", name);
-        let bytes = self.send(self.http.get(url)).await?;
+        let (bytes, _share) = self.send(self.http.get(url)).await?;
         decode_model_id(&bytes, name).map_err(Error::Decode)
     }
 
     /// Every deployment of model `model_id`.
     pub async fn deployments(&self, model_id: &str) -> Result<Vec<ModelDeployment>, Error> {
         let url = self.models_url(&[model_id, "deployments"]);
-        let bytes = self.send(self.http.get(url)).await?;
+        let (bytes, _share) = self.send(self.http.get(url)).await?;
         decode_deployments(&bytes).map_err(Error::Decode)
     }
 
@@ -114,7 +114,7 @@ impl Client {
         deployment_id: &str,
     ) -> Result<ModelDeployment, Error> {
         let url = self.models_url(&[model_id, "deployments", deployment_id]);
-        let bytes = self.send(self.http.get(url)).await?;
+        let (bytes, _share) = self.send(self.http.get(url)).await?;
         decode_deployment(&bytes).map_err(Error::Decode)
     }
 
@@ -130,7 +130,7 @@ impl Client {
             deployment_id,
             scale_down_previous_deployment: true,
         };
-        let bytes = self
+        let (bytes, _share) = self
             .send(super::post_json(self.http.post(url), &body))
             .await?;
         decode_deployment(&bytes).map_err(Error::Decode)

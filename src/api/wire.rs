@@ -68,7 +68,7 @@ impl<'de> Deserialize<'de> for AnyObject {
 /// Two listed versions of one checkpoint carry the same object (spacing and key order
 /// aside: the raw text is kept as received).
 fn same_object(a: &Checkpoint, b: &Checkpoint) -> bool {
-    let parsed = |raw: &str| serde_json::from_str::<serde_json::Value>(raw).ok();
+    let parsed = |raw: &str| crate::json::parse(raw).ok();
     a.raw == b.raw || (parsed(&a.raw).is_some() && parsed(&a.raw) == parsed(&b.raw))
 }
 
@@ -78,6 +78,15 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
     let mut all: Vec<Checkpoint> = Vec::with_capacity(listing.checkpoints.len());
     for (i, raw) in listing.checkpoints.iter().enumerate() {
         let text = raw.get();
+        // The one depth limit of every stored body's reader (crate::json): what is
+        // accepted here is delivered in every format.
+        let depth = crate::json::depth(text);
+        if depth > crate::json::MAX_DEPTH {
+            return Err(format!(
+                "checkpoints[{i}]: nested {depth} levels deep; loopwatch accepts at most {}",
+                crate::json::MAX_DEPTH
+            ));
+        }
         let w: WireCheckpoint =
             serde_json::from_str(text).map_err(|e| format!("checkpoints[{i}]: {e}"))?;
         if w.id.is_empty() {

@@ -12,6 +12,7 @@
 //! Secrets never come from the file: `*_env` names a variable, `*_file` a path. Resolved
 //! secrets live in [`Secret`], whose `Debug` and `Display` print `[redacted]`.
 
+mod file;
 pub mod raw;
 mod redact;
 mod secrets;
@@ -31,6 +32,7 @@ use crate::model::{CheckpointTarget, EventType};
 use crate::signing::{Ed25519Key, SigningKey};
 
 pub use ::config::FileFormat;
+pub use file::MAX_CONFIG_BYTES;
 pub use raw::{Environment, RawConfig};
 pub use redact::redact_url;
 pub use secrets::Secret;
@@ -80,6 +82,8 @@ pub struct ApiConfig {
     pub timeout: Duration,
     pub max_requests_per_second: f64,
     pub max_response_bytes: u64,
+    /// Response bodies held in memory at once, across targets, probes and sinks.
+    pub max_buffered_bytes: u64,
 }
 
 impl fmt::Debug for ApiConfig {
@@ -92,6 +96,7 @@ impl fmt::Debug for ApiConfig {
             timeout,
             max_requests_per_second,
             max_response_bytes,
+            max_buffered_bytes,
         } = self;
         f.debug_struct("ApiConfig")
             .field("base_url", &redact_url(base_url.as_str()))
@@ -101,6 +106,7 @@ impl fmt::Debug for ApiConfig {
             .field("timeout", timeout)
             .field("max_requests_per_second", max_requests_per_second)
             .field("max_response_bytes", max_response_bytes)
+            .field("max_buffered_bytes", max_buffered_bytes)
             .finish()
     }
 }
@@ -181,6 +187,13 @@ impl StoreConfig {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Open connections at most (lowered at start to half the descriptor limit).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, from the connection's start or the
+    /// end of the previous response.
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -475,17 +488,23 @@ pub fn load_reading(
             ));
         }
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let fix = if e.kind() == std::io::ErrorKind::NotFound {
-            "; `loopwatch init` writes a minimal one (config/loopwatch.example.toml lists every key)"
-        } else {
-            ""
-        };
-        one(format!("cannot read the config file: {e}{fix}"))
-    })?;
+    let text = read_config_file(path).map_err(one)?;
     let mut cfg = load_str_with(&text, format, &name, env, true, secrets)?;
     warn_if_writable(&mut cfg, path);
     Ok(cfg)
+}
+
+/// The config file's text: a regular file of at most [`MAX_CONFIG_BYTES`], read without
+/// ever blocking on a FIFO or reading a device (docs/configuration.md, "The file").
+fn read_config_file(path: &Path) -> Result<String, String> {
+    file::read_regular(path, MAX_CONFIG_BYTES).map_err(|e| {
+        let fix = if e.kind() == std::io::ErrorKind::NotFound {
+            "`loopwatch init` writes a minimal one (config/loopwatch.example.toml lists every key)"
+        } else {
+            "point -c or LOOPWATCH_CONFIG at a regular file"
+        };
+        format!("cannot read the config file: {e}; {fix}")
+    })
 }
 
 /// First among `cfg.warnings`: the config file at `path` is writable by others.
@@ -534,8 +553,8 @@ pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, Co
                 _ => FileFormat::Toml,
             };
             let name = p.display().to_string();
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                problems: vec![format!("{name}: cannot read the config file: {e}")],
+            let text = read_config_file(p).map_err(|e| ConfigError {
+                problems: vec![printable(&format!("{name}: {e}"))],
             })?;
             let mut cfg = load_str_with(&text, format, &name, env, false, ReadSecrets::ApiKey)?;
             warn_if_writable(&mut cfg, p);

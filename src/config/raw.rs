@@ -199,6 +199,7 @@ raw_table!(
         timeout: Field<RawDuration>,
         max_requests_per_second: Field<Number>,
         max_response_bytes: Field<Number>,
+        max_buffered_bytes: Field<Number>,
     }
 );
 
@@ -232,6 +233,9 @@ raw_table!(
     /// `[server]`
     RawServer {
         listen: Field<String>,
+        max_connections: Field<Number>,
+        header_read_timeout: Field<RawDuration>,
+        idle_timeout: Field<RawDuration>,
     }
 );
 

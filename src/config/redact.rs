@@ -106,6 +106,7 @@ struct Api {
     timeout: String,
     max_requests_per_second: f64,
     max_response_bytes: u64,
+    max_buffered_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -138,6 +139,9 @@ struct Store<'a> {
 #[derive(Serialize)]
 struct Server {
     listen: String,
+    max_connections: usize,
+    header_read_timeout: String,
+    idle_timeout: String,
 }
 
 #[derive(Serialize)]
@@ -230,6 +234,7 @@ impl<'a> Redacted<'a> {
                 timeout: human(c.api.timeout),
                 max_requests_per_second: c.api.max_requests_per_second,
                 max_response_bytes: c.api.max_response_bytes,
+                max_buffered_bytes: c.api.max_buffered_bytes,
             },
             poll: Poll {
                 interval: human(c.poll.interval),
@@ -251,6 +256,9 @@ impl<'a> Redacted<'a> {
             },
             server: Server {
                 listen: c.server.listen.to_string(),
+                max_connections: c.server.max_connections,
+                header_read_timeout: human(c.server.header_read_timeout),
+                idle_timeout: human(c.server.idle_timeout),
             },
             log: Log {
                 format: match c.log.format {

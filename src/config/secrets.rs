@@ -41,6 +41,44 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A URL's credentials, redacted from peers' text from now on: its password (and the
+/// basic-auth form of `user:password`) and its query values (a token in `?token=`).
+pub(super) fn register_url(u: &url::Url) {
+    if let Some(pw) = u.password() {
+        let decoded = percent_decode(pw);
+        crate::redact::register_basic(&percent_decode(u.username()), &decoded);
+        crate::redact::register(pw);
+    }
+    for (_, v) in u.query_pairs() {
+        crate::redact::register(&v);
+    }
+}
+
+/// `%XX` decoded (userinfo as `url` keeps it); `+` stays `+`.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl Problems<'_> {
     /// Whether this load reads the secrets of `section` (`api`, `sinks[0]`).
     pub fn reads_secrets_of(&self, section: &str) -> bool {
@@ -106,6 +144,7 @@ impl Problems<'_> {
                                 format!("{path} is {why}; chmod 600 {path} (or 640 with the daemon's group)"),
                             );
                         }
+                        crate::redact::register(&s);
                         Some((Secret(s), format!("{file_key} = {path}")))
                     }
                 }
@@ -125,6 +164,7 @@ impl Problems<'_> {
                 }
                 match self.env.var(&var) {
                     Some(v) if !v.is_empty() => {
+                        crate::redact::register(v);
                         Some((Secret(v.to_string()), format!("{env_key} = {var}")))
                     }
                     _ => {
@@ -160,7 +200,12 @@ impl Problems<'_> {
             };
             let var = &after[..end];
             match self.env.var(var) {
-                Some(v) => out.push_str(v),
+                Some(v) => {
+                    // A `${VAR}` value is a credential (a header's token): a peer that
+                    // echoes it has it redacted.
+                    crate::redact::register(v);
+                    out.push_str(v);
+                }
                 None => self.err(
                     key,
                     format!("uses ${{{var}}} but environment variable {var} is not set; export it"),
@@ -186,35 +231,7 @@ fn exposed(path: &std::path::Path) -> Option<String> {
 }
 
 /// A secret file: a regular file (symlinks followed, as Kubernetes mounts secrets) of at
-/// most 64 KiB. The path of the wrong file must not hang the start (opening a FIFO blocks
-/// until something writes to it) nor be read into memory whole (a log, `/dev/zero`).
+/// most 64 KiB, read as the config file is ([`super::file::read_regular`]).
 fn read_secret_file(path: &str) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::FileTypeExt;
-    const MAX: u64 = 64 * 1024;
-    let file_type = std::fs::metadata(path)?.file_type();
-    if !file_type.is_file() {
-        let what = if file_type.is_dir() {
-            "a directory"
-        } else if file_type.is_fifo() {
-            "a FIFO"
-        } else if file_type.is_socket() {
-            "a socket"
-        } else if file_type.is_char_device() || file_type.is_block_device() {
-            "a device"
-        } else {
-            "something else"
-        };
-        return Err(std::io::Error::other(format!(
-            "it is {what}, not a regular file"
-        )));
-    }
-    let mut s = String::new();
-    std::fs::File::open(path)?
-        .take(MAX + 1)
-        .read_to_string(&mut s)?;
-    if s.len() as u64 > MAX {
-        return Err(std::io::Error::other("larger than 64 KiB, not a secret"));
-    }
-    Ok(s)
+    super::file::read_regular(std::path::Path::new(path), 64 * 1024)
 }

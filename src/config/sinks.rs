@@ -214,9 +214,11 @@ fn webhook(
         );
     }
     let http_url = |u: &str| {
-        Url::parse(u)
+        let u = Url::parse(u)
             .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())?;
+        super::secrets::register_url(&u);
+        Some(u)
     };
     // A URL that is itself a credential (Slack's, say) comes from url_env/url_file.
     let from_secret = s.url_env.is_set() || s.url_file.is_set();

@@ -632,19 +632,34 @@ fn debug_hides_passwords_in_the_store_and_sink_urls() {
 }
 
 #[test]
-fn api_config_debug_hides_a_password_in_base_url() {
+fn api_config_debug_hides_a_query_token_in_base_url() {
     let c = toml_cfg(&format!(
-        "[api]\nbase_url = \"https://lw:apipw-7c1e@api.example.com/?token=qtok-9\"\n{MINIMAL}"
+        "[api]\nbase_url = \"https://api.example.com/?token=qtok-9\"\n{MINIMAL}"
     ))
     .unwrap();
     for dump in [format!("{:?}", c.api), format!("{c:?}")] {
         assert!(
-            !dump.contains("apipw-7c1e") && !dump.contains("qtok-9") && !dump.contains("k-123"),
+            !dump.contains("qtok-9") && !dump.contains("k-123"),
             "{dump}"
         );
+        assert!(dump.contains("https://api.example.com/"), "{dump}");
+    }
+}
+
+/// A user or password in `api.base_url` sent `Authorization: Basic` beside the key's
+/// `Bearer`: refused, without echoing the password.
+#[test]
+fn a_base_url_with_userinfo_is_refused_without_its_password() {
+    for base in [
+        "https://lw:apipw-7c1e@api.example.com/",
+        "https://lw@api.example.com/",
+    ] {
+        let p = problems(&format!("[api]\nbase_url = \"{base}\"\n{MINIMAL}"));
+        assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            dump.contains("https://lw:redacted@api.example.com/"),
-            "{dump}"
+            p[0].contains("api.base_url") && p[0].contains("remove the user:password@ part"),
+            "{p:?}"
         );
+        assert!(!p[0].contains("apipw-7c1e"), "{p:?}");
     }
 }

@@ -293,6 +293,22 @@ pub(super) fn validate(
             None
         }
     };
+    // `https://user:pass@host` made reqwest send `Authorization: Basic` beside the key's
+    // `Bearer`: two headers, and a proxy or the API picks one. The password never shows.
+    let base_url = match base_url {
+        Some(u) if !u.username().is_empty() || u.password().is_some() => {
+            super::secrets::register_url(&u);
+            w.err(
+                "api.base_url",
+                format!(
+                    "{:?} carries a user or password; the API key is the one credential sent (api.api_key_env or api.api_key_file): remove the user:password@ part",
+                    redact_url(u.as_str())
+                ),
+            );
+            None
+        }
+        other => other,
+    };
     if let Some(u) = &base_url
         && let Some(host) = cleartext_to_remote(u)
     {
@@ -348,6 +364,20 @@ pub(super) fn validate(
         1024,
         1 << 40,
     );
+    // Room for two of the largest responses at once by default; never less than one.
+    let max_buffered_bytes = w.integer(
+        &api.max_buffered_bytes,
+        "api.max_buffered_bytes",
+        max_response_bytes.saturating_mul(2),
+        1024,
+        1 << 42,
+    );
+    if max_buffered_bytes < max_response_bytes {
+        w.err(
+            "api.max_buffered_bytes",
+            format!("is {max_buffered_bytes}, below api.max_response_bytes ({max_response_bytes}): a response of the largest allowed size could never be read; raise it or lower api.max_response_bytes"),
+        );
+    }
 
     // [poll]
     let poll = w.table(raw.poll, "poll");
@@ -435,6 +465,24 @@ pub(super) fn validate(
             None
         }
     };
+
+    let max_connections = w.integer(
+        &server.max_connections,
+        "server.max_connections",
+        512,
+        4,
+        1 << 20,
+    ) as usize;
+    let header_read_timeout = w.positive_duration(
+        &server.header_read_timeout,
+        "server.header_read_timeout",
+        Duration::from_secs(10),
+    );
+    let idle_timeout = w.positive_duration(
+        &server.idle_timeout,
+        "server.idle_timeout",
+        Duration::from_secs(60),
+    );
 
     if let Some(a) = listen
         && !a.ip().is_loopback()
@@ -552,6 +600,7 @@ pub(super) fn validate(
             timeout: api_timeout,
             max_requests_per_second: rps,
             max_response_bytes,
+            max_buffered_bytes,
         },
         poll: PollConfig {
             interval,
@@ -573,6 +622,9 @@ pub(super) fn validate(
         },
         server: ServerConfig {
             listen: listen.expect("checked"),
+            max_connections,
+            header_read_timeout,
+            idle_timeout,
         },
         log: LogConfig {
             format: log_format,
@@ -681,6 +733,9 @@ fn target(
 /// and not a failure at start. sqlx's messages name the parameter, never the password.
 fn check_store_url(url: &str) -> Result<(), String> {
     use std::str::FromStr;
+    if let Ok(u) = Url::parse(url) {
+        super::secrets::register_url(&u);
+    }
     let scrub = |e: sqlx::Error| {
         let mut msg = one_line(&e.to_string());
         if let Some(pw) = Url::parse(url)

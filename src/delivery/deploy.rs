@@ -235,7 +235,7 @@ impl DeploySink {
                 ),
             });
         }
-        let body: serde_json::Value = serde_json::from_str(&event.body)
+        let body = crate::json::parse(&event.body)
             .map_err(|e| rejected(format!("stored event body is not JSON: {e}")))?;
         let model_name = self
             .model_name
@@ -519,16 +519,22 @@ pub fn lifecycle_event(
 
 /// The checkpoint's `created_at` as the upstream wrote it, from a stored standard body.
 pub fn checkpoint_created_at_text(event: &StoredEvent) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(&event.body).ok()?;
+    let v = crate::json::parse(&event.body).ok()?;
     v["data"]["checkpoint"]["created_at"]
         .as_str()
         .map(str::to_string)
 }
 
-/// The checkpoint's `created_at` from a stored standard body.
+/// The time a stored standard body's checkpoint is ordered by for `latest_only`: its
+/// `created_at`, or its first sight when `created_at` lies more than a day past it
+/// ([`crate::model::ordering_time`]).
 pub fn checkpoint_created_at(event: &StoredEvent) -> Option<chrono::DateTime<chrono::Utc>> {
-    let v: serde_json::Value = serde_json::from_str(&event.body).ok()?;
-    crate::model::parse_created_at(v["data"]["checkpoint"]["created_at"].as_str()?)
+    let v = crate::json::parse(&event.body).ok()?;
+    let created = crate::model::parse_created_at(v["data"]["checkpoint"]["created_at"].as_str()?)?;
+    let seen = (v["data"]["first_seen_at"].as_str())
+        .and_then(crate::model::parse_created_at)
+        .unwrap_or(event.detected_at);
+    Some(crate::model::ordering_time(created, seen))
 }
 
 #[derive(serde::Deserialize)]

@@ -133,7 +133,9 @@ pub fn decide(
         Err(f) => f,
     };
     let status = failure.status();
-    let error = failure.to_string();
+    // What is kept and logged: a peer's text in it is redacted at its source; this also
+    // covers every failure kind added later.
+    let error = crate::redact::secrets(&failure.to_string()).into_owned();
     if status == Some(410) || failure.is_permanent() {
         return AttemptOutcome::Dead { status, error };
     }

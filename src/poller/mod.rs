@@ -70,10 +70,16 @@ pub struct Poller {
     ownership: Option<Arc<Ownership>>,
     /// The unknown `sync_status` values already logged (each is logged once).
     unknown_statuses: Mutex<HashSet<String>>,
+    /// The checkpoints already logged for a `created_at` past the horizon.
+    created_ahead: Mutex<HashSet<String>>,
 }
 
 /// At most this many distinct unknown `sync_status` values are remembered and logged.
 const UNKNOWN_STATUSES_LOGGED: usize = 64;
+
+/// At most this many checkpoints with a `created_at` past the horizon are remembered
+/// (logged and counted once each); more are neither logged nor counted again.
+const CREATED_AHEAD_LOGGED: usize = 4096;
 
 /// At most this many null checkpoints of one target are probed per poll (docs/events.md):
 /// a target with many of them costs a bounded number of requests per poll, and the ones
@@ -115,6 +121,7 @@ impl Poller {
             permits_owed: AtomicUsize::new(0),
             ownership: None,
             unknown_statuses: Mutex::default(),
+            created_ahead: Mutex::default(),
         }
     }
 
@@ -164,6 +171,26 @@ impl Poller {
             if seen.len() < UNKNOWN_STATUSES_LOGGED && seen.insert(status.to_string()) {
                 warn!(target, checkpoint_id = %c.id, sync_status = status,
                     "unknown sync_status from the API: counted as \"other\", never fires completed (logged once per value)");
+            }
+        }
+    }
+
+    /// Log and count, once per checkpoint, a `created_at` more than a day past `now`: it
+    /// is ordered as if created when first seen (`crate::model::ordering_time`), so one
+    /// poisoned date cannot make every later checkpoint of its run look older.
+    fn log_created_ahead(&self, target: &str, listing: &[Checkpoint], now: DateTime<Utc>) {
+        for c in listing {
+            let Some(created) = crate::model::parse_created_at(&c.created_at) else {
+                continue;
+            };
+            if !crate::model::beyond_horizon(created, now) {
+                continue;
+            }
+            let mut seen = self.created_ahead.lock().expect("not poisoned");
+            if seen.len() < CREATED_AHEAD_LOGGED && seen.insert(c.id.clone()) {
+                self.metrics.target(target).created_ahead();
+                warn!(target, checkpoint_id = %c.id, created_at = %c.created_at,
+                    "created_at is more than a day past this host's clock: ordered as if created when first seen (logged once per checkpoint)");
             }
         }
     }
@@ -258,6 +285,7 @@ impl Poller {
         self.count_request("200");
         let listing = narrow(listing, &t.checkpoint_targets);
         self.log_unknown_statuses(name, &listing);
+        self.log_created_ahead(name, &listing, Utc::now());
         let filter = t.filter.to_string();
         if let Some(old) = diff::rebaseline_on_new_filter(state, &filter) {
             warn!(target = name, old, new = %filter,
@@ -560,11 +588,11 @@ impl Poller {
     /// listing changes: a settled listing is not diffed again).
     fn publish_checkpoints(&self, name: &str, state: &TargetState) {
         self.metrics.target(name).set_checkpoints(
-            state
-                .checkpoints
-                .values()
-                .filter(|c| !c.deleted)
-                .map(|c| (c.target.clone(), c.class(), c.created_at.as_str())),
+            state.checkpoints.values().filter(|c| !c.deleted).map(|c| {
+                let created = crate::model::parse_created_at(&c.created_at)
+                    .map(|t| crate::model::ordering_time(t, c.first_seen_at));
+                (c.target.clone(), c.class(), created)
+            }),
         );
     }
 

@@ -591,25 +591,35 @@ pub(crate) fn require_current(
     Ok(())
 }
 /// The checkpoint deliveries [`Store::newer_deploy`] weighs: same sink and run, another
-/// delivery, pending or delivered, of a completed sampler checkpoint. Selects its name and
-/// `created_at` as the upstream wrote it (`CREATED_AT` is the backend's JSON path
-/// expression over `e.body`).
-pub(crate) fn newer_deploy_query(created_at_expr: &str) -> String {
+/// delivery, pending or delivered, of a completed sampler checkpoint. Selects its name,
+/// `created_at` as the upstream wrote it and its first sight (the backend's JSON path
+/// expressions over `e.body`).
+pub(crate) fn newer_deploy_query(created_at_expr: &str, first_seen_expr: &str) -> String {
     format!(
-        "SELECT e.checkpoint_name, {created_at_expr} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+        "SELECT e.checkpoint_name, {created_at_expr}, {first_seen_expr} FROM deliveries d JOIN events e ON e.seq = d.event_seq
          WHERE d.sink = $1 AND d.run_id = $2 AND d.id <> $3
            AND d.status IN ('pending', 'delivered')
            AND e.type = 'checkpoint.completed' AND e.checkpoint_target = 'sampler'"
     )
 }
 
-/// The newest of `rows` (name, created_at) created after `than`.
+/// The newest of `rows` (name, created_at, first seen) created after `than`, each ordered
+/// by [`crate::model::ordering_time`]: a `created_at` a day or more past its first sight
+/// counts as that first sight, so it cannot supersede the run's later checkpoints.
 pub(crate) fn pick_newer(
-    rows: Vec<(String, Option<String>)>,
+    rows: Vec<(String, Option<String>, Option<String>)>,
     than: DateTime<Utc>,
 ) -> Option<String> {
+    use crate::model::{ordering_time, parse_created_at};
     rows.into_iter()
-        .filter_map(|(name, at)| Some((crate::model::parse_created_at(&at?)?, name)))
+        .filter_map(|(name, at, seen)| {
+            let at = parse_created_at(&at?)?;
+            let at = match seen.as_deref().and_then(parse_created_at) {
+                Some(seen) => ordering_time(at, seen),
+                None => at,
+            };
+            Some((at, name))
+        })
         .filter(|(at, _)| *at > than)
         .max()
         .map(|(_, name)| name)

@@ -135,6 +135,7 @@ impl Dialect for Postgres {
     fn claim_clock(param: &str) -> String {
         format!("(CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + {param})")
     }
+    const BODY_FIRST_SEEN_AT: &'static str = "(e.body::jsonb #>> '{data,first_seen_at}')";
 
     /// Lock the lease row: a takeover waits for this commit, and a stale epoch (the lease
     /// was taken while this replica was paused) commits nothing.

@@ -29,6 +29,10 @@ pub(crate) trait Dialect: super::attempts::LogDialect {
     /// SQL of the checkpoint's `created_at` inside a stored event body `e.body` (text).
     const BODY_CREATED_AT: &'static str;
 
+    /// SQL of the checkpoint's first sight (`data.first_seen_at`) inside `e.body`: what a
+    /// `created_at` past the horizon is ordered as (`crate::model::ordering_time`).
+    const BODY_FIRST_SEEN_AT: &'static str;
+
     /// First in a poll's transaction: refuse the commit ([`super::StoreError::Fenced`])
     /// unless `fence` still holds, and keep a takeover waiting until the commit ends.
     async fn check_fence(
@@ -90,6 +94,7 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
     for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
     for<'r> TrackedRecord: FromRow<'r, DB::Row>,
     for<'r> TargetRecord: FromRow<'r, DB::Row>,
@@ -243,8 +248,8 @@ where
         delivery_id: i64,
         created_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<String>> {
-        let rows: Vec<(String, Option<String>)> = sqlx::query_as(AssertSqlSafe(
-            super::newer_deploy_query(DB::BODY_CREATED_AT),
+        let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(AssertSqlSafe(
+            super::newer_deploy_query(DB::BODY_CREATED_AT, DB::BODY_FIRST_SEEN_AT),
         ))
         .bind(sink)
         .bind(run_id)

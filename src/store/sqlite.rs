@@ -325,6 +325,7 @@ impl Dialect for Sqlite {
     fn claim_clock(param: &str) -> String {
         param.to_string()
     }
+    const BODY_FIRST_SEEN_AT: &'static str = "json_extract(e.body, '$.data.first_seen_at')";
 
     /// One node owns every target for good (its flock keeps a second poller out).
     async fn check_fence(

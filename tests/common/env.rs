@@ -97,6 +97,31 @@ shutdown_grace = "3s"
         self.spawn_daemon_env(config, &[])
     }
 
+    /// Start the daemon under `ulimit -n nofile` (soft and hard), as a unit without
+    /// `LimitNOFILE` would run it.
+    pub fn spawn_daemon_nofile(&self, config: &Path, nofile: u64) -> Daemon {
+        let log = self
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", rand_suffix()));
+        let f = std::fs::File::create(&log).unwrap();
+        let c = self.cmd(config, &["run"]);
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(c.get_program())
+            .args(c.get_args())
+            .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove("RUST_LOG")
+            .env_remove("LOOPWATCH_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(f));
+        Daemon {
+            child: Some(sh.spawn().unwrap()),
+            log,
+        }
+    }
+
     /// Start the daemon with extra environment variables.
     pub fn spawn_daemon_env(&self, config: &Path, vars: &[(&str, &str)]) -> Daemon {
         let log = self
