@@ -18,12 +18,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use loopwatch::config::{Filter, TargetConfig};
-use loopwatch::model::CheckpointTarget;
 use loopwatch::poller::{cadence, next_wait};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -78,7 +76,7 @@ fn simulate(policy: Policy, ckpts: &[Ckpt], rng: &mut StdRng) -> Outcome {
     let target = TargetConfig {
         name: "run".into(),
         filter: Filter::RunId("run-1".into()),
-        checkpoint_targets: BTreeSet::from([CheckpointTarget::Sampler, CheckpointTarget::Trainer]),
+        checkpoint_targets: None,
         interval: Duration::from_secs(60),
         syncing_interval: Duration::from_secs(10),
     };

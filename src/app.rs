@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use sd_notify::NotifyState;
@@ -17,23 +17,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::api;
-use crate::config::{self, Config, Environment, StoreConfig, TargetConfig};
-use crate::delivery::deploy::{CallError, LoopsDeployer};
+use crate::config::{self, Config, Environment, TargetConfig};
 use crate::delivery::{Outbox, Sink};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 use crate::model::TargetState;
-use crate::model::{DeployRequest, Deployment, ModelDeployment};
 use crate::poller::Poller;
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
 use crate::status::Status;
-use crate::store::{self, Access, Coordinator, Role, Store, StoreError};
+use crate::store::{Access, Coordinator, Role, Store, StoreError};
 use crate::store_watch::{StoreWatch, Watched};
 use crate::wake::Wake;
+
+mod deployer;
+pub use deployer::deployer;
 
 /// Why an [`App`] could not be built: callers branch on a store that is missing (a dry
 /// run then starts from an empty state) or unreachable.
@@ -76,22 +77,23 @@ pub struct App {
     reload_from: Option<PathBuf>,
 }
 
-/// A running loop (one target's poller or one sink's worker), stoppable on its own.
+/// A running loop (one target's poller or one sink's worker), stoppable on its own and
+/// watched by its own heartbeat.
 struct Loop {
     token: CancellationToken,
     handle: JoinHandle<()>,
+    beat: Heartbeat,
 }
 
 /// The loops of a running daemon, by name, and what starting another needs.
 struct Running {
     token: CancellationToken,
     tracker: TaskTracker,
-    poll_beat: Heartbeat,
     grace: Duration,
     targets: HashMap<String, Loop>,
     /// Removed targets whose loop is still finishing: a target added back waits for it.
     retired: HashMap<String, JoinHandle<()>>,
-    sinks: HashMap<String, (Loop, Heartbeat)>,
+    sinks: HashMap<String, Loop>,
     /// The configured target names, for the lease loop's fair share.
     names: watch::Sender<Vec<String>>,
 }
@@ -129,7 +131,8 @@ impl App {
             false => None,
         };
         let (store, coordinator) =
-            open_store(&cfg.store, access, role, &watch, &health, serve).await?;
+            crate::store_watch::open_store(&cfg.store, access, role, &watch, &health, serve)
+                .await?;
         let store: Arc<dyn Store> = Arc::new(Watched::new(store, watch));
         let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
         let ownership = Arc::new(Ownership::from_start(&*coordinator, &names));
@@ -230,6 +233,8 @@ impl App {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // A panic in any task is logged with where it happened, as one event.
+        crate::health::install_panic_hook();
 
         if let Some(early) = self.early.take() {
             let addr = early.addr;
@@ -324,12 +329,10 @@ impl App {
                 }
             });
         }
-        let poll_beat = self.health.heartbeat("poller", self.poll_silence());
         let grace = self.cfg.delivery.shutdown_grace;
         let mut running = Running {
             token: token.clone(),
             tracker: tracker.clone(),
-            poll_beat,
             grace,
             targets: HashMap::new(),
             retired: HashMap::new(),
@@ -422,13 +425,12 @@ impl App {
 /// Reload: read the config again and apply what a reload applies (docs/configuration.md,
 /// "Reload"); `crate::reload` says what changed, these functions start and stop the loops.
 impl App {
-    /// How long the poll loops may all be silent: two of the longest waits and two API
-    /// timeouts, plus a minute.
+    /// How long a poll loop may be silent: it beats while it waits (for its next poll or
+    /// a poll slot), so only a poll itself is silent: a listing and every probe request
+    /// of it, each within `api.timeout`, and a commit; plus a minute.
     fn poll_silence(&self) -> Duration {
-        let longest = (self.cfg.targets.iter().map(|t| t.interval))
-            .max()
-            .unwrap_or_default();
-        longest.mul_f64(2.0) + self.cfg.api.timeout * 2 + Duration::from_secs(60)
+        let requests = 2 + crate::poller::PROBE_REQUESTS_PER_POLL as u32;
+        crate::health::IDLE_BEAT + self.cfg.api.timeout * requests + Duration::from_secs(60)
     }
 
     /// Start the poll loop of `t`, after `after` (the loop it replaces, or the clean-up of
@@ -441,16 +443,13 @@ impl App {
         after: Option<JoinHandle<()>>,
     ) {
         let after = after.or_else(|| run.retired.remove(&t.name));
-        let token = run.token.child_token();
-        let (poller, tok, beat) = (self.poller.clone(), token.clone(), run.poll_beat.clone());
         let name = t.name.clone();
-        let handle = run.tracker.spawn(async move {
-            if let Some(previous) = after {
-                let _ = previous.await;
-            }
-            poller.run_target(t, state, tok, beat).await
+        let beat = (self.health).heartbeat(&format!("target {name}"), self.poll_silence());
+        let poller = self.poller.clone();
+        let lp = spawn_loop(run, beat, after, move |tok, b| async move {
+            poller.run_target(t, state, tok, b).await
         });
-        run.targets.insert(name, Loop { token, handle });
+        run.targets.insert(name, lp);
     }
 
     /// Start the worker of `sink`, after `after` (the worker it replaces) has finished.
@@ -459,30 +458,26 @@ impl App {
             &format!("sink {}", sink.name()),
             sink.cfg.timeout + Duration::from_secs(60),
         );
-        let token = run.token.child_token();
-        let (outbox, tok, grace, b) = (self.outbox.clone(), token.clone(), run.grace, beat.clone());
-        let name = sink.name().to_string();
-        let handle = run.tracker.spawn(async move {
-            if let Some(previous) = after {
-                let _ = previous.await;
-            }
+        let (outbox, grace, name) = (self.outbox.clone(), run.grace, sink.name().to_string());
+        let lp = spawn_loop(run, beat, after, move |tok, b| async move {
             outbox.run_sink(sink, tok, grace, b).await
         });
-        run.sinks.insert(name, (Loop { token, handle }, beat));
+        run.sinks.insert(name, lp);
     }
 
     /// Stop the worker of sink `name` (in-flight attempts get the grace period; the rest
     /// stay pending); returns its handle.
     fn stop_sink(&self, run: &mut Running, name: &str) -> Option<JoinHandle<()>> {
-        let (lp, beat) = run.sinks.remove(name)?;
-        self.health.retire(&beat);
+        let lp = run.sinks.remove(name)?;
+        self.health.retire(&lp.beat);
         lp.token.cancel();
         Some(lp.handle)
     }
 
     /// Stop the poll loop of target `name` (between polls, never inside a commit).
-    fn stop_target(run: &mut Running, name: &str) -> Option<JoinHandle<()>> {
+    fn stop_target(&self, run: &mut Running, name: &str) -> Option<JoinHandle<()>> {
         let lp = run.targets.remove(name)?;
+        self.health.retire(&lp.beat);
         lp.token.cancel();
         Some(lp.handle)
     }
@@ -608,18 +603,18 @@ impl App {
         self.health
             .retarget(&plan.removed_targets, owned_now.into_iter().map(|(t, _)| t));
         for name in &plan.removed_targets {
-            if let Some(handle) = Self::stop_target(run, name) {
+            if let Some(handle) = self.stop_target(run, name) {
                 // Its series go once its loop has stopped writing them.
                 let (metrics, name2) = (self.metrics.clone(), name.clone());
                 let cleanup = run.tracker.spawn(async move {
-                    let _ = handle.await;
+                    crate::health::joined(handle.await, &format!("target {name2}"));
                     metrics.remove_target(&name2);
                 });
                 run.retired.insert(name.clone(), cleanup);
             }
         }
         for t in &plan.changed_targets {
-            let old = Self::stop_target(run, &t.name);
+            let old = self.stop_target(run, &t.name);
             self.start_target(run, t.clone(), None, old);
         }
         for t in &plan.added_targets {
@@ -630,8 +625,6 @@ impl App {
             .set(self.ownership.count() as i64);
         run.retired.retain(|_, h| !h.is_finished());
         self.cfg = cfg;
-        self.health
-            .allow_silence(&run.poll_beat, self.poll_silence());
         info!(
             targets_added = plan.added_targets.len(),
             targets_removed = plan.removed_targets.len(),
@@ -646,53 +639,30 @@ impl App {
     }
 }
 
-/// Open the store. With `wait` (the daemon), keep trying while the database is out of
-/// reach ([`store::StoreError::is_unavailable`]), backing off from 1 s to 30 s, with
-/// `/readyz` answering 503 and why; logged when it starts waiting and when it is back.
-/// Any other error (a wrong password, no such database, a locked state file) is final.
-async fn open_store(
-    cfg: &StoreConfig,
-    access: Access,
-    role: Role,
-    watch: &StoreWatch,
-    health: &Health,
-    wait: bool,
-) -> Result<(Arc<dyn Store>, Arc<dyn Coordinator>), StoreError> {
-    let shown = crate::config::redact_url(&cfg.url);
-    if cfg.group_readable && access == Access::ReadWrite {
-        store::sqlite::create_group_readable(&cfg.url);
-    }
-    if wait {
-        health.store_unavailable(format!("opening {shown}"), Instant::now());
-    }
-    let waiting_since = Instant::now();
-    let mut backoff = Duration::from_secs(1);
-    let mut failures = 0u32;
-    loop {
-        let started = Instant::now();
-        match store::open_coordinated(cfg, access, role).await {
-            Ok(opened) => {
-                health.store_available(started);
-                if failures > 0 {
-                    info!(store = %shown, waited_s = waiting_since.elapsed().as_secs_f64(), failures,
-                        "store reachable; starting");
-                }
-                return Ok(opened);
-            }
-            Err(e) if wait && e.is_unavailable() => {
-                failures += 1;
-                watch.failed("open", started, &e);
-                health.store_unavailable(e.to_string(), started);
-                if failures == 1 {
-                    warn!(error = %e, "store unavailable at start; serving /healthz and /readyz (503) and retrying until it is reachable");
-                } else {
-                    debug!(error = %e, failures, retry_in_s = backoff.as_secs_f64(), "store still unavailable");
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => return Err(e),
+/// Spawn the loop `task` makes (from its token and heartbeat) once `after` (the loop it
+/// replaces) has finished; [`crate::health::supervise`] marks it stopped if it panics or
+/// returns before its token is cancelled.
+fn spawn_loop<F>(
+    run: &Running,
+    beat: Heartbeat,
+    after: Option<JoinHandle<()>>,
+    task: impl FnOnce(CancellationToken, Heartbeat) -> F + Send + 'static,
+) -> Loop
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let token = run.token.child_token();
+    let (tok, b) = (token.clone(), beat.clone());
+    let handle = run.tracker.spawn(async move {
+        if let Some(previous) = after {
+            crate::health::joined(previous.await, b.name());
         }
+        crate::health::supervise(b.clone(), tok.clone(), task(tok, b)).await
+    });
+    Loop {
+        token,
+        handle,
+        beat,
     }
 }
 
@@ -765,139 +735,11 @@ impl Early {
             ..
         } = self;
         drop(stop);
-        if tokio::time::timeout(Duration::from_secs(1), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
+        match tokio::time::timeout(Duration::from_secs(1), &mut server).await {
+            Ok(r) => crate::health::joined(r, "the interim HTTP server"),
+            Err(_) => server.abort(),
         }
         listener
-    }
-}
-
-/// The Loops API as `baseten_deploy` sinks need it, over the shared client (its token
-/// bucket, timeout and `loopwatch_api_requests_total`).
-pub fn deployer(client: Arc<api::Client>, metrics: Arc<Metrics>) -> Arc<dyn LoopsDeployer> {
-    Arc::new(ApiDeployer { client, metrics })
-}
-
-struct ApiDeployer {
-    client: Arc<api::Client>,
-    metrics: Arc<Metrics>,
-}
-
-/// Counts one request in `loopwatch_api_requests_total` when it ends, and as `timeout`
-/// when it never does (the sink's timeout dropped it mid-call): every call is counted.
-struct Counted<'a> {
-    metrics: &'a Metrics,
-    endpoint: api::Endpoint,
-    code: Option<String>,
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        let code = self.code.take().unwrap_or_else(|| "timeout".into());
-        self.metrics.api_request(self.endpoint.label(), &code);
-    }
-}
-
-impl ApiDeployer {
-    /// Run one call of `endpoint`, counted whatever becomes of it.
-    async fn call<T>(
-        &self,
-        endpoint: api::Endpoint,
-        request: impl Future<Output = Result<T, api::Error>>,
-    ) -> Result<T, CallError> {
-        let mut counted = Counted {
-            metrics: &self.metrics,
-            endpoint,
-            code: None,
-        };
-        let r = request.await;
-        counted.code = Some(match &r {
-            Ok(_) => "200".to_string(),
-            Err(e) => e.code_label(),
-        });
-        r.map_err(call_error)
-    }
-}
-
-#[async_trait::async_trait]
-impl LoopsDeployer for ApiDeployer {
-    async fn validate(&self, path: &str, run_id: Option<&str>) -> Result<(), CallError> {
-        self.call(api::Endpoint::Validate, self.client.validate(path, run_id))
-            .await
-    }
-
-    async fn deploy(&self, request: &DeployRequest) -> Result<Deployment, CallError> {
-        self.call(api::Endpoint::Deploy, self.client.deploy(request))
-            .await
-    }
-
-    async fn find_model(&self, name: &str) -> Result<Option<String>, CallError> {
-        self.call(api::Endpoint::Models, self.client.find_model(name))
-            .await
-    }
-
-    async fn deployments(&self, model_id: &str) -> Result<Vec<ModelDeployment>, CallError> {
-        self.call(
-            api::Endpoint::Deployments,
-            self.client.deployments(model_id),
-        )
-        .await
-    }
-
-    async fn deployment(
-        &self,
-        model_id: &str,
-        deployment_id: &str,
-    ) -> Result<ModelDeployment, CallError> {
-        self.call(
-            api::Endpoint::Deployment,
-            self.client.deployment(model_id, deployment_id),
-        )
-        .await
-    }
-
-    async fn promote(
-        &self,
-        model_id: &str,
-        environment: &str,
-        deployment_id: &str,
-    ) -> Result<ModelDeployment, CallError> {
-        self.call(
-            api::Endpoint::Promote,
-            self.client.promote(model_id, environment, deployment_id),
-        )
-        .await
-    }
-
-    async fn deactivate(&self, model_id: &str, deployment_id: &str) -> Result<(), CallError> {
-        self.call(
-            api::Endpoint::Deactivate,
-            self.client.deactivate(model_id, deployment_id),
-        )
-        .await
-    }
-}
-
-/// The outbox's classification of a client error (docs/events.md, "baseten_deploy").
-fn call_error(e: api::Error) -> CallError {
-    match e {
-        api::Error::Status {
-            code,
-            retry_after,
-            message,
-            ..
-        } => CallError::status(code, retry_after, message),
-        api::Error::Timeout => CallError::timeout(e.to_string()),
-        api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
-        // A 2xx that is not the documented answer (or one not read for want of room: a
-        // deploy's answer is small and never waits for room): the call may have acted; a
-        // deploy reconciles before anything else is sent.
-        api::Error::Decode(_) | api::Error::TooLarge(_) | api::Error::OverBudget(_) => {
-            CallError::invalid(200, format!("the answer is not as documented: {e}"))
-        }
     }
 }
 

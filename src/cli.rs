@@ -489,69 +489,6 @@ fn tracked_json(c: &Tracked) -> serde_json::Value {
 
 /// The newest `limit` deliveries (in `status`, to `sink`), oldest first; when more match,
 /// a line on stderr says so (the output itself stays a plain table or JSON array).
-/// `deploys`: each deploy pipeline, newest first (the newest 10,000).
-pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow::Result<u8> {
-    let rows = match read_only_store(cfg).await? {
-        Some(store) => store.list_deploys(sink, 10_000).await?,
-        None => Vec::new(),
-    };
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
-            let rows = rows
-                .into_iter()
-                .map(|d| {
-                    let uri = crate::model::checkpoint_uri(
-                        &d.run_id,
-                        &crate::model::CheckpointTarget::Sampler,
-                        &d.checkpoint_name,
-                    );
-                    let approval = match (&d.decision, &d.decided_by, d.approval_deadline) {
-                        (Some(v), Some(by), _) => format!("{v} by {by}"),
-                        _ if d.stage == store::DeployStage::AwaitingApproval => {
-                            format!(
-                                "waiting until {}",
-                                d.approval_deadline.map(rfc3339).unwrap_or_default()
-                            )
-                        }
-                        _ => String::new(),
-                    };
-                    vec![
-                        d.delivery_id.to_string(),
-                        d.sink,
-                        uri.unwrap_or(d.checkpoint_name),
-                        d.stage.as_str().into(),
-                        d.model_id.unwrap_or_else(|| "-".into()),
-                        d.deployment_id.unwrap_or_else(|| "-".into()),
-                        d.deployment_status.unwrap_or_else(|| "-".into()),
-                        if d.reconciled { "yes" } else { "" }.into(),
-                        approval,
-                        rfc3339(d.updated_at),
-                        d.error.unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "DELIVERY",
-                    "SINK",
-                    "CHECKPOINT",
-                    "STAGE",
-                    "MODEL",
-                    "DEPLOYMENT",
-                    "STATUS",
-                    "RECONCILED",
-                    "APPROVAL",
-                    "UPDATED",
-                    "ERROR",
-                ],
-                rows,
-            );
-        }
-    }
-    Ok(0)
-}
-
 pub async fn deliveries_list(
     cfg: &Config,
     status: Option<DeliveryStatus>,
@@ -844,40 +781,7 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    #[test]
-    fn sizes_are_human() {
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(128 << 20), "128.0 MiB");
-    }
-
-    #[test]
-    fn tables_align() {
-        let t = format_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
-        assert_eq!(t, "A    BB\nxxx  y\n");
-    }
-
-    /// A cell of 65,536 characters or more panicked (`Formatting argument out of range`,
-    /// exit 101), and a newline or escape sequence in a name reached the terminal raw.
-    #[test]
-    fn hostile_cells_are_escaped_and_cut_and_never_panic() {
-        let huge = "n".repeat(1 << 20);
-        let t = format_table(
-            &["NAME", "SYNC"],
-            &[
-                vec![huge, "COMPLETE".into()],
-                vec!["a\nforged\x1b[2J\x07\0".into(), "x".into()],
-            ],
-        );
-        assert_eq!(t.lines().count(), 3, "{t}");
-        assert!(
-            t.lines().all(|l| l.chars().count() < 2 * text::MAX_CELL),
-            "{t}"
-        );
-        assert!(t.contains('…'));
-        assert!(t.contains(r"a\nforged\u{1b}[2J\u{7}\0"), "{t}");
-        assert!(!t.contains(['\x1b', '\x07', '\0']));
-    }
-}
+mod deploys;
+pub use deploys::deploys;

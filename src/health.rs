@@ -1,40 +1,221 @@
 //! Liveness and readiness, shared by the loops that report and the server that answers.
 //!
-//! Liveness: every long-running loop owns a [`Heartbeat`] with the longest silence that is
-//! still healthy; `/healthz` fails when any loop has been silent longer (a wedged poll or
-//! delivery loop). Readiness: the store is open and reachable, and every target has been
-//! polled once. And the last poll of each target this process polls ([`PollSeen`]), for
-//! the status page: when it last succeeded, and whether it fails now and why.
+//! Liveness: every long-running loop (each target's poll loop, each sink's worker, the
+//! lease loop) owns a [`Heartbeat`] with the longest silence that is still healthy;
+//! `/healthz` fails naming each loop silent longer (wedged) or stopped (it panicked or
+//! returned: [`supervise`] marks it at once). Silence is measured on the monotonic clock
+//! ([`Clock`]), never the wall clock: a step of the system time (NTP, an operator) neither
+//! fails `/healthz` nor hides a wedged loop. Readiness: the store is open and reachable,
+//! and every target has been polled once.
+//!
+//! And the last poll of each target this process polls ([`PollSeen`]), for the status
+//! page: when it last succeeded, and whether it fails now and why.
+//!
+//! A panic anywhere is logged with its location by [`install_panic_hook`].
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+
+/// Wall-clock Unix milliseconds, for what the status page shows (never for liveness).
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Where heartbeats read the time: a monotonic clock. The daemon's is [`Instant::now`];
+/// tests inject one they move by hand.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+}
+
+/// The monotonic clock of the OS (`CLOCK_MONOTONIC` on Linux): steps of the wall clock
+/// do not move it.
+struct Monotonic;
+
+impl Clock for Monotonic {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// How often a loop that waits beats ([`Heartbeat::while_waiting`]).
+pub const IDLE_BEAT: Duration = Duration::from_secs(10);
+
+/// One loop's heartbeat. Clones share it.
 #[derive(Clone)]
 pub struct Heartbeat {
-    name: Arc<str>,
-    last: Arc<AtomicI64>,
-    max_silence: Duration,
+    shared: Arc<Beat>,
+    clock: Arc<dyn Clock>,
+    /// What the clock read when the heartbeat was made: beats are kept as milliseconds
+    /// since then.
+    base: Instant,
+}
+
+struct Beat {
+    name: String,
+    last_ms: AtomicU64,
+    max_silence: Mutex<Duration>,
+    /// Why the loop stopped for good (it panicked, or returned unasked), if it did.
+    stopped: Mutex<Option<String>>,
 }
 
 impl Heartbeat {
     pub fn beat(&self) {
-        self.last.store(now_ms(), Ordering::Relaxed);
+        let ms = self
+            .clock
+            .now()
+            .saturating_duration_since(self.base)
+            .as_millis();
+        self.shared
+            .last_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The loop's name as `/healthz` shows it (`target qwen-sft`, `sink deployer` ...).
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 
     fn silent_for(&self) -> Duration {
-        Duration::from_millis((now_ms() - self.last.load(Ordering::Relaxed)).max(0) as u64)
+        let now = self.clock.now().saturating_duration_since(self.base);
+        now.saturating_sub(Duration::from_millis(
+            self.shared.last_ms.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Wait for `fut`, beating meanwhile at least every [`IDLE_BEAT`]: a loop waiting
+    /// its turn (the next poll, a poll slot, a `Retry-After`) is alive, not wedged.
+    pub async fn while_waiting<F: Future>(&self, fut: F) -> F::Output {
+        tokio::pin!(fut);
+        loop {
+            self.beat();
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tokio::time::sleep(IDLE_BEAT) => {}
+            }
+        }
+    }
+
+    /// The loop stopped for good: `/healthz` fails at once, saying `why`.
+    pub fn stopped(&self, why: String) {
+        *self.shared.stopped.lock().expect("not poisoned") = Some(why);
+    }
+
+    fn same(&self, other: &Heartbeat) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Why it is not alive, if it is not.
+    fn trouble(&self) -> Option<String> {
+        if let Some(why) = self.shared.stopped.lock().expect("not poisoned").as_ref() {
+            return Some(format!("{} stopped: {why}", self.shared.name));
+        }
+        let silent = self.silent_for();
+        (silent > *self.shared.max_silence.lock().expect("not poisoned")).then(|| {
+            format!(
+                "{} silent for {:.0}s",
+                self.shared.name,
+                silent.as_secs_f64()
+            )
+        })
     }
 }
 
-#[derive(Default)]
+/// Run `task`, a loop `beat` watches that should run until `token` is cancelled: a panic
+/// inside it is caught and logged (with its message; the panic hook logged where) and
+/// marks the heartbeat stopped, as does a return before `token` was cancelled, so
+/// `/healthz` names the loop at once instead of after its longest silence. Nothing a task
+/// ends with is dropped unseen.
+pub async fn supervise(
+    beat: Heartbeat,
+    token: tokio_util::sync::CancellationToken,
+    task: impl Future<Output = ()>,
+) {
+    let task = async {
+        // The end-to-end test of this path asks for a panic (debug builds only).
+        #[cfg(debug_assertions)]
+        if std::env::var(PANIC_IN_ENV).is_ok_and(|v| v == beat.name()) {
+            panic!("{PANIC_IN_ENV} asked for a panic in {}", beat.name());
+        }
+        task.await
+    };
+    match AssertUnwindSafe(task).catch_unwind().await {
+        Ok(()) if token.is_cancelled() => {}
+        Ok(()) => {
+            tracing::error!(
+                task = beat.name(),
+                "a loop returned before it was stopped; /healthz fails until a restart"
+            );
+            beat.stopped("returned before it was stopped".into());
+        }
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(task = beat.name(), panic = %message, "a loop panicked; /healthz fails until a restart");
+            beat.stopped(format!("panicked: {message}"));
+        }
+    }
+}
+
+/// The end of a task joined by its handle (`what` names it): a panic is logged (the hook
+/// logged where), never dropped; an abort is what the caller asked for.
+pub fn joined(r: Result<(), tokio::task::JoinError>, what: &str) {
+    if let Err(e) = r
+        && e.is_panic()
+    {
+        let message = panic_message(e.into_panic().as_ref());
+        tracing::error!(task = what, panic = %message, "a task panicked");
+    }
+}
+
+/// In a debug build, the loop of this name (`target t1`, `sink s`) panics as it starts:
+/// how tests/loops.rs checks that `/healthz` names a loop that died.
+pub const PANIC_IN_ENV: &str = "LOOPWATCH_TEST_PANIC_IN";
+
+/// The text a panic was raised with, if it was text.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(not a string)".into()
+    }
+}
+
+/// Log every panic at ERROR with where it happened (file:line:column), its message and
+/// the thread, through `tracing` (so a JSON log gets it as one event). Installed once per
+/// process; without a tracing subscriber (a test) the default hook prints as before.
+pub fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !tracing::dispatcher::has_been_set() {
+                return previous(info);
+            }
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+                .unwrap_or_else(|| "unknown".into());
+            let thread = std::thread::current();
+            tracing::error!(
+                %location,
+                thread = thread.name().unwrap_or("unnamed"),
+                panic = %panic_message(info.payload()),
+                "panic"
+            );
+        }));
+    });
+}
+
 pub struct Health {
     beats: Mutex<Vec<Heartbeat>>,
+    clock: Arc<dyn Clock>,
     /// Targets this process must have polled once to be ready (all, or the owned ones).
     expected: Mutex<BTreeSet<String>>,
     polled: Mutex<BTreeSet<String>>,
@@ -64,8 +245,14 @@ struct StoreReach {
 
 impl Health {
     pub fn new(targets: impl IntoIterator<Item = String>) -> Self {
+        Self::with_clock(targets, Arc::new(Monotonic))
+    }
+
+    /// [`Health::new`] reading heartbeats on `clock` (tests move it by hand).
+    pub fn with_clock(targets: impl IntoIterator<Item = String>, clock: Arc<dyn Clock>) -> Self {
         Health {
             beats: Mutex::default(),
+            clock,
             expected: Mutex::new(targets.into_iter().collect()),
             polled: Mutex::default(),
             role: Mutex::new("single instance, owns every target".into()),
@@ -77,9 +264,14 @@ impl Health {
     /// Register a loop that must beat at least every `max_silence`.
     pub fn heartbeat(&self, name: &str, max_silence: Duration) -> Heartbeat {
         let hb = Heartbeat {
-            name: name.into(),
-            last: Arc::new(AtomicI64::new(now_ms())),
-            max_silence,
+            shared: Arc::new(Beat {
+                name: name.into(),
+                last_ms: AtomicU64::new(0),
+                max_silence: Mutex::new(max_silence),
+                stopped: Mutex::default(),
+            }),
+            clock: self.clock.clone(),
+            base: self.clock.now(),
         };
         self.beats.lock().expect("not poisoned").push(hb.clone());
         hb
@@ -88,17 +280,13 @@ impl Health {
     /// A loop that stopped for good (a reload removed its sink or target): no longer
     /// watched for silence.
     pub fn retire(&self, hb: &Heartbeat) {
-        (self.beats.lock().expect("not poisoned")).retain(|b| !Arc::ptr_eq(&b.last, &hb.last));
+        (self.beats.lock().expect("not poisoned")).retain(|b| !b.same(hb));
     }
 
     /// Let `hb` be silent up to `max_silence` from now on (a reload lengthened the waits of
     /// the loops that beat it).
     pub fn allow_silence(&self, hb: &Heartbeat, max_silence: Duration) {
-        for b in self.beats.lock().expect("not poisoned").iter_mut() {
-            if Arc::ptr_eq(&b.last, &hb.last) {
-                b.max_silence = max_silence;
-            }
-        }
+        *hb.shared.max_silence.lock().expect("not poisoned") = max_silence;
     }
 
     /// A reload changed the targets: `removed` no longer count for readiness; `added`
@@ -206,15 +394,10 @@ impl Health {
         }
     }
 
-    /// `Err` naming the loops that are wedged.
+    /// `Err` naming the loops that stopped or are wedged.
     pub fn live(&self) -> Result<(), Wedged> {
-        let stale: Vec<String> = self
-            .beats
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter(|b| b.silent_for() > b.max_silence)
-            .map(|b| format!("{} silent for {:.0}s", b.name, b.silent_for().as_secs_f64()))
+        let stale: Vec<String> = (self.beats.lock().expect("not poisoned").iter())
+            .filter_map(Heartbeat::trouble)
             .collect();
         if stale.is_empty() {
             Ok(())
@@ -252,7 +435,8 @@ impl Health {
     }
 }
 
-/// Why `/healthz` fails: the loops silent past their limit, each with how long.
+/// Why `/healthz` fails: the loops that stopped (and why) or are silent past their limit
+/// (and for how long).
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.join("; "))]
 pub struct Wedged(pub Vec<String>);
@@ -307,6 +491,21 @@ mod tests {
         assert!(h.store_unavailable("refused".into(), Instant::now()));
     }
 
+    /// A monotonic clock moved by hand.
+    struct Hand(Instant, Mutex<Duration>);
+
+    impl Clock for Hand {
+        fn now(&self) -> Instant {
+            self.0 + *self.1.lock().unwrap()
+        }
+    }
+
+    impl Hand {
+        fn advance(&self, by: Duration) {
+            *self.1.lock().unwrap() += by;
+        }
+    }
+
     #[test]
     fn a_failing_target_keeps_its_last_error_and_a_success_ends_the_failures() {
         let h = Health::new(["a".to_string()]);
@@ -325,13 +524,101 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_loop_is_not_live() {
+    fn a_silent_loop_is_not_live_and_is_named() {
+        let clock = Arc::new(Hand(Instant::now(), Mutex::default()));
+        let h = Health::with_clock([], clock.clone());
+        let quiet = h.heartbeat("target quiet", Duration::from_secs(60));
+        let busy = h.heartbeat("target busy", Duration::from_secs(60));
+        clock.advance(Duration::from_secs(59));
+        busy.beat();
+        assert!(h.live().is_ok());
+        clock.advance(Duration::from_secs(2));
+        let why = h.live().unwrap_err().to_string();
+        assert_eq!(why, "target quiet silent for 61s");
+        quiet.beat();
+        assert!(h.live().is_ok());
+        // A longer allowance, after a reload, holds from then on.
+        h.allow_silence(&quiet, Duration::from_secs(600));
+        clock.advance(Duration::from_secs(100));
+        assert_eq!(
+            h.live().unwrap_err().to_string(),
+            "target busy silent for 102s"
+        );
+        h.retire(&busy);
+        assert!(h.live().is_ok());
+    }
+
+    /// Heartbeats read only the injected monotonic clock (nothing in their path reads the
+    /// wall clock, which a step of the system time moves): the silence is what it moved.
+    /// The daemon-level check, the system time stepped by libfaketime under the real
+    /// binary, is tests/loops.rs `a_wall_clock_step_does_not_fail_healthz`.
+    #[test]
+    fn silence_is_measured_on_the_injected_monotonic_clock() {
+        let clock = Arc::new(Hand(Instant::now(), Mutex::default()));
+        let h = Health::with_clock([], clock.clone());
+        let hb = h.heartbeat("sink s", Duration::from_secs(60));
+        hb.beat();
+        // No monotonic time passed: alive, whatever the wall clock did meanwhile.
+        assert!(h.live().is_ok());
+        clock.advance(Duration::from_secs(3600));
+        assert!(
+            h.live()
+                .unwrap_err()
+                .to_string()
+                .contains("sink s silent for 3600s")
+        );
+    }
+
+    /// A loop waiting its turn (for a long interval, a poll slot, a `Retry-After`) beats
+    /// meanwhile: two minutes of waiting never read as two minutes of silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_waits_keeps_beating() {
+        let clock = Arc::new(Hand(Instant::now(), Mutex::default()));
+        let h = Health::with_clock([], clock.clone());
+        let hb = h.heartbeat("target t", Duration::from_secs(30));
+        // The monotonic clock moves with tokio's (paused) one.
+        let c = clock.clone();
+        let two_minutes = async {
+            for _ in 0..120 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                c.advance(Duration::from_secs(1));
+                assert!(h.live().is_ok(), "{:?}", h.live());
+            }
+        };
+        hb.while_waiting(two_minutes).await;
+        clock.advance(Duration::from_secs(31));
+        assert!(
+            h.live()
+                .unwrap_err()
+                .to_string()
+                .contains("target t silent")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_or_returning_loop_is_reported_stopped_at_once() {
         let h = Health::new([]);
-        let hb = h.heartbeat("poller", Duration::from_millis(0));
-        hb.last.store(now_ms() - 5_000, Ordering::Relaxed);
-        assert!(h.live().unwrap_err().to_string().contains("poller"));
-        let ok = Health::new([]);
-        ok.heartbeat("sink", Duration::from_secs(60)).beat();
-        assert!(ok.live().is_ok());
+        let token = tokio_util::sync::CancellationToken::new();
+        let beat = h.heartbeat("target boom", Duration::from_secs(3600));
+        supervise(beat, token.clone(), async { panic!("index out of range") }).await;
+        assert_eq!(
+            h.live().unwrap_err().to_string(),
+            "target boom stopped: panicked: index out of range"
+        );
+        let h = Health::new([]);
+        let beat = h.heartbeat("sink early", Duration::from_secs(3600));
+        supervise(beat, token.clone(), async {}).await;
+        assert!(
+            h.live()
+                .unwrap_err()
+                .to_string()
+                .contains("sink early stopped: returned")
+        );
+        // Returning once told to stop is the normal end.
+        let h = Health::new([]);
+        let beat = h.heartbeat("sink done", Duration::from_secs(3600));
+        token.cancel();
+        supervise(beat, token, async {}).await;
+        assert!(h.live().is_ok());
     }
 }

@@ -216,19 +216,24 @@ mod tests {
     }
 
     /// A raw HTTP/1.1 peer: answers the first request with `head`, then feeds the body
-    /// with `feed` (called until it returns false or the client leaves). Returns the URL
-    /// and the count of body bytes it managed to write.
+    /// with `feed` (called until it returns false or the client leaves). Returns the URL,
+    /// the count of body bytes it managed to write, and its task, which ends when the
+    /// client has closed the connection.
     async fn peer(
         head: &'static str,
         feed: impl Fn(&mut Vec<u8>) -> (bool, Duration) + Send + 'static,
-    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+        tokio::task::JoinHandle<()>,
+    ) {
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = written.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut req = [0u8; 4096];
             let _ = s.read(&mut req).await;
@@ -252,12 +257,12 @@ mod tests {
                 tokio::time::sleep(wait).await;
             }
         });
-        (url, written)
+        (url, written, task)
     }
 
     #[tokio::test]
     async fn a_gigabyte_error_body_costs_a_few_kib_and_closes_the_connection() {
-        let (url, written) = peer(
+        let (url, written, peer_task) = peer(
             "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 2147483648\r\n\r\n",
             |b| {
                 b.resize(64 * 1024, b'x');
@@ -269,16 +274,20 @@ mod tests {
         assert_eq!(resp.status(), 500);
         let body = error_body(resp).await;
         assert_eq!(body.len(), ERROR_BODY_LIMIT);
-        // The connection was dropped: the peer stops at what the socket buffers hold,
-        // nowhere near its 2 GiB (it used to be read for 2 s: over a gigabyte).
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The connection was dropped: the peer's writes fail (its task ends) at what the
+        // socket buffers hold, nowhere near its 2 GiB (it used to be read for 2 s: over a
+        // gigabyte).
+        tokio::time::timeout(Duration::from_secs(30), peer_task)
+            .await
+            .expect("the connection was closed")
+            .unwrap();
         let sent = written.load(std::sync::atomic::Ordering::Relaxed);
         assert!(sent < 64 << 20, "the peer wrote {sent} bytes");
     }
 
     #[tokio::test]
     async fn a_dripped_or_endless_error_body_is_cut_at_the_time_cap() {
-        let (url, _) = peer(
+        let (url, _, _) = peer(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 1000000\r\n\r\n",
             |b| {
                 b.push(b'd');
@@ -294,7 +303,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10));
 
         // Headers, then nothing and no end.
-        let (url, _) = peer(
+        let (url, _, _) = peer(
             "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n",
             |_| (false, Duration::ZERO),
         )

@@ -61,13 +61,14 @@ impl CheckpointTarget {
         }
     }
 
-    /// Any non-empty value: a known one, or [`CheckpointTarget::Other`].
-    pub fn parse(s: &str) -> Option<Self> {
+    /// Any value, the empty string included: a known one, or [`CheckpointTarget::Other`]
+    /// (Baseten's SDK types `target` as `Literal["sampler", "trainer"] | str`, so `""` is
+    /// a value like any other; only config refuses to name it).
+    pub fn parse(s: &str) -> Self {
         match s {
-            "" => None,
-            "sampler" => Some(CheckpointTarget::Sampler),
-            "trainer" => Some(CheckpointTarget::Trainer),
-            other => Some(CheckpointTarget::Other(other.into())),
+            "sampler" => CheckpointTarget::Sampler,
+            "trainer" => CheckpointTarget::Trainer,
+            other => CheckpointTarget::Other(other.into()),
         }
     }
 
@@ -763,10 +764,13 @@ mod tests {
             checkpoint_uri("k4q95w5", &CheckpointTarget::Trainer, "step-100").unwrap(),
             "bt://loops:k4q95w5/weights/step-100"
         );
-        let draft = CheckpointTarget::parse("draft").unwrap();
+        let draft = CheckpointTarget::parse("draft");
         assert_eq!(checkpoint_uri("k4q95w5", &draft, "step-100"), None);
         assert_eq!((draft.as_str(), draft.label()), ("draft", "other"));
-        assert_eq!(CheckpointTarget::parse(""), None);
+        assert_eq!(
+            CheckpointTarget::parse(""),
+            CheckpointTarget::Other("".into())
+        );
         assert_eq!(serde_json::to_string(&draft).unwrap(), r#""draft""#);
     }
 }

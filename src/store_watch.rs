@@ -3,21 +3,24 @@
 //! reset, restarting, failing over) makes `/readyz` answer 503 with the reason until an
 //! operation started after the outage succeeds, and is logged once when it goes and once
 //! when it comes back, whichever loop meets it first. The loops themselves only retry.
+//! [`open_store`] waits the same way for a database out of reach at start.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::config::StoreConfig;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
-    Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, DetailQuery, FollowClaim,
-    FollowOutcome, Intent, Overview, OverviewQuery, PollCommit, Recorded, Redeliver, Result,
-    SinkBacklog, Store, StoreError, StoredEvent, TargetDetail, TargetDump, Undecided,
+    self, Access, Claimed, Coordinator, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow,
+    DetailQuery, FollowClaim, FollowOutcome, Intent, Overview, OverviewQuery, PollCommit, Recorded,
+    Redeliver, Result, Role, SinkBacklog, Store, StoreError, StoredEvent, TargetDetail, TargetDump,
+    Undecided,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -331,6 +334,56 @@ impl Store for Watched {
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
         watched!(self, "prune", self.inner.prune(cutoff))
+    }
+}
+
+/// Open the store. With `wait` (the daemon), keep trying while the database is out of
+/// reach ([`store::StoreError::is_unavailable`]), backing off from 1 s to 30 s, with
+/// `/readyz` answering 503 and why; logged when it starts waiting and when it is back.
+/// Any other error (a wrong password, no such database, a locked state file) is final.
+pub async fn open_store(
+    cfg: &StoreConfig,
+    access: Access,
+    role: Role,
+    watch: &StoreWatch,
+    health: &Health,
+    wait: bool,
+) -> Result<(Arc<dyn Store>, Arc<dyn Coordinator>)> {
+    let shown = crate::config::redact_url(&cfg.url);
+    if cfg.group_readable && access == Access::ReadWrite {
+        store::sqlite::create_group_readable(&cfg.url);
+    }
+    if wait {
+        health.store_unavailable(format!("opening {shown}"), Instant::now());
+    }
+    let waiting_since = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    let mut failures = 0u32;
+    loop {
+        let started = Instant::now();
+        match store::open_coordinated(cfg, access, role).await {
+            Ok(opened) => {
+                health.store_available(started);
+                if failures > 0 {
+                    info!(store = %shown, waited_s = waiting_since.elapsed().as_secs_f64(), failures,
+                        "store reachable; starting");
+                }
+                return Ok(opened);
+            }
+            Err(e) if wait && e.is_unavailable() => {
+                failures += 1;
+                watch.failed("open", started, &e);
+                health.store_unavailable(e.to_string(), started);
+                if failures == 1 {
+                    warn!(error = %e, "store unavailable at start; serving /healthz and /readyz (503) and retrying until it is reachable");
+                } else {
+                    debug!(error = %e, failures, retry_in_s = backoff.as_secs_f64(), "store still unavailable");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

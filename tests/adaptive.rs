@@ -4,9 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Env, QWEN};
+use common::{Env, QWEN, wait_for};
+
+const T: Duration = Duration::from_secs(30);
 
 /// The period the daemon logged when it learned the target's cadence, if it did.
 fn learned_period(log: &str) -> Option<f64> {
@@ -33,7 +35,7 @@ async fn a_run_saving_at_a_steady_cadence_is_learned() {
     // The training run: a save every 2 s (this loop is the run's clock).
     let period = Duration::from_secs(2);
     for step in 1..=5 {
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(period).await; // the run's saves in real time: under test
         h.add_checkpoint(
             "run-1",
             "sampler",
@@ -41,18 +43,10 @@ async fn a_run_saving_at_a_steady_cadence_is_learned() {
             Some("COMPLETE"),
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let learned = loop {
-        if let Some(p) = learned_period(&d.log_text()) {
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no cadence learned from saves every 2 s; log:\n{}",
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let learned = wait_for("a cadence learned from saves every 2 s", T, || {
+        learned_period(&d.log_text())
+    })
+    .await;
     assert!(
         (1.6..=2.4).contains(&learned),
         "learned a period of {learned} s for saves every 2 s"

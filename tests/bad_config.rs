@@ -18,9 +18,11 @@
 //! the working directory, so `secrets/...` paths resolve and a config that were wrongly
 //! accepted could not write into the repository.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The environment of every case. The values are distinctive so that a leak is visible.
 const ENV: &[(&str, &str)] = &[
@@ -160,17 +162,16 @@ fn loopwatch(cwd: &Path, args: &[&str], env: &[(String, String)]) -> Result<Outp
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            return Err(format!(
-                "still running after 15s (the config was accepted?); stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let every = Duration::from_millis(5);
+    let exited =
+        common::wait::wait_blocking(Duration::from_secs(15), every, || child.try_wait().unwrap());
+    if exited.is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        return Err(format!(
+            "still running after 15s (the config was accepted?); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(child.wait_with_output().unwrap())
 }

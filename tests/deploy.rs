@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Env, QWEN, Receiver, SECRET, hook_sink, wait_for};
+use common::{Env, QWEN, Receiver, SECRET, hook_sink, never_in_polls, wait_for};
 use loopwatch::signing::{self as sign, SigningKey};
 use loopwatch::sim::{Fault, Route};
 
@@ -54,7 +54,10 @@ async fn a_sampler_and_a_trainer_completion_deploy_the_sampler_once_and_announce
         (rx.count() >= 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await; // several poll cycles: still one
+    never_in_polls(&env, 10, "a second deploy or event", async || {
+        h.deploys().len() > 1 || rx.count() > 1
+    })
+    .await;
 
     let deploys = h.deploys();
     assert_eq!(deploys.len(), 1, "{deploys:?}");
@@ -122,19 +125,19 @@ async fn three_completions_while_deploy_fails_deploy_only_the_newest() {
     for i in 1..=3 {
         ids.push(h.add_checkpoint("run-1", "sampler", &format!("step-{i}00"), Some("SYNCING")));
         // Distinct created_at (milliseconds): latest_only orders by it.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        h.advance_clock(Duration::from_millis(5));
     }
     let cfg = env.write_config(&format!("{QWEN}{}", deploy_sink("concurrency = 2")));
     let d = env.spawn_daemon(&cfg);
     let addr = d.ready().await;
     for id in &ids {
+        let before = h.requests_to(Route::Deploy);
         h.set_status(id, Some("COMPLETE"));
         // A failed attempt or two for each before the next completes.
-        wait_for("a deploy attempt of the newest", T, || {
-            (h.requests_to(Route::Deploy) >= 1).then_some(())
+        wait_for("two deploy attempts since this completion", T, || {
+            (h.requests_to(Route::Deploy) >= before + 2).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
     }
     wait_for("two superseded", T, || {
         (of_status(&env, &cfg, "superseded").len() == 2).then_some(())
@@ -146,7 +149,7 @@ async fn three_completions_while_deploy_fails_deploy_only_the_newest() {
         (of_status(&env, &cfg, "delivered").len() == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    never_in_polls(&env, 10, "a second deploy", async || h.deploys().len() > 1).await;
     let deploys = h.deploys();
     assert_eq!(deploys.len(), 1, "{deploys:?}");
     assert_eq!(deploys[0].checkpoint_ids, vec![ids[2].clone()]);
@@ -256,9 +259,11 @@ async fn a_deploy_400_is_dead_after_one_attempt_and_announces_nothing() {
         why.contains("deploy") && why.contains("unknown instance type"),
         "{why}"
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    never_in_polls(&env, 10, "a dead deploy was tried again", async || {
+        h.requests_to(Route::Deploy) > 1 || rx.count() > 0
+    })
+    .await;
     assert_eq!(h.requests_to(Route::Deploy), 1);
-    assert_eq!(rx.count(), 0);
     assert!(
         env.events()
             .await
@@ -301,14 +306,17 @@ async fn sigkill_around_the_deploy_call_deploys_once_under_one_id() {
             (h.requests_to(Route::Deploy) >= round).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // In flight: the API holds the call for 5 s.
         d.kill9();
         d = env.spawn_daemon(&cfg);
         d.ready().await;
     }
     h.set_fault_on(Route::Deploy, None);
     wait_for("checkpoint.deployed", T, || (rx.count() >= 1).then_some(())).await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    never_in_polls(&env, 10, "a fifth deploy call", async || {
+        h.requests_to(Route::Deploy) > 4
+    })
+    .await;
     // Every kill left a call in doubt; each next run reconciled first (the killed call's
     // connection dropped before the API acted: nothing new) and called again: 1 + 3
     // calls, and one deployment.
@@ -337,9 +345,9 @@ async fn test_sink_validates_the_newest_complete_sampler_checkpoint_and_never_de
     let env = Env::new().await;
     let h = env.sim.handle();
     h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.advance_clock(Duration::from_millis(5));
     let newest = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.advance_clock(Duration::from_millis(5));
     h.add_checkpoint("run-1", "trainer", "step-300", Some("COMPLETE"));
     h.add_checkpoint("run-1", "sampler", "step-400", Some("SYNCING"));
     let cfg = env.write_config(&format!("{QWEN}{}", deploy_sink("")));
@@ -388,7 +396,7 @@ async fn once_dry_run_says_what_would_be_deployed() {
     let env = Env::new().await;
     let h = env.sim.handle();
     h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.advance_clock(Duration::from_millis(5));
     h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
     h.add_checkpoint("run-1", "trainer", "step-200", Some("COMPLETE"));
     let cfg = env.write_config(&format!("{QWEN}{}", deploy_sink("")));

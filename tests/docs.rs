@@ -2,11 +2,13 @@
 //! example config, every metric the binary exports and every command and flag are
 //! documented, and the documents link only to files inside the repository.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopwatch");
 
@@ -136,18 +138,15 @@ fn every_metric_the_binary_exports_is_documented() {
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the demo prints its metrics address");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        // Wait for a delivery, so the per-sink series carry data too.
-        if let Some(t) = get(&addr, "/metrics")
-            && t.lines()
+    // Wait for a delivery, so the per-sink series carry data too.
+    let every = Duration::from_millis(250);
+    let text = common::wait::wait_blocking(Duration::from_secs(60), every, || {
+        get(&addr, "/metrics").filter(|t| {
+            t.lines()
                 .any(|l| l.starts_with("loopwatch_deliveries_total") && !l.ends_with(" 0"))
-        {
-            break t;
-        }
-        assert!(Instant::now() < deadline, "no delivery within 60s");
-        std::thread::sleep(Duration::from_millis(250));
-    };
+        })
+    })
+    .expect("no delivery within 60s");
     let doc = read("docs/metrics.md");
     let mut names: Vec<&str> = text
         .lines()

@@ -87,7 +87,7 @@ async fn hostile_receiver(how: Hostile) -> (String, Arc<AtomicU64>) {
                     }
                     total.fetch_add(piece.len() as u64, Ordering::Relaxed);
                     if let Hostile::Drip = how {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await; // dripping: under test
                     }
                 }
             });

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, Received, Receiver, SECRET, wait_for};
+use common::{Daemon, Env, Received, Receiver, SECRET, until, wait_for};
 use loopwatch::signing::{self as sign, Ed25519Key, SigningKey};
 use loopwatch::store::StoredEvent;
 use serde_json::{Value, json};
@@ -349,7 +349,7 @@ impl Py {
                 Instant::now() < deadline,
                 "the Python receiver did not start"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await; // waiting for its port line
         }
     }
 }
@@ -459,7 +459,7 @@ async fn python_receivers_libraries_verify_every_format_and_reject_tampering() {
             "not every sink got {EVENTS} events: {got:#?}\n{}",
             py.stderr().join("\n")
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // waiting for every sink's events
     };
     let events = stored_events(&env).await;
     for r in &got {
@@ -565,17 +565,17 @@ async fn the_reference_receiver_verifies_deduplicates_and_prints_one_line_per_ev
     ) + &sink_toml("reference-std", &url, "secret_env = \"HOOK_SECRET\"");
     let d = scenario(&env, &toml).await;
     // Two sinks send the same events under the same ids: one line per event.
-    let deadline = Instant::now() + T;
-    while py.stdout().len() < EVENTS || !py.stderr().iter().any(|l| l.contains("duplicate")) {
-        assert!(
-            Instant::now() < deadline,
-            "no line per event and duplicate; stdout: {:#?}\nstderr: {:#?}\ndaemon log: {}",
-            py.stdout(),
-            py.stderr(),
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let done = until(T, Duration::from_millis(20), async || {
+        py.stdout().len() >= EVENTS && py.stderr().iter().any(|l| l.contains("duplicate"))
+    })
+    .await;
+    assert!(
+        done,
+        "no line per event and duplicate; stdout: {:#?}\nstderr: {:#?}\ndaemon log: {}",
+        py.stdout(),
+        py.stderr(),
+        d.log_text()
+    );
     let events = stored_events(&env).await;
     let lines = py.stdout();
     assert_eq!(lines.len(), EVENTS, "{lines:#?}");

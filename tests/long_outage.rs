@@ -162,7 +162,7 @@ async fn long_sink_outage_memory_database_and_drain() {
         for i in 0..TARGETS {
             h.add_many(&format!("run-{i}"), n, Some("COMPLETE"));
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await; // the waves' pace: under test
         sample(&mut samples).await;
     }
     let deadline = Instant::now() + Duration::from_secs(1800);
@@ -172,7 +172,7 @@ async fn long_sink_outage_memory_database_and_drain() {
             break;
         }
         assert!(Instant::now() < deadline, "never detected: {samples:?}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await; // a sample a second: the measurement
     }
     let detected_s = started.elapsed().as_secs_f64();
     // A long outage: every delivery has failed at least once (here completions arrive
@@ -183,7 +183,7 @@ async fn long_sink_outage_memory_database_and_drain() {
             break;
         }
         assert!(Instant::now() < deadline, "never all tried: {tried}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await; // a sample a second: the measurement
         sample(&mut samples).await;
     }
     let tried_s = started.elapsed().as_secs_f64();
@@ -203,7 +203,7 @@ async fn long_sink_outage_memory_database_and_drain() {
     }
     let total = completions + FRESH;
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await; // a sample a second: the measurement
         sample(&mut samples).await;
         if samples.last().unwrap().delivered >= total {
             break;

@@ -6,19 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Env, Receiver, hook_sink, metric, qwen_to, wait_for};
+use common::{Env, Receiver, hook_sink, metric, never_in_polls, qwen_to, wait_for};
 use loopwatch::sim::{Fault, Route};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
+const HOUR: Duration = Duration::from_secs(3600);
 /// Size of a simulated sampler checkpoint, and of its config file (sim/state.rs).
 const SAMPLER_BYTES: u64 = 1 << 27;
 const CONFIG_BYTES: u64 = 512;
-
-/// Several poll cycles of [`Env::write_config`] (100 ms while something is pending).
-async fn a_few_polls() {
-    tokio::time::sleep(Duration::from_millis(600)).await;
-}
 
 fn completions(rx: &Receiver) -> Vec<Value> {
     rx.got()
@@ -33,16 +29,22 @@ async fn an_unknown_target_next_to_a_completing_sampler_fails_no_poll() {
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let drafts = Receiver::start().await.unwrap();
+    let known = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let sampler = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
     h.add_checkpoint("run-1", "draft", "step-100", Some("SYNCING"));
     let sinks = format!(
-        "{}{}",
+        "{}{}{}",
         qwen_to(&rx.url, "events = [\"checkpoint.completed\"]"),
         hook_sink(
             "drafts",
             &drafts.url,
             "checkpoint_targets = [\"draft\"]\nordered = true"
+        ),
+        hook_sink(
+            "known",
+            &known.url,
+            "events = [\"checkpoint.completed\"]\ncheckpoint_targets = [\"sampler\", \"trainer\"]"
         ),
     );
     let cfg = env.write_config(&sinks);
@@ -61,20 +63,35 @@ async fn an_unknown_target_next_to_a_completing_sampler_fails_no_poll() {
     let addr = d.ready().await;
     h.set_status(&sampler, Some("COMPLETE"));
     let late = h.add_checkpoint("run-1", "draft", "step-200", Some("COMPLETE"));
-    wait_for("the sampler's completion", T, || {
-        (!completions(&rx).is_empty()).then_some(())
+    wait_for("both completions at the unfiltered sink", T, || {
+        (completions(&rx).len() >= 2).then_some(())
     })
     .await;
     wait_for("the draft's events", T, || {
         (drafts.count() >= 2).then_some(())
     })
     .await;
-    a_few_polls().await;
+    wait_for("the sampler's completion at the listing sink", T, || {
+        (!completions(&known).is_empty()).then_some(())
+    })
+    .await;
+    never_in_polls(&env, 5, "a sink got more than its events", async || {
+        completions(&rx).len() > 2 || drafts.count() > 2 || known.count() > 1
+    })
+    .await;
 
-    let done = completions(&rx);
-    assert_eq!(done.len(), 1, "only the sampler goes to a default sink");
-    assert_eq!(done[0]["data"]["checkpoint"]["id"], sampler.as_str());
-    assert_eq!(done[0]["data"]["ready_by"], "sync_status");
+    // A sink without checkpoint_targets takes every checkpoint, the draft included; a
+    // list naming both known values takes only those.
+    let mut done: Vec<String> = (completions(&rx).iter())
+        .map(|b| b["data"]["checkpoint"]["id"].as_str().unwrap().to_string())
+        .collect();
+    done.sort();
+    let mut want = vec![sampler.clone(), late.clone()];
+    want.sort();
+    assert_eq!(done, want);
+    let only_known = completions(&known);
+    assert_eq!(only_known[0]["data"]["checkpoint"]["id"], sampler.as_str());
+    assert_eq!(only_known[0]["data"]["ready_by"], "sync_status");
     // The sink naming "draft" gets that checkpoint, as received, with no URI.
     for r in drafts.got() {
         let b = r.json();
@@ -132,22 +149,23 @@ async fn a_null_checkpoint_completes_once_by_files_and_a_later_complete_fires_no
         .unwrap_or_default();
     assert!(row.contains("ready(probe)"), "{table}");
     let probes = h.requests_to(Route::Source);
-    a_few_polls().await;
-    assert_eq!(
-        h.requests_to(Route::Source),
-        probes,
-        "complete: no more probes"
-    );
+    never_in_polls(
+        &env,
+        5,
+        "a complete checkpoint was probed again",
+        async || h.requests_to(Route::Source) > probes,
+    )
+    .await;
 
     // The API catches up: nothing more, neither completed nor status_changed.
     h.set_status(&id, Some("COMPLETE"));
-    a_few_polls().await;
-    assert_eq!(
-        rx.count(),
-        1,
-        "{:?}",
-        rx.got().iter().map(|r| r.json()).collect::<Vec<_>>()
-    );
+    never_in_polls(
+        &env,
+        5,
+        "a second event for a complete checkpoint",
+        async || rx.count() > 1,
+    )
+    .await;
     let ready = r#"loopwatch_readiness_probes_total{outcome="ready",target="qwen"}"#;
     assert_eq!(metric(&addr, ready).await, 1.0);
     let files = r#"loopwatch_api_requests_total{code="200",endpoint="files"}"#;
@@ -186,11 +204,12 @@ async fn null_status_pending_sends_no_probe_at_all() {
     d.ready().await;
     h.add_checkpoint("run-1", "sampler", "step-200", None);
     wait_for("the discovery", T, || (rx.count() >= 1).then_some(())).await;
-    a_few_polls().await;
-    assert!(h.requests() >= 5, "it polls");
-    for route in [Route::Source, Route::Files, Route::Validate, Route::Deploy] {
-        assert_eq!(h.requests_to(route), 0, "{route:?}");
-    }
+    never_in_polls(&env, 5, "a request other than the listing", async || {
+        [Route::Source, Route::Files, Route::Validate, Route::Deploy]
+            .iter()
+            .any(|r| h.requests_to(*r) > 0)
+    })
+    .await;
     assert!(completions(&rx).is_empty());
 }
 
@@ -248,7 +267,7 @@ async fn probe_errors_of_every_kind_emit_nothing_and_are_probed_again() {
     assert_eq!(h.requests_to(Route::Files) as f64, 7.0 + 1.0);
     let errors = r#"loopwatch_readiness_probes_total{outcome="error",target="qwen"}"#;
     assert_eq!(metric(&addr, errors).await, failures);
-    a_few_polls().await;
+    never_in_polls(&env, 5, "a second completion", async || rx.count() > 1).await;
     let got: Vec<Value> = rx.got().iter().map(|r| r.json()).collect();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["data"]["ready_by"], "files");
@@ -270,6 +289,26 @@ async fn stored_probes(env: &Env) -> usize {
     store.load_target("qwen").await.unwrap().probes.len()
 }
 
+/// What a probe saw, stored with the checkpoints of the state file, made `by` older: as
+/// if the runs that follow came that much later (the runs read their own clock; the
+/// interval under test is an hour, so no run ever falls on the wrong side of it by being
+/// slow).
+async fn age_probes(env: &Env, by: Duration) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", env.db().display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let ms = by.as_millis() as i64;
+    sqlx::query(
+        "UPDATE checkpoints SET probe = json_set(probe, '$.probed_at', json_extract(probe, '$.probed_at') - ?1, \
+         '$.files.since', json_extract(probe, '$.files.since') - ?1) WHERE probe IS NOT NULL",
+    )
+    .bind(ms)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+}
+
 /// The stable-listing rule of a checkpoint whose `size_bytes` is 0 holds across processes:
 /// `loopwatch once` run from cron keeps what its probe saw with the checkpoint, and a run
 /// `syncing_interval` later completes it. With `null_status = "pending"` nothing is probed
@@ -289,9 +328,12 @@ async fn a_null_checkpoint_of_size_0_completes_across_two_once_runs() {
         ],
     );
     let cfg = env.write_config(&qwen_to(&rx.url, ""));
+    // An hour between probes (syncing_interval is capped at interval, so both).
     let probe = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("syncing_interval = \"100ms\"", "syncing_interval = \"1s\"");
+        .replace("\ninterval = \"200ms\"", "\ninterval = \"1h\"")
+        .replace("syncing_interval = \"100ms\"", "syncing_interval = \"1h\"");
+    assert!(probe.contains("\ninterval = \"1h\"") && probe.contains("syncing_interval = \"1h\""));
     let pending = probe.replace("jitter = 0.0", "jitter = 0.0\nnull_status = \"pending\"");
     let once = async |config: &str| {
         std::fs::write(&cfg, config).unwrap();
@@ -306,7 +348,7 @@ async fn a_null_checkpoint_of_size_0_completes_across_two_once_runs() {
     // Pending: the baseline, then a run more than an interval later probes and stores
     // nothing.
     once(&pending).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    age_probes(&env, HOUR).await;
     once(&pending).await;
     assert_eq!(h.requests_to(Route::Source), 0);
     assert_eq!(stored_probes(&env).await, 0);
@@ -320,7 +362,7 @@ async fn a_null_checkpoint_of_size_0_completes_across_two_once_runs() {
     assert!(env.events().await.is_empty(), "one probe is not ready");
     once(&probe).await;
     assert_eq!(h.requests_to(Route::Files), 1, "not due yet");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    age_probes(&env, HOUR).await;
     once(&probe).await;
     assert_eq!(h.requests_to(Route::Files), 2);
     let events = env.events().await;
@@ -332,7 +374,7 @@ async fn a_null_checkpoint_of_size_0_completes_across_two_once_runs() {
     assert_eq!(stored_probes(&env).await, 0, "forgotten once complete");
 
     // Complete: later runs probe it no more.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    age_probes(&env, HOUR).await;
     once(&probe).await;
     assert_eq!(h.requests_to(Route::Files), 2);
     assert_eq!(env.events().await.len(), 1);

@@ -94,20 +94,18 @@ async fn checkpoint_gauges_follow_the_listing() {
     assert!(until(T, Duration::from_millis(50), syncing).await);
     h.set_status(&a, Some("COMPLETE"));
     let want = r#"loopwatch_checkpoints{checkpoint_target="sampler",sync_status="COMPLETE",target="qwen"} 1"#;
-    let deadline = Instant::now() + T;
-    loop {
-        let m = metrics(&addr).await;
-        if m.contains(want) {
-            assert!(
-                m.contains(r#"loopwatch_checkpoint_sync_duration_seconds_count{target="qwen"} 1"#),
-                "{m}"
-            );
-            assert!(m.contains(r#"loopwatch_checkpoints{checkpoint_target="sampler",sync_status="SYNCING",target="qwen"} 0"#));
-            break;
-        }
-        assert!(Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut m = String::new();
+    let seen = until(T, Duration::from_millis(50), async || {
+        m = metrics(&addr).await;
+        m.contains(want)
+    })
+    .await;
+    assert!(seen, "{m}");
+    assert!(
+        m.contains(r#"loopwatch_checkpoint_sync_duration_seconds_count{target="qwen"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"loopwatch_checkpoints{checkpoint_target="sampler",sync_status="SYNCING",target="qwen"} 0"#));
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, QWEN, Receiver, edit, gauge, metrics, sink, wait_for};
+use common::{
+    Daemon, Env, QWEN, Receiver, edit, gauge, metrics, never_in_polls, sink, until, wait_for,
+};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -86,7 +88,12 @@ async fn sighup_adds_a_target_silently_removes_one_and_changes_a_sink() {
             &format!("{}[[sinks]]", target("second", "run-2")),
         )
     });
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a visibly newer timestamp
+    // The gauge has milliseconds: a reload once the clock has passed the start's.
+    wait_for("the clock past the start's timestamp", T, || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        (now.unwrap().as_secs_f64() > started + 0.01).then_some(())
+    })
+    .await;
     reload(&d, 1).await;
     wait_for("the new target's baseline", T, || {
         (lines(&d, &["baseline recorded", "second"]) == 1).then_some(())
@@ -131,26 +138,16 @@ async fn sighup_adds_a_target_silently_removes_one_and_changes_a_sink() {
     // Remove "qwen": it is no longer polled and its series go.
     edit(&cfg, |text| text.replacen(&target("qwen", "run-1"), "", 1));
     reload(&d, 2).await;
-    let gone = {
-        let deadline = Instant::now() + T;
-        loop {
-            let m = metrics(&addr).await;
-            if !m.contains(r#"target="qwen""#) {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let gone = until(T, Duration::from_millis(50), async || {
+        !metrics(&addr).await.contains(r#"target="qwen""#)
+    })
+    .await;
     assert!(gone, "qwen's series stayed after its removal");
     h.add_checkpoint("run-1", "sampler", "while-removed", Some("COMPLETE"));
-    tokio::time::sleep(Duration::from_millis(1500)).await; // several intervals of 200 ms
-    assert!(
-        !uris(&rx2).contains(&uri("run-1", "while-removed")),
-        "a removed target was polled"
-    );
+    never_in_polls(&env, 5, "a removed target was polled", async || {
+        uris(&rx2).contains(&uri("run-1", "while-removed"))
+    })
+    .await;
 
     // Added back with the same filter: no new baseline, it carries on where it was, so
     // what appeared meanwhile is news.
@@ -268,9 +265,11 @@ async fn keys_that_need_a_restart_are_named_once_each_and_not_applied() {
         Some(1.0)
     );
     let before = d.log_text().lines().filter(|l| l.contains("DEBUG")).count();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let after = d.log_text().lines().filter(|l| l.contains("DEBUG")).count();
-    assert!(after >= before, "the log level is as it was");
+    wait_for("more DEBUG lines: the log level is as it was", T, || {
+        let after = d.log_text().lines().filter(|l| l.contains("DEBUG")).count();
+        (after > before).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -348,7 +347,7 @@ async fn a_sighup_at_start_never_ends_the_daemon() {
     .await;
     for _ in 0..5 {
         d.signal("HUP");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await; // signals spread over start-up: under test
     }
     d.ready().await;
     assert!(d.running(), "{}", d.log_text());

@@ -805,7 +805,8 @@ async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
     );
 
     // a stops renewing while b keeps renewing; after the TTL b takes a's targets with
-    // a higher epoch.
+    // a higher epoch. The leases lapsing on the database's clock is what is tested: these
+    // sleeps are that time passing (renewing to check would move it).
     tokio::time::sleep(ttl / 2).await;
     assert_eq!(b.round(&targets).await.unwrap().owned.len(), 5);
     tokio::time::sleep(ttl / 2 + Duration::from_millis(300)).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::proxy::Proxy;
 use common::{
     COMPLETED_ONLY, Daemon, Env, Receiver, check_exactly_one_id_each, distinct_ids, edit, gauge,
-    hook_sink, http_get, metrics, pg, set_store_url, targets, until, wait_for,
+    hook_sink, http_get, metrics, never_in_polls, pg, set_store_url, targets, until, wait_for,
 };
 
 const T: Duration = Duration::from_secs(90);
@@ -123,8 +123,16 @@ async fn a_store_unreachable_at_start_is_waited_for_with_probes_served() {
     })
     .await;
     assert!(store_errors(&addr).await >= 1.0);
-    // Several retries later: still waiting, still serving, and logged once.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Two retries later: still waiting, still serving, and logged once.
+    let errors = store_errors(&addr).await;
+    assert!(
+        until(T, Duration::from_millis(100), async || store_errors(&addr)
+            .await
+            >= errors + 2.0)
+        .await,
+        "no retries: {}",
+        d.log_text()
+    );
     let (code, body) = readyz(&addr).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("store unavailable"), "{body}");
@@ -190,6 +198,7 @@ async fn postgres_restarted_or_stopped_mid_burst_loses_nothing_and_the_daemon_wa
         stopped.elapsed(),
         why.trim()
     );
+    // The outage outlasts the leases: its length is under test.
     tokio::time::sleep((TTL * 2).saturating_sub(stopped.elapsed())).await;
     assert_eq!(http_get(&format!("http://{addr}/healthz")).await.0, 200);
     assert!(d.running(), "the daemon exited: {}", d.log_text());
@@ -201,7 +210,10 @@ async fn postgres_restarted_or_stopped_mid_burst_loses_nothing_and_the_daemon_wa
     .await;
     let resumed = started.elapsed();
     wait_ready(&addr, &d).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    never_in_polls(&env, 5, "an id beyond the completions", async || {
+        distinct_ids(&rx) > 3 * n
+    })
+    .await;
 
     let duplicates = check_exactly_one_id_each(&rx, 3 * n);
     assert!(d.running(), "the daemon exited: {}", d.log_text());
@@ -250,6 +262,7 @@ async fn wait_balanced(addrs: &[&str], total: f64) -> Vec<f64> {
         }
         previous = settled.then_some(o.clone());
         assert!(Instant::now() < deadline, "never balanced: {o:?}");
+        // Two looks a lease round apart: the same shares across a round is what "balanced" means.
         tokio::time::sleep(TTL / 3 + Duration::from_millis(300)).await;
     }
 }
@@ -314,7 +327,10 @@ async fn a_partitioned_replica_commits_nothing_stale_and_rejoins_its_share() {
         (distinct_ids(&rx) >= 3 * n).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    never_in_polls(&env, 5, "an id beyond the completions", async || {
+        distinct_ids(&rx) > 3 * n
+    })
+    .await;
     let duplicates = check_exactly_one_id_each(&rx, 3 * n);
 
     // One stored event per (checkpoint, type): nothing committed twice or stale.

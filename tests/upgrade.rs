@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{COMPLETED_ONLY, Env, Receiver, pg, qwen_to, set_store_url, wait_for};
+use common::wait::polls_later;
+use common::{COMPLETED_ONLY, Env, Receiver, never_in_polls, pg, qwen_to, set_store_url, wait_for};
 use loopwatch::sim::SimHandle;
 use loopwatch::store::Access;
 
@@ -49,7 +50,7 @@ async fn upgrade_and_check(env: &Env, rx: &Receiver, cfg: &Path, url: &str) {
     })
     .await;
     // Several polls of the unchanged listing later: still only that one.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    never_in_polls(env, 5, "a replayed delivery", async || rx.count() > 1).await;
     let got = rx.got();
     let ids: Vec<String> = got.iter().map(|r| r.id()).collect();
     assert_eq!(ids, [PENDING_EVENT], "replayed or lost: {}", d.log_text());
@@ -78,7 +79,7 @@ async fn upgrade_and_check(env: &Env, rx: &Receiver, cfg: &Path, url: &str) {
 
     // The upgraded daemon finds and delivers what happens next.
     let next = h.add_checkpoint("run-1", "sampler", "step-300", Some("SYNCING"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    polls_later(env, 2).await; // seen syncing first
     h.set_status(&next, Some("COMPLETE"));
     wait_for("the next completion", T, || (rx.count() >= 2).then_some(())).await;
     let fresh = rx.got()[1].id();

@@ -5,11 +5,9 @@
 //! so `cargo test --all-targets` only builds them.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use loopwatch::config::{self, Config, Environment, Filter, TargetConfig};
-use loopwatch::model::CheckpointTarget;
 pub use loopwatch::sim::Receiver;
 use loopwatch::sim::ReceiverBuilder;
 
@@ -226,7 +224,7 @@ fn target(template: &TargetConfig, i: usize) -> TargetConfig {
     TargetConfig {
         name: run_id(i),
         filter: Filter::RunId(run_id(i)),
-        checkpoint_targets: BTreeSet::from(CheckpointTarget::ALL),
+        checkpoint_targets: None,
         ..template.clone()
     }
 }

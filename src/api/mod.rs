@@ -124,6 +124,8 @@ pub enum Error {
         message: String,
         /// The error body's `details.reason` (e.g. `NOT_PRESIGNABLE`), when it has one.
         reason: Option<String>,
+        /// The body was a JSON object, as the API's own errors are (a proxy's page is not).
+        from_api: bool,
     },
     #[error("response is not valid: {0}")]
     Decode(String),
@@ -325,16 +327,26 @@ impl Client {
 
     /// The listing's body for one filter, not yet decoded: a poller that has seen the same
     /// body before ([`Body::digest`]) need not decode it again.
+    ///
+    /// A `checkpoint_path` answered 404 by the API (its JSON error, not a proxy's page) is
+    /// an empty listing ([`Body::path_not_found`]): Baseten's "missing and inaccessible
+    /// checkpoints share one public error", and the Loops SDK reads it as "no such
+    /// checkpoint". For `run_id` and `base_model` a 404 stays an error.
     pub async fn fetch(&self, filter: &Filter) -> Result<Body, Error> {
         let mut url = self.endpoint.clone();
         url.query_pairs_mut()
             .append_pair(filter.query_key(), filter.value());
-        let (bytes, share) = self.send(self.http.get(url)).await?;
-        Ok(Body {
-            digest: xxhash_rust::xxh3::xxh3_128(&bytes),
-            bytes,
-            _share: share,
-        })
+        match self.send(self.http.get(url)).await {
+            Ok((bytes, share)) => Ok(Body::new(bytes, share, false)),
+            Err(Error::Status {
+                code: 404,
+                from_api: true,
+                ..
+            }) if matches!(filter, Filter::CheckpointPath(..)) => {
+                Ok(Body::new(EMPTY_LISTING.to_vec(), http::Share::none(), true))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Where the files of checkpoint `id` (its `id`, not its name) come from.
@@ -420,6 +432,10 @@ impl Client {
                 retry_after,
                 message: error_message(&body),
                 reason: error_reason(&body),
+                from_api: serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+                    &body,
+                )
+                .is_ok(),
             });
         }
         self.read_body(resp).await
@@ -466,15 +482,34 @@ impl Client {
     }
 }
 
-/// A successful (2xx) listing body, holding its share of the process's response budget
-/// for as long as it lives (a poll keeps it to the end: the decoded listing is as large).
+/// What a `checkpoint_path` listing answered 404 stands for.
+const EMPTY_LISTING: &[u8] = br#"{"checkpoints":[]}"#;
+
+/// A successful (2xx) listing body, or the empty listing a missing `checkpoint_path` is,
+/// holding its share of the process's response budget for as long as it lives (a poll
+/// keeps it to the end: the decoded listing is as large).
 pub struct Body {
     bytes: Vec<u8>,
     digest: u128,
     _share: http::Share,
+    path_not_found: bool,
 }
 
 impl Body {
+    fn new(bytes: Vec<u8>, share: http::Share, path_not_found: bool) -> Body {
+        Body {
+            digest: xxhash_rust::xxh3::xxh3_128(&bytes),
+            bytes,
+            _share: share,
+            path_not_found,
+        }
+    }
+
+    /// The `checkpoint_path` was answered 404: no such checkpoint, an empty listing.
+    pub fn path_not_found(&self) -> bool {
+        self.path_not_found
+    }
+
     /// A 128-bit digest (XXH3) of the exact bytes: equal digests mean the same listing.
     pub fn digest(&self) -> u128 {
         self.digest
@@ -533,13 +568,28 @@ fn error_reason(body: &[u8]) -> Option<String> {
     Some(reason.chars().take(200).collect())
 }
 
-/// A short, single-line description of an error body: the JSON `message` when there is
-/// one, otherwise the first 200 characters of text.
+/// A short, single-line description of an error body: its JSON `message`, `detail` or
+/// `error` (the keys the Loops SDK reads, in its order; a non-string one as compact JSON,
+/// e.g. FastAPI's list of validation errors, or an `error` object's own `message`),
+/// otherwise the first 200 characters of text.
 fn error_message(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
-        && let Some(m) = v.get("message").and_then(|m| m.as_str())
-    {
-        return http::one_line_snippet(m.as_bytes(), 200);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            serde_json::Value::Object(o) => Some(match o.get("message") {
+                Some(serde_json::Value::String(m)) => m.clone(),
+                _ => v.to_string(),
+            }),
+            other => Some(other.to_string()),
+        };
+        if let Some(m) = ["message", "detail", "error"]
+            .iter()
+            .find_map(|k| v.get(k).and_then(text))
+            .filter(|m| !m.trim().is_empty())
+        {
+            return http::one_line_snippet(m.as_bytes(), 200);
+        }
     }
     let flat = http::one_line_snippet(body, 200);
     if flat.is_empty() {
@@ -550,178 +600,4 @@ fn error_message(body: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rate_limit_holds_in_every_second_even_the_first() {
-        use governor::clock::FakeRelativeClock;
-        for rps in [0.5, 1.0, 10.0, 200.0] {
-            let clock = FakeRelativeClock::default();
-            let limiter = RateLimiter::direct_with_clock(quota(rps), clock.clone());
-            // Requests as fast as allowed, counted per one-second window, 1 ms steps.
-            let mut per_second = vec![0u32; 5];
-            for ms in 0..5000 {
-                while limiter.check().is_ok() {
-                    per_second[ms / 1000] += 1;
-                }
-                clock.advance(Duration::from_millis(1));
-            }
-            let ceiling = (rps * 1.1).ceil().max(1.0) as u32;
-            assert!(
-                per_second.iter().all(|&n| n <= ceiling),
-                "{rps} rps: {per_second:?}"
-            );
-            let total: u32 = per_second.iter().sum();
-            assert!(
-                f64::from(total) >= rps * 5.0 - 1.0,
-                "{rps} rps: {per_second:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_base_url_path_prefix_is_kept_with_or_without_its_slash() {
-        for base in ["http://gw/loops-proxy", "http://gw/loops-proxy/"] {
-            let url = endpoint(&Url::parse(base).unwrap()).unwrap();
-            assert_eq!(url.as_str(), "http://gw/loops-proxy/v1/loops/checkpoints");
-        }
-        let url = endpoint(&Url::parse("https://api.baseten.co").unwrap()).unwrap();
-        assert_eq!(url.as_str(), "https://api.baseten.co/v1/loops/checkpoints");
-    }
-
-    #[test]
-    fn error_bodies_become_one_line() {
-        assert_eq!(
-            error_message(br#"{"code":"UNAUTHORIZED","message":"bad key","details":null}"#),
-            "bad key"
-        );
-        assert_eq!(
-            error_message(b"<html>\n<body>502 Bad Gateway</body>\n</html>"),
-            "<html> <body>502 Bad Gateway</body> </html>"
-        );
-        assert_eq!(error_message(b""), "(empty body)");
-        assert_eq!(
-            error_reason(br#"{"code":"BAD_REQUEST","details":{"reason":"NOT_PRESIGNABLE"}}"#)
-                .as_deref(),
-            Some(NOT_PRESIGNABLE)
-        );
-        assert_eq!(error_reason(br#"{"details":null}"#), None);
-        assert_eq!(error_reason(b"<html></html>"), None);
-    }
-
-    #[test]
-    fn checkpoint_routes_sit_under_the_listing_with_the_id_encoded() {
-        let cfg = ApiConfig {
-            base_url: Url::parse("http://gw/loops-proxy").unwrap(),
-            api_key: crate::config::Secret::new("k"),
-            api_key_source: "test".into(),
-            auth_scheme: AuthScheme::Bearer,
-            timeout: Duration::from_secs(1),
-            max_requests_per_second: 1.0,
-            max_response_bytes: 1 << 20,
-            max_buffered_bytes: 2 << 20,
-        };
-        let c = Client::new(&cfg).unwrap();
-        assert_eq!(
-            c.checkpoint_url("ck 1/x", "files").as_str(),
-            "http://gw/loops-proxy/v1/loops/checkpoints/ck%201%2Fx/files"
-        );
-        assert_eq!(
-            c.action_url("deploy").as_str(),
-            "http://gw/loops-proxy/v1/loops/checkpoints/deploy"
-        );
-    }
-
-    #[test]
-    fn classification() {
-        let s = |code| Error::Status {
-            code,
-            retry_after: None,
-            message: String::new(),
-            reason: None,
-        };
-        assert!(s(503).is_transient() && s(429).is_transient() && Error::Timeout.is_transient());
-        assert!(!s(401).is_transient() && s(401).needs_operator() && s(403).needs_operator());
-        assert!(!Error::Decode(String::new()).is_transient());
-        assert!(s(408).is_transient() && !s(400).is_transient() && !s(422).needs_operator());
-        assert_eq!(Error::Timeout.code_label(), "timeout");
-        assert_eq!(s(502).code_label(), "502");
-        assert_eq!(Error::TooLarge(1).code_label(), "decode");
-    }
-
-    fn sim_config(sim: &crate::sim::SimApi) -> ApiConfig {
-        ApiConfig {
-            base_url: Url::parse(&sim.base_url()).unwrap(),
-            api_key: crate::config::Secret::new("k"),
-            api_key_source: "test".into(),
-            auth_scheme: AuthScheme::Bearer,
-            timeout: Duration::from_secs(5),
-            max_requests_per_second: 1000.0,
-            max_response_bytes: 1 << 20,
-            max_buffered_bytes: 2 << 20,
-        }
-    }
-
-    #[tokio::test]
-    async fn every_route_against_the_simulator() {
-        let sim = crate::sim::SimApi::start(Some("k".into())).await.unwrap();
-        let h = sim.handle();
-        let c = Client::new(&sim_config(&sim)).unwrap();
-        let id = h.add_checkpoint("r", "sampler", "step-1", Some("COMPLETE"));
-        assert_eq!(c.source(&id).await.unwrap(), Source::S3);
-        h.set_files(&id, &[("a", 1), ("b", 2), ("c", 3)]);
-        let first = c.files_page(&id, 2, 0).await.unwrap();
-        assert_eq!(
-            (first.files.len(), first.next_page_token, first.total_count),
-            (2, Some(1), 3)
-        );
-        let second = c.files_page(&id, 2, 1).await.unwrap();
-        assert_eq!((second.files.len(), second.next_page_token), (1, None));
-        c.validate("bt://loops:r/sampler_weights/step-1", Some("r"))
-            .await
-            .unwrap();
-        let e = c
-            .validate("bt://loops:r/weights/step-1", None)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(e, Error::Status { code: 400, .. }) && !e.is_transient(),
-            "{e}"
-        );
-        assert_eq!(e.reason(), Some("NOT_A_SAMPLER_CHECKPOINT"));
-        let request = DeployRequest {
-            checkpoint_ids: vec![id.clone()],
-            model_name: "m".into(),
-            instance_type_id: "H100".into(),
-            hf_secret_name: "hf".into(),
-        };
-        let deployed = c.deploy(&request).await.unwrap();
-        assert_eq!(h.deploys()[0].deployment_id, deployed.deployment_id);
-        h.set_volume(&id, "bdn:ns/v:t", "p");
-        assert_eq!(
-            c.source(&id).await.unwrap(),
-            Source::Volume {
-                volume_ref: "bdn:ns/v:t".into(),
-                path: "p".into()
-            }
-        );
-        let e = c.files_page(&id, 1000, 0).await.unwrap_err();
-        assert!(e.is_not_presignable() && !e.is_transient(), "{e}");
-        h.push_fault_to(crate::sim::Route::Deploy, crate::sim::Fault::Truncated);
-        assert!(matches!(c.deploy(&request).await, Err(Error::Decode(_))));
-        h.push_fault_to(
-            crate::sim::Route::Validate,
-            crate::sim::Fault::Status {
-                code: 503,
-                retry_after: Some("3".into()),
-                body: None,
-            },
-        );
-        let e = c
-            .validate("bt://loops:r/sampler_weights/step-1", None)
-            .await
-            .unwrap_err();
-        assert!(e.is_transient() && e.retry_after() == Some(Duration::from_secs(3)));
-    }
-}
+mod tests;

@@ -33,6 +33,7 @@ struct WireCheckpoint {
     /// `sampler | trainer | <any string>`: an unknown value passes through.
     target: String,
     checkpoint_type: String,
+    #[serde(deserialize_with = "lax_int")]
     size_bytes: i64,
     created_at: String,
     #[serde(deserialize_with = "Option::deserialize")]
@@ -65,6 +66,73 @@ impl<'de> Deserialize<'de> for AnyObject {
     }
 }
 
+/// An `int` as Baseten's pydantic models validate it in their default (lax) mode, so
+/// nothing the SDK accepts fails here: a JSON integer, a float with no fractional part
+/// (`123.0`), a string of one (`"123"`, `" 123 "`, `"123.0"`), or a bool (0 or 1).
+/// Anything else (`12.5`, `"12a"`, `null`, out of `i64` range) is an error.
+fn lax_int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    d.deserialize_any(LaxInt)
+}
+
+/// [`lax_int`], with `null` as None (`next_page_token` on the last page).
+fn lax_int_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct OrNull;
+    impl<'de> Visitor<'de> for OrNull {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an integer or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            lax_int(d).map(Some)
+        }
+    }
+    d.deserialize_option(OrNull)
+}
+
+struct LaxInt;
+
+impl<'de> Visitor<'de> for LaxInt {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an integer (or a whole number as a float or a string)")
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| E::custom(format!("integer {v} out of range")))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+        // 2^63 as f64 is exact; `as` saturates, so compare before converting.
+        if v.is_finite() && v.fract() == 0.0 && v >= -(2f64.powi(63)) && v < 2f64.powi(63) {
+            Ok(v as i64)
+        } else {
+            Err(E::custom(format!("{v} is not a whole number")))
+        }
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<i64, E> {
+        Ok(i64::from(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<i64, E> {
+        let t = v.trim();
+        // "123.0" and "123.00" are whole numbers too; "123." and "1e3" are not.
+        let whole = match t.split_once('.') {
+            Some((int, zeros)) if !zeros.is_empty() && zeros.bytes().all(|b| b == b'0') => int,
+            _ => t,
+        };
+        whole.parse::<i64>().map_err(|_| {
+            let shown: String = v.chars().take(40).collect();
+            E::custom(format!("{shown:?} is not an integer"))
+        })
+    }
+}
+
 /// Two listed versions of one checkpoint carry the same object (spacing and key order
 /// aside: the raw text is kept as received).
 fn same_object(a: &Checkpoint, b: &Checkpoint) -> bool {
@@ -92,9 +160,8 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
         if w.id.is_empty() {
             return Err(format!("checkpoints[{i}]: empty id"));
         }
-        let Some(target) = CheckpointTarget::parse(&w.target) else {
-            return Err(format!("checkpoints[{i}]: empty target"));
-        };
+        // `""` included: an unknown target, kept (the SDK's `Literal[...] | str`).
+        let target = CheckpointTarget::parse(&w.target);
         all.push(Checkpoint {
             id: w.id,
             name: w.checkpoint_id,
@@ -165,8 +232,9 @@ pub fn decode_source(body: &[u8]) -> Result<Source, String> {
 #[derive(Deserialize)]
 struct WireFilesResponse {
     presigned_urls: Vec<WireFile>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lax_int_or_null")]
     next_page_token: Option<i64>,
+    #[serde(deserialize_with = "lax_int")]
     total_count: i64,
 }
 
@@ -176,7 +244,9 @@ struct WireFile {
     #[allow(dead_code)] // required by the model; a credential, deliberately not kept
     url: String,
     relative_file_name: String,
+    #[serde(deserialize_with = "lax_int")]
     node_rank: i64,
+    #[serde(deserialize_with = "lax_int")]
     size_bytes: i64,
     last_modified: String,
 }
@@ -310,11 +380,50 @@ mod tests {
         assert!(decode_listing(nullable.as_bytes()).is_ok());
     }
 
+    /// What Baseten's pydantic models accept for an `int` in lax mode decodes; what they
+    /// refuse fails the listing.
+    #[test]
+    fn integers_decode_as_laxly_as_the_sdk_reads_them() {
+        let size = |v: &str| {
+            decode_listing(
+                ONE.replace(r#""size_bytes":123"#, &format!(r#""size_bytes":{v}"#))
+                    .as_bytes(),
+            )
+            .map(|l| l[0].size_bytes)
+        };
+        for (v, want) in [
+            ("123", 123),
+            ("123.0", 123),
+            (r#""123""#, 123),
+            (r#"" 123 ""#, 123),
+            (r#""123.00""#, 123),
+            (r#""-4""#, -4),
+            ("true", 1),
+            ("false", 0),
+            ("9223372036854775807", i64::MAX),
+        ] {
+            assert_eq!(size(v), Ok(want), "{v}");
+        }
+        for v in [
+            "12.5",
+            r#""12.5""#,
+            r#""12a""#,
+            r#""""#,
+            r#""1e3""#,
+            r#""123.""#,
+            "null",
+            "[1]",
+            "9223372036854775808",
+            "1e300",
+        ] {
+            let e = size(v).unwrap_err();
+            assert!(e.contains("checkpoints[0]"), "{v}: {e}");
+        }
+    }
+
     #[test]
     fn wrong_types_and_garbage_fail() {
-        assert!(decode_listing(ONE.replace("123", "\"123\"").as_bytes()).is_err());
         assert!(decode_listing(ONE.replace(r#""sampler""#, "7").as_bytes()).is_err());
-        assert!(decode_listing(ONE.replace(r#""sampler""#, r#""""#).as_bytes()).is_err());
         assert!(decode_listing(b"<html>bad gateway</html>").is_err());
         assert!(decode_listing(b"[]").is_err());
         assert!(decode_listing(&ONE.as_bytes()[..ONE.len() / 2]).is_err());
@@ -327,6 +436,10 @@ mod tests {
         assert_eq!(l[0].target, CheckpointTarget::Other("draft".into()));
         assert_eq!(l[0].uri(), None);
         assert!(l[0].raw.contains(r#""target":"draft""#));
+        // The SDK's `Literal[...] | str` takes "" too: an unknown target, kept.
+        let l = decode_listing(ONE.replace(r#""sampler""#, r#""""#).as_bytes()).unwrap();
+        assert_eq!(l[0].target, CheckpointTarget::Other("".into()));
+        assert_eq!((l[0].target.label(), l[0].uri()), ("other", None));
     }
 
     #[test]
@@ -384,13 +497,24 @@ mod tests {
                 "{field}"
             );
         }
-        assert!(
-            decode_files(
-                text.replace(r#""next_page_token":1"#, r#""next_page_token":"1""#)
-                    .as_bytes()
-            )
-            .is_err()
-        );
+        // Lax integers, as the SDK reads them: next_page_token and the counts too.
+        let lax = text
+            .replace(r#""next_page_token":1"#, r#""next_page_token":"1""#)
+            .replace(r#""total_count":2"#, r#""total_count":2.0"#)
+            .replace(r#""node_rank":0"#, r#""node_rank":"0""#)
+            .replace(r#""size_bytes":10"#, r#""size_bytes":10.0"#);
+        let p = decode_files(lax.as_bytes()).unwrap();
+        assert_eq!((p.next_page_token, p.total_count), (Some(1), 2));
+        assert_eq!((p.files[0].node_rank, p.files[0].size_bytes), (0, 10));
+        let null = text.replace(r#""next_page_token":1"#, r#""next_page_token":null"#);
+        assert_eq!(decode_files(null.as_bytes()).unwrap().next_page_token, None);
+        for bad in [r#""1.5""#, "1.5", r#""next""#, "[1]"] {
+            let body = text.replace(
+                r#""next_page_token":1"#,
+                &format!(r#""next_page_token":{bad}"#),
+            );
+            assert!(decode_files(body.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

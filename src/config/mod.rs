@@ -247,7 +247,8 @@ impl fmt::Display for Filter {
 pub struct TargetConfig {
     pub name: String,
     pub filter: Filter,
-    pub checkpoint_targets: BTreeSet<CheckpointTarget>,
+    /// `None`: every checkpoint, unknown targets included; a set: only those values.
+    pub checkpoint_targets: Option<BTreeSet<CheckpointTarget>>,
     pub interval: Duration,
     pub syncing_interval: Duration,
 }
@@ -417,7 +418,8 @@ pub struct SinkConfig {
     pub events: BTreeSet<EventType>,
     /// `None`: every target.
     pub targets: Option<BTreeSet<String>>,
-    pub checkpoint_targets: BTreeSet<CheckpointTarget>,
+    /// `None`: every checkpoint, unknown targets included; a set: only those values.
+    pub checkpoint_targets: Option<BTreeSet<CheckpointTarget>>,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
     pub concurrency: NonZeroUsize,
@@ -444,8 +446,14 @@ impl SinkConfig {
     ) -> bool {
         self.events.contains(&kind)
             && self.targets.as_ref().is_none_or(|t| t.contains(target))
-            && self.checkpoint_targets.contains(checkpoint_target)
+            && takes(self.checkpoint_targets.as_ref(), checkpoint_target)
     }
+}
+
+/// Whether a `checkpoint_targets` filter takes a checkpoint of target `t`: absent takes
+/// every checkpoint (unknown targets included), a list only what it names.
+pub fn takes(filter: Option<&BTreeSet<CheckpointTarget>>, t: &CheckpointTarget) -> bool {
+    filter.is_none_or(|only| only.contains(t))
 }
 
 pub const DEFAULT_RETRY_SCHEDULE: [&str; 9] =

@@ -161,7 +161,9 @@ struct Target<'a> {
     /// `run_id = ...`, `base_model = ...` or `checkpoint_path = ...`.
     #[serde(flatten)]
     filter: BTreeMap<&'static str, &'a str>,
-    checkpoint_targets: Vec<&'a str>,
+    /// Absent: every checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_targets: Option<Vec<&'a str>>,
     interval: String,
     syncing_interval: String,
 }
@@ -174,7 +176,8 @@ struct Sink<'a> {
     events: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     targets: Option<Vec<&'a str>>,
-    checkpoint_targets: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_targets: Option<Vec<&'a str>>,
     timeout: String,
     retry_schedule: Vec<String>,
     concurrency: usize,
@@ -276,7 +279,7 @@ impl<'a> Redacted<'a> {
                 .map(|t| Target {
                     name: &t.name,
                     filter: filter(&t.filter),
-                    checkpoint_targets: t.checkpoint_targets.iter().map(|t| t.as_str()).collect(),
+                    checkpoint_targets: names(t.checkpoint_targets.as_ref()),
                     interval: human(t.interval),
                     syncing_interval: human(t.syncing_interval),
                 })
@@ -284,6 +287,13 @@ impl<'a> Redacted<'a> {
             sinks: c.sinks.iter().map(|s| Sink::new(s, secrets)).collect(),
         }
     }
+}
+
+/// A `checkpoint_targets` filter as listed (None: absent, every checkpoint).
+fn names(
+    f: Option<&std::collections::BTreeSet<crate::model::CheckpointTarget>>,
+) -> Option<Vec<&str>> {
+    f.map(|set| set.iter().map(|t| t.as_str()).collect())
 }
 
 fn filter(f: &Filter) -> BTreeMap<&'static str, &str> {
@@ -340,7 +350,7 @@ impl<'a> Sink<'a> {
                 .targets
                 .as_ref()
                 .map(|t| t.iter().map(String::as_str).collect()),
-            checkpoint_targets: s.checkpoint_targets.iter().map(|t| t.as_str()).collect(),
+            checkpoint_targets: names(s.checkpoint_targets.as_ref()),
             timeout: human(s.timeout),
             retry_schedule: s.retry_schedule.iter().map(|d| human(*d)).collect(),
             concurrency: s.concurrency.get(),

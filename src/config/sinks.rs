@@ -118,14 +118,14 @@ pub(super) fn sink(
             );
         }
         if s.checkpoint_targets.is_set()
-            && checkpoint_targets != BTreeSet::from([CheckpointTarget::Sampler])
+            && checkpoint_targets != Some(BTreeSet::from([CheckpointTarget::Sampler]))
         {
             w.err(
                 &join(sec, "checkpoint_targets"),
                 "a baseten_deploy sink deploys sampler checkpoints only; omit checkpoint_targets or set [\"sampler\"]",
             );
         }
-        checkpoint_targets = BTreeSet::from([CheckpointTarget::Sampler]);
+        checkpoint_targets = Some(BTreeSet::from([CheckpointTarget::Sampler]));
     }
     // A deploy attempt is up to four API calls (validate, two reads of the model, the
     // deploy), each bounded by `api.timeout`; a sink timeout shorter than one of them cut

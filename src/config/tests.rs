@@ -36,7 +36,10 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.store.url, "sqlite://loopwatch.db");
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:9464");
     assert_eq!(c.targets[0].filter, Filter::RunId("r1".into()));
-    assert_eq!(c.targets[0].checkpoint_targets.len(), 2);
+    assert_eq!(
+        c.targets[0].checkpoint_targets, None,
+        "absent: every checkpoint"
+    );
 }
 
 #[test]
@@ -567,7 +570,7 @@ fn a_deploy_sink_gets_its_documented_defaults_and_every_rule_at_once() {
     assert_eq!(s.events, BTreeSet::from([EventType::Completed]));
     assert_eq!(
         s.checkpoint_targets,
-        BTreeSet::from([CheckpointTarget::Sampler])
+        Some(BTreeSet::from([CheckpointTarget::Sampler]))
     );
     assert_eq!(s.kind.name(), "baseten_deploy");
     // A webhook's default events now include checkpoint.deployed.

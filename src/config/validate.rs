@@ -211,35 +211,36 @@ impl Problems<'_> {
         Some(out)
     }
 
+    /// `checkpoint_targets`: `None` when absent (every checkpoint, unknown targets
+    /// included); a list takes only the values it names.
     pub fn checkpoint_targets(
         &mut self,
         f: &List<String>,
         section: &str,
-    ) -> BTreeSet<CheckpointTarget> {
+    ) -> Option<BTreeSet<CheckpointTarget>> {
         let key = join(section, "checkpoint_targets");
-        let Some(list) = self.string_list(f, &key) else {
-            return CheckpointTarget::ALL.into_iter().collect();
-        };
+        let list = self.string_list(f, &key)?;
         let mut out = BTreeSet::new();
         for s in &list {
-            match CheckpointTarget::parse(s) {
-                Some(t) => {
-                    out.insert(t);
-                }
-                None => self.err(
+            match s.as_str() {
+                "" => self.err(
                     &key,
                     "has an empty value; name a checkpoint target: \"sampler\", \"trainer\" or another value the API sends",
                 ),
+                _ => {
+                    out.insert(CheckpointTarget::parse(s));
+                }
             }
         }
         if list.is_empty() {
+            // An empty set would match nothing: a filter that silently takes no checkpoint.
             self.err(
                 &key,
-                "is empty; omit it for both, or list \"sampler\" and/or \"trainer\"",
+                "is empty; omit it for every checkpoint, or list \"sampler\" and/or \"trainer\"",
             );
-            return CheckpointTarget::ALL.into_iter().collect();
+            return None;
         }
-        out
+        Some(out)
     }
 }
 

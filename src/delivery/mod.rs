@@ -443,7 +443,7 @@ impl Outbox {
     /// The sinks a lifecycle event (`checkpoint.deployed`, ...) goes to: those whose
     /// `events` include it, never a deploy sink.
     fn lifecycle_routes(&self, e: &StoredEvent) -> Vec<String> {
-        let ct = CheckpointTarget::parse(&e.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
+        let ct = CheckpointTarget::parse(&e.checkpoint_target);
         let Some(kind) = e.event_type() else {
             return Vec::new();
         };

@@ -116,13 +116,12 @@ pub fn next_wait(
 mod tests {
     use super::*;
     use crate::config::Filter;
-    use std::collections::BTreeSet;
 
     fn target() -> TargetConfig {
         TargetConfig {
             name: "t".into(),
             filter: Filter::RunId("r".into()),
-            checkpoint_targets: BTreeSet::new(),
+            checkpoint_targets: None,
             interval: Duration::from_secs(60),
             syncing_interval: Duration::from_secs(10),
         }

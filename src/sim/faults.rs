@@ -43,7 +43,8 @@ pub enum Fault {
     Truncated,
     /// 200; the first checkpoint lacks this key.
     MissingField(String),
-    /// 200; this key of the first checkpoint has a JSON type the schema does not allow.
+    /// 200; this key of the first checkpoint has a JSON type the schema does not allow
+    /// (even in the lax mode of Baseten's models: a number becomes `"123 units"`).
     WrongType(String),
     /// 200; the top-level object and every checkpoint carry extra fields.
     UnknownFields,
@@ -62,6 +63,23 @@ pub enum Fault {
     ActThenDelay(Duration),
     /// Act, then send `200` and drop the connection before the body.
     ActThenClose,
+    /// The files route pages without end (the listing route ignores it).
+    Paging(Paging),
+    /// 200; every integer of the answer is sent as Baseten's pydantic models still accept
+    /// it: as a string (`"123"`) or a whole float (`123.0`), in turn.
+    LaxNumbers,
+}
+
+/// Paging a client must not follow for ever: `next_page_token` is never null.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paging {
+    /// The tokens cycle: 0 -> 1 -> 2 -> 1 -> 2 ... (never the page's own token, so a
+    /// client that only checks for that pages for ever).
+    Cycle,
+    /// Each page points to a new one, and `total_count` grows to stay a page ahead.
+    Growing,
+    /// Pages with no files, each pointing to a new one; `total_count` stays as it is.
+    EmptyPages,
 }
 
 /// The faults waiting for each route's requests.
@@ -131,6 +149,8 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
         | Fault::WrongType(_)
         | Fault::UnknownFields
         | Fault::DuplicateId
+        | Fault::Paging(_)
+        | Fault::LaxNumbers
         | Fault::ActThenDelay(_)
         | Fault::ActThenClose) => return Effect::Alter(fault),
     };
@@ -141,6 +161,15 @@ pub(super) async fn apply(fault: Option<Fault>, stop: &CancellationToken) -> Eff
 /// JSON. Field faults hit the first item (the first checkpoint, the first file, the
 /// `source` object) when it has the key, else the top-level object.
 pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
+    if let Fault::Paging(_) = fault {
+        // Applied by the files route itself, which knows the page asked for.
+        return json_body(serde_json::to_vec(&answer).expect("json serializes"));
+    }
+    if let Fault::LaxNumbers = fault {
+        let mut turn = false;
+        laxen(&mut answer, &mut turn);
+        return json_body(serde_json::to_vec(&answer).expect("json serializes"));
+    }
     if let Fault::ActThenClose = fault {
         return close_connection();
     }
@@ -176,7 +205,8 @@ pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
             if let Some(target) = target {
                 let wrong = match target.get(&key) {
                     Some(Value::String(_) | Value::Null) | None => json!(42),
-                    Some(Value::Number(n)) => json!(n.to_string()),
+                    // Not "123": the SDK's models read a string of digits as an integer.
+                    Some(Value::Number(n)) => json!(format!("{n} units")),
                     Some(_) => json!("not-the-right-type"),
                 };
                 target.insert(key, wrong);
@@ -200,6 +230,23 @@ pub(super) fn alter(fault: Fault, mut answer: Value) -> Response {
         _ => unreachable!("faults that answer on their own never reach alter"),
     }
     json_body(serde_json::to_vec(&answer).expect("json serializes"))
+}
+
+/// Every integer under `v` as a string or a whole float, alternately.
+fn laxen(v: &mut Value, turn: &mut bool) {
+    match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            *turn = !*turn;
+            let text = n.to_string();
+            *v = match *turn {
+                true => Value::String(text),
+                false => json!(text.parse::<f64>().expect("an integer reads as a float")),
+            };
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| laxen(i, turn)),
+        Value::Object(map) => map.values_mut().for_each(|i| laxen(i, turn)),
+        _ => {}
+    }
 }
 
 /// The first element of the answer's list, or its `source` object.

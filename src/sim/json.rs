@@ -48,6 +48,12 @@ impl ApiError {
     pub(super) const METHOD_NOT_ALLOWED: Self =
         Self(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.");
     pub(super) const NOT_FOUND: Self = Self(StatusCode::NOT_FOUND, "Not found.");
+    /// A `checkpoint_path` listing that names no checkpoint: Baseten answers missing and
+    /// inaccessible checkpoints with one public error.
+    pub(super) const NO_CHECKPOINT: Self = Self(
+        StatusCode::NOT_FOUND,
+        "Checkpoint not found or not accessible.",
+    );
     /// 405 on a route that takes only POST (a different `Allow` than [`Self::METHOD_NOT_ALLOWED`]).
     pub(super) const POST_ONLY: Self = Self(StatusCode::METHOD_NOT_ALLOWED, "Use POST.");
 }

@@ -11,7 +11,8 @@
 //!
 //! - [`SimApi`] (here): starts and stops the simulated API's server.
 //! - [`state`]: what the API serves ([`SimHandle`]): checkpoints, training runs, the clock.
-//! - [`routes`]: the HTTP routes and the JSON they answer.
+//! - [`routes`]: the HTTP routes and the JSON they answer; `answers`: what the routes
+//!   beside the listing answer (source, files, validate, deploy) or why they refuse.
 //! - [`faults`]: the misbehaviours, queued per [`Route`].
 //! - `json`: the JSON answers routes and faults share (error objects).
 //! - [`receiver`]: the webhook receiver.
@@ -20,6 +21,7 @@
 //! are materialised from it lazily on each request, so tests never need to sleep and the
 //! simulator never spawns anything but its server task.
 
+mod answers;
 pub mod faults;
 mod json;
 pub mod models;
@@ -38,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::Fault;
+pub use faults::{Fault, Paging};
 pub use models::{Promotion, SimDeployment};
 pub use receiver::{Answer, Received, Receiver, ReceiverBuilder, Signature};
 pub use routes::CHECKPOINTS_PATH;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{Value, json};
 
-use super::state::Refusal;
+use super::answers::Refusal;
 
 /// The statuses a new deployment moves through by default, each from its offset after
 /// creation: live a few seconds after the deploy.

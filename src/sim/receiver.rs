@@ -449,8 +449,16 @@ mod tests {
         let rx = Receiver::start().await.unwrap();
         let url = rx.url.clone();
         drop(rx);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let error = reqwest::Client::new().post(&url).send().await.unwrap_err();
+        // Its server task stops soon after: wait for the first refused connection.
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let error = loop {
+            match client.post(&url).send().await {
+                Err(e) => break e,
+                Ok(_) => assert!(std::time::Instant::now() < deadline, "still serving"),
+            }
+            tokio::task::yield_now().await;
+        };
         assert!(error.is_connect(), "{error}");
     }
 }

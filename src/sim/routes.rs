@@ -13,10 +13,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Route;
+use super::answers::Refusal;
 use super::faults::Fault;
 use super::faults::{self, Effect};
 use super::json::{ApiError, json_body, refusal_body};
-use super::state::{Filter, Refusal, SimHandle, State};
+use super::state::{Filter, SimHandle, State};
 
 /// The path of [`Route::Checkpoints`].
 pub const CHECKPOINTS_PATH: &str = "/v1/loops/checkpoints";
@@ -86,6 +87,7 @@ async fn list(
         Effect::Pass => {
             let mut st = server.handle.lock();
             match accept(&mut st, &headers, query) {
+                Ok(filter) if st.path_missing(&filter) => ApiError::NO_CHECKPOINT.into_response(),
                 Ok(filter) => {
                     let body = st.listing_body(filter);
                     st.log_body(Route::Checkpoints, "response", &body);
@@ -97,10 +99,12 @@ async fn list(
         Effect::Alter(fault) => {
             let listing = {
                 let mut st = server.handle.lock();
-                accept(&mut st, &headers, query).map(|filter| st.listing(&filter))
+                accept(&mut st, &headers, query)
+                    .map(|filter| (!st.path_missing(&filter)).then(|| st.listing(&filter)))
             };
             match listing {
-                Ok(listing) => faults::alter(fault, listing),
+                Ok(Some(listing)) => faults::alter(fault, listing),
+                Ok(None) => ApiError::NO_CHECKPOINT.into_response(),
                 Err(error) => error.into_response(),
             }
         }
@@ -113,7 +117,10 @@ async fn source(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    answer(&server, Route::Source, &headers, None, |st| st.source(&id)).await
+    answer(&server, Route::Source, &headers, None, |st, _| {
+        st.source(&id)
+    })
+    .await
 }
 
 /// `GET /v1/loops/checkpoints/{id}/files?page_size=N&page_token=T`.
@@ -124,8 +131,12 @@ async fn files(
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
-    answer(&server, Route::Files, &headers, None, |st| {
-        st.files_page(&id, &query)
+    answer(&server, Route::Files, &headers, None, |st, fault| {
+        let paging = match fault {
+            Some(faults::Fault::Paging(p)) => Some(*p),
+            _ => None,
+        };
+        st.files_page(&id, &query, paging)
     })
     .await
 }
@@ -136,7 +147,7 @@ async fn validate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer(&server, Route::Validate, &headers, Some(&body), |st| {
+    answer(&server, Route::Validate, &headers, Some(&body), |st, _| {
         st.validate(&body)
     })
     .await
@@ -144,7 +155,7 @@ async fn validate(
 
 /// `POST /v1/loops/checkpoints/deploy`.
 async fn deploy(AxumState(server): AxumState<Server>, headers: HeaderMap, body: Bytes) -> Response {
-    answer(&server, Route::Deploy, &headers, Some(&body), |st| {
+    answer(&server, Route::Deploy, &headers, Some(&body), |st, _| {
         st.deploy(&body)
     })
     .await
@@ -157,7 +168,7 @@ async fn models(
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
-    answer(&server, Route::Models, &headers, None, |st| {
+    answer(&server, Route::Models, &headers, None, |st, _| {
         st.models.list(&query)
     })
     .await
@@ -169,7 +180,7 @@ async fn deployments(
     headers: HeaderMap,
     Path(model_id): Path<String>,
 ) -> Response {
-    answer(&server, Route::Deployments, &headers, None, |st| {
+    answer(&server, Route::Deployments, &headers, None, |st, _| {
         let now = st.now();
         st.models.deployments_of(&model_id, now)
     })
@@ -182,7 +193,7 @@ async fn deployment(
     headers: HeaderMap,
     Path((model_id, deployment_id)): Path<(String, String)>,
 ) -> Response {
-    answer(&server, Route::Deployment, &headers, None, |st| {
+    answer(&server, Route::Deployment, &headers, None, |st, _| {
         let now = st.now();
         st.models.deployment(&model_id, &deployment_id, now)
     })
@@ -196,7 +207,7 @@ async fn promote(
     Path((model_id, environment)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    answer(&server, Route::Promote, &headers, Some(&body), |st| {
+    answer(&server, Route::Promote, &headers, Some(&body), |st, _| {
         let now = st.now();
         st.models.promote(&model_id, &environment, &body, now)
     })
@@ -209,7 +220,7 @@ async fn deactivate(
     headers: HeaderMap,
     Path((model_id, deployment_id)): Path<(String, String)>,
 ) -> Response {
-    answer(&server, Route::Deactivate, &headers, None, |st| {
+    answer(&server, Route::Deactivate, &headers, None, |st, _| {
         st.models.deactivate(&model_id, &deployment_id)
     })
     .await
@@ -223,7 +234,7 @@ async fn answer(
     route: Route,
     headers: &HeaderMap,
     body: Option<&[u8]>,
-    serve: impl FnOnce(&mut State) -> Result<Value, Refusal>,
+    serve: impl FnOnce(&mut State, Option<&faults::Fault>) -> Result<Value, Refusal>,
 ) -> Response {
     let fault = {
         let mut st = server.handle.lock();
@@ -246,7 +257,7 @@ async fn answer(
             return ApiError::UNAUTHORIZED.into_response();
         }
         st.tick();
-        serve(&mut st)
+        serve(&mut st, fault.as_ref())
     };
     let fault = match fault {
         // Acted: now the answer waits.

@@ -182,7 +182,14 @@ async fn checkpoint_path_selects_run_target_and_name() {
         by_path("bt://loops:r1/weights/step-100").await,
         [trainer.as_str()]
     );
-    assert!(by_path("bt://loops:r3/weights/step-100").await.is_empty());
+    // No such checkpoint: 404 with the API's JSON error, never an empty listing.
+    let response = get(
+        &sim,
+        &[("checkpoint_path", "bt://loops:r3/weights/step-100")],
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json_of(response).await["code"], "NOT_FOUND");
     for bad in [
         "bt://loops:r1/adapter/step-100",
         "loops:r1/weights/step-100",

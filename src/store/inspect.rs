@@ -346,7 +346,7 @@ impl From<AttemptRecord> for AttemptLine {
 }
 
 fn uri(run_id: &str, checkpoint_target: &str, name: &str) -> Option<String> {
-    let t = CheckpointTarget::parse(checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
+    let t = CheckpointTarget::parse(checkpoint_target);
     checkpoint_uri(run_id, &t, name)
 }
 

@@ -189,8 +189,7 @@ impl StoredEvent {
 
     /// None for a checkpoint target value without a URI.
     pub fn uri(&self) -> Option<String> {
-        let t =
-            CheckpointTarget::parse(&self.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
+        let t = CheckpointTarget::parse(&self.checkpoint_target);
         crate::model::checkpoint_uri(&self.run_id, &t, &self.checkpoint_name)
     }
 }

@@ -69,9 +69,9 @@ pub(crate) fn parse_probe(text: &str) -> Option<ProbeMemo> {
     })
 }
 
+/// Every stored value reads back, `""` included (an unknown target the API sent).
 pub(crate) fn checkpoint_target(s: &str) -> Result<CheckpointTarget> {
-    CheckpointTarget::parse(s)
-        .ok_or_else(|| StoreError::Corrupt(format!("checkpoint_target {s:?}")))
+    Ok(CheckpointTarget::parse(s))
 }
 
 /// A target's state from its stored parts: the `targets` row (filter and settled
@@ -271,7 +271,7 @@ impl TryFrom<DeliveryRecord> for DeliveryRow {
     fn try_from(r: DeliveryRecord) -> Result<Self> {
         let status = DeliveryStatus::parse(&r.status)
             .ok_or_else(|| StoreError::Corrupt(format!("status {:?}", r.status)))?;
-        let ct = CheckpointTarget::parse(&r.checkpoint_target).unwrap_or(CheckpointTarget::Sampler);
+        let ct = CheckpointTarget::parse(&r.checkpoint_target);
         Ok(DeliveryRow {
             id: r.id,
             event_id: r.event_id,

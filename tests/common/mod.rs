@@ -1,7 +1,8 @@
 //! Shared fixtures for the end-to-end tests: the simulated Loops API and the webhook
 //! receiver (both from `loopwatch::sim`, in process), a temporary config and the real
 //! `loopwatch` binary as a child process ([`env`]), config snippets ([`config`]), metric
-//! readers ([`metrics`]), PostgreSQL databases ([`pg`]), and waiting for a condition.
+//! readers ([`metrics`]), PostgreSQL databases ([`pg`]), and waiting for a condition
+//! instead of for time ([`wait`]).
 #![allow(dead_code, unused_imports)]
 
 pub mod config;
@@ -9,6 +10,7 @@ pub mod env;
 pub mod metrics;
 pub mod pg;
 pub mod proxy;
+pub mod wait;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ pub use config::*;
 pub use env::{Daemon, Env};
 pub use loopwatch::sim::{Answer, Received, Receiver};
 pub use metrics::{gauge, metric, metrics};
+pub use wait::{never_in_polls, never_within, until, wait_for};
 
 /// The API key the simulated API of [`Env`] requires; `BASETEN_API_KEY` of every command.
 pub const API_KEY: &str = "test-api-key-5f1b";
@@ -26,36 +29,6 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The `loopwatch` binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_loopwatch")
-}
-
-/// Poll `f` every 20 ms until it returns Some or `timeout` passes.
-pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Wait until `f` is true, checking every `every`; false after `timeout`. For waits that
-/// await (HTTP) or fail with their own message: `assert!(until(..).await, "..")`.
-pub async fn until(timeout: Duration, every: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(every).await;
-    }
 }
 
 /// GET `url`: the status and the body.

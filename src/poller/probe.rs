@@ -1,0 +1,366 @@
+//! The readiness probe of null checkpoints (docs/events.md, "Readiness of null
+//! checkpoints"): which tracked null checkpoints are due, `source` then `files` for each,
+//! and what the probes saw, remembered with the target's rows. Every request goes through
+//! the one API client (its token bucket and error classification) and is counted. A poll's
+//! probes are bounded: [`MAX_PROBES_PER_POLL`] checkpoints and [`PROBE_REQUESTS_PER_POLL`]
+//! requests, and one probe's paging stops at a token it already sent or past what
+//! `total_count` allows, so a hostile or broken files route can never spend the process's
+//! API budget (other targets keep their cadence).
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use compact_str::CompactString;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Poller;
+use crate::api::{self, Endpoint, Source};
+use crate::config::{NullStatus, TargetConfig};
+use crate::diff;
+use crate::metrics::ProbeOutcome;
+use crate::model::{Checkpoint, FilesSeen, ProbeMemo, ReadyBy, TargetState, TrackedSet};
+
+/// At most this many null checkpoints of one target are probed per poll (docs/events.md):
+/// a target with many of them costs a bounded number of requests per poll, and the ones
+/// probed longest ago go first, so every one gets its turn.
+pub const MAX_PROBES_PER_POLL: usize = 8;
+/// At most this many requests (`source` and `files` pages together) per poll of one
+/// target: room for every due probe of an ordinary checkpoint (a source and a page or two
+/// each), while a files route that pages without end costs a few seconds of the rate
+/// limit, not minutes. A checkpoint whose files need more pages than this (over 31,000
+/// files) is never found ready by its files.
+pub const PROBE_REQUESTS_PER_POLL: usize = 32;
+/// `page_size` of a probe's files requests.
+pub const FILES_PAGE_SIZE: u32 = 1000;
+/// Pages one probe reads at most, whatever `total_count` says (a million files).
+const MAX_FILES_PAGES: usize = 1000;
+
+/// What one readiness probe found.
+enum Probed {
+    Ready(ReadyBy),
+    /// Not (yet) ready; what the files looked like, for the stable-listing rule.
+    NotReady(Option<FilesSeen>),
+    /// The files could not be read to their end (why): not ready yet.
+    Unfinished(&'static str),
+    Failed(api::Error),
+}
+
+/// The most pages a files listing of `total_count` files may take: one per
+/// [`FILES_PAGE_SIZE`], and one more (a last page may come back empty).
+fn pages_for(total_count: i64) -> usize {
+    let pages = (total_count.max(0) as u64).div_ceil(u64::from(FILES_PAGE_SIZE));
+    usize::try_from(pages)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1)
+}
+
+impl Poller {
+    /// The readiness step (docs/events.md, "Readiness of null checkpoints"): probe the
+    /// tracked null checkpoints that are due (at most one probe per `syncing_interval`
+    /// each, at most [`MAX_PROBES_PER_POLL`], [`PROBE_REQUESTS_PER_POLL`] requests in
+    /// all); the ones found ready feed the plan, and what was seen is remembered once the
+    /// poll succeeds. A failure means "not yet" and only counts. Cut short by shutdown
+    /// (what was probed so far still counts).
+    pub(super) async fn probe(
+        &self,
+        t: &TargetConfig,
+        state: &TargetState,
+        listing: &[Checkpoint],
+        now: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> (diff::Ready, Vec<(String, ProbeMemo)>) {
+        let mut ready = diff::Ready::new();
+        let mut memos = Vec::new();
+        if self.cfg().null_status != NullStatus::Probe {
+            return (ready, memos);
+        }
+        let every = chrono::Duration::from_std(t.syncing_interval).unwrap_or(chrono::Duration::MAX);
+        let mut due: Vec<(&Checkpoint, Option<&ProbeMemo>)> = listing
+            .iter()
+            .filter(|c| c.sync_status.is_none())
+            .filter(|c| {
+                state
+                    .checkpoints
+                    .get(&c.id)
+                    .is_some_and(|p| !p.completed && !p.deleted)
+            })
+            .map(|c| (c, state.probes.get(c.id.as_str())))
+            .filter(|(_, memo)| memo.is_none_or(|m| now - m.probed_at >= every))
+            .collect();
+        due.sort_by(|(a, ma), (b, mb)| {
+            (ma.map(|m| m.probed_at), &a.created_at, &a.id).cmp(&(
+                mb.map(|m| m.probed_at),
+                &b.created_at,
+                &b.id,
+            ))
+        });
+        let m = self.metrics.target(&t.name);
+        let mut budget = PROBE_REQUESTS_PER_POLL;
+        for (c, memo) in due.into_iter().take(MAX_PROBES_PER_POLL) {
+            if budget == 0 {
+                // The rest keep their turn: probed longest ago, they go first next poll.
+                debug!(target = %t.name, "probe request budget of this poll spent; the other null checkpoints wait for the next poll");
+                break;
+            }
+            let probed = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                p = self.probe_one(c, memo, now, every, &mut budget) => p,
+            };
+            let mut next = ProbeMemo {
+                probed_at: now,
+                files: memo.and_then(|m| m.files.clone()),
+            };
+            match probed {
+                Probed::Ready(by) => {
+                    m.probe(ProbeOutcome::Ready);
+                    ready.insert(c.id.clone(), by);
+                }
+                Probed::NotReady(seen) => {
+                    m.probe(ProbeOutcome::NotReady);
+                    next.files = seen;
+                }
+                Probed::Failed(error) => {
+                    m.probe(ProbeOutcome::Error);
+                    debug!(target = %t.name, checkpoint_id = %c.id, %error,
+                        "readiness probe failed; not ready yet, will probe again");
+                }
+                Probed::Unfinished(why) => {
+                    m.probe(ProbeOutcome::NotReady);
+                    debug!(target = %t.name, checkpoint_id = %c.id, why,
+                        "readiness probe stopped paging; not ready yet, will probe again");
+                }
+            }
+            memos.push((c.id.clone(), next));
+        }
+        (ready, memos)
+    }
+
+    /// Probe one null checkpoint: its source, then (s3) the pages of its files, each
+    /// request taken from `budget`. Paging stops, "not ready yet", at a token already
+    /// sent, after `ceil(total_count / page_size) + 1` pages (the first page's count), or
+    /// when the budget is spent: an API that pages without end costs a bounded number of
+    /// requests per poll, never the whole process's rate limit.
+    async fn probe_one(
+        &self,
+        c: &Checkpoint,
+        memo: Option<&ProbeMemo>,
+        now: DateTime<Utc>,
+        every: chrono::Duration,
+        budget: &mut usize,
+    ) -> Probed {
+        *budget = budget.saturating_sub(1);
+        let source = self.counted(Endpoint::Source, self.client.source(&c.id).await);
+        match source {
+            Err(e) => return Probed::Failed(e),
+            Ok(Source::Volume { .. }) => return Probed::Ready(ReadyBy::Source),
+            Ok(Source::Other(_)) => return Probed::NotReady(None),
+            Ok(Source::S3) => {}
+        }
+        let (mut count, mut total, mut newest) = (0u64, 0i64, String::new());
+        let mut token = 0;
+        let mut sent = HashSet::from([token]);
+        let mut max_pages = MAX_FILES_PAGES;
+        let mut pages = 0;
+        loop {
+            if *budget == 0 {
+                return Probed::Unfinished("the poll's probe request budget is spent");
+            }
+            if pages == max_pages {
+                return Probed::Unfinished("more pages than total_count allows");
+            }
+            *budget -= 1;
+            pages += 1;
+            let page = self.client.files_page(&c.id, FILES_PAGE_SIZE, token).await;
+            let page = match self.counted(Endpoint::Files, page) {
+                Ok(page) => page,
+                Err(e) => return Probed::Failed(e),
+            };
+            if pages == 1 {
+                max_pages = max_pages.min(pages_for(page.total_count));
+            }
+            for f in &page.files {
+                count += 1;
+                total = total.saturating_add(f.size_bytes.max(0));
+                if later(&f.last_modified, &newest) {
+                    newest.clone_from(&f.last_modified);
+                }
+            }
+            match page.next_page_token {
+                None => break,
+                // A token sent before (the page's own, or a cycle) would page for ever.
+                Some(next) if !sent.insert(next) => {
+                    return Probed::Unfinished("next_page_token repeats a token already sent");
+                }
+                Some(next) => token = next,
+            }
+        }
+        if c.size_bytes > 0 {
+            return if total >= c.size_bytes {
+                Probed::Ready(ReadyBy::Files)
+            } else {
+                Probed::NotReady(None)
+            };
+        }
+        if count == 0 {
+            return Probed::NotReady(None);
+        }
+        let seen = FilesSeen {
+            count,
+            total_bytes: total,
+            newest,
+            since: now,
+        };
+        match memo.and_then(|m| m.files.as_ref()) {
+            Some(before)
+                if (before.count, before.total_bytes, &before.newest)
+                    == (seen.count, seen.total_bytes, &seen.newest) =>
+            {
+                if now - before.since >= every {
+                    Probed::Ready(ReadyBy::Files)
+                } else {
+                    Probed::NotReady(Some(before.clone()))
+                }
+            }
+            _ => Probed::NotReady(Some(seen)),
+        }
+    }
+
+    /// Count a request other than the listing in `loopwatch_api_requests_total`.
+    fn counted<T>(&self, endpoint: Endpoint, r: Result<T, api::Error>) -> Result<T, api::Error> {
+        let code = match &r {
+            Ok(_) => "200".to_string(),
+            Err(e) => e.code_label(),
+        };
+        self.metrics.api_request(endpoint.label(), &code);
+        r
+    }
+}
+
+/// Whether a live checkpoint of the state is null and not complete: one the readiness
+/// probe may still complete.
+pub(super) fn awaits_probe(state: &TargetState) -> bool {
+    state
+        .checkpoints
+        .values()
+        .any(|t| !t.completed && !t.deleted && t.sync_status.is_none())
+}
+
+/// What the probes saw, kept for the checkpoints still waiting for readiness once the
+/// poll's `checkpoints` are in: `old` with this poll's `probes` over it, the rest forgotten.
+pub(super) fn remember_probes(
+    old: &BTreeMap<CompactString, ProbeMemo>,
+    checkpoints: &TrackedSet,
+    probes: Vec<(String, ProbeMemo)>,
+) -> BTreeMap<CompactString, ProbeMemo> {
+    let mut next = old.clone();
+    for (id, memo) in probes {
+        next.insert(id.as_str().into(), memo);
+    }
+    next.retain(|id, _| {
+        checkpoints
+            .get(id)
+            .is_some_and(|t| !t.completed && !t.deleted && t.sync_status.is_none())
+    });
+    next
+}
+
+/// The memos a commit writes to go from `old` to `new`: what the stable-listing rule needs
+/// (the files seen) is stored, so each memo whose files changed is written, or `None`
+/// (forgotten) when it has no files any more. A probe that saw the same files as before,
+/// or none, writes nothing: a loaded memo is then only older, which costs at most one
+/// early probe.
+pub(super) fn probe_changes<'a>(
+    old: &'a BTreeMap<CompactString, ProbeMemo>,
+    new: &'a BTreeMap<CompactString, ProbeMemo>,
+) -> Vec<(&'a str, Option<&'a ProbeMemo>)> {
+    let changed = new
+        .iter()
+        .filter(|(id, m)| old.get(*id).and_then(|o| o.files.as_ref()) != m.files.as_ref())
+        .map(|(id, m)| (id.as_str(), m.files.is_some().then_some(m)));
+    let forgotten = old
+        .iter()
+        .filter(|(id, m)| m.files.is_some() && !new.contains_key(*id))
+        .map(|(id, _)| (id.as_str(), None));
+    changed.chain(forgotten).collect()
+}
+
+/// Whether `a` is a later `last_modified` than `b` (as times when both read as times).
+fn later(a: &str, b: &str) -> bool {
+    match (
+        crate::model::parse_created_at(a),
+        crate::model::parse_created_at(b),
+    ) {
+        (Some(a), Some(b)) => a > b,
+        _ => a > b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit writes a memo whose files changed, forgets one whose checkpoint no longer
+    /// waits, and writes nothing for a probe that saw the same files or none.
+    #[test]
+    fn probe_changes_write_only_what_the_files_rule_needs() {
+        let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        let seen = |count, since| FilesSeen {
+            count,
+            total_bytes: 10,
+            newest: "2026-11-26T00:00:00Z".into(),
+            since: at(since),
+        };
+        let memo = |probed_at, files| ProbeMemo {
+            probed_at: at(probed_at),
+            files,
+        };
+        let map = |m: Vec<(&str, ProbeMemo)>| -> BTreeMap<CompactString, ProbeMemo> {
+            m.into_iter().map(|(k, v)| (k.into(), v)).collect()
+        };
+        let old = map(vec![
+            ("same", memo(1, Some(seen(1, 1)))),
+            ("grew", memo(1, Some(seen(1, 1)))),
+            ("done", memo(1, Some(seen(1, 1)))),
+            ("bare", memo(1, None)),
+            ("emptied", memo(1, Some(seen(1, 1)))),
+        ]);
+        let new = map(vec![
+            ("same", memo(2, Some(seen(1, 1)))),
+            ("grew", memo(2, Some(seen(2, 2)))),
+            ("bare", memo(2, None)),
+            ("emptied", memo(2, None)),
+            ("first", memo(2, Some(seen(1, 2)))),
+            ("first-bare", memo(2, None)),
+        ]);
+        let mut got: Vec<(&str, Option<u64>)> = probe_changes(&old, &new)
+            .into_iter()
+            .map(|(id, m)| (id, m.map(|m| m.files.as_ref().unwrap().count)))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("done", None),
+                ("emptied", None),
+                ("first", Some(1)),
+                ("grew", Some(2))
+            ]
+        );
+        assert!(probe_changes(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_files_listing_may_take_one_page_more_than_its_count_needs() {
+        assert_eq!(pages_for(0), 1);
+        assert_eq!(pages_for(-5), 1);
+        assert_eq!(pages_for(1), 2);
+        assert_eq!(pages_for(1000), 2);
+        assert_eq!(pages_for(1001), 3);
+        assert_eq!(
+            pages_for(i64::MAX),
+            usize::try_from(i64::MAX / 1000 + 2).unwrap()
+        );
+    }
+}
