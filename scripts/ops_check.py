@@ -545,9 +545,38 @@ def check_kubernetes(top: Report, loopwatch: str | None, variant: Variant) -> No
         rep.check(any(re.fullmatch(r"loopwatch-config-[a-z0-9]{8,}", c["metadata"]["name"]) for c in cms),
                   "the ConfigMap is generated with a content hash (loopwatch-config-<hash>)",
                   str([c["metadata"]["name"] for c in cms]))
+        check_network_policy(rep, by_kind(docs, "NetworkPolicy"), pod_labels)
+        check_dashboard_configmap(rep, cms)
         # The example Secrets stand in for the real ones (created by hand, never applied from here).
         docs["secret.example.yaml"] = [d for d in yaml.safe_load_all((K8S / "secret.example.yaml").read_text()) if d]
         check_deployment(rep, dep, docs, svc_ports, loopwatch, variant)
+
+
+def check_network_policy(rep, policies: list[dict], pod_labels: dict) -> None:
+    """The base's NetworkPolicy: selects the pods and admits ingress on the metrics port only."""
+    if not rep.check(len(policies) == 1, "one NetworkPolicy"):
+        return
+    spec = policies[0].get("spec") or {}
+    rep.check(selects((spec.get("podSelector") or {}).get("matchLabels") or {}, pod_labels),
+              "NetworkPolicy selects the pods", str(spec.get("podSelector")))
+    ports = [p for rule in spec.get("ingress") or [] for p in rule.get("ports") or []]
+    rep.check("Ingress" in (spec.get("policyTypes") or []) and bool(ports)
+              and all(p.get("port") in ("metrics", 9464) and p.get("protocol", "TCP") == "TCP" for p in ports),
+              "NetworkPolicy admits ingress on the metrics port (9464/TCP) only", str(spec))
+
+
+def check_dashboard_configmap(rep, configmaps: list[dict]) -> None:
+    """The Grafana sidecar's ConfigMap: labelled grafana_dashboard=1, the dashboard as is."""
+    dash = [c for c in configmaps if (c["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
+    if not rep.check(len(dash) == 1, "one ConfigMap labelled grafana_dashboard=1 (for Grafana's dashboard sidecar)",
+                     str([c["metadata"]["name"] for c in configmaps])):
+        return
+    data = dash[0].get("data") or {}
+    rep.check(list(data) == ["loopwatch.json"]
+              and json.loads(data["loopwatch.json"]) == json.loads(DASHBOARD.read_text()),
+              f"the dashboard ConfigMap carries {DASHBOARD} unchanged", str(list(data)))
+    rep.check(re.fullmatch(r"loopwatch-dashboard-[a-z0-9]{8,}", dash[0]["metadata"]["name"]) is not None,
+              "the dashboard ConfigMap is generated with a content hash", dash[0]["metadata"]["name"])
 
 
 def container_env(rep, c: dict, secrets: dict) -> dict[str, str]:

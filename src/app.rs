@@ -112,6 +112,15 @@ impl App {
         access: Access,
         role: Role,
     ) -> Result<App, BuildError> {
+        // A config loaded for a read-only command has placeholders for its secrets: it
+        // would poll with no key and send unsigned webhooks.
+        if let Some(first) = cfg.skipped_secrets.first() {
+            return Err(anyhow::anyhow!(
+                "{}: cannot run without reading its secrets ({first} was not read)",
+                cfg.source
+            )
+            .into());
+        }
         let metrics = Arc::new(Metrics::new());
         metrics.init_series(&cfg);
         let health = Arc::new(Health::new(cfg.targets.iter().map(|t| t.name.clone())));

@@ -30,21 +30,70 @@ level; NO_COLOR turns colours off.";
     long_about = "Watches Baseten Loops checkpoints and tells the world when one is ready.\n\n\
         Polls the Loops API for every configured target (a run, a base model or a checkpoint \
         path), diffs each listing against the state it persisted, and delivers what changed \
-        as signed webhooks or commands, at least once, with Prometheus metrics.",
+        as signed webhooks or commands, at least once, with Prometheus metrics.\n\n\
+        New here? `loopwatch demo` shows it all without an account; `loopwatch init` writes \
+        a first config.",
     after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// Config file (TOML or YAML, by extension)
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "LOOPWATCH_CONFIG",
-        value_name = "FILE"
-    )]
+    /// Config file, before the command (`loopwatch -c FILE state`); each command that
+    /// reads a config takes -c too
+    #[arg(short, long, value_name = "FILE", hide = true)]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The config file named on the command line: the command's `-c`, else the one given
+    /// before the command, else `$LOOPWATCH_CONFIG` (non-empty); `None` leaves it to
+    /// [`config::locate`].
+    pub fn config_path(&self, env_config: Option<std::ffi::OsString>) -> Option<PathBuf> {
+        let own = match &self.command {
+            Command::Run { config }
+            | Command::CheckConfig { config, .. }
+            | Command::Once { config, .. }
+            | Command::Checkpoints { config, .. }
+            | Command::State { config, .. }
+            | Command::Deploys { config, .. }
+            | Command::TestSink { config, .. }
+            | Command::Deliveries(DeliveriesCommand::List { config, .. })
+            | Command::Deliveries(DeliveriesCommand::Redeliver { config, .. }) => {
+                config.config.clone()
+            }
+            Command::Deliveries(DeliveriesCommand::Approve(a) | DeliveriesCommand::Reject(a)) => {
+                a.config.config.clone()
+            }
+            Command::Demo { .. }
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Init { .. } => None,
+        };
+        own.or_else(|| self.config.clone())
+            .or_else(|| env_config.filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+
+    /// The name of a command that reads no config, when a `-c` was given before it
+    /// (`loopwatch -c FILE demo`): a usage error rather than a flag silently ignored.
+    pub fn config_ignored_by(&self) -> Option<&'static str> {
+        self.config.as_ref()?;
+        match self.command {
+            Command::Demo { .. } => Some("demo"),
+            Command::Completions { .. } => Some("completions"),
+            Command::Man => Some("man"),
+            Command::Init { .. } => Some("init"),
+            _ => None,
+        }
+    }
+}
+
+/// `-c/--config` of every command that reads a config.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArg {
+    /// Config file (TOML or YAML, by extension); default $LOOPWATCH_CONFIG, else
+    /// ./loopwatch.toml, ./loopwatch.yaml, /etc/loopwatch/loopwatch.toml
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -54,12 +103,15 @@ pub enum Command {
     /// Runs until SIGTERM or SIGINT, then stops polling, lets in-flight deliveries finish
     /// within [delivery] shutdown_grace and exits 0. SIGHUP reloads the config: targets,
     /// sinks and [poll] change without a restart; an invalid config is refused and logged.
-    Run,
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Everything in one process: a simulated Loops API, a webhook receiver and the daemon
     ///
-    /// Needs no account and no network: the simulated run saves checkpoints, the daemon
-    /// (on a throw-away SQLite file) detects them, and the receiver verifies and prints each
-    /// webhook. Ignores --config.
+    /// Needs no account, no config and no network: the simulated run saves checkpoints,
+    /// the daemon (on a throw-away SQLite file) detects them, and the receiver verifies and
+    /// prints each webhook.
     Demo {
         /// Stop after this long (e.g. 30s) and print a summary
         #[arg(long, value_parser = duration, value_name = "DURATION")]
@@ -77,40 +129,75 @@ pub enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Write a first config: one run, one webhook sink and its fresh signing secret
+    ///
+    /// Creates DIR/loopwatch.toml (commented, minimal) and DIR/webhook-secret (a new
+    /// whsec_ secret, mode 0600) and prints the next three commands. Refuses to overwrite
+    /// either file.
+    Init {
+        /// Where to write loopwatch.toml and webhook-secret
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+        /// The training run to watch (`loopwatch checkpoints --run-id ID` lists its
+        /// checkpoints); left as a placeholder to edit when not given
+        #[arg(long, value_name = "ID")]
+        run_id: Option<String>,
+    },
     /// Validate the config and print it with secrets redacted
     ///
-    /// Every problem is listed at once (exit 78); nothing is opened or contacted.
+    /// Every problem is listed at once (exit 78); nothing is opened or contacted. With
+    /// --no-secrets no secret is read (a config meant for another machine, whose keys are
+    /// in /run/credentials or a Kubernetes Secret): everything else is checked, and stderr
+    /// lists the secrets it skipped.
     CheckConfig {
         #[command(flatten)]
-        output: OutputArg,
+        config: ConfigArg,
+        /// Read no secret (no *_env variable, no *_file); list the ones skipped on stderr
+        #[arg(long)]
+        no_secrets: bool,
+        /// Output format: `toml` (loads again as a config), `json` for scripts
+        #[arg(short, long, value_enum, default_value = "toml")]
+        output: ConfigFormat,
     },
     /// Poll every target once, deliver what is due, exit
     Once {
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print each event as one JSON line and write nothing
         #[arg(long)]
         dry_run: bool,
+        /// Output format: `table` for people (with --dry-run: one JSON line per event),
+        /// `json` for scripts (one object: each target's outcome, the events, the deliveries)
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// List checkpoints live from the API (needs only [api]; works without a config file)
     Checkpoints {
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(flatten)]
         filter: FilterArgs,
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Show what the daemon has persisted (read-only; safe while it runs)
+    /// Show what the daemon has persisted (read-only; safe while it runs; reads no secret)
     State {
+        #[command(flatten)]
+        config: ConfigArg,
         /// Only this target (a `name` of [[targets]])
         #[arg(long, value_name = "NAME")]
         target: Option<String>,
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Inspect and re-queue deliveries
+    /// Inspect and re-queue deliveries (reads no secret)
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
     /// Show each deploy pipeline: checkpoint, stage, model and deployment, approvals
-    /// (read-only; safe while it runs)
+    /// (read-only; safe while it runs; reads no secret)
     Deploys {
+        #[command(flatten)]
+        config: ConfigArg,
         /// Only this sink's deploys (a `baseten_deploy` sink's `name`)
         #[arg(long, value_name = "NAME")]
         sink: Option<String>,
@@ -119,6 +206,8 @@ pub enum Command {
     },
     /// Send a sample signed event to one sink and show the response
     TestSink {
+        #[command(flatten)]
+        config: ConfigArg,
         /// The sink's `name` in [[sinks]]
         name: String,
         #[command(flatten)]
@@ -140,6 +229,16 @@ pub enum Command {
     Man,
 }
 
+/// `check-config -o`: the config as TOML (the default) or JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConfigFormat {
+    /// TOML that loads again as a config
+    #[value(alias = "table")]
+    Toml,
+    /// `{"source": FILE, "config": {...}}`
+    Json,
+}
+
 /// Exactly one filter, as the Loops API takes it.
 #[derive(Args)]
 #[group(required = true, multiple = false)]
@@ -158,7 +257,7 @@ pub struct FilterArgs {
 /// `-o/--output` of every command that prints data.
 #[derive(Args)]
 pub struct OutputArg {
-    /// Output format: `table` for people (TOML for check-config), `json` for scripts
+    /// Output format: `table` for people, `json` for scripts
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -182,6 +281,8 @@ pub enum DeliveriesCommand {
         limit: u32,
         #[command(flatten)]
         output: OutputArg,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Re-queue deliveries by id (or event id), or every dead one; or send every pending one now
     ///
@@ -205,6 +306,8 @@ pub enum DeliveriesCommand {
         sink: Option<String>,
         #[command(flatten)]
         output: OutputArg,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Approve deploys waiting for approval: they deploy (or are promoted) now
     ///
@@ -232,6 +335,8 @@ pub struct DecideArgs {
     pub reason: Option<String>,
     #[command(flatten)]
     pub output: OutputArg,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 /// The shells `completions` writes scripts for.
@@ -273,9 +378,43 @@ pub fn man(out: &mut dyn Write) -> std::io::Result<()> {
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         man_subcommand(out, &format!("loopwatch {}", sub.get_name()), sub)?;
     }
-    page.render_extra_section(out)?;
+    out.write_all(MAN_EXIT_AND_ENVIRONMENT.as_bytes())?;
     page.render_version_section(out)
 }
+
+/// The man page's EXIT STATUS and ENVIRONMENT sections (man-pages(7) names them so; the
+/// same facts as `--help`'s closing lines, which clap_mangen would put under EXTRA).
+const MAN_EXIT_AND_ENVIRONMENT: &str = r#".SH "EXIT STATUS"
+.TP
+\fB0\fR
+Success.
+.TP
+\fB1\fR
+Failure (\fBonce\fR: any target failed to poll).
+.TP
+\fB2\fR
+Usage error: an unknown command or flag, a missing or bad argument.
+.TP
+\fB78\fR
+Invalid config (EX_CONFIG); every problem is listed on standard error.
+.SH ENVIRONMENT
+.TP
+\fBLOOPWATCH_CONFIG\fR
+The config file when \fB\-c\fR is not given; without either, the first of
+\fI./loopwatch.toml\fR, \fI./loopwatch.yaml\fR, \fI/etc/loopwatch/loopwatch.toml\fR.
+.TP
+\fBLOOPWATCH__\fR\fISECTION\fR\fB__\fR\fIKEY\fR
+Overrides one scalar key of the config, e.g. \fBLOOPWATCH__POLL__INTERVAL=30s\fR.
+.TP
+\fBBASETEN_API_KEY\fR
+The Loops API key, unless \fBapi.api_key_env\fR or \fBapi.api_key_file\fR says otherwise.
+.TP
+\fBRUST_LOG\fR
+Overrides \fBlog.level\fR (e.g. \fBloopwatch=debug,info\fR).
+.TP
+\fBNO_COLOR\fR
+Set to anything but the empty string, turns colours off in the logs.
+"#;
 
 /// A `.SH` section for one subcommand: usage, description and options, then its own
 /// subcommands.

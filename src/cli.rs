@@ -42,9 +42,15 @@ pub mod exit {
 /// The effective config on stdout, as TOML that loads again (each secret as the
 /// `*_env`/`*_file` key it is read from); a `warning: ` line on stderr per unsafe setting
 /// it was accepted with (it still exits 0: they are warnings).
+///
+/// A config loaded with `--no-secrets` says on stderr which secrets it did not read, one
+/// `not read: KEY = SOURCE` line each: their values were not checked.
 pub fn check_config(cfg: &Config) -> u8 {
     for w in &cfg.warnings {
         eprintln!("warning: {w}");
+    }
+    for s in &cfg.skipped_secrets {
+        eprintln!("not read (--no-secrets): {s}");
     }
     println!(
         "# effective config of {}; secrets [redacted]: each is shown by the *_env or *_file key it is read from, a URL's password and query as \"redacted\"",
@@ -67,11 +73,15 @@ pub fn check_config(cfg: &Config) -> u8 {
     exit::OK
 }
 
-/// `check-config -o json`: `{"source": <file>, "config": <the effective config>}`, the
-/// same redacted values as the TOML.
+/// `check-config -o json`: `{"source": <file>, "config": <the effective config>,
+/// "skipped_secrets": [...]}`, the same redacted values as the TOML.
 pub fn check_config_json(cfg: &Config) -> anyhow::Result<u8> {
     let config: toml::Table = toml::from_str(&cfg.to_redacted_toml())?;
-    let v = json!({ "source": cfg.source.to_string(), "config": config });
+    let v = json!({
+        "source": cfg.source.to_string(),
+        "config": config,
+        "skipped_secrets": cfg.skipped_secrets,
+    });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(exit::OK)
 }
@@ -128,7 +138,7 @@ pub async fn checkpoints(cfg: &Config, filter: Filter, output: Output) -> anyhow
 /// so the replicas' shares do not move), commits fenced like a replica, and gives the
 /// leases back before it exits. A target a replica holds is skipped (that replica polls
 /// it); a dry run writes nothing and so polls every target.
-pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
+pub async fn once(mut cfg: Config, dry_run: bool, output: Output) -> anyhow::Result<u8> {
     let app = if dry_run {
         // Writes nothing, not even a new file: without a state file, the state is empty
         // (every target takes its baseline) and lives in memory.
@@ -144,7 +154,7 @@ pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
     };
     if dry_run {
         let targets = app.config().targets.clone();
-        return poll_and_deliver(&app, &targets, &HashMap::new(), dry_run).await;
+        return poll_and_deliver(&app, &targets, &HashMap::new(), dry_run, output).await;
     }
     // Keep the leases while the run lasts (taking the leases of 10,000 targets, or polling
     // them at the API's pace, can outlast one ttl), and give every lease back at the end,
@@ -169,7 +179,7 @@ pub async fn once(mut cfg: Config, dry_run: bool) -> anyhow::Result<u8> {
             let fences = take_free(&*coordinator, &names).await?;
             let mut targets = app.config().targets.clone();
             targets.retain(|t| fences.contains_key(&t.name));
-            poll_and_deliver(&app, &targets, &fences, dry_run).await
+            poll_and_deliver(&app, &targets, &fences, dry_run, output).await
         }
         .await;
         token.cancel();
@@ -208,7 +218,9 @@ async fn poll_and_deliver(
     targets: &[crate::config::TargetConfig],
     fences: &HashMap<String, Fence>,
     dry_run: bool,
+    output: Output,
 ) -> anyhow::Result<u8> {
+    let json = output == Output::Json;
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     let states: Vec<TargetState> = app.store.load_targets(&names).await?;
     let polls = targets.iter().zip(states).map(|(t, mut state)| {
@@ -216,28 +228,27 @@ async fn poll_and_deliver(
         let fence = fences.get(&t.name).cloned();
         async move {
             let report = poller.poll_target(t, &mut state, dry_run, fence).await;
-            anyhow::Ok((t.name.clone(), report))
+            (t.name.clone(), report)
         }
     });
     let mut failed = 0;
+    let mut outcomes = Vec::new();
     let mut found: Vec<crate::model::Event> = Vec::new();
     let mut stdout = std::io::stdout().lock();
-    for r in futures_util::future::join_all(polls).await {
+    for (name, r) in futures_util::future::join_all(polls).await {
         match r {
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {e:#}");
+                let line = match &e {
+                    PollError::Api(api) if let Some(fix) = api.fix() => format!("{e}; {fix}"),
+                    _ => e.to_string(),
+                };
+                eprintln!("error: target {name}: {line}");
+                outcomes.push(json!({ "target": name, "ok": false, "events": 0, "error": line }));
             }
-            Ok((name, Err(e))) => {
-                failed += 1;
-                match &e {
-                    PollError::Api(api) if let Some(fix) = api.fix() => {
-                        eprintln!("error: target {name}: {e}; {fix}")
-                    }
-                    _ => eprintln!("error: target {name}: {e}"),
-                }
-            }
-            Ok((_, Ok(report))) => {
+            Ok(report) => {
+                let n = report.events.len();
+                outcomes.push(json!({ "target": name, "ok": true, "events": n, "error": null }));
                 if dry_run {
                     for mut e in report.events {
                         if e.checkpoint.is_empty() {
@@ -246,20 +257,30 @@ async fn poll_and_deliver(
                             let raw = app.store.checkpoint_raw(&e.target, &e.checkpoint_id);
                             e.checkpoint = raw.await?.unwrap_or_default();
                         }
-                        writeln!(stdout, "{}", e.standard_body())?;
+                        if !json {
+                            writeln!(stdout, "{}", e.standard_body())?;
+                        }
                         found.push(e);
                     }
                 }
             }
         }
     }
-    drop(stdout);
+    let mut summary = json!({ "dry_run": dry_run, "targets": outcomes });
     if dry_run {
-        for line in would_deploy(&app.config().sinks, &found) {
-            eprintln!("{line}");
+        let deploys = would_deploy(&app.config().sinks, &found);
+        if !json {
+            for line in &deploys {
+                eprintln!("{line}");
+            }
         }
-    }
-    if !dry_run {
+        let bodies: Vec<serde_json::Value> = found
+            .iter()
+            .map(|e| serde_json::from_str(&e.standard_body().to_string()).unwrap_or_default())
+            .collect();
+        summary["events"] = bodies.into();
+        summary["would_deploy"] = deploys.into();
+    } else {
         let s = app.outbox.deliver_due().await;
         if s.delivered + s.retrying + s.dead + s.superseded > 0 {
             eprintln!(
@@ -279,7 +300,18 @@ async fn poll_and_deliver(
                 s.awaiting_approval
             );
         }
+        summary["deliveries"] = json!({
+            "delivered": s.delivered,
+            "retrying": s.retrying,
+            "dead": s.dead,
+            "superseded": s.superseded,
+            "awaiting_approval": s.awaiting_approval,
+        });
     }
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+    }
+    drop(stdout);
     Ok(if failed > 0 { exit::FAILURE } else { exit::OK })
 }
 
@@ -457,69 +489,6 @@ fn tracked_json(c: &Tracked) -> serde_json::Value {
 
 /// The newest `limit` deliveries (in `status`, to `sink`), oldest first; when more match,
 /// a line on stderr says so (the output itself stays a plain table or JSON array).
-/// `deploys`: each deploy pipeline, newest first (the newest 10,000).
-pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow::Result<u8> {
-    let rows = match read_only_store(cfg).await? {
-        Some(store) => store.list_deploys(sink, 10_000).await?,
-        None => Vec::new(),
-    };
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Table => {
-            let rows = rows
-                .into_iter()
-                .map(|d| {
-                    let uri = crate::model::checkpoint_uri(
-                        &d.run_id,
-                        &crate::model::CheckpointTarget::Sampler,
-                        &d.checkpoint_name,
-                    );
-                    let approval = match (&d.decision, &d.decided_by, d.approval_deadline) {
-                        (Some(v), Some(by), _) => format!("{v} by {by}"),
-                        _ if d.stage == store::DeployStage::AwaitingApproval => {
-                            format!(
-                                "waiting until {}",
-                                d.approval_deadline.map(rfc3339).unwrap_or_default()
-                            )
-                        }
-                        _ => String::new(),
-                    };
-                    vec![
-                        d.delivery_id.to_string(),
-                        d.sink,
-                        uri.unwrap_or(d.checkpoint_name),
-                        d.stage.as_str().into(),
-                        d.model_id.unwrap_or_else(|| "-".into()),
-                        d.deployment_id.unwrap_or_else(|| "-".into()),
-                        d.deployment_status.unwrap_or_else(|| "-".into()),
-                        if d.reconciled { "yes" } else { "" }.into(),
-                        approval,
-                        rfc3339(d.updated_at),
-                        d.error.unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "DELIVERY",
-                    "SINK",
-                    "CHECKPOINT",
-                    "STAGE",
-                    "MODEL",
-                    "DEPLOYMENT",
-                    "STATUS",
-                    "RECONCILED",
-                    "APPROVAL",
-                    "UPDATED",
-                    "ERROR",
-                ],
-                rows,
-            );
-        }
-    }
-    Ok(0)
-}
-
 pub async fn deliveries_list(
     cfg: &Config,
     status: Option<DeliveryStatus>,
@@ -767,3 +736,6 @@ pub use table::{format_table, print_table};
 
 #[cfg(test)]
 mod tests;
+
+mod deploys;
+pub use deploys::deploys;

@@ -22,7 +22,9 @@
 //! - [`sim`], [`demo`]: the test kit (simulated Loops API, webhook receiver) and the
 //!   one-command demo.
 //! - [`text`]: outside text made safe to print (control characters escaped, cells cut);
-//!   [`redact`]: every secret this process knows, redacted from a peer's text.
+//!   [`redact`]: every secret this process knows, redacted from a peer's text;
+//!   [`jsonlog`]: the `log.format = "json"` line.
+//! - [`init`]: `loopwatch init`, a first config and its signing secret.
 
 pub mod api;
 pub mod app;
@@ -35,7 +37,9 @@ pub mod demo;
 pub mod diff;
 pub mod health;
 pub mod http;
+pub mod init;
 pub mod json;
+pub mod jsonlog;
 pub mod listener;
 pub mod metrics;
 pub mod model;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use loopwatch::args::{Cli, Command, DeliveriesCommand};
-use loopwatch::cli::{self, Output, exit};
-use loopwatch::config::{self, Config, Environment, Filter, LogFormat};
+use loopwatch::args::{Cli, Command, ConfigFormat, DeliveriesCommand};
+use loopwatch::cli::{self, exit};
+use loopwatch::config::{self, Config, Environment, Filter, LogFormat, ReadSecrets};
 use loopwatch::store::{DeliveryStatus, Redeliver, Verdict};
 
 /// clap's usage error (message, tips, usage, a pointer to --help on several lines) as
@@ -83,8 +83,15 @@ async fn dispatch(cli: Cli) -> u8 {
     // a handler installed now stays for the life of the process (a SIGHUP that comes before
     // the daemon listens for reloads is let go: the config is being read anyway).
     #[cfg(unix)]
-    let _hangup = matches!(cli.command, Command::Run)
+    let _hangup = matches!(cli.command, Command::Run { .. })
         .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()));
+    if let Some(name) = cli.config_ignored_by() {
+        eprintln!(
+            "error: `loopwatch {name}` reads no config; drop -c; see `loopwatch {name} --help`"
+        );
+        return exit::USAGE;
+    }
+    let config_path = cli.config_path(std::env::var_os("LOOPWATCH_CONFIG"));
     // Documentation of the CLI itself: no config, no logs.
     match cli.command {
         Command::Completions { shell } => {
@@ -98,6 +105,12 @@ async fn dispatch(cli: Cli) -> u8 {
                 return report(Err(e.into()));
             }
             return print_all(&text);
+        }
+        Command::Init { dir, run_id } => {
+            return report(loopwatch::init::init(&dir, run_id.as_deref()).map(|done| {
+                print!("{done}");
+                exit::OK
+            }));
         }
         _ => {}
     }
@@ -118,10 +131,10 @@ async fn dispatch(cli: Cli) -> u8 {
         };
         return report(loopwatch::demo::run(opts, loopwatch::app::shutdown_signal()).await);
     }
-    if let Command::Checkpoints { filter, output } = cli.command {
+    if let Command::Checkpoints { filter, output, .. } = cli.command {
         let output = output.output;
         // Needs only [api]: works without a config file, from defaults and LOOPWATCH__API__*.
-        let path = cli.config.or_else(|| config::locate(None).ok());
+        let path = config_path.or_else(|| config::locate(None).ok());
         let cfg = match config::load_for_api(path.as_deref(), &Environment::from_process()) {
             Ok(c) => c,
             Err(e) => {
@@ -141,7 +154,18 @@ async fn dispatch(cli: Cli) -> u8 {
         };
         return report(cli::checkpoints(&cfg, f, output).await);
     }
-    let cfg = match load(cli.config.clone()) {
+    // Each command reads only the secrets it uses: the store's readers none at all, so
+    // that an operator can look at a daemon's outbox without its keys.
+    let secrets = match &cli.command {
+        Command::State { .. } | Command::Deploys { .. } | Command::Deliveries(_) => {
+            ReadSecrets::None
+        }
+        Command::CheckConfig {
+            no_secrets: true, ..
+        } => ReadSecrets::None,
+        _ => ReadSecrets::All,
+    };
+    let cfg = match load(config_path.clone(), secrets) {
         Ok(c) => c,
         Err(problems) => {
             for p in problems {
@@ -151,18 +175,20 @@ async fn dispatch(cli: Cli) -> u8 {
         }
     };
     match cli.command {
-        Command::Demo { .. } => unreachable!("handled above"),
-        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
-        Command::CheckConfig { output } => match output.output {
-            Output::Table => cli::check_config(&cfg),
-            Output::Json => report(cli::check_config_json(&cfg)),
+        Command::Demo { .. } | Command::Checkpoints { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man | Command::Init { .. } => {
+            unreachable!("handled above")
+        }
+        Command::CheckConfig { output, .. } => match output {
+            ConfigFormat::Toml => cli::check_config(&cfg),
+            ConfigFormat::Json => report(cli::check_config_json(&cfg)),
         },
-        Command::Run => {
+        Command::Run { .. } => {
             init_tracing(&cfg.log.level, cfg.log.format);
             warn_unsafe(&cfg);
             let r = async {
                 // SIGHUP reads the same file again (located as at start).
-                let path = config::locate(cli.config).map_err(|e| anyhow::anyhow!(e))?;
+                let path = config::locate(config_path).map_err(|e| anyhow::anyhow!(e))?;
                 // A signal while the store is still out of reach stops the wait.
                 let mut shutdown = std::pin::pin!(loopwatch::app::shutdown_signal());
                 let app = tokio::select! {
@@ -174,17 +200,18 @@ async fn dispatch(cli: Cli) -> u8 {
             };
             report(r.await)
         }
-        Command::Once { dry_run } => {
+        Command::Once {
+            dry_run, output, ..
+        } => {
             init_tracing(&cfg.log.level, cfg.log.format);
             warn_unsafe(&cfg);
-            report(cli::once(cfg, dry_run).await)
+            report(cli::once(cfg, dry_run, output).await)
         }
-        Command::Checkpoints { .. } => unreachable!("handled above"),
-        Command::State { target, output } => {
+        Command::State { target, output, .. } => {
             init_tracing("warn", cfg.log.format);
             report(cli::state(&cfg, target.as_deref(), output.output).await)
         }
-        Command::Deploys { sink, output } => {
+        Command::Deploys { sink, output, .. } => {
             init_tracing("warn", cfg.log.format);
             report(cli::deploys(&cfg, sink.as_deref(), output.output).await)
         }
@@ -193,6 +220,7 @@ async fn dispatch(cli: Cli) -> u8 {
             sink,
             limit,
             output,
+            ..
         }) => {
             init_tracing("warn", cfg.log.format);
             let status = status.as_deref().and_then(DeliveryStatus::parse);
@@ -205,6 +233,7 @@ async fn dispatch(cli: Cli) -> u8 {
             pending,
             sink,
             output,
+            ..
         }) => {
             init_tracing("warn", cfg.log.format);
             let which = if dead {
@@ -230,7 +259,7 @@ async fn dispatch(cli: Cli) -> u8 {
                 loopwatch::approvals::decide(&cfg, v, a.ids, a.by, a.reason, a.output.output).await,
             )
         }
-        Command::TestSink { name, output } => {
+        Command::TestSink { name, output, .. } => {
             init_tracing("warn", cfg.log.format);
             report(cli::test_sink(&cfg, &name, output.output).await)
         }
@@ -244,9 +273,9 @@ fn warn_unsafe(cfg: &Config) {
     }
 }
 
-fn load(explicit: Option<PathBuf>) -> Result<Config, Vec<String>> {
+fn load(explicit: Option<PathBuf>, secrets: ReadSecrets) -> Result<Config, Vec<String>> {
     let path = config::locate(explicit).map_err(|e| e.problems)?;
-    config::load(&path, &Environment::from_process()).map_err(|e| e.problems)
+    config::load_reading(&path, &Environment::from_process(), secrets).map_err(|e| e.problems)
 }
 
 fn report(r: anyhow::Result<u8>) -> u8 {
@@ -275,7 +304,9 @@ fn init_tracing(level: &str, format: LogFormat) {
         ))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
+        // One flat object per line; the event's own fields never collide with the
+        // metadata (`module`, not tracing's `target`, which a field of ours is named).
+        LogFormat::Json => builder.event_format(loopwatch::jsonlog::JsonLines).init(),
         // Checkpoint names and ids come from the API: every field escaped, so that a
         // newline cannot forge a line nor an escape sequence reach the terminal.
         LogFormat::Text => builder.fmt_fields(loopwatch::text::TextFields).init(),

@@ -15,11 +15,17 @@ use ed25519_dalek::{Signer as _, Verifier as _};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+/// The shell command that makes a fresh `whsec_` secret (what `loopwatch init` does in
+/// Rust), named by the errors about a bad one.
+pub const MAKE_SECRET: &str = r#"`echo "whsec_$(head -c 32 /dev/urandom | base64)"`"#;
+
 /// Why a key was refused. The messages describe the problem, never the key, and read
 /// after "the secret (...)" in a config problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("is not a whsec_ secret (expected whsec_ followed by base64)")]
+    #[error(
+        "is not a whsec_ secret (expected whsec_ followed by base64); make one with {MAKE_SECRET}"
+    )]
     NotWhsec,
     #[error(
         "is not a whsk_ key (expected whsk_ followed by base64 of the 32-byte ed25519 seed and the 32-byte public key)"
@@ -27,7 +33,7 @@ pub enum KeyError {
     NotWhsk,
     #[error("is not valid base64 after {prefix}")]
     NotBase64 { prefix: &'static str },
-    #[error("decodes to {0} bytes; use 24 to 64 random bytes (e.g. `openssl rand -base64 32`)")]
+    #[error("decodes to {0} bytes; use 24 to 64 random bytes: make one with {MAKE_SECRET}")]
     SecretLength(usize),
     #[error(
         "decodes to {0} bytes; a whsk_ key is 64 bytes (32-byte seed, then 32-byte public key)"
@@ -139,11 +145,19 @@ pub fn signature_header(
 }
 
 /// Verify a header against one key (what a receiver does); used by the demo receiver.
+/// Each `v1,` signature is checked by the MAC's own `verify_slice`, in constant time.
 pub fn verify(key: &SigningKey, msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
-    let expected = sign(key.bytes(), msg_id, timestamp, body);
-    header
-        .split_whitespace()
-        .any(|s| constant_time_eq(s.as_bytes(), expected.as_bytes()))
+    let content = signed_content(msg_id, timestamp, body);
+    header.split_whitespace().any(|s| {
+        s.strip_prefix("v1,")
+            .and_then(|b| B64.decode(b).ok())
+            .is_some_and(|sig| {
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes any key length");
+                mac.update(&content);
+                mac.verify_slice(&sig).is_ok()
+            })
+    })
 }
 
 /// Verify the `v1a` signatures of a header against a `whpk_` public key.
@@ -169,10 +183,6 @@ pub fn verify_v1a(
             .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
             .is_some_and(|sig| pk.verify(&content, &sig).is_ok())
     })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -273,6 +283,30 @@ mod tests {
         let only_ed = signature_header(&[], Some(&ed), "msg", 1, b"{}").unwrap();
         assert!(only_ed.starts_with("v1a,") && !only_ed.contains(' '));
         assert_eq!(signature_header(&[], None, "msg", 1, b"{}"), None);
+    }
+
+    /// `verify` compares through the MAC's `verify_slice`: a signature cut short, one bit
+    /// off, without its `v1,` label or of another key is refused; the right one anywhere
+    /// in the header verifies.
+    #[test]
+    fn verify_refuses_altered_signatures() {
+        let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let other = SigningKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let good = sign(key.bytes(), "msg", 1, b"{}");
+        let raw = B64.decode(good.strip_prefix("v1,").unwrap()).unwrap();
+        let mut flipped = raw.clone();
+        flipped[31] ^= 1;
+        for bad in [
+            format!("v1,{}", B64.encode(&raw[..16])),
+            format!("v1,{}", B64.encode(&flipped)),
+            B64.encode(&raw),
+            format!("v1a,{}", B64.encode(&raw)),
+            sign(other.bytes(), "msg", 1, b"{}"),
+            String::new(),
+        ] {
+            assert!(!verify(&key, "msg", 1, b"{}", &bad), "{bad:?} verified");
+        }
+        assert!(verify(&key, "msg", 1, b"{}", &format!("v1,AAAA {good}")));
     }
 
     #[test]

@@ -59,6 +59,7 @@ fn every_command_that_prints_data_takes_output_json() {
         "loopwatch deliveries list",
         "loopwatch deliveries redeliver",
         "loopwatch test-sink",
+        "loopwatch once",
     ];
     for (path, cmd) in commands() {
         if !data.contains(&path.as_str()) {
@@ -166,4 +167,48 @@ fn completions_and_man_exit_zero_when_their_reader_goes_away() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// `-c` only where a config is read; `-o`'s help says what that command prints (no "TOML"
+/// on commands that never print it); the man page's exit codes and environment in their
+/// man-pages(7) sections.
+#[test]
+fn flags_are_offered_where_they_do_something() {
+    for (path, cmd) in commands().into_iter().skip(1) {
+        if path.split(' ').any(|w| w == "help") {
+            continue;
+        }
+        let name = cmd.get_name().to_string();
+        let has_config = cmd.get_arguments().any(|a| a.get_long() == Some("config"));
+        let reads_none = ["demo", "completions", "man", "init", "help"].contains(&name.as_str())
+            || cmd.has_subcommands();
+        assert_eq!(
+            has_config, !reads_none,
+            "`{path}`: -c offered {has_config}, reads a config {}",
+            !reads_none
+        );
+        if let Some(o) = cmd.get_arguments().find(|a| a.get_id() == "output") {
+            let help = o.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let toml = o
+                .get_possible_values()
+                .iter()
+                .any(|v| v.get_name() == "toml");
+            assert_eq!(
+                help.contains("toml") || help.contains("TOML"),
+                toml,
+                "`{path}`: {help}"
+            );
+        }
+    }
+    let page = run(&["man"]);
+    assert!(
+        page.contains(".SH \"EXIT STATUS\""),
+        "no EXIT STATUS section"
+    );
+    assert!(page.contains(".SH ENVIRONMENT"), "no ENVIRONMENT section");
+    assert!(!page.contains(".SH EXTRA"), "an EXTRA section");
+    assert!(
+        page.contains("LOOPWATCH_CONFIG") && page.contains("\\fB78\\fR"),
+        "{page}"
+    );
 }

@@ -208,10 +208,17 @@ fn relative_links(text: &str) -> Vec<String> {
 #[test]
 fn the_documents_link_only_to_files_inside_the_repository() {
     let root = root().canonicalize().expect("the repository");
-    let mut docs: Vec<PathBuf> = ["README.md", "ARCHITECTURE.md", "BENCHMARKS.md"]
-        .iter()
-        .map(|p| root.join(p))
-        .collect();
+    let mut docs: Vec<PathBuf> = [
+        "README.md",
+        "ARCHITECTURE.md",
+        "BENCHMARKS.md",
+        "CONTRIBUTING.md",
+        "SECURITY.md",
+        "CHANGELOG.md",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .collect();
     for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
         docs.push(entry.expect("entry").path());
     }
@@ -234,5 +241,34 @@ fn the_documents_link_only_to_files_inside_the_repository() {
             }
         }
     }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// Every alert carries a `runbook_url` to its own section of docs/runbook.md, and that
+/// section exists (an alert renamed or added without its runbook fails here).
+#[test]
+fn every_alert_links_to_its_runbook_section() {
+    const BASE: &str = "https://github.com/loopwatch/loopwatch/blob/main/docs/runbook.md#";
+    let alerts = read("deploy/prometheus/alerts.yml");
+    let runbook = read("docs/runbook.md");
+    let docs = yaml_rust2::YamlLoader::load_from_str(&alerts).expect("alerts.yml is YAML");
+    let mut seen = 0;
+    let mut bad = Vec::new();
+    for group in docs[0]["groups"].as_vec().expect("groups") {
+        for rule in group["rules"].as_vec().expect("rules") {
+            let name = rule["alert"].as_str().expect("an alert name");
+            seen += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_default();
+            if url != format!("{BASE}{}", name.to_lowercase()) {
+                bad.push(format!("{name}: runbook_url {url:?}"));
+            }
+            if !runbook.contains(&format!("\n## {name}\n")) {
+                bad.push(format!("{name}: docs/runbook.md has no section ## {name}"));
+            }
+        }
+    }
+    assert!(seen >= 12, "only {seen} alerts read");
     assert!(bad.is_empty(), "{bad:#?}");
 }

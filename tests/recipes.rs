@@ -65,6 +65,33 @@ const RECIPES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "discord.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            (
+                "DISCORD_WEBHOOK_URL",
+                "https://discord.com/api/webhooks/1234/discordsecret5",
+            ),
+        ],
+    ),
+    (
+        "teams.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            (
+                "TEAMS_WEBHOOK_URL",
+                "https://prod-00.westus.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=teamssecret6",
+            ),
+        ],
+    ),
+    (
+        "ntfy.toml",
+        &[
+            ("BASETEN_API_KEY", "bt-key-recipe-1"),
+            ("NTFY_TOPIC_URL", "https://ntfy.sh/loopwatch-ntfysecret8"),
+        ],
+    ),
+    (
         "baseten-deploy.toml",
         &[
             ("BASETEN_API_KEY", "bt-key-recipe-1"),
@@ -135,6 +162,15 @@ fn sample_event(kind: EventType) -> StoredEvent {
     StoredEvent::from_event(1, &e)
 }
 
+/// [`sample_event`] with another checkpoint name (in the event and in its object).
+fn sample_event_named(kind: EventType, name: &str) -> StoredEvent {
+    let mut e = sample_event(kind);
+    let mut body: Value = serde_json::from_str(&e.body).unwrap();
+    body["data"]["checkpoint"]["checkpoint_id"] = name.into();
+    e.body = body.to_string();
+    e
+}
+
 fn recipe_sink(file: &str, vars: &[(&str, &str)]) -> Sink {
     let cfg = load(
         &examples().join(file),
@@ -191,6 +227,8 @@ fn recipe_templates_render_the_saved_bodies() {
     for (file, expected) in [
         ("slack.toml", "expected/slack.json"),
         ("github-actions.toml", "expected/github-actions.json"),
+        ("discord.toml", "expected/discord.json"),
+        ("teams.toml", "expected/teams.json"),
     ] {
         let sink = recipe_sink(file, vars_of(file));
         let p = sink
@@ -474,4 +512,134 @@ fn bad_signing_keys_exit_78_naming_the_key_and_never_echo_it() {
             "{what}: {stderr}"
         );
     }
+}
+
+/// Discord's execute-webhook body: `content` of 1 to 2,000 characters, nothing Discord
+/// does not take, and no mention parsed (a name like "@everyone" pings nobody).
+fn assert_discord_shape(v: &Value, what: &str) {
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not an object: {v}"));
+    for k in o.keys() {
+        assert!(
+            ["content", "allowed_mentions"].contains(&k.as_str()),
+            "{what}: Discord has no field {k}"
+        );
+    }
+    let content = o["content"].as_str().expect("content is a string");
+    let n = content.chars().count();
+    assert!((1..=2000).contains(&n), "{what}: content of {n} characters");
+    assert_eq!(v["allowed_mentions"], json!({ "parse": [] }), "{what}");
+}
+
+/// A Teams workflow's "post to a channel" message: one Adaptive Card attachment, schema
+/// version at most 1.5, a body of TextBlocks (with text) and FactSets (title and value
+/// strings).
+fn assert_teams_shape(v: &Value, what: &str) {
+    assert_eq!(v["type"], "message", "{what}");
+    let attachments = v["attachments"].as_array().expect("attachments");
+    assert_eq!(attachments.len(), 1, "{what}");
+    let a = &attachments[0];
+    assert_eq!(
+        a["contentType"], "application/vnd.microsoft.card.adaptive",
+        "{what}"
+    );
+    let card = &a["content"];
+    assert_eq!(card["type"], "AdaptiveCard", "{what}");
+    let version: f64 = card["version"].as_str().unwrap().parse().unwrap();
+    assert!((1.0..=1.5).contains(&version), "{what}: version {version}");
+    let body = card["body"].as_array().expect("a card body");
+    assert!(!body.is_empty(), "{what}");
+    for el in body {
+        match el["type"].as_str() {
+            Some("TextBlock") => assert!(el["text"].is_string(), "{what}: {el}"),
+            Some("FactSet") => {
+                for f in el["facts"].as_array().expect("facts") {
+                    assert!(
+                        f["title"].is_string() && f["value"].is_string(),
+                        "{what}: {f}"
+                    );
+                }
+            }
+            other => panic!("{what}: an element of type {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn chat_recipes_render_what_discord_teams_and_ntfy_accept() {
+    let long = format!("@everyone {}", "x".repeat(5000));
+    let events = [
+        ("completed", sample_event(EventType::Completed)),
+        ("stalled", sample_event(EventType::Stalled)),
+        (
+            "a 5,010-character name",
+            sample_event_named(EventType::Completed, &long),
+        ),
+        (
+            "a name with quotes",
+            sample_event_named(EventType::Completed, "a\"b\n}{"),
+        ),
+    ];
+    let discord = recipe_sink("discord.toml", vars_of("discord.toml"));
+    let teams = recipe_sink("teams.toml", vars_of("teams.toml"));
+    let ntfy = recipe_sink("ntfy.toml", vars_of("ntfy.toml"));
+    for (what, e) in &events {
+        let p = discord
+            .payload(e)
+            .unwrap_or_else(|err| panic!("discord, {what}: {err}"));
+        assert_eq!(p.content_type, "application/json");
+        assert_discord_shape(&serde_json::from_slice(&p.body).unwrap(), what);
+
+        let p = teams
+            .payload(e)
+            .unwrap_or_else(|err| panic!("teams, {what}: {err}"));
+        assert_eq!(p.content_type, "application/json");
+        let v: Value = serde_json::from_slice(&p.body)
+            .unwrap_or_else(|err| panic!("teams, {what}: invalid JSON ({err})"));
+        assert_teams_shape(&v, what);
+
+        // ntfy: the message is the plain-text body, at most 4,096 bytes (a longer one
+        // would arrive as an attachment), never empty.
+        let p = ntfy
+            .payload(e)
+            .unwrap_or_else(|err| panic!("ntfy, {what}: {err}"));
+        assert!(
+            p.content_type.starts_with("text/plain"),
+            "{}",
+            p.content_type
+        );
+        let text = String::from_utf8(p.body).unwrap();
+        assert!(
+            !text.trim().is_empty() && text.len() <= 4096,
+            "ntfy, {what}: {} bytes",
+            text.len()
+        );
+    }
+    let p = ntfy.payload(&events[0].1).unwrap();
+    let want = std::fs::read_to_string(examples().join("expected/ntfy.txt")).unwrap();
+    assert_eq!(String::from_utf8(p.body).unwrap(), want.trim_end());
+    let stalled: Value =
+        serde_json::from_slice(&discord.payload(&events[1].1).unwrap().body).unwrap();
+    assert!(
+        stalled["content"]
+            .as_str()
+            .unwrap()
+            .contains("is still COMPLETE since"),
+        "{stalled}"
+    );
+    // ntfy reads the title and tags from headers, which the recipe sets.
+    let cfg = load(
+        &examples().join("ntfy.toml"),
+        &Environment::from_pairs(vars_of("ntfy.toml").iter().copied()),
+    )
+    .unwrap();
+    let loopwatch::config::SinkKind::Webhook { headers, .. } = &cfg.sinks[0].kind else {
+        panic!("a webhook sink");
+    };
+    let names: Vec<&str> = headers.iter().map(|h| h.name.as_str()).collect();
+    assert!(
+        names.contains(&"Title") && names.contains(&"Tags"),
+        "{names:?}"
+    );
 }

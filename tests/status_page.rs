@@ -447,24 +447,65 @@ async fn browser_status_page() {
         .expect("LOOPWATCH_BROWSER_PYTHON: run scripts/browser, which sets it up");
     let w = sqlite_world().await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new(python)
-        .arg(root.join("tests/browser/status_page.py"))
-        .args(["--url", &format!("http://{}", w.addr)])
-        .args(["--hostile", HOSTILE])
-        .arg("--screenshot")
-        .arg(root.join("target/browser"))
-        .env("LOOPWATCH_BROWSER_SECRETS", secrets().join("\n"))
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let browse = async |extra: &[&str]| {
+        let out = tokio::process::Command::new(&python)
+            .arg(root.join("tests/browser/status_page.py"))
+            .args(["--url", &format!("http://{}", w.addr)])
+            .args(["--hostile", HOSTILE])
+            .args(extra)
+            .arg("--screenshot")
+            .arg(root.join("target/browser"))
+            .env("LOOPWATCH_BROWSER_SECRETS", secrets().join("\n"))
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{text}");
+        assert!(out.status.success(), "the browser checks failed:\n{text}");
+        assert!(text.contains("every check passed"));
+    };
+    browse(&[]).await;
+
+    // Then a gated deploy sink, added by a reload, and a new completed sampler
+    // checkpoint: a deploy waiting for approval, with the line that approves it.
+    edit(&w.cfg, |t| {
+        format!(
+            "{t}\n[[sinks]]\nname = \"gate\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf\"\napproval = \"before_deploy\"\ntargets = [\"qwen\"]\n"
+        )
+    });
+    w.daemon.signal("HUP");
+    let url = format!("http://{}/api/v1/status", w.addr);
+    assert!(
+        until(T, Duration::from_millis(100), async || {
+            get_json(&url).await["sinks"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "gate"))
+        })
+        .await,
+        "the reload never added the gate sink"
     );
-    println!("{text}");
-    assert!(out.status.success(), "the browser checks failed:\n{text}");
-    assert!(text.contains("every check passed"));
+    w.env
+        .sim
+        .handle()
+        .add_checkpoint("run-1", "sampler", "step-gated", Some("COMPLETE"));
+    let mut waiting = None;
+    assert!(
+        until(T, Duration::from_millis(100), async || {
+            let v = get_json(&url).await;
+            waiting = v["deploys"]
+                .as_array()
+                .and_then(|d| d.iter().find(|d| d["stage"] == "awaiting_approval"))
+                .map(|d| d["delivery_id"].to_string());
+            waiting.is_some()
+        })
+        .await,
+        "no deploy came to wait for approval"
+    );
+    browse(&["--approve", &waiting.unwrap()]).await;
 }
 
 #[tokio::test]

@@ -52,6 +52,10 @@ pub struct Config {
     /// address, files others may write or read), one `file: key: what and why` line each:
     /// logged at WARN by `run` and `once`, printed by `check-config`.
     pub warnings: Vec<String>,
+    /// The secrets this load did not read ([`ReadSecrets`]), one `key = source` line
+    /// each (`api.api_key_file = /run/credentials/loopwatch/baseten-api-key`). Empty for a
+    /// config that may run: [`crate::app::App`] refuses one with skipped secrets.
+    pub skipped_secrets: Vec<String>,
     pub api: ApiConfig,
     pub poll: PollConfig,
     pub store: StoreConfig,
@@ -455,8 +459,30 @@ pub fn takes(filter: Option<&BTreeSet<CheckpointTarget>>, t: &CheckpointTarget) 
 pub const DEFAULT_RETRY_SCHEDULE: [&str; 9] =
     ["5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"];
 
+/// Which secrets a load reads. A command reads only those it uses: `state` and
+/// `deliveries` open the store and need none, `checkpoints` needs the API key, `run`,
+/// `once` and `test-sink` need all. A secret not read is neither looked up in the
+/// environment nor opened as a file; it is listed in [`Config::skipped_secrets`] and
+/// stands in the config as a placeholder that signs nothing (see `secrets.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadSecrets {
+    All,
+    /// `[api]`'s key only.
+    ApiKey,
+    None,
+}
+
 /// Load and validate a config file, with `LOOPWATCH__*` overrides from `env`.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
+    load_reading(path, env, ReadSecrets::All)
+}
+
+/// [`load`], reading only the secrets `secrets` names.
+pub fn load_reading(
+    path: &Path,
+    env: &Environment,
+    secrets: ReadSecrets,
+) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
     let one = |msg: String| ConfigError {
         problems: vec![printable(&format!("{name}: {msg}"))],
@@ -471,7 +497,7 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
         }
     };
     let text = read_config_file(path).map_err(one)?;
-    let mut cfg = load_str(&text, format, &name, env)?;
+    let mut cfg = load_str_with(&text, format, &name, env, true, secrets)?;
     warn_if_writable(&mut cfg, path);
     Ok(cfg)
 }
@@ -480,7 +506,12 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
 /// ever blocking on a FIFO or reading a device (docs/configuration.md, "The file").
 fn read_config_file(path: &Path) -> Result<String, String> {
     file::read_regular(path, MAX_CONFIG_BYTES).map_err(|e| {
-        format!("cannot read the config file: {e}; point -c or LOOPWATCH_CONFIG at a regular file")
+        let fix = if e.kind() == std::io::ErrorKind::NotFound {
+            "`loopwatch init` writes a minimal one (config/loopwatch.example.toml lists every key)"
+        } else {
+            "point -c or LOOPWATCH_CONFIG at a regular file"
+        };
+        format!("cannot read the config file: {e}; {fix}")
     })
 }
 
@@ -515,12 +546,13 @@ pub fn load_str(
     name: &str,
     env: &Environment,
 ) -> Result<Config, ConfigError> {
-    load_str_with(text, format, name, env, true)
+    load_str_with(text, format, name, env, true, ReadSecrets::All)
 }
 
 /// The config for commands that only talk to the API (`checkpoints`): targets are not
-/// required, and without a file the defaults plus `LOOPWATCH__*` overrides apply. The
-/// same warnings as [`load`] (a config file others may write, a secret others may read).
+/// required, no secret but the API key is read, and without a file the defaults plus
+/// `LOOPWATCH__*` overrides apply. The same warnings as [`load`] (a config file others
+/// may write, a secret others may read).
 pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
     match path {
         Some(p) => {
@@ -532,11 +564,18 @@ pub fn load_for_api(path: Option<&Path>, env: &Environment) -> Result<Config, Co
             let text = read_config_file(p).map_err(|e| ConfigError {
                 problems: vec![printable(&format!("{name}: {e}"))],
             })?;
-            let mut cfg = load_str_with(&text, format, &name, env, false)?;
+            let mut cfg = load_str_with(&text, format, &name, env, false, ReadSecrets::ApiKey)?;
             warn_if_writable(&mut cfg, p);
             Ok(cfg)
         }
-        None => load_str_with("", FileFormat::Toml, "(defaults)", env, false),
+        None => load_str_with(
+            "",
+            FileFormat::Toml,
+            "(defaults)",
+            env,
+            false,
+            ReadSecrets::ApiKey,
+        ),
     }
 }
 
@@ -546,9 +585,10 @@ fn load_str_with(
     name: &str,
     env: &Environment,
     require_targets: bool,
+    secrets: ReadSecrets,
 ) -> Result<Config, ConfigError> {
     let raw::Sourced { raw, non_finite } = raw::read(text, format, name, env)?;
-    let result = validate::validate(raw, name, env, require_targets);
+    let result = validate::validate(raw, name, env, require_targets, secrets);
     if non_finite.is_empty() {
         return result;
     }
@@ -557,6 +597,8 @@ fn load_str_with(
         env,
         list: Vec::new(),
         warnings: Vec::new(),
+        secrets,
+        skipped: Vec::new(),
     };
     for (key, f) in non_finite {
         w.err(&key, format!("must be a finite number, found {f}"));
@@ -639,7 +681,7 @@ pub fn locate(explicit: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
         .find(|p| p.exists())
         .ok_or_else(|| ConfigError {
             problems: vec![format!(
-                "no config file: pass -c FILE or set LOOPWATCH_CONFIG (looked for {})",
+                "no config file: pass -c FILE or set LOOPWATCH_CONFIG (looked for {}); `loopwatch init` writes a minimal one to start from",
                 candidates.join(", ")
             )],
         })

@@ -5,9 +5,16 @@
 
 use std::fmt;
 
-use super::join;
+use super::printable;
+
 use super::raw::Field;
 use super::validate::Problems;
+use super::{ReadSecrets, join};
+
+/// What a webhook URL read from `url_env`/`url_file` is when the load did not read it:
+/// a name that resolves nowhere (RFC 6761), never sent to (only `run`, `once` and
+/// `test-sink` send, and they read every secret).
+pub(super) const URL_NOT_READ: &str = "https://secret-not-read.invalid/";
 
 /// A secret value. Never printed, never logged: `Debug` and `Display` print `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,8 +80,31 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl Problems<'_> {
+    /// Whether this load reads the secrets of `section` (`api`, `sinks[0]`).
+    pub fn reads_secrets_of(&self, section: &str) -> bool {
+        match self.secrets {
+            ReadSecrets::All => true,
+            ReadSecrets::ApiKey => section == "api",
+            ReadSecrets::None => false,
+        }
+    }
+
+    /// A secret this load does not read: listed, and a placeholder in its place (a URL
+    /// that resolves nowhere for `url`, a value no key parses from otherwise).
+    fn not_read(&mut self, section: &str, key: &str, value: &str, stem: &str) -> (Secret, String) {
+        self.skipped
+            .push(printable(&format!("{} = {value}", join(section, key))));
+        let placeholder = if stem == "url" {
+            URL_NOT_READ
+        } else {
+            "not read"
+        };
+        (Secret(placeholder.into()), format!("{key} = {value}"))
+    }
+
     /// The secret `<section>.<stem>` from `<stem>_env` or `<stem>_file`, with where it came
-    /// from. `default_env` applies when neither is set.
+    /// from. `default_env` applies when neither is set. A secret this load does not read
+    /// ([`ReadSecrets`]) is not looked up: see [`Problems::reads_secrets_of`].
     pub fn secret(
         &mut self,
         section: &str,
@@ -94,6 +124,9 @@ impl Problems<'_> {
                     format!("set either {env_key} or {file_key}, not both"),
                 );
                 None
+            }
+            (None, Some(path)) if !self.reads_secrets_of(section) => {
+                Some(self.not_read(section, &file_key, &path, stem))
             }
             (None, Some(path)) => match read_secret_file(&path) {
                 Ok(s) => {
@@ -126,6 +159,9 @@ impl Problems<'_> {
             (env_name, None) => {
                 let explicit = env_name.is_some();
                 let var = env_name.or(default_env.map(str::to_string))?;
+                if !self.reads_secrets_of(section) {
+                    return Some(self.not_read(section, &env_key, &var, stem));
+                }
                 match self.env.var(&var) {
                     Some(v) if !v.is_empty() => {
                         crate::redact::register(v);
@@ -144,8 +180,15 @@ impl Problems<'_> {
         }
     }
 
-    /// Expand `${VAR}` from the environment.
-    pub fn interpolate(&mut self, key: &str, s: &str) -> String {
+    /// Expand `${VAR}` from the environment. A load that does not read the secrets of
+    /// `section` (header values are tokens) leaves `s` as written and lists it.
+    pub fn interpolate(&mut self, section: &str, key: &str, s: &str) -> String {
+        if !self.reads_secrets_of(section) {
+            if s.contains("${") {
+                self.skipped.push(printable(&format!("{key} = {s}")));
+            }
+            return s.to_string();
+        }
         let mut out = String::new();
         let mut rest = s;
         while let Some(start) = rest.find("${") {

@@ -264,10 +264,16 @@ fn webhook(
             }
         },
     };
+    // A key this load does not read (ReadSecrets) is `(None, source)`: configured, listed
+    // by check-config, signing nothing.
+    let reads = w.reads_secrets_of(sec);
     let signing = |w: &mut Problems<'_>, stem: &str, env: &Field<String>, file: &Field<String>| {
         let (secret, source) = w.secret(sec, stem, env, file, None)?;
+        if !reads {
+            return Some((None, source));
+        }
         match SigningKey::parse(secret.expose()) {
-            Ok(k) => Some((k, source)),
+            Ok(k) => Some((Some(k), source)),
             Err(e) => {
                 // The secret itself is never echoed back.
                 w.err(&join(sec, stem), format!("the secret ({source}) {e}"));
@@ -290,15 +296,20 @@ fn webhook(
             &s.signing_key_file,
             None,
         )
-        .and_then(|(key, source)| match Ed25519Key::parse(key.expose()) {
-            Ok(k) => {
-                let source = format!("{source}{PUBLIC_KEY_NOTE}{}", k.public_key());
-                Some((k, source))
+        .and_then(|(key, source)| {
+            if !reads {
+                return Some((None, source));
             }
-            Err(e) => {
-                // The key itself is never echoed back.
-                w.err(&join(sec, "signing_key"), format!("the key ({source}) {e}"));
-                None
+            match Ed25519Key::parse(key.expose()) {
+                Ok(k) => {
+                    let source = format!("{source}{PUBLIC_KEY_NOTE}{}", k.public_key());
+                    Some((Some(k), source))
+                }
+                Err(e) => {
+                    // The key itself is never echoed back.
+                    w.err(&join(sec, "signing_key"), format!("the key ({source}) {e}"));
+                    None
+                }
             }
         });
     if previous.is_some() && secret.is_none() && !s.secret_env.is_set() && !s.secret_file.is_set() {
@@ -371,7 +382,7 @@ fn webhook(
                     w.err(&key, format!("expected a string, found {}", kind(v)));
                     continue;
                 };
-                let value = w.interpolate(&key, template);
+                let value = w.interpolate(sec, &key, template);
                 if reqwest::header::HeaderValue::from_str(&value).is_err() {
                     w.err(
                         &key,
@@ -438,9 +449,9 @@ fn webhook(
     }
     let kind = SinkKind::Webhook {
         url: url?,
-        secret: secret.map(|(k, _)| k),
-        previous_secret: previous.map(|(k, _)| k),
-        signing_key: ed25519.map(|(k, _)| k),
+        secret: secret.and_then(|(k, _)| k),
+        previous_secret: previous.and_then(|(k, _)| k),
+        signing_key: ed25519.and_then(|(k, _)| k),
         format,
         template,
         content_type,

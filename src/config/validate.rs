@@ -16,7 +16,7 @@ use url::Url;
 use super::raw::{Environment, Field, Flag, List, Number, RawConfig, RawDuration, Table};
 use super::{
     ApiConfig, AuthScheme, Config, ConfigError, DeliveryConfig, Filter, LogConfig, LogFormat,
-    NullStatus, PollConfig, ServerConfig, StoreConfig, TargetConfig, join, one_line,
+    NullStatus, PollConfig, ReadSecrets, ServerConfig, StoreConfig, TargetConfig, join, one_line,
     parse_checkpoint_path, parse_duration, printable, redact_url,
 };
 use crate::model::CheckpointTarget;
@@ -31,6 +31,9 @@ pub(super) struct Problems<'a> {
     pub list: Vec<String>,
     /// Unsafe settings that are accepted, one `file: key: what and why` line each.
     pub warnings: Vec<String>,
+    /// Which secrets to read; the others are listed in `skipped`.
+    pub secrets: ReadSecrets,
+    pub skipped: Vec<String>,
 }
 
 impl Problems<'_> {
@@ -261,12 +264,15 @@ pub(super) fn validate(
     file: &str,
     env: &Environment,
     require_targets: bool,
+    secrets: ReadSecrets,
 ) -> Result<Config, ConfigError> {
     let mut w = Problems {
         file,
         env,
         list: Vec::new(),
         warnings: Vec::new(),
+        secrets,
+        skipped: Vec::new(),
     };
     let raw = w.table(Field::Value(raw), "");
 
@@ -586,6 +592,7 @@ pub(super) fn validate(
     Ok(Config {
         source: file.to_string(),
         warnings: w.warnings,
+        skipped_secrets: w.skipped,
         api: ApiConfig {
             base_url: base_url.expect("checked"),
             api_key,

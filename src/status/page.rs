@@ -239,7 +239,7 @@ fn stage_badge(stage: &str) -> Badge {
     match stage {
         "active" | "promoted" | "deployed" => badge("ok", "✓", stage),
         "failed" | "unknown" => badge("bad", "✗", stage),
-        "awaiting_approval" => badge("warn", "⏸", "awaiting approval"),
+        "awaiting_approval" => badge("warn", "◷", "awaiting approval"),
         "deploying" | "following" => badge("info", "…", stage),
         _ => badge("idle", "–", stage),
     }
@@ -336,7 +336,7 @@ fn state_badge(state: &str) -> Badge {
         "complete" => badge("ok", "✓", "complete"),
         "syncing" => badge("info", "◔", "syncing"),
         "pending" => badge("warn", "○", "pending"),
-        "stalled" => badge("bad", "⏸", "stalled"),
+        "stalled" => badge("bad", "◷", "stalled"),
         "deleted" => badge("idle", "⌫", "deleted"),
         other => badge("warn", "?", other.to_string()),
     }

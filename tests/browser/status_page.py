@@ -72,6 +72,7 @@ def main():
     p.add_argument("--url", required=True)
     p.add_argument("--hostile", required=True)
     p.add_argument("--screenshot", required=True, help="directory for the PNGs")
+    p.add_argument("--approve", help="the delivery id of a deploy waiting for approval")
     args = p.parse_args()
     secrets = [s for s in os.environ.get("LOOPWATCH_BROWSER_SECRETS", "").splitlines() if s]
     check(len(secrets) > 0, "the secrets to look for were given")
@@ -91,48 +92,61 @@ def main():
         check(no_alert(driver), "no alert: the hostile name did not run")
         check(len(driver.find_elements(By.TAG_NAME, "script")) == 0, "no <script> element in the DOM")
 
-        rows = {r.get_attribute("data-target"): r for r in driver.find_elements(By.CSS_SELECTOR, "tr[data-target]")}
-        check(set(rows) == {"qwen", "llama"}, f"both targets listed ({sorted(rows)})")
-        if "qwen" in rows:
-            qwen = rows["qwen"].text
-            check("ok" in qwen and "run_id=run-1" in qwen, "qwen: ok, with its filter")
-            check("complete" in qwen, "qwen: checkpoints by status")
-            check(args.hostile in qwen, "qwen: the newest completed checkpoint is the hostile name, as text")
+        if not args.approve:
+            rows = {r.get_attribute("data-target"): r for r in driver.find_elements(By.CSS_SELECTOR, "tr[data-target]")}
+            check(set(rows) == {"qwen", "llama"}, f"both targets listed ({sorted(rows)})")
+            if "qwen" in rows:
+                qwen = rows["qwen"].text
+                check("ok" in qwen and "run_id=run-1" in qwen, "qwen: ok, with its filter")
+                check("complete" in qwen, "qwen: checkpoints by status")
+                check(args.hostile in qwen, "qwen: the newest completed checkpoint is the hostile name, as text")
 
-        sink = driver.find_elements(By.CSS_SELECTOR, "tr[data-sink='dead-end']")
-        check(len(sink) == 1, "the dead-end sink is listed")
-        if sink:
-            text = sink[0].text
-            check("1 dead" in text, "dead-end: one dead delivery")
-            check("loopwatch deliveries redeliver --dead --sink dead-end" in text, "dead-end: its replay line")
-            check("[redacted]" in text, "dead-end: the echoed token is redacted in its last error")
+            sink = driver.find_elements(By.CSS_SELECTOR, "tr[data-sink='dead-end']")
+            check(len(sink) == 1, "the dead-end sink is listed")
+            if sink:
+                text = sink[0].text
+                check("1 dead" in text, "dead-end: one dead delivery")
+                check("loopwatch deliveries redeliver --dead --sink dead-end" in text, "dead-end: its replay line")
+                check("[redacted]" in text, "dead-end: the echoed token is redacted in its last error")
 
-        dead = driver.find_elements(By.CSS_SELECTOR, "#dead ~ .card tr[data-delivery]")
-        check(len(dead) == 1, f"one dead delivery row ({len(dead)})")
-        if dead:
-            text = dead[0].text
-            check(args.hostile in text, "the dead delivery names the hostile checkpoint, as text")
-            did = dead[0].get_attribute("data-delivery")
-            check(f"loopwatch deliveries redeliver {did}" in text, "the dead delivery's own replay line")
+            dead = driver.find_elements(By.CSS_SELECTOR, "#dead ~ .card tr[data-delivery]")
+            check(len(dead) == 1, f"one dead delivery row ({len(dead)})")
+            if dead:
+                text = dead[0].text
+                check(args.hostile in text, "the dead delivery names the hostile checkpoint, as text")
+                did = dead[0].get_attribute("data-delivery")
+                check(f"loopwatch deliveries redeliver {did}" in text, "the dead delivery's own replay line")
+
+        if args.approve:
+            rows = driver.find_elements(By.CSS_SELECTOR, f"#deploys ~ .card tr[data-deploy='{args.approve}']")
+            check(len(rows) == 1, f"the waiting deploy #{args.approve} is listed ({len(rows)})")
+            if rows:
+                text = rows[0].text
+                check("awaiting approval" in text, "the waiting deploy shows its stage")
+                check(f"loopwatch deliveries approve {args.approve} --by" in text,
+                      "the waiting deploy shows the line that approves it")
 
         source = driver.page_source
         for s in secrets:
             check(s not in source, f"secret #{secrets.index(s) + 1} is not in the DOM")
         os.makedirs(args.screenshot, exist_ok=True)
-        full_page_png(driver, os.path.join(args.screenshot, "status-page.png"))
+        if args.approve:
+            full_page_png(driver, os.path.join(args.screenshot, "status-approval.png"))
+        else:
+            full_page_png(driver, os.path.join(args.screenshot, "status-page.png"))
 
-        # One target's history: the dead attempt with its status code.
-        driver.get(args.url + "/targets/qwen")
-        check(no_alert(driver), "/targets/qwen: no alert")
-        check(len(driver.find_elements(By.TAG_NAME, "script")) == 0, "/targets/qwen: no <script> element")
-        body = driver.find_element(By.TAG_NAME, "body").text
-        check(args.hostile in body, "/targets/qwen: the hostile checkpoint, as text")
-        check("410" in body and "dead" in body, "/targets/qwen: the dead attempt with its status code")
-        check("HTTP 204" in body, "/targets/qwen: the delivered attempt with its status code")
-        source = driver.page_source
-        for s in secrets:
-            check(s not in source, f"/targets/qwen: secret #{secrets.index(s) + 1} is not in the DOM")
-        full_page_png(driver, os.path.join(args.screenshot, "status-target.png"))
+            # One target's history: the dead attempt with its status code.
+            driver.get(args.url + "/targets/qwen")
+            check(no_alert(driver), "/targets/qwen: no alert")
+            check(len(driver.find_elements(By.TAG_NAME, "script")) == 0, "/targets/qwen: no <script> element")
+            body = driver.find_element(By.TAG_NAME, "body").text
+            check(args.hostile in body, "/targets/qwen: the hostile checkpoint, as text")
+            check("410" in body and "dead" in body, "/targets/qwen: the dead attempt with its status code")
+            check("HTTP 204" in body, "/targets/qwen: the delivered attempt with its status code")
+            source = driver.page_source
+            for s in secrets:
+                check(s not in source, f"/targets/qwen: secret #{secrets.index(s) + 1} is not in the DOM")
+            full_page_png(driver, os.path.join(args.screenshot, "status-target.png"))
     finally:
         driver.quit()
     if failures:
