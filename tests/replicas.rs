@@ -188,6 +188,82 @@ async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled
     );
 }
 
+/// Shard leases at a fleet's scale: three replicas share 1,000 targets (hashed into
+/// shards), one is killed, and the survivors poll every one of its targets again within
+/// `lease_ttl + interval`. Each target then has a new checkpoint: its detection time is
+/// when its run was polled again.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn sigkill_of_one_of_three_replicas_holding_1000_targets_hands_every_target_over_within_ttl_plus_interval()
+ {
+    const N: usize = 1000;
+    // Polls every 5 s (200 requests/s for the fleet) keep a debug build on two cores
+    // well within its means; the bound is what scales with it.
+    const INTERVAL_1000: Duration = Duration::from_secs(5);
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    for i in 0..N {
+        h.add_checkpoint(&format!("run-{i}"), "sampler", "step-100", Some("COMPLETE"));
+    }
+    let cfg = pg_config(&env, &rx, N).await;
+    edit(&cfg, |text| {
+        text.replace(
+            "interval = \"1s\"",
+            &format!("interval = \"{}s\"", INTERVAL_1000.as_secs()),
+        )
+    });
+    set_budget(&cfg, 1000.0);
+    let (mut ds, addrs) = replicas(&env, &cfg, &["r1", "r2", "r3"]).await;
+    let before = wait_balanced(&addrs, N as f64).await;
+    // Fair within a shard's worth of targets: ceil(1000 / 3) = 334, plus at most a few.
+    assert!(
+        before.iter().all(|&n| n <= 345.0),
+        "unfair split {before:?}"
+    );
+    let lost = before[0];
+
+    ds[0].kill9();
+    let killed_at_utc = chrono::Utc::now();
+    for i in 0..N {
+        h.add_checkpoint(&format!("run-{i}"), "sampler", "step-200", Some("COMPLETE"));
+    }
+    let store = loopwatch::store::open(&pg::url_in(&cfg)).await.unwrap();
+    let step_200 = async || -> Vec<_> {
+        let events = store.events(None).await.unwrap();
+        events
+            .into_iter()
+            .filter(|e| e.checkpoint_name == "step-200" && e.kind == "checkpoint.completed")
+            .collect()
+    };
+    let found = until(T, Duration::from_millis(250), async || {
+        step_200().await.len() >= N
+    })
+    .await;
+    assert!(
+        found,
+        "step-200 detected on {} targets of {N}",
+        step_200().await.len()
+    );
+    let events = step_200().await;
+    assert_eq!(events.len(), N, "one step-200 completion per target");
+    let late = events
+        .iter()
+        .map(|e| (e.detected_at - killed_at_utc).num_milliseconds())
+        .max()
+        .unwrap();
+    let bound = (TTL + INTERVAL_1000 + Duration::from_secs(1)).as_millis() as i64;
+    assert!(
+        late <= bound,
+        "a target waited {late} ms after the kill (bound {bound} ms)"
+    );
+    let survivors = owned(&addrs[1..]).await;
+    assert_eq!(survivors.iter().sum::<f64>(), N as f64, "{survivors:?}");
+    eprintln!(
+        "owned before {before:?} ({lost} on the killed replica), after {survivors:?}; slowest target re-polled {late} ms after the kill (bound {bound} ms)"
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn a_replica_paused_past_its_lease_commits_and_emits_nothing() {
@@ -247,8 +323,9 @@ async fn a_replica_paused_past_its_lease_commits_and_emits_nothing() {
     assert!(a.log_text().contains("lease lost before commit"));
 }
 
-async fn leases(pool: &sqlx::PgPool) -> Vec<(String, String, i64, i64)> {
-    sqlx::query_as("SELECT target, owner, epoch, expires_at FROM leases ORDER BY target")
+/// Every shard lease: (shard, owner, epoch, released).
+async fn leases(pool: &sqlx::PgPool) -> Vec<(i32, String, i64, bool)> {
+    sqlx::query_as("SELECT shard, owner, epoch, released FROM shard_leases ORDER BY shard")
         .fetch_all(pool)
         .await
         .unwrap()
@@ -278,10 +355,11 @@ async fn once_beside_a_running_replica_skips_the_targets_it_holds_and_polls_the_
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let after_once = leases(&pool).await;
+    // t0 and t1 hash into two shards.
     assert_eq!(after_once.len(), 2, "{after_once:?}");
-    for (target, owner, _, expires_at) in &after_once {
-        assert!(owner.contains("/once-"), "{target} leased to {owner}");
-        assert_eq!(*expires_at, 0, "`once` kept the lease of {target}");
+    for (shard, owner, _, released) in &after_once {
+        assert!(owner.contains("/once-"), "shard {shard} leased to {owner}");
+        assert!(*released, "`once` kept the lease of shard {shard}");
     }
     let baselined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM targets")
         .fetch_one(&pool)

@@ -13,7 +13,7 @@ use loopwatch::model::{Checkpoint, CheckpointTarget, FilesSeen, ProbeMemo};
 use loopwatch::store::postgres::{PgLeases, PgStore};
 use loopwatch::store::{
     AttemptOutcome, Claimed, Coordinator, DeliveryStatus, Fence, PollCommit, Recorded, Redeliver,
-    Store, StoreError,
+    Store, StoreError, Take,
 };
 
 fn ck(id: &str, run: &str, status: Option<&str>) -> Checkpoint {
@@ -785,6 +785,25 @@ async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
         rb.takeovers, 0,
         "leases a gave up are handed over, not taken over"
     );
+    // Steady rounds renew by heartbeat alone: no shard lease row is written again, and
+    // the replicas' rows are the only ones a round writes.
+    let rows = async || -> Vec<(i32, String)> {
+        sqlx::query_as("SELECT shard, xmin::text FROM shard_leases ORDER BY shard")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+    };
+    let settled = rows().await;
+    assert_eq!(settled.len(), 10, "one shard per target here: {settled:?}");
+    for _ in 0..3 {
+        assert_eq!(a.round(&targets).await.unwrap().owned, ra.owned);
+        assert_eq!(b.round(&targets).await.unwrap().owned, rb.owned);
+    }
+    assert_eq!(
+        rows().await,
+        settled,
+        "a steady round rewrote a shard lease"
+    );
     let (t, epoch) = ra.owned[0].clone();
 
     // a's commit under its lease works.
@@ -850,4 +869,34 @@ async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
     assert_eq!(a.round(&targets).await.unwrap().owned.len(), 0);
     assert_eq!(b.round(&targets).await.unwrap().owned.len(), 5);
     assert_eq!(a.round(&targets).await.unwrap().owned.len(), 5);
+}
+
+/// Upgrading from per-target leases: while a replica of an earlier version still holds
+/// one, a replica of this version takes nothing (the two schemes would not fence each
+/// other); once those leases lapse it takes every target.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn postgres_shard_leases_wait_for_replicas_of_an_earlier_version() {
+    let url = common::pg::fresh_database().await;
+    let store = PgStore::open(&url).await.unwrap();
+    let targets: Vec<String> = (0..4).map(|i| format!("t{i}")).collect();
+    sqlx::query(
+        "INSERT INTO leases (target, owner, epoch, expires_at)
+         VALUES ('t0', 'old', 1, (extract(epoch from clock_timestamp()) * 1000)::bigint + 60000)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let a = PgLeases::new(&store, "a".into(), Duration::from_secs(5));
+    assert_eq!(a.round(&targets).await.unwrap().owned, vec![]);
+    let taken = a.take_free(&targets).await.unwrap();
+    assert!(
+        taken.iter().all(|(_, t)| *t == Take::HeldBy("old".into())),
+        "{taken:?}"
+    );
+    sqlx::query("UPDATE leases SET expires_at = 0")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(a.round(&targets).await.unwrap().owned.len(), 4);
 }

@@ -4,14 +4,31 @@
 //!
 //! Two implementations: [`SingleNode`] (SQLite: one process owns every target for good,
 //! at one fixed epoch, so there is nothing to renew) and
-//! [`PgLeases`](super::postgres::PgLeases) (PostgreSQL: replicas lease targets with
-//! fencing epochs). Nothing outside `store/` asks which one it has.
+//! [`PgLeases`](super::postgres::PgLeases) (PostgreSQL: replicas lease shards of the
+//! targets, [`shard_of`], with fencing epochs). Nothing outside `store/` asks which one it
+//! has.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::Result;
+
+/// How many shards the targets hash into ([`shard_of`]). Replicas lease shards, not
+/// targets: a round's writes do not grow with the fleet. Fixed: every replica sharing a
+/// database must hash alike, so changing it is a schema change.
+pub const SHARDS: u32 = 1024;
+
+/// The shard of `target`: FNV-1a (64-bit) of its name, modulo [`SHARDS`]. Stable across
+/// processes, versions and platforms (no per-process seed, unlike `std`'s hasher).
+pub fn shard_of(target: &str) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in target.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(SHARDS)) as i32
+}
 
 /// A lease held by this process: (owner, epoch) must still match at commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,5 +155,33 @@ impl Coordinator for SingleNode {
 
     async fn release_all(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash is part of the schema: replicas of one database must agree on it. These
+    /// values are FNV-1a's published ones (offset basis, then "a" and "foobar"), mod 1024.
+    #[test]
+    fn shard_of_is_fnv1a_modulo_the_shard_count() {
+        assert_eq!(shard_of(""), (0xcbf2_9ce4_8422_2325_u64 % 1024) as i32);
+        assert_eq!(shard_of("a"), (0xaf63_dc4c_8601_ec8c_u64 % 1024) as i32);
+        assert_eq!(
+            shard_of("foobar"),
+            (0x8594_4171_f739_67e8_u64 % 1024) as i32
+        );
+    }
+
+    /// 100,000 names spread evenly: no shard holds twice its share (~98).
+    #[test]
+    fn shards_spread_targets_evenly() {
+        let mut counts = vec![0u32; SHARDS as usize];
+        for i in 0..100_000 {
+            counts[shard_of(&format!("run-{i}")) as usize] += 1;
+        }
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(*min >= 49 && *max <= 196, "min {min}, max {max}");
     }
 }

@@ -191,7 +191,7 @@ pub(crate) trait InspectDialect: Database {
     const TEXT_LIST: &'static str;
     /// The integer values of the JSON array `$1` as a one-column table.
     const INT_LIST: &'static str;
-    /// (target, owner, ms until expiry) of the targets in the JSON array `$1`; None where
+    /// (shard, owner, ms until expiry) of the shards in the JSON array `$1`; None where
     /// there are no leases.
     const LEASES: Option<&'static str>;
     /// (id, ms since heartbeat, started_at ms) of every replica; None where there are none.
@@ -217,9 +217,10 @@ impl InspectDialect for sqlx::Postgres {
     const INT_LIST: &'static str =
         "(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS BIGINT))";
     const LEASES: Option<&'static str> = Some(concat!(
-        "SELECT target, owner, expires_at - ",
+        "SELECT CAST(l.shard AS TEXT), l.owner, CASE WHEN l.released THEN 0 ELSE COALESCE(r.lease_expires_at, 0) END - ",
         pg_now!(),
-        " FROM leases WHERE target IN (SELECT jsonb_array_elements_text(CAST($1 AS jsonb)))"
+        " FROM shard_leases l LEFT JOIN replicas r ON r.id = l.owner",
+        " WHERE l.shard IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS INTEGER))"
     ));
     const REPLICAS: Option<&'static str> = Some(concat!(
         "SELECT id, ",
@@ -526,16 +527,29 @@ where
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(q)
-            .bind(json_list(names))
+        let shards: Vec<i32> = names
+            .iter()
+            .map(|n| super::coordination::shard_of(n))
+            .collect();
+        let rows: std::collections::HashMap<String, (String, i64)> = sqlx::query_as(q)
+            .bind(json_list(&shards))
             .fetch_all(pool)
-            .await?;
-        Ok(rows
+            .await?
             .into_iter()
-            .map(|(target, owner, expires_in_ms)| LeaseLine {
-                target,
-                owner,
-                expires_in_ms,
+            .map(|(shard, owner, expires_in_ms): (String, String, i64)| {
+                (shard, (owner, expires_in_ms))
+            })
+            .collect();
+        Ok(names
+            .iter()
+            .filter_map(|target| {
+                let shard = super::coordination::shard_of(target).to_string();
+                let (owner, expires_in_ms) = rows.get(&shard)?;
+                Some(LeaseLine {
+                    target: target.clone(),
+                    owner: owner.clone(),
+                    expires_in_ms: *expires_in_ms,
+                })
             })
             .collect())
     }

@@ -15,6 +15,7 @@ pub mod attempts;
 pub mod coordination;
 pub mod deploys;
 pub mod inspect;
+mod pg_leases;
 pub mod postgres;
 mod promotions;
 mod rows;

@@ -1,5 +1,6 @@
 //! The shared store for several replicas: the same schema as SQLite on PostgreSQL, plus
-//! replica heartbeats and target leases with fencing epochs ([`PgLeases`]).
+//! replica heartbeats and shard leases with fencing epochs ([`PgLeases`], in
+//! `pg_leases.rs`).
 //!
 //! Lease times use the database clock, so replicas never compare their own clocks.
 
@@ -10,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
-use super::coordination::{Coordinator, Fence, LeaseRound, Role, Take, Taken};
+use super::coordination::Fence;
 use super::inspect::Inspect;
 use super::rows::{event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns, Queries};
@@ -22,6 +23,8 @@ use super::{
 use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use crate::model::{Event, TargetState, Tracked};
 
+pub use super::pg_leases::PgLeases;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long an operation waits for a connection, which is also how long a database that
@@ -32,12 +35,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a one-shot run's owner name has after the replica id (`r1/once-4242`); a
 /// replica id never has a `/`.
-const ONE_SHOT: &str = "/once-";
+pub(super) const ONE_SHOT: &str = "/once-";
 /// [`ONE_SHOT`] as a LIKE pattern.
-const ONE_SHOT_LIKE: &str = "%/once-%";
+pub(super) const ONE_SHOT_LIKE: &str = "%/once-%";
 
 /// The database clock in Unix milliseconds.
-const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+pub(super) const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 pub struct PgStore {
     pool: PgPool,
@@ -137,16 +140,20 @@ impl Dialect for Postgres {
     }
     const BODY_FIRST_SEEN_AT: &'static str = "(e.body::jsonb #>> '{data,first_seen_at}')";
 
-    /// Lock the lease row: a takeover waits for this commit, and a stale epoch (the lease
-    /// was taken while this replica was paused) commits nothing.
+    /// Lock the target's shard lease: a takeover waits for this commit, and a stale epoch
+    /// (the shard was taken while this replica was paused), a released shard or a
+    /// heartbeat that lapsed commits nothing.
     async fn check_fence(tx: &mut PgConnection, target: &str, fence: Option<&Fence>) -> Result<()> {
         let Some(f) = fence else {
             return Ok(());
         };
         let held = sqlx::query(AssertSqlSafe(format!(
-            "SELECT 1 FROM leases WHERE target = $1 AND owner = $2 AND epoch = $3 AND expires_at > {DB_NOW} FOR UPDATE"
+            "SELECT 1 FROM shard_leases l JOIN replicas r ON r.id = l.owner
+             WHERE l.shard = $1 AND l.owner = $2 AND l.epoch = $3 AND NOT l.released
+                AND r.lease_expires_at > {DB_NOW}
+             FOR UPDATE OF l"
         )))
-        .bind(target)
+        .bind(super::coordination::shard_of(target))
         .bind(&f.owner)
         .bind(f.epoch)
         .fetch_optional(&mut *tx)
@@ -542,234 +549,5 @@ impl Store for PgStore {
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
         let mut conn = self.pool.acquire().await?;
         Queries::<Postgres>::prune(&mut conn, cutoff.timestamp_millis()).await
-    }
-}
-
-/// Replica membership and target leases on the shared database: the PostgreSQL
-/// [`Coordinator`].
-pub struct PgLeases {
-    pool: PgPool,
-    replica: String,
-    ttl: Duration,
-    role: Role,
-}
-
-impl PgLeases {
-    /// The leases of replica `replica` (a daemon: [`Role::Replica`]).
-    pub fn new(store: &PgStore, replica: String, ttl: Duration) -> Self {
-        PgLeases {
-            pool: store.pool.clone(),
-            replica,
-            ttl,
-            role: Role::Replica,
-        }
-    }
-
-    /// The leases of a process in `role`; a one-shot run holds them under
-    /// `<replica_id>/once-<pid>`.
-    pub fn for_role(store: &PgStore, replica_id: &str, ttl: Duration, role: Role) -> Self {
-        let replica = match role {
-            Role::Replica => replica_id.to_string(),
-            Role::OneShot => format!("{replica_id}{ONE_SHOT}{}", std::process::id()),
-        };
-        PgLeases {
-            role,
-            ..PgLeases::new(store, replica, ttl)
-        }
-    }
-
-    /// Record that this process is alive now; then who is: (live replicas, processes
-    /// sharing the API budget, the lowest replica id). One-shot runs count only among the
-    /// sharers.
-    async fn heartbeat(&self) -> Result<(i64, i64, Option<String>)> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO replicas (id, heartbeat_at, started_at) VALUES ($1, {DB_NOW}, {DB_NOW})
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
-        )))
-        .bind(&self.replica)
-        .execute(&self.pool)
-        .await?;
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT COUNT(*) FILTER (WHERE id NOT LIKE $2), COUNT(*),
-                MIN(id) FILTER (WHERE id NOT LIKE $2)
-             FROM replicas WHERE heartbeat_at > {DB_NOW} - $1"
-        )))
-        .bind(self.ttl.as_millis() as i64)
-        .bind(ONE_SHOT_LIKE)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// Heartbeat, renew what is held, give up what is above a fair share, and take
-    /// free or expired targets up to it.
-    async fn replica_round(&self, targets: &[String]) -> Result<LeaseRound> {
-        let ttl = self.ttl.as_millis() as i64;
-        let (live, sharers, first) = self.heartbeat().await?;
-        let live = live.max(1);
-        let fair = (targets.len() as i64 + live - 1) / live;
-
-        // Renew the leases still held; an expired one is gone (someone may own it now).
-        let mut owned: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE leases SET expires_at = {DB_NOW} + $2
-             WHERE owner = $1 AND expires_at > {DB_NOW} AND target = ANY($3)
-             RETURNING target, epoch"
-        )))
-        .bind(&self.replica)
-        .bind(ttl)
-        .bind(targets)
-        .fetch_all(&self.pool)
-        .await?;
-        owned.sort();
-
-        // Above the fair share (a replica joined): release the surplus.
-        while owned.len() as i64 > fair {
-            let (target, epoch) = owned.pop().expect("non-empty");
-            sqlx::query(
-                "UPDATE leases SET expires_at = 0 WHERE target = $1 AND owner = $2 AND epoch = $3",
-            )
-            .bind(&target)
-            .bind(&self.replica)
-            .bind(epoch)
-            .execute(&self.pool)
-            .await?;
-        }
-
-        // Below it: take free or expired targets, in a per-replica order so that
-        // replicas starting together do not all race for the same rows.
-        let mut takeovers = 0;
-        if (owned.len() as i64) < fair {
-            let mut candidates: Vec<&String> = targets
-                .iter()
-                .filter(|t| !owned.iter().any(|(o, _)| o == *t))
-                .collect();
-            candidates
-                .sort_by_key(|t| crate::model::event_id(&self.replica, t, DateTime::UNIX_EPOCH, 0));
-            for t in candidates {
-                if owned.len() as i64 >= fair {
-                    break;
-                }
-                if let Some((epoch, takeover)) = self.try_take(t).await? {
-                    takeovers += u64::from(takeover);
-                    owned.push((t.clone(), epoch));
-                }
-            }
-        }
-        Ok(LeaseRound {
-            owned,
-            takeovers,
-            live_replicas: live,
-            api_sharers: sharers.max(live),
-            reports_backlog: first.as_deref() == Some(self.replica.as_str()),
-        })
-    }
-
-    /// Extend every lease this owner still holds by `ttl` (a one-shot run's round); with
-    /// the live replicas plus this run as `live_replicas`.
-    async fn renew(&self) -> Result<LeaseRound> {
-        let mut owned: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE leases SET expires_at = {DB_NOW} + $2 WHERE owner = $1 AND expires_at > {DB_NOW}
-             RETURNING target, epoch"
-        )))
-        .bind(&self.replica)
-        .bind(self.ttl.as_millis() as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        owned.sort();
-        // A heartbeat of its own, so that the replicas make room for it in the API budget
-        // (not in the fair shares: they leave out one-shot ids).
-        let (live, sharers, _) = self.heartbeat().await?;
-        Ok(LeaseRound {
-            owned,
-            live_replicas: live,
-            api_sharers: sharers.max(1),
-            ..LeaseRound::default()
-        })
-    }
-
-    /// Take `target`'s lease if it is free or expired: its new epoch, or None while
-    /// someone else holds it.
-    /// Take `target` if it is free, released or expired: its new epoch, and whether that
-    /// was a takeover (a lease another replica held until it expired; not one it gave up,
-    /// and not this replica's own, lapsed during an outage).
-    async fn try_take(&self, target: &str) -> Result<Option<(i64, bool)>> {
-        // The row as it is before the take, locked so that nobody changes it in between
-        // (a replica giving it up, another taking it).
-        let mut tx = self.pool.begin().await?;
-        let prev: Option<(String, i64)> =
-            sqlx::query_as("SELECT owner, expires_at FROM leases WHERE target = $1 FOR UPDATE")
-                .bind(target)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let epoch: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "INSERT INTO leases (target, owner, epoch, expires_at) VALUES ($1, $2, 1, {DB_NOW} + $3)
-             ON CONFLICT (target) DO UPDATE
-                SET owner = excluded.owner, epoch = leases.epoch + 1, expires_at = excluded.expires_at
-                WHERE leases.expires_at <= {DB_NOW}
-             RETURNING epoch"
-        )))
-        .bind(target)
-        .bind(&self.replica)
-        .bind(self.ttl.as_millis() as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(epoch.map(|epoch| {
-            let takeover = prev.is_some_and(|(o, expires)| o != self.replica && expires != 0);
-            (epoch, takeover)
-        }))
-    }
-}
-
-#[async_trait]
-impl Coordinator for PgLeases {
-    fn owner(&self) -> &str {
-        &self.replica
-    }
-
-    fn lease_ttl(&self) -> Option<Duration> {
-        Some(self.ttl)
-    }
-
-    /// Nothing until a round takes it.
-    fn owned_from_start(&self, _targets: &[String]) -> Vec<(String, i64)> {
-        Vec::new()
-    }
-
-    async fn round(&self, targets: &[String]) -> Result<LeaseRound> {
-        match self.role {
-            Role::Replica => self.replica_round(targets).await,
-            Role::OneShot => self.renew().await,
-        }
-    }
-
-    /// Without joining as a replica: no heartbeat, so the fair shares do not move.
-    async fn take_free(&self, targets: &[String]) -> Result<Taken> {
-        let mut out = Vec::with_capacity(targets.len());
-        for t in targets {
-            let got = match self.try_take(t).await? {
-                Some((epoch, _)) => Take::Taken(epoch),
-                None => Take::HeldBy(
-                    sqlx::query_scalar("SELECT owner FROM leases WHERE target = $1")
-                        .bind(t)
-                        .fetch_optional(&self.pool)
-                        .await?
-                        .unwrap_or_default(),
-                ),
-            };
-            out.push((t.clone(), got));
-        }
-        Ok(out)
-    }
-
-    async fn release_all(&self) -> Result<()> {
-        sqlx::query("UPDATE leases SET expires_at = 0 WHERE owner = $1")
-            .bind(&self.replica)
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("DELETE FROM replicas WHERE id = $1")
-            .bind(&self.replica)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 }
