@@ -337,18 +337,24 @@ pub fn would_deploy(
             .collect();
         let created = |e: &StoredEvent| crate::delivery::deploy::checkpoint_created_at(e);
         for e in &mine {
-            let newer = mine.iter().find(|o| {
-                d.latest_only
-                    && o.run_id == e.run_id
-                    && o.id != e.id
-                    && matches!((created(o), created(e)), (Some(a), Some(b)) if a > b)
-            });
+            // The rule the sink applies before deploying, over this poll's checkpoints.
+            let newer = match (d.latest_only, created(e)) {
+                (true, Some(than)) => crate::model::superseded_by(
+                    mine.iter()
+                        .filter(|o| o.run_id == e.run_id && o.id != e.id)
+                        .filter(|o| o.kind == "checkpoint.completed")
+                        .filter(|o| o.checkpoint_target == "sampler")
+                        .filter_map(|o| Some((created(o)?, o.checkpoint_name.clone()))),
+                    than,
+                ),
+                _ => None,
+            };
             let line = match (newer, sink.request(e)) {
                 (Some(n), _) => format!(
                     "dry run: sink {} would not deploy {}: superseded by {} (latest_only)",
                     cfg.name,
                     e.uri().unwrap_or_default(),
-                    n.checkpoint_name
+                    n
                 ),
                 (None, Ok(r)) => format!(
                     "dry run: sink {} would {}deploy {} (checkpoint id {}) as model_name {:?} on instance_type_id {:?} with hf_secret_name {:?}",

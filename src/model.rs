@@ -479,6 +479,21 @@ pub fn ordering_time(created: DateTime<Utc>, seen: DateTime<Utc>) -> DateTime<Ut
     }
 }
 
+/// `latest_only`'s one rule, wherever it is decided (a deploy about to be made, `once
+/// --dry-run`): of `candidates`, other completed sampler checkpoints of the same run at the
+/// same sink, each with the time it is ordered by ([`ordering_time`]), the newest ordered
+/// after `than`, which supersedes the checkpoint ordered at `than`; None when none is.
+pub fn superseded_by<N: Ord>(
+    candidates: impl IntoIterator<Item = (DateTime<Utc>, N)>,
+    than: DateTime<Utc>,
+) -> Option<N> {
+    candidates
+        .into_iter()
+        .filter(|(at, _)| *at > than)
+        .max()
+        .map(|(_, name)| name)
+}
+
 /// RFC 3339 with milliseconds and `Z`, the one timestamp format loopwatch writes.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -716,6 +731,24 @@ mod tests {
         assert_eq!(ordering_time(skewed, seen), skewed);
         // So a checkpoint created after the poisoned one's first sight is newer.
         assert!(t("2026-12-01T00:05:00Z") > ordering_time(poisoned, seen));
+    }
+
+    /// `latest_only`: the newest candidate ordered strictly after the checkpoint wins; one
+    /// ordered at the same instant or earlier supersedes nothing.
+    #[test]
+    fn the_newest_later_checkpoint_supersedes_and_a_tie_does_not() {
+        let t = |s: &str| parse_created_at(s).unwrap();
+        let me = t("2026-12-01T00:10:00Z");
+        let c = |at: &str, name: &'static str| (t(at), name);
+        let all = [
+            c("2026-12-01T00:05:00Z", "older"),
+            c("2026-12-01T00:10:00Z", "tie"),
+            c("2026-12-01T00:30:00Z", "newest"),
+            c("2026-12-01T00:20:00Z", "newer"),
+        ];
+        assert_eq!(superseded_by(all, me), Some("newest"));
+        assert_eq!(superseded_by(all[..2].to_vec(), me), None);
+        assert_eq!(superseded_by(Vec::<(DateTime<Utc>, &str)>::new(), me), None);
     }
 
     #[test]

@@ -663,23 +663,21 @@ pub(crate) fn newer_deploy_query(created_at_expr: &str, first_seen_expr: &str) -
 }
 
 /// The newest of `rows` (name, created_at, first seen) created after `than`, each ordered
-/// by [`crate::model::ordering_time`]: a `created_at` a day or more past its first sight
-/// counts as that first sight, so it cannot supersede the run's later checkpoints.
+/// by [`crate::model::ordering_time`] (a `created_at` a day or more past its first sight
+/// counts as that first sight, so it cannot supersede the run's later checkpoints), by
+/// [`crate::model::superseded_by`].
 pub(crate) fn pick_newer(
     rows: Vec<(String, Option<String>, Option<String>)>,
     than: DateTime<Utc>,
 ) -> Option<String> {
-    use crate::model::{ordering_time, parse_created_at};
-    rows.into_iter()
-        .filter_map(|(name, at, seen)| {
-            let at = parse_created_at(&at?)?;
-            let at = match seen.as_deref().and_then(parse_created_at) {
-                Some(seen) => ordering_time(at, seen),
-                None => at,
-            };
-            Some((at, name))
-        })
-        .filter(|(at, _)| *at > than)
-        .max()
-        .map(|(_, name)| name)
+    use crate::model::{ordering_time, parse_created_at, superseded_by};
+    let candidates = rows.into_iter().filter_map(|(name, at, seen)| {
+        let at = parse_created_at(&at?)?;
+        let at = match seen.as_deref().and_then(parse_created_at) {
+            Some(seen) => ordering_time(at, seen),
+            None => at,
+        };
+        Some((at, name))
+    });
+    superseded_by(candidates, than)
 }
