@@ -392,9 +392,13 @@ pub async fn run(
     let pipelines = store.list_deploys(None, i64::MAX).await?;
     let stage = |s| pipelines.iter().filter(|d| d.stage == s).count();
     println!(
-        "  deploys              {} made on the simulated API ({} reconciled after a lost answer), {} active, {} superseded by a newer checkpoint (latest_only)",
+        "  deploys              {} made on the simulated API ({} reconciled after a lost answer), {} followed to ACTIVE ({} still active, not yet promoted), {} superseded by a newer checkpoint (latest_only)",
         sim.handle().deploys().len(),
         pipelines.iter().filter(|d| d.reconciled).count(),
+        events
+            .iter()
+            .filter(|e| e.kind == "checkpoint.deployment_active")
+            .count(),
         stage(crate::store::DeployStage::Active),
         count(DeliveryStatus::Superseded)
     );
