@@ -899,4 +899,10 @@ async fn postgres_shard_leases_wait_for_replicas_of_an_earlier_version() {
         .await
         .unwrap();
     assert_eq!(a.round(&targets).await.unwrap().owned.len(), 4);
+    // The lapsed per-target leases are gone, so later rounds check an empty table.
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leases")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }

@@ -30,6 +30,9 @@ pub struct PgLeases {
     role: Role,
     /// A replica of an earlier version still held per-target leases (logged once).
     legacy_logged: AtomicBool,
+    /// The lapsed per-target leases of earlier versions were deleted (once), so that the
+    /// check each round reads an empty table.
+    legacy_cleared: AtomicBool,
 }
 
 /// One row of `shard_leases` as a round reads it.
@@ -70,6 +73,7 @@ impl PgLeases {
             ttl,
             role: Role::Replica,
             legacy_logged: AtomicBool::new(false),
+            legacy_cleared: AtomicBool::new(false),
         }
     }
 
@@ -123,6 +127,15 @@ impl PgLeases {
         )))
         .fetch_optional(&self.pool)
         .await?;
+        if holder.is_none() && !self.legacy_cleared.swap(true, Ordering::Relaxed) {
+            // Nothing reads them again; a replica of an earlier version that starts later
+            // inserts its own, which this check then sees.
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM leases WHERE expires_at <= {DB_NOW}"
+            )))
+            .execute(&self.pool)
+            .await?;
+        }
         if let Some(h) = &holder
             && !self.legacy_logged.swap(true, Ordering::Relaxed)
         {
