@@ -150,7 +150,7 @@ pub struct StoreConfig {
     pub url: String,
     /// PostgreSQL only: how long a target's lease lasts without renewal.
     pub lease_ttl: Duration,
-    /// PostgreSQL only: this replica's name in `replicas` and `leases`.
+    /// PostgreSQL only: this replica's name in `replicas` and `shard_leases`.
     pub replica_id: String,
     /// Delivered deliveries (and events with none left) older than this are pruned;
     /// `None` keeps everything.

@@ -783,7 +783,7 @@ fn is_log_filter(level: &str) -> bool {
         && tracing_subscriber::EnvFilter::try_new(level).is_ok()
 }
 
-/// `<hostname>-<pid>`: unique per process, readable in `leases`.
+/// `<hostname>-<pid>`: unique per process, readable in `replicas` and `shard_leases`.
 fn default_replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
