@@ -229,10 +229,16 @@ impl Store for PgStore {
         // A claim only leases deliveries to this replica: its commit does not wait for
         // the disk (one WAL flush, milliseconds, per claim). A server crash that loses it
         // costs at worst a repeat, as a lapsed claim does, and the next durable commit
-        // (an outcome's) flushes it with its own.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        // (an outcome's) flushes it with its own. And no sort: each lane has an index in
+        // its order, but with statistics from before a burst (few pending) the planner
+        // read every pending delivery of the sink by another index and sorted them, on
+        // every claim (3,500 rows sorted for 32 taken, profiled mid-burst).
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true),
+                    set_config('enable_sort', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
         for (lane, room) in self.lanes.split(sink, limit) {
             let room = room.min(limit - rows.len());
             if room == 0 {

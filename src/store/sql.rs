@@ -149,10 +149,20 @@ pub(crate) enum Lane {
 /// whose claim (if any) lapsed by `clock` (the dialect's claim clock over `$5`);
 /// with `ordered`, only the oldest pending delivery of each run. `hint` follows the table
 /// (SQLite's `INDEXED BY`); the backend adds its row locking.
+///
+/// The first lane names its sink as a range and orders by (sink, id): only its partial
+/// index (`deliveries_first`, on those columns) gives that order. With `d.sink = $2` and
+/// `ORDER BY d.id`, PostgreSQL's planner, its statistics still saying most deliveries are
+/// pending (a burst being delivered), walked the primary key instead and filtered out
+/// every delivery done so far on each claim (10 ms a claim at 50,000 delivered).
 pub(crate) fn due(lane: Lane, ordered: bool, hint: &str, clock: &str) -> String {
-    let (first, order) = match lane {
-        Lane::First => (" AND d.attempts = 0 AND d.last_error IS NULL", "d.id"),
-        Lane::Any => ("", "d.next_attempt_at, d.id"),
+    let (sink, first, order) = match lane {
+        Lane::First => (
+            "d.sink >= $2 AND d.sink <= $2",
+            " AND d.attempts = 0 AND d.last_error IS NULL",
+            "d.sink, d.id",
+        ),
+        Lane::Any => ("d.sink = $2", "", "d.next_attempt_at, d.id"),
     };
     let head = if ordered {
         " AND NOT EXISTS (
@@ -164,7 +174,7 @@ pub(crate) fn due(lane: Lane, ordered: bool, hint: &str, clock: &str) -> String 
     };
     format!(
         "SELECT d.id FROM deliveries d{hint}
-        WHERE d.sink = $2 AND d.status = 'pending' AND d.next_attempt_at <= $3
+        WHERE {sink} AND d.status = 'pending' AND d.next_attempt_at <= $3
           AND (d.claimed_until IS NULL OR d.claimed_until <= {clock}){first}{head}
         ORDER BY {order}
         LIMIT $4"
