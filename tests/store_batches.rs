@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use loopwatch::diff::{DiffOptions, diff};
+use loopwatch::diff::{Diff, DiffOptions, diff};
 use loopwatch::model::{Checkpoint, CheckpointTarget};
 use loopwatch::store::{AttemptOutcome, DeliveryStatus, PollCommit, Recorded, Store};
 
@@ -46,12 +46,17 @@ fn opts() -> DiffOptions {
 async fn poll(s: &dyn Store, target: &str, listing: &[Checkpoint]) -> usize {
     let state = s.load_target(target).await.unwrap();
     let d = diff(target, &state, listing, Utc::now(), &opts());
-    let n = d.events.len();
+    commit(s, target, &d, &["a", "b"]).await;
+    d.events.len()
+}
+
+/// Commit `d` to `target`, each event to every one of `sinks`.
+async fn commit(s: &dyn Store, target: &str, d: &Diff, sinks: &[&str]) {
     s.commit_poll(PollCommit {
         target,
         filter: "all",
-        diff: &d,
-        sinks: d.events.iter().map(|_| vec!["a", "b"]).collect(),
+        diff: d,
+        sinks: d.events.iter().map(|_| sinks.to_vec()).collect(),
         now: Utc::now(),
         fence: None,
         settled: None,
@@ -59,7 +64,6 @@ async fn poll(s: &dyn Store, target: &str, listing: &[Checkpoint]) -> usize {
     })
     .await
     .unwrap();
-    n
 }
 
 async fn many_rows(store: Arc<dyn Store>) {
@@ -129,18 +133,7 @@ async fn many_rows(store: Arc<dyn Store>) {
     let mut last = d.updates[0].clone();
     last.name = "renamed".into();
     d.updates.push(last);
-    s.commit_poll(PollCommit {
-        target: "u",
-        filter: "all",
-        diff: &d,
-        sinks: Vec::new(),
-        now: Utc::now(),
-        fence: None,
-        settled: None,
-        probes: Vec::new(),
-    })
-    .await
-    .unwrap();
+    commit(s, "u", &d, &[]).await;
     let state = s.load_target("u").await.unwrap();
     assert_eq!(state.checkpoints.len(), 1);
     assert_eq!(state.checkpoints.values().next().unwrap().name, "renamed");

@@ -11,6 +11,8 @@
 
 use serde_json::Value;
 
+use crate::model::Tracked;
+
 /// One column's values, of one SQL type.
 pub(crate) enum Col<'a> {
     Int(Vec<i64>),
@@ -84,6 +86,31 @@ impl<'a> Rows<'a> {
             .collect();
         Value::Array(rows).to_string()
     }
+}
+
+/// Checkpoints as rows `u(id, name, ..., seq)`: the columns of
+/// [`super::sql::CHECKPOINT_INSERT`] after `target`, up to `seq` (everything but the text).
+pub(crate) fn checkpoints<'a>(rows: &[&'a Tracked]) -> Rows<'a> {
+    let text = |f: fn(&'a Tracked) -> &'a str| Col::Text(rows.iter().map(|t| f(t)).collect());
+    let int = |f: fn(&Tracked) -> i64| Col::Int(rows.iter().map(|t| f(t)).collect());
+    let flag = |f: fn(&Tracked) -> bool| Col::Bool(rows.iter().map(|t| f(t)).collect());
+    Rows::default()
+        .col("id", text(|t| t.id.as_str()))
+        .col("name", text(|t| t.name.as_str()))
+        .col("run_id", text(|t| t.run_id.as_str()))
+        .col("checkpoint_target", text(|t| t.target.as_str()))
+        .col(
+            "sync_status",
+            Col::OptText(rows.iter().map(|t| t.sync_status.as_deref()).collect()),
+        )
+        .col("created_at", text(|t| t.created_at.as_str()))
+        .col("first_seen_at", int(|t| t.first_seen_at.timestamp_millis()))
+        .col("completed", flag(|t| t.completed))
+        .col("stalled", flag(|t| t.stalled))
+        .col("missing", int(|t| i64::from(t.missing)))
+        .col("deleted", flag(|t| t.deleted))
+        .col("deleted_reported", flag(|t| t.deleted_reported))
+        .col("seq", int(|t| i64::from(t.seq)))
 }
 
 #[cfg(test)]

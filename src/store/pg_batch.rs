@@ -7,7 +7,7 @@ use sqlx::postgres::{PgArguments, PgConnection};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
-use super::batch::{Col, Rows};
+use super::batch::{self, Col, Rows};
 use super::{Result, StoreError, sql};
 use crate::model::{Event, Tracked};
 
@@ -63,71 +63,14 @@ pub(super) async fn upsert_checkpoints(
     if rows.is_empty() {
         return Ok(());
     }
-    let u = Rows::default()
-        .col(
-            "id",
-            Col::Text(rows.iter().map(|t| t.id.as_str()).collect()),
-        )
-        .col(
-            "name",
-            Col::Text(rows.iter().map(|t| t.name.as_str()).collect()),
-        )
-        .col(
-            "run_id",
-            Col::Text(rows.iter().map(|t| t.run_id.as_str()).collect()),
-        )
-        .col(
-            "checkpoint_target",
-            Col::Text(rows.iter().map(|t| t.target.as_str()).collect()),
-        )
-        .col(
-            "sync_status",
-            Col::OptText(rows.iter().map(|t| t.sync_status.as_deref()).collect()),
-        )
-        .col(
-            "created_at",
-            Col::Text(rows.iter().map(|t| t.created_at.as_str()).collect()),
-        )
-        .col(
-            "first_seen_at",
-            Col::Int(
-                rows.iter()
-                    .map(|t| t.first_seen_at.timestamp_millis())
-                    .collect(),
-            ),
-        )
-        .col(
-            "completed",
-            Col::Bool(rows.iter().map(|t| t.completed).collect()),
-        )
-        .col(
-            "stalled",
-            Col::Bool(rows.iter().map(|t| t.stalled).collect()),
-        )
-        .col(
-            "missing",
-            Col::Int(rows.iter().map(|t| i64::from(t.missing)).collect()),
-        )
-        .col(
-            "deleted",
-            Col::Bool(rows.iter().map(|t| t.deleted).collect()),
-        )
-        .col(
-            "deleted_reported",
-            Col::Bool(rows.iter().map(|t| t.deleted_reported).collect()),
-        )
-        .col(
-            "seq",
-            Col::Int(rows.iter().map(|t| i64::from(t.seq)).collect()),
-        )
-        .col(
-            "raw",
-            Col::Text(
-                rows.iter()
-                    .map(|t| t.raw.text().unwrap_or_default())
-                    .collect(),
-            ),
-        );
+    let u = batch::checkpoints(rows).col(
+        "raw",
+        Col::Text(
+            rows.iter()
+                .map(|t| t.raw.text().unwrap_or_default())
+                .collect(),
+        ),
+    );
     let q = format!(
         "{}) SELECT $1, {} FROM {}{}",
         sql::CHECKPOINT_INSERT,

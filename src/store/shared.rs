@@ -167,63 +167,7 @@ where
         // A row without its text (a checkpoint absent from the listing) keeps the stored one.
         let bare = last_of_each(bare, |t| t.id.as_str());
         if !bare.is_empty() {
-            let rows = Rows::default()
-                .col(
-                    "id",
-                    Col::Text(bare.iter().map(|t| t.id.as_str()).collect()),
-                )
-                .col(
-                    "name",
-                    Col::Text(bare.iter().map(|t| t.name.as_str()).collect()),
-                )
-                .col(
-                    "run_id",
-                    Col::Text(bare.iter().map(|t| t.run_id.as_str()).collect()),
-                )
-                .col(
-                    "checkpoint_target",
-                    Col::Text(bare.iter().map(|t| t.target.as_str()).collect()),
-                )
-                .col(
-                    "sync_status",
-                    Col::OptText(bare.iter().map(|t| t.sync_status.as_deref()).collect()),
-                )
-                .col(
-                    "created_at",
-                    Col::Text(bare.iter().map(|t| t.created_at.as_str()).collect()),
-                )
-                .col(
-                    "first_seen_at",
-                    Col::Int(
-                        bare.iter()
-                            .map(|t| t.first_seen_at.timestamp_millis())
-                            .collect(),
-                    ),
-                )
-                .col(
-                    "completed",
-                    Col::Bool(bare.iter().map(|t| t.completed).collect()),
-                )
-                .col(
-                    "stalled",
-                    Col::Bool(bare.iter().map(|t| t.stalled).collect()),
-                )
-                .col(
-                    "missing",
-                    Col::Int(bare.iter().map(|t| i64::from(t.missing)).collect()),
-                )
-                .col(
-                    "deleted",
-                    Col::Bool(bare.iter().map(|t| t.deleted).collect()),
-                )
-                .col(
-                    "deleted_reported",
-                    Col::Bool(bare.iter().map(|t| t.deleted_reported).collect()),
-                )
-                .col(
-                    "seq",
-                    Col::Int(bare.iter().map(|t| i64::from(t.seq)).collect()),
-                );
+            let rows = super::batch::checkpoints(&bare);
             let q = format!(
                 "UPDATE checkpoints SET {} FROM {} WHERE checkpoints.target = $1 AND checkpoints.id = u.id",
                 sql::UPDATE_CHECKPOINT_FROM_U,
