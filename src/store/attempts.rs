@@ -32,6 +32,8 @@ pub struct AttemptFacts {
 #[derive(Serialize)]
 struct Row<'a> {
     id: i64,
+    sink: &'a str,
+    attempt: i64,
     duration_ms: Option<i64>,
     status: Option<i64>,
     outcome: &'static str,
@@ -40,10 +42,10 @@ struct Row<'a> {
 
 /// The rows to log for `outcomes`. A superseded or deferred delivery, or one that now waits
 /// for approval, was not attempted: nothing to log.
-fn rows<'a>(outcomes: &[&'a Recorded]) -> Vec<Row<'a>> {
+fn rows<'a>(outcomes: &[(&'a Recorded, &'a str, i64)]) -> Vec<Row<'a>> {
     outcomes
         .iter()
-        .filter_map(|r| {
+        .filter_map(|&(r, sink, attempt)| {
             let (id, o, f) = (&r.delivery_id, &r.outcome, r.facts);
             let (outcome, status, error) = match o {
                 AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_) => {
@@ -62,6 +64,8 @@ fn rows<'a>(outcomes: &[&'a Recorded]) -> Vec<Row<'a>> {
             };
             Some(Row {
                 id: *id,
+                sink,
+                attempt,
                 duration_ms: f.took.map(|d| d.as_millis().min(i64::MAX as u128) as i64),
                 status: f.status.or(status).map(i64::from),
                 outcome,
@@ -74,12 +78,14 @@ fn rows<'a>(outcomes: &[&'a Recorded]) -> Vec<Row<'a>> {
 /// The SQL of the log that differs between the dialects: how the JSON array of rows is
 /// read as a table.
 pub(crate) trait LogDialect: sqlx::Database {
-    /// `j(id, duration_ms, status, outcome, error)` from the JSON text `$2`.
+    /// `j(id, sink, attempt, duration_ms, status, outcome, error)` from the JSON text `$2`.
     const ROWS: &'static str;
 }
 
 impl LogDialect for sqlx::Sqlite {
     const ROWS: &'static str = "(SELECT json_extract(value, '$.id') AS id,
+        json_extract(value, '$.sink') AS sink,
+        json_extract(value, '$.attempt') AS attempt,
         json_extract(value, '$.duration_ms') AS duration_ms,
         json_extract(value, '$.status') AS status,
         json_extract(value, '$.outcome') AS outcome,
@@ -88,14 +94,15 @@ impl LogDialect for sqlx::Sqlite {
 
 impl LogDialect for sqlx::Postgres {
     const ROWS: &'static str = "jsonb_to_recordset(CAST($2 AS jsonb))
-        AS j(id BIGINT, duration_ms BIGINT, status INTEGER, outcome TEXT, error TEXT)";
+        AS j(id BIGINT, sink TEXT, attempt INTEGER, duration_ms BIGINT, status INTEGER, outcome TEXT, error TEXT)";
 }
 
-/// Log the attempts of `outcomes` on `tx`, after their outcomes were written (the attempt
-/// number is the delivery's count after this attempt), and trim each delivery's log.
+/// Log the attempts of `outcomes` on `tx`, after their outcomes were written, each with
+/// its delivery's sink and count of attempts as that write returned them (the attempt
+/// number), and trim each delivery's log.
 pub(crate) async fn log<DB: LogDialect>(
     tx: &mut DB::Connection,
-    outcomes: &[&Recorded],
+    outcomes: &[(&Recorded, &str, i64)],
     now: i64,
 ) -> Result<()>
 where
@@ -111,8 +118,8 @@ where
     let json = serde_json::to_string(&rows).expect("plain fields serialize");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO attempts (delivery_id, sink, attempt, at, duration_ms, status, outcome, error)
-         SELECT d.id, d.sink, d.attempts, $1, j.duration_ms, j.status, j.outcome, j.error
-         FROM {} JOIN deliveries d ON d.id = j.id",
+         SELECT j.id, j.sink, j.attempt, $1, j.duration_ms, j.status, j.outcome, j.error
+         FROM {}",
         DB::ROWS
     )))
     .bind(now)
@@ -174,17 +181,17 @@ mod tests {
                 AttemptFacts::default(),
             ),
         ];
-        let refs: Vec<&Recorded> = outcomes.iter().collect();
-        type Logged<'a> = (i64, Option<i64>, Option<i64>, &'a str, Option<&'a str>);
+        let refs: Vec<(&Recorded, &str, i64)> = outcomes.iter().map(|r| (r, "s", 2)).collect();
+        type Logged<'a> = (i64, i64, Option<i64>, Option<i64>, &'a str, Option<&'a str>);
         let got: Vec<Logged> = rows(&refs)
             .iter()
-            .map(|r| (r.id, r.duration_ms, r.status, r.outcome, r.error))
+            .map(|r| (r.id, r.attempt, r.duration_ms, r.status, r.outcome, r.error))
             .collect();
         assert_eq!(
             got,
             [
-                (1, Some(12), Some(204), "delivered", None),
-                (3, None, Some(410), "dead", Some("HTTP 410")),
+                (1, 2, Some(12), Some(204), "delivered", None),
+                (3, 2, None, Some(410), "dead", Some("HTTP 410")),
             ]
         );
     }

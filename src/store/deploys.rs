@@ -388,6 +388,8 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, String, i64): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
     for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
     for<'r> TrackedRecord: FromRow<'r, DB::Row>,

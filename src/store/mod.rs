@@ -12,9 +12,11 @@
 
 pub mod approvals;
 pub mod attempts;
+mod batch;
 pub mod coordination;
 pub mod deploys;
 pub mod inspect;
+mod pg_batch;
 mod pg_leases;
 pub mod postgres;
 mod promotions;

@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 
+use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Connection, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
+use super::batch::{Col, Rows};
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
     AttemptOutcome, DeliveryRow, DeliveryStatus, Fence, FollowUp, PollCommit, Recorded, Redeliver,
@@ -70,12 +72,38 @@ pub(crate) trait Dialect: super::attempts::LogDialect {
     /// replica).
     fn claim_clock(param: &str) -> String;
 
-    /// Insert pending deliveries (event seq, sink, run id), due at `now`.
+    /// Insert pending deliveries (event seq, sink, run id), due at `now`, in order.
     async fn insert_deliveries(
         tx: &mut Self::Connection,
         rows: &[(i64, &str, &str)],
         now: i64,
     ) -> Result<()>;
+
+    /// `rows` as a table `u` with their columns' names, for a `FROM` clause, bound from
+    /// the placeholder `$first` on ([`super::batch`]).
+    fn rows_table(rows: &Rows, first: usize) -> String;
+
+    /// Bind `rows` as [`Dialect::rows_table`] reads them, after the statement's other
+    /// parameters.
+    fn bind_rows<'q>(
+        q: Query<'q, Self, <Self as sqlx::Database>::Arguments>,
+        rows: &Rows,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments>;
+}
+
+/// The last of each key in `items`, in the order of those last ones: what writing them
+/// one statement at a time, each overwriting the one before, would leave.
+fn last_of_each<T, K: std::hash::Hash + Eq>(items: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut last: HashMap<K, usize> = HashMap::with_capacity(items.len());
+    for (i, t) in items.iter().enumerate() {
+        last.insert(key(t), i);
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, t)| last.get(&key(t)) == Some(i))
+        .map(|(_, t)| t)
+        .collect()
 }
 
 /// The operations, for the dialect `DB`. The bounds say what both sqlx drivers provide:
@@ -94,6 +122,8 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, String, i64): FromRow<'r, DB::Row>,
     for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
     for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
     for<'r> TrackedRecord: FromRow<'r, DB::Row>,
@@ -130,33 +160,42 @@ where
         }
         let (texts, bare): (Vec<&Tracked>, Vec<&Tracked>) =
             c.diff.updates.iter().partition(|t| t.raw.text().is_some());
+        // One statement per table, whatever the row count: a checkpoint listed twice
+        // leaves what its last row says, as row-by-row writes would.
+        let texts = last_of_each(texts, |t| t.id.as_str());
         DB::upsert_checkpoints(&mut tx, c.target, &texts).await?;
         // A row without its text (a checkpoint absent from the listing) keeps the stored one.
-        for t in bare {
-            sqlx::query(sql::UPDATE_CHECKPOINT)
-                .bind(c.target)
-                .bind(t.id.as_str())
-                .bind(t.name.as_str())
-                .bind(t.run_id.as_str())
-                .bind(t.target.as_str())
-                .bind(t.sync_status.as_deref())
-                .bind(t.created_at.as_str())
-                .bind(t.first_seen_at.timestamp_millis())
-                .bind(t.completed)
-                .bind(t.stalled)
-                .bind(i64::from(t.missing))
-                .bind(t.deleted)
-                .bind(t.deleted_reported)
-                .bind(i64::from(t.seq))
+        let bare = last_of_each(bare, |t| t.id.as_str());
+        if !bare.is_empty() {
+            let rows = super::batch::checkpoints(&bare);
+            let q = format!(
+                "UPDATE checkpoints SET {} FROM {} WHERE checkpoints.target = $1 AND checkpoints.id = u.id",
+                sql::UPDATE_CHECKPOINT_FROM_U,
+                DB::rows_table(&rows, 2)
+            );
+            DB::bind_rows(sqlx::query(AssertSqlSafe(q)).bind(c.target), &rows)
                 .execute(&mut *tx)
                 .await?;
         }
         // After the rows: a checkpoint first listed (and probed) in this poll exists now.
-        for (id, memo) in &c.probes {
-            sqlx::query(sql::SET_PROBE)
-                .bind(memo.map(rows::probe_text))
-                .bind(c.target)
-                .bind(*id)
+        let probes = last_of_each(c.probes.iter().collect(), |(id, _)| *id);
+        if !probes.is_empty() {
+            let memos: Vec<Option<String>> = probes
+                .iter()
+                .map(|(_, memo)| memo.map(rows::probe_text))
+                .collect();
+            let rows = Rows::default()
+                .col("id", Col::Text(probes.iter().map(|(id, _)| *id).collect()))
+                .col(
+                    "probe",
+                    Col::OptText(memos.iter().map(Option::as_deref).collect()),
+                );
+            let q = format!(
+                "UPDATE checkpoints SET probe = u.probe FROM {}
+                 WHERE checkpoints.target = $1 AND checkpoints.id = u.id",
+                DB::rows_table(&rows, 2)
+            );
+            DB::bind_rows(sqlx::query(AssertSqlSafe(q)).bind(c.target), &rows)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -166,25 +205,42 @@ where
             .execute(&mut *tx)
             .await?;
         let events = &c.diff.events;
-        let mut bodies: Vec<String> = Vec::with_capacity(events.len());
-        for e in events {
-            if !e.checkpoint.is_empty() {
-                bodies.push(e.standard_body());
-                continue;
-            }
-            // The state holds only a digest of a checkpoint gone from the listing: its
-            // event carries the object last stored, read here, in the same transaction.
-            let raw: Option<String> = sqlx::query_scalar(sql::CHECKPOINT_RAW)
-                .bind(c.target)
-                .bind(e.checkpoint_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let filled = Event {
-                checkpoint: raw.unwrap_or_default(),
-                ..e.clone()
-            };
-            bodies.push(filled.standard_body());
+        // The state holds only a digest of a checkpoint gone from the listing: its event
+        // carries the object last stored, read here, in the same transaction (one read).
+        let gone: Vec<&str> = events
+            .iter()
+            .filter(|e| e.checkpoint.is_empty())
+            .map(|e| e.checkpoint_id.as_str())
+            .collect();
+        let mut stored: HashMap<String, String> = HashMap::new();
+        if !gone.is_empty() {
+            let rows = Rows::default().col("id", Col::Text(gone));
+            let q = format!(
+                "SELECT c.id, c.raw FROM {} JOIN checkpoints c ON c.target = $1 AND c.id = u.id",
+                DB::rows_table(&rows, 2)
+            );
+            let found: Vec<(String, String)> =
+                DB::bind_rows(sqlx::query(AssertSqlSafe(q)).bind(c.target), &rows)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(<(String, String)>::from_row)
+                    .collect::<std::result::Result<_, _>>()?;
+            stored.extend(found);
         }
+        let bodies: Vec<String> = events
+            .iter()
+            .map(|e| {
+                if !e.checkpoint.is_empty() {
+                    return e.standard_body();
+                }
+                let filled = Event {
+                    checkpoint: stored.get(&e.checkpoint_id).cloned().unwrap_or_default(),
+                    ..e.clone()
+                };
+                filled.standard_body()
+            })
+            .collect();
         let with_bodies: Vec<(&Event, &str)> = events
             .iter()
             .zip(bodies.iter().map(String::as_str))
@@ -355,80 +411,60 @@ where
     /// Attempts' outcomes in one transaction on `conn`, each fenced by its claim's token
     /// (a stale one changes nothing: its id is returned); a delivered deploy's follow-up
     /// event and a deploy pipeline's new stage go with their delivery's outcome.
+    ///
+    /// One `UPDATE ... FROM <rows>` writes every outcome, fenced row by row by the same
+    /// `claim_token` condition, and returns the rows it changed: the others are stale.
+    /// The attempts log is one insert and one trim; only a deploy's follow-up and stage
+    /// (a `baseten_deploy` sink's) add statements of their own.
     pub(crate) async fn record_attempts(
         conn: &mut DB::Connection,
         outcomes: &[Recorded],
         now: i64,
     ) -> Result<Vec<i64>> {
+        // A delivery twice in one batch: the first write ends its claim, so the second is
+        // stale, as when written one after the other.
+        let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
+        let (first, again): (Vec<&Recorded>, Vec<&Recorded>) =
+            outcomes.iter().partition(|r| seen.insert(r.delivery_id));
+        let mut stale: Vec<i64> = again.iter().map(|r| r.delivery_id).collect();
+        if first.is_empty() {
+            return Ok(stale);
+        }
+        let rows = outcome_rows(&first);
         let mut tx = conn.begin().await?;
-        let mut stale = Vec::new();
-        let mut applied: Vec<&Recorded> = Vec::with_capacity(outcomes.len());
-        for r in outcomes {
-            let (id, token) = (r.delivery_id, r.token);
-            let q = match &r.outcome {
-                AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_) => {
-                    sqlx::query(sql::RECORD_DELIVERED)
-                        .bind(now)
-                        .bind(id)
-                        .bind(token)
-                }
-                AttemptOutcome::Superseded { reason } => sqlx::query(sql::RECORD_SUPERSEDED)
-                    .bind(now)
-                    .bind(id)
-                    .bind(token)
-                    .bind(reason.as_str()),
-                AttemptOutcome::Retry {
-                    next,
-                    status,
-                    error,
-                } => sqlx::query(sql::RECORD_RETRY)
-                    .bind(now)
-                    .bind(id)
-                    .bind(token)
-                    .bind(next.timestamp_millis())
-                    .bind(status.map(i64::from))
-                    .bind(error.as_str()),
-                AttemptOutcome::Dead { status, error } => sqlx::query(sql::RECORD_DEAD)
-                    .bind(now)
-                    .bind(id)
-                    .bind(token)
-                    .bind(status.map(i64::from))
-                    .bind(error.as_str())
-                    .bind(1_i64)
-                    .bind(DeliveryStatus::Dead.as_str()),
-                AttemptOutcome::Deferred { next, reason } => sqlx::query(sql::RECORD_DEFERRED)
-                    .bind(now)
-                    .bind(id)
-                    .bind(token)
-                    .bind(next.timestamp_millis())
-                    .bind(reason.as_str()),
-                AttemptOutcome::AwaitingApproval(_) => sqlx::query(sql::RECORD_AWAITING)
-                    .bind(now)
-                    .bind(id)
-                    .bind(token),
-                AttemptOutcome::Unknown { error } => sqlx::query(sql::RECORD_DEAD)
-                    .bind(now)
-                    .bind(id)
-                    .bind(token)
-                    .bind(None::<i64>)
-                    .bind(error.as_str())
-                    .bind(1_i64)
-                    .bind(DeliveryStatus::Unknown.as_str()),
-            };
-            let done = q.execute(&mut *tx).await?;
-            if DB::rows_affected(&done) == 0 {
-                stale.push(id);
+        let q = format!(
+            "UPDATE deliveries SET {} FROM {}
+             WHERE deliveries.id = u.id AND deliveries.claim_token = u.token
+             RETURNING deliveries.id, deliveries.sink, CAST(deliveries.attempts AS BIGINT)",
+            sql::RECORD_OUTCOME_FROM_U,
+            DB::rows_table(&rows, 2)
+        );
+        let written: Vec<(i64, String, i64)> =
+            DB::bind_rows(sqlx::query(AssertSqlSafe(q)).bind(now), &rows)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(<(i64, String, i64)>::from_row)
+                .collect::<std::result::Result<_, _>>()?;
+        let written: HashMap<i64, (String, i64)> = written
+            .into_iter()
+            .map(|(id, sink, attempts)| (id, (sink, attempts)))
+            .collect();
+        let mut applied: Vec<(&Recorded, &str, i64)> = Vec::with_capacity(written.len());
+        for r in first {
+            let Some((sink, attempts)) = written.get(&r.delivery_id) else {
+                stale.push(r.delivery_id);
                 continue;
-            }
+            };
             if let AttemptOutcome::DeliveredWith(f) | AttemptOutcome::AwaitingApproval(Some(f)) =
                 &r.outcome
             {
                 Self::insert_follow_up(&mut tx, f, now).await?;
             }
             if let Some(u) = &r.deploy {
-                Self::apply_deploy_update(&mut tx, id, u, now).await?;
+                Self::apply_deploy_update(&mut tx, r.delivery_id, u, now).await?;
             }
-            applied.push(r);
+            applied.push((r, sink.as_str(), *attempts));
         }
         super::attempts::log::<DB>(&mut tx, &applied, now).await?;
         tx.commit().await?;
@@ -436,46 +472,52 @@ where
     }
 
     /// Renew held claims (id, token) to `clock_now + lease_ms` on the dialect's claim
-    /// clock; the ids still held.
+    /// clock, in one statement; the ids still held.
     pub(crate) async fn renew_claims(
         conn: &mut DB::Connection,
         held: &[(i64, i64)],
         clock_now: i64,
         lease_ms: i64,
     ) -> Result<Vec<i64>> {
-        let mut tx = conn.begin().await?;
-        let renew = sql::renew_claim(&DB::claim_clock("$2"));
-        let mut kept = Vec::with_capacity(held.len());
-        for (id, token) in held {
-            let r = sqlx::query(AssertSqlSafe(renew.as_str()))
-                .bind(lease_ms)
-                .bind(clock_now)
-                .bind(*id)
-                .bind(*token)
-                .execute(&mut *tx)
-                .await?;
-            if DB::rows_affected(&r) > 0 {
-                kept.push(*id);
-            }
+        if held.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await?;
+        let rows = claim_rows(held);
+        let q = format!(
+            "UPDATE deliveries SET claimed_until = {} + $1 FROM {}
+             WHERE deliveries.id = u.id AND deliveries.claim_token = u.token
+               AND deliveries.status = 'pending'
+             RETURNING deliveries.id",
+            DB::claim_clock("$2"),
+            DB::rows_table(&rows, 3)
+        );
+        let kept = DB::bind_rows(
+            sqlx::query(AssertSqlSafe(q)).bind(lease_ms).bind(clock_now),
+            &rows,
+        )
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| <(i64,)>::from_row(r).map(|(id,)| id))
+        .collect::<std::result::Result<_, _>>()?;
         Ok(kept)
     }
 
-    /// Give back claims (id, token) never attempted.
+    /// Give back claims (id, token) never attempted, in one statement.
     pub(crate) async fn release(conn: &mut DB::Connection, claims: &[(i64, i64)]) -> Result<()> {
-        let mut tx = conn.begin().await?;
-        for (id, token) in claims {
-            sqlx::query(
-                "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL
-                 WHERE id = $1 AND claim_token = $2 AND status = 'pending'",
-            )
-            .bind(*id)
-            .bind(*token)
-            .execute(&mut *tx)
-            .await?;
+        if claims.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
+        let rows = claim_rows(claims);
+        let q = format!(
+            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL FROM {}
+             WHERE deliveries.id = u.id AND deliveries.claim_token = u.token
+               AND deliveries.status = 'pending'",
+            DB::rows_table(&rows, 1)
+        );
+        DB::bind_rows(sqlx::query(AssertSqlSafe(q)), &rows)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 
@@ -502,16 +544,12 @@ where
         let Some(seq) = seq else {
             return Ok(());
         };
-        for sink in &f.sinks {
-            sqlx::query(sql::INSERT_DELIVERY)
-                .bind(seq)
-                .bind(sink.as_str())
-                .bind(e.run_id.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(())
+        let rows: Vec<(i64, &str, &str)> = f
+            .sinks
+            .iter()
+            .map(|sink| (seq, sink.as_str(), e.run_id.as_str()))
+            .collect();
+        DB::insert_deliveries(tx, &rows, now).await
     }
 
     /// Forget delivered deliveries updated before `cutoff` (Unix ms), then the events left
@@ -529,6 +567,102 @@ where
         tx.commit().await?;
         Ok((DB::rows_affected(&deliveries), DB::rows_affected(&events)))
     }
+}
+
+/// Claims (id, token) as rows `u(id, token)`.
+fn claim_rows(claims: &[(i64, i64)]) -> Rows<'static> {
+    Rows::default()
+        .col("id", Col::Int(claims.iter().map(|(id, _)| *id).collect()))
+        .col("token", Col::Int(claims.iter().map(|(_, t)| *t).collect()))
+}
+
+/// Outcomes as the rows [`sql::RECORD_OUTCOME_FROM_U`] reads: `u(id, token, status,
+/// counted, next_at, keep_status, last_status, last_error)`. `status` and `next_at` are
+/// NULL where the outcome keeps the stored value.
+fn outcome_rows<'a>(outcomes: &[&'a Recorded]) -> Rows<'a> {
+    let n = outcomes.len();
+    let mut status: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut counted = Vec::with_capacity(n);
+    let mut next_at = Vec::with_capacity(n);
+    let mut keep_status = Vec::with_capacity(n);
+    let mut last_status = Vec::with_capacity(n);
+    let mut last_error: Vec<Option<&str>> = Vec::with_capacity(n);
+    for r in outcomes {
+        let http = |s: &Option<u16>| s.map(i64::from);
+        let (st, count, next, keep, code, error) = match &r.outcome {
+            AttemptOutcome::Delivered | AttemptOutcome::DeliveredWith(_) => {
+                (Some("delivered"), 1, None, false, None, None)
+            }
+            AttemptOutcome::Superseded { reason } => (
+                Some("superseded"),
+                0,
+                None,
+                false,
+                None,
+                Some(reason.as_str()),
+            ),
+            AttemptOutcome::Retry {
+                next,
+                status,
+                error,
+            } => (
+                None,
+                1,
+                Some(next.timestamp_millis()),
+                false,
+                http(status),
+                Some(error.as_str()),
+            ),
+            AttemptOutcome::Dead { status, error } => (
+                Some(DeliveryStatus::Dead.as_str()),
+                1,
+                None,
+                false,
+                http(status),
+                Some(error.as_str()),
+            ),
+            AttemptOutcome::Deferred { next, reason } => (
+                None,
+                0,
+                Some(next.timestamp_millis()),
+                true,
+                None,
+                Some(reason.as_str()),
+            ),
+            AttemptOutcome::AwaitingApproval(_) => {
+                (Some("awaiting_approval"), 0, None, false, None, None)
+            }
+            AttemptOutcome::Unknown { error } => (
+                Some(DeliveryStatus::Unknown.as_str()),
+                1,
+                None,
+                false,
+                None,
+                Some(error.as_str()),
+            ),
+        };
+        status.push(st);
+        counted.push(count);
+        next_at.push(next);
+        keep_status.push(keep);
+        last_status.push(code);
+        last_error.push(error);
+    }
+    Rows::default()
+        .col(
+            "id",
+            Col::Int(outcomes.iter().map(|r| r.delivery_id).collect()),
+        )
+        .col(
+            "token",
+            Col::Int(outcomes.iter().map(|r| r.token).collect()),
+        )
+        .col("status", Col::OptText(status))
+        .col("counted", Col::Int(counted))
+        .col("next_at", Col::OptInt(next_at))
+        .col("keep_status", Col::Bool(keep_status))
+        .col("last_status", Col::OptInt(last_status))
+        .col("last_error", Col::OptText(last_error))
 }
 
 /// How each claim splits its room between the lanes: half to first attempts

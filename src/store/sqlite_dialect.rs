@@ -2,6 +2,9 @@
 //! claim clock, locking, and its multi-row inserts.
 
 use super::*;
+use crate::store::batch::Rows;
+use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
 
 /// Unix ms at open, then monotonic time since: the claim clock of one process.
 pub(super) struct ClaimClock {
@@ -188,6 +191,26 @@ impl Dialect for Sqlite {
             seqs.extend((0..chunk.len() as i64).map(|k| first + k));
         }
         Ok(seqs)
+    }
+
+    /// One JSON array of rows, read by `json_each` (each row an array, in column order):
+    /// one parameter however many rows, where a multi-row `VALUES` would need a statement
+    /// for every 32,766 parameters.
+    fn rows_table(rows: &Rows, first: usize) -> String {
+        let cols: Vec<String> = rows
+            .cols
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| format!("value ->> {i} AS {name}"))
+            .collect();
+        format!("(SELECT {} FROM json_each(${first})) AS u", cols.join(", "))
+    }
+
+    fn bind_rows<'q>(
+        q: Query<'q, Sqlite, SqliteArguments>,
+        rows: &Rows,
+    ) -> Query<'q, Sqlite, SqliteArguments> {
+        q.bind(rows.json())
     }
 
     async fn insert_deliveries(
