@@ -30,7 +30,7 @@ use loopwatch::model::TargetState;
 use loopwatch::poller::Poller;
 use loopwatch::sim::CHECKPOINTS_PATH;
 use loopwatch::store::Store;
-use support::procs::{Replica, SimChild};
+use support::procs::{FloorClients, Replica, SimChild};
 use support::{API_KEY, BenchDb, Opts, median, n, ratio, run_id};
 
 /// Polls in flight, for loopwatch (`poll.concurrency`) and the floor alike.
@@ -433,6 +433,8 @@ struct Window {
     sim_cpu: f64,
     pg_cpu: f64,
     bench_cpu: f64,
+    /// The floor's client processes.
+    floor_cpu: f64,
     xids: i64,
     wal: i64,
     load: String,
@@ -450,7 +452,7 @@ impl Window {
     }
     /// CPU seconds of every process of the benchmark over the window.
     fn total_cpu(&self) -> f64 {
-        self.replicas_cpu() + self.sim_cpu + self.pg_cpu + self.bench_cpu
+        self.replicas_cpu() + self.sim_cpu + self.pg_cpu + self.bench_cpu + self.floor_cpu
     }
 }
 
@@ -466,8 +468,9 @@ impl Watched<'_> {
         self.postmaster.map_or(f64::NAN, support::procs::cpu_tree)
     }
 
-    /// Measure while `f` runs (the replicas polling for a fixed time, or the floor).
-    async fn window<F: AsyncFnOnce()>(&mut self, reps: &[Replica], f: F) -> Window {
+    /// Measure while `f` runs (the replicas polling for a fixed time, or the floor's
+    /// clients, whose CPU seconds it returns).
+    async fn window<F: AsyncFnOnce() -> f64>(&mut self, reps: &[Replica], f: F) -> Window {
         let m0 = support::procs::pg_mark(self.pool).await;
         let c0: Vec<f64> = reps.iter().map(Replica::cpu).collect();
         let (s0, p0, b0) = (
@@ -477,7 +480,7 @@ impl Watched<'_> {
         );
         let r0 = self.sim.requests();
         let t0 = Instant::now();
-        f().await;
+        let floor_cpu = f().await;
         let r1 = self.sim.requests();
         let wall = t0.elapsed().as_secs_f64();
         let w = Window {
@@ -487,6 +490,7 @@ impl Watched<'_> {
             sim_cpu: support::cpu_seconds(Some(self.sim.pid())) - s0,
             pg_cpu: self.pg_cpu() - p0,
             bench_cpu: support::cpu_seconds(None) - b0,
+            floor_cpu,
             load: support::load(),
             ..Window::default()
         };
@@ -494,42 +498,6 @@ impl Watched<'_> {
         let (xids, wal) = m0.to(&m1);
         Window { xids, wal, ..w }
     }
-}
-
-/// The GET floor for `window`: the same listing requests the replicas make, `in_flight` at
-/// once (the replicas' `poll.concurrency` summed), body read and discarded, from this
-/// process.
-async fn floor_gets(
-    http: &reqwest::Client,
-    api: &str,
-    targets: &[String],
-    in_flight: usize,
-    window: Duration,
-) {
-    let endpoint = format!("{api}{CHECKPOINTS_PATH}");
-    let auth = format!("Bearer {API_KEY}");
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let deadline = Instant::now() + window;
-    futures_util::stream::iter(0..in_flight)
-        .for_each_concurrent(in_flight, |_| {
-            let (endpoint, auth, next) = (&endpoint, &auth, &next);
-            async move {
-                while Instant::now() < deadline {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % targets.len();
-                    let mut r = http
-                        .get(format!("{endpoint}?run_id={}", targets[i]))
-                        .header("authorization", auth)
-                        .send()
-                        .await
-                        .expect("GET");
-                    assert!(r.status().is_success());
-                    while let Some(chunk) = r.chunk().await.expect("body") {
-                        std::hint::black_box(chunk);
-                    }
-                }
-            }
-        })
-        .await;
 }
 
 /// One `--replicas` mode: `count` replicas on the shared database, started, settled and
@@ -546,6 +514,12 @@ struct Mode {
     floor: Vec<Window>,
     /// Rows last written, during the measured runs, to each table (by `xmin`).
     rows: Vec<(String, i64)>,
+    /// From the first window to the last (floors and resumes included): seconds,
+    /// transactions that wrote, server checkpoints, autovacuum and autoanalyze runs.
+    period_s: f64,
+    period_xids: i64,
+    checkpoints: i64,
+    autovacuums: i64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -580,10 +554,12 @@ async fn mode(
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    // The floor: as many client processes as replicas, as many in flight each.
+    let mut clients = FloorClients::start(&w.sim.url, targets.len(), CONCURRENCY, count);
+    let housekeeping0 = support::procs::pg_housekeeping(w.pool).await;
     let start = support::procs::pg_mark(w.pool).await;
+    let started = Instant::now();
     let (mut lw, mut floor) = (Vec::new(), Vec::new());
-    let in_flight = count * CONCURRENCY;
-    let api = w.sim.url.clone();
     for run in 0..o.runs {
         for step in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
             if step == 0 {
@@ -591,12 +567,7 @@ async fn mode(
                     r.pause();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                floor.push(
-                    w.window(&[], async || {
-                        floor_gets(http, &api, targets, in_flight, window).await
-                    })
-                    .await,
-                );
+                floor.push(w.window(&[], async || clients.run(window)).await);
                 for r in &reps {
                     r.resume();
                 }
@@ -604,8 +575,11 @@ async fn mode(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             } else {
                 lw.push(
-                    w.window(&reps, async || tokio::time::sleep(window).await)
-                        .await,
+                    w.window(&reps, async || {
+                        tokio::time::sleep(window).await;
+                        0.0
+                    })
+                    .await,
                 );
             }
         }
@@ -617,6 +591,10 @@ async fn mode(
             n(floor.last().unwrap().rate())
         );
     }
+    let end = support::procs::pg_mark(w.pool).await;
+    let period_s = started.elapsed().as_secs_f64();
+    let housekeeping1 = support::procs::pg_housekeeping(w.pool).await;
+    drop(clients);
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT relname::text FROM pg_stat_user_tables WHERE schemaname = current_schema() \
          ORDER BY relname",
@@ -634,6 +612,11 @@ async fn mode(
     }
     Mode {
         replicas: count,
+        period_s,
+        // Less the bench's own marks: two per window.
+        period_xids: start.to(&end).0 - 2 * (lw.len() + floor.len()) as i64,
+        checkpoints: housekeeping1.0 - housekeeping0.0,
+        autovacuums: housekeeping1.1 - housekeeping0.1,
         start_s,
         fresh,
         split,
@@ -657,10 +640,10 @@ fn medw(xs: &[Window], f: impl Fn(&Window) -> f64) -> f64 {
 /// replicas' capacity, read from the simulator's count of listing requests over a fixed
 /// window, once the replicas own every target (`loopwatch_targets_owned` summed over
 /// their /metrics) and have polled each once (the baseline, on the fresh database). The
-/// floor, in the same run: the same GETs (the same targets, round robin) from this
-/// process with as many in flight as the replicas together (16 x N), body discarded,
-/// for the same window, with the replicas stopped (SIGSTOP; the lease, 30 s, outlives
-/// the stop). Database writes during the windows: transaction ids assigned and WAL bytes
+/// floor, in the same run: the same GETs (the same targets, round robin) from N bare
+/// client processes (so that the floor and the replicas are as many processes asking a
+/// loaded machine for CPU) with 16 in flight each, body discarded, for the same window,
+/// with the replicas stopped (SIGSTOP; the lease, 30 s, outlives the stop). Database writes during the windows: transaction ids assigned and WAL bytes
 /// (the bench's own marks excluded), and after the runs the rows of each table last
 /// written during them (`xmin`): lease heartbeats (`replicas`, one row per replica per
 /// round, every `lease_ttl / 3` = 10 s) apart from poll writes (0 expected).
@@ -684,8 +667,8 @@ async fn processes(o: &Opts, replicas: usize) {
             "{} targets x {m} checkpoints, listings unchanged; the release binary as {replicas} \
              replica process(es) then 1, each with {CONCURRENCY} polls in flight and \
              poll.interval 1 ms (as fast as it can); lease_ttl {}s; simulator in a child \
-             process; {} s windows. Floor: the same GETs from one client, {CONCURRENCY} x \
-             replicas in flight, body discarded, replicas stopped.",
+             process; {} s windows. Floor: the same GETs from as many client processes as \
+             replicas, {CONCURRENCY} in flight each, body discarded, replicas stopped.",
             n(n_targets as f64),
             LEASE_TTL.as_secs(),
             window.as_secs()
@@ -753,14 +736,25 @@ fn report(modes: &[Mode], targets: usize, window: Duration) {
         .iter()
         .map(|md| {
             let (lw, fl) = (medw(&md.lw, Window::rate), medw(&md.floor, Window::rate));
+            let ratios: Vec<f64> = md
+                .lw
+                .iter()
+                .zip(&md.floor)
+                .map(|(a, b)| a.rate() / b.rate())
+                .collect();
             vec![
                 md.replicas.to_string(),
                 (md.replicas * CONCURRENCY).to_string(),
                 n(lw),
                 n(fl),
                 ratio(lw, fl),
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 format!("{:.0}", medw(&md.lw, |w| w.per_poll_us(w.replicas_cpu()))),
-                format!("{:.0}", medw(&md.floor, |w| w.per_poll_us(w.bench_cpu))),
+                format!("{:.0}", medw(&md.floor, |w| w.per_poll_us(w.floor_cpu))),
                 format!(
                     "{:.0} / {:.0}",
                     medw(&md.lw, |w| w.per_poll_us(w.sim_cpu)),
@@ -786,10 +780,11 @@ fn report(modes: &[Mode], targets: usize, window: Duration) {
             "polls/s",
             "GET floor/s",
             "ratio",
+            "ratio of each run",
             "replicas' CPU µs/poll",
-            "floor client CPU µs/GET",
+            "floor clients' CPU µs/GET",
             "simulator CPU µs/request (replicas / floor)",
-            "CPU-cost ratio: floor's CPU per GET / replicas' per poll (all processes)",
+            "CPU-cost ratio: CPU per GET of the floor / per poll of the replicas (all processes)",
             "targets owned",
             "start to settled (s)",
         ],
@@ -797,24 +792,24 @@ fn report(modes: &[Mode], targets: usize, window: Duration) {
     );
 
     println!(
-        "### database writes during the replicas' windows ({} s each; the bench's own marks excluded)",
+        "### database writes (the bench's own marks excluded): during the replicas' {} s windows, and over the whole measured period (floors, when the replicas are stopped, and resumes included)",
         window.as_secs()
     );
     println!();
     let rows: Vec<Vec<String>> = modes
         .iter()
         .map(|md| {
-            let polls = medw(&md.lw, |w| w.requests as f64);
-            let cycles = polls / targets as f64;
+            let cycles = medw(&md.lw, |w| w.requests as f64) / targets as f64;
             let wall: f64 = md.lw.iter().map(|w| w.wall).sum();
             let xids: i64 = md.lw.iter().map(|w| w.xids).sum();
             let wal: i64 = md.lw.iter().map(|w| w.wal).sum();
-            let per_round = (LEASE_TTL / 3).as_secs_f64();
+            let round = (LEASE_TTL / 3).as_secs_f64();
             let (lease, poll): (Vec<_>, Vec<_>) = md
                 .rows
                 .iter()
                 .partition(|(t, _)| t == "replicas" || t == "shard_leases" || t == "leases");
             let poll_rows: i64 = poll.iter().map(|(_, k)| k).sum();
+            let lease_rows: i64 = lease.iter().map(|(_, k)| k).sum();
             let written: Vec<String> = md
                 .rows
                 .iter()
@@ -825,25 +820,27 @@ fn report(modes: &[Mode], targets: usize, window: Duration) {
                 md.replicas.to_string(),
                 format!("{cycles:.1}"),
                 format!(
-                    "{xids} in {wall:.0} s = {:.2}/s (heartbeats: {} replica(s) / {per_round:.0} s = {:.2}/s)",
-                    xids as f64 / wall,
-                    md.replicas,
-                    md.replicas as f64 / per_round
-                ),
-                format!("{wal} ({:.0}/s)", wal as f64 / wall),
-                format!(
                     "{poll_rows} ({:.2} per cycle)",
                     poll_rows as f64 / (cycles * md.lw.len() as f64)
                 ),
+                format!("{xids} in {wall:.0} s = {:.2}/s", xids as f64 / wall),
+                format!("{wal} ({:.0}/s)", wal as f64 / wall),
                 format!(
-                    "{}{}",
-                    lease.iter().map(|(_, k)| k).sum::<i64>(),
+                    "{} in {:.0} s = {:.2}/s",
+                    md.period_xids,
+                    md.period_s,
+                    md.period_xids as f64 / md.period_s
+                ),
+                format!("{:.2}/s", md.replicas as f64 / round),
+                format!(
+                    "{lease_rows} ({})",
                     if written.is_empty() {
-                        String::new()
+                        "none".into()
                     } else {
-                        format!(" ({})", written.join(", "))
+                        written.join(", ")
                     }
                 ),
+                format!("{} / {}", md.checkpoints, md.autovacuums),
             ]
         })
         .collect();
@@ -851,10 +848,13 @@ fn report(modes: &[Mode], targets: usize, window: Duration) {
         &[
             "replicas",
             "cycles of the fleet per window",
-            "transactions that wrote, all windows",
-            "WAL bytes, all windows",
-            "rows of poll tables written, all runs",
-            "rows of lease tables last written, all runs (tables written)",
+            "rows of poll tables written, whole period",
+            "transactions that wrote, windows",
+            "WAL bytes, windows",
+            "transactions that wrote, whole period",
+            "lease heartbeats expected (replicas / (lease_ttl/3))",
+            "rows of lease tables last written, whole period (tables written)",
+            "server checkpoints / autovacuum+autoanalyze runs, whole period",
         ],
         &rows,
     );
@@ -871,40 +871,44 @@ fn report(modes: &[Mode], targets: usize, window: Duration) {
         let per: Vec<String> = (0..md.replicas)
             .map(|i| format!("{:.2}", medw(&md.lw, |w| w.replicas_cpu[i])))
             .collect();
+        let loads = |ws: &[Window]| {
+            ws.iter()
+                .map(|w| w.load.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         rows.push(vec![
             format!("{} replica(s)", md.replicas),
             per.join(" + "),
+            "-".into(),
             format!("{:.2}", medw(&md.lw, |w| w.sim_cpu)),
             format!("{:.2}", medw(&md.lw, |w| w.pg_cpu)),
             format!("{:.2}", medw(&md.lw, |w| w.bench_cpu)),
             format!("{:.2}", medw(&md.lw, Window::total_cpu)),
-            md.lw
-                .iter()
-                .map(|w| w.load.clone())
-                .collect::<Vec<_>>()
-                .join("; "),
+            loads(&md.lw),
         ]);
         rows.push(vec![
-            format!("floor, {} in flight", md.replicas * CONCURRENCY),
+            format!(
+                "floor, {} client process(es) x {CONCURRENCY} in flight",
+                md.replicas
+            ),
             "-".into(),
+            format!("{:.2}", medw(&md.floor, |w| w.floor_cpu)),
             format!("{:.2}", medw(&md.floor, |w| w.sim_cpu)),
             format!("{:.2}", medw(&md.floor, |w| w.pg_cpu)),
             format!("{:.2}", medw(&md.floor, |w| w.bench_cpu)),
             format!("{:.2}", medw(&md.floor, Window::total_cpu)),
-            md.floor
-                .iter()
-                .map(|w| w.load.clone())
-                .collect::<Vec<_>>()
-                .join("; "),
+            loads(&md.floor),
         ]);
     }
     support::table(
         &[
             "window",
             "replicas",
+            "floor clients",
             "simulator",
             "PostgreSQL",
-            "bench (floor client)",
+            "bench",
             "total",
             "load average at each window's end",
         ],

@@ -83,9 +83,13 @@ impl Drop for SimChild {
     }
 }
 
-/// In a bench's `main`: when this process is a [`SimChild`], serve until the parent
-/// closes stdin and return true.
+/// In a bench's `main`: when this process is a [`SimChild`] (serve until the parent
+/// closes stdin) or a [`FloorClients`] process, do that and return true.
 pub fn child(o: &Opts) -> bool {
+    if o.rest.first().map(String::as_str) == Some("get-floor") {
+        get_floor_child(&o.rest[1..]);
+        return true;
+    }
     if o.rest.first().map(String::as_str) != Some("serve-sim") {
         return false;
     }
@@ -125,6 +129,120 @@ async fn serve_sim(n: usize, m: usize, status: String) {
     .await
     .ok();
     sim.shutdown().await;
+}
+
+/// The GET floor as separate processes (as many as the replicas it stands beside): each
+/// a bare client sending the listing requests of the targets, round robin from its own
+/// starting point, `in_flight` at once, body read and discarded, for a window.
+pub struct FloorClients {
+    children: Vec<(Child, ChildStdin, BufReader<ChildStdout>)>,
+}
+
+impl FloorClients {
+    /// Start `processes` clients and wait until each is ready (runtime and client built).
+    pub fn start(api: &str, targets: usize, in_flight: usize, processes: usize) -> FloorClients {
+        let mut children = Vec::new();
+        for i in 0..processes {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args(["--child", "get-floor", api])
+                .args([targets, in_flight, i * targets / processes].map(|v| v.to_string()))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let mut stdout = BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), "ready");
+            children.push((child, stdin, stdout));
+        }
+        FloorClients { children }
+    }
+
+    /// Run every client for `window`, all at once; the CPU seconds they used in it.
+    pub fn run(&mut self, window: Duration) -> f64 {
+        for (_, stdin, _) in &mut self.children {
+            writeln!(stdin, "{}", window.as_millis()).unwrap();
+            stdin.flush().unwrap();
+        }
+        let mut cpu = 0.0;
+        for (_, _, stdout) in &mut self.children {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            cpu += line.trim().parse::<f64>().unwrap();
+        }
+        cpu
+    }
+}
+
+impl Drop for FloorClients {
+    fn drop(&mut self) {
+        for (mut child, stdin, _) in self.children.drain(..) {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `--child get-floor API TARGETS IN_FLIGHT START`: a [`FloorClients`] process. Says
+/// "ready", then for each window (milliseconds) read on stdin sends GETs for that long
+/// and answers the CPU seconds it used.
+fn get_floor_child(args: &[String]) {
+    let api = args[0].clone();
+    let targets: usize = args[1].parse().unwrap();
+    let in_flight: usize = args[2].parse().unwrap();
+    let start: usize = args[3].parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent("loopwatch-bench")
+        .build()
+        .unwrap();
+    let endpoint = std::sync::Arc::new(format!("{api}{}", loopwatch::sim::CHECKPOINTS_PATH));
+    let auth = std::sync::Arc::new(format!("Bearer {API_KEY}"));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(start));
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(ms) = line.unwrap_or_default().trim().parse::<u64>() else {
+            break;
+        };
+        let c0 = super::cpu_seconds(None);
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        // Each request loop a task of its own, on every worker thread, as the daemon's
+        // per-target loops are.
+        rt.block_on(async {
+            let loops: Vec<_> = (0..in_flight)
+                .map(|_| {
+                    let (http, endpoint, auth, next) =
+                        (http.clone(), endpoint.clone(), auth.clone(), next.clone());
+                    tokio::spawn(async move {
+                        while Instant::now() < deadline {
+                            let i =
+                                next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % targets;
+                            let mut r = http
+                                .get(format!("{endpoint}?run_id={}", run_id(i)))
+                                .header("authorization", auth.as_str())
+                                .send()
+                                .await
+                                .expect("GET");
+                            assert!(r.status().is_success());
+                            while let Some(chunk) = r.chunk().await.expect("body") {
+                                std::hint::black_box(chunk);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for l in loops {
+                l.await.unwrap();
+            }
+        });
+        println!("{}", super::cpu_seconds(None) - c0);
+        std::io::stdout().flush().unwrap();
+    }
 }
 
 /// A config file for replicas: `targets` run-id targets against `api`, state in
@@ -453,4 +571,23 @@ pub async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// Counters of the server's own work: checkpoints (timed + requested) and autovacuum and
+/// autoanalyze runs on this database's tables (each process flushes its counters when it
+/// finishes its work).
+pub async fn pg_housekeeping(pool: &sqlx::PgPool) -> (i64, i64) {
+    let checkpoints: i64 = sqlx::query_scalar(
+        "SELECT (checkpoints_timed + checkpoints_req)::bigint FROM pg_stat_bgwriter",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let autovacuums: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(autovacuum_count + autoanalyze_count), 0)::bigint FROM pg_stat_user_tables",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (checkpoints, autovacuums)
 }
