@@ -554,6 +554,20 @@ async fn mode(
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    if let Some(s) = std::env::var("BENCH_PROFILE_S")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let pids: Vec<String> = reps
+            .iter()
+            .map(|r| format!("{} pid {}", r.id, r.pid()))
+            .collect();
+        eprintln!(
+            "fleet --replicas: polling for {s} s before the runs (attach a profiler): {}",
+            pids.join(", ")
+        );
+        tokio::time::sleep(Duration::from_secs(s)).await;
+    }
     // The floor: as many client processes as replicas, as many in flight each.
     let mut clients = FloorClients::start(&w.sim.url, targets.len(), CONCURRENCY, count);
     let housekeeping0 = support::procs::pg_housekeeping(w.pool).await;
@@ -647,6 +661,8 @@ fn medw(xs: &[Window], f: impl Fn(&Window) -> f64) -> f64 {
 /// (the bench's own marks excluded), and after the runs the rows of each table last
 /// written during them (`xmin`): lease heartbeats (`replicas`, one row per replica per
 /// round, every `lease_ttl / 3` = 10 s) apart from poll writes (0 expected).
+/// `BENCH_PROFILE_S=S` lets the settled replicas poll for S s before the runs, printing
+/// their pids (for `perf record -p`).
 async fn processes(o: &Opts, replicas: usize) {
     if support::postgres_admin_url().is_none() {
         println!(
