@@ -819,6 +819,7 @@ fn report(modes: &[Mode], targets: usize, window: Duration) {
             let wall: f64 = md.lw.iter().map(|w| w.wall).sum();
             let xids: i64 = md.lw.iter().map(|w| w.xids).sum();
             let wal: i64 = md.lw.iter().map(|w| w.wal).sum();
+            let floor_xids: i64 = md.floor.iter().map(|w| w.xids).sum();
             let round = (LEASE_TTL / 3).as_secs_f64();
             let (lease, poll): (Vec<_>, Vec<_>) = md
                 .rows
@@ -842,10 +843,12 @@ fn report(modes: &[Mode], targets: usize, window: Duration) {
                 format!("{xids} in {wall:.0} s = {:.2}/s", xids as f64 / wall),
                 format!("{wal} ({:.0}/s)", wal as f64 / wall),
                 format!(
-                    "{} in {:.0} s = {:.2}/s",
+                    "{} in {:.0} s = {:.2}/s ({} while the floor ran, {} in the resumes)",
                     md.period_xids,
                     md.period_s,
-                    md.period_xids as f64 / md.period_s
+                    md.period_xids as f64 / md.period_s,
+                    floor_xids,
+                    md.period_xids - xids - floor_xids
                 ),
                 format!("{:.2}/s", md.replicas as f64 / round),
                 format!(
