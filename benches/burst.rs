@@ -473,6 +473,107 @@ impl Cpu {
     }
 }
 
+/// The database's own counters (`pg_stat_database`, flushed by each backend at most a
+/// second after its transaction, at once when it exits): transactions committed, rows
+/// returned by scans, rows fetched by index, rows written.
+#[derive(Clone, Default)]
+struct DbWork {
+    commits: i64,
+    returned: i64,
+    fetched: i64,
+    written: i64,
+    /// Per index (`idx NAME`) and per table's sequential scans (`seq TABLE`): (scans,
+    /// rows read).
+    scans: Vec<(String, i64, i64)>,
+}
+
+impl DbWork {
+    async fn now(pool: &sqlx::PgPool) -> DbWork {
+        let (commits, returned, fetched, written): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT xact_commit, tup_returned, tup_fetched, \
+             tup_inserted + tup_updated + tup_deleted \
+             FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let scans: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT 'idx ' || indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes \
+             UNION ALL SELECT 'seq ' || relname, seq_scan, seq_tup_read FROM pg_stat_user_tables \
+             ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        DbWork {
+            commits,
+            returned,
+            fetched,
+            written,
+            scans,
+        }
+    }
+
+    fn since(&self, before: &DbWork) -> DbWork {
+        let earlier = |name: &str| {
+            before
+                .scans
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0, 0), |(_, k, r)| (*k, *r))
+        };
+        DbWork {
+            commits: self.commits - before.commits,
+            returned: self.returned - before.returned,
+            fetched: self.fetched - before.fetched,
+            written: self.written - before.written,
+            scans: self
+                .scans
+                .iter()
+                .map(|(n, k, r)| {
+                    let (k0, r0) = earlier(n);
+                    (n.clone(), k - k0, r - r0)
+                })
+                .collect(),
+        }
+    }
+
+    /// The `top` scans that read the most rows, each as "NAME: rows read per event (scans
+    /// per event)".
+    fn heaviest(&self, events: usize, top: usize) -> String {
+        let mut scans: Vec<(String, i64, i64)> = self
+            .scans
+            .iter()
+            .filter(|(_, _, r)| *r > 0)
+            .cloned()
+            .collect();
+        scans.sort_by_key(|(_, _, r)| std::cmp::Reverse(*r));
+        scans
+            .iter()
+            .take(top)
+            .map(|(n, k, r)| {
+                format!(
+                    "{n}: {:.1} ({:.3})",
+                    *r as f64 / events as f64,
+                    *k as f64 / events as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// `scans` with `own` rows (the bench's counts of `events`) taken off `seq events`.
+fn own_scans_off(scans: &[(String, i64, i64)], own: i64) -> Vec<(String, i64, i64)> {
+    scans
+        .iter()
+        .map(|(n, k, r)| {
+            let r = if n == "seq events" { r - own } else { *r };
+            (n.clone(), *k, r)
+        })
+        .collect()
+}
+
 /// One burst on separate processes.
 struct ProcRun {
     targets: usize,
@@ -491,6 +592,10 @@ struct ProcRun {
     post_floor_s: f64,
     cpu_commit: Cpu,
     cpu_drain: Cpu,
+    /// Until the last commit (counters read then: up to a second of it may be missing,
+    /// counted in the drain instead), and after it until every replica exited.
+    db_commit: DbWork,
+    db_drain: DbWork,
     load: String,
 }
 
@@ -553,10 +658,14 @@ async fn one_process_run(targets: usize, per: usize, count: usize, receiver: &Re
 
     let c0 = receiver.count();
     let cpu0 = Cpu::now(&reps, &sim, postmaster);
+    let db0 = DbWork::now(&pool).await;
     sim.set_all("COMPLETE");
     let t0 = Instant::now();
     let (mut commit_s, mut first_delivery_s) = (None, None);
     let (mut delivered_at_commit, mut cpu_commit) = (0, Cpu::default());
+    let mut db_commit = DbWork::default();
+    // Rows of `events` the bench's own counts scanned.
+    let mut own_scanned = 0;
     let deliver_s;
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -564,14 +673,31 @@ async fn one_process_run(targets: usize, per: usize, count: usize, receiver: &Re
         if first_delivery_s.is_none() && got > 0 {
             first_delivery_s = Some(t0.elapsed().as_secs_f64());
         }
+        // An index probe first; the count (a scan of `events`) only once the sequence is
+        // there, with the figures of the commit read before it (its rows scanned are the
+        // bench's, taken off the database's counters below).
         if commit_s.is_none()
-            // An index probe first; the count (a scan) only once the sequence is there.
             && scalar(&pool, "SELECT COALESCE(max(seq), 0) FROM events").await >= events as i64
-            && support::procs::count(&pool, "events").await >= events as i64
         {
-            commit_s = Some(t0.elapsed().as_secs_f64());
-            delivered_at_commit = receiver.count() - c0;
-            cpu_commit = Cpu::now(&reps, &sim, postmaster).since(&cpu0);
+            let at = (
+                t0.elapsed().as_secs_f64(),
+                receiver.count() - c0,
+                Cpu::now(&reps, &sim, postmaster).since(&cpu0),
+                DbWork::now(&pool).await.since(&db0),
+            );
+            let counted = support::procs::count(&pool, "events").await;
+            own_scanned += counted;
+            if counted >= events as i64 {
+                commit_s = Some(at.0);
+                delivered_at_commit = at.1;
+                cpu_commit = at.2;
+                let earlier = own_scanned - counted;
+                db_commit = DbWork {
+                    returned: at.3.returned - earlier,
+                    scans: own_scans_off(&at.3.scans, earlier),
+                    ..at.3
+                };
+            }
         }
         if commit_s.is_some()
             && got >= events
@@ -605,6 +731,15 @@ async fn one_process_run(targets: usize, per: usize, count: usize, receiver: &Re
     for r in reps {
         r.stop().await;
     }
+    // Each backend flushes its counters as it exits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = DbWork::now(&pool).await.since(&db0);
+    let db_drain = DbWork {
+        returned: all.returned - own_scanned,
+        scans: own_scans_off(&all.scans, own_scanned),
+        ..all
+    }
+    .since(&db_commit);
 
     let names: Vec<String> = (0..targets).map(run_id).collect();
     let db_floor_s = db_floor(&db.url, &names, PG_CONNECTIONS as usize * count).await;
@@ -631,6 +766,8 @@ async fn one_process_run(targets: usize, per: usize, count: usize, receiver: &Re
         post_floor_s,
         cpu_commit,
         cpu_drain,
+        db_commit,
+        db_drain,
         load,
     }
 }
@@ -825,6 +962,44 @@ fn report_processes(counts: &[usize], runs: &[Vec<ProcRun>]) {
             "total",
             "replicas' CPU µs per event",
             "PostgreSQL CPU µs per event",
+        ],
+        &rows,
+    );
+    println!(
+        "### PostgreSQL's work per event (medians; pg_stat_database): until every event committed; then until every outcome recorded and the replicas exited"
+    );
+    println!();
+    let mut rows = Vec::new();
+    for (c, rs) in counts.iter().zip(runs) {
+        for (phase, pick) in [
+            (
+                "commit",
+                (|r: &ProcRun| &r.db_commit) as fn(&ProcRun) -> &DbWork,
+            ),
+            ("deliveries after it", |r: &ProcRun| &r.db_drain),
+        ] {
+            let per = |f: fn(&DbWork) -> i64| {
+                format!("{:.2}", med(rs, &|r| f(pick(r)) as f64 / r.events as f64))
+            };
+            rows.push(vec![
+                format!("{c} replica(s), {phase}"),
+                per(|d| d.commits),
+                per(|d| d.returned),
+                per(|d| d.fetched),
+                per(|d| d.written),
+                // The first run's: scans are not medians.
+                pick(&rs[0]).heaviest(rs[0].events, 3),
+            ]);
+        }
+    }
+    support::table(
+        &[
+            "phase",
+            "transactions committed",
+            "rows returned by scans",
+            "rows fetched by index",
+            "rows written",
+            "scans that read the most rows: rows read per event (scans per event)",
         ],
         &rows,
     );

@@ -574,7 +574,8 @@ pub async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
 }
 
 /// Counters of the server's own work: checkpoints (timed + requested) and autovacuum and
-/// autoanalyze runs on this database's tables (each process flushes its counters when it
+/// autoanalyze runs on this database's tables, system catalogs included (an autoanalyze
+/// writes `pg_statistic`: a transaction id; each process flushes its counters when it
 /// finishes its work).
 pub async fn pg_housekeeping(pool: &sqlx::PgPool) -> (i64, i64) {
     let checkpoints: i64 = sqlx::query_scalar(
@@ -584,7 +585,7 @@ pub async fn pg_housekeeping(pool: &sqlx::PgPool) -> (i64, i64) {
     .await
     .unwrap();
     let autovacuums: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(autovacuum_count + autoanalyze_count), 0)::bigint FROM pg_stat_user_tables",
+        "SELECT COALESCE(SUM(autovacuum_count + autoanalyze_count), 0)::bigint FROM pg_stat_all_tables",
     )
     .fetch_one(pool)
     .await
