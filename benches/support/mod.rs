@@ -5,6 +5,8 @@
 //! so `cargo test --all-targets` only builds them.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::time::{Duration, Instant};
 
 use loopwatch::config::{self, Config, Environment, Filter, TargetConfig};
