@@ -252,7 +252,9 @@ async fn sigkill_of_one_of_three_replicas_holding_1000_targets_hands_every_targe
         .map(|e| (e.detected_at - killed_at_utc).num_milliseconds())
         .max()
         .unwrap();
-    let bound = (TTL + INTERVAL_1000 + Duration::from_secs(1)).as_millis() as i64;
+    // Slack for the survivors' own work: each polls and commits ~170 targets it took
+    // over at once (a debug build on two cores shared with PostgreSQL and the simulator).
+    let bound = (TTL + INTERVAL_1000 + Duration::from_secs(3)).as_millis() as i64;
     assert!(
         late <= bound,
         "a target waited {late} ms after the kill (bound {bound} ms)"
