@@ -95,6 +95,18 @@ async fn wait_balanced(addrs: &[String], total: f64) -> Vec<f64> {
     }
 }
 
+/// How long after `since` the last of `events` was detected, in ms.
+fn slowest_after<'a>(
+    events: impl IntoIterator<Item = &'a loopwatch::store::StoredEvent>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> i64 {
+    events
+        .into_iter()
+        .map(|e| (e.detected_at - since).num_milliseconds())
+        .max()
+        .expect("at least one event")
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn three_replicas_share_thirty_targets_fairly() {
@@ -170,12 +182,10 @@ async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled
     // for scheduling on a loaded machine).
     let store = loopwatch::store::open(&pg::url_in(&cfg)).await.unwrap();
     let events = store.events(None).await.unwrap();
-    let late = events
-        .iter()
-        .filter(|e| e.checkpoint_name == "step-200")
-        .map(|e| (e.detected_at - killed_at_utc).num_milliseconds())
-        .max()
-        .unwrap();
+    let late = slowest_after(
+        events.iter().filter(|e| e.checkpoint_name == "step-200"),
+        killed_at_utc,
+    );
     let bound = (TTL + INTERVAL + Duration::from_secs(1)).as_millis() as i64;
     assert!(
         late <= bound,
@@ -247,11 +257,7 @@ async fn sigkill_of_one_of_three_replicas_holding_1000_targets_hands_every_targe
     );
     let events = step_200().await;
     assert_eq!(events.len(), N, "one step-200 completion per target");
-    let late = events
-        .iter()
-        .map(|e| (e.detected_at - killed_at_utc).num_milliseconds())
-        .max()
-        .unwrap();
+    let late = slowest_after(&events, killed_at_utc);
     // Slack for the survivors' own work: each polls and commits ~170 targets it took
     // over at once (a debug build on two cores shared with PostgreSQL and the simulator).
     let bound = (TTL + INTERVAL_1000 + Duration::from_secs(3)).as_millis() as i64;

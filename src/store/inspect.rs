@@ -542,9 +542,9 @@ where
             .collect();
         Ok(names
             .iter()
-            .filter_map(|target| {
-                let shard = super::coordination::shard_of(target).to_string();
-                let (owner, expires_in_ms) = rows.get(&shard)?;
+            .zip(&shards)
+            .filter_map(|(target, shard)| {
+                let (owner, expires_in_ms) = rows.get(&shard.to_string())?;
                 Some(LeaseLine {
                     target: target.clone(),
                     owner: owner.clone(),

@@ -357,7 +357,12 @@ impl PgLeases {
         // A heartbeat of its own, so that the replicas make room for it in the API budget
         // (not in the fair shares: they leave out one-shot ids).
         let (live, sharers, _) = self.heartbeat().await?;
-        let held = self.held(&self.shards().await?);
+        let held: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT shard, epoch FROM shard_leases WHERE owner = $1 AND NOT released",
+        )
+        .bind(&self.replica)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(LeaseRound {
             owned: Self::targets_of(&by_shard(targets), &held),
             live_replicas: live,
