@@ -315,6 +315,20 @@ where
         Ok(super::pick_newer(rows, created_at))
     }
 
+    /// [`super::Store::next_due`].
+    pub(crate) async fn next_due(
+        pool: &Pool<DB>,
+        sink: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let next: Option<(i64,)> = sqlx::query_as(sql::NEXT_DUE)
+            .bind(sink)
+            .bind(now.timestamp_millis())
+            .fetch_optional(pool)
+            .await?;
+        Ok(next.map(|(ms,)| rows::ms_to_time(ms)))
+    }
+
     /// Pending and dead deliveries per sink.
     pub(crate) async fn backlog(pool: &Pool<DB>) -> Result<Vec<SinkBacklog>> {
         let rows = sqlx::query_as(sql::BACKLOG).fetch_all(pool).await?;

@@ -70,6 +70,18 @@ pub(crate) const DELIVERY_INSERT: &str = "INSERT INTO deliveries (event_seq, sin
 
 // Reads.
 
+/// The earliest `next_attempt_at` of sink `$1`'s pending deliveries after `$2` (Unix
+/// ms): a range of the `(sink, status, next_attempt_at)` index, read from its start.
+/// Deliveries due already are not in it (a claim that found fewer than it asked for
+/// took every one it could: the rest are claimed, locked by another replica's claim, or
+/// wait behind their run's head), nor are claims' expiries: a claim lapses after its
+/// lease, and the worker looks again within a second anyway. (It was the earliest of
+/// `MAX(next_attempt_at, claimed_until)` over every pending delivery: a scan of the whole
+/// backlog on each claim that came back short.)
+pub(crate) const NEXT_DUE: &str = "SELECT next_attempt_at FROM deliveries
+    WHERE sink = $1 AND status = 'pending' AND next_attempt_at > $2
+    ORDER BY next_attempt_at LIMIT 1";
+
 /// Pending and dead deliveries per sink: (sink, status, count, oldest created_at).
 pub(crate) const BACKLOG: &str = "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
     WHERE status IN ('pending', 'dead') GROUP BY sink, status";

@@ -458,14 +458,8 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
-        let ms: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, 0))) FROM deliveries WHERE sink = ? AND status = 'pending'",
-        )
-        .bind(sink)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(ms.map(ms_to_time))
+    async fn next_due(&self, sink: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        Queries::next_due(&self.pool, sink, now).await
     }
 
     async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
