@@ -1,8 +1,9 @@
 //! `loopwatch deliveries approve` / `reject` (docs/cli.md): a person's decision on deploys
 //! waiting for approval, as a library function the CLI calls, and the lines it prints,
 //! which the demo prints too when it approves in-process. The decision is one
-//! transaction in the store ([`Store::decide`]): every id given is decided, or, when any
-//! names nothing waiting, none is and each such id is named with its stage (exit 1).
+//! transaction in the store ([`crate::store::Pipelines::decide`]): every id given is
+//! decided, or, when any names nothing waiting, none is and each such id is named with its
+//! stage (exit 1).
 
 use chrono::Utc;
 use serde_json::json;
