@@ -80,6 +80,21 @@ impl<'a, DB: Database> Turn<'a, DB> {
     }
 }
 
+/// One [`Outbox::claim_due`], as a backend's claim takes it.
+pub(crate) struct ClaimAsk<'a> {
+    pub(crate) sink: &'a str,
+    /// The caller's wall-clock reading: what is due by then (`now_ms`) is claimed, and its
+    /// offset from the present ([`super::clock_skew`]) shifts the claim clock.
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) now_ms: i64,
+    pub(crate) limit: usize,
+    /// Only the oldest pending delivery of each run is eligible.
+    pub(crate) ordered: bool,
+    pub(crate) lease_ms: i64,
+    /// The fresh fencing token of every delivery this claim takes.
+    pub(crate) token: i64,
+}
+
 /// What a backend does its own way; everything else of the store's roles is written once
 /// below, for any `Backend`.
 pub(crate) trait Backend: Send + Sync + 'static {
@@ -100,11 +115,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// [`Outbox::claim_due`].
     fn claim_deliveries(
         &self,
-        sink: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-        ordered: bool,
-        lease: Duration,
+        ask: &ClaimAsk<'_>,
     ) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
 
     /// [`PollState::load_targets`].
@@ -114,34 +125,39 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn release_every_claim(&self) -> impl Future<Output = Result<u64>> + Send;
 }
 
+// Each role's implementation states the same bounds, the ones the sqlx drivers of both
+// dialects meet (the `Queries` operations need them; Rust does not carry a trait's
+// `where` clauses over to its users, so they cannot be named once).
 #[async_trait]
-impl<B: Backend> PollState for B
+impl<B, DB> PollState for B
 where
-    for<'c> &'c mut <B::DB as Database>::Connection: Executor<'c, Database = B::DB>,
-    <B::DB as Database>::Arguments: IntoArguments<B::DB>,
-    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<&'q str>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> i64: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> bool: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<String>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<i64>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> String: Encode<'q, B::DB> + Type<B::DB>,
-    for<'r> (String,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (Option<i64>,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, Option<String>): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64, String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, Option<String>, Option<String>): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String, i64, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64, String): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> TrackedRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> TargetRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> EventRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> DeliveryRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> DeployRecord: FromRow<'r, <B::DB as Database>::Row>,
+    B: Backend<DB = DB>,
+    DB: Dialect + InspectDialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (Option<i64>,): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64): FromRow<'r, DB::Row>,
+    for<'r> TrackedRecord: FromRow<'r, DB::Row>,
+    for<'r> TargetRecord: FromRow<'r, DB::Row>,
+    for<'r> EventRecord: FromRow<'r, DB::Row>,
+    for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+    for<'r> DeployRecord: FromRow<'r, DB::Row>,
 {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
         Queries::load_target(self.reads(), name).await
@@ -157,39 +173,41 @@ where
 
     async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::commit_poll(&mut w.conn, c).await;
+        let r = Queries::<DB>::commit_poll(&mut w.conn, c).await;
         w.finish(r)
     }
 }
 
 #[async_trait]
-impl<B: Backend> Outbox for B
+impl<B, DB> Outbox for B
 where
-    for<'c> &'c mut <B::DB as Database>::Connection: Executor<'c, Database = B::DB>,
-    <B::DB as Database>::Arguments: IntoArguments<B::DB>,
-    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<&'q str>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> i64: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> bool: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<String>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<i64>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> String: Encode<'q, B::DB> + Type<B::DB>,
-    for<'r> (String,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (Option<i64>,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, Option<String>): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64, String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, Option<String>, Option<String>): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String, i64, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64, String): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> TrackedRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> TargetRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> EventRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> DeliveryRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> DeployRecord: FromRow<'r, <B::DB as Database>::Row>,
+    B: Backend<DB = DB>,
+    DB: Dialect + InspectDialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (Option<i64>,): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64): FromRow<'r, DB::Row>,
+    for<'r> TrackedRecord: FromRow<'r, DB::Row>,
+    for<'r> TargetRecord: FromRow<'r, DB::Row>,
+    for<'r> EventRecord: FromRow<'r, DB::Row>,
+    for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+    for<'r> DeployRecord: FromRow<'r, DB::Row>,
 {
     async fn claim_due(
         &self,
@@ -199,8 +217,16 @@ where
         ordered: bool,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        self.claim_deliveries(sink, now, limit, ordered, lease)
-            .await
+        let ask = ClaimAsk {
+            sink,
+            now,
+            now_ms: now.timestamp_millis(),
+            limit,
+            ordered,
+            lease_ms: lease.as_millis() as i64,
+            token: super::claim_token(),
+        };
+        self.claim_deliveries(&ask).await
     }
 
     async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
@@ -209,22 +235,21 @@ where
 
     async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
         let mut w = self.write(Grade::Lease).await?;
-        let r =
-            Queries::<B::DB>::record_attempts(&mut w.conn, outcomes, now.timestamp_millis()).await;
+        let r = Queries::<DB>::record_attempts(&mut w.conn, outcomes, now.timestamp_millis()).await;
         w.finish(r)
     }
 
     async fn renew_claims(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>> {
         let mut w = self.write(Grade::Lease).await?;
         let clock = self.clock_base();
-        let r = Queries::<B::DB>::renew_claims(&mut w.conn, held, clock, lease.as_millis() as i64)
-            .await;
+        let r =
+            Queries::<DB>::renew_claims(&mut w.conn, held, clock, lease.as_millis() as i64).await;
         w.finish(r)
     }
 
     async fn release(&self, claims: &[(i64, i64)]) -> Result<()> {
         let mut w = self.write(Grade::Lease).await?;
-        let r = Queries::<B::DB>::release(&mut w.conn, claims).await;
+        let r = Queries::<DB>::release(&mut w.conn, claims).await;
         w.finish(r)
     }
 
@@ -244,45 +269,47 @@ where
 
     async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::redeliver(&mut w.conn, which, now.timestamp_millis()).await;
+        let r = Queries::<DB>::redeliver(&mut w.conn, which, now.timestamp_millis()).await;
         w.finish(r)
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::prune(&mut w.conn, cutoff.timestamp_millis()).await;
+        let r = Queries::<DB>::prune(&mut w.conn, cutoff.timestamp_millis()).await;
         w.finish(r)
     }
 }
 
 #[async_trait]
-impl<B: Backend> Pipelines for B
+impl<B, DB> Pipelines for B
 where
-    for<'c> &'c mut <B::DB as Database>::Connection: Executor<'c, Database = B::DB>,
-    <B::DB as Database>::Arguments: IntoArguments<B::DB>,
-    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<&'q str>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> i64: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> bool: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<String>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<i64>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> String: Encode<'q, B::DB> + Type<B::DB>,
-    for<'r> (String,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (Option<i64>,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, Option<String>): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64, String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, Option<String>, Option<String>): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String, i64, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64, String): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> TrackedRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> TargetRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> EventRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> DeliveryRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> DeployRecord: FromRow<'r, <B::DB as Database>::Row>,
+    B: Backend<DB = DB>,
+    DB: Dialect + InspectDialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (Option<i64>,): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64): FromRow<'r, DB::Row>,
+    for<'r> TrackedRecord: FromRow<'r, DB::Row>,
+    for<'r> TargetRecord: FromRow<'r, DB::Row>,
+    for<'r> EventRecord: FromRow<'r, DB::Row>,
+    for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+    for<'r> DeployRecord: FromRow<'r, DB::Row>,
 {
     async fn deploy_begin(
         &self,
@@ -292,14 +319,9 @@ where
         now: DateTime<Utc>,
     ) -> Result<Option<DeployRow>> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::deploy_begin(
-            &mut w.conn,
-            c,
-            sink,
-            created_at,
-            now.timestamp_millis(),
-        )
-        .await;
+        let r =
+            Queries::<DB>::deploy_begin(&mut w.conn, c, sink, created_at, now.timestamp_millis())
+                .await;
         w.finish(r)
     }
 
@@ -314,7 +336,7 @@ where
         // Synced to disk before the call is sent: a power cut after it must not forget
         // that a deploy may have happened.
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::deploy_intent(
+        let r = Queries::<DB>::deploy_intent(
             &mut w.conn,
             c.delivery_id,
             c.token,
@@ -329,7 +351,7 @@ where
 
     async fn deploy_clear_intent(&self, c: &Claimed, now: DateTime<Utc>) -> Result<bool> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::deploy_clear_intent(
+        let r = Queries::<DB>::deploy_clear_intent(
             &mut w.conn,
             c.delivery_id,
             c.token,
@@ -351,7 +373,7 @@ where
         lease: Duration,
     ) -> Result<Vec<FollowClaim>> {
         let mut w = self.write(Grade::Lease).await?;
-        let r = Queries::<B::DB>::claim_follows(
+        let r = Queries::<DB>::claim_follows(
             &mut w.conn,
             sink,
             now.timestamp_millis(),
@@ -366,7 +388,7 @@ where
 
     async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::record_follow(&mut w.conn, outcome, now.timestamp_millis()).await;
+        let r = Queries::<DB>::record_follow(&mut w.conn, outcome, now.timestamp_millis()).await;
         w.finish(r)
     }
 
@@ -376,13 +398,13 @@ where
         decision: &Decision,
     ) -> Result<std::result::Result<Vec<Decided>, Vec<Undecided>>> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::decide(&mut w.conn, ids, decision).await;
+        let r = Queries::<DB>::decide(&mut w.conn, ids, decision).await;
         w.finish(r)
     }
 
     async fn expire_approvals(&self, sink: &str, now: DateTime<Utc>) -> Result<Vec<i64>> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::expire_approvals(&mut w.conn, sink, now.timestamp_millis()).await;
+        let r = Queries::<DB>::expire_approvals(&mut w.conn, sink, now.timestamp_millis()).await;
         w.finish(r)
     }
 
@@ -397,7 +419,7 @@ where
     async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool> {
         // Synced to disk before the call is sent, as a deploy's intent.
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::promote_intent(
+        let r = Queries::<DB>::promote_intent(
             &mut w.conn,
             claim.deploy.delivery_id,
             claim.token,
@@ -434,52 +456,50 @@ where
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut w = self.write(Grade::Durable).await?;
-        let r = Queries::<B::DB>::mark_deactivated(
-            &mut w.conn,
-            delivery_id,
-            why,
-            now.timestamp_millis(),
-        )
-        .await;
+        let r =
+            Queries::<DB>::mark_deactivated(&mut w.conn, delivery_id, why, now.timestamp_millis())
+                .await;
         w.finish(r)
     }
 }
 
 #[async_trait]
-impl<B: Backend> Inspection for B
+impl<B, DB> Inspection for B
 where
-    for<'c> &'c mut <B::DB as Database>::Connection: Executor<'c, Database = B::DB>,
-    <B::DB as Database>::Arguments: IntoArguments<B::DB>,
-    for<'q> &'q str: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<&'q str>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> i64: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> bool: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<String>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> Option<i64>: Encode<'q, B::DB> + Type<B::DB>,
-    for<'q> String: Encode<'q, B::DB> + Type<B::DB>,
-    for<'r> (String,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (Option<i64>,): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, Option<String>): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64, String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, Option<String>, Option<String>): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String, i64, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (i64, String): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, String, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> TrackedRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> TargetRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> EventRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> DeliveryRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> DeployRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> (String, i64, i64): FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> CountsRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> CheckpointRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> AttemptRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> NameRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> inspect::EventRecord: FromRow<'r, <B::DB as Database>::Row>,
-    for<'r> inspect::TargetRecord: FromRow<'r, <B::DB as Database>::Row>,
+    B: Backend<DB = DB>,
+    DB: Dialect + InspectDialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (Option<i64>,): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>, Option<String>): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, String, i64): FromRow<'r, DB::Row>,
+    for<'r> TrackedRecord: FromRow<'r, DB::Row>,
+    for<'r> TargetRecord: FromRow<'r, DB::Row>,
+    for<'r> EventRecord: FromRow<'r, DB::Row>,
+    for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+    for<'r> DeployRecord: FromRow<'r, DB::Row>,
+    for<'r> (String, i64, i64): FromRow<'r, DB::Row>,
+    for<'r> CountsRecord: FromRow<'r, DB::Row>,
+    for<'r> CheckpointRecord: FromRow<'r, DB::Row>,
+    for<'r> AttemptRecord: FromRow<'r, DB::Row>,
+    for<'r> NameRecord: FromRow<'r, DB::Row>,
+    for<'r> inspect::EventRecord: FromRow<'r, DB::Row>,
+    for<'r> inspect::TargetRecord: FromRow<'r, DB::Row>,
 {
     async fn list_deliveries(
         &self,
@@ -519,10 +539,10 @@ where
     }
 
     async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
-        Inspect::<B::DB>::overview(self.reads(), q).await
+        Inspect::<DB>::overview(self.reads(), q).await
     }
 
     async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
-        Inspect::<B::DB>::target_detail(self.reads(), q).await
+        Inspect::<DB>::target_detail(self.reads(), q).await
     }
 }

@@ -6,14 +6,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult,
 };
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
-use super::backend::{Backend, Grade, Turn};
+use super::backend::{Backend, ClaimAsk, Grade, Turn};
 use super::batch::Rows;
 use super::coordination::Fence;
 use super::rows::{event_from_row, ms_to_time};
@@ -218,17 +217,8 @@ impl Backend for PgStore {
         0
     }
 
-    async fn claim_deliveries(
-        &self,
-        sink: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-        ordered: bool,
-        lease: Duration,
-    ) -> Result<Vec<Claimed>> {
-        let now_ms = now.timestamp_millis();
-        let lease_ms = lease.as_millis() as i64;
-        let token = super::claim_token();
+    async fn claim_deliveries(&self, ask: &ClaimAsk<'_>) -> Result<Vec<Claimed>> {
+        let (sink, limit, token) = (ask.sink, ask.limit, ask.token);
         let clock = <Postgres as Dialect>::claim_clock("$5");
         let mut rows = Vec::with_capacity(limit);
         // One transaction: the lanes' claims stand or fall together.
@@ -259,14 +249,14 @@ impl Backend for PgStore {
                  FROM due, events e
                  WHERE d.id = due.id AND e.seq = d.event_seq
                  RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",
-                sql::due(lane, ordered, "", &clock),
+                sql::due(lane, ask.ordered, "", &clock),
                 sql::EVENT_COLUMNS
             )))
-            .bind(lease_ms)
+            .bind(ask.lease_ms)
             .bind(sink)
-            .bind(now_ms)
+            .bind(ask.now_ms)
             .bind(room as i64)
-            .bind(super::clock_skew(now))
+            .bind(super::clock_skew(ask.now))
             .bind(token)
             .fetch_all(&mut *tx)
             .await?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::TryStreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
-use super::backend::{Backend, Grade, Turn};
+use super::backend::{Backend, ClaimAsk, Grade, Turn};
 use super::coordination::Fence;
 use super::rows::{self, event_from_row, ms_to_time};
 use super::shared::{Dialect, LaneTurns};
@@ -216,18 +216,14 @@ impl SqliteStore {
 /// Rows per multi-row statement: 16 parameters a row stays far below SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// Claim in `lanes` (one transaction: the lanes' claims stand or fall together):
-/// (id, attempts, created_at) of each delivery claimed until `until`.
-#[allow(clippy::too_many_arguments)]
+/// Claim in `lanes` (one transaction: the lanes' claims stand or fall together), what
+/// `ask` asks for, on the claim clock's `clock_ms`: (id, attempts, created_at) of each
+/// delivery claimed.
 async fn claim_lanes(
     conn: &mut SqliteConnection,
     lanes: [(Lane, usize); 2],
-    sink: &str,
-    now_ms: i64,
+    ask: &ClaimAsk<'_>,
     clock_ms: i64,
-    lease_ms: i64,
-    token: i64,
-    ordered: bool,
 ) -> Result<Vec<(i64, i64, i64)>> {
     let limit = lanes[1].1;
     let mut tx = conn.begin().await?;
@@ -247,14 +243,14 @@ async fn claim_lanes(
         let took: Vec<(i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE deliveries SET claimed_until = $5 + $1, claim_token = $6 WHERE id IN ({})
              RETURNING id, attempts, created_at",
-            sql::due(lane, ordered, hint, "$5")
+            sql::due(lane, ask.ordered, hint, "$5")
         )))
-        .bind(lease_ms)
-        .bind(sink)
-        .bind(now_ms)
+        .bind(ask.lease_ms)
+        .bind(ask.sink)
+        .bind(ask.now_ms)
         .bind(room as i64)
         .bind(clock_ms)
-        .bind(token)
+        .bind(ask.token)
         .fetch_all(&mut *tx)
         .await?;
         ids.extend(took);
@@ -287,31 +283,12 @@ impl Backend for SqliteStore {
         self.clock.now_ms()
     }
 
-    async fn claim_deliveries(
-        &self,
-        sink: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-        ordered: bool,
-        lease: Duration,
-    ) -> Result<Vec<Claimed>> {
-        let now_ms = now.timestamp_millis();
-        let lease_ms = lease.as_millis() as i64;
-        let token = super::claim_token();
+    async fn claim_deliveries(&self, ask: &ClaimAsk<'_>) -> Result<Vec<Claimed>> {
+        let token = ask.token;
         let mut w = self.write(Grade::Lease).await?;
-        let lanes = self.lanes.split(sink, limit);
-        let clock = self.clock.now_ms() + super::clock_skew(now);
-        let r = claim_lanes(
-            &mut w.conn,
-            lanes,
-            sink,
-            now_ms,
-            clock,
-            lease_ms,
-            token,
-            ordered,
-        )
-        .await;
+        let lanes = self.lanes.split(ask.sink, ask.limit);
+        let clock = self.clock.now_ms() + super::clock_skew(ask.now);
+        let r = claim_lanes(&mut w.conn, lanes, ask, clock).await;
         let ids = w.finish(r)?;
         if ids.is_empty() {
             return Ok(Vec::new());
