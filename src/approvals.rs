@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::cli::{Output, exit};
 use crate::config::Config;
 use crate::model::{CheckpointTarget, checkpoint_uri};
-use crate::store::{self, Access, Decided, Decision, DeployStage, Store, Verdict};
+use crate::store::{self, Access, Decided, Decision, DeployStage, Pipelines, Verdict};
 
 /// The longest `--by` and `--reason` kept (they are shown in events and tables).
 const MAX_BY: usize = 200;
@@ -88,7 +88,7 @@ pub async fn decide(
 /// Decide in `store` and print what happened: the CLI's work, which the demo runs
 /// in-process. Exit 1 (nothing changed) when any id names nothing waiting.
 pub async fn decide_in(
-    store: &dyn Store,
+    store: &dyn Pipelines,
     ids: &[String],
     decision: &Decision,
     output: Output,

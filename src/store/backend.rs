@@ -36,8 +36,9 @@ pub(crate) enum Grade {
     /// Synced to disk before it returns: a poll's commit, a deploy's or a promotion's
     /// intent, a decision, a re-queue.
     Durable,
-    /// A write whose loss in a power cut costs nothing but a repeat (claims, renewals,
-    /// releases, attempts' outcomes): SQLite's `leases` pool (`synchronous = NORMAL`).
+    /// A write whose loss in a power cut costs nothing but a repeat (claims of deliveries
+    /// and of follows, renewals, releases, attempts' outcomes): SQLite's `leases` pool
+    /// (`synchronous = NORMAL`).
     Lease,
 }
 
