@@ -131,14 +131,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     let fetch_floor_s = fetch_floor(&http, &sim.base_url(), &names, POLLS_IN_FLIGHT).await;
 
     // POST floor: the stored bodies, unsigned, no store.
-    let bodies: Vec<String> = app
-        .store
-        .events(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.body)
-        .collect();
+    let bodies = support::stored_bodies(&db.url).await;
     assert_eq!(bodies.len(), events);
     let post_floor_s = post_floor(&http, receiver, bodies.clone(), SENDS_IN_FLIGHT).await;
     let durable_floor_s =

@@ -1,8 +1,9 @@
 //! `loopwatch deliveries approve` / `reject` (docs/cli.md): a person's decision on deploys
 //! waiting for approval, as a library function the CLI calls, and the lines it prints,
 //! which the demo prints too when it approves in-process. The decision is one
-//! transaction in the store ([`Store::decide`]): every id given is decided, or, when any
-//! names nothing waiting, none is and each such id is named with its stage (exit 1).
+//! transaction in the store ([`crate::store::Pipelines::decide`]): every id given is
+//! decided, or, when any names nothing waiting, none is and each such id is named with its
+//! stage (exit 1).
 
 use chrono::Utc;
 use serde_json::json;
@@ -10,7 +11,7 @@ use serde_json::json;
 use crate::cli::{Output, exit};
 use crate::config::Config;
 use crate::model::{CheckpointTarget, checkpoint_uri};
-use crate::store::{self, Access, Decided, Decision, DeployStage, Store, Verdict};
+use crate::store::{self, Access, Decided, Decision, DeployStage, Pipelines, Verdict};
 
 /// The longest `--by` and `--reason` kept (they are shown in events and tables).
 const MAX_BY: usize = 200;
@@ -87,7 +88,7 @@ pub async fn decide(
 /// Decide in `store` and print what happened: the CLI's work, which the demo runs
 /// in-process. Exit 1 (nothing changed) when any id names nothing waiting.
 pub async fn decide_in(
-    store: &dyn Store,
+    store: &dyn Pipelines,
     ids: &[String],
     decision: &Decision,
     output: Output,

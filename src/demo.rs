@@ -362,20 +362,17 @@ pub async fn run(
     watch.abort();
     approver.abort();
 
-    let events = store.events(None).await?;
+    let by_type: std::collections::BTreeMap<String, i64> =
+        store.event_counts().await?.into_iter().collect();
     let deliveries = store.list_deliveries(None, i64::MAX).await?;
     let count = |s| deliveries.iter().filter(|d| d.status == s).count();
-    let mut by_type = std::collections::BTreeMap::<&str, usize>::new();
-    for e in &events {
-        *by_type.entry(e.kind.as_str()).or_default() += 1;
-    }
     let types: Vec<String> = by_type.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!();
     println!("summary:");
     println!("  checkpoints seen     {}", sim.handle().checkpoint_count());
     println!(
         "  events               {} ({})",
-        events.len(),
+        by_type.values().sum::<i64>(),
         if types.is_empty() {
             "none".into()
         } else {
@@ -395,10 +392,10 @@ pub async fn run(
         "  deploys              {} made on the simulated API ({} reconciled after a lost answer), {} followed to ACTIVE ({} still active, not yet promoted), {} superseded by a newer checkpoint (latest_only)",
         sim.handle().deploys().len(),
         pipelines.iter().filter(|d| d.reconciled).count(),
-        events
-            .iter()
-            .filter(|e| e.kind == "checkpoint.deployment_active")
-            .count(),
+        by_type
+            .get("checkpoint.deployment_active")
+            .copied()
+            .unwrap_or_default(),
         stage(crate::store::DeployStage::Active),
         count(DeliveryStatus::Superseded)
     );

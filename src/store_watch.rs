@@ -18,9 +18,9 @@ use crate::metrics::Metrics;
 use crate::model::TargetState;
 use crate::store::{
     self, Access, Claimed, Coordinator, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow,
-    DetailQuery, FollowClaim, FollowOutcome, Intent, Overview, OverviewQuery, PollCommit, Recorded,
-    Redeliver, Result, Role, SinkBacklog, Store, StoreError, StoredEvent, TargetDetail, TargetDump,
-    Undecided,
+    DetailQuery, FollowClaim, FollowOutcome, Inspection, Intent, Outbox, Overview, OverviewQuery,
+    Pipelines, PollCommit, PollState, Recorded, Redeliver, Result, Role, SinkBacklog, Store,
+    StoreError, StoredEvent, TargetDetail, TargetDump, Undecided,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -69,7 +69,8 @@ impl StoreWatch {
     }
 }
 
-/// A [`Store`] whose every operation goes through a [`StoreWatch`].
+/// A [`Store`] whose every operation goes through a [`StoreWatch`]: it plays each of the
+/// store's roles by handing the call to `inner`.
 pub struct Watched {
     inner: Arc<dyn Store>,
     watch: StoreWatch,
@@ -90,7 +91,7 @@ macro_rules! watched {
 }
 
 #[async_trait]
-impl Store for Watched {
+impl PollState for Watched {
     async fn load_target(&self, name: &str) -> Result<TargetState> {
         watched!(self, "load", self.inner.load_target(name))
     }
@@ -106,7 +107,10 @@ impl Store for Watched {
     async fn commit_poll(&self, commit: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
         watched!(self, "commit", self.inner.commit_poll(commit))
     }
+}
 
+#[async_trait]
+impl Outbox for Watched {
     async fn claim_due(
         &self,
         sink: &str,
@@ -142,6 +146,36 @@ impl Store for Watched {
         watched!(self, "release", self.inner.release(claims))
     }
 
+    async fn release_claims(&self) -> Result<u64> {
+        watched!(self, "release", self.inner.release_claims())
+    }
+
+    async fn newer_deploy(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        watched!(
+            self,
+            "read",
+            self.inner
+                .newer_deploy(sink, run_id, delivery_id, created_at)
+        )
+    }
+
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
+        watched!(self, "record", self.inner.redeliver(which, now))
+    }
+
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
+        watched!(self, "prune", self.inner.prune(cutoff))
+    }
+}
+
+#[async_trait]
+impl Pipelines for Watched {
     async fn deploy_begin(
         &self,
         c: &Claimed,
@@ -196,14 +230,6 @@ impl Store for Watched {
 
     async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool> {
         watched!(self, "follow", self.inner.record_follow(outcome, now))
-    }
-
-    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>> {
-        watched!(self, "read", self.inner.list_deploys(sink, limit))
-    }
-
-    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
-        watched!(self, "read", self.inner.deploy_stages())
     }
 
     async fn decide(
@@ -267,32 +293,16 @@ impl Store for Watched {
             self.inner.mark_deactivated(delivery_id, why, now)
         )
     }
+}
 
-    async fn release_claims(&self) -> Result<u64> {
-        watched!(self, "release", self.inner.release_claims())
-    }
-
+#[async_trait]
+impl Inspection for Watched {
     async fn list_deliveries(
         &self,
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
         watched!(self, "read", self.inner.list_deliveries(status, limit))
-    }
-
-    async fn newer_deploy(
-        &self,
-        sink: &str,
-        run_id: &str,
-        delivery_id: i64,
-        created_at: DateTime<Utc>,
-    ) -> Result<Option<String>> {
-        watched!(
-            self,
-            "read",
-            self.inner
-                .newer_deploy(sink, run_id, delivery_id, created_at)
-        )
     }
 
     async fn list_sink_deliveries(
@@ -308,10 +318,6 @@ impl Store for Watched {
         )
     }
 
-    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
-        watched!(self, "record", self.inner.redeliver(which, now))
-    }
-
     async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
         watched!(self, "read", self.inner.backlog())
     }
@@ -320,8 +326,16 @@ impl Store for Watched {
         watched!(self, "read", self.inner.dump(target))
     }
 
-    async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        watched!(self, "read", self.inner.events(target))
+    async fn event_counts(&self) -> Result<Vec<(String, i64)>> {
+        watched!(self, "read", self.inner.event_counts())
+    }
+
+    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>> {
+        watched!(self, "read", self.inner.list_deploys(sink, limit))
+    }
+
+    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
+        watched!(self, "read", self.inner.deploy_stages())
     }
 
     async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
@@ -330,10 +344,6 @@ impl Store for Watched {
 
     async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
         watched!(self, "read", self.inner.target_detail(q))
-    }
-
-    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
-        watched!(self, "prune", self.inner.prune(cutoff))
     }
 }
 

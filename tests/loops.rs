@@ -281,7 +281,7 @@ async fn probe_errors_of_every_kind_emit_nothing_and_are_probed_again() {
 
 /// How many checkpoints of `qwen` have what a probe saw stored.
 async fn stored_probes(env: &Env) -> usize {
-    use loopwatch::store::{Access, Store};
+    use loopwatch::store::{Access, PollState};
     let url = format!("sqlite://{}", env.db().display());
     let store = loopwatch::store::sqlite::SqliteStore::open_with(&url, Access::ReadOnly)
         .await

@@ -180,8 +180,7 @@ async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled
     check_exactly_one_id_each(&rx, 60);
     // Every step-200 was detected within TTL + interval of the kill (plus 1 s of slack
     // for scheduling on a loaded machine).
-    let store = loopwatch::store::open(&pg::url_in(&cfg)).await.unwrap();
-    let events = store.events(None).await.unwrap();
+    let events = common::stored_events(&pg::url_in(&cfg), None).await;
     let late = slowest_after(
         events.iter().filter(|e| e.checkpoint_name == "step-200"),
         killed_at_utc,
@@ -238,9 +237,8 @@ async fn sigkill_of_one_of_three_replicas_holding_1000_targets_hands_every_targe
     for i in 0..N {
         h.add_checkpoint(&format!("run-{i}"), "sampler", "step-200", Some("COMPLETE"));
     }
-    let store = loopwatch::store::open(&pg::url_in(&cfg)).await.unwrap();
     let step_200 = async || -> Vec<_> {
-        let events = store.events(None).await.unwrap();
+        let events = common::stored_events(&pg::url_in(&cfg), None).await;
         events
             .into_iter()
             .filter(|e| e.checkpoint_name == "step-200" && e.kind == "checkpoint.completed")
@@ -325,8 +323,7 @@ async fn a_replica_paused_past_its_lease_commits_and_emits_nothing() {
         rx.count() > 1
     })
     .await;
-    let store = loopwatch::store::open(&pg::url_in(&cfg)).await.unwrap();
-    let events = store.events(None).await.unwrap();
+    let events = common::stored_events(&pg::url_in(&cfg), None).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(a.log_text().contains("lease lost before commit"));
 }

@@ -66,7 +66,7 @@ async fn commit(s: &dyn Store, target: &str, d: &Diff, sinks: &[&str]) {
     .unwrap();
 }
 
-async fn many_rows(store: Arc<dyn Store>) {
+async fn many_rows(store: Arc<dyn Store>, url: &str) {
     let s = store.as_ref();
     let syncing: Vec<Checkpoint> = (0..MANY).map(|i| ck(i, "SYNCING")).collect();
     assert_eq!(poll(s, "t", &syncing).await, 0, "a silent baseline");
@@ -79,7 +79,7 @@ async fn many_rows(store: Arc<dyn Store>) {
         !diff("t", &again, &complete, Utc::now(), &opts()).writes(),
         "every row round-trips"
     );
-    let events = s.events(Some("t")).await.unwrap();
+    let events = common::stored_events(url, Some("t")).await;
     assert_eq!(events.len(), MANY);
     let ids: Vec<String> = events.iter().map(|e| e.checkpoint_id.clone()).collect();
     let listed: Vec<String> = complete.iter().map(|c| c.id.clone()).collect();
@@ -110,7 +110,7 @@ async fn many_rows(store: Arc<dyn Store>) {
         MANY - 1
     );
     assert_eq!(poll(s, "t", kept).await, MANY - 1);
-    let events = s.events(Some("t")).await.unwrap();
+    let events = common::stored_events(url, Some("t")).await;
     let deleted: Vec<_> = events
         .iter()
         .filter(|e| e.kind == "checkpoint.deleted")
@@ -253,7 +253,7 @@ fn sqlite() -> (tempfile::TempDir, String) {
 #[tokio::test]
 async fn sqlite_commits_many_rows() {
     let (_dir, url) = sqlite();
-    many_rows(loopwatch::store::open(&url).await.unwrap()).await;
+    many_rows(loopwatch::store::open(&url).await.unwrap(), &url).await;
 }
 
 #[tokio::test]
@@ -266,7 +266,7 @@ async fn sqlite_batched_outcomes_are_fenced_row_by_row() {
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn postgres_commits_many_rows() {
     let url = common::pg::fresh_database().await;
-    many_rows(loopwatch::store::open(&url).await.unwrap()).await;
+    many_rows(loopwatch::store::open(&url).await.unwrap(), &url).await;
 }
 
 #[tokio::test]

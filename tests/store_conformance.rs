@@ -11,6 +11,7 @@ use loopwatch::diff::{DiffOptions, diff};
 use loopwatch::model::TargetState;
 use loopwatch::model::{Checkpoint, CheckpointTarget, FilesSeen, ProbeMemo};
 use loopwatch::store::postgres::{PgLeases, PgStore};
+use loopwatch::store::prelude::*;
 use loopwatch::store::{
     AttemptOutcome, Claimed, Coordinator, DeliveryStatus, Fence, PollCommit, Recorded, Redeliver,
     Store, StoreError, Take,
@@ -66,7 +67,7 @@ async fn poll(
     Ok(n)
 }
 
-async fn conformance(store: Arc<dyn Store>) {
+async fn conformance(store: Arc<dyn Store>, url: &str) {
     let s = store.as_ref();
     // Baseline, then changes: state round-trips and events are stored in order.
     assert_eq!(
@@ -95,7 +96,7 @@ async fn conformance(store: Arc<dyn Store>) {
         !d.writes(),
         "the stored state equals the state the diff produced"
     );
-    let events = s.events(Some("t")).await.unwrap();
+    let events = common::stored_events(url, Some("t")).await;
     let kinds: Vec<(&str, &str)> = events
         .iter()
         .map(|e| (e.kind.as_str(), e.checkpoint_id.as_str()))
@@ -364,7 +365,7 @@ async fn conformance(store: Arc<dyn Store>) {
             .len(),
         pending
     );
-    let left = s.events(None).await.unwrap();
+    let left = common::stored_events(url, None).await;
     let with_deliveries: std::collections::HashSet<String> = s
         .list_deliveries(None, 100)
         .await
@@ -472,7 +473,7 @@ async fn conformance(store: Arc<dyn Store>) {
 
 /// What a `baseten_deploy` sink needs of a store: `superseded`, the `latest_only` query
 /// and a follow-up event committed with a delivery's outcome.
-async fn deploy_conformance(store: Arc<dyn Store>) {
+async fn deploy_conformance(store: Arc<dyn Store>, url: &str) {
     use loopwatch::delivery::deploy::{Deployed, deployed_event};
     use loopwatch::store::FollowUp;
     let s = store.as_ref();
@@ -565,14 +566,14 @@ async fn deploy_conformance(store: Arc<dyn Store>) {
         event: event.clone(),
         sinks: vec!["b".into()],
     }));
-    let before = s.events(None).await.unwrap().len();
+    let before = common::stored_events(url, None).await.len();
     s.record_attempts(&[Recorded::new(&claimed[1], follow.clone())], at)
         .await
         .unwrap();
     s.record_attempts(&[Recorded::new(&claimed[3], follow)], at)
         .await
         .unwrap();
-    let events = s.events(None).await.unwrap();
+    let events = common::stored_events(url, None).await;
     assert_eq!(events.len(), before + 1);
     let stored = events.iter().find(|e| e.id == event.id).unwrap();
     assert_eq!(stored.kind, "checkpoint.deployed");
@@ -734,14 +735,14 @@ async fn lanes_conformance(store: Arc<dyn Store>) {
 async fn sqlite_deploy_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("s.db").display());
-    deploy_conformance(loopwatch::store::open(&url).await.unwrap()).await;
+    deploy_conformance(loopwatch::store::open(&url).await.unwrap(), &url).await;
 }
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
 async fn postgres_deploy_conformance() {
     let url = common::pg::fresh_database().await;
-    deploy_conformance(loopwatch::store::open(&url).await.unwrap()).await;
+    deploy_conformance(loopwatch::store::open(&url).await.unwrap(), &url).await;
 }
 
 #[tokio::test]
@@ -749,7 +750,7 @@ async fn sqlite_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("s.db").display());
     let store = loopwatch::store::open(&url).await.unwrap();
-    conformance(store).await;
+    conformance(store, &url).await;
 }
 
 #[tokio::test]
@@ -771,7 +772,7 @@ async fn postgres_lanes_conformance() {
 async fn postgres_conformance() {
     let url = common::pg::fresh_database().await;
     let store = loopwatch::store::open(&url).await.unwrap();
-    conformance(store).await;
+    conformance(store, &url).await;
 }
 
 #[tokio::test]
@@ -850,12 +851,12 @@ async fn postgres_leases_are_fair_fenced_and_taken_over_after_expiry() {
     assert!(new_epoch > epoch);
 
     // a wakes up and tries to commit with its stale epoch: refused, nothing written.
-    let before = store.events(None).await.unwrap().len();
+    let before = common::stored_events(&url, None).await.len();
     let err = poll(&store, &t, &[ck("1", "r", Some("COMPLETE"))], Some(fence))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
-    assert_eq!(store.events(None).await.unwrap().len(), before);
+    assert_eq!(common::stored_events(&url, None).await.len(), before);
     assert_eq!(
         store.load_target(&t).await.unwrap().checkpoints["1"]
             .sync_status

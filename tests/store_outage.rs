@@ -334,8 +334,7 @@ async fn a_partitioned_replica_commits_nothing_stale_and_rejoins_its_share() {
     let duplicates = check_exactly_one_id_each(&rx, 3 * n);
 
     // One stored event per (checkpoint, type): nothing committed twice or stale.
-    let store = loopwatch::store::open(&url).await.unwrap();
-    let events = store.events(None).await.unwrap();
+    let events = common::stored_events(&url, None).await;
     let mut seen = std::collections::HashSet::new();
     for e in &events {
         assert!(

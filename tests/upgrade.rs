@@ -66,7 +66,7 @@ async fn upgrade_and_check(env: &Env, rx: &Receiver, cfg: &Path, url: &str) {
     let store = loopwatch::store::open_with(url, Access::ReadOnly)
         .await
         .expect("the upgraded store opens read-only: every migration ran");
-    let events = store.events(None).await.unwrap();
+    let events = common::stored_events(url, None).await;
     let stored: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(stored, [DELIVERED_EVENT, PENDING_EVENT]);
     let dump = store.dump(Some("qwen")).await.unwrap();

@@ -392,3 +392,26 @@ pub async fn store_header() {
         ),
     }
 }
+
+/// Every stored event's `standard` body in detection order, read straight from the
+/// `events` table of the store at `url` (SQLite, read-only, or PostgreSQL).
+pub async fn stored_bodies(url: &str) -> Vec<String> {
+    use sqlx::Connection;
+    const BODIES: &str = "SELECT body FROM events ORDER BY seq";
+    if url.starts_with("sqlite:") {
+        let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts.read_only(true))
+            .await
+            .unwrap();
+        sqlx::query_scalar(BODIES)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(BODIES)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+    }
+}

@@ -2,7 +2,7 @@
 //! announces (`checkpoint.awaiting_approval`, whose `data.approve_command` is the exact
 //! command line that lets it go on), the end of waits past `approval_deadline`
 //! (`expired`), and the gauge an alert on waits about to expire reads. The decision
-//! itself is the store's ([`crate::store::Store::decide`], called by `deliveries
+//! itself is the store's ([`crate::store::Pipelines::decide`], called by `deliveries
 //! approve` / `reject`).
 
 use chrono::{DateTime, Utc};

@@ -29,7 +29,7 @@ use crate::model::{
     CheckpointTarget, DeployRequest, Deployment, EventType, ModelDeployment, checkpoint_uri,
     lifecycle_event_id, rfc3339,
 };
-use crate::store::{Claimed, DeployRow, Intent, Store, StoredEvent};
+use crate::store::{Claimed, DeployRow, Intent, Pipelines, Store, StoredEvent};
 use crate::template::{Template, compile_template};
 
 /// A failed call to the Loops API, classified for the outbox.
@@ -440,7 +440,7 @@ async fn model_deployments(
 /// since `before`, leaving out those another pipeline recorded.
 async fn reconcile(
     api: &dyn LoopsDeployer,
-    store: &dyn Store,
+    store: &dyn Pipelines,
     delivery_id: i64,
     model_name: &str,
     before: &[String],

@@ -3,7 +3,7 @@
 //! history (`/targets/NAME`, docs/status.md).
 //!
 //! Written by [`log`] inside the transaction that records the attempts' outcomes
-//! ([`super::Store::record_attempts_with`]), so the log and the outbox never disagree, and
+//! ([`super::Outbox::record_attempts`]), so the log and the outbox never disagree, and
 //! bounded: the newest [`KEPT_PER_DELIVERY`] attempts of a delivery are kept (a delivery
 //! re-queued again and again cannot grow it without end), and a pruned delivery takes its
 //! attempts with it (`ON DELETE CASCADE`). The deliveries' own columns (`attempts`,

@@ -150,7 +150,7 @@ pub fn reject_command(delivery_id: i64) -> String {
     format!("loopwatch deliveries reject {delivery_id} --by \"$USER\"")
 }
 
-/// What [`super::Store::deploy_intent`] did.
+/// What [`super::Pipelines::deploy_intent`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Intent {
     /// Recorded: the call may be sent.

@@ -18,7 +18,7 @@ use super::rows::{DeliveryRecord, ms_to_time};
 use super::{DeliveryRow, Result, SinkBacklog, sql};
 use crate::model::{CheckpointTarget, checkpoint_uri};
 
-/// What [`super::Store::overview`] reads.
+/// What [`super::Inspection::overview`] reads.
 #[derive(Clone, Debug, Default)]
 pub struct OverviewQuery {
     /// The targets to describe (a page of them).
@@ -156,7 +156,7 @@ pub struct ReplicaLine {
     pub started_at: DateTime<Utc>,
 }
 
-/// What [`super::Store::target_detail`] reads: one page of a target's checkpoints, newest
+/// What [`super::Inspection::target_detail`] reads: one page of a target's checkpoints, newest
 /// first.
 #[derive(Clone, Debug)]
 pub struct DetailQuery {

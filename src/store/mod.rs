@@ -1,17 +1,25 @@
-//! Persistence behind one trait: target state, events and the delivery outbox.
+//! Persistence behind four role traits: target state ([`PollState`]), the delivery
+//! outbox ([`Outbox`]), deploy pipelines ([`Pipelines`]) and read-only views
+//! ([`Inspection`]); [`Store`] is all four at once, what `open` hands out.
 //!
 //! The one rule every backend keeps: a poll's state changes, its events and their
-//! deliveries commit in one transaction ([`Store::commit_poll`]), so a crash at any
+//! deliveries commit in one transaction ([`PollState::commit_poll`]), so a crash at any
 //! instant neither loses an event nor records one twice.
 //!
-//! Layout: the operations both backends run the same way are written once in
-//! `shared.rs` (generic over the sqlx database), on the SQL text of `sql.rs` and the row
-//! records of `rows.rs`; `sqlite.rs` and `postgres.rs` hold only what their dialect does
-//! differently. Who polls which target is [`coordination`]'s [`Coordinator`]: nothing
+//! Layout: the roles are implemented once, in `backend.rs`, for any `Backend`: a backend
+//! supplies only its pools, how it takes a write (SQLite: a write turn, a durable or a
+//! lease-grade connection, closed after an error), its claim clock, and the three
+//! operations it writes its own way (`claim_due`, `load_targets`, `release_claims`). The
+//! operations themselves are written once (`shared.rs`, `deploys.rs`, `approvals.rs`,
+//! `promotions.rs`, `inspect.rs`, generic over the sqlx database) on the SQL text of
+//! `sql.rs` and the row records of `rows.rs`; each dialect's `Dialect` (in `sqlite.rs`
+//! and `postgres.rs`) supplies the SQL that differs: JSON paths, locking, batch inserts,
+//! the lease fence. Who polls which target is [`coordination`]'s [`Coordinator`]: nothing
 //! outside `store/` asks which backend it has.
 
 pub mod approvals;
 pub mod attempts;
+mod backend;
 mod batch;
 pub mod coordination;
 pub mod deploys;
@@ -357,17 +365,35 @@ pub enum Redeliver {
     },
 }
 
+/// Every role of the store at once: what `open` hands out (`Arc<dyn Store>`). Implemented
+/// for anything that plays the four roles; the backends play them through the one
+/// generic implementation of `backend.rs`. Callers bring the role traits into scope
+/// with `use crate::store::prelude::*`.
+pub trait Store: PollState + Outbox + Pipelines + Inspection {}
+
+impl<T: PollState + Outbox + Pipelines + Inspection + ?Sized> Store for T {}
+
+/// The traits of the store's roles, in scope without their names (`store::Outbox` would
+/// clash with `delivery::Outbox`): `use crate::store::prelude::*`.
+pub mod prelude {
+    pub use super::Inspection as _;
+    pub use super::Outbox as _;
+    pub use super::Pipelines as _;
+    pub use super::PollState as _;
+    pub use super::Store;
+}
+
+/// Poll state: what a poller loads at start and commits after every poll (target state,
+/// events and their deliveries, under the rule of [`PollState::commit_poll`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait PollState: Send + Sync + 'static {
     /// The persisted state of a target (empty and not baselined if never seen). Rows hold
     /// the digest of their upstream object, not its text.
     async fn load_target(&self, name: &str) -> Result<TargetState>;
 
     /// The states of several targets, in the order of `names` (what a daemon needs at
     /// start); a backend may read them all at once.
-    async fn load_targets(&self, names: &[&str]) -> Result<Vec<TargetState>> {
-        futures_util::future::try_join_all(names.iter().map(|n| self.load_target(n))).await
-    }
+    async fn load_targets(&self, names: &[&str]) -> Result<Vec<TargetState>>;
 
     /// The upstream object of a tracked checkpoint as last stored (the text a `deleted`
     /// event carries; the in-memory state keeps only its digest).
@@ -376,7 +402,12 @@ pub trait Store: Send + Sync + 'static {
     /// Commit a poll's state changes, events and deliveries in one transaction. Returns
     /// the stored events (with their sequence numbers).
     async fn commit_poll(&self, commit: PollCommit<'_>) -> Result<Vec<StoredEvent>>;
+}
 
+/// The delivery outbox, as sink workers and `deliveries redeliver` use it: claims with
+/// their fencing tokens, attempts' outcomes, re-queueing and pruning.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
     /// Claim up to `limit` due deliveries of `sink` for `lease`, each with a fresh fencing
     /// token. With `ordered`, only the oldest pending delivery of each run is eligible.
     /// The claim's clock is the database's (PostgreSQL) or the process's monotonic one
@@ -422,6 +453,34 @@ pub trait Store: Send + Sync + 'static {
     /// stopping): the deliveries are due again at once instead of when the claims expire.
     async fn release(&self, claims: &[(i64, i64)]) -> Result<()>;
 
+    /// Release every claim (a single-instance store does this at start: nobody else holds them).
+    async fn release_claims(&self) -> Result<u64>;
+
+    /// With `latest_only`: the name of a checkpoint of `run_id` newer (by `created_at`)
+    /// than `created_at` that `sink` has a `checkpoint.completed` sampler delivery for,
+    /// pending (in flight included), delivered or waiting for approval, other than
+    /// `delivery_id`; `None` if none.
+    async fn newer_deploy(
+        &self,
+        sink: &str,
+        run_id: &str,
+        delivery_id: i64,
+        created_at: DateTime<Utc>,
+    ) -> Result<Option<String>>;
+
+    /// Re-queue deliveries to be sent now; returns how many.
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64>;
+
+    /// Forget delivered deliveries last updated before `cutoff`, then events detected
+    /// before it that have no delivery left. Pending and dead deliveries are kept.
+    /// Returns (deliveries, events) removed.
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)>;
+}
+
+/// Deploy pipelines (a `baseten_deploy` sink's): their intents and stages, follow claims,
+/// approvals, promotion and clean-up ([`deploys`], [`approvals`]).
+#[async_trait]
+pub trait Pipelines: Send + Sync + 'static {
     /// The deploy pipeline of the claimed deploy delivery `c` at `sink`, created at its
     /// first attempt (stage `deploying`); `None` when the claim is no longer held.
     /// `created_at` is the checkpoint's, as the upstream wrote it.
@@ -465,12 +524,6 @@ pub trait Store: Send + Sync + 'static {
     /// A follow's outcome and the event it brings about; false when it was discarded
     /// (another follower holds the deployment now).
     async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool>;
-
-    /// The deploy pipelines (of `sink`, when given), newest first, at most `limit`.
-    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>>;
-
-    /// How many pipelines each sink has in each stage: (sink, stage, count).
-    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>>;
 
     /// `deliveries approve` / `reject`: decide every pipeline `ids` (delivery ids or
     /// checkpoint ids) name that waits for approval, all in one transaction; when any id
@@ -521,22 +574,12 @@ pub trait Store: Send + Sync + 'static {
         why: &str,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+}
 
-    /// Release every claim (a single-instance store does this at start: nobody else holds them).
-    async fn release_claims(&self) -> Result<u64>;
-
-    /// With `latest_only`: the name of a checkpoint of `run_id` newer (by `created_at`)
-    /// than `created_at` that `sink` has a `checkpoint.completed` sampler delivery for,
-    /// pending (in flight included), delivered or waiting for approval, other than
-    /// `delivery_id`; `None` if none.
-    async fn newer_deploy(
-        &self,
-        sink: &str,
-        run_id: &str,
-        delivery_id: i64,
-        created_at: DateTime<Utc>,
-    ) -> Result<Option<String>>;
-
+/// Read-only views for the commands (`state`, `deliveries list`, `deploys`), the gauges
+/// and the status page ([`inspect`]): nothing here writes.
+#[async_trait]
+pub trait Inspection: Send + Sync + 'static {
     async fn list_deliveries(
         &self,
         status: Option<DeliveryStatus>,
@@ -551,15 +594,18 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>>;
 
-    /// Re-queue deliveries to be sent now; returns how many.
-    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64>;
-
     async fn backlog(&self) -> Result<Vec<SinkBacklog>>;
 
     async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>>;
 
-    /// Events in detection order, for tests and `state`.
-    async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>>;
+    /// How many events are stored of each type: (type, count), by type.
+    async fn event_counts(&self) -> Result<Vec<(String, i64)>>;
+
+    /// The deploy pipelines (of `sink`, when given), newest first, at most `limit`.
+    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>>;
+
+    /// How many pipelines each sink has in each stage: (sink, stage, count).
+    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>>;
 
     /// The database-wide picture for the status page ([`inspect`]): read-only, bounded
     /// by the names and limits of `q`.
@@ -568,11 +614,6 @@ pub trait Store: Send + Sync + 'static {
     /// One target's page of checkpoints with their events, deliveries and attempts
     /// ([`inspect`]): read-only, bounded by `q`.
     async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail>;
-
-    /// Forget delivered deliveries last updated before `cutoff`, then events detected
-    /// before it that have no delivery left. Pending and dead deliveries are kept.
-    /// Returns (deliveries, events) removed.
-    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)>;
 }
 
 /// How a command opens the store.
@@ -653,7 +694,7 @@ pub(crate) fn require_current(
     }
     Ok(())
 }
-/// The checkpoint deliveries [`Store::newer_deploy`] weighs: same sink and run, another
+/// The checkpoint deliveries [`Outbox::newer_deploy`] weighs: same sink and run, another
 /// delivery, pending, delivered or waiting for approval, of a completed sampler
 /// checkpoint. Selects its name, `created_at` as the upstream wrote it and its first sight
 /// (the backend's JSON path expressions over `e.body`).

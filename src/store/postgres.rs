@@ -6,25 +6,18 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult,
 };
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Postgres, Row};
 
+use super::backend::{Backend, ClaimAsk, Grade, Turn};
 use super::batch::Rows;
 use super::coordination::Fence;
-use super::inspect::Inspect;
 use super::rows::{event_from_row, ms_to_time};
-use super::shared::{Dialect, LaneTurns, Queries};
-use super::{
-    Access, Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim,
-    FollowOutcome, Intent, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError,
-    StoredEvent, TargetDump, Undecided, sql,
-};
-use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
+use super::shared::{Dialect, LaneTurns};
+use super::{Access, Claimed, PollState, Result, StoreError, sql};
 use crate::model::{Event, TargetState, Tracked};
 
 pub use super::pg_leases::PgLeases;
@@ -203,32 +196,28 @@ impl Dialect for Postgres {
     }
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn load_target(&self, name: &str) -> Result<TargetState> {
-        Queries::load_target(&self.pool, name).await
+/// PostgreSQL's part of the store's roles: one pool for everything, no write turn (the
+/// database orders concurrent writers), the database's clock for claims.
+impl Backend for PgStore {
+    type DB = Postgres;
+
+    fn reads(&self) -> &PgPool {
+        &self.pool
     }
 
-    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Queries::checkpoint_raw(&self.pool, target, id).await
+    /// Any connection of the pool, durable or not alike (a claim turns off
+    /// `synchronous_commit` in its own transaction); kept after an error.
+    async fn write(&self, _grade: Grade) -> Result<Turn<'_, Postgres>> {
+        Ok(Turn::new(self.pool.acquire().await?, None, false))
     }
 
-    async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::commit_poll(&mut conn, c).await
+    /// The database adds its own clock ([`Dialect::claim_clock`]).
+    fn clock_base(&self) -> i64 {
+        0
     }
 
-    async fn claim_due(
-        &self,
-        sink: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-        ordered: bool,
-        lease: Duration,
-    ) -> Result<Vec<Claimed>> {
-        let now_ms = now.timestamp_millis();
-        let lease_ms = lease.as_millis() as i64;
-        let token = super::claim_token();
+    async fn claim_deliveries(&self, ask: &ClaimAsk<'_>) -> Result<Vec<Claimed>> {
+        let (sink, limit, token) = (ask.sink, ask.limit, ask.token);
         let clock = <Postgres as Dialect>::claim_clock("$5");
         let mut rows = Vec::with_capacity(limit);
         // One transaction: the lanes' claims stand or fall together.
@@ -259,14 +248,14 @@ impl Store for PgStore {
                  FROM due, events e
                  WHERE d.id = due.id AND e.seq = d.event_seq
                  RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",
-                sql::due(lane, ordered, "", &clock),
+                sql::due(lane, ask.ordered, "", &clock),
                 sql::EVENT_COLUMNS
             )))
-            .bind(lease_ms)
+            .bind(ask.lease_ms)
             .bind(sink)
-            .bind(now_ms)
+            .bind(ask.now_ms)
             .bind(room as i64)
-            .bind(super::clock_skew(now))
+            .bind(super::clock_skew(ask.now))
             .bind(token)
             .fetch_all(&mut *tx)
             .await?;
@@ -289,229 +278,13 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn next_due(&self, sink: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
-        Queries::next_due(&self.pool, sink, now).await
-    }
-
-    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::record_attempts(&mut conn, outcomes, now.timestamp_millis()).await
-    }
-
-    async fn renew_claims(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::renew_claims(&mut conn, held, 0, lease.as_millis() as i64).await
-    }
-
-    async fn release(&self, claims: &[(i64, i64)]) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::release(&mut conn, claims).await
-    }
-
-    async fn deploy_begin(
-        &self,
-        c: &Claimed,
-        sink: &str,
-        created_at: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DeployRow>> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::deploy_begin(&mut conn, c, sink, created_at, now.timestamp_millis())
-            .await
-    }
-
-    async fn deploy_intent(
-        &self,
-        c: &Claimed,
-        model_name: &str,
-        model_id: Option<&str>,
-        before: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<Intent> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::deploy_intent(
-            &mut conn,
-            c.delivery_id,
-            c.token,
-            model_name,
-            model_id,
-            before,
-            now.timestamp_millis(),
-        )
-        .await
-    }
-
-    async fn deploy_clear_intent(&self, c: &Claimed, now: DateTime<Utc>) -> Result<bool> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::deploy_clear_intent(
-            &mut conn,
-            c.delivery_id,
-            c.token,
-            now.timestamp_millis(),
-        )
-        .await
-    }
-
-    async fn recorded_deployments(&self, model_id: &str) -> Result<Vec<(i64, String)>> {
-        Queries::recorded_deployments(&self.pool, model_id).await
-    }
-
-    async fn claim_follows(
-        &self,
-        sink: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<FollowClaim>> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::claim_follows(
-            &mut conn,
-            sink,
-            now.timestamp_millis(),
-            super::clock_skew(now),
-            lease.as_millis() as i64,
-            limit as i64,
-            super::claim_token(),
-        )
-        .await
-    }
-
-    async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::record_follow(&mut conn, outcome, now.timestamp_millis()).await
-    }
-
-    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>> {
-        Queries::list_deploys(&self.pool, sink, limit).await
-    }
-
-    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
-        Queries::deploy_stages(&self.pool).await
-    }
-
-    async fn decide(
-        &self,
-        ids: &[String],
-        decision: &Decision,
-    ) -> Result<std::result::Result<Vec<Decided>, Vec<Undecided>>> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::decide(&mut conn, ids, decision).await
-    }
-
-    async fn expire_approvals(&self, sink: &str, now: DateTime<Utc>) -> Result<Vec<i64>> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::expire_approvals(&mut conn, sink, now.timestamp_millis()).await
-    }
-
-    async fn approval_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
-        let rows = Queries::approval_deadlines(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(s, ms)| (s, super::rows::ms_to_time(ms)))
-            .collect())
-    }
-
-    async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::promote_intent(
-            &mut conn,
-            claim.deploy.delivery_id,
-            claim.token,
-            now.timestamp_millis(),
-        )
-        .await
-    }
-
-    async fn newer_live(
-        &self,
-        sink: &str,
-        run_id: &str,
-        delivery_id: i64,
-        created_at: DateTime<Utc>,
-    ) -> Result<Option<String>> {
-        Queries::newer_live(&self.pool, sink, run_id, delivery_id, created_at).await
-    }
-
-    async fn cleanup_candidates(
-        &self,
-        sink: &str,
-        model_id: &str,
-        delivery_id: i64,
-        created_at: DateTime<Utc>,
-    ) -> Result<Vec<DeployRow>> {
-        Queries::cleanup_candidates(&self.pool, sink, model_id, delivery_id, created_at).await
-    }
-
-    async fn mark_deactivated(
-        &self,
-        delivery_id: i64,
-        why: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::mark_deactivated(&mut conn, delivery_id, why, now.timestamp_millis())
-            .await
+    /// One read per target, concurrently.
+    async fn load_states(&self, names: &[&str]) -> Result<Vec<TargetState>> {
+        futures_util::future::try_join_all(names.iter().map(|n| self.load_target(n))).await
     }
 
     /// Other replicas may hold claims: they expire on their own.
-    async fn release_claims(&self) -> Result<u64> {
+    async fn release_every_claim(&self) -> Result<u64> {
         Ok(0)
-    }
-
-    async fn newer_deploy(
-        &self,
-        sink: &str,
-        run_id: &str,
-        delivery_id: i64,
-        created_at: DateTime<Utc>,
-    ) -> Result<Option<String>> {
-        Queries::newer_deploy(&self.pool, sink, run_id, delivery_id, created_at).await
-    }
-
-    async fn list_deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        limit: i64,
-    ) -> Result<Vec<DeliveryRow>> {
-        Queries::list_deliveries(&self.pool, status, None, limit).await
-    }
-
-    async fn list_sink_deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        sink: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<DeliveryRow>> {
-        Queries::list_deliveries(&self.pool, status, sink, limit).await
-    }
-
-    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::redeliver(&mut conn, which, now.timestamp_millis()).await
-    }
-
-    async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
-        Queries::backlog(&self.pool).await
-    }
-
-    async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
-        Queries::dump(&self.pool, target).await
-    }
-
-    async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        Queries::events(&self.pool, target).await
-    }
-
-    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
-        Inspect::<Postgres>::overview(&self.pool, q).await
-    }
-
-    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
-        Inspect::<Postgres>::target_detail(&self.pool, q).await
-    }
-
-    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
-        let mut conn = self.pool.acquire().await?;
-        Queries::<Postgres>::prune(&mut conn, cutoff.timestamp_millis()).await
     }
 }

@@ -1,10 +1,13 @@
 //! The store operations both backends run the same way, written once and generic over
-//! the sqlx database: a poll's commit, reads of state and events, the backlog,
-//! re-queueing and pruning; and how a claim splits between lanes ([`LaneTurns`]). A backend's
-//! [`Dialect`] supplies the little that differs; `sqlite.rs` and `postgres.rs` call these
-//! from their [`super::Store`] methods (SQLite inside its write turn where it writes).
+//! the sqlx database: a poll's commit, reads of state and of the events' figures, the
+//! backlog, outcomes, renewals, re-queueing and pruning; and how a claim splits between
+//! lanes ([`LaneTurns`]). A backend's [`Dialect`] supplies the little SQL that differs
+//! (`sqlite_dialect.rs`, `postgres.rs`); the one implementation of the store's roles
+//! (`backend.rs`) calls these, on a connection the backend hands it for each write
+//! (SQLite's inside its write turn).
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Connection, Encode, Executor, FromRow, IntoArguments, Pool, Type};
@@ -37,24 +40,24 @@ pub(crate) trait Dialect: super::attempts::LogDialect {
 
     /// First in a poll's transaction: refuse the commit ([`super::StoreError::Fenced`])
     /// unless `fence` still holds, and keep a takeover waiting until the commit ends.
-    async fn check_fence(
+    fn check_fence(
         tx: &mut Self::Connection,
         target: &str,
         fence: Option<&Fence>,
-    ) -> Result<()>;
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Insert or overwrite checkpoints that come with their object's text.
-    async fn upsert_checkpoints(
+    fn upsert_checkpoints(
         tx: &mut Self::Connection,
         target: &str,
         rows: &[&Tracked],
-    ) -> Result<()>;
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Insert events with their `standard` bodies, in order; returns their `seq`s.
-    async fn insert_events(
+    fn insert_events(
         tx: &mut Self::Connection,
         events: &[(&Event, &str)],
-    ) -> Result<Vec<i64>>;
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
     /// A row lock for a `SELECT` that fences a write (`FOR UPDATE`; SQLite has one writer).
     const LOCK_ROW: &'static str;
@@ -73,11 +76,11 @@ pub(crate) trait Dialect: super::attempts::LogDialect {
     fn claim_clock(param: &str) -> String;
 
     /// Insert pending deliveries (event seq, sink, run id), due at `now`, in order.
-    async fn insert_deliveries(
+    fn insert_deliveries(
         tx: &mut Self::Connection,
         rows: &[(i64, &str, &str)],
         now: i64,
-    ) -> Result<()>;
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// `rows` as a table `u` with their columns' names, for a `FROM` clause, bound from
     /// the placeholder `$first` on ([`super::batch`]).
@@ -137,7 +140,7 @@ where
     for<'r> super::deploys::DeployRecord: FromRow<'r, DB::Row>,
 {
     /// One poll's state changes, events and deliveries in one transaction on `conn`
-    /// (the rule of [`super::Store::commit_poll`]).
+    /// (the rule of [`super::PollState::commit_poll`]).
     pub(crate) async fn commit_poll(
         conn: &mut DB::Connection,
         c: PollCommit<'_>,
@@ -315,7 +318,7 @@ where
         Ok(super::pick_newer(rows, created_at))
     }
 
-    /// [`super::Store::next_due`].
+    /// [`super::Outbox::next_due`].
     pub(crate) async fn next_due(
         pool: &Pool<DB>,
         sink: &str,
@@ -354,15 +357,6 @@ where
             out.push(t.dump(rows)?);
         }
         Ok(out)
-    }
-
-    /// Events in detection order, of one target or all.
-    pub(crate) async fn events(pool: &Pool<DB>, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<EventRecord> = sqlx::query_as(AssertSqlSafe(sql::events()))
-            .bind(target)
-            .fetch_all(pool)
-            .await?;
-        Ok(rows.into_iter().map(StoredEvent::from).collect())
     }
 
     /// The newest `limit` deliveries (of one status, or any), oldest first.
@@ -580,6 +574,21 @@ where
             .await?;
         tx.commit().await?;
         Ok((DB::rows_affected(&deliveries), DB::rows_affected(&events)))
+    }
+}
+
+/// Reads of the outbox's and the events' figures.
+impl<DB: Dialect> Queries<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (Option<i64>,): FromRow<'r, DB::Row>,
+{
+    /// How many events are stored of each type: (type, count), by type.
+    pub(crate) async fn event_counts(pool: &Pool<DB>) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(sql::EVENT_COUNTS).fetch_all(pool).await?)
     }
 }
 

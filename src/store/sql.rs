@@ -1,7 +1,8 @@
 //! The SQL text both backends run, written once. Placeholders are `$N`, which PostgreSQL
 //! takes natively and sqlx binds by number on SQLite too; `CAST($1 AS TEXT) IS NULL`
-//! (an optional filter) reads the same in both dialects. What differs stays in
-//! `sqlite.rs` / `postgres.rs`: claims, multi-row inserts, the lease fence.
+//! (an optional filter) reads the same in both dialects. What differs stays in each
+//! dialect's `Dialect` (`sqlite_dialect.rs`, `postgres.rs`) and in each backend's claims
+//! (`sqlite.rs`, `postgres.rs`): multi-row inserts, JSON paths, locking, the lease fence.
 
 /// The `checkpoints` columns every [`super::rows::TrackedRecord`] reads, before the
 /// dialect's `raw_digest` and `raw`.
@@ -101,13 +102,9 @@ pub(crate) fn list_deliveries() -> String {
     )
 }
 
-/// Events in detection order, of target `$1` (all if NULL).
-pub(crate) fn events() -> String {
-    format!(
-        "SELECT {EVENT_COLUMNS} FROM events e
-         WHERE (CAST($1 AS TEXT) IS NULL OR e.target = $1) ORDER BY e.seq"
-    )
-}
+/// How many events are stored of each type: (type, count), by type.
+pub(crate) const EVENT_COUNTS: &str =
+    "SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY type";
 
 // Writes of the outbox.
 

@@ -5,27 +5,22 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::TryStreamExt;
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteQueryResult, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite};
 
+use super::backend::{Backend, ClaimAsk, Grade, Turn};
 use super::coordination::Fence;
-use super::inspect::Inspect;
 use super::rows::{self, event_from_row, ms_to_time};
-use super::shared::{Dialect, LaneTurns, Queries};
+use super::shared::{Dialect, LaneTurns};
 use super::{
-    Access, Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, FollowClaim,
-    FollowOutcome, Intent, PollCommit, Recorded, Redeliver, Result, SinkBacklog, Store, StoreError,
-    StoredEvent, TargetDump, Undecided,
+    Access, Claimed, Outbox, Result, StoreError,
     sql::{self, Lane},
 };
-use super::{DetailQuery, Overview, OverviewQuery, TargetDetail};
 use crate::model::{Event, ProbeMemo, Raw, TargetState, Tracked};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -221,24 +216,14 @@ impl SqliteStore {
 /// Rows per multi-row statement: 16 parameters a row stays far below SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// Closes `conn` instead of returning it to the pool when a transaction on it failed.
-/// SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, SQLITE_IOERR),
-/// and sqlx then still counts it as open: its next BEGIN on that connection would be a
-/// SAVEPOINT, whose rollback leaves a transaction, and the write lock, open for good
-/// (every other writer then fails with "database is locked"). A fresh connection has
-/// no such history.
-/// Claim in `lanes` (one transaction: the lanes' claims stand or fall together):
-/// (id, attempts, created_at) of each delivery claimed until `until`.
-#[allow(clippy::too_many_arguments)]
+/// Claim in `lanes` (one transaction: the lanes' claims stand or fall together), what
+/// `ask` asks for, on the claim clock's `clock_ms`: (id, attempts, created_at) of each
+/// delivery claimed.
 async fn claim_lanes(
     conn: &mut SqliteConnection,
     lanes: [(Lane, usize); 2],
-    sink: &str,
-    now_ms: i64,
+    ask: &ClaimAsk<'_>,
     clock_ms: i64,
-    lease_ms: i64,
-    token: i64,
-    ordered: bool,
 ) -> Result<Vec<(i64, i64, i64)>> {
     let limit = lanes[1].1;
     let mut tx = conn.begin().await?;
@@ -258,14 +243,14 @@ async fn claim_lanes(
         let took: Vec<(i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE deliveries SET claimed_until = $5 + $1, claim_token = $6 WHERE id IN ({})
              RETURNING id, attempts, created_at",
-            sql::due(lane, ordered, hint, "$5")
+            sql::due(lane, ask.ordered, hint, "$5")
         )))
-        .bind(lease_ms)
-        .bind(sink)
-        .bind(now_ms)
+        .bind(ask.lease_ms)
+        .bind(ask.sink)
+        .bind(ask.now_ms)
         .bind(room as i64)
         .bind(clock_ms)
-        .bind(token)
+        .bind(ask.token)
         .fetch_all(&mut *tx)
         .await?;
         ids.extend(took);
@@ -274,20 +259,79 @@ async fn claim_lanes(
     Ok(ids)
 }
 
-fn discard_after_error<T>(conn: &mut PoolConnection<Sqlite>, r: &Result<T>) {
-    if r.is_err() {
-        conn.close_on_drop();
-    }
-}
+/// SQLite's part of the store's roles: its write turn, its two pools and its own clock.
+impl Backend for SqliteStore {
+    type DB = Sqlite;
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn load_target(&self, name: &str) -> Result<TargetState> {
-        Queries::load_target(&self.pool, name).await
+    fn reads(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// In the write turn; a durable write on `pool`, a lease-grade one on `leases`. The
+    /// connection is closed after a failed write (see [`Turn::finish`]).
+    async fn write(&self, grade: Grade) -> Result<Turn<'_, Sqlite>> {
+        let turn = self.writes.lock().await;
+        let pool = match grade {
+            Grade::Durable => &self.pool,
+            Grade::Lease => &self.leases,
+        };
+        let conn = pool.acquire().await?;
+        Ok(Turn::new(conn, Some(turn), true))
+    }
+
+    fn clock_base(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    async fn claim_deliveries(&self, ask: &ClaimAsk<'_>) -> Result<Vec<Claimed>> {
+        let token = ask.token;
+        let mut w = self.write(Grade::Lease).await?;
+        let lanes = self.lanes.split(ask.sink, ask.limit);
+        let clock = self.clock.now_ms() + super::clock_skew(ask.now);
+        let r = claim_lanes(&mut w.conn, lanes, ask, clock).await;
+        let ids = w.finish(r)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<i64> = ids.iter().map(|(id, _, _)| *id).collect();
+        let read = sqlx::query(AssertSqlSafe(format!(
+            "SELECT d.id AS delivery_id, {} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY e.seq",
+            sql::EVENT_COLUMNS
+        )))
+        .bind(serde_json::to_string(&list).expect("integers serialize"))
+        .fetch_all(&self.pool)
+        .await;
+        let rows = match read {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Not handed out: give the claims back rather than let them wait to lapse.
+                let back: Vec<(i64, i64)> = list.iter().map(|id| (*id, token)).collect();
+                let _ = Outbox::release(self, &back).await;
+                return Err(e.into());
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let delivery_id: i64 = r.try_get("delivery_id")?;
+            let (_, attempts, created) = ids
+                .iter()
+                .find(|(id, _, _)| *id == delivery_id)
+                .copied()
+                .unwrap_or_default();
+            out.push(Claimed {
+                delivery_id,
+                token,
+                attempts: attempts as u32,
+                created_at: ms_to_time(created),
+                event: event_from_row(r)?,
+            });
+        }
+        Ok(out)
     }
 
     /// One read of the whole state, not one query per target.
-    async fn load_targets(&self, names: &[&str]) -> Result<Vec<TargetState>> {
+    async fn load_states(&self, names: &[&str]) -> Result<Vec<TargetState>> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut target_rows: HashMap<String, (String, Option<String>)> =
@@ -384,293 +428,7 @@ impl Store for SqliteStore {
         Ok(states)
     }
 
-    async fn checkpoint_raw(&self, target: &str, id: &str) -> Result<Option<String>> {
-        Queries::checkpoint_raw(&self.pool, target, id).await
-    }
-
-    async fn commit_poll(&self, c: PollCommit<'_>) -> Result<Vec<StoredEvent>> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::commit_poll(&mut conn, c).await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn claim_due(
-        &self,
-        sink: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-        ordered: bool,
-        lease: Duration,
-    ) -> Result<Vec<Claimed>> {
-        let now_ms = now.timestamp_millis();
-        let lease_ms = lease.as_millis() as i64;
-        let token = super::claim_token();
-        let turn = self.writes.lock().await;
-        let mut conn = self.leases.acquire().await?;
-        let lanes = self.lanes.split(sink, limit);
-        let clock = self.clock.now_ms() + super::clock_skew(now);
-        let r = claim_lanes(
-            &mut conn, lanes, sink, now_ms, clock, lease_ms, token, ordered,
-        )
-        .await;
-        discard_after_error(&mut conn, &r);
-        let ids = r?;
-        drop((conn, turn));
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list: Vec<i64> = ids.iter().map(|(id, _, _)| *id).collect();
-        let read = sqlx::query(AssertSqlSafe(format!(
-            "SELECT d.id AS delivery_id, {} FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY e.seq",
-            sql::EVENT_COLUMNS
-        )))
-        .bind(serde_json::to_string(&list).expect("integers serialize"))
-        .fetch_all(&self.pool)
-        .await;
-        let rows = match read {
-            Ok(rows) => rows,
-            Err(e) => {
-                // Not handed out: give the claims back rather than let them wait to lapse.
-                let back: Vec<(i64, i64)> = list.iter().map(|id| (*id, token)).collect();
-                let _ = self.release(&back).await;
-                return Err(e.into());
-            }
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let delivery_id: i64 = r.try_get("delivery_id")?;
-            let (_, attempts, created) = ids
-                .iter()
-                .find(|(id, _, _)| *id == delivery_id)
-                .copied()
-                .unwrap_or_default();
-            out.push(Claimed {
-                delivery_id,
-                token,
-                attempts: attempts as u32,
-                created_at: ms_to_time(created),
-                event: event_from_row(r)?,
-            });
-        }
-        Ok(out)
-    }
-
-    async fn next_due(&self, sink: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
-        Queries::next_due(&self.pool, sink, now).await
-    }
-
-    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.leases.acquire().await?;
-        let r =
-            Queries::<Sqlite>::record_attempts(&mut conn, outcomes, now.timestamp_millis()).await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn renew_claims(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.leases.acquire().await?;
-        let clock = self.clock.now_ms();
-        let r =
-            Queries::<Sqlite>::renew_claims(&mut conn, held, clock, lease.as_millis() as i64).await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn release(&self, claims: &[(i64, i64)]) -> Result<()> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.leases.acquire().await?;
-        let r = Queries::<Sqlite>::release(&mut conn, claims).await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn deploy_begin(
-        &self,
-        c: &Claimed,
-        sink: &str,
-        created_at: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DeployRow>> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r =
-            Queries::<Sqlite>::deploy_begin(&mut conn, c, sink, created_at, now.timestamp_millis())
-                .await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn deploy_intent(
-        &self,
-        c: &Claimed,
-        model_name: &str,
-        model_id: Option<&str>,
-        before: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<Intent> {
-        // Synced to disk before the call is sent: a power cut after it must not forget
-        // that a deploy may have happened.
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::deploy_intent(
-            &mut conn,
-            c.delivery_id,
-            c.token,
-            model_name,
-            model_id,
-            before,
-            now.timestamp_millis(),
-        )
-        .await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn deploy_clear_intent(&self, c: &Claimed, now: DateTime<Utc>) -> Result<bool> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::deploy_clear_intent(
-            &mut conn,
-            c.delivery_id,
-            c.token,
-            now.timestamp_millis(),
-        )
-        .await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn recorded_deployments(&self, model_id: &str) -> Result<Vec<(i64, String)>> {
-        Queries::recorded_deployments(&self.pool, model_id).await
-    }
-
-    async fn claim_follows(
-        &self,
-        sink: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<FollowClaim>> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.leases.acquire().await?;
-        let r = Queries::<Sqlite>::claim_follows(
-            &mut conn,
-            sink,
-            now.timestamp_millis(),
-            self.clock.now_ms() + super::clock_skew(now),
-            lease.as_millis() as i64,
-            limit as i64,
-            super::claim_token(),
-        )
-        .await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn record_follow(&self, outcome: &FollowOutcome, now: DateTime<Utc>) -> Result<bool> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::record_follow(&mut conn, outcome, now.timestamp_millis()).await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn list_deploys(&self, sink: Option<&str>, limit: i64) -> Result<Vec<DeployRow>> {
-        Queries::list_deploys(&self.pool, sink, limit).await
-    }
-
-    async fn deploy_stages(&self) -> Result<Vec<(String, String, i64)>> {
-        Queries::deploy_stages(&self.pool).await
-    }
-
-    async fn decide(
-        &self,
-        ids: &[String],
-        decision: &Decision,
-    ) -> Result<std::result::Result<Vec<Decided>, Vec<Undecided>>> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::decide(&mut conn, ids, decision).await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn expire_approvals(&self, sink: &str, now: DateTime<Utc>) -> Result<Vec<i64>> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::expire_approvals(&mut conn, sink, now.timestamp_millis()).await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn approval_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
-        let rows = Queries::approval_deadlines(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(s, ms)| (s, super::rows::ms_to_time(ms)))
-            .collect())
-    }
-
-    async fn promote_intent(&self, claim: &FollowClaim, now: DateTime<Utc>) -> Result<bool> {
-        // Synced to disk before the call is sent, as a deploy's intent.
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::promote_intent(
-            &mut conn,
-            claim.deploy.delivery_id,
-            claim.token,
-            now.timestamp_millis(),
-        )
-        .await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn newer_live(
-        &self,
-        sink: &str,
-        run_id: &str,
-        delivery_id: i64,
-        created_at: DateTime<Utc>,
-    ) -> Result<Option<String>> {
-        Queries::newer_live(&self.pool, sink, run_id, delivery_id, created_at).await
-    }
-
-    async fn cleanup_candidates(
-        &self,
-        sink: &str,
-        model_id: &str,
-        delivery_id: i64,
-        created_at: DateTime<Utc>,
-    ) -> Result<Vec<DeployRow>> {
-        Queries::cleanup_candidates(&self.pool, sink, model_id, delivery_id, created_at).await
-    }
-
-    async fn mark_deactivated(
-        &self,
-        delivery_id: i64,
-        why: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::mark_deactivated(
-            &mut conn,
-            delivery_id,
-            why,
-            now.timestamp_millis(),
-        )
-        .await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn release_claims(&self) -> Result<u64> {
+    async fn release_every_claim(&self) -> Result<u64> {
         let _turn = self.writes.lock().await;
         let r = sqlx::query(
             "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL WHERE claimed_until IS NOT NULL",
@@ -684,69 +442,6 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
-    }
-
-    async fn newer_deploy(
-        &self,
-        sink: &str,
-        run_id: &str,
-        delivery_id: i64,
-        created_at: DateTime<Utc>,
-    ) -> Result<Option<String>> {
-        Queries::newer_deploy(&self.pool, sink, run_id, delivery_id, created_at).await
-    }
-
-    async fn list_deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        limit: i64,
-    ) -> Result<Vec<DeliveryRow>> {
-        Queries::list_deliveries(&self.pool, status, None, limit).await
-    }
-
-    async fn list_sink_deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        sink: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<DeliveryRow>> {
-        Queries::list_deliveries(&self.pool, status, sink, limit).await
-    }
-
-    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::redeliver(&mut conn, which, now.timestamp_millis()).await;
-        discard_after_error(&mut conn, &r);
-        r
-    }
-
-    async fn backlog(&self) -> Result<Vec<SinkBacklog>> {
-        Queries::backlog(&self.pool).await
-    }
-
-    async fn dump(&self, target: Option<&str>) -> Result<Vec<TargetDump>> {
-        Queries::dump(&self.pool, target).await
-    }
-
-    async fn events(&self, target: Option<&str>) -> Result<Vec<StoredEvent>> {
-        Queries::events(&self.pool, target).await
-    }
-
-    async fn overview(&self, q: &OverviewQuery) -> Result<Overview> {
-        Inspect::<Sqlite>::overview(&self.pool, q).await
-    }
-
-    async fn target_detail(&self, q: &DetailQuery) -> Result<TargetDetail> {
-        Inspect::<Sqlite>::target_detail(&self.pool, q).await
-    }
-
-    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<(u64, u64)> {
-        let _turn = self.writes.lock().await;
-        let mut conn = self.pool.acquire().await?;
-        let r = Queries::<Sqlite>::prune(&mut conn, cutoff.timestamp_millis()).await;
-        discard_after_error(&mut conn, &r);
-        r
     }
 }
 

@@ -1,6 +1,8 @@
 //! Tests of the SQLite store: migrations in place, digests of old rows.
 
 use super::*;
+use crate::store::prelude::*;
+use crate::store::{DeliveryStatus, PollCommit};
 
 /// A state file from before `superseded` (migrations 1 and 2) upgrades in place: the
 /// deliveries table is rebuilt with every row and id, ids keep increasing, and the new

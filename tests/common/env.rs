@@ -142,17 +142,10 @@ shutdown_grace = "3s"
         }
     }
 
-    /// The stored events, read directly from the state file, read-only (a read-write
-    /// handle would checkpoint the file's log when it closes, in the background, under
-    /// a test comparing the file's bytes); none while there is no state file.
+    /// The stored events, read directly from the state file, read-only
+    /// ([`super::stored_events`]); none while there is no state file.
     pub async fn events(&self) -> Vec<loopwatch::store::StoredEvent> {
-        use loopwatch::store::{Access, Store, StoreError};
-        let url = format!("sqlite://{}", self.db().display());
-        match loopwatch::store::sqlite::SqliteStore::open_with(&url, Access::ReadOnly).await {
-            Ok(store) => store.events(None).await.unwrap(),
-            Err(StoreError::Missing(_)) => Vec::new(),
-            Err(e) => panic!("{e}"),
-        }
+        super::stored_events(&format!("sqlite://{}", self.db().display()), None).await
     }
 }
 

@@ -65,3 +65,66 @@ pub fn check_exactly_one_id_each(rx: &Receiver, expected: usize) -> usize {
     }
     got.len() - expected
 }
+
+/// The stored events (of `target`, when given) in detection order, read straight from
+/// the `events` table of the store at `url`, SQLite or PostgreSQL: the store itself has no
+/// such read (nothing but tests wants every event at once). A SQLite file is opened
+/// read-only (a read-write handle would checkpoint the file's log when it closes, in the
+/// background, under a test comparing the file's bytes); none while there is no file.
+pub async fn stored_events(url: &str, target: Option<&str>) -> Vec<loopwatch::store::StoredEvent> {
+    use sqlx::Connection;
+    type Row = (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        String,
+    );
+    const EVENTS: &str = "SELECT seq, id, type, target, checkpoint_id, checkpoint_name, run_id,
+        checkpoint_target, detected_at, body FROM events
+        WHERE (CAST($1 AS TEXT) IS NULL OR target = $1) ORDER BY seq";
+    let rows: Vec<Row> = if url.starts_with("sqlite:") {
+        let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+        if !opts.get_filename().exists() {
+            return Vec::new();
+        }
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts.read_only(true))
+            .await
+            .unwrap();
+        let rows = sqlx::query_as(EVENTS)
+            .bind(target)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        rows
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let rows = sqlx::query_as(EVENTS)
+            .bind(target)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        rows
+    };
+    rows.into_iter()
+        .map(|r| loopwatch::store::StoredEvent {
+            seq: r.0,
+            id: r.1,
+            kind: r.2,
+            target: r.3,
+            checkpoint_id: r.4,
+            checkpoint_name: r.5,
+            run_id: r.6,
+            checkpoint_target: r.7,
+            detected_at: chrono::DateTime::from_timestamp_millis(r.8).unwrap_or_default(),
+            body: r.9,
+        })
+        .collect()
+}
