@@ -458,7 +458,7 @@ async fn durable_post_floor(
     let c0 = receiver.count();
     let create = "CREATE TABLE outcome_floor (id BIGINT PRIMARY KEY, status TEXT NOT NULL)";
     let fill = format!(
-        "INSERT INTO outcome_floor (id, status) SELECT value, 'pending' FROM ({})",
+        "INSERT INTO outcome_floor (id, status) SELECT value, 'pending' FROM ({}) AS ids",
         "WITH RECURSIVE s(value) AS (SELECT CAST(0 AS BIGINT) UNION ALL SELECT value + 1 FROM s WHERE value + 1 < CAST($1 AS BIGINT)) SELECT value FROM s"
     );
     enum Pool {
