@@ -54,6 +54,8 @@ struct Run {
     fetch_floor_s: f64,
     deliver_s: f64,
     post_floor_s: f64,
+    /// The same POSTs, a durable outcome write per slot-full ([`durable_post_floor`]).
+    durable_floor_s: f64,
 }
 
 async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool) -> Run {
@@ -115,6 +117,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
             fetch_floor_s: f64::NAN,
             deliver_s: f64::NAN,
             post_floor_s: f64::NAN,
+            durable_floor_s: f64::NAN,
         };
     }
 
@@ -130,7 +133,9 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     // POST floor: the stored bodies, unsigned, no store.
     let bodies = support::stored_bodies(&db.url).await;
     assert_eq!(bodies.len(), events);
-    let post_floor_s = post_floor(&http, receiver, bodies, SENDS_IN_FLIGHT).await;
+    let post_floor_s = post_floor(&http, receiver, bodies.clone(), SENDS_IN_FLIGHT).await;
+    let durable_floor_s =
+        durable_post_floor(&http, receiver, bodies, 1, SENDS_IN_FLIGHT, &db).await;
 
     // loopwatch: the sink worker, until every delivery is recorded as delivered.
     if std::env::var("BENCH_PAUSE").is_ok_and(|v| v == "deliver") {
@@ -185,6 +190,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
         fetch_floor_s,
         deliver_s,
         post_floor_s,
+        durable_floor_s,
     }
 }
 
@@ -223,6 +229,7 @@ async fn bench(o: Opts) {
     let polls = targets as f64 / med(|r| r.commit_s);
     let delivered = e / med(|r| r.deliver_s);
     let posted = e / med(|r| r.post_floor_s);
+    let durable = e / med(|r| r.durable_floor_s);
     println!("### burst of {} completions", n(e));
     println!();
     support::table(
@@ -257,6 +264,14 @@ async fn bench(o: Opts) {
                 n(delivered),
                 n(posted),
                 ratio(delivered, posted),
+            ],
+            vec![
+                "webhooks delivered/s vs. the same POSTs with a durable outcome write per \
+                 slot-full (the sink's bound: at most `concurrency` attempts unrecorded)"
+                    .into(),
+                n(delivered),
+                n(durable),
+                ratio(delivered, durable),
             ],
         ],
     );
@@ -423,6 +438,119 @@ async fn post_floor(
     s
 }
 
+/// The POST floor under loopwatch's durability rule: `bodies` POSTed unsigned by `lanes`
+/// workers of `slots` each, a slot free again only once a durable write recording its
+/// outcome has committed, one write per slot-full (`UPDATE ... WHERE id = ANY(...)` /
+/// `IN (...)` of `slots` rows, on a table of its own in `db`: PostgreSQL with its
+/// `synchronous_commit`, SQLite with `synchronous = NORMAL` as loopwatch writes outcomes).
+/// What a sink may not beat without more than `slots` attempts unrecorded at once (the
+/// bound on repeats after a crash); no signing, claims or attempts log. Seconds.
+async fn durable_post_floor(
+    http: &reqwest::Client,
+    receiver: &Receiver,
+    bodies: Vec<String>,
+    lanes: usize,
+    slots: usize,
+    db: &BenchDb,
+) -> f64 {
+    use sqlx::AssertSqlSafe;
+    let n = bodies.len();
+    let c0 = receiver.count();
+    let create = "CREATE TABLE outcome_floor (id BIGINT PRIMARY KEY, status TEXT NOT NULL)";
+    let fill = format!(
+        "INSERT INTO outcome_floor (id, status) SELECT value, 'pending' FROM ({}) AS ids",
+        "WITH RECURSIVE s(value) AS (SELECT CAST(0 AS BIGINT) UNION ALL SELECT value + 1 FROM s WHERE value + 1 < CAST($1 AS BIGINT)) SELECT value FROM s"
+    );
+    enum Pool {
+        Pg(sqlx::PgPool),
+        Lite(sqlx::SqlitePool),
+    }
+    let pool = if db.is_postgres() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(lanes as u32)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        sqlx::query(create).execute(&pool).await.unwrap();
+        sqlx::query(AssertSqlSafe(fill.clone()))
+            .bind(n as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        Pool::Pg(pool)
+    } else {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+        let opts = SqliteConnectOptions::new()
+            .filename(db.dir.path().join("outcome-floor.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        sqlx::query(create).execute(&pool).await.unwrap();
+        sqlx::query(AssertSqlSafe(fill))
+            .bind(n as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        Pool::Lite(pool)
+    };
+    let bodies: Vec<(i64, String)> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| (i as i64, b))
+        .collect();
+    let per_lane = n.div_ceil(lanes.max(1));
+    let t0 = Instant::now();
+    futures_util::future::join_all(bodies.chunks(per_lane.max(1)).map(|lane| {
+        let pool = &pool;
+        async move {
+            for slot_full in lane.chunks(slots) {
+                futures_util::future::join_all(slot_full.iter().map(|(_, b)| async move {
+                    let r = http
+                        .post(&receiver.url)
+                        .header("content-type", "application/json")
+                        .body(b.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success());
+                }))
+                .await;
+                let ids: Vec<i64> = slot_full.iter().map(|(id, _)| *id).collect();
+                match pool {
+                    Pool::Pg(p) => {
+                        sqlx::query(
+                            "UPDATE outcome_floor SET status = 'delivered' WHERE id = ANY($1)",
+                        )
+                        .bind(&ids)
+                        .execute(p)
+                        .await
+                        .unwrap();
+                    }
+                    Pool::Lite(p) => {
+                        sqlx::query(
+                            "UPDATE outcome_floor SET status = 'delivered'
+                             WHERE id IN (SELECT value FROM json_each($1))",
+                        )
+                        .bind(serde_json::to_string(&ids).unwrap())
+                        .execute(p)
+                        .await
+                        .unwrap();
+                    }
+                }
+            }
+        }
+    }))
+    .await;
+    let s = t0.elapsed().as_secs_f64();
+    assert_eq!(receiver.count() - c0, n);
+    s
+}
+
 /// CPU seconds so far of each replica, the simulator, PostgreSQL (the postmaster's tree)
 /// and this process (the receiver, and the floors' clients).
 #[derive(Clone, Default)]
@@ -583,6 +711,7 @@ struct ProcRun {
     db_floor_s: f64,
     fetch_floor_s: f64,
     post_floor_s: f64,
+    durable_floor_s: f64,
     cpu_commit: Cpu,
     cpu_drain: Cpu,
     /// Until the last commit (counters read then: up to a second of it may be missing,
@@ -742,7 +871,9 @@ async fn one_process_run(targets: usize, per: usize, count: usize, receiver: &Re
         .await
         .unwrap();
     assert_eq!(bodies.len(), events);
-    let post_floor_s = post_floor(&http, receiver, bodies, SENDS_IN_FLIGHT * count).await;
+    let post_floor_s = post_floor(&http, receiver, bodies.clone(), SENDS_IN_FLIGHT * count).await;
+    let durable_floor_s =
+        durable_post_floor(&http, receiver, bodies, count, SENDS_IN_FLIGHT, &db).await;
     pool.close().await;
     drop(sim);
     db.drop_db().await;
@@ -757,6 +888,7 @@ async fn one_process_run(targets: usize, per: usize, count: usize, receiver: &Re
         db_floor_s,
         fetch_floor_s,
         post_floor_s,
+        durable_floor_s,
         cpu_commit,
         cpu_drain,
         db_commit,
@@ -862,6 +994,11 @@ fn report_processes(counts: &[usize], runs: &[Vec<ProcRun>]) {
             "webhooks delivered/s (switch -> every outcome recorded) vs. the same POSTs unsigned, no store",
             &|r| r.events as f64 / r.deliver_s,
             Some(&|r| r.events as f64 / r.post_floor_s),
+        ),
+        (
+            "webhooks delivered/s vs. the same POSTs with a durable outcome write per slot-full (at most `concurrency` attempts unrecorded per replica)",
+            &|r| r.events as f64 / r.deliver_s,
+            Some(&|r| r.events as f64 / r.durable_floor_s),
         ),
         (
             "webhooks delivered/s after the last commit",

@@ -126,8 +126,8 @@ impl Outbox for Watched {
         )
     }
 
-    async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
-        watched!(self, "claim", self.inner.next_due(sink))
+    async fn next_due(&self, sink: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        watched!(self, "claim", self.inner.next_due(sink, now))
     }
 
     async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {

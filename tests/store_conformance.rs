@@ -229,8 +229,17 @@ async fn conformance(store: Arc<dyn Store>, url: &str) {
         (DeliveryStatus::Dead, Some("HTTP 410"))
     );
     assert_eq!(
-        s.next_due("a").await.unwrap().unwrap().timestamp_millis(),
+        s.next_due("a", now)
+            .await
+            .unwrap()
+            .unwrap()
+            .timestamp_millis(),
         next.timestamp_millis()
+    );
+    assert_eq!(
+        s.next_due("b", now).await.unwrap(),
+        None,
+        "deliveries due already are a claim's to take, not a time to wait for"
     );
     let backlog = s.backlog().await.unwrap();
     let a = backlog.iter().find(|b| b.sink == "a").unwrap();

@@ -74,7 +74,7 @@ impl Outbox {
         {
             Ok(batch) if batch.len() == room => (held(batch), Duration::ZERO),
             Ok(batch) => {
-                let wait = match self.store.next_due(sink.name()).await {
+                let wait = match self.store.next_due(sink.name(), now).await {
                     Ok(Some(due)) if due > now => (due - now).to_std().unwrap_or(idle).min(idle),
                     _ => idle,
                 };

@@ -230,8 +230,8 @@ where
         self.claim_deliveries(&ask).await
     }
 
-    async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>> {
-        Queries::next_due(self.reads(), sink).await
+    async fn next_due(&self, sink: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        Queries::next_due(self.reads(), sink, now).await
     }
 
     async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {

@@ -421,8 +421,10 @@ pub trait Outbox: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Vec<Claimed>>;
 
-    /// The earliest `next_attempt_at` of a pending delivery of `sink`.
-    async fn next_due(&self, sink: &str) -> Result<Option<DateTime<Utc>>>;
+    /// The earliest `next_attempt_at` after `now` of a pending delivery of `sink`: when
+    /// a claim that found nothing more due should look again. One index probe, whatever
+    /// the backlog (a sink down with 100,000 retries pending costs no scan of them).
+    async fn next_due(&self, sink: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>>;
 
     /// The outcomes of several attempts, written together (one transaction), each
     /// attempt logged with its facts in the same transaction ([`attempts`]). An outcome

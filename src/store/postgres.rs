@@ -123,7 +123,6 @@ impl Dialect for Postgres {
         r.rows_affected()
     }
 
-    const GREATEST: &'static str = "GREATEST";
     const BODY_CREATED_AT: &'static str = "(e.body::jsonb #>> '{data,checkpoint,created_at}')";
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const MODEL_LOCK: Option<&'static str> =

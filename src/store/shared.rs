@@ -31,10 +31,6 @@ pub(crate) trait Dialect: super::attempts::LogDialect {
     /// The rows a statement changed.
     fn rows_affected(r: &Self::QueryResult) -> u64;
 
-    /// The larger of two values: `MAX(a, b)` on SQLite, `GREATEST(a, b)` on PostgreSQL
-    /// (where `MAX` is the aggregate only).
-    const GREATEST: &'static str;
-
     /// SQL of the checkpoint's `created_at` inside a stored event body `e.body` (text).
     const BODY_CREATED_AT: &'static str;
 
@@ -322,6 +318,20 @@ where
         Ok(super::pick_newer(rows, created_at))
     }
 
+    /// [`super::Outbox::next_due`].
+    pub(crate) async fn next_due(
+        pool: &Pool<DB>,
+        sink: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let next: Option<(i64,)> = sqlx::query_as(sql::NEXT_DUE)
+            .bind(sink)
+            .bind(now.timestamp_millis())
+            .fetch_optional(pool)
+            .await?;
+        Ok(next.map(|(ms,)| rows::ms_to_time(ms)))
+    }
+
     /// Pending and dead deliveries per sink.
     pub(crate) async fn backlog(pool: &Pool<DB>) -> Result<Vec<SinkBacklog>> {
         let rows = sqlx::query_as(sql::BACKLOG).fetch_all(pool).await?;
@@ -579,19 +589,6 @@ where
     /// How many events are stored of each type: (type, count), by type.
     pub(crate) async fn event_counts(pool: &Pool<DB>) -> Result<Vec<(String, i64)>> {
         Ok(sqlx::query_as(sql::EVENT_COUNTS).fetch_all(pool).await?)
-    }
-
-    /// The earliest `next_attempt_at` of a pending delivery of `sink` (or its claim's
-    /// end, when later).
-    pub(crate) async fn next_due(
-        pool: &Pool<DB>,
-        sink: &str,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-        let ms: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql::next_due(DB::GREATEST)))
-            .bind(sink)
-            .fetch_one(pool)
-            .await?;
-        Ok(ms.map(rows::ms_to_time))
     }
 }
 

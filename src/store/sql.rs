@@ -71,6 +71,18 @@ pub(crate) const DELIVERY_INSERT: &str = "INSERT INTO deliveries (event_seq, sin
 
 // Reads.
 
+/// The earliest `next_attempt_at` of sink `$1`'s pending deliveries after `$2` (Unix
+/// ms): a range of the `(sink, status, next_attempt_at)` index, read from its start.
+/// Deliveries due already are not in it (a claim that found fewer than it asked for
+/// took every one it could: the rest are claimed, locked by another replica's claim, or
+/// wait behind their run's head), nor are claims' expiries: a claim lapses after its
+/// lease, and the worker looks again within a second anyway. (It was the earliest of
+/// `MAX(next_attempt_at, claimed_until)` over every pending delivery: a scan of the whole
+/// backlog on each claim that came back short.)
+pub(crate) const NEXT_DUE: &str = "SELECT next_attempt_at FROM deliveries
+    WHERE sink = $1 AND status = 'pending' AND next_attempt_at > $2
+    ORDER BY next_attempt_at LIMIT 1";
+
 /// Pending and dead deliveries per sink: (sink, status, count, oldest created_at).
 pub(crate) const BACKLOG: &str = "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
     WHERE status IN ('pending', 'dead') GROUP BY sink, status";
@@ -93,14 +105,6 @@ pub(crate) fn list_deliveries() -> String {
 /// How many events are stored of each type: (type, count), by type.
 pub(crate) const EVENT_COUNTS: &str =
     "SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY type";
-
-/// The earliest time a pending delivery of sink `$1` is due: its `next_attempt_at`, or
-/// its claim's end when later (`greatest`: the dialect's two-argument maximum).
-pub(crate) fn next_due(greatest: &str) -> String {
-    format!(
-        "SELECT MIN({greatest}(next_attempt_at, COALESCE(claimed_until, 0))) FROM deliveries WHERE sink = $1 AND status = 'pending'"
-    )
-}
 
 // Writes of the outbox.
 

@@ -105,7 +105,6 @@ impl Dialect for Sqlite {
         r.rows_affected()
     }
 
-    const GREATEST: &'static str = "MAX";
     const BODY_CREATED_AT: &'static str = "json_extract(e.body, '$.data.checkpoint.created_at')";
     const LOCK_ROW: &'static str = "";
     const MODEL_LOCK: Option<&'static str> = None;

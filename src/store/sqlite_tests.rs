@@ -159,3 +159,30 @@ async fn rows_without_a_stored_digest_load_and_get_one() {
     // The state agrees with the listing it came from: nothing to write.
     assert!(!diff("t", &fresh[0], &listing, Utc::now(), &opts).writes());
 }
+
+/// `next_due` runs after every claim that came back short: it reads a range of the
+/// `(sink, status, next_attempt_at)` index from its start, never the whole backlog (it
+/// had scanned every pending delivery of the sink, 100,000 of them with a sink down).
+#[tokio::test]
+async fn next_due_reads_the_due_index_not_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "EXPLAIN QUERY PLAN {}",
+        sql::NEXT_DUE
+    )))
+    .bind("a")
+    .bind(0_i64)
+    .fetch_all(&store.pool)
+    .await
+    .unwrap();
+    let plan: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+    assert_eq!(
+        plan,
+        [
+            "SEARCH deliveries USING COVERING INDEX deliveries_due (sink=? AND status=? AND next_attempt_at>?)"
+        ],
+        "one range of the index, in its order (no sort, no scan)"
+    );
+}
