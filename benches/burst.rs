@@ -133,9 +133,9 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     // POST floor: the stored bodies, unsigned, no store.
     let bodies = support::stored_bodies(&db.url).await;
     assert_eq!(bodies.len(), events);
-    let post_floor_s = post_floor(&http, receiver, bodies.clone(), SENDS_IN_FLIGHT).await;
     let durable_floor_s =
-        durable_post_floor(&http, receiver, bodies, 1, SENDS_IN_FLIGHT, &db).await;
+        durable_post_floor(&http, receiver, &bodies, 1, SENDS_IN_FLIGHT, &db).await;
+    let post_floor_s = post_floor(&http, receiver, bodies, SENDS_IN_FLIGHT).await;
 
     // loopwatch: the sink worker, until every delivery is recorded as delivered.
     if std::env::var("BENCH_PAUSE").is_ok_and(|v| v == "deliver") {
@@ -448,31 +448,29 @@ async fn post_floor(
 async fn durable_post_floor(
     http: &reqwest::Client,
     receiver: &Receiver,
-    bodies: Vec<String>,
+    bodies: &[String],
     lanes: usize,
     slots: usize,
     db: &BenchDb,
 ) -> f64 {
-    use sqlx::AssertSqlSafe;
-    let n = bodies.len();
-    let c0 = receiver.count();
-    let create = "CREATE TABLE outcome_floor (id BIGINT PRIMARY KEY, status TEXT NOT NULL)";
-    let fill = format!(
-        "INSERT INTO outcome_floor (id, status) SELECT value, 'pending' FROM ({}) AS ids",
-        "WITH RECURSIVE s(value) AS (SELECT CAST(0 AS BIGINT) UNION ALL SELECT value + 1 FROM s WHERE value + 1 < CAST($1 AS BIGINT)) SELECT value FROM s"
-    );
+    const CREATE: &str = "CREATE TABLE outcome_floor (id BIGINT PRIMARY KEY, status TEXT NOT NULL)";
+    const FILL: &str = "INSERT INTO outcome_floor (id, status) SELECT value, 'pending' FROM (
+        WITH RECURSIVE s(value) AS (SELECT CAST(0 AS BIGINT) UNION ALL
+            SELECT value + 1 FROM s WHERE value + 1 < CAST($1 AS BIGINT))
+        SELECT value FROM s) AS ids";
     enum Pool {
         Pg(sqlx::PgPool),
         Lite(sqlx::SqlitePool),
     }
+    let n = bodies.len();
     let pool = if db.is_postgres() {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(lanes as u32)
             .connect(&db.url)
             .await
             .unwrap();
-        sqlx::query(create).execute(&pool).await.unwrap();
-        sqlx::query(AssertSqlSafe(fill.clone()))
+        sqlx::raw_sql(CREATE).execute(&pool).await.unwrap();
+        sqlx::query(FILL)
             .bind(n as i64)
             .execute(&pool)
             .await
@@ -490,26 +488,22 @@ async fn durable_post_floor(
             .connect_with(opts)
             .await
             .unwrap();
-        sqlx::query(create).execute(&pool).await.unwrap();
-        sqlx::query(AssertSqlSafe(fill))
+        sqlx::raw_sql(CREATE).execute(&pool).await.unwrap();
+        sqlx::query(FILL)
             .bind(n as i64)
             .execute(&pool)
             .await
             .unwrap();
         Pool::Lite(pool)
     };
-    let bodies: Vec<(i64, String)> = bodies
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| (i as i64, b))
-        .collect();
-    let per_lane = n.div_ceil(lanes.max(1));
+    let per_lane = n.div_ceil(lanes.max(1)).max(1);
+    let c0 = receiver.count();
     let t0 = Instant::now();
-    futures_util::future::join_all(bodies.chunks(per_lane.max(1)).map(|lane| {
+    futures_util::future::join_all(bodies.chunks(per_lane).enumerate().map(|(lane, own)| {
         let pool = &pool;
         async move {
-            for slot_full in lane.chunks(slots) {
-                futures_util::future::join_all(slot_full.iter().map(|(_, b)| async move {
+            for (k, slot_full) in own.chunks(slots).enumerate() {
+                futures_util::future::join_all(slot_full.iter().map(|b| async move {
                     let r = http
                         .post(&receiver.url)
                         .header("content-type", "application/json")
@@ -520,7 +514,8 @@ async fn durable_post_floor(
                     assert!(r.status().is_success());
                 }))
                 .await;
-                let ids: Vec<i64> = slot_full.iter().map(|(id, _)| *id).collect();
+                let first = (lane * per_lane + k * slots) as i64;
+                let ids: Vec<i64> = (first..first + slot_full.len() as i64).collect();
                 match pool {
                     Pool::Pg(p) => {
                         sqlx::query(
@@ -866,14 +861,11 @@ async fn one_process_run(targets: usize, per: usize, count: usize, receiver: &Re
     let names: Vec<String> = (0..targets).map(run_id).collect();
     let db_floor_s = db_floor(&db.url, &names, PG_CONNECTIONS as usize * count).await;
     let fetch_floor_s = fetch_floor(&http, &sim.url, &names, POLLS_IN_FLIGHT * count).await;
-    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM events ORDER BY seq")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let bodies = support::stored_bodies(&db.url).await;
     assert_eq!(bodies.len(), events);
-    let post_floor_s = post_floor(&http, receiver, bodies.clone(), SENDS_IN_FLIGHT * count).await;
     let durable_floor_s =
-        durable_post_floor(&http, receiver, bodies, count, SENDS_IN_FLIGHT, &db).await;
+        durable_post_floor(&http, receiver, &bodies, count, SENDS_IN_FLIGHT, &db).await;
+    let post_floor_s = post_floor(&http, receiver, bodies, SENDS_IN_FLIGHT * count).await;
     pool.close().await;
     drop(sim);
     db.drop_db().await;
