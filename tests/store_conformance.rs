@@ -729,6 +729,31 @@ async fn lanes_conformance(store: Arc<dyn Store>) {
             .unwrap(),
         0
     );
+    // A claim moves its deliveries' due time to the lease's end: held, they are not due
+    // (the next claim's scan does not pass over them), and are due again when it lapses.
+    let due = s
+        .next_due("a", later)
+        .await
+        .unwrap()
+        .expect("held: due at the lease's end");
+    assert!(
+        (due - (later + TimeDelta::seconds(60)))
+            .num_milliseconds()
+            .abs()
+            < 1_000,
+        "{due} vs {later}"
+    );
+    // Given back, they are due at once.
+    let held: Vec<(i64, i64)> = again.iter().map(|c| (c.delivery_id, c.token)).collect();
+    s.release(&held).await.unwrap();
+    assert_eq!(s.next_due("a", later).await.unwrap(), None);
+    assert_eq!(
+        s.claim_due("a", later, 100, false, lease)
+            .await
+            .unwrap()
+            .len(),
+        16
+    );
 }
 
 #[tokio::test]

@@ -250,7 +250,8 @@ where
 
     async fn release(&self, claims: &[(i64, i64)]) -> Result<()> {
         let mut w = self.write(Grade::Lease).await?;
-        let r = Queries::<DB>::release(&mut w.conn, claims).await;
+        let now = Utc::now().timestamp_millis();
+        let r = Queries::<DB>::release(&mut w.conn, claims, now).await;
         w.finish(r)
     }
 

@@ -128,6 +128,7 @@ impl Dialect for Postgres {
     const MODEL_LOCK: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(7474, hashtext($1))");
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const UNSYNCED_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
 
     /// The database's clock: replicas' clocks may disagree, and a claim that lapsed by
     /// one replica's clock must not be taken by another's while its holder still works.
@@ -244,7 +245,8 @@ impl Backend for PgStore {
             // A row the first lane took is claimed now, so the second cannot take it again.
             let took = sqlx::query(AssertSqlSafe(format!(
                 "WITH due AS ({} FOR UPDATE SKIP LOCKED)
-                 UPDATE deliveries d SET claimed_until = {clock} + $1, claim_token = $6
+                 UPDATE deliveries d SET claimed_until = {clock} + $1, claim_token = $6,
+                     next_attempt_at = $3 + $1
                  FROM due, events e
                  WHERE d.id = due.id AND e.seq = d.event_seq
                  RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",

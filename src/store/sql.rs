@@ -148,7 +148,8 @@ pub(crate) fn redeliver_event() -> String {
 /// backlog of retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lane {
-    /// Never attempted (and never failed before a `redeliver`), oldest first.
+    /// Never attempted (and never failed before a `redeliver`) nor claimed, oldest first
+    /// (a claim that lapsed leaves its delivery to [`Lane::Any`]).
     First,
     /// Every due delivery, the longest due first.
     Any,
@@ -168,7 +169,7 @@ pub(crate) fn due(lane: Lane, ordered: bool, hint: &str, clock: &str) -> String 
     let (sink, first, order) = match lane {
         Lane::First => (
             "d.sink >= $2 AND d.sink <= $2",
-            " AND d.attempts = 0 AND d.last_error IS NULL",
+            " AND d.attempts = 0 AND d.last_error IS NULL AND d.claimed_until IS NULL",
             "d.sink, d.id",
         ),
         Lane::Any => ("d.sink = $2", "", "d.next_attempt_at, d.id"),
@@ -189,6 +190,16 @@ pub(crate) fn due(lane: Lane, ordered: bool, hint: &str, clock: &str) -> String 
         LIMIT $4"
     )
 }
+
+/// A claim moves its delivery's due time to the lease's end (`next_attempt_at = now +
+/// lease`): a claimed delivery is not due, so claims scanning the due index in order do
+/// not read again, claim after claim, the deliveries other claims hold (the slot-fulls a
+/// worker keeps claimed ahead, every replica's); and should the attempt never report, the
+/// delivery is due again when its claim lapses. Renewals leave it (a claim renewed past
+/// its first lease is read, and passed over, again). Given back, a delivery is due at
+/// once: `$1` is now.
+pub(crate) const DUE_AGAIN_AT_1: &str =
+    "next_attempt_at = CASE WHEN next_attempt_at > $1 THEN $1 ELSE next_attempt_at END";
 
 /// A follow-up event (`$1`-`$9`: id, type, target, checkpoint id and name, run id,
 /// checkpoint target, detected at, body), unless one of its id exists: its `seq` or no row.

@@ -241,7 +241,8 @@ async fn claim_lanes(
         };
         // A row the first lane took is claimed now, so the second cannot take it again.
         let took: Vec<(i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE deliveries SET claimed_until = $5 + $1, claim_token = $6 WHERE id IN ({})
+            "UPDATE deliveries SET claimed_until = $5 + $1, claim_token = $6, next_attempt_at = $3 + $1
+             WHERE id IN ({})
              RETURNING id, attempts, created_at",
             sql::due(lane, ask.ordered, hint, "$5")
         )))
@@ -430,9 +431,12 @@ impl Backend for SqliteStore {
 
     async fn release_every_claim(&self) -> Result<u64> {
         let _turn = self.writes.lock().await;
-        let r = sqlx::query(
-            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL WHERE claimed_until IS NOT NULL",
-        )
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL, {}
+             WHERE claimed_until IS NOT NULL",
+            sql::DUE_AGAIN_AT_1
+        )))
+        .bind(chrono::Utc::now().timestamp_millis())
         .execute(&self.pool)
         .await?;
         // The follows a crashed process held, too: nobody else follows on this file.

@@ -109,6 +109,7 @@ impl Dialect for Sqlite {
     const LOCK_ROW: &'static str = "";
     const MODEL_LOCK: Option<&'static str> = None;
     const SKIP_LOCKED: &'static str = "";
+    const UNSYNCED_COMMIT: Option<&'static str> = None;
 
     fn claim_clock(param: &str) -> String {
         param.to_string()
