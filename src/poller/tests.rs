@@ -592,3 +592,155 @@ async fn integers_as_strings_or_floats_decode_in_listings_and_files() {
         Some(crate::model::ReadyBy::Files)
     );
 }
+
+/// The fleet's upkeep and `workers` workers over `p`, spawned; cancelling `stop` ends them.
+fn run_fleet(
+    p: &Arc<Poller>,
+    workers: usize,
+    stop: &CancellationToken,
+) -> (Arc<Fleet>, Vec<tokio::task::JoinHandle<()>>) {
+    let fleet = Fleet::new(p.clone(), stop.clone());
+    let beat = p.health.heartbeat("poller", Duration::from_secs(600));
+    let mut tasks = vec![tokio::spawn(fleet.clone().keep(beat))];
+    for _ in 0..workers {
+        tasks.push(tokio::spawn(fleet.clone().work()));
+    }
+    (fleet, tasks)
+}
+
+/// Add `t` to `fleet` until its token (a child of `stop`) is cancelled.
+fn join_fleet(
+    fleet: &Fleet,
+    p: &Poller,
+    t: &TargetConfig,
+    stop: &CancellationToken,
+) -> (CancellationToken, Gone) {
+    let token = stop.child_token();
+    let beat = p
+        .health
+        .heartbeat(&format!("target {}", t.name), Duration::from_secs(600));
+    let (joining, gone) = Fleet::target(t.clone(), None, token.clone(), beat);
+    fleet.add(joining);
+    (token, gone)
+}
+
+fn fleet_polls(p: &Poller, name: &str) -> u64 {
+    p.metrics.target(name).polls(PollOutcome::Success)
+}
+
+/// Due targets are polled by the workers, again at their interval; a target whose lease
+/// another replica holds is not, until this replica takes its lease (then its state is
+/// loaded and it is polled).
+#[tokio::test(start_paused = true)]
+async fn the_fleet_polls_the_due_targets_this_replica_owns_and_no_other() {
+    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let h = sim.handle();
+    h.add_checkpoint("ra", "sampler", "step-1", Some("COMPLETE"));
+    h.add_checkpoint("rb", "sampler", "step-1", Some("COMPLETE"));
+    let body = "[poll]\nconcurrency = 2\njitter = 0\nadaptive = false\n\
+                [[targets]]\nname = \"a\"\nrun_id = \"ra\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n\
+                [[targets]]\nname = \"b\"\nrun_id = \"rb\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n";
+    let (p, cfg) = poller_for(&sim, body).await;
+    let own = Arc::new(Ownership::new("r1".into()));
+    own.set([("a".to_string(), 1)].into_iter().collect());
+    let p = Arc::new(p.with_ownership(own.clone()));
+    let stop = CancellationToken::new();
+    let (fleet, tasks) = run_fleet(&p, 2, &stop);
+    for t in &cfg.targets {
+        join_fleet(&fleet, &p, t, &stop);
+    }
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let a = fleet_polls(&p, "a");
+    assert!((3..=7).contains(&a), "a polled at its 1s interval: {a}");
+    assert_eq!(fleet_polls(&p, "b"), 0, "b is another replica's");
+    assert_eq!(h.requests(), a, "no listing request for b");
+    assert_eq!(fleet.waiting(), 2, "both wait between turns");
+
+    own.set(
+        [("a".to_string(), 1), ("b".to_string(), 2)]
+            .into_iter()
+            .collect(),
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(fleet_polls(&p, "b") >= 2, "b polled once its lease is held");
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fleet.waiting(), 0, "the queue is emptied at shutdown");
+}
+
+/// A stopped target leaves the queue at once ([`Fleet::drop_cancelled`]), its `Gone`
+/// resolves, and it is never polled again while the others go on.
+#[tokio::test(start_paused = true)]
+async fn a_stopped_target_leaves_the_fleet_and_is_polled_no_more() {
+    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let h = sim.handle();
+    h.add_checkpoint("ra", "sampler", "step-1", Some("COMPLETE"));
+    h.add_checkpoint("rb", "sampler", "step-1", Some("COMPLETE"));
+    let body = "[poll]\nconcurrency = 1\njitter = 0\nadaptive = false\n\
+                [[targets]]\nname = \"a\"\nrun_id = \"ra\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n\
+                [[targets]]\nname = \"b\"\nrun_id = \"rb\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n";
+    let (p, cfg) = poller_for(&sim, body).await;
+    let p = Arc::new(p);
+    let stop = CancellationToken::new();
+    let (fleet, tasks) = run_fleet(&p, 1, &stop);
+    let (a_token, a_gone) = join_fleet(&fleet, &p, &cfg.targets[0], &stop);
+    let _b = join_fleet(&fleet, &p, &cfg.targets[1], &stop);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(fleet_polls(&p, "a") >= 2 && fleet_polls(&p, "b") >= 2);
+
+    a_token.cancel();
+    fleet.drop_cancelled();
+    tokio::time::timeout(Duration::from_millis(1), a_gone)
+        .await
+        .expect("a queued target leaves at once");
+    assert_eq!(fleet.waiting(), 1);
+    let (a, b) = (fleet_polls(&p, "a"), fleet_polls(&p, "b"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fleet_polls(&p, "a"), a, "a stopped target is not polled");
+    assert!(fleet_polls(&p, "b") >= b + 3, "b goes on");
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// However many workers run, at most `poll.concurrency` polls are in flight (every
+/// listing hangs here, so each one holds its slot); a reload that raises it lets one more
+/// through at once.
+#[tokio::test(start_paused = true)]
+async fn the_fleet_keeps_to_poll_concurrency() {
+    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let h = sim.handle();
+    let mut body = "[poll]\nconcurrency = 2\njitter = 0\n".to_string();
+    for i in 0..5 {
+        h.add_checkpoint(&format!("r{i}"), "sampler", "step-1", Some("COMPLETE"));
+        body.push_str(&format!(
+            "[[targets]]\nname = \"t{i}\"\nrun_id = \"r{i}\"\ninterval = \"1h\"\n"
+        ));
+    }
+    h.set_fault(Some(crate::sim::Fault::Delay(Duration::from_secs(3600))));
+    let (p, cfg) = poller_for(&sim, &body).await;
+    let p = Arc::new(p);
+    let stop = CancellationToken::new();
+    let (fleet, tasks) = run_fleet(&p, 4, &stop);
+    for t in &cfg.targets {
+        join_fleet(&fleet, &p, t, &stop);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.requests(), 2, "two slots: two listings in flight");
+    assert_eq!(fleet.waiting(), 3);
+    let mut raised = cfg.poll.clone();
+    raised.concurrency = std::num::NonZeroUsize::new(3).unwrap();
+    p.reconfigure(raised, Vec::new());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.requests(), 3, "a third slot: a third listing");
+    assert_eq!(fleet.waiting(), 2);
+    // Shutdown cuts the polls still waiting for their listing: nothing was written.
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fleet.waiting(), 0);
+}
