@@ -226,16 +226,18 @@ impl Fleet {
         }
     }
 
-    /// One worker: take a poll slot, then the next target due, run its turn, queue it
+    /// One worker: take the next target due, then a poll slot, run its turn, queue it
     /// again for its next; until the fleet stops. The daemon runs `poll.concurrency` of
-    /// them (more after a reload raised it: the slots bound the polls in flight).
+    /// them (more after a reload raised it); the slots bound the turns under way, so
+    /// after a reload lowered it, some workers wait for a slot.
     pub async fn work(self: Arc<Self>) {
         loop {
-            let Some(slot) = self.poller.slot(&self.stop).await else {
-                return;
-            };
             let Some(mut entry) = self.next_due().await else {
                 return;
+            };
+            // Cancelled while waiting for a slot: dropping it resolves its `Gone`.
+            let Some(slot) = self.poller.slot(&entry.token).await else {
+                continue;
             };
             let next = self.run_turn(&mut entry, &slot).await;
             self.poller.give_back(slot);

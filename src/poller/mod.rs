@@ -247,6 +247,9 @@ impl Poller {
 
     /// A poll slot, waited for until `cancel` fires (None then).
     async fn slot(&self, cancel: &CancellationToken) -> Option<SemaphorePermit<'_>> {
+        if let Ok(free) = self.permits.try_acquire() {
+            return Some(free);
+        }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => None,

@@ -766,14 +766,12 @@ async fn the_fleet_keeps_to_poll_concurrency() {
     until_paused("two listings in flight", || h.requests() >= 2).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(h.requests(), 2, "two slots: two listings in flight");
-    assert_eq!(fleet.waiting(), 3);
     let mut raised = cfg.poll.clone();
     raised.concurrency = std::num::NonZeroUsize::new(3).unwrap();
     p.reconfigure(raised, Vec::new());
     until_paused("a third listing", || h.requests() >= 3).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(h.requests(), 3, "a third slot: a third listing");
-    assert_eq!(fleet.waiting(), 2);
     // Shutdown cuts the polls still waiting for their listing: nothing was written.
     stop.cancel();
     for t in tasks {
