@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sd_notify::NotifyState;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,7 @@ use crate::delivery::{Outbox, Sink};
 use crate::health::{Health, Heartbeat};
 use crate::metrics::Metrics;
 use crate::model::TargetState;
-use crate::poller::Poller;
+use crate::poller::{Fleet, Gone, Poller};
 use crate::replicas::Ownership;
 use crate::server::{self, ServerState};
 use crate::status::Status;
@@ -34,7 +33,9 @@ use crate::store_watch::{StoreWatch, Watched};
 use crate::wake::Wake;
 
 mod deployer;
+mod early;
 pub use deployer::deployer;
+use early::Early;
 
 /// Why an [`App`] could not be built: callers branch on a store that is missing (a dry
 /// run then starts from an empty state) or unreachable.
@@ -85,12 +86,25 @@ struct Loop {
     beat: Heartbeat,
 }
 
+/// A target the fleet polls, stoppable on its own and watched by its own heartbeat.
+struct Polled {
+    token: CancellationToken,
+    gone: Gone,
+    beat: Heartbeat,
+}
+
 /// The loops of a running daemon, by name, and what starting another needs.
 struct Running {
     token: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
-    targets: HashMap<String, Loop>,
+    /// Polls every target on a few workers.
+    fleet: Arc<Fleet>,
+    /// The heartbeat of the fleet's upkeep, under which its workers run too.
+    fleet_beat: Heartbeat,
+    /// The fleet's workers started (`poll.concurrency` at its highest since the start).
+    workers: usize,
+    targets: HashMap<String, Polled>,
     /// Removed targets whose loop is still finishing: a target added back waits for it.
     retired: HashMap<String, JoinHandle<()>>,
     sinks: HashMap<String, Loop>,
@@ -337,11 +351,18 @@ impl App {
             targets: HashMap::new(),
             retired: HashMap::new(),
             sinks: HashMap::new(),
+            fleet: Fleet::new(self.poller.clone(), token.clone()),
+            fleet_beat: self.health.heartbeat("poller", Duration::from_secs(60)),
+            workers: 0,
             names,
         };
         for (t, state) in self.cfg.targets.clone().into_iter().zip(states) {
             self.start_target(&mut running, t, state, None);
         }
+        let keep = running.fleet.clone().keep(running.fleet_beat.clone());
+        let beat = running.fleet_beat.clone();
+        tracker.spawn(crate::health::supervise(beat, token.clone(), keep));
+        start_workers(&mut running, self.cfg.poll.concurrency.get());
         for sink in self.outbox.sinks() {
             self.start_sink(&mut running, sink, None);
         }
@@ -425,7 +446,7 @@ impl App {
 /// Reload: read the config again and apply what a reload applies (docs/configuration.md,
 /// "Reload"); `crate::reload` says what changed, these functions start and stop the loops.
 impl App {
-    /// How long a poll loop may be silent: it beats while it waits (for its next poll or
+    /// How long a target may be silent: it beats while it waits (for its next poll or
     /// a poll slot), so only a poll itself is silent: a listing and every probe request
     /// of it, each within `api.timeout`, and a commit; plus a minute.
     fn poll_silence(&self) -> Duration {
@@ -433,8 +454,9 @@ impl App {
         crate::health::IDLE_BEAT + self.cfg.api.timeout * requests + Duration::from_secs(60)
     }
 
-    /// Start the poll loop of `t`, after `after` (the loop it replaces, or the clean-up of
-    /// a removed one) has finished, so two loops of one target never overlap.
+    /// Start polling `t` (the fleet's workers take its turns), after `after` (the loop it
+    /// replaces, or the clean-up of a removed one) has finished, so two loops of one
+    /// target never overlap.
     fn start_target(
         &self,
         run: &mut Running,
@@ -445,11 +467,19 @@ impl App {
         let after = after.or_else(|| run.retired.remove(&t.name));
         let name = t.name.clone();
         let beat = (self.health).heartbeat(&format!("target {name}"), self.poll_silence());
-        let poller = self.poller.clone();
-        let lp = spawn_loop(run, beat, after, move |tok, b| async move {
-            poller.run_target(t, state, tok, b).await
-        });
-        run.targets.insert(name, lp);
+        let token = run.token.child_token();
+        let (joining, gone) = Fleet::target(t, state, token.clone(), beat.clone());
+        match after {
+            None => run.fleet.add(joining),
+            Some(previous) => {
+                let (fleet, what) = (run.fleet.clone(), beat.name().to_string());
+                run.tracker.spawn(async move {
+                    crate::health::joined(previous.await, &what);
+                    fleet.add(joining);
+                });
+            }
+        }
+        run.targets.insert(name, Polled { token, gone, beat });
     }
 
     /// Start the worker of `sink`, after `after` (the worker it replaces) has finished.
@@ -474,12 +504,14 @@ impl App {
         Some(lp.handle)
     }
 
-    /// Stop the poll loop of target `name` (between polls, never inside a commit).
+    /// Stop polling target `name` (between polls, never inside a commit); returns a
+    /// handle that finishes once it is out of the fleet (call [`Fleet::drop_cancelled`]
+    /// after the last stop, for the targets that wait in its queue).
     fn stop_target(&self, run: &mut Running, name: &str) -> Option<JoinHandle<()>> {
-        let lp = run.targets.remove(name)?;
-        self.health.retire(&lp.beat);
-        lp.token.cancel();
-        Some(lp.handle)
+        let polled = run.targets.remove(name)?;
+        self.health.retire(&polled.beat);
+        polled.token.cancel();
+        Some(run.tracker.spawn(polled.gone))
     }
 
     /// SIGHUP: tell systemd, and read the config file again on a thread of its own (the
@@ -573,6 +605,8 @@ impl App {
         }
         self.metrics.init_series(&cfg);
         self.poller.reconfigure(cfg.poll.clone(), cfg.sinks.clone());
+        // A higher `concurrency` needs more workers; a lower one leaves some waiting for a slot.
+        start_workers(run, cfg.poll.concurrency.get());
 
         // Sinks: the outbox's set first (routing and the backlog gauges), then the workers.
         let current: HashMap<String, Arc<Sink>> = (self.outbox.sinks().into_iter())
@@ -613,9 +647,13 @@ impl App {
                 run.retired.insert(name.clone(), cleanup);
             }
         }
-        for t in &plan.changed_targets {
-            let old = self.stop_target(run, &t.name);
-            self.start_target(run, t.clone(), None, old);
+        let old: Vec<(TargetConfig, Option<JoinHandle<()>>)> = (plan.changed_targets.iter())
+            .map(|t| (t.clone(), self.stop_target(run, &t.name)))
+            .collect();
+        // Stopped targets waiting in the queue leave it now (their handles finish).
+        run.fleet.drop_cancelled();
+        for (t, old) in old {
+            self.start_target(run, t, None, old);
         }
         for t in &plan.added_targets {
             self.start_target(run, t.clone(), None, None);
@@ -636,6 +674,18 @@ impl App {
             "config reloaded"
         );
         Ok(())
+    }
+}
+
+/// Start workers of the fleet up to `concurrency`, each supervised (a panic outside a
+/// target's turn fails `/healthz`, naming the poller).
+fn start_workers(run: &mut Running, concurrency: usize) {
+    while run.workers < concurrency {
+        let work = run.fleet.clone().work();
+        let (beat, token) = (run.fleet_beat.clone(), run.token.clone());
+        run.tracker
+            .spawn(crate::health::supervise(beat, token, work));
+        run.workers += 1;
     }
 }
 
@@ -663,83 +713,6 @@ where
         token,
         handle,
         beat,
-    }
-}
-
-/// `run`'s listener, bound before the store opens, with an interim server answering
-/// `/healthz`, `/readyz` (503 and why until the store is open) and `/metrics` on it until
-/// [`App::run`] serves the full router on the same socket.
-struct Early {
-    listener: TcpListener,
-    addr: SocketAddr,
-    /// `[server]`'s bounds, fitted to the descriptor limit.
-    limits: crate::listener::Limits,
-    /// Stops the interim server when finished or dropped (a failed build).
-    stop: tokio_util::sync::DropGuard,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Early {
-    async fn bind(
-        cfg: &Config,
-        metrics: &Arc<Metrics>,
-        health: &Arc<Health>,
-    ) -> anyhow::Result<Early> {
-        let l = TcpListener::bind(cfg.server.listen)
-            .await
-            .map_err(|source| ListenError {
-                addr: cfg.server.listen,
-                source,
-            })?;
-        let addr = l.local_addr()?;
-        // Two handles on one socket: the interim server's, closed when it stops, and ours.
-        let std = l.into_std()?;
-        let interim = TcpListener::from_std(std.try_clone()?)?;
-        let listener = TcpListener::from_std(std)?;
-        let router = server::router(ServerState {
-            metrics: metrics.clone(),
-            health: health.clone(),
-            outbox: None,
-            status: None,
-        });
-        let limits = crate::listener::Limits {
-            max_connections: cfg.server.max_connections,
-            header_read_timeout: cfg.server.header_read_timeout,
-            idle_timeout: cfg.server.idle_timeout,
-        }
-        .fit_descriptors();
-        let token = CancellationToken::new();
-        let server = tokio::spawn(crate::listener::serve(
-            interim,
-            router,
-            limits,
-            token.clone(),
-        ));
-        info!(%addr, "serving /healthz /readyz /metrics while the store opens");
-        Ok(Early {
-            listener,
-            addr,
-            limits,
-            stop: token.drop_guard(),
-            server,
-        })
-    }
-
-    /// Stop the interim server (a second at most for its open requests); the socket
-    /// stays bound, and connections made meanwhile wait in its backlog.
-    async fn finish(self) -> TcpListener {
-        let Early {
-            listener,
-            stop,
-            mut server,
-            ..
-        } = self;
-        drop(stop);
-        match tokio::time::timeout(Duration::from_secs(1), &mut server).await {
-            Ok(r) => crate::health::joined(r, "the interim HTTP server"),
-            Err(_) => server.abort(),
-        }
-        listener
     }
 }
 

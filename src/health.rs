@@ -137,11 +137,7 @@ pub async fn supervise(
     task: impl Future<Output = ()>,
 ) {
     let task = async {
-        // The end-to-end test of this path asks for a panic (debug builds only).
-        #[cfg(debug_assertions)]
-        if std::env::var(PANIC_IN_ENV).is_ok_and(|v| v == beat.name()) {
-            panic!("{PANIC_IN_ENV} asked for a panic in {}", beat.name());
-        }
+        panic_if_asked(beat.name());
         task.await
     };
     match AssertUnwindSafe(task).catch_unwind().await {
@@ -153,12 +149,27 @@ pub async fn supervise(
             );
             beat.stopped("returned before it was stopped".into());
         }
-        Err(panic) => {
-            let message = panic_message(panic.as_ref());
-            tracing::error!(task = beat.name(), panic = %message, "a loop panicked; /healthz fails until a restart");
-            beat.stopped(format!("panicked: {message}"));
-        }
+        Err(panic) => panicked(&beat, panic.as_ref()),
     }
+}
+
+/// A loop watched by `beat` panicked with `payload`: logged (with its message; the panic
+/// hook logged where), and its heartbeat marked stopped.
+pub fn panicked(beat: &Heartbeat, payload: &(dyn std::any::Any + Send)) {
+    let message = panic_message(payload);
+    tracing::error!(task = beat.name(), panic = %message, "a loop panicked; /healthz fails until a restart");
+    beat.stopped(format!("panicked: {message}"));
+}
+
+/// The end-to-end test of a loop that panics asks for one by the loop's name
+/// ([`PANIC_IN_ENV`]; debug builds only).
+pub fn panic_if_asked(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var(PANIC_IN_ENV).is_ok_and(|v| v == name) {
+        panic!("{PANIC_IN_ENV} asked for a panic in {name}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
 }
 
 /// The end of a task joined by its handle (`what` names it): a panic is logged (the hook

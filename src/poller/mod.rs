@@ -1,6 +1,9 @@
 //! The per-target schedule: wait -> fetch -> probe (the readiness of null checkpoints)
-//! -> diff -> commit (state + events + deliveries in one transaction) -> wake the outbox. One loop per target, so polls of one target
-//! never overlap; a semaphore bounds the polls in flight across targets.
+//! -> diff -> commit (state + events + deliveries in one transaction) -> wake the outbox.
+//! Each target is a loop of turns ([`TargetLoop`], [`Poller::turn`]), so polls of one
+//! target never overlap; the daemon runs the turns of every target on a few workers
+//! taking them from one timer queue ([`Fleet`]), and a semaphore bounds the polls in
+//! flight across targets.
 //!
 //! Waits: `syncing_interval` while the target has a pending checkpoint, `interval`
 //! otherwise, +-`jitter`; after a transient failure, `syncing_interval` doubling up to
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rand::RngExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -29,8 +32,10 @@ use crate::replicas::Ownership;
 use crate::store::{Fence, PollCommit, Store, StoreError};
 use crate::wake::Wake;
 
+mod fleet;
 mod probe;
 mod schedule;
+pub use fleet::{Fleet, Gone, Joining};
 pub use probe::{FILES_PAGE_SIZE, MAX_PROBES_PER_POLL, PROBE_REQUESTS_PER_POLL};
 use probe::{awaits_probe, probe_changes, remember_probes};
 pub use schedule::{Cadence, cadence, next_wait};
@@ -236,13 +241,33 @@ impl Poller {
         // Boxed: the poll's future (HTTP, decode, store) exists only while it runs, so a
         // waiting target costs a small future, not a poll's worth, times 10,000 targets.
         let r = Box::pin(self.poll_now(t, state, dry_run, fence, cancel)).await;
+        self.give_back(permit);
+        r
+    }
+
+    /// A poll slot, waited for until `cancel` fires (None then).
+    async fn slot(&self, cancel: &CancellationToken) -> Option<SemaphorePermit<'_>> {
+        if let Ok(free) = self.permits.try_acquire() {
+            return Some(free);
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            p = self.permits.acquire() => Some(p.expect("never closed")),
+        }
+    }
+
+    /// Give a poll slot back, or forget it if a reload lowered `concurrency` since.
+    fn give_back(&self, permit: SemaphorePermit<'_>) {
+        if self.permits_owed.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let owed = self
             .permits_owed
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if owed.is_ok() {
             permit.forget();
         }
-        r
     }
 
     /// One poll, in named steps: fetch -> (settled? done) -> decode -> narrow -> probe -> plan ->
@@ -496,48 +521,83 @@ pub fn route<'a>(events: &[Event], sinks: &'a [SinkConfig]) -> Vec<Vec<&'a str>>
         .collect()
 }
 
+/// One target's loop between two of its turns: its config and state, and what its polls
+/// taught it (failures in a row, the lease it polls under, its cadence).
+pub struct TargetLoop {
+    t: TargetConfig,
+    state: Option<TargetState>,
+    failures: u32,
+    /// The lease polled under (a single node: owns every target, so a state loaded by the
+    /// caller is kept).
+    held: Option<Fence>,
+    /// Consecutive successful polls that changed nothing, and the target's cadence
+    /// (adaptive polling; the cadence is learned again whenever the state changes).
+    unchanged: u32,
+    pace: Option<Cadence>,
+    learned: bool,
+}
+
+impl TargetLoop {
+    pub fn name(&self) -> &str {
+        &self.t.name
+    }
+}
+
+/// What a target's loop does after a turn ([`Poller::turn`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Its next turn comes after this wait.
+    Wait(Duration),
+    /// Another replica holds its lease: its next turn comes when the lease changes.
+    NotOwned,
+    /// Cancelled: the loop is over.
+    Stop,
+}
+
 impl Poller {
+    /// The loop of `t`, starting from `state` when the caller loaded it (else its first
+    /// turn loads it).
+    pub fn target_loop(&self, t: TargetConfig, state: Option<TargetState>) -> TargetLoop {
+        let held = self.ownership.as_ref().and_then(|o| o.fence(&t.name));
+        if let Some(s) = &state {
+            self.publish_checkpoints(&t.name, s);
+        }
+        TargetLoop {
+            t,
+            state,
+            failures: 0,
+            held,
+            unchanged: 0,
+            pace: None,
+            learned: false,
+        }
+    }
+
+    /// Whether a turn of `lp`, not owned at its last turn, would find its lease changed.
+    fn lease_changed(&self, lp: &TargetLoop) -> bool {
+        self.ownership
+            .as_ref()
+            .is_some_and(|o| o.fence(&lp.t.name) != lp.held)
+    }
+
     /// The loop of one target until `token` is cancelled, starting from `state` when the
-    /// caller loaded it (else the loop loads it). Cancellation is observed only between
-    /// polls, never in the middle of a commit.
+    /// caller loaded it (else the loop loads it): its turns, and the waits between them.
+    /// Cancellation is observed only between polls, never in the middle of a commit. (The
+    /// daemon runs every target's turns on a few workers instead: [`Fleet`].)
     pub async fn run_target(
         &self,
         t: TargetConfig,
-        mut state: Option<TargetState>,
+        state: Option<TargetState>,
         token: CancellationToken,
         beat: Heartbeat,
     ) {
-        let name = t.name.clone();
-        let mut failures: u32 = 0;
-        // What this process owns from the start (a single node: every target, so a state
-        // loaded by the caller is kept).
-        let mut held: Option<Fence> = self.ownership.as_ref().and_then(|o| o.fence(&name));
-        // Consecutive successful polls that changed nothing, and the target's cadence
-        // (adaptive polling; the cadence is learned again whenever the state changes).
-        let mut unchanged: u32 = 0;
-        let mut pace: Option<Cadence> = None;
-        let mut learned = false;
-        if let Some(s) = &state {
-            self.publish_checkpoints(&name, s);
-        }
+        let mut lp = self.target_loop(t, state);
         loop {
-            beat.beat();
-            if let Some(own) = &self.ownership {
-                let fence = own.fence(&name);
-                if fence != held {
-                    // A new lease: the previous owner may have committed since we last looked.
-                    state = None;
-                    learned = false;
-                    if fence.is_none() {
-                        // Another replica owns the target now and reports its checkpoints:
-                        // a sum over replicas must not count them twice.
-                        self.metrics
-                            .target(&name)
-                            .set_checkpoints(std::iter::empty());
-                    }
-                    held = fence;
-                }
-                if held.is_none() {
+            let wait = match self.turn(&mut lp, &token, &beat, None).await {
+                Next::Stop => break,
+                Next::Wait(wait) => wait,
+                Next::NotOwned => {
+                    let own = self.ownership.as_ref().expect("only with leases");
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = own.changed() => {}
@@ -545,13 +605,53 @@ impl Poller {
                     }
                     continue;
                 }
+            };
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = beat.while_waiting(tokio::time::sleep(wait)) => {}
             }
-            let wait = match &mut state {
-                None => match self.store.load_target(&name).await {
+        }
+    }
+
+    /// One turn of a target's loop: see whether its lease changed, load its state if it
+    /// has none, poll it, and say when its next turn is. `slot`: the poll slot the caller
+    /// holds for it (else the turn waits for one, beating).
+    pub async fn turn(
+        &self,
+        lp: &mut TargetLoop,
+        token: &CancellationToken,
+        beat: &Heartbeat,
+        slot: Option<&SemaphorePermit<'_>>,
+    ) -> Next {
+        let name = lp.t.name.as_str();
+        loop {
+            beat.beat();
+            if let Some(own) = &self.ownership {
+                let fence = own.fence(name);
+                if fence != lp.held {
+                    // A new lease: the previous owner may have committed since we last looked.
+                    lp.state = None;
+                    lp.learned = false;
+                    if fence.is_none() {
+                        // Another replica owns the target now and reports its checkpoints:
+                        // a sum over replicas must not count them twice.
+                        self.metrics
+                            .target(name)
+                            .set_checkpoints(std::iter::empty());
+                    }
+                    lp.held = fence;
+                }
+                if lp.held.is_none() {
+                    return Next::NotOwned;
+                }
+            }
+            let t = &lp.t;
+            let wait = match &mut lp.state {
+                None => match self.store.load_target(name).await {
                     Ok(s) => {
                         debug!(target = %name, tracked = s.checkpoints.len(), baselined = s.baselined, "state loaded");
-                        self.publish_checkpoints(&name, &s);
-                        state = Some(s);
+                        self.publish_checkpoints(name, &s);
+                        lp.state = Some(s);
                         continue;
                     }
                     Err(e) if e.is_unavailable() => {
@@ -564,58 +664,63 @@ impl Poller {
                         t.syncing_interval
                     }
                 },
-                Some(s) => match self
-                    .poll_until(&t, s, false, held.clone(), &token, Some(&beat))
-                    .await
-                {
-                    Ok(report) => {
-                        failures = 0;
-                        unchanged = if report.wrote {
-                            0
-                        } else {
-                            unchanged.saturating_add(1)
-                        };
-                        if self.cfg().adaptive && (report.wrote || !learned) {
-                            let next = cadence(s.checkpoints.values().map(|c| c.first_seen_at), &t);
-                            match (&pace, &next) {
-                                (None, Some(c)) => {
-                                    info!(target = %name, period_s = c.period.as_secs_f64(),
-                                    "save cadence learned; polling at syncing_interval around each expected save")
-                                }
-                                (Some(_), None) => info!(target = %name,
-                                    "save cadence lost; backing off after changes instead"),
-                                _ => {}
-                            }
-                            pace = next;
-                            learned = true;
+                Some(s) => {
+                    let polled = match slot {
+                        Some(_) => self.poll_now(t, s, false, lp.held.clone(), token).await,
+                        None => {
+                            self.poll_until(t, s, false, lp.held.clone(), token, Some(beat))
+                                .await
                         }
-                        self.jittered(next_wait(
-                            s.has_pending(),
-                            unchanged,
-                            pace.as_ref(),
-                            Utc::now(),
-                            &t,
-                            self.cfg().adaptive,
-                        ))
+                    };
+                    match polled {
+                        Ok(report) => {
+                            lp.failures = 0;
+                            lp.unchanged = if report.wrote {
+                                0
+                            } else {
+                                lp.unchanged.saturating_add(1)
+                            };
+                            let adaptive = self.cfg().adaptive;
+                            if adaptive && (report.wrote || !lp.learned) {
+                                let next =
+                                    cadence(s.checkpoints.values().map(|c| c.first_seen_at), t);
+                                match (&lp.pace, &next) {
+                                    (None, Some(c)) => {
+                                        info!(target = %name, period_s = c.period.as_secs_f64(),
+                                        "save cadence learned; polling at syncing_interval around each expected save")
+                                    }
+                                    (Some(_), None) => info!(target = %name,
+                                        "save cadence lost; backing off after changes instead"),
+                                    _ => {}
+                                }
+                                lp.pace = next;
+                                lp.learned = true;
+                            }
+                            self.jittered(next_wait(
+                                s.has_pending(),
+                                lp.unchanged,
+                                lp.pace.as_ref(),
+                                Utc::now(),
+                                t,
+                                adaptive,
+                            ))
+                        }
+                        Err(PollError::Cancelled) => return Next::Stop,
+                        Err(PollError::Store(StoreError::Fenced { epoch, .. })) => {
+                            warn!(target = %name, epoch, "lease lost before commit; nothing committed or emitted");
+                            lp.state = None;
+                            lp.learned = false;
+                            lp.held = None;
+                            t.syncing_interval
+                        }
+                        Err(e) => {
+                            lp.failures += 1;
+                            self.failure_wait(t, &e, lp.failures)
+                        }
                     }
-                    Err(PollError::Cancelled) => break,
-                    Err(PollError::Store(StoreError::Fenced { epoch, .. })) => {
-                        warn!(target = %name, epoch, "lease lost before commit; nothing committed or emitted");
-                        state = None;
-                        learned = false;
-                        held = None;
-                        t.syncing_interval
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        self.failure_wait(&t, &e, failures)
-                    }
-                },
+                }
             };
-            tokio::select! {
-                _ = token.cancelled() => break,
-                _ = beat.while_waiting(tokio::time::sleep(wait)) => {}
-            }
+            return Next::Wait(wait);
         }
     }
 

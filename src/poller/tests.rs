@@ -592,3 +592,190 @@ async fn integers_as_strings_or_floats_decode_in_listings_and_files() {
         Some(crate::model::ReadyBy::Files)
     );
 }
+
+/// The fleet's upkeep and `workers` workers over `p`, spawned; cancelling `stop` ends them.
+fn run_fleet(
+    p: &Arc<Poller>,
+    workers: usize,
+    stop: &CancellationToken,
+) -> (Arc<Fleet>, Vec<tokio::task::JoinHandle<()>>) {
+    let fleet = Fleet::new(p.clone(), stop.clone());
+    let beat = p.health.heartbeat("poller", Duration::from_secs(600));
+    let mut tasks = vec![tokio::spawn(fleet.clone().keep(beat))];
+    for _ in 0..workers {
+        tasks.push(tokio::spawn(fleet.clone().work()));
+    }
+    (fleet, tasks)
+}
+
+/// Add `t` to `fleet`, from `state`, until its token (a child of `stop`) is cancelled.
+fn join_fleet(
+    fleet: &Fleet,
+    p: &Poller,
+    t: &TargetConfig,
+    state: TargetState,
+    stop: &CancellationToken,
+) -> (CancellationToken, Gone) {
+    let token = stop.child_token();
+    let beat = p
+        .health
+        .heartbeat(&format!("target {}", t.name), Duration::from_secs(600));
+    let (joining, gone) = Fleet::target(t.clone(), Some(state), token.clone(), beat);
+    fleet.add(joining);
+    (token, gone)
+}
+
+/// The settled state of each of `targets`, from a poll on the real clock: the fleet's
+/// polls of them then never wait on SQLite's thread, which a paused clock runs ahead of.
+async fn settled(p: &Poller, targets: &[TargetConfig]) -> Vec<TargetState> {
+    let mut states = Vec::new();
+    for t in targets {
+        let mut s = TargetState::default();
+        p.poll_target(t, &mut s, false, None).await.unwrap();
+        assert!(s.settled.is_some());
+        states.push(s);
+    }
+    states
+}
+
+/// Let the paused clock run until `done` holds; fail after 10 s of real time.
+async fn until_paused(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fleet_polls(p: &Poller, name: &str) -> u64 {
+    p.metrics.target(name).polls(PollOutcome::Success)
+}
+
+/// Due targets are polled by the workers, again at their interval (not sooner); a target
+/// whose lease another replica holds is not, until this replica takes its lease (then
+/// its state is loaded again and it is polled).
+#[tokio::test]
+async fn the_fleet_polls_the_due_targets_this_replica_owns_and_no_other() {
+    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let h = sim.handle();
+    h.add_checkpoint("ra", "sampler", "step-1", Some("COMPLETE"));
+    h.add_checkpoint("rb", "sampler", "step-1", Some("COMPLETE"));
+    let body = "[poll]\nconcurrency = 2\njitter = 0\nadaptive = false\n\
+                [[targets]]\nname = \"a\"\nrun_id = \"ra\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n\
+                [[targets]]\nname = \"b\"\nrun_id = \"rb\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n";
+    let (p, cfg) = poller_for(&sim, body).await;
+    let states = settled(&p, &cfg.targets).await;
+    let (a0, b0, requests0) = (fleet_polls(&p, "a"), fleet_polls(&p, "b"), h.requests());
+    tokio::time::pause();
+    let own = Arc::new(Ownership::new("r1".into()));
+    own.set([("a".to_string(), 1)].into_iter().collect());
+    let p = Arc::new(p.with_ownership(own.clone()));
+    let stop = CancellationToken::new();
+    let (fleet, tasks) = run_fleet(&p, 2, &stop);
+    for (t, s) in cfg.targets.iter().zip(states) {
+        join_fleet(&fleet, &p, t, s, &stop);
+    }
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let a = fleet_polls(&p, "a") - a0;
+    assert!(
+        (5..=7).contains(&a),
+        "a polled at its 1 s interval: {a} in 5.5 s"
+    );
+    assert_eq!(fleet_polls(&p, "b"), b0, "b is another replica's");
+    assert_eq!(h.requests() - requests0, a, "no listing request for b");
+    assert_eq!(fleet.waiting(), 2, "both wait between turns");
+
+    own.set(
+        [("a".to_string(), 1), ("b".to_string(), 2)]
+            .into_iter()
+            .collect(),
+    );
+    until_paused("b polled once its lease is held", || {
+        fleet_polls(&p, "b") >= b0 + 2
+    })
+    .await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fleet.waiting(), 0, "the queue is emptied at shutdown");
+}
+
+/// A stopped target leaves the queue at once ([`Fleet::drop_cancelled`]), its `Gone`
+/// resolves, and it is never polled again while the others go on.
+#[tokio::test]
+async fn a_stopped_target_leaves_the_fleet_and_is_polled_no_more() {
+    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let h = sim.handle();
+    h.add_checkpoint("ra", "sampler", "step-1", Some("COMPLETE"));
+    h.add_checkpoint("rb", "sampler", "step-1", Some("COMPLETE"));
+    let body = "[poll]\nconcurrency = 1\njitter = 0\nadaptive = false\n\
+                [[targets]]\nname = \"a\"\nrun_id = \"ra\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n\
+                [[targets]]\nname = \"b\"\nrun_id = \"rb\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n";
+    let (p, cfg) = poller_for(&sim, body).await;
+    let mut states = settled(&p, &cfg.targets).await.into_iter();
+    tokio::time::pause();
+    let p = Arc::new(p);
+    let stop = CancellationToken::new();
+    let (fleet, tasks) = run_fleet(&p, 1, &stop);
+    let (a_token, a_gone) = join_fleet(&fleet, &p, &cfg.targets[0], states.next().unwrap(), &stop);
+    let _b = join_fleet(&fleet, &p, &cfg.targets[1], states.next().unwrap(), &stop);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(fleet_polls(&p, "a") >= 3 && fleet_polls(&p, "b") >= 3);
+
+    a_token.cancel();
+    fleet.drop_cancelled();
+    tokio::time::timeout(Duration::from_millis(1), a_gone)
+        .await
+        .expect("a queued target leaves at once");
+    assert_eq!(fleet.waiting(), 1);
+    let (a, b) = (fleet_polls(&p, "a"), fleet_polls(&p, "b"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fleet_polls(&p, "a"), a, "a stopped target is not polled");
+    assert!(fleet_polls(&p, "b") >= b + 4, "b goes on");
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// However many workers run, at most `poll.concurrency` polls are in flight (every
+/// listing hangs here, so each one holds its slot); a reload that raises it lets one more
+/// through at once.
+#[tokio::test]
+async fn the_fleet_keeps_to_poll_concurrency() {
+    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let h = sim.handle();
+    let mut body = "[poll]\nconcurrency = 2\njitter = 0\n".to_string();
+    for i in 0..5 {
+        h.add_checkpoint(&format!("r{i}"), "sampler", "step-1", Some("COMPLETE"));
+        body.push_str(&format!(
+            "[[targets]]\nname = \"t{i}\"\nrun_id = \"r{i}\"\ninterval = \"1h\"\n"
+        ));
+    }
+    h.set_fault(Some(crate::sim::Fault::Delay(Duration::from_secs(3600))));
+    let (p, cfg) = poller_for(&sim, &body).await;
+    tokio::time::pause();
+    let p = Arc::new(p);
+    let stop = CancellationToken::new();
+    let (fleet, tasks) = run_fleet(&p, 4, &stop);
+    for t in &cfg.targets {
+        // A state to start from: no SQLite before the (hanging) listing.
+        join_fleet(&fleet, &p, t, TargetState::default(), &stop);
+    }
+    until_paused("two listings in flight", || h.requests() >= 2).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.requests(), 2, "two slots: two listings in flight");
+    let mut raised = cfg.poll.clone();
+    raised.concurrency = std::num::NonZeroUsize::new(3).unwrap();
+    p.reconfigure(raised, Vec::new());
+    until_paused("a third listing", || h.requests() >= 3).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.requests(), 3, "a third slot: a third listing");
+    // Shutdown cuts the polls still waiting for their listing: nothing was written.
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fleet.waiting(), 0);
+}
