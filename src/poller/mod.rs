@@ -537,12 +537,6 @@ pub struct TargetLoop {
     learned: bool,
 }
 
-impl TargetLoop {
-    pub fn name(&self) -> &str {
-        &self.t.name
-    }
-}
-
 /// What a target's loop does after a turn ([`Poller::turn`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {

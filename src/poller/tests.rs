@@ -647,6 +647,31 @@ async fn until_paused(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// A simulated API with runs `ra` and `rb` (one complete checkpoint each), and a poller
+/// at `concurrency` over targets `a` and `b`, polled every second.
+async fn two_targets(concurrency: usize) -> (crate::sim::SimApi, Poller, crate::config::Config) {
+    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let h = sim.handle();
+    h.add_checkpoint("ra", "sampler", "step-1", Some("COMPLETE"));
+    h.add_checkpoint("rb", "sampler", "step-1", Some("COMPLETE"));
+    let mut body = format!("[poll]\nconcurrency = {concurrency}\njitter = 0\nadaptive = false\n");
+    for (name, run) in [("a", "ra"), ("b", "rb")] {
+        body.push_str(&format!(
+            "[[targets]]\nname = \"{name}\"\nrun_id = \"{run}\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n"
+        ));
+    }
+    let (p, cfg) = poller_for(&sim, &body).await;
+    (sim, p, cfg)
+}
+
+/// Stop the fleet's tasks ([`run_fleet`]) and wait for each.
+async fn stop_fleet(stop: &CancellationToken, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 fn fleet_polls(p: &Poller, name: &str) -> u64 {
     p.metrics.target(name).polls(PollOutcome::Success)
 }
@@ -656,14 +681,8 @@ fn fleet_polls(p: &Poller, name: &str) -> u64 {
 /// its state is loaded again and it is polled).
 #[tokio::test]
 async fn the_fleet_polls_the_due_targets_this_replica_owns_and_no_other() {
-    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
+    let (sim, p, cfg) = two_targets(2).await;
     let h = sim.handle();
-    h.add_checkpoint("ra", "sampler", "step-1", Some("COMPLETE"));
-    h.add_checkpoint("rb", "sampler", "step-1", Some("COMPLETE"));
-    let body = "[poll]\nconcurrency = 2\njitter = 0\nadaptive = false\n\
-                [[targets]]\nname = \"a\"\nrun_id = \"ra\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n\
-                [[targets]]\nname = \"b\"\nrun_id = \"rb\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n";
-    let (p, cfg) = poller_for(&sim, body).await;
     let states = settled(&p, &cfg.targets).await;
     let (a0, b0, requests0) = (fleet_polls(&p, "a"), fleet_polls(&p, "b"), h.requests());
     tokio::time::pause();
@@ -694,10 +713,7 @@ async fn the_fleet_polls_the_due_targets_this_replica_owns_and_no_other() {
         fleet_polls(&p, "b") >= b0 + 2
     })
     .await;
-    stop.cancel();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    stop_fleet(&stop, tasks).await;
     assert_eq!(fleet.waiting(), 0, "the queue is emptied at shutdown");
 }
 
@@ -705,14 +721,7 @@ async fn the_fleet_polls_the_due_targets_this_replica_owns_and_no_other() {
 /// resolves, and it is never polled again while the others go on.
 #[tokio::test]
 async fn a_stopped_target_leaves_the_fleet_and_is_polled_no_more() {
-    let sim = crate::sim::SimApi::start(Some("key".into())).await.unwrap();
-    let h = sim.handle();
-    h.add_checkpoint("ra", "sampler", "step-1", Some("COMPLETE"));
-    h.add_checkpoint("rb", "sampler", "step-1", Some("COMPLETE"));
-    let body = "[poll]\nconcurrency = 1\njitter = 0\nadaptive = false\n\
-                [[targets]]\nname = \"a\"\nrun_id = \"ra\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n\
-                [[targets]]\nname = \"b\"\nrun_id = \"rb\"\ninterval = \"1s\"\nsyncing_interval = \"1s\"\n";
-    let (p, cfg) = poller_for(&sim, body).await;
+    let (_sim, p, cfg) = two_targets(1).await;
     let mut states = settled(&p, &cfg.targets).await.into_iter();
     tokio::time::pause();
     let p = Arc::new(p);
@@ -733,10 +742,7 @@ async fn a_stopped_target_leaves_the_fleet_and_is_polled_no_more() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(fleet_polls(&p, "a"), a, "a stopped target is not polled");
     assert!(fleet_polls(&p, "b") >= b + 4, "b goes on");
-    stop.cancel();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    stop_fleet(&stop, tasks).await;
 }
 
 /// However many workers run, at most `poll.concurrency` polls are in flight (every
@@ -773,9 +779,6 @@ async fn the_fleet_keeps_to_poll_concurrency() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(h.requests(), 3, "a third slot: a third listing");
     // Shutdown cuts the polls still waiting for their listing: nothing was written.
-    stop.cancel();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    stop_fleet(&stop, tasks).await;
     assert_eq!(fleet.waiting(), 0);
 }

@@ -245,12 +245,12 @@ impl Backend for PgStore {
             // A row the first lane took is claimed now, so the second cannot take it again.
             let took = sqlx::query(AssertSqlSafe(format!(
                 "WITH due AS ({} FOR UPDATE SKIP LOCKED)
-                 UPDATE deliveries d SET claimed_until = {clock} + $1, claim_token = $6,
-                     next_attempt_at = $3 + $1
+                 UPDATE deliveries d SET {}
                  FROM due, events e
                  WHERE d.id = due.id AND e.seq = d.event_seq
                  RETURNING d.id AS delivery_id, d.attempts, d.created_at AS delivery_created, {}",
                 sql::due(lane, ask.ordered, "", &clock),
+                sql::claim_set(&clock),
                 sql::EVENT_COLUMNS
             )))
             .bind(ask.lease_ms)

@@ -191,8 +191,14 @@ pub(crate) fn due(lane: Lane, ordered: bool, hint: &str, clock: &str) -> String 
     )
 }
 
-/// A claim moves its delivery's due time to the lease's end (`next_attempt_at = now +
-/// lease`): a claimed delivery is not due, so claims scanning the due index in order do
+/// What a claim writes, on the claim clock `clock` (`$1` the lease in ms, `$3` now, `$6`
+/// the claim's token): its lease, its token, and its due time moved to the lease's end.
+pub(crate) fn claim_set(clock: &str) -> String {
+    format!("claimed_until = {clock} + $1, claim_token = $6, next_attempt_at = $3 + $1")
+}
+
+/// A claim moves its delivery's due time to the lease's end ([`claim_set`]: `next_attempt_at
+/// = now + lease`): a claimed delivery is not due, so claims scanning the due index in order do
 /// not read again, claim after claim, the deliveries other claims hold (the slot-fulls a
 /// worker keeps claimed ahead, every replica's); and should the attempt never report, the
 /// delivery is due again when its claim lapses. Renewals leave it (a claim renewed past

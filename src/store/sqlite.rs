@@ -241,9 +241,8 @@ async fn claim_lanes(
         };
         // A row the first lane took is claimed now, so the second cannot take it again.
         let took: Vec<(i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE deliveries SET claimed_until = $5 + $1, claim_token = $6, next_attempt_at = $3 + $1
-             WHERE id IN ({})
-             RETURNING id, attempts, created_at",
+            "UPDATE deliveries SET {} WHERE id IN ({}) RETURNING id, attempts, created_at",
+            sql::claim_set("$5"),
             sql::due(lane, ask.ordered, hint, "$5")
         )))
         .bind(ask.lease_ms)
