@@ -190,8 +190,9 @@ async fn sigkill_of_a_replica_mid_burst_loses_nothing_and_its_targets_are_polled
         late <= bound,
         "a target waited {late} ms after the kill (bound {bound} ms)"
     );
-    let survivors = owned(&addrs[1..]).await;
-    assert_eq!(survivors.iter().sum::<f64>(), 30.0, "{survivors:?}");
+    // Every target owned by the survivors once their split settles (a shard handed from
+    // one survivor to the other is briefly owned by neither).
+    let survivors = wait_balanced(&addrs[1..], 30.0).await;
     eprintln!(
         "owned before {before:?}, after {survivors:?}; slowest target re-polled {late} ms after the kill; all 60 delivered in {took:?}"
     );
@@ -263,8 +264,9 @@ async fn sigkill_of_one_of_three_replicas_holding_1000_targets_hands_every_targe
         late <= bound,
         "a target waited {late} ms after the kill (bound {bound} ms)"
     );
-    let survivors = owned(&addrs[1..]).await;
-    assert_eq!(survivors.iter().sum::<f64>(), N as f64, "{survivors:?}");
+    // Every target owned by the survivors once their split settles (a shard handed from
+    // one survivor to the other is briefly owned by neither).
+    let survivors = wait_balanced(&addrs[1..], N as f64).await;
     eprintln!(
         "owned before {before:?} ({lost} on the killed replica), after {survivors:?}; slowest target re-polled {late} ms after the kill (bound {bound} ms)"
     );
