@@ -173,26 +173,60 @@ async fn attempts_and_views(store: Arc<dyn Store>) {
     assert_eq!(o.events.len(), 2, "the limit holds");
     assert!(o.events[0].seq > o.events[1].seq, "newest first");
 
-    // A redelivered and delivered delivery, pruned, takes its attempts along.
+    // Redelivered: its count starts again, and its log keeps the newest 20 with the new
+    // round's first attempt (a first attempt is logged without a trim: the redeliver made
+    // room for it).
+    let log_of = async |id: i64| {
+        let detail = s
+            .target_detail(&DetailQuery {
+                target: "t".into(),
+                limit: 10,
+                offset: 0,
+            })
+            .await
+            .unwrap();
+        let log: Vec<(i64, String)> = detail
+            .attempts
+            .iter()
+            .filter(|a| a.delivery_id == id)
+            .map(|a| (a.attempt, a.outcome.clone()))
+            .collect();
+        log
+    };
     s.redeliver(&Redeliver::Ids(vec![id.to_string()]), now)
         .await
         .unwrap();
+    assert_eq!(log_of(id).await.len() as i64, KEPT_PER_DELIVERY - 1);
     let c = claim().await;
     assert!(
         s.record_attempt(&c, &AttemptOutcome::Delivered, now)
             .await
             .unwrap()
     );
+    let log = log_of(id).await;
+    assert_eq!(
+        log.len() as i64,
+        KEPT_PER_DELIVERY,
+        "bounded after a redeliver"
+    );
+    assert_eq!(log[0].0, 8, "the oldest kept");
+    assert_eq!(log.last().unwrap(), &(1, "delivered".to_string()));
+    // Other deliveries' first attempts are logged untrimmed, one row each.
+    for other in [&claimed[0], &claimed[2]] {
+        assert!(
+            s.record_attempt(other, &AttemptOutcome::Delivered, now)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            log_of(other.delivery_id).await,
+            [(1, "delivered".to_string())]
+        );
+    }
+
+    // A delivered delivery, pruned, takes its attempts along.
     s.prune(now + TimeDelta::seconds(1)).await.unwrap();
-    let after = s
-        .target_detail(&DetailQuery {
-            target: "t".into(),
-            limit: 10,
-            offset: 0,
-        })
-        .await
-        .unwrap();
-    assert!(after.attempts.iter().all(|a| a.delivery_id != id));
+    assert!(log_of(id).await.is_empty());
 }
 
 #[tokio::test]

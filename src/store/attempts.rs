@@ -5,8 +5,9 @@
 //! Written by [`log`] inside the transaction that records the attempts' outcomes
 //! ([`super::Outbox::record_attempts`]), so the log and the outbox never disagree, and
 //! bounded: the newest [`KEPT_PER_DELIVERY`] attempts of a delivery are kept (a delivery
-//! re-queued again and again cannot grow it without end), and a pruned delivery takes its
-//! attempts with it (`ON DELETE CASCADE`). The deliveries' own columns (`attempts`,
+//! re-queued again and again cannot grow it without end; right after a `redeliver`, one
+//! fewer until its next attempt), and a pruned delivery takes its attempts with it
+//! (`ON DELETE CASCADE`). The deliveries' own columns (`attempts`,
 //! `last_status`, `last_error`) stay what the outbox reads; this log is only read.
 
 use std::time::Duration;
@@ -99,7 +100,12 @@ impl LogDialect for sqlx::Postgres {
 
 /// Log the attempts of `outcomes` on `tx`, after their outcomes were written, each with
 /// its delivery's sink and count of attempts as that write returned them (the attempt
-/// number), and trim each delivery's log.
+/// number), and trim the log of each delivery that may have gone past the bound.
+///
+/// A delivery's first attempt needs no trim: before it the log holds nothing, or what a
+/// `redeliver` left of an earlier round, which [`trim`] cut to one fewer than the bound
+/// when it started the count again. So a burst of first-attempt deliveries costs one
+/// statement here, not two.
 pub(crate) async fn log<DB: LogDialect>(
     tx: &mut DB::Connection,
     outcomes: &[(&Recorded, &str, i64)],
@@ -123,17 +129,47 @@ where
         DB::ROWS
     )))
     .bind(now)
-    .bind(json.clone())
+    .bind(json)
     .execute(&mut *tx)
     .await?;
-    // Only the deliveries just logged can have gone past the bound.
+    let again: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.attempt > 1)
+        .map(|r| r.id)
+        .collect();
+    trim::<DB>(tx, &again, KEPT_PER_DELIVERY).await
+}
+
+/// Keep only the newest `keep` logged attempts of each delivery in `ids`: [`log`] with
+/// the bound after a delivery's second attempt and later ones; a `redeliver` with one
+/// fewer, since the count starts again and the next first attempt is not trimmed.
+pub(crate) async fn trim<DB: LogDialect>(
+    tx: &mut DB::Connection,
+    ids: &[i64],
+    keep: i64,
+) -> Result<()>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    if ids.is_empty() {
+        return Ok(());
+    }
+    #[derive(Serialize)]
+    struct Id {
+        id: i64,
+    }
+    let json = serde_json::to_string(&ids.iter().map(|&id| Id { id }).collect::<Vec<_>>())
+        .expect("integers serialize");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM attempts WHERE delivery_id IN (SELECT j.id FROM {})
            AND seq < (SELECT b.seq FROM attempts b WHERE b.delivery_id = attempts.delivery_id
                       ORDER BY b.seq DESC LIMIT 1 OFFSET $1)",
         DB::ROWS
     )))
-    .bind(KEPT_PER_DELIVERY - 1)
+    .bind(keep - 1)
     .bind(json)
     .execute(&mut *tx)
     .await?;

@@ -382,29 +382,41 @@ where
     }
 
     /// Re-queue deliveries to be sent now (Unix ms): every dead one (of a sink), or those
-    /// named by delivery or event id, in one transaction. Returns how many.
+    /// named by delivery or event id, in one transaction. Returns how many. A re-queued
+    /// delivery counts its attempts from 0 again; its attempts log is cut to one fewer
+    /// than the bound ([`super::attempts::log`] does not trim after a first attempt).
     pub(crate) async fn redeliver(
         conn: &mut DB::Connection,
         which: &Redeliver,
         now: i64,
     ) -> Result<u64> {
-        match which {
-            Redeliver::Dead { sink } | Redeliver::Pending { sink } => {
-                let q = match which {
-                    Redeliver::Dead { .. } => sql::redeliver_dead(),
-                    _ => sql::retry_pending_now(),
-                };
-                let done = sqlx::query(AssertSqlSafe(q))
+        let ids_of = |rows: Vec<DB::Row>| -> Result<Vec<i64>> {
+            rows.iter()
+                .map(|r| <(i64,)>::from_row(r).map(|(id,)| id).map_err(Into::into))
+                .collect()
+        };
+        let mut tx = conn.begin().await?;
+        let ids = match which {
+            Redeliver::Pending { sink } => {
+                // Attempts kept: the schedule goes on where it was; the log stays as it is.
+                let done = sqlx::query(AssertSqlSafe(sql::retry_pending_now()))
                     .bind(now)
                     .bind(sink.as_deref())
-                    .execute(&mut *conn)
+                    .execute(&mut *tx)
                     .await?;
-                Ok(DB::rows_affected(&done))
+                tx.commit().await?;
+                return Ok(DB::rows_affected(&done));
             }
-            Redeliver::Ids(ids) => {
-                let mut tx = conn.begin().await?;
-                let mut n = 0;
-                for id in ids {
+            Redeliver::Dead { sink } => ids_of(
+                sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
+                    .bind(now)
+                    .bind(sink.as_deref())
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?,
+            Redeliver::Ids(named) => {
+                let mut ids = Vec::new();
+                for id in named {
                     let q = if let Ok(num) = id.parse::<i64>() {
                         sqlx::query(AssertSqlSafe(sql::redeliver_delivery()))
                             .bind(now)
@@ -414,12 +426,14 @@ where
                             .bind(now)
                             .bind(id.as_str())
                     };
-                    n += DB::rows_affected(&q.execute(&mut *tx).await?);
+                    ids.extend(ids_of(q.fetch_all(&mut *tx).await?)?);
                 }
-                tx.commit().await?;
-                Ok(n)
+                ids
             }
-        }
+        };
+        super::attempts::trim::<DB>(&mut tx, &ids, super::attempts::KEPT_PER_DELIVERY - 1).await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
     }
 
     /// Attempts' outcomes in one transaction on `conn`, each fenced by its claim's token

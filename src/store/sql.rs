@@ -115,9 +115,11 @@ pub(crate) const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until 
 /// Makes a delivery pending again, due now (`$1` = now), with the retry schedule afresh.
 pub(crate) const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, claim_token = NULL, updated_at = $1";
 
-/// Re-queue every dead delivery, of sink `$2` only unless NULL.
+/// Re-queue every dead delivery, of sink `$2` only unless NULL; their ids.
 pub(crate) fn redeliver_dead() -> String {
-    format!("{REDELIVER} WHERE status = 'dead' AND (CAST($2 AS TEXT) IS NULL OR sink = $2)")
+    format!(
+        "{REDELIVER} WHERE status = 'dead' AND (CAST($2 AS TEXT) IS NULL OR sink = $2) RETURNING id"
+    )
 }
 
 /// Make every pending delivery not due yet (of sink `$2` only unless NULL) due at `$1`,
@@ -130,15 +132,16 @@ pub(crate) fn retry_pending_now() -> String {
     )
 }
 
-/// Re-queue the delivery with id `$2`.
+/// Re-queue the delivery with id `$2`; its id.
 pub(crate) fn redeliver_delivery() -> String {
-    format!("{REDELIVER} WHERE id = $2 AND {NOT_IN_FLIGHT}")
+    format!("{REDELIVER} WHERE id = $2 AND {NOT_IN_FLIGHT} RETURNING id")
 }
 
-/// Re-queue every delivery of the event with id `$2`.
+/// Re-queue every delivery of the event with id `$2`; their ids.
 pub(crate) fn redeliver_event() -> String {
     format!(
-        "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = $2) AND {NOT_IN_FLIGHT}"
+        "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = $2) AND {NOT_IN_FLIGHT}
+        RETURNING id"
     )
 }
 
