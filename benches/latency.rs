@@ -10,7 +10,9 @@
 //!
 //! `cargo bench --bench latency [-- --quick]`; on PostgreSQL (one replica, a fresh database
 //! per run): `LOOPWATCH_BENCH_STORE=postgres LOOPWATCH_PG_FSYNC=on scripts/with-postgres
-//! cargo bench --bench latency`.
+//! cargo bench --bench latency`. `-- --replicas N` (PostgreSQL only): the daemon is N
+//! processes of the release binary sharing the targets (shard leases), the simulated API
+//! and the receiver stay in this process.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 use loopwatch::app::App;
 use loopwatch::sim::SimApi;
 use rand::RngExt;
+use support::procs::Replica;
 use support::{API_KEY, BenchDb, Opts, median, percentile, run_id};
 
 const SYNCING_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,7 +46,86 @@ struct Run {
     polls_per_s: f64,
 }
 
-async fn one(targets: usize, window: Duration) -> Run {
+/// What watches the targets: the whole daemon in this process, or replica processes.
+enum Daemon {
+    InProcess {
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    },
+    Replicas {
+        reps: Vec<Replica>,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Daemon {
+    async fn start(
+        sim: &str,
+        db: &BenchDb,
+        poll: &str,
+        targets: usize,
+        sinks: &str,
+        replicas: Option<usize>,
+    ) -> Daemon {
+        let Some(count) = replicas else {
+            let cfg = support::config(sim, &db.url, poll, targets, sinks);
+            let app = App::build(cfg, false).await.unwrap();
+            let health = app.health.clone();
+            let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(app.run(async move {
+                let _ = stop_rx.await;
+            }));
+            support::until(
+                Duration::from_secs(120),
+                Duration::from_millis(10),
+                async || health.ready().is_ok(),
+            )
+            .await;
+            return Daemon::InProcess { stop, task };
+        };
+        assert!(
+            db.is_postgres(),
+            "--replicas needs LOOPWATCH_BENCH_STORE=postgres"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = support::procs::write_config(
+            dir.path(),
+            sim,
+            &db.url,
+            poll,
+            "lease_ttl = \"15s\"",
+            targets,
+            sinks,
+        );
+        let reps = support::procs::spawn_replicas(&config, count, dir.path()).await;
+        let split = support::procs::wait_settled(
+            &reqwest::Client::new(),
+            &reps,
+            targets,
+            Duration::from_secs(5),
+            Duration::from_secs(600),
+        )
+        .await;
+        eprintln!("latency: {count} replica(s) settled, owning {split:?}");
+        Daemon::Replicas { reps, _dir: dir }
+    }
+
+    async fn stop(self) {
+        match self {
+            Daemon::InProcess { stop, task } => {
+                let _ = stop.send(());
+                task.await.unwrap().unwrap();
+            }
+            Daemon::Replicas { reps, .. } => {
+                for r in reps {
+                    r.stop().await;
+                }
+            }
+        }
+    }
+}
+
+async fn one(targets: usize, window: Duration, replicas: Option<usize>) -> Run {
     let arrivals: Arrivals = Arc::default();
     let receiver = support::receiver()
         .on_request({
@@ -76,19 +158,7 @@ async fn one(targets: usize, window: Duration) -> Run {
         SYNCING_INTERVAL.as_millis()
     );
     let sinks = support::completed_sink(&receiver.url, 16);
-    let cfg = support::config(&sim.base_url(), &db.url, &poll, targets, &sinks);
-    let app = App::build(cfg, false).await.unwrap();
-    let health = app.health.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
-    support::until(
-        Duration::from_secs(120),
-        Duration::from_millis(10),
-        async || health.ready().is_ok(),
-    )
-    .await;
+    let daemon = Daemon::start(&sim.base_url(), &db, &poll, targets, &sinks, replicas).await;
     // Let every target settle into its syncing_interval rhythm.
     tokio::time::sleep(SYNCING_INTERVAL * 2).await;
 
@@ -116,8 +186,7 @@ async fn one(targets: usize, window: Duration) -> Run {
         },
     )
     .await;
-    let _ = stop_tx.send(());
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     db.drop_db().await;
 
     let got = arrivals.lock().unwrap();
@@ -145,14 +214,20 @@ async fn one(targets: usize, window: Duration) -> Run {
 
 async fn bench(o: Opts) {
     let targets = o.value("--targets").unwrap_or(1_000);
+    let replicas: Option<usize> = o.value("--replicas");
     let window = Duration::from_secs(if o.quick { 6 } else { 20 });
     support::header(
         "latency",
         &format!(
             "{targets} targets, syncing_interval {} ms, jitter 0, {COMPLETIONS_PER_SECOND} \
-             completions/s for {} s; completion at the simulated API -> signed webhook received",
+             completions/s for {} s; completion at the simulated API -> signed webhook received; \
+             {}",
             SYNCING_INTERVAL.as_millis(),
-            window.as_secs()
+            window.as_secs(),
+            match replicas {
+                Some(n) => format!("{n} replica processes (release binary)"),
+                None => "the daemon in this process".into(),
+            }
         ),
         &o,
     );
@@ -160,7 +235,7 @@ async fn bench(o: Opts) {
     let mut runs = Vec::new();
     for i in 0..o.runs {
         eprintln!("latency: run {}/{} ...", i + 1, o.runs);
-        runs.push(one(targets, window).await);
+        runs.push(one(targets, window, replicas).await);
     }
     let med = |f: &dyn Fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let ms = |s: f64| format!("{:.0}", s * 1000.0);
