@@ -8,11 +8,13 @@
 //! until every outcome is recorded). Floor: the same E bodies POSTed by a bare client,
 //! unsigned, no store, same concurrency, same receiver.
 //!
-//! On PostgreSQL (`LOOPWATCH_BENCH_STORE=postgres LOOPWATCH_PG_FSYNC=on scripts/with-postgres
-//! cargo bench --bench burst`, a fresh database per run) the commit also has a database
-//! floor: the rows the cycle wrote (each target's checkpoints, events and deliveries),
-//! inserted again into empty copies of their tables, one transaction per target of one
-//! `INSERT ... SELECT * FROM unnest(...)` per table, as many in flight as the store's pool.
+//! The commit has a database floor: the rows the cycle wrote (each target's checkpoints,
+//! events and deliveries), inserted again into empty copies of their tables, one
+//! transaction per target of one bare insert per table. On SQLite a multi-row `INSERT ...
+//! VALUES` into a fresh file with the store's settings, on one connection; on PostgreSQL
+//! (`LOOPWATCH_BENCH_STORE=postgres LOOPWATCH_PG_FSYNC=on scripts/with-postgres cargo bench
+//! --bench burst`, a fresh database per run) `INSERT ... SELECT * FROM unnest(...)`, as
+//! many in flight as the store's pool.
 //!
 //! `cargo bench --bench burst [-- --quick]` (`--events-only` stops after the cycle, for
 //! profiling the commit path alone).
@@ -49,8 +51,10 @@ fn main() {
 struct Run {
     events: usize,
     commit_s: f64,
-    /// PostgreSQL: the same rows by bare `INSERT ... SELECT unnest(...)` (NaN on SQLite).
+    /// The same rows by bare inserts, a transaction per target.
     db_floor_s: f64,
+    /// SQLite: the same rows by bare inserts in one transaction (NaN on PostgreSQL).
+    one_tx_floor_s: f64,
     fetch_floor_s: f64,
     deliver_s: f64,
     post_floor_s: f64,
@@ -101,11 +105,17 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     let events = cycle(&mut states).await;
     let commit_s = t0.elapsed().as_secs_f64();
     assert_eq!(events, targets * per, "one completed per checkpoint");
+    let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
     let db_floor_s = if db.is_postgres() {
-        let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
         db_floor(&db.url, &names, PG_CONNECTIONS as usize).await
     } else {
+        sqlite_db_floor(&db, &names, 1).await
+    };
+    // SQLite: the same rows in one transaction, every target's commit grouped into one.
+    let one_tx_floor_s = if db.is_postgres() {
         f64::NAN
+    } else {
+        sqlite_db_floor(&db, &names, names.len()).await
     };
     if events_only {
         drop(app);
@@ -114,6 +124,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
             events,
             commit_s,
             db_floor_s,
+            one_tx_floor_s,
             fetch_floor_s: f64::NAN,
             deliver_s: f64::NAN,
             post_floor_s: f64::NAN,
@@ -187,6 +198,7 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
         events,
         commit_s,
         db_floor_s,
+        one_tx_floor_s,
         fetch_floor_s,
         deliver_s,
         post_floor_s,
@@ -225,6 +237,7 @@ async fn bench(o: Opts) {
     let med = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let committed = e / med(|r| r.commit_s);
     let db_floor = e / med(|r| r.db_floor_s);
+    let one_tx_floor = e / med(|r| r.one_tx_floor_s);
     let fetch = targets as f64 / med(|r| r.fetch_floor_s);
     let polls = targets as f64 / med(|r| r.commit_s);
     let delivered = e / med(|r| r.deliver_s);
@@ -242,13 +255,26 @@ async fn bench(o: Opts) {
                 String::new(),
             ],
             vec![
-                "events committed/s vs. the same rows by bare INSERT ... SELECT unnest(...), \
-                 one transaction per target (PostgreSQL)"
+                "events committed/s vs. the same rows by bare inserts, one transaction per \
+                 target (PostgreSQL: INSERT ... SELECT unnest(...); SQLite: multi-row \
+                 INSERT ... VALUES)"
                     .into(),
                 n(committed),
                 n(db_floor),
                 if db_floor.is_finite() {
                     ratio(committed, db_floor)
+                } else {
+                    String::new()
+                },
+            ],
+            vec![
+                "events committed/s vs. the same rows by bare inserts, all in one transaction \
+                 (SQLite: every target's commit grouped into one)"
+                    .into(),
+                n(committed),
+                n(one_tx_floor),
+                if one_tx_floor.is_finite() {
+                    ratio(committed, one_tx_floor)
                 } else {
                     String::new()
                 },
@@ -375,6 +401,163 @@ async fn db_floor(url: &str, targets: &[String], in_flight: usize) -> f64 {
         .await;
     let s = t0.elapsed().as_secs_f64();
     pool.close().await;
+    s
+}
+
+/// The database floor of the commit (SQLite): seconds to insert the rows this cycle wrote
+/// (each target's checkpoints, events and deliveries) again, into a fresh file holding
+/// the same tables and indexes (their DDL copied from the state file) under the store's
+/// settings (WAL, `synchronous = FULL`, 8 MiB of page cache, statement journals in
+/// memory, a checkpoint every 10,000 pages), foreign keys off as on the PostgreSQL floor:
+/// one transaction per target (`per_commit` 1; more: that many targets per transaction)
+/// of one multi-row `INSERT ... VALUES` of bound values per table, on one connection
+/// (SQLite has one writer). The rows are read before the clock starts. Like the PostgreSQL floor, it inserts into empty tables where the cycle updated
+/// the checkpoints it had baselined.
+async fn sqlite_db_floor(db: &BenchDb, targets: &[String], per_commit: usize) -> f64 {
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+    use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+    /// One stored value, as SQLite typed it.
+    enum V {
+        Null,
+        Int(i64),
+        Real(f64),
+        Text(String),
+        Blob(Vec<u8>),
+    }
+    let src = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let opts = SqliteConnectOptions::new()
+        .filename(db.dir.path().join(format!("commit-floor-{per_commit}.db")))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(false)
+        .pragma("cache_size", "-8192")
+        .pragma("temp_store", "memory")
+        .pragma("wal_autocheckpoint", "10000");
+    let floor = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    let tables = [
+        ("checkpoints", "target = ?"),
+        ("events", "target = ?"),
+        (
+            "deliveries",
+            "event_seq IN (SELECT seq FROM events WHERE target = ?)",
+        ),
+    ];
+    let mut plans = Vec::new();
+    for (table, filter) in tables {
+        // The table first ('table' > 'index'), then its indexes.
+        let ddl: Vec<(String,)> = sqlx::query_as(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('table', 'index')
+             AND sql IS NOT NULL ORDER BY type DESC",
+        )
+        .bind(table)
+        .fetch_all(&src)
+        .await
+        .unwrap();
+        for (sql,) in ddl {
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&floor)
+                .await
+                .unwrap();
+        }
+        let cols: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM pragma_table_info(?) ORDER BY cid")
+                .bind(table)
+                .fetch_all(&src)
+                .await
+                .unwrap();
+        let names: Vec<String> = cols.into_iter().map(|(c,)| format!("\"{c}\"")).collect();
+        let select = format!(
+            "SELECT {} FROM {table} WHERE {filter}",
+            names
+                .iter()
+                .map(|c| format!("typeof({c}), {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        plans.push((table, names, select));
+    }
+    // Per target, per table: the rows.
+    let mut data: Vec<Vec<Vec<Vec<V>>>> = Vec::with_capacity(targets.len());
+    for t in targets {
+        let mut per_table = Vec::new();
+        for (_, names, select) in &plans {
+            let rows = sqlx::query(AssertSqlSafe(select.as_str()))
+                .bind(t)
+                .fetch_all(&src)
+                .await
+                .unwrap();
+            let rows: Vec<Vec<V>> = rows
+                .iter()
+                .map(|r| {
+                    (0..names.len())
+                        .map(|i| match r.get::<String, _>(2 * i).as_str() {
+                            "null" => V::Null,
+                            "integer" => V::Int(r.get_unchecked(2 * i + 1)),
+                            "real" => V::Real(r.get_unchecked(2 * i + 1)),
+                            "text" => V::Text(r.get_unchecked(2 * i + 1)),
+                            _ => V::Blob(r.get_unchecked(2 * i + 1)),
+                        })
+                        .collect()
+                })
+                .collect();
+            per_table.push(rows);
+        }
+        data.push(per_table);
+    }
+    src.close().await;
+    let read: Vec<usize> = (0..plans.len())
+        .map(|k| data.iter().map(|t| t[k].len()).sum())
+        .collect();
+    let t0 = Instant::now();
+    for commit in data.chunks(per_commit) {
+        let mut tx = floor.begin().await.unwrap();
+        for ((table, names, _), rows) in commit
+            .iter()
+            .flat_map(|per_table| plans.iter().zip(per_table))
+        {
+            // Within SQLite's 32,766 bound values per statement.
+            for chunk in rows.chunks(32_766 / names.len()) {
+                let mut q = QueryBuilder::<Sqlite>::new(format!(
+                    "INSERT INTO {table} ({}) ",
+                    names.join(", ")
+                ));
+                q.push_values(chunk, |mut b, row| {
+                    for v in row {
+                        match v {
+                            V::Null => b.push_bind(None::<i64>),
+                            V::Int(i) => b.push_bind(*i),
+                            V::Real(f) => b.push_bind(*f),
+                            V::Text(s) => b.push_bind(s.clone()),
+                            V::Blob(x) => b.push_bind(x.clone()),
+                        };
+                    }
+                });
+                q.build().execute(&mut *tx).await.unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+    }
+    let s = t0.elapsed().as_secs_f64();
+    for ((table, ..), n) in plans.iter().zip(read) {
+        let (written,): (i64,) =
+            sqlx::query_as(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&floor)
+                .await
+                .unwrap();
+        assert_eq!(written as usize, n, "{table}: every row read written again");
+    }
+    floor.close().await;
     s
 }
 
