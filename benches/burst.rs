@@ -106,16 +106,13 @@ async fn one(targets: usize, per: usize, receiver: &Receiver, events_only: bool)
     let commit_s = t0.elapsed().as_secs_f64();
     assert_eq!(events, targets * per, "one completed per checkpoint");
     let names: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
-    let db_floor_s = if db.is_postgres() {
-        db_floor(&db.url, &names, PG_CONNECTIONS as usize).await
+    // SQLite also: the same rows in one transaction, every target's commit grouped into one.
+    let (db_floor_s, one_tx_floor_s) = if db.is_postgres() {
+        let s = db_floor(&db.url, &names, PG_CONNECTIONS as usize).await;
+        (s, f64::NAN)
     } else {
-        sqlite_db_floor(&db, &names, 1).await
-    };
-    // SQLite: the same rows in one transaction, every target's commit grouped into one.
-    let one_tx_floor_s = if db.is_postgres() {
-        f64::NAN
-    } else {
-        sqlite_db_floor(&db, &names, names.len()).await
+        let s = sqlite_db_floors(&db, &names, &[1, names.len()]).await;
+        (s[0], s[1])
     };
     if events_only {
         drop(app);
@@ -303,6 +300,17 @@ async fn bench(o: Opts) {
     );
 }
 
+/// The tables a poll's commit writes, with which of their rows one target's commit wrote
+/// (`$1` its name): what the database floors insert again.
+const COMMIT_TABLES: [(&str, &str); 3] = [
+    ("checkpoints", "target = $1"),
+    ("events", "target = $1"),
+    (
+        "deliveries",
+        "event_seq IN (SELECT seq FROM events WHERE target = $1)",
+    ),
+];
+
 /// The database floor of the commit (PostgreSQL): seconds to insert the rows this cycle
 /// wrote (each target's checkpoints, events and deliveries) again, into empty copies of
 /// their tables (`LIKE ... INCLUDING ALL`: the same columns, defaults and indexes; no
@@ -317,16 +325,8 @@ async fn db_floor(url: &str, targets: &[String], in_flight: usize) -> f64 {
         .connect(url)
         .await
         .unwrap();
-    let tables = [
-        ("checkpoints", "target = $1"),
-        ("events", "target = $1"),
-        (
-            "deliveries",
-            "event_seq IN (SELECT seq FROM events WHERE target = $1)",
-        ),
-    ];
     let mut plans = Vec::new();
-    for (table, filter) in tables {
+    for (table, filter) in COMMIT_TABLES {
         sqlx::raw_sql(AssertSqlSafe(format!(
             "CREATE TABLE {table}_floor (LIKE {table} INCLUDING ALL)"
         )))
@@ -404,19 +404,17 @@ async fn db_floor(url: &str, targets: &[String], in_flight: usize) -> f64 {
     s
 }
 
-/// The database floor of the commit (SQLite): seconds to insert the rows this cycle wrote
-/// (each target's checkpoints, events and deliveries) again, into a fresh file holding
-/// the same tables and indexes (their DDL copied from the state file) under the store's
-/// settings (WAL, `synchronous = FULL`, 8 MiB of page cache, statement journals in
-/// memory, a checkpoint every 10,000 pages), foreign keys off as on the PostgreSQL floor:
-/// one transaction per target (`per_commit` 1; more: that many targets per transaction)
-/// of one multi-row `INSERT ... VALUES` of bound values per table, on one connection
-/// (SQLite has one writer). The rows are read before the clock starts. Like the PostgreSQL floor, it inserts into empty tables where the cycle updated
-/// the checkpoints it had baselined.
-async fn sqlite_db_floor(db: &BenchDb, targets: &[String], per_commit: usize) -> f64 {
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    };
+/// The database floors of the commit (SQLite): seconds to insert the rows this cycle
+/// wrote (each target's checkpoints, events and deliveries) again, once for each of
+/// `per_commit` (targets per transaction: 1 as the cycle commits; more groups them), each
+/// time into a fresh file holding the same tables and indexes (their DDL copied from the
+/// state file), opened with the store's settings ([`loopwatch::store::sqlite::tuned`])
+/// but foreign keys off, as on the PostgreSQL floor: one multi-row `INSERT ... VALUES` of
+/// bound values per table and target, on one connection (SQLite has one writer). The rows
+/// are read once, before any clock starts. Like the PostgreSQL floor, it inserts into
+/// empty tables where the cycle updated the checkpoints it had baselined.
+async fn sqlite_db_floors(db: &BenchDb, targets: &[String], per_commit: &[usize]) -> Vec<f64> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
     /// One stored value, as SQLite typed it.
     enum V {
@@ -431,32 +429,11 @@ async fn sqlite_db_floor(db: &BenchDb, targets: &[String], per_commit: usize) ->
         .connect(&db.url)
         .await
         .unwrap();
-    let opts = SqliteConnectOptions::new()
-        .filename(db.dir.path().join(format!("commit-floor-{per_commit}.db")))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .foreign_keys(false)
-        .pragma("cache_size", "-8192")
-        .pragma("temp_store", "memory")
-        .pragma("wal_autocheckpoint", "10000");
-    let floor = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await
-        .unwrap();
-    let tables = [
-        ("checkpoints", "target = ?"),
-        ("events", "target = ?"),
-        (
-            "deliveries",
-            "event_seq IN (SELECT seq FROM events WHERE target = ?)",
-        ),
-    ];
+    // The tables' DDL, each table before its indexes ('table' > 'index').
+    let mut ddl: Vec<String> = Vec::new();
     let mut plans = Vec::new();
-    for (table, filter) in tables {
-        // The table first ('table' > 'index'), then its indexes.
-        let ddl: Vec<(String,)> = sqlx::query_as(
+    for (table, filter) in COMMIT_TABLES {
+        let statements: Vec<(String,)> = sqlx::query_as(
             "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('table', 'index')
              AND sql IS NOT NULL ORDER BY type DESC",
         )
@@ -464,12 +441,7 @@ async fn sqlite_db_floor(db: &BenchDb, targets: &[String], per_commit: usize) ->
         .fetch_all(&src)
         .await
         .unwrap();
-        for (sql,) in ddl {
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&floor)
-                .await
-                .unwrap();
-        }
+        ddl.extend(statements.into_iter().map(|(sql,)| sql));
         let cols: Vec<(String,)> =
             sqlx::query_as("SELECT name FROM pragma_table_info(?) ORDER BY cid")
                 .bind(table)
@@ -519,46 +491,67 @@ async fn sqlite_db_floor(db: &BenchDb, targets: &[String], per_commit: usize) ->
     let read: Vec<usize> = (0..plans.len())
         .map(|k| data.iter().map(|t| t[k].len()).sum())
         .collect();
-    let t0 = Instant::now();
-    for commit in data.chunks(per_commit) {
-        let mut tx = floor.begin().await.unwrap();
-        for ((table, names, _), rows) in commit
-            .iter()
-            .flat_map(|per_table| plans.iter().zip(per_table))
-        {
-            // Within SQLite's 32,766 bound values per statement.
-            for chunk in rows.chunks(32_766 / names.len()) {
-                let mut q = QueryBuilder::<Sqlite>::new(format!(
-                    "INSERT INTO {table} ({}) ",
-                    names.join(", ")
-                ));
-                q.push_values(chunk, |mut b, row| {
-                    for v in row {
-                        match v {
-                            V::Null => b.push_bind(None::<i64>),
-                            V::Int(i) => b.push_bind(*i),
-                            V::Real(f) => b.push_bind(*f),
-                            V::Text(s) => b.push_bind(s.clone()),
-                            V::Blob(x) => b.push_bind(x.clone()),
-                        };
-                    }
-                });
-                q.build().execute(&mut *tx).await.unwrap();
-            }
-        }
-        tx.commit().await.unwrap();
-    }
-    let s = t0.elapsed().as_secs_f64();
-    for ((table, ..), n) in plans.iter().zip(read) {
-        let (written,): (i64,) =
-            sqlx::query_as(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                .fetch_one(&floor)
+    let mut seconds = Vec::new();
+    for &per_commit in per_commit {
+        let opts = loopwatch::store::sqlite::tuned(SqliteConnectOptions::new())
+            .filename(db.dir.path().join(format!("commit-floor-{per_commit}.db")))
+            .create_if_missing(true)
+            .foreign_keys(false);
+        let floor = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        for sql in &ddl {
+            sqlx::raw_sql(AssertSqlSafe(sql.as_str()))
+                .execute(&floor)
                 .await
                 .unwrap();
-        assert_eq!(written as usize, n, "{table}: every row read written again");
+        }
+        let t0 = Instant::now();
+        for commit in data.chunks(per_commit) {
+            let mut tx = floor.begin().await.unwrap();
+            for ((table, names, _), rows) in commit
+                .iter()
+                .flat_map(|per_table| plans.iter().zip(per_table))
+            {
+                // Within SQLite's 32,766 bound values per statement.
+                for chunk in rows.chunks(32_766 / names.len()) {
+                    let mut q = QueryBuilder::<Sqlite>::new(format!(
+                        "INSERT INTO {table} ({}) ",
+                        names.join(", ")
+                    ));
+                    q.push_values(chunk, |mut b, row| {
+                        for v in row {
+                            match v {
+                                V::Null => b.push_bind(None::<i64>),
+                                V::Int(i) => b.push_bind(*i),
+                                V::Real(f) => b.push_bind(*f),
+                                V::Text(s) => b.push_bind(s.clone()),
+                                V::Blob(x) => b.push_bind(x.clone()),
+                            };
+                        }
+                    });
+                    q.build().execute(&mut *tx).await.unwrap();
+                }
+            }
+            tx.commit().await.unwrap();
+        }
+        seconds.push(t0.elapsed().as_secs_f64());
+        for ((table, ..), n) in plans.iter().zip(&read) {
+            let (written,): (i64,) =
+                sqlx::query_as(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&floor)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                written as usize, *n,
+                "{table}: every row read written again"
+            );
+        }
+        floor.close().await;
     }
-    floor.close().await;
-    s
+    seconds
 }
 
 /// The fetch floor: one GET of each target's listing, `in_flight` at once, body read and

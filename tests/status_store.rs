@@ -120,14 +120,17 @@ async fn attempts_and_views(store: Arc<dyn Store>) {
     )
     .await
     .unwrap();
-    let detail = s
-        .target_detail(&DetailQuery {
+    // Target `t`'s page as the status page reads it.
+    let detail_of_t = async || {
+        s.target_detail(&DetailQuery {
             target: "t".into(),
             limit: 10,
             offset: 0,
         })
         .await
-        .unwrap();
+        .unwrap()
+    };
+    let detail = detail_of_t().await;
     assert_eq!(detail.total_checkpoints, 3);
     let names: Vec<&str> = detail.checkpoints.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["step-3", "a/b <c>", "step-1"], "newest first");
@@ -176,22 +179,14 @@ async fn attempts_and_views(store: Arc<dyn Store>) {
     // Redelivered: its count starts again, and its log keeps the newest 20 with the new
     // round's first attempt (a first attempt is logged without a trim: the redeliver made
     // room for it).
-    let log_of = async |id: i64| {
-        let detail = s
-            .target_detail(&DetailQuery {
-                target: "t".into(),
-                limit: 10,
-                offset: 0,
-            })
+    let log_of = async |id: i64| -> Vec<(i64, String)> {
+        detail_of_t()
             .await
-            .unwrap();
-        let log: Vec<(i64, String)> = detail
             .attempts
             .iter()
             .filter(|a| a.delivery_id == id)
             .map(|a| (a.attempt, a.outcome.clone()))
-            .collect();
-        log
+            .collect()
     };
     s.redeliver(&Redeliver::Ids(vec![id.to_string()]), now)
         .await

@@ -123,6 +123,23 @@ pub fn create_group_readable(url: &str) {
     create_with_mode(db, 0o640);
 }
 
+/// The settings every connection of the store opens with (the lease-grade connection
+/// then lowers `synchronous`); the burst benchmark's database floor opens with them too.
+pub fn tuned(opts: SqliteConnectOptions) -> SqliteConnectOptions {
+    opts.journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+        // 8 MiB of page cache per connection instead of 2: a burst's inserts land on
+        // random pages of the event id index.
+        .pragma("cache_size", "-8192")
+        // Statement journals (a multi-row insert's undo log) in memory, not temp files.
+        .pragma("temp_store", "memory")
+        // Copy the log into the database every ~40 MB instead of every ~4 MB: a burst
+        // rewrites the same index pages, and each checkpoint copies them again.
+        .pragma("wal_autocheckpoint", "10000")
+}
+
 impl SqliteStore {
     /// Open (creating if missing) and migrate. Fails loudly on a file that is not a
     /// loopwatch database, is locked, or cannot be written: never a silent fresh start.
@@ -154,21 +171,9 @@ impl SqliteStore {
         } else {
             None
         };
-        let opts = opts
+        let opts = tuned(opts)
             .create_if_missing(access == Access::ReadWrite)
-            .read_only(read_only)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true)
-            // 8 MiB of page cache per connection instead of 2: a burst's inserts land on
-            // random pages of the event id index.
-            .pragma("cache_size", "-8192")
-            // Statement journals (a multi-row insert's undo log) in memory, not temp files.
-            .pragma("temp_store", "memory")
-            // Copy the log into the database every ~40 MB instead of every ~4 MB: a burst
-            // rewrites the same index pages, and each checkpoint copies them again.
-            .pragma("wal_autocheckpoint", "10000");
+            .read_only(read_only);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts.clone())
