@@ -92,30 +92,100 @@ struct Scenario {
     /// PostgreSQL: transaction ids assigned and WAL bytes written during the measured cycles.
     pg_xids: i64,
     pg_wal: i64,
+    /// The kinds of those WAL records ([`wal_records`]).
+    pg_wal_records: String,
     rss_peak: f64,
 }
 
 /// What shows a write: the SQLite files' sizes and times; PostgreSQL's next transaction
-/// id and WAL position (taking the mark assigns one id itself).
-async fn write_mark(db: &BenchDb) -> (Vec<(u64, std::time::SystemTime)>, i64, i64) {
+/// id and WAL position (read from a snapshot: taking the mark assigns no id and writes
+/// nothing itself).
+struct WriteMark {
+    files: Vec<(u64, std::time::SystemTime)>,
+    xid: i64,
+    wal: i64,
+    lsn: String,
+}
+
+async fn write_mark(db: &BenchDb) -> WriteMark {
     if db.is_postgres() {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        let (xid, wal): (i64, i64) = sqlx::query_as(
-            "SELECT pg_current_xact_id()::text::bigint, \
-             pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint",
+        let (xid, wal, lsn): (i64, i64, String) = sqlx::query_as(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+             pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint, \
+             pg_current_wal_insert_lsn()::text",
         )
         .fetch_one(&mut c)
         .await
         .unwrap();
-        return (Vec::new(), xid, wal);
+        return WriteMark {
+            files: Vec::new(),
+            xid,
+            wal,
+            lsn,
+        };
     }
     let files = ["state.db", "state.db-wal"]
         .iter()
         .filter_map(|f| std::fs::metadata(db.dir.path().join(f)).ok())
         .map(|m| (m.len(), m.modified().unwrap()))
         .collect();
-    (files, 0, 0)
+    WriteMark {
+        files,
+        xid: 0,
+        wal: 0,
+        lsn: String::new(),
+    }
+}
+
+/// The WAL records PostgreSQL wrote between two marks, by kind (`pg_waldump --stats=record`
+/// on the server's `pg_wal`, which `scripts/with-postgres` names): "Standby/RUNNING_XACTS x1"
+/// and the like, or why they could not be read. A record no transaction wrote is the
+/// server's own (a snapshot of running transactions, a page pruned by a read).
+fn wal_records(before: &WriteMark, after: &WriteMark) -> String {
+    if before.lsn == after.lsn {
+        return "none".into();
+    }
+    let (Ok(pgdata), Ok(pg_ctl)) = (
+        std::env::var("LOOPWATCH_TEST_PGDATA"),
+        std::env::var("LOOPWATCH_TEST_PG_CTL"),
+    ) else {
+        return "? (not under scripts/with-postgres)".into();
+    };
+    let waldump = std::path::Path::new(&pg_ctl).with_file_name("pg_waldump");
+    let out = std::process::Command::new(&waldump)
+        .arg("--path")
+        .arg(std::path::Path::new(&pgdata).join("pg_wal"))
+        .args([
+            "--start",
+            &before.lsn,
+            "--end",
+            &after.lsn,
+            "--stats=record",
+        ])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => return format!("? ({})", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => return format!("? ({}: {e})", waldump.display()),
+    };
+    // Rows after the header's dashes: "Rmgr/RECORD   N   (%) ...", then a total.
+    let kinds: Vec<String> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("----"))
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (kind, count) = (f.next()?, f.next()?.parse::<u64>().ok()?);
+            (kind.contains('/') && count > 0).then(|| format!("{kind} x{count}"))
+        })
+        .collect();
+    if kinds.is_empty() {
+        "none".into()
+    } else {
+        kinds.join(", ")
+    }
 }
 
 async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
@@ -247,15 +317,22 @@ async fn scenario(n: usize, m: usize, o: &Opts) -> Scenario {
         );
     }
     let after = write_mark(&db).await;
-    // On PostgreSQL the second mark's own transaction id is the only one expected.
-    let db_untouched = before.0 == after.0 && after.1 - before.1 <= 1 && after.2 == before.2;
-    let (pg_xids, pg_wal) = (after.1 - before.1 - 1, after.2 - before.2);
+    // On PostgreSQL: no transaction id assigned (no transaction wrote). WAL the server
+    // wrote by itself is named beside it.
+    let db_untouched = before.files == after.files && after.xid == before.xid;
+    let (pg_xids, pg_wal) = (after.xid - before.xid, after.wal - before.wal);
+    let pg_wal_records = if db.is_postgres() {
+        wal_records(&before, &after)
+    } else {
+        String::new()
+    };
     drop(poller);
     drop(store);
     db.drop_db().await;
     Scenario {
         pg_xids,
         pg_wal,
+        pg_wal_records,
         n,
         m,
         baseline_s,
@@ -331,17 +408,25 @@ async fn bench(o: Opts) {
             vec![
                 "store writes per cycle (unchanged listings)".into(),
                 format!(
-                    "{} (db files untouched: {})",
+                    "{} ({}: {})",
                     head.writes / (o.runs as u64).max(1),
+                    if support::postgres_admin_url().is_some() {
+                        "no transaction wrote"
+                    } else {
+                        "db files untouched"
+                    },
                     if head.db_untouched { "yes" } else { "NO" }
                 ),
                 "0".into(),
                 String::new(),
             ],
             vec![
-                "PostgreSQL: transactions that wrote / WAL bytes, all measured cycles".into(),
+                "PostgreSQL: transactions that wrote / WAL bytes (its records), all measured cycles".into(),
                 if support::postgres_admin_url().is_some() {
-                    format!("{} / {}", head.pg_xids, head.pg_wal)
+                    format!(
+                        "{} / {} ({})",
+                        head.pg_xids, head.pg_wal, head.pg_wal_records
+                    )
                 } else {
                     "-".into()
                 },
