@@ -4,8 +4,10 @@
 //! first sight of a target is the same function run on an empty state.
 //!
 //! Rules beyond the table, chosen so that a flaky upstream never causes a false event:
-//! - `COMPLETE` is terminal: once complete, a listing showing the checkpoint pending
-//!   again is taken for a stale read and ignored (no event, state kept).
+//! - `COMPLETE` is never undone: once complete, a listing showing the checkpoint pending
+//!   again (`SYNCING`, null) is taken for a stale read and ignored (no event, state
+//!   kept). An unknown value after it is news, not an older read: `status_changed`, and
+//!   so is a return from it to complete (`completed` never fires twice).
 //! - The count of consecutive listings without a checkpoint is persisted, so `once`
 //!   run from cron counts across runs just as the daemon does.
 //! - A deleted checkpoint stays as a tombstone, so its reappearance is not `discovered`
@@ -262,7 +264,7 @@ pub fn diff_ready(
         let mut row = p.clone();
         row.missing = 0;
         row.deleted = false;
-        let stale = p.completed && class != SyncClass::Complete;
+        let stale = p.completed && class.is_pending();
         if !stale {
             row.name = c.name.as_str().into();
             row.created_at = c.created_at.as_str().into();
@@ -283,8 +285,20 @@ pub fn diff_ready(
                             took,
                             now,
                         );
+                    } else if SyncClass::of(p.sync_status.as_deref()) == SyncClass::Other {
+                        // Back to complete from an unknown value it took after completing.
+                        push(
+                            &mut out,
+                            target,
+                            &mut row,
+                            EventType::StatusChanged,
+                            before,
+                            None,
+                            now,
+                        );
                     }
-                    // COMPLETE <-> COMPLETED is a spelling change, not news.
+                    // COMPLETE <-> COMPLETED is a spelling change, and null -> COMPLETE
+                    // after the probe found it ready the same completion: not news.
                 } else {
                     push(
                         &mut out,

@@ -273,6 +273,45 @@ fn complete_going_back_to_syncing_is_a_stale_read() {
 }
 
 #[test]
+fn an_unknown_status_after_complete_is_a_change_and_so_is_the_return() {
+    let listings = [
+        vec![ck("1", Some("SYNCING"))],
+        vec![ck("1", Some("COMPLETE"))],
+        vec![ck("1", Some("ARCHIVED"))],
+        vec![ck("1", Some("SYNCING"))],
+        vec![ck("1", Some("ARCHIVED"))],
+        vec![ck("1", Some("COMPLETE"))],
+        vec![ck("1", Some("COMPLETED"))],
+    ];
+    let (state, all) = run(&opts(), &listings, 1);
+    let one = |k| vec![(k, "1".to_string())];
+    assert_eq!(all[1], one(Completed));
+    assert_eq!(
+        all[2],
+        one(StatusChanged),
+        "COMPLETE -> an unknown value is news"
+    );
+    assert!(
+        all[3].is_empty(),
+        "pending after completion is a stale read"
+    );
+    assert!(
+        all[4].is_empty(),
+        "the stale read left ARCHIVED stored: no change"
+    );
+    assert_eq!(
+        all[5],
+        one(StatusChanged),
+        "back to complete, never completed twice"
+    );
+    assert!(all[6].is_empty(), "a spelling change");
+    assert_eq!(
+        state.checkpoints["1"].sync_status.as_deref(),
+        Some("COMPLETED")
+    );
+}
+
+#[test]
 fn stalled_fires_once_after_the_threshold() {
     let o = opts();
     let l = vec![ck("1", Some("SYNCING"))];
