@@ -357,10 +357,9 @@ pub struct FilesSeen {
     pub since: DateTime<Utc>,
 }
 
-/// What the poller remembers about probing one null checkpoint. The files seen are
-/// stored with the checkpoint's row (`checkpoints.probe`), so the stable-listing rule holds
-/// across processes (`loopwatch once`, a restart); a stored `probed_at` may be older than
-/// the last probe, which costs at most one early probe.
+/// What the poller remembers about probing one null checkpoint, stored with the
+/// checkpoint's row (`checkpoints.probe`) after every probe: the probe interval and the
+/// stable-listing rule hold across processes (`loopwatch once`, a restart).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeMemo {
     pub probed_at: DateTime<Utc>,

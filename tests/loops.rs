@@ -298,15 +298,66 @@ async fn age_probes(env: &Env, by: Duration) {
     let url = format!("sqlite://{}", env.db().display());
     let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
     let ms = by.as_millis() as i64;
-    sqlx::query(
-        "UPDATE checkpoints SET probe = json_set(probe, '$.probed_at', json_extract(probe, '$.probed_at') - ?1, \
-         '$.files.since', json_extract(probe, '$.files.since') - ?1) WHERE probe IS NOT NULL",
-    )
-    .bind(ms)
-    .execute(&mut db)
-    .await
-    .unwrap();
+    for aged in [
+        "UPDATE checkpoints SET probe = json_set(probe, '$.probed_at', \
+         json_extract(probe, '$.probed_at') - ?1) WHERE probe IS NOT NULL",
+        // Only a memo that saw files has their first sight (one without has `files: null`).
+        "UPDATE checkpoints SET probe = json_set(probe, '$.files.since', \
+         json_extract(probe, '$.files.since') - ?1) WHERE json_type(probe, '$.files') = 'object'",
+    ] {
+        sqlx::query(aged).bind(ms).execute(&mut db).await.unwrap();
+    }
     db.close().await.unwrap();
+}
+
+/// The probe interval holds across `loopwatch once` runs whatever a probe saw: after a
+/// failed probe, after the first sight of partial files and after the same files again, a
+/// run within `syncing_interval` probes nothing; one after it probes.
+#[tokio::test]
+async fn once_runs_probe_a_null_checkpoint_at_most_once_per_interval() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    // Its files stay partial: never ready.
+    h.add_checkpoint("run-1", "sampler", "step-100", None);
+    let cfg = env.write_config(&qwen_to(&rx.url, ""));
+    let config = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\ninterval = \"200ms\"", "\ninterval = \"1h\"")
+        .replace("syncing_interval = \"100ms\"", "syncing_interval = \"1h\"");
+    assert!(config.contains("syncing_interval = \"1h\""));
+    std::fs::write(&cfg, config).unwrap();
+    let once = async || {
+        let out = env.run(&cfg, &["once"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (h.requests_to(Route::Source), h.requests_to(Route::Files))
+    };
+    assert_eq!(once().await, (0, 0), "the baseline probes nothing");
+    h.push_fault_to(
+        Route::Source,
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+            body: None,
+        },
+    );
+    assert_eq!(once().await, (1, 0), "a failed probe");
+    assert_eq!(once().await, (1, 0), "not due after a failed probe");
+    age_probes(&env, HOUR).await;
+    assert_eq!(once().await, (2, 1), "the first sight of the files");
+    assert_eq!(once().await, (2, 1), "not due after it");
+    age_probes(&env, HOUR).await;
+    assert_eq!(once().await, (3, 2), "the same files again");
+    assert_eq!(once().await, (3, 2), "not due after the same files");
+    assert_eq!(stored_probes(&env).await, 1);
+    assert!(
+        env.events().await.is_empty(),
+        "partial files are never ready"
+    );
 }
 
 /// The stable-listing rule of a checkpoint whose `size_bytes` is 0 holds across processes:

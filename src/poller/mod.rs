@@ -324,8 +324,8 @@ impl Poller {
             ready: &ready,
         };
         let mut plan = diff::plan(name, state, listed, now, &self.diff_options());
-        // What the probes saw, kept with the rows (a new process carries on from it): a
-        // probe that saw something new writes even when the listing changed nothing.
+        // What the probes saw and when, kept with the rows (a new process carries on from
+        // it): a poll that probed writes even when the listing changed nothing.
         let after = plan.next.as_ref().unwrap_or(state);
         let probes = remember_probes(&state.probes, &after.checkpoints, probes);
         let probe_writes = probe_changes(&state.probes, &probes);

@@ -266,23 +266,24 @@ pub(super) fn remember_probes(
     next
 }
 
-/// The memos a commit writes to go from `old` to `new`: what the stable-listing rule needs
-/// (the files seen) is stored, so each memo whose files changed is written, or `None`
-/// (forgotten) when it has no files any more. A probe that saw the same files as before,
-/// or none, writes nothing: a loaded memo is then only older, which costs at most one
-/// early probe.
+/// The memos a commit writes to go from `old` to `new`: each probe's memo (when it was
+/// probed, and the files the stable-listing rule needs), so a new process, a restart or
+/// the next `loopwatch once`, probes no sooner than `syncing_interval` after it; and
+/// `None` (forgotten) for a checkpoint that no longer waits. One row per probe, which the
+/// API's rate limit bounds (a probe is one request or more); a poll that probes nothing
+/// writes nothing here.
 pub(super) fn probe_changes<'a>(
     old: &'a BTreeMap<CompactString, ProbeMemo>,
     new: &'a BTreeMap<CompactString, ProbeMemo>,
 ) -> Vec<(&'a str, Option<&'a ProbeMemo>)> {
     let changed = new
         .iter()
-        .filter(|(id, m)| old.get(*id).and_then(|o| o.files.as_ref()) != m.files.as_ref())
-        .map(|(id, m)| (id.as_str(), m.files.is_some().then_some(m)));
+        .filter(|(id, m)| old.get(*id) != Some(*m))
+        .map(|(id, m)| (id.as_str(), Some(m)));
     let forgotten = old
-        .iter()
-        .filter(|(id, m)| m.files.is_some() && !new.contains_key(*id))
-        .map(|(id, _)| (id.as_str(), None));
+        .keys()
+        .filter(|id| !new.contains_key(*id))
+        .map(|id| (id.as_str(), None));
     changed.chain(forgotten).collect()
 }
 
@@ -301,10 +302,11 @@ fn later(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// A commit writes a memo whose files changed, forgets one whose checkpoint no longer
-    /// waits, and writes nothing for a probe that saw the same files or none.
+    /// A commit writes the memo of every probe (its time, and the files it saw or none),
+    /// forgets one whose checkpoint no longer waits, and writes nothing for a checkpoint
+    /// not probed in this poll.
     #[test]
-    fn probe_changes_write_only_what_the_files_rule_needs() {
+    fn probe_changes_write_every_probe_and_forget_what_no_longer_waits() {
         let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
         let seen = |count, since| FilesSeen {
             count,
@@ -323,8 +325,10 @@ mod tests {
             ("same", memo(1, Some(seen(1, 1)))),
             ("grew", memo(1, Some(seen(1, 1)))),
             ("done", memo(1, Some(seen(1, 1)))),
+            ("done-bare", memo(1, None)),
             ("bare", memo(1, None)),
             ("emptied", memo(1, Some(seen(1, 1)))),
+            ("not-probed", memo(1, None)),
         ]);
         let new = map(vec![
             ("same", memo(2, Some(seen(1, 1)))),
@@ -333,19 +337,27 @@ mod tests {
             ("emptied", memo(2, None)),
             ("first", memo(2, Some(seen(1, 2)))),
             ("first-bare", memo(2, None)),
+            ("not-probed", memo(1, None)),
         ]);
-        let mut got: Vec<(&str, Option<u64>)> = probe_changes(&old, &new)
+        let mut got: Vec<(&str, Option<(i64, Option<u64>)>)> = probe_changes(&old, &new)
             .into_iter()
-            .map(|(id, m)| (id, m.map(|m| m.files.as_ref().unwrap().count)))
+            .map(|(id, m)| {
+                let m = m.map(|m| (m.probed_at.timestamp(), m.files.as_ref().map(|f| f.count)));
+                (id, m)
+            })
             .collect();
         got.sort();
         assert_eq!(
             got,
             [
+                ("bare", Some((2, None))),
                 ("done", None),
-                ("emptied", None),
-                ("first", Some(1)),
-                ("grew", Some(2))
+                ("done-bare", None),
+                ("emptied", Some((2, None))),
+                ("first", Some((2, Some(1)))),
+                ("first-bare", Some((2, None))),
+                ("grew", Some((2, Some(2)))),
+                ("same", Some((2, Some(1)))),
             ]
         );
         assert!(probe_changes(&old, &old).is_empty());
