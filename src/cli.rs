@@ -661,12 +661,12 @@ async fn test_deploy_sink(
                 .is_none_or(|s| s.contains(&t.name))
         })
         .flat_map(|t| t.checkpoints.iter())
+        // Completed by its status or by the readiness probe; newest as `latest_only`
+        // orders them (a `created_at` past the horizon counts as its first sight).
         .filter(|c| {
-            !c.deleted
-                && c.target == crate::model::CheckpointTarget::Sampler
-                && c.class() == crate::model::SyncClass::Complete
+            !c.deleted && c.completed && c.target == crate::model::CheckpointTarget::Sampler
         })
-        .max_by_key(|c| crate::model::parse_created_at(&c.created_at));
+        .max_by_key(|c| c.ordering_time());
     let Some(c) = newest else {
         anyhow::bail!(
             "sink {name}: no complete sampler checkpoint in the state to validate yet; run the daemon or `loopwatch once` first"

@@ -254,6 +254,13 @@ impl Tracked {
     pub fn uri(&self) -> Option<String> {
         checkpoint_uri(&self.run_id, &self.target, &self.name)
     }
+
+    /// The time this checkpoint is ordered by ("newer", `latest_only`): its `created_at`,
+    /// or its first sight when `created_at` lies more than a day past it
+    /// ([`ordering_time`]); None when `created_at` does not read as a time.
+    pub fn ordering_time(&self) -> Option<DateTime<Utc>> {
+        parse_created_at(&self.created_at).map(|t| ordering_time(t, self.first_seen_at))
+    }
 }
 
 /// The six event types (docs/events.md). The first five come from the diff;

@@ -391,6 +391,47 @@ async fn test_sink_validates_the_newest_complete_sampler_checkpoint_and_never_de
     assert_eq!(h.requests_to(Route::Deploy), 0);
 }
 
+/// test-sink picks the newest complete sampler checkpoint as `latest_only` orders them: a
+/// `created_at` more than a day ahead counts as its first sight, and a null checkpoint the
+/// readiness probe completed is complete.
+#[tokio::test]
+async fn test_sink_orders_checkpoints_as_latest_only_and_counts_probe_completions() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let at = |d: chrono::Duration| serde_json::json!((chrono::Utc::now() + d).to_rfc3339());
+    let ahead = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    h.set_field(
+        &ahead,
+        "created_at",
+        serde_json::json!("2099-01-01T00:00:00Z"),
+    );
+    let newer = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
+    h.set_field(&newer, "created_at", at(chrono::Duration::hours(1)));
+    let probed = h.add_checkpoint("run-1", "sampler", "step-300", None);
+    h.set_field(&probed, "created_at", at(chrono::Duration::hours(2)));
+    h.set_volume(&probed, "bdn:team/vol:v1", "step-300");
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}",
+        deploy_sink("approval = \"before_deploy\"")
+    ));
+    let validated = async || {
+        let out = env.run(&cfg, &["test-sink", "deploy", "-o", "json"]).await;
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["checkpoint_id"].as_str().unwrap().to_string()
+    };
+    // The baseline records all three; step-300 is null, not complete yet.
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(validated().await, newer, "not the one dated 2099");
+    // The next run's probe finds step-300's volume: complete, and the newest.
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(h.requests_to(Route::Source), 1);
+    assert_eq!(validated().await, probed, "completed by the probe");
+    assert_eq!(h.requests_to(Route::Deploy), 0, "waiting for approval");
+}
+
 #[tokio::test]
 async fn once_dry_run_says_what_would_be_deployed() {
     let env = Env::new().await;

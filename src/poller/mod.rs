@@ -471,11 +471,11 @@ impl Poller {
     /// listing changes: a settled listing is not diffed again).
     fn publish_checkpoints(&self, name: &str, state: &TargetState) {
         self.metrics.target(name).set_checkpoints(
-            state.checkpoints.values().filter(|c| !c.deleted).map(|c| {
-                let created = crate::model::parse_created_at(&c.created_at)
-                    .map(|t| crate::model::ordering_time(t, c.first_seen_at));
-                (c.target.clone(), c.class(), created)
-            }),
+            state
+                .checkpoints
+                .values()
+                .filter(|c| !c.deleted)
+                .map(|c| (c.target.clone(), c.class(), c.ordering_time())),
         );
     }
 
