@@ -339,7 +339,9 @@ mod tests {
             ("first-bare", memo(2, None)),
             ("not-probed", memo(1, None)),
         ]);
-        let mut got: Vec<(&str, Option<(i64, Option<u64>)>)> = probe_changes(&old, &new)
+        // (id, written: (probed_at, files counted) or forgotten)
+        type Written<'a> = (&'a str, Option<(i64, Option<u64>)>);
+        let mut got: Vec<Written> = probe_changes(&old, &new)
             .into_iter()
             .map(|(id, m)| {
                 let m = m.map(|m| (m.probed_at.timestamp(), m.files.as_ref().map(|f| f.count)));
