@@ -53,6 +53,12 @@ pub fn depth(text: &str) -> usize {
 /// Parse a stored body (a checkpoint of at most [`MAX_DEPTH`] levels in its envelope)
 /// into a tree, whatever serde_json's own limit.
 pub fn parse(text: &str) -> Result<Value, String> {
+    parse_as(text)
+}
+
+/// [`parse`] into any type, borrowing from `text` where it can (a `&RawValue` member is
+/// the member's text as stored, numbers and all).
+pub fn parse_as<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, String> {
     let d = depth(text);
     if d > MAX_DEPTH + ENVELOPE_DEPTH {
         return Err(format!(
@@ -62,7 +68,7 @@ pub fn parse(text: &str) -> Result<Value, String> {
     let mut de = serde_json::Deserializer::from_str(text);
     // Safe: the depth was bounded above.
     de.disable_recursion_limit();
-    let v = serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let v = T::deserialize(&mut de).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(v)
 }

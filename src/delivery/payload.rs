@@ -2,7 +2,9 @@
 //! (structured or binary mode), or a MiniJinja template rendered from the same fields.
 //! Templates see only the event, never a secret.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::PayloadFormat;
 use crate::store::StoredEvent;
@@ -15,6 +17,31 @@ pub struct Payload {
     /// Extra headers (`ce-*` in binary mode).
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+/// What CloudEvents takes of a stored `standard` body: `data` as its stored text (the
+/// checkpoint as received: big integers and `1.10` stay as they are), and its time.
+#[derive(Deserialize)]
+struct Standard<'a> {
+    timestamp: Option<String>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// A structured-mode CloudEvent (`application/cloudevents+json`).
+#[derive(Serialize)]
+struct Structured<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: String,
+    source: String,
+    /// None for an unknown checkpoint target: no subject, rather than a null one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    time: Option<String>,
+    datacontenttype: &'static str,
+    data: &'a RawValue,
 }
 
 /// Build the payload of `event` in `format`.
@@ -35,32 +62,25 @@ pub fn build(
             body: event.body.clone().into_bytes(),
         }),
         PayloadFormat::CloudEvents => {
-            let s = standard()?;
-            let mut ce = serde_json::json!({
-                "specversion": "1.0",
-                "id": event.id,
-                "type": format!("loopwatch.{}", event.kind),
-                "source": format!("bt://loops:{}", event.run_id),
-                "subject": event.uri(),
-                "time": s["timestamp"],
-                "datacontenttype": "application/json",
-                "data": s["data"],
-            });
-            // No URI (an unknown checkpoint target): no subject, rather than a null one.
-            if event.uri().is_none()
-                && let Some(ce) = ce.as_object_mut()
-            {
-                ce.remove("subject");
-            }
+            let s = stored(event)?;
+            let ce = Structured {
+                specversion: "1.0",
+                id: &event.id,
+                kind: format!("loopwatch.{}", event.kind),
+                source: format!("bt://loops:{}", event.run_id),
+                subject: event.uri(),
+                time: s.timestamp,
+                datacontenttype: "application/json",
+                data: s.data,
+            };
             Ok(Payload {
                 content_type: content_type.to_string(),
                 headers: Vec::new(),
-                body: ce.to_string().into_bytes(),
+                body: serde_json::to_vec(&ce).map_err(|e| e.to_string())?,
             })
         }
         PayloadFormat::CloudEventsBinary => {
-            let s = standard()?;
-            let time = s["timestamp"].as_str().unwrap_or_default().to_string();
+            let s = stored(event)?;
             Ok(Payload {
                 content_type: content_type.to_string(),
                 headers: [
@@ -69,12 +89,12 @@ pub fn build(
                     ("ce-type", Some(format!("loopwatch.{}", event.kind))),
                     ("ce-source", Some(format!("bt://loops:{}", event.run_id))),
                     ("ce-subject", event.uri()),
-                    ("ce-time", Some(time)),
+                    ("ce-time", Some(s.timestamp.unwrap_or_default())),
                 ]
                 .into_iter()
                 .filter_map(|(k, v)| Some((k.to_string(), ce_header_value(&v?))))
                 .collect(),
-                body: s["data"].to_string().into_bytes(),
+                body: s.data.get().as_bytes().to_vec(),
             })
         }
         PayloadFormat::Template => {
@@ -89,6 +109,11 @@ pub fn build(
             })
         }
     }
+}
+
+/// The parts of `event`'s stored body that CloudEvents carries.
+fn stored(event: &StoredEvent) -> Result<Standard<'_>, String> {
+    crate::json::parse_as(&event.body).map_err(|e| format!("stored event body is not JSON: {e}"))
 }
 
 /// A CloudEvents attribute as an HTTP header value (HTTP binding 1.0, 3.1.3.2): space,
@@ -192,6 +217,23 @@ mod tests {
             let p = build(&e, format, Some(&t), "application/json").unwrap();
             let text = String::from_utf8(p.body).unwrap();
             assert!(text.contains(&deep), "{format:?}");
+        }
+    }
+
+    /// `data` goes out as stored: the checkpoint's fields exactly as the API sent them,
+    /// as in the standard body (a re-encoded tree turned the integer into 1.2345e29).
+    #[test]
+    fn cloudevents_carry_the_checkpoint_as_received() {
+        let mut e = event();
+        let checkpoint =
+            r#"{"id":"ck1","big":123456789012345678901234567890,"f":1.10,"s":"\u00e9"}"#;
+        e.body = format!(
+            r#"{{"type":"checkpoint.completed","timestamp":"t","data":{{"event_id":"evt_1","checkpoint":{checkpoint}}}}}"#
+        );
+        for format in [PayloadFormat::CloudEvents, PayloadFormat::CloudEventsBinary] {
+            let p = build(&e, format, None, "application/json").unwrap();
+            let text = String::from_utf8(p.body).unwrap();
+            assert!(text.contains(checkpoint), "{format:?}: {text}");
         }
     }
 
