@@ -304,6 +304,10 @@ pub enum DeliveriesCommand {
         /// With --dead or --pending: only this sink
         #[arg(long, requires = "bulk", value_name = "NAME")]
         sink: Option<String>,
+        /// Also re-queue the named deploys that already deployed: each deploys again (a
+        /// second deployment, paid for). Without it they are left alone and listed
+        #[arg(long, requires = "ids", conflicts_with_all = ["dead", "pending"])]
+        deploy_again: bool,
         #[command(flatten)]
         output: OutputArg,
         #[command(flatten)]

@@ -568,9 +568,23 @@ pub async fn deliveries_redeliver(
         anyhow::bail!("--sink {s:?} is not a configured sink");
     }
     let store = store::open_with(&cfg.store.url, Access::Existing).await?;
-    let n = store.redeliver(&which, Utc::now()).await?;
+    let done = store.redeliver(&which, Utc::now()).await?;
+    let n = done.count;
+    let left = (!done.deployed.is_empty()).then(|| {
+        let ids: Vec<String> = done.deployed.iter().map(i64::to_string).collect();
+        format!(
+            "already deployed, left alone: delivery {} (a deploy costs GPUs and is made once; `loopwatch deliveries redeliver --deploy-again ID...` deploys again)",
+            ids.join(", ")
+        )
+    });
     match (output, &which) {
-        (Output::Json, _) => println!("{}", json!({ "requeued": n })),
+        (Output::Json, _) => {
+            let mut v = json!({ "requeued": n });
+            if !done.deployed.is_empty() {
+                v["left_deployed"] = json!(done.deployed);
+            }
+            println!("{v}");
+        }
         (Output::Table, Redeliver::Pending { .. }) => println!(
             "made {n} pending deliveries due now; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
         ),
@@ -578,10 +592,15 @@ pub async fn deliveries_redeliver(
             "re-queued {n} deliveries; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"
         ),
     }
-    if n == 0 && matches!(which, Redeliver::Ids(_)) {
-        anyhow::bail!(
+    let named = matches!(which, Redeliver::Ids(_) | Redeliver::DeployAgain(_));
+    match left {
+        // Nothing else was asked for, or matched: the refusal is the error.
+        Some(left) if n == 0 && named => anyhow::bail!(left),
+        Some(left) => eprintln!("{left}"),
+        None if n == 0 && named => anyhow::bail!(
             "no delivery matched the given ids, or each is being attempted right now (see `loopwatch deliveries list`; try again once its attempt ends)"
-        );
+        ),
+        None => {}
     }
     Ok(exit::OK)
 }

@@ -232,6 +232,7 @@ async fn dispatch(cli: Cli) -> u8 {
             dead,
             pending,
             sink,
+            deploy_again,
             output,
             ..
         }) => {
@@ -240,6 +241,8 @@ async fn dispatch(cli: Cli) -> u8 {
                 Redeliver::Dead { sink }
             } else if pending {
                 Redeliver::Pending { sink }
+            } else if deploy_again {
+                Redeliver::DeployAgain(ids)
             } else {
                 Redeliver::Ids(ids)
             };

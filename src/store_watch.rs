@@ -19,8 +19,8 @@ use crate::model::TargetState;
 use crate::store::{
     self, Access, Claimed, Coordinator, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow,
     DetailQuery, FollowClaim, FollowOutcome, Inspection, Intent, Outbox, Overview, OverviewQuery,
-    Pipelines, PollCommit, PollState, Recorded, Redeliver, Result, Role, SinkBacklog, Store,
-    StoreError, StoredEvent, TargetDetail, TargetDump, Undecided,
+    Pipelines, PollCommit, PollState, Recorded, Redeliver, Requeued, Result, Role, SinkBacklog,
+    Store, StoreError, StoredEvent, TargetDetail, TargetDump, Undecided,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -165,7 +165,7 @@ impl Outbox for Watched {
         )
     }
 
-    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<Requeued> {
         watched!(self, "record", self.inner.redeliver(which, now))
     }
 

@@ -432,6 +432,61 @@ async fn test_sink_orders_checkpoints_as_latest_only_and_counts_probe_completion
     assert_eq!(h.requests_to(Route::Deploy), 0, "waiting for approval");
 }
 
+/// `deliveries redeliver` never deploys a checkpoint again by itself: a deploy that
+/// deployed is left alone (by delivery id: exit 1 naming `--deploy-again`; by event id:
+/// the event's other deliveries are re-queued); `--deploy-again` deploys it again.
+#[tokio::test]
+async fn redeliver_leaves_a_deployed_deploy_alone_unless_told_to_deploy_again() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let ck = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink("follow = false"),
+        hook_sink("hook", &rx.url, "events = [\"checkpoint.completed\"]")
+    ));
+    let once = async || {
+        let out = env.run(&cfg, &["once"]).await;
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    };
+    once().await;
+    h.set_status(&ck, Some("COMPLETE"));
+    once().await;
+    assert_eq!((h.deploys().len(), rx.count()), (1, 1));
+    let deploy = &of_status(&env, &cfg, "delivered")[0];
+    let (id, event) = (
+        deploy["id"].to_string(),
+        deploy["event_id"].as_str().unwrap(),
+    );
+
+    let out = env.run(&cfg, &["deliveries", "redeliver", &id]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err.contains("already deployed")
+            && err.contains("--deploy-again")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    let out = env
+        .run(&cfg, &["deliveries", "redeliver", event, "-o", "json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requeued"], 1, "the webhook only");
+    assert_eq!(v["left_deployed"], serde_json::json!([deploy["id"]]));
+    once().await;
+    assert_eq!((h.deploys().len(), rx.count()), (1, 2), "no second deploy");
+
+    let out = env
+        .run(&cfg, &["deliveries", "redeliver", "--deploy-again", &id])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    once().await;
+    assert_eq!(h.deploys().len(), 2, "deployed again when told to");
+}
+
 #[tokio::test]
 async fn once_dry_run_says_what_would_be_deployed() {
     let env = Env::new().await;

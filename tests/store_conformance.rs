@@ -256,24 +256,30 @@ async fn conformance(store: Arc<dyn Store>, url: &str) {
             now
         )
         .await
-        .unwrap(),
+        .unwrap()
+        .count,
         0
     );
     assert_eq!(
         s.redeliver(&Redeliver::Dead { sink: None }, now)
             .await
-            .unwrap(),
+            .unwrap()
+            .count,
         1
     );
     assert_eq!(
         s.redeliver(&Redeliver::Ids(vec![x.delivery_id.to_string()]), now)
             .await
-            .unwrap(),
+            .unwrap()
+            .count,
         1
     );
     let evt = events[0].id.clone();
     assert_eq!(
-        s.redeliver(&Redeliver::Ids(vec![evt]), now).await.unwrap(),
+        s.redeliver(&Redeliver::Ids(vec![evt]), now)
+            .await
+            .unwrap()
+            .count,
         2
     );
     // One being attempted is left alone: re-queued, it would go out twice.
@@ -286,7 +292,8 @@ async fn conformance(store: Arc<dyn Store>, url: &str) {
     assert_eq!(
         s.redeliver(&Redeliver::Ids(vec![busy.0.to_string()]), now)
             .await
-            .unwrap(),
+            .unwrap()
+            .count,
         0
     );
     s.release(&[busy]).await.unwrap();
@@ -706,14 +713,14 @@ async fn lanes_conformance(store: Arc<dyn Store>) {
         sink: Some("b".into()),
     };
     assert_eq!(
-        s.redeliver(&sink_b, later).await.unwrap(),
+        s.redeliver(&sink_b, later).await.unwrap().count,
         0,
         "b's are due already"
     );
     let sink_a = Redeliver::Pending {
         sink: Some("a".into()),
     };
-    assert_eq!(s.redeliver(&sink_a, later).await.unwrap(), 16);
+    assert_eq!(s.redeliver(&sink_a, later).await.unwrap().count, 16);
     let again = s.claim_due("a", later, 100, false, lease).await.unwrap();
     assert_eq!(again.len(), 16);
     assert!(
@@ -726,7 +733,8 @@ async fn lanes_conformance(store: Arc<dyn Store>) {
     assert_eq!(
         s.redeliver(&Redeliver::Pending { sink: None }, later)
             .await
-            .unwrap(),
+            .unwrap()
+            .count,
         0
     );
     // A claim moves its deliveries' due time to the lease's end: held, they are not due

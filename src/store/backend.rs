@@ -23,8 +23,8 @@ use super::shared::{Dialect, Queries};
 use super::{
     Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, DetailQuery, FollowClaim,
     FollowOutcome, Inspection, Intent, Outbox, Overview, OverviewQuery, Pipelines, PollCommit,
-    PollState, Recorded, Redeliver, Result, SinkBacklog, StoredEvent, TargetDetail, TargetDump,
-    Undecided,
+    PollState, Recorded, Redeliver, Requeued, Result, SinkBacklog, StoredEvent, TargetDetail,
+    TargetDump, Undecided,
 };
 use crate::model::TargetState;
 
@@ -269,7 +269,7 @@ where
         Queries::newer_deploy(self.reads(), sink, run_id, delivery_id, created_at).await
     }
 
-    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64> {
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<Requeued> {
         let mut w = self.write(Grade::Durable).await?;
         let r = Queries::<DB>::redeliver(&mut w.conn, which, now.timestamp_millis()).await;
         w.finish(r)

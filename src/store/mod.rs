@@ -350,11 +350,16 @@ pub struct FollowUp {
     pub sinks: Vec<String>,
 }
 
-/// Which deliveries `deliveries redeliver` re-queues.
+/// Which deliveries `deliveries redeliver` re-queues. A deploy whose pipeline holds a
+/// deployment (deployed, or adopted by a reconciliation) is re-queued only by
+/// [`Redeliver::DeployAgain`]: the deploy route is not idempotent, and a second deploy
+/// costs GPUs.
 #[derive(Clone, Debug)]
 pub enum Redeliver {
     /// Delivery ids, or event ids (`evt_...`: all of that event's deliveries).
     Ids(Vec<String>),
+    /// As `Ids`, deployed deploys included: they deploy again.
+    DeployAgain(Vec<String>),
     Dead {
         sink: Option<String>,
     },
@@ -363,6 +368,16 @@ pub enum Redeliver {
     Pending {
         sink: Option<String>,
     },
+}
+
+/// What `deliveries redeliver` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requeued {
+    /// Deliveries re-queued (or, with [`Redeliver::Pending`], made due now).
+    pub count: u64,
+    /// Deploy deliveries named (or dead) whose pipeline holds a deployment: left alone,
+    /// by id ([`Redeliver::DeployAgain`] deploys them again).
+    pub deployed: Vec<i64>,
 }
 
 /// Every role of the store at once: what `open` hands out (`Arc<dyn Store>`). Implemented
@@ -468,8 +483,8 @@ pub trait Outbox: Send + Sync + 'static {
         created_at: DateTime<Utc>,
     ) -> Result<Option<String>>;
 
-    /// Re-queue deliveries to be sent now; returns how many.
-    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<u64>;
+    /// Re-queue deliveries to be sent now; how many, and the deployed deploys left alone.
+    async fn redeliver(&self, which: &Redeliver, now: DateTime<Utc>) -> Result<Requeued>;
 
     /// Forget delivered deliveries last updated before `cutoff`, then events detected
     /// before it that have no delivery left. Pending and dead deliveries are kept.

@@ -16,7 +16,7 @@ use super::batch::{Col, Rows};
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
     AttemptOutcome, DeliveryRow, DeliveryStatus, Fence, FollowUp, PollCommit, Recorded, Redeliver,
-    Result, SinkBacklog, StoredEvent, TargetDump, sql, sql::Lane,
+    Requeued, Result, SinkBacklog, StoredEvent, TargetDump, sql, sql::Lane,
 };
 use crate::model::TargetState;
 use crate::model::{Event, Tracked};
@@ -382,21 +382,20 @@ where
     }
 
     /// Re-queue deliveries to be sent now (Unix ms): every dead one (of a sink), or those
-    /// named by delivery or event id, in one transaction. Returns how many. A re-queued
-    /// delivery counts its attempts from 0 again; its attempts log is cut to one fewer
-    /// than the bound ([`super::attempts::log`] does not trim after a first attempt).
+    /// named by delivery or event id, in one transaction. Returns how many, and the
+    /// deployed deploys among them left alone (all re-queued with
+    /// [`Redeliver::DeployAgain`]). A re-queued delivery counts its attempts from 0
+    /// again; its attempts log is cut to one fewer than the bound
+    /// ([`super::attempts::log`] does not trim after a first attempt).
     pub(crate) async fn redeliver(
         conn: &mut DB::Connection,
         which: &Redeliver,
         now: i64,
-    ) -> Result<u64> {
-        let ids_of = |rows: Vec<DB::Row>| -> Result<Vec<i64>> {
-            rows.iter()
-                .map(|r| <(i64,)>::from_row(r).map(|(id,)| id).map_err(Into::into))
-                .collect()
-        };
+    ) -> Result<Requeued> {
+        // Each statement's `$2`: a sink or an event id, or a delivery id.
+        type Named<'a> = (sql::Requeue, Option<&'a str>, Option<i64>);
         let mut tx = conn.begin().await?;
-        let ids = match which {
+        let (named, deploy_again): (Vec<Named>, bool) = match which {
             Redeliver::Pending { sink } => {
                 // Attempts kept: the schedule goes on where it was; the log stays as it is.
                 let done = sqlx::query(AssertSqlSafe(sql::retry_pending_now()))
@@ -405,35 +404,49 @@ where
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                return Ok(DB::rows_affected(&done));
+                return Ok(Requeued {
+                    count: DB::rows_affected(&done),
+                    deployed: Vec::new(),
+                });
             }
-            Redeliver::Dead { sink } => ids_of(
-                sqlx::query(AssertSqlSafe(sql::redeliver_dead()))
-                    .bind(now)
-                    .bind(sink.as_deref())
-                    .fetch_all(&mut *tx)
-                    .await?,
-            )?,
-            Redeliver::Ids(named) => {
-                let mut ids = Vec::new();
-                for id in named {
-                    let q = if let Ok(num) = id.parse::<i64>() {
-                        sqlx::query(AssertSqlSafe(sql::redeliver_delivery()))
-                            .bind(now)
-                            .bind(num)
-                    } else {
-                        sqlx::query(AssertSqlSafe(sql::redeliver_event()))
-                            .bind(now)
-                            .bind(id.as_str())
-                    };
-                    ids.extend(ids_of(q.fetch_all(&mut *tx).await?)?);
-                }
-                ids
-            }
+            Redeliver::Dead { sink } => (vec![(sql::Requeue::Dead, sink.as_deref(), None)], false),
+            Redeliver::Ids(ids) | Redeliver::DeployAgain(ids) => (
+                ids.iter()
+                    .map(|id| match id.parse::<i64>() {
+                        Ok(num) => (sql::Requeue::Delivery, None, Some(num)),
+                        Err(_) => (sql::Requeue::Event, Some(id.as_str()), None),
+                    })
+                    .collect(),
+                matches!(which, Redeliver::DeployAgain(_)),
+            ),
         };
+        let (mut ids, mut deployed) = (Vec::new(), Vec::new());
+        for (requeue, text, num) in named {
+            let statements = if deploy_again {
+                vec![(requeue.update(true), false)]
+            } else {
+                vec![(requeue.deployed(), true), (requeue.update(false), false)]
+            };
+            for (statement, left) in statements {
+                let q = sqlx::query(AssertSqlSafe(statement)).bind(now);
+                let q = match num {
+                    Some(num) => q.bind(num),
+                    None => q.bind(text),
+                };
+                let rows = q.fetch_all(&mut *tx).await?;
+                let found = rows
+                    .iter()
+                    .map(|r| <(i64,)>::from_row(r).map(|(id,)| id))
+                    .collect::<std::result::Result<Vec<i64>, _>>()?;
+                if left { &mut deployed } else { &mut ids }.extend(found);
+            }
+        }
         super::attempts::trim::<DB>(&mut tx, &ids, super::attempts::KEPT_PER_DELIVERY - 1).await?;
         tx.commit().await?;
-        Ok(ids.len() as u64)
+        Ok(Requeued {
+            count: ids.len() as u64,
+            deployed,
+        })
     }
 
     /// Attempts' outcomes in one transaction on `conn`, each fenced by its claim's token

@@ -115,11 +115,52 @@ pub(crate) const NOT_IN_FLIGHT: &str = "(claimed_until IS NULL OR claimed_until 
 /// Makes a delivery pending again, due now (`$1` = now), with the retry schedule afresh.
 pub(crate) const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, claimed_until = NULL, claim_token = NULL, updated_at = $1";
 
-/// Re-queue every dead delivery, of sink `$2` only unless NULL; their ids.
-pub(crate) fn redeliver_dead() -> String {
-    format!(
-        "{REDELIVER} WHERE status = 'dead' AND (CAST($2 AS TEXT) IS NULL OR sink = $2) RETURNING id"
-    )
+/// A deploy delivery whose pipeline holds a deployment: `deliveries redeliver` leaves it
+/// alone unless told to deploy again.
+pub(crate) const DEPLOYED: &str = "EXISTS (SELECT 1 FROM deploys p
+    WHERE p.delivery_id = deliveries.id AND p.deployment_id IS NOT NULL)";
+
+/// Which deliveries `deliveries redeliver` takes: every dead one, of sink `$2` only unless
+/// NULL; the one with delivery id `$2`; those of the event with id `$2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Requeue {
+    Dead,
+    Delivery,
+    Event,
+}
+
+impl Requeue {
+    fn condition(self) -> String {
+        match self {
+            Requeue::Dead => "status = 'dead' AND (CAST($2 AS TEXT) IS NULL OR sink = $2)".into(),
+            Requeue::Delivery => format!("id = $2 AND {NOT_IN_FLIGHT}"),
+            Requeue::Event => {
+                format!("event_seq = (SELECT seq FROM events WHERE id = $2) AND {NOT_IN_FLIGHT}")
+            }
+        }
+    }
+
+    /// Re-queue these deliveries (deployed deploys too only with `deploy_again`); their ids.
+    pub(crate) fn update(self, deploy_again: bool) -> String {
+        let deployed = if deploy_again {
+            String::new()
+        } else {
+            format!(" AND NOT {DEPLOYED}")
+        };
+        format!(
+            "{REDELIVER} WHERE {}{deployed} RETURNING id",
+            self.condition()
+        )
+    }
+
+    /// The deployed deploys among these deliveries (`$1` = now, as for the update).
+    pub(crate) fn deployed(self) -> String {
+        format!(
+            "SELECT id FROM deliveries WHERE {} AND {DEPLOYED} AND CAST($1 AS BIGINT) IS NOT NULL
+             ORDER BY id",
+            self.condition()
+        )
+    }
 }
 
 /// Make every pending delivery not due yet (of sink `$2` only unless NULL) due at `$1`,
@@ -129,19 +170,6 @@ pub(crate) fn retry_pending_now() -> String {
         "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1
         WHERE status = 'pending' AND next_attempt_at > $1 AND {NOT_IN_FLIGHT}
           AND (CAST($2 AS TEXT) IS NULL OR sink = $2)"
-    )
-}
-
-/// Re-queue the delivery with id `$2`; its id.
-pub(crate) fn redeliver_delivery() -> String {
-    format!("{REDELIVER} WHERE id = $2 AND {NOT_IN_FLIGHT} RETURNING id")
-}
-
-/// Re-queue every delivery of the event with id `$2`; their ids.
-pub(crate) fn redeliver_event() -> String {
-    format!(
-        "{REDELIVER} WHERE event_seq = (SELECT seq FROM events WHERE id = $2) AND {NOT_IN_FLIGHT}
-        RETURNING id"
     )
 }
 
