@@ -404,8 +404,21 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
     )
     .await;
 
-    // Named twice (checkpoint id and delivery id): decided once.
+    // Deployed, it is listed as waiting for approval, as a deploy waiting is.
     let delivery = pipeline(&env, &cfg, &id).await["delivery_id"].to_string();
+    let listed = |status: &str| -> Vec<String> {
+        env.deliveries(&cfg, Some(status))
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|d| d["sink"] == "deploy")
+            .map(|d| d["id"].to_string())
+            .collect()
+    };
+    assert_eq!(listed("awaiting_approval"), [delivery.clone()]);
+    assert!(listed("delivered").is_empty());
+
+    // Named twice (checkpoint id and delivery id): decided once.
     let out = env
         .run(
             &cfg,
@@ -436,6 +449,21 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
     })
     .await;
     assert_eq!(received_of(&rx, "checkpoint.promoted").len(), 1);
+    assert_eq!(listed("delivered"), [delivery.clone()]);
+    assert!(listed("awaiting_approval").is_empty());
+
+    // A newer checkpoint's promotion, rejected: listed as rejected, never promoted.
+    let newer = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
+    event_of(&rx, "checkpoint.awaiting_approval", &newer).await;
+    let second = pipeline(&env, &cfg, &newer).await["delivery_id"].to_string();
+    let out = env
+        .run(&cfg, &["deliveries", "reject", &newer, "--by", "dave"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    wait_stage(&env, &cfg, &newer, "rejected").await;
+    assert_eq!(listed("rejected"), [second]);
+    assert_eq!(listed("delivered"), [delivery]);
+    assert_eq!(h.promotions().len(), 1);
     drop(d);
 }
 

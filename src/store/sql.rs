@@ -14,11 +14,27 @@ pub(crate) const CHECKPOINT_FIELDS: &str = "id, name, run_id, checkpoint_target,
 /// `events` as `e`.
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.id, e.type, e.target, e.checkpoint_id, e.checkpoint_name, e.run_id, e.checkpoint_target, e.detected_at, e.body";
 
+/// A delivery's status as listed (`status` of [`DELIVERY_LIST_COLUMNS`]): its own, except
+/// that a deploy that deployed and then waits for approval before its promotion, or was
+/// rejected or expired there, is listed with that stage (docs/events.md, "Approval").
+macro_rules! listed_status {
+    () => {
+        "CASE WHEN d.status = 'delivered'
+        THEN COALESCE((SELECT p.stage FROM deploys p WHERE p.delivery_id = d.id
+            AND p.stage IN ('awaiting_approval', 'rejected', 'expired')), 'delivered')
+        ELSE d.status END"
+    };
+}
+pub(crate) const LISTED_STATUS: &str = listed_status!();
+
 /// The columns of [`super::rows::DeliveryRecord`]: `deliveries d` joined with `events e`.
-pub(crate) const DELIVERY_LIST_COLUMNS: &str =
-    "d.id, d.sink, d.status, d.attempts, d.next_attempt_at, d.last_status, d.last_error,
+pub(crate) const DELIVERY_LIST_COLUMNS: &str = concat!(
+    "d.id, d.sink, ",
+    listed_status!(),
+    " AS status, d.attempts, d.next_attempt_at, d.last_status, d.last_error,
     d.created_at, d.updated_at, e.id AS event_id, e.type, e.target, e.run_id,
-    e.checkpoint_target, e.checkpoint_name";
+    e.checkpoint_target, e.checkpoint_name"
+);
 
 /// A target's row as its state needs it: (filter, listing digest).
 pub(crate) const TARGET_ROW: &str = "SELECT filter, listing_digest FROM targets WHERE name = $1";
@@ -96,7 +112,7 @@ pub(crate) fn list_deliveries() -> String {
     format!(
         "SELECT {DELIVERY_LIST_COLUMNS}
          FROM deliveries d JOIN events e ON e.seq = d.event_seq
-         WHERE (CAST($1 AS TEXT) IS NULL OR d.status = $1)
+         WHERE (CAST($1 AS TEXT) IS NULL OR {LISTED_STATUS} = $1)
            AND (CAST($3 AS TEXT) IS NULL OR d.sink = $3)
          ORDER BY d.id DESC LIMIT $2"
     )
