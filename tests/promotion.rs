@@ -415,7 +415,7 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
             .map(|d| d["id"].to_string())
             .collect()
     };
-    assert_eq!(listed("awaiting_approval"), [delivery.clone()]);
+    assert_eq!(listed("awaiting_approval"), std::slice::from_ref(&delivery));
     assert!(listed("delivered").is_empty());
 
     // Named twice (checkpoint id and delivery id): decided once.
@@ -449,7 +449,7 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
     })
     .await;
     assert_eq!(received_of(&rx, "checkpoint.promoted").len(), 1);
-    assert_eq!(listed("delivered"), [delivery.clone()]);
+    assert_eq!(listed("delivered"), std::slice::from_ref(&delivery));
     assert!(listed("awaiting_approval").is_empty());
 
     // A newer checkpoint's promotion, rejected: listed as rejected, never promoted.
