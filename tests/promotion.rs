@@ -532,6 +532,9 @@ async fn a_newer_live_deployment_is_promoted_and_the_older_one_deactivated_never
     let row = pipeline(&env, &cfg, &first).await;
     assert_eq!(row["stage"], "superseded");
     assert!(row["deactivated_at"].is_string(), "{row}");
+    // Shown as it is now: in no environment, deactivated.
+    assert_eq!(row["environment"], Value::Null, "{row}");
+    assert_eq!(row["deployment_status"], "INACTIVE", "{row}");
     assert_eq!(pipeline(&env, &cfg, &second).await["stage"], "promoted");
     let m = common::metrics(&addr).await;
     assert!(
@@ -542,6 +545,48 @@ async fn a_newer_live_deployment_is_promoted_and_the_older_one_deactivated_never
         m.contains(r#"loopwatch_api_requests_total{code="200",endpoint="promote"} 2"#),
         "{m}"
     );
+    drop(d);
+}
+
+/// Without clean-up, a newer deployment promoted to the environment replaces the older
+/// one there: the older pipeline no longer shows the environment and ends `superseded`,
+/// so one environment has one promoted pipeline.
+#[tokio::test]
+async fn a_promotion_replaces_the_older_promoted_deployment_in_its_environment() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    h.set_deploy_script(&[
+        ("BUILDING", Duration::ZERO),
+        ("ACTIVE", Duration::from_millis(400)),
+    ]);
+    let first = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        one_model_sink("promote_to = \"production\""),
+        lifecycle_hook(&rx.url)
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    h.set_status(&first, Some("COMPLETE"));
+    event_of(&rx, "checkpoint.promoted", &first).await;
+    h.advance_clock(Duration::from_secs(1));
+    let second = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
+    event_of(&rx, "checkpoint.promoted", &second).await;
+    let older = wait_stage(&env, &cfg, &first, "superseded").await;
+    assert_eq!(older["environment"], Value::Null, "{older}");
+    assert_eq!(older["error"], "replaced in production by step-200");
+    let newer = pipeline(&env, &cfg, &second).await;
+    assert_eq!(
+        (&newer["stage"], &newer["environment"]),
+        (&Value::from("promoted"), &Value::from("production"))
+    );
+    let m = common::metrics(&addr).await;
+    assert!(
+        m.contains(r#"loopwatch_deploys{sink="deploy",stage="promoted"} 1"#),
+        "{m}"
+    );
+    assert!(h.deactivations().is_empty(), "no clean-up asked for");
     drop(d);
 }
 

@@ -110,8 +110,9 @@ where
 
     /// Pipeline `delivery_id`'s deployment was deactivated by a newer one's clean-up
     /// (`why`): a pipeline still under way (following, active, waiting, promoted) ends
-    /// `superseded`; an ended one keeps its stage. False when it was marked already (by
-    /// another clean-up): counted once.
+    /// `superseded`; an ended one keeps its stage. Its deployment is `INACTIVE` in no
+    /// environment (the clean-up deactivates only one it read in none). False when it was
+    /// marked already (by another clean-up): counted once.
     pub(crate) async fn mark_deactivated(
         conn: &mut DB::Connection,
         delivery_id: i64,
@@ -120,6 +121,7 @@ where
     ) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE deploys SET deactivated_at = $2, updated_at = $2, follow_next_at = NULL,
+                deployment_status = 'INACTIVE', environment = NULL,
                 error = CASE WHEN stage IN ('following', 'deployed', 'active', 'promoted',
                     'awaiting_approval') THEN $3 ELSE error END,
                 stage = CASE WHEN stage IN ('following', 'deployed', 'active', 'promoted',
