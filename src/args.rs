@@ -250,7 +250,7 @@ pub struct FilterArgs {
     #[arg(long)]
     pub base_model: Option<String>,
     /// One checkpoint, by its bt://loops:<run_id>/(weights|sampler_weights)/<name> URI
-    #[arg(long)]
+    #[arg(long, value_parser = checkpoint_path)]
     pub checkpoint_path: Option<String>,
 }
 
@@ -349,6 +349,16 @@ pub enum Shell {
     Bash,
     Zsh,
     Fish,
+}
+
+/// A `--checkpoint-path` as a target's `checkpoint_path` must be (the API would answer
+/// any other string with an empty listing).
+fn checkpoint_path(s: &str) -> Result<String, String> {
+    config::parse_checkpoint_path(s)
+        .map(|_| s.to_string())
+        .ok_or_else(|| {
+            format!("{s:?} is not a checkpoint URI; write bt://loops:<run_id>/(weights|sampler_weights)/<name>")
+        })
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -680,3 +680,56 @@ async fn deliveries_list_narrows_to_a_sink_and_says_when_it_leaves_rows_out() {
     let zero = env.run(&cfg, &["deliveries", "list", "--limit", "0"]).await;
     assert_eq!(zero.status.code(), Some(2));
 }
+
+/// A state file in a directory that does not exist: one line naming `store.url`, the
+/// directory and the fix; exit 1, and nothing created.
+#[tokio::test]
+async fn a_store_url_in_a_missing_directory_is_one_line_naming_the_key_and_the_fix() {
+    let env = Env::new().await;
+    let cfg = env.write_config(QWEN);
+    let missing = env.db().with_file_name("no-such-dir").join("state.db");
+    edit(&cfg, |t| {
+        t.replace(
+            &format!("sqlite://{}", env.db().display()),
+            &format!("sqlite://{}", missing.display()),
+        )
+    });
+    let out = env.run(&cfg, &["once"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let dir = missing.parent().unwrap().display().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("store.url") && err.contains(&format!("the directory {dir} does not exist")),
+        "{err}"
+    );
+    assert!(!missing.parent().unwrap().exists());
+}
+
+/// `checkpoints --checkpoint-path` takes a checkpoint URI, as a target's
+/// `checkpoint_path` does: anything else is a usage error, and nothing is asked.
+#[tokio::test]
+async fn checkpoints_refuses_a_path_that_is_not_a_checkpoint_uri() {
+    let env = Env::new().await;
+    let cfg = env.write_config(QWEN);
+    let before = env.sim.handle().requests();
+    let out = env
+        .run(&cfg, &["checkpoints", "--checkpoint-path", "notauri"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is not a checkpoint URI"), "{err}");
+    assert_eq!(env.sim.handle().requests(), before);
+    let out = env
+        .run(
+            &cfg,
+            &[
+                "checkpoints",
+                "--checkpoint-path",
+                "bt://loops:run-1/sampler_weights/step-1",
+            ],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

@@ -69,7 +69,18 @@ fn lock_exclusive(db: &std::path::Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .map_err(|e| {
-            StoreError::Open(format!("cannot open the lock file {}: {e}", path.display()))
+            let fix = match (e.kind(), db.parent()) {
+                (std::io::ErrorKind::NotFound, Some(dir)) => format!(
+                    "the directory {} does not exist: create it, or set store.url to a path in one that does",
+                    dir.display()
+                ),
+                _ => "set store.url to a path this user can write".into(),
+            };
+            StoreError::Open(format!(
+                "store.url {}: cannot create its lock file {} ({e}); {fix}",
+                db.display(),
+                path.display()
+            ))
         })?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
