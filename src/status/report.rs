@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Facts, TargetFacts, clean, leases, shell_word};
+use crate::config::Invocation;
 use crate::health::PollSeen;
 use crate::store::inspect::{
     AttemptLine, CheckpointCounts, CheckpointLine, DeliveryLine, EventLine,
@@ -58,7 +59,7 @@ pub struct DeployItem {
     pub approve_command: Option<String>,
 }
 
-fn deploy_item(d: &crate::store::DeployRow, secrets: &[String]) -> DeployItem {
+fn deploy_item(d: &crate::store::DeployRow, secrets: &[String], how: &Invocation) -> DeployItem {
     let c = |s: &Option<String>| s.as_deref().map(|v| clean(v, secrets));
     DeployItem {
         delivery_id: d.delivery_id,
@@ -84,8 +85,9 @@ fn deploy_item(d: &crate::store::DeployRow, secrets: &[String]) -> DeployItem {
         completed_at: d.completed_at,
         updated_at: d.updated_at,
         error: c(&d.error),
-        // The line `checkpoint.awaiting_approval` carries, set while the pipeline waits.
-        approve_command: d.approve_command.clone(),
+        // The line `checkpoint.awaiting_approval` carries, while the pipeline waits.
+        approve_command: (d.stage == crate::store::DeployStage::AwaitingApproval)
+            .then(|| crate::store::deploys::approve_command(how, d.delivery_id)),
     }
 }
 
@@ -476,7 +478,11 @@ impl StatusReport {
             sinks,
             dead_deliveries: o.dead.iter().map(|d| delivery_item(d, s)).collect(),
             events: o.events.iter().map(|e| event_item(e, s)).collect(),
-            deploys: f.deploys.iter().map(|d| deploy_item(d, s)).collect(),
+            deploys: f
+                .deploys
+                .iter()
+                .map(|d| deploy_item(d, s, &f.invocation))
+                .collect(),
         }
     }
 }

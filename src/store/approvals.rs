@@ -408,7 +408,6 @@ mod tests {
             follow_deadline: None,
             active_at: None,
             approval_deadline: None,
-            approve_command: None,
             decided_by: None,
             decided_at: None,
             decision: None,
