@@ -17,6 +17,7 @@ use common::{
     until,
 };
 use loopwatch::sim::{Fault, Route};
+use loopwatch::text::shell_word;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -185,9 +186,11 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
             .starts_with("http://127.0.0.1:"),
         "only scheme, host and port: {dead_end}"
     );
+    // Each line names the config file the daemon read, to run as is from anywhere.
+    let c = format!(" -c {}", shell_word(&w.cfg.display().to_string()));
     assert_eq!(
         dead_end["replay_command"],
-        "loopwatch deliveries redeliver --dead --sink dead-end"
+        format!("loopwatch deliveries redeliver --dead --sink dead-end{c}")
     );
     assert_eq!(dead_end["last_error"]["status"], 410);
     assert_eq!(dead_end["last_error"]["outcome"], "dead");
@@ -205,7 +208,7 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     let id = dead["id"].as_i64().unwrap();
     assert_eq!(
         dead["replay_command"],
-        format!("loopwatch deliveries redeliver {id}")
+        format!("loopwatch deliveries redeliver {id}{c}")
     );
     let events: Vec<&Value> = v["events"].as_array().unwrap().iter().collect();
     assert!(
@@ -235,8 +238,10 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     assert!(!html.contains("<script"), "no script element at all");
     assert!(html.contains("step-\\u{1b}[31mred"));
     assert!(!html.contains('\u{1b}'));
-    assert!(html.contains("loopwatch deliveries redeliver --dead --sink dead-end"));
-    assert!(html.contains(&format!("loopwatch deliveries redeliver {id}")));
+    assert!(html.contains(&format!(
+        "loopwatch deliveries redeliver --dead --sink dead-end{c}"
+    )));
+    assert!(html.contains(&format!("loopwatch deliveries redeliver {id}{c}")));
     assert!(html.contains("href=\"/targets/qwen\""));
 
     // One target's history: the dead delivery's attempt with its status, duration and
@@ -331,6 +336,36 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     assert!(html.contains("failing"));
     drop(w.daemon);
     drop(w.rx);
+}
+
+/// Spec §9: each sink's backlog "with the CLI line that replays it". A sink with nothing
+/// dead still shows it, page and JSON (it was null, and the page showed no line).
+#[tokio::test]
+async fn every_sink_shows_the_line_that_replays_it_with_or_without_dead_deliveries() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        hook_sink("hook", &rx.url, ""),
+        hook_sink("it's quoted", &rx.url, "")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    let v = get_json(&format!("http://{addr}/api/v1/status")).await;
+    let c = format!(" -c {}", shell_word(&cfg.display().to_string()));
+    let sinks = v["sinks"].as_array().unwrap();
+    assert_eq!(sinks.len(), 2, "{v}");
+    let html = http_get(&format!("http://{addr}/")).await.1;
+    for (name, word) in [("hook", "hook"), ("it's quoted", r"'it'\''s quoted'")] {
+        let sink = sinks.iter().find(|s| s["name"] == name).unwrap();
+        assert_eq!(sink["dead"], 0, "{sink}");
+        let line = format!("loopwatch deliveries redeliver --dead --sink {word}{c}");
+        assert_eq!(sink["replay_command"], line.as_str(), "{sink}");
+        // HTML-escaped as the page writes text.
+        let shown = line.replace('\'', "&#39;").replace('"', "&#34;");
+        assert!(html.contains(&shown), "{name}: no `{shown}` on the page");
+    }
+    drop(d);
 }
 
 #[tokio::test]

@@ -153,7 +153,8 @@ pub struct SinkRow {
     pub dead: i64,
     pub oldest: When,
     pub last_error: Option<(String, When)>,
-    pub replay: Option<String>,
+    /// The line that re-queues its dead deliveries: every sink has one.
+    pub replay: String,
 }
 
 pub struct DeliveryRowView {

@@ -186,8 +186,9 @@ pub struct SinkItem {
     pub oldest_pending_at: Option<DateTime<Utc>>,
     pub oldest_pending_age_seconds: Option<f64>,
     pub last_error: Option<AttemptItem>,
-    /// The command that re-queues its dead deliveries; null when none is dead.
-    pub replay_command: Option<String>,
+    /// The command that re-queues its dead deliveries (every sink has one, with or
+    /// without dead deliveries now).
+    pub replay_command: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -354,7 +355,7 @@ fn event_item(e: &EventLine, secrets: &[String]) -> EventItem {
     }
 }
 
-fn delivery_item(line: &DeliveryLine, secrets: &[String]) -> DeliveryItem {
+fn delivery_item(line: &DeliveryLine, secrets: &[String], how: &Invocation) -> DeliveryItem {
     let d = &line.row;
     DeliveryItem {
         id: d.id,
@@ -372,7 +373,7 @@ fn delivery_item(line: &DeliveryLine, secrets: &[String]) -> DeliveryItem {
         created_at: d.created_at,
         updated_at: d.updated_at,
         replay_command: (d.status == crate::store::DeliveryStatus::Dead)
-            .then(|| format!("loopwatch deliveries redeliver {}", d.id)),
+            .then(|| how.line(&format!("deliveries redeliver {}", d.id))),
     }
 }
 
@@ -388,12 +389,13 @@ fn attempt_item(a: &AttemptLine, secrets: &[String]) -> AttemptItem {
     }
 }
 
-/// The command that re-queues every dead delivery of `sink`.
-pub fn replay_dead(sink: &str) -> String {
-    format!(
-        "loopwatch deliveries redeliver --dead --sink {}",
+/// The command that re-queues every dead delivery of `sink`, naming the config file as
+/// `how` does.
+pub fn replay_dead(how: &Invocation, sink: &str) -> String {
+    how.line(&format!(
+        "deliveries redeliver --dead --sink {}",
         shell_word(sink)
-    )
+    ))
 }
 
 impl StatusReport {
@@ -441,7 +443,7 @@ impl StatusReport {
                         .iter()
                         .find(|a| a.sink == v.name)
                         .map(|a| attempt_item(a, s)),
-                    replay_command: (dead > 0).then(|| replay_dead(&v.name)),
+                    replay_command: replay_dead(&f.invocation, &v.name),
                 }
             })
             .collect();
@@ -476,7 +478,11 @@ impl StatusReport {
                 items,
             },
             sinks,
-            dead_deliveries: o.dead.iter().map(|d| delivery_item(d, s)).collect(),
+            dead_deliveries: o
+                .dead
+                .iter()
+                .map(|d| delivery_item(d, s, &f.invocation))
+                .collect(),
             events: o.events.iter().map(|e| event_item(e, s)).collect(),
             deploys: f
                 .deploys
@@ -527,7 +533,7 @@ impl TargetReport {
                             .iter()
                             .filter(|r| r.row.event_id == e.id)
                             .map(|r| DeliveryHistory {
-                                delivery: delivery_item(r, s),
+                                delivery: delivery_item(r, s, &f.invocation),
                                 attempt_log: attempts_of(r.row.id),
                             })
                             .collect(),
