@@ -543,6 +543,104 @@ async fn browser_status_page() {
     browse(&["--approve", &waiting.unwrap()]).await;
 }
 
+/// Spec §9: "each deploy pipeline with its stage (§8) and the line that approves it". A
+/// deploy waiting for approval stays listed, with its approve line, page and JSON,
+/// however many pipelines settled after it: the page listed the newest 50 only, and 53
+/// finished deploys of another sink pushed the waiting one (and its line) off.
+#[tokio::test]
+async fn a_deploy_awaiting_approval_stays_listed_behind_many_newer_finished_ones() {
+    const FINISHED: usize = 53;
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let deploy_sink = |name: &str, target: &str, extra: &str| {
+        format!(
+            "[[sinks]]\nname = \"{name}\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf\"\nfollow = false\ntargets = [\"{target}\"]\n{extra}\n"
+        )
+    };
+    let cfg = env.write_config(&format!(
+        "{QWEN}[[targets]]\nname = \"llama\"\nrun_id = \"run-2\"\n{}{}",
+        deploy_sink("gate", "qwen", "approval = \"before_deploy\""),
+        deploy_sink(
+            "fast",
+            "llama",
+            "latest_only = false\nmodel_name = \"{{ data.checkpoint.checkpoint_id }}\""
+        ),
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    let url = format!("http://{addr}/api/v1/status");
+    let gated = h.add_checkpoint("run-1", "sampler", "step-gated", Some("COMPLETE"));
+    let waiting = async || -> Option<Value> {
+        get_json(&url).await["deploys"]
+            .as_array()?
+            .iter()
+            .find(|p| p["checkpoint_id"] == gated.as_str())
+            .cloned()
+    };
+    assert!(
+        until(T, Duration::from_millis(100), async || {
+            waiting()
+                .await
+                .is_some_and(|p| p["stage"] == "awaiting_approval")
+        })
+        .await,
+        "the gated deploy never waited: {}",
+        get_json(&url).await
+    );
+    // Then many deploys of the other sink, all newer, all finished.
+    for i in 0..FINISHED {
+        h.add_checkpoint("run-2", "sampler", &format!("step-{i}"), Some("COMPLETE"));
+    }
+    let fast = async || {
+        let out = env
+            .run(&cfg, &["deploys", "--sink", "fast", "-o", "json"])
+            .await;
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    assert!(
+        until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            async || {
+                let rows = fast().await;
+                rows.len() == FINISHED && rows.iter().all(|r| r["stage"] == "deployed")
+            }
+        )
+        .await,
+        "the {FINISHED} deploys never finished: {:?}",
+        fast().await
+    );
+    assert_eq!(h.deployments_of("step-0").len(), 1, "deployed on the API");
+
+    let v = get_json(&url).await;
+    let deploys = v["deploys"].as_array().unwrap();
+    let p = waiting()
+        .await
+        .unwrap_or_else(|| panic!("the waiting deploy is not listed: {v}"));
+    assert_eq!(p["stage"], "awaiting_approval", "{p}");
+    assert_eq!(p["sink"], "gate");
+    let id = p["delivery_id"].as_i64().unwrap();
+    let c = shell_word(&cfg.display().to_string());
+    let line = format!("loopwatch deliveries approve {id} --by \"$USER\" -c {c}");
+    assert_eq!(p["approve_command"], line.as_str(), "{p}");
+    assert_eq!(deploys[0]["delivery_id"], id, "open pipelines first");
+    assert_eq!(deploys.len(), 1 + 50, "then the newest 50 settled ones");
+    assert!(deploys[1..].iter().all(|p| p["stage"] == "deployed"));
+    assert_eq!(v["open_deploys_not_listed"], 0);
+
+    let html = http_get(&format!("http://{addr}/")).await.1;
+    assert!(
+        html.contains(&format!("data-deploy=\"{id}\"")),
+        "the waiting deploy is not on the page"
+    );
+    let shown = line.replace('"', "&#34;");
+    assert!(html.contains(&shown), "no `{shown}` on the page");
+    drop(d);
+}
+
 #[tokio::test]
 async fn deploy_pipelines_show_their_stage_deployment_and_a_lost_answer_reconciled() {
     let env = Env::new().await;

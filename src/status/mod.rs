@@ -239,16 +239,18 @@ pub struct Facts {
     pub offset: usize,
     pub limit: usize,
     pub sinks: Vec<SinkView>,
+    /// With the deploy pipelines to list (every open one, the newest [`DEPLOYS`] settled).
     pub overview: Overview,
-    /// The newest deploy pipelines ([`DEPLOYS`]).
-    pub deploys: Vec<crate::store::DeployRow>,
     pub secrets: Vec<String>,
     /// How the command lines shown name the config file.
     pub invocation: Invocation,
 }
 
-/// How many deploy pipelines the page shows (the newest).
+/// How many settled deploy pipelines the page shows (the newest), after the open ones.
 pub const DEPLOYS: i64 = 50;
+/// At most how many open deploy pipelines (waiting for approval, or with a step left) the
+/// page shows: every one in practice; past it, the page says how many it left out.
+pub const OPEN_DEPLOYS: i64 = 1000;
 
 impl Status {
     pub fn new(
@@ -300,9 +302,10 @@ impl Status {
             sinks: view.sinks.iter().map(|s| s.name.clone()).collect(),
             events: EVENTS,
             dead_per_sink: DEAD_PER_SINK,
+            settled_deploys: DEPLOYS,
+            open_deploys: OPEN_DEPLOYS,
         };
         let overview = self.read(self.store.overview(&query)).await?;
-        let deploys = self.read(self.store.list_deploys(None, DEPLOYS)).await?;
         Ok(Facts {
             now: Utc::now(),
             replica: self.ownership.replica.clone(),
@@ -326,7 +329,6 @@ impl Status {
                 .collect(),
             sinks: view.sinks.clone(),
             overview,
-            deploys,
             secrets: view.secrets.clone(),
             invocation: view.invocation.clone(),
         })

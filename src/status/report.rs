@@ -26,8 +26,12 @@ pub struct StatusReport {
     pub dead_deliveries: Vec<DeliveryItem>,
     /// The newest 50 events, newest first.
     pub events: Vec<EventItem>,
-    /// The newest 50 deploy pipelines of the `baseten_deploy` sinks, newest first.
+    /// The deploy pipelines of the `baseten_deploy` sinks: every open one (waiting for
+    /// approval, or with a step left), then the newest 50 settled ones; each group newest
+    /// first.
     pub deploys: Vec<DeployItem>,
+    /// Open pipelines not in `deploys`: past the bound of 1,000 (0 in practice).
+    pub open_deploys_not_listed: i64,
 }
 
 /// One deploy pipeline (docs/events.md, "Deploys").
@@ -484,11 +488,14 @@ impl StatusReport {
                 .map(|d| delivery_item(d, s, &f.invocation))
                 .collect(),
             events: o.events.iter().map(|e| event_item(e, s)).collect(),
-            deploys: f
+            deploys: o
                 .deploys
+                .open
                 .iter()
+                .chain(&o.deploys.settled)
                 .map(|d| deploy_item(d, s, &f.invocation))
                 .collect(),
+            open_deploys_not_listed: o.deploys.open_total - o.deploys.open.len() as i64,
         }
     }
 }
