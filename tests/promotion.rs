@@ -388,6 +388,86 @@ async fn a_rejected_deploy_is_never_deployed_and_anything_not_waiting_exits_1() 
     drop(d);
 }
 
+/// Spec §2: approving or rejecting anything not waiting "exits 1 naming its status", and
+/// an error is one readable line. A webhook delivery's id named its sink and status nowhere
+/// (`no deploy pipeline has this delivery id`), and a refused decision printed two lines
+/// (why, then `nothing was approved`).
+#[tokio::test]
+async fn deciding_what_is_not_waiting_names_its_status_in_one_line() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink("approval = \"before_deploy\""),
+        lifecycle_hook(&rx.url)
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    event_of(&rx, "checkpoint.awaiting_approval", &id).await;
+    // The receiver's delivery of that event: a webhook delivery, delivered.
+    let hook = wait_for("the hook's delivery to be recorded", T, || {
+        env.deliveries(&cfg, Some("delivered"))?
+            .as_array()?
+            .iter()
+            .find(|x| x["sink"] == "hook")
+            .and_then(|x| x["id"].as_i64())
+    })
+    .await;
+    let decide = async |verb: &str, what: &str| {
+        let out = env
+            .run(&cfg, &["deliveries", verb, what, "--by", "alice"])
+            .await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{verb} {what}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        stderr.trim_end().to_string()
+    };
+    for verb in ["approve", "reject"] {
+        let past = if verb == "approve" {
+            "approved"
+        } else {
+            "rejected"
+        };
+        assert_eq!(
+            decide(verb, &hook.to_string()).await,
+            format!(
+                "error: {hook}: delivery {hook} (sink hook) is delivered, not a deploy awaiting approval; nothing was {past} (`loopwatch deploys` shows each pipeline's stage)"
+            )
+        );
+    }
+    // An id that names nothing at all keeps saying so.
+    assert!(
+        decide("approve", "999999")
+            .await
+            .starts_with("error: 999999: no deploy pipeline has this delivery id or checkpoint id"),
+    );
+
+    // Decided already: why and that nothing was decided, on one line.
+    let out = env
+        .run(&cfg, &["deliveries", "reject", &id, "--by", "bob"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let line = decide("approve", &id).await;
+    assert!(
+        line.starts_with(&format!("error: {id}: the deploy of step-100 (delivery ")),
+        "{line}"
+    );
+    assert!(
+        line.contains("is not awaiting approval: its stage is rejected, rejected by bob at ")
+            && line.ends_with(
+                "; nothing was approved (`loopwatch deploys` shows each pipeline's stage)"
+            ),
+        "{line}"
+    );
+    assert_eq!(pipeline(&env, &cfg, &id).await["stage"], "rejected");
+    assert_eq!(deploy_calls(&h), 0);
+    drop(d);
+}
+
 #[tokio::test]
 async fn an_approval_nobody_gives_expires_at_its_deadline() {
     let env = Env::new().await;
