@@ -168,13 +168,16 @@ impl App {
         // Pollers fire it after a commit that queued deliveries; sink workers wait on it.
         let wake = Wake::new();
         // baseten_deploy sinks deploy through the pollers' client: one token bucket.
-        let outbox = Arc::new(Outbox::with_deployer(
-            store.clone(),
-            metrics.clone(),
-            &cfg.sinks,
-            wake.clone(),
-            Some(deployer(client.clone(), metrics.clone())),
-        )?);
+        let outbox = Arc::new(
+            Outbox::with_deployer(
+                store.clone(),
+                metrics.clone(),
+                &cfg.sinks,
+                wake.clone(),
+                Some(deployer(client.clone(), metrics.clone())),
+            )?
+            .with_invocation(cfg.invocation()),
+        );
         let poller = Poller::new(
             client.clone(),
             store.clone(),

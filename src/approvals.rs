@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::cli::{Output, exit};
 use crate::config::Config;
 use crate::model::{CheckpointTarget, checkpoint_uri};
-use crate::store::{self, Access, Decided, Decision, DeployStage, Pipelines, Verdict};
+use crate::store::{self, Access, Decided, Decision, DeployStage, Pipelines, Undecided, Verdict};
 
 /// The longest `--by` and `--reason` kept (they are shown in events and tables).
 const MAX_BY: usize = 200;
@@ -60,6 +60,17 @@ pub fn describe(d: &Decided) -> String {
     }
 }
 
+/// Why nothing was decided, as the one line an error is: each id that names nothing
+/// waiting, with its stage or status, then that the others were left alone too.
+pub fn refusal(undecided: &[Undecided], decision: &Decision) -> String {
+    let why: Vec<&str> = undecided.iter().map(|u| u.why.as_str()).collect();
+    format!(
+        "{}; nothing was {} (`loopwatch deploys` shows each pipeline's stage)",
+        why.join("; "),
+        decision.verdict.as_str()
+    )
+}
+
 /// `deliveries approve|reject IDS --by NAME [--reason TEXT]`.
 pub async fn decide(
     cfg: &Config,
@@ -106,12 +117,9 @@ pub async fn decide_in(
             Ok(exit::OK)
         }
         Err(undecided) => {
-            for u in &undecided {
-                eprintln!("error: {}", crate::text::escape(&u.why));
-            }
             eprintln!(
-                "error: nothing was {}: `loopwatch deploys` shows each pipeline's stage",
-                decision.verdict.as_str()
+                "error: {}",
+                crate::text::escape(&refusal(&undecided, decision))
             );
             Ok(exit::FAILURE)
         }

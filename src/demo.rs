@@ -157,8 +157,10 @@ async fn approve_waiting(store: std::sync::Arc<dyn Store>, pause: Duration) {
             if since.elapsed() < pause {
                 continue;
             }
-            let line =
-                crate::store::deploys::approve_command(d.delivery_id).replace("\"$USER\"", "demo");
+            // The demo's config is no file: its lines name none.
+            let how = crate::config::Invocation::default();
+            let line = crate::store::deploys::approve_command(&how, d.delivery_id)
+                .replace("\"$USER\"", "demo");
             println!("  approver: $ {line}   (run in-process)");
             let decision = Decision {
                 verdict: Verdict::Approved,

@@ -43,6 +43,20 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `s` as one word of a POSIX shell command line: bare when it is plainly safe, else
+/// single-quoted (a command loopwatch prints for a person to paste: a sink's name, a
+/// config file's path).
+pub fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// A table cell: escaped, and cut to [`MAX_CELL`] characters.
 pub fn cell(s: &str) -> Cow<'_, str> {
     // Escaping only lengthens: the first MAX_CELL + 1 characters decide the cell.
@@ -153,6 +167,15 @@ impl VisitFmt for TextVisitor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(shell_word("deployer"), "deployer");
+        assert_eq!(shell_word("/srv/a/lw.toml"), "/srv/a/lw.toml");
+        assert_eq!(shell_word("it's here"), r"'it'\''s here'");
+        assert_eq!(shell_word("$(rm)"), "'$(rm)'");
+        assert_eq!(shell_word(""), "''");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {

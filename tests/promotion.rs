@@ -119,9 +119,10 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-/// Run a command line exactly as printed (`data.approve_command`), with `sh -c`, as
-/// `user`, the binary on `PATH` and the test's config found through `LOOPWATCH_CONFIG`.
-async fn run_line(cfg: &Path, line: &str, user: &str) -> Output {
+/// Run a command line exactly as printed (`data.approve_command`), with `sh -c` in
+/// directory `cwd`, as `user`, the binary on `PATH` and no `LOOPWATCH_CONFIG`: the line
+/// names the config file itself.
+async fn run_line(cwd: &Path, line: &str, user: &str) -> Output {
     let bin_dir = Path::new(common::bin()).parent().unwrap().to_path_buf();
     let path = format!(
         "{}:{}",
@@ -131,15 +132,23 @@ async fn run_line(cfg: &Path, line: &str, user: &str) -> Output {
     let mut c = std::process::Command::new("sh");
     c.arg("-c")
         .arg(line)
+        .current_dir(cwd)
         .env("PATH", path)
         .env("USER", user)
-        .env("LOOPWATCH_CONFIG", cfg)
+        .env_remove("LOOPWATCH_CONFIG")
         .env("BASETEN_API_KEY", common::API_KEY)
         .env("HOOK_SECRET", common::SECRET)
         .env_remove("RUST_LOG");
     tokio::task::spawn_blocking(move || c.output().unwrap())
         .await
         .unwrap()
+}
+
+/// The line `checkpoint.awaiting_approval` carries for `delivery`, from a daemon that read
+/// the config file `cfg` (an absolute path).
+fn approve_line(cfg: &Path, delivery: i64) -> String {
+    let c = loopwatch::text::shell_word(&cfg.display().to_string());
+    format!("loopwatch deliveries approve {delivery} --by \"$USER\" -c {c}")
 }
 
 fn deploy_calls(h: &SimHandle) -> u64 {
@@ -163,11 +172,11 @@ async fn before_deploy_nothing_is_called_until_the_printed_command_approves_it()
     let waiting = event_of(&rx, "checkpoint.awaiting_approval", &id).await;
     let row = pipeline(&env, &cfg, &id).await;
     let delivery = row["delivery_id"].as_i64().unwrap();
-    let line = format!("loopwatch deliveries approve {delivery} --by \"$USER\"");
+    let line = approve_line(&cfg, delivery);
     assert_eq!(waiting["data"]["approve_command"], line.as_str());
     assert_eq!(
         waiting["data"]["reject_command"],
-        format!("loopwatch deliveries reject {delivery} --by \"$USER\"").as_str()
+        line.replace(" approve ", " reject ").as_str()
     );
     assert_eq!(waiting["data"]["approval"], "before_deploy");
     assert_eq!(waiting["data"]["deployment"]["model_name"], "qwen-step-100");
@@ -192,7 +201,7 @@ async fn before_deploy_nothing_is_called_until_the_printed_command_approves_it()
     .await;
 
     // The line exactly as the event printed it.
-    let out = run_line(&cfg, &line, "alice").await;
+    let out = run_line(env.dir.path(), &line, "alice").await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
@@ -229,6 +238,62 @@ async fn before_deploy_nothing_is_called_until_the_printed_command_approves_it()
         "{stderr}"
     );
     assert_eq!(pipeline(&env, &cfg, &id).await["decided_by"], "alice");
+    assert_eq!(h.requests_to(Route::Deploy), 1);
+    drop(d);
+}
+
+/// `data.approve_command` runs as printed from anywhere: the daemon started from its
+/// directory as `loopwatch run -c a/lw.toml`, the line run with `sh -c` from another
+/// directory and no `LOOPWATCH_CONFIG` approves the deploy (it named no config file and
+/// exited 78). The status page shows the same line.
+#[tokio::test]
+async fn the_printed_approve_command_names_the_daemons_config_and_runs_from_another_directory() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let written = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink("approval = \"before_deploy\"\nfollow = false"),
+        lifecycle_hook(&rx.url)
+    ));
+    let cfg = env.dir.path().join("a/lw.toml");
+    std::fs::create_dir(env.dir.path().join("a")).unwrap();
+    std::fs::rename(&written, &cfg).unwrap();
+    let d = env.spawn_daemon_in(env.dir.path(), Path::new("a/lw.toml"));
+    let addr = d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    let waiting = event_of(&rx, "checkpoint.awaiting_approval", &id).await;
+    let line = waiting["data"]["approve_command"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let delivery = pipeline(&env, &cfg, &id).await["delivery_id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(line, approve_line(&cfg, delivery));
+    let status: Value = serde_json::from_str(
+        &common::http_get(&format!("http://{addr}/api/v1/status"))
+            .await
+            .1,
+    )
+    .unwrap();
+    assert_eq!(
+        status["deploys"][0]["approve_command"],
+        line.as_str(),
+        "{status}"
+    );
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = run_line(elsewhere.path(), &line, "alice").await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{line}: {stderr}");
+    assert!(
+        stdout.starts_with(&format!("approved delivery {delivery} ")),
+        "{stdout}"
+    );
+    let deployed = event_of(&rx, "checkpoint.deployed", &id).await;
+    assert_eq!(deployed["data"]["deployment"]["approved_by"], "alice");
     assert_eq!(h.requests_to(Route::Deploy), 1);
     drop(d);
 }
@@ -319,6 +384,86 @@ async fn a_rejected_deploy_is_never_deployed_and_anything_not_waiting_exits_1() 
         .run(&cfg, &["deliveries", "approve", &id, "--by", " "])
         .await;
     assert_eq!(out.status.code(), Some(2));
+    assert_eq!(deploy_calls(&h), 0);
+    drop(d);
+}
+
+/// Spec §2: approving or rejecting anything not waiting "exits 1 naming its status", and
+/// an error is one readable line. A webhook delivery's id named its sink and status nowhere
+/// (`no deploy pipeline has this delivery id`), and a refused decision printed two lines
+/// (why, then `nothing was approved`).
+#[tokio::test]
+async fn deciding_what_is_not_waiting_names_its_status_in_one_line() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink("approval = \"before_deploy\""),
+        lifecycle_hook(&rx.url)
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    event_of(&rx, "checkpoint.awaiting_approval", &id).await;
+    // The receiver's delivery of that event: a webhook delivery, delivered.
+    let hook = wait_for("the hook's delivery to be recorded", T, || {
+        env.deliveries(&cfg, Some("delivered"))?
+            .as_array()?
+            .iter()
+            .find(|x| x["sink"] == "hook")
+            .and_then(|x| x["id"].as_i64())
+    })
+    .await;
+    let decide = async |verb: &str, what: &str| {
+        let out = env
+            .run(&cfg, &["deliveries", verb, what, "--by", "alice"])
+            .await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{verb} {what}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        stderr.trim_end().to_string()
+    };
+    for verb in ["approve", "reject"] {
+        let past = if verb == "approve" {
+            "approved"
+        } else {
+            "rejected"
+        };
+        assert_eq!(
+            decide(verb, &hook.to_string()).await,
+            format!(
+                "error: {hook}: delivery {hook} (sink hook) is delivered, not a deploy awaiting approval; nothing was {past} (`loopwatch deploys` shows each pipeline's stage)"
+            )
+        );
+    }
+    // An id that names nothing at all keeps saying so.
+    assert!(
+        decide("approve", "999999")
+            .await
+            .starts_with("error: 999999: no deploy pipeline has this delivery id or checkpoint id"),
+    );
+
+    // Decided already: why and that nothing was decided, on one line.
+    let out = env
+        .run(&cfg, &["deliveries", "reject", &id, "--by", "bob"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let line = decide("approve", &id).await;
+    assert!(
+        line.starts_with(&format!("error: {id}: the deploy of step-100 (delivery ")),
+        "{line}"
+    );
+    assert!(
+        line.contains("is not awaiting approval: its stage is rejected, rejected by bob at ")
+            && line.ends_with(
+                "; nothing was approved (`loopwatch deploys` shows each pipeline's stage)"
+            ),
+        "{line}"
+    );
+    assert_eq!(pipeline(&env, &cfg, &id).await["stage"], "rejected");
     assert_eq!(deploy_calls(&h), 0);
     drop(d);
 }

@@ -377,6 +377,8 @@ fn the_approve_in_slack_recipe_shows_the_approve_command_and_announces_the_promo
         ..Default::default()
     };
     let waiting = loopwatch::delivery::approval::waiting_event(
+        // As a daemon that read /etc/loopwatch/loopwatch.toml prints it.
+        &loopwatch::config::Invocation::with_config("/etc/loopwatch/loopwatch.toml".into()),
         &completed,
         12,
         &data,
@@ -394,10 +396,9 @@ fn the_approve_in_slack_recipe_shows_the_approve_command_and_announces_the_promo
     .unwrap();
     assert_eq!(got, want, "{file} renders:\n{rendered}");
     assert!(
-        got["text"]
-            .as_str()
-            .unwrap()
-            .contains("`loopwatch deliveries approve 12 --by \"$USER\"`"),
+        got["text"].as_str().unwrap().contains(
+            "`loopwatch deliveries approve 12 --by \"$USER\" -c /etc/loopwatch/loopwatch.toml`"
+        ),
         "{got}"
     );
 

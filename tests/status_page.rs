@@ -17,6 +17,7 @@ use common::{
     until,
 };
 use loopwatch::sim::{Fault, Route};
+use loopwatch::text::shell_word;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -185,9 +186,11 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
             .starts_with("http://127.0.0.1:"),
         "only scheme, host and port: {dead_end}"
     );
+    // Each line names the config file the daemon read, to run as is from anywhere.
+    let c = format!(" -c {}", shell_word(&w.cfg.display().to_string()));
     assert_eq!(
         dead_end["replay_command"],
-        "loopwatch deliveries redeliver --dead --sink dead-end"
+        format!("loopwatch deliveries redeliver --dead --sink dead-end{c}")
     );
     assert_eq!(dead_end["last_error"]["status"], 410);
     assert_eq!(dead_end["last_error"]["outcome"], "dead");
@@ -205,7 +208,7 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     let id = dead["id"].as_i64().unwrap();
     assert_eq!(
         dead["replay_command"],
-        format!("loopwatch deliveries redeliver {id}")
+        format!("loopwatch deliveries redeliver {id}{c}")
     );
     let events: Vec<&Value> = v["events"].as_array().unwrap().iter().collect();
     assert!(
@@ -235,8 +238,10 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     assert!(!html.contains("<script"), "no script element at all");
     assert!(html.contains("step-\\u{1b}[31mred"));
     assert!(!html.contains('\u{1b}'));
-    assert!(html.contains("loopwatch deliveries redeliver --dead --sink dead-end"));
-    assert!(html.contains(&format!("loopwatch deliveries redeliver {id}")));
+    assert!(html.contains(&format!(
+        "loopwatch deliveries redeliver --dead --sink dead-end{c}"
+    )));
+    assert!(html.contains(&format!("loopwatch deliveries redeliver {id}{c}")));
     assert!(html.contains("href=\"/targets/qwen\""));
 
     // One target's history: the dead delivery's attempt with its status, duration and
@@ -331,6 +336,36 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     assert!(html.contains("failing"));
     drop(w.daemon);
     drop(w.rx);
+}
+
+/// Spec §9: each sink's backlog "with the CLI line that replays it". A sink with nothing
+/// dead still shows it, page and JSON (it was null, and the page showed no line).
+#[tokio::test]
+async fn every_sink_shows_the_line_that_replays_it_with_or_without_dead_deliveries() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        hook_sink("hook", &rx.url, ""),
+        hook_sink("it's quoted", &rx.url, "")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    let v = get_json(&format!("http://{addr}/api/v1/status")).await;
+    let c = format!(" -c {}", shell_word(&cfg.display().to_string()));
+    let sinks = v["sinks"].as_array().unwrap();
+    assert_eq!(sinks.len(), 2, "{v}");
+    let html = http_get(&format!("http://{addr}/")).await.1;
+    for (name, word) in [("hook", "hook"), ("it's quoted", r"'it'\''s quoted'")] {
+        let sink = sinks.iter().find(|s| s["name"] == name).unwrap();
+        assert_eq!(sink["dead"], 0, "{sink}");
+        let line = format!("loopwatch deliveries redeliver --dead --sink {word}{c}");
+        assert_eq!(sink["replay_command"], line.as_str(), "{sink}");
+        // HTML-escaped as the page writes text.
+        let shown = line.replace('\'', "&#39;").replace('"', "&#34;");
+        assert!(html.contains(&shown), "{name}: no `{shown}` on the page");
+    }
+    drop(d);
 }
 
 #[tokio::test]
@@ -506,6 +541,104 @@ async fn browser_status_page() {
         "no deploy came to wait for approval"
     );
     browse(&["--approve", &waiting.unwrap()]).await;
+}
+
+/// Spec §9: "each deploy pipeline with its stage (§8) and the line that approves it". A
+/// deploy waiting for approval stays listed, with its approve line, page and JSON,
+/// however many pipelines settled after it: the page listed the newest 50 only, and 53
+/// finished deploys of another sink pushed the waiting one (and its line) off.
+#[tokio::test]
+async fn a_deploy_awaiting_approval_stays_listed_behind_many_newer_finished_ones() {
+    const FINISHED: usize = 53;
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let deploy_sink = |name: &str, target: &str, extra: &str| {
+        format!(
+            "[[sinks]]\nname = \"{name}\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf\"\nfollow = false\ntargets = [\"{target}\"]\n{extra}\n"
+        )
+    };
+    let cfg = env.write_config(&format!(
+        "{QWEN}[[targets]]\nname = \"llama\"\nrun_id = \"run-2\"\n{}{}",
+        deploy_sink("gate", "qwen", "approval = \"before_deploy\""),
+        deploy_sink(
+            "fast",
+            "llama",
+            "latest_only = false\nmodel_name = \"{{ data.checkpoint.checkpoint_id }}\""
+        ),
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    let url = format!("http://{addr}/api/v1/status");
+    let gated = h.add_checkpoint("run-1", "sampler", "step-gated", Some("COMPLETE"));
+    let waiting = async || -> Option<Value> {
+        get_json(&url).await["deploys"]
+            .as_array()?
+            .iter()
+            .find(|p| p["checkpoint_id"] == gated.as_str())
+            .cloned()
+    };
+    assert!(
+        until(T, Duration::from_millis(100), async || {
+            waiting()
+                .await
+                .is_some_and(|p| p["stage"] == "awaiting_approval")
+        })
+        .await,
+        "the gated deploy never waited: {}",
+        get_json(&url).await
+    );
+    // Then many deploys of the other sink, all newer, all finished.
+    for i in 0..FINISHED {
+        h.add_checkpoint("run-2", "sampler", &format!("step-{i}"), Some("COMPLETE"));
+    }
+    let fast = async || {
+        let out = env
+            .run(&cfg, &["deploys", "--sink", "fast", "-o", "json"])
+            .await;
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    assert!(
+        until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            async || {
+                let rows = fast().await;
+                rows.len() == FINISHED && rows.iter().all(|r| r["stage"] == "deployed")
+            }
+        )
+        .await,
+        "the {FINISHED} deploys never finished: {:?}",
+        fast().await
+    );
+    assert_eq!(h.deployments_of("step-0").len(), 1, "deployed on the API");
+
+    let v = get_json(&url).await;
+    let deploys = v["deploys"].as_array().unwrap();
+    let p = waiting()
+        .await
+        .unwrap_or_else(|| panic!("the waiting deploy is not listed: {v}"));
+    assert_eq!(p["stage"], "awaiting_approval", "{p}");
+    assert_eq!(p["sink"], "gate");
+    let id = p["delivery_id"].as_i64().unwrap();
+    let c = shell_word(&cfg.display().to_string());
+    let line = format!("loopwatch deliveries approve {id} --by \"$USER\" -c {c}");
+    assert_eq!(p["approve_command"], line.as_str(), "{p}");
+    assert_eq!(deploys[0]["delivery_id"], id, "open pipelines first");
+    assert_eq!(deploys.len(), 1 + 50, "then the newest 50 settled ones");
+    assert!(deploys[1..].iter().all(|p| p["stage"] == "deployed"));
+    assert_eq!(v["open_deploys_not_listed"], 0);
+
+    let html = http_get(&format!("http://{addr}/")).await.1;
+    assert!(
+        html.contains(&format!("data-deploy=\"{id}\"")),
+        "the waiting deploy is not on the page"
+    );
+    let shown = line.replace('"', "&#34;");
+    assert!(html.contains(&shown), "no `{shown}` on the page");
+    drop(d);
 }
 
 #[tokio::test]

@@ -163,6 +163,7 @@ async fn attempts_and_views(store: Arc<dyn Store>) {
             sinks: vec!["a".into()],
             events: 2,
             dead_per_sink: 5,
+            ..OverviewQuery::default()
         })
         .await
         .unwrap();

@@ -12,7 +12,15 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
         None => Vec::new(),
     };
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Json => {
+            // While one waits: the line that approves it, naming the config file read here.
+            let how = cfg.invocation();
+            let views: Vec<_> = rows
+                .iter()
+                .map(|d| store::deploys::DeployView::of(d, &how))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&views)?)
+        }
         Output::Table => {
             let rows = rows
                 .into_iter()

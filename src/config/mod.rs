@@ -48,6 +48,10 @@ pub struct ConfigError {
 pub struct Config {
     /// The file it came from, for messages.
     pub source: String,
+    /// The absolute path of the file it was read from; `None` for a config made from a
+    /// string (the demo's, tests'). The command lines loopwatch prints name it
+    /// ([`Config::invocation`]).
+    pub file: Option<PathBuf>,
     /// Unsafe settings that were accepted (plain HTTP carrying a key, a public listen
     /// address, files others may write or read), one `file: key: what and why` line each:
     /// logged at WARN by `run` and `once`, printed by `check-config`.
@@ -499,7 +503,48 @@ pub fn load_reading(
     let text = read_config_file(path).map_err(one)?;
     let mut cfg = load_str_with(&text, format, &name, env, true, secrets)?;
     warn_if_writable(&mut cfg, path);
+    // Against the directory it was started in: a line printed for a person to run elsewhere
+    // (`approve_command`) names the same file.
+    cfg.file = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
     Ok(cfg)
+}
+
+impl Config {
+    /// How the command lines this config's process prints (approve, reject, replay) name
+    /// its config file.
+    pub fn invocation(&self) -> Invocation {
+        Invocation {
+            config: self.file.clone(),
+        }
+    }
+}
+
+/// The `loopwatch ...` command lines printed for a person to paste (an event's
+/// `approve_command`, the status page's replay and approve lines): with `-c FILE`, the
+/// absolute path of the config file the printing process read, they run as printed from
+/// any directory and without `LOOPWATCH_CONFIG`; without a file (the demo), bare.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invocation {
+    config: Option<PathBuf>,
+}
+
+impl Invocation {
+    /// Lines naming the config file `path` (as given: make it absolute first).
+    pub fn with_config(path: PathBuf) -> Self {
+        Invocation { config: Some(path) }
+    }
+
+    /// `loopwatch ARGS`, then `-c FILE` (shell-quoted where needed) when there is a file;
+    /// `args` as a shell reads them (already quoted).
+    pub fn line(&self, args: &str) -> String {
+        match &self.config {
+            Some(path) => format!(
+                "loopwatch {args} -c {}",
+                crate::text::shell_word(&path.to_string_lossy())
+            ),
+            None => format!("loopwatch {args}"),
+        }
+    }
 }
 
 /// The config file's text: a regular file of at most [`MAX_CONFIG_BYTES`], read without

@@ -591,6 +591,7 @@ pub(super) fn validate(
     let (api_key, api_key_source) = api_key.expect("no problems implies a key");
     Ok(Config {
         source: file.to_string(),
+        file: None,
         warnings: w.warnings,
         skipped_secrets: w.skipped,
         api: ApiConfig {

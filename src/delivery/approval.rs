@@ -10,15 +10,16 @@ use tracing::{info, warn};
 
 use super::deploy::{DeploymentData, lifecycle_event_with};
 use super::{Outbox, Sink};
-use crate::config::{Approval, DeployConfig};
+use crate::config::{Approval, DeployConfig, Invocation};
 use crate::model::{EventType, rfc3339};
 use crate::store::deploys::{approve_command, reject_command};
 use crate::store::{Claimed, DeployStage, DeployUpdate, FollowUp, StoredEvent};
 
 /// `checkpoint.awaiting_approval` for pipeline `delivery_id` of the completed event
 /// `completed`: `data.deployment` as known, plus `approval` (which gate), `approve_command`,
-/// `reject_command` and `approval_deadline`.
+/// `reject_command` (naming the config file as `how` does) and `approval_deadline`.
 pub fn waiting_event(
+    how: &Invocation,
     completed: &StoredEvent,
     delivery_id: i64,
     deployment: &DeploymentData,
@@ -32,8 +33,8 @@ pub fn waiting_event(
         deployment,
         vec![
             ("approval", gate.as_str().into()),
-            ("approve_command", approve_command(delivery_id).into()),
-            ("reject_command", reject_command(delivery_id).into()),
+            ("approve_command", approve_command(how, delivery_id).into()),
+            ("reject_command", reject_command(how, delivery_id).into()),
             ("approval_deadline", rfc3339(deadline).into()),
         ],
         now,
@@ -63,7 +64,16 @@ impl Outbox {
             model_name: Some(model_name.clone()),
             ..Default::default()
         };
-        let event = match waiting_event(&c.event, c.delivery_id, &data, cfg.approval, until, now) {
+        let how = &self.invocation;
+        let event = match waiting_event(
+            how,
+            &c.event,
+            c.delivery_id,
+            &data,
+            cfg.approval,
+            until,
+            now,
+        ) {
             Ok(event) => {
                 let sinks = self.lifecycle_routes(&event);
                 Some(FollowUp { event, sinks })
@@ -74,7 +84,7 @@ impl Outbox {
             }
         };
         info!(sink = sink.name(), delivery_id = c.delivery_id, uri = %c.event.uri().unwrap_or_default(),
-            deadline = %rfc3339(until), approve = %approve_command(c.delivery_id),
+            deadline = %rfc3339(until), approve = %approve_command(how, c.delivery_id),
             "deploy waits for approval");
         let update = DeployUpdate {
             stage: Some(DeployStage::AwaitingApproval),

@@ -34,7 +34,7 @@ use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{SinkConfig, SinkKind};
+use crate::config::{Invocation, SinkConfig, SinkKind};
 use crate::metrics::Metrics;
 use crate::model::CheckpointTarget;
 use crate::store::{
@@ -337,6 +337,8 @@ pub struct Outbox {
     wake: Wake,
     /// The Loops API `baseten_deploy` sinks deploy through (a reload's new ones too).
     deployer: Option<Arc<dyn LoopsDeployer>>,
+    /// How the command lines its events carry (`approve_command`) name the config file.
+    invocation: Invocation,
 }
 
 impl Outbox {
@@ -374,7 +376,15 @@ impl Outbox {
             http,
             wake,
             deployer,
+            invocation: Invocation::default(),
         })
+    }
+
+    /// The command lines its events carry name the config file as `how` does (the
+    /// daemon's: [`crate::config::Config::invocation`]); bare without.
+    pub fn with_invocation(mut self, how: Invocation) -> Self {
+        self.invocation = how;
+        self
     }
 
     /// The configured sinks.

@@ -215,6 +215,7 @@ impl Outbox {
             let until = deadline(cfg, now);
             let data = Self::data_of(sink, claim, Some(&dep.status), dep.environment.as_deref());
             let event = waiting_event(
+                &self.invocation,
                 &claim.completed,
                 row.delivery_id,
                 &data,
@@ -229,7 +230,7 @@ impl Outbox {
                 FollowUp { event, sinks }
             });
             info!(sink = sink.name(), delivery_id = row.delivery_id, %uri, environment = env,
-                approve = %crate::store::deploys::approve_command(row.delivery_id),
+                approve = %crate::store::deploys::approve_command(&self.invocation, row.delivery_id),
                 "promotion waits for approval");
             return FollowOutcome {
                 stage: DeployStage::AwaitingApproval,

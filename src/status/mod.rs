@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, Invocation, SinkKind};
 use crate::health::{Health, PollSeen};
 use crate::replicas::Ownership;
 use crate::store::{DetailQuery, Overview, OverviewQuery, Store, StoreError, TargetDetail};
 
+pub use crate::text::shell_word;
 pub use report::{StatusReport, TargetReport};
 
 /// Targets on one page unless `limit` says otherwise, and at most.
@@ -79,6 +80,8 @@ struct View {
     sinks: Vec<SinkView>,
     /// Every configured secret value, never to be shown.
     secrets: Vec<String>,
+    /// How the lines the page shows (approve, replay) name the config file.
+    invocation: Invocation,
 }
 
 impl View {
@@ -136,6 +139,7 @@ impl View {
                 .collect(),
             sinks,
             secrets,
+            invocation: cfg.invocation(),
         }
     }
 }
@@ -235,14 +239,18 @@ pub struct Facts {
     pub offset: usize,
     pub limit: usize,
     pub sinks: Vec<SinkView>,
+    /// With the deploy pipelines to list (every open one, the newest [`DEPLOYS`] settled).
     pub overview: Overview,
-    /// The newest deploy pipelines ([`DEPLOYS`]).
-    pub deploys: Vec<crate::store::DeployRow>,
     pub secrets: Vec<String>,
+    /// How the command lines shown name the config file.
+    pub invocation: Invocation,
 }
 
-/// How many deploy pipelines the page shows (the newest).
+/// How many settled deploy pipelines the page shows (the newest), after the open ones.
 pub const DEPLOYS: i64 = 50;
+/// At most how many open deploy pipelines (waiting for approval, or with a step left) the
+/// page shows: every one in practice; past it, the page says how many it left out.
+pub const OPEN_DEPLOYS: i64 = 1000;
 
 impl Status {
     pub fn new(
@@ -294,9 +302,10 @@ impl Status {
             sinks: view.sinks.iter().map(|s| s.name.clone()).collect(),
             events: EVENTS,
             dead_per_sink: DEAD_PER_SINK,
+            settled_deploys: DEPLOYS,
+            open_deploys: OPEN_DEPLOYS,
         };
         let overview = self.read(self.store.overview(&query)).await?;
-        let deploys = self.read(self.store.list_deploys(None, DEPLOYS)).await?;
         Ok(Facts {
             now: Utc::now(),
             replica: self.ownership.replica.clone(),
@@ -320,8 +329,8 @@ impl Status {
                 .collect(),
             sinks: view.sinks.clone(),
             overview,
-            deploys,
             secrets: view.secrets.clone(),
+            invocation: view.invocation.clone(),
         })
     }
 
@@ -354,6 +363,7 @@ impl Status {
             offset,
             detail,
             secrets: view.secrets.clone(),
+            invocation: view.invocation.clone(),
         }))
     }
 
@@ -380,23 +390,13 @@ pub struct TargetFacts {
     pub offset: i64,
     pub detail: TargetDetail,
     pub secrets: Vec<String>,
+    /// How the command lines shown name the config file.
+    pub invocation: Invocation,
 }
 
 /// Lookup of an overview's leases by target.
 fn leases(o: &Overview) -> HashMap<&str, &crate::store::inspect::LeaseLine> {
     o.leases.iter().map(|l| (l.target.as_str(), l)).collect()
-}
-
-/// A name as it goes in a shell command: bare when it is plainly safe, else single-quoted.
-pub fn shell_word(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]
@@ -415,12 +415,5 @@ mod tests {
         );
         assert_eq!(clean(&"x".repeat(600), &[]).chars().count(), MAX_TEXT + 1);
         assert_eq!(redact_userinfo("a://h/b c://d"), "a://h/b c://d");
-    }
-
-    #[test]
-    fn shell_words_are_quoted_when_needed() {
-        assert_eq!(shell_word("deployer"), "deployer");
-        assert_eq!(shell_word("it's here"), r"'it'\''s here'");
-        assert_eq!(shell_word("$(rm)"), "'$(rm)'");
     }
 }

@@ -153,7 +153,8 @@ pub struct SinkRow {
     pub dead: i64,
     pub oldest: When,
     pub last_error: Option<(String, When)>,
-    pub replay: Option<String>,
+    /// The line that re-queues its dead deliveries: every sink has one.
+    pub replay: String,
 }
 
 pub struct DeliveryRowView {
@@ -215,6 +216,8 @@ pub struct IndexPage {
     pub events: Vec<EventRow>,
     pub replicas: Vec<(String, String, When)>,
     pub deploys: Vec<DeployRowView>,
+    /// Open pipelines past the page's bound, not listed (0 in practice).
+    pub deploys_not_listed: i64,
 }
 
 /// One deploy pipeline's row.
@@ -612,6 +615,7 @@ impl IndexPage {
                 .map(|d| delivery_row(now, d, &[]))
                 .collect(),
             deploys: r.deploys.iter().map(|d| deploy_row(now, d)).collect(),
+            deploys_not_listed: r.open_deploys_not_listed,
             events: r
                 .events
                 .iter()

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Facts, TargetFacts, clean, leases, shell_word};
+use crate::config::Invocation;
 use crate::health::PollSeen;
 use crate::store::inspect::{
     AttemptLine, CheckpointCounts, CheckpointLine, DeliveryLine, EventLine,
@@ -25,8 +26,12 @@ pub struct StatusReport {
     pub dead_deliveries: Vec<DeliveryItem>,
     /// The newest 50 events, newest first.
     pub events: Vec<EventItem>,
-    /// The newest 50 deploy pipelines of the `baseten_deploy` sinks, newest first.
+    /// The deploy pipelines of the `baseten_deploy` sinks: every open one (waiting for
+    /// approval, or with a step left), then the newest 50 settled ones; each group newest
+    /// first.
     pub deploys: Vec<DeployItem>,
+    /// Open pipelines not in `deploys`: past the bound of 1,000 (0 in practice).
+    pub open_deploys_not_listed: i64,
 }
 
 /// One deploy pipeline (docs/events.md, "Deploys").
@@ -58,7 +63,7 @@ pub struct DeployItem {
     pub approve_command: Option<String>,
 }
 
-fn deploy_item(d: &crate::store::DeployRow, secrets: &[String]) -> DeployItem {
+fn deploy_item(d: &crate::store::DeployRow, secrets: &[String], how: &Invocation) -> DeployItem {
     let c = |s: &Option<String>| s.as_deref().map(|v| clean(v, secrets));
     DeployItem {
         delivery_id: d.delivery_id,
@@ -84,8 +89,9 @@ fn deploy_item(d: &crate::store::DeployRow, secrets: &[String]) -> DeployItem {
         completed_at: d.completed_at,
         updated_at: d.updated_at,
         error: c(&d.error),
-        // The line `checkpoint.awaiting_approval` carries, set while the pipeline waits.
-        approve_command: d.approve_command.clone(),
+        // The line `checkpoint.awaiting_approval` carries, while the pipeline waits.
+        approve_command: (d.stage == crate::store::DeployStage::AwaitingApproval)
+            .then(|| crate::store::deploys::approve_command(how, d.delivery_id)),
     }
 }
 
@@ -184,8 +190,9 @@ pub struct SinkItem {
     pub oldest_pending_at: Option<DateTime<Utc>>,
     pub oldest_pending_age_seconds: Option<f64>,
     pub last_error: Option<AttemptItem>,
-    /// The command that re-queues its dead deliveries; null when none is dead.
-    pub replay_command: Option<String>,
+    /// The command that re-queues its dead deliveries (every sink has one, with or
+    /// without dead deliveries now).
+    pub replay_command: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -352,7 +359,7 @@ fn event_item(e: &EventLine, secrets: &[String]) -> EventItem {
     }
 }
 
-fn delivery_item(line: &DeliveryLine, secrets: &[String]) -> DeliveryItem {
+fn delivery_item(line: &DeliveryLine, secrets: &[String], how: &Invocation) -> DeliveryItem {
     let d = &line.row;
     DeliveryItem {
         id: d.id,
@@ -370,7 +377,7 @@ fn delivery_item(line: &DeliveryLine, secrets: &[String]) -> DeliveryItem {
         created_at: d.created_at,
         updated_at: d.updated_at,
         replay_command: (d.status == crate::store::DeliveryStatus::Dead)
-            .then(|| format!("loopwatch deliveries redeliver {}", d.id)),
+            .then(|| how.line(&format!("deliveries redeliver {}", d.id))),
     }
 }
 
@@ -386,12 +393,13 @@ fn attempt_item(a: &AttemptLine, secrets: &[String]) -> AttemptItem {
     }
 }
 
-/// The command that re-queues every dead delivery of `sink`.
-pub fn replay_dead(sink: &str) -> String {
-    format!(
-        "loopwatch deliveries redeliver --dead --sink {}",
+/// The command that re-queues every dead delivery of `sink`, naming the config file as
+/// `how` does.
+pub fn replay_dead(how: &Invocation, sink: &str) -> String {
+    how.line(&format!(
+        "deliveries redeliver --dead --sink {}",
         shell_word(sink)
-    )
+    ))
 }
 
 impl StatusReport {
@@ -439,7 +447,7 @@ impl StatusReport {
                         .iter()
                         .find(|a| a.sink == v.name)
                         .map(|a| attempt_item(a, s)),
-                    replay_command: (dead > 0).then(|| replay_dead(&v.name)),
+                    replay_command: replay_dead(&f.invocation, &v.name),
                 }
             })
             .collect();
@@ -474,9 +482,20 @@ impl StatusReport {
                 items,
             },
             sinks,
-            dead_deliveries: o.dead.iter().map(|d| delivery_item(d, s)).collect(),
+            dead_deliveries: o
+                .dead
+                .iter()
+                .map(|d| delivery_item(d, s, &f.invocation))
+                .collect(),
             events: o.events.iter().map(|e| event_item(e, s)).collect(),
-            deploys: f.deploys.iter().map(|d| deploy_item(d, s)).collect(),
+            deploys: o
+                .deploys
+                .open
+                .iter()
+                .chain(&o.deploys.settled)
+                .map(|d| deploy_item(d, s, &f.invocation))
+                .collect(),
+            open_deploys_not_listed: o.deploys.open_total - o.deploys.open.len() as i64,
         }
     }
 }
@@ -521,7 +540,7 @@ impl TargetReport {
                             .iter()
                             .filter(|r| r.row.event_id == e.id)
                             .map(|r| DeliveryHistory {
-                                delivery: delivery_item(r, s),
+                                delivery: delivery_item(r, s, &f.invocation),
                                 attempt_log: attempts_of(r.row.id),
                             })
                             .collect(),

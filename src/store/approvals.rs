@@ -168,8 +168,30 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, i64): FromRow<'r, DB::Row>,
+    for<'r> (String, String): FromRow<'r, DB::Row>,
     for<'r> DeployRecord: FromRow<'r, DB::Row>,
 {
+    /// Why `id`, which names no pipeline, cannot be decided: a delivery that is not a
+    /// deploy (or whose deploy has not started) says its sink and status; anything else is
+    /// unknown.
+    async fn no_pipeline(conn: &mut DB::Connection, id: &str) -> Result<String> {
+        if let Ok(n) = id.parse::<i64>() {
+            let delivery: Option<(String, String)> =
+                sqlx::query_as("SELECT sink, status FROM deliveries WHERE id = $1")
+                    .bind(n)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some((sink, status)) = delivery {
+                return Ok(format!(
+                    "{id}: delivery {n} (sink {sink}) is {status}, not a deploy awaiting approval"
+                ));
+            }
+        }
+        Ok(format!(
+            "{id}: no deploy pipeline has this delivery id or checkpoint id (see `loopwatch deploys`)"
+        ))
+    }
+
     /// The pipelines `id` names: a delivery id, else a checkpoint `id` (one per deploy sink).
     async fn resolve(conn: &mut DB::Connection, id: &str) -> Result<Vec<DeployRow>> {
         let select = |by: &str| format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE {by}");
@@ -202,8 +224,13 @@ where
         // Which pipelines each id names is read first, outside the transaction, whose
         // first statement must be a write (above).
         let mut named = Vec::with_capacity(ids.len());
+        let mut unknown = std::collections::HashMap::new();
         for id in ids {
-            named.push((id.clone(), Self::resolve(conn, id).await?));
+            let rows = Self::resolve(conn, id).await?;
+            if rows.is_empty() {
+                unknown.insert(id.clone(), Self::no_pipeline(conn, id).await?);
+            }
+            named.push((id.clone(), rows));
         }
         let mut undecided = Vec::new();
         let mut decided_ids = Vec::new();
@@ -212,12 +239,13 @@ where
         let mut tx = conn.begin().await?;
         for (id, rows) in &named {
             if rows.is_empty() {
-                undecided.push(Undecided {
-                    id: id.clone(),
-                    why: format!(
-                        "{id}: no deploy pipeline has this delivery id or checkpoint id (see `loopwatch deploys`)"
-                    ),
-                });
+                // Named twice: said once.
+                if let Some(why) = unknown.remove(id) {
+                    undecided.push(Undecided {
+                        id: id.clone(),
+                        why,
+                    });
+                }
                 continue;
             }
             let mut took = Vec::new();
@@ -408,7 +436,6 @@ mod tests {
             follow_deadline: None,
             active_at: None,
             approval_deadline: None,
-            approve_command: None,
             decided_by: None,
             decided_at: None,
             decision: None,

@@ -14,6 +14,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
+use crate::config::Invocation;
+
 use super::rows::{DeliveryRecord, EventRecord, TargetRecord, TrackedRecord, ms_to_time};
 use super::shared::{Dialect, Queries};
 use super::{FollowUp, Result, StoredEvent};
@@ -105,11 +107,10 @@ pub struct DeployRow {
     pub follow_next_at: Option<DateTime<Utc>>,
     pub follow_deadline: Option<DateTime<Utc>>,
     pub active_at: Option<DateTime<Utc>>,
-    /// Waiting for approval: when the wait ends `expired` unless decided.
+    /// Waiting for approval: when the wait ends `expired` unless decided. The line that
+    /// approves it is [`approve_command`]'s, made where the row is shown (it names that
+    /// process's config file).
     pub approval_deadline: Option<DateTime<Utc>>,
-    /// Waiting for approval: the command that approves it (`reject` ends it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approve_command: Option<String>,
     /// Who decided (`approved` or `rejected`), when and why.
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
@@ -139,15 +140,35 @@ impl DeployRow {
 }
 
 /// The exact command line that approves the deploy pipeline of delivery `delivery_id`
-/// (`checkpoint.awaiting_approval`'s `data.approve_command`): `$USER` is the shell's,
-/// so pasted as is it records who ran it.
-pub fn approve_command(delivery_id: i64) -> String {
-    format!("loopwatch deliveries approve {delivery_id} --by \"$USER\"")
+/// (`checkpoint.awaiting_approval`'s `data.approve_command`), naming the config file as
+/// `how` does: `$USER` is the shell's, so pasted as is it records who ran it.
+pub fn approve_command(how: &Invocation, delivery_id: i64) -> String {
+    how.line(&format!("deliveries approve {delivery_id} --by \"$USER\""))
 }
 
 /// The command line that rejects it (`data.reject_command`).
-pub fn reject_command(delivery_id: i64) -> String {
-    format!("loopwatch deliveries reject {delivery_id} --by \"$USER\"")
+pub fn reject_command(how: &Invocation, delivery_id: i64) -> String {
+    how.line(&format!("deliveries reject {delivery_id} --by \"$USER\""))
+}
+
+/// `row` as `deploys -o json` and `deliveries approve -o json` show it: the pipeline, and
+/// while it waits for approval the line that approves it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeployView<'a> {
+    #[serde(flatten)]
+    pub row: &'a DeployRow,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approve_command: Option<String>,
+}
+
+impl<'a> DeployView<'a> {
+    pub fn of(row: &'a DeployRow, how: &Invocation) -> Self {
+        DeployView {
+            row,
+            approve_command: (row.stage == DeployStage::AwaitingApproval)
+                .then(|| approve_command(how, row.delivery_id)),
+        }
+    }
 }
 
 /// What [`super::Pipelines::deploy_intent`] did.
@@ -326,8 +347,6 @@ impl DeployRecord {
             follow_deadline: self.follow_deadline.map(ms_to_time),
             active_at: self.active_at.map(ms_to_time),
             approval_deadline: self.approval_deadline.map(ms_to_time),
-            approve_command: (stage == DeployStage::AwaitingApproval)
-                .then(|| approve_command(self.delivery_id)),
             decided_by: self.decided_by,
             decided_at: self.decided_at.map(ms_to_time),
             decision: self.decision,
@@ -713,46 +732,6 @@ where
         }
         tx.commit().await?;
         Ok(true)
-    }
-
-    /// On `tx`, once pipeline `delivery_id` is promoted: the promotion moved its
-    /// environment off every other deployment of the sink's model, so those pipelines no
-    /// longer hold it, and a promoted one ends `superseded` (replaced), not promoted
-    /// beside it. Idempotent: a later step of the same pipeline changes nothing more.
-    async fn replaced_in_environment(
-        tx: &mut DB::Connection,
-        delivery_id: i64,
-        now: i64,
-    ) -> Result<()> {
-        let me: Option<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
-        )))
-        .bind(delivery_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(me) = me.map(DeployRecord::into_row).transpose()? else {
-            return Ok(());
-        };
-        let (Some(model_id), Some(environment)) = (me.model_id, me.environment) else {
-            return Ok(());
-        };
-        let (sink, name) = (me.sink, me.checkpoint_name);
-        sqlx::query(
-            "UPDATE deploys SET environment = NULL, updated_at = $5,
-                error = CASE WHEN stage = 'promoted' THEN $6 ELSE error END,
-                follow_next_at = CASE WHEN stage = 'promoted' THEN NULL ELSE follow_next_at END,
-                stage = CASE WHEN stage = 'promoted' THEN 'superseded' ELSE stage END
-             WHERE sink = $1 AND model_id = $2 AND environment = $3 AND delivery_id <> $4",
-        )
-        .bind(sink.as_str())
-        .bind(model_id.as_str())
-        .bind(environment.as_str())
-        .bind(delivery_id)
-        .bind(now)
-        .bind(format!("replaced in {environment} by {name}"))
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
     }
 
     /// The pipelines (of `sink`, when given), newest first, at most `limit`.

@@ -5,7 +5,7 @@
 //!
 //! Every query is bounded: by the names asked for (a page of targets, the configured
 //! sinks), by a `LIMIT`, or by an index range (`deliveries_status`, `events_checkpoint`,
-//! `attempts_failed`): a request reads about as much as it shows, however large the
+//! `attempts_failed`, `deploys_open`): a request reads about as much as it shows, however large the
 //! store. Written once for both backends, like `shared.rs`; [`InspectDialect`] holds the
 //! little that differs (how a JSON list of names is read as a table, and the replicas'
 //! leases, which only PostgreSQL has).
@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
+use super::deploys::{DEPLOY_COLUMNS, DeployRecord};
 use super::rows::{DeliveryRecord, ms_to_time};
 use super::{DeliveryRow, Result, SinkBacklog, sql};
 use crate::model::{CheckpointTarget, checkpoint_uri};
@@ -29,6 +30,39 @@ pub struct OverviewQuery {
     pub events: i64,
     /// How many of each sink's newest dead deliveries.
     pub dead_per_sink: i64,
+    /// How many of the newest settled deploy pipelines ([`Deploys`]).
+    pub settled_deploys: i64,
+    /// At most how many of the open deploy pipelines (all of them, in practice).
+    pub open_deploys: i64,
+}
+
+/// The deploy pipelines the status page lists: every open one (waiting for a person, or
+/// with a step left: a deploy, a follow, a promotion or a clean-up), however old, then
+/// the newest settled ones. Open pipelines are few (a wait ends by a decision, its
+/// deadline or `latest_only`; a step by its outcome), and they are what an operator acts
+/// on, so newer settled ones never push them off the page.
+#[derive(Clone, Debug, Default)]
+pub struct Deploys {
+    /// The open pipelines, newest first (at most [`OverviewQuery::open_deploys`]).
+    pub open: Vec<super::DeployRow>,
+    /// How many are open in all (more than `open.len()` only past the bound).
+    pub open_total: i64,
+    /// The newest settled pipelines, newest first.
+    pub settled: Vec<super::DeployRow>,
+}
+
+/// Which pipelines are open: a stage before its outcome, or a live one with a step left
+/// (`follow_next_at` is set while one is: a promotion, a clean-up). The partial index
+/// `deploys_open` holds exactly these rows, in `delivery_id` order (its predicate is this
+/// text: keep the two the same).
+pub(crate) const OPEN_DEPLOYS: &str = "(stage IN ('awaiting_approval', 'deploying', 'following')
+    OR (stage IN ('active', 'promoted') AND follow_next_at IS NOT NULL))";
+
+/// The newest `$1` pipelines matching `filter`.
+pub(crate) fn deploys_query(filter: &str) -> String {
+    format!(
+        "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE {filter} ORDER BY delivery_id DESC LIMIT $1"
+    )
 }
 
 /// The database-wide picture: the same on every replica.
@@ -51,6 +85,8 @@ pub struct Overview {
     pub leases: Vec<LeaseLine>,
     /// The replicas sharing the database (PostgreSQL; none on SQLite).
     pub replicas: Vec<ReplicaLine>,
+    /// The deploy pipelines to list.
+    pub deploys: Deploys,
 }
 
 /// One stored target.
@@ -386,6 +422,7 @@ where
     for<'r> EventRecord: FromRow<'r, DB::Row>,
     for<'r> AttemptRecord: FromRow<'r, DB::Row>,
     for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+    for<'r> DeployRecord: FromRow<'r, DB::Row>,
     for<'r> NameRecord: FromRow<'r, DB::Row>,
 {
     /// Deliveries joined with their events ([`sql::DELIVERY_LIST_COLUMNS`]) by `query`,
@@ -461,6 +498,37 @@ where
             events: events.into_iter().map(EventLine::from).collect(),
             leases: Self::leases(pool, &q.targets).await?,
             replicas: Self::replicas(pool).await?,
+            deploys: Self::deploys(pool, q).await?,
+        })
+    }
+
+    /// [`Deploys`]: the open pipelines through their own index (`deploys_open`), then the
+    /// newest settled ones walking the primary key down (they are nearly all of them: it
+    /// stops after `settled_deploys`, passing over at most the open ones).
+    async fn deploys(pool: &Pool<DB>, q: &OverviewQuery) -> Result<Deploys> {
+        let read = async |filter: &str, limit: i64| -> Result<Vec<super::DeployRow>> {
+            let rows: Vec<DeployRecord> = sqlx::query_as(AssertSqlSafe(deploys_query(filter)))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.into_iter().map(DeployRecord::into_row).collect()
+        };
+        let open = read(OPEN_DEPLOYS, q.open_deploys).await?;
+        let open_total = if (open.len() as i64) < q.open_deploys {
+            open.len() as i64
+        } else {
+            let (n,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM deploys WHERE {OPEN_DEPLOYS}"
+            )))
+            .fetch_one(pool)
+            .await?;
+            n
+        };
+        let settled = read(&format!("NOT {OPEN_DEPLOYS}"), q.settled_deploys).await?;
+        Ok(Deploys {
+            open,
+            open_total,
+            settled,
         })
     }
 

@@ -108,6 +108,46 @@ where
         Ok(out.into_iter().map(|(_, row)| row).collect())
     }
 
+    /// On `tx`, once pipeline `delivery_id` is promoted: the promotion moved its
+    /// environment off every other deployment of the sink's model, so those pipelines no
+    /// longer hold it, and a promoted one ends `superseded` (replaced), not promoted
+    /// beside it. Idempotent: a later step of the same pipeline changes nothing more.
+    pub(crate) async fn replaced_in_environment(
+        tx: &mut DB::Connection,
+        delivery_id: i64,
+        now: i64,
+    ) -> Result<()> {
+        let me: Option<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
+        )))
+        .bind(delivery_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(me) = me.map(DeployRecord::into_row).transpose()? else {
+            return Ok(());
+        };
+        let (Some(model_id), Some(environment)) = (me.model_id, me.environment) else {
+            return Ok(());
+        };
+        let (sink, name) = (me.sink, me.checkpoint_name);
+        sqlx::query(
+            "UPDATE deploys SET environment = NULL, updated_at = $5,
+                error = CASE WHEN stage = 'promoted' THEN $6 ELSE error END,
+                follow_next_at = CASE WHEN stage = 'promoted' THEN NULL ELSE follow_next_at END,
+                stage = CASE WHEN stage = 'promoted' THEN 'superseded' ELSE stage END
+             WHERE sink = $1 AND model_id = $2 AND environment = $3 AND delivery_id <> $4",
+        )
+        .bind(sink.as_str())
+        .bind(model_id.as_str())
+        .bind(environment.as_str())
+        .bind(delivery_id)
+        .bind(now)
+        .bind(format!("replaced in {environment} by {name}"))
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
     /// Pipeline `delivery_id`'s deployment was deactivated by a newer one's clean-up
     /// (`why`): a pipeline still under way (following, active, waiting, promoted) ends
     /// `superseded`; an ended one keeps its stage. Its deployment is `INACTIVE` in no

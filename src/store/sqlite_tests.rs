@@ -186,3 +186,67 @@ async fn next_due_reads_the_due_index_not_the_backlog() {
         "one range of the index, in its order (no sort, no scan)"
     );
 }
+
+/// The status page lists every open deploy pipeline and the newest settled ones: the open
+/// ones come from an index whatever the statistics say (without any, the `(stage,
+/// follow_next_at)` one; once ANALYZE counted 4 stages evenly, that one lost to a scan of
+/// the table, and the partial index `deploys_open` is read, in order); the settled ones
+/// walk the primary key down, stopping after the limit.
+#[tokio::test]
+async fn the_status_pages_deploys_read_the_open_index_and_the_newest_rows() {
+    use crate::store::inspect::{OPEN_DEPLOYS, deploys_query};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    let plan = async |sql: String| -> Vec<String> {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(50_i64)
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        rows.into_iter().map(|r| r.3).collect()
+    };
+    let open = deploys_query(OPEN_DEPLOYS);
+    let settled = deploys_query(&format!("NOT {OPEN_DEPLOYS}"));
+    let count = format!("SELECT COUNT(*) FROM deploys WHERE {OPEN_DEPLOYS} AND $1 > 0");
+    let indexed = |plan: &[String]| {
+        plan.iter().all(|l| l != "SCAN deploys")
+            && plan.iter().any(|l| l.contains("INDEX deploys_"))
+    };
+    for analyzed in [false, true] {
+        if analyzed {
+            sqlx::raw_sql(DEPLOYS_FILL)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let p = plan(open.clone()).await;
+        assert!(indexed(&p), "analyzed: {analyzed}: {p:?}");
+        let p = plan(count.clone()).await;
+        assert!(indexed(&p), "analyzed: {analyzed}: {p:?}");
+        if analyzed {
+            assert_eq!(
+                plan(open.clone()).await,
+                ["SCAN deploys USING INDEX deploys_open"]
+            );
+        }
+        assert_eq!(
+            plan(settled.clone()).await,
+            ["SCAN deploys"],
+            "analyzed: {analyzed}"
+        );
+    }
+}
+
+/// 4,000 deploy pipelines, 1 in 1,000 waiting, the rest settled in 3 stages; then ANALYZE,
+/// whose statistics say about 1,000 rows a stage.
+const DEPLOYS_FILL: &str = "
+    WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 4000)
+    INSERT INTO deploys (delivery_id, sink, target, run_id, checkpoint_id, checkpoint_name,
+        event_id, completed_at, stage, created_at, updated_at)
+    SELECT i, 'd', 't', 'r', 'ck' || i, 'step-' || i, 'evt' || i, 0,
+        CASE WHEN i % 1000 = 7 THEN 'awaiting_approval' WHEN i % 3 = 0 THEN 'failed'
+             WHEN i % 3 = 1 THEN 'promoted' ELSE 'deployed' END, 0, 0
+    FROM g;
+    ANALYZE;";

@@ -122,6 +122,27 @@ shutdown_grace = "3s"
         }
     }
 
+    /// Start the daemon in directory `cwd`, with `config` as given (a relative path is
+    /// read from `cwd`), as an operator starts it from the service's directory.
+    pub fn spawn_daemon_in(&self, cwd: &Path, config: &Path) -> Daemon {
+        let log = self
+            .dir
+            .path()
+            .join(format!("daemon-{}.log", rand_suffix()));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = self
+            .cmd(config, &["run"])
+            .current_dir(cwd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap();
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
     /// Start the daemon with extra environment variables.
     pub fn spawn_daemon_env(&self, config: &Path, vars: &[(&str, &str)]) -> Daemon {
         let log = self
