@@ -321,6 +321,7 @@ fn facts(r: &Result<Sent, Failure>, took: Duration) -> AttemptFacts {
     AttemptFacts {
         status,
         took: Some(took),
+        reconciliation: false,
     }
 }
 
