@@ -12,8 +12,11 @@
 //! *before* it sends the call (fenced by the delivery's claim token), and an attempt that
 //! finds such a record left by an earlier one (a timeout, a 5xx, a cut-off body, a
 //! crash) reconciles before anything else: exactly one new deployment that no other
-//! pipeline recorded is the deploy (adopted, `reconciled`); none -> deploy again; several
-//! -> `unknown`, never sent again by itself. A failing read is retried, never a blind deploy.
+//! pipeline recorded is the deploy (adopted, `reconciled`); none -> deploy again, or dead
+//! when that was the last attempt; several -> `unknown`, never sent again by itself. The
+//! last attempt's call is reconciled like any other (the outbox schedules a pass for it),
+//! and a pass that only reconciles is no attempt of its own. A failing read is retried,
+//! never a blind deploy.
 
 use std::time::Duration;
 
@@ -192,6 +195,9 @@ pub struct DeployAttempt {
     pub in_doubt: bool,
     /// Who approved the deploy (`approval = "before_deploy"`), for `checkpoint.deployed`.
     pub approved_by: Option<String>,
+    /// It only reconciled a call an earlier attempt left in doubt, and sent nothing: it
+    /// completes that attempt and is not counted as one.
+    pub reconciled_only: bool,
 }
 
 impl DeployAttempt {
@@ -200,6 +206,15 @@ impl DeployAttempt {
             result,
             in_doubt: false,
             approved_by: None,
+            reconciled_only: false,
+        }
+    }
+
+    /// The end of an attempt that only reconciled an earlier call.
+    fn reconciled(self) -> Self {
+        DeployAttempt {
+            reconciled_only: true,
+            ..self
         }
     }
 
@@ -271,15 +286,17 @@ impl DeploySink {
         })
     }
 
-    /// One attempt of the claimed delivery `c` at sink `sink`: reconcile a call left in
-    /// doubt, then supersede (`latest_only`), validate, read the model's deployments,
-    /// record them, and only then deploy.
+    /// One attempt of the claimed delivery `c` at sink `sink`, of at most `budget`:
+    /// reconcile a call left in doubt, then supersede (`latest_only`), validate, read the
+    /// model's deployments, record them, and only then deploy. A pass after the last
+    /// attempt only reconciles.
     pub async fn attempt(
         &self,
         api: &dyn LoopsDeployer,
         store: &dyn Store,
         sink: &str,
         c: &Claimed,
+        budget: u32,
     ) -> DeployAttempt {
         let now = chrono::Utc::now();
         let created = checkpoint_created_at_text(&c.event);
@@ -293,9 +310,8 @@ impl DeploySink {
             Ok(r) => r,
             Err(f) => {
                 return DeployAttempt {
-                    result: Err(f),
                     in_doubt,
-                    approved_by: None,
+                    ..DeployAttempt::known(Err(f))
                 };
             }
         };
@@ -303,14 +319,14 @@ impl DeploySink {
             let model = row.model_name.as_deref().unwrap_or(&request.model_name);
             match reconcile(api, store, c.delivery_id, model, before).await {
                 Ok(Reconciled::Adopt(d)) => {
-                    return DeployAttempt::deployed(d, &row);
+                    return DeployAttempt::deployed(d, &row).reconciled();
                 }
                 Ok(Reconciled::Ambiguous(why)) => {
                     return DeployAttempt {
-                        result: Ok(Sent::Ambiguous(why)),
                         in_doubt: true,
-                        approved_by: None,
-                    };
+                        ..DeployAttempt::known(Ok(Sent::Ambiguous(why)))
+                    }
+                    .reconciled();
                 }
                 // Nothing was deployed: from here on this attempt is a first one.
                 Ok(Reconciled::Nothing) => match store.deploy_clear_intent(c, now).await {
@@ -318,17 +334,16 @@ impl DeploySink {
                     Ok(false) => return DeployAttempt::known(Err(Failure::Stale)),
                     Err(e) => {
                         return DeployAttempt {
-                            result: Err(Failure::Store(e.to_string())),
                             in_doubt,
-                            approved_by: None,
-                        };
+                            ..DeployAttempt::known(Err(Failure::Store(e.to_string())))
+                        }
+                        .reconciled();
                     }
                 },
                 Err(f) => {
                     return DeployAttempt {
-                        result: Err(f),
                         in_doubt,
-                        approved_by: None,
+                        ..DeployAttempt::known(Err(f))
                     };
                 }
             }
@@ -349,6 +364,16 @@ impl DeploySink {
                 Ok(None) => {}
                 Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
             }
+        }
+        // The last attempt's call was in doubt and did not deploy: no attempt is left.
+        if c.attempts >= budget {
+            let last = row.error.as_deref().map(|e| format!(" (last error: {e})"));
+            return DeployAttempt::known(Err(Failure::Exhausted(format!(
+                "no deployment was made after {} attempts: the model's deployments show none new since the last call{}",
+                c.attempts,
+                last.unwrap_or_default()
+            ))))
+            .reconciled();
         }
         // The gate: nothing is validated or deployed before a person approves (a rejected
         // deploy re-queued with `deliveries redeliver` asks again).
@@ -406,12 +431,11 @@ impl DeploySink {
             // at the next attempt before anything else (which waits as any retry does,
             // `Retry-After` included).
             Err(e) => DeployAttempt {
-                result: Err(failure(
+                in_doubt: true,
+                ..DeployAttempt::known(Err(failure(
                     "deploy (outcome unknown, reconciled before any retry)",
                     e,
-                )),
-                in_doubt: true,
-                approved_by: None,
+                )))
             },
         }
     }

@@ -82,12 +82,18 @@ pub enum Failure {
     /// Not attempted now (another deploy to the same model is in doubt): due again
     /// shortly, the attempt not counted.
     Deferred(String),
+    /// A deploy whose attempts are used up, the last call reconciled and found to have
+    /// deployed nothing: dead with this reason (`deliveries redeliver` starts again).
+    Exhausted(String),
 }
 
 impl Failure {
     /// No retry can fix it: dead at once.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Failure::Payload(_) | Failure::Rejected { .. })
+        matches!(
+            self,
+            Failure::Payload(_) | Failure::Rejected { .. } | Failure::Exhausted(_)
+        )
     }
 
     fn status(&self) -> Option<u16> {
@@ -118,6 +124,7 @@ impl std::fmt::Display for Failure {
             Failure::Unknown(e) => f.write_str(e),
             Failure::Stale => f.write_str("the claim was taken again; this attempt stopped"),
             Failure::Deferred(e) => f.write_str(e),
+            Failure::Exhausted(e) => f.write_str(e),
         }
     }
 }
@@ -159,6 +166,36 @@ pub fn decide(
         next,
         status,
         error,
+    }
+}
+
+/// How long a deploy whose call is in doubt waits before it is reconciled when its sink
+/// has no `retry_schedule` to pace it.
+pub const RECONCILE_WITHOUT_SCHEDULE: Duration = Duration::from_secs(30);
+
+/// When a deploy call left in doubt by attempt number `attempts_before` (or a failed
+/// read of its reconciliation after it) is reconciled: when the next attempt would be due,
+/// and once none is left, after the schedule's last step, so that the last attempt is
+/// reconciled like any other and a read that keeps failing is tried again at that pace,
+/// never given up for want of attempts (a read costs nothing; giving up would leave a
+/// deploy that may have happened untold). `Retry-After` is a floor, as for any retry.
+pub fn reconcile_at(
+    failure: &Failure,
+    attempts_before: u32,
+    schedule: &[Duration],
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> AttemptOutcome {
+    let failure = Err(failure.clone());
+    match schedule.len() {
+        0 => decide(&failure, 0, &[RECONCILE_WITHOUT_SCHEDULE], now, jitter),
+        n => decide(
+            &failure,
+            attempts_before.min(n as u32 - 1),
+            schedule,
+            now,
+            jitter,
+        ),
     }
 }
 
@@ -306,6 +343,8 @@ struct Finished {
     took: Duration,
     /// A deploy call may have acted without its outcome being known.
     in_doubt: bool,
+    /// A deploy attempt that only reconciled an earlier call in doubt and sent nothing.
+    reconciled_only: bool,
     /// Who approved a deploy.
     approved_by: Option<String>,
 }
@@ -411,12 +450,15 @@ impl Outbox {
     async fn attempt(&self, sink: &Sink, c: Claimed) -> Finished {
         let start = Instant::now();
         let mut approved_by = None;
+        let mut reconciled_only = false;
         let (result, in_doubt) = match (&sink.deploy, &sink.deployer) {
             (Some(d), Some(api)) => {
-                let attempt = d.attempt(api.as_ref(), self.store.as_ref(), sink.name(), &c);
+                let budget = 1 + sink.cfg.retry_schedule.len() as u32;
+                let attempt = d.attempt(api.as_ref(), self.store.as_ref(), sink.name(), &c, budget);
                 match tokio::time::timeout(sink.cfg.timeout, attempt).await {
                     Ok(a) => {
                         approved_by = a.approved_by;
+                        reconciled_only = a.reconciled_only;
                         (a.result, a.in_doubt)
                     }
                     // Cut short, perhaps mid-call: the next attempt reconciles if a call
@@ -438,6 +480,7 @@ impl Outbox {
             result,
             took: start.elapsed(),
             in_doubt,
+            reconciled_only,
             approved_by,
         }
     }
@@ -746,6 +789,33 @@ mod tests {
             decide(&status(500, None), 0, &[], now, 0.0),
             AttemptOutcome::Dead { .. }
         ));
+    }
+
+    #[test]
+    fn a_call_in_doubt_is_reconciled_at_the_next_step_and_after_the_last_never_given_up() {
+        let now = Utc::now();
+        let at = |attempts_before: u32, schedule: &[Duration]| {
+            wait_of(
+                &reconcile_at(&Failure::Timeout, attempts_before, schedule, now, 0.0),
+                now,
+            )
+        };
+        assert_eq!(at(0, &schedule()), 5.0);
+        assert_eq!(at(1, &schedule()), 300.0);
+        // The last attempt's call, and reads that keep failing after it: the last step.
+        assert_eq!(at(2, &schedule()), 300.0);
+        assert_eq!(at(40, &schedule()), 300.0);
+        assert_eq!(at(0, &[]), RECONCILE_WITHOUT_SCHEDULE.as_secs_f64());
+        let busy = Failure::Status {
+            code: 503,
+            retry_after: Some(Duration::from_secs(900)),
+            body: String::new(),
+        };
+        assert_eq!(
+            wait_of(&reconcile_at(&busy, 2, &schedule(), now, 0.0), now),
+            900.0,
+            "Retry-After is still a floor"
+        );
     }
 
     #[test]
