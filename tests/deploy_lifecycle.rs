@@ -677,3 +677,85 @@ async fn the_last_attempts_unknown_outcome_with_a_foreign_deployment_ends_unknow
     .await;
     drop(d);
 }
+
+#[tokio::test]
+async fn failing_reconciliation_reads_are_retried_past_the_attempts_never_a_blind_deploy() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink_retrying(TWO_RETRIES, "follow = false"),
+        lifecycle_hook(&rx.url)
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    // The first call deploys and drops the connection; from then on the model lookup
+    // answers 502.
+    h.push_fault_to(Route::Deploy, Fault::ActThenClose);
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("the deploy call", T, || {
+        (h.requests_to(Route::Deploy) == 1).then_some(())
+    })
+    .await;
+    h.set_fault_on(
+        Route::Models,
+        Some(Fault::Status {
+            code: 502,
+            retry_after: None,
+            body: None,
+        }),
+    );
+    let reads = h.requests_to(Route::Models);
+    // Twice as many failed reads as attempts are left.
+    let end = std::time::Instant::now() + T;
+    while h.requests_to(Route::Models) < reads + 4 {
+        let d = deploy_delivery(&env, &cfg).await.unwrap();
+        assert_eq!(d["status"], "pending", "gave up while the reads fail: {d}");
+        assert!(std::time::Instant::now() < end, "no reconciliation reads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = deploy_delivery(&env, &cfg).await.unwrap();
+    assert_eq!(pending["status"], "pending", "{pending}");
+    assert_eq!(pending["attempts"], 1, "reads are no attempts");
+    let why = pending["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("reconciling") && why.contains("cannot read the model's models"),
+        "{why}"
+    );
+    assert_eq!(h.requests_to(Route::Deploy), 1, "no blind deploy");
+    let rows = deploys(&env, &cfg).await;
+    assert_eq!(rows[0]["stage"], "deploying");
+    assert!(rows[0]["in_doubt_before"].is_array(), "{}", rows[0]);
+    let out = env.run(&cfg, &["deploys"]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("in doubt"), "{table}");
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read the model's models"),
+        "{}",
+        rows[0]
+    );
+    let m = common::metrics(&addr).await;
+    for series in [
+        r#"loopwatch_deliveries_total{outcome="dead",sink="deploy"} 0"#,
+        r#"loopwatch_deliveries_pending{sink="deploy"} 1"#,
+        r#"loopwatch_deploys{sink="deploy",stage="deploying"} 1"#,
+        r#"loopwatch_deploys{sink="deploy",stage="unknown"} 0"#,
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
+    // The reads come back: the one deployment is adopted, nothing is deployed again.
+    h.set_fault_on(Route::Models, None);
+    let done = deploy_delivery_settled(&env, &cfg).await;
+    assert_eq!(done["status"], "delivered", "{done}");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(h.requests_to(Route::Deploy), 1);
+    assert_eq!(h.deployments_of("qwen-step-100").len(), 1);
+    wait_for("checkpoint.deployed", T, || (rx.count() >= 1).then_some(())).await;
+    let b = &received_of(&rx, "checkpoint.deployed")[0];
+    assert_eq!(b["data"]["deployment"]["reconciled"], true);
+}

@@ -15,9 +15,10 @@
 //! pipeline recorded is the deploy (adopted, `reconciled`); none -> deploy again, or dead
 //! when that was the last attempt; several -> `unknown`, never sent again by itself. The
 //! last attempt's call is reconciled like any other (the outbox schedules a pass for it),
-//! and a pass that only reconciles is no attempt of its own. A failing read is retried,
-//! never a blind deploy.
+//! and a pass that only reconciles is no attempt of its own: a failing read is retried,
+//! without end and without using up attempts, and never leads to a blind deploy.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -230,6 +231,48 @@ impl DeployAttempt {
     }
 }
 
+/// How far a deploy attempt got, for the outbox when the sink's `timeout` cuts the attempt
+/// short: a cut during the reads of a reconciliation leaves the earlier call in doubt and
+/// sends nothing; one before the deploy intent leaves nothing in doubt.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU8);
+
+/// The steps of [`Progress`], in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the pipeline (a call may be in doubt from an earlier attempt).
+    Starting,
+    /// Reading the model's deployments to reconcile an earlier call in doubt.
+    Reconciling,
+    /// No call in doubt: superseding, approval, validate, the reads before a call.
+    Preparing,
+    /// Recording the intent and calling deploy: the call may act.
+    Calling,
+}
+
+impl Progress {
+    fn set(&self, step: Step) {
+        self.0.store(step as u8, Ordering::SeqCst);
+    }
+
+    /// The step the attempt reached.
+    pub fn step(&self) -> Step {
+        match self.0.load(Ordering::SeqCst) {
+            0 => Step::Starting,
+            1 => Step::Reconciling,
+            2 => Step::Preparing,
+            _ => Step::Calling,
+        }
+    }
+}
+
+/// The error kept while a call in doubt cannot be reconciled because `why`.
+pub fn reconciling(why: impl std::fmt::Display) -> String {
+    format!(
+        "reconciling the deploy call in doubt: {why}; nothing is deployed until the model's deployments are read"
+    )
+}
+
 /// What reconciliation found after a call whose outcome is unknown.
 enum Reconciled {
     /// Exactly one new deployment: the call deployed it.
@@ -289,7 +332,7 @@ impl DeploySink {
     /// One attempt of the claimed delivery `c` at sink `sink`, of at most `budget`:
     /// reconcile a call left in doubt, then supersede (`latest_only`), validate, read the
     /// model's deployments, record them, and only then deploy. A pass after the last
-    /// attempt only reconciles.
+    /// attempt only reconciles. `progress` tells the outbox how far it got.
     pub async fn attempt(
         &self,
         api: &dyn LoopsDeployer,
@@ -297,6 +340,7 @@ impl DeploySink {
         sink: &str,
         c: &Claimed,
         budget: u32,
+        progress: &Progress,
     ) -> DeployAttempt {
         let now = chrono::Utc::now();
         let created = checkpoint_created_at_text(&c.event);
@@ -316,6 +360,7 @@ impl DeploySink {
             }
         };
         if let Some(before) = &row.in_doubt_before {
+            progress.set(Step::Reconciling);
             let model = row.model_name.as_deref().unwrap_or(&request.model_name);
             match reconcile(api, store, c.delivery_id, model, before).await {
                 Ok(Reconciled::Adopt(d)) => {
@@ -340,14 +385,18 @@ impl DeploySink {
                         .reconciled();
                     }
                 },
+                // Still in doubt: read again later, whatever attempts are left; nothing
+                // is sent meanwhile.
                 Err(f) => {
                     return DeployAttempt {
                         in_doubt,
-                        ..DeployAttempt::known(Err(f))
-                    };
+                        ..DeployAttempt::known(Err(Failure::Unknown(reconciling(f))))
+                    }
+                    .reconciled();
                 }
             }
         }
+        progress.set(Step::Preparing);
         if self.cfg.latest_only
             && let Some(created) = checkpoint_created_at(&c.event)
         {
@@ -401,6 +450,7 @@ impl DeploySink {
             Err(f) => return DeployAttempt::known(Err(f)),
         };
         let before: Vec<String> = before.into_iter().map(|d| d.id).collect();
+        progress.set(Step::Calling);
         match store
             .deploy_intent(c, &request.model_name, model_id.as_deref(), &before, now)
             .await

@@ -453,17 +453,42 @@ impl Outbox {
         let mut reconciled_only = false;
         let (result, in_doubt) = match (&sink.deploy, &sink.deployer) {
             (Some(d), Some(api)) => {
+                let progress = deploy::Progress::default();
                 let budget = 1 + sink.cfg.retry_schedule.len() as u32;
-                let attempt = d.attempt(api.as_ref(), self.store.as_ref(), sink.name(), &c, budget);
+                let attempt = d.attempt(
+                    api.as_ref(),
+                    self.store.as_ref(),
+                    sink.name(),
+                    &c,
+                    budget,
+                    &progress,
+                );
                 match tokio::time::timeout(sink.cfg.timeout, attempt).await {
                     Ok(a) => {
                         approved_by = a.approved_by;
                         reconciled_only = a.reconciled_only;
                         (a.result, a.in_doubt)
                     }
-                    // Cut short, perhaps mid-call: the next attempt reconciles if a call
-                    // was recorded as sent.
-                    Err(_) => (Err(Failure::Timeout), true),
+                    // Cut short: what is in doubt depends on how far it got.
+                    Err(_) => match progress.step() {
+                        // Reading for the reconciliation of an earlier call: still in doubt.
+                        deploy::Step::Reconciling => {
+                            reconciled_only = true;
+                            (
+                                Err(Failure::Unknown(deploy::reconciling(
+                                    "the reads took longer than the sink's timeout",
+                                ))),
+                                true,
+                            )
+                        }
+                        // Nothing in doubt, nothing sent yet.
+                        deploy::Step::Preparing => (Err(Failure::Timeout), false),
+                        // Perhaps mid-call: the next attempt reconciles if a call was
+                        // recorded as sent.
+                        deploy::Step::Starting | deploy::Step::Calling => {
+                            (Err(Failure::Timeout), true)
+                        }
+                    },
                 }
             }
             (Some(_), None) => (
