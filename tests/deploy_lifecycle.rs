@@ -16,9 +16,55 @@ const T: Duration = Duration::from_secs(40);
 
 /// A deploy sink "deploy" on every target, with `extra` TOML lines.
 fn deploy_sink(extra: &str) -> String {
-    format!(
-        "[[sinks]]\nname = \"deploy\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf_access_token\"\nmodel_name = \"{{{{ data.target }}}}-{{{{ data.checkpoint.checkpoint_id }}}}\"\nretry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\"]\nfollow_interval = \"200ms\"\n{extra}\n"
+    deploy_sink_retrying(
+        r#"["300ms", "300ms", "300ms", "300ms", "300ms", "300ms"]"#,
+        extra,
     )
+}
+
+/// [`deploy_sink`] with this `retry_schedule` (a TOML array).
+fn deploy_sink_retrying(schedule: &str, extra: &str) -> String {
+    format!(
+        "[[sinks]]\nname = \"deploy\"\nkind = \"baseten_deploy\"\ninstance_type_id = \"H100\"\nhf_secret_name = \"hf_access_token\"\nmodel_name = \"{{{{ data.target }}}}-{{{{ data.checkpoint.checkpoint_id }}}}\"\nretry_schedule = {schedule}\nfollow_interval = \"200ms\"\n{extra}\n"
+    )
+}
+
+/// Three attempts in all, a second apart.
+const TWO_RETRIES: &str = r#"["1s", "1s"]"#;
+
+/// The deploy sink's delivery, as `deliveries list -o json` shows it.
+async fn deploy_delivery(env: &Env, cfg: &std::path::Path) -> Option<Value> {
+    let out = env.run(cfg, &["deliveries", "list", "-o", "json"]).await;
+    let all: Value = serde_json::from_slice(&out.stdout).ok()?;
+    all.as_array()?
+        .iter()
+        .find(|d| d["sink"] == "deploy")
+        .cloned()
+}
+
+/// The deploy sink's delivery once it is no longer pending.
+async fn deploy_delivery_settled(env: &Env, cfg: &std::path::Path) -> Value {
+    let end = std::time::Instant::now() + T;
+    loop {
+        if let Some(d) = deploy_delivery(env, cfg).await
+            && d["status"] != "pending"
+        {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for the deploy delivery to settle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn status_503() -> Fault {
+    Fault::Status {
+        code: 503,
+        retry_after: None,
+        body: None,
+    }
 }
 
 /// A receiver sink for every lifecycle event.
@@ -468,4 +514,248 @@ async fn postgres_replicas_deploy_once_and_a_follow_survives_their_deaths() {
     .await;
     assert_eq!(h.deploys().len(), 1);
     drop(c);
+}
+
+#[tokio::test]
+async fn the_last_attempts_200_without_a_deployment_id_is_reconciled_and_adopted_not_left_unknown()
+{
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink_retrying(TWO_RETRIES, "follow = false"),
+        lifecycle_hook(&rx.url)
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    // Two 503s before acting, then the last allowed attempt deploys and answers
+    // `{"model_id": ...}` without its `deployment_id`: an unknown outcome.
+    h.push_fault_to(Route::Deploy, status_503());
+    h.push_fault_to(Route::Deploy, status_503());
+    h.push_fault_to(Route::Deploy, Fault::MissingField("deployment_id".into()));
+    h.set_status(&id, Some("COMPLETE"));
+    let done = deploy_delivery_settled(&env, &cfg).await;
+    assert_eq!(done["status"], "delivered", "{done}");
+    assert_eq!(
+        done["attempts"], 3,
+        "the reconciliation is no attempt of its own"
+    );
+    assert_eq!(h.requests_to(Route::Deploy), 3);
+    let made = h.deployments_of("qwen-step-100");
+    assert_eq!(made.len(), 1, "{made:?}");
+    // The model's deployments were read after the last call: each attempt reads the
+    // models before its call (and, after an unknown outcome, before that again to
+    // reconcile); the pass after the third reads them once more and finds the deployment.
+    assert_eq!(h.requests_to(Route::Models), 1 + 2 + 2 + 1);
+    assert_eq!(
+        h.requests_to(Route::Deployments),
+        1,
+        "the model exists after call 3"
+    );
+    wait_for("checkpoint.deployed", T, || (rx.count() >= 1).then_some(())).await;
+    let b = &received_of(&rx, "checkpoint.deployed")[0];
+    assert_eq!(b["data"]["deployment"]["reconciled"], true);
+    assert_eq!(
+        b["data"]["deployment"]["deployment_id"],
+        made[0].id.as_str()
+    );
+    let rows = deploys(&env, &cfg).await;
+    assert_eq!(rows[0]["stage"], "deployed");
+    assert_eq!(rows[0]["reconciled"], true);
+    assert_eq!(rows[0]["deploy_calls"], 3);
+    never_within("a fourth deploy call", Duration::from_secs(2), || {
+        h.requests_to(Route::Deploy) > 3
+    })
+    .await;
+    let m = common::metrics(&d.addr().await).await;
+    for series in [
+        r#"loopwatch_deliveries_total{outcome="retry",sink="deploy"} 3"#,
+        r#"loopwatch_deliveries_total{outcome="success",sink="deploy"} 1"#,
+        r#"loopwatch_deploys{sink="deploy",stage="unknown"} 0"#,
+        r#"loopwatch_deliveries_total{outcome="dead",sink="deploy"} 0"#,
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn the_last_attempts_503_is_reconciled_and_dead_when_nothing_was_deployed() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}",
+        deploy_sink_retrying(TWO_RETRIES, "follow = false")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    h.set_fault_on(Route::Deploy, Some(status_503()));
+    h.set_status(&id, Some("COMPLETE"));
+    let dead = deploy_delivery_settled(&env, &cfg).await;
+    assert_eq!(dead["status"], "dead", "{dead}");
+    assert_eq!(dead["attempts"], 3);
+    let why = dead["last_error"].as_str().unwrap();
+    assert!(
+        why.starts_with("no deployment was made after 3 attempts"),
+        "{why}"
+    );
+    assert_eq!(h.requests_to(Route::Deploy), 3, "no blind fourth call");
+    assert!(h.deployments_of("qwen-step-100").is_empty());
+    // Read before each call, before each retry to reconcile, and once more after the last.
+    assert_eq!(h.requests_to(Route::Models), 1 + 2 + 2 + 1);
+    let rows = deploys(&env, &cfg).await;
+    assert_eq!(rows[0]["stage"], "failed");
+    assert_eq!(rows[0]["deploy_calls"], 3);
+    assert!(rows[0].get("in_doubt_before").is_none(), "{}", rows[0]);
+    never_within("a fourth deploy call", Duration::from_secs(2), || {
+        h.requests_to(Route::Deploy) > 3
+    })
+    .await;
+    let m = common::metrics(&d.addr().await).await;
+    for series in [
+        r#"loopwatch_deliveries_total{outcome="retry",sink="deploy"} 3"#,
+        r#"loopwatch_deliveries_total{outcome="dead",sink="deploy"} 1"#,
+        r#"loopwatch_deliveries_dead{sink="deploy"} 1"#,
+        r#"loopwatch_deploys{sink="deploy",stage="failed"} 1"#,
+        r#"loopwatch_deploys{sink="deploy",stage="unknown"} 0"#,
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
+    // Dead, so `redeliver --dead` takes it: once the API is back it deploys, once.
+    h.set_fault_on(Route::Deploy, None);
+    let out = env.run(&cfg, &["deliveries", "redeliver", "--dead"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = deploy_delivery_settled(&env, &cfg).await;
+    assert_eq!(again["status"], "delivered", "{again}");
+    assert_eq!(h.requests_to(Route::Deploy), 4);
+    assert_eq!(h.deployments_of("qwen-step-100").len(), 1);
+}
+
+#[tokio::test]
+async fn the_last_attempts_unknown_outcome_with_a_foreign_deployment_ends_unknown() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}",
+        deploy_sink_retrying(r#"["2s"]"#, "follow = false")
+    ));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    // The first attempt's 503 is reconciled (nothing) and the second, the last, deploys
+    // and drops the connection; someone else deploys the same model meanwhile.
+    h.push_fault_to(Route::Deploy, status_503());
+    h.push_fault_to(Route::Deploy, Fault::ActThenClose);
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("the last call acted", T, || {
+        (!h.deployments_of("qwen-step-100").is_empty()).then_some(())
+    })
+    .await;
+    h.add_foreign_deployment("qwen-step-100");
+    let done = deploy_delivery_settled(&env, &cfg).await;
+    assert_eq!(done["status"], "unknown", "{done}");
+    assert_eq!(
+        done["last_error"],
+        "ambiguous: 2 new deployments of qwen-step-100"
+    );
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(h.requests_to(Route::Deploy), 2);
+    assert_eq!(
+        h.requests_to(Route::Deployments),
+        1,
+        "read after the last call"
+    );
+    never_within("a third deploy call", Duration::from_secs(2), || {
+        h.requests_to(Route::Deploy) > 2
+    })
+    .await;
+    drop(d);
+}
+
+#[tokio::test]
+async fn failing_reconciliation_reads_are_retried_past_the_attempts_never_a_blind_deploy() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink_retrying(TWO_RETRIES, "follow = false"),
+        lifecycle_hook(&rx.url)
+    ));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    // The first call deploys and drops the connection; from then on the model lookup
+    // answers 502.
+    h.push_fault_to(Route::Deploy, Fault::ActThenClose);
+    h.set_status(&id, Some("COMPLETE"));
+    wait_for("the deploy call", T, || {
+        (h.requests_to(Route::Deploy) == 1).then_some(())
+    })
+    .await;
+    h.set_fault_on(
+        Route::Models,
+        Some(Fault::Status {
+            code: 502,
+            retry_after: None,
+            body: None,
+        }),
+    );
+    let reads = h.requests_to(Route::Models);
+    // Twice as many failed reads as attempts are left.
+    let end = std::time::Instant::now() + T;
+    while h.requests_to(Route::Models) < reads + 4 {
+        let d = deploy_delivery(&env, &cfg).await.unwrap();
+        assert_eq!(d["status"], "pending", "gave up while the reads fail: {d}");
+        assert!(std::time::Instant::now() < end, "no reconciliation reads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = deploy_delivery(&env, &cfg).await.unwrap();
+    assert_eq!(pending["status"], "pending", "{pending}");
+    assert_eq!(pending["attempts"], 1, "reads are no attempts");
+    let why = pending["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("reconciling") && why.contains("cannot read the model's models"),
+        "{why}"
+    );
+    assert_eq!(h.requests_to(Route::Deploy), 1, "no blind deploy");
+    let rows = deploys(&env, &cfg).await;
+    assert_eq!(rows[0]["stage"], "deploying");
+    assert!(rows[0]["in_doubt_before"].is_array(), "{}", rows[0]);
+    let out = env.run(&cfg, &["deploys"]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("in doubt"), "{table}");
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read the model's models"),
+        "{}",
+        rows[0]
+    );
+    let m = common::metrics(&addr).await;
+    for series in [
+        r#"loopwatch_deliveries_total{outcome="dead",sink="deploy"} 0"#,
+        r#"loopwatch_deliveries_pending{sink="deploy"} 1"#,
+        r#"loopwatch_deploys{sink="deploy",stage="deploying"} 1"#,
+        r#"loopwatch_deploys{sink="deploy",stage="unknown"} 0"#,
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
+    // The reads come back: the one deployment is adopted, nothing is deployed again.
+    h.set_fault_on(Route::Models, None);
+    let done = deploy_delivery_settled(&env, &cfg).await;
+    assert_eq!(done["status"], "delivered", "{done}");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(h.requests_to(Route::Deploy), 1);
+    assert_eq!(h.deployments_of("qwen-step-100").len(), 1);
+    wait_for("checkpoint.deployed", T, || (rx.count() >= 1).then_some(())).await;
+    let b = &received_of(&rx, "checkpoint.deployed")[0];
+    assert_eq!(b["data"]["deployment"]["reconciled"], true);
 }

@@ -100,6 +100,7 @@ async fn attempts_and_views(store: Arc<dyn Store>) {
         let facts = AttemptFacts {
             status: None,
             took: Some(Duration::from_millis(7)),
+            ..Default::default()
         };
         let recorded = Recorded {
             facts,

@@ -617,6 +617,91 @@ async fn deploy_conformance(store: Arc<dyn Store>, url: &str) {
     );
 }
 
+/// A deploy's reconciliation pass completes the attempt whose call it reconciles: its
+/// outcome is written (the error, the next time, the attempts log under that attempt's
+/// number) but no attempt is counted, and the log stays bounded however often it repeats.
+async fn reconciliation_conformance(store: Arc<dyn Store>) {
+    use loopwatch::store::attempts::KEPT_PER_DELIVERY;
+    use loopwatch::store::{AttemptFacts, DetailQuery};
+    let s = store.as_ref();
+    let lease = Duration::from_secs(60);
+    poll(s, "rc", &[], None).await.unwrap();
+    let listing = [ck("rc1", "r1", Some("COMPLETE"))];
+    assert_eq!(poll(s, "rc", &listing, None).await.unwrap(), 2);
+    let now = Utc::now() + TimeDelta::seconds(1);
+    let claimed = s.claim_due("a", now, 10, false, lease).await.unwrap();
+    let id = claimed[0].delivery_id;
+    let claim = async || {
+        s.claim_due("a", now, 10, false, lease)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.delivery_id == id)
+            .unwrap()
+    };
+    let retry = |error: String| AttemptOutcome::Retry {
+        next: now - TimeDelta::seconds(1),
+        status: None,
+        error,
+    };
+    // The attempt whose call is in doubt counts.
+    s.record_attempt(&claimed[0], &retry("deploy: outcome unknown".into()), now)
+        .await
+        .unwrap();
+    let reconciling = AttemptFacts {
+        reconciliation: true,
+        ..Default::default()
+    };
+    for n in 0..25 {
+        let c = claim().await;
+        assert_eq!(c.attempts, 1, "pass {n}");
+        let r = Recorded {
+            facts: reconciling,
+            ..Recorded::new(&c, retry(format!("reconciling #{n}")))
+        };
+        assert!(s.record_attempts(&[r], now).await.unwrap().is_empty());
+    }
+    let pending = s
+        .list_deliveries(Some(DeliveryStatus::Pending), 100)
+        .await
+        .unwrap();
+    let row = pending.iter().find(|d| d.id == id).unwrap();
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.last_error.as_deref(), Some("reconciling #24"));
+    let c = claim().await;
+    let dead = AttemptOutcome::Dead {
+        status: None,
+        error: "no deployment was made after 1 attempts".into(),
+    };
+    let r = Recorded {
+        facts: reconciling,
+        ..Recorded::new(&c, dead)
+    };
+    assert!(s.record_attempts(&[r], now).await.unwrap().is_empty());
+    let dead = s
+        .list_deliveries(Some(DeliveryStatus::Dead), 100)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id, dead[0].attempts), (id, 1));
+    let detail = s
+        .target_detail(&DetailQuery {
+            target: "rc".into(),
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    let log: Vec<_> = detail
+        .attempts
+        .iter()
+        .filter(|a| a.delivery_id == id)
+        .collect();
+    assert_eq!(log.len() as i64, KEPT_PER_DELIVERY, "bounded per delivery");
+    assert!(log.iter().all(|a| a.attempt == 1), "{log:?}");
+    assert_eq!(log.last().unwrap().outcome, "dead");
+}
+
 /// After an outage, a claim takes half its room from deliveries never attempted: new
 /// events are not queued behind every retry that came due before them. With `ordered`,
 /// a run's new event still waits for the older ones of its run.
@@ -776,6 +861,20 @@ async fn sqlite_deploy_conformance() {
 async fn postgres_deploy_conformance() {
     let url = common::pg::fresh_database().await;
     deploy_conformance(loopwatch::store::open(&url).await.unwrap(), &url).await;
+}
+
+#[tokio::test]
+async fn sqlite_reconciliation_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    reconciliation_conformance(loopwatch::store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn postgres_reconciliation_conformance() {
+    let url = common::pg::fresh_database().await;
+    reconciliation_conformance(loopwatch::store::open(&url).await.unwrap()).await;
 }
 
 #[tokio::test]

@@ -48,7 +48,13 @@ pub async fn deploys(cfg: &Config, sink: Option<&str>, output: Output) -> anyhow
                         d.model_id.unwrap_or_else(|| "-".into()),
                         d.deployment_id.unwrap_or_else(|| "-".into()),
                         d.deployment_status.unwrap_or_else(|| "-".into()),
-                        if d.reconciled { "yes" } else { "" }.into(),
+                        // A call whose outcome is not known yet: reconciled before anything else.
+                        match (d.reconciled, &d.in_doubt_before) {
+                            (true, _) => "yes",
+                            (false, Some(_)) => "in doubt",
+                            (false, None) => "",
+                        }
+                        .into(),
                         approval,
                         rfc3339(d.updated_at),
                         d.error.unwrap_or_default(),

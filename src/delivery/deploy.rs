@@ -12,23 +12,25 @@
 //! *before* it sends the call (fenced by the delivery's claim token), and an attempt that
 //! finds such a record left by an earlier one (a timeout, a 5xx, a cut-off body, a
 //! crash) reconciles before anything else: exactly one new deployment that no other
-//! pipeline recorded is the deploy (adopted, `reconciled`); none -> deploy again; several
-//! -> `unknown`, never sent again by itself. A failing read is retried, never a blind deploy.
+//! pipeline recorded is the deploy (adopted, `reconciled`); none -> deploy again, or dead
+//! when that was the last attempt; several -> `unknown`, never sent again by itself. The
+//! last attempt's call is reconciled like any other (the outbox schedules a pass for it),
+//! and a pass that only reconciles is no attempt of its own: a failing read is retried,
+//! without end and without using up attempts, and never leads to a blind deploy.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::ser::{SerializeMap, Serializer};
-use serde_json::value::RawValue;
 
+pub use super::lifecycle::{
+    checkpoint_created_at, checkpoint_created_at_text, deployed_event, deployed_event_by,
+    lifecycle_event, lifecycle_event_with,
+};
 use super::{Failure, Sent};
 use crate::config::{Approval, DeployConfig};
-use crate::model::{
-    CheckpointTarget, DeployRequest, Deployment, EventType, ModelDeployment, checkpoint_uri,
-    lifecycle_event_id, rfc3339,
-};
+use crate::model::{CheckpointTarget, DeployRequest, Deployment, ModelDeployment, checkpoint_uri};
 use crate::store::{Claimed, DeployRow, Intent, Pipelines, Store, StoredEvent};
 use crate::template::{Template, compile_template};
 
@@ -192,6 +194,9 @@ pub struct DeployAttempt {
     pub in_doubt: bool,
     /// Who approved the deploy (`approval = "before_deploy"`), for `checkpoint.deployed`.
     pub approved_by: Option<String>,
+    /// It only reconciled a call an earlier attempt left in doubt, and sent nothing: it
+    /// completes that attempt and is not counted as one.
+    pub reconciled_only: bool,
 }
 
 impl DeployAttempt {
@@ -200,6 +205,15 @@ impl DeployAttempt {
             result,
             in_doubt: false,
             approved_by: None,
+            reconciled_only: false,
+        }
+    }
+
+    /// The end of an attempt that only reconciled an earlier call.
+    fn reconciled(self) -> Self {
+        DeployAttempt {
+            reconciled_only: true,
+            ..self
         }
     }
 
@@ -213,6 +227,48 @@ impl DeployAttempt {
             ..DeployAttempt::known(Ok(Sent::Deployed(d)))
         }
     }
+}
+
+/// How far a deploy attempt got, for the outbox when the sink's `timeout` cuts the attempt
+/// short: a cut during the reads of a reconciliation leaves the earlier call in doubt and
+/// sends nothing; one before the deploy intent leaves nothing in doubt.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU8);
+
+/// The steps of [`Progress`], in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the pipeline (a call may be in doubt from an earlier attempt).
+    Starting,
+    /// Reading the model's deployments to reconcile an earlier call in doubt.
+    Reconciling,
+    /// No call in doubt: superseding, approval, validate, the reads before a call.
+    Preparing,
+    /// Recording the intent and calling deploy: the call may act.
+    Calling,
+}
+
+impl Progress {
+    fn set(&self, step: Step) {
+        self.0.store(step as u8, Ordering::SeqCst);
+    }
+
+    /// The step the attempt reached.
+    pub fn step(&self) -> Step {
+        match self.0.load(Ordering::SeqCst) {
+            0 => Step::Starting,
+            1 => Step::Reconciling,
+            2 => Step::Preparing,
+            _ => Step::Calling,
+        }
+    }
+}
+
+/// The error kept while a call in doubt cannot be reconciled because `why`.
+pub fn reconciling(why: impl std::fmt::Display) -> String {
+    format!(
+        "reconciling the deploy call in doubt: {why}; nothing is deployed until the model's deployments are read"
+    )
 }
 
 /// What reconciliation found after a call whose outcome is unknown.
@@ -271,15 +327,18 @@ impl DeploySink {
         })
     }
 
-    /// One attempt of the claimed delivery `c` at sink `sink`: reconcile a call left in
-    /// doubt, then supersede (`latest_only`), validate, read the model's deployments,
-    /// record them, and only then deploy.
+    /// One attempt of the claimed delivery `c` at sink `sink`, of at most `budget`:
+    /// reconcile a call left in doubt, then supersede (`latest_only`), validate, read the
+    /// model's deployments, record them, and only then deploy. A pass after the last
+    /// attempt only reconciles. `progress` tells the outbox how far it got.
     pub async fn attempt(
         &self,
         api: &dyn LoopsDeployer,
         store: &dyn Store,
         sink: &str,
         c: &Claimed,
+        budget: u32,
+        progress: &Progress,
     ) -> DeployAttempt {
         let now = chrono::Utc::now();
         let created = checkpoint_created_at_text(&c.event);
@@ -293,24 +352,24 @@ impl DeploySink {
             Ok(r) => r,
             Err(f) => {
                 return DeployAttempt {
-                    result: Err(f),
                     in_doubt,
-                    approved_by: None,
+                    ..DeployAttempt::known(Err(f))
                 };
             }
         };
         if let Some(before) = &row.in_doubt_before {
+            progress.set(Step::Reconciling);
             let model = row.model_name.as_deref().unwrap_or(&request.model_name);
             match reconcile(api, store, c.delivery_id, model, before).await {
                 Ok(Reconciled::Adopt(d)) => {
-                    return DeployAttempt::deployed(d, &row);
+                    return DeployAttempt::deployed(d, &row).reconciled();
                 }
                 Ok(Reconciled::Ambiguous(why)) => {
                     return DeployAttempt {
-                        result: Ok(Sent::Ambiguous(why)),
                         in_doubt: true,
-                        approved_by: None,
-                    };
+                        ..DeployAttempt::known(Ok(Sent::Ambiguous(why)))
+                    }
+                    .reconciled();
                 }
                 // Nothing was deployed: from here on this attempt is a first one.
                 Ok(Reconciled::Nothing) => match store.deploy_clear_intent(c, now).await {
@@ -318,21 +377,24 @@ impl DeploySink {
                     Ok(false) => return DeployAttempt::known(Err(Failure::Stale)),
                     Err(e) => {
                         return DeployAttempt {
-                            result: Err(Failure::Store(e.to_string())),
                             in_doubt,
-                            approved_by: None,
-                        };
+                            ..DeployAttempt::known(Err(Failure::Store(e.to_string())))
+                        }
+                        .reconciled();
                     }
                 },
+                // Still in doubt: read again later, whatever attempts are left; nothing
+                // is sent meanwhile.
                 Err(f) => {
                     return DeployAttempt {
-                        result: Err(f),
                         in_doubt,
-                        approved_by: None,
-                    };
+                        ..DeployAttempt::known(Err(Failure::Unknown(reconciling(f))))
+                    }
+                    .reconciled();
                 }
             }
         }
+        progress.set(Step::Preparing);
         if self.cfg.latest_only
             && let Some(created) = checkpoint_created_at(&c.event)
         {
@@ -349,6 +411,16 @@ impl DeploySink {
                 Ok(None) => {}
                 Err(e) => return DeployAttempt::known(Err(Failure::Store(e.to_string()))),
             }
+        }
+        // The last attempt's call was in doubt and did not deploy: no attempt is left.
+        if c.attempts >= budget {
+            let last = row.error.as_deref().map(|e| format!(" (last error: {e})"));
+            return DeployAttempt::known(Err(Failure::Exhausted(format!(
+                "no deployment was made after {} attempts: the model's deployments show none new since the last call{}",
+                c.attempts,
+                last.unwrap_or_default()
+            ))))
+            .reconciled();
         }
         // The gate: nothing is validated or deployed before a person approves (a rejected
         // deploy re-queued with `deliveries redeliver` asks again).
@@ -376,6 +448,7 @@ impl DeploySink {
             Err(f) => return DeployAttempt::known(Err(f)),
         };
         let before: Vec<String> = before.into_iter().map(|d| d.id).collect();
+        progress.set(Step::Calling);
         match store
             .deploy_intent(c, &request.model_name, model_id.as_deref(), &before, now)
             .await
@@ -406,12 +479,11 @@ impl DeploySink {
             // at the next attempt before anything else (which waits as any retry does,
             // `Retry-After` included).
             Err(e) => DeployAttempt {
-                result: Err(failure(
+                in_doubt: true,
+                ..DeployAttempt::known(Err(failure(
                     "deploy (outcome unknown, reconciled before any retry)",
                     e,
-                )),
-                in_doubt: true,
-                approved_by: None,
+                )))
             },
         }
     }
@@ -484,158 +556,6 @@ pub(super) fn read_failure(step: &'static str, e: CallError) -> Failure {
 
 pub(super) fn failure(step: &'static str, e: CallError) -> Failure {
     e.into_failure(step)
-}
-
-/// The `checkpoint.deployed` event `sink` announces for the completed event `completed`.
-pub fn deployed_event(
-    completed: &StoredEvent,
-    sink: &str,
-    d: &Deployed,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<StoredEvent, String> {
-    deployed_event_by(completed, sink, d, None, now)
-}
-
-/// [`deployed_event`] of a deploy `approved_by` someone.
-pub fn deployed_event_by(
-    completed: &StoredEvent,
-    sink: &str,
-    d: &Deployed,
-    approved_by: Option<String>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<StoredEvent, String> {
-    let data = DeploymentData {
-        approved_by,
-        ..DeploymentData::deployed(sink, d)
-    };
-    lifecycle_event(completed, EventType::Deployed, &data, now)
-}
-
-/// A deploy lifecycle event of `kind` for the completed event `completed`: its id
-/// derived from the completed event's, the sink and the kind, its `data` the completed
-/// event's plus `deployment`, fields in the same order.
-pub fn lifecycle_event(
-    completed: &StoredEvent,
-    kind: EventType,
-    deployment: &DeploymentData,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<StoredEvent, String> {
-    lifecycle_event_with(completed, kind, deployment, Vec::new(), now)
-}
-
-/// [`lifecycle_event`] with `extra` members of `data` after `deployment` (an approval's
-/// commands and deadline).
-pub fn lifecycle_event_with(
-    completed: &StoredEvent,
-    kind: EventType,
-    deployment: &DeploymentData,
-    extra: Vec<(&str, serde_json::Value)>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<StoredEvent, String> {
-    let id = lifecycle_event_id(&completed.id, &deployment.sink, kind);
-    let old: Body = serde_json::from_str(&completed.body)
-        .map_err(|e| format!("stored event body is not as written: {e}"))?;
-    let deployment = serde_json::to_value(deployment).expect("plain fields serialize");
-    let mut data: Vec<(String, Box<RawValue>)> = old
-        .data
-        .0
-        .into_iter()
-        .filter(|(k, _)| k != "deployment")
-        .collect();
-    let raw = |v: &serde_json::Value| RawValue::from_string(v.to_string()).expect("valid JSON");
-    match data.iter_mut().find(|(k, _)| k == "event_id") {
-        Some((_, v)) => *v = raw(&serde_json::Value::String(id.clone())),
-        None => data.insert(0, ("event_id".into(), raw(&id.clone().into()))),
-    }
-    data.push(("deployment".into(), raw(&deployment)));
-    for (k, v) in extra {
-        data.retain(|(have, _)| have != k);
-        data.push((k.to_string(), raw(&v)));
-    }
-    let body = serde_json::to_string(&OutBody {
-        kind: kind.as_str(),
-        timestamp: rfc3339(now),
-        data: Ordered(data),
-    })
-    .map_err(|e| e.to_string())?;
-    Ok(StoredEvent {
-        seq: 0,
-        id,
-        kind: kind.as_str().into(),
-        target: completed.target.clone(),
-        checkpoint_id: completed.checkpoint_id.clone(),
-        checkpoint_name: completed.checkpoint_name.clone(),
-        run_id: completed.run_id.clone(),
-        checkpoint_target: completed.checkpoint_target.clone(),
-        detected_at: now,
-        body,
-    })
-}
-
-/// The checkpoint's `created_at` as the upstream wrote it, from a stored standard body.
-pub fn checkpoint_created_at_text(event: &StoredEvent) -> Option<String> {
-    let v = crate::json::parse(&event.body).ok()?;
-    v["data"]["checkpoint"]["created_at"]
-        .as_str()
-        .map(str::to_string)
-}
-
-/// The time a stored standard body's checkpoint is ordered by for `latest_only`: its
-/// `created_at`, or its first sight when `created_at` lies more than a day past it
-/// ([`crate::model::ordering_time`]).
-pub fn checkpoint_created_at(event: &StoredEvent) -> Option<chrono::DateTime<chrono::Utc>> {
-    let v = crate::json::parse(&event.body).ok()?;
-    let created = crate::model::parse_created_at(v["data"]["checkpoint"]["created_at"].as_str()?)?;
-    let seen = (v["data"]["first_seen_at"].as_str())
-        .and_then(crate::model::parse_created_at)
-        .unwrap_or(event.detected_at);
-    Some(crate::model::ordering_time(created, seen))
-}
-
-#[derive(serde::Deserialize)]
-struct Body {
-    data: Ordered,
-}
-
-#[derive(Serialize)]
-struct OutBody {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    timestamp: String,
-    data: Ordered,
-}
-
-/// A JSON object's members in their order (serde_json's map sorts them).
-struct Ordered(Vec<(String, Box<RawValue>)>);
-
-impl<'de> serde::Deserialize<'de> for Ordered {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Ordered;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Ordered, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, Box<RawValue>>()? {
-                    out.push((k, v));
-                }
-                Ok(Ordered(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-impl Serialize for Ordered {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
 }
 
 #[cfg(test)]

@@ -18,9 +18,11 @@ pub mod approval;
 pub mod deploy;
 pub mod exec;
 mod follow;
+mod lifecycle;
 mod outcome;
 pub mod payload;
 mod promote;
+mod retry;
 /// Signing moved below config and delivery (`crate::signing`); the old path still works.
 pub mod webhook;
 mod worker;
@@ -44,123 +46,9 @@ use crate::store::{
 use crate::template::{Template, compile_template};
 use crate::wake::Wake;
 use deploy::{DeploySink, Deployed, LoopsDeployer};
+pub use retry::{Failure, RECONCILE_WITHOUT_SCHEDULE, decide, reconcile_at};
 
 // `Deployed` is what `Sent::Deployed` carries; re-exported for the wiring and tests.
-
-/// Why an attempt failed.
-#[derive(Clone, Debug)]
-pub enum Failure {
-    Status {
-        code: u16,
-        retry_after: Option<Duration>,
-        body: String,
-    },
-    Timeout,
-    Connect(String),
-    Exec(String),
-    /// The payload could not be built: a template that fails to render (or runs out of
-    /// fuel or size), a body the CloudEvents encoder cannot produce, an environment value
-    /// the OS refuses (a NUL byte, too large). The same event fails the same way on every
-    /// attempt, so it is dead at once with this reason; a fixed config and `deliveries
-    /// redeliver` send it again. (It followed the retry schedule, for days.)
-    Payload(String),
-    /// Final: the Loops API refused the request at `step` (`validate`, `deploy`), or it
-    /// cannot be made (`model_name`). Dead at once, the reason kept.
-    Rejected {
-        step: &'static str,
-        code: Option<u16>,
-        reason: String,
-    },
-    /// The store could not be asked (a deploy's `latest_only` check): follows the schedule.
-    Store(String),
-    /// A deploy whose outcome is not known (the call's answer was lost, or the model's
-    /// deployments could not be read): the next attempt reconciles before anything else.
-    Unknown(String),
-    /// The claim was taken again (it lapsed): the attempt stopped before acting, and its
-    /// outcome is not recorded; whoever holds the claim now carries on.
-    Stale,
-    /// Not attempted now (another deploy to the same model is in doubt): due again
-    /// shortly, the attempt not counted.
-    Deferred(String),
-}
-
-impl Failure {
-    /// No retry can fix it: dead at once.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, Failure::Payload(_) | Failure::Rejected { .. })
-    }
-
-    fn status(&self) -> Option<u16> {
-        match self {
-            Failure::Status { code, .. } => Some(*code),
-            Failure::Rejected { code, .. } => *code,
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Status { code, body, .. } if body.is_empty() => write!(f, "HTTP {code}"),
-            Failure::Status { code, body, .. } => write!(f, "HTTP {code}: {body}"),
-            Failure::Timeout => f.write_str("timed out"),
-            Failure::Connect(e) => write!(f, "connection failed: {e}"),
-            Failure::Exec(e) => f.write_str(e),
-            Failure::Payload(e) => write!(f, "cannot build the payload: {e}"),
-            Failure::Rejected {
-                step,
-                code: Some(code),
-                reason,
-            } => write!(f, "{step} refused (HTTP {code}): {reason}"),
-            Failure::Rejected { step, reason, .. } => write!(f, "{step}: {reason}"),
-            Failure::Store(e) => write!(f, "cannot read the store: {e}"),
-            Failure::Unknown(e) => f.write_str(e),
-            Failure::Stale => f.write_str("the claim was taken again; this attempt stopped"),
-            Failure::Deferred(e) => f.write_str(e),
-        }
-    }
-}
-
-/// Decide what happens after attempt number `attempts_before + 1`. `jitter` is in
-/// [-1, 1] and scales the +-20% spread.
-pub fn decide(
-    result: &Result<u16, Failure>,
-    attempts_before: u32,
-    schedule: &[Duration],
-    now: DateTime<Utc>,
-    jitter: f64,
-) -> AttemptOutcome {
-    let failure = match result {
-        Ok(_) => return AttemptOutcome::Delivered,
-        Err(f) => f,
-    };
-    let status = failure.status();
-    // What is kept and logged: a peer's text in it is redacted at its source; this also
-    // covers every failure kind added later.
-    let error = crate::redact::secrets(&failure.to_string()).into_owned();
-    if status == Some(410) || failure.is_permanent() {
-        return AttemptOutcome::Dead { status, error };
-    }
-    let Some(base) = schedule.get(attempts_before as usize) else {
-        return AttemptOutcome::Dead { status, error };
-    };
-    let mut wait = base.mul_f64(1.0 + 0.2 * jitter.clamp(-1.0, 1.0));
-    if let Failure::Status {
-        code: 429 | 503,
-        retry_after: Some(ra),
-        ..
-    } = failure
-    {
-        wait = wait.max(*ra);
-    }
-    let next = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-    AttemptOutcome::Retry {
-        next,
-        status,
-        error,
-    }
-}
 
 /// What one attempt did, when it did not fail.
 #[derive(Clone, Debug)]
@@ -306,6 +194,8 @@ struct Finished {
     took: Duration,
     /// A deploy call may have acted without its outcome being known.
     in_doubt: bool,
+    /// A deploy attempt that only reconciled an earlier call in doubt and sent nothing.
+    reconciled_only: bool,
     /// Who approved a deploy.
     approved_by: Option<String>,
 }
@@ -321,6 +211,7 @@ fn facts(r: &Result<Sent, Failure>, took: Duration) -> AttemptFacts {
     AttemptFacts {
         status,
         took: Some(took),
+        reconciliation: false,
     }
 }
 
@@ -420,17 +311,45 @@ impl Outbox {
     async fn attempt(&self, sink: &Sink, c: Claimed) -> Finished {
         let start = Instant::now();
         let mut approved_by = None;
+        let mut reconciled_only = false;
         let (result, in_doubt) = match (&sink.deploy, &sink.deployer) {
             (Some(d), Some(api)) => {
-                let attempt = d.attempt(api.as_ref(), self.store.as_ref(), sink.name(), &c);
+                let progress = deploy::Progress::default();
+                let budget = 1 + sink.cfg.retry_schedule.len() as u32;
+                let attempt = d.attempt(
+                    api.as_ref(),
+                    self.store.as_ref(),
+                    sink.name(),
+                    &c,
+                    budget,
+                    &progress,
+                );
                 match tokio::time::timeout(sink.cfg.timeout, attempt).await {
                     Ok(a) => {
                         approved_by = a.approved_by;
+                        reconciled_only = a.reconciled_only;
                         (a.result, a.in_doubt)
                     }
-                    // Cut short, perhaps mid-call: the next attempt reconciles if a call
-                    // was recorded as sent.
-                    Err(_) => (Err(Failure::Timeout), true),
+                    // Cut short: what is in doubt depends on how far it got.
+                    Err(_) => match progress.step() {
+                        // Reading for the reconciliation of an earlier call: still in doubt.
+                        deploy::Step::Reconciling => {
+                            reconciled_only = true;
+                            (
+                                Err(Failure::Unknown(deploy::reconciling(
+                                    "the reads took longer than the sink's timeout",
+                                ))),
+                                true,
+                            )
+                        }
+                        // Nothing in doubt, nothing sent yet.
+                        deploy::Step::Preparing => (Err(Failure::Timeout), false),
+                        // Perhaps mid-call: the next attempt reconciles if a call was
+                        // recorded as sent.
+                        deploy::Step::Starting | deploy::Step::Calling => {
+                            (Err(Failure::Timeout), true)
+                        }
+                    },
                 }
             }
             (Some(_), None) => (
@@ -447,6 +366,7 @@ impl Outbox {
             result,
             took: start.elapsed(),
             in_doubt,
+            reconciled_only,
             approved_by,
         }
     }
@@ -634,152 +554,5 @@ impl DeliverySummary {
         self.superseded += o.superseded;
         self.follow_ups += o.follow_ups;
         self.awaiting_approval += o.awaiting_approval;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn schedule() -> Vec<Duration> {
-        vec![Duration::from_secs(5), Duration::from_secs(300)]
-    }
-
-    fn status(code: u16, retry_after: Option<u64>) -> Result<u16, Failure> {
-        Err(Failure::Status {
-            code,
-            retry_after: retry_after.map(Duration::from_secs),
-            body: String::new(),
-        })
-    }
-
-    fn wait_of(o: &AttemptOutcome, now: DateTime<Utc>) -> f64 {
-        match o {
-            AttemptOutcome::Retry { next, .. } => (*next - now).num_milliseconds() as f64 / 1000.0,
-            other => panic!("expected a retry, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn success_is_delivered() {
-        assert!(matches!(
-            decide(&Ok(204), 0, &schedule(), Utc::now(), 0.0),
-            AttemptOutcome::Delivered
-        ));
-    }
-
-    #[test]
-    fn a_refused_deploy_is_dead_at_once_with_its_reason() {
-        let refused = Err(Failure::Rejected {
-            step: "validate",
-            code: Some(400),
-            reason: "checkpoint uses another LoRA config".into(),
-        });
-        match decide(&refused, 0, &schedule(), Utc::now(), 0.0) {
-            AttemptOutcome::Dead { status, error } => {
-                assert_eq!(status, Some(400));
-                assert_eq!(
-                    error,
-                    "validate refused (HTTP 400): checkpoint uses another LoRA config"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn gone_is_dead_at_once() {
-        assert!(matches!(
-            decide(&status(410, None), 0, &schedule(), Utc::now(), 0.0),
-            AttemptOutcome::Dead { .. }
-        ));
-    }
-
-    #[test]
-    fn a_payload_that_cannot_be_built_is_dead_at_once_with_its_reason() {
-        let r = Err(Failure::Payload(
-            "template: undefined value (in body:1)".into(),
-        ));
-        match decide(&r, 0, &schedule(), Utc::now(), 0.0) {
-            AttemptOutcome::Dead { status, error } => {
-                assert_eq!(status, None);
-                assert_eq!(
-                    error,
-                    "cannot build the payload: template: undefined value (in body:1)"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        // Transient ones still follow the schedule.
-        for f in [
-            Failure::Timeout,
-            Failure::Connect("refused".into()),
-            Failure::Exec("exit 1".into()),
-        ] {
-            assert!(!f.is_permanent());
-            assert!(matches!(
-                decide(&Err(f), 0, &schedule(), Utc::now(), 0.0),
-                AttemptOutcome::Retry { .. }
-            ));
-        }
-    }
-
-    #[test]
-    fn schedule_with_jitter_then_dead() {
-        let now = Utc::now();
-        assert_eq!(
-            wait_of(&decide(&status(500, None), 0, &schedule(), now, 0.0), now),
-            5.0
-        );
-        assert_eq!(
-            wait_of(&decide(&status(500, None), 0, &schedule(), now, 1.0), now),
-            6.0
-        );
-        assert_eq!(
-            wait_of(&decide(&status(500, None), 0, &schedule(), now, -1.0), now),
-            4.0
-        );
-        assert_eq!(
-            wait_of(
-                &decide(&Err(Failure::Timeout), 1, &schedule(), now, 0.0),
-                now
-            ),
-            300.0
-        );
-        // 1 + len(schedule) attempts in all: the third failure is final
-        assert!(matches!(
-            decide(&status(302, None), 2, &schedule(), now, 0.0),
-            AttemptOutcome::Dead { .. }
-        ));
-        assert!(matches!(
-            decide(&status(500, None), 0, &[], now, 0.0),
-            AttemptOutcome::Dead { .. }
-        ));
-    }
-
-    #[test]
-    fn retry_after_is_a_floor_for_429_and_503() {
-        let now = Utc::now();
-        assert_eq!(
-            wait_of(
-                &decide(&status(429, Some(60)), 0, &schedule(), now, 0.0),
-                now
-            ),
-            60.0
-        );
-        assert_eq!(
-            wait_of(
-                &decide(&status(503, Some(2)), 0, &schedule(), now, 0.0),
-                now
-            ),
-            5.0
-        );
-        assert_eq!(
-            wait_of(
-                &decide(&status(500, Some(60)), 0, &schedule(), now, 0.0),
-                now
-            ),
-            5.0
-        );
     }
 }

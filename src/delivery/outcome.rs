@@ -91,10 +91,20 @@ impl Outbox {
         let name = sink.name();
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let c = &f.claimed;
-        let attempt = c.attempts + 1;
         let ev = &c.event;
         let deploy_cfg = sink.deploy.as_ref().map(|d| &d.cfg);
-        let facts = facts(&f.result, f.took);
+        let schedule = &sink.cfg.retry_schedule;
+        // A deploy pass that only reconciled an earlier attempt's call (every pass after
+        // the last attempt is one) completes that attempt: not counted, unless a crash lost
+        // that attempt's own outcome (none counted yet), when it stands in for it.
+        let after_last = deploy_cfg.is_some() && c.attempts as usize > schedule.len();
+        let reconciliation = (f.reconciled_only || after_last) && c.attempts > 0;
+        let facts = AttemptFacts {
+            reconciliation,
+            ..facts(&f.result, f.took)
+        };
+        // The attempt this pass is (or completes).
+        let attempt = c.attempts + u32::from(!reconciliation);
         let mut update: Option<DeployUpdate> = None;
         let outcome = match f.result {
             Err(Failure::Stale) => {
@@ -176,13 +186,18 @@ impl Outbox {
                 decide(&Ok(code), c.attempts, &sink.cfg.retry_schedule, now, jitter)
             }
             Err(failure) => {
-                let o = decide(
-                    &Err(failure),
-                    c.attempts,
-                    &sink.cfg.retry_schedule,
-                    now,
-                    jitter,
-                );
+                // A call in doubt is reconciled before the delivery ends, the last
+                // attempt's too, and a failed read of that reconciliation (or any pass
+                // after the last attempt, which sends nothing) is tried again: never dead
+                // or unknown for want of attempts.
+                let o = if deploy_cfg.is_some()
+                    && (f.in_doubt || after_last)
+                    && !failure.is_permanent()
+                {
+                    reconcile_at(&failure, c.attempts, schedule, now, jitter)
+                } else {
+                    decide(&Err(failure), c.attempts, schedule, now, jitter)
+                };
                 match o {
                     AttemptOutcome::Dead { error, .. } if deploy_cfg.is_some() && f.in_doubt => {
                         // A call may have deployed and nobody could tell: never sent again
@@ -244,7 +259,18 @@ impl Outbox {
             }
             AttemptOutcome::Retry { next, error, .. } => {
                 let in_secs = (*next - now).num_milliseconds() as f64 / 1000.0;
-                warn!(sink = name, event_id = %ev.id, attempt, %error, retry_in_s = in_secs, "delivery failed, will retry");
+                if reconciliation {
+                    warn!(sink = name, event_id = %ev.id, attempt, %error, retry_in_s = in_secs,
+                        "cannot reconcile the deploy call in doubt; nothing is deployed until the model's deployments are read, will read again");
+                } else if f.in_doubt
+                    && deploy_cfg.is_some()
+                    && c.attempts as usize >= schedule.len()
+                {
+                    warn!(sink = name, event_id = %ev.id, attempt, %error, reconcile_in_s = in_secs,
+                        "the last deploy attempt's outcome is unknown; the model's deployments are read before the delivery ends");
+                } else {
+                    warn!(sink = name, event_id = %ev.id, attempt, %error, retry_in_s = in_secs, "delivery failed, will retry");
+                }
                 Some("retry")
             }
             AttemptOutcome::Dead { error, .. } => {

@@ -27,6 +27,11 @@ pub struct AttemptFacts {
     pub status: Option<u16>,
     /// How long the attempt took.
     pub took: Option<Duration>,
+    /// The pass only reconciled a deploy call an earlier attempt left in doubt: it read the
+    /// model's deployments and sent nothing, so it is no attempt of its own. The
+    /// delivery's `attempts` stays, and the log keeps it under the number of the attempt
+    /// it reconciled.
+    pub reconciliation: bool,
 }
 
 /// One logged attempt as the JSON the insert reads (`$1`, an array of these).
@@ -39,6 +44,9 @@ struct Row<'a> {
     status: Option<i64>,
     outcome: &'static str,
     error: Option<&'a str>,
+    /// The log of its delivery may hold [`KEPT_PER_DELIVERY`] rows already: trim it.
+    #[serde(skip)]
+    trim: bool,
 }
 
 /// The rows to log for `outcomes`. A superseded or deferred delivery, or one that now waits
@@ -71,6 +79,7 @@ fn rows<'a>(outcomes: &[(&'a Recorded, &'a str, i64)]) -> Vec<Row<'a>> {
                 status: f.status.or(status).map(i64::from),
                 outcome,
                 error,
+                trim: attempt > 1 || f.reconciliation,
             })
         })
         .collect()
@@ -105,7 +114,8 @@ impl LogDialect for sqlx::Postgres {
 /// A delivery's first attempt needs no trim: before it the log holds nothing, or what a
 /// `redeliver` left of an earlier round, which [`trim`] cut to one fewer than the bound
 /// when it started the count again. So a burst of first-attempt deliveries costs one
-/// statement here, not two.
+/// statement here, not two. A reconciliation pass keeps the number of the attempt it
+/// reconciled, the first one's too, and may come any number of times: always trimmed.
 pub(crate) async fn log<DB: LogDialect>(
     tx: &mut DB::Connection,
     outcomes: &[(&Recorded, &str, i64)],
@@ -132,11 +142,7 @@ where
     .bind(json)
     .execute(&mut *tx)
     .await?;
-    let again: Vec<i64> = rows
-        .iter()
-        .filter(|r| r.attempt > 1)
-        .map(|r| r.id)
-        .collect();
+    let again: Vec<i64> = rows.iter().filter(|r| r.trim).map(|r| r.id).collect();
     trim::<DB>(tx, &again, KEPT_PER_DELIVERY).await
 }
 
@@ -199,6 +205,7 @@ mod tests {
                 AttemptFacts {
                     status: Some(204),
                     took: Some(Duration::from_millis(12)),
+                    ..Default::default()
                 },
             ),
             recorded(
@@ -230,5 +237,26 @@ mod tests {
                 (3, 2, None, Some(410), "dead", Some("HTTP 410")),
             ]
         );
+    }
+
+    #[test]
+    fn a_reconciliation_pass_of_a_first_attempt_is_trimmed() {
+        let retry = || AttemptOutcome::Retry {
+            next: chrono::Utc::now(),
+            status: None,
+            error: "reconciling".into(),
+        };
+        let first = recorded(1, retry(), AttemptFacts::default());
+        let reconciling = recorded(
+            2,
+            retry(),
+            AttemptFacts {
+                reconciliation: true,
+                ..Default::default()
+            },
+        );
+        let refs = [(&first, "s", 1), (&reconciling, "s", 1)];
+        let trimmed: Vec<(i64, bool)> = rows(&refs).iter().map(|r| (r.id, r.trim)).collect();
+        assert_eq!(trimmed, [(1, false), (2, true)]);
     }
 }

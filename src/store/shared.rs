@@ -718,7 +718,8 @@ fn outcome_rows<'a>(outcomes: &[&'a Recorded]) -> Rows<'a> {
             ),
         };
         status.push(st);
-        counted.push(count);
+        // A deploy's reconciliation pass completes an earlier attempt: not counted.
+        counted.push(if r.facts.reconciliation { 0 } else { count });
         next_at.push(next);
         keep_status.push(keep);
         last_status.push(code);
