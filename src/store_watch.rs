@@ -20,7 +20,7 @@ use crate::store::{
     self, Access, Claimed, Coordinator, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow,
     DetailQuery, FollowClaim, FollowOutcome, Inspection, Intent, Outbox, Overview, OverviewQuery,
     Pipelines, PollCommit, PollState, Recorded, Redeliver, Requeued, Result, Role, SinkBacklog,
-    Store, StoreError, StoredEvent, TargetDetail, TargetDump, Undecided,
+    Store, StoreError, StoredEvent, TargetDetail, TargetDump, Undecided, Written,
 };
 
 /// Counts store errors and keeps readiness and the log in step with the store's reach.
@@ -130,7 +130,7 @@ impl Outbox for Watched {
         watched!(self, "claim", self.inner.next_due(sink, now))
     }
 
-    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Written> {
         watched!(self, "record", self.inner.record_attempts(outcomes, now))
     }
 

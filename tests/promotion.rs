@@ -749,7 +749,7 @@ async fn a_newer_checkpoint_supersedes_an_older_one_still_waiting_for_approval()
         lifecycle_hook(&rx.url)
     ));
     let d = env.spawn_daemon(&cfg);
-    d.ready().await;
+    let addr = d.ready().await;
     h.set_status(&older, Some("COMPLETE"));
     event_of(&rx, "checkpoint.awaiting_approval", &older).await;
     h.set_status(&newer, Some("COMPLETE"));
@@ -764,6 +764,17 @@ async fn a_newer_checkpoint_supersedes_an_older_one_still_waiting_for_approval()
     );
     let superseded = env.deliveries(&cfg, Some("superseded")).unwrap();
     assert_eq!(superseded.as_array().unwrap().len(), 1, "{superseded}");
+    // Counted as every superseded delivery is, though never attempted (just after the
+    // write that superseded it).
+    let counted = r#"loopwatch_deliveries_total{outcome="superseded",sink="deploy"}"#;
+    assert!(
+        common::until(T, Duration::from_millis(20), async || {
+            common::metric(&addr, counted).await > 0.0
+        })
+        .await,
+        "the superseded delivery was never counted"
+    );
+    assert_eq!(common::metric(&addr, counted).await, 1.0);
     let out = env
         .run(&cfg, &["deliveries", "approve", &older, "--by", "alice"])
         .await;

@@ -106,7 +106,7 @@ async fn attempts_and_views(store: Arc<dyn Store>) {
             facts,
             ..Recorded::new(&c, retry)
         };
-        let stale = s.record_attempts(&[recorded], now).await.unwrap();
+        let stale = s.record_attempts(&[recorded], now).await.unwrap().stale;
         assert!(stale.is_empty());
     }
     // Then dead, without facts: logged all the same.

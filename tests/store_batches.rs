@@ -183,7 +183,7 @@ async fn fenced_outcomes(store: Arc<dyn Store>) {
         batch.push(r);
     }
     batch.push(Recorded::new(&c[0], AttemptOutcome::Delivered));
-    let mut stale = s.record_attempts(&batch, now).await.unwrap();
+    let mut stale = s.record_attempts(&batch, now).await.unwrap().stale;
     stale.sort();
     let mut want = vec![c[7].delivery_id, c[0].delivery_id];
     want.sort();
@@ -241,7 +241,7 @@ async fn fenced_outcomes(store: Arc<dyn Store>) {
     );
     assert!(s.renew_claims(&[], lease).await.unwrap().is_empty());
     s.release(&[]).await.unwrap();
-    assert!(s.record_attempts(&[], now).await.unwrap().is_empty());
+    assert!(s.record_attempts(&[], now).await.unwrap().stale.is_empty());
 }
 
 fn sqlite() -> (tempfile::TempDir, String) {

@@ -659,7 +659,7 @@ async fn reconciliation_conformance(store: Arc<dyn Store>) {
             facts: reconciling,
             ..Recorded::new(&c, retry(format!("reconciling #{n}")))
         };
-        assert!(s.record_attempts(&[r], now).await.unwrap().is_empty());
+        assert!(s.record_attempts(&[r], now).await.unwrap().stale.is_empty());
     }
     let pending = s
         .list_deliveries(Some(DeliveryStatus::Pending), 100)
@@ -677,7 +677,7 @@ async fn reconciliation_conformance(store: Arc<dyn Store>) {
         facts: reconciling,
         ..Recorded::new(&c, dead)
     };
-    assert!(s.record_attempts(&[r], now).await.unwrap().is_empty());
+    assert!(s.record_attempts(&[r], now).await.unwrap().stale.is_empty());
     let dead = s
         .list_deliveries(Some(DeliveryStatus::Dead), 100)
         .await

@@ -39,9 +39,9 @@ impl Outbox {
             return summary;
         }
         let mut wait = Duration::from_millis(250);
-        let stale = loop {
+        let written = loop {
             match self.store.record_attempts(&outcomes, now).await {
-                Ok(stale) => break stale,
+                Ok(written) => break written,
                 Err(e) => {
                     if !e.is_unavailable() {
                         error!(sink = sink.name(), deliveries = outcomes.len(), error = %e,
@@ -61,6 +61,16 @@ impl Outbox {
                 }
             }
         };
+        // Older deploys waiting for approval that a newer one starting to wait
+        // superseded (`latest_only`): never attempted, counted here.
+        if written.superseded > 0 {
+            self.metrics
+                .deliveries
+                .with_label_values(&[sink.name(), "superseded"])
+                .inc_by(written.superseded);
+            summary.superseded += written.superseded;
+        }
+        let stale = written.stale;
         for id in &stale {
             warn!(
                 sink = sink.name(),

@@ -96,12 +96,12 @@ where
 {
     /// On `tx`, after pipeline `delivery_id` started waiting (`latest_only`): the older
     /// pipelines (by the checkpoint's `created_at`) of the same run and sink still waiting
-    /// are superseded, with their deliveries if those wait too.
+    /// are superseded, with their deliveries if those wait too: how many deliveries.
     pub(crate) async fn supersede_waiting(
         tx: &mut DB::Connection,
         delivery_id: i64,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let me: Option<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
         )))
@@ -109,10 +109,10 @@ where
         .fetch_optional(&mut *tx)
         .await?;
         let Some(me) = me.map(DeployRecord::into_row).transpose()? else {
-            return Ok(());
+            return Ok(0);
         };
         let Some(mine) = me.ordering_time() else {
-            return Ok(());
+            return Ok(0);
         };
         let waiting: Vec<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {DEPLOY_COLUMNS} FROM deploys
@@ -127,6 +127,7 @@ where
             "superseded by {}, a newer checkpoint of run {} (latest_only)",
             me.checkpoint_name, me.run_id
         );
+        let mut superseded = 0;
         for other in waiting {
             let other = other.into_row()?;
             let id = other.delivery_id;
@@ -143,7 +144,7 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
+            let r = sqlx::query(
                 "UPDATE deliveries SET status = 'superseded', last_error = $2, updated_at = $3
                  WHERE id = $1 AND status = 'awaiting_approval'",
             )
@@ -152,8 +153,9 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            superseded += DB::rows_affected(&r);
         }
-        Ok(())
+        Ok(superseded)
     }
 }
 

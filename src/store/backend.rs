@@ -24,7 +24,7 @@ use super::{
     Claimed, Decided, Decision, DeliveryRow, DeliveryStatus, DeployRow, DetailQuery, FollowClaim,
     FollowOutcome, Inspection, Intent, Outbox, Overview, OverviewQuery, Pipelines, PollCommit,
     PollState, Recorded, Redeliver, Requeued, Result, SinkBacklog, StoredEvent, TargetDetail,
-    TargetDump, Undecided,
+    TargetDump, Undecided, Written,
 };
 use crate::model::TargetState;
 
@@ -234,7 +234,7 @@ where
         Queries::next_due(self.reads(), sink, now).await
     }
 
-    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>> {
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Written> {
         let mut w = self.write(Grade::Lease).await?;
         let r = Queries::<DB>::record_attempts(&mut w.conn, outcomes, now.timestamp_millis()).await;
         w.finish(r)

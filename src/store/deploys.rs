@@ -561,13 +561,14 @@ where
             .await?)
     }
 
-    /// On `tx`, with an attempt's outcome: move the pipeline of `delivery_id`.
+    /// On `tx`, with an attempt's outcome: move the pipeline of `delivery_id`; how many
+    /// deliveries waiting for approval it superseded ([`DeployUpdate::supersede_waiting`]).
     pub(crate) async fn apply_deploy_update(
         tx: &mut DB::Connection,
         delivery_id: i64,
         u: &DeployUpdate,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let (follow_next, deadline) = match u.follow {
             Some((next, deadline)) => (
                 Some(next.timestamp_millis()),
@@ -609,9 +610,9 @@ where
         .execute(&mut *tx)
         .await?;
         if u.supersede_waiting {
-            Self::supersede_waiting(tx, delivery_id, now).await?;
+            return Self::supersede_waiting(tx, delivery_id, now).await;
         }
-        Ok(())
+        Ok(0)
     }
 
     /// Claim up to `limit` followed deployments of `sink` due at `now` (wall clock, as
@@ -722,6 +723,7 @@ where
             return Ok(false);
         }
         if o.supersede_waiting {
+            // Before a promotion: the deliveries did deploy and stay as they are.
             Self::supersede_waiting(&mut tx, o.delivery_id, now).await?;
         }
         if o.stage == DeployStage::Promoted {

@@ -370,6 +370,16 @@ pub enum Redeliver {
     },
 }
 
+/// What a write of attempts' outcomes did ([`Outbox::record_attempts`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The deliveries whose outcome was discarded: their claim was no longer held.
+    pub stale: Vec<i64>,
+    /// Deliveries waiting for approval that a deploy starting to wait superseded in the
+    /// same write (`latest_only`): of the same sink, counted as `superseded` by the caller.
+    pub superseded: u64,
+}
+
 /// What `deliveries redeliver` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Requeued {
@@ -444,8 +454,8 @@ pub trait Outbox: Send + Sync + 'static {
     /// The outcomes of several attempts, written together (one transaction), each
     /// attempt logged with its facts in the same transaction ([`attempts`]). An outcome
     /// whose claim is no longer held (its token changed) is discarded, and not logged:
-    /// returns the ids of those.
-    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Vec<i64>>;
+    /// [`Written::stale`] has the ids of those.
+    async fn record_attempts(&self, outcomes: &[Recorded], now: DateTime<Utc>) -> Result<Written>;
 
     /// One outcome; false when it was discarded (a stale claim).
     async fn record_attempt(
@@ -454,10 +464,10 @@ pub trait Outbox: Send + Sync + 'static {
         outcome: &AttemptOutcome,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let stale = self
+        let written = self
             .record_attempts(&[Recorded::new(c, outcome.clone())], now)
             .await?;
-        Ok(stale.is_empty())
+        Ok(written.stale.is_empty())
     }
 
     /// Make held claims (delivery id, token) last `lease` from now; returns the ids still

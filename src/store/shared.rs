@@ -16,7 +16,7 @@ use super::batch::{Col, Rows};
 use super::rows::{self, DeliveryRecord, EventRecord, TargetRecord, TrackedRecord};
 use super::{
     AttemptOutcome, DeliveryRow, DeliveryStatus, Fence, FollowUp, PollCommit, Recorded, Redeliver,
-    Requeued, Result, SinkBacklog, StoredEvent, TargetDump, sql, sql::Lane,
+    Requeued, Result, SinkBacklog, StoredEvent, TargetDump, Written, sql, sql::Lane,
 };
 use crate::model::TargetState;
 use crate::model::{Event, Tracked};
@@ -461,7 +461,7 @@ where
         conn: &mut DB::Connection,
         outcomes: &[Recorded],
         now: i64,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Written> {
         // A delivery twice in one batch: the first write ends its claim, so the second is
         // stale, as when written one after the other.
         let mut seen = std::collections::HashSet::with_capacity(outcomes.len());
@@ -469,7 +469,10 @@ where
             outcomes.iter().partition(|r| seen.insert(r.delivery_id));
         let mut stale: Vec<i64> = again.iter().map(|r| r.delivery_id).collect();
         if first.is_empty() {
-            return Ok(stale);
+            return Ok(Written {
+                stale,
+                superseded: 0,
+            });
         }
         let rows = outcome_rows(&first);
         let mut tx = conn.begin().await?;
@@ -507,6 +510,7 @@ where
             .map(|(id, sink, attempts)| (id, (sink, attempts)))
             .collect();
         let mut applied: Vec<(&Recorded, &str, i64)> = Vec::with_capacity(written.len());
+        let mut superseded = 0;
         for r in first {
             let Some((sink, attempts)) = written.get(&r.delivery_id) else {
                 stale.push(r.delivery_id);
@@ -518,13 +522,13 @@ where
                 Self::insert_follow_up(&mut tx, f, now).await?;
             }
             if let Some(u) = &r.deploy {
-                Self::apply_deploy_update(&mut tx, r.delivery_id, u, now).await?;
+                superseded += Self::apply_deploy_update(&mut tx, r.delivery_id, u, now).await?;
             }
             applied.push((r, sink.as_str(), *attempts));
         }
         super::attempts::log::<DB>(&mut tx, &applied, now).await?;
         tx.commit().await?;
-        Ok(stale)
+        Ok(Written { stale, superseded })
     }
 
     /// Renew held claims (id, token) to `clock_now + lease_ms` on the dialect's claim

@@ -83,7 +83,8 @@ async fn the_superseded_migration_keeps_every_delivery_and_its_id() {
     let stale = store
         .record_attempts(&[superseded], Utc::now())
         .await
-        .unwrap();
+        .unwrap()
+        .stale;
     assert!(stale.is_empty());
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO deliveries (event_seq, sink, run_id, status, next_attempt_at,
