@@ -135,12 +135,17 @@ pub fn decide(
 /// has no `retry_schedule` to pace it.
 pub const RECONCILE_WITHOUT_SCHEDULE: Duration = Duration::from_secs(30);
 
+/// Once no attempt is left, how long at most a deploy in doubt waits before it is read
+/// (again): the schedule's last step (24h by default) paces deploys, not reads.
+pub const RECONCILE_AFTER_THE_LAST_AT_MOST: Duration = Duration::from_secs(300);
+
 /// When a deploy call left in doubt by attempt number `attempts_before` (or a failed
 /// read of its reconciliation after it) is reconciled: when the next attempt would be due,
-/// and once none is left, after the schedule's last step, so that the last attempt is
-/// reconciled like any other and a read that keeps failing is tried again at that pace,
-/// never given up for want of attempts (a read costs nothing; giving up would leave a
-/// deploy that may have happened untold). `Retry-After` is a floor, as for any retry.
+/// and once none is left, after the schedule's last step but no later than
+/// [`RECONCILE_AFTER_THE_LAST_AT_MOST`], so that the last attempt is reconciled like any
+/// other and a read that keeps failing is tried again at that pace, never given up for
+/// want of attempts (a read costs nothing; giving up would leave a deploy that may have
+/// happened untold). `Retry-After` is a floor, as for any retry.
 pub fn reconcile_at(
     failure: &Failure,
     attempts_before: u32,
@@ -149,15 +154,15 @@ pub fn reconcile_at(
     jitter: f64,
 ) -> AttemptOutcome {
     let failure = Err(failure.clone());
-    match schedule.len() {
-        0 => decide(&failure, 0, &[RECONCILE_WITHOUT_SCHEDULE], now, jitter),
-        n => decide(
-            &failure,
-            attempts_before.min(n as u32 - 1),
-            schedule,
-            now,
-            jitter,
-        ),
+    match schedule.last() {
+        None => decide(&failure, 0, &[RECONCILE_WITHOUT_SCHEDULE], now, jitter),
+        Some(_) if (attempts_before as usize) < schedule.len() => {
+            decide(&failure, attempts_before, schedule, now, jitter)
+        }
+        Some(last) => {
+            let wait = (*last).min(RECONCILE_AFTER_THE_LAST_AT_MOST);
+            decide(&failure, 0, &[wait], now, jitter)
+        }
     }
 }
 
@@ -296,6 +301,13 @@ mod tests {
         assert_eq!(at(2, &schedule()), 300.0);
         assert_eq!(at(40, &schedule()), 300.0);
         assert_eq!(at(0, &[]), RECONCILE_WITHOUT_SCHEDULE.as_secs_f64());
+        // The default schedule's last step is a day: reads after it come sooner.
+        let default: Vec<Duration> = [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+            .map(Duration::from_secs)
+            .to_vec();
+        assert_eq!(at(8, &default), 86400.0, "the last attempt's time");
+        assert_eq!(at(9, &default), 300.0, "no attempt left: 5 minutes at most");
+        assert_eq!(at(30, &default), 300.0);
         let busy = Failure::Status {
             code: 503,
             retry_after: Some(Duration::from_secs(900)),
