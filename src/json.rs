@@ -50,6 +50,53 @@ pub fn depth(text: &str) -> usize {
     max
 }
 
+/// `text` (valid JSON) without its insignificant whitespace: spaces, tabs and newlines
+/// outside strings go, everything else (key order, number spellings, escapes) stays as
+/// it is. A checkpoint object listed indented is then one line in every event body (and
+/// `once --dry-run` prints one JSON line per event). Borrowed when there is nothing to
+/// remove, the usual case.
+pub fn compact(text: &str) -> std::borrow::Cow<'_, str> {
+    let ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let bytes = text.as_bytes();
+    let (mut in_string, mut escaped) = (false, false);
+    let needs = bytes.iter().any(|&b| {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            false
+        } else {
+            in_string = b == b'"';
+            ws(b)
+        }
+    });
+    if !needs {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if ws(b) {
+            continue;
+        } else {
+            in_string = b == b'"';
+        }
+        out.push(b);
+    }
+    // Only ASCII whitespace outside strings was removed: still UTF-8.
+    std::borrow::Cow::Owned(String::from_utf8(out).expect("removing ASCII keeps UTF-8"))
+}
+
 /// Parse a stored body (a checkpoint of at most [`MAX_DEPTH`] levels in its envelope)
 /// into a tree, whatever serde_json's own limit.
 pub fn parse(text: &str) -> Result<Value, String> {
@@ -76,6 +123,20 @@ pub fn parse_as<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_removes_whitespace_outside_strings_only() {
+        let indented =
+            "{\n  \"a\" : [1, 2.50 ,1e2],\r\n\t\"s\": \"x y\\\" \\n z\",\n  \"t\": \"\\\\\"\n}";
+        let c = compact(indented);
+        assert_eq!(c, r#"{"a":[1,2.50,1e2],"s":"x y\" \n z","t":"\\"}"#);
+        assert_eq!(
+            serde_json::from_str::<Value>(&c).unwrap(),
+            serde_json::from_str::<Value>(indented).unwrap()
+        );
+        let tight = r#"{"a":"b c","d":[1,2]}"#;
+        assert!(matches!(compact(tight), std::borrow::Cow::Borrowed(_)));
+    }
 
     fn nested(levels: usize) -> String {
         format!(

@@ -172,7 +172,8 @@ pub fn decode_listing(body: &[u8]) -> Result<Vec<Checkpoint>, String> {
             created_at: w.created_at,
             base_model: w.base_model,
             sync_status: w.sync_status,
-            raw: text.to_owned(),
+            // One line whatever the listing's layout (json::compact: content unchanged).
+            raw: crate::json::compact(text).into_owned(),
         });
     }
     // The same object twice is harmless; two versions of one id is a broken listing.
@@ -342,6 +343,12 @@ mod tests {
         );
         assert_eq!(c.sync_status.as_deref(), Some("SYNCING"));
         assert!(c.raw.contains("brand_new_field"));
+        // Listed over several lines, kept as one: every event body is one line.
+        assert!(!c.raw.contains(['\n', ' ']), "{}", c.raw);
+        assert!(
+            c.raw
+                .starts_with(r#"{"checkpoint_id":"step-100","created_at""#)
+        );
         assert_eq!(
             c.uri().as_deref(),
             Some("bt://loops:k4q95w5/sampler_weights/step-100")

@@ -266,7 +266,10 @@ pub fn diff_ready(
         row.deleted = false;
         let stale = p.completed && class.is_pending();
         if !stale {
+            // What the URI and routing are made of follows the listing, as the name does.
             row.name = c.name.as_str().into();
+            row.run_id = c.run_id.as_str().into();
+            row.target = c.target.clone();
             row.created_at = c.created_at.as_str().into();
             row.raw = Raw::Text(c.raw.clone());
             row.sync_status = c.sync_status.as_deref().map(Into::into);

@@ -311,6 +311,25 @@ fn an_unknown_status_after_complete_is_a_change_and_so_is_the_return() {
     );
 }
 
+/// The URI is made of the run, the target and the name: when the listing changes any of
+/// them for an `id`, the stored row (and so the next event's `data.uri`) follows.
+#[test]
+fn a_checkpoints_run_target_and_name_follow_the_listing() {
+    let mut moved = ck("1", Some("SYNCING"));
+    moved.name = "step-1b".into();
+    moved.run_id = "run-2".into();
+    moved.target = CheckpointTarget::Other("draft".into());
+    moved.sync_status = Some("ARCHIVED".into());
+    let (state, all) = run(&opts(), &[vec![ck("1", Some("SYNCING"))], vec![moved]], 1);
+    assert_eq!(all[1], vec![(StatusChanged, "1".to_string())]);
+    let row = &state.checkpoints["1"];
+    assert_eq!(
+        (row.name.as_str(), row.run_id.as_str()),
+        ("step-1b", "run-2")
+    );
+    assert_eq!(row.uri(), None, "an unknown target has no URI");
+}
+
 #[test]
 fn stalled_fires_once_after_the_threshold() {
     let o = opts();
