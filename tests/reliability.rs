@@ -585,10 +585,10 @@ async fn storage_faults_at_start_are_clear_errors_never_a_fresh_baseline() {
     set_store("sqlite:///nonexistent-dir/loopwatch.db");
     let out = env.run(&cfg, &["run"]).await;
     assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot open"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("store.url") && err.contains("the directory /nonexistent-dir does not exist"),
+        "{err}"
     );
 
     // A database locked by another process.
