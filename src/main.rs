@@ -37,7 +37,28 @@ fn usage_error_line(rendered: &str) -> String {
     format!("{message}; see `{} --help`", command.join(" "))
 }
 
+/// `loopwatch state | head`: once the reader is gone, printing fails with a broken pipe,
+/// and `println!` panics on it. Stopping to read is the reader's choice, not an error: the
+/// process exits 0 quietly instead of a panic and a backtrace (as ripgrep does). Any
+/// other panic goes on to the hook installed before (the daemon's logs it).
+fn exit_quietly_on_a_closed_stdout() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        previous(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_a_closed_stdout();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -733,3 +733,35 @@ async fn checkpoints_refuses_a_path_that_is_not_a_checkpoint_uri() {
         .await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+/// A reader that stops reading (`loopwatch state | head`) is no error: each printing
+/// command exits 0 quietly, never a panic or a backtrace ("failed printing to stdout").
+#[tokio::test]
+async fn a_closed_stdout_ends_a_command_quietly() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.add_many("run-1", 50, Some("COMPLETE"));
+    let cfg = env.write_config(QWEN);
+    assert_eq!(env.run(&cfg, &["once"]).await.status.code(), Some(0));
+    for args in [
+        &["state"][..],
+        &["state", "-o", "json"],
+        &["deliveries", "list"],
+        &["check-config"],
+        &["checkpoints", "--run-id", "run-1"],
+    ] {
+        let mut c = env.cmd(&cfg, args);
+        c.env("RUST_BACKTRACE", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        // The read end closed before the command prints anything.
+        drop(child.stdout.take());
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
