@@ -354,3 +354,67 @@ async fn a_sighup_at_start_never_ends_the_daemon() {
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(10)).await, 0);
 }
+
+/// Changing a target's `checkpoint_targets` takes effect at once, on an unchanged
+/// listing: widened, the checkpoints it lets in are seen (and announced) without waiting
+/// for the listing to change; narrowed, the ones it leaves out are still listed, so they
+/// are never `deleted`.
+#[tokio::test]
+async fn changing_checkpoint_targets_applies_at_once_and_never_deletes_what_is_still_listed() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let rx = Receiver::start().await.unwrap();
+    h.add_checkpoint("run-1", "sampler", "step-1", Some("COMPLETE"));
+    let trainer = h.add_checkpoint("run-1", "trainer", "step-1", Some("COMPLETE"));
+    let only_samplers = format!(
+        "{}checkpoint_targets = [\"sampler\"]\n{}",
+        target("qwen", "run-1"),
+        sink("hook", &rx.url, "")
+    );
+    let cfg = env.write_config(&only_samplers);
+    let mut d = env.spawn_daemon(&cfg);
+    d.ready().await;
+
+    // Widened, the listing unchanged: the trainer checkpoint is seen.
+    edit(&cfg, |text| {
+        text.replace("checkpoint_targets = [\"sampler\"]\n", "")
+    });
+    reload(&d, 1).await;
+    let seen = |kind: &str| {
+        rx.got()
+            .iter()
+            .filter(|r| {
+                let b = r.json();
+                b["type"] == kind && b["data"]["checkpoint"]["id"] == trainer.as_str()
+            })
+            .count()
+    };
+    wait_for("the trainer checkpoint seen", T, || {
+        (seen("checkpoint.discovered") == 1).then_some(())
+    })
+    .await;
+
+    // Narrowed again: it stays listed, so it is not deleted, however many polls pass.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            &sink("hook", &rx.url, ""),
+            &format!(
+                "checkpoint_targets = [\"sampler\"]\n{}",
+                sink("hook", &rx.url, "")
+            ),
+        ),
+    )
+    .unwrap();
+    reload(&d, 2).await;
+    assert_eq!(lines(&d, &["config reloaded"]), 2, "{}", d.log_text());
+    never_in_polls(
+        &env,
+        6,
+        "a deletion of a checkpoint still listed",
+        async || seen("checkpoint.deleted") > 0,
+    )
+    .await;
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
+}

@@ -16,7 +16,7 @@
 //!   the diff decides) completes like one turning COMPLETE, with its `ready_by`; that
 //!   makes it complete for good, so a later COMPLETE is a spelling change, not news.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -87,6 +87,9 @@ impl DiffState for TargetState {
 pub struct Listing<'a> {
     /// The checkpoints, already narrowed to the target's `checkpoint_targets`.
     pub checkpoints: &'a [Checkpoint],
+    /// The ids the listing had that `checkpoint_targets` left out: listed, so not missing
+    /// (a narrowed list must not turn them into `deleted`).
+    pub unwatched: &'a HashSet<String>,
     /// Digest of the body they were decoded from.
     pub digest: u128,
     /// The target's filter as text (`run_id=...`), kept with its baseline.
@@ -131,7 +134,15 @@ pub fn plan(
     now: DateTime<Utc>,
     opts: &DiffOptions,
 ) -> Plan {
-    let d = diff_ready(target, state, listing.checkpoints, listing.ready, now, opts);
+    let d = diff_listed(
+        target,
+        state,
+        listing.checkpoints,
+        listing.unwatched,
+        listing.ready,
+        now,
+        opts,
+    );
     let settled = Settled {
         digest: listing.digest,
         checkpoints: listing.checkpoints.len(),
@@ -150,7 +161,15 @@ pub fn plan(
     }
     // Settled when the very same listing, diffed again against the new state, would
     // change nothing, and time cannot change that.
-    let again = diff_ready(target, &next, listing.checkpoints, listing.ready, now, opts);
+    let again = diff_listed(
+        target,
+        &next,
+        listing.checkpoints,
+        listing.unwatched,
+        listing.ready,
+        now,
+        opts,
+    );
     let settled = (!again.writes() && next.timeless(opts)).then_some(settled);
     next.settled = settled;
     Plan {
@@ -189,6 +208,20 @@ pub fn diff_ready(
     target: &str,
     prev: &TargetState,
     listing: &[Checkpoint],
+    ready: &Ready,
+    now: DateTime<Utc>,
+    opts: &DiffOptions,
+) -> Diff {
+    diff_listed(target, prev, listing, &HashSet::new(), ready, now, opts)
+}
+
+/// [`diff_ready`], with the ids listed but left out by `checkpoint_targets` (`unwatched`):
+/// a tracked checkpoint among them is not missing.
+pub fn diff_listed(
+    target: &str,
+    prev: &TargetState,
+    listing: &[Checkpoint],
+    unwatched: &HashSet<String>,
     ready: &Ready,
     now: DateTime<Utc>,
     opts: &DiffOptions,
@@ -361,7 +394,9 @@ pub fn diff_ready(
     let mut gone: Vec<&Tracked> = prev
         .checkpoints
         .values()
-        .filter(|t| !t.deleted && !present.contains(t.id.as_str()))
+        .filter(|t| {
+            !t.deleted && !present.contains(t.id.as_str()) && !unwatched.contains(t.id.as_str())
+        })
         .collect();
     gone.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
     for p in gone {

@@ -77,10 +77,12 @@ fn check_with(
 use EventType::*;
 
 static NO_READY: std::sync::LazyLock<Ready> = std::sync::LazyLock::new(Ready::new);
+static ALL_WATCHED: std::sync::LazyLock<HashSet<String>> = std::sync::LazyLock::new(HashSet::new);
 
 fn listed<'a>(checkpoints: &'a [Checkpoint], digest: u128) -> Listing<'a> {
     Listing {
         ready: &NO_READY,
+        unwatched: &ALL_WATCHED,
         checkpoints,
         digest,
         filter: "run_id=run1",
@@ -328,6 +330,33 @@ fn a_checkpoints_run_target_and_name_follow_the_listing() {
         ("step-1b", "run-2")
     );
     assert_eq!(row.uri(), None, "an unknown target has no URI");
+}
+
+/// A checkpoint still listed but left out by a narrowed `checkpoint_targets` is not
+/// missing: never `deleted` however many polls pass; one really gone still is.
+#[test]
+fn a_listed_checkpoint_left_out_by_checkpoint_targets_is_not_deleted() {
+    let o = opts();
+    let both = vec![ck("1", Some("COMPLETE")), ck("2", Some("COMPLETE"))];
+    let mut state = TargetState::default();
+    plan("t", &state, listed(&both, 1), t0(), &o).apply(&mut state);
+    let only_1 = vec![ck("1", Some("COMPLETE"))];
+    let unwatched: HashSet<String> = ["2".to_string()].into();
+    for _ in 0..5 {
+        let l = Listing {
+            unwatched: &unwatched,
+            ..listed(&only_1, 2)
+        };
+        let p = plan("t", &state, l, t0(), &o);
+        assert!(p.diff.events.is_empty(), "{:?}", p.diff.events);
+        p.apply(&mut state);
+    }
+    assert!(!state.checkpoints["2"].deleted && state.checkpoints["2"].missing == 0);
+    // Gone from the listing itself: deleted as ever.
+    for _ in 0..o.delete_after_missing {
+        plan("t", &state, listed(&only_1, 3), t0(), &o).apply(&mut state);
+    }
+    assert!(state.checkpoints["2"].deleted);
 }
 
 #[test]

@@ -292,9 +292,10 @@ impl Poller {
         // A null checkpoint waiting for a probe keeps the same listing worth a look (a
         // state settled before probing existed, e.g. loaded from the store, included).
         let probing = self.cfg().null_status == NullStatus::Probe && awaits_probe(state);
+        let digest = watched_digest(body.digest(), t.checkpoint_targets.as_ref());
         if !dry_run
             && !probing
-            && let Some(settled) = state.settled.filter(|s| s.digest == body.digest())
+            && let Some(settled) = state.settled.filter(|s| s.digest == digest)
         {
             // The very listing this state already agrees with: nothing to decode or diff.
             self.count_request(code);
@@ -307,6 +308,8 @@ impl Poller {
         }
         let listing = body.decode().map_err(|e| self.failed(name, e, start))?;
         self.count_request(code);
+        // Listed but not watched (`checkpoint_targets`): not missing either.
+        let unwatched = unwatched(&listing, t.checkpoint_targets.as_ref());
         let listing = narrow(listing, t.checkpoint_targets.as_ref());
         self.log_unknown_statuses(name, &listing);
         self.log_created_ahead(name, &listing, Utc::now());
@@ -319,7 +322,8 @@ impl Poller {
         let (ready, probes) = self.probe(t, state, &listing, now, cancel).await;
         let listed = diff::Listing {
             checkpoints: &listing,
-            digest: body.digest(),
+            unwatched: &unwatched,
+            digest,
             filter: &filter,
             ready: &ready,
         };
@@ -494,6 +498,39 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
 
 /// The listed checkpoints the target watches: without `checkpoint_targets`, every one
 /// (unknown targets included); with a list, only the values it names.
+/// The digest a settled state is known by: the listing's, and with `checkpoint_targets`
+/// the list too, so that changing it (a reload, a restart) makes the same listing worth
+/// a diff again (a widened list lets in checkpoints the state never saw). Without a list,
+/// the body's digest as it always was.
+pub fn watched_digest(body: u128, wanted: Option<&BTreeSet<CheckpointTarget>>) -> u128 {
+    match wanted {
+        None => body,
+        Some(only) => {
+            let mut text = body.to_le_bytes().to_vec();
+            for t in only {
+                text.push(0);
+                text.extend_from_slice(t.as_str().as_bytes());
+            }
+            xxhash_rust::xxh3::xxh3_128(&text)
+        }
+    }
+}
+
+/// The ids of `listing` that `wanted` leaves out: listed, so never counted as missing.
+pub fn unwatched(
+    listing: &[Checkpoint],
+    wanted: Option<&BTreeSet<CheckpointTarget>>,
+) -> std::collections::HashSet<String> {
+    match wanted {
+        None => std::collections::HashSet::new(),
+        Some(only) => listing
+            .iter()
+            .filter(|c| !only.contains(&c.target))
+            .map(|c| c.id.clone())
+            .collect(),
+    }
+}
+
 pub fn narrow(
     listing: Vec<Checkpoint>,
     wanted: Option<&BTreeSet<CheckpointTarget>>,
