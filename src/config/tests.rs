@@ -23,6 +23,20 @@ fn problems(text: &str) -> Vec<String> {
 
 const MINIMAL: &str = "[[targets]]\nname = \"a\"\nrun_id = \"r1\"\n";
 
+/// The default replica id: `<hostname>-<pid>-<4 hex digits>`, the same for every load
+/// of one process (a reload sees no change of `store.replica_id`).
+#[test]
+fn the_default_replica_id_is_host_pid_and_a_salt_drawn_once() {
+    let id = toml_cfg(MINIMAL).unwrap().store.replica_id;
+    let (rest, salt) = id.rsplit_once('-').unwrap();
+    assert!(
+        salt.len() == 4 && salt.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert!(rest.ends_with(&format!("-{}", std::process::id())), "{id}");
+    assert_eq!(toml_cfg(MINIMAL).unwrap().store.replica_id, id);
+}
+
 #[test]
 fn minimal_config_gets_the_documented_defaults() {
     let c = toml_cfg(MINIMAL).unwrap();
