@@ -268,7 +268,7 @@ async fn poll_and_deliver(
     }
     let mut summary = json!({ "dry_run": dry_run, "targets": outcomes });
     if dry_run {
-        let deploys = would_deploy(&app.config().sinks, &found);
+        let deploys = would_deploy(app.store.as_ref(), &app.config().sinks, &found).await;
         if !json {
             for line in &deploys {
                 eprintln!("{line}");
@@ -317,8 +317,10 @@ async fn poll_and_deliver(
 
 /// For `once --dry-run`: one line per deploy a `baseten_deploy` sink would make of
 /// `events`, or why not (`latest_only`: a newer completed sampler checkpoint of the run in
-/// the same poll; a model_name that does not render).
-pub fn would_deploy(
+/// the same poll, or one the sink has a deploy of in `store` already; a model_name that
+/// does not render).
+pub async fn would_deploy(
+    store: &dyn store::Store,
     sinks: &[crate::config::SinkConfig],
     events: &[crate::model::Event],
 ) -> Vec<String> {
@@ -339,14 +341,22 @@ pub fn would_deploy(
         for e in &mine {
             // The rule the sink applies before deploying, over this poll's checkpoints.
             let newer = match (d.latest_only, created(e)) {
-                (true, Some(than)) => crate::model::superseded_by(
+                (true, Some(than)) => match crate::model::superseded_by(
                     mine.iter()
                         .filter(|o| o.run_id == e.run_id && o.id != e.id)
                         .filter(|o| o.kind == "checkpoint.completed")
                         .filter(|o| o.checkpoint_target == "sampler")
                         .filter_map(|o| Some((created(o)?, o.checkpoint_name.clone()))),
                     than,
-                ),
+                ) {
+                    // No delivery of this event exists yet: none to leave out (-1).
+                    None => store
+                        .newer_deploy(&cfg.name, &e.run_id, -1, than)
+                        .await
+                        .ok()
+                        .flatten(),
+                    newer => newer,
+                },
                 _ => None,
             };
             let line = match (newer, sink.request(e)) {

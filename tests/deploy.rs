@@ -525,6 +525,48 @@ async fn once_dry_run_says_what_would_be_deployed() {
     assert!(!env.db().exists());
 }
 
+/// The dry run applies `latest_only` as the sink does, against the deploys already made
+/// too: an older checkpoint completing after a newer one was deployed would not deploy.
+#[tokio::test]
+async fn once_dry_run_knows_the_deploys_already_made() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    h.advance_clock(Duration::from_secs(60));
+    let newer = h.add_checkpoint("run-1", "sampler", "step-200", Some("SYNCING"));
+    let cfg = env.write_config(&format!("{QWEN}{}", deploy_sink("follow = false")));
+    let once = async |args: &[&str]| {
+        let out = env.run(&cfg, args).await;
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    once(&["once"]).await;
+    h.set_status(&newer, Some("COMPLETE"));
+    once(&["once"]).await;
+    assert_eq!(h.deploys().len(), 1);
+    // An older one, dated a minute before, completes now.
+    let older = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let at = chrono::DateTime::parse_from_rfc3339(
+        h.checkpoint(&newer).unwrap()["created_at"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
+        - chrono::Duration::seconds(60);
+    h.set_field(&older, "created_at", serde_json::json!(at.to_rfc3339()));
+    once(&["once"]).await;
+    h.set_status(&older, Some("COMPLETE"));
+    let err = once(&["once", "--dry-run"]).await;
+    assert!(
+        err.contains(
+            "would not deploy bt://loops:run-1/sampler_weights/step-100: superseded by step-200"
+        ),
+        "{err}"
+    );
+    // And the sink agrees.
+    once(&["once"]).await;
+    assert_eq!(h.deploys().len(), 1);
+}
+
 /// A deploy sink added by a reload (SIGHUP) deploys through the daemon's API client like
 /// one present at start.
 #[tokio::test]
