@@ -150,7 +150,17 @@ async fn dispatch(cli: Cli) -> u8 {
             every,
             sync_for,
         };
-        return report(loopwatch::demo::run(opts, loopwatch::app::shutdown_signal()).await);
+        // The demo has no config to reload: a SIGHUP (its terminal closed) ends it like
+        // Ctrl-C, so it cleans up its throw-away state.
+        let stop = loopwatch::app::shutdown_signal();
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let stop = async move {
+            match hup {
+                Ok(mut hup) => tokio::select! { () = stop => {}, _ = hup.recv() => {} },
+                Err(_) => stop.await,
+            }
+        };
+        return report(loopwatch::demo::run(opts, stop).await);
     }
     if let Command::Checkpoints { filter, output, .. } = cli.command {
         let output = output.output;

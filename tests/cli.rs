@@ -765,3 +765,52 @@ async fn a_closed_stdout_ends_a_command_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+/// The demo's terminal closed (SIGHUP) ends it as Ctrl-C does: exit 0, its throw-away
+/// state removed.
+#[test]
+fn the_demo_ends_on_sighup_and_removes_its_state() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(bin())
+        .args(["demo", "--duration", "60s"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let state = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("state")?.to_string();
+            rest.split_whitespace().next().map(str::to_string)
+        })
+        .expect("the demo prints its state directory");
+    assert!(std::path::Path::new(&state).exists(), "{state}");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // Drain stdout so the demo never blocks on a full pipe while it stops; it must stop
+    // long before its 60 s are up.
+    let drain = std::thread::spawn(move || for _ in lines {});
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the demo went on after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drain.join().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        !std::path::Path::new(&state).exists(),
+        "the demo left {state} behind"
+    );
+}

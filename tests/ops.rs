@@ -108,6 +108,39 @@ async fn checkpoint_gauges_follow_the_listing() {
     assert!(m.contains(r#"loopwatch_checkpoints{checkpoint_target="sampler",sync_status="SYNCING",target="qwen"} 0"#));
 }
 
+/// `loopwatch_checkpoints` counts what the latest listing has: a checkpoint gone from it
+/// leaves the count at once, while it is still tracked (not yet `deleted`).
+#[tokio::test]
+async fn a_checkpoint_gone_from_the_listing_leaves_the_gauge_before_it_is_deleted() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let gone = h.add_checkpoint("run-1", "trainer", "step-100", Some("COMPLETE"));
+    let cfg = env.write_config(&config(&rx));
+    let d = env.spawn_daemon_env(
+        &cfg,
+        &[("LOOPWATCH__POLL__DELETE_AFTER_MISSING_POLLS", "1000")],
+    );
+    let addr = d.addr().await;
+    let series = r#"loopwatch_checkpoints{checkpoint_target="trainer",sync_status="COMPLETE",target="qwen"}"#;
+    let listed = format!("{series} 1");
+    assert!(
+        until(T, Duration::from_millis(50), async || metrics(&addr)
+            .await
+            .contains(&listed))
+        .await
+    );
+    h.remove(&gone);
+    let zero = format!("{series} 0");
+    let mut m = String::new();
+    let left = until(T, Duration::from_millis(50), async || {
+        m = metrics(&addr).await;
+        m.contains(&zero)
+    })
+    .await;
+    assert!(left, "{m}");
+}
+
 #[tokio::test]
 async fn systemd_notify_ready_watchdog_and_stopping() {
     let env = Env::new().await;

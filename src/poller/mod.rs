@@ -475,10 +475,12 @@ impl Poller {
     /// listing changes: a settled listing is not diffed again).
     fn publish_checkpoints(&self, name: &str, state: &TargetState) {
         self.metrics.target(name).set_checkpoints(
+            // Listed now: one missing from the last listing is not counted (it stays
+            // tracked until `delete_after_missing_polls` says it is deleted).
             state
                 .checkpoints
                 .values()
-                .filter(|c| !c.deleted)
+                .filter(|c| !c.deleted && c.missing == 0)
                 .map(|c| (c.target.clone(), c.class(), c.ordering_time())),
         );
     }
