@@ -547,6 +547,26 @@ impl Invocation {
     }
 }
 
+/// `<hostname>-<pid>-<4 random hex digits>`: unique per process, readable in `replicas`
+/// and `shard_leases`. The random part because the first two repeat where containers
+/// run with the host's name (host networking) as pid 1: two replicas under one id would
+/// both poll the same targets. Drawn once per process, so a reload sees the same id.
+pub(crate) fn default_replica_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        use rand::RngExt;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "loopwatch".into());
+        let salt: u16 = rand::rng().random();
+        format!("{host}-{}-{salt:04x}", std::process::id())
+    })
+    .clone()
+}
+
 /// The config file's text: a regular file of at most [`MAX_CONFIG_BYTES`], read without
 /// ever blocking on a FIFO or reading a device (docs/configuration.md, "The file").
 fn read_config_file(path: &Path) -> Result<String, String> {

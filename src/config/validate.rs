@@ -433,7 +433,7 @@ pub(super) fn validate(
         w.positive_duration(&store.lease_ttl, "store.lease_ttl", Duration::from_secs(15));
     let replica_id = w
         .string(&store.replica_id, "store.replica_id")
-        .unwrap_or_else(default_replica_id);
+        .unwrap_or_else(super::default_replica_id);
     if replica_id.is_empty() || replica_id.contains('/') {
         w.err(
             "store.replica_id",
@@ -782,24 +782,4 @@ fn is_log_filter(level: &str) -> bool {
             .iter()
             .all(|d| d.contains('=') || d.parse::<LevelFilter>().is_ok())
         && tracing_subscriber::EnvFilter::try_new(level).is_ok()
-}
-
-/// `<hostname>-<pid>-<4 random hex digits>`: unique per process, readable in `replicas`
-/// and `shard_leases`. The random part because the first two repeat where containers
-/// run with the host's name (host networking) as pid 1: two replicas under one id would
-/// both poll the same targets. Drawn once per process, so a reload sees the same id.
-fn default_replica_id() -> String {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        use rand::RngExt;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "loopwatch".into());
-        let salt: u16 = rand::rng().random();
-        format!("{host}-{}-{salt:04x}", std::process::id())
-    })
-    .clone()
 }
