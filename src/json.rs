@@ -22,12 +22,13 @@ pub const MAX_DEPTH: usize = 256;
 /// and CloudEvents' envelope), with room to spare.
 pub const ENVELOPE_DEPTH: usize = 8;
 
-/// The nesting depth of a JSON text: the most `[` and `{` open at once outside strings.
-/// Counted without parsing or recursing, so it is safe on any input; not a validity check.
-pub fn depth(text: &str) -> usize {
-    let (mut open, mut max) = (0usize, 0usize);
+/// Each byte of a JSON text, with whether it stands between tokens rather than inside a
+/// string (a string's quotes count as inside). One pass, no parsing, no recursion: safe
+/// on any input; not a validity check.
+fn between_tokens(text: &str) -> impl Iterator<Item = (u8, bool)> + '_ {
     let (mut in_string, mut escaped) = (false, false);
-    for &b in text.as_bytes() {
+    text.bytes().map(move |b| {
+        let between = !in_string && b != b'"';
         if in_string {
             match b {
                 _ if escaped => escaped = false,
@@ -35,15 +36,24 @@ pub fn depth(text: &str) -> usize {
                 b'"' => in_string = false,
                 _ => {}
             }
-            continue;
+        } else if b == b'"' {
+            in_string = true;
         }
+        (b, between)
+    })
+}
+
+/// The nesting depth of a JSON text: the most `[` and `{` open at once outside strings.
+/// Counted without parsing or recursing, so it is safe on any input; not a validity check.
+pub fn depth(text: &str) -> usize {
+    let (mut open, mut max) = (0usize, 0usize);
+    for (b, between) in between_tokens(text) {
         match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
+            b'[' | b'{' if between => {
                 open += 1;
                 max = max.max(open);
             }
-            b']' | b'}' => open = open.saturating_sub(1),
+            b']' | b'}' if between => open = open.saturating_sub(1),
             _ => {}
         }
     }
@@ -56,45 +66,17 @@ pub fn depth(text: &str) -> usize {
 /// `once --dry-run` prints one JSON line per event). Borrowed when there is nothing to
 /// remove, the usual case.
 pub fn compact(text: &str) -> std::borrow::Cow<'_, str> {
-    let ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-    let bytes = text.as_bytes();
-    let (mut in_string, mut escaped) = (false, false);
-    let needs = bytes.iter().any(|&b| {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            false
-        } else {
-            in_string = b == b'"';
-            ws(b)
-        }
-    });
-    if !needs {
+    let insignificant =
+        |(b, between): (u8, bool)| between && matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    if !between_tokens(text).any(insignificant) {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut out = Vec::with_capacity(bytes.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in bytes {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else if ws(b) {
-            continue;
-        } else {
-            in_string = b == b'"';
-        }
-        out.push(b);
-    }
+    let kept: Vec<u8> = between_tokens(text)
+        .filter(|&t| !insignificant(t))
+        .map(|(b, _)| b)
+        .collect();
     // Only ASCII whitespace outside strings was removed: still UTF-8.
-    std::borrow::Cow::Owned(String::from_utf8(out).expect("removing ASCII keeps UTF-8"))
+    std::borrow::Cow::Owned(String::from_utf8(kept).expect("removing ASCII keeps UTF-8"))
 }
 
 /// Parse a stored body (a checkpoint of at most [`MAX_DEPTH`] levels in its envelope)

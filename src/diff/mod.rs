@@ -308,41 +308,31 @@ pub fn diff_listed(
             row.sync_status = c.sync_status.as_deref().map(Into::into);
             if p.sync_status.as_deref() != c.sync_status.as_deref() {
                 let before = p.sync_status.as_deref().map(str::to_string);
-                if class == SyncClass::Complete {
-                    if !p.completed {
-                        row.completed = true;
-                        let took = seconds_since(row.first_seen_at, now);
-                        push(
-                            &mut out,
-                            target,
-                            &mut row,
-                            EventType::Completed,
-                            before,
-                            took,
-                            now,
-                        );
-                    } else if SyncClass::of(p.sync_status.as_deref()) == SyncClass::Other {
-                        // Back to complete from an unknown value it took after completing.
-                        push(
-                            &mut out,
-                            target,
-                            &mut row,
-                            EventType::StatusChanged,
-                            before,
-                            None,
-                            now,
-                        );
+                let kind = match class {
+                    SyncClass::Complete if !p.completed => Some(EventType::Completed),
+                    // Back to complete from an unknown value it took after completing.
+                    SyncClass::Complete
+                        if SyncClass::of(p.sync_status.as_deref()) == SyncClass::Other =>
+                    {
+                        Some(EventType::StatusChanged)
                     }
                     // COMPLETE <-> COMPLETED is a spelling change, and null -> COMPLETE
                     // after the probe found it ready the same completion: not news.
-                } else {
+                    SyncClass::Complete => None,
+                    _ => Some(EventType::StatusChanged),
+                };
+                if let Some(kind) = kind {
+                    let took = (kind == EventType::Completed).then(|| {
+                        row.completed = true;
+                        seconds_since(row.first_seen_at, now)
+                    });
                     push(
                         &mut out,
                         target,
                         &mut row,
-                        EventType::StatusChanged,
+                        kind,
                         before,
-                        None,
+                        took.flatten(),
                         now,
                     );
                 }

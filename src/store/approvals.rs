@@ -102,13 +102,7 @@ where
         delivery_id: i64,
         now: i64,
     ) -> Result<u64> {
-        let me: Option<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
-        )))
-        .bind(delivery_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(me) = me.map(DeployRecord::into_row).transpose()? else {
+        let Some(me) = Self::pipeline(tx, delivery_id).await? else {
             return Ok(0);
         };
         let Some(mine) = me.ordering_time() else {
@@ -283,15 +277,12 @@ where
             if took.is_empty() && !again {
                 // Read again inside the transaction: what a concurrent decision left.
                 for row in rows {
-                    let now_row: DeployRecord = sqlx::query_as(AssertSqlSafe(format!(
-                        "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
-                    )))
-                    .bind(row.delivery_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let now_row = Self::pipeline(&mut tx, row.delivery_id)
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?;
                     undecided.push(Undecided {
                         id: id.clone(),
-                        why: not_waiting(id, &now_row.into_row()?, d.at),
+                        why: not_waiting(id, &now_row, d.at),
                     });
                 }
             }
@@ -304,15 +295,12 @@ where
         let mut out = Vec::new();
         for (id, took) in decided_ids {
             for delivery_id in took {
-                let row: DeployRecord = sqlx::query_as(AssertSqlSafe(format!(
-                    "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
-                )))
-                .bind(delivery_id)
-                .fetch_one(&mut *tx)
-                .await?;
+                let row = Self::pipeline(&mut tx, delivery_id)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
                 out.push(Decided {
                     id: id.clone(),
-                    deploy: row.into_row()?,
+                    deploy: row,
                 });
             }
         }

@@ -397,6 +397,29 @@ impl<DB: Dialect> Queries<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> DeployRecord: FromRow<'r, DB::Row>,
+{
+    /// Pipeline `delivery_id` as it stands on `conn` (inside a transaction: what it wrote
+    /// so far); None when there is none.
+    pub(crate) async fn pipeline(
+        conn: &mut DB::Connection,
+        delivery_id: i64,
+    ) -> Result<Option<DeployRow>> {
+        let row: Option<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
+        )))
+        .bind(delivery_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(DeployRecord::into_row).transpose()
+    }
+}
+
+impl<DB: Dialect> Queries<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
@@ -451,14 +474,9 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let row: DeployRecord = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
-        )))
-        .bind(c.delivery_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = Self::pipeline(&mut tx, c.delivery_id).await?;
         tx.commit().await?;
-        row.into_row().map(Some)
+        Ok(row)
     }
 
     /// Record, before a deploy call is sent, what the model had before it. Nothing is

@@ -117,13 +117,7 @@ where
         delivery_id: i64,
         now: i64,
     ) -> Result<()> {
-        let me: Option<DeployRecord> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DEPLOY_COLUMNS} FROM deploys WHERE delivery_id = $1"
-        )))
-        .bind(delivery_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(me) = me.map(DeployRecord::into_row).transpose()? else {
+        let Some(me) = Self::pipeline(tx, delivery_id).await? else {
             return Ok(());
         };
         let (Some(model_id), Some(environment)) = (me.model_id, me.environment) else {

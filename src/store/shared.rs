@@ -420,26 +420,30 @@ where
                 matches!(which, Redeliver::DeployAgain(_)),
             ),
         };
+        let ids_of = |rows: Vec<DB::Row>| -> Result<Vec<i64>> {
+            rows.iter()
+                .map(|r| <(i64,)>::from_row(r).map(|(id,)| id).map_err(Into::into))
+                .collect()
+        };
         let (mut ids, mut deployed) = (Vec::new(), Vec::new());
         for (requeue, text, num) in named {
-            let statements = if deploy_again {
-                vec![(requeue.update(true), false)]
-            } else {
-                vec![(requeue.deployed(), true), (requeue.update(false), false)]
-            };
-            for (statement, left) in statements {
+            let query = |statement: String| {
                 let q = sqlx::query(AssertSqlSafe(statement)).bind(now);
-                let q = match num {
+                match num {
                     Some(num) => q.bind(num),
                     None => q.bind(text),
-                };
-                let rows = q.fetch_all(&mut *tx).await?;
-                let found = rows
-                    .iter()
-                    .map(|r| <(i64,)>::from_row(r).map(|(id,)| id))
-                    .collect::<std::result::Result<Vec<i64>, _>>()?;
-                if left { &mut deployed } else { &mut ids }.extend(found);
+                }
+            };
+            if !deploy_again {
+                deployed.extend(ids_of(
+                    query(requeue.deployed()).fetch_all(&mut *tx).await?,
+                )?);
             }
+            ids.extend(ids_of(
+                query(requeue.update(deploy_again))
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?);
         }
         super::attempts::trim::<DB>(&mut tx, &ids, super::attempts::KEPT_PER_DELIVERY - 1).await?;
         tx.commit().await?;

@@ -125,34 +125,26 @@ shutdown_grace = "3s"
     /// Start the daemon in directory `cwd`, with `config` as given (a relative path is
     /// read from `cwd`), as an operator starts it from the service's directory.
     pub fn spawn_daemon_in(&self, cwd: &Path, config: &Path) -> Daemon {
-        let log = self
-            .dir
-            .path()
-            .join(format!("daemon-{}.log", rand_suffix()));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = self
-            .cmd(config, &["run"])
-            .current_dir(cwd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(f))
-            .spawn()
-            .unwrap();
-        Daemon {
-            child: Some(child),
-            log,
-        }
+        let mut c = self.cmd(config, &["run"]);
+        c.current_dir(cwd);
+        self.spawn_logged(c)
     }
 
     /// Start the daemon with extra environment variables.
     pub fn spawn_daemon_env(&self, config: &Path, vars: &[(&str, &str)]) -> Daemon {
+        let mut c = self.cmd(config, &["run"]);
+        c.envs(vars.iter().copied());
+        self.spawn_logged(c)
+    }
+
+    /// Spawn `c`, its stderr to a log file of its own in the temp dir.
+    fn spawn_logged(&self, mut c: Command) -> Daemon {
         let log = self
             .dir
             .path()
             .join(format!("daemon-{}.log", rand_suffix()));
         let f = std::fs::File::create(&log).unwrap();
-        let child = self
-            .cmd(config, &["run"])
-            .envs(vars.iter().copied())
+        let child = c
             .stdout(Stdio::null())
             .stderr(Stdio::from(f))
             .spawn()
