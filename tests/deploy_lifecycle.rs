@@ -254,10 +254,13 @@ async fn a_foreign_deployment_during_an_unknown_outcome_ends_unknown_and_nothing
     assert_eq!(rx.count(), 0, "nothing announced");
     assert_eq!(h.deployments_of("qwen-step-100").len(), 2);
     let m = common::metrics(&d.addr().await).await;
-    assert!(
-        m.contains(r#"loopwatch_deploys{sink="deploy",stage="unknown"} 1"#),
-        "{m}"
-    );
+    for series in [
+        r#"loopwatch_deploys{sink="deploy",stage="unknown"} 1"#,
+        // "stage unknown, dead with reason ambiguous: ...": counted as dead.
+        r#"loopwatch_deliveries_dead{sink="deploy"} 1"#,
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
 }
 
 #[tokio::test]

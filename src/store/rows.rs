@@ -118,7 +118,7 @@ pub(crate) fn fold_backlog(rows: Vec<(String, String, i64, i64)>) -> Vec<SinkBac
             out[i].pending = count;
             out[i].oldest_pending = Some(ms_to_time(oldest));
         } else {
-            out[i].dead = count;
+            out[i].dead += count;
         }
     }
     out

@@ -100,8 +100,10 @@ pub(crate) const NEXT_DUE: &str = "SELECT next_attempt_at FROM deliveries
     ORDER BY next_attempt_at LIMIT 1";
 
 /// Pending and dead deliveries per sink: (sink, status, count, oldest created_at).
+/// A deploy ended `unknown` (ambiguous) is dead for the gauge: its attempts are over and it
+/// needs a person, though `redeliver --dead` leaves it alone (docs/events.md).
 pub(crate) const BACKLOG: &str = "SELECT sink, status, COUNT(*), MIN(created_at) FROM deliveries
-    WHERE status IN ('pending', 'dead') GROUP BY sink, status";
+    WHERE status IN ('pending', 'dead', 'unknown') GROUP BY sink, status";
 
 /// The baselined targets, or the one named by `$1`.
 pub(crate) const DUMP_TARGETS: &str = "SELECT name, filter, baselined_at FROM targets
