@@ -24,6 +24,9 @@ pub use targets::TargetMetrics;
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The labelled families, kept to describe those without a series yet (a deploy
+    /// family with no deploy sink): the registry's `gather` leaves them out.
+    families: Vec<Box<dyn prometheus::core::Collector>>,
     /// Per-target series, by target name.
     targets: RwLock<BTreeMap<String, Arc<TargetMetrics>>>,
     pub api_requests: IntCounterVec,
@@ -75,33 +78,30 @@ const SYNC_CLASSES: [SyncClass; 4] = [
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let families = std::cell::RefCell::new(Vec::<Box<dyn prometheus::core::Collector>>::new());
+        let register = |c: Box<dyn prometheus::core::Collector>, copy| {
+            families.borrow_mut().push(copy);
+            registry.register(c).expect("unique metric");
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            register(Box::new(c.clone()), Box::new(c.clone()));
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            register(Box::new(g.clone()), Box::new(g.clone()));
             g
         };
         let int_gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            register(Box::new(g.clone()), Box::new(g.clone()));
             g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
                 .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            register(Box::new(h.clone()), Box::new(h.clone()));
             h
         };
 
@@ -166,7 +166,7 @@ impl Metrics {
             .register(Box::new(reload_success_timestamp.clone()))
             .expect("unique metric");
 
-        Metrics {
+        let mut metrics = Metrics {
             lease_takeovers,
             reload_successful,
             reload_success_timestamp,
@@ -249,8 +249,11 @@ impl Metrics {
             },
             targets_owned,
             api_budget,
-            registry,
-        }
+            registry: registry.clone(),
+            families: Vec::new(),
+        };
+        metrics.families = families.take();
+        metrics
     }
 
     /// Create every series a config implies, at zero.
@@ -330,13 +333,39 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4): the registry's families and the
     /// per-target ones, in name order as the registry alone would give them.
+    /// A family without a series yet is described (`# HELP`, `# TYPE`) with no samples, so
+    /// every documented name is on the page from the start.
     pub fn render(&self) -> String {
         let targets = self.targets.read().expect("not poisoned");
         let mut out = String::with_capacity(4096 + targets.len() * 4096);
         let mut mine = TARGET_FAMILIES.iter().peekable();
-        for family in self.registry.gather() {
+        let mut families = self.registry.gather();
+        let gathered: std::collections::HashSet<String> =
+            families.iter().map(|f| f.name().to_string()).collect();
+        for c in &self.families {
+            families.extend(
+                c.collect()
+                    .into_iter()
+                    .filter(|f| f.get_metric().is_empty() && !gathered.contains(f.name())),
+            );
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        for family in families {
             while let Some(f) = mine.next_if(|f| f.name < family.name()) {
                 f.render(&targets, &mut out);
+            }
+            if family.get_metric().is_empty() {
+                let kind = match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => "counter",
+                    prometheus::proto::MetricType::GAUGE => "gauge",
+                    prometheus::proto::MetricType::HISTOGRAM => "histogram",
+                    prometheus::proto::MetricType::SUMMARY => "summary",
+                    prometheus::proto::MetricType::UNTYPED => "untyped",
+                };
+                let help = family.help().replace('\\', "\\\\").replace('\n', "\\n");
+                let name = family.name();
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+                continue;
             }
             TextEncoder::new()
                 .encode_utf8(std::slice::from_ref(&family), &mut out)
@@ -647,5 +676,46 @@ mod tests {
             !text.contains(r#"sink_info{kind="exec",sink="gone"}"#),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+
+    /// Every family is named on the page before it has a series (a deploy family without a
+    /// deploy sink, the API counter before the first request), once, in name order, and
+    /// one with series is not described twice.
+    #[test]
+    fn families_without_series_are_described_once() {
+        let m = Metrics::new();
+        m.deliveries.with_label_values(&["hook", "success"]).inc();
+        let text = m.render();
+        for (name, kind) in [
+            ("loopwatch_deploys", "gauge"),
+            ("loopwatch_deploy_to_active_seconds", "histogram"),
+            ("loopwatch_deployments_deactivated_total", "counter"),
+            ("loopwatch_api_requests_total", "counter"),
+            ("loopwatch_deliveries_total", "counter"),
+        ] {
+            let typed = format!("# TYPE {name} {kind}\n");
+            assert_eq!(text.matches(&typed).count(), 1, "{name}\n{text}");
+            assert_eq!(
+                text.matches(&format!("# HELP {name} ")).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert!(!text.contains("loopwatch_deploys{"), "{text}");
+        assert!(text.contains("loopwatch_deliveries_total{outcome=\"success\",sink=\"hook\"} 1"));
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(names, sorted, "families in name order, each once");
     }
 }
