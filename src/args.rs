@@ -74,11 +74,12 @@ impl Cli {
     }
 
     /// The name of a command that reads no config, when a `-c` was given before it
-    /// (`loopwatch -c FILE demo`): a usage error rather than a flag silently ignored.
+    /// (`loopwatch -c FILE man`): a usage error rather than a flag silently ignored.
+    /// `demo` takes `-c` as every daemon command does (scripts that pass it to every
+    /// command keep working) and says it ignores it.
     pub fn config_ignored_by(&self) -> Option<&'static str> {
         self.config.as_ref()?;
         match self.command {
-            Command::Demo { .. } => Some("demo"),
             Command::Completions { .. } => Some("completions"),
             Command::Man => Some("man"),
             Command::Init { .. } => Some("init"),
@@ -113,6 +114,9 @@ pub enum Command {
     /// the daemon (on a throw-away SQLite file) detects them, and the receiver verifies and
     /// prints each webhook.
     Demo {
+        /// Accepted and ignored: the demo writes its own config on a throw-away file
+        #[command(flatten)]
+        config: ConfigArg,
         /// Stop after this long (e.g. 30s) and print a summary
         #[arg(long, value_parser = duration, value_name = "DURATION")]
         duration: Option<Duration>,

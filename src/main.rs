@@ -136,6 +136,7 @@ async fn dispatch(cli: Cli) -> u8 {
         _ => {}
     }
     if let Command::Demo {
+        config,
         duration,
         listen,
         every,
@@ -143,6 +144,9 @@ async fn dispatch(cli: Cli) -> u8 {
         verbose,
     } = cli.command
     {
+        if config.config.is_some() || cli.config.is_some() {
+            eprintln!("note: `loopwatch demo` reads no config; -c is ignored");
+        }
         init_tracing(if verbose { "info" } else { "warn" }, LogFormat::Text);
         let opts = loopwatch::demo::DemoOptions {
             duration,

@@ -64,6 +64,26 @@ impl Template {
     }
 }
 
+impl Template {
+    /// Render `sample` and report a name the template uses that does not exist (a filter,
+    /// test, function or method): such a template fails every render, whatever the event.
+    /// Other failures may depend on the event, so they are not reported here.
+    pub fn unknown_name(&self, sample: &Value) -> Option<String> {
+        use minijinja::ErrorKind::{UnknownFilter, UnknownFunction, UnknownMethod, UnknownTest};
+        match self.render(sample) {
+            Err(TemplateError::Engine(e))
+                if matches!(
+                    e.kind(),
+                    UnknownFilter | UnknownTest | UnknownFunction | UnknownMethod
+                ) =>
+            {
+                Some(e.to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A buffer that refuses to grow past [`MAX_OUTPUT`], which stops the render.
 struct Capped {
     buf: Vec<u8>,

@@ -164,6 +164,45 @@ async fn test_sink_of_an_unknown_name_is_a_usage_error_naming_the_sinks() {
     assert!(err.contains("configures no sink"), "{err}");
 }
 
+/// `demo -c FILE` (a script that passes -c to every command) runs the demo, saying on
+/// stderr that it reads no config; `man -c FILE` stays a usage error.
+#[test]
+fn demo_takes_c_and_says_it_ignores_it() {
+    for args in [
+        &[
+            "demo",
+            "-c",
+            "/nonexistent/loopwatch.toml",
+            "--duration",
+            "1s",
+        ][..],
+        &[
+            "-c",
+            "/nonexistent/loopwatch.toml",
+            "demo",
+            "--duration",
+            "1s",
+        ][..],
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            err.contains("`loopwatch demo` reads no config; -c is ignored"),
+            "{err}"
+        );
+    }
+    let out = std::process::Command::new(bin())
+        .args(["man", "-c", "x.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
 /// `demo --listen ADDR` on a port in use fails at once naming `--listen` (the demo has no
 /// config file: the daemon's `server.listen` meant nothing to its user).
 #[test]

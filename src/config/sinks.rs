@@ -336,17 +336,26 @@ fn webhook(
             &join(sec, "template"),
             "is missing; format = \"template\" needs a MiniJinja template of the body",
         ),
-        (PayloadFormat::Template, Some(t)) => {
-            if let Err(e) = compile_template(t) {
-                w.err(
-                    &join(sec, "template"),
-                    format!(
-                        "the template of sink {name:?} does not compile: {}",
-                        one_line(&e.to_string())
-                    ),
-                );
+        (PayloadFormat::Template, Some(t)) => match compile_template(t) {
+            Err(e) => w.err(
+                &join(sec, "template"),
+                format!(
+                    "the template of sink {name:?} does not compile: {}",
+                    one_line(&e.to_string())
+                ),
+            ),
+            Ok(t) => {
+                if let Some(e) = t.unknown_name(&sample_body("t")) {
+                    w.err(
+                        &join(sec, "template"),
+                        format!(
+                            "the template of sink {name:?} cannot render any event: {}",
+                            one_line(&e)
+                        ),
+                    );
+                }
             }
-        }
+        },
         (_, Some(_)) => w.err(
             &join(sec, "template"),
             "is only used with format = \"template\"; remove it or set the format",

@@ -268,6 +268,29 @@ fn nan_and_infinity_are_rejected_not_taken_for_unset() {
 }
 
 #[test]
+fn a_request_rate_the_token_bucket_cannot_time_is_rejected() {
+    // 1e10 passed check-config, then `run` panicked building the bucket (a period under
+    // a nanosecond); 1e-300 left every target but the first unpolled.
+    for rps in ["1e10", "2.5e9", "1e-300", "0", "-1"] {
+        let p = problems(&format!(
+            "[api]\nmax_requests_per_second = {rps}\n{MINIMAL}"
+        ));
+        assert!(
+            p.len() == 1
+                && p[0].contains("api.max_requests_per_second")
+                && p[0].contains("between 0.001 and 1000000"),
+            "{rps}: {p:?}"
+        );
+    }
+    for rps in ["0.001", "1000000", "10"] {
+        let c = toml_cfg(&format!(
+            "[api]\nmax_requests_per_second = {rps}\n{MINIMAL}"
+        ));
+        assert!(c.is_ok(), "{rps}: {:?}", c.err().map(|e| e.problems));
+    }
+}
+
+#[test]
 fn durations_that_would_overflow_the_daemon_are_rejected() {
     // `interval = "300000000000y"` passed check-config, then `run` panicked on
     // Duration overflow (health deadline, jitter).

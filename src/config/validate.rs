@@ -352,10 +352,12 @@ pub(super) fn validate(
     let rps = w
         .number(&api.max_requests_per_second, "api.max_requests_per_second")
         .unwrap_or(10.0);
-    if !(rps > 0.0 && rps.is_finite()) {
+    // A token bucket's period is 1/rps: under a nanosecond it cannot be timed, and a
+    // period of hours would leave every target but one unpolled.
+    if !(0.001..=1_000_000.0).contains(&rps) {
         w.err(
             "api.max_requests_per_second",
-            format!("must be a finite number greater than 0, found {rps}"),
+            format!("must be between 0.001 and 1000000 (requests a second), found {rps:.3e}"),
         );
     }
     let max_response_bytes = w.integer(
