@@ -430,3 +430,39 @@ async fn a_null_checkpoint_of_size_0_completes_across_two_once_runs() {
     assert_eq!(h.requests_to(Route::Files), 2);
     assert_eq!(env.events().await.len(), 1);
 }
+
+/// A poll's probes run at once: with every `source` hanging, the eight due probes are all
+/// sent before the first of them times out (one after another, each waited out
+/// `api.timeout`, and the poll, the target's other events and its cadence with it, took
+/// eight timeouts).
+#[tokio::test]
+async fn a_polls_probes_run_at_once_so_a_hanging_source_costs_one_timeout() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    for i in 0..8 {
+        h.add_checkpoint("run-1", "sampler", &format!("step-{i}00"), None);
+    }
+    h.set_fault_on(Route::Source, Some(Fault::Delay(HOUR)));
+    let cfg = env.write_config(&qwen_to(&rx.url, ""));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    wait_for("eight probes sent", T, || {
+        (h.requests_to(Route::Source) >= 8).then_some(())
+    })
+    .await;
+    let done = r#"loopwatch_readiness_probes_total{outcome="error",target="qwen"}"#;
+    let cut = r#"loopwatch_readiness_probes_total{outcome="not_ready",target="qwen"}"#;
+    assert_eq!(
+        metric(&addr, done).await + metric(&addr, cut).await,
+        0.0,
+        "a probe ended before the eighth was sent: they ran one after another"
+    );
+    // A completion listed meanwhile is announced though every probe hangs.
+    h.add_checkpoint("run-1", "sampler", "step-900", Some("COMPLETE"));
+    wait_for("the completion", T, || {
+        (!completions(&rx).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(rx.count(), 2, "discovered and completed of step-900 only");
+}

@@ -3,14 +3,18 @@
 //! and what the probes saw, remembered with the target's rows. Every request goes through
 //! the one API client (its token bucket and error classification) and is counted. A poll's
 //! probes are bounded: [`MAX_PROBES_PER_POLL`] checkpoints and [`PROBE_REQUESTS_PER_POLL`]
-//! requests, and one probe's paging stops at a token it already sent or past what
-//! `total_count` allows, so a hostile or broken files route can never spend the process's
-//! API budget (other targets keep their cadence).
+//! requests, run at the same time for at most `api.timeout` in all, and one probe's paging
+//! stops at a token it already sent or past what `total_count` allows, so a hostile, hung
+//! or broken route can never spend the process's API budget or hold the poll for long
+//! (other targets keep their cadence).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -96,18 +100,42 @@ impl Poller {
             ))
         });
         let m = self.metrics.target(&t.name);
-        let mut budget = PROBE_REQUESTS_PER_POLL;
-        for (c, memo) in due.into_iter().take(MAX_PROBES_PER_POLL) {
-            if budget == 0 {
-                // The rest keep their turn: probed longest ago, they go first next poll.
-                debug!(target = %t.name, "probe request budget of this poll spent; the other null checkpoints wait for the next poll");
-                break;
-            }
-            let probed = tokio::select! {
+        // The due probes run at once, sharing the poll's request budget, and for at most
+        // `api.timeout` in all: a `source` that hangs holds this poll (its listing's events,
+        // and with it the target's cadence) up by one timeout, not one per checkpoint.
+        let budget = AtomicUsize::new(PROBE_REQUESTS_PER_POLL);
+        let due: Vec<_> = due.into_iter().take(MAX_PROBES_PER_POLL).collect();
+        let mut running: FuturesUnordered<_> = due
+            .iter()
+            .enumerate()
+            .map(|(i, (c, memo))| {
+                self.probe_one(c, *memo, now, every, &budget)
+                    .map(move |p| (i, p))
+            })
+            .collect();
+        let mut results: Vec<Option<Probed>> = due.iter().map(|_| None).collect();
+        let deadline = tokio::time::sleep(self.client.timeout());
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
                 biased;
+                // What was probed so far still counts.
                 _ = cancel.cancelled() => break,
-                p = self.probe_one(c, memo, now, every, &mut budget) => p,
-            };
+                _ = &mut deadline => {
+                    for r in results.iter_mut().filter(|r| r.is_none()) {
+                        *r = Some(Probed::Unfinished("the poll's probes took api.timeout"));
+                    }
+                    break;
+                }
+                next = running.next() => match next {
+                    Some((i, p)) => results[i] = Some(p),
+                    None => break,
+                },
+            }
+        }
+        drop(running);
+        for ((c, memo), probed) in due.into_iter().zip(results) {
+            let Some(probed) = probed else { continue };
             let mut next = ProbeMemo {
                 probed_at: now,
                 files: memo.and_then(|m| m.files.clone()),
@@ -129,7 +157,7 @@ impl Poller {
                 Probed::Unfinished(why) => {
                     m.probe(ProbeOutcome::NotReady);
                     debug!(target = %t.name, checkpoint_id = %c.id, why,
-                        "readiness probe stopped paging; not ready yet, will probe again");
+                        "readiness probe stopped; not ready yet, will probe again");
                 }
             }
             memos.push((c.id.clone(), next));
@@ -148,9 +176,11 @@ impl Poller {
         memo: Option<&ProbeMemo>,
         now: DateTime<Utc>,
         every: chrono::Duration,
-        budget: &mut usize,
+        budget: &AtomicUsize,
     ) -> Probed {
-        *budget = budget.saturating_sub(1);
+        if !take(budget) {
+            return Probed::Unfinished("the poll's probe request budget is spent");
+        }
         let source = self.counted(Endpoint::Source, self.client.source(&c.id).await);
         match source {
             Err(e) => return Probed::Failed(e),
@@ -164,13 +194,12 @@ impl Poller {
         let mut max_pages = MAX_FILES_PAGES;
         let mut pages = 0;
         loop {
-            if *budget == 0 {
-                return Probed::Unfinished("the poll's probe request budget is spent");
-            }
             if pages == max_pages {
                 return Probed::Unfinished("more pages than total_count allows");
             }
-            *budget -= 1;
+            if !take(budget) {
+                return Probed::Unfinished("the poll's probe request budget is spent");
+            }
             pages += 1;
             let page = self.client.files_page(&c.id, FILES_PAGE_SIZE, token).await;
             let page = match self.counted(Endpoint::Files, page) {
@@ -236,6 +265,13 @@ impl Poller {
         self.metrics.api_request(endpoint.label(), &code);
         r
     }
+}
+
+/// Take one request from a poll's probe budget; false when it is spent.
+fn take(budget: &AtomicUsize) -> bool {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 /// Whether a live checkpoint of the state is null and not complete: one the readiness
