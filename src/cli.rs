@@ -97,11 +97,15 @@ pub async fn checkpoints(cfg: &Config, filter: Filter, output: Output) -> anyhow
     list.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
     match output {
         Output::Json => {
-            let raw: Vec<serde_json::Value> = list
-                .iter()
-                .map(|c| serde_json::from_str(&c.raw).unwrap_or_default())
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&raw)?);
+            // Each object as the API sent it (its numbers, its key order), one per line:
+            // a parse into `Value` turned a 23-digit integer into a float and sorted keys.
+            let raw: Vec<std::borrow::Cow<'_, str>> =
+                list.iter().map(|c| crate::json::compact(&c.raw)).collect();
+            if raw.is_empty() {
+                println!("[]");
+            } else {
+                println!("[\n  {}\n]", raw.join(",\n  "));
+            }
         }
         Output::Table => {
             let rows = list

@@ -666,6 +666,32 @@ async fn checkpoints_works_without_a_config_file_from_env_overrides() {
     assert_eq!(v[0]["target"], "trainer");
 }
 
+/// `checkpoints -o json` prints each object as the API sent it: a 23-digit integer stays
+/// an integer (it was printed as 1.2345678901234568e+22), the keys keep their order.
+#[tokio::test]
+async fn checkpoints_json_prints_the_apis_objects_unchanged() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-1", Some("COMPLETE"));
+    let object = h.checkpoint(&id).unwrap().to_string();
+    let sent = format!(
+        "{{\"z_first\":1,{},\"big\":12345678901234567890123}}",
+        &object[1..object.len() - 1]
+    );
+    h.push_fault(loopwatch::sim::Fault::Status {
+        code: 200,
+        retry_after: None,
+        body: Some(format!("{{\"checkpoints\":[{sent}]}}")),
+    });
+    let cfg = env.write_config("");
+    let out = env
+        .run(&cfg, &["checkpoints", "--run-id", "run-1", "-o", "json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, format!("[\n  {sent}\n]\n"));
+}
+
 #[tokio::test]
 async fn deliveries_list_narrows_to_a_sink_and_says_when_it_leaves_rows_out() {
     let env = Env::new().await;

@@ -387,6 +387,10 @@ fn webhook(
                     w.err(&key, "is not a valid HTTP header name");
                     continue;
                 }
+                if let Some(why) = reserved_header(k) {
+                    w.err(&key, why);
+                    continue;
+                }
                 let Value::String(template) = v else {
                     w.err(&key, format!("expected a string, found {}", kind(v)));
                     continue;
@@ -669,6 +673,25 @@ fn deploy(
         deactivate_superseded,
     };
     ok.then_some((SinkKind::BasetenDeploy(cfg), Vec::new()))
+}
+
+/// Why a header a sink's `headers` names cannot be set there: loopwatch sets it on every
+/// request itself (a value there was dropped without a word), or it belongs to the body.
+fn reserved_header(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    match name.as_str() {
+        "webhook-id" | "webhook-timestamp" | "webhook-signature" => Some(
+            "is set by loopwatch on every request (the Standard Webhooks signature); remove it",
+        ),
+        "content-type" => Some("is set from content_type; remove it and set content_type instead"),
+        "content-length" | "host" | "transfer-encoding" | "connection" => {
+            Some("is set by the HTTP client; remove it")
+        }
+        n if n.starts_with("ce-") => Some(
+            "is a CloudEvents attribute, set by loopwatch with format = \"cloudevents-binary\"; remove it",
+        ),
+        _ => None,
+    }
 }
 
 /// Render `model_name` for a sample checkpoint of each target the sink may deploy for:
