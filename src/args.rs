@@ -248,10 +248,10 @@ pub enum ConfigFormat {
 #[group(required = true, multiple = false)]
 pub struct FilterArgs {
     /// Checkpoints of one training run
-    #[arg(long)]
+    #[arg(long, value_parser = not_empty)]
     pub run_id: Option<String>,
     /// Checkpoints of every run on one base model
-    #[arg(long)]
+    #[arg(long, value_parser = not_empty)]
     pub base_model: Option<String>,
     /// One checkpoint, by its bt://loops:<run_id>/(weights|sampler_weights)/<name> URI
     #[arg(long, value_parser = checkpoint_path)]
@@ -353,6 +353,14 @@ pub enum Shell {
     Bash,
     Zsh,
     Fish,
+}
+
+/// A filter value: an empty one would list nothing (or everything), never what was meant.
+fn not_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("is empty; name a run id or a base model".into());
+    }
+    Ok(s.to_string())
 }
 
 /// A `--checkpoint-path` as a target's `checkpoint_path` must be (the API would answer

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::Context;
 use chrono::Utc;
 use serde_json::json;
 
@@ -89,10 +88,11 @@ pub fn check_config_json(cfg: &Config) -> anyhow::Result<u8> {
 /// `checkpoints`: list live from the API.
 pub async fn checkpoints(cfg: &Config, filter: Filter, output: Output) -> anyhow::Result<u8> {
     let client = api::Client::new(&cfg.api)?;
-    let mut list = client
-        .list(&filter)
-        .await
-        .with_context(|| format!("listing checkpoints ({filter})"))?;
+    let mut list = client.list(&filter).await.map_err(|e| match e.fix() {
+        // What to check, as `once` says it.
+        Some(fix) => anyhow::anyhow!("listing checkpoints ({filter}): {e}; {fix}"),
+        None => anyhow::Error::new(e).context(format!("listing checkpoints ({filter})")),
+    })?;
     // Newest first, like the Baseten CLI.
     list.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
     match output {

@@ -690,6 +690,23 @@ async fn checkpoints_json_prints_the_apis_objects_unchanged() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text, format!("[\n  {sent}\n]\n"));
+    // A refused key says which keys to check, as `once` does; an empty filter is a usage
+    // error, not a request.
+    h.push_fault(loopwatch::sim::Fault::Status {
+        code: 401,
+        retry_after: None,
+        body: None,
+    });
+    let out = env.run(&cfg, &["checkpoints", "--run-id", "run-1"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("api.api_key_env"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let requests = h.requests();
+    for flag in ["--run-id", "--base-model"] {
+        let out = env.run(&cfg, &["checkpoints", flag, ""]).await;
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    }
+    assert_eq!(h.requests(), requests, "no request for an empty filter");
 }
 
 #[tokio::test]

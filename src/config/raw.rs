@@ -91,20 +91,34 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Field<T> {
         }
         Ok(match T::deserialize(&value) {
             Ok(t) => Field::Value(t),
+            // A number or boolean where text is expected is taken as its text, as the
+            // `config` crate converts them (`replica_id: 7` in YAML, `run_id = 1234567`).
+            Err(_) if value.is_number() || value.is_boolean() => {
+                match T::deserialize(&Value::String(value.to_string())) {
+                    Ok(t) => Field::Value(t),
+                    Err(_) => Field::Wrong(value),
+                }
+            }
             Err(_) => Field::Wrong(value),
         })
     }
 }
 
-/// A boolean, also written as the string `"true"` or `"false"`.
+/// A boolean, also written as text as the `config` crate reads one (an environment
+/// override is text): `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`, in any case.
 #[derive(Clone, Copy, Debug)]
 pub struct Flag(pub bool);
 
 impl<'de> Deserialize<'de> for Flag {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Bool(b) => Ok(Flag(b)),
-            Value::String(s) if s == "true" || s == "false" => Ok(Flag(s == "true")),
+        let text = match Value::deserialize(d)? {
+            Value::Bool(b) => return Ok(Flag(b)),
+            Value::String(s) => s.trim().to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        match text.as_str() {
+            "true" | "yes" | "on" | "1" => Ok(Flag(true)),
+            "false" | "no" | "off" | "0" => Ok(Flag(false)),
             _ => Err(serde::de::Error::custom("not a boolean")),
         }
     }
@@ -118,7 +132,8 @@ impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let n = match Value::deserialize(d)? {
             Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse().ok(),
+            // Text that parses as a finite number ("NaN" from the environment is no number).
+            Value::String(s) => s.trim().parse().ok().filter(|n: &f64| n.is_finite()),
             _ => None,
         };
         n.map(Number)
@@ -335,7 +350,9 @@ pub fn read(
             ::config::Environment::with_prefix("LOOPWATCH")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true)
+                // Values stay text: parsed, "007" would become 7 and then "7". Numbers and
+                // booleans are read from text by the fields that take them.
+                .try_parsing(false)
                 .source(Some(env.overrides().into_iter().collect())),
         )
         .build()

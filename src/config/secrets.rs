@@ -115,8 +115,26 @@ impl Problems<'_> {
     ) -> Option<(Secret, String)> {
         let env_key = format!("{stem}_env");
         let file_key = format!("{stem}_file");
-        let from_env = self.string(env, &join(section, &env_key));
-        let from_file = self.string(file, &join(section, &file_key));
+        let mut from_env = self.string(env, &join(section, &env_key));
+        let mut from_file = self.string(file, &join(section, &file_key));
+        // The environment beats the file for a pair too: an override of one of the two
+        // (`LOOPWATCH__API__API_KEY_FILE`) replaces the other as the file sets it, and an
+        // empty override unsets its key.
+        let by_override = |key: &str| self.env.override_of(&join(section, key)).is_some();
+        let (env_over, file_over) = (by_override(&env_key), by_override(&file_key));
+        if env_over && from_env.as_deref() == Some("") {
+            from_env = None;
+        }
+        if file_over && from_file.as_deref() == Some("") {
+            from_file = None;
+        }
+        if from_env.is_some() && from_file.is_some() && env_over != file_over {
+            if env_over {
+                from_file = None;
+            } else {
+                from_env = None;
+            }
+        }
         match (from_env, from_file) {
             (Some(_), Some(_)) => {
                 self.err(

@@ -703,3 +703,67 @@ fn a_base_url_with_userinfo_is_refused_without_its_password() {
         assert!(!p[0].contains("apipw-7c1e"), "{p:?}");
     }
 }
+
+/// Values are read as the `config` crate reads them: an override is text, a number or a
+/// boolean where text is expected is its text, and a boolean may be written `1`, `yes`,
+/// `ON`. `LOOPWATCH__STORE__REPLICA_ID=007` was refused ("expected a string, found a
+/// number"), and with the override parsed it would have been `7`.
+#[test]
+fn numbers_and_booleans_are_read_as_the_config_crate_reads_them() {
+    let mut e = env();
+    e.set("LOOPWATCH__STORE__REPLICA_ID", "007");
+    e.set("LOOPWATCH__POLL__EMIT_EXISTING", "1");
+    let c = load_str(MINIMAL, config::FileFormat::Toml, "t.toml", &e).unwrap();
+    assert_eq!(c.store.replica_id, "007");
+    assert!(c.poll.emit_existing);
+    for (text, want) in [("0", false), ("yes", true), ("OFF", false), ("True", true)] {
+        let mut e = env();
+        e.set("LOOPWATCH__POLL__EMIT_EXISTING", text);
+        let c = load_str(MINIMAL, config::FileFormat::Toml, "t.toml", &e).unwrap();
+        assert_eq!(c.poll.emit_existing, want, "{text}");
+    }
+    let mut e = env();
+    e.set("LOOPWATCH__POLL__EMIT_EXISTING", "maybe");
+    let p = load_str(MINIMAL, config::FileFormat::Toml, "t.toml", &e)
+        .unwrap_err()
+        .problems;
+    assert!(p[0].contains("poll.emit_existing"), "{p:?}");
+    let yaml = "targets:\n  - name: a\n    run_id: 1234567\nstore:\n  replica_id: true\n";
+    let c = load_str(yaml, config::FileFormat::Yaml, "t.yaml", &env()).unwrap();
+    assert_eq!(c.targets[0].filter.to_string(), "run_id=1234567");
+    assert_eq!(c.store.replica_id, "true");
+}
+
+/// An override of one key of a secret's `_env`/`_file` pair replaces the other as the
+/// file sets it: a file that names `api_key_env` (as the shipped examples do) can be
+/// switched to a mounted secret file by the environment alone. Both in one source stay
+/// an error.
+#[test]
+fn an_override_of_one_half_of_a_secret_pair_replaces_the_files_other_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "k-from-file\n").unwrap();
+    let text = format!("[api]\napi_key_env = \"BASETEN_API_KEY\"\n{MINIMAL}");
+    let mut e = env();
+    e.set(
+        "LOOPWATCH__API__API_KEY_FILE",
+        key_file.display().to_string(),
+    );
+    let c = load_str(&text, config::FileFormat::Toml, "t.toml", &e).unwrap();
+    assert_eq!(c.api.api_key.expose(), "k-from-file");
+    // An empty override unsets its key: the default variable applies again.
+    let file_text = format!(
+        "[api]\napi_key_file = \"{}\"\n{MINIMAL}",
+        key_file.display()
+    );
+    let mut e = env();
+    e.set("LOOPWATCH__API__API_KEY_FILE", "");
+    let c = load_str(&file_text, config::FileFormat::Toml, "t.toml", &e).unwrap();
+    assert_eq!(c.api.api_key.expose(), "k-123");
+    let both = format!(
+        "[api]\napi_key_env = \"BASETEN_API_KEY\"\napi_key_file = \"{}\"\n{MINIMAL}",
+        key_file.display()
+    );
+    let p = problems(&both);
+    assert!(p[0].contains("not both"), "{p:?}");
+}
