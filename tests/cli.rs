@@ -487,6 +487,22 @@ async fn injected_faults_change_no_state_and_emit_nothing() {
             stderr(&out)
         );
         assert!(!stderr(&out).contains(API_KEY));
+        // JSON of another shape is told apart from a page that is not JSON at all.
+        if let Fault::MissingField(_) | Fault::WrongType(_) | Fault::NotJsonObject = f {
+            assert!(
+                stderr(&out).contains("not the Loops API's shape")
+                    && !stderr(&out).contains("proxy"),
+                "{f:?}: {}",
+                stderr(&out)
+            );
+        }
+        if let Fault::HtmlOk | Fault::Truncated = f {
+            assert!(
+                stderr(&out).contains("a proxy's page?"),
+                "{f:?}: {}",
+                stderr(&out)
+            );
+        }
         if let Fault::Status { code: 401, .. } = f {
             assert!(
                 stderr(&out).contains("api.api_key_env"),

@@ -172,6 +172,9 @@ impl Error {
             Error::Status { code: 404, .. } => {
                 Some("check the target's run_id, base_model or checkpoint_path, and api.base_url")
             }
+            Error::Decode(m) if m.starts_with(NOT_THE_SHAPE) => Some(
+                "check api.base_url (another API?), or whether this loopwatch is older than the API",
+            ),
             Error::Decode(_) => {
                 Some("the answer is not the Loops API's JSON (a proxy's page?): check api.base_url")
             }
@@ -358,7 +361,7 @@ impl Client {
     pub async fn source(&self, id: &str) -> Result<Source, Error> {
         let url = self.checkpoint_url(id, "source");
         let (bytes, _share) = self.send(self.http.get(url)).await?;
-        wire::decode_source(&bytes).map_err(decode_error)
+        wire::decode_source(&bytes).map_err(|m| decode_error_of(&bytes, m))
     }
 
     /// One page of the files of checkpoint `id`; the first page is `page_token` 0. A
@@ -374,7 +377,7 @@ impl Client {
             .append_pair("page_size", &page_size.to_string())
             .append_pair("page_token", &page_token.to_string());
         let (bytes, _share) = self.send(self.http.get(url)).await?;
-        wire::decode_files(&bytes).map_err(decode_error)
+        wire::decode_files(&bytes).map_err(|m| decode_error_of(&bytes, m))
     }
 
     /// Ask whether the sampler checkpoint at `checkpoint_path`
@@ -392,7 +395,7 @@ impl Client {
         let body = wire::deploy_request(request);
         let url = self.action_url("deploy");
         let (bytes, _share) = self.send(post_json(self.http.post(url), &body)).await?;
-        wire::decode_deployed(&bytes).map_err(decode_error)
+        wire::decode_deployed(&bytes).map_err(|m| decode_error_of(&bytes, m))
     }
 
     /// `.../checkpoints/{id}/{leaf}`, the id percent-encoded as one path segment.
@@ -522,7 +525,7 @@ impl Body {
 
     /// Decode the listing; a body that does not decode fails the poll as a whole.
     pub fn decode(&self) -> Result<Vec<Checkpoint>, Error> {
-        wire::decode_listing(&self.bytes).map_err(decode_error)
+        wire::decode_listing(&self.bytes).map_err(|m| decode_error_of(&self.bytes, m))
     }
 }
 
@@ -554,6 +557,21 @@ fn post_json(
 /// "..."`), which may be a secret a hostile peer echoed: redacted like an error body.
 fn decode_error(message: String) -> Error {
     Error::Decode(crate::redact::secrets(&message).into_owned())
+}
+
+/// What [`decode_error_of`] puts before the message of a body that is JSON, just not of
+/// the shape the route answers with.
+const NOT_THE_SHAPE: &str = "JSON, but not the Loops API's shape: ";
+
+/// A body that does not decode: JSON of another shape (another API, or a field the
+/// schema requires missing) is told apart from a body that is not JSON at all (a
+/// proxy's page), since what to check differs.
+fn decode_error_of(body: &[u8], message: String) -> Error {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        decode_error(format!("{NOT_THE_SHAPE}{message}"))
+    } else {
+        decode_error(message)
+    }
 }
 
 fn transport(e: reqwest::Error) -> Error {
