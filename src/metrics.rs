@@ -50,6 +50,8 @@ pub struct Metrics {
     /// `loopwatch_api_budget_requests_per_second`.
     pub api_budget: prometheus::Gauge,
     pub lease_takeovers: prometheus::IntCounter,
+    /// Lease rounds that found another live process heartbeating under this replica's id.
+    pub replica_id_conflicts: prometheus::IntCounter,
     /// 1 when the last reload (or the start) applied the config, 0 when it was refused.
     pub reload_successful: IntGauge,
     pub reload_success_timestamp: prometheus::Gauge,
@@ -149,6 +151,15 @@ impl Metrics {
             .register(Box::new(lease_takeovers.clone()))
             .expect("unique metric");
 
+        let replica_id_conflicts = prometheus::IntCounter::new(
+            "loopwatch_replica_id_conflicts_total",
+            "Lease rounds that found another live process heartbeating under this replica's store.replica_id (both poll the same targets: give each replica its own id).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(replica_id_conflicts.clone()))
+            .expect("unique metric");
+
         let reload_successful = IntGauge::new(
             "loopwatch_config_last_reload_successful",
             "1 when the last config reload (or the start) applied the config, 0 when it was refused.",
@@ -168,6 +179,7 @@ impl Metrics {
 
         let mut metrics = Metrics {
             lease_takeovers,
+            replica_id_conflicts,
             reload_successful,
             reload_success_timestamp,
             backlog_reporter: std::sync::atomic::AtomicBool::new(true),

@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::{self, Coordinator, Fence, LeaseRound};
 use crate::store_watch::StoreWatch;
+
+/// How often a replica id shared with another live process is logged again while it lasts.
+const SHARED_LOG_EVERY: Duration = Duration::from_secs(300);
 
 /// The targets this process may poll, each with the lease epoch to commit under.
 pub struct Ownership {
@@ -139,6 +142,7 @@ pub async fn run(
     let watch = StoreWatch::new(metrics.clone(), health.clone());
     let mut last_ok = Instant::now();
     let mut last_round = Instant::now();
+    let mut last_shared_log: Option<Instant> = None;
     let released = keep_leases_of(&*coordinator, &targets, &token, |round| {
         beat.beat();
         let started = std::mem::replace(&mut last_round, Instant::now());
@@ -152,6 +156,17 @@ pub async fn run(
                         "took over targets of a replica whose lease expired"
                     );
                     metrics.lease_takeovers.inc_by(round.takeovers);
+                }
+                if round.replica_id_shared {
+                    metrics.replica_id_conflicts.inc();
+                    // Every round while it lasts would be a flood: once every 5 minutes.
+                    if last_shared_log.is_none_or(|t: Instant| t.elapsed() >= SHARED_LOG_EVERY) {
+                        last_shared_log = Some(Instant::now());
+                        error!(
+                            replica = %own.replica,
+                            "another live process uses this store.replica_id: both poll the same targets and may send each event twice; give each replica its own store.replica_id (or leave it unset: <host>-<pid>-<salt>)"
+                        );
+                    }
                 }
                 metrics.targets_owned.set(round.owned.len() as i64);
                 metrics.set_reports_backlog(round.reports_backlog);

@@ -616,3 +616,43 @@ async fn a_reload_shares_the_new_target_set_among_the_replicas() {
         );
     }
 }
+
+/// Two live processes under one `replica_id` poll the same targets under the same leases
+/// (each event may go out twice): each finds the other's heartbeat in its row and says
+/// so, in its log and in `loopwatch_replica_id_conflicts_total`. A replica restarted
+/// under its own id after a SIGKILL (its predecessor's mark still in the row) is not
+/// taken for a twin.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: run scripts/test (or scripts/with-postgres cargo test -- --ignored)"]
+async fn two_live_replicas_under_one_id_are_told_and_a_restart_is_not() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let cfg = pg_config(&env, &rx, 4).await;
+    let (mut ds, addrs) = replicas(&env, &cfg, &["twin", "twin", "solo"]).await;
+    const CONFLICTS: &str = "loopwatch_replica_id_conflicts_total";
+    for (d, a) in ds.iter().zip(&addrs).take(2) {
+        let told = until(T, Duration::from_millis(100), async || {
+            gauge(a, CONFLICTS).await.unwrap_or(0.0) > 0.0
+        })
+        .await;
+        assert!(told, "a twin was never told: {}", d.log_text());
+        let log = d.log_text();
+        assert!(
+            log.contains("another live process uses this store.replica_id"),
+            "{log}"
+        );
+    }
+    // The solo replica, killed and started again at once under its id.
+    ds[2].kill9();
+    let again = replica(&env, &cfg, "solo");
+    let addr = again.ready().await;
+    // Three more lease rounds of a twin: the restarted replica ran about as many.
+    let told = gauge(&addrs[0], CONFLICTS).await.unwrap_or(0.0);
+    let rounds = until(T, Duration::from_millis(100), async || {
+        gauge(&addrs[0], CONFLICTS).await.unwrap_or(0.0) >= told + 3.0
+    })
+    .await;
+    assert!(rounds, "the twin stopped counting");
+    assert_eq!(gauge(&addr, CONFLICTS).await, Some(0.0));
+    assert!(!again.log_text().contains("another live process"));
+}

@@ -63,6 +63,9 @@ pub struct LeaseRound {
     /// This replica is the one of the live replicas (the lowest id) that exports the
     /// database-wide figures (the delivery backlog); the others export 0.
     pub reports_backlog: bool,
+    /// Another live process heartbeats under this replica's id: the two poll the same
+    /// targets under the same leases, and each event of them may be sent twice.
+    pub replica_id_shared: bool,
 }
 
 /// What became of one target a one-shot run tried to take.
@@ -143,6 +146,7 @@ impl Coordinator for SingleNode {
             live_replicas: 1,
             api_sharers: 1,
             reports_backlog: true,
+            replica_id_shared: false,
         })
     }
 

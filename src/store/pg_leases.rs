@@ -33,6 +33,12 @@ pub struct PgLeases {
     /// The lapsed per-target leases of earlier versions were deleted (once), so that the
     /// check each round reads an empty table.
     legacy_cleared: AtomicBool,
+    /// This process's mark in its `replicas` row (random per start).
+    instance: String,
+    /// A heartbeat was written.
+    beaten: AtomicBool,
+    /// The last heartbeat found another process's mark in this replica's row.
+    shared: AtomicBool,
 }
 
 /// One row of `shard_leases` as a round reads it.
@@ -74,6 +80,9 @@ impl PgLeases {
             role: Role::Replica,
             legacy_logged: AtomicBool::new(false),
             legacy_cleared: AtomicBool::new(false),
+            instance: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
+            beaten: AtomicBool::new(false),
+            shared: AtomicBool::new(false),
         }
     }
 
@@ -96,18 +105,28 @@ impl PgLeases {
 
     /// Record that this process is alive now, which also keeps every shard lease it holds
     /// valid for `ttl`; then who is: (live replicas, processes sharing the API budget, the
-    /// lowest replica id). One-shot runs count only among the sharers.
+    /// lowest replica id). One-shot runs count only among the sharers. Notes in
+    /// [`PgLeases::shared`] whether another process wrote this replica's row since this
+    /// one's last heartbeat (the same `replica_id` on two live processes).
     async fn heartbeat(&self) -> Result<(i64, i64, Option<String>)> {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO replicas (id, heartbeat_at, started_at, lease_expires_at)
-                VALUES ($1, {DB_NOW}, {DB_NOW}, {DB_NOW} + $2)
+        let before: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "WITH prev AS (SELECT instance FROM replicas WHERE id = $1)
+             INSERT INTO replicas (id, heartbeat_at, started_at, lease_expires_at, instance)
+                VALUES ($1, {DB_NOW}, {DB_NOW}, {DB_NOW} + $2, $3)
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-                lease_expires_at = excluded.lease_expires_at"
+                lease_expires_at = excluded.lease_expires_at, instance = excluded.instance
+             RETURNING (SELECT instance FROM prev)"
         )))
         .bind(&self.replica)
         .bind(self.ttl_ms())
-        .execute(&self.pool)
+        .bind(&self.instance)
+        .fetch_one(&self.pool)
         .await?;
+        // Only from the second heartbeat on: before its first, the row may be the one a
+        // crashed predecessor under the same id left (no one else alive).
+        let beaten = self.beaten.swap(true, Ordering::Relaxed);
+        let other = before.is_some_and(|b| b != self.instance);
+        self.shared.store(beaten && other, Ordering::Relaxed);
         Ok(sqlx::query_as(AssertSqlSafe(format!(
             "SELECT COUNT(*) FILTER (WHERE id NOT LIKE $2), COUNT(*),
                 MIN(id) FILTER (WHERE id NOT LIKE $2)
@@ -283,6 +302,7 @@ impl PgLeases {
             live_replicas: live,
             api_sharers: sharers.max(live),
             reports_backlog: first.as_deref() == Some(self.replica.as_str()),
+            replica_id_shared: self.shared.load(Ordering::Relaxed),
         };
         if self.legacy_holder().await?.is_some() {
             return Ok(round(Vec::new(), 0));
