@@ -952,6 +952,61 @@ async fn a_promote_answered_503_is_retried_and_a_400_fails_it() {
     drop(d);
 }
 
+/// The last promote attempt's answer lost is reconciled as a deploy call's is: the
+/// deployment is read, promoted when it is in the environment (it ended `failed` while
+/// the deployment was in production), failed when it is not, and never called again.
+#[tokio::test]
+async fn the_last_promote_attempts_lost_answer_is_read_not_taken_for_a_failure() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    h.set_deploy_script(&[
+        ("BUILDING", Duration::ZERO),
+        ("ACTIVE", Duration::from_millis(400)),
+    ]);
+    let sink = deploy_sink("promote_to = \"production\"\nlatest_only = false").replace(
+        "retry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\"]",
+        "retry_schedule = [\"300ms\"]",
+    );
+    let cfg = env.write_config(&format!("{QWEN}{sink}{}", lifecycle_hook(&rx.url)));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    let status = |code| Fault::Status {
+        code,
+        retry_after: None,
+        body: None,
+    };
+    // Two attempts: a 503, then one that acts and loses its answer.
+    h.push_fault_to(Route::Promote, status(503));
+    h.push_fault_to(Route::Promote, Fault::ActThenClose);
+    let ok = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
+    let promoted = event_of(&rx, "checkpoint.promoted", &ok).await;
+    assert_eq!(promoted["data"]["deployment"]["environment"], "production");
+    let row = wait_stage(&env, &cfg, &ok, "promoted").await;
+    assert_eq!(row["promote_in_doubt"], false, "{row}");
+    assert_eq!(h.requests_to(Route::Promote), 2);
+    // Two attempts answered 503 that did not act: read, not there, failed; no third call.
+    h.push_fault_to(Route::Promote, status(503));
+    h.push_fault_to(Route::Promote, status(503));
+    h.advance_clock(Duration::from_secs(1));
+    let bad = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
+    let row = wait_stage(&env, &cfg, &bad, "failed").await;
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not promoted after 2 attempts"),
+        "{row}"
+    );
+    assert_eq!(h.requests_to(Route::Promote), 4);
+    assert_eq!(h.promotions().len(), 1);
+    never_within("a fifth promote call", Duration::from_secs(1), || {
+        h.requests_to(Route::Promote) > 4
+    })
+    .await;
+    drop(d);
+}
+
 /// The sum of `loopwatch_store_errors_total` over its `op`s: a query a dialect rejects
 /// shows here.
 fn store_errors(page: &str) -> f64 {

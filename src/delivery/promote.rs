@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 use super::approval::{deadline, waiting_event};
 use super::deploy::{DeploymentData, LoopsDeployer, failure, read_failure};
 use super::follow::{Seen, judge};
+use super::retry::{RECONCILE_AFTER_THE_LAST_AT_MOST, reconcile_at};
 use super::{Failure, Outbox, Sink, decide};
 use crate::config::{Approval, DeployConfig};
 use crate::model::EventType;
@@ -154,13 +155,13 @@ impl Outbox {
                 };
             }
             Err(e) => {
-                return Self::step_failed(
-                    sink,
-                    claim,
-                    read_failure("deployment", e),
-                    DeployStage::Failed,
-                    now,
-                );
+                let f = read_failure("deployment", e);
+                // The last call's outcome is still to be read: a failing read is tried
+                // again, never taken for an answer.
+                if last_call_in_doubt(sink, row) {
+                    return Self::reconcile_promote(sink, claim, &f, now);
+                }
+                return Self::step_failed(sink, claim, f, DeployStage::Failed, now);
             }
         };
         let status = Some(dep.status.clone());
@@ -241,6 +242,22 @@ impl Outbox {
                 ..base
             };
         }
+        if last_call_in_doubt(sink, row) {
+            // The read above was the last call's reconciliation: it did not promote.
+            let attempts = sink.cfg.retry_schedule.len() + 1;
+            let reason = format!(
+                "not promoted after {attempts} attempts: the last one's answer was lost, and the deployment is not in {env}"
+            );
+            error!(sink = sink.name(), delivery_id = row.delivery_id, %uri, %reason,
+                "pipeline step failed for good");
+            return FollowOutcome {
+                stage: DeployStage::Failed,
+                deployment_status: status,
+                promote_settled: true,
+                error: Some(reason),
+                ..base
+            };
+        }
         // The call may act without its answer arriving: recorded first, so that whoever
         // carries on reads the deployment (above) before promoting again.
         match self.store.promote_intent(claim, now).await {
@@ -260,12 +277,46 @@ impl Outbox {
             }
             Err(e) => {
                 let known = !e.retryable;
-                let mut out =
-                    Self::step_failed(sink, claim, failure("promote", e), DeployStage::Failed, now);
+                let f = failure("promote", e);
+                let last = row.step_attempts >= sink.cfg.retry_schedule.len() as i64;
+                if !known && last {
+                    // Outcomes as for deploy calls: the last call in doubt is reconciled
+                    // (the deployment read again), not taken for a failure.
+                    return Self::reconcile_promote(sink, claim, &f, now);
+                }
+                let mut out = Self::step_failed(sink, claim, f, DeployStage::Failed, now);
                 // A refusal is an answer: nothing was promoted.
                 out.promote_settled |= known;
                 out
             }
+        }
+    }
+
+    /// The last promote call's answer was lost (or the read that reconciles it failed):
+    /// read the deployment again at [`reconcile_at`]'s time, the attempts spent for good
+    /// (the next step promotes nothing; it reads and settles).
+    fn reconcile_promote(
+        sink: &Sink,
+        claim: &FollowClaim,
+        f: &Failure,
+        now: DateTime<Utc>,
+    ) -> FollowOutcome {
+        let row = &claim.deploy;
+        let schedule = &sink.cfg.retry_schedule;
+        let spent = schedule.len() as i64 + 1;
+        let before = u32::try_from(row.step_attempts).unwrap_or(u32::MAX);
+        let jitter = rand::rng().random_range(-1.0..=1.0);
+        let (next, error) = match reconcile_at(f, before, schedule, now, jitter) {
+            AttemptOutcome::Retry { next, error, .. } => (next, error),
+            _ => (now + RECONCILE_AFTER_THE_LAST_AT_MOST, f.to_string()),
+        };
+        warn!(sink = sink.name(), delivery_id = row.delivery_id, %error,
+            "the last promote call's outcome is unknown; the deployment will be read again");
+        FollowOutcome {
+            next_at: Some(next),
+            step_attempts: row.step_attempts.max(spent),
+            error: Some(format!("{error}; in doubt, to be read again")),
+            ..FollowOutcome::of(claim)
         }
     }
 
@@ -384,4 +435,10 @@ impl Outbox {
             None => done,
         }
     }
+}
+
+/// Every promote attempt was made and the last one's answer was lost: the pipeline's
+/// next step only reads the deployment, and settles.
+fn last_call_in_doubt(sink: &Sink, row: &crate::store::DeployRow) -> bool {
+    row.promote_in_doubt && row.step_attempts > sink.cfg.retry_schedule.len() as i64
 }
