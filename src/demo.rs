@@ -141,7 +141,7 @@ deactivate_superseded = true
 "#;
 
 /// The demo's approver: each deploy waiting for approval is approved, after a moment, by
-/// the command its event printed (`$USER` as "demo"), run in-process: the same decision,
+/// the command its event printed (the user as "demo"), run in-process: the same decision,
 /// in the store, that `loopwatch deliveries approve` makes.
 async fn approve_waiting(store: std::sync::Arc<dyn Store>, pause: Duration) {
     let mut asked = std::collections::HashMap::<i64, std::time::Instant>::new();
@@ -160,7 +160,7 @@ async fn approve_waiting(store: std::sync::Arc<dyn Store>, pause: Duration) {
             // The demo's config is no file: its lines name none.
             let how = crate::config::Invocation::default();
             let line = crate::store::deploys::approve_command(&how, d.delivery_id)
-                .replace("\"$USER\"", "demo");
+                .replace(crate::store::deploys::BY_WHOEVER_RUNS_IT, "demo");
             println!("  approver: $ {line}   (run in-process)");
             let decision = Decision {
                 verdict: Verdict::Approved,

@@ -120,9 +120,9 @@ fn text(o: &Output) -> (String, String) {
 }
 
 /// Run a command line exactly as printed (`data.approve_command`), with `sh -c` in
-/// directory `cwd`, as `user`, the binary on `PATH` and no `LOOPWATCH_CONFIG`: the line
-/// names the config file itself.
-async fn run_line(cwd: &Path, line: &str, user: &str) -> Output {
+/// directory `cwd`, as `user` (`$USER` unset for `None`, as in a container's shell), the
+/// binary on `PATH` and no `LOOPWATCH_CONFIG`: the line names the config file itself.
+async fn run_line(cwd: &Path, line: &str, user: Option<&str>) -> Output {
     let bin_dir = Path::new(common::bin()).parent().unwrap().to_path_buf();
     let path = format!(
         "{}:{}",
@@ -134,11 +134,14 @@ async fn run_line(cwd: &Path, line: &str, user: &str) -> Output {
         .arg(line)
         .current_dir(cwd)
         .env("PATH", path)
-        .env("USER", user)
+        .env_remove("USER")
         .env_remove("LOOPWATCH_CONFIG")
         .env("BASETEN_API_KEY", common::API_KEY)
         .env("HOOK_SECRET", common::SECRET)
         .env_remove("RUST_LOG");
+    if let Some(user) = user {
+        c.env("USER", user);
+    }
     tokio::task::spawn_blocking(move || c.output().unwrap())
         .await
         .unwrap()
@@ -148,7 +151,7 @@ async fn run_line(cwd: &Path, line: &str, user: &str) -> Output {
 /// the config file `cfg` (an absolute path).
 fn approve_line(cfg: &Path, delivery: i64) -> String {
     let c = loopwatch::text::shell_word(&cfg.display().to_string());
-    format!("loopwatch deliveries approve {delivery} --by \"$USER\" -c {c}")
+    format!("loopwatch deliveries approve {delivery} --by \"${{USER:-$(id -un)}}\" -c {c}")
 }
 
 fn deploy_calls(h: &SimHandle) -> u64 {
@@ -201,7 +204,7 @@ async fn before_deploy_nothing_is_called_until_the_printed_command_approves_it()
     .await;
 
     // The line exactly as the event printed it.
-    let out = run_line(env.dir.path(), &line, "alice").await;
+    let out = run_line(env.dir.path(), &line, Some("alice")).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
@@ -285,15 +288,22 @@ async fn the_printed_approve_command_names_the_daemons_config_and_runs_from_anot
     );
 
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = run_line(elsewhere.path(), &line, "alice").await;
+    // Pasted into a shell without `$USER` (a container's `sh`, `kubectl exec`): the
+    // line names whoever `id` says runs it ("$USER" alone was empty there: exit 2).
+    let out = run_line(elsewhere.path(), &line, None).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{line}: {stderr}");
     assert!(
         stdout.starts_with(&format!("approved delivery {delivery} ")),
         "{stdout}"
     );
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let me = String::from_utf8(me.stdout).unwrap().trim().to_string();
     let deployed = event_of(&rx, "checkpoint.deployed", &id).await;
-    assert_eq!(deployed["data"]["deployment"]["approved_by"], "alice");
+    assert_eq!(deployed["data"]["deployment"]["approved_by"], me.as_str());
     assert_eq!(h.requests_to(Route::Deploy), 1);
     drop(d);
 }

@@ -397,7 +397,7 @@ fn the_approve_in_slack_recipe_shows_the_approve_command_and_announces_the_promo
     assert_eq!(got, want, "{file} renders:\n{rendered}");
     assert!(
         got["text"].as_str().unwrap().contains(
-            "`loopwatch deliveries approve 12 --by \"$USER\" -c /etc/loopwatch/loopwatch.toml`"
+            "`loopwatch deliveries approve 12 --by \"${USER:-$(id -un)}\" -c /etc/loopwatch/loopwatch.toml`"
         ),
         "{got}"
     );

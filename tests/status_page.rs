@@ -624,7 +624,7 @@ async fn a_deploy_awaiting_approval_stays_listed_behind_many_newer_finished_ones
     assert_eq!(p["sink"], "gate");
     let id = p["delivery_id"].as_i64().unwrap();
     let c = shell_word(&cfg.display().to_string());
-    let line = format!("loopwatch deliveries approve {id} --by \"$USER\" -c {c}");
+    let line = format!("loopwatch deliveries approve {id} --by \"${{USER:-$(id -un)}}\" -c {c}");
     assert_eq!(p["approve_command"], line.as_str(), "{p}");
     assert_eq!(deploys[0]["delivery_id"], id, "open pipelines first");
     assert_eq!(deploys.len(), 1 + 50, "then the newest 50 settled ones");

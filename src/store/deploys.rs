@@ -141,14 +141,24 @@ impl DeployRow {
 
 /// The exact command line that approves the deploy pipeline of delivery `delivery_id`
 /// (`checkpoint.awaiting_approval`'s `data.approve_command`), naming the config file as
-/// `how` does: `$USER` is the shell's, so pasted as is it records who ran it.
+/// `how` does: [`BY_WHOEVER_RUNS_IT`] is the shell's user, so pasted as is it records who
+/// ran it.
 pub fn approve_command(how: &Invocation, delivery_id: i64) -> String {
-    how.line(&format!("deliveries approve {delivery_id} --by \"$USER\""))
+    how.line(&format!(
+        "deliveries approve {delivery_id} --by {BY_WHOEVER_RUNS_IT}"
+    ))
 }
+
+/// `--by` of the printed lines: `$USER`, or where a shell has none (a container's `sh`,
+/// `kubectl exec`, cron) the name `id` gives; `"$USER"` alone was empty there, and the
+/// line exited 2.
+pub const BY_WHOEVER_RUNS_IT: &str = "\"${USER:-$(id -un)}\"";
 
 /// The command line that rejects it (`data.reject_command`).
 pub fn reject_command(how: &Invocation, delivery_id: i64) -> String {
-    how.line(&format!("deliveries reject {delivery_id} --by \"$USER\""))
+    how.line(&format!(
+        "deliveries reject {delivery_id} --by {BY_WHOEVER_RUNS_IT}"
+    ))
 }
 
 /// `row` as `deploys -o json` and `deliveries approve -o json` show it: the pipeline, and
