@@ -612,11 +612,34 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
     event_of(&rx, "checkpoint.awaiting_approval", &newer).await;
     let second = pipeline(&env, &cfg, &newer).await["delivery_id"].to_string();
     let out = env
-        .run(&cfg, &["deliveries", "reject", &newer, "--by", "dave"])
+        .run(
+            &cfg,
+            &[
+                "deliveries",
+                "reject",
+                &newer,
+                "--by",
+                "dave",
+                "--reason",
+                "evals regressed",
+            ],
+        )
         .await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     wait_stage(&env, &cfg, &newer, "rejected").await;
-    assert_eq!(listed("rejected"), [second]);
+    assert_eq!(listed("rejected"), [second.clone()]);
+    // Listed with the decision as its last error, as a deploy rejected before deploying.
+    let rows = env.deliveries(&cfg, Some("rejected")).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"].to_string() == second);
+    assert_eq!(
+        row.unwrap()["last_error"],
+        "rejected by dave: evals regressed",
+        "{rows}"
+    );
     assert_eq!(listed("delivered"), [delivery]);
     assert_eq!(h.promotions().len(), 1);
     drop(d);

@@ -253,7 +253,10 @@ fn deploy_row(now: DateTime<Utc>, d: &super::report::DeployItem) -> DeployRowVie
     if d.reconciled {
         note.push("reconciled after a lost answer".to_string());
     }
-    if let Some(by) = &d.decided_by {
+    // A rejection's error names who decided already ("rejected by carol: ...").
+    if let Some(by) = &d.decided_by
+        && d.stage != "rejected"
+    {
         note.push(format!("decided by {by}"));
     }
     if let Some(e) = &d.error {

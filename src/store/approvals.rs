@@ -71,7 +71,8 @@ const DECIDE: &str = "UPDATE deploys SET
                      WHERE d.id = $1 AND d.status = 'awaiting_approval') THEN $2
         ELSE NULL END,
     decision = $3, decided_by = $4, decided_at = $2, decision_reason = $5,
-    error = CASE WHEN $3 = 'rejected' THEN 'rejected by ' || $4 ELSE NULL END,
+    error = CASE WHEN $3 = 'rejected' THEN 'rejected by ' || $4 || COALESCE(': ' || $5, '')
+        ELSE NULL END,
     updated_at = $2
     WHERE delivery_id = $1 AND stage = 'awaiting_approval'
       AND (approval_deadline IS NULL OR approval_deadline > $2)";

@@ -28,10 +28,16 @@ macro_rules! listed_status {
 pub(crate) const LISTED_STATUS: &str = listed_status!();
 
 /// The columns of [`super::rows::DeliveryRecord`]: `deliveries d` joined with `events e`.
+/// A delivery listed with its pipeline's stage has that stage's reason as its last error
+/// (`rejected by carol: eval regressed`): its own is the deploy's, which succeeded.
 pub(crate) const DELIVERY_LIST_COLUMNS: &str = concat!(
     "d.id, d.sink, ",
     listed_status!(),
-    " AS status, d.attempts, d.next_attempt_at, d.last_status, d.last_error,
+    " AS status, d.attempts, d.next_attempt_at, d.last_status,
+    CASE WHEN d.status = 'delivered'
+        THEN COALESCE((SELECT p.error FROM deploys p WHERE p.delivery_id = d.id
+            AND p.stage IN ('rejected', 'expired')), d.last_error)
+        ELSE d.last_error END AS last_error,
     d.created_at, d.updated_at, e.id AS event_id, e.type, e.target, e.run_id,
     e.checkpoint_target, e.checkpoint_name"
 );
