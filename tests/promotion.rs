@@ -627,14 +627,14 @@ async fn before_promote_deploys_and_follows_then_promotes_only_once_approved() {
         .await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     wait_stage(&env, &cfg, &newer, "rejected").await;
-    assert_eq!(listed("rejected"), [second.clone()]);
+    assert_eq!(listed("rejected"), std::slice::from_ref(&second));
     // Listed with the decision as its last error, as a deploy rejected before deploying.
     let rows = env.deliveries(&cfg, Some("rejected")).unwrap();
     let row = rows
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["id"].to_string() == second);
+        .find(|d| d["id"].as_i64().map(|i| i.to_string()).as_ref() == Some(&second));
     assert_eq!(
         row.unwrap()["last_error"],
         "rejected by dave: evals regressed",
