@@ -192,7 +192,7 @@ async fn a_validate_400_is_dead_with_its_reason_and_nothing_is_deployed() {
             code: 400,
             retry_after: None,
             body: Some(
-                r#"{"code":"BAD_REQUEST","message":"checkpoint uses another LoRA config"}"#.into(),
+                r#"{"code":"BAD_REQUEST","message":"checkpoint uses another LoRA config","details":{"reason":"LORA_MISMATCH"}}"#.into(),
             ),
         }),
     );
@@ -210,7 +210,10 @@ async fn a_validate_400_is_dead_with_its_reason_and_nothing_is_deployed() {
     assert_eq!(dead[0]["attempts"], 1);
     let why = dead[0]["last_error"].as_str().unwrap();
     assert!(
-        why.contains("validate") && why.contains("400") && why.contains("LoRA"),
+        why.contains("validate")
+            && why.contains("400")
+            && why.contains("LoRA")
+            && why.contains("(LORA_MISMATCH)"),
         "{why}"
     );
     assert_eq!(h.requests_to(Route::Deploy), 0);

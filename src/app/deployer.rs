@@ -120,12 +120,21 @@ impl LoopsDeployer for ApiDeployer {
 /// The outbox's classification of a client error (docs/events.md, "baseten_deploy").
 fn call_error(e: api::Error) -> CallError {
     match e {
+        // The stable `details.reason` (`NO_LORA`) kept beside the message: it is what
+        // the Loops SDK matches on, and what says why a checkpoint cannot deploy.
         api::Error::Status {
             code,
             retry_after,
             message,
+            reason,
             ..
-        } => CallError::status(code, retry_after, message),
+        } => {
+            let message = match reason {
+                Some(r) if !message.contains(r.as_str()) => format!("{message} ({r})"),
+                _ => message,
+            };
+            CallError::status(code, retry_after, message)
+        }
         api::Error::Timeout => CallError::timeout(e.to_string()),
         api::Error::Connect(_) | api::Error::Transport(_) => CallError::transport(e.to_string()),
         // A 2xx that is not the documented answer (or one not read for want of room: a

@@ -70,9 +70,22 @@ impl Secrets {
     }
 }
 
-/// A duration as the config writes it (`"1m 30s"`).
+/// A duration as a config writes it: one unit where one fits exactly (`"250ms"`, `"30s"`,
+/// `"5m"`, `"24h"`, `"30d"`; days from two on, so a day stays `"24h"`), else in ms.
 fn human(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    const DAY: u128 = 86_400_000;
+    let ms = d.as_millis();
+    if d.subsec_nanos() % 1_000_000 != 0 || ms == 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    let exact = |unit: u128| ms.is_multiple_of(unit).then_some(ms / unit);
+    match (exact(DAY), exact(3_600_000), exact(60_000), exact(1000)) {
+        (Some(days), ..) if days >= 2 => format!("{days}d"),
+        (_, Some(h), ..) => format!("{h}h"),
+        (_, _, Some(m), _) => format!("{m}m"),
+        (_, _, _, Some(s)) => format!("{s}s"),
+        _ => format!("{ms}ms"),
+    }
 }
 
 /// An optional duration: `"0"` turns it off.
@@ -355,6 +368,29 @@ impl<'a> Sink<'a> {
             retry_schedule: s.retry_schedule.iter().map(|d| human(*d)).collect(),
             concurrency: s.concurrency.get(),
             ordered: s.ordered,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations print as a config writes them, and parse back to themselves
+    /// (`humantime` printed `"1day"`, `"30days"`, `"1s 500ms"`).
+    #[test]
+    fn durations_print_in_one_unit_and_parse_back() {
+        for (d, text) in [
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(90 * 60), "90m"),
+            (Duration::from_secs(86_400), "24h"),
+            (Duration::from_secs(30 * 86_400), "30d"),
+        ] {
+            assert_eq!(human(d), text);
+            assert_eq!(crate::config::parse_duration(text), Some(d), "{text}");
         }
     }
 }
