@@ -75,7 +75,7 @@ impl Secrets {
 fn human(d: Duration) -> String {
     const DAY: u128 = 86_400_000;
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 || ms == 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) || ms == 0 {
         return humantime::format_duration(d).to_string();
     }
     let exact = |unit: u128| ms.is_multiple_of(unit).then_some(ms / unit);
