@@ -300,6 +300,14 @@ async fn the_status_page_and_api_show_targets_a_dead_delivery_to_replay_and_esca
     assert_eq!(one["targets"]["items"].as_array().unwrap().len(), 1);
     assert_eq!(one["targets"]["total"], 2);
     assert_eq!(http_get(&format!("{base}/targets/nope")).await.0, 404);
+    // A query that does not parse: 400 saying so, as JSON from the API, as HTML from the page.
+    let (code, body) = http_get(&format!("{base}/api/v1/status?limit=abc")).await;
+    assert_eq!(code, 400, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert!(err["error"].as_str().unwrap().contains("limit"), "{err}");
+    let (code, body) = http_get(&format!("{base}/?offset=-1")).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("<html") && body.contains("offset"), "{body}");
     let post = reqwest::Client::new()
         .post(format!("{base}/"))
         .send()

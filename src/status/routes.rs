@@ -8,6 +8,7 @@ use std::sync::Arc;
 use askama::Template;
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -75,6 +76,32 @@ fn unavailable(why: String, as_json: bool) -> Response {
     )
 }
 
+/// The page's query, or a 400 saying what is wrong with it (HTML, or a JSON `{"error"}`
+/// for the API: axum's own answer was plain text).
+fn query(
+    q: Result<Query<PageQuery>, QueryRejection>,
+    as_json: bool,
+) -> Result<PageQuery, Box<Response>> {
+    let rejection = match q {
+        Ok(Query(q)) => return Ok(q),
+        Err(r) => r,
+    };
+    let why = format!(
+        "{}; e.g. ?offset=0&limit=100&q=qwen",
+        super::clean(&rejection.body_text(), &[])
+    );
+    Err(Box::new(if as_json {
+        let mut r = json(&serde_json::json!({ "error": why }));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        r
+    } else {
+        html(
+            StatusCode::BAD_REQUEST,
+            MessagePage::new("Bad query", why, "–", "–"),
+        )
+    }))
+}
+
 fn opening() -> String {
     "the store is opening (or out of reach at start); /readyz says why. Try again shortly.".into()
 }
@@ -83,7 +110,11 @@ fn failed(e: StatusError) -> String {
     format!("{e}; /readyz says whether the store is reachable")
 }
 
-async fn index(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Response {
+async fn index(State(s): State<Shared>, q: Result<Query<PageQuery>, QueryRejection>) -> Response {
+    let q = match query(q, false) {
+        Ok(q) => q,
+        Err(bad) => return *bad,
+    };
     let Some(s) = s else {
         return unavailable(opening(), false);
     };
@@ -96,7 +127,14 @@ async fn index(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Response 
     }
 }
 
-async fn api_status(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Response {
+async fn api_status(
+    State(s): State<Shared>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let q = match query(q, true) {
+        Ok(q) => q,
+        Err(bad) => return *bad,
+    };
     let Some(s) = s else {
         return unavailable(opening(), true);
     };
@@ -109,8 +147,12 @@ async fn api_status(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Resp
 async fn target(
     State(s): State<Shared>,
     Path(name): Path<String>,
-    Query(q): Query<PageQuery>,
+    q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
+    let q = match query(q, false) {
+        Ok(q) => q,
+        Err(bad) => return *bad,
+    };
     let Some(s) = s else {
         return unavailable(opening(), false);
     };
@@ -138,8 +180,12 @@ async fn target(
 async fn api_target(
     State(s): State<Shared>,
     Path(name): Path<String>,
-    Query(q): Query<PageQuery>,
+    q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
+    let q = match query(q, true) {
+        Ok(q) => q,
+        Err(bad) => return *bad,
+    };
     let Some(s) = s else {
         return unavailable(opening(), true);
     };
