@@ -339,7 +339,11 @@ pub fn read(
     env: &Environment,
 ) -> Result<Sourced, ConfigError> {
     let parse_error = |msg: &str| ConfigError {
-        problems: vec![printable(&format!("{name}: {}", parse_message(msg)))],
+        problems: vec![printable(&format!(
+            "{name}: {}{}",
+            parse_message(msg),
+            key_of_line(text, msg).map_or(String::new(), |k| format!(" ({k})"))
+        ))],
     };
     if matches!(format, ::config::FileFormat::Yaml) {
         yaml_expansion_guard(text, MAX_YAML_NODES).map_err(|m| parse_error(&m))?;
@@ -366,10 +370,34 @@ pub fn read(
     Ok(Sourced { raw, non_finite })
 }
 
+/// The key (or `[table]` header) on the line a TOML "duplicate key" message points at
+/// (`at line 3`), for the one-line message that drops the source snippet: it named none.
+/// Only the part before `=`: a value may be a misplaced secret.
+fn key_of_line(text: &str, msg: &str) -> Option<String> {
+    if !msg.contains("duplicate") {
+        return None;
+    }
+    let rest = &msg[msg.find("at line ")? + "at line ".len()..];
+    let n: usize = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let line = text.lines().nth(n.checked_sub(1)?)?.trim();
+    let key = if line.starts_with('[') {
+        line.split(']').next().map(|h| format!("{h}]"))?
+    } else {
+        format!("key {}", line.split_once('=')?.0.trim())
+    };
+    Some(key.chars().take(100).collect())
+}
+
 /// A parser's message on one line, without the source snippet TOML errors carry
 /// (`4 | [poll` / `  |      ^`): it echoes the file, which may be long or hold a
 /// misplaced secret. "TOML parse error at line 4, column 6: unclosed table, expected `]`".
 fn parse_message(msg: &str) -> String {
+    // serde_yaml names a key as `String("interval")`.
+    let msg = &msg.replace("String(\"", "\"").replace("\"):", "\":");
     let is_snippet = |l: &str| {
         l.trim_start()
             .trim_start_matches(|c: char| c.is_ascii_digit())

@@ -767,3 +767,23 @@ fn an_override_of_one_half_of_a_secret_pair_replaces_the_files_other_half() {
     let p = problems(&both);
     assert!(p[0].contains("not both"), "{p:?}");
 }
+
+/// A duplicate key names itself (the parser's snippet, which named it, is dropped): the
+/// key or table header, never the value.
+#[test]
+fn a_duplicate_key_is_named() {
+    let p = problems(&format!(
+        "[poll]\ninterval = \"1m\"\ninterval = \"2m\"\n{MINIMAL}"
+    ));
+    assert!(p[0].ends_with("duplicate key (key interval)"), "{p:?}");
+    let p = problems(&format!("[poll]\n[poll]\n{MINIMAL}"));
+    assert!(p[0].ends_with("([poll])"), "{p:?}");
+    let yaml = "poll:\n  interval: 1m\n  interval: 2m\ntargets:\n  - name: a\n    run_id: r\n";
+    let p = load_str(yaml, config::FileFormat::Yaml, "t.yaml", &env())
+        .unwrap_err()
+        .problems;
+    assert!(
+        p[0].starts_with("t.yaml: \"interval\": duplicated key"),
+        "{p:?}"
+    );
+}
