@@ -33,7 +33,9 @@ pub(super) fn sink(
     api_timeout: Duration,
 ) -> Option<SinkConfig> {
     let name = w.string(&s.name, &join(sec, "name")).unwrap_or_default();
-    if name.trim().is_empty() {
+    if matches!(s.name, Field::Wrong(_)) {
+        // Reported as of the wrong type: not "missing" as well.
+    } else if name.trim().is_empty() {
         w.err(
             &join(sec, "name"),
             "is missing; every sink needs a unique name",

@@ -787,3 +787,15 @@ fn a_duplicate_key_is_named() {
         "{p:?}"
     );
 }
+
+/// A name of the wrong type is one problem, not also "missing".
+#[test]
+fn a_name_of_the_wrong_type_is_one_problem() {
+    let p = problems("[[targets]]\nname = [5]\nrun_id = \"r\"\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("targets[0].name: expected a string"), "{p:?}");
+    let p = problems(&format!(
+        "{MINIMAL}[[sinks]]\nname = {{}}\nurl = \"https://h.example/x\"\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+}

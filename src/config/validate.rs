@@ -667,7 +667,9 @@ fn target(
     names: &mut BTreeSet<String>,
 ) -> Option<TargetConfig> {
     let name = w.string(&t.name, &join(sec, "name")).unwrap_or_default();
-    if name.trim().is_empty() {
+    if matches!(t.name, Field::Wrong(_)) {
+        // Reported as of the wrong type: not "missing" as well.
+    } else if name.trim().is_empty() {
         w.err(
             &join(sec, "name"),
             "is missing; every target needs a unique name",
