@@ -937,27 +937,42 @@ async fn a_promote_whose_answer_is_lost_is_found_by_reading_and_never_sent_again
     drop(d);
 }
 
+/// A daemon promoting every active deployment to production (`latest_only = false`),
+/// with `retry_schedule` replaced by `schedule` when given; its lifecycle events to `rx`.
+async fn promoting(env: &Env, rx: &Receiver, schedule: Option<&str>) -> common::Daemon {
+    env.sim.handle().set_deploy_script(&[
+        ("BUILDING", Duration::ZERO),
+        ("ACTIVE", Duration::from_millis(400)),
+    ]);
+    let mut sink = deploy_sink("promote_to = \"production\"\nlatest_only = false");
+    if let Some(schedule) = schedule {
+        sink = sink.replace(
+            "retry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\"]",
+            &format!("retry_schedule = {schedule}"),
+        );
+    }
+    let cfg = env.write_config(&format!("{QWEN}{sink}{}", lifecycle_hook(&rx.url)));
+    let d = env.spawn_daemon(&cfg);
+    d.ready().await;
+    d
+}
+
+/// An answer of `code` with the API's default error body.
+fn status(code: u16) -> Fault {
+    Fault::Status {
+        code,
+        retry_after: None,
+        body: None,
+    }
+}
+
 #[tokio::test]
 async fn a_promote_answered_503_is_retried_and_a_400_fails_it() {
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
-    h.set_deploy_script(&[
-        ("BUILDING", Duration::ZERO),
-        ("ACTIVE", Duration::from_millis(400)),
-    ]);
-    let cfg = env.write_config(&format!(
-        "{QWEN}{}{}",
-        deploy_sink("promote_to = \"production\"\nlatest_only = false"),
-        lifecycle_hook(&rx.url)
-    ));
-    let d = env.spawn_daemon(&cfg);
-    d.ready().await;
-    let status = |code| Fault::Status {
-        code,
-        retry_after: None,
-        body: None,
-    };
+    let d = promoting(&env, &rx, None).await;
+    let cfg = env.dir.path().join("loopwatch.toml");
     // A 503 before acting: read again, not there, promoted on the next attempt.
     h.push_fault_to(Route::Promote, status(503));
     let ok = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
@@ -993,22 +1008,8 @@ async fn the_last_promote_attempts_lost_answer_is_read_not_taken_for_a_failure()
     let env = Env::new().await;
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
-    h.set_deploy_script(&[
-        ("BUILDING", Duration::ZERO),
-        ("ACTIVE", Duration::from_millis(400)),
-    ]);
-    let sink = deploy_sink("promote_to = \"production\"\nlatest_only = false").replace(
-        "retry_schedule = [\"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\", \"300ms\"]",
-        "retry_schedule = [\"300ms\"]",
-    );
-    let cfg = env.write_config(&format!("{QWEN}{sink}{}", lifecycle_hook(&rx.url)));
-    let d = env.spawn_daemon(&cfg);
-    d.ready().await;
-    let status = |code| Fault::Status {
-        code,
-        retry_after: None,
-        body: None,
-    };
+    let d = promoting(&env, &rx, Some("[\"300ms\"]")).await;
+    let cfg = env.dir.path().join("loopwatch.toml");
     // Two attempts: a 503, then one that acts and loses its answer.
     h.push_fault_to(Route::Promote, status(503));
     h.push_fault_to(Route::Promote, Fault::ActThenClose);
