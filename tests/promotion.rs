@@ -972,7 +972,6 @@ async fn a_promote_answered_503_is_retried_and_a_400_fails_it() {
     let rx = Receiver::start().await.unwrap();
     let h = env.sim.handle();
     let d = promoting(&env, &rx, None).await;
-    let cfg = env.dir.path().join("loopwatch.toml");
     // A 503 before acting: read again, not there, promoted on the next attempt.
     h.push_fault_to(Route::Promote, status(503));
     let ok = h.add_checkpoint("run-1", "sampler", "step-100", Some("COMPLETE"));
@@ -981,23 +980,25 @@ async fn a_promote_answered_503_is_retried_and_a_400_fails_it() {
     assert_eq!(h.promotions().len(), 1);
     // A 400: refused, failed at once, nothing promoted.
     h.push_fault_to(Route::Promote, status(400));
+    promotion_fails(&env, &h, "step-200", "promote refused (HTTP 400)", 3).await;
+    drop(d);
+}
+
+/// Checkpoint `name` of run-1 completes, and its promotion ends `failed` with an error
+/// starting with `why`, after `calls` promote calls in all (the first checkpoint's
+/// included), never one more; one promotion in all.
+async fn promotion_fails(env: &Env, h: &SimHandle, name: &str, why: &str, calls: u64) {
+    let cfg = env.dir.path().join("loopwatch.toml");
     h.advance_clock(Duration::from_secs(1));
-    let bad = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
-    let row = wait_stage(&env, &cfg, &bad, "failed").await;
-    assert!(
-        row["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("promote refused (HTTP 400)"),
-        "{row}"
-    );
-    assert_eq!(h.requests_to(Route::Promote), 3);
+    let bad = h.add_checkpoint("run-1", "sampler", name, Some("COMPLETE"));
+    let row = wait_stage(env, &cfg, &bad, "failed").await;
+    assert!(row["error"].as_str().unwrap().starts_with(why), "{row}");
+    assert_eq!(h.requests_to(Route::Promote), calls);
     assert_eq!(h.promotions().len(), 1);
     never_within("another promote call", Duration::from_secs(1), || {
-        h.requests_to(Route::Promote) > 3
+        h.requests_to(Route::Promote) > calls
     })
     .await;
-    drop(d);
 }
 
 /// The last promote attempt's answer lost is reconciled as a deploy call's is: the
@@ -1022,22 +1023,7 @@ async fn the_last_promote_attempts_lost_answer_is_read_not_taken_for_a_failure()
     // Two attempts answered 503 that did not act: read, not there, failed; no third call.
     h.push_fault_to(Route::Promote, status(503));
     h.push_fault_to(Route::Promote, status(503));
-    h.advance_clock(Duration::from_secs(1));
-    let bad = h.add_checkpoint("run-1", "sampler", "step-200", Some("COMPLETE"));
-    let row = wait_stage(&env, &cfg, &bad, "failed").await;
-    assert!(
-        row["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("not promoted after 2 attempts"),
-        "{row}"
-    );
-    assert_eq!(h.requests_to(Route::Promote), 4);
-    assert_eq!(h.promotions().len(), 1);
-    never_within("a fifth promote call", Duration::from_secs(1), || {
-        h.requests_to(Route::Promote) > 4
-    })
-    .await;
+    promotion_fails(&env, &h, "step-200", "not promoted after 2 attempts", 4).await;
     drop(d);
 }
 
