@@ -107,7 +107,7 @@ pub async fn decide_in(
     match store.decide(ids, decision).await? {
         Ok(decided) => {
             match output {
-                Output::Json => println!("{}", json!({ "decided": decided })),
+                Output::Json => println!("{:#}", json!({ "decided": decided })),
                 Output::Table => {
                     for d in &decided {
                         println!("{}", crate::text::escape(&describe(d)));

@@ -38,7 +38,7 @@ level; NO_COLOR turns colours off.";
 pub struct Cli {
     /// Config file, before the command (`loopwatch -c FILE state`); each command that
     /// reads a config takes -c too
-    #[arg(short, long, value_name = "FILE", hide = true)]
+    #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -49,7 +49,19 @@ impl Cli {
     /// before the command, else `$LOOPWATCH_CONFIG` (non-empty); `None` leaves it to
     /// [`config::locate`].
     pub fn config_path(&self, env_config: Option<std::ffi::OsString>) -> Option<PathBuf> {
-        let own = match &self.command {
+        let own = self.config_arg().and_then(|c| c.config.clone());
+        own.or_else(|| self.config.clone())
+            .or_else(|| env_config.filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+
+    /// The command's `--store-url`, if it reads a config and was given one.
+    pub fn store_url(&self) -> Option<&str> {
+        self.config_arg()?.store_url.as_deref()
+    }
+
+    /// `-c` and `--store-url` of a command that reads a config.
+    fn config_arg(&self) -> Option<&ConfigArg> {
+        match &self.command {
             Command::Run { config }
             | Command::CheckConfig { config, .. }
             | Command::Once { config, .. }
@@ -58,19 +70,15 @@ impl Cli {
             | Command::Deploys { config, .. }
             | Command::TestSink { config, .. }
             | Command::Deliveries(DeliveriesCommand::List { config, .. })
-            | Command::Deliveries(DeliveriesCommand::Redeliver { config, .. }) => {
-                config.config.clone()
-            }
+            | Command::Deliveries(DeliveriesCommand::Redeliver { config, .. }) => Some(config),
             Command::Deliveries(DeliveriesCommand::Approve(a) | DeliveriesCommand::Reject(a)) => {
-                a.config.config.clone()
+                Some(&a.config)
             }
             Command::Demo { .. }
             | Command::Completions { .. }
             | Command::Man
             | Command::Init { .. } => None,
-        };
-        own.or_else(|| self.config.clone())
-            .or_else(|| env_config.filter(|v| !v.is_empty()).map(PathBuf::from))
+        }
     }
 
     /// The name of a command that reads no config, when a `-c` was given before it
@@ -95,6 +103,11 @@ pub struct ConfigArg {
     /// ./loopwatch.toml, ./loopwatch.yaml, /etc/loopwatch/loopwatch.toml
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The store, overriding store.url (as LOOPWATCH__STORE__URL does); the printed
+    /// approve and replay lines carry it when store.url names a SQLite file relative to
+    /// the daemon's directory
+    #[arg(long, value_name = "URL")]
+    pub store_url: Option<String>,
 }
 
 #[derive(Subcommand)]

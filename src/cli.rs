@@ -371,8 +371,13 @@ pub async fn would_deploy(
                     n
                 ),
                 (None, Ok(r)) => format!(
-                    "dry run: sink {} would {}deploy {} (checkpoint id {}) as model_name {:?} on instance_type_id {:?} with hf_secret_name {:?}",
+                    "dry run: sink {} would {}{}deploy {} (checkpoint id {}) as model_name {:?} on instance_type_id {:?} with hf_secret_name {:?}",
                     cfg.name,
+                    if d.approval == crate::config::Approval::BeforeDeploy {
+                        "wait for approval (loopwatch deliveries approve), then "
+                    } else {
+                        ""
+                    },
                     if d.validate { "validate and " } else { "" },
                     e.uri().unwrap_or_default(),
                     e.checkpoint_id,
@@ -597,7 +602,7 @@ pub async fn deliveries_redeliver(
             if !done.deployed.is_empty() {
                 v["left_deployed"] = json!(done.deployed);
             }
-            println!("{v}");
+            println!("{v:#}");
         }
         (Output::Table, Redeliver::Pending { .. }) => println!(
             "made {n} pending deliveries due now; a running daemon (or the next `loopwatch once`) sends them with their original webhook-id"

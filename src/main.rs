@@ -113,6 +113,9 @@ async fn dispatch(cli: Cli) -> u8 {
         return exit::USAGE;
     }
     let config_path = cli.config_path(std::env::var_os("LOOPWATCH_CONFIG"));
+    if let Some(url) = cli.store_url() {
+        config::set_store_url(url.to_string());
+    }
     // Documentation of the CLI itself: no config, no logs.
     match cli.command {
         Command::Completions { shell } => {

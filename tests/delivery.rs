@@ -245,9 +245,10 @@ async fn redeliver_pending_sends_a_waiting_retry_now() {
             &["deliveries", "redeliver", "--pending", "-o", "json"],
         )
         .await;
+    // Pretty-printed, as every `-o json`.
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        r#"{"requeued":0}"#
+        "{\n  \"requeued\": 0\n}"
     );
     let out = env
         .run(

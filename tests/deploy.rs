@@ -526,6 +526,21 @@ async fn once_dry_run_says_what_would_be_deployed() {
     assert_eq!(h.requests_to(Route::Deploy), 0);
     assert_eq!(h.requests_to(Route::Validate), 0);
     assert!(!env.db().exists());
+    // Waiting for approval first, it says so (it said it would deploy).
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}",
+        deploy_sink("approval = \"before_deploy\"")
+    ));
+    let mut c = env.cmd(&cfg, &["once", "--dry-run"]);
+    c.env("LOOPWATCH__POLL__EMIT_EXISTING", "true");
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sink deploy would wait for approval (loopwatch deliveries approve), then validate and deploy bt://loops:run-1/sampler_weights/step-200"),
+        "{err}"
+    );
 }
 
 /// The dry run applies `latest_only` as the sink does, against the deploys already made

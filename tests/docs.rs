@@ -245,12 +245,14 @@ fn the_documents_link_only_to_files_inside_the_repository() {
 }
 
 /// Every alert carries a `runbook_url` to its own section of docs/runbook.md, and that
-/// section exists (an alert renamed or added without its runbook fails here).
+/// section exists (an alert renamed or added without its runbook fails here); and
+/// docs/deployment.md names it (its list had fallen four behind).
 #[test]
 fn every_alert_links_to_its_runbook_section() {
     const BASE: &str = "https://github.com/loopwatch/loopwatch/blob/main/docs/runbook.md#";
     let alerts = read("deploy/prometheus/alerts.yml");
     let runbook = read("docs/runbook.md");
+    let deployment = read("docs/deployment.md");
     let docs = yaml_rust2::YamlLoader::load_from_str(&alerts).expect("alerts.yml is YAML");
     let mut seen = 0;
     let mut bad = Vec::new();
@@ -266,6 +268,11 @@ fn every_alert_links_to_its_runbook_section() {
             }
             if !runbook.contains(&format!("\n## {name}\n")) {
                 bad.push(format!("{name}: docs/runbook.md has no section ## {name}"));
+            }
+            if !deployment.contains(&format!("`{name}`")) {
+                bad.push(format!(
+                    "{name}: not in docs/deployment.md's list of alerts"
+                ));
             }
         }
     }

@@ -308,6 +308,54 @@ async fn the_printed_approve_command_names_the_daemons_config_and_runs_from_anot
     drop(d);
 }
 
+/// With `store.url` naming a SQLite file relative to the daemon's directory (as every
+/// recipe does), the printed line carries the store's absolute URL too: pasted from
+/// another directory, `-c` alone found no state there.
+#[tokio::test]
+async fn the_printed_line_finds_a_relative_store_from_another_directory() {
+    let env = Env::new().await;
+    let rx = Receiver::start().await.unwrap();
+    let h = env.sim.handle();
+    let id = h.add_checkpoint("run-1", "sampler", "step-100", Some("SYNCING"));
+    let cfg = env.write_config(&format!(
+        "{QWEN}{}{}",
+        deploy_sink("approval = \"before_deploy\"\nfollow = false"),
+        lifecycle_hook(&rx.url)
+    ));
+    let db = env.db();
+    common::edit(&cfg, |t| {
+        t.replace(
+            &format!("url = \"sqlite://{}\"", db.display()),
+            "url = \"sqlite://rel.db\"",
+        )
+    });
+    let d = env.spawn_daemon_in(env.dir.path(), &cfg);
+    d.ready().await;
+    h.set_status(&id, Some("COMPLETE"));
+    let waiting = event_of(&rx, "checkpoint.awaiting_approval", &id).await;
+    let line = waiting["data"]["approve_command"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let abs = env.dir.path().join("rel.db");
+    assert!(
+        line.ends_with(&format!(" --store-url sqlite://{}", abs.display())),
+        "{line}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = run_line(elsewhere.path(), &line, Some("alice")).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{line}: {stderr}");
+    assert!(stdout.starts_with("approved delivery "), "{stdout}");
+    let deployed = event_of(&rx, "checkpoint.deployed", &id).await;
+    assert_eq!(deployed["data"]["deployment"]["approved_by"], "alice");
+    assert!(
+        !elsewhere.path().join("rel.db").exists(),
+        "no store made there"
+    );
+    drop(d);
+}
+
 #[tokio::test]
 async fn a_rejected_deploy_is_never_deployed_and_anything_not_waiting_exits_1() {
     let env = Env::new().await;

@@ -22,10 +22,13 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// The process's environment, with `--store-url` as `LOOPWATCH__STORE__URL`.
     pub fn from_process() -> Self {
-        Environment {
-            vars: std::env::vars().collect(),
+        let mut vars: HashMap<String, String> = std::env::vars().collect();
+        if let Some(url) = super::store_url_override() {
+            vars.insert("LOOPWATCH__STORE__URL".into(), url.to_string());
         }
+        Environment { vars }
     }
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,

@@ -799,3 +799,25 @@ fn a_name_of_the_wrong_type_is_one_problem() {
     ));
     assert_eq!(p.len(), 1, "{p:?}");
 }
+
+/// Only a SQLite file named relative to the working directory is made absolute for the
+/// printed lines; a PostgreSQL URL (it may hold a password) never is.
+#[test]
+fn a_relative_sqlite_store_is_made_absolute_for_printed_lines() {
+    let cwd = std::path::Path::new("/srv/lw");
+    assert_eq!(
+        absolute_sqlite_url("sqlite://state.db", cwd).as_deref(),
+        Some("sqlite:///srv/lw/state.db")
+    );
+    assert_eq!(
+        absolute_sqlite_url("sqlite:data/s.db?mode=rwc", cwd).as_deref(),
+        Some("sqlite:///srv/lw/data/s.db?mode=rwc")
+    );
+    for url in [
+        "sqlite:///var/lib/loopwatch/loopwatch.db",
+        "sqlite::memory:",
+        "postgres://lw:pw@db/lw",
+    ] {
+        assert_eq!(absolute_sqlite_url(url, cwd), None, "{url}");
+    }
+}

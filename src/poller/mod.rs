@@ -763,7 +763,7 @@ impl Poller {
         match e {
             PollError::Api(api) if api.needs_operator() => {
                 error!(target = name, error = %api, filter = %t.filter,
-                    "the Loops API refused this poll; check api.api_key and the target's filter");
+                    "the Loops API refused this poll; check api.api_key_env or api.api_key_file, api.auth_scheme and the target's filter");
                 self.jittered(t.interval)
             }
             PollError::Api(api) => {

@@ -307,7 +307,7 @@ impl Status {
         };
         let overview = self.read(self.store.overview(&query)).await?;
         Ok(Facts {
-            now: Utc::now(),
+            now: chrono::SubsecRound::trunc_subsecs(Utc::now(), 3),
             replica: self.ownership.replica.clone(),
             backend: self.backend,
             owned: self.ownership.count(),
@@ -354,7 +354,7 @@ impl Status {
             return Ok(None);
         }
         Ok(Some(TargetFacts {
-            now: Utc::now(),
+            now: chrono::SubsecRound::trunc_subsecs(Utc::now(), 3),
             name: name.to_string(),
             configured_filter: configured.map(|t| t.filter.clone()),
             poll: self.health.poll_seen(name),
