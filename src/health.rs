@@ -367,6 +367,13 @@ impl Health {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        // What this replica saw of a target another one polls now is no fact any more
+        // (it showed as failing here, with a frozen last success, while the other polled
+        // it fine): the status page says who polls it instead.
+        self.polls
+            .lock()
+            .expect("not poisoned")
+            .retain(|t, _| owned.contains(t));
         *self.expected.lock().expect("not poisoned") = owned;
     }
 
@@ -471,6 +478,22 @@ pub enum NotReady {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica forgets how its polls of a target went once another replica owns it,
+    /// and readiness (once polled, polled) is not undone by it.
+    #[test]
+    fn poll_facts_of_a_target_owned_elsewhere_are_forgotten() {
+        let h = Health::new(["a".to_string(), "b".to_string()]);
+        h.target_polled("a");
+        h.poll_failed("b", "cannot connect");
+        h.set_owned("r1", ["a".to_string()], 2);
+        assert!(h.poll_seen("a").is_some());
+        assert!(
+            h.poll_seen("b").is_none(),
+            "a failure seen before b moved away"
+        );
+        assert!(h.ready().is_ok());
+    }
 
     #[test]
     fn ready_after_every_target_polled() {

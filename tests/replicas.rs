@@ -644,8 +644,26 @@ async fn two_live_replicas_under_one_id_are_told_and_a_restart_is_not() {
     }
     // The solo replica, killed and started again at once under its id.
     ds[2].kill9();
+    let restarted = chrono::Utc::now() - chrono::Duration::milliseconds(200);
     let again = replica(&env, &cfg, "solo");
     let addr = again.ready().await;
+    // Its start is the new process's (the row kept the first start).
+    let (_, body) = http_get(&format!("http://{addr}/api/v1/status")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let solo = v["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "solo");
+    let started: chrono::DateTime<chrono::Utc> = solo.unwrap()["started_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        started > restarted,
+        "{started} is not after the restart {restarted}"
+    );
     // Three more lease rounds of a twin: the restarted replica ran about as many.
     let told = gauge(&addrs[0], CONFLICTS).await.unwrap_or(0.0);
     let rounds = until(T, Duration::from_millis(100), async || {

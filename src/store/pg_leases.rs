@@ -114,7 +114,9 @@ impl PgLeases {
              INSERT INTO replicas (id, heartbeat_at, started_at, lease_expires_at, instance)
                 VALUES ($1, {DB_NOW}, {DB_NOW}, {DB_NOW} + $2, $3)
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
-                lease_expires_at = excluded.lease_expires_at, instance = excluded.instance
+                lease_expires_at = excluded.lease_expires_at, instance = excluded.instance,
+                started_at = CASE WHEN replicas.instance IS DISTINCT FROM excluded.instance
+                    THEN excluded.started_at ELSE replicas.started_at END
              RETURNING (SELECT instance FROM prev)"
         )))
         .bind(&self.replica)
