@@ -336,7 +336,14 @@ fn report(r: anyhow::Result<u8>) -> u8 {
 /// without `NO_COLOR`.
 fn init_tracing(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // PostgreSQL's notices ("relation _sqlx_migrations already exists, skipping" at every
+    // start) are noise at INFO; asked for by name (`sqlx=debug`), they show.
+    let spec = if level.contains("sqlx") {
+        level.to_string()
+    } else {
+        format!("{level},sqlx::postgres::notice=warn")
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(spec));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(loopwatch::args::use_ansi(
