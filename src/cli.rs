@@ -581,12 +581,21 @@ pub async fn deliveries_redeliver(
     which: Redeliver,
     output: Output,
 ) -> anyhow::Result<u8> {
+    let store = store::open_with(&cfg.store.url, Access::Existing).await?;
+    // A sink no longer configured still has its deliveries in the store (they wait until
+    // it is back): those can be re-queued; a name the store knows nothing of is a typo.
     if let Redeliver::Dead { sink: Some(s) } | Redeliver::Pending { sink: Some(s) } = &which
         && cfg.sink(s).is_none()
     {
-        anyhow::bail!("--sink {s:?} is not a configured sink");
+        if !store.backlog().await?.iter().any(|b| b.sink == *s) {
+            anyhow::bail!(
+                "--sink {s:?} is not a configured sink, and the store has no pending or dead delivery of it"
+            );
+        }
+        eprintln!(
+            "note: sink {s:?} is not in the config: its re-queued deliveries wait until it is back"
+        );
     }
-    let store = store::open_with(&cfg.store.url, Access::Existing).await?;
     let done = store.redeliver(&which, Utc::now()).await?;
     let n = done.count;
     let left = (!done.deployed.is_empty()).then(|| {

@@ -418,3 +418,57 @@ async fn changing_checkpoint_targets_applies_at_once_and_never_deletes_what_is_s
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(15)).await, 0);
 }
+
+/// A sink removed by a reload keeps its deliveries pending in the store: the status page
+/// still shows that backlog (it said "no sink configured" beside "2 pending"), and its
+/// replay line works although the config no longer names the sink; a name the store does
+/// not know stays a typo.
+#[tokio::test]
+async fn a_removed_sinks_backlog_stays_on_the_page_and_can_be_replayed() {
+    let env = Env::new().await;
+    let h = env.sim.handle();
+    // Nobody listens on port 9: every attempt fails and waits an hour for its retry.
+    let gone = sink(
+        "gone",
+        "http://127.0.0.1:9/hook",
+        "retry_schedule = [\"1h\"]",
+    );
+    let cfg = env.write_config(&format!("{}{gone}", target("qwen", "run-1")));
+    let d = env.spawn_daemon(&cfg);
+    let addr = d.ready().await;
+    let id = h.add_checkpoint("run-1", "sampler", "step-1", Some("SYNCING"));
+    h.set_status(&id, Some("COMPLETE"));
+    let pending = "loopwatch_deliveries_pending{sink=\"gone\"}";
+    let queued = until(T, Duration::from_millis(50), async || {
+        gauge(&addr, pending).await.unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    assert!(queued, "{}", d.log_text());
+    edit(&cfg, |text| text.replace(&gone, ""));
+    reload(&d, 1).await;
+    let (_, body) = common::http_get(&format!("http://{addr}/api/v1/status")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sinks = v["sinks"].as_array().unwrap();
+    assert_eq!(sinks.len(), 1, "{v}");
+    assert_eq!(sinks[0]["name"], "gone");
+    assert_eq!(sinks[0]["kind"], "removed");
+    assert_eq!(sinks[0]["pending"], 2);
+    let (_, page) = common::http_get(&format!("http://{addr}/")).await;
+    assert!(page.contains("not in the config"), "{page}");
+    let out = env
+        .run(
+            &cfg,
+            &["deliveries", "redeliver", "--pending", "--sink", "gone"],
+        )
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("is not in the config"), "{err}");
+    let out = env
+        .run(
+            &cfg,
+            &["deliveries", "redeliver", "--pending", "--sink", "typo"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -181,7 +181,8 @@ pub struct CheckpointItem {
 #[derive(Clone, Debug, Serialize)]
 pub struct SinkItem {
     pub name: String,
-    /// `webhook`, `exec` or `baseten_deploy`.
+    /// `webhook`, `exec` or `baseten_deploy`; `removed` for a sink no longer configured
+    /// whose deliveries are still in the store.
     pub kind: &'static str,
     /// A webhook's scheme, host and port; an exec's program; never a path or a secret.
     pub destination: String,
@@ -450,6 +451,29 @@ impl StatusReport {
                     replay_command: replay_dead(&f.invocation, &v.name),
                 }
             })
+            .chain(
+                // A sink removed from the config keeps its backlog in the store, waiting
+                // for it to come back: shown, not hidden behind "no sink configured".
+                o.backlog
+                    .iter()
+                    .filter(|b| !f.sinks.iter().any(|v| v.name == b.sink))
+                    .map(|b| SinkItem {
+                        name: clean(&b.sink, s),
+                        kind: "removed",
+                        destination: "not in the config: its deliveries wait until it is back"
+                            .into(),
+                        pending: b.pending,
+                        dead: b.dead,
+                        oldest_pending_at: b.oldest_pending,
+                        oldest_pending_age_seconds: b.oldest_pending.map(|t| age(f.now, t)),
+                        last_error: o
+                            .last_errors
+                            .iter()
+                            .find(|a| a.sink == b.sink)
+                            .map(|a| attempt_item(a, s)),
+                        replay_command: replay_dead(&f.invocation, &b.sink),
+                    }),
+            )
             .collect();
         StatusReport {
             version: env!("CARGO_PKG_VERSION"),
