@@ -294,14 +294,14 @@ impl Client {
         })
     }
 
-    /// Share the budget with `replicas` live replicas (itself included): from now on this
-    /// client sends at most `max_requests_per_second / replicas`, so the fleet sends the
-    /// budget whatever its size. A change of count rebuilds the token bucket.
     /// `api.timeout`.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
+    /// Share the budget with `replicas` live replicas (itself included): from now on this
+    /// client sends at most `max_requests_per_second / replicas`, so the fleet sends the
+    /// budget whatever its size. A change of count rebuilds the token bucket.
     pub fn share_budget(&self, replicas: i64) {
         let n = replicas.max(1);
         let was = self.sharing.swap(n, Ordering::Relaxed);

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::future::join_all;
+use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -104,36 +104,19 @@ impl Poller {
         // `api.timeout` in all: a `source` that hangs holds this poll (its listing's events,
         // and with it the target's cadence) up by one timeout, not one per checkpoint.
         let budget = AtomicUsize::new(PROBE_REQUESTS_PER_POLL);
+        let deadline = tokio::time::Instant::now() + self.client.timeout();
         let due: Vec<_> = due.into_iter().take(MAX_PROBES_PER_POLL).collect();
-        let mut running: FuturesUnordered<_> = due
-            .iter()
-            .enumerate()
-            .map(|(i, (c, memo))| {
-                self.probe_one(c, *memo, now, every, &budget)
-                    .map(move |p| (i, p))
-            })
-            .collect();
-        let mut results: Vec<Option<Probed>> = due.iter().map(|_| None).collect();
-        let deadline = tokio::time::sleep(self.client.timeout());
-        tokio::pin!(deadline);
-        loop {
+        let results = join_all(due.iter().map(|(c, memo)| async {
             tokio::select! {
                 biased;
-                // What was probed so far still counts.
-                _ = cancel.cancelled() => break,
-                _ = &mut deadline => {
-                    for r in results.iter_mut().filter(|r| r.is_none()) {
-                        *r = Some(Probed::Unfinished("the poll's probes took api.timeout"));
-                    }
-                    break;
+                // Cut short by shutdown: not probed (those done before still count).
+                _ = cancel.cancelled() => None,
+                p = timeout_at(deadline, self.probe_one(c, *memo, now, every, &budget)) => {
+                    Some(p.unwrap_or(Probed::Unfinished("the poll's probes took api.timeout")))
                 }
-                next = running.next() => match next {
-                    Some((i, p)) => results[i] = Some(p),
-                    None => break,
-                },
             }
-        }
-        drop(running);
+        }))
+        .await;
         for ((c, memo), probed) in due.into_iter().zip(results) {
             let Some(probed) = probed else { continue };
             let mut next = ProbeMemo {

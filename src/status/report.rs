@@ -428,51 +428,33 @@ impl StatusReport {
                 }
             })
             .collect();
-        let sinks: Vec<SinkItem> = f
-            .sinks
-            .iter()
-            .map(|v| {
-                let b = o.backlog.iter().find(|b| b.sink == v.name);
-                let (pending, dead) = b.map_or((0, 0), |b| (b.pending, b.dead));
-                let oldest = b.and_then(|b| b.oldest_pending);
-                SinkItem {
-                    name: v.name.clone(),
-                    kind: v.kind,
-                    destination: clean(&v.destination, s),
-                    pending,
-                    dead,
-                    oldest_pending_at: oldest,
-                    oldest_pending_age_seconds: oldest.map(|t| age(f.now, t)),
-                    last_error: o
-                        .last_errors
-                        .iter()
-                        .find(|a| a.sink == v.name)
-                        .map(|a| attempt_item(a, s)),
-                    replay_command: replay_dead(&f.invocation, &v.name),
-                }
-            })
+        // A sink's backlog, last error and replay line, by name: of a configured sink, or
+        // of one removed from the config whose deliveries are still in the store (waiting
+        // for it to come back: shown, not hidden behind "no sink configured").
+        let sink_item = |name: &str, kind: &'static str, destination: String| {
+            let b = o.backlog.iter().find(|b| b.sink == name);
+            let oldest = b.and_then(|b| b.oldest_pending);
+            SinkItem {
+                name: clean(name, s),
+                kind,
+                destination,
+                pending: b.map_or(0, |b| b.pending),
+                dead: b.map_or(0, |b| b.dead),
+                oldest_pending_at: oldest,
+                oldest_pending_age_seconds: oldest.map(|t| age(f.now, t)),
+                last_error: (o.last_errors.iter())
+                    .find(|a| a.sink == name)
+                    .map(|a| attempt_item(a, s)),
+                replay_command: replay_dead(&f.invocation, name),
+            }
+        };
+        let removed = "not in the config: its deliveries wait until it is back";
+        let sinks: Vec<SinkItem> = (f.sinks.iter())
+            .map(|v| sink_item(&v.name, v.kind, clean(&v.destination, s)))
             .chain(
-                // A sink removed from the config keeps its backlog in the store, waiting
-                // for it to come back: shown, not hidden behind "no sink configured".
-                o.backlog
-                    .iter()
+                (o.backlog.iter())
                     .filter(|b| !f.sinks.iter().any(|v| v.name == b.sink))
-                    .map(|b| SinkItem {
-                        name: clean(&b.sink, s),
-                        kind: "removed",
-                        destination: "not in the config: its deliveries wait until it is back"
-                            .into(),
-                        pending: b.pending,
-                        dead: b.dead,
-                        oldest_pending_at: b.oldest_pending,
-                        oldest_pending_age_seconds: b.oldest_pending.map(|t| age(f.now, t)),
-                        last_error: o
-                            .last_errors
-                            .iter()
-                            .find(|a| a.sink == b.sink)
-                            .map(|a| attempt_item(a, s)),
-                        replay_command: replay_dead(&f.invocation, &b.sink),
-                    }),
+                    .map(|b| sink_item(&b.sink, "removed", removed.into())),
             )
             .collect();
         StatusReport {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use askama::Template;
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -76,30 +76,34 @@ fn unavailable(why: String, as_json: bool) -> Response {
     )
 }
 
-/// The page's query, or a 400 saying what is wrong with it (HTML, or a JSON `{"error"}`
-/// for the API: axum's own answer was plain text).
-fn query(
-    q: Result<Query<PageQuery>, QueryRejection>,
-    as_json: bool,
-) -> Result<PageQuery, Box<Response>> {
-    let rejection = match q {
-        Ok(Query(q)) => return Ok(q),
-        Err(r) => r,
-    };
-    let why = format!(
-        "{}; e.g. ?offset=0&limit=100&q=qwen",
-        super::clean(&rejection.body_text(), &[])
-    );
-    Err(Box::new(if as_json {
-        let mut r = json(&serde_json::json!({ "error": why }));
-        *r.status_mut() = StatusCode::BAD_REQUEST;
-        r
-    } else {
-        html(
-            StatusCode::BAD_REQUEST,
-            MessagePage::new("Bad query", why, "–", "–"),
-        )
-    }))
+/// The page's query (`JSON`: for the API). One that does not parse is answered 400 saying
+/// what is wrong with it, as HTML or as a JSON `{"error"}` (axum's own answer was plain
+/// text).
+struct PageQ<const JSON: bool>(PageQuery);
+
+impl<S: Send + Sync, const JSON: bool> FromRequestParts<S> for PageQ<JSON> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let rejection = match Query::<PageQuery>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => return Ok(PageQ(q)),
+            Err(r) => r,
+        };
+        let why = format!(
+            "{}; e.g. ?offset=0&limit=100&q=qwen",
+            super::clean(&rejection.body_text(), &[])
+        );
+        Err(if JSON {
+            let mut r = json(&serde_json::json!({ "error": why }));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            r
+        } else {
+            html(
+                StatusCode::BAD_REQUEST,
+                MessagePage::new("Bad query", why, "–", "–"),
+            )
+        })
+    }
 }
 
 fn opening() -> String {
@@ -110,11 +114,7 @@ fn failed(e: StatusError) -> String {
     format!("{e}; /readyz says whether the store is reachable")
 }
 
-async fn index(State(s): State<Shared>, q: Result<Query<PageQuery>, QueryRejection>) -> Response {
-    let q = match query(q, false) {
-        Ok(q) => q,
-        Err(bad) => return *bad,
-    };
+async fn index(State(s): State<Shared>, PageQ(q): PageQ<false>) -> Response {
     let Some(s) = s else {
         return unavailable(opening(), false);
     };
@@ -127,14 +127,7 @@ async fn index(State(s): State<Shared>, q: Result<Query<PageQuery>, QueryRejecti
     }
 }
 
-async fn api_status(
-    State(s): State<Shared>,
-    q: Result<Query<PageQuery>, QueryRejection>,
-) -> Response {
-    let q = match query(q, true) {
-        Ok(q) => q,
-        Err(bad) => return *bad,
-    };
+async fn api_status(State(s): State<Shared>, PageQ(q): PageQ<true>) -> Response {
     let Some(s) = s else {
         return unavailable(opening(), true);
     };
@@ -147,12 +140,8 @@ async fn api_status(
 async fn target(
     State(s): State<Shared>,
     Path(name): Path<String>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    PageQ(q): PageQ<false>,
 ) -> Response {
-    let q = match query(q, false) {
-        Ok(q) => q,
-        Err(bad) => return *bad,
-    };
     let Some(s) = s else {
         return unavailable(opening(), false);
     };
@@ -180,12 +169,8 @@ async fn target(
 async fn api_target(
     State(s): State<Shared>,
     Path(name): Path<String>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    PageQ(q): PageQ<true>,
 ) -> Response {
-    let q = match query(q, true) {
-        Ok(q) => q,
-        Err(bad) => return *bad,
-    };
     let Some(s) = s else {
         return unavailable(opening(), true);
     };
